@@ -1,0 +1,29 @@
+"""User-facing errors: each says what was wrong, the value seen and what to do."""
+
+
+class TransferScopeError(Exception):
+    """An error caused by user input or environment; shown as one line, CLI exit code 2."""
+
+
+class DataError(TransferScopeError):
+    """The dataset folder or an image in it cannot be used."""
+
+
+class BackboneError(TransferScopeError):
+    """Unknown backbone name or weights that cannot be loaded."""
+
+
+class ClassWeightError(TransferScopeError):
+    """A class-weight scheme or custom weight table is invalid."""
+
+
+class ConfigError(TransferScopeError):
+    """An experiment setting is out of range or inconsistent."""
+
+
+class RunStoreError(TransferScopeError):
+    """A run record or bundle is missing, corrupt or unsafe."""
+
+
+class Cancelled(Exception):
+    """Raised inside a job when the user asked to cancel it."""
