@@ -1,0 +1,101 @@
+"""Backbone registry: name -> pretrained feature extractor with its preprocessing config.
+
+One door, `create_backbone(name, pretrained=True, pool="avg")`, and `list_backbones(pattern)`.
+Each family lives in its own module and files its entries with `register_backbone`.
+"""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import nn
+
+from core.errors import BackboneError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+POOLS = ("avg", "max")
+
+
+@dataclass(frozen=True)
+class BackboneEntry:
+    """How to build one registered backbone.
+
+    `build(pretrained)` returns the full ImageNet classifier; `strip(model, pool)` turns it into a
+    feature extractor and returns `(features, feature_dim, last_block)`.
+    """
+
+    name: str
+    build: Callable[[bool], nn.Module]
+    strip: Callable[[nn.Module, str], tuple[nn.Module, int, nn.Module]]
+    weights_id: str
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    image_size: int = 224
+    interpolation: str = "bilinear"
+
+
+@dataclass
+class Backbone:
+    """A feature extractor: images `(N, 3, H, W)` of any size -> features `(N, feature_dim)`."""
+
+    name: str
+    features: nn.Module
+    feature_dim: int
+    last_block: nn.Module
+    pool: str
+    entry: BackboneEntry
+
+    def describe(self) -> dict:
+        """JSON-ready identity of the backbone (part of every cache key and results file)."""
+        e = self.entry
+        return {"name": self.name, "weights": e.weights_id, "pool": self.pool, "feature_dim": self.feature_dim,
+                "image_size": e.image_size, "mean": list(e.mean), "std": list(e.std),
+                "interpolation": e.interpolation}
+
+
+_REGISTRY: dict[str, BackboneEntry] = {}
+
+
+def register_backbone(entry: BackboneEntry) -> BackboneEntry:
+    """File a backbone entry under its name."""
+    _REGISTRY[entry.name] = entry
+    return entry
+
+
+def list_backbones(pattern: str = "*") -> list[str]:
+    """Registered backbone names matching a shell-style pattern, e.g. `resnet*`."""
+    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+
+
+def get_entry(name: str) -> BackboneEntry:
+    """The registry entry for `name`; unknown names raise with close matches."""
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, _REGISTRY, n=3)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise BackboneError(f"unknown backbone {name!r}; {hint}choose one of: {', '.join(list_backbones())}")
+    return _REGISTRY[name]
+
+
+def load_imagenet_model(name: str, pretrained: bool = True) -> nn.Module:
+    """The full pretrained ImageNet classifier, in eval mode (for checks on real photos)."""
+    return get_entry(name).build(pretrained).eval()
+
+
+def create_backbone(name: str = "efficientnet_lite0", *, pretrained: bool = True, pool: str = "avg") -> Backbone:
+    """Build a pretrained feature extractor with adaptive `avg` or `max` pooling.
+
+    >>> bb = create_backbone("efficientnet_lite0")  # doctest: +SKIP
+    >>> bb.feature_dim  # doctest: +SKIP
+    1280
+    """
+    if pool not in POOLS:
+        raise BackboneError(f"unknown pooling {pool!r}; choose one of: {', '.join(POOLS)}")
+    entry = get_entry(name)
+    features, dim, last_block = entry.strip(entry.build(pretrained), pool)
+    return Backbone(name, features.eval(), dim, last_block, pool, entry)
+
+
+from core.backbones import efficientnet, resnet  # noqa: E402,F401  (register the families)

@@ -1,0 +1,46 @@
+"""torchvision ResNets through the weights API (cached or downloadable weights)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from core.backbones import BackboneEntry, register_backbone
+from core.errors import BackboneError
+
+
+def _load_weights(weights) -> dict:
+    """State dict from torch hub's cache, downloading when online; offline says where to put the file."""
+    target = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    try:
+        return weights.get_state_dict(progress=False)
+    except Exception as err:  # URLError, SSL, partial download: all mean "not available here"
+        raise BackboneError(
+            f"cannot load {weights} weights ({type(err).__name__}: {err}); without internet, download "
+            f"{weights.url} elsewhere and place it at {target} (or set TORCH_HOME)"
+        ) from err
+
+
+def _strip(model: nn.Module, pool: str):
+    dim = model.fc.in_features
+    model.fc = nn.Identity()
+    model.avgpool = nn.AdaptiveAvgPool2d(1) if pool == "avg" else nn.AdaptiveMaxPool2d(1)
+    return model, dim, model.layer4
+
+
+def _register(name: str) -> None:
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+
+    def build(pretrained: bool) -> nn.Module:
+        model = torchvision.models.get_model(name, weights=None)
+        if pretrained:
+            model.load_state_dict(_load_weights(weights))
+        return model
+
+    register_backbone(BackboneEntry(name=name, build=build, strip=_strip, weights_id=f"{name}.{weights.name}"))
+
+
+for _name in ("resnet18", "resnet34", "resnet50"):
+    _register(_name)

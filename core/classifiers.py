@@ -1,0 +1,165 @@
+"""Classifiers on cached features: an SVM (scikit-learn) and a new linear head (torch)."""
+from __future__ import annotations
+
+import copy
+import time
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.model_selection import train_test_split
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC, LinearSVC
+from sklearn.utils.validation import check_is_fitted
+
+from core.errors import ConfigError
+from core.weights import adjust_logits
+
+LINEAR_SVM_ABOVE = 20_000  # samples; kernel SVC scales ~n^2, LinearSVC stays fast
+
+
+def check_features(X, y=None, n_features: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Validate a feature matrix `(n_samples, n_features)` and optional integer labels."""
+    X = np.asarray(X, dtype=np.float32)
+    if X.ndim != 2 or X.shape[0] == 0:
+        raise ConfigError(f"features must be a non-empty 2-D array (n_samples, n_features), got shape {X.shape}")
+    if not np.isfinite(X).all():
+        raise ConfigError("features contain NaN or infinite values; re-extract them (delete the cache entry)")
+    if n_features is not None and X.shape[1] != n_features:
+        raise ConfigError(f"features have {X.shape[1]} columns but this model was fit on {n_features}; "
+                          "re-extract with the same backbone or refit")
+    if y is not None:
+        y = np.asarray(y)
+        if y.shape != (X.shape[0],):
+            raise ConfigError(f"labels must have shape ({X.shape[0]},) to match the features, got {y.shape}")
+    return X, y
+
+
+def _weight_dict(class_weight, n_classes: int) -> dict | None:
+    return None if class_weight is None else {i: float(w) for i, w in enumerate(np.asarray(class_weight)[:n_classes])}
+
+
+class SvmClassifier(ClassifierMixin, BaseEstimator):
+    """StandardScaler + SVC (rbf by default); LinearSVC above `linear_above` samples.
+
+    >>> svm = SvmClassifier().fit(X_train, y_train, class_weight=[1.0, 5.0])  # doctest: +SKIP
+    >>> svm.predict(X_test)  # doctest: +SKIP
+    """
+
+    def __init__(self, *, kernel: str = "rbf", C: float = 1.0, linear_above: int = LINEAR_SVM_ABOVE, seed: int = 0):
+        self.kernel, self.C, self.linear_above, self.seed = kernel, C, linear_above, seed
+
+    def fit(self, X, y, class_weight=None, n_classes: int | None = None) -> SvmClassifier:
+        X, y = check_features(X, y)
+        self.n_classes_ = n_classes or int(y.max()) + 1
+        weights = _weight_dict(class_weight, self.n_classes_)
+        if len(X) > self.linear_above or self.kernel == "linear":
+            svm = LinearSVC(C=self.C, class_weight=weights, random_state=self.seed)
+        else:
+            svm = SVC(kernel=self.kernel, C=self.C, class_weight=weights, decision_function_shape="ovr")
+        self.model_ = make_pipeline(StandardScaler(), svm).fit(X, y)
+        self.n_features_ = X.shape[1]
+        return self
+
+    def decision_function(self, X) -> np.ndarray:
+        """Scores `(n_samples, n_classes)`; classes absent from training get -inf."""
+        check_is_fitted(self, "model_")
+        X, _ = check_features(X, n_features=self.n_features_)
+        raw = self.model_.decision_function(X)
+        seen = self.model_.classes_
+        if raw.ndim == 1:  # binary problems return one column
+            raw = np.stack([-raw, raw], axis=1)
+        scores = np.full((len(X), self.n_classes_), -np.inf)
+        scores[:, seen] = raw
+        return scores
+
+    def predict(self, X) -> np.ndarray:
+        return self.decision_function(X).argmax(axis=1)
+
+
+class LinearHead(ClassifierMixin, BaseEstimator):
+    """A new linear layer on standardized features, trained with Adam and early stopping.
+
+    `history_` holds per-epoch train/validation/test loss and accuracy for learning curves.
+    """
+
+    def __init__(self, *, epochs: int = 20, lr: float = 3e-3, batch_size: int = 64, weight_decay: float = 1e-4,
+                 val_fraction: float = 0.1, patience: int = 5, seed: int = 0):
+        self.epochs, self.lr, self.batch_size, self.weight_decay = epochs, lr, batch_size, weight_decay
+        self.val_fraction, self.patience, self.seed = val_fraction, patience, seed
+
+    def fit(self, X, y, class_weight=None, n_classes: int | None = None, *, eval_set=None, progress=None) -> LinearHead:
+        """Train; `eval_set=(X_test, y_test)` records test metrics per epoch; `progress(stage, done, total)`."""
+        X, y = check_features(X, y)
+        if self.epochs < 1:
+            raise ConfigError(f"epochs must be at least 1, got {self.epochs}")
+        torch.manual_seed(self.seed)
+        self.n_classes_, self.n_features_ = n_classes or int(y.max()) + 1, X.shape[1]
+        self.mean_, self.std_ = X.mean(axis=0), X.std(axis=0) + 1e-6
+        self.class_prior_ = np.bincount(y, minlength=self.n_classes_) / len(y)
+        X_fit, y_fit, X_val, y_val = self._validation_split(X, y)
+        weight = None if class_weight is None else torch.tensor(np.asarray(class_weight), dtype=torch.float32)
+        loss_fn = torch.nn.CrossEntropyLoss(weight=weight)
+        self.layer_ = torch.nn.Linear(self.n_features_, self.n_classes_)
+        optimizer = torch.optim.Adam(self.layer_.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        tensors = {name: self._tensor(a) for name, a in (("fit", X_fit), ("val", X_val))}
+        self.history_, best, stale = [], (np.inf, None), 0
+        for epoch in range(1, self.epochs + 1):
+            started = time.perf_counter()
+            self._train_epoch(tensors["fit"], torch.as_tensor(y_fit), loss_fn, optimizer, epoch)
+            row = {"epoch": epoch, "seconds": time.perf_counter() - started}
+            row.update(self._score("train", tensors["fit"], y_fit, loss_fn))
+            row.update(self._score("val", tensors["val"], y_val, loss_fn) if len(y_val) else {})
+            if eval_set is not None:
+                row.update(self._score("test", self._tensor(eval_set[0]), np.asarray(eval_set[1]), loss_fn))
+            self.history_.append(row)
+            if progress:
+                progress("train head (epochs)", epoch, self.epochs)
+            monitor = row.get("val_loss", row["train_loss"])
+            best, stale = ((monitor, copy.deepcopy(self.layer_.state_dict())), 0) if monitor < best[0] else (best, stale + 1)
+            if stale >= self.patience:
+                break
+        self.layer_.load_state_dict(best[1])
+        self.best_epoch_ = int(np.argmin([r.get("val_loss", r["train_loss"]) for r in self.history_])) + 1
+        return self
+
+    def _validation_split(self, X, y):
+        counts = np.bincount(y)
+        if self.val_fraction <= 0 or counts[counts > 0].min() < 3:
+            return X, y, X[:0], y[:0]  # too few samples in some class: monitor training loss instead
+        X_fit, X_val, y_fit, y_val = train_test_split(X, y, test_size=self.val_fraction, stratify=y,
+                                                      random_state=self.seed)
+        return X_fit, y_fit, X_val, y_val
+
+    def _tensor(self, X) -> torch.Tensor:
+        return torch.as_tensor((np.asarray(X, dtype=np.float32) - self.mean_) / self.std_, dtype=torch.float32)
+
+    def _train_epoch(self, X, y, loss_fn, optimizer, epoch: int) -> None:
+        self.layer_.train()
+        order = torch.randperm(len(X), generator=torch.Generator().manual_seed(self.seed + epoch))
+        for start in range(0, len(X), self.batch_size):
+            batch = order[start:start + self.batch_size]
+            optimizer.zero_grad()
+            loss_fn(self.layer_(X[batch]), y[batch]).backward()
+            optimizer.step()
+
+    def _score(self, prefix: str, X: torch.Tensor, y: np.ndarray, loss_fn) -> dict:
+        self.layer_.eval()
+        with torch.inference_mode():
+            logits = self.layer_(X)
+            loss = loss_fn(logits, torch.as_tensor(y)).item()
+        return {f"{prefix}_loss": loss, f"{prefix}_acc": float((logits.argmax(1).numpy() == y).mean())}
+
+    def decision_function(self, X, tau: float = 0.0) -> np.ndarray:
+        """Logits `(n_samples, n_classes)`, optionally logit-adjusted by `tau` (no retraining)."""
+        check_is_fitted(self, "layer_")
+        X, _ = check_features(X, n_features=self.n_features_)
+        self.layer_.eval()
+        with torch.inference_mode():
+            logits = self.layer_(self._tensor(X)).numpy()
+        return adjust_logits(logits, self.class_prior_, tau) if tau else logits
+
+    def predict(self, X, tau: float = 0.0) -> np.ndarray:
+        return self.decision_function(X, tau).argmax(axis=1)
+

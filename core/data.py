@@ -1,0 +1,215 @@
+"""Discover ImageFolder-style datasets, validate their images and build the demo dataset."""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+from sklearn.model_selection import train_test_split
+
+from core.errors import DataError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+DEMO_CLASSES = ("0-zero", "1-one", "2-two", "3-three", "4-four", "5-five", "6-six", "7-seven", "8-eight", "9-nine")
+DEMO_SIZE = (96, 32)  # width x height: about 3:1, like the reference 800x240 boat photos
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One validated image: where it is, its label index and its size (width, height)."""
+
+    path: str
+    label: int
+    size: tuple[int, int]
+
+
+@dataclass
+class Dataset:
+    """A labelled image dataset split into train and test, with the files that were skipped."""
+
+    root: str
+    classes: list[str]
+    train: list[Sample]
+    test: list[Sample]
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    fingerprint: str = ""
+
+    @property
+    def train_counts(self) -> list[int]:
+        return np.bincount([s.label for s in self.train], minlength=len(self.classes)).tolist()
+
+    @property
+    def test_counts(self) -> list[int]:
+        return np.bincount([s.label for s in self.test], minlength=len(self.classes)).tolist()
+
+    @property
+    def samples(self) -> list[Sample]:
+        """Train samples followed by test samples (the order features are stored in)."""
+        return self.train + self.test
+
+    def summary(self) -> dict:
+        """JSON-ready description used in results files and on the Dataset page."""
+        return {
+            "root": self.root,
+            "classes": self.classes,
+            "train_counts": self.train_counts,
+            "test_counts": self.test_counts,
+            "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+            "fingerprint": self.fingerprint,
+        }
+
+
+def load_dataset(root, *, test_size: float = 0.2, seed: int = 0) -> Dataset:
+    """Load `root/train/<class>/*` + `root/test/<class>/*`, or split `root/<class>/*` stratified.
+
+    Unreadable, empty or non-image files are skipped and listed in `Dataset.skipped`.
+
+    >>> ds = load_dataset("cache/datasets/digits-demo")  # doctest: +SKIP
+    >>> ds.classes[:3], len(ds.train) > len(ds.test)  # doctest: +SKIP
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"dataset folder {str(root)!r} does not exist; pass a folder with one sub-folder per class")
+    if not 0 < test_size < 1:
+        raise DataError(f"test size must be between 0 and 1 (exclusive), got {test_size}")
+    hasher = hashlib.sha256()
+    skipped: list[tuple[str, str]] = []
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        classes = _class_names(root / "train")
+        train = _scan_split(root / "train", classes, hasher, skipped)
+        test = _scan_split(root / "test", classes, hasher, skipped)
+    else:
+        classes = _class_names(root)
+        train, test = _split(_scan_split(root, classes, hasher, skipped), test_size, seed, len(classes))
+        hasher.update(f"split:{test_size}:{seed}".encode())
+    _check_usable(root, classes, train, test)
+    return Dataset(str(root), classes, train, test, skipped, hasher.hexdigest()[:16])
+
+
+def _class_names(folder: Path) -> list[str]:
+    classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if len(classes) < 2:
+        raise DataError(
+            f"{str(folder)!r} has {len(classes)} class folder(s); put each class's images in its own "
+            "sub-folder (at least two), e.g. DIR/cats/*.jpg and DIR/dogs/*.jpg, or DIR/train/<class> + DIR/test/<class>"
+        )
+    return classes
+
+
+def _scan_split(folder: Path, classes: list[str], hasher, skipped: list) -> list[Sample]:
+    samples = []
+    for label, name in enumerate(classes):
+        class_dir = folder / name
+        files = sorted(p for p in class_dir.rglob("*") if p.is_file()) if class_dir.is_dir() else []
+        for path in files:
+            if path.name.startswith("."):
+                continue
+            size, reason = _inspect_image(path, hasher, label)
+            if reason:
+                skipped.append((str(path), reason))
+            else:
+                samples.append(Sample(str(path), label, size))
+    return samples
+
+
+def _inspect_image(path: Path, hasher, label: int) -> tuple[tuple[int, int] | None, str | None]:
+    """Decode an image cheaply (JPEG draft mode) and hash its bytes; return (size, skip reason)."""
+    if path.suffix.lower() not in IMAGE_EXTENSIONS:
+        return None, f"not an image extension ({path.suffix or 'none'})"
+    data = path.read_bytes()
+    if not data:
+        return None, "empty file (0 bytes)"
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            size = img.size
+            img.draft("RGB", (64, 64))
+            img.load()
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
+        return None, f"unreadable image: {err}"
+    hasher.update(f"{label}:{path.name}:".encode())
+    hasher.update(hashlib.sha256(data).digest())
+    return size, None
+
+
+def _split(samples: list[Sample], test_size: float, seed: int, n_classes: int):
+    labels = [s.label for s in samples]
+    counts = np.bincount(labels, minlength=n_classes)
+    stratify = labels if counts.min() >= 2 else None
+    try:
+        return train_test_split(samples, test_size=test_size, random_state=seed, stratify=stratify)
+    except ValueError as err:
+        raise DataError(f"cannot split {len(samples)} images with test size {test_size}: {err}") from err
+
+
+def _check_usable(root: Path, classes, train, test) -> None:
+    if not train or not test:
+        raise DataError(
+            f"{str(root)!r} has {len(train)} readable training and {len(test)} test images; "
+            "need at least one of each (check the folder layout and image formats)"
+        )
+    empty = [c for c, n in zip(classes, np.bincount([s.label for s in train], minlength=len(classes))) if n == 0]
+    if empty:
+        raise DataError(f"classes without any training image: {', '.join(empty)}; add images or remove those folders")
+
+
+def demo_counts(n_classes: int = 10, largest: int = 170, smallest: int = 10) -> list[int]:
+    """Geometric per-class image counts from `largest` down to `smallest` (17x imbalance)."""
+    ratio = (smallest / largest) ** (1 / (n_classes - 1))
+    return [round(largest * ratio**i) for i in range(n_classes)]
+
+
+def build_demo_dataset(out_dir, *, test_fraction: float = 0.25, seed: int = 0) -> Path:
+    """Write scikit-learn's digits as wide (3:1) grayscale PNGs, deterministically imbalanced.
+
+    Layout: `out_dir/train/<class>/*.png` and `out_dir/test/<class>/*.png`. Rebuilding gives
+    byte-identical files, so the feature cache stays valid.
+    """
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    rng = np.random.default_rng(seed)
+    out_dir = Path(out_dir)
+    tmp_dir = out_dir.with_name(out_dir.name + f".tmp-{os.getpid()}")
+    for label, count in enumerate(demo_counts()):
+        indices = rng.permutation(np.flatnonzero(digits.target == label))[:count]
+        n_test = max(2, round(count * test_fraction))
+        for i, index in enumerate(indices):
+            split = "test" if i < n_test else "train"
+            path = tmp_dir / split / DEMO_CLASSES[label] / f"{index:04d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _render_digit(digits.images[index], rng).save(path, optimize=False)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp_dir, out_dir)
+    return out_dir
+
+
+def _render_digit(pixels: np.ndarray, rng: np.random.Generator) -> Image.Image:
+    """Place an 8x8 digit (values 0..16) at a random spot on a wide noisy canvas."""
+    width, height = DEMO_SIZE
+    digit = Image.fromarray((pixels * 255 / 16).astype(np.uint8)).resize((28, 28), Image.BICUBIC)
+    canvas = rng.normal(20, 8, size=(height, width)).clip(0, 255).astype(np.uint8)
+    img = Image.fromarray(canvas, mode="L")
+    x, y = int(rng.integers(0, width - 28)), int(rng.integers(0, height - 28))
+    img.paste(digit, (x, y), mask=digit)
+    return img
+
+
+def open_rgb(path) -> Image.Image:
+    """Decode any supported image (grayscale, RGBA, CMYK, 16-bit, ...) as 8-bit RGB."""
+    with Image.open(path) as img:
+        img = ImageOps.exif_transpose(img)
+        if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+            pixels = np.asarray(img, dtype=np.float64)
+            peak = pixels.max() or 1.0
+            img = Image.fromarray((pixels * (255.0 / peak)).astype(np.uint8), mode="L")
+        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+            rgba = img.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return Image.alpha_composite(background, rgba).convert("RGB")
+        return img.convert("RGB")

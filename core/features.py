@@ -1,0 +1,236 @@
+"""Batched, cached, resumable feature extraction from a pretrained backbone."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import time
+from dataclasses import dataclass
+from itertools import groupby
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from torchvision.transforms import InterpolationMode, v2
+from torchvision.transforms.v2 import functional as F
+
+from core.backbones import Backbone, BackboneEntry, create_backbone, get_entry
+from core.data import Dataset, Sample, open_rgb
+from core.errors import ConfigError
+from core.runs import atomic_write_bytes, atomic_write_json
+
+FORMAT_VERSION = 1
+SHARD_IMAGES = 256
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Keep the aspect ratio: resize the short side to `image_size`, cap the long side, normalize."""
+
+    image_size: int = 224
+    max_long_side: int = 1024
+    mean: tuple = (0.485, 0.456, 0.406)
+    std: tuple = (0.229, 0.224, 0.225)
+    interpolation: str = "bilinear"
+
+    @classmethod
+    def for_backbone(cls, entry: BackboneEntry, image_size: int | None = None) -> Preprocess:
+        size = image_size or entry.image_size
+        if not 16 <= size <= 2048:
+            raise ConfigError(f"image size (short side) must be between 16 and 2048 pixels, got {size}")
+        return cls(size, max(4 * size, 1024), entry.mean, entry.std, entry.interpolation)
+
+    def output_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        """(height, width) after resizing an image of (width, height)."""
+        width, height = size
+        short, long = sorted((width, height))
+        new_short, new_long = self.image_size, max(1, round(self.image_size * long / short))
+        if new_long > self.max_long_side:
+            new_short, new_long = max(1, round(self.max_long_side * short / long)), self.max_long_side
+        return (new_long, new_short) if height > width else (new_short, new_long)
+
+    def __call__(self, img, out_size: tuple[int, int], augment: Callable | None = None) -> torch.Tensor:
+        mode = InterpolationMode(self.interpolation)
+        image = F.resize(F.pil_to_tensor(img), list(out_size), interpolation=mode, antialias=True)
+        if augment is not None:
+            image = augment(image)
+        return F.normalize(F.to_dtype(image, torch.float32, scale=True), self.mean, self.std)
+
+
+def light_augmentation(hflip: bool = True) -> v2.Compose:
+    """Shape-preserving augmentation for fine-tuning: small shifts/zoom, colour jitter, optional flip."""
+    steps = [v2.RandomAffine(degrees=5, translate=(0.05, 0.05), scale=(0.9, 1.1)), v2.ColorJitter(0.2, 0.2, 0.2)]
+    return v2.Compose(([v2.RandomHorizontalFlip()] if hflip else []) + steps)
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Decodes samples to normalized tensors at their planned (aspect-preserving) size."""
+
+    def __init__(self, samples: list[Sample], preprocess: Preprocess, augment: Callable | None = None):
+        self.samples, self.preprocess, self.augment = samples, preprocess, augment
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        sample = self.samples[index]
+        tensor = self.preprocess(open_rgb(sample.path), self.preprocess.output_size(sample.size), self.augment)
+        return tensor, sample.label, index
+
+
+def size_grouped_batches(samples: list[Sample], preprocess: Preprocess, batch_size: int, shuffle_seed=None):
+    """Index batches whose images share one output size, so they stack without padding or cropping."""
+    order = sorted(range(len(samples)), key=lambda i: (preprocess.output_size(samples[i].size), i))
+    batches = []
+    for _, group in groupby(order, key=lambda i: preprocess.output_size(samples[i].size)):
+        group = list(group)
+        if shuffle_seed is not None:
+            group = np.random.default_rng(shuffle_seed).permutation(group).tolist()
+        batches += [group[i:i + batch_size] for i in range(0, len(group), batch_size)]
+    if shuffle_seed is not None:
+        batches = [batches[i] for i in np.random.default_rng(shuffle_seed).permutation(len(batches))]
+    return batches
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """`auto` picks CUDA when present; asking for CUDA without it is a clear error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda"):
+        raise ConfigError(f"unknown device {device!r}; choose auto, cpu or cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' requested but no CUDA GPU is visible; use --device cpu or auto")
+    return torch.device(device)
+
+
+def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """fp16 on CUDA, bf16 on CPUs with native bf16 support, else None (fp32)."""
+    if precision == "fp32":
+        return None
+    if precision != "auto":
+        raise ConfigError(f"unknown precision {precision!r}; choose auto or fp32")
+    if device.type == "cuda":
+        return torch.float16
+    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+
+
+def default_workers(device: torch.device) -> int:
+    """Decoding workers: leave the CPU to the model on small machines, more on a GPU box."""
+    cores = os.cpu_count() or 1
+    return min(8, cores - 1) if device.type == "cuda" else min(4, cores // 2)
+
+
+def make_loader(dataset: ImageDataset, batches: list[list[int]], device: torch.device, workers: int | None):
+    workers = default_workers(device) if workers is None else workers
+    return DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=device.type == "cuda",
+                      persistent_workers=False)
+
+
+@dataclass
+class FeatureSet:
+    """Cached features of a dataset: train rows first, then test rows, in `Dataset.samples` order."""
+
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_test: np.ndarray
+    y_test: np.ndarray
+    key: str
+    cache_hit: bool
+    seconds: float  # wall time of this call (loading on a hit)
+    extract_seconds: float  # time the extraction itself took when it ran
+    backbone: dict
+
+
+def feature_key(dataset: Dataset, entry: BackboneEntry, pool: str, preprocess: Preprocess, dtype) -> str:
+    """Hash of everything that changes the features: data, backbone+weights, transform, pooling, dtype."""
+    fields = {"format": FORMAT_VERSION, "data": dataset.fingerprint, "backbone": entry.name,
+              "weights": entry.weights_id, "pool": pool, "preprocess": repr(preprocess), "dtype": str(dtype)}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def extract_features(dataset: Dataset, backbone: str = "efficientnet_lite0", *, pool: str = "avg",
+                     image_size: int | None = None, cache_dir="cache", device: str = "auto",
+                     precision: str = "auto", batch_size: int = 32, workers: int | None = None,
+                     progress: Progress | None = None) -> FeatureSet:
+    """Features for every image of `dataset`, computed once and then served from `cache_dir/features/`.
+
+    Shards are written atomically as they finish, so an interrupted extraction resumes where it stopped.
+
+    >>> fs = extract_features(load_dataset("cache/datasets/digits-demo"))  # doctest: +SKIP
+    >>> fs.X_train.shape, fs.cache_hit  # doctest: +SKIP
+    ((449, 1280), False)
+    """
+    start = time.perf_counter()
+    entry, torch_device = get_entry(backbone), resolve_device(device)
+    preprocess, dtype = Preprocess.for_backbone(entry, image_size), autocast_dtype(torch_device, precision)
+    key = feature_key(dataset, entry, pool, preprocess, dtype)
+    folder = Path(cache_dir) / "features" / key
+    meta_path = folder / "meta.json"
+    cache_hit = meta_path.exists()
+    if not cache_hit:
+        model = create_backbone(backbone, pool=pool)
+        _extract_shards(dataset, model, preprocess, folder, torch_device, dtype, batch_size, workers, progress)
+        meta = {"key": key, "n": len(dataset.samples), "feature_dim": model.feature_dim,
+                "extract_seconds": time.perf_counter() - start, "backbone": model.describe(),
+                "preprocess": repr(preprocess), "dtype": str(dtype), "device": str(torch_device)}
+        atomic_write_json(meta_path, meta)
+    meta = json.loads(meta_path.read_text())
+    X = _load_shards(folder, len(dataset.samples))
+    y = np.array([s.label for s in dataset.samples])
+    n = len(dataset.train)
+    return FeatureSet(X[:n], y[:n], X[n:], y[n:], key, cache_hit, time.perf_counter() - start,
+                      meta["extract_seconds"], meta["backbone"])
+
+
+def _shard_plan(samples, preprocess: Preprocess) -> list[list[int]]:
+    """Split the size-grouped order into shards of at most SHARD_IMAGES (independent of batch size)."""
+    return size_grouped_batches(samples, preprocess, SHARD_IMAGES)
+
+
+def _extract_shards(dataset, backbone: Backbone, preprocess, folder: Path, device, dtype, batch_size, workers,
+                    progress) -> None:
+    samples = dataset.samples
+    shards = _shard_plan(samples, preprocess)
+    todo = [(i, shard) for i, shard in enumerate(shards) if not (folder / f"shard-{i:05d}.npz").exists()]
+    done = len(samples) - sum(len(s) for _, s in todo)
+    report = progress or (lambda *_: None)
+    report("extract features", done, len(samples))
+    if not todo:
+        return
+    model = backbone.features.to(device, memory_format=torch.channels_last)
+    batches = [shard[j:j + batch_size] for _, shard in todo for j in range(0, len(shard), batch_size)]
+    loader = make_loader(ImageDataset(samples, preprocess), batches, device, workers)
+    pending = iter(todo)
+    shard_id, shard = next(pending)
+    rows, indices = [], []
+    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        for images, _, index in loader:
+            images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
+            rows.append(model(images).float().cpu().numpy())
+            indices.append(index.numpy())
+            done += len(index)
+            report("extract features", done, len(samples))
+            if sum(len(i) for i in indices) == len(shard):
+                _write_shard(folder / f"shard-{shard_id:05d}.npz", np.concatenate(indices), np.concatenate(rows))
+                rows, indices = [], []
+                shard_id, shard = next(pending, (None, None))
+
+
+def _write_shard(path: Path, indices: np.ndarray, X: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, indices=indices, X=X)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _load_shards(folder: Path, n: int) -> np.ndarray:
+    X = None
+    for path in sorted(folder.glob("shard-*.npz")):
+        with np.load(path) as shard:
+            if X is None:
+                X = np.empty((n, shard["X"].shape[1]), dtype=np.float32)
+            X[shard["indices"]] = shard["X"]
+    return X

@@ -1,0 +1,312 @@
+"""Plotly figure builders for class balance, confusion matrices, per-class scores and run trade-offs.
+
+Class names sit on a categorical axis with automargin, so long names stay readable;
+figures grow taller with the number of classes. Minority classes always get an orange,
+bold tick label (and orange bars where bar colour encodes the class), explained by a note.
+"""
+
+import itertools
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+from plotly.subplots import make_subplots
+
+from core.errors import ConfigError
+from core.metrics import MINORITY_FRACTION, check_confusion, normalize_confusion
+
+MAJORITY_COLOR = "#1f77b4"  # blue
+MINORITY_COLOR = "#ff7f0e"  # orange
+POSITIVE_COLOR = "#2ca02c"
+NEGATIVE_COLOR = "#d62728"
+NEUTRAL_COLOR = "#7f7f7f"
+SPLIT_COLORS = {"train": "#2a3f5f", "test": "#9467bd"}
+HATCH = "/"  # bar pattern for the second series (test counts, recall)
+PX_PER_CLASS = 34
+MIN_HEIGHT_PX = 380
+MIN_FIT_S = 1e-3  # a log axis cannot show 0 s, so faster fits are drawn here
+METRIC_SYMBOLS = {"accuracy": ("Accuracy", "circle"), "macro_f1": ("Macro-F1", "diamond")}
+RUN_KEYS = ("run_id", "approach", "class_weight", "accuracy", "macro_f1", "fit_seconds")
+
+
+def _minority_flags(minority, n_classes):
+    """Return ``minority`` as a list of bools of length ``n_classes``; None means no minority class."""
+    if minority is None:
+        return [False] * n_classes
+    flags = [bool(flag) for flag in minority]
+    if len(flags) != n_classes:
+        raise ConfigError(
+            f"minority has {len(flags)} flags but there are {n_classes} classes; "
+            "pass one flag per class (see core.metrics.minority_mask)"
+        )
+    return flags
+
+
+def _class_colors(flags):
+    """Bar colour per class: orange for minority classes, blue otherwise."""
+    return [MINORITY_COLOR if flag else MAJORITY_COLOR for flag in flags]
+
+
+def _class_axis(names, flags, suffixes=None):
+    """Axis settings that show class names, minority ones in bold orange, with optional suffixes."""
+    suffixes = suffixes or [""] * len(names)
+    ticktext = [
+        f'<b><span style="color:{MINORITY_COLOR}">{name}{suffix}</span></b>' if flag else f"{name}{suffix}"
+        for name, flag, suffix in zip(names, flags, suffixes)
+    ]
+    return dict(tickmode="array", tickvals=list(names), ticktext=ticktext, automargin=True)
+
+
+def _add_minority_note(fig, flags):
+    """Explain the orange highlighting above the plot when any class is a minority class."""
+    if any(flags):
+        fig.add_annotation(
+            text=f'<b><span style="color:{MINORITY_COLOR}">orange</span></b> = minority class '
+                 f"(train count < {MINORITY_FRACTION:g} × median)",
+            xref="paper", yref="paper", x=1, y=1.02, xanchor="right", yanchor="bottom", showarrow=False,
+        )
+
+
+def _style_class_bars(fig, names, flags, title, value_title, suffixes=None):
+    """Lay out horizontal per-class bars: classes top to bottom, height grows with the class count."""
+    fig.update_layout(
+        title=title, barmode="group", height=max(MIN_HEIGHT_PX, 160 + PX_PER_CLASS * len(names)),
+        margin=dict(t=90), legend=dict(orientation="h", y=-0.08, yanchor="top"),
+    )
+    fig.update_yaxes(**_class_axis(names, flags, suffixes), autorange="reversed")
+    fig.update_xaxes(title_text=value_title)
+    _add_minority_note(fig, flags)
+    return fig
+
+
+def _style_heatmap(fig, names, flags, title):
+    """Lay out a class × class heatmap: true classes down, predicted classes across at an angle."""
+    fig.update_layout(title=title, height=max(MIN_HEIGHT_PX, 220 + PX_PER_CLASS * len(names)), margin=dict(t=90))
+    fig.update_xaxes(**_class_axis(names, flags), tickangle=-45, title_text="Predicted class")
+    fig.update_yaxes(**_class_axis(names, flags), autorange="reversed", title_text="True class")
+    _add_minority_note(fig, flags)
+    return fig
+
+
+def class_distribution_figure(classes, train_counts, test_counts, minority):
+    """Horizontal bars of train (solid) and test (hatched) image counts per class.
+
+    Example:
+        >>> fig = class_distribution_figure(["cat", "owl"], [90, 10], [30, 4], [False, True])
+        >>> [trace.name for trace in fig.data]
+        ['Train', 'Test']
+    """
+    names = list(classes)
+    flags = _minority_flags(minority, len(names))
+    if len(train_counts) != len(names) or len(test_counts) != len(names):
+        raise ConfigError(
+            f"got {len(train_counts)} train and {len(test_counts)} test counts for {len(names)} classes; "
+            "pass one count per class, in class order"
+        )
+    colors = _class_colors(flags)
+    fig = go.Figure([
+        go.Bar(name="Train", y=names, x=list(train_counts), orientation="h", marker=dict(color=colors)),
+        go.Bar(name="Test", y=names, x=list(test_counts), orientation="h",
+               marker=dict(color=colors, pattern_shape=HATCH)),
+    ])
+    return _style_class_bars(fig, names, flags, "Images per class", "Images")
+
+
+def confusion_matrix_figure(cm, classes, normalize=False, *, minority=None):
+    """Heatmap of a confusion matrix (rows = true class), as counts or row-normalized shares.
+
+    Example:
+        >>> fig = confusion_matrix_figure([[3, 1], [0, 2]], ["cat", "owl"], normalize=True)
+        >>> fig.data[0].z.tolist()
+        [[0.75, 0.25], [0.0, 1.0]]
+    """
+    names = list(classes)
+    counts = check_confusion(cm, len(names))
+    flags = _minority_flags(minority, len(names))
+    if normalize:
+        heatmap = go.Heatmap(
+            z=normalize_confusion(counts), customdata=counts, zmin=0, zmax=1, texttemplate="%{z:.0%}",
+            hovertemplate="true %{y}<br>predicted %{x}<br>%{z:.1%} (%{customdata} images)<extra></extra>",
+        )
+        title = "Confusion matrix (row-normalized: share of each true class)"
+    else:
+        heatmap = go.Heatmap(z=counts, texttemplate="%{z}",
+                             hovertemplate="true %{y}<br>predicted %{x}<br>%{z} images<extra></extra>")
+        title = "Confusion matrix (counts)"
+    heatmap.update(x=names, y=names, colorscale="Blues")
+    return _style_heatmap(go.Figure(heatmap), names, flags, title)
+
+
+def _interval_bars(rows, metric):
+    """Bar values and Wilson error-bar lengths for ``metric``; a missing interval draws no bar."""
+    values = [row[metric] for row in rows]
+    above = [0 if row[f"{metric}_high"] is None else row[f"{metric}_high"] - row[metric] for row in rows]
+    below = [0 if row[f"{metric}_low"] is None else row[metric] - row[f"{metric}_low"] for row in rows]
+    return values, dict(type="data", array=above, arrayminus=below, visible=True)
+
+
+def per_class_figure(per_class):
+    """Grouped bars of precision (solid) and recall (hatched) per class with Wilson 95% error bars.
+
+    Example:
+        >>> from core.metrics import evaluate
+        >>> fig = per_class_figure(evaluate([0, 1, 1], [0, 1, 0], ["cat", "owl"])["per_class"])
+        >>> [trace.name for trace in fig.data]
+        ['Precision', 'Recall']
+    """
+    names = [row["class"] for row in per_class]
+    flags = [row["minority"] for row in per_class]
+    colors = _class_colors(flags)
+    fig = go.Figure()
+    for metric, pattern in (("precision", ""), ("recall", HATCH)):
+        values, error = _interval_bars(per_class, metric)
+        fig.add_trace(go.Bar(
+            name=metric.capitalize(), y=names, x=values, orientation="h", error_x=error,
+            marker=dict(color=colors, pattern_shape=pattern),
+            hovertemplate=f"%{{y}}<br>{metric} %{{x:.2f}}<extra></extra>",
+        ))
+    fig.update_xaxes(range=[0, 1.05])
+    suffixes = [f" (n={row['support']})" for row in per_class]
+    return _style_class_bars(fig, names, flags, "Precision and recall per class (Wilson 95% intervals)",
+                             "Score", suffixes)
+
+
+def learning_curve_figure(history):
+    """Loss and accuracy per epoch for train and (when recorded) test, side by side.
+
+    Example:
+        >>> fig = learning_curve_figure([{"epoch": 1, "train_loss": 0.9, "train_acc": 0.6}])
+        >>> [trace.name for trace in fig.data]
+        ['train', 'train']
+    """
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("Loss", "Accuracy"))
+    epochs = [entry["epoch"] for entry in history]
+    for col, metric in enumerate(("loss", "acc"), start=1):
+        for split, color in SPLIT_COLORS.items():
+            values = [entry.get(f"{split}_{metric}") for entry in history]
+            if all(value is None for value in values):
+                continue
+            fig.add_trace(go.Scatter(
+                x=epochs, y=values, mode="lines+markers", name=split, legendgroup=split,
+                showlegend=not any(trace.name == split for trace in fig.data), line=dict(color=color),
+            ), row=1, col=col)
+    fig.update_xaxes(title_text="Epoch")
+    fig.update_yaxes(title_text="Loss", row=1, col=1)
+    fig.update_yaxes(title_text="Accuracy", range=[0, 1.02], row=1, col=2)
+    fig.update_layout(title="Learning curve", height=MIN_HEIGHT_PX)
+    return fig
+
+
+def pareto_front(times, scores):
+    """Indices of points no other point beats (lower time and higher score), sorted by time.
+
+    Example:
+        >>> pareto_front([1.0, 2.0, 3.0], [0.5, 0.4, 0.9])
+        [0, 2]
+    """
+    times, scores = np.asarray(times, dtype=float), np.asarray(scores, dtype=float)
+    if times.ndim != 1 or times.shape != scores.shape or not np.all(np.isfinite(times) & np.isfinite(scores)):
+        raise ConfigError(
+            f"pareto_front needs two equal-length 1-D lists of finite numbers, got shapes {times.shape} "
+            f"and {scores.shape}; drop runs without a time or score"
+        )
+    # no_worse[j, i]: point j is at least as fast and as good as point i; better[j, i]: strictly in one.
+    no_worse = (times[:, None] <= times[None, :]) & (scores[:, None] >= scores[None, :])
+    better = (times[:, None] < times[None, :]) | (scores[:, None] > scores[None, :])
+    front = np.flatnonzero(~(no_worse & better).any(axis=0))
+    return [int(i) for i in front[np.lexsort((-scores[front], times[front]))]]
+
+
+def _check_runs(runs):
+    """Raise ConfigError naming the first run that lacks a key tradeoff_figure needs."""
+    for run in runs:
+        missing = [key for key in RUN_KEYS if key not in run]
+        if missing:
+            raise ConfigError(
+                f"run {run.get('run_id', '?')} lacks {missing}; each run needs {list(RUN_KEYS)}"
+            )
+
+
+def tradeoff_figure(runs):
+    """Accuracy and macro-F1 versus fit time (log scale), coloured by approach, with the accuracy Pareto front.
+
+    Example:
+        >>> fig = tradeoff_figure([{"run_id": "r1", "approach": "svm", "class_weight": "balanced",
+        ...                         "accuracy": 0.9, "macro_f1": 0.8, "fit_seconds": 2.0}])
+        >>> [trace.name for trace in fig.data]
+        ['svm · Accuracy', 'svm · Macro-F1', 'Pareto front (accuracy)']
+    """
+    _check_runs(runs)
+    fit_s = [max(run["fit_seconds"], MIN_FIT_S) for run in runs]
+    fig = go.Figure()
+    approaches = list(dict.fromkeys(run["approach"] for run in runs))
+    for approach, color in zip(approaches, itertools.cycle(qualitative.Plotly)):
+        members = [i for i, run in enumerate(runs) if run["approach"] == approach]
+        hover_data = [[runs[i]["approach"], str(runs[i]["class_weight"]), runs[i]["run_id"]] for i in members]
+        for metric, (label, symbol) in METRIC_SYMBOLS.items():
+            fig.add_trace(go.Scatter(
+                x=[fit_s[i] for i in members], y=[runs[i][metric] for i in members], mode="markers",
+                name=f"{approach} · {label}", legendgroup=approach, customdata=hover_data,
+                marker=dict(color=color, symbol=symbol, size=11, line=dict(width=1, color="white")),
+                hovertemplate=f"{label} %{{y:.3f}}<br>fit %{{x:.2f}} s<br>approach %{{customdata[0]}}"
+                              "<br>class weight %{customdata[1]}<br>run %{customdata[2]}<extra></extra>",
+            ))
+    front = pareto_front(fit_s, [run["accuracy"] for run in runs])
+    fig.add_trace(go.Scatter(
+        x=[fit_s[i] for i in front], y=[runs[i]["accuracy"] for i in front], mode="lines",
+        line=dict(shape="hv", dash="dash", color=NEUTRAL_COLOR), name="Pareto front (accuracy)", hoverinfo="skip",
+    ))
+    fig.update_xaxes(type="log", title_text="Fit time (s, log scale)")
+    fig.update_yaxes(title_text="Score")
+    fig.update_layout(title="Score versus fit time", height=MIN_HEIGHT_PX + 100)
+    return fig
+
+
+def confusion_diff_figure(cm_a, cm_b, classes, label_a, label_b, *, minority=None):
+    """Heatmap of row-normalized confusion B minus A on a diverging scale centred on 0.
+
+    Example:
+        >>> fig = confusion_diff_figure([[2, 2], [0, 4]], [[4, 0], [0, 4]], ["cat", "owl"], "A", "B")
+        >>> fig.data[0].z.tolist()
+        [[0.5, -0.5], [0.0, 0.0]]
+    """
+    names = list(classes)
+    flags = _minority_flags(minority, len(names))
+    diff = normalize_confusion(check_confusion(cm_b, len(names))) - normalize_confusion(
+        check_confusion(cm_a, len(names)))
+    fig = go.Figure(go.Heatmap(
+        z=diff, x=names, y=names, colorscale="RdBu", zmid=0, texttemplate="%{z:+.0%}",
+        colorbar=dict(title=dict(text=f"{label_b} − {label_a}")),
+        hovertemplate="true %{y}<br>predicted %{x}<br>change %{z:+.1%}<extra></extra>",
+    ))
+    return _style_heatmap(fig, names, flags, f"Row-normalized confusion: {label_b} minus {label_a}")
+
+
+def f1_delta_figure(per_class_a, per_class_b, label_a, label_b):
+    """Bar per class of F1(B) − F1(A): green where B is better, red where it is worse.
+
+    Example:
+        >>> from core.metrics import evaluate
+        >>> a = evaluate([0, 1], [0, 0], ["cat", "owl"])["per_class"]
+        >>> b = evaluate([0, 1], [0, 1], ["cat", "owl"])["per_class"]
+        >>> [round(x, 2) for x in f1_delta_figure(a, b, "A", "B").data[0].x]
+        [0.33, 1.0]
+    """
+    names = [row["class"] for row in per_class_a]
+    if [row["class"] for row in per_class_b] != names:
+        raise ConfigError(
+            f"the two runs have different classes: {names} vs {[row['class'] for row in per_class_b]}; "
+            "compare runs on the same dataset"
+        )
+    deltas = [b["f1"] - a["f1"] for a, b in zip(per_class_a, per_class_b)]
+    colors = [POSITIVE_COLOR if d > 0 else NEGATIVE_COLOR if d < 0 else NEUTRAL_COLOR for d in deltas]
+    flags = [row["minority"] for row in per_class_a]
+    fig = go.Figure(go.Bar(
+        y=names, x=deltas, orientation="h", marker=dict(color=colors), name=f"F1 {label_b} − {label_a}",
+        customdata=[[a["f1"], b["f1"]] for a, b in zip(per_class_a, per_class_b)],
+        hovertemplate=f"%{{y}}<br>F1 {label_a} %{{customdata[0]:.2f}} → {label_b} %{{customdata[1]:.2f}}"
+                      "<br>change %{x:+.2f}<extra></extra>",
+    ))
+    fig.add_vline(x=0, line=dict(color=NEUTRAL_COLOR, width=1))
+    return _style_class_bars(fig, names, flags, f"Per-class F1 change: {label_b} minus {label_a}",
+                             f"F1({label_b}) − F1({label_a})")

@@ -1,0 +1,142 @@
+"""The classic fine-tune: images through the (frozen, or last-block-unfrozen) backbone every epoch."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from core.backbones import create_backbone
+from core.data import Dataset
+from core.errors import ConfigError
+from core.features import (ImageDataset, Preprocess, autocast_dtype, light_augmentation, make_loader,
+                           resolve_device, size_grouped_batches)
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Settings of one fine-tuning run (mirrored by the CLI)."""
+
+    backbone: str = "efficientnet_lite0"
+    pool: str = "avg"
+    image_size: int | None = None
+    epochs: int = 20
+    lr: float = 3e-3
+    batch_size: int = 32
+    unfreeze_last: bool = False
+    hflip: bool = True
+    device: str = "auto"
+    workers: int | None = None
+    seed: int = 0
+
+
+@dataclass
+class FinetuneResult:
+    checkpoint: dict  # {"head": state_dict, "last_block": state_dict | None, "config": dict}
+    history: list[dict] = field(default_factory=list)
+    test_scores: np.ndarray | None = None  # (n_test, n_classes) logits from the final epoch
+    fit_seconds: float = 0.0
+    predict_seconds: float = 0.0
+
+
+def finetune(dataset: Dataset, config: FinetuneConfig, class_weight=None, progress=None) -> FinetuneResult:
+    """Train a new linear head through the backbone on augmented images; evaluate on test each epoch."""
+    if config.epochs < 1:
+        raise ConfigError(f"epochs must be at least 1, got {config.epochs}")
+    torch.manual_seed(config.seed)
+    device = resolve_device(config.device)
+    backbone = create_backbone(config.backbone, pool=config.pool)
+    model = nn.Sequential(backbone.features, nn.Linear(backbone.feature_dim, len(dataset.classes)))
+    model = model.to(device, memory_format=torch.channels_last)
+    optimizer = _optimizer(model, backbone.last_block, config)
+    weight = None if class_weight is None else torch.tensor(np.asarray(class_weight), dtype=torch.float32)
+    loss_fn = nn.CrossEntropyLoss(weight=weight).to(device)
+    preprocess = Preprocess.for_backbone(backbone.entry, config.image_size)
+    dtype = autocast_dtype(device)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    train_set = ImageDataset(dataset.train, preprocess, light_augmentation(config.hflip))
+    test_set = ImageDataset(dataset.test, preprocess)
+    tick = _ticker(progress, config.epochs * (len(dataset.train) + len(dataset.test)))
+    result = FinetuneResult(checkpoint={})
+    for epoch in range(1, config.epochs + 1):
+        started = time.perf_counter()
+        batches = size_grouped_batches(dataset.train, preprocess, config.batch_size, shuffle_seed=config.seed + epoch)
+        train_loss, train_acc = train_one_epoch(model, config.unfreeze_last,
+                                                make_loader(train_set, batches, device, config.workers),
+                                                loss_fn, optimizer, scaler, device, dtype, tick)
+        train_s = time.perf_counter() - started
+        started = time.perf_counter()
+        test_loader = make_loader(test_set, size_grouped_batches(dataset.test, preprocess, config.batch_size),
+                                  device, config.workers)
+        result.test_scores, test_loss, test_acc = evaluate(model, test_loader, loss_fn, device, dtype, tick)
+        result.predict_seconds = time.perf_counter() - started
+        result.fit_seconds += train_s
+        result.history.append({"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
+                               "test_loss": test_loss, "test_acc": test_acc, "train_seconds": train_s,
+                               "test_seconds": result.predict_seconds})
+    result.checkpoint = {"head": model[1].state_dict(), "config": config.__dict__,
+                         "last_block": backbone.last_block.state_dict() if config.unfreeze_last else None}
+    return result
+
+
+def _optimizer(model: nn.Sequential, last_block: nn.Module, config: FinetuneConfig) -> torch.optim.Optimizer:
+    """Freeze the backbone; the head learns at `lr`, an unfrozen last block at `lr / 10`."""
+    model[0].requires_grad_(False)
+    groups = [{"params": model[1].parameters(), "lr": config.lr}]
+    if config.unfreeze_last:
+        last_block.requires_grad_(True)
+        groups.append({"params": last_block.parameters(), "lr": config.lr / 10})
+    return torch.optim.Adam(groups)
+
+
+def _ticker(progress, total: int):
+    done = 0
+
+    def tick(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress:
+            progress("fine-tune (images x epochs)", done, total)
+    return tick
+
+
+def train_one_epoch(model, unfreeze_last, loader, loss_fn, optimizer, scaler, device, dtype, tick):
+    """One pass over augmented training images; returns (mean loss, accuracy)."""
+    model.eval()  # frozen BatchNorm statistics; only the head (and last block) learn
+    total_loss, correct, seen = 0.0, 0, 0
+    for images, labels, _ in loader:
+        images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
+        labels = labels.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            with torch.set_grad_enabled(unfreeze_last):
+                features = model[0](images)
+            logits = model[1](features.float())
+            loss = loss_fn(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        total_loss += loss.item() * len(labels)
+        correct += (logits.argmax(1) == labels).sum().item()
+        seen += len(labels)
+        tick(len(labels))
+    return total_loss / seen, correct / seen
+
+
+def evaluate(model, loader, loss_fn, device, dtype, tick):
+    """Logits for every image in the loader's dataset order, plus mean loss and accuracy."""
+    model.eval()
+    scores = np.zeros((len(loader.dataset), model[1].out_features), dtype=np.float32)
+    labels_all = np.zeros(len(loader.dataset), dtype=np.int64)
+    total_loss = 0.0
+    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        for images, labels, index in loader:
+            images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
+            logits = model(images).float()
+            total_loss += loss_fn(logits, labels.to(device)).item() * len(labels)
+            scores[index.numpy()] = logits.cpu().numpy()
+            labels_all[index.numpy()] = labels.numpy()
+            tick(len(labels))
+    return scores, total_loss / len(labels_all), float((scores.argmax(1) == labels_all).mean())

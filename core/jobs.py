@@ -1,0 +1,174 @@
+"""Background jobs: a queue in front of one compute slot, with progress, cancel and captured errors.
+
+The Streamlit app holds one JobManager (``st.cache_resource``); pages submit work and poll jobs.
+"""
+
+import queue
+import secrets
+import threading
+import time
+import traceback as traceback_module
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.errors import Cancelled, TransferScopeError
+
+Report = Callable[[str, int, int], None]
+ACTIVE_STATUSES = ("queued", "running")
+
+
+@dataclass
+class Job:
+    """One submitted piece of work and what is known about it so far.
+
+    Fields are replaced, never mutated in place, so another thread may read them at any time.
+    """
+
+    id: str
+    name: str
+    status: str = "queued"  # "queued" | "running" | "done" | "failed" | "cancelled"
+    progress: dict[str, tuple[int, int]] = field(default_factory=dict)  # stage -> (done, total)
+    message: str = ""
+    error: str | None = None
+    traceback: str | None = None
+    result: Any = None
+    submitted: float = field(default_factory=time.time)
+    started: float | None = None
+    finished: float | None = None
+    cancel_event: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
+
+
+def _describe(err: Exception) -> str:
+    """One readable line for an unexpected error: its type and the first line of its message."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+
+
+class JobManager:
+    """Run submitted jobs on daemon worker threads, in submission order.
+
+    >>> manager = JobManager()  # doctest: +SKIP
+    >>> job = manager.submit("extract", lambda report: extract(progress=report))  # doctest: +SKIP
+    >>> manager.get(job.id).status  # doctest: +SKIP
+    'running'
+    """
+
+    def __init__(self, workers: int = 1):
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
+        self._lock = threading.Lock()
+        self._jobs: dict[str, Job] = {}
+        self._queue: queue.Queue = queue.Queue()
+        self._closed = False
+        self._threads = [
+            threading.Thread(target=self._work, name=f"transferscope-job-{i}", daemon=True)
+            for i in range(workers)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, name: str, fn: Callable[[Report], Any]) -> Job:
+        """Queue ``fn(report)``; `report(stage, done, total)` records progress and raises Cancelled on cancel."""
+        job = Job(id=secrets.token_hex(6), name=name)
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("this JobManager was shut down; create a new one")
+            self._jobs[job.id] = job
+            self._queue.put((job, fn))
+        return job
+
+    def cancel(self, job_id: str) -> bool:
+        """Ask a job to stop: a queued job is cancelled at once, a running one at its next report.
+
+        Returns False when the job is unknown or already finished.
+        """
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None or job.status not in ACTIVE_STATUSES:
+                return False
+            job.cancel_event.set()
+            if job.status == "queued":
+                job.status, job.finished = "cancelled", time.time()
+            return True
+
+    def get(self, job_id: str) -> Job | None:
+        """Return the job with this id, or None (e.g. an id from before the app restarted)."""
+        with self._lock:
+            return self._jobs.get(job_id)
+
+    def jobs(self) -> list[Job]:
+        """Return all jobs, newest first."""
+        with self._lock:
+            return list(reversed(self._jobs.values()))
+
+    def active(self) -> list[Job]:
+        """Return queued and running jobs in the order they will run (running first)."""
+        with self._lock:
+            return self._active_locked()
+
+    def queue_position(self, job_id: str) -> int | None:
+        """Return 0 for a running job, 1 for the next queued one, ...; None when not active."""
+        with self._lock:
+            active = self._active_locked()
+        queued = [job.id for job in active if job.status == "queued"]
+        if job_id in queued:
+            return queued.index(job_id) + 1
+        return 0 if any(job.id == job_id for job in active) else None
+
+    def shutdown(self, timeout_s: float = 5.0) -> None:
+        """Cancel every active job and stop the workers, waiting up to `timeout_s` for each."""
+        for job in self.active():
+            self.cancel(job.id)
+        with self._lock:
+            self._closed = True
+            for _ in self._threads:
+                self._queue.put(None)
+        for thread in self._threads:
+            thread.join(timeout_s)
+
+    def _active_locked(self) -> list[Job]:
+        active = [job for job in self._jobs.values() if job.status in ACTIVE_STATUSES]
+        return sorted(active, key=lambda job: job.status != "running")
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            job, fn = item
+            if self._start(job):
+                self._run(job, fn)
+
+    def _start(self, job: Job) -> bool:
+        with self._lock:
+            if job.status != "queued":
+                return False
+            job.status, job.started = "running", time.time()
+            return True
+
+    def _run(self, job: Job, fn: Callable[[Report], Any]) -> None:
+        """Call fn and record how it ended; never lets an exception escape the worker thread."""
+        try:
+            result = fn(self._reporter(job))
+        except Cancelled:
+            self._finish(job, "cancelled")
+        except TransferScopeError as err:
+            self._finish(job, "failed", error=str(err))
+        except Exception as err:
+            self._finish(job, "failed", error=_describe(err), traceback=traceback_module.format_exc())
+        else:
+            self._finish(job, "done", result=result)
+
+    def _reporter(self, job: Job) -> Report:
+        def report(stage: str, done: int, total: int) -> None:
+            with self._lock:
+                job.progress = {**job.progress, stage: (int(done), int(total))}
+                job.message = stage
+            if job.cancel_event.is_set():
+                raise Cancelled(f"job {job.name!r} was cancelled during {stage!r}")
+
+        return report
+
+    def _finish(self, job: Job, status: str, **fields) -> None:
+        with self._lock:
+            job.status, job.finished = status, time.time()
+            for name, value in fields.items():
+                setattr(job, name, value)

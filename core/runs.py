@@ -1,0 +1,369 @@
+"""Run store: one folder per run under ``cache/runs/<run_id>/``, written whole or not at all.
+
+A run folder holds ``record.json`` (config, timings, metrics), and optionally ``model.joblib`` and
+``predictions.csv``. Runs move between copies of TransferScope as zip bundles.
+"""
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import stat
+import tempfile
+import zipfile
+import zlib
+from datetime import datetime, timezone
+from pathlib import Path
+
+import joblib
+import pandas as pd
+
+from core.errors import RunStoreError
+
+SCHEMA_VERSION = 1
+RECORD_FILE = "record.json"
+MODEL_FILE = "model.joblib"
+PREDICTIONS_FILE = "predictions.csv"
+RUN_FILES = (RECORD_FILE, MODEL_FILE, PREDICTIONS_FILE)
+MANIFEST_FILE = "manifest.json"
+MAX_BUNDLE_BYTES = 2 * 1024**3
+_RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,200}")
+_TEMP_PREFIX = ".tmp-"
+
+
+def _slugify(text) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", str(text).lower()).strip("-") or "x"
+
+
+def new_run_id(approach, class_weight) -> str:
+    """Return a unique, filesystem-safe run id.
+
+    >>> new_run_id("svm", "balanced")  # doctest: +SKIP
+    '20261126-163012-svm-balanced-3f2a'
+    """
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}-{_slugify(approach)}-{_slugify(class_weight)}-{secrets.token_hex(2)}"
+
+
+def check_run_id(run_id) -> str:
+    """Return `run_id` if it is a safe folder name (letters, digits, '.', '_', '-'), else raise."""
+    if (
+        not isinstance(run_id, str)
+        or not _RUN_ID_PATTERN.fullmatch(run_id)
+        or ".." in run_id
+        or run_id.startswith(".")
+    ):
+        raise RunStoreError(
+            f"run id {run_id!r} is not valid: use only letters, digits, '.', '_' and '-' "
+            "(no '..', no leading '.'); pick one from list_runs()"
+        )
+    return run_id
+
+
+def _fsync_file(path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def atomic_file(path):
+    """Yield a temporary path beside `path`; when the block succeeds, fsync it and move it onto `path`.
+
+    >>> with atomic_file("cache/x.npy") as tmp:  # doctest: +SKIP
+    ...     numpy.save(tmp, X)
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        _fsync_file(tmp)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    """Write `data` to `path` so readers see the old file or the new one, never a partial one."""
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def _to_json(obj) -> str:
+    """Indented JSON; numpy scalars and arrays become plain numbers and lists."""
+
+    def plain(value):
+        if hasattr(value, "tolist"):
+            return value.tolist()
+        raise TypeError(f"{type(value).__name__} is not JSON serializable; store plain numbers, strings and lists")
+
+    return json.dumps(obj, indent=2, default=plain)
+
+
+def atomic_write_json(path, obj) -> None:
+    """Write `obj` as indented JSON to `path` atomically."""
+    atomic_write_bytes(path, _to_json(obj).encode("utf-8"))
+
+
+def _utc_now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def _parse_record(raw: bytes, run_id: str) -> dict:
+    """Parse record.json bytes and check they describe `run_id` in this schema version."""
+    try:
+        record = json.loads(raw)
+    except ValueError as err:
+        raise RunStoreError(
+            f"record.json of run {run_id!r} is not valid JSON ({err}); delete the run or re-export it"
+        ) from err
+    if not isinstance(record, dict) or record.get("run_id") != run_id:
+        raise RunStoreError(
+            f"record.json in folder {run_id!r} does not describe run {run_id!r}; "
+            "the folder was renamed or edited by hand, delete it or restore its record"
+        )
+    version = record.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise RunStoreError(
+            f"run {run_id!r} has schema_version {version!r} but this TransferScope reads "
+            f"{SCHEMA_VERSION}; export it from a matching version"
+        )
+    return record
+
+
+class RunStore:
+    """Runs stored as folders under `root` (e.g. ``cache/runs``).
+
+    >>> store = RunStore("cache/runs")  # doctest: +SKIP
+    >>> run_id = store.save({"run_id": new_run_id("svm", "balanced"), "accuracy": 0.9})  # doctest: +SKIP
+    >>> store.load(run_id)["accuracy"]  # doctest: +SKIP
+    0.9
+    """
+
+    def __init__(self, root):
+        self.root = Path(root)
+
+    def save(self, record: dict, *, model=None, predictions: pd.DataFrame | None = None) -> str:
+        """Store a run (record, optional model and predictions) atomically; return its run id.
+
+        Adds ``schema_version`` and ``created`` (ISO UTC) to the record when missing.
+        Predictions are written without their index.
+        """
+        if not isinstance(record, dict) or "run_id" not in record:
+            raise RunStoreError("record has no 'run_id'; create one with new_run_id(approach, class_weight)")
+        run_id = check_run_id(record["run_id"])
+        self._refuse_existing(run_id)
+        record = {"schema_version": SCHEMA_VERSION, "created": _utc_now_iso(), **record}
+        try:
+            with self._staging_dir(run_id) as tmp:
+                (tmp / RECORD_FILE).write_text(_to_json(record), encoding="utf-8")
+                if model is not None:
+                    joblib.dump(model, tmp / MODEL_FILE)
+                if predictions is not None:
+                    predictions.to_csv(tmp / PREDICTIONS_FILE, index=False)
+                self._publish(tmp, run_id)
+        except OSError as err:
+            raise RunStoreError(
+                f"could not write run {run_id!r} under {self.root}: {err}; check free disk space and permissions"
+            ) from err
+        return run_id
+
+    def list_runs(self) -> list[dict]:
+        """Return the records of all complete runs, newest first; corrupt or partial folders are skipped."""
+        records = []
+        for run_dir in self._run_dirs():
+            with contextlib.suppress(RunStoreError):
+                records.append(self._read_record(run_dir))
+        return sorted(records, key=lambda r: (str(r.get("created", "")), r["run_id"]), reverse=True)
+
+    def load(self, run_id: str) -> dict:
+        """Return the record of run `run_id`."""
+        return self._read_record(self._existing_run_dir(run_id))
+
+    def load_predictions(self, run_id: str) -> pd.DataFrame:
+        """Return the predictions table of run `run_id`."""
+        return pd.read_csv(self._artifact(run_id, PREDICTIONS_FILE))
+
+    def load_model(self, run_id: str):
+        """Return the model of run `run_id` (unpickles it: load only runs from trusted sources)."""
+        return joblib.load(self._artifact(run_id, MODEL_FILE))
+
+    def delete(self, run_id: str) -> None:
+        """Remove run `run_id`; it disappears from list_runs at once, even if removal is interrupted."""
+        run_dir = self._existing_run_dir(run_id)
+        trash = self.root / f"{_TEMP_PREFIX}{run_id}-deleted-{secrets.token_hex(4)}"
+        os.replace(run_dir, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def export_bundle(self, run_ids, out_path) -> Path:
+        """Write the given runs and a ``manifest.json`` into a zip at `out_path` atomically."""
+        run_ids = list(dict.fromkeys(run_ids))
+        if not run_ids:
+            raise RunStoreError("no runs to export; pass at least one run id from list_runs()")
+        run_dirs = [self._existing_run_dir(run_id) for run_id in run_ids]
+        manifest = {"schema_version": SCHEMA_VERSION, "runs": run_ids}
+        with atomic_file(out_path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr(MANIFEST_FILE, json.dumps(manifest, indent=2))
+            for run_dir in run_dirs:
+                for name in RUN_FILES:
+                    if (run_dir / name).is_file():
+                        zf.write(run_dir / name, f"{run_dir.name}/{name}")
+        return Path(out_path)
+
+    def import_bundle(self, zip_path) -> list[str]:
+        """Import the runs of a bundle made by export_bundle; return the ids newly imported.
+
+        `zip_path` is a path or a binary file object. The whole bundle is checked before anything is
+        written (zip, manifest, member names ``<run_id>/<record.json|model.joblib|predictions.csv>``,
+        no symlinks, size limit, record schema); any problem raises RunStoreError and writes nothing.
+        Runs whose id already exists are skipped. Records and predictions are plain JSON/CSV, but
+        ``model.joblib`` is a pickle: it is only unpickled when load_model is called explicitly, so
+        import bundles from trusted peers only.
+        """
+        with _open_bundle(zip_path) as zf:
+            members = _check_bundle(zf)
+            new_ids = [run_id for run_id in members if not (self.root / run_id).exists()]
+            with contextlib.ExitStack() as stack:
+                staged = {run_id: stack.enter_context(self._staging_dir(run_id)) for run_id in new_ids}
+                for run_id, tmp in staged.items():
+                    _extract_run(zf, members[run_id], tmp)
+                for run_id, tmp in staged.items():
+                    self._publish(tmp, run_id)
+        return new_ids
+
+    @contextlib.contextmanager
+    def _staging_dir(self, run_id: str):
+        """Yield a fresh hidden folder in root; whatever is left of it afterwards is removed."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{_TEMP_PREFIX}{run_id}-", dir=self.root))
+        try:
+            yield tmp
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _publish(self, tmp: Path, run_id: str) -> None:
+        """Flush the staged files and move the staging folder to ``root/<run_id>`` in one step."""
+        for path in tmp.iterdir():
+            _fsync_file(path)
+        self._refuse_existing(run_id)
+        try:
+            os.replace(tmp, self.root / run_id)
+        except OSError as err:
+            raise RunStoreError(f"could not publish run {run_id!r} under {self.root}: {err}") from err
+
+    def _refuse_existing(self, run_id: str) -> None:
+        if (self.root / run_id).exists():
+            raise RunStoreError(f"run {run_id!r} already exists in {self.root}; use a new id from new_run_id()")
+
+    def _run_dirs(self) -> list[Path]:
+        if not self.root.is_dir():
+            return []
+        return [p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+
+    def _existing_run_dir(self, run_id: str) -> Path:
+        run_dir = self.root / check_run_id(run_id)
+        if not run_dir.is_dir():
+            raise RunStoreError(f"no run {run_id!r} in {self.root}; pick one from list_runs()")
+        return run_dir
+
+    def _artifact(self, run_id: str, name: str) -> Path:
+        path = self._existing_run_dir(run_id) / name
+        if not path.is_file():
+            raise RunStoreError(f"run {run_id!r} has no {name}; it was saved without it")
+        return path
+
+    @staticmethod
+    def _read_record(run_dir: Path) -> dict:
+        try:
+            raw = (run_dir / RECORD_FILE).read_bytes()
+        except OSError as err:
+            raise RunStoreError(f"run {run_dir.name!r} has no readable {RECORD_FILE} ({err}); delete it") from err
+        return _parse_record(raw, run_dir.name)
+
+
+@contextlib.contextmanager
+def _open_bundle(zip_path):
+    """Open a bundle (path or binary file object); zip errors while it is open become RunStoreError."""
+    label = getattr(zip_path, "name", zip_path)
+    try:
+        zf = zipfile.ZipFile(zip_path)
+    except (zipfile.BadZipFile, OSError) as err:
+        raise RunStoreError(f"{label!r} is not a readable zip bundle ({err}); export one with export_bundle") from err
+    try:
+        with zf:
+            yield zf
+    except (zipfile.BadZipFile, zlib.error, EOFError) as err:
+        raise RunStoreError(f"bundle {label!r} is corrupt ({err}); export it again") from err
+
+
+def _bundle_member(info: zipfile.ZipInfo) -> tuple[str, str]:
+    """Return (run_id, file name) of a bundle member, or raise if the member is unsafe or unknown."""
+    name = info.filename
+    if name.startswith(("/", "\\")):
+        raise RunStoreError(f"bundle member {name!r} has an absolute path; bundles hold only <run_id>/<file>")
+    if stat.S_ISLNK(info.external_attr >> 16):
+        raise RunStoreError(f"bundle member {name!r} is a symlink; bundles hold only plain files")
+    if info.flag_bits & 0x1:
+        raise RunStoreError(f"bundle member {name!r} is encrypted; export the bundle again without a password")
+    run_id, _, file_name = name.partition("/")
+    check_run_id(run_id)
+    if file_name not in RUN_FILES:
+        raise RunStoreError(
+            f"bundle member {name!r} is not allowed; run folders may hold only {', '.join(RUN_FILES)}"
+        )
+    return run_id, file_name
+
+
+def _read_manifest(zf: zipfile.ZipFile) -> list[str]:
+    try:
+        manifest = json.loads(zf.read(MANIFEST_FILE))
+    except KeyError as err:
+        raise RunStoreError(f"bundle has no {MANIFEST_FILE}; it was not made by export_bundle") from err
+    except ValueError as err:
+        raise RunStoreError(f"bundle {MANIFEST_FILE} is not valid JSON ({err}); export the bundle again") from err
+    if not isinstance(manifest, dict):
+        raise RunStoreError(f"bundle {MANIFEST_FILE} is not a JSON object; export the bundle again")
+    version = manifest.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise RunStoreError(
+            f"bundle {MANIFEST_FILE} has schema_version {version!r} but this TransferScope reads "
+            f"{SCHEMA_VERSION}; export it from a matching version"
+        )
+    runs = manifest.get("runs")
+    if not isinstance(runs, list) or len(set(map(str, runs))) != len(runs):
+        raise RunStoreError(f"bundle {MANIFEST_FILE} must list run ids once each under 'runs'; got {runs!r}")
+    return [check_run_id(run_id) for run_id in runs]
+
+
+def _check_bundle(zf: zipfile.ZipFile) -> dict[str, dict[str, zipfile.ZipInfo]]:
+    """Validate a whole bundle without writing; return {run_id: {file name: member}} in manifest order."""
+    run_ids = _read_manifest(zf)
+    total_bytes = sum(info.file_size for info in zf.infolist())
+    if total_bytes > MAX_BUNDLE_BYTES:
+        raise RunStoreError(f"bundle unpacks to {total_bytes} bytes, over the {MAX_BUNDLE_BYTES}-byte limit")
+    members: dict[str, dict[str, zipfile.ZipInfo]] = {run_id: {} for run_id in run_ids}
+    for info in zf.infolist():
+        if info.filename == MANIFEST_FILE:
+            continue
+        run_id, file_name = _bundle_member(info)
+        if run_id not in members:
+            raise RunStoreError(f"bundle member {info.filename!r} belongs to a run not listed in {MANIFEST_FILE}")
+        if file_name in members[run_id]:
+            raise RunStoreError(f"bundle has member {info.filename!r} twice; export the bundle again")
+        members[run_id][file_name] = info
+    for run_id, files in members.items():
+        if RECORD_FILE not in files:
+            raise RunStoreError(f"bundle lists run {run_id!r} but has no {run_id}/{RECORD_FILE}")
+        _parse_record(zf.read(files[RECORD_FILE]), run_id)
+    return members
+
+
+def _extract_run(zf: zipfile.ZipFile, files: dict[str, zipfile.ZipInfo], dest: Path) -> None:
+    """Copy one run's checked members into `dest`, named by their checked file name only."""
+    for file_name, info in files.items():
+        with zf.open(info) as src, open(dest / file_name, "wb") as out:
+            shutil.copyfileobj(src, out)

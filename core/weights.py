@@ -1,0 +1,94 @@
+"""Class-weight schemes for imbalanced data, and post-hoc logit adjustment."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from core.errors import ClassWeightError
+
+SCHEMES = ("none", "balanced", "sqrt", "effective", "custom")
+
+
+def class_weights(scheme: str, counts, classes=None, *, beta: float = 0.999, custom: dict | None = None) -> np.ndarray:
+    """Per-class loss weights `(n_classes,)`, scaled so the average weight per training sample is 1.
+
+    - none: all 1; balanced: inverse frequency; sqrt: inverse square root of frequency;
+    - effective: (1 - beta) / (1 - beta**n), the effective number of samples (Cui et al. 2019);
+    - custom: `custom` maps class name -> weight; classes left out keep weight 1 (not rescaled).
+
+    >>> class_weights("balanced", [90, 10]).round(2).tolist()
+    [0.56, 5.0]
+    """
+    counts = np.asarray(counts, dtype=float)
+    if counts.ndim != 1 or counts.size < 2 or (counts <= 0).any():
+        raise ClassWeightError(f"class counts must be positive, one per class; got {counts.tolist()}")
+    if scheme == "custom":
+        return custom_weights(custom or {}, classes)
+    if scheme == "none":
+        raw = np.ones_like(counts)
+    elif scheme == "balanced":
+        raw = 1.0 / counts
+    elif scheme == "sqrt":
+        raw = 1.0 / np.sqrt(counts)
+    elif scheme == "effective":
+        if not 0 < beta < 1:
+            raise ClassWeightError(f"effective-number beta must be in (0, 1), got {beta}; try 0.999")
+        raw = (1.0 - beta) / (1.0 - beta**counts)
+    else:
+        raise ClassWeightError(f"unknown class-weight scheme {scheme!r}; choose one of: {', '.join(SCHEMES)}")
+    return raw * counts.sum() / (raw * counts).sum()
+
+
+def custom_weights(table: dict, classes) -> np.ndarray:
+    """Validate a `{class name: weight}` table; every weight must be a finite number >= 0, not all 0."""
+    if classes is None:
+        raise ClassWeightError("custom class weights need the class names of the dataset")
+    if not isinstance(table, dict):
+        raise ClassWeightError(f"custom class weights must be a JSON object {{class: weight}}, got {type(table).__name__}")
+    unknown = sorted(set(table) - set(classes))
+    if unknown:
+        raise ClassWeightError(f"custom weights name unknown classes {unknown}; known classes: {', '.join(classes)}")
+    weights = np.ones(len(classes))
+    for i, name in enumerate(classes):
+        if name in table:
+            weights[i] = _check_weight(name, table[name])
+    if not weights.any():
+        raise ClassWeightError("custom class weights are all 0; give at least one class a positive weight")
+    return weights
+
+
+def _check_weight(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ClassWeightError(f"weight for class {name!r} must be a number, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ClassWeightError(f"weight for class {name!r} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def read_custom_weights(path) -> dict:
+    """Load a custom weight table from a JSON file `{class: weight}`."""
+    path = Path(path)
+    try:
+        table = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ClassWeightError(f"custom class-weight file {str(path)!r} not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ClassWeightError(f"custom class-weight file {str(path)!r} is not valid JSON: {err}") from None
+    if not isinstance(table, dict):
+        raise ClassWeightError(f"{str(path)!r} must hold a JSON object {{class: weight}}, got {type(table).__name__}")
+    return table
+
+
+def adjust_logits(scores: np.ndarray, class_prior, tau: float) -> np.ndarray:
+    """Post-hoc logit adjustment (Menon et al. 2021): `scores - tau * log(prior)`; tau=0 is a no-op.
+
+    Raises rare classes' scores, trading majority-class precision for minority-class recall
+    without retraining.
+    """
+    prior = np.asarray(class_prior, dtype=float)
+    if not math.isfinite(tau) or tau < 0:
+        raise ClassWeightError(f"logit-adjustment tau must be a finite number >= 0, got {tau}")
+    return np.asarray(scores) - tau * np.log(np.clip(prior, 1e-12, None))

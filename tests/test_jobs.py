@@ -1,0 +1,163 @@
+"""Job manager: one compute slot, submission order, progress, cancel and captured errors."""
+
+import threading
+import time
+
+import pytest
+
+from core.errors import DataError
+from core.jobs import JobManager
+
+TIMEOUT_S = 5.0
+
+
+@pytest.fixture
+def manager():
+    manager = JobManager()
+    yield manager
+    manager.shutdown()
+
+
+def wait_for(predicate, timeout_s=TIMEOUT_S):
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s} s")
+        time.sleep(0.005)
+
+
+def wait_status(job, status):
+    wait_for(lambda: job.status == status)
+    return job
+
+
+def blocking(started: threading.Event, release: threading.Event, result=None):
+    """A job body that signals it started, then waits for the test to release it."""
+
+    def fn(report):
+        started.set()
+        if not release.wait(TIMEOUT_S):
+            raise TimeoutError("test never released the job")
+        return result
+
+    return fn
+
+
+def test_jobs_run_one_at_a_time_in_submission_order(manager):
+    started, release, order = threading.Event(), threading.Event(), []
+    first = manager.submit("first", blocking(started, release, "a"))
+    second = manager.submit("second", lambda report: order.append("second") or "b")
+    assert started.wait(TIMEOUT_S)
+    assert (first.status, second.status) == ("running", "queued")
+    assert [job.id for job in manager.active()] == [first.id, second.id]
+    assert (manager.queue_position(first.id), manager.queue_position(second.id)) == (0, 1)
+    time.sleep(0.05)
+    assert order == [] and second.status == "queued"
+    release.set()
+    wait_status(second, "done")
+    assert (first.result, second.result) == ("a", "b")
+    assert first.finished <= second.started
+    assert manager.active() == [] and manager.queue_position(first.id) is None
+    assert [job.id for job in manager.jobs()] == [second.id, first.id]
+
+
+def test_progress_is_visible_while_running(manager):
+    reached, release = threading.Event(), threading.Event()
+
+    def fn(report):
+        report("extract", 1, 4)
+        reached.set()
+        release.wait(TIMEOUT_S)
+        report("extract", 4, 4)
+        report("fit", 1, 1)
+
+    job = manager.submit("train", fn)
+    assert reached.wait(TIMEOUT_S)
+    assert job.progress == {"extract": (1, 4)} and job.message == "extract"
+    release.set()
+    wait_status(job, "done")
+    assert list(job.progress.items()) == [("extract", (4, 4)), ("fit", (1, 1))]
+    assert job.message == "fit"
+
+
+def test_cancel_running_job_stops_at_next_report(manager):
+    started, steps = threading.Event(), []
+
+    def fn(report):
+        for step in range(int(TIMEOUT_S * 100)):
+            report("loop", step, 500)
+            steps.append(step)
+            started.set()
+            time.sleep(0.01)
+        return "finished"
+
+    job = manager.submit("long", fn)
+    assert started.wait(TIMEOUT_S)
+    assert manager.cancel(job.id) is True
+    wait_status(job, "cancelled")
+    assert job.result is None and job.error is None
+    assert len(steps) < 100
+    assert manager.cancel(job.id) is False
+
+
+def test_cancel_queued_job_never_runs(manager):
+    started, release, ran = threading.Event(), threading.Event(), threading.Event()
+    first = manager.submit("first", blocking(started, release))
+    queued = manager.submit("queued", lambda report: ran.set())
+    assert started.wait(TIMEOUT_S)
+    assert manager.cancel(queued.id) is True
+    assert queued.status == "cancelled" and queued.finished is not None
+    assert manager.queue_position(queued.id) is None
+    release.set()
+    after = manager.submit("after", lambda report: "ok")
+    wait_status(after, "done")
+    assert first.status == "done" and queued.started is None and not ran.is_set()
+
+
+def test_unexpected_error_is_captured_with_traceback(manager):
+    def explode(report):
+        raise ValueError("features have 512 columns, expected 1280\nsecond line")
+
+    failed = manager.submit("explode", explode)
+    wait_status(failed, "failed")
+    assert failed.error == "ValueError: features have 512 columns, expected 1280"
+    assert "explode" in failed.traceback and "ValueError" in failed.traceback
+    survivor = manager.submit("next", lambda report: 42)
+    assert wait_status(survivor, "done").result == 42
+
+
+def test_transferscope_error_message_is_kept_verbatim(manager):
+    message = "folder 'x' has no images; point --data at a folder with one subfolder per class"
+
+    def fn(report):
+        raise DataError(message)
+
+    job = wait_status(manager.submit("data", fn), "failed")
+    assert job.error == message and job.traceback is None
+
+
+def test_unknown_ids_and_finished_jobs(manager):
+    job = wait_status(manager.submit("quick", lambda report: None), "done")
+    assert manager.get(job.id) is job
+    assert manager.get("missing") is None
+    assert manager.cancel("missing") is False
+    assert manager.cancel(job.id) is False and job.status == "done"
+
+
+def test_shutdown_cancels_active_jobs_and_refuses_new_ones():
+    manager = JobManager()
+    started = threading.Event()
+
+    def fn(report):
+        started.set()
+        while True:
+            report("spin", 0, 1)
+            time.sleep(0.005)
+
+    running = manager.submit("spin", fn)
+    queued = manager.submit("queued", lambda report: None)
+    assert started.wait(TIMEOUT_S)
+    manager.shutdown()
+    assert (running.status, queued.status) == ("cancelled", "cancelled")
+    with pytest.raises(RuntimeError, match="shut down"):
+        manager.submit("late", lambda report: None)

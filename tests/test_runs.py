@@ -1,0 +1,252 @@
+"""Run store: atomic saves, listing, loading, deleting, and safe bundle export/import."""
+
+import json
+import re
+import stat
+import zipfile
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import core.runs as runs
+from core.errors import RunStoreError
+from core.runs import SCHEMA_VERSION, RunStore, atomic_file, atomic_write_json, new_run_id
+
+UNSAFE_IDS = ["../evil", "..", "a/b", "/etc", "", ".tmp-x", "a\\b", "run id", None]
+
+
+@pytest.fixture
+def store(tmp_path):
+    return RunStore(tmp_path / "runs")
+
+
+def make_record(approach="svm", **extra):
+    return {"run_id": new_run_id(approach, "balanced"), "approach": approach, "accuracy": 0.75, **extra}
+
+
+def make_predictions():
+    return pd.DataFrame({"path": ["a.png", "b.png", "c.png"], "y_true": [0, 1, 1], "y_pred": [0, 1, 0]})
+
+
+def entries(root):
+    return sorted(p.name for p in root.iterdir()) if root.exists() else []
+
+
+def write_zip(path, members: dict[str, bytes], manifest_runs=None):
+    """Write a hand-made bundle; `manifest_runs=None` leaves the manifest out."""
+    with zipfile.ZipFile(path, "w") as zf:
+        if manifest_runs is not None:
+            zf.writestr("manifest.json", json.dumps({"schema_version": SCHEMA_VERSION, "runs": manifest_runs}))
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return path
+
+
+def record_bytes(run_id, schema_version=SCHEMA_VERSION):
+    return json.dumps({"run_id": run_id, "schema_version": schema_version}).encode()
+
+
+def test_new_run_id_is_readable_and_safe():
+    run_id = new_run_id("Linear Head", "custom.json")
+    assert re.fullmatch(r"\d{8}-\d{6}-linear-head-custom-json-[0-9a-f]{4}", run_id)
+    assert runs.check_run_id(run_id) == run_id
+    assert len({new_run_id("svm", "none") for _ in range(8)}) > 1
+
+
+def test_atomic_write_json_replaces_whole_file(tmp_path):
+    target = tmp_path / "sub" / "meta.json"
+    atomic_write_json(target, {"a": 1})
+    atomic_write_json(target, {"a": 2})
+    assert json.loads(target.read_text()) == {"a": 2}
+    assert entries(target.parent) == ["meta.json"]
+
+
+def test_atomic_file_keeps_old_content_when_writer_fails(tmp_path):
+    target = tmp_path / "meta.json"
+    atomic_write_json(target, {"a": 1})
+    with pytest.raises(ValueError), atomic_file(target) as tmp:
+        tmp.write_text("half")
+        raise ValueError("writer crashed")
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert entries(tmp_path) == ["meta.json"]
+
+
+def test_save_list_load_roundtrip(store):
+    record, predictions, model = make_record(), make_predictions(), {"weights": [1.5, -2.0]}
+    run_id = store.save(record, model=model, predictions=predictions)
+    loaded = store.load(run_id)
+    assert loaded == {**record, "schema_version": SCHEMA_VERSION, "created": loaded["created"]}
+    assert loaded["created"].endswith("+00:00")
+    assert store.list_runs() == [loaded]
+    pd.testing.assert_frame_equal(store.load_predictions(run_id), predictions)
+    assert store.load_model(run_id) == model
+    assert entries(store.root) == [run_id]
+
+
+def test_numpy_values_are_stored_as_plain_json(store):
+    run_id = store.save(make_record(accuracy=np.float64(0.5), confusion_matrix=np.array([[1, 0], [2, 3]])))
+    loaded = store.load(run_id)
+    assert loaded["accuracy"] == 0.5 and type(loaded["accuracy"]) is float
+    assert loaded["confusion_matrix"] == [[1, 0], [2, 3]]
+
+
+def test_list_runs_newest_first(store):
+    old = store.save(make_record(created="2026-01-01T00:00:00+00:00"))
+    new = store.save(make_record(created="2026-06-01T00:00:00+00:00"))
+    assert [r["run_id"] for r in store.list_runs()] == [new, old]
+
+
+def test_save_refuses_existing_or_missing_run_id(store):
+    record = make_record()
+    store.save(record)
+    with pytest.raises(RunStoreError, match="already exists"):
+        store.save(record)
+    with pytest.raises(RunStoreError, match="new_run_id"):
+        store.save({"approach": "svm"})
+
+
+def test_failed_save_leaves_no_run_and_no_temp_dir(store, monkeypatch):
+    def broken_dump(model, path):
+        open(path, "wb").write(b"half a model")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(runs.joblib, "dump", broken_dump)
+    with pytest.raises(RunStoreError, match="disk full"):
+        store.save(make_record(), model={"w": 1}, predictions=make_predictions())
+    assert entries(store.root) == []
+    assert store.list_runs() == []
+
+
+def test_list_runs_skips_corrupt_and_partial_dirs(store):
+    good = store.save(make_record())
+    (store.root / "20260101-000000-bad-json").mkdir()
+    (store.root / "20260101-000000-bad-json" / "record.json").write_text("{not json")
+    (store.root / "20260101-000000-no-record").mkdir()
+    (store.root / "20260101-000000-wrong-id").mkdir()
+    (store.root / "20260101-000000-wrong-id" / "record.json").write_text(record_bytes("other").decode())
+    staging = store.root / ".tmp-20260101-000000-x-abc"
+    staging.mkdir()
+    (staging / "record.json").write_bytes(record_bytes(staging.name))
+    (store.root / "stray.txt").write_text("not a run")
+    assert [r["run_id"] for r in store.list_runs()] == [good]
+    with pytest.raises(RunStoreError, match="not valid JSON"):
+        store.load("20260101-000000-bad-json")
+
+
+def test_unknown_run_id_names_it_and_points_to_list_runs(store):
+    with pytest.raises(RunStoreError, match=r"'no-such-run'.*list_runs"):
+        store.load("no-such-run")
+
+
+@pytest.mark.parametrize("run_id", UNSAFE_IDS)
+@pytest.mark.parametrize("method", ["load", "load_predictions", "load_model", "delete"])
+def test_unsafe_run_ids_are_rejected(store, tmp_path, run_id, method):
+    (tmp_path / "evil").mkdir()
+    (tmp_path / "evil" / "record.json").write_bytes(record_bytes("../evil"))
+    with pytest.raises(RunStoreError, match="not valid"):
+        getattr(store, method)(run_id)
+    assert (tmp_path / "evil" / "record.json").exists()
+
+
+def test_save_rejects_unsafe_run_id(store, tmp_path):
+    with pytest.raises(RunStoreError, match="not valid"):
+        store.save({"run_id": "../evil"})
+    assert entries(tmp_path) == []
+
+
+def test_missing_predictions_are_reported(store):
+    run_id = store.save(make_record())
+    with pytest.raises(RunStoreError, match="no predictions.csv"):
+        store.load_predictions(run_id)
+
+
+def test_delete_removes_run(store):
+    run_id = store.save(make_record(), predictions=make_predictions())
+    store.delete(run_id)
+    assert store.list_runs() == []
+    assert entries(store.root) == []
+    with pytest.raises(RunStoreError, match="list_runs"):
+        store.load(run_id)
+
+
+def test_export_import_roundtrip(store, tmp_path):
+    first = store.save(make_record("svm"), model={"w": 1}, predictions=make_predictions())
+    second = store.save(make_record("head"))
+    bundle = store.export_bundle([first, second], tmp_path / "out" / "bundle.zip")
+    with zipfile.ZipFile(bundle) as zf:
+        assert json.loads(zf.read("manifest.json")) == {"schema_version": SCHEMA_VERSION, "runs": [first, second]}
+    other = RunStore(tmp_path / "other")
+    assert other.import_bundle(bundle) == [first, second]
+    assert other.list_runs() == store.list_runs()
+    pd.testing.assert_frame_equal(other.load_predictions(first), make_predictions())
+    assert other.load_model(first) == {"w": 1}
+    assert other.import_bundle(bundle) == []
+    assert entries(tmp_path / "out") == ["bundle.zip"]
+
+
+def test_import_accepts_file_object(store, tmp_path):
+    run_id = store.save(make_record())
+    bundle = store.export_bundle([run_id], tmp_path / "bundle.zip")
+    other = RunStore(tmp_path / "other")
+    with open(bundle, "rb") as f:
+        assert other.import_bundle(f) == [run_id]
+
+
+def test_export_unknown_run_fails_without_output(store, tmp_path):
+    with pytest.raises(RunStoreError, match="list_runs"):
+        store.export_bundle(["missing-run"], tmp_path / "bundle.zip")
+    assert not (tmp_path / "bundle.zip").exists()
+
+
+GOOD = "20260101-000000-svm-none-abcd"
+BAD_BUNDLES = {
+    "parent dir": ({f"{GOOD}/record.json": record_bytes(GOOD), "../evil": b"x"}, [GOOD], "not valid"),
+    "absolute": ({f"{GOOD}/record.json": record_bytes(GOOD), "/tmp/record.json": b"x"}, [GOOD], "absolute"),
+    "unknown file": ({f"{GOOD}/record.json": record_bytes(GOOD), f"{GOOD}/run.py": b"x"}, [GOOD], "not allowed"),
+    "no manifest": ({f"{GOOD}/record.json": record_bytes(GOOD)}, None, "no manifest.json"),
+    "unlisted run": ({f"{GOOD}/record.json": record_bytes(GOOD), "other/record.json": record_bytes("other")},
+                     [GOOD], "not listed"),
+    "missing record": ({f"{GOOD}/predictions.csv": b"a\n1\n"}, [GOOD], "no .*record.json"),
+    "schema version": ({f"{GOOD}/record.json": record_bytes(GOOD, schema_version=99)}, [GOOD], "schema_version 99"),
+    "bad record": ({f"{GOOD}/record.json": b"{oops"}, [GOOD], "not valid JSON"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_BUNDLES, ids=list(BAD_BUNDLES))
+def test_import_rejects_bad_bundle_and_writes_nothing(store, tmp_path, case):
+    members, manifest_runs, message = BAD_BUNDLES[case]
+    bundle = write_zip(tmp_path / "bundle.zip", members, manifest_runs)
+    with pytest.raises(RunStoreError, match=message):
+        store.import_bundle(bundle)
+    assert entries(store.root) == []
+    assert entries(tmp_path) == ["bundle.zip"]
+
+
+def test_import_rejects_symlink_member(store, tmp_path):
+    bundle = tmp_path / "bundle.zip"
+    link = zipfile.ZipInfo(f"{GOOD}/predictions.csv")
+    link.external_attr = (stat.S_IFLNK | 0o777) << 16
+    with zipfile.ZipFile(bundle, "w") as zf:
+        zf.writestr("manifest.json", json.dumps({"schema_version": SCHEMA_VERSION, "runs": [GOOD]}))
+        zf.writestr(f"{GOOD}/record.json", record_bytes(GOOD))
+        zf.writestr(link, "/etc/passwd")
+    with pytest.raises(RunStoreError, match="symlink"):
+        store.import_bundle(bundle)
+    assert entries(store.root) == []
+
+
+def test_import_rejects_oversized_bundle(store, tmp_path, monkeypatch):
+    bundle = write_zip(tmp_path / "bundle.zip", {f"{GOOD}/record.json": record_bytes(GOOD)}, [GOOD])
+    monkeypatch.setattr(runs, "MAX_BUNDLE_BYTES", 10)
+    with pytest.raises(RunStoreError, match="limit"):
+        store.import_bundle(bundle)
+    assert entries(store.root) == []
+
+
+def test_import_rejects_non_zip(store, tmp_path):
+    bundle = tmp_path / "bundle.zip"
+    bundle.write_bytes(b"this is not a zip")
+    with pytest.raises(RunStoreError, match="not a readable zip"):
+        store.import_bundle(bundle)
+    assert entries(store.root) == []
