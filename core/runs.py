@@ -31,6 +31,8 @@ MANIFEST_FILE = "manifest.json"
 MAX_BUNDLE_BYTES = 2 * 1024**3
 _RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,200}")
 _TEMP_PREFIX = ".tmp-"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def _slugify(text) -> str:
@@ -77,6 +79,7 @@ def atomic_file(path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
     os.close(fd)
     try:
         yield Path(tmp)

@@ -1,0 +1,55 @@
+# Two commands for a newcomer: `make run` and `make test`. Both create .venv from requirements.txt.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cksum < requirements.txt | cut -d' ' -f1)
+CACHE_DIR ?= cache
+DEMO := $(CACHE_DIR)/datasets/digits-demo
+PORT ?= 8501
+DATA ?= $(DEMO)
+
+.PHONY: install run share test test-fast bench browser-deps demo-data clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt
+	rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+$(DEMO)/train: | $(STAMP)
+	$(BIN)/python -m core demo-data --out $(DEMO)
+
+demo-data: $(DEMO)/train
+
+## Dashboard for you alone, on http://localhost:$(PORT)
+run: $(STAMP) $(DEMO)/train
+	TRANSFERSCOPE_CACHE_DIR=$(CACHE_DIR) TRANSFERSCOPE_DATA=$(DATA) \
+	$(BIN)/streamlit run app.py --server.address 127.0.0.1 --server.port $(PORT) --server.headless true
+
+## Dashboard on the network for classmates, read-only; the owner's unlock token is printed at start
+share: $(STAMP) $(DEMO)/train
+	TRANSFERSCOPE_CACHE_DIR=$(CACHE_DIR) TRANSFERSCOPE_DATA=$(DATA) TRANSFERSCOPE_VIEWER=1 \
+	$(BIN)/streamlit run app.py --server.address 0.0.0.0 --server.port $(PORT) --server.headless true
+
+## Debian's Chromium + ChromeDriver for the browser tests (installed when missing and running as root)
+browser-deps:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	else \
+		echo "Browser tests need Chromium: run 'sudo apt-get install chromium chromium-driver'"; \
+	fi
+
+test: $(STAMP) browser-deps
+	$(BIN)/pytest
+
+## Unit tests only (skips the slow end-to-end and browser tests)
+test-fast: $(STAMP)
+	$(BIN)/pytest -m "not slow and not browser"
+
+bench: $(STAMP) $(DEMO)/train
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(CACHE_DIR)/features $(CACHE_DIR)/runs .pytest_cache

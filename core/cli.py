@@ -1,0 +1,166 @@
+"""Command-line interface: `python -m core experiment|extract|demo-data|report|list-backbones`.
+
+Exit codes: 0 ok; 2 bad input or usage (one `error: ...` line on stderr); 1 unexpected failure.
+Progress goes to stderr, results to files.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from pathlib import Path
+
+from tqdm import tqdm
+
+from core.backbones import POOLS, list_backbones
+from core.data import build_demo_dataset, load_dataset
+from core.errors import Cancelled, TransferScopeError
+from core.experiment import APPROACHES, ExperimentConfig, load_features, run_experiment
+from core.report import write_report
+from core.runs import atomic_write_json
+
+DEMO_DIR = "cache/datasets/digits-demo"
+
+
+class UsageError(TransferScopeError):
+    """argparse rejected the command line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # exit 2 with our one-line format instead of argparse's usage dump
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+class TqdmProgress:
+    """`progress(stage, done, total)` callback drawing one tqdm bar per stage on stderr."""
+
+    def __init__(self):
+        self.bars: dict[str, tqdm] = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        bar = self.bars.get(stage)
+        if bar is None:
+            bar = self.bars[stage] = tqdm(total=total, desc=stage, file=sys.stderr, leave=True, dynamic_ncols=True)
+        bar.total = total
+        bar.update(done - bar.n)
+        if done >= total:
+            self.bars.pop(stage).close()
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+        self.bars.clear()
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="dataset folder: DIR/train/<class>, DIR/test/<class> or DIR/<class>")
+    p.add_argument("--backbone", default="efficientnet_lite0", help=f"one of {', '.join(list_backbones())}")
+    p.add_argument("--pool", default="avg", choices=POOLS, help="adaptive global pooling of the last feature map")
+    p.add_argument("--image-size", type=int, default=None, help="short side in pixels (default: the backbone's, 224)")
+    p.add_argument("--test-size", type=float, default=0.2, help="test fraction when DIR has no train/test split")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=None, help="image decoding processes (default: auto)")
+    p.add_argument("--cache-dir", default="cache")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m core", description="TransferScope: compare transfer-learning approaches")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    exp = sub.add_parser("experiment", help="extract features, train approaches x class weights, write results")
+    _add_data_args(exp)
+    exp.add_argument("--approaches", type=_csv, default=("svm", "head"), help=f"comma list of {','.join(APPROACHES)}")
+    exp.add_argument("--class-weight", type=_csv, default=("none", "balanced"),
+                     help="comma list of none,balanced,sqrt,effective or a custom JSON file {class: weight}")
+    exp.add_argument("--epochs", type=int, default=20)
+    exp.add_argument("--lr", type=float, default=3e-3)
+    exp.add_argument("--unfreeze-last", action="store_true", help="fine-tune also trains the backbone's last block")
+    exp.add_argument("--tau", type=float, default=0.0, help="post-hoc logit adjustment strength (0 = off)")
+    exp.add_argument("--beta", type=float, default=0.999, help="beta of the effective-number weights")
+    exp.add_argument("--svm-kernel", default="rbf", choices=("rbf", "linear", "poly", "sigmoid"))
+    exp.add_argument("--svm-c", type=float, default=1.0)
+    exp.add_argument("--out", required=True, help="results JSON file")
+    ext = sub.add_parser("extract", help="extract and cache features; prints key, n and seconds")
+    _add_data_args(ext)
+    demo = sub.add_parser("demo-data", help="write the embedded imbalanced digits demo dataset")
+    demo.add_argument("--out", default=DEMO_DIR)
+    rep = sub.add_parser("report", help="turn a results JSON into a Markdown or self-contained HTML report")
+    rep.add_argument("results")
+    rep.add_argument("--format", choices=("md", "html"), default=None, help="default: from --out's extension")
+    rep.add_argument("--out", required=True)
+    sub.add_parser("list-backbones", help="list registered backbones")
+    return parser
+
+
+def _config(args) -> ExperimentConfig:
+    return ExperimentConfig(
+        data=args.data, backbone=args.backbone, pool=args.pool, approaches=args.approaches,
+        class_weights=args.class_weight, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+        device=args.device, cache_dir=args.cache_dir, test_size=args.test_size, image_size=args.image_size,
+        unfreeze_last=args.unfreeze_last, tau=args.tau, beta=args.beta, svm_kernel=args.svm_kernel,
+        svm_c=args.svm_c, workers=args.workers)
+
+
+def cmd_experiment(args, progress) -> None:
+    results = run_experiment(_config(args), progress=progress)
+    atomic_write_json(Path(args.out), results)
+    print(f"{'approach':<9} {'weights':<16} {'acc':>6} {'bal_acc':>7} {'macroF1':>7} {'fit_s':>8}", file=sys.stderr)
+    for r in results["runs"]:
+        print(f"{r['approach']:<9} {r['class_weight']:<16} {r['accuracy']:6.3f} {r['balanced_accuracy']:7.3f} "
+              f"{r['macro_f1']:7.3f} {r['fit_seconds']:8.2f}", file=sys.stderr)
+    hit = "cache hit" if results["cache_hit"] else "extracted"
+    print(f"features: {hit}; results written to {args.out}", file=sys.stderr)
+
+
+def cmd_extract(args, progress) -> None:
+    config = ExperimentConfig(data=args.data, backbone=args.backbone, pool=args.pool, image_size=args.image_size,
+                              device=args.device, cache_dir=args.cache_dir, test_size=args.test_size, seed=args.seed,
+                              batch_size=args.batch_size, workers=args.workers).validate()
+    dataset = load_dataset(args.data, test_size=args.test_size, seed=args.seed)
+    features = load_features(config, dataset, progress)
+    n = len(features.X_train) + len(features.X_test)
+    print(json.dumps({"key": features.key, "n": n, "feature_dim": features.X_train.shape[1],
+                      "seconds": round(features.seconds, 3), "extract_seconds": round(features.extract_seconds, 3),
+                      "cache_hit": features.cache_hit, "skipped": len(dataset.skipped)}))
+
+
+def cmd_demo_data(args, progress) -> None:
+    print(build_demo_dataset(args.out))
+
+
+def cmd_report(args, progress) -> None:
+    fmt = args.format or ("html" if args.out.endswith((".html", ".htm")) else "md")
+    print(write_report(args.results, args.out, fmt=fmt))
+
+
+def cmd_list_backbones(args, progress) -> None:
+    print("\n".join(list_backbones()))
+
+
+COMMANDS = {"experiment": cmd_experiment, "extract": cmd_extract, "demo-data": cmd_demo_data,
+            "report": cmd_report, "list-backbones": cmd_list_backbones}
+
+
+def main(argv=None) -> int:
+    progress = TqdmProgress()
+    try:
+        args = get_args_parser().parse_args(argv)
+        COMMANDS[args.command](args, progress)
+        return 0
+    except TransferScopeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (Cancelled, KeyboardInterrupt):
+        print("error: interrupted; cached feature shards are kept and the next run resumes", file=sys.stderr)
+        return 130
+    except Exception:  # unexpected: keep the traceback for a bug report
+        traceback.print_exc()
+        return 1
+    finally:
+        progress.close()

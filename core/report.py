@@ -1,0 +1,99 @@
+"""Reports from a results JSON: Markdown tables, or one self-contained HTML file with the charts."""
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from core import figures
+from core.errors import ConfigError
+from core.runs import atomic_write_bytes
+
+RUN_COLUMNS = {"approach": "approach", "class_weight": "weights", "accuracy": "accuracy",
+               "balanced_accuracy": "balanced acc.", "macro_f1": "macro-F1", "weighted_f1": "weighted F1",
+               "fit_seconds": "fit s", "predict_seconds": "predict s"}
+REQUIRED = ("dataset", "runs")
+
+
+def read_results(path) -> dict:
+    """Load and check a results JSON written by `python -m core experiment`."""
+    path = Path(path)
+    try:
+        results = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"results file {str(path)!r} not found; write one with `python -m core experiment`") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"results file {str(path)!r} is not valid JSON: {err}") from None
+    missing = [k for k in REQUIRED if not isinstance(results, dict) or k not in results]
+    if missing:
+        raise ConfigError(f"results file {str(path)!r} lacks {missing}; is it a TransferScope results.json?")
+    return results
+
+
+def runs_table(runs: list[dict]) -> pd.DataFrame:
+    """One row per run with the headline metrics, rounded for display."""
+    table = pd.DataFrame([{label: r.get(key) for key, label in RUN_COLUMNS.items()} for r in runs])
+    return table.round(3)
+
+
+def per_class_table(run: dict) -> pd.DataFrame:
+    rows = [{"class": c["class"], "train n": c.get("train_count"), "test n": c["support"],
+             "precision": c["precision"], "recall": c["recall"], "F1": c["f1"],
+             "minority": "yes" if c.get("minority") else ""} for c in run["per_class"]]
+    return pd.DataFrame(rows).round(3)
+
+
+def render_markdown(results: dict) -> str:
+    """A Markdown report: dataset summary, runs table, per-class table of each run."""
+    ds = results["dataset"]
+    lines = [f"# TransferScope report: {Path(ds.get('root', '')).name}", "",
+             f"- classes: {len(ds['classes'])}; train images: {sum(ds['train_counts'])}; "
+             f"test images: {sum(ds['test_counts'])}",
+             f"- backbone: {results.get('backbone', {}).get('name', '?')}; feature extraction "
+             f"{results.get('extract_seconds', 0):.1f} s ({'cache hit' if results.get('cache_hit') else 'computed'})",
+             "", "## Runs", "", runs_table(results["runs"]).to_markdown(index=False), ""]
+    for run in results["runs"]:
+        lines += [f"## {run['approach']} · {run['class_weight']} ({run.get('run_id', '')})", "",
+                  per_class_table(run).to_markdown(index=False), ""]
+        if run.get("never_predicted"):
+            lines += [f"Never predicted: {', '.join(run['never_predicted'])}", ""]
+    return "\n".join(lines)
+
+
+def render_html(results: dict) -> str:
+    """One self-contained HTML page (plotly.js inlined once) with tables and charts."""
+    ds = results["dataset"]
+    figs = [figures.class_distribution_figure(ds["classes"], ds["train_counts"], ds["test_counts"],
+                                              [c.get("minority") for c in results["runs"][0]["per_class"]]
+                                              if results["runs"] else None)]
+    if results["runs"]:
+        figs.append(figures.tradeoff_figure(results["runs"]))
+    parts = [_figure_html(f, i == 0) for i, f in enumerate(figs)]
+    parts.append(runs_table(results["runs"]).to_html(index=False, classes="runs"))
+    for run in results["runs"]:
+        parts.append(f"<h2>{html.escape(run['approach'])} · {html.escape(run['class_weight'])}</h2>")
+        parts.append(_figure_html(figures.confusion_matrix_figure(run["confusion_matrix"], ds["classes"]), False))
+        parts.append(_figure_html(figures.per_class_figure(run["per_class"]), False))
+        parts.append(per_class_table(run).to_html(index=False))
+    title = html.escape(f"TransferScope report: {Path(ds.get('root', '')).name}")
+    style = "body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse}" \
+            "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>{style}</style>" \
+           f"</head><body><h1>{title}</h1>{''.join(parts)}</body></html>"
+
+
+def _figure_html(fig, include_js: bool) -> str:
+    return fig.to_html(full_html=False, include_plotlyjs=bool(include_js))
+
+
+def write_report(results_path, out_path, fmt: str = "md") -> Path:
+    """Render `results_path` as `fmt` ('md' or 'html') to `out_path`, atomically."""
+    if fmt not in ("md", "html"):
+        raise ConfigError(f"unknown report format {fmt!r}; choose md or html")
+    results = read_results(results_path)
+    text = render_markdown(results) if fmt == "md" else render_html(results)
+    out_path = Path(out_path)
+    atomic_write_bytes(out_path, text.encode())
+    return out_path
