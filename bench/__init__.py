@@ -1,0 +1,1 @@
+"""Benchmarks (`make bench`): print throughput figures; never asserted in tests."""
