@@ -29,6 +29,7 @@ run: $(STAMP) $(DEMO)/train
 
 ## Dashboard on the network for classmates, read-only; the owner's unlock token is printed at start
 share: $(STAMP) $(DEMO)/train
+	$(BIN)/python -m core owner-token --cache-dir $(CACHE_DIR)
 	TRANSFERSCOPE_CACHE_DIR=$(CACHE_DIR) TRANSFERSCOPE_DATA=$(DATA) TRANSFERSCOPE_VIEWER=1 \
 	$(BIN)/streamlit run app.py --server.address 0.0.0.0 --server.port $(PORT) --server.headless true
 

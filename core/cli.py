@@ -16,9 +16,11 @@ from tqdm import tqdm
 from core.backbones import POOLS, list_backbones
 from core.data import build_demo_dataset, load_dataset
 from core.errors import Cancelled, TransferScopeError
+from core.features import init_distributed
 from core.experiment import APPROACHES, ExperimentConfig, load_features, run_experiment
 from core.report import write_report
 from core.runs import atomic_write_json
+from core.sharing import owner_token
 
 DEMO_DIR = "cache/datasets/digits-demo"
 
@@ -95,6 +97,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     rep.add_argument("--format", choices=("md", "html"), default=None, help="default: from --out's extension")
     rep.add_argument("--out", required=True)
     sub.add_parser("list-backbones", help="list registered backbones")
+    tok = sub.add_parser("owner-token", help="print the token that unlocks actions on a shared dashboard")
+    tok.add_argument("--cache-dir", default="cache")
     return parser
 
 
@@ -119,6 +123,7 @@ def cmd_experiment(args, progress) -> None:
 
 
 def cmd_extract(args, progress) -> None:
+    init_distributed()  # `torchrun --nproc-per-node N -m core extract ...` splits the shards across ranks
     config = ExperimentConfig(data=args.data, backbone=args.backbone, pool=args.pool, image_size=args.image_size,
                               device=args.device, cache_dir=args.cache_dir, test_size=args.test_size, seed=args.seed,
                               batch_size=args.batch_size, workers=args.workers).validate()
@@ -143,8 +148,12 @@ def cmd_list_backbones(args, progress) -> None:
     print("\n".join(list_backbones()))
 
 
+def cmd_owner_token(args, progress) -> None:
+    print(f"owner token (type it on the Share page to unlock actions): {owner_token(args.cache_dir)}")
+
+
 COMMANDS = {"experiment": cmd_experiment, "extract": cmd_extract, "demo-data": cmd_demo_data,
-            "report": cmd_report, "list-backbones": cmd_list_backbones}
+            "report": cmd_report, "list-backbones": cmd_list_backbones, "owner-token": cmd_owner_token}
 
 
 def main(argv=None) -> int:

@@ -80,7 +80,7 @@ def load_dataset(root, *, test_size: float = 0.2, seed: int = 0) -> Dataset:
     hasher = hashlib.sha256()
     skipped: list[tuple[str, str]] = []
     if (root / "train").is_dir() and (root / "test").is_dir():
-        classes = _class_names(root / "train")
+        classes = sorted(set(_class_names(root / "train")) | set(_class_names(root / "test")))
         train = _scan_split(root / "train", classes, hasher, skipped)
         test = _scan_split(root / "test", classes, hasher, skipped)
     else:

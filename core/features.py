@@ -13,6 +13,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader
 from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as F
@@ -174,10 +175,13 @@ def extract_features(dataset: Dataset, backbone: str = "efficientnet_lite0", *, 
     if not cache_hit:
         model = create_backbone(backbone, pool=pool)
         _extract_shards(dataset, model, preprocess, folder, torch_device, dtype, batch_size, workers, progress)
+        _barrier()  # under torchrun every rank has written its shards before rank 0 seals the cache entry
+    if not cache_hit and _rank_world()[0] == 0:
         meta = {"key": key, "n": len(dataset.samples), "feature_dim": model.feature_dim,
                 "extract_seconds": time.perf_counter() - start, "backbone": model.describe(),
                 "preprocess": repr(preprocess), "dtype": str(dtype), "device": str(torch_device)}
         atomic_write_json(meta_path, meta)
+    _barrier()
     meta = json.loads(meta_path.read_text())
     X = _load_shards(folder, len(dataset.samples))
     y = np.array([s.label for s in dataset.samples])
@@ -195,10 +199,13 @@ def _extract_shards(dataset, backbone: Backbone, preprocess, folder: Path, devic
                     progress) -> None:
     samples = dataset.samples
     shards = _shard_plan(samples, preprocess)
-    todo = [(i, shard) for i, shard in enumerate(shards) if not (folder / f"shard-{i:05d}.npz").exists()]
-    done = len(samples) - sum(len(s) for _, s in todo)
+    rank, world = _rank_world()
+    mine = [(i, shard) for i, shard in enumerate(shards) if i % world == rank]
+    todo = [(i, shard) for i, shard in mine if not (folder / f"shard-{i:05d}.npz").exists()]
+    total = sum(len(s) for _, s in mine)
+    done = total - sum(len(s) for _, s in todo)
     report = progress or (lambda *_: None)
-    report("extract features", done, len(samples))
+    report("extract features", done, total)
     if not todo:
         return
     model = backbone.features.to(device, memory_format=torch.channels_last)
@@ -213,11 +220,33 @@ def _extract_shards(dataset, backbone: Backbone, preprocess, folder: Path, devic
             rows.append(model(images).float().cpu().numpy())
             indices.append(index.numpy())
             done += len(index)
-            report("extract features", done, len(samples))
+            report("extract features", done, total)
             if sum(len(i) for i in indices) == len(shard):
                 _write_shard(folder / f"shard-{shard_id:05d}.npz", np.concatenate(indices), np.concatenate(rows))
                 rows, indices = [], []
                 shard_id, shard = next(pending, (None, None))
+
+
+def _rank_world() -> tuple[int, int]:
+    """(rank, world size) under torch.distributed, else (0, 1)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _barrier() -> None:
+    if _rank_world()[1] > 1:
+        dist.barrier()
+
+
+def init_distributed() -> None:
+    """Join the process group torchrun describes (NCCL on GPUs, gloo on CPU); no-op for a single process."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend="nccl" if cuda else "gloo")
 
 
 def _write_shard(path: Path, indices: np.ndarray, X: np.ndarray) -> None:

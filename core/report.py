@@ -32,6 +32,18 @@ def read_results(path) -> dict:
     return results
 
 
+def results_from_runs(records: list[dict]) -> dict:
+    """A results dict (the CLI's schema) from saved run records of one dataset, for reports and exports."""
+    if not records:
+        raise ConfigError("select at least one run to export")
+    datasets = {tuple(r["dataset"]["classes"]) for r in records}
+    if len(datasets) > 1:
+        raise ConfigError("the selected runs come from datasets with different classes; export them separately")
+    first = records[0]
+    return {"dataset": first["dataset"], "backbone": first.get("backbone", {}),
+            "extract_seconds": first.get("extract_seconds", 0.0), "cache_hit": True, "runs": records}
+
+
 def runs_table(runs: list[dict]) -> pd.DataFrame:
     """One row per run with the headline metrics, rounded for display."""
     table = pd.DataFrame([{label: r.get(key) for key, label in RUN_COLUMNS.items()} for r in runs])
