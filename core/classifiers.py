@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import time
 
 import numpy as np
@@ -125,11 +126,12 @@ class LinearHead(ClassifierMixin, BaseEstimator):
         return self
 
     def _validation_split(self, X, y):
+        """Stratified validation split; monitor the training loss instead when some class is too small."""
         counts = np.bincount(y)
-        if self.val_fraction <= 0 or counts[counts > 0].min() < 3:
-            return X, y, X[:0], y[:0]  # too few samples in some class: monitor training loss instead
-        X_fit, X_val, y_fit, y_val = train_test_split(X, y, test_size=self.val_fraction, stratify=y,
-                                                      random_state=self.seed)
+        n_present, n_val = int((counts > 0).sum()), math.ceil(self.val_fraction * len(y))
+        if self.val_fraction <= 0 or counts[counts > 0].min() < 3 or not n_present <= n_val <= len(y) - n_present:
+            return X, y, X[:0], y[:0]
+        X_fit, X_val, y_fit, y_val = train_test_split(X, y, test_size=n_val, stratify=y, random_state=self.seed)
         return X_fit, y_fit, X_val, y_val
 
     def _tensor(self, X) -> torch.Tensor:

@@ -121,12 +121,17 @@ def _inspect_image(path: Path, hasher, label: int) -> tuple[tuple[int, int] | No
     """Decode an image cheaply (JPEG draft mode) and hash its bytes; return (size, skip reason)."""
     if path.suffix.lower() not in IMAGE_EXTENSIONS:
         return None, f"not an image extension ({path.suffix or 'none'})"
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        return None, f"cannot read file: {err.strerror or err}"
     if not data:
         return None, "empty file (0 bytes)"
     try:
         with Image.open(io.BytesIO(data)) as img:
             size = img.size
+            if img.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF orientation turns it sideways when opened
+                size = size[::-1]
             img.draft("RGB", (64, 64))
             img.load()
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
@@ -137,6 +142,9 @@ def _inspect_image(path: Path, hasher, label: int) -> tuple[tuple[int, int] | No
 
 
 def _split(samples: list[Sample], test_size: float, seed: int, n_classes: int):
+    if len(samples) < 2:
+        raise DataError(f"found {len(samples)} readable images in the class folders; need at least 2 to split "
+                        "into train and test (see the skipped files for what could not be read)")
     labels = [s.label for s in samples]
     counts = np.bincount(labels, minlength=n_classes)
     stratify = labels if counts.min() >= 2 else None

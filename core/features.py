@@ -23,7 +23,7 @@ from core.data import Dataset, Sample, open_rgb
 from core.errors import ConfigError
 from core.runs import atomic_write_bytes, atomic_write_json
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: sizes of EXIF-rotated photos are their upright sizes
 SHARD_IMAGES = 256
 Progress = Callable[[str, int, int], None]
 

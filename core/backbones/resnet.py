@@ -1,6 +1,8 @@
 """torchvision ResNets through the weights API (cached or downloadable weights)."""
 from __future__ import annotations
 
+import contextlib
+import io
 from pathlib import Path
 
 import torch
@@ -15,7 +17,8 @@ def _load_weights(weights) -> dict:
     """State dict from torch hub's cache, downloading when online; offline says where to put the file."""
     target = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
     try:
-        return weights.get_state_dict(progress=False)
+        with contextlib.redirect_stdout(io.StringIO()):  # torch.hub announces downloads on stdout
+            return weights.get_state_dict(progress=False)
     except Exception as err:  # URLError, SSL, partial download: all mean "not available here"
         raise BackboneError(
             f"cannot load {weights} weights ({type(err).__name__}: {err}); without internet, download "

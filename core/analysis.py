@@ -1,0 +1,195 @@
+"""Pure helpers behind the dashboard pages: tables, labels, re-scoring and diffs of stored runs.
+
+Everything here takes plain records (dicts from `RunStore`), datasets or data frames and
+returns data; nothing draws or imports Streamlit.
+"""
+from __future__ import annotations
+
+import io
+import math
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from core.data import Dataset, Sample, open_rgb
+from core.errors import ClassWeightError, ConfigError
+from core.metrics import check_confusion, evaluate, minority_mask
+from core.weights import adjust_logits, class_weights, custom_weights
+
+HEADLINE_METRICS = {"accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy",
+                    "macro_f1": "Macro-F1", "weighted_f1": "Weighted F1"}
+APPROACH_NAMES = {"svm": "SVM", "head": "linear head", "finetune": "fine-tune"}
+LOGIT_APPROACHES = ("head", "finetune")  # their stored scores are logits
+MIN_FIT_S = 1e-3  # fit times are floored here so a speed-up factor never divides by 0
+
+
+def class_table(dataset: Dataset) -> pd.DataFrame:
+    """One row per class: train and test image counts, share of the training set, minority flag.
+
+    >>> class_table(load_dataset("cache/datasets/digits-demo")).columns.tolist()  # doctest: +SKIP
+    ['class', 'train', 'test', 'train share', 'minority']
+    """
+    train = np.asarray(dataset.train_counts)
+    return pd.DataFrame({"class": dataset.classes, "train": train, "test": dataset.test_counts,
+                         "train share": train / train.sum(), "minority": minority_mask(train)})
+
+
+def image_size_summary(samples: list[Sample]) -> pd.DataFrame:
+    """Min, median and max of image width, height (pixels) and aspect ratio (width / height)."""
+    sizes = np.array([s.size for s in samples], dtype=float).reshape(-1, 2)
+    columns = {"width (px)": sizes[:, 0], "height (px)": sizes[:, 1], "aspect (w/h)": sizes[:, 0] / sizes[:, 1]}
+    return pd.DataFrame({name: [values.min(), np.median(values), values.max()] for name, values in columns.items()},
+                        index=["min", "median", "max"])
+
+
+def sample_paths(dataset: Dataset, per_class: int = 4) -> dict[str, list[str]]:
+    """The first `per_class` training image paths of every class, in class order."""
+    paths: dict[str, list[str]] = {name: [] for name in dataset.classes}
+    for sample in dataset.train:
+        shown = paths[dataset.classes[sample.label]]
+        if len(shown) < per_class:
+            shown.append(sample.path)
+    return paths
+
+
+def thumbnail(path: str, max_side_px: int = 240) -> bytes:
+    """A PNG of the image at `path`, shrunk (aspect kept) so its longer side is at most `max_side_px`."""
+    image = open_rgb(path)
+    image.thumbnail((max_side_px, max_side_px))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def weight_table(dataset: Dataset, scheme: str, beta: float = 0.999) -> pd.DataFrame:
+    """Editable class-weight table prefilled from a built-in scheme: class, train count, minority, weight."""
+    weights = class_weights(scheme, dataset.train_counts, dataset.classes, beta=beta)
+    table = class_table(dataset)[["class", "train", "minority"]]
+    return table.assign(weight=weights.round(4))
+
+
+def weights_from_table(table: pd.DataFrame, classes: list[str]) -> dict[str, float]:
+    """Read an edited weight table back as `{class: weight}`; empty, negative or non-finite cells raise.
+
+    >>> weights_from_table(pd.DataFrame({"class": ["a", "b"], "weight": [1.0, 2.5]}), ["a", "b"])
+    {'a': 1.0, 'b': 2.5}
+    """
+    table_dict = {}
+    for name, value in zip(table["class"], table["weight"]):
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            raise ClassWeightError(f"class {name!r} has no weight; enter a number >= 0 (0 ignores the class)")
+        table_dict[str(name)] = float(value)
+    custom_weights(table_dict, classes)
+    return table_dict
+
+
+def run_label(record: dict) -> str:
+    """Short, unique-enough name of a run: 'approach · weights · acc 0.912 · 11-26 16:30:12'."""
+    created = record.get("created")
+    stamp = datetime.fromisoformat(created).astimezone().strftime("%m-%d %H:%M:%S") if created else "?"
+    return f"{record['approach']} · {record['class_weight']} · acc {record['accuracy']:.3f} · {stamp}"
+
+
+def run_labels(records: list[dict]) -> dict[str, str]:
+    """`{run_id: run_label(record)}` in the records' order, for run pickers."""
+    return {record["run_id"]: run_label(record) for record in records}
+
+
+def run_table(records: list[dict]) -> pd.DataFrame:
+    """The runs table of the Compare page, one row per record, in the records' order."""
+    return pd.DataFrame({
+        "approach": [r["approach"] for r in records],
+        "class weight": [r["class_weight"] for r in records],
+        "accuracy": [r["accuracy"] for r in records],
+        "balanced accuracy": [r["balanced_accuracy"] for r in records],
+        "macro-F1": [r["macro_f1"] for r in records],
+        "fit s": [r["fit_seconds"] for r in records],
+        "predict s": [r["predict_seconds"] for r in records],
+        "run id": [r["run_id"] for r in records],
+    })
+
+
+def speedups(records: list[dict]) -> list[dict]:
+    """How many times faster the fastest approach fits than each other one (median fit time per approach).
+
+    >>> speedups([{"approach": "svm", "fit_seconds": 0.5}, {"approach": "finetune", "fit_seconds": 50.0}])
+    [{'fast': 'svm', 'slow': 'finetune', 'factor': 100.0}]
+    """
+    by_approach: dict[str, list[float]] = {}
+    for record in records:
+        by_approach.setdefault(record["approach"], []).append(max(record["fit_seconds"], MIN_FIT_S))
+    medians = sorted((float(np.median(times)), approach) for approach, times in by_approach.items())
+    if len(medians) < 2:
+        return []
+    fastest_s, fastest = medians[0]
+    return [{"fast": fastest, "slow": approach, "factor": seconds / fastest_s} for seconds, approach in medians[1:]]
+
+
+def _prior(record: dict) -> np.ndarray:
+    counts = np.asarray(record["dataset"]["train_counts"], dtype=float)
+    return counts / counts.sum()
+
+
+def score_matrix(predictions: pd.DataFrame, n_classes: int) -> np.ndarray:
+    """The raw scores `(n_samples, n_classes)` stored as `score_<i>` columns of a predictions table."""
+    columns = [f"score_{i}" for i in range(n_classes)]
+    missing = [c for c in columns if c not in predictions.columns]
+    if missing:
+        raise ConfigError(f"predictions lack score columns {missing[:3]}; retrain the run to store its scores")
+    return predictions[columns].to_numpy(dtype=float)
+
+
+def rescore(record: dict, predictions: pd.DataFrame, tau: float) -> dict:
+    """Metrics of a head or fine-tune run after post-hoc logit adjustment with `tau`; no retraining.
+
+    The adjustment subtracts `tau * log(prior)` (train class frequencies) from the stored logits.
+    """
+    if record["approach"] not in LOGIT_APPROACHES:
+        raise ConfigError(f"logit adjustment needs logits; {record['approach']!r} runs store SVM decision "
+                          f"values, so adjust a {' or '.join(LOGIT_APPROACHES)} run instead")
+    classes = record["dataset"]["classes"]
+    scores = score_matrix(predictions, len(classes))
+    y_pred = adjust_logits(scores, _prior(record), tau).argmax(axis=1)
+    return evaluate(predictions["true"].to_numpy(dtype=int), y_pred, classes, record["dataset"]["train_counts"])
+
+
+def metric_deltas(before: dict, after: dict) -> list[dict]:
+    """Headline metrics of two score dicts side by side: metric label, before, after, after − before."""
+    return [{"metric": label, "before": before[key], "after": after[key], "delta": after[key] - before[key]}
+            for key, label in HEADLINE_METRICS.items()]
+
+
+def error_cells(confusion) -> list[dict]:
+    """Nonzero off-diagonal cells of a confusion matrix, most frequent first: true, pred, count.
+
+    >>> error_cells([[5, 2], [1, 3]])
+    [{'true': 0, 'pred': 1, 'count': 2}, {'true': 1, 'pred': 0, 'count': 1}]
+    """
+    cm = check_confusion(confusion)
+    cells = [{"true": int(i), "pred": int(j), "count": int(cm[i, j])}
+             for i, j in zip(*np.nonzero(cm)) if i != j]
+    return sorted(cells, key=lambda cell: (-cell["count"], cell["true"], cell["pred"]))
+
+
+def misclassified_paths(predictions: pd.DataFrame, true: int, pred: int) -> tuple[list[str], int]:
+    """Paths of test images of class `true` predicted as `pred` that still exist, and how many are missing."""
+    chosen = predictions.loc[(predictions["true"] == true) & (predictions["pred"] == pred), "path"]
+    existing = [str(path) for path in chosen if Path(path).is_file()]
+    return existing, len(chosen) - len(existing)
+
+
+def check_comparable(record_a: dict, record_b: dict) -> None:
+    """Raise ConfigError unless two runs were evaluated on the same classes."""
+    classes_a, classes_b = record_a["dataset"]["classes"], record_b["dataset"]["classes"]
+    if classes_a != classes_b:
+        raise ConfigError(f"runs {record_a['run_id']} and {record_b['run_id']} have different classes "
+                          f"({len(classes_a)} vs {len(classes_b)}); compare runs trained on the same dataset")
+
+
+def metrics_diff(record_a: dict, record_b: dict) -> pd.DataFrame:
+    """Headline metrics and timings of run A and run B with the change B − A."""
+    keys = {**HEADLINE_METRICS, "fit_seconds": "Fit s", "predict_seconds": "Predict s"}
+    return pd.DataFrame([{"metric": label, "A": record_a[key], "B": record_b[key],
+                          "B − A": record_b[key] - record_a[key]} for key, label in keys.items()])

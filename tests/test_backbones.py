@@ -1,0 +1,139 @@
+"""Backbone registry, pooling, feature shapes and the pretrained weights (core.backbones)."""
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+import torch.hub
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as F
+
+from core.backbones import (IMAGENET_MEAN, IMAGENET_STD, create_backbone, get_entry, list_backbones,
+                            load_imagenet_model)
+from core.errors import BackboneError
+
+CAT_CLASSES = range(281, 286)  # ImageNet: tabby, tiger cat, Persian, Siamese, Egyptian cat
+
+
+def test_registry_lists_all_families():
+    names = list_backbones()
+    assert {"efficientnet_lite0", "resnet18", "resnet34", "resnet50"} <= set(names)
+    assert names == sorted(names)
+    assert list_backbones("resnet*") == ["resnet18", "resnet34", "resnet50"]
+    assert list_backbones("efficient*") == ["efficientnet_lite0"]
+    assert list_backbones("vit*") == []
+
+
+@pytest.mark.parametrize("typo,suggestion", [("resnet19", "resnet18"), ("efficientnet_lite", "efficientnet_lite0"),
+                                             ("EfficientNet_Lite0", "efficientnet_lite0")])
+def test_unknown_backbone_suggests_close_matches(typo, suggestion):
+    with pytest.raises(BackboneError) as err:
+        get_entry(typo)
+    message = str(err.value)
+    assert repr(typo) in message
+    assert "did you mean" in message and suggestion in message.split("did you mean")[1].split("?")[0]
+
+
+def test_unknown_backbone_without_close_match_lists_choices():
+    with pytest.raises(BackboneError, match="choose one of: .*resnet18") as err:
+        create_backbone("zzzzzz")
+    assert "did you mean" not in str(err.value)
+
+
+def test_unknown_pool_is_a_backbone_error():
+    with pytest.raises(BackboneError, match="'min'.*avg, max"):
+        create_backbone("resnet18", pretrained=False, pool="min")
+
+
+def test_efficientnet_describe(backbone):
+    info = backbone.describe()
+    assert info["name"] == "efficientnet_lite0" and info["feature_dim"] == 1280 and info["pool"] == "avg"
+    assert info["weights"] and info["mean"] == list(IMAGENET_MEAN) and info["std"] == list(IMAGENET_STD)
+    assert not backbone.features.training
+
+
+def test_features_of_a_wide_image(backbone):
+    x = torch.randn(2, 3, 64, 192)
+    with torch.inference_mode():
+        out = backbone.features(x)
+    assert out.shape == (2, 1280)
+    assert torch.isfinite(out).all()
+
+
+def test_max_pool_differs_from_avg_and_dominates_it(backbone):
+    max_pool = create_backbone("efficientnet_lite0", pool="max")
+    assert max_pool.pool == "max" and max_pool.feature_dim == 1280
+    x = torch.randn(2, 3, 64, 192, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        avg, mx = backbone.features(x), max_pool.features(x)
+    assert mx.shape == avg.shape == (2, 1280)
+    assert (mx >= avg - 1e-4).all()  # the max of a feature map is at least its mean
+    assert (mx - avg).abs().max() > 1e-2
+
+
+def test_resnet_without_weights_builds_offline():
+    bb = create_backbone("resnet18", pretrained=False, pool="max")
+    assert bb.feature_dim == 512
+    assert bb.describe()["weights"].startswith("resnet18.")
+    with torch.inference_mode():
+        assert bb.features(torch.randn(1, 3, 64, 96)).shape == (1, 512)
+    assert isinstance(bb.features.avgpool, torch.nn.AdaptiveMaxPool2d)
+
+
+def test_last_block_belongs_to_the_features(backbone):
+    feature_params = {id(p) for p in backbone.features.parameters()}
+    last = list(backbone.last_block.parameters())
+    assert last and all(id(p) in feature_params for p in last)
+    assert len(last) < len(feature_params)
+
+
+def _imagenet_input(image: np.ndarray) -> torch.Tensor:
+    x = torch.from_numpy(image).permute(2, 0, 1)
+    x = F.center_crop(F.resize(x, [224], interpolation=InterpolationMode.BICUBIC, antialias=True), [224, 224])
+    return F.normalize(F.to_dtype(x, torch.float32, scale=True), list(IMAGENET_MEAN), list(IMAGENET_STD))[None]
+
+
+def test_bundled_weights_recognise_a_cat():
+    """Real weights, real photo: proves the bundled checkpoint is mapped onto timm's layers correctly."""
+    from skimage.data import chelsea
+
+    model = load_imagenet_model("efficientnet_lite0")
+    with torch.inference_mode():
+        probs = model(_imagenet_input(chelsea())).softmax(1)[0]
+    assert int(probs.argmax()) in CAT_CLASSES
+    assert float(probs[list(CAT_CLASSES)].sum()) > 0.5
+
+
+def test_untrained_model_does_not_recognise_the_cat():
+    """Control for the test above: random weights give no confident cat."""
+    from skimage.data import chelsea
+
+    torch.manual_seed(0)
+    model = load_imagenet_model("efficientnet_lite0", pretrained=False)
+    with torch.inference_mode():
+        probs = model(_imagenet_input(chelsea())).softmax(1)[0]
+    assert float(probs[list(CAT_CLASSES)].sum()) < 0.5
+
+
+@pytest.fixture
+def offline_torch_home(tmp_path, monkeypatch):
+    """An empty torch hub (TORCH_HOME) and no network: downloads fail like they do offline."""
+    home = tmp_path / "torch-home"
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    torch.hub.set_dir(str(home / "hub"))
+
+    def no_network(url, *args, **kwargs):
+        raise urllib.error.URLError("offline (test)")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    return home / "hub" / "checkpoints"
+
+
+def test_resnet_weights_offline_say_where_to_put_the_file(offline_torch_home):
+    with pytest.raises(BackboneError) as err:
+        create_backbone("resnet18")
+    message = str(err.value)
+    assert "resnet18-f37072fd.pth" in message
+    assert str(offline_torch_home) in message
+    assert "\n" not in message

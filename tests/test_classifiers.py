@@ -1,0 +1,210 @@
+"""SVM and linear head on feature matrices: accuracy, class weights, history, early stopping, validation."""
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import make_blobs
+from sklearn.exceptions import NotFittedError
+from sklearn.svm import SVC, LinearSVC
+
+from core.classifiers import LinearHead, SvmClassifier, check_features
+from core.errors import ConfigError
+from core.weights import class_weights
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    X, y = make_blobs(n_samples=400, centers=4, n_features=16, cluster_std=1.0, random_state=0)
+    return X[:300].astype(np.float32), y[:300], X[300:].astype(np.float32), y[300:]
+
+
+def imbalanced(n_major, n_minor, seed, shift=1.2, dim=8):
+    """Two overlapping Gaussians: class 0 is common, class 1 is rare and shifted by `shift` per dim."""
+    rng = np.random.default_rng(seed)
+    X = np.vstack([rng.normal(0, 1, (n_major, dim)), rng.normal(shift / np.sqrt(dim) * 2, 1, (n_minor, dim))])
+    y = np.array([0] * n_major + [1] * n_minor)
+    return X.astype(np.float32), y
+
+
+def minority_recall(model, X, y, **kw):
+    pred = model.predict(X, **kw)
+    return float((pred[y == 1] == 1).mean())
+
+
+# ---------------------------------------------------------------- accuracy on separable data
+
+
+@pytest.mark.parametrize("model", [SvmClassifier(), SvmClassifier(kernel="linear"), LinearHead(epochs=30)],
+                         ids=["svm-rbf", "svm-linear", "head"])
+def test_separable_blobs_are_learned(blobs, model):
+    X, y, X_test, y_test = blobs
+    assert model.fit(X, y) is model
+    assert (model.predict(X_test) == y_test).mean() >= 0.97
+    scores = model.decision_function(X_test)
+    assert scores.shape == (len(X_test), 4)
+    assert (scores.argmax(1) == model.predict(X_test)).all()
+    assert model.score(X_test, y_test) >= 0.97  # sklearn's ClassifierMixin.score works
+
+
+def test_svm_binary_scores_have_two_columns():
+    X, y = make_blobs(n_samples=100, centers=2, n_features=4, random_state=1)
+    svm = SvmClassifier().fit(X, y)
+    scores = svm.decision_function(X)
+    assert scores.shape == (100, 2)
+    assert (svm.predict(X) == y).mean() > 0.95
+
+
+def test_svm_class_absent_from_training_is_never_predicted():
+    X, y = make_blobs(n_samples=90, centers=3, n_features=4, random_state=2)
+    y = np.where(y == 1, 2, y)  # labels 0 and 2 only
+    svm = SvmClassifier().fit(X, y, n_classes=4)
+    scores = svm.decision_function(X)
+    assert scores.shape == (90, 4)
+    assert np.isneginf(scores[:, [1, 3]]).all()
+    assert set(svm.predict(X)) <= {0, 2}
+
+
+def test_linear_svc_above_threshold(blobs):
+    X, y, X_test, y_test = blobs
+    big = SvmClassifier(linear_above=100).fit(X, y)
+    assert isinstance(big.model_[-1], LinearSVC)
+    assert (big.predict(X_test) == y_test).mean() >= 0.95
+    assert big.decision_function(X_test).shape == (len(X_test), 4)
+    small = SvmClassifier(linear_above=1000).fit(X, y)
+    assert isinstance(small.model_[-1], SVC) and small.model_[-1].kernel == "rbf"
+
+
+# ---------------------------------------------------------------- class weights
+
+
+@pytest.mark.parametrize("make_model,kw", [(lambda: SvmClassifier(), {}),
+                                           (lambda: LinearHead(epochs=40, val_fraction=0), {})],
+                         ids=["svm", "head"])
+def test_balanced_weights_raise_minority_recall(make_model, kw):
+    X, y = imbalanced(400, 20, seed=0)
+    X_test, y_test = imbalanced(300, 300, seed=1)
+    plain = make_model().fit(X, y)
+    weighted = make_model().fit(X, y, class_weight=class_weights("balanced", np.bincount(y)))
+    plain_recall, weighted_recall = minority_recall(plain, X_test, y_test), minority_recall(weighted, X_test, y_test)
+    assert weighted_recall >= plain_recall + 0.2, (plain_recall, weighted_recall)
+
+
+def test_logit_adjustment_raises_minority_recall_without_refit():
+    X, y = imbalanced(400, 20, seed=0)
+    X_test, y_test = imbalanced(300, 300, seed=1)
+    head = LinearHead(epochs=40, val_fraction=0).fit(X, y)
+    assert head.class_prior_ == pytest.approx([400 / 420, 20 / 420])
+    assert minority_recall(head, X_test, y_test, tau=1.0) >= minority_recall(head, X_test, y_test) + 0.2
+    assert np.array_equal(head.decision_function(X_test, tau=0.0), head.decision_function(X_test))
+
+
+# ---------------------------------------------------------------- history and early stopping
+
+
+def test_head_history_has_a_row_per_epoch(blobs):
+    X, y, X_test, y_test = blobs
+    head = LinearHead(epochs=4, patience=10).fit(X, y, eval_set=(X_test, y_test))
+    assert [r["epoch"] for r in head.history_] == [1, 2, 3, 4]
+    for row in head.history_:
+        for key in ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "seconds"):
+            assert key in row and np.isfinite(row[key])
+        assert 0 <= row["train_acc"] <= 1 and 0 <= row["test_acc"] <= 1
+    assert head.history_[-1]["train_loss"] < head.history_[0]["train_loss"]
+
+
+def test_head_progress_reports_epochs(blobs):
+    X, y, _, _ = blobs
+    calls = []
+    LinearHead(epochs=3, patience=10).fit(X, y, progress=lambda *a: calls.append(a))
+    assert [c[1:] for c in calls] == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_early_stopping_restores_the_best_epoch():
+    """On pure noise the validation loss bottoms out early; the returned model is that epoch's model."""
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(120, 60)).astype(np.float32), rng.integers(0, 3, 120)
+    head = LinearHead(epochs=60, lr=0.003, patience=3, val_fraction=0.3)
+    snapshots = []  # the layer's weights after each epoch, taken from the progress callback
+    head.fit(X, y, progress=lambda *_: snapshots.append(head.layer_.weight.detach().clone()))
+    val = [r["val_loss"] for r in head.history_]
+    best = int(np.argmin(val)) + 1
+    assert 1 < best < len(val), "scenario should have a best epoch in the middle"
+    assert head.best_epoch_ == best
+    assert len(head.history_) == best + 3 < 60  # stopped `patience` epochs after the best one
+    assert len(snapshots) == len(head.history_)
+    assert torch.equal(head.layer_.weight, snapshots[best - 1])
+    assert not torch.equal(head.layer_.weight, snapshots[-1])
+
+
+def test_without_validation_split_training_loss_is_monitored():
+    rng = np.random.default_rng(1)
+    X, y = rng.normal(size=(60, 8)).astype(np.float32), rng.integers(0, 2, 60)
+    head = LinearHead(epochs=5, val_fraction=0).fit(X, y)
+    assert all("val_loss" not in r for r in head.history_)
+    assert head.best_epoch_ == int(np.argmin([r["train_loss"] for r in head.history_])) + 1
+
+
+def test_head_fits_a_small_dataset():
+    """5 classes x 4 images is a realistic first try; a 10% validation split cannot hold every class."""
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(20, 8)).astype(np.float32), np.repeat(np.arange(5), 4)
+    X[np.arange(20), y] += 4
+    head = LinearHead(epochs=5).fit(X, y)
+    assert len(head.history_) >= 1
+    assert head.predict(X).shape == (20,)
+
+
+def test_head_is_deterministic_for_a_seed(blobs):
+    X, y, X_test, _ = blobs
+    a = LinearHead(epochs=3, seed=7).fit(X, y).decision_function(X_test)
+    b = LinearHead(epochs=3, seed=7).fit(X, y).decision_function(X_test)
+    assert np.array_equal(a, b)
+
+
+# ---------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize("model", [SvmClassifier(), LinearHead()], ids=["svm", "head"])
+def test_predict_before_fit_raises(model):
+    with pytest.raises(NotFittedError):
+        model.predict(np.zeros((2, 3)))
+
+
+@pytest.mark.parametrize("model", [SvmClassifier(), LinearHead(epochs=2)], ids=["svm", "head"])
+def test_feature_count_mismatch_names_both_numbers(blobs, model):
+    X, y, _, _ = blobs
+    model.fit(X, y)
+    with pytest.raises(ConfigError) as err:
+        model.predict(np.zeros((3, 12), dtype=np.float32))
+    assert "12" in str(err.value) and "16" in str(err.value)
+
+
+@pytest.mark.parametrize("model", [SvmClassifier(), LinearHead(epochs=2)], ids=["svm", "head"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_features_raise(blobs, model, bad):
+    X, y, X_test, _ = blobs
+    broken = X.copy()
+    broken[3, 5] = bad
+    with pytest.raises(ConfigError, match="NaN or infinite"):
+        model.fit(broken, y)
+    model.fit(X, y)
+    broken_test = X_test.copy()
+    broken_test[0, 0] = bad
+    with pytest.raises(ConfigError, match="NaN or infinite"):
+        model.predict(broken_test)
+
+
+def test_check_features_rejects_bad_shapes():
+    with pytest.raises(ConfigError, match=r"\(5,\)"):
+        check_features(np.zeros(5))
+    with pytest.raises(ConfigError, match="non-empty"):
+        check_features(np.zeros((0, 3)))
+    with pytest.raises(ConfigError, match=r"labels must have shape \(4,\)"):
+        check_features(np.zeros((4, 3)), [0, 1])
+    X, y = check_features([[1, 2], [3, 4]], [0, 1])
+    assert X.dtype == np.float32 and y.tolist() == [0, 1]
+
+
+def test_head_rejects_zero_epochs(blobs):
+    X, y, _, _ = blobs
+    with pytest.raises(ConfigError, match="epochs"):
+        LinearHead(epochs=0).fit(X, y)

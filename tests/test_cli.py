@@ -1,0 +1,294 @@
+"""The command line (`python -m core`): its outputs, the results.json contract and its exit codes."""
+import contextlib
+import io
+import json
+import re
+import subprocess
+import sys
+import urllib.error
+from pathlib import Path
+
+import pytest
+import torch.hub
+
+import core.cli as cli
+from core.cli import main
+from core.data import load_dataset
+from core.errors import Cancelled
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = ["--image-size", "32", "--device", "cpu", "--workers", "0"]
+
+
+def run_main(argv) -> tuple[int, str, str]:
+    """Call `main(argv)` and return (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in argv])
+    return code, out.getvalue(), err.getvalue()
+
+
+def assert_usage_error(code, stdout, stderr, *fragments, quiet_stdout=True):
+    assert code == 2, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, f"expected one error line on stderr, got:\n{stderr}"
+    assert lines[0].startswith("error: ")
+    for fragment in fragments:
+        assert fragment in lines[0]
+    if quiet_stdout:
+        assert stdout == ""
+
+
+@pytest.fixture(scope="module")
+def first_run(tiny_dir, tmp_path_factory):
+    """`experiment` on the tiny dataset with an empty cache.
+
+    Returns (cache dir, results path, exit code, stdout, stderr, run folders right after the run).
+    """
+    work = tmp_path_factory.mktemp("cli")
+    cache, out = work / "cache", work / "results.json"
+    code, stdout, stderr = run_main(["experiment", "--data", tiny_dir, "--cache-dir", cache, "--epochs", "5",
+                                     "--out", out, *FAST])
+    stored = sorted(p.name for p in (cache / "runs").iterdir()) if (cache / "runs").exists() else []
+    return cache, out, code, stdout, stderr, stored
+
+
+# ---------------------------------------------------------------- commands that work
+
+
+def test_demo_data_writes_the_dataset(tmp_path, demo_dataset):
+    code, stdout, _ = run_main(["demo-data", "--out", tmp_path / "demo"])
+    assert code == 0
+    assert stdout.strip() == str(tmp_path / "demo")
+    assert load_dataset(tmp_path / "demo").fingerprint == demo_dataset.fingerprint
+
+
+def test_experiment_writes_results(first_run, tiny_dir, check_results_schema):
+    cache, out, code, stdout, stderr, stored = first_run
+    assert code == 0, stderr
+    results = json.loads(out.read_text())
+    check_results_schema(results, n_runs=4)
+    assert results["cache_hit"] is False and results["extract_seconds"] > 0
+    assert results["dataset"]["root"] == str(tiny_dir)
+    assert results["dataset"]["train_counts"] == [12, 8, 6] and results["dataset"]["test_counts"] == [3, 3, 3]
+    assert [(r["approach"], r["class_weight"]) for r in results["runs"]] == [
+        ("svm", "none"), ("svm", "balanced"), ("head", "none"), ("head", "balanced")]
+    assert results["backbone"]["name"] == "efficientnet_lite0" and results["backbone"]["image_size"] == 224
+    assert results["config"]["image_size"] == 32 and results["config"]["epochs"] == 5
+    assert stdout == ""  # results go to the file; progress and the summary to stderr
+    assert "results written to" in stderr and "extracted" in stderr
+    assert stored == sorted(r["run_id"] for r in results["runs"])
+
+
+def test_extract_prints_key_n_and_seconds(first_run, tiny_dir):
+    cache, out, *_ = first_run
+    code, stdout, _ = run_main(["extract", "--data", tiny_dir, "--cache-dir", cache, *FAST])
+    assert code == 0
+    info = json.loads(stdout)
+    assert info["key"] == json.loads(out.read_text())["feature_key"]
+    assert info["n"] == 35 and info["feature_dim"] == 1280
+    assert isinstance(info["seconds"], float) and info["seconds"] >= 0
+    assert info["cache_hit"] is True and info["skipped"] == 0
+
+
+def test_extract_new_setting_is_a_cache_miss(tiny_dir, tmp_path):
+    code, stdout, stderr = run_main(["extract", "--data", tiny_dir, "--cache-dir", tmp_path, "--pool", "max", *FAST])
+    assert code == 0, stderr
+    info = json.loads(stdout)
+    assert info["cache_hit"] is False and info["n"] == 35
+    assert (tmp_path / "features" / info["key"] / "meta.json").exists()
+
+
+@pytest.mark.slow
+def test_second_run_in_a_real_process_is_a_cache_hit(first_run, tiny_dir, tmp_path):
+    cache, *_ = first_run
+    out = tmp_path / "again.json"
+    proc = subprocess.run([sys.executable, "-m", "core", "experiment", "--data", str(tiny_dir), "--cache-dir",
+                           str(cache), "--approaches", "svm", "--class-weight", "balanced", "--out", str(out), *FAST],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == ""
+    results = json.loads(out.read_text())
+    assert results["cache_hit"] is True
+    assert [(r["approach"], r["class_weight"]) for r in results["runs"]] == [("svm", "balanced")]
+    assert "cache hit" in proc.stderr
+
+
+@pytest.mark.slow
+def test_usage_error_in_a_real_process_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "core", "experiment", "--data", str(tmp_path), "--backbone",
+                           "resnet19", "--out", str(tmp_path / "r.json")],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert_usage_error(proc.returncode, proc.stdout, proc.stderr, "resnet19", "resnet18")
+
+
+def test_report_markdown(first_run, tmp_path):
+    _, results, *_ = first_run
+    code, stdout, _ = run_main(["report", results, "--out", tmp_path / "report.md"])
+    assert code == 0 and stdout.strip() == str(tmp_path / "report.md")
+    text = (tmp_path / "report.md").read_text()
+    assert "## Runs" in text and "| approach" in text
+    assert text.count("| 0-zero") == 4  # one per-class table per run
+
+
+def test_report_html_is_self_contained(first_run, tmp_path):
+    _, results, *_ = first_run
+    code, _, stderr = run_main(["report", results, "--out", tmp_path / "report.html"])
+    assert code == 0, stderr
+    page = (tmp_path / "report.html").read_text()
+    assert page.startswith("<!doctype html>")
+    assert re.search(r"plotly\.js v\d", page), "plotly.js is not inlined"
+    assert len(re.findall(r"plotly\.js v\d", page)) == 1, "plotly.js inlined more than once"
+    assert not re.search(r"<script[^>]*\bsrc\s*=", page, flags=re.I), "external script in a self-contained page"
+    assert not re.search(r"<link[^>]*href\s*=\s*[\"']?https?:", page, flags=re.I)
+    assert "svm · balanced" in page and "head · none" in page
+    md = tmp_path / "forced.txt"
+    assert run_main(["report", results, "--format", "html", "--out", md])[0] == 0
+    assert md.read_text().startswith("<!doctype html>")
+
+
+def test_custom_weight_file_is_used(first_run, tiny_dir, tmp_path):
+    cache, *_ = first_run
+    weights = tmp_path / "rare.json"
+    weights.write_text('{"2-two": 5, "0-zero": 0.5}')
+    out = tmp_path / "r.json"
+    code, _, stderr = run_main(["experiment", "--data", tiny_dir, "--cache-dir", cache, "--approaches", "svm",
+                                "--class-weight", f"balanced,{weights}", "--out", out, *FAST])
+    assert code == 0, stderr
+    results = json.loads(out.read_text())
+    assert results["cache_hit"] is True
+    runs = results["runs"]
+    assert [r["class_weight"] for r in runs] == ["balanced", "custom:rare"]
+    assert runs[1]["class_weights"] == [0.5, 1.0, 5.0]
+
+
+def test_list_backbones():
+    code, stdout, _ = run_main(["list-backbones"])
+    assert code == 0
+    assert stdout.split() == ["efficientnet_lite0", "resnet18", "resnet34", "resnet50"]
+
+
+# ---------------------------------------------------------------- bad input: exit 2, one line
+
+
+def test_missing_data_dir(tmp_path):
+    assert_usage_error(*run_main(["experiment", "--data", tmp_path / "nope", "--out", tmp_path / "r.json"]),
+                       "does not exist", "nope")
+    assert_usage_error(*run_main(["extract", "--data", tmp_path / "nope"]), "does not exist")
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_unknown_backbone(tiny_dir, tmp_path):
+    assert_usage_error(*run_main(["experiment", "--data", tiny_dir, "--backbone", "resnet19", "--out",
+                                  tmp_path / "r.json"]), "resnet19", "did you mean resnet18")
+
+
+def test_unknown_approach(tiny_dir, tmp_path):
+    assert_usage_error(*run_main(["experiment", "--data", tiny_dir, "--approaches", "svm,knn", "--out",
+                                  tmp_path / "r.json", "--cache-dir", tmp_path]), "knn", "finetune")
+    assert not (tmp_path / "features").exists()
+
+
+def test_unknown_pool_and_device_are_usage_errors(tiny_dir, tmp_path):
+    assert_usage_error(*run_main(["extract", "--data", tiny_dir, "--pool", "min"]), "min")
+    assert_usage_error(*run_main(["extract", "--data", tiny_dir, "--device", "tpu"]), "tpu")
+
+
+@pytest.mark.parametrize("table,fragment", [
+    ('{"cow": 2}', "unknown classes"),
+    ('{"1-one": -3}', "-3"),
+    ('{"1-one": NaN}', "nan"),
+    ('{"1-one": "heavy"}', "'heavy'"),
+    ('{"1-one": true}', "True"),
+    ('{"1-one": 2', "not valid JSON"),
+    ('[1, 2]', "JSON object"),
+])
+def test_bad_custom_class_weight_file(tiny_dir, tmp_path, table, fragment):
+    weights = tmp_path / "weights.json"
+    weights.write_text(table)
+    cache = tmp_path / "cache"
+    assert_usage_error(*run_main(["experiment", "--data", tiny_dir, "--class-weight", f"none,{weights}",
+                                  "--cache-dir", cache, "--out", tmp_path / "r.json", *FAST]), fragment)
+    assert not cache.exists() and not (tmp_path / "r.json").exists()
+
+
+def test_unknown_class_weight_scheme(tiny_dir, tmp_path):
+    assert_usage_error(*run_main(["experiment", "--data", tiny_dir, "--class-weight", "inverse", "--out",
+                                  tmp_path / "r.json", "--cache-dir", tmp_path]), "inverse")
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["experiment", "--data", "x", "--out", "r.json", "--bogus"], "--bogus"),
+    (["experiment", "--data", "x"], "--out"),
+    (["experiment", "--epochs", "many", "--data", "x", "--out", "r.json"], "many"),
+    (["transmogrify"], "transmogrify"),
+    ([], "command"),
+])
+def test_bad_command_lines(argv, fragment):
+    code, stdout, stderr = run_main(argv)
+    assert_usage_error(code, stdout, stderr, fragment, "--help")
+
+
+def test_report_of_missing_or_bad_results(tmp_path):
+    assert_usage_error(*run_main(["report", tmp_path / "none.json", "--out", tmp_path / "r.md"]), "not found")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"runs": []}')
+    assert_usage_error(*run_main(["report", bad, "--out", tmp_path / "r.md"]), "dataset")
+    assert not (tmp_path / "r.md").exists()
+
+
+@pytest.fixture
+def fake_torch_hub(tmp_path, monkeypatch):
+    """An empty TORCH_HOME and a stand-in for torch's downloader (never touches the network)."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    return tmp_path / "torch" / "hub" / "checkpoints"
+
+
+def test_resnet_offline_names_the_weights_file(tiny_dir, tmp_path, monkeypatch, fake_torch_hub):
+    def no_network(url, *args, **kwargs):
+        raise urllib.error.URLError("offline (test)")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    code, stdout, stderr = run_main(["extract", "--data", tiny_dir, "--backbone", "resnet18", "--cache-dir",
+                                     tmp_path / "cache", *FAST])
+    assert_usage_error(code, stdout, stderr, "resnet18-f37072fd.pth", str(fake_torch_hub), quiet_stdout=False)
+
+
+def test_extract_stdout_stays_json_when_weights_download(tiny_dir, tmp_path, monkeypatch, fake_torch_hub):
+    """A first run that downloads resnet weights must still print only the JSON line on stdout."""
+    import torchvision
+
+    def fake_download(url, dst, *args, **kwargs):
+        torch.save(torchvision.models.resnet18().state_dict(), dst)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
+    code, stdout, stderr = run_main(["extract", "--data", tiny_dir, "--backbone", "resnet18", "--cache-dir",
+                                     tmp_path / "cache", *FAST])
+    assert code == 0, stderr
+    assert (fake_torch_hub / "resnet18-f37072fd.pth").exists()
+    info = json.loads(stdout)  # fails if anything else was printed to stdout
+    assert info["feature_dim"] == 512 and info["n"] == 35
+
+
+# ---------------------------------------------------------------- other exit codes
+
+
+def test_unexpected_failure_exits_1_with_traceback(tiny_dir, tmp_path, monkeypatch):
+    def boom(*args, **kwargs):
+        raise RuntimeError("kaboom")
+
+    monkeypatch.setattr(cli, "run_experiment", boom)
+    code, _, stderr = run_main(["experiment", "--data", tiny_dir, "--out", tmp_path / "r.json"])
+    assert code == 1
+    assert "Traceback" in stderr and "kaboom" in stderr
+
+
+def test_cancel_exits_130(tiny_dir, tmp_path, monkeypatch):
+    def cancelled(*args, **kwargs):
+        raise Cancelled()
+
+    monkeypatch.setattr(cli, "run_experiment", cancelled)
+    code, _, stderr = run_main(["experiment", "--data", tiny_dir, "--out", tmp_path / "r.json"])
+    assert code == 130 and "resumes" in stderr
+

@@ -1,0 +1,298 @@
+"""Dataset discovery, image validation, decoding and the demo dataset (core.data)."""
+import pathlib
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core.data import DEMO_CLASSES, build_demo_dataset, demo_counts, load_dataset, open_rgb
+from core.errors import DataError
+
+
+# ---------------------------------------------------------------- demo dataset
+
+def test_demo_dataset_is_deterministic(demo_dataset, tmp_path):
+    again = load_dataset(build_demo_dataset(tmp_path / "demo-again"))
+    assert again.fingerprint == demo_dataset.fingerprint
+    assert again.train_counts == demo_dataset.train_counts
+    assert again.test_counts == demo_dataset.test_counts
+    first = sorted(pathlib.Path(demo_dataset.root).rglob("*.png"))
+    second = sorted((tmp_path / "demo-again").rglob("*.png"))
+    assert [p.relative_to(demo_dataset.root) for p in first] == [p.relative_to(tmp_path / "demo-again") for p in second]
+    assert [p.read_bytes() for p in first] == [p.read_bytes() for p in second]
+
+
+def test_demo_dataset_rebuild_in_place_replaces_it(tmp_path):
+    out = build_demo_dataset(tmp_path / "demo")
+    (out / "train" / DEMO_CLASSES[0] / "stray.png").write_bytes(b"")
+    build_demo_dataset(out)
+    assert not (out / "train" / DEMO_CLASSES[0] / "stray.png").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name != "demo"], "temporary build folder left behind"
+
+
+def test_demo_dataset_is_imbalanced(demo_dataset):
+    train, test = demo_dataset.train_counts, demo_dataset.test_counts
+    assert demo_dataset.classes == list(DEMO_CLASSES)
+    assert max(train) >= 15 * min(train)
+    assert sum(n < 10 for n in test) >= 2
+    assert min(test) >= 1 and min(train) >= 1
+    assert not demo_dataset.skipped
+    assert demo_counts()[0] / demo_counts()[-1] == pytest.approx(17, rel=0.01)
+
+
+def test_demo_images_are_wide(demo_dataset):
+    for sample in demo_dataset.train[::25] + demo_dataset.test[::25]:
+        width, height = sample.size
+        assert 2.5 <= width / height <= 3.5
+        with Image.open(sample.path) as img:
+            assert img.size == sample.size
+
+
+def test_demo_samples_order_is_train_then_test(demo_dataset):
+    assert demo_dataset.samples == demo_dataset.train + demo_dataset.test
+    assert all("/train/" in s.path for s in demo_dataset.train)
+    assert all("/test/" in s.path for s in demo_dataset.test)
+
+
+# ---------------------------------------------------------------- layouts
+
+def test_train_test_layout(make_class_tree, tmp_path):
+    make_class_tree(tmp_path / "ds" / "train", {"cat": 5, "dog": 3})
+    make_class_tree(tmp_path / "ds" / "test", {"cat": 2, "dog": 1})
+    ds = load_dataset(tmp_path / "ds")
+    assert ds.classes == ["cat", "dog"]
+    assert ds.train_counts == [5, 3] and ds.test_counts == [2, 1]
+    assert {s.label for s in ds.train if "/cat/" in s.path} == {0}
+    assert ds.train[0].size == (48, 16)
+    summary = ds.summary()
+    assert summary["classes"] == ["cat", "dog"] and summary["train_counts"] == [5, 3]
+    assert summary["fingerprint"] == ds.fingerprint and len(ds.fingerprint) == 16
+
+
+def test_flat_layout_is_split_stratified_and_seeded(make_class_tree, tmp_path):
+    root = make_class_tree(tmp_path / "flat", {"a": 40, "b": 20, "c": 10})
+    first, again = load_dataset(root, test_size=0.2, seed=3), load_dataset(root, test_size=0.2, seed=3)
+    assert [s.path for s in first.test] == [s.path for s in again.test]
+    assert first.fingerprint == again.fingerprint
+    assert first.test_counts == [8, 4, 2] and first.train_counts == [32, 16, 8]  # stratified
+    assert not {s.path for s in first.train} & {s.path for s in first.test}
+    other = load_dataset(root, test_size=0.2, seed=4)
+    assert {s.path for s in other.test} != {s.path for s in first.test}
+    assert other.fingerprint != first.fingerprint  # the split is part of the cache key
+
+
+def test_fingerprint_changes_with_content(make_class_tree, make_image, tmp_path):
+    root = make_class_tree(tmp_path / "flat", {"a": 6, "b": 6})
+    before = load_dataset(root).fingerprint
+    make_image(root / "a" / "a-000.png", seed=999)  # same name, new pixels
+    assert load_dataset(root).fingerprint != before
+
+
+def test_hidden_files_and_folders_are_ignored(make_class_tree, tmp_path):
+    root = make_class_tree(tmp_path / "flat", {"a": 5, "b": 5})
+    (root / ".DS_Store").write_bytes(b"junk")
+    (root / "a" / ".hidden.png").write_bytes(b"junk")
+    (root / ".thumbs").mkdir()
+    ds = load_dataset(root)
+    assert ds.classes == ["a", "b"]
+    assert not ds.skipped
+
+
+# ---------------------------------------------------------------- formats and modes
+
+@pytest.mark.parametrize("suffix,fmt", [(".jpg", "JPEG"), (".png", "PNG"), (".bmp", "BMP"), (".webp", "WEBP")])
+def test_common_formats_load_as_rgb(make_image, tmp_path, suffix, fmt):
+    path = make_image(tmp_path / f"img{suffix}", size=(60, 20), fmt=fmt)
+    img = open_rgb(path)
+    assert img.mode == "RGB" and img.size == (60, 20)
+    pixels = np.asarray(img)
+    assert 20 < pixels.mean() < 235
+
+
+@pytest.mark.parametrize("mode,suffix", [("L", ".png"), ("RGBA", ".png"), ("CMYK", ".jpg"), ("CMYK", ".tif"),
+                                         ("I;16", ".png"), ("I;16", ".tif")])
+def test_unusual_modes_load_as_rgb(make_image, tmp_path, mode, suffix):
+    path = make_image(tmp_path / f"img-{mode.replace(';', '')}{suffix}", size=(60, 20), mode=mode)
+    with Image.open(path) as raw:
+        assert raw.mode.startswith(mode[:4])  # the file really is in that mode
+    img = open_rgb(path)
+    assert img.mode == "RGB" and img.size == (60, 20)
+    pixels = np.asarray(img).astype(int)
+    assert pixels.min() >= 0 and pixels.max() <= 255
+    assert pixels.std() > 5, "image collapsed to one colour"
+    assert pixels.mean() < 250, "image decoded as (nearly) all white"
+
+
+def test_sixteen_bit_keeps_its_gradient(make_image, tmp_path):
+    path = make_image(tmp_path / "deep.png", size=(64, 16), mode="I;16")  # ramp 0..40000 of 65535
+    pixels = np.asarray(open_rgb(path))[..., 0].astype(int)
+    assert pixels[0, 0] < 10 and pixels[-1, -1] > 240  # scaled to use the full 8-bit range
+    assert np.all(np.diff(pixels.ravel()) >= 0)  # monotone ramp survives
+    assert len(np.unique(pixels)) > 100
+
+
+def test_rgba_transparency_becomes_white(tmp_path):
+    path = tmp_path / "clear.png"
+    Image.new("RGBA", (10, 10), (255, 0, 0, 0)).save(path)
+    assert np.asarray(open_rgb(path)).min() == 255
+
+
+def test_unusual_modes_are_accepted_by_load_dataset(make_image, tmp_path):
+    for i, (mode, suffix) in enumerate([("L", ".png"), ("RGBA", ".png"), ("CMYK", ".jpg"), ("I;16", ".png"),
+                                        ("RGB", ".bmp"), ("RGB", ".webp")]):
+        make_image(tmp_path / "ds" / "a" / f"a{i}{suffix}", mode=mode, seed=i)
+        make_image(tmp_path / "ds" / "b" / f"b{i}{suffix}", mode=mode, seed=10 + i)
+    ds = load_dataset(tmp_path / "ds", test_size=0.5)
+    assert not ds.skipped
+    assert len(ds.train) + len(ds.test) == 12
+
+
+# ---------------------------------------------------------------- bad files
+
+def _bad_files(folder, good_png: pathlib.Path, good_jpg: pathlib.Path) -> dict:
+    png, jpg = good_png.read_bytes(), good_jpg.read_bytes()
+    files = {
+        "empty.png": b"",
+        "notes.txt": b"hello",
+        "text.jpg": b"this is not a picture at all",
+        "cut-header.png": png[:20],
+        "cut-half.png": png[: len(png) // 2],
+        "cut-half.jpg": jpg[: len(jpg) // 2],
+        "cut-end.jpg": jpg[:-200],
+    }
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return files
+
+
+def test_broken_files_are_skipped_with_reasons(make_class_tree, make_image, tmp_path):
+    root = make_class_tree(tmp_path / "ds", {"a": 6, "b": 6}, size=(120, 40))
+    good_jpg = make_image(tmp_path / "good.jpg", size=(120, 40), fmt="JPEG")
+    bad = _bad_files(root / "a", root / "a" / "a-000.png", good_jpg)
+    ds = load_dataset(root)
+    skipped = dict(ds.skipped)
+    assert set(map(lambda p: pathlib.Path(p).name, skipped)) == set(bad)
+    reasons = {pathlib.Path(p).name: r for p, r in skipped.items()}
+    assert "0 bytes" in reasons["empty.png"]
+    assert "extension" in reasons["notes.txt"]
+    assert all(r.startswith("unreadable image") for n, r in reasons.items() if n not in ("empty.png", "notes.txt"))
+    assert len(ds.train) + len(ds.test) == 12
+    assert ds.summary()["skipped"][0].keys() == {"path", "reason"}
+
+
+def test_unreadable_file_is_skipped_not_a_crash(make_class_tree, monkeypatch, tmp_path):
+    """A file the user may not read (permission denied) is listed as skipped, like a corrupt one."""
+    root = make_class_tree(tmp_path / "ds", {"a": 5, "b": 5})
+    locked = root / "a" / "a-001.png"
+    real_read_bytes = pathlib.Path.read_bytes
+
+    def read_bytes(self):  # as root chmod 000 does not block reads, so deny this one file by hand
+        if self == locked:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_read_bytes(self)
+
+    monkeypatch.setattr(pathlib.Path, "read_bytes", read_bytes)
+    ds = load_dataset(root)
+    assert [p for p, _ in ds.skipped] == [str(locked)]
+    assert "denied" in ds.skipped[0][1].lower()
+
+
+# ---------------------------------------------------------------- clear errors
+
+def test_missing_folder_is_a_data_error(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        load_dataset(tmp_path / "nope")
+
+
+def test_a_file_instead_of_a_folder_is_a_data_error(tmp_path):
+    (tmp_path / "file.png").write_bytes(b"x")
+    with pytest.raises(DataError, match="does not exist"):
+        load_dataset(tmp_path / "file.png")
+
+
+def test_one_class_is_a_data_error(make_class_tree, tmp_path):
+    root = make_class_tree(tmp_path / "ds", {"only": 8})
+    with pytest.raises(DataError, match="1 class folder"):
+        load_dataset(root)
+
+
+def test_no_class_folders_is_a_data_error(make_image, tmp_path):
+    make_image(tmp_path / "ds" / "loose.png")
+    with pytest.raises(DataError, match="0 class folder"):
+        load_dataset(tmp_path / "ds")
+
+
+def test_class_without_training_images_is_a_data_error(make_class_tree, tmp_path):
+    make_class_tree(tmp_path / "ds" / "train", {"cat": 4, "dog": 4})
+    make_class_tree(tmp_path / "ds" / "test", {"cat": 2, "dog": 2, "owl": 2})
+    (tmp_path / "ds" / "train" / "owl").mkdir()
+    with pytest.raises(DataError, match="owl"):
+        load_dataset(tmp_path / "ds")
+
+
+def test_class_with_only_broken_images_is_a_data_error(make_class_tree, tmp_path):
+    root = make_class_tree(tmp_path / "ds", {"cat": 6, "dog": 6})
+    (root / "owl").mkdir()
+    for i in range(3):
+        (root / "owl" / f"{i}.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="owl"):
+        load_dataset(root)
+
+
+def test_empty_test_split_is_a_data_error(make_class_tree, tmp_path):
+    make_class_tree(tmp_path / "ds" / "train", {"cat": 4, "dog": 4})
+    (tmp_path / "ds" / "test" / "cat").mkdir(parents=True)
+    (tmp_path / "ds" / "test" / "dog").mkdir(parents=True)
+    with pytest.raises(DataError, match="0 test"):
+        load_dataset(tmp_path / "ds")
+
+
+@pytest.mark.parametrize("test_size", [0, 1, 1.5, -0.1])
+def test_bad_test_size_is_a_data_error(make_class_tree, tmp_path, test_size):
+    root = make_class_tree(tmp_path / "ds", {"a": 5, "b": 5})
+    with pytest.raises(DataError, match="test size"):
+        load_dataset(root, test_size=test_size)
+
+
+def test_only_non_images_is_a_data_error(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / "ds" / name).mkdir(parents=True)
+        (tmp_path / "ds" / name / "readme.txt").write_text("no pictures here")
+    with pytest.raises(DataError, match="0 readable images"):
+        load_dataset(tmp_path / "ds")
+
+
+def test_demo_copy_with_missing_test_folder_uses_flat_layout(demo_dir, tmp_path):
+    """Without BOTH train/ and test/, the folder is read as DIR/<class>: here 'train' becomes a class."""
+    root = tmp_path / "half"
+    shutil.copytree(demo_dir / "train" / "0-zero", root / "train" / "x")
+    shutil.copytree(demo_dir / "train" / "1-one", root / "other" / "y")
+    ds = load_dataset(root)
+    assert ds.classes == ["other", "train"]
+
+
+def _exif_rotated_jpeg(path, raw_size=(120, 40), orientation=6):
+    """A JPEG stored as `raw_size` whose EXIF orientation says: display rotated by 90 degrees."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.new("RGB", raw_size, (200, 30, 30))
+    exif = img.getexif()
+    exif[0x0112] = orientation
+    img.save(path, exif=exif)
+    return path
+
+
+def test_exif_rotation_is_applied(tmp_path):
+    path = _exif_rotated_jpeg(tmp_path / "phone.jpg")
+    assert open_rgb(path).size == (40, 120)  # shown upright, as a portrait
+
+
+def test_sample_size_is_the_displayed_size(tmp_path):
+    """Phone photos carry an EXIF orientation; the recorded size must match what open_rgb returns,
+    or the resize plan squashes every rotated photo into the wrong aspect ratio."""
+    for name in ("a", "b"):
+        for i in range(3):
+            _exif_rotated_jpeg(tmp_path / "ds" / name / f"{i}.jpg")
+    ds = load_dataset(tmp_path / "ds", test_size=0.34)
+    for sample in ds.samples:
+        assert sample.size == open_rgb(sample.path).size == (40, 120)

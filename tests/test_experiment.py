@@ -1,0 +1,170 @@
+"""Approaches x class-weight schemes on one dataset, recorded in the run store (core.experiment)."""
+import json
+
+import numpy as np
+import pytest
+
+from core.errors import BackboneError, ClassWeightError, ConfigError, DataError
+from core.experiment import ExperimentConfig, resolve_class_weight, run_experiment
+from core.runs import RunStore
+from core.weights import class_weights
+
+
+def test_demo_experiment_records_every_combination(demo_experiment, check_results_schema):
+    results, store = demo_experiment
+    check_results_schema(results, n_runs=4)
+    combos = [(r["approach"], r["class_weight"]) for r in results["runs"]]
+    assert combos == [("svm", "none"), ("svm", "balanced"), ("head", "none"), ("head", "balanced")]
+    assert sorted(r["run_id"] for r in store.list_runs()) == sorted(r["run_id"] for r in results["runs"])
+    assert len({r["run_id"] for r in results["runs"]}) == 4
+
+
+def test_demo_experiment_reuses_the_cached_features(demo_experiment, demo_features):
+    results, _ = demo_experiment
+    assert results["cache_hit"] is True
+    assert results["feature_key"] == demo_features.key
+    assert results["extract_seconds"] == pytest.approx(demo_features.extract_seconds)
+    assert results["backbone"]["name"] == "efficientnet_lite0" and results["backbone"]["feature_dim"] == 1280
+    assert all(r["feature_key"] == demo_features.key for r in results["runs"])
+
+
+def test_demo_experiment_dataset_summary(demo_experiment, demo_dataset):
+    ds = demo_experiment[0]["dataset"]
+    assert ds["classes"] == demo_dataset.classes
+    assert ds["train_counts"] == demo_dataset.train_counts and ds["test_counts"] == demo_dataset.test_counts
+    assert ds["root"] == demo_dataset.root
+
+
+def test_class_weights_are_recorded_per_run(demo_experiment, demo_dataset):
+    runs = demo_experiment[0]["runs"]
+    balanced = class_weights("balanced", demo_dataset.train_counts)
+    for run in runs:
+        expected = balanced if run["class_weight"] == "balanced" else np.ones(10)
+        assert run["class_weights"] == pytest.approx(expected.tolist())
+
+
+def test_features_carry_signal(demo_experiment):
+    """Tiny 32-pixel images still separate the digits far better than chance (0.1)."""
+    for run in demo_experiment[0]["runs"]:
+        assert run["accuracy"] > 0.3, (run["approach"], run["class_weight"], run["accuracy"])
+
+
+def test_balanced_weights_help_the_rare_classes(demo_experiment):
+    runs = {(r["approach"], r["class_weight"]): r for r in demo_experiment[0]["runs"]}
+    assert runs["svm", "balanced"]["balanced_accuracy"] > runs["svm", "none"]["balanced_accuracy"]
+    assert runs["head", "balanced"]["balanced_accuracy"] >= runs["head", "none"]["balanced_accuracy"] - 0.02
+
+
+def test_head_runs_have_learning_curves(demo_experiment):
+    for run in demo_experiment[0]["runs"]:
+        if run["approach"] == "head":
+            assert 1 <= len(run["history"]) <= 15
+            assert {"train_acc", "val_acc", "test_acc"} <= run["history"][0].keys()
+        else:
+            assert run["history"] == []
+
+
+def test_stored_runs_round_trip(demo_experiment, demo_features, demo_dataset):
+    results, store = demo_experiment
+    for run in results["runs"]:
+        record = store.load(run["run_id"])
+        assert record["accuracy"] == run["accuracy"] and record["confusion_matrix"] == run["confusion_matrix"]
+        assert record["config"]["approaches"] == ["svm", "head"]
+        predictions = store.load_predictions(run["run_id"])
+        assert len(predictions) == len(demo_dataset.test)
+        assert predictions["true"].tolist() == [s.label for s in demo_dataset.test]
+        assert (predictions["true"] == predictions["pred"]).mean() == pytest.approx(run["accuracy"])
+        model = store.load_model(run["run_id"])
+        assert model.predict(demo_features.X_test).tolist() == predictions["pred"].tolist()
+
+
+def test_custom_weights_are_recorded(demo_dir, demo_features, feature_cache, image_size, tmp_path):
+    table_file = tmp_path / "rare-first.json"
+    table_file.write_text(json.dumps({"9-nine": 4.0}))
+    config = ExperimentConfig(data=str(demo_dir), approaches=("svm",),
+                              class_weights=({"0-zero": 0.5, "9-nine": 3}, str(table_file)),
+                              image_size=image_size, device="cpu", cache_dir=str(feature_cache), workers=0)
+    results = run_experiment(config, store=RunStore(tmp_path / "runs"))
+    first, second = results["runs"]
+    assert first["class_weight"] == "custom"
+    assert first["class_weights"] == [0.5] + [1.0] * 8 + [3.0]
+    assert second["class_weight"] == "custom:rare-first"
+    assert second["class_weights"] == [1.0] * 9 + [4.0]
+    assert results["config"]["class_weights"][0] == {"0-zero": 0.5, "9-nine": 3}
+
+
+@pytest.mark.parametrize("spec,error", [
+    ({"cow": 1.0}, "unknown classes"),
+    ({"0-zero": -1}, "finite number >= 0"),
+    ({"0-zero": float("nan")}, "finite number >= 0"),
+    ({"0-zero": "heavy"}, "must be a number"),
+    ("inverse", "unknown class-weight scheme"),
+    ("missing.json", "not found"),
+])
+def test_bad_weights_fail_before_any_extraction(demo_dir, tmp_path, spec, error):
+    cache = tmp_path / "cache"
+    config = ExperimentConfig(data=str(demo_dir), class_weights=("balanced", spec), device="cpu",
+                              cache_dir=str(cache), image_size=32)
+    with pytest.raises(ClassWeightError, match=error):
+        run_experiment(config)
+    assert not (cache / "features").exists()
+    assert not (cache / "runs").exists() or not list((cache / "runs").iterdir())
+
+
+@pytest.mark.parametrize("overrides,error,match", [
+    ({"approaches": ("svm", "knn")}, ConfigError, "knn"),
+    ({"approaches": ()}, ConfigError, "none given"),
+    ({"backbone": "resnet19"}, BackboneError, "resnet18"),
+    ({"pool": "min"}, ConfigError, "min"),
+    ({"epochs": 0}, ConfigError, "epochs"),
+    ({"lr": 0.0}, ConfigError, "lr"),
+    ({"svm_kernel": "cubic"}, ConfigError, "cubic"),
+    ({"class_weights": ()}, ConfigError, "class-weight"),
+])
+def test_bad_settings_fail_fast(demo_dir, tmp_path, overrides, error, match):
+    config = ExperimentConfig(data=str(demo_dir), cache_dir=str(tmp_path / "cache"), **overrides)
+    with pytest.raises(error, match=match):
+        run_experiment(config)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_missing_data_is_a_data_error(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        run_experiment(ExperimentConfig(data=str(tmp_path / "nope"), cache_dir=str(tmp_path / "cache")))
+    assert not (tmp_path / "cache").exists()
+
+
+def test_resolve_class_weight_labels(demo_dataset, tmp_path):
+    label, w = resolve_class_weight("sqrt", demo_dataset)
+    assert label == "sqrt" and w == pytest.approx(class_weights("sqrt", demo_dataset.train_counts))
+    label, w = resolve_class_weight("effective", demo_dataset, beta=0.99)
+    assert label == "effective"
+    assert w == pytest.approx(class_weights("effective", demo_dataset.train_counts, beta=0.99))
+
+
+def test_logit_adjustment_is_applied_and_recorded(demo_dir, demo_features, feature_cache, image_size, tmp_path):
+    base = dict(data=str(demo_dir), approaches=("head",), class_weights=("none",), epochs=15,
+                image_size=image_size, device="cpu", cache_dir=str(feature_cache), workers=0)
+    store = RunStore(tmp_path / "runs")
+    plain = run_experiment(ExperimentConfig(**base), store=store)["runs"][0]
+    adjusted = run_experiment(ExperimentConfig(**base, tau=2.0), store=store)["runs"][0]
+    assert adjusted["tau"] == 2.0 and plain["tau"] == 0.0
+    rare = slice(7, 10)  # the three rarest demo classes
+    plain_pred = sum(row["predicted"] for row in plain["per_class"][rare])
+    adjusted_pred = sum(row["predicted"] for row in adjusted["per_class"][rare])
+    assert adjusted_pred > plain_pred
+
+
+@pytest.mark.slow
+def test_finetune_approach_end_to_end(tiny_dir, tmp_path, check_results_schema):
+    cache = tmp_path / "cache"
+    config = ExperimentConfig(data=str(tiny_dir), approaches=("finetune",), class_weights=("balanced",), epochs=1,
+                              image_size=32, batch_size=16, device="cpu", cache_dir=str(cache), workers=0)
+    results = run_experiment(config)
+    check_results_schema(results, n_runs=1)
+    run = results["runs"][0]
+    assert run["approach"] == "finetune" and run["class_weight"] == "balanced"
+    assert len(run["history"]) == 1 and "test_acc" in run["history"][0]
+    assert results["cache_hit"] is False and results["feature_key"] is None
+    assert not (cache / "features").exists()  # fine-tuning needs no cached features
+    assert [r["run_id"] for r in RunStore(cache / "runs").list_runs()] == [run["run_id"]]

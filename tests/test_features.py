@@ -1,0 +1,281 @@
+"""Aspect-preserving preprocessing, size-grouped batches, cached and resumable extraction (core.features)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import core.features as features
+from core.backbones import get_entry
+from core.data import Sample, load_dataset
+from core.errors import Cancelled, ConfigError
+from core.features import (Preprocess, autocast_dtype, extract_features, feature_key, resolve_device,
+                           size_grouped_batches)
+
+# ---------------------------------------------------------------- preprocessing
+
+
+def test_output_size_keeps_aspect_ratio():
+    pre = Preprocess(image_size=224)
+    assert pre.output_size((800, 240)) == (224, 747)  # (height, width) from (width, height)
+    assert pre.output_size((240, 800)) == (747, 224)  # tall images too
+    assert pre.output_size((500, 500)) == (224, 224)
+    assert pre.output_size((96, 32)) == (224, 672)
+
+
+def test_output_size_caps_the_long_side():
+    pre = Preprocess(image_size=224, max_long_side=1024)
+    assert pre.output_size((4000, 240)) == (61, 1024)
+    assert pre.output_size((240, 4000)) == (1024, 61)
+    assert max(pre.output_size((100_000, 10))) == 1024
+
+
+def test_for_backbone_uses_the_entry_and_checks_the_size():
+    entry = get_entry("efficientnet_lite0")
+    pre = Preprocess.for_backbone(entry)
+    assert pre.image_size == 224 and pre.max_long_side == 1024 and pre.interpolation == entry.interpolation
+    assert Preprocess.for_backbone(entry, 512).max_long_side == 2048
+    for bad in (8, 4096):
+        with pytest.raises(ConfigError, match=str(bad)):
+            Preprocess.for_backbone(entry, bad)
+
+
+def test_preprocess_produces_normalized_tensor_of_planned_size():
+    pre = Preprocess(image_size=32)
+    img = Image.new("RGB", (300, 90), (124, 116, 104))  # ~ the ImageNet mean colour
+    out_size = pre.output_size(img.size)
+    tensor = pre(img, out_size)
+    assert tensor.shape == (3, *out_size) == (3, 32, 107)
+    assert tensor.dtype == torch.float32
+    assert tensor.abs().max() < 0.05  # mean colour normalizes to ~0
+
+
+def test_size_grouped_batches_never_mix_sizes():
+    sizes = [(96, 32), (32, 96), (96, 32), (50, 50), (96, 32), (32, 96), (96, 32), (200, 60)]
+    samples = [Sample(f"{i}.png", i % 2, s) for i, s in enumerate(sizes)]
+    pre = Preprocess(image_size=32)
+    batches = size_grouped_batches(samples, pre, batch_size=2)
+    assert sorted(i for b in batches for i in b) == list(range(len(samples)))
+    for batch in batches:
+        assert 1 <= len(batch) <= 2
+        assert len({pre.output_size(samples[i].size) for i in batch}) == 1
+    shuffled = size_grouped_batches(samples, pre, batch_size=2, shuffle_seed=1)
+    assert shuffled == size_grouped_batches(samples, pre, batch_size=2, shuffle_seed=1)
+    assert sorted(i for b in shuffled for i in b) == list(range(len(samples)))
+    for batch in shuffled:
+        assert len({pre.output_size(samples[i].size) for i in batch}) == 1
+
+
+def test_device_and_precision_choices():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type in ("cpu", "cuda")
+    with pytest.raises(ConfigError, match="tpu"):
+        resolve_device("tpu")
+    cpu = torch.device("cpu")
+    assert autocast_dtype(cpu, "fp32") is None
+    assert autocast_dtype(cpu) in (None, torch.bfloat16)
+    assert autocast_dtype(torch.device("cuda")) == torch.float16
+    with pytest.raises(ConfigError, match="fp8"):
+        autocast_dtype(cpu, "fp8")
+
+
+# ---------------------------------------------------------------- extraction and cache
+
+
+def test_extracted_features_shapes(demo_features, demo_dataset):
+    fs = demo_features
+    n_train, n_test = len(demo_dataset.train), len(demo_dataset.test)
+    assert fs.X_train.shape == (n_train, 1280) and fs.X_test.shape == (n_test, 1280)
+    assert fs.X_train.dtype == np.float32 and fs.X_test.dtype == np.float32
+    assert fs.y_train.tolist() == [s.label for s in demo_dataset.train]
+    assert fs.y_test.tolist() == [s.label for s in demo_dataset.test]
+    assert np.isfinite(fs.X_train).all() and np.isfinite(fs.X_test).all()
+    assert fs.X_train.std(axis=0).mean() > 1e-3  # images give different features
+    assert not fs.cache_hit and fs.extract_seconds > 0
+    assert fs.backbone["name"] == "efficientnet_lite0" and fs.backbone["feature_dim"] == 1280
+
+
+def test_features_match_a_direct_forward_pass(demo_features, demo_dataset, backbone, image_size):
+    """Rows line up with `dataset.samples` (train first, then test), whatever the batch order was."""
+    pre = Preprocess.for_backbone(backbone.entry, image_size)
+    picks = list(range(0, len(demo_dataset.samples), 37))
+    x = [pre(Image.open(demo_dataset.samples[i].path).convert("RGB"), pre.output_size(demo_dataset.samples[i].size))
+         for i in picks]
+    with torch.inference_mode():
+        expected = backbone.features(torch.stack(x)).numpy()  # fp32 reference
+    got = np.vstack([demo_features.X_train, demo_features.X_test])[picks]
+    assert np.allclose(got, expected, atol=0.3, rtol=0.1)  # bf16 autocast on capable CPUs
+    distances = ((got[:, None, :] - expected[None, :, :]) ** 2).sum(-1)
+    assert distances.argmin(axis=1).tolist() == list(range(len(picks)))  # each row is nearest its own image
+
+
+def test_second_call_is_a_cache_hit(demo_features, demo_dataset, feature_cache, image_size):
+    again = extract_features(demo_dataset, "efficientnet_lite0", image_size=image_size, cache_dir=feature_cache,
+                             device="cpu", workers=0)
+    assert again.cache_hit and again.key == demo_features.key
+    assert np.array_equal(again.X_train, demo_features.X_train)
+    assert np.array_equal(again.X_test, demo_features.X_test)
+    assert again.extract_seconds == pytest.approx(demo_features.extract_seconds)
+    meta = json.loads((feature_cache / "features" / again.key / "meta.json").read_text())
+    assert meta["n"] == len(demo_dataset.samples) and meta["feature_dim"] == 1280
+
+
+def test_cache_key_covers_what_changes_the_features(demo_dataset, tmp_path, make_class_tree):
+    entry = get_entry("efficientnet_lite0")
+    base = feature_key(demo_dataset, entry, "avg", Preprocess.for_backbone(entry, 32), torch.bfloat16)
+    assert base == feature_key(demo_dataset, entry, "avg", Preprocess.for_backbone(entry, 32), torch.bfloat16)
+    variants = [
+        feature_key(demo_dataset, entry, "max", Preprocess.for_backbone(entry, 32), torch.bfloat16),
+        feature_key(demo_dataset, entry, "avg", Preprocess.for_backbone(entry, 48), torch.bfloat16),
+        feature_key(demo_dataset, entry, "avg", Preprocess.for_backbone(entry, 32), None),
+        feature_key(demo_dataset, get_entry("resnet18"), "avg", Preprocess.for_backbone(get_entry("resnet18"), 32),
+                    torch.bfloat16),
+        feature_key(load_dataset(make_class_tree(tmp_path / "other", {"a": 4, "b": 4})), entry, "avg",
+                    Preprocess.for_backbone(entry, 32), torch.bfloat16),
+    ]
+    assert len({base, *variants}) == len(variants) + 1
+
+
+def test_extract_with_other_pool_uses_another_cache_entry(tmp_path, make_class_tree):
+    ds = load_dataset(make_class_tree(tmp_path / "ds", {"a": 3, "b": 3}, size=(96, 32)), test_size=0.34)
+    cache = tmp_path / "cache"
+    avg = extract_features(ds, image_size=32, cache_dir=cache, device="cpu", workers=0)
+    mx = extract_features(ds, image_size=32, pool="max", cache_dir=cache, device="cpu", workers=0)
+    bigger = extract_features(ds, image_size=48, cache_dir=cache, device="cpu", workers=0)
+    assert not mx.cache_hit and not bigger.cache_hit
+    assert len({avg.key, mx.key, bigger.key}) == 3
+    assert sorted(p.name for p in (cache / "features").iterdir()) == sorted([avg.key, mx.key, bigger.key])
+    assert not np.allclose(avg.X_train, mx.X_train)
+
+
+def test_unknown_backbone_fails_before_creating_cache(demo_dataset, tmp_path):
+    from core.errors import BackboneError
+
+    with pytest.raises(BackboneError):
+        extract_features(demo_dataset, "resnet19", cache_dir=tmp_path / "c", device="cpu")
+    assert not (tmp_path / "c").exists()
+
+
+# ---------------------------------------------------------------- resume after a kill
+
+
+@pytest.fixture
+def resume_dataset(demo_dir):
+    """20 demo images (same size): with SHARD_IMAGES = 8 that is three shards of 8, 8 and 4 images."""
+    ds = load_dataset(demo_dir)
+    ds.train, ds.test = ds.train[:14], ds.test[:6]
+    return ds
+
+
+class Recorder:
+    """Progress callback that counts images and can cancel once `cancel_after` images are done."""
+
+    def __init__(self, cancel_after=None):
+        self.calls, self.cancel_after = [], cancel_after
+
+    def __call__(self, stage, done, total):
+        self.calls.append((done, total))
+        if self.cancel_after is not None and done > self.cancel_after:
+            raise Cancelled("user cancelled")
+
+
+def _count_decodes(monkeypatch) -> list:
+    decoded = []
+    real = features.ImageDataset.__getitem__
+
+    def getitem(self, index):
+        decoded.append(index)
+        return real(self, index)
+
+    monkeypatch.setattr(features.ImageDataset, "__getitem__", getitem)
+    return decoded
+
+
+def _extract(ds, cache, progress=None):
+    return extract_features(ds, image_size=32, cache_dir=cache, device="cpu", batch_size=4, workers=0,
+                            progress=progress)
+
+
+def test_killed_extraction_resumes_where_it_stopped(resume_dataset, tmp_path, monkeypatch):
+    monkeypatch.setattr(features, "SHARD_IMAGES", 8)
+    reference = _extract(resume_dataset, tmp_path / "straight")
+
+    cache = tmp_path / "resumed"
+    killer = Recorder(cancel_after=8)
+    with pytest.raises(Cancelled):
+        _extract(resume_dataset, cache, killer)
+    folder = cache / "features" / reference.key
+    shards = sorted(p.name for p in folder.glob("shard-*.npz"))
+    assert shards == ["shard-00000.npz"]
+    assert not (folder / "meta.json").exists()
+    assert not [p for p in folder.iterdir() if p.suffix == ".tmp" or p.name.startswith(".")]
+
+    decoded = _count_decodes(monkeypatch)
+    recorder = Recorder()
+    resumed = _extract(resume_dataset, cache, recorder)
+    assert not resumed.cache_hit and resumed.key == reference.key
+    assert recorder.calls[0] == (8, 20)  # starts from the finished shard
+    assert recorder.calls[-1] == (20, 20)
+    assert len(decoded) == 12 and len(set(decoded)) == 12  # only the remaining images
+    with np.load(folder / "shard-00000.npz") as first:
+        assert not set(first["indices"].tolist()) & set(decoded)
+    assert np.allclose(resumed.X_train, reference.X_train, atol=2e-2, rtol=1e-2)
+    assert np.allclose(resumed.X_test, reference.X_test, atol=2e-2, rtol=1e-2)
+    assert sorted(p.name for p in folder.iterdir()) == ["meta.json", "shard-00000.npz", "shard-00001.npz",
+                                                        "shard-00002.npz"]
+
+    decoded.clear()
+    hit = _extract(resume_dataset, cache)
+    assert hit.cache_hit and not decoded
+    assert np.array_equal(hit.X_train, resumed.X_train)
+
+
+def test_shards_are_size_grouped_and_cover_every_image(resume_dataset, monkeypatch):
+    monkeypatch.setattr(features, "SHARD_IMAGES", 8)
+    plan = features._shard_plan(resume_dataset.samples, Preprocess(image_size=32))
+    assert [len(s) for s in plan] == [8, 8, 4]
+    assert sorted(i for s in plan for i in s) == list(range(20))
+
+
+def test_rotated_photo_keeps_its_aspect_ratio(tmp_path):
+    """An EXIF-rotated (portrait) JPEG must reach the model as a portrait tensor, not squashed to landscape."""
+    for name in ("a", "b"):
+        for i in range(3):
+            path = tmp_path / "ds" / name / f"{i}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            img = Image.new("RGB", (120, 40), (200, 30, 30))
+            exif = img.getexif()
+            exif[0x0112] = 6  # rotate 90 degrees for display
+            img.save(path, exif=exif)
+    ds = load_dataset(tmp_path / "ds", test_size=0.34)
+    tensor, _, _ = features.ImageDataset(ds.train, Preprocess(image_size=32))[0]
+    assert tensor.shape == (3, 96, 32)  # 40x120 portrait -> short side 32, long side 96
+
+
+def test_mixed_sizes_map_back_to_the_right_rows(tmp_path, make_class_tree, backbone):
+    """Images of several sizes are batched by size; each row must still belong to its own image."""
+    root = tmp_path / "mixed"
+    make_class_tree(root, {"a": 3, "b": 3}, size=(96, 32))
+    make_class_tree(root, {"a": 2, "b": 2}, size=(40, 40), suffix=".bmp")
+    make_class_tree(root, {"a": 2}, size=(32, 80), suffix=".jpg")
+    ds = load_dataset(root, test_size=0.3)
+    fs = extract_features(ds, image_size=32, cache_dir=tmp_path / "cache", device="cpu", precision="fp32",
+                          batch_size=3, workers=0)
+    pre = Preprocess.for_backbone(backbone.entry, 32)
+    X = np.vstack([fs.X_train, fs.X_test])
+    with torch.inference_mode():
+        for row, sample in zip(X, ds.samples):
+            x = pre(features.open_rgb(sample.path), pre.output_size(sample.size))[None]
+            assert np.allclose(row, backbone.features(x).numpy()[0], atol=1e-4, rtol=1e-4), sample.path
+
+
+def test_worker_processes_give_the_same_features(tmp_path, make_class_tree):
+    ds = load_dataset(make_class_tree(tmp_path / "ds", {"a": 5, "b": 5}, size=(96, 32)), test_size=0.3)
+    inline = extract_features(ds, image_size=32, cache_dir=tmp_path / "c0", device="cpu", precision="fp32",
+                              workers=0)
+    pooled = extract_features(ds, image_size=32, cache_dir=tmp_path / "c1", device="cpu", precision="fp32",
+                              workers=1)
+    assert inline.key == pooled.key
+    assert np.allclose(inline.X_train, pooled.X_train, atol=1e-5)
+    assert np.allclose(inline.X_test, pooled.X_test, atol=1e-5)

@@ -1,0 +1,116 @@
+"""Markdown and self-contained HTML reports from a results file (core.report)."""
+import json
+import re
+
+import pytest
+
+from core.errors import ConfigError
+from core.report import per_class_table, read_results, render_html, render_markdown, runs_table, write_report
+
+
+@pytest.fixture(scope="module")
+def results_file(demo_experiment, tmp_path_factory):
+    from core.runs import atomic_write_json
+
+    path = tmp_path_factory.mktemp("report") / "results.json"
+    atomic_write_json(path, demo_experiment[0])
+    return path
+
+
+def test_runs_table_has_one_row_per_run(demo_experiment):
+    runs = demo_experiment[0]["runs"]
+    table = runs_table(runs)
+    assert list(table.columns) == ["approach", "weights", "accuracy", "balanced acc.", "macro-F1", "weighted F1",
+                                   "fit s", "predict s"]
+    assert table["approach"].tolist() == ["svm", "svm", "head", "head"]
+    assert table["accuracy"].tolist() == [round(r["accuracy"], 3) for r in runs]
+
+
+def test_per_class_table(demo_experiment):
+    run = demo_experiment[0]["runs"][1]
+    table = per_class_table(run)
+    assert table["class"].tolist() == [row["class"] for row in run["per_class"]]
+    assert table["test n"].tolist() == [row["support"] for row in run["per_class"]]
+    assert table["train n"].tolist() == demo_experiment[0]["dataset"]["train_counts"]
+    assert "yes" in table["minority"].tolist()  # the demo's rare classes are flagged
+
+
+def test_markdown_report(results_file, tmp_path, demo_experiment):
+    results = demo_experiment[0]
+    out = write_report(results_file, tmp_path / "report.md")
+    text = out.read_text()
+    assert text == render_markdown(results)
+    assert text.startswith("# TransferScope report: digits-demo")
+    assert "## Runs" in text
+    runs_section = text.split("## Runs")[1].split("\n## ")[0]
+    header = runs_section.strip().splitlines()[0]
+    for column in ("approach", "weights", "accuracy", "balanced acc.", "macro-F1"):
+        assert column in header
+    assert len([line for line in runs_section.splitlines() if line.startswith(("| svm", "| head"))]) == 4
+    for run in results["runs"]:
+        heading = f"## {run['approach']} · {run['class_weight']} ({run['run_id']})"
+        assert heading in text
+        section = text.split(heading)[1].split("\n## ")[0]
+        assert all(f"| {c}" in section for c in results["dataset"]["classes"])
+        assert "precision" in section and "recall" in section
+    assert f"train images: {sum(results['dataset']['train_counts'])}" in text
+    assert "cache hit" in text
+
+
+def test_markdown_lists_never_predicted_classes(demo_experiment):
+    results = json.loads(json.dumps(demo_experiment[0]))
+    results["runs"][0]["never_predicted"] = ["8-eight", "9-nine"]
+    assert "Never predicted: 8-eight, 9-nine" in render_markdown(results)
+
+
+def test_html_report_is_self_contained(results_file, tmp_path, demo_experiment):
+    out = write_report(results_file, tmp_path / "report.html", fmt="html")
+    page = out.read_text()
+    assert page.startswith("<!doctype html>") and page.rstrip().endswith("</html>")
+    assert len(re.findall(r"plotly\.js v\d", page)) == 1
+    assert not re.search(r"<script[^>]*\bsrc\s*=", page, flags=re.I)
+    n_runs = len(demo_experiment[0]["runs"])
+    assert page.count("Plotly.newPlot") == 2 + 2 * n_runs  # distribution, trade-off, 2 per run
+    assert page.count("<table") == 1 + n_runs
+
+
+def test_html_escapes_names(demo_experiment):
+    results = json.loads(json.dumps(demo_experiment[0]))
+    results["runs"][0]["class_weight"] = "<script>alert(1)</script>"
+    page = render_html(results)
+    assert "<script>alert(1)</script>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+def test_missing_results_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        read_results(tmp_path / "results.json")
+
+
+@pytest.mark.parametrize("content,match", [
+    ("{not json", "not valid JSON"),
+    ('{"runs": []}', "dataset"),
+    ('{"dataset": {}}', "runs"),
+    ("[1, 2, 3]", "lacks"),
+    ('"text"', "lacks"),
+])
+def test_invalid_results_file(tmp_path, content, match):
+    path = tmp_path / "results.json"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=match):
+        read_results(path)
+    with pytest.raises(ConfigError):
+        write_report(path, tmp_path / "out.md")
+    assert not (tmp_path / "out.md").exists()
+
+
+def test_unknown_format(results_file, tmp_path):
+    with pytest.raises(ConfigError, match="pdf"):
+        write_report(results_file, tmp_path / "out.pdf", fmt="pdf")
+
+
+def test_results_without_runs_still_render():
+    results = {"dataset": {"root": "/data/boats", "classes": ["a", "b"], "train_counts": [3, 1],
+                           "test_counts": [1, 1]}, "runs": []}
+    assert "# TransferScope report: boats" in render_markdown(results)
+    assert render_html(results).count("Plotly.newPlot") == 1
