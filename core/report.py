@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 
 import pandas as pd
 
 from core import figures
 from core.errors import ConfigError
-from core.runs import atomic_write_bytes
+from core.runs import atomic_write_bytes, read_json_object
 
 RUN_COLUMNS = {"approach": "approach", "class_weight": "weights", "accuracy": "accuracy",
                "balanced_accuracy": "balanced acc.", "macro_f1": "macro-F1", "weighted_f1": "weighted F1",
@@ -19,14 +18,8 @@ REQUIRED = ("dataset", "runs")
 
 def read_results(path) -> dict:
     """Load and check a results JSON written by `python -m core experiment`."""
-    path = Path(path)
-    try:
-        results = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"results file {str(path)!r} not found; write one with `python -m core experiment`") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ConfigError(f"results file {str(path)!r} is not valid JSON: {err}") from None
-    missing = [k for k in REQUIRED if not isinstance(results, dict) or k not in results]
+    results = read_json_object(path, "results file", ConfigError)
+    missing = [k for k in REQUIRED if k not in results]
     if missing:
         raise ConfigError(f"results file {str(path)!r} lacks {missing}; is it a TransferScope results.json?")
     return results

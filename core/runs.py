@@ -112,6 +112,20 @@ def atomic_write_json(path, obj) -> None:
     atomic_write_bytes(path, _to_json(obj).encode("utf-8"))
 
 
+def read_json_object(path, what: str, error: type[Exception] = RunStoreError) -> dict:
+    """Load a JSON object from `path`, raising `error` that names `what` the file is and what went wrong."""
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise error(f"{what} {str(path)!r} not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise error(f"{what} {str(path)!r} is not valid JSON: {err}") from None
+    if not isinstance(obj, dict):
+        raise error(f"{what} {str(path)!r} must hold a JSON object, got {type(obj).__name__}")
+    return obj
+
+
 def _utc_now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 

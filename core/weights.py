@@ -1,13 +1,12 @@
 """Class-weight schemes for imbalanced data, and post-hoc logit adjustment."""
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import numpy as np
 
 from core.errors import ClassWeightError
+from core.runs import read_json_object
 
 SCHEMES = ("none", "balanced", "sqrt", "effective", "custom")
 
@@ -70,16 +69,7 @@ def _check_weight(name: str, value) -> float:
 
 def read_custom_weights(path) -> dict:
     """Load a custom weight table from a JSON file `{class: weight}`."""
-    path = Path(path)
-    try:
-        table = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ClassWeightError(f"custom class-weight file {str(path)!r} not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ClassWeightError(f"custom class-weight file {str(path)!r} is not valid JSON: {err}") from None
-    if not isinstance(table, dict):
-        raise ClassWeightError(f"{str(path)!r} must hold a JSON object {{class: weight}}, got {type(table).__name__}")
-    return table
+    return read_json_object(path, "custom class-weight file", ClassWeightError)
 
 
 def adjust_logits(scores: np.ndarray, class_prior, tau: float) -> np.ndarray:

@@ -91,8 +91,8 @@ def test_missing_results_file(tmp_path):
     ("{not json", "not valid JSON"),
     ('{"runs": []}', "dataset"),
     ('{"dataset": {}}', "runs"),
-    ("[1, 2, 3]", "lacks"),
-    ('"text"', "lacks"),
+    ("[1, 2, 3]", "must hold a JSON object"),
+    ('"text"', "must hold a JSON object"),
 ])
 def test_invalid_results_file(tmp_path, content, match):
     path = tmp_path / "results.json"
