@@ -1,0 +1,76 @@
+"""Compare page: accuracy versus fit time, speed-ups, the runs table (with delete) and a two-run diff."""
+import streamlit as st
+
+import ui
+from core.analysis import APPROACH_NAMES, check_comparable, metrics_diff, run_labels, speedups
+from core.figures import confusion_diff_figure, f1_delta_figure, tradeoff_figure
+
+
+def show_speedups(runs: list[dict]) -> None:
+    rows = speedups(runs)
+    if not rows:
+        st.caption("Train more than one approach to compare their fit times.")
+        return
+    for row in rows:
+        fast, slow = (APPROACH_NAMES.get(row[k], row[k]) for k in ("fast", "slow"))
+        factor = row["factor"]
+        st.markdown(f"- **{fast}** fit is **{factor:.{0 if factor >= 10 else 1}f}× faster** than {slow}")
+    st.caption("Median fit time per approach; feature extraction is shared and not included.")
+
+
+def delete_selected() -> None:
+    doomed = st.session_state["delete_select"]
+    for run_id in doomed:
+        ui.run_store().delete(run_id)
+    st.session_state["delete_select"] = []
+    st.toast(f"Deleted {len(doomed)} run(s).", icon=":material/delete:")
+
+
+def delete_runs(labels: dict[str, str]) -> None:
+    with st.expander("Delete runs"):
+        doomed = st.multiselect("Runs to delete", list(labels), format_func=labels.get, key="delete_select")
+        st.button("Delete selected runs", key="delete_runs", disabled=not doomed, icon=":material/delete:",
+                  on_click=delete_selected)
+
+
+def show_diff(labels: dict[str, str]) -> None:
+    st.subheader("Two-run diff")
+    ids = list(labels)
+    col_a, col_b = st.columns(2)
+    run_a = col_a.selectbox("Run A (baseline)", ids, index=1, format_func=labels.get, key="compare_a")
+    run_b = col_b.selectbox("Run B", ids, index=0, format_func=labels.get, key="compare_b")
+    if run_a == run_b:
+        st.info("Pick two different runs to see what changed.")
+        return
+    record_a, record_b = ui.load_run(run_a), ui.load_run(run_b)
+    check_comparable(record_a, record_b)
+    st.dataframe(metrics_diff(record_a, record_b), hide_index=True, key="metrics_diff",
+                 column_config={name: st.column_config.NumberColumn(format="%+.3f" if name == "B − A" else "%.3f")
+                                for name in ("A", "B", "B − A")})
+    minority = [row["minority"] for row in record_a["per_class"]]
+    ui.chart(confusion_diff_figure(record_a["confusion_matrix"], record_b["confusion_matrix"],
+                                   record_a["dataset"]["classes"], "A", "B", minority=minority), key="confusion_diff")
+    ui.chart(f1_delta_figure(record_a["per_class"], record_b["per_class"], "A", "B"), key="f1_delta")
+
+
+st.title("Compare")
+with ui.guard():
+    runs = ui.list_runs()
+    if not runs:
+        ui.no_runs_hint()
+    else:
+        chart_col, speed_col = st.columns([3, 1])
+        with chart_col:
+            ui.chart(tradeoff_figure(runs), key="tradeoff")
+        with speed_col:
+            st.subheader("Speed-up")
+            show_speedups(runs)
+        st.subheader("Runs")
+        ui.runs_dataframe(runs, key="runs_table")
+        labels = run_labels(runs)
+        delete_runs(labels)
+        if len(runs) < 2:
+            st.info("Only one run so far: train another one (e.g. with other class weights) to see a two-run diff.",
+                    icon=":material/info:")
+        else:
+            show_diff(labels)

@@ -1,0 +1,151 @@
+"""Pure helpers behind the pages, on tiny synthetic datasets, records and predictions."""
+import io
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from core.analysis import (check_comparable, class_table, error_cells, image_size_summary, metric_deltas,
+                           metrics_diff, misclassified_paths, rescore, run_label, run_labels, run_table, sample_paths,
+                           score_matrix, speedups, thumbnail, weight_table, weights_from_table)
+from core.data import Dataset, Sample
+from core.errors import ClassWeightError, ConfigError
+from core.metrics import evaluate
+
+CLASSES = ["common", "usual", "rare"]
+
+
+def make_dataset() -> Dataset:
+    train = [Sample(f"train/{c}/{i}.png", label, (90, 30)) for label, (c, n) in
+             enumerate(zip(CLASSES, (8, 6, 1))) for i in range(n)]
+    test = [Sample("test/common/0.png", 0, (40, 20)), Sample("test/rare/0.png", 2, (30, 60))]
+    return Dataset("root", CLASSES, train, test)
+
+
+def make_record(approach="head", class_weight="none", run_id="r1", created="2026-11-26T16:30:12+00:00", **metrics):
+    y_true, y_pred = [0, 0, 1, 2], [0, 0, 1, 0]
+    record = {"run_id": run_id, "approach": approach, "class_weight": class_weight, "created": created, "tau": 0.0,
+              "fit_seconds": 1.0, "predict_seconds": 0.1,
+              "dataset": {"classes": CLASSES, "train_counts": [80, 15, 5]},
+              **evaluate(y_true, y_pred, CLASSES, [80, 15, 5])}
+    return {**record, **metrics}
+
+
+def make_predictions(paths=("a.png", "b.png", "c.png", "d.png")) -> pd.DataFrame:
+    """The rare test image (row 3) scores a bit below 'common': logit adjustment flips it."""
+    scores = np.array([[3.0, 0.0, 0.0], [3.0, 0.0, 0.0], [0.0, 3.0, 0.0], [1.0, 0.0, 0.5]])
+    table = pd.DataFrame({"path": list(paths), "true": [0, 0, 1, 2], "pred": [0, 0, 1, 0]})
+    return pd.concat([table, pd.DataFrame(scores, columns=[f"score_{i}" for i in range(3)])], axis=1)
+
+
+def test_class_table_counts_shares_and_minority():
+    table = class_table(make_dataset())
+    assert table["train"].tolist() == [8, 6, 1]
+    assert table["test"].tolist() == [1, 0, 1]
+    assert table["train share"].sum() == pytest.approx(1.0)
+    assert table["minority"].tolist() == [False, False, True]
+
+
+def test_image_size_summary_ranges():
+    summary = image_size_summary(make_dataset().samples)
+    assert summary.loc["min", "width (px)"] == 30 and summary.loc["max", "height (px)"] == 60
+    assert summary.loc["max", "aspect (w/h)"] == 3.0 and summary.loc["min", "aspect (w/h)"] == 0.5
+
+
+def test_sample_paths_caps_each_class():
+    paths = sample_paths(make_dataset(), per_class=2)
+    assert list(paths) == CLASSES
+    assert paths["common"] == ["train/common/0.png", "train/common/1.png"] and len(paths["rare"]) == 1
+
+
+def test_thumbnail_shrinks_keeping_the_aspect_ratio(tmp_path):
+    Image.new("L", (900, 300), 128).save(tmp_path / "wide.png")
+    with Image.open(io.BytesIO(thumbnail(str(tmp_path / "wide.png"), max_side_px=120))) as small:
+        assert small.size == (120, 40) and small.mode == "RGB"
+
+
+def test_weight_table_prefills_scheme_and_round_trips():
+    table = weight_table(make_dataset(), "balanced")
+    assert table.columns.tolist() == ["class", "train", "minority", "weight"]
+    assert table["weight"].iloc[2] > table["weight"].iloc[0]
+    assert weights_from_table(table, CLASSES) == dict(zip(CLASSES, table["weight"]))
+
+
+@pytest.mark.parametrize("value, message", [(-1.0, "finite number >= 0"), (math.nan, "has no weight"),
+                                            (None, "has no weight"), (math.inf, "finite number >= 0")])
+def test_weights_from_table_rejects_bad_cells_naming_the_class(value, message):
+    table = pd.DataFrame({"class": CLASSES, "weight": [1.0, 1.0, value]}, dtype=object)
+    with pytest.raises(ClassWeightError, match=message) as err:
+        weights_from_table(table, CLASSES)
+    assert "rare" in str(err.value)
+
+
+def test_weights_from_table_rejects_all_zero():
+    with pytest.raises(ClassWeightError, match="all 0"):
+        weights_from_table(pd.DataFrame({"class": CLASSES, "weight": [0.0, 0.0, 0.0]}), CLASSES)
+
+
+def test_run_label_and_table():
+    record = make_record(class_weight="balanced")
+    assert run_label(record).startswith("head · balanced · acc 0.750 · ")
+    assert run_label({**record, "created": None}).endswith("· ?")
+    assert run_labels([record]) == {"r1": run_label(record)}
+    table = run_table([record, make_record(approach="svm", run_id="r2")])
+    assert table["run id"].tolist() == ["r1", "r2"]
+    assert table.columns.tolist() == ["approach", "class weight", "accuracy", "balanced accuracy", "macro-F1",
+                                      "fit s", "predict s", "run id"]
+
+
+def test_speedups_compare_median_fit_times_to_the_fastest_approach():
+    records = [{"approach": "svm", "fit_seconds": s} for s in (0.2, 0.4, 10.0)] + \
+              [{"approach": "finetune", "fit_seconds": 40.0}, {"approach": "head", "fit_seconds": 0.0}]
+    rows = speedups(records)
+    assert [(row["fast"], row["slow"]) for row in rows] == [("head", "svm"), ("head", "finetune")]
+    assert rows[0]["factor"] == pytest.approx(400.0) and rows[1]["factor"] == pytest.approx(40000.0)
+    assert speedups(records[:3]) == []
+
+
+def test_rescore_at_zero_tau_reproduces_stored_metrics_and_tau_helps_the_rare_class():
+    record, predictions = make_record(), make_predictions()
+    same = rescore(record, predictions, 0.0)
+    assert same["accuracy"] == record["accuracy"] and same["confusion_matrix"] == record["confusion_matrix"]
+    adjusted = rescore(record, predictions, 1.0)
+    assert adjusted["accuracy"] == 1.0 and adjusted["never_predicted"] == []
+    deltas = {row["metric"]: row["delta"] for row in metric_deltas(record, adjusted)}
+    assert deltas["Accuracy"] == pytest.approx(0.25) and deltas["Balanced accuracy"] > 0
+
+
+def test_rescore_refuses_svm_runs_and_missing_scores():
+    with pytest.raises(ConfigError, match="logits"):
+        rescore(make_record(approach="svm"), make_predictions(), 1.0)
+    with pytest.raises(ConfigError, match="score columns"):
+        score_matrix(make_predictions().drop(columns="score_2"), 3)
+
+
+def test_error_cells_lists_off_diagonal_cells_most_frequent_first():
+    assert error_cells([[5, 1, 0], [3, 2, 0], [1, 0, 0]]) == [
+        {"true": 1, "pred": 0, "count": 3}, {"true": 0, "pred": 1, "count": 1}, {"true": 2, "pred": 0, "count": 1}]
+    assert error_cells([[2, 0], [0, 2]]) == []
+
+
+def test_misclassified_paths_keeps_existing_files_and_counts_missing(tmp_path):
+    present = tmp_path / "d.png"
+    present.write_bytes(b"png")
+    predictions = make_predictions(paths=("a.png", "b.png", "c.png", str(present)))
+    assert misclassified_paths(predictions, 2, 0) == ([str(present)], 0)
+    predictions.loc[3, "path"] = str(tmp_path / "gone.png")
+    assert misclassified_paths(predictions, 2, 0) == ([], 1)
+    assert misclassified_paths(predictions, 1, 2) == ([], 0)
+
+
+def test_metrics_diff_and_comparability():
+    a, b = make_record(), make_record(run_id="r2", accuracy=1.0, fit_seconds=3.0)
+    diff = metrics_diff(a, b).set_index("metric")
+    assert diff.loc["Accuracy", "B − A"] == pytest.approx(0.25)
+    assert diff.loc["Fit s", "B − A"] == pytest.approx(2.0)
+    check_comparable(a, b)
+    other = {**b, "dataset": {**b["dataset"], "classes": ["x", "y", "z"]}}
+    with pytest.raises(ConfigError, match="different classes"):
+        check_comparable(a, other)

@@ -1,0 +1,312 @@
+"""Dashboard pages under AppTest: the real efficientnet_lite0 on the demo data at a small image size."""
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+import ui
+from core.errors import DataError
+from core.experiment import ExperimentConfig, run_experiment
+from core.jobs import ACTIVE_STATUSES
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = {"image_size": 48, "epochs": 3}
+JOB_TIMEOUT_S = 300
+PAGE_TIMEOUT_S = 60
+
+pytestmark = pytest.mark.slow
+
+
+def page(name: str) -> AppTest:
+    script = ROOT / "app.py" if name == "app" else ROOT / "pages" / f"{name}.py"
+    return AppTest.from_file(str(script), default_timeout=PAGE_TIMEOUT_S)
+
+
+@pytest.fixture(scope="session")
+def demo_data(demo_dir) -> str:
+    return str(demo_dir)
+
+
+@pytest.fixture(scope="session")
+def trained_cache(tmp_path_factory, demo_data) -> Path:
+    """A cache with features and four runs: svm and head, each with none and balanced weights."""
+    cache = tmp_path_factory.mktemp("trained")
+    run_experiment(ExperimentConfig(data=demo_data, approaches=("svm", "head"), class_weights=("none", "balanced"),
+                                    cache_dir=str(cache), workers=0, **FAST))
+    return cache
+
+
+@pytest.fixture(autouse=True)
+def fresh_streamlit_caches():
+    """Each test gets its own JobManager and RunStore; the old manager is shut down on release."""
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    yield
+    st.cache_resource.clear()
+    st.cache_data.clear()
+
+
+def use_cache(monkeypatch, cache: Path, data: str) -> Path:
+    monkeypatch.setenv("TRANSFERSCOPE_CACHE_DIR", str(cache))
+    monkeypatch.setenv("TRANSFERSCOPE_DATA", data)
+    return cache
+
+
+@pytest.fixture
+def empty_cache(monkeypatch, tmp_path, demo_data) -> Path:
+    return use_cache(monkeypatch, tmp_path / "cache", demo_data)
+
+
+@pytest.fixture
+def trained(monkeypatch, trained_cache, demo_data) -> Path:
+    return use_cache(monkeypatch, trained_cache, demo_data)
+
+
+@pytest.fixture
+def trained_copy(monkeypatch, tmp_path, trained_cache, demo_data) -> Path:
+    """A private copy of the trained cache, for tests that add or delete runs."""
+    return use_cache(monkeypatch, shutil.copytree(trained_cache, tmp_path / "cache"), demo_data)
+
+
+@pytest.fixture
+def features_only(monkeypatch, tmp_path, trained_cache, demo_data) -> Path:
+    """Cached features but no runs: training jobs skip extraction."""
+    shutil.copytree(trained_cache / "features", tmp_path / "cache" / "features")
+    return use_cache(monkeypatch, tmp_path / "cache", demo_data)
+
+
+def texts(elements) -> str:
+    return "\n".join(str(element.value) for element in elements)
+
+
+def charts(at: AppTest) -> int:
+    return len(at.get("plotly_chart"))
+
+
+def wait_for_job(at: AppTest):
+    job = ui.job_manager().get(at.session_state["job_id"])
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while job.status in ACTIVE_STATUSES:
+        assert time.monotonic() < deadline, f"job still {job.status} after {JOB_TIMEOUT_S} s: {job.progress}"
+        time.sleep(0.2)
+    return job
+
+
+def configure_training(at: AppTest, approaches, schemes) -> AppTest:
+    at.run()
+    at.multiselect(key="train_approaches").set_value(approaches)
+    at.multiselect(key="train_schemes").set_value(schemes)
+    at.number_input(key="train_image_size").set_value(FAST["image_size"])
+    at.number_input(key="train_epochs").set_value(FAST["epochs"])
+    return at.run()
+
+
+def edit_weight(at: AppTest, row: int, value) -> AppTest:
+    at.session_state["weight_editor"] = {"edited_rows": {row: {"weight": value}}, "added_rows": [], "deleted_rows": []}
+    return at.run()
+
+
+# ---- router and Dataset ----------------------------------------------------------------------------
+
+def test_app_routes_to_dataset_page_with_sidebar(empty_cache, demo_data):
+    at = page("app").run()
+    assert not at.exception
+    assert at.sidebar.text_input(key="data_dir").value == demo_data
+    assert "No training job yet." in texts(at.sidebar.caption)
+    assert at.title[0].value == "Dataset"
+
+
+def test_dataset_page_shows_distribution_and_minority_classes(empty_cache):
+    at = page("dataset").run()
+    assert not at.exception
+    assert charts(at) == 1
+    assert {m.label: m.value for m in at.metric}["Classes"] == "10"
+    minority_line = next(m.value for m in at.markdown if m.value.startswith("**Minority classes**"))
+    assert "9-nine" in minority_line and "0-zero" not in minority_line
+    assert len(at.image) == 10
+
+
+def test_dataset_page_lists_skipped_files(empty_cache, demo_data, tmp_path):
+    folder = shutil.copytree(demo_data, tmp_path / "data")
+    (folder / "train" / "0-zero" / "broken.png").write_bytes(b"not a png")
+    at = page("dataset")
+    at.session_state["data_dir"] = str(folder)
+    at.run()
+    assert not at.exception
+    assert "1 file(s) were skipped" in texts(at.warning)
+
+
+def test_dataset_page_bad_folder_is_a_message_not_a_traceback(empty_cache, tmp_path):
+    at = page("dataset")
+    at.session_state["data_dir"] = str(tmp_path / "nowhere")
+    at.run()
+    assert not at.exception
+    assert "does not exist" in texts(at.error)
+
+
+# ---- Train -----------------------------------------------------------------------------------------
+
+def test_train_launches_job_that_finishes_and_runs_appear(features_only):
+    at = configure_training(page("train"), ["svm", "head"], ["none"])
+    at.button(key="launch").click().run()
+    assert not at.exception
+    assert wait_for_job(at).status == "done"
+    at.run()
+    assert "Features loaded from cache" in texts(at.success)
+    runs = ui.list_runs()
+    assert sorted(run["approach"] for run in runs) == ["head", "svm"]
+    reloaded = page("train").run()  # a new session falls back to the server's latest job
+    assert "Features loaded from cache" in texts(reloaded.success)
+    results = page("results").run()
+    assert {results.selectbox(key="results_run").value} <= {run["run_id"] for run in runs}
+
+
+def test_edited_class_weight_trains_a_custom_run(features_only):
+    at = configure_training(page("train"), ["svm"], ["custom"])
+    assert at.selectbox(key="custom_base").value == "balanced"
+    edit_weight(at, 2, 7.5)
+    assert not at.error
+    at.button(key="launch").click().run()
+    assert wait_for_job(at).status == "done"
+    (run,) = ui.list_runs()
+    assert run["class_weight"] == "custom"
+    assert run["class_weights"][2] == 7.5
+
+
+@pytest.mark.parametrize("value, message", [(-1.0, "must be a finite number >= 0"), (None, "has no weight")])
+def test_invalid_class_weight_shows_error_and_cannot_launch(features_only, value, message):
+    at = edit_weight(configure_training(page("train"), ["svm"], ["custom"]), 3, value)
+    assert not at.exception
+    assert message in texts(at.error) and "3-three" in texts(at.error)
+    assert at.button(key="launch").disabled
+    assert ui.job_manager().jobs() == []
+    at.button(key="reset_weights").click().run()
+    assert not at.error and not at.button(key="launch").disabled
+
+
+def test_job_panel_shows_queue_position_and_cancels(empty_cache):
+    started, release = threading.Event(), threading.Event()
+    manager = ui.job_manager()
+    manager.submit("blocker", lambda report: started.set() or release.wait(10))
+    waiting = manager.submit("waiting", lambda report: None)
+    assert started.wait(5)
+    at = page("train").run()
+    assert "queued: 1 job ahead" in texts(at.markdown)
+    at.button(key="cancel_job").click().run()
+    assert manager.get(waiting.id).status == "cancelled"
+    assert "was cancelled" in texts(at.warning)
+    release.set()
+
+
+def test_failed_job_shows_its_error(empty_cache):
+    def fail(report):
+        report("extract features", 1, 4)
+        raise DataError("image folder vanished; check the path")
+
+    job = ui.job_manager().submit("doomed", fail)
+    while job.status in ACTIVE_STATUSES:
+        time.sleep(0.01)
+    at = page("train").run()
+    assert not at.exception
+    assert "The job failed: image folder vanished" in texts(at.error)
+
+
+# ---- Results ---------------------------------------------------------------------------------------
+
+def head_run(kind: str = "none") -> dict:
+    return next(r for r in ui.list_runs() if r["approach"] == "head" and r["class_weight"] == kind)
+
+
+def test_results_deep_link_metrics_and_confusion_toggle(trained):
+    run = head_run()
+    at = page("results")
+    at.query_params["run"] = run["run_id"]
+    at.run()
+    assert not at.exception
+    assert at.selectbox(key="results_run").value == run["run_id"]
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Accuracy"] == f"{run['accuracy']:.3f}"
+    assert metrics["Macro-F1"] == f"{run['macro_f1']:.3f}"
+    assert charts(at) == 3  # confusion matrix, per-class bars, learning curve
+    at.toggle(key="cm_normalize").set_value(True).run()
+    assert not at.exception and at.toggle(key="cm_normalize").value
+
+
+def test_results_selection_updates_query_param(trained):
+    at = page("results").run()
+    other = ui.list_runs()[-1]["run_id"]
+    at.selectbox(key="results_run").set_value(other).run()
+    assert at.query_params["run"] == other
+
+
+def test_results_logit_slider_rescores_without_retraining(trained):
+    at = page("results")
+    at.query_params["run"] = head_run()["run_id"]
+    at.run()
+    before = {m.label: m.value for m in at.metric}
+    at.slider(key="logit_tau").set_value(2.0).run()
+    after = {m.label: (m.value, m.delta) for m in at.metric if "at tau 2" in m.label}
+    assert not at.exception
+    assert after["Balanced accuracy at tau 2"][0] != before["Balanced accuracy at tau 0"]
+    assert after["Balanced accuracy at tau 2"][1] != "+0.000"
+
+
+def test_results_misclassified_gallery_shows_images(trained):
+    at = page("results")
+    at.query_params["run"] = head_run()["run_id"]
+    at.run()
+    assert at.selectbox(key="error_cell").options
+    assert at.image and all(caption.endswith(".png") for caption in at.image[0].captions)
+
+
+def test_results_unknown_run_link_warns_and_shows_newest(trained):
+    at = page("results")
+    at.query_params["run"] = "no-such-run"
+    at.run()
+    assert not at.exception
+    assert "does not exist" in texts(at.warning)
+    assert at.selectbox(key="results_run").value == ui.list_runs()[0]["run_id"]
+
+
+# ---- Compare ---------------------------------------------------------------------------------------
+
+def test_compare_shows_tradeoff_speedup_and_diff(trained):
+    at = page("compare").run()
+    assert not at.exception
+    assert "× faster** than" in texts(at.markdown)
+    assert charts(at) == 3  # trade-off scatter, confusion diff, F1 delta
+    runs = ui.list_runs()
+    at.selectbox(key="compare_a").set_value(runs[0]["run_id"])
+    at.selectbox(key="compare_b").set_value(runs[0]["run_id"]).run()
+    assert "Pick two different runs" in texts(at.info)
+    assert charts(at) == 1
+
+
+def test_compare_deletes_selected_runs(trained_copy):
+    at = page("compare").run()
+    doomed = ui.list_runs()[0]["run_id"]
+    at.multiselect(key="delete_select").set_value([doomed]).run()
+    at.button(key="delete_runs").click().run()
+    assert not at.exception
+    assert doomed not in {run["run_id"] for run in ui.list_runs()}
+    assert len(ui.list_runs()) == 3
+
+
+# ---- empty states ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["results", "compare"])
+def test_pages_without_runs_point_to_train(empty_cache, name):
+    at = page(name).run()
+    assert not at.exception
+    assert "No runs yet." in texts(at.info)
+    assert at.get("page_link")
+
+
+def test_train_page_without_jobs(empty_cache):
+    at = page("train").run()
+    assert not at.exception
+    assert "No job yet" in texts(at.caption)
