@@ -104,6 +104,7 @@ def run_experiment(config: ExperimentConfig, progress=None, store: RunStore | No
             for approach in config.approaches for label, w in weights]
     return {"dataset": dataset.summary(), "backbone": features.backbone if features else {"name": config.backbone},
             "extract_seconds": features.extract_seconds if features else 0.0,
+            "feature_seconds": features.seconds if features else 0.0,
             "cache_hit": bool(features and features.cache_hit), "feature_key": features.key if features else None,
             "config": config.to_dict(), "runs": runs}
 

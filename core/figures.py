@@ -20,7 +20,7 @@ MINORITY_COLOR = "#ff7f0e"  # orange
 POSITIVE_COLOR = "#2ca02c"
 NEGATIVE_COLOR = "#d62728"
 NEUTRAL_COLOR = "#7f7f7f"
-SPLIT_COLORS = {"train": "#2a3f5f", "test": "#9467bd"}
+SPLIT_COLORS = {"train": "#2a3f5f", "val": "#17becf", "test": "#9467bd"}
 HATCH = "/"  # bar pattern for the second series (test counts, recall)
 PX_PER_CLASS = 34
 MIN_HEIGHT_PX = 380
@@ -71,7 +71,7 @@ def _style_class_bars(fig, names, flags, title, value_title, suffixes=None):
     """Lay out horizontal per-class bars: classes top to bottom, height grows with the class count."""
     fig.update_layout(
         title=title, barmode="group", height=max(MIN_HEIGHT_PX, 160 + PX_PER_CLASS * len(names)),
-        margin=dict(t=90), legend=dict(orientation="h", y=-0.08, yanchor="top"),
+        margin=dict(t=110), legend=dict(orientation="h", x=0, y=1.0, xanchor="left", yanchor="bottom"),
     )
     fig.update_yaxes(**_class_axis(names, flags, suffixes), autorange="reversed")
     fig.update_xaxes(title_text=value_title)
@@ -172,7 +172,7 @@ def per_class_figure(per_class):
 
 
 def learning_curve_figure(history):
-    """Loss and accuracy per epoch for train and (when recorded) test, side by side.
+    """Loss and accuracy per epoch for train and (when recorded) validation and test, side by side.
 
     Example:
         >>> fig = learning_curve_figure([{"epoch": 1, "train_loss": 0.9, "train_acc": 0.6}])

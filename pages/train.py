@@ -82,7 +82,8 @@ def render_job(job) -> bool:
 def show_outcome(results: dict) -> None:
     extract = ui.format_seconds(results["extract_seconds"])
     if results["cache_hit"]:
-        st.success(f"Features loaded from cache (no extraction; the first extraction took {extract}).")
+        st.success(f"Features loaded from cache in {ui.format_seconds(results['feature_seconds'])} "
+                   f"(the first extraction took {extract}).")
     elif results["feature_key"]:
         st.success(f"Features extracted in {extract} and cached for the next runs.")
     ui.runs_dataframe(results["runs"], key="job_runs", columns=("approach", "class weight", "macro-F1"))
