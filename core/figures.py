@@ -256,7 +256,7 @@ def tradeoff_figure(runs):
         x=[fit_s[i] for i in front], y=[runs[i]["accuracy"] for i in front], mode="lines",
         line=dict(shape="hv", dash="dash", color=NEUTRAL_COLOR), name="Pareto front (accuracy)", hoverinfo="skip",
     ))
-    fig.update_xaxes(type="log", title_text="Fit time (s, log scale)")
+    fig.update_xaxes(type="log", dtick=1, title_text="Fit time (s, log scale)")  # one labelled tick per decade
     fig.update_yaxes(title_text="Score")
     fig.update_layout(title="Score versus fit time", height=MIN_HEIGHT_PX + 100)
     return fig
