@@ -8,8 +8,8 @@ current = st.navigation([ui.page(name) for name in ui.PAGES])
 
 with st.sidebar:
     with ui.guard():
-        st.text_input("Dataset folder", value=ui.default_data_dir(), key="data_dir",
-                      help="An image folder: DIR/<class>/* (split for you) or DIR/train/<class>/* + DIR/test/<class>/*")
+        ui.sharing_badge()
+        ui.dataset_folder_input()
         ui.sidebar_job_status()
 
 current.run()

@@ -15,11 +15,12 @@ import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from core import analysis
+from core import analysis, sharing
 from core.data import Dataset, build_demo_dataset, load_dataset
-from core.errors import TransferScopeError
+from core.errors import ReadOnlyError, TransferScopeError
 from core.experiment import ExperimentConfig, run_experiment
 from core.jobs import ACTIVE_STATUSES, Job, JobManager
+from core.report import render_runs_report
 from core.runs import RunStore
 
 APP_DIR = Path(__file__).resolve().parent
@@ -28,8 +29,11 @@ PAGES = {  # url path -> (title, icon)
     "train": ("Train", ":material/model_training:"),
     "results": ("Results", ":material/insights:"),
     "compare": ("Compare", ":material/compare_arrows:"),
+    "share": ("Share", ":material/share:"),
 }
 DEMO_DATASET = "datasets/digits-demo"
+OWNER_KEY = "owner_unlocked"  # session flag: the owner typed the token in this browser session
+DATA_DIR_HELP = "An image folder: DIR/<class>/* (split for you) or DIR/train/<class>/* + DIR/test/<class>/*"
 
 
 def _leave_legacy_pages_mode() -> None:
@@ -74,8 +78,92 @@ def _demo_dataset(path: str) -> str:
 
 
 def data_dir() -> str:
-    """The dataset folder typed in the sidebar, or the default one."""
+    """The dataset folder typed in the sidebar, or the default one (always the default for viewers)."""
+    if not can_act():
+        return default_data_dir()
     return st.session_state.get("data_dir", "").strip() or default_data_dir()
+
+
+def dataset_folder_input() -> None:
+    """The sidebar's dataset folder: editable, or read-only showing the server's dataset for viewers."""
+    if can_act():
+        st.text_input("Dataset folder", value=default_data_dir(), key="data_dir", help=DATA_DIR_HELP)
+    else:
+        st.text_input("Dataset folder", value=default_data_dir(), key="data_dir_shared", disabled=True,
+                      help="The server's dataset; viewers of a shared dashboard cannot change it")
+
+
+# ---- sharing ---------------------------------------------------------------------------------------
+
+def viewer_mode() -> bool:
+    """Whether the server shares the dashboard read-only (`make share`)."""
+    return sharing.viewer_mode()
+
+
+def can_act() -> bool:
+    """Whether this session may change things: always, unless the dashboard is shared and still locked.
+
+    The one check behind every action (launch, cancel, delete, import, dataset folder). Pages disable
+    their buttons with it; the actions below check it again, since a browser can send a disabled
+    widget's value anyway.
+    """
+    return not viewer_mode() or bool(st.session_state.get(OWNER_KEY))
+
+
+def require_owner(action: str) -> None:
+    """Raise ReadOnlyError naming `action` unless this session may act."""
+    if not can_act():
+        raise ReadOnlyError(f"cannot {action}: this dashboard is shared read-only; "
+                            "the owner unlocks actions with the token on the Share page")
+
+
+def read_only_note(action: str) -> bool:
+    """Explain to a viewer why they cannot `action` and how the owner unlocks it; return can_act()."""
+    if can_act():
+        return True
+    st.info(f"Read-only: this dashboard is shared for viewing, so you cannot {action} here. The owner unlocks "
+            "actions on the Share page with the token printed by `make share` (or `python -m core owner-token`).",
+            icon=":material/lock:")
+    return False
+
+
+def unlock(token: str) -> bool:
+    """Unlock actions for this browser session if `token` is the owner's; return whether it was."""
+    if not sharing.is_owner(token, cache_dir()):
+        return False
+    st.session_state[OWNER_KEY] = True
+    return True
+
+
+def lock() -> None:
+    st.session_state.pop(OWNER_KEY, None)
+
+
+def sharing_badge() -> None:
+    """A sidebar badge on a shared dashboard: viewer or owner (nothing when not sharing)."""
+    if not viewer_mode():
+        return
+    if can_act():
+        st.badge("Owner", icon=":material/lock_open:", color="green")
+    else:
+        st.badge("Viewer mode (read-only)", icon=":material/visibility:", color="gray")
+
+
+def viewable_paths(paths: list[str]) -> tuple[list[str], int]:
+    """The image paths this session may see, and how many were held back.
+
+    Viewers see only files inside the server's dataset folder, whatever paths a run recorded.
+    """
+    if can_act():
+        return list(paths), 0
+    root = default_data_dir()
+    shown = [path for path in paths if sharing.is_within(path, root)]
+    return shown, len(paths) - len(shown)
+
+
+def app_url() -> str:
+    """The dashboard's root URL as this browser sees it ("" when unknown), for links to share."""
+    return sharing.app_base_url(st.context.url, PAGES)
 
 
 # ---- caches ----------------------------------------------------------------------------------------
@@ -108,7 +196,11 @@ def thumbnail(path: str) -> bytes:
 
 
 def thumbnails(paths: list[str]) -> list[bytes]:
-    return [thumbnail(path) for path in paths]
+    """Thumbnails of `paths`; refuses, for viewers, any file outside the server's dataset folder."""
+    shown, hidden = viewable_paths(paths)
+    if hidden:
+        raise ReadOnlyError(f"{hidden} image(s) lie outside the shared dataset folder; viewers see only its images")
+    return [thumbnail(path) for path in shown]
 
 
 def list_runs() -> list[dict]:
@@ -132,6 +224,52 @@ def load_run(run_id: str) -> dict:
 
 def load_predictions(run_id: str):
     return _load_predictions(str(run_store().root), run_id)
+
+
+@st.cache_data(max_entries=4, show_spinner="Rendering the report…")
+def _report(root: str, run_ids: tuple[str, ...], fmt: str) -> str:
+    store = _run_store(root)
+    return render_runs_report([store.load(run_id) for run_id in run_ids], fmt)
+
+
+@st.cache_data(max_entries=2, show_spinner="Packing the bundle…")
+def _bundle(root: str, run_ids: tuple[str, ...]) -> bytes:
+    return _run_store(root).export_bundle_bytes(run_ids)
+
+
+def report(run_ids: list[str], fmt: str) -> str:
+    """The report of these runs as 'html' (self-contained) or 'md'."""
+    return _report(str(run_store().root), tuple(run_ids), fmt)
+
+
+def bundle(run_ids: list[str]) -> bytes:
+    """A zip bundle of these runs, for another copy of TransferScope to import."""
+    return _bundle(str(run_store().root), tuple(run_ids))
+
+
+def clear_run_caches() -> None:
+    """Forget cached records, predictions, reports and bundles (after runs were imported or deleted)."""
+    for cached in (_load_run, _load_predictions, _report, _bundle):
+        cached.clear()
+
+
+def import_bundle(file) -> list[str]:
+    """Import the runs of an uploaded bundle (owner only); return the ids newly imported."""
+    require_owner("import runs")
+    try:
+        return run_store().import_bundle(file)
+    finally:
+        clear_run_caches()
+
+
+def delete_runs(run_ids: list[str]) -> None:
+    """Delete these runs (owner only)."""
+    require_owner("delete runs")
+    try:
+        for run_id in run_ids:
+            run_store().delete(run_id)
+    finally:
+        clear_run_caches()
 
 
 # ---- errors ----------------------------------------------------------------------------------------
@@ -162,10 +300,18 @@ def launch(config: ExperimentConfig) -> None:
 
     The rerun makes the sidebar and the job panel follow the new job at once.
     """
+    require_owner("launch training")
     config.validate()
     name = f"{config.backbone}: {' + '.join(config.approaches)}"
     st.session_state["job_id"] = job_manager().submit(name, lambda report: run_experiment(config, progress=report)).id
     st.rerun()
+
+
+def cancel_job(job_id: str) -> None:
+    """Cancel a job (owner only); a button callback, so a refusal is shown, not raised."""
+    with guard():
+        require_owner("cancel jobs")
+        job_manager().cancel(job_id)
 
 
 def current_job() -> Job | None:

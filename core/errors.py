@@ -25,5 +25,9 @@ class RunStoreError(TransferScopeError):
     """A run record or bundle is missing, corrupt or unsafe."""
 
 
+class ReadOnlyError(TransferScopeError):
+    """An action was refused because the dashboard is shared read-only and this session is not the owner's."""
+
+
 class Cancelled(Exception):
     """Raised inside a job when the user asked to cancel it."""

@@ -37,6 +37,16 @@ def results_from_runs(records: list[dict]) -> dict:
             "extract_seconds": first.get("extract_seconds", 0.0), "cache_hit": True, "runs": records}
 
 
+def render_runs_report(records: list[dict], fmt: str = "html") -> str:
+    """A report of saved run records (one dataset) as `fmt`: 'html' (self-contained) or 'md'.
+
+    >>> render_runs_report(RunStore("cache/runs").list_runs(), "md")  # doctest: +SKIP
+    '# TransferScope report: digits-demo ...'
+    """
+    render = _renderer(fmt)
+    return render(results_from_runs(records))
+
+
 def runs_table(runs: list[dict]) -> pd.DataFrame:
     """One row per run with the headline metrics, rounded for display."""
     table = pd.DataFrame([{label: r.get(key) for key, label in RUN_COLUMNS.items()} for r in runs])
@@ -95,10 +105,15 @@ def _figure_html(fig, include_js: bool) -> str:
 
 def write_report(results_path, out_path, fmt: str = "md") -> Path:
     """Render `results_path` as `fmt` ('md' or 'html') to `out_path`, atomically."""
-    if fmt not in ("md", "html"):
-        raise ConfigError(f"unknown report format {fmt!r}; choose md or html")
-    results = read_results(results_path)
-    text = render_markdown(results) if fmt == "md" else render_html(results)
+    render = _renderer(fmt)
+    text = render(read_results(results_path))
     out_path = Path(out_path)
     atomic_write_bytes(out_path, text.encode())
     return out_path
+
+
+def _renderer(fmt: str):
+    renderers = {"md": render_markdown, "html": render_html}
+    if fmt not in renderers:
+        raise ConfigError(f"unknown report format {fmt!r}; choose md or html")
+    return renderers[fmt]

@@ -231,6 +231,11 @@ class RunStore:
                         zf.write(run_dir / name, f"{run_dir.name}/{name}")
         return Path(out_path)
 
+    def export_bundle_bytes(self, run_ids) -> bytes:
+        """The bundle export_bundle writes, as bytes (for downloads); the temporary zip is removed."""
+        with tempfile.TemporaryDirectory(prefix="transferscope-bundle-") as tmp:
+            return self.export_bundle(run_ids, Path(tmp) / "bundle.zip").read_bytes()
+
     def import_bundle(self, zip_path) -> list[str]:
         """Import the runs of a bundle made by export_bundle; return the ids newly imported.
 

@@ -5,6 +5,7 @@ import hmac
 import os
 import secrets
 from pathlib import Path
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 TOKEN_FILE = "owner_token"
 
@@ -28,3 +29,40 @@ def owner_token(cache_dir) -> str:
 def is_owner(candidate: str | None, cache_dir) -> bool:
     """Constant-time check of a token typed by a visitor."""
     return bool(candidate) and hmac.compare_digest(candidate.strip(), owner_token(cache_dir))
+
+
+def is_within(path, root) -> bool:
+    """True when `path`, symlinks resolved, lies inside the folder `root`: what viewers may read.
+
+    >>> is_within("data/train/cat/1.png", "data"), is_within("data/../etc/passwd", "data")
+    (True, False)
+    """
+    try:
+        Path(path).resolve().relative_to(Path(root).resolve())
+    except (ValueError, OSError, RuntimeError):
+        return False
+    return True
+
+
+def app_base_url(page_url: str | None, page_names) -> str:
+    """The dashboard's root URL from the URL of one of its pages (`""` when unknown).
+
+    >>> app_base_url("http://host:8501/share", ["dataset", "share"])
+    'http://host:8501'
+    """
+    parts = urlsplit(page_url or "")
+    path = parts.path.rstrip("/")
+    head, _, last = path.rpartition("/")
+    if last in page_names:
+        path = head
+    return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+
+
+def run_link(run_id: str, base_url: str = "") -> str:
+    """The deep link that opens run `run_id` on the Results page (relative when `base_url` is empty).
+
+    >>> run_link("20260101-svm-none-ab12", "http://host:8501")
+    'http://host:8501/results?run=20260101-svm-none-ab12'
+    """
+    path = f"results?{urlencode({'run': run_id})}"
+    return f"{base_url.rstrip('/')}/{path}" if base_url else path

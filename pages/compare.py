@@ -19,18 +19,20 @@ def show_speedups(runs: list[dict]) -> None:
 
 
 def delete_selected() -> None:
-    doomed = st.session_state["delete_select"]
-    for run_id in doomed:
-        ui.run_store().delete(run_id)
-    st.session_state["delete_select"] = []
-    st.toast(f"Deleted {len(doomed)} run(s).", icon=":material/delete:")
+    with ui.guard():
+        doomed = st.session_state["delete_select"]
+        ui.delete_runs(doomed)
+        st.session_state["delete_select"] = []
+        st.toast(f"Deleted {len(doomed)} run(s).", icon=":material/delete:")
 
 
 def delete_runs(labels: dict[str, str]) -> None:
     with st.expander("Delete runs"):
-        doomed = st.multiselect("Runs to delete", list(labels), format_func=labels.get, key="delete_select")
-        st.button("Delete selected runs", key="delete_runs", disabled=not doomed, icon=":material/delete:",
-                  on_click=delete_selected)
+        allowed = ui.read_only_note("delete runs")
+        doomed = st.multiselect("Runs to delete", list(labels), format_func=labels.get, key="delete_select",
+                                disabled=not allowed)
+        st.button("Delete selected runs", key="delete_runs", disabled=not doomed or not allowed,
+                  icon=":material/delete:", on_click=delete_selected)
 
 
 def show_diff(labels: dict[str, str]) -> None:

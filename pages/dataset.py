@@ -56,7 +56,7 @@ st.title("Dataset")
 with ui.guard():
     folder = ui.data_dir()
     folder_col, rescan_col = st.columns([5, 1], vertical_alignment="center")
-    folder_col.caption(f"Folder: `{folder}` (change it in the sidebar)")
+    folder_col.caption(f"Folder: `{folder}` ({'change it in the sidebar' if ui.can_act() else 'set by the server'})")
     if rescan_col.button("Rescan", key="rescan", icon=":material/refresh:", help="read the folder again"):
         ui.dataset.clear()
     data = ui.dataset(folder)

@@ -76,8 +76,11 @@ def misclassified_panel(record: dict) -> None:
     with ui.guard():
         paths, missing = misclassified_paths(ui.load_predictions(record["run_id"]), cells[choice]["true"],
                                              cells[choice]["pred"])
+        paths, hidden = ui.viewable_paths(paths)
         if missing:
             st.warning(f"{missing} image(s) are no longer at their recorded path (dataset moved?).")
+        if hidden:
+            st.caption(f"{hidden} image(s) lie outside the shared dataset folder and are not shown to viewers.")
         shown = paths[:GALLERY_MAX]
         if shown:
             st.image(ui.thumbnails(shown), width=GALLERY_PX, caption=[Path(path).name for path in shown])

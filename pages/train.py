@@ -69,7 +69,7 @@ def render_job(job) -> bool:
         for stage, (done, total) in job.progress.items():
             st.progress(min(done / total, 1.0) if total else 1.0, text=f"{stage}: {done}/{total}")
     if ui.is_active(job):
-        st.button("Cancel", key="cancel_job", on_click=ui.job_manager().cancel, args=(job.id,))
+        st.button("Cancel", key="cancel_job", on_click=ui.cancel_job, args=(job.id,), disabled=not ui.can_act())
     elif job.status == "failed":
         ui.show_failure(f"The job failed: {job.error}", job.traceback)
     elif job.status == "cancelled":
@@ -106,7 +106,8 @@ with settings_col, ui.guard():
     incomplete = not settings["approaches"] or not weights
     if incomplete:
         st.caption("Pick at least one approach and one class-weight scheme to launch.")
-    if st.button("Launch training", key="launch", type="primary", disabled=incomplete or None in weights,
+    allowed = ui.read_only_note("launch or cancel training jobs")
+    if st.button("Launch training", key="launch", type="primary", disabled=incomplete or None in weights or not allowed,
                  icon=":material/play_arrow:"):
         ui.launch(ExperimentConfig(data=data.root, class_weights=tuple(weights), cache_dir=str(ui.cache_dir()),
                                    **settings))

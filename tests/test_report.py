@@ -5,7 +5,8 @@ import re
 import pytest
 
 from core.errors import ConfigError
-from core.report import per_class_table, read_results, render_html, render_markdown, runs_table, write_report
+from core.report import (per_class_table, read_results, render_html, render_markdown, render_runs_report,
+                         results_from_runs, runs_table, write_report)
 
 
 @pytest.fixture(scope="module")
@@ -114,3 +115,18 @@ def test_results_without_runs_still_render():
                            "test_counts": [1, 1]}, "runs": []}
     assert "# TransferScope report: boats" in render_markdown(results)
     assert render_html(results).count("Plotly.newPlot") == 1
+
+
+def test_report_of_saved_runs(demo_experiment):
+    _, store = demo_experiment
+    records = store.list_runs()
+    markdown = render_runs_report(records, "md")
+    assert markdown == render_markdown(results_from_runs(records))
+    assert all(record["run_id"] in markdown for record in records)
+    page = render_runs_report(records[:1], "html")
+    assert page.startswith("<!doctype html>") and records[0]["approach"] in page
+    assert page.count("<table") == 2  # the runs table and the one run's per-class table
+    with pytest.raises(ConfigError, match="pdf"):
+        render_runs_report(records, "pdf")
+    with pytest.raises(ConfigError, match="at least one run"):
+        render_runs_report([], "html")

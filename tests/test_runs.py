@@ -1,5 +1,6 @@
 """Run store: atomic saves, listing, loading, deleting, and safe bundle export/import."""
 
+import io
 import json
 import re
 import stat
@@ -191,6 +192,21 @@ def test_import_accepts_file_object(store, tmp_path):
     other = RunStore(tmp_path / "other")
     with open(bundle, "rb") as f:
         assert other.import_bundle(f) == [run_id]
+
+
+def test_export_bundle_bytes_roundtrip_leaves_no_temp_file(store, tmp_path, monkeypatch):
+    monkeypatch.setattr(runs.tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    run_id = store.save(make_record(), predictions=make_predictions())
+    data = store.export_bundle_bytes([run_id])
+    assert entries(tmp_path / "tmp") == []
+    other = RunStore(tmp_path / "other")
+    assert other.import_bundle(io.BytesIO(data)) == [run_id]
+    assert other.load(run_id) == store.load(run_id)
+    pd.testing.assert_frame_equal(other.load_predictions(run_id), store.load_predictions(run_id))
+    with pytest.raises(RunStoreError, match="no run 'missing-run'"):
+        store.export_bundle_bytes(["missing-run"])
+    assert entries(tmp_path / "tmp") == []
 
 
 def test_export_unknown_run_fails_without_output(store, tmp_path):
