@@ -112,6 +112,19 @@ def class_distribution_figure(classes, train_counts, test_counts, minority):
     return _style_class_bars(fig, names, flags, "Images per class", "Images")
 
 
+def _cell_text(values, fmt, show):
+    """Cell labels, blank where `show` is False so empty cells don't drown the informative ones."""
+    return [[fmt.format(v) if keep else "" for v, keep in zip(row, keep_row)] for row, keep_row in zip(values, show)]
+
+
+def _log_ticks(values):
+    """1-2-5 tick positions spanning `values` (> 0), so a log axis is labelled even within one decade."""
+    low, high = min(values) / 1.5, max(values) * 1.5
+    ticks = [m * 10.0**e for e in range(-4, 6) for m in (1, 2, 5)]
+    inside = [t for t in ticks if low <= t <= high]
+    return inside if len(inside) >= 2 else [t for t in ticks if low / 10 <= t <= high * 10]
+
+
 def confusion_matrix_figure(cm, classes, normalize=False, *, minority=None):
     """Heatmap of a confusion matrix (rows = true class), as counts or row-normalized shares.
 
@@ -124,13 +137,15 @@ def confusion_matrix_figure(cm, classes, normalize=False, *, minority=None):
     counts = check_confusion(cm, len(names))
     flags = _minority_flags(minority, len(names))
     if normalize:
+        shares = normalize_confusion(counts)
         heatmap = go.Heatmap(
-            z=normalize_confusion(counts), customdata=counts, zmin=0, zmax=1, texttemplate="%{z:.0%}",
+            z=shares, customdata=counts, zmin=0, zmax=1, text=_cell_text(shares, "{:.0%}", counts > 0),
+            texttemplate="%{text}",
             hovertemplate="true %{y}<br>predicted %{x}<br>%{z:.1%} (%{customdata} images)<extra></extra>",
         )
         title = "Confusion matrix (row-normalized: share of each true class)"
     else:
-        heatmap = go.Heatmap(z=counts, texttemplate="%{z}",
+        heatmap = go.Heatmap(z=counts, text=_cell_text(counts, "{}", counts > 0), texttemplate="%{text}",
                              hovertemplate="true %{y}<br>predicted %{x}<br>%{z} images<extra></extra>")
         title = "Confusion matrix (counts)"
     heatmap.update(x=names, y=names, colorscale="Blues")
@@ -256,7 +271,8 @@ def tradeoff_figure(runs):
         x=[fit_s[i] for i in front], y=[runs[i]["accuracy"] for i in front], mode="lines",
         line=dict(shape="hv", dash="dash", color=NEUTRAL_COLOR), name="Pareto front (accuracy)", hoverinfo="skip",
     ))
-    fig.update_xaxes(type="log", dtick=1, title_text="Fit time (s, log scale)")  # one labelled tick per decade
+    ticks = _log_ticks(fit_s)
+    fig.update_xaxes(type="log", tickvals=ticks, ticktext=[f"{t:g} s" for t in ticks], title_text="Fit time (log scale)")
     fig.update_yaxes(title_text="Score")
     fig.update_layout(title="Score versus fit time", height=MIN_HEIGHT_PX + 100)
     return fig
@@ -275,7 +291,8 @@ def confusion_diff_figure(cm_a, cm_b, classes, label_a, label_b, *, minority=Non
     diff = normalize_confusion(check_confusion(cm_b, len(names))) - normalize_confusion(
         check_confusion(cm_a, len(names)))
     fig = go.Figure(go.Heatmap(
-        z=diff, x=names, y=names, colorscale="RdBu", zmid=0, texttemplate="%{z:+.0%}",
+        z=diff, x=names, y=names, colorscale="RdBu", zmid=0, texttemplate="%{text}",
+        text=_cell_text(diff, "{:+.0%}", np.abs(diff) >= 0.005),
         colorbar=dict(title=dict(text=f"{label_b} − {label_a}")),
         hovertemplate="true %{y}<br>predicted %{x}<br>change %{z:+.1%}<extra></extra>",
     ))

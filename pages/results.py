@@ -32,8 +32,9 @@ def show_metrics(record: dict) -> None:
     cols[-1].metric("Fit time", ui.format_seconds(record["fit_seconds"]),
                     help=f"predicting the test set took {ui.format_seconds(record['predict_seconds'])}")
     if record["never_predicted"]:
+        remedy = " or the logit adjustment below" if record["approach"] in LOGIT_APPROACHES else ""
         st.warning(f"Never predicted (recall 0): {', '.join(record['never_predicted'])}. "
-                   "Try balanced class weights or the logit adjustment below.", icon=":material/warning:")
+                   f"Try balanced class weights{remedy}.", icon=":material/warning:")
 
 
 @st.fragment

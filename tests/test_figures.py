@@ -4,6 +4,7 @@ import numpy as np
 import plotly.graph_objects as go
 import pytest
 
+from core import figures
 from core.errors import ConfigError
 from core.figures import (
     MAJORITY_COLOR,
@@ -170,3 +171,19 @@ def test_f1_delta_colours_sign_and_highlights_minority(per_class):
 def test_f1_delta_rejects_different_class_lists(per_class):
     with pytest.raises(ConfigError, match="different classes"):
         f1_delta_figure(per_class, per_class[:2], "A", "B")
+
+
+def test_tradeoff_axis_is_labelled_within_one_decade():
+    runs = [{"run_id": f"r{i}", "approach": "svm", "class_weight": "none", "accuracy": 0.8, "macro_f1": 0.7,
+             "fit_seconds": s} for i, s in enumerate((0.021, 0.057))]
+    axis = figures.tradeoff_figure(runs).layout.xaxis
+    assert len(axis.tickvals) >= 2
+    assert min(axis.tickvals) <= 0.021 * 1.5 and max(axis.tickvals) >= 0.057 / 1.5
+    assert all(text.endswith(" s") for text in axis.ticktext)
+
+
+def test_confusion_cells_with_zero_are_blank():
+    fig = figures.confusion_matrix_figure([[3, 0], [1, 2]], ["cat", "owl"])
+    assert [list(row) for row in fig.data[0].text] == [["3", ""], ["1", "2"]]
+    shares = figures.confusion_matrix_figure([[3, 0], [1, 3]], ["cat", "owl"], normalize=True)
+    assert [list(row) for row in shares.data[0].text] == [["100%", ""], ["25%", "75%"]]
