@@ -167,3 +167,15 @@ def _check_results_schema(results: dict, n_runs: int | None = None) -> None:
 def check_results_schema():
     """`check_results_schema(results, n_runs=None)` asserts the results.json contract."""
     return _check_results_schema
+
+
+@pytest.fixture
+def fresh_streamlit_caches():
+    """Each page test gets its own JobManager and RunStore; the old manager is shut down on release."""
+    import streamlit as st
+
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    yield
+    st.cache_resource.clear()
+    st.cache_data.clear()

@@ -5,7 +5,6 @@ import time
 from pathlib import Path
 
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 import ui
@@ -18,7 +17,7 @@ FAST = {"image_size": 48, "epochs": 3}
 JOB_TIMEOUT_S = 300
 PAGE_TIMEOUT_S = 60
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fresh_streamlit_caches")]
 
 
 def page(name: str) -> AppTest:
@@ -39,15 +38,6 @@ def trained_cache(tmp_path_factory, demo_data) -> Path:
                                     cache_dir=str(cache), workers=0, **FAST))
     return cache
 
-
-@pytest.fixture(autouse=True)
-def fresh_streamlit_caches():
-    """Each test gets its own JobManager and RunStore; the old manager is shut down on release."""
-    st.cache_data.clear()
-    st.cache_resource.clear()
-    yield
-    st.cache_resource.clear()
-    st.cache_data.clear()
 
 
 def use_cache(monkeypatch, cache: Path, data: str) -> Path:

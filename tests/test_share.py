@@ -8,7 +8,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-import streamlit as st
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 
@@ -20,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGE_TIMEOUT_S = 60
 READ_ONLY = "Read-only: this dashboard is shared for viewing"
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fresh_streamlit_caches")]
 
 
 def page(name: str) -> AppTest:
@@ -31,14 +30,6 @@ def page(name: str) -> AppTest:
 def texts(elements) -> str:
     return "\n".join(str(element.value) for element in elements)
 
-
-@pytest.fixture(autouse=True)
-def fresh_streamlit_caches():
-    st.cache_data.clear()
-    st.cache_resource.clear()
-    yield
-    st.cache_resource.clear()
-    st.cache_data.clear()
 
 
 @pytest.fixture
