@@ -192,5 +192,5 @@ def metrics_diff(record_a: dict, record_b: dict) -> pd.DataFrame:
     """Headline metrics and timings of run A and run B with the change B − A."""
     keys = {**HEADLINE_METRICS, "fit_seconds": "Fit s", "predict_seconds": "Predict s"}
     return pd.DataFrame([{"metric": label, "A": record_a[key], "B": record_b[key],
-                          "B − A": round(record_b[key] - record_a[key], 6) + 0.0}  # + 0.0 turns -0.0 into 0.0
+                          "B − A": round(record_b[key] - record_a[key], 3) + 0.0}  # shown to 3 decimals; + 0.0 drops -0.0
                          for key, label in keys.items()])

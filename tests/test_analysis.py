@@ -149,3 +149,10 @@ def test_metrics_diff_and_comparability():
     other = {**b, "dataset": {**b["dataset"], "classes": ["x", "y", "z"]}}
     with pytest.raises(ConfigError, match="different classes"):
         check_comparable(a, other)
+
+
+def test_metrics_diff_never_shows_negative_zero():
+    a = {"accuracy": 0.5, "balanced_accuracy": 0.5, "macro_f1": 0.5, "weighted_f1": 0.5,
+         "fit_seconds": 1.0, "predict_seconds": 0.00004}
+    diff = metrics_diff(a, {**a, "predict_seconds": 0.00001}).set_index("metric")
+    assert f"{diff.loc['Predict s', 'B − A']:+.3f}" == "+0.000"
