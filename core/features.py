@@ -30,10 +30,15 @@ Progress = Callable[[str, int, int], None]
 
 @dataclass(frozen=True)
 class Preprocess:
-    """Keep the aspect ratio: resize the short side to `image_size`, cap the long side, normalize."""
+    """Keep the aspect ratio: resize the short side to `image_size`, cap the long side, normalize.
+
+    The aspect ratio is rounded to `aspect_step` (at most ~6% stretch, ~2% for 3:1 photos) so photos of
+    slightly different sizes share a few batch shapes instead of one shape (and batch) each.
+    """
 
     image_size: int = 224
     max_long_side: int = 1024
+    aspect_step: float = 0.125
     mean: tuple = (0.485, 0.456, 0.406)
     std: tuple = (0.229, 0.224, 0.225)
     interpolation: str = "bilinear"
@@ -43,13 +48,14 @@ class Preprocess:
         size = image_size or entry.image_size
         if not 16 <= size <= 2048:
             raise ConfigError(f"image size (short side) must be between 16 and 2048 pixels, got {size}")
-        return cls(size, max(4 * size, 1024), entry.mean, entry.std, entry.interpolation)
+        return cls(size, max(4 * size, 1024), mean=entry.mean, std=entry.std, interpolation=entry.interpolation)
 
     def output_size(self, size: tuple[int, int]) -> tuple[int, int]:
         """(height, width) after resizing an image of (width, height)."""
         width, height = size
         short, long = sorted((width, height))
-        new_short, new_long = self.image_size, max(1, round(self.image_size * long / short))
+        aspect = max(1.0, round(long / short / self.aspect_step) * self.aspect_step)
+        new_short, new_long = self.image_size, round(self.image_size * aspect)
         if new_long > self.max_long_side:
             new_short, new_long = max(1, round(self.max_long_side * short / long)), self.max_long_side
         return (new_long, new_short) if height > width else (new_short, new_long)

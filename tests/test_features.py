@@ -18,10 +18,19 @@ from core.features import (Preprocess, autocast_dtype, extract_features, feature
 
 def test_output_size_keeps_aspect_ratio():
     pre = Preprocess(image_size=224)
-    assert pre.output_size((800, 240)) == (224, 747)  # (height, width) from (width, height)
-    assert pre.output_size((240, 800)) == (747, 224)  # tall images too
+    assert pre.output_size((800, 240)) == (224, 756)  # (height, width) from (width, height); 3.33 -> 3.375
+    assert pre.output_size((240, 800)) == (756, 224)  # tall images too
     assert pre.output_size((500, 500)) == (224, 224)
     assert pre.output_size((96, 32)) == (224, 672)
+
+
+def test_similar_photos_share_one_batch_shape():
+    pre = Preprocess(image_size=224)
+    shapes = {pre.output_size((w, 240)) for w in range(780, 821)}  # aspect 3.25 .. 3.42
+    assert len(shapes) <= 2
+    for w in (300, 480, 800, 1000):
+        out_h, out_w = pre.output_size((w, 240))
+        assert abs(out_w / out_h - w / 240) / (w / 240) <= 0.07  # at most ~6% stretch
 
 
 def test_output_size_caps_the_long_side():
@@ -46,7 +55,7 @@ def test_preprocess_produces_normalized_tensor_of_planned_size():
     img = Image.new("RGB", (300, 90), (124, 116, 104))  # ~ the ImageNet mean colour
     out_size = pre.output_size(img.size)
     tensor = pre(img, out_size)
-    assert tensor.shape == (3, *out_size) == (3, 32, 107)
+    assert tensor.shape == (3, *out_size) == (3, 32, 108)  # aspect 3.33 rounds to 3.375
     assert tensor.dtype == torch.float32
     assert tensor.abs().max() < 0.05  # mean colour normalizes to ~0
 
