@@ -134,7 +134,9 @@ def _inspect_image(path: Path, hasher, label: int) -> tuple[tuple[int, int] | No
                 size = size[::-1]
             img.draft("RGB", (64, 64))
             img.load()
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
+    except UnidentifiedImageError:
+        return None, "not a recognised image format (corrupt, or not really an image)"
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
         return None, f"unreadable image: {err}"
     hasher.update(f"{label}:{path.name}:".encode())
     hasher.update(hashlib.sha256(data).digest())
