@@ -32,9 +32,10 @@ def show_metrics(record: dict) -> None:
     cols[-1].metric("Fit time", ui.format_seconds(record["fit_seconds"]),
                     help=f"predicting the test set took {ui.format_seconds(record['predict_seconds'])}")
     if record["never_predicted"]:
+        weights = "balanced class weights" if record["class_weight"] == "none" else "larger custom weights for them"
         remedy = " or the logit adjustment below" if record["approach"] in LOGIT_APPROACHES else ""
         st.warning(f"Never predicted (recall 0): {', '.join(record['never_predicted'])}. "
-                   f"Try balanced class weights{remedy}.", icon=":material/warning:")
+                   f"Try {weights}{remedy}.", icon=":material/warning:")
 
 
 @st.fragment
