@@ -16,7 +16,7 @@ from tqdm import tqdm
 from core.backbones import POOLS, list_backbones
 from core.data import build_demo_dataset, load_dataset
 from core.errors import Cancelled, TransferScopeError
-from core.features import init_distributed
+from core.features import init_distributed, rank_world
 from core.experiment import APPROACHES, ExperimentConfig, load_features, run_experiment
 from core.report import write_report
 from core.runs import atomic_write_json
@@ -112,7 +112,10 @@ def _config(args) -> ExperimentConfig:
 
 
 def cmd_experiment(args, progress) -> None:
+    init_distributed()  # under torchrun: extraction shards and fine-tuning batches are split across ranks
     results = run_experiment(_config(args), progress=progress)
+    if rank_world()[0] != 0:
+        return
     atomic_write_json(Path(args.out), results)
     print(f"{'approach':<9} {'weights':<16} {'acc':>6} {'bal_acc':>7} {'macroF1':>7} {'fit_s':>8}", file=sys.stderr)
     for r in results["runs"]:

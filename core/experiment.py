@@ -13,7 +13,7 @@ from core.backbones import POOLS, get_entry
 from core.classifiers import LinearHead, SvmClassifier
 from core.data import Dataset, load_dataset
 from core.errors import ClassWeightError, ConfigError
-from core.features import FeatureSet, extract_features
+from core.features import FeatureSet, extract_features, rank_world
 from core.finetune import FinetuneConfig, finetune
 from core.metrics import evaluate
 from core.runs import RunStore, new_run_id
@@ -124,7 +124,8 @@ def train_and_record(config: ExperimentConfig, dataset: Dataset, features: Featu
               "history": fitted.get("history", []), "dataset": dataset.summary(),
               "backbone": features.backbone if features else {"name": config.backbone, "pool": config.pool},
               "feature_key": features.key if features else None, "config": config.to_dict()}
-    store.save(record, model=fitted["model"], predictions=_predictions(dataset, y_pred, fitted["scores"]))
+    if rank_world()[0] == 0:  # under torchrun, one rank records the run
+        store.save(record, model=fitted["model"], predictions=_predictions(dataset, y_pred, fitted["scores"]))
     return record
 
 

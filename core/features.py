@@ -182,7 +182,7 @@ def extract_features(dataset: Dataset, backbone: str = "efficientnet_lite0", *, 
         model = create_backbone(backbone, pool=pool)
         _extract_shards(dataset, model, preprocess, folder, torch_device, dtype, batch_size, workers, progress)
         _barrier()  # under torchrun every rank has written its shards before rank 0 seals the cache entry
-    if not cache_hit and _rank_world()[0] == 0:
+    if not cache_hit and rank_world()[0] == 0:
         meta = {"key": key, "n": len(dataset.samples), "feature_dim": model.feature_dim,
                 "extract_seconds": time.perf_counter() - start, "backbone": model.describe(),
                 "preprocess": repr(preprocess), "dtype": str(dtype), "device": str(torch_device)}
@@ -205,7 +205,7 @@ def _extract_shards(dataset, backbone: Backbone, preprocess, folder: Path, devic
                     progress) -> None:
     samples = dataset.samples
     shards = _shard_plan(samples, preprocess)
-    rank, world = _rank_world()
+    rank, world = rank_world()
     mine = [(i, shard) for i, shard in enumerate(shards) if i % world == rank]
     todo = [(i, shard) for i, shard in mine if not (folder / f"shard-{i:05d}.npz").exists()]
     total = sum(len(s) for _, s in mine)
@@ -233,7 +233,7 @@ def _extract_shards(dataset, backbone: Backbone, preprocess, folder: Path, devic
                 shard_id, shard = next(pending, (None, None))
 
 
-def _rank_world() -> tuple[int, int]:
+def rank_world() -> tuple[int, int]:
     """(rank, world size) under torch.distributed, else (0, 1)."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -241,7 +241,7 @@ def _rank_world() -> tuple[int, int]:
 
 
 def _barrier() -> None:
-    if _rank_world()[1] > 1:
+    if rank_world()[1] > 1:
         dist.barrier()
 
 

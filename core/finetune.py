@@ -7,12 +7,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from core.backbones import create_backbone
 from core.data import Dataset
 from core.errors import ConfigError
 from core.features import (ImageDataset, Preprocess, autocast_dtype, light_augmentation, make_loader,
-                           resolve_device, size_grouped_batches)
+                           rank_world, resolve_device, size_grouped_batches)
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ def finetune(dataset: Dataset, config: FinetuneConfig, class_weight=None, progre
     model = nn.Sequential(backbone.features, nn.Linear(backbone.feature_dim, len(dataset.classes)))
     model = model.to(device, memory_format=torch.channels_last)
     optimizer = _optimizer(model, backbone.last_block, config)
+    trainer, (rank, world) = _distributed(model, device), rank_world()
     weight = None if class_weight is None else torch.tensor(np.asarray(class_weight), dtype=torch.float32)
     loss_fn = nn.CrossEntropyLoss(weight=weight).to(device)
     preprocess = Preprocess.for_backbone(backbone.entry, config.image_size)
@@ -58,13 +60,13 @@ def finetune(dataset: Dataset, config: FinetuneConfig, class_weight=None, progre
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     train_set = ImageDataset(dataset.train, preprocess, light_augmentation(config.hflip))
     test_set = ImageDataset(dataset.test, preprocess)
-    tick = _ticker(progress, config.epochs * (len(dataset.train) + len(dataset.test)))
+    tick = _ticker(progress, config.epochs * (len(dataset.train) // world + len(dataset.test)))
     result = FinetuneResult(checkpoint={})
     for epoch in range(1, config.epochs + 1):
         started = time.perf_counter()
         batches = size_grouped_batches(dataset.train, preprocess, config.batch_size, shuffle_seed=config.seed + epoch)
-        train_loss, train_acc = train_one_epoch(model, config.unfreeze_last,
-                                                make_loader(train_set, batches, device, config.workers),
+        batches = _rank_batches(batches, rank, world)
+        train_loss, train_acc = train_one_epoch(trainer, make_loader(train_set, batches, device, config.workers),
                                                 loss_fn, optimizer, scaler, device, dtype, tick)
         train_s = time.perf_counter() - started
         started = time.perf_counter()
@@ -91,6 +93,22 @@ def _optimizer(model: nn.Sequential, last_block: nn.Module, config: FinetuneConf
     return torch.optim.Adam(groups)
 
 
+def _distributed(model: nn.Module, device: torch.device) -> nn.Module:
+    """Wrap in DistributedDataParallel under torchrun (gradients of the trainable part are all-reduced)."""
+    if rank_world()[1] == 1:
+        return model
+    return DistributedDataParallel(model, device_ids=[device.index or 0] if device.type == "cuda" else None)
+
+
+def _rank_batches(batches: list, rank: int, world: int) -> list:
+    """This rank's share of the epoch's batches; every rank gets the same count (a few may be dropped)."""
+    usable = len(batches) // world * world
+    if usable == 0:
+        raise ConfigError(f"{len(batches)} training batches cannot be shared by {world} processes; "
+                          "use a smaller batch size or fewer processes")
+    return batches[rank:usable:world]
+
+
 def _ticker(progress, total: int):
     done = 0
 
@@ -102,17 +120,19 @@ def _ticker(progress, total: int):
     return tick
 
 
-def train_one_epoch(model, unfreeze_last, loader, loss_fn, optimizer, scaler, device, dtype, tick):
-    """One pass over augmented training images; returns (mean loss, accuracy)."""
+def train_one_epoch(model, loader, loss_fn, optimizer, scaler, device, dtype, tick):
+    """One pass over augmented training images; returns (mean loss, accuracy).
+
+    Frozen parameters don't require grad, so autograd records nothing before the first trainable
+    layer: a frozen backbone costs a plain forward pass.
+    """
     model.eval()  # frozen BatchNorm statistics; only the head (and last block) learn
     total_loss, correct, seen = 0.0, 0, 0
     for images, labels, _ in loader:
         images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
         labels = labels.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            with torch.set_grad_enabled(unfreeze_last):
-                features = model[0](images)
-            logits = model[1](features.float())
+            logits = model(images).float()
             loss = loss_fn(logits, labels)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
