@@ -16,6 +16,7 @@ import pandas as pd
 from core.data import Dataset, Sample, open_rgb
 from core.errors import ClassWeightError, ConfigError
 from core.metrics import check_confusion, evaluate, minority_mask
+from core.report import per_class_table
 from core.weights import adjust_logits, class_weights, custom_weights
 
 HEADLINE_METRICS = {"accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy",
@@ -178,6 +179,28 @@ def misclassified_paths(predictions: pd.DataFrame, true: int, pred: int) -> tupl
     chosen = predictions.loc[(predictions["true"] == true) & (predictions["pred"] == pred), "path"]
     existing = [str(path) for path in chosen if Path(path).is_file()]
     return existing, len(chosen) - len(existing)
+
+
+def run_settings(record: dict) -> pd.DataFrame:
+    """What produced a run: approach, weights, backbone and the settings that matter for its approach."""
+    config, backbone = record.get("config", {}), record.get("backbone", {})
+    rows = {"run id": record["run_id"], "created": record.get("created", ""), "approach": record["approach"],
+            "class weights": record["class_weight"], "backbone": backbone.get("name", config.get("backbone")),
+            "pooling": config.get("pool"), "image size (short side, px)": config.get("image_size")
+            or backbone.get("image_size"), "dataset": record["dataset"]["root"], "seed": config.get("seed")}
+    if record["approach"] == "svm":
+        rows.update({"SVM kernel": config.get("svm_kernel"), "SVM C": config.get("svm_c")})
+    else:
+        rows.update({"epochs": config.get("epochs"), "learning rate": config.get("lr"),
+                     "epochs run": len(record.get("history", [])), "logit adjustment tau": record.get("tau")})
+    if record["approach"] == "finetune":
+        rows.update({"batch size": config.get("batch_size"), "unfreeze last block": config.get("unfreeze_last")})
+    return pd.DataFrame({"setting": list(rows), "value": [str(v) for v in rows.values()]})
+
+
+def class_report(record: dict) -> pd.DataFrame:
+    """Per-class precision, recall, F1, counts, minority flag and the class weight the run trained with."""
+    return per_class_table(record).assign(weight=np.round(record["class_weights"], 4))
 
 
 def check_comparable(record_a: dict, record_b: dict) -> None:

@@ -184,7 +184,8 @@ def extract_features(dataset: Dataset, backbone: str = "efficientnet_lite0", *, 
         _barrier()  # under torchrun every rank has written its shards before rank 0 seals the cache entry
     if not cache_hit and rank_world()[0] == 0:
         meta = {"key": key, "n": len(dataset.samples), "feature_dim": model.feature_dim,
-                "extract_seconds": time.perf_counter() - start, "backbone": model.describe(),
+                "extract_seconds": time.perf_counter() - start,
+                "backbone": {**model.describe(), "image_size": preprocess.image_size},
                 "preprocess": repr(preprocess), "dtype": str(dtype), "device": str(torch_device)}
         atomic_write_json(meta_path, meta)
     _barrier()

@@ -4,8 +4,8 @@ from pathlib import Path
 import streamlit as st
 
 import ui
-from core.analysis import (HEADLINE_METRICS, LOGIT_APPROACHES, error_cells, metric_deltas, misclassified_paths,
-                           rescore, run_labels)
+from core.analysis import (HEADLINE_METRICS, LOGIT_APPROACHES, class_report, error_cells, metric_deltas,
+                           misclassified_paths, rescore, run_labels, run_settings)
 from core.figures import confusion_matrix_figure, learning_curve_figure, per_class_figure
 
 GALLERY_MAX = 24
@@ -100,6 +100,10 @@ with ui.guard():
         show_metrics(record)
         confusion_panel(record)
         ui.chart(per_class_figure(record["per_class"]), key="per_class")
+        with st.expander("Per-class table and run settings"):
+            left, right = st.columns([3, 2])
+            left.dataframe(class_report(record), hide_index=True, key="class_report")
+            right.dataframe(run_settings(record), hide_index=True, key="run_settings")
         logit_panel(record)
         if record["history"]:
             ui.chart(learning_curve_figure(record["history"]), key="learning_curve")

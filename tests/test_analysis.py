@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from core.analysis import (check_comparable, class_table, error_cells, image_size_summary, metric_deltas,
+from core.analysis import (check_comparable, class_report, class_table, error_cells, image_size_summary, metric_deltas,
                            metrics_diff, misclassified_paths, rescore, run_label, run_labels, run_table, sample_paths,
-                           score_matrix, speedups, thumbnail, weight_table, weights_from_table)
+                           run_settings, score_matrix, speedups, thumbnail, weight_table, weights_from_table)
 from core.data import Dataset, Sample
 from core.errors import ClassWeightError, ConfigError
 from core.metrics import evaluate
@@ -156,3 +156,22 @@ def test_metrics_diff_never_shows_negative_zero():
          "fit_seconds": 1.0, "predict_seconds": 0.00004}
     diff = metrics_diff(a, {**a, "predict_seconds": 0.00001}).set_index("metric")
     assert f"{diff.loc['Predict s', 'B − A']:+.3f}" == "+0.000"
+
+
+def test_run_settings_show_what_matters_for_each_approach():
+    config = {"backbone": "efficientnet_lite0", "pool": "max", "image_size": 64, "seed": 3, "epochs": 20,
+              "lr": 0.003, "batch_size": 16, "unfreeze_last": True, "svm_kernel": "linear", "svm_c": 2.0}
+    base = {"config": config, "backbone": {"name": "efficientnet_lite0"}, "history": [{}] * 7}
+    svm = run_settings({**make_record("svm"), **base, "dataset": {"root": "/data"}}).set_index("setting")["value"]
+    assert svm["SVM kernel"] == "linear" and svm["pooling"] == "max" and svm["dataset"] == "/data"
+    assert "epochs" not in svm.index
+    ft = run_settings({**make_record("finetune"), **base, "dataset": {"root": "/d"}}).set_index("setting")["value"]
+    assert ft["epochs run"] == "7" and ft["unfreeze last block"] == "True" and ft["image size (short side, px)"] == "64"
+    assert "SVM C" not in ft.index
+
+
+def test_class_report_adds_the_trained_weights():
+    table = class_report({**make_record(), "class_weights": [0.5, 1.0, 8.0]})
+    assert table["class"].tolist() == CLASSES
+    assert table["weight"].tolist() == [0.5, 1.0, 8.0]
+    assert table["minority"].tolist()[-1] == "yes"
