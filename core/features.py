@@ -20,7 +20,7 @@ from torchvision.transforms.v2 import functional as F
 
 from core.backbones import Backbone, BackboneEntry, create_backbone, get_entry
 from core.data import Dataset, Sample, open_rgb
-from core.errors import ConfigError
+from core.errors import ConfigError, DataError
 from core.runs import atomic_write_bytes, atomic_write_json
 
 FORMAT_VERSION = 2  # 2: sizes of EXIF-rotated photos are their upright sizes
@@ -169,7 +169,7 @@ def extract_features(dataset: Dataset, backbone: str = "efficientnet_lite0", *, 
 
     >>> fs = extract_features(load_dataset("cache/datasets/digits-demo"))  # doctest: +SKIP
     >>> fs.X_train.shape, fs.cache_hit  # doctest: +SKIP
-    ((449, 1280), False)
+    ((453, 1280), False)
     """
     start = time.perf_counter()
     entry, torch_device = get_entry(backbone), resolve_device(device)
@@ -263,10 +263,15 @@ def _write_shard(path: Path, indices: np.ndarray, X: np.ndarray) -> None:
 
 
 def _load_shards(folder: Path, n: int) -> np.ndarray:
-    X = None
+    """Stitch the shards back into `(n, feature_dim)`; a cache entry with missing rows is an error."""
+    X, filled = None, np.zeros(n, dtype=bool)
     for path in sorted(folder.glob("shard-*.npz")):
         with np.load(path) as shard:
             if X is None:
                 X = np.empty((n, shard["X"].shape[1]), dtype=np.float32)
             X[shard["indices"]] = shard["X"]
+            filled[shard["indices"]] = True
+    if X is None or not filled.all():
+        raise DataError(f"feature cache {str(folder)!r} is incomplete ({int(filled.sum())} of {n} images); "
+                        "delete that folder and run again to re-extract")
     return X

@@ -9,7 +9,7 @@ from PIL import Image
 import core.features as features
 from core.backbones import get_entry
 from core.data import Sample, load_dataset
-from core.errors import Cancelled, ConfigError
+from core.errors import Cancelled, ConfigError, DataError
 from core.features import (Preprocess, autocast_dtype, extract_features, feature_key, resolve_device,
                            size_grouped_batches)
 
@@ -288,3 +288,11 @@ def test_worker_processes_give_the_same_features(tmp_path, make_class_tree):
     assert inline.key == pooled.key
     assert np.allclose(inline.X_train, pooled.X_train, atol=1e-5)
     assert np.allclose(inline.X_test, pooled.X_test, atol=1e-5)
+
+
+def test_incomplete_cache_entry_is_a_clear_error(demo_dataset, tmp_path):
+    first = features.extract_features(demo_dataset, image_size=32, cache_dir=tmp_path, workers=0)
+    shards = sorted((tmp_path / "features" / first.key).glob("shard-*.npz"))
+    shards[0].unlink()  # e.g. removed by hand or lost on a full disk
+    with pytest.raises(DataError, match="incomplete.*delete that folder"):
+        features.extract_features(demo_dataset, image_size=32, cache_dir=tmp_path, workers=0)
