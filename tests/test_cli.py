@@ -73,7 +73,7 @@ def test_experiment_writes_results(first_run, tiny_dir, check_results_schema):
     assert results["dataset"]["train_counts"] == [12, 8, 6] and results["dataset"]["test_counts"] == [3, 3, 3]
     assert [(r["approach"], r["class_weight"]) for r in results["runs"]] == [
         ("svm", "none"), ("svm", "balanced"), ("head", "none"), ("head", "balanced")]
-    assert results["backbone"]["name"] == "efficientnet_lite0" and results["backbone"]["image_size"] == 224
+    assert results["backbone"]["name"] == "efficientnet_lite0" and results["backbone"]["image_size"] == 32  # as used
     assert results["config"]["image_size"] == 32 and results["config"]["epochs"] == 5
     assert stdout == ""  # results go to the file; progress and the summary to stderr
     assert "results written to" in stderr and "extracted" in stderr
