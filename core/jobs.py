@@ -54,13 +54,14 @@ class JobManager:
     'running'
     """
 
-    def __init__(self, workers: int = 1):
+    def __init__(self, workers: int = 1, keep_finished: int = 50):
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
         self._lock = threading.Lock()
         self._jobs: dict[str, Job] = {}
         self._queue: queue.Queue = queue.Queue()
         self._closed = False
+        self.keep_finished = keep_finished  # finished jobs remembered (with their results) for the UI
         self._threads = [
             threading.Thread(target=self._work, name=f"transferscope-job-{i}", daemon=True)
             for i in range(workers)
@@ -76,6 +77,7 @@ class JobManager:
                 raise RuntimeError("this JobManager was shut down; create a new one")
             self._jobs[job.id] = job
             self._queue.put((job, fn))
+            self._forget_old_locked()
         return job
 
     def cancel(self, job_id: str) -> bool:
@@ -126,6 +128,12 @@ class JobManager:
                 self._queue.put(None)
         for thread in self._threads:
             thread.join(timeout_s)
+
+    def _forget_old_locked(self) -> None:
+        """Drop the oldest finished jobs beyond `keep_finished`, so a long-lived server stays small."""
+        finished = [job_id for job_id, job in self._jobs.items() if job.status not in ACTIVE_STATUSES]
+        for job_id in finished[:max(0, len(finished) - self.keep_finished)]:
+            del self._jobs[job_id]
 
     def _active_locked(self) -> list[Job]:
         active = [job for job in self._jobs.values() if job.status in ACTIVE_STATUSES]

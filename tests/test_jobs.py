@@ -161,3 +161,19 @@ def test_shutdown_cancels_active_jobs_and_refuses_new_ones():
     assert (running.status, queued.status) == ("cancelled", "cancelled")
     with pytest.raises(RuntimeError, match="shut down"):
         manager.submit("late", lambda report: None)
+
+
+def test_only_the_newest_finished_jobs_are_remembered():
+    manager = JobManager(keep_finished=2)
+    try:
+        done = [manager.submit(f"job {i}", lambda report, i=i: i) for i in range(4)]
+        for job in done:
+            wait_status(job, "done")
+        started, release = threading.Event(), threading.Event()
+        running = manager.submit("long", blocking(started, release))
+        assert started.wait(TIMEOUT_S)
+        assert [job.name for job in manager.jobs()] == ["long", "job 3", "job 2"]
+        assert manager.get(done[0].id) is None and manager.get(running.id) is running
+        release.set()
+    finally:
+        manager.shutdown()
