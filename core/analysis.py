@@ -112,15 +112,18 @@ def run_table(records: list[dict]) -> pd.DataFrame:
     })
 
 
-def speedups(records: list[dict]) -> list[dict]:
+def speedups(records: list[dict], with_extraction: bool = False) -> list[dict]:
     """How many times faster the fastest approach fits than each other one (median fit time per approach).
+
+    `with_extraction` adds each run's one-off feature extraction time (svm and head) to its fit time.
 
     >>> speedups([{"approach": "svm", "fit_seconds": 0.5}, {"approach": "finetune", "fit_seconds": 50.0}])
     [{'fast': 'svm', 'slow': 'finetune', 'factor': 100.0}]
     """
     by_approach: dict[str, list[float]] = {}
     for record in records:
-        by_approach.setdefault(record["approach"], []).append(max(record["fit_seconds"], MIN_FIT_S))
+        seconds = record["fit_seconds"] + (record.get("extract_seconds", 0.0) if with_extraction else 0.0)
+        by_approach.setdefault(record["approach"], []).append(max(seconds, MIN_FIT_S))
     medians = sorted((float(np.median(times)), approach) for approach, times in by_approach.items())
     if len(medians) < 2:
         return []

@@ -175,3 +175,10 @@ def test_class_report_adds_the_trained_weights():
     assert table["class"].tolist() == CLASSES
     assert table["weight"].tolist() == [0.5, 1.0, 8.0]
     assert table["minority"].tolist()[-1] == "yes"
+
+
+def test_speedups_can_count_the_one_off_extraction():
+    records = [{"approach": "svm", "fit_seconds": 0.1, "extract_seconds": 9.9},
+               {"approach": "finetune", "fit_seconds": 300.0, "extract_seconds": 0.0}]
+    assert speedups(records)[0]["factor"] == pytest.approx(3000.0)
+    assert speedups(records, with_extraction=True)[0]["factor"] == pytest.approx(30.0)
