@@ -131,11 +131,6 @@ def speedups(records: list[dict], with_extraction: bool = False) -> list[dict]:
     return [{"fast": fastest, "slow": approach, "factor": seconds / fastest_s} for seconds, approach in medians[1:]]
 
 
-def _prior(record: dict) -> np.ndarray:
-    counts = np.asarray(record["dataset"]["train_counts"], dtype=float)
-    return counts / counts.sum()
-
-
 def score_matrix(predictions: pd.DataFrame, n_classes: int) -> np.ndarray:
     """The raw scores `(n_samples, n_classes)` stored as `score_<i>` columns of a predictions table."""
     columns = [f"score_{i}" for i in range(n_classes)]
@@ -155,7 +150,7 @@ def rescore(record: dict, predictions: pd.DataFrame, tau: float) -> dict:
                           f"values, so adjust a {' or '.join(LOGIT_APPROACHES)} run instead")
     classes = record["dataset"]["classes"]
     scores = score_matrix(predictions, len(classes))
-    y_pred = adjust_logits(scores, _prior(record), tau).argmax(axis=1)
+    y_pred = adjust_logits(scores, record["dataset"]["train_counts"], tau).argmax(axis=1)
     return evaluate(predictions["true"].to_numpy(dtype=int), y_pred, classes, record["dataset"]["train_counts"])
 
 

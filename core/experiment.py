@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,8 @@ class ExperimentConfig:
             raise ConfigError(f"epochs, batch size and lr must be positive; got {self.epochs}, {self.batch_size}, {self.lr}")
         if self.svm_kernel not in ("rbf", "linear", "poly", "sigmoid"):
             raise ConfigError(f"unknown SVM kernel {self.svm_kernel!r}; choose rbf, linear, poly or sigmoid")
+        if not (math.isfinite(self.tau) and self.tau >= 0):
+            raise ConfigError(f"logit-adjustment tau must be a finite number >= 0, got {self.tau}")
         if not self.class_weights:
             raise ConfigError("give at least one class-weight scheme, e.g. none")
         return self
@@ -114,8 +117,7 @@ def train_and_record(config: ExperimentConfig, dataset: Dataset, features: Featu
     """Fit one approach with one class-weight vector, evaluate on test, save the run; its record."""
     fitted = _FITTERS[approach](config, dataset, features, weights, progress)
     y_test = np.array([s.label for s in dataset.test])
-    y_pred = adjust_logits(fitted["scores"], _prior(dataset), config.tau).argmax(1) if config.tau else \
-        fitted["scores"].argmax(1)
+    y_pred = adjust_logits(fitted["scores"], dataset.train_counts, config.tau).argmax(1)
     record = {"run_id": new_run_id(approach, weight_label), "approach": approach, "class_weight": weight_label,
               "class_weights": [float(w) for w in weights], "tau": config.tau,
               **evaluate(y_test, y_pred, dataset.classes, dataset.train_counts),
@@ -127,11 +129,6 @@ def train_and_record(config: ExperimentConfig, dataset: Dataset, features: Featu
     if rank_world()[0] == 0:  # under torchrun, one rank records the run
         store.save(record, model=fitted["model"], predictions=_predictions(dataset, y_pred, fitted["scores"]))
     return record
-
-
-def _prior(dataset: Dataset) -> np.ndarray:
-    counts = np.asarray(dataset.train_counts, dtype=float)
-    return counts / counts.sum()
 
 
 def _predictions(dataset: Dataset, y_pred: np.ndarray, scores: np.ndarray) -> pd.DataFrame:

@@ -75,10 +75,11 @@ def read_custom_weights(path) -> dict:
 def adjust_logits(scores: np.ndarray, class_prior, tau: float) -> np.ndarray:
     """Post-hoc logit adjustment (Menon et al. 2021): `scores - tau * log(prior)`; tau=0 is a no-op.
 
-    Raises rare classes' scores, trading majority-class precision for minority-class recall
-    without retraining.
+    `class_prior` is per-class training frequencies or counts (normalized here). Raises rare classes'
+    scores, trading majority-class precision for minority-class recall without retraining.
     """
     prior = np.asarray(class_prior, dtype=float)
+    prior = prior / prior.sum()
     if not math.isfinite(tau) or tau < 0:
         raise ClassWeightError(f"logit-adjustment tau must be a finite number >= 0, got {tau}")
     return np.asarray(scores) - tau * np.log(np.clip(prior, 1e-12, None))

@@ -119,6 +119,8 @@ def test_bad_weights_fail_before_any_extraction(demo_dir, tmp_path, spec, error)
     ({"epochs": 0}, ConfigError, "epochs"),
     ({"lr": 0.0}, ConfigError, "lr"),
     ({"svm_kernel": "cubic"}, ConfigError, "cubic"),
+    ({"tau": -0.5}, ConfigError, "tau"),
+    ({"tau": float("nan")}, ConfigError, "tau"),
     ({"class_weights": ()}, ConfigError, "class-weight"),
 ])
 def test_bad_settings_fail_fast(demo_dir, tmp_path, overrides, error, match):
