@@ -91,9 +91,10 @@ class ImageDataset(torch.utils.data.Dataset):
 
 def size_grouped_batches(samples: list[Sample], preprocess: Preprocess, batch_size: int, shuffle_seed=None):
     """Index batches whose images share one output size, so they stack without padding or cropping."""
-    order = sorted(range(len(samples)), key=lambda i: (preprocess.output_size(samples[i].size), i))
+    sizes = [preprocess.output_size(sample.size) for sample in samples]
+    order = sorted(range(len(samples)), key=lambda i: (sizes[i], i))
     batches = []
-    for _, group in groupby(order, key=lambda i: preprocess.output_size(samples[i].size)):
+    for _, group in groupby(order, key=sizes.__getitem__):
         group = list(group)
         if shuffle_seed is not None:
             group = np.random.default_rng(shuffle_seed).permutation(group).tolist()
@@ -133,8 +134,7 @@ def default_workers(device: torch.device) -> int:
 
 def make_loader(dataset: ImageDataset, batches: list[list[int]], device: torch.device, workers: int | None):
     workers = default_workers(device) if workers is None else workers
-    return DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=device.type == "cuda",
-                      persistent_workers=False)
+    return DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=device.type == "cuda")
 
 
 @dataclass
@@ -208,7 +208,7 @@ def _extract_shards(dataset, backbone: Backbone, preprocess, folder: Path, devic
     shards = _shard_plan(samples, preprocess)
     rank, world = rank_world()
     mine = [(i, shard) for i, shard in enumerate(shards) if i % world == rank]
-    todo = [(i, shard) for i, shard in mine if not (folder / f"shard-{i:05d}.npz").exists()]
+    todo = [(i, shard) for i, shard in mine if not _shard_path(folder, i).exists()]
     total = sum(len(s) for _, s in mine)
     done = total - sum(len(s) for _, s in todo)
     report = progress or (lambda *_: None)
@@ -229,7 +229,7 @@ def _extract_shards(dataset, backbone: Backbone, preprocess, folder: Path, devic
             done += len(index)
             report("extract features", done, total)
             if sum(len(i) for i in indices) == len(shard):
-                _write_shard(folder / f"shard-{shard_id:05d}.npz", np.concatenate(indices), np.concatenate(rows))
+                _write_shard(_shard_path(folder, shard_id), np.concatenate(indices), np.concatenate(rows))
                 rows, indices = [], []
                 shard_id, shard = next(pending, (None, None))
 
@@ -254,6 +254,10 @@ def init_distributed() -> None:
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend="nccl" if cuda else "gloo")
+
+
+def _shard_path(folder: Path, shard_id: int) -> Path:
+    return folder / f"shard-{shard_id:05d}.npz"
 
 
 def _write_shard(path: Path, indices: np.ndarray, X: np.ndarray) -> None:
