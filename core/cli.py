@@ -17,7 +17,7 @@ from core.backbones import POOLS, list_backbones
 from core.data import build_demo_dataset, load_dataset
 from core.errors import Cancelled, TransferScopeError
 from core.features import init_distributed, rank_world
-from core.experiment import APPROACHES, ExperimentConfig, load_features, run_experiment
+from core.experiment import APPROACHES, SVM_KERNELS, ExperimentConfig, load_features, run_experiment
 from core.report import write_report
 from core.runs import atomic_write_json
 from core.sharing import owner_token
@@ -85,7 +85,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     exp.add_argument("--unfreeze-last", action="store_true", help="fine-tune also trains the backbone's last block")
     exp.add_argument("--tau", type=float, default=0.0, help="post-hoc logit adjustment strength (0 = off)")
     exp.add_argument("--beta", type=float, default=0.999, help="beta of the effective-number weights")
-    exp.add_argument("--svm-kernel", default="rbf", choices=("rbf", "linear", "poly", "sigmoid"))
+    exp.add_argument("--svm-kernel", default="rbf", choices=SVM_KERNELS)
     exp.add_argument("--svm-c", type=float, default=1.0)
     exp.add_argument("--out", required=True, help="results JSON file")
     ext = sub.add_parser("extract", help="extract and cache features; prints key, n and seconds")
@@ -102,13 +102,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+DATA_SETTINGS = ("data", "backbone", "pool", "image_size", "test_size", "seed", "device", "batch_size", "workers",
+                 "cache_dir")
+
+
 def _config(args) -> ExperimentConfig:
-    return ExperimentConfig(
-        data=args.data, backbone=args.backbone, pool=args.pool, approaches=args.approaches,
-        class_weights=args.class_weight, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-        device=args.device, cache_dir=args.cache_dir, test_size=args.test_size, image_size=args.image_size,
-        unfreeze_last=args.unfreeze_last, tau=args.tau, beta=args.beta, svm_kernel=args.svm_kernel,
-        svm_c=args.svm_c, workers=args.workers)
+    """The ExperimentConfig of a command line: the shared data settings plus the experiment's own, if any."""
+    settings = {name: getattr(args, name) for name in DATA_SETTINGS}
+    if args.command == "experiment":
+        settings.update(approaches=args.approaches, class_weights=args.class_weight, epochs=args.epochs, lr=args.lr,
+                        unfreeze_last=args.unfreeze_last, tau=args.tau, beta=args.beta, svm_kernel=args.svm_kernel,
+                        svm_c=args.svm_c)
+    return ExperimentConfig(**settings)
 
 
 def cmd_experiment(args, progress) -> None:
@@ -127,10 +132,8 @@ def cmd_experiment(args, progress) -> None:
 
 def cmd_extract(args, progress) -> None:
     init_distributed()  # `torchrun --nproc-per-node N -m core extract ...` splits the shards across ranks
-    config = ExperimentConfig(data=args.data, backbone=args.backbone, pool=args.pool, image_size=args.image_size,
-                              device=args.device, cache_dir=args.cache_dir, test_size=args.test_size, seed=args.seed,
-                              batch_size=args.batch_size, workers=args.workers).validate()
-    dataset = load_dataset(args.data, test_size=args.test_size, seed=args.seed)
+    config = _config(args).validate()
+    dataset = load_dataset(config.data, test_size=config.test_size, seed=config.seed)
     features = load_features(config, dataset, progress)
     n = len(features.X_train) + len(features.X_test)
     print(json.dumps({"key": features.key, "n": n, "feature_dim": features.X_train.shape[1],

@@ -22,6 +22,7 @@ from core.weights import SCHEMES, adjust_logits, class_weights, read_custom_weig
 
 APPROACHES = ("svm", "head", "finetune")
 FEATURE_APPROACHES = ("svm", "head")
+SVM_KERNELS = ("rbf", "linear", "poly", "sigmoid")
 
 
 @dataclass(frozen=True)
@@ -58,8 +59,8 @@ class ExperimentConfig:
             raise ConfigError(f"unknown pooling {self.pool!r}; choose one of: {', '.join(POOLS)}")
         if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
             raise ConfigError(f"epochs, batch size and lr must be positive; got {self.epochs}, {self.batch_size}, {self.lr}")
-        if self.svm_kernel not in ("rbf", "linear", "poly", "sigmoid"):
-            raise ConfigError(f"unknown SVM kernel {self.svm_kernel!r}; choose rbf, linear, poly or sigmoid")
+        if self.svm_kernel not in SVM_KERNELS:
+            raise ConfigError(f"unknown SVM kernel {self.svm_kernel!r}; choose one of: {', '.join(SVM_KERNELS)}")
         if not (math.isfinite(self.tau) and self.tau >= 0):
             raise ConfigError(f"logit-adjustment tau must be a finite number >= 0, got {self.tau}")
         if not self.class_weights:

@@ -5,7 +5,7 @@ import ui
 from core.analysis import weight_table, weights_from_table
 from core.backbones import POOLS, list_backbones
 from core.errors import ClassWeightError
-from core.experiment import APPROACHES, ExperimentConfig
+from core.experiment import APPROACHES, SVM_KERNELS, ExperimentConfig
 from core.weights import SCHEMES
 
 BUILTIN_SCHEMES = [s for s in SCHEMES if s != "custom"]
@@ -33,7 +33,7 @@ def read_settings() -> dict:
             seed=b.number_input("Seed", 0, 2**31 - 1, 0, key="train_seed"),
             unfreeze_last=c.checkbox("Unfreeze last", key="train_unfreeze",
                                      help="fine-tune also trains the backbone's last block (at lr / 10)"),
-            svm_kernel=a.selectbox("SVM kernel", ["rbf", "linear", "poly", "sigmoid"], key="train_svm_kernel"),
+            svm_kernel=a.selectbox("SVM kernel", SVM_KERNELS, key="train_svm_kernel"),
             svm_c=b.number_input("SVM C", 1e-4, 1e4, 1.0, key="train_svm_c"),
             tau=c.number_input("Logit adjustment tau", 0.0, 5.0, 0.0, step=0.1, key="train_tau"),
             beta=a.number_input("Effective-number beta", 0.5, 0.99999, 0.999, format="%.5f", key="train_beta"),
