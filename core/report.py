@@ -8,6 +8,7 @@ import pandas as pd
 
 from core import figures
 from core.errors import ConfigError
+from core.metrics import minority_mask
 from core.runs import atomic_write_bytes, read_json_object
 
 RUN_COLUMNS = {"approach": "approach", "class_weight": "weights", "accuracy": "accuracy",
@@ -81,8 +82,7 @@ def render_html(results: dict) -> str:
     """One self-contained HTML page (plotly.js inlined once) with tables and charts."""
     ds = results["dataset"]
     figs = [figures.class_distribution_figure(ds["classes"], ds["train_counts"], ds["test_counts"],
-                                              [c.get("minority") for c in results["runs"][0]["per_class"]]
-                                              if results["runs"] else None)]
+                                              minority_mask(ds["train_counts"]))]
     if results["runs"]:
         figs.append(figures.tradeoff_figure(results["runs"]))
     parts = [_figure_html(f, i == 0) for i, f in enumerate(figs)]
