@@ -60,6 +60,7 @@ def finetune(dataset: Dataset, config: FinetuneConfig, class_weight=None, progre
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     train_set = ImageDataset(dataset.train, preprocess, light_augmentation(config.hflip))
     test_set = ImageDataset(dataset.test, preprocess)
+    test_batches = size_grouped_batches(dataset.test, preprocess, config.batch_size)  # the same every epoch
     tick = _ticker(progress, config.epochs * (len(dataset.train) // world + len(dataset.test)))
     result = FinetuneResult(checkpoint={})
     for epoch in range(1, config.epochs + 1):
@@ -70,8 +71,7 @@ def finetune(dataset: Dataset, config: FinetuneConfig, class_weight=None, progre
                                                 loss_fn, optimizer, scaler, device, dtype, tick)
         train_s = time.perf_counter() - started
         started = time.perf_counter()
-        test_loader = make_loader(test_set, size_grouped_batches(dataset.test, preprocess, config.batch_size),
-                                  device, config.workers)
+        test_loader = make_loader(test_set, test_batches, device, config.workers)
         result.test_scores, test_loss, test_acc = evaluate(model, test_loader, loss_fn, device, dtype, tick)
         result.predict_seconds = time.perf_counter() - started
         result.fit_seconds += train_s
