@@ -143,6 +143,9 @@ def _per_class(classes, cm, precision, recall, f1, train_counts):
 def evaluate(y_true, y_pred, classes, train_counts=None):
     """Score predictions: overall and averaged metrics, per-class rows with Wilson 95% intervals.
 
+    Macro and weighted averages, like balanced accuracy, cover only classes with test images;
+    the others are listed in ``no_test_support``.
+
     The result holds only Python scalars, lists and None, so ``json.dumps`` accepts it.
 
     Example:
@@ -157,9 +160,10 @@ def evaluate(y_true, y_pred, classes, train_counts=None):
         # Classes absent from y_true are expected here; their support=0 is reported per class.
         warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
         scores["balanced_accuracy"] = float(balanced_accuracy_score(y_true, y_pred))
-    for average in ("macro", "weighted"):
+    supported = [label for label in labels if np.any(y_true == label)]
+    for average in ("macro", "weighted"):  # a class without test images has no recall or F1 to average
         precision, recall, f1, _ = precision_recall_fscore_support(
-            y_true, y_pred, labels=labels, average=average, zero_division=0
+            y_true, y_pred, labels=supported, average=average, zero_division=0
         )
         scores.update({f"{average}_precision": float(precision), f"{average}_recall": float(recall),
                        f"{average}_f1": float(f1)})
@@ -173,4 +177,5 @@ def evaluate(y_true, y_pred, classes, train_counts=None):
         "per_class": per_class,
         "confusion_matrix": cm.tolist(),
         "never_predicted": [row["class"] for row in per_class if row["support"] > 0 and row["predicted"] == 0],
+        "no_test_support": [row["class"] for row in per_class if row["support"] == 0],
     }

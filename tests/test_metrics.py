@@ -138,3 +138,13 @@ def test_evaluate_rejects_bad_input_with_helpful_message(y_true, y_pred, train_c
 def test_evaluate_rejects_duplicate_class_names():
     with pytest.raises(ConfigError, match="unique"):
         evaluate([0], [0], ["cat", "cat"])
+
+
+def test_macro_scores_average_only_classes_with_test_images():
+    """owl has no test image: it is flagged, not counted as F1 = 0 (balanced accuracy skips it too)."""
+    result = evaluate([0, 0, 1, 1], [0, 0, 1, 0], CLASSES)
+    assert result["no_test_support"] == ["owl"]
+    assert result["macro_f1"] == pytest.approx((0.8 + 2 / 3) / 2)
+    assert result["macro_recall"] == pytest.approx((1 + 0.5) / 2) == pytest.approx(result["balanced_accuracy"])
+    assert result["macro_precision"] == pytest.approx((2 / 3 + 1) / 2)
+    assert evaluate(Y_TRUE, Y_PRED, CLASSES)["no_test_support"] == []

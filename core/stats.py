@@ -1,0 +1,126 @@
+"""What is noise: bootstrap 95% intervals for one run's scores and a paired comparison of two runs.
+
+Both resample test images with replacement (vectorized: per-class counts of every resample come
+from one `np.bincount`). Metrics match `core.metrics.evaluate`: macro-F1 and balanced accuracy
+average over the classes that have test images (in each resample).
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy.stats import binomtest
+
+from core.errors import ConfigError
+
+METRICS = ("accuracy", "macro_f1", "balanced_accuracy")
+CONFIDENCE = 0.95
+
+
+def _check(y_true, preds, n_classes: int, n_boot: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    y_true = np.asarray(y_true)
+    arrays = [np.asarray(p) for p in preds]
+    for name, y in (("y_true", y_true), *((f"predictions {i + 1}", p) for i, p in enumerate(arrays))):
+        if y.ndim != 1 or y.size == 0 or not np.issubdtype(y.dtype, np.integer):
+            raise ConfigError(f"{name} must be a non-empty 1-D array of integer class indices, got dtype "
+                              f"{y.dtype} and shape {y.shape}")
+        if y.shape != y_true.shape:
+            raise ConfigError(f"{name} has {y.size} labels but y_true has {y_true.size}; compare predictions "
+                              "on the same test images, in the same order")
+        if y.min() < 0 or y.max() >= n_classes:
+            raise ConfigError(f"{name} has labels outside 0..{n_classes - 1}; labels must index the class list")
+    if n_boot < 1:
+        raise ConfigError(f"n_boot must be at least 1, got {n_boot}; use e.g. 1000 resamples")
+    return y_true, arrays
+
+
+def _check_metric(metric: str) -> None:
+    if metric not in METRICS:
+        raise ConfigError(f"unknown metric {metric!r}; choose one of: {', '.join(METRICS)}")
+
+
+def _resample_counts(y_true, y_pred, n_classes: int, index: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Per-resample, per-class (true positives, support, predicted), each `(n_resamples, n_classes)`."""
+    rows = np.arange(len(index))[:, None] * n_classes
+    shape = (len(index), n_classes)
+
+    def count(labels, mask=None):
+        flat = (rows + labels[index]).ravel()
+        weights = None if mask is None else mask[index].ravel().astype(float)
+        return np.bincount(flat, weights=weights, minlength=shape[0] * shape[1]).reshape(shape)
+    return count(y_true, y_true == y_pred), count(y_true), count(y_pred)
+
+
+def _scores(true_pos, support, predicted) -> dict[str, np.ndarray]:
+    """Accuracy, macro-F1 and balanced accuracy per row of per-class counts (rows = resamples)."""
+    has_support = support > 0
+    n_supported = has_support.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = np.where(has_support, 2 * true_pos / (support + predicted), 0.0)
+        recall = np.where(has_support, true_pos / support, 0.0)
+    return {"accuracy": true_pos.sum(axis=1) / support.sum(axis=1),
+            "macro_f1": f1.sum(axis=1) / n_supported,
+            "balanced_accuracy": recall.sum(axis=1) / n_supported}
+
+
+def _indices(n: int, n_boot: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+
+
+def _interval(values: np.ndarray) -> tuple[float, float]:
+    tail = (1 - CONFIDENCE) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def bootstrap_interval(y_true, y_pred, n_classes: int, metric: str, *, n_boot: int = 1000,
+                       seed: int = 0) -> tuple[float, float]:
+    """Bootstrap 95% interval of `metric` (accuracy, macro_f1 or balanced_accuracy) over resampled test images.
+
+    >>> low, high = bootstrap_interval([0, 0, 1, 1] * 25, [0, 1, 1, 1] * 25, 2, "accuracy")
+    >>> low < 0.75 < high
+    True
+    """
+    _check_metric(metric)
+    y_true, (y_pred,) = _check(y_true, [y_pred], n_classes, n_boot)
+    counts = _resample_counts(y_true, y_pred, n_classes, _indices(len(y_true), n_boot, seed))
+    return _interval(_scores(*counts)[metric])
+
+
+def run_intervals(y_true, y_pred, n_classes: int, *, n_boot: int = 1000, seed: int = 0) -> dict[str, float]:
+    """`{metric}_low` / `{metric}_high` of every metric in METRICS, from one shared set of resamples."""
+    y_true, (y_pred,) = _check(y_true, [y_pred], n_classes, n_boot)
+    scores = _scores(*_resample_counts(y_true, y_pred, n_classes, _indices(len(y_true), n_boot, seed)))
+    out = {}
+    for metric in METRICS:
+        out[f"{metric}_low"], out[f"{metric}_high"] = _interval(scores[metric])
+    return out
+
+
+def mcnemar_exact(a_only: int, b_only: int) -> float:
+    """Two-sided exact McNemar p-value from the discordant pairs; 1.0 when the runs never disagree."""
+    n = a_only + b_only
+    return 1.0 if n == 0 else float(binomtest(b_only, n, 0.5).pvalue)
+
+
+def paired_comparison(y_true, pred_a, pred_b, n_classes: int, *, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Run B versus run A on the same test images: McNemar's exact test and paired bootstrap intervals.
+
+    Returns `mcnemar_p`, `n_a_only` (A right, B wrong), `n_b_only`, and for each metric in METRICS
+    `{metric}_delta` (B minus A on the whole test set) with its 95% interval `{metric}_low`, `{metric}_high`
+    (the same resampled images score both runs, so shared luck cancels).
+
+    >>> result = paired_comparison([0, 1, 1, 0], [0, 0, 1, 0], [0, 1, 1, 0], 2)
+    >>> result["n_b_only"], result["accuracy_delta"]
+    (1, 0.25)
+    """
+    y_true, (pred_a, pred_b) = _check(y_true, [pred_a, pred_b], n_classes, n_boot)
+    right_a, right_b = pred_a == y_true, pred_b == y_true
+    a_only, b_only = int((right_a & ~right_b).sum()), int((~right_a & right_b).sum())
+    whole = np.arange(len(y_true))[None, :]
+    index = _indices(len(y_true), n_boot, seed)
+    result = {"mcnemar_p": mcnemar_exact(a_only, b_only), "n_a_only": a_only, "n_b_only": b_only}
+    point = {name: _scores(*_resample_counts(y_true, p, n_classes, whole)) for name, p in (("a", pred_a), ("b", pred_b))}
+    boot = {name: _scores(*_resample_counts(y_true, p, n_classes, index)) for name, p in (("a", pred_a), ("b", pred_b))}
+    for metric in METRICS:
+        result[f"{metric}_delta"] = float(point["b"][metric][0] - point["a"][metric][0])
+        result[f"{metric}_low"], result[f"{metric}_high"] = _interval(boot["b"][metric] - boot["a"][metric])
+    return result

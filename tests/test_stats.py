@@ -1,0 +1,115 @@
+"""Tests for core.stats: bootstrap intervals and the paired comparison of two runs."""
+import numpy as np
+import pytest
+from scipy.stats import binomtest
+
+from core.errors import ConfigError
+from core.metrics import evaluate
+from core.stats import bootstrap_interval, mcnemar_exact, paired_comparison, run_intervals
+
+CLASSES = ["a", "b", "c", "d"]
+
+
+def _predictions(n=400, seed=1, error_rate=0.3):
+    rng = np.random.default_rng(seed)
+    y_true = rng.choice(3, size=n, p=[0.7, 0.2, 0.1])  # class 3 has no test images
+    wrong = rng.random(n) < error_rate
+    return y_true, np.where(wrong, rng.integers(0, 4, size=n), y_true)
+
+
+def test_bootstrap_interval_brackets_the_score_of_evaluate():
+    y_true, y_pred = _predictions()
+    report = evaluate(y_true, y_pred, CLASSES)
+    for metric in ("accuracy", "macro_f1", "balanced_accuracy"):
+        low, high = bootstrap_interval(y_true, y_pred, 4, metric, n_boot=500)
+        assert low < report[metric] < high, metric
+        assert high - low < 0.3
+
+
+def test_bootstrap_resamples_agree_with_sklearn_scores():
+    """One resample's scores through the vectorized counts equal evaluate() on the same images."""
+    from core.stats import _indices, _resample_counts, _scores
+
+    y_true, y_pred = _predictions(n=200)
+    index = _indices(len(y_true), 3, seed=5)
+    scores = _scores(*_resample_counts(y_true, y_pred, 4, index))
+    for row in range(3):
+        report = evaluate(y_true[index[row]], y_pred[index[row]], CLASSES)
+        for metric in ("accuracy", "macro_f1", "balanced_accuracy"):
+            assert scores[metric][row] == pytest.approx(report[metric]), metric
+
+
+def test_interval_narrows_with_more_test_images():
+    small = bootstrap_interval(*_predictions(n=100), 4, "accuracy")
+    large = bootstrap_interval(*_predictions(n=3000), 4, "accuracy")
+    assert large[1] - large[0] < (small[1] - small[0]) / 3
+
+
+def test_bootstrap_is_seeded():
+    y_true, y_pred = _predictions()
+    assert bootstrap_interval(y_true, y_pred, 4, "macro_f1", seed=3) == bootstrap_interval(
+        y_true, y_pred, 4, "macro_f1", seed=3)
+    assert run_intervals(y_true, y_pred, 4)["macro_f1_low"] == bootstrap_interval(y_true, y_pred, 4, "macro_f1")[0]
+
+
+def test_paired_comparison_counts_discordant_pairs_and_uses_mcnemar():
+    y_true = np.array([0] * 10 + [1] * 10)
+    pred_a = y_true.copy()
+    pred_a[:6] = 1  # A wrong on 6 images
+    pred_b = y_true.copy()
+    pred_b[5:7] = 1  # B wrong on images 5, 6 -> A-only right: 6; B-only right: 0..4 -> 5
+    result = paired_comparison(y_true, pred_a, pred_b, 2)
+    assert (result["n_a_only"], result["n_b_only"]) == (1, 5)
+    assert result["mcnemar_p"] == pytest.approx(binomtest(5, 6, 0.5).pvalue)
+    assert result["accuracy_delta"] == pytest.approx((18 - 14) / 20)
+
+
+def test_identical_runs_have_p_one_and_zero_width_deltas():
+    y_true, y_pred = _predictions()
+    result = paired_comparison(y_true, y_pred, y_pred, 4)
+    assert result["mcnemar_p"] == 1.0 and result["n_a_only"] == result["n_b_only"] == 0
+    for metric in ("accuracy", "macro_f1", "balanced_accuracy"):
+        assert result[f"{metric}_delta"] == result[f"{metric}_low"] == result[f"{metric}_high"] == 0
+
+
+def test_paired_interval_is_narrower_than_unpaired_for_correlated_runs():
+    """Two runs that disagree on few images: the paired interval of the change is much tighter."""
+    y_true, pred_a = _predictions(n=500)
+    pred_b = pred_a.copy()
+    flip = np.flatnonzero(pred_a != y_true)[:15]
+    pred_b[flip] = y_true[flip]
+    result = paired_comparison(y_true, pred_a, pred_b, 4)
+    assert result["accuracy_delta"] == pytest.approx(15 / 500)
+    assert result["accuracy_low"] > 0  # a consistent gain is not noise when paired
+    low_a, high_a = bootstrap_interval(y_true, pred_a, 4, "accuracy")
+    assert result["accuracy_high"] - result["accuracy_low"] < (high_a - low_a) / 2
+    assert result["mcnemar_p"] < 1e-3
+
+
+def test_paired_comparison_on_1000_images_with_1000_resamples_is_quick_enough_to_run():
+    y_true, pred_a = _predictions(n=1000)
+    _, pred_b = _predictions(n=1000, seed=2)
+    result = paired_comparison(y_true, pred_a, pred_b, 4, n_boot=1000)
+    assert set(result) == {"mcnemar_p", "n_a_only", "n_b_only"} | {
+        f"{m}_{s}" for m in ("accuracy", "macro_f1", "balanced_accuracy") for s in ("delta", "low", "high")}
+
+
+def test_mcnemar_without_disagreement_is_one():
+    assert mcnemar_exact(0, 0) == 1.0
+    assert mcnemar_exact(0, 10) == pytest.approx(2 * 0.5 ** 10)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (([0, 1], [0], 2, "accuracy"), "same test images"),
+    (([0, 1], [0, 5], 2, "accuracy"), "outside 0..1"),
+    (([0.5, 1], [0, 1], 2, "accuracy"), "integer class indices"),
+    (([0, 1], [0, 1], 2, "f2"), "unknown metric"),
+])
+def test_bad_input_is_a_clear_error(args, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        bootstrap_interval(*args)
+
+
+def test_zero_resamples_is_an_error():
+    with pytest.raises(ConfigError, match="n_boot"):
+        paired_comparison([0, 1], [0, 1], [1, 1], 2, n_boot=0)
