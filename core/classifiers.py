@@ -15,7 +15,7 @@ from sklearn.svm import SVC, LinearSVC
 from sklearn.utils.validation import check_is_fitted
 
 from core.errors import ConfigError
-from core.weights import adjust_logits
+from core.weights import adjust_logits, weighted_cross_entropy
 
 LINEAR_SVM_ABOVE = 20_000  # samples; kernel SVC scales ~n^2, LinearSVC stays fast
 
@@ -79,11 +79,29 @@ class SvmClassifier(ClassifierMixin, BaseEstimator):
         return self.decision_function(X).argmax(axis=1)
 
 
+def seeded_linear(n_in: int, n_out: int, seed: int) -> torch.nn.Linear:
+    """A new `Linear(n_in, n_out)` with torch's default uniform init drawn from its own generator.
+
+    The global torch RNG is neither reseeded nor consumed, so concurrent jobs don't disturb each other.
+    """
+    layer = torch.nn.Linear(n_in, n_out, device="meta").to_empty(device="cpu")
+    generator, bound = torch.Generator().manual_seed(seed), 1 / math.sqrt(n_in)
+    with torch.no_grad():
+        for param in layer.parameters():
+            param.uniform_(-bound, bound, generator=generator)
+    return layer
+
+
 class LinearHead(ClassifierMixin, BaseEstimator):
     """A new linear layer on standardized features, trained with Adam and early stopping.
 
-    `history_` holds per-epoch train/validation/test loss and accuracy for learning curves.
+    Early stopping picks the epoch count on a stratified validation split (classes with fewer than
+    `MIN_VAL_CLASS` images stay in the fit set); the head is then refit on the whole training set for
+    that many epochs. `history_` holds the selection pass's per-epoch train/validation/test loss and
+    accuracy; `eval_seconds_` is the time spent scoring `eval_set` for it (not part of fitting).
     """
+
+    MIN_VAL_CLASS = 3
 
     def __init__(self, *, epochs: int = 20, lr: float = 3e-3, batch_size: int = 64, weight_decay: float = 1e-4,
                  val_fraction: float = 0.1, patience: int = 5, seed: int = 0):
@@ -93,64 +111,79 @@ class LinearHead(ClassifierMixin, BaseEstimator):
     def fit(self, X, y, class_weight=None, n_classes: int | None = None, *, eval_set=None, progress=None) -> LinearHead:
         """Train; `eval_set=(X_test, y_test)` records test metrics per epoch; `progress(stage, done, total)`."""
         X, y = check_features(X, y)
-        if self.epochs < 1:
-            raise ConfigError(f"epochs must be at least 1, got {self.epochs}")
-        torch.manual_seed(self.seed)
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError(f"epochs and batch size must be at least 1, got {self.epochs} and {self.batch_size}")
         self.n_classes_, self.n_features_ = n_classes or int(y.max()) + 1, X.shape[1]
         self.mean_, self.std_ = X.mean(axis=0), X.std(axis=0) + 1e-6
         self.class_prior_ = np.bincount(y, minlength=self.n_classes_) / len(y)
-        X_fit, y_fit, X_val, y_val = self._validation_split(X, y)
-        weight = None if class_weight is None else torch.tensor(np.asarray(class_weight), dtype=torch.float32)
-        loss_fn = torch.nn.CrossEntropyLoss(weight=weight)
-        self.layer_ = torch.nn.Linear(self.n_features_, self.n_classes_)
+        self.weight_ = None if class_weight is None else torch.tensor(np.asarray(class_weight), dtype=torch.float32)
+        fit_index, val_index = self._validation_split(y)
+        test = None if eval_set is None else (self._tensor(eval_set[0]), np.asarray(eval_set[1]))
+        self.eval_seconds_ = 0.0
+        self.history_ = self._train(X[fit_index], y[fit_index], X[val_index], y[val_index], self.epochs, test, progress)
+        self.best_epoch_ = int(np.argmin([r.get("val_loss", r["train_loss"]) for r in self.history_])) + 1
+        self.refit_ = len(val_index) > 0
+        if self.refit_:  # the validation images only chose the epoch count: learn from them too
+            self._train(X, y, X[:0], y[:0], self.best_epoch_, None, progress, early_stopping=False)
+        return self
+
+    def _validation_split(self, y) -> tuple[np.ndarray, np.ndarray]:
+        """Indices (fit, validation): stratified over classes with >= MIN_VAL_CLASS images; none if too few."""
+        counts = np.bincount(y)
+        splittable = np.flatnonzero(np.isin(y, np.flatnonzero(counts >= self.MIN_VAL_CLASS)))
+        tiny = np.setdiff1d(np.arange(len(y)), splittable)
+        n_present, n_val = len(np.unique(y[splittable])), math.ceil(self.val_fraction * len(splittable))
+        if self.val_fraction <= 0 or not 0 < n_present <= n_val <= len(splittable) - n_present:
+            return np.arange(len(y)), np.arange(0)
+        fit, val = train_test_split(splittable, test_size=n_val, stratify=y[splittable], random_state=self.seed)
+        return np.sort(np.concatenate([fit, tiny])), np.sort(val)
+
+    def _train(self, X_fit, y_fit, X_val, y_val, epochs: int, test, progress, early_stopping: bool = True):
+        """Train a new layer (kept as `layer_`); `early_stopping` keeps the epoch of least val (else train) loss."""
+        stage = "train head (epochs)" if early_stopping else "refit head on all training images (epochs)"
+        self.layer_ = seeded_linear(self.n_features_, self.n_classes_, self.seed)
         optimizer = torch.optim.Adam(self.layer_.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        tensors = {name: self._tensor(a) for name, a in (("fit", X_fit), ("val", X_val))}
-        self.history_, best, stale = [], (np.inf, None), 0
-        for epoch in range(1, self.epochs + 1):
+        X_fit, X_val, y_fit_t = self._tensor(X_fit), self._tensor(X_val), torch.as_tensor(y_fit)
+        history, best, stale = [], (np.inf, None), 0
+        for epoch in range(1, epochs + 1):
             started = time.perf_counter()
-            self._train_epoch(tensors["fit"], torch.as_tensor(y_fit), loss_fn, optimizer, epoch)
-            row = {"epoch": epoch, "seconds": time.perf_counter() - started}
-            row.update(self._score("train", tensors["fit"], y_fit, loss_fn))
-            row.update(self._score("val", tensors["val"], y_val, loss_fn) if len(y_val) else {})
-            if eval_set is not None:
-                row.update(self._score("test", self._tensor(eval_set[0]), np.asarray(eval_set[1]), loss_fn))
-            self.history_.append(row)
+            self._train_epoch(X_fit, y_fit_t, optimizer, epoch)
+            row = {"epoch": epoch, "seconds": time.perf_counter() - started, **self._score("train", X_fit, y_fit)}
+            row.update(self._score("val", X_val, y_val) if len(y_val) else {})
+            if test is not None:
+                started = time.perf_counter()
+                row.update(self._score("test", *test))
+                self.eval_seconds_ += time.perf_counter() - started
+            history.append(row)
             if progress:
-                progress("train head (epochs)", epoch, self.epochs)
+                progress(stage, epoch, epochs)
+            if not early_stopping:
+                continue
             monitor = row.get("val_loss", row["train_loss"])
             best, stale = ((monitor, copy.deepcopy(self.layer_.state_dict())), 0) if monitor < best[0] else (best, stale + 1)
             if stale >= self.patience:
                 break
-        self.layer_.load_state_dict(best[1])
-        self.best_epoch_ = int(np.argmin([r.get("val_loss", r["train_loss"]) for r in self.history_])) + 1
-        return self
-
-    def _validation_split(self, X, y):
-        """Stratified validation split; monitor the training loss instead when some class is too small."""
-        counts = np.bincount(y)
-        n_present, n_val = int((counts > 0).sum()), math.ceil(self.val_fraction * len(y))
-        if self.val_fraction <= 0 or counts[counts > 0].min() < 3 or not n_present <= n_val <= len(y) - n_present:
-            return X, y, X[:0], y[:0]
-        X_fit, X_val, y_fit, y_val = train_test_split(X, y, test_size=n_val, stratify=y, random_state=self.seed)
-        return X_fit, y_fit, X_val, y_val
+        if early_stopping:
+            self.layer_.load_state_dict(best[1])
+        return history
 
     def _tensor(self, X) -> torch.Tensor:
         return torch.as_tensor((np.asarray(X, dtype=np.float32) - self.mean_) / self.std_, dtype=torch.float32)
 
-    def _train_epoch(self, X, y, loss_fn, optimizer, epoch: int) -> None:
+    def _train_epoch(self, X, y, optimizer, epoch: int) -> None:
         self.layer_.train()
         order = torch.randperm(len(X), generator=torch.Generator().manual_seed(self.seed + epoch))
         for start in range(0, len(X), self.batch_size):
             batch = order[start:start + self.batch_size]
             optimizer.zero_grad()
-            loss_fn(self.layer_(X[batch]), y[batch]).backward()
+            weighted_cross_entropy(self.layer_(X[batch]), y[batch], self.weight_).backward()
             optimizer.step()
 
-    def _score(self, prefix: str, X: torch.Tensor, y: np.ndarray, loss_fn) -> dict:
+    def _score(self, prefix: str, X: torch.Tensor, y: np.ndarray) -> dict:
         self.layer_.eval()
         with torch.inference_mode():
             logits = self.layer_(X)
-            loss = loss_fn(logits, torch.as_tensor(y)).item()
+            loss = weighted_cross_entropy(logits, torch.as_tensor(y), self.weight_).item()
         return {f"{prefix}_loss": loss, f"{prefix}_acc": float((logits.argmax(1).numpy() == y).mean())}
 
     def decision_function(self, X, tau: float = 0.0) -> np.ndarray:

@@ -1,6 +1,9 @@
 """The classic fine-tune: images through the (frozen, or last-block-unfrozen) backbone every epoch."""
 from __future__ import annotations
 
+import dataclasses
+import functools
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -10,27 +13,20 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from core.backbones import create_backbone
+from core.classifiers import seeded_linear
 from core.data import Dataset
 from core.errors import ConfigError
 from core.features import (ImageDataset, Preprocess, autocast_dtype, light_augmentation, make_loader,
                            rank_world, resolve_device, size_grouped_batches)
+from core.settings import config_fields
+from core.weights import weighted_cross_entropy
 
 
-@dataclass(frozen=True)
-class FinetuneConfig:
-    """Settings of one fine-tuning run (mirrored by the CLI)."""
-
-    backbone: str = "efficientnet_lite0"
-    pool: str = "avg"
-    image_size: int | None = None
-    epochs: int = 20
-    lr: float = 3e-3
-    batch_size: int = 32
-    unfreeze_last: bool = False
-    hflip: bool = True
-    device: str = "auto"
-    workers: int | None = None
-    seed: int = 0
+FINETUNE_SETTINGS = ("backbone", "pool", "image_size", "epochs", "lr", "batch_size", "unfreeze_last", "hflip",
+                     "device", "workers", "seed")
+FinetuneConfig = dataclasses.make_dataclass("FinetuneConfig", config_fields(FINETUNE_SETTINGS), frozen=True)
+FinetuneConfig.__doc__ = "Settings of one fine-tuning run (declared in core.settings)."
+FinetuneConfig.__module__ = __name__
 
 
 @dataclass
@@ -46,15 +42,14 @@ def finetune(dataset: Dataset, config: FinetuneConfig, class_weight=None, progre
     """Train a new linear head through the backbone on augmented images; evaluate on test each epoch."""
     if config.epochs < 1:
         raise ConfigError(f"epochs must be at least 1, got {config.epochs}")
-    torch.manual_seed(config.seed)
-    device = resolve_device(config.device)
+    device = _rank_device(resolve_device(config.device))
     backbone = create_backbone(config.backbone, pool=config.pool)
-    model = nn.Sequential(backbone.features, nn.Linear(backbone.feature_dim, len(dataset.classes)))
+    model = nn.Sequential(backbone.features, seeded_linear(backbone.feature_dim, len(dataset.classes), config.seed))
     model = model.to(device, memory_format=torch.channels_last)
     optimizer = _optimizer(model, backbone.last_block, config)
     trainer, (rank, world) = _distributed(model, device), rank_world()
-    weight = None if class_weight is None else torch.tensor(np.asarray(class_weight), dtype=torch.float32)
-    loss_fn = nn.CrossEntropyLoss(weight=weight).to(device)
+    weight = None if class_weight is None else torch.tensor(np.asarray(class_weight), dtype=torch.float32).to(device)
+    loss_fn = functools.partial(weighted_cross_entropy, weight=weight)
     preprocess = Preprocess.for_backbone(backbone.entry, config.image_size)
     dtype = autocast_dtype(device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
@@ -93,11 +88,24 @@ def _optimizer(model: nn.Sequential, last_block: nn.Module, config: FinetuneConf
     return torch.optim.Adam(groups)
 
 
+def _local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", 0))
+
+
+def _rank_device(device: torch.device) -> torch.device:
+    """Under torchrun each rank drives the GPU named by LOCAL_RANK (not every rank on GPU 0)."""
+    if device.type != "cuda" or rank_world()[1] == 1:
+        return device
+    device = torch.device("cuda", _local_rank())
+    torch.cuda.set_device(device)
+    return device
+
+
 def _distributed(model: nn.Module, device: torch.device) -> nn.Module:
     """Wrap in DistributedDataParallel under torchrun (gradients of the trainable part are all-reduced)."""
     if rank_world()[1] == 1:
         return model
-    return DistributedDataParallel(model, device_ids=[device.index or 0] if device.type == "cuda" else None)
+    return DistributedDataParallel(model, device_ids=[_local_rank()] if device.type == "cuda" else None)
 
 
 def _rank_batches(batches: list, rank: int, world: int) -> list:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 
 from core.errors import ClassWeightError
 from core.runs import read_json_object
@@ -83,3 +84,12 @@ def adjust_logits(scores: np.ndarray, class_prior, tau: float) -> np.ndarray:
     if not math.isfinite(tau) or tau < 0:
         raise ClassWeightError(f"logit-adjustment tau must be a finite number >= 0, got {tau}")
     return np.asarray(scores) - tau * np.log(np.clip(prior, 1e-12, None))
+
+
+def weighted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None):
+    """Sum of per-sample cross-entropy x class weight, divided by the batch size.
+
+    torch's weighted mean divides by the summed weights instead, which cancels the weight whenever a
+    batch holds a single class (fine-tuning batches group images by size, so that happens).
+    """
+    return torch.nn.functional.cross_entropy(logits, labels, weight=weight, reduction="sum") / len(labels)

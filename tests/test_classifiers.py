@@ -114,25 +114,29 @@ def test_head_history_has_a_row_per_epoch(blobs):
 def test_head_progress_reports_epochs(blobs):
     X, y, _, _ = blobs
     calls = []
-    LinearHead(epochs=3, patience=10).fit(X, y, progress=lambda *a: calls.append(a))
-    assert [c[1:] for c in calls] == [(1, 3), (2, 3), (3, 3)]
+    head = LinearHead(epochs=3, patience=10).fit(X, y, progress=lambda *a: calls.append(a))
+    selection = [c[1:] for c in calls if c[0] == "train head (epochs)"]
+    refit = [c[1:] for c in calls if c[0].startswith("refit")]
+    assert selection == [(1, 3), (2, 3), (3, 3)]
+    assert refit == [(i, head.best_epoch_) for i in range(1, head.best_epoch_ + 1)]
 
 
-def test_early_stopping_restores_the_best_epoch():
-    """On pure noise the validation loss bottoms out early; the returned model is that epoch's model."""
+def test_early_stopping_picks_the_best_epoch_then_refits_on_all_images(monkeypatch):
+    """On pure noise the validation loss bottoms out early; the head is refit on every image for that many epochs."""
     rng = np.random.default_rng(0)
     X, y = rng.normal(size=(120, 60)).astype(np.float32), rng.integers(0, 3, 120)
     head = LinearHead(epochs=60, lr=0.003, patience=3, val_fraction=0.3)
-    snapshots = []  # the layer's weights after each epoch, taken from the progress callback
-    head.fit(X, y, progress=lambda *_: snapshots.append(head.layer_.weight.detach().clone()))
+    trained_on = []  # images per epoch, seen by a spy on the epoch loop
+    real_epoch = LinearHead._train_epoch
+    monkeypatch.setattr(LinearHead, "_train_epoch", lambda self, X, *a: (trained_on.append(len(X)),
+                                                                          real_epoch(self, X, *a)))
+    head.fit(X, y)
     val = [r["val_loss"] for r in head.history_]
     best = int(np.argmin(val)) + 1
     assert 1 < best < len(val), "scenario should have a best epoch in the middle"
-    assert head.best_epoch_ == best
+    assert head.best_epoch_ == best and head.refit_
     assert len(head.history_) == best + 3 < 60  # stopped `patience` epochs after the best one
-    assert len(snapshots) == len(head.history_)
-    assert torch.equal(head.layer_.weight, snapshots[best - 1])
-    assert not torch.equal(head.layer_.weight, snapshots[-1])
+    assert trained_on == [120 - 36] * len(head.history_) + [120] * best
 
 
 def test_without_validation_split_training_loss_is_monitored():
@@ -141,6 +145,43 @@ def test_without_validation_split_training_loss_is_monitored():
     head = LinearHead(epochs=5, val_fraction=0).fit(X, y)
     assert all("val_loss" not in r for r in head.history_)
     assert head.best_epoch_ == int(np.argmin([r["train_loss"] for r in head.history_])) + 1
+
+
+def test_tiny_classes_stay_in_the_fit_set_and_the_rest_still_validates(monkeypatch):
+    """A class with 2 images used to switch the validation split off for everyone."""
+    rng = np.random.default_rng(0)
+    y = np.array([0] * 40 + [1] * 40 + [2] * 2)
+    X = rng.normal(size=(len(y), 8)).astype(np.float32)
+    head = LinearHead(epochs=3, val_fraction=0.25)
+    fit_index, val_index = head._validation_split(y)
+    assert len(val_index) == 20 and set(y[val_index]) == {0, 1}
+    assert {80, 81} <= set(fit_index) and len(fit_index) + len(val_index) == len(y)
+    head.fit(X, y)
+    assert all("val_loss" in row for row in head.history_) and head.refit_
+
+
+def test_head_leaves_the_global_torch_rng_alone(blobs):
+    X, y, _, _ = blobs
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    LinearHead(epochs=2, seed=5).fit(X, y)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_head_batch_size_sets_the_optimizer_steps(blobs, monkeypatch):
+    X, y, _, _ = blobs
+    steps = []
+    monkeypatch.setattr(torch.optim.Adam, "step", lambda self, *a, **k: steps.append(1))
+    LinearHead(epochs=1, batch_size=10, val_fraction=0).fit(X, y)
+    assert len(steps) == 30  # 300 images / 10 per batch
+
+
+def test_class_weight_acts_even_when_every_batch_holds_one_class():
+    """Batches of one image: torch's weighted mean cancelled the weight; the weighted sum / batch size keeps it."""
+    X, y = imbalanced(80, 12, seed=3)
+    plain = LinearHead(epochs=3, batch_size=1, val_fraction=0).fit(X, y, class_weight=[1.0, 1.0])
+    heavy = LinearHead(epochs=3, batch_size=1, val_fraction=0).fit(X, y, class_weight=[1.0, 30.0])
+    assert minority_recall(heavy, X, y) > minority_recall(plain, X, y)
 
 
 def test_head_fits_a_small_dataset():

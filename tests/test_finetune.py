@@ -100,3 +100,47 @@ def test_cuda_without_gpu_is_a_config_error(small_demo, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ConfigError, match="cuda"):
         finetune(small_demo, config(device="cuda"))
+
+
+def test_finetune_loss_weights_each_batch_by_its_classes(small_demo, monkeypatch):
+    """Every training batch (one image size, often one class) is scored by the weighted sum / batch size."""
+    seen = []
+    real = finetune_module.weighted_cross_entropy
+
+    def spy(logits, labels, weight=None):
+        loss = real(logits, labels, weight)
+        per_image = torch.nn.functional.cross_entropy(logits.detach(), labels, reduction="none")
+        seen.append((loss.item(), (per_image * weight[labels]).mean().item(), labels.unique().numel()))
+        return loss
+
+    monkeypatch.setattr(finetune_module, "weighted_cross_entropy", spy)
+    weights = np.linspace(1, 20, 10)
+    finetune(small_demo, config(epochs=1, batch_size=4), class_weight=weights)
+    assert seen and all(loss == pytest.approx(expected, rel=1e-4) for loss, expected, _ in seen)
+
+
+def test_finetune_seeds_its_head_without_reseeding_the_global_rng(small_demo, monkeypatch):
+    """Another job's global torch RNG must not be reset; the head's init still follows `seed` alone."""
+    monkeypatch.setattr(finetune_module, "train_one_epoch", lambda *a: (0.0, 0.0))
+    heads = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        with monkeypatch.context() as patched:
+            patched.setattr(torch, "manual_seed", lambda *_: pytest.fail("finetune reseeded the global RNG"))
+            heads.append(finetune(small_demo, config(epochs=1, seed=4)).checkpoint["head"]["weight"])
+    assert torch.equal(*heads)
+
+
+def test_ddp_rank_uses_the_gpu_of_its_local_rank(monkeypatch):
+    """Under torchrun, rank 1 must drive cuda:1 (the old code put every rank on GPU 0)."""
+    wrapped = {}
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(finetune_module, "rank_world", lambda: (1, 2))
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: wrapped.setdefault("set_device", device))
+    monkeypatch.setattr(finetune_module, "DistributedDataParallel",
+                        lambda model, device_ids: wrapped.setdefault("device_ids", device_ids))
+    device = finetune_module._rank_device(torch.device("cuda"))
+    finetune_module._distributed(torch.nn.Linear(2, 2), torch.device("cuda"))
+    assert device == torch.device("cuda", 1) == wrapped["set_device"]
+    assert wrapped["device_ids"] == [1]
+    assert finetune_module._rank_device(torch.device("cpu")) == torch.device("cpu")

@@ -159,3 +159,24 @@ def test_adjust_logits_handles_zero_prior_and_rejects_bad_tau():
     for tau in (-1.0, float("nan"), float("inf")):
         with pytest.raises(ClassWeightError, match="tau"):
             adjust_logits(np.zeros((1, 2)), [0.5, 0.5], tau)
+
+
+# ---------------------------------------------------------------- weighted loss
+
+
+def test_weighted_loss_keeps_the_class_weight_in_a_one_class_batch():
+    """A batch of the rare class only: weight 10 must give 10x the gradient (torch's weighted mean gives 1x)."""
+    import torch
+
+    from core.weights import weighted_cross_entropy
+
+    labels = torch.tensor([1, 1, 1])
+
+    def grad(weight):
+        logits = torch.zeros(3, 2, requires_grad=True)
+        weighted_cross_entropy(logits, labels, torch.tensor(weight)).backward()
+        return logits.grad
+
+    assert torch.allclose(grad([1.0, 10.0]), 10 * grad([1.0, 1.0]))
+    plain = torch.nn.functional.cross_entropy(torch.zeros(3, 2), labels)
+    assert weighted_cross_entropy(torch.zeros(3, 2), labels, torch.tensor([1.0, 10.0])) == pytest.approx(10 * plain)

@@ -1,0 +1,125 @@
+"""Every experiment setting declared once: name, type, default, allowed values and help.
+
+`ExperimentConfig` (core.experiment), `FinetuneConfig` (core.finetune), the CLI (core.cli) and the
+Train page are all built from `SETTINGS`; adding a setting is one `Setting(...)` line here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from core.backbones import POOLS, get_entry, list_backbones
+from core.errors import ConfigError
+
+APPROACHES = ("svm", "head", "finetune")
+SVM_KERNELS = ("rbf", "linear", "poly", "sigmoid")
+REQUIRED = dataclasses.MISSING
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting. `many`: a tuple of values (a comma list on the CLI); `optional`: None is allowed."""
+
+    name: str
+    type: type
+    default: object
+    help: str
+    label: str = ""
+    low: float | None = None
+    high: float | None = None
+    choices: tuple | None = None
+    many: bool = False
+    optional: bool = False
+    flag: str = ""  # CLI flag when not --<name-with-dashes>
+    commands: tuple[str, ...] = ("experiment", "extract")  # CLI commands that take it; () = none
+    on_page: bool = True
+
+    @property
+    def cli_flag(self) -> str:
+        return self.flag or "--" + self.name.replace("_", "-")
+
+    def check(self, value) -> None:
+        """Raise ConfigError naming the setting, the value seen and what is allowed."""
+        if value is None and self.optional:
+            return
+        for item in value if self.many else (value,):
+            if self.choices is not None and item not in self.choices:
+                raise ConfigError(f"unknown {self.name} {item!r}; choose one of: {', '.join(map(str, self.choices))}")
+            if self.type in (int, float) and not _in_range(item, self.low, self.high):
+                raise ConfigError(f"{self.name} must be a number between {self.low:g} and {self.high:g}, got {item!r}")
+        if self.many and not value and self.default:
+            raise ConfigError(f"{self.name}: none given; choose at least one of {', '.join(map(str, self.choices or ()))}")
+
+
+def _in_range(value, low, high) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return False
+    return (low is None or value >= low) and (high is None or value <= high)
+
+
+def parse_list(text: str, kind: type = str) -> tuple:
+    """A comma list ('0,1,2') as a tuple of `kind`; a clear error for an item that is not one."""
+    items = [item.strip() for item in str(text).split(",") if item.strip()]
+    try:
+        return tuple(kind(item) for item in items)
+    except ValueError:
+        raise ConfigError(f"{text!r} is not a comma list of {kind.__name__} values, e.g. 0,1,2") from None
+
+
+S = Setting
+SETTINGS: tuple[Setting, ...] = (
+    S("data", str, REQUIRED, "dataset folder: DIR/train/<class>, DIR/test/<class> or DIR/<class>", on_page=False),
+    S("backbone", str, "efficientnet_lite0", "pretrained CNN that turns images into features", "Backbone",
+      choices=tuple(list_backbones())),
+    S("pool", str, "avg", "adaptive global pooling of the last feature map", "Pooling", choices=POOLS),
+    S("approaches", str, ("svm", "head"), "svm and head reuse cached features; finetune trains through the backbone",
+      "Approaches", choices=APPROACHES, many=True, commands=("experiment",)),
+    S("class_weights", str, ("none", "balanced"), "comma list of none,balanced,sqrt,effective or a custom JSON "
+      "file {class: weight}", many=True, flag="--class-weight", commands=("experiment",), on_page=False),
+    S("epochs", int, 20, "passes over the training set (head and finetune)", "Epochs", 1, 1000,
+      commands=("experiment",)),
+    S("lr", float, 3e-3, "learning rate of the head (a fine-tuned last block learns at lr / 10)", "Learning rate",
+      1e-6, 1.0, commands=("experiment",)),
+    S("batch_size", int, 32, "images per batch (extraction, head and fine-tune)", "Batch size", 1, 4096),
+    S("seed", int, 0, "seed of the split (single-folder datasets), initialisation and shuffling", "Seed", 0, 2**31 - 1),
+    S("seeds", int, (), "repeat every run once per seed, e.g. 0,1,2 (overrides --seed)", "Seeds (comma list)",
+      0, 2**31 - 1, many=True, commands=("experiment",)),
+    S("device", str, "auto", "where to run the CNN", "Device", choices=("auto", "cpu", "cuda")),
+    S("cache_dir", str, "cache", "folder of the feature cache and the run store", on_page=False),
+    S("test_size", float, 0.2, "test fraction when DIR has no train/test split", "Test size", 0.05, 0.9),
+    S("image_size", int, None, "short side in pixels; empty = the backbone's own (224)", "Image size (short side, px)",
+      16, 2048, optional=True),
+    S("unfreeze_last", bool, False, "fine-tune also trains the backbone's last block (at lr / 10)", "Unfreeze last",
+      commands=("experiment",)),
+    S("hflip", bool, True, "fine-tune augments with horizontal flips", "Flip augmentation", commands=("experiment",)),
+    S("tau", float, 0.0, "post-hoc logit adjustment of head and fine-tune logits (0 = off)", "Logit adjustment tau",
+      0.0, 5.0, commands=("experiment",)),
+    S("beta", float, 0.999, "beta of the effective-number class weights", "Effective-number beta", 0.5, 0.99999,
+      commands=("experiment",)),
+    S("svm_kernel", str, "rbf", "kernel of the SVM", "SVM kernel", choices=SVM_KERNELS, commands=("experiment",)),
+    S("svm_c", float, 1.0, "SVM regularisation C (larger = fits the training set harder)", "SVM C", 1e-4, 1e4,
+      commands=("experiment",)),
+    S("tune", bool, False, "pick tau (head, finetune) and the SVM's C by stratified cross-validation on the "
+      "training set; the test set is scored once", "Tune on validation", commands=("experiment",)),
+    S("workers", int, None, "image decoding processes (empty = auto)", "Decoding workers", 0, 64, optional=True,
+      on_page=False),
+)
+BY_NAME = {s.name: s for s in SETTINGS}
+
+
+def config_fields(names=None) -> list[tuple]:
+    """`dataclasses.make_dataclass` fields for the named settings (all by default), required ones first."""
+    chosen = [BY_NAME[n] for n in names] if names else list(SETTINGS)
+    return [(s.name, s.type | None if s.optional else (tuple if s.many else s.type),
+             dataclasses.field() if s.default is REQUIRED else dataclasses.field(default=s.default))
+            for s in sorted(chosen, key=lambda s: s.default is not REQUIRED)]
+
+
+def check_settings(config) -> None:
+    """Check every declared field of a config dataclass against its declaration."""
+    for f in dataclasses.fields(config):
+        if f.name in BY_NAME and BY_NAME[f.name].default is not REQUIRED:
+            BY_NAME[f.name].check(getattr(config, f.name))
+    if hasattr(config, "backbone"):
+        get_entry(config.backbone)  # an unknown name raises with close matches
