@@ -5,6 +5,7 @@ import hashlib
 import io
 import os
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +39,7 @@ class Dataset:
     test: list[Sample]
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     fingerprint: str = ""
+    content_fingerprint: str = ""  # the files alone, without the split: equal across split seeds
 
     @property
     def train_counts(self) -> list[int]:
@@ -61,6 +63,7 @@ class Dataset:
             "test_counts": self.test_counts,
             "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
             "fingerprint": self.fingerprint,
+            "content_fingerprint": self.content_fingerprint,
         }
 
 
@@ -77,7 +80,7 @@ def load_dataset(root, *, test_size: float = 0.2, seed: int = 0) -> Dataset:
         raise DataError(f"dataset folder {str(root)!r} does not exist; pass a folder with one sub-folder per class")
     if not 0 < test_size < 1:
         raise DataError(f"test size must be between 0 and 1 (exclusive), got {test_size}")
-    hasher = hashlib.sha256()
+    hasher, content = hashlib.sha256(), None
     skipped: list[tuple[str, str]] = []
     if (root / "train").is_dir() and (root / "test").is_dir():
         classes = sorted(set(_class_names(root / "train")) | set(_class_names(root / "test")))
@@ -85,10 +88,13 @@ def load_dataset(root, *, test_size: float = 0.2, seed: int = 0) -> Dataset:
         test = _scan_split(root / "test", classes, hasher, skipped)
     else:
         classes = _class_names(root)
-        train, test = _split(_scan_split(root, classes, hasher, skipped), test_size, seed, len(classes))
+        samples = _scan_split(root, classes, hasher, skipped)
+        content = hasher.hexdigest()[:16]
+        train, test = _split(samples, test_size, seed, len(classes))
         hasher.update(f"split:{test_size}:{seed}".encode())
     _check_usable(root, classes, train, test)
-    return Dataset(str(root), classes, train, test, skipped, hasher.hexdigest()[:16])
+    fingerprint = hasher.hexdigest()[:16]
+    return Dataset(str(root), classes, train, test, skipped, fingerprint, content or fingerprint)
 
 
 def _class_names(folder: Path) -> list[str]:
@@ -144,16 +150,22 @@ def _inspect_image(path: Path, hasher, label: int) -> tuple[tuple[int, int] | No
 
 
 def _split(samples: list[Sample], test_size: float, seed: int, n_classes: int):
+    """Seeded split, stratified when every class has 2+ images; a class of one image goes to train (warned)."""
     if len(samples) < 2:
         raise DataError(f"found {len(samples)} readable images in the class folders; need at least 2 to split "
                         "into train and test (see the skipped files for what could not be read)")
-    labels = [s.label for s in samples]
-    counts = np.bincount(labels, minlength=n_classes)
-    stratify = labels if counts.min() >= 2 else None
+    counts = np.bincount([s.label for s in samples], minlength=n_classes)
+    singles = [s for s in samples if counts[s.label] == 1]
+    if singles:
+        warnings.warn(f"{len(singles)} class(es) have a single image, kept for training with no test image: "
+                      f"{', '.join(Path(s.path).parent.name for s in singles)}; their scores are not measured",
+                      stacklevel=3)
+    rest = [s for s in samples if counts[s.label] > 1]
     try:
-        return train_test_split(samples, test_size=test_size, random_state=seed, stratify=stratify)
+        train, test = train_test_split(rest, test_size=test_size, random_state=seed, stratify=[s.label for s in rest])
     except ValueError as err:
         raise DataError(f"cannot split {len(samples)} images with test size {test_size}: {err}") from err
+    return singles + train, test
 
 
 def _check_usable(root: Path, classes, train, test) -> None:

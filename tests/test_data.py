@@ -82,6 +82,22 @@ def test_flat_layout_is_split_stratified_and_seeded(make_class_tree, tmp_path):
     assert other.fingerprint != first.fingerprint  # the split is part of the cache key
 
 
+def test_single_image_class_goes_to_train_with_a_warning(make_class_tree, tmp_path):
+    """One image cannot be both trained on and tested: keep it for training instead of refusing the dataset."""
+    root = make_class_tree(tmp_path / "flat", {"a": 20, "b": 10, "solo": 1})
+    for seed in range(5):  # every seed, not just a lucky one
+        with pytest.warns(UserWarning, match="solo"):
+            ds = load_dataset(root, test_size=0.2, seed=seed)
+        assert ds.train_counts[2] == 1 and ds.test_counts == [4, 2, 0]
+
+
+def test_content_fingerprint_ignores_the_split_seed(make_class_tree, tmp_path):
+    root = make_class_tree(tmp_path / "flat", {"a": 10, "b": 10})
+    first, other = load_dataset(root, seed=0), load_dataset(root, seed=1)
+    assert first.fingerprint != other.fingerprint and first.content_fingerprint == other.content_fingerprint
+    assert first.summary()["content_fingerprint"] == first.content_fingerprint
+
+
 def test_fingerprint_changes_with_content(make_class_tree, make_image, tmp_path):
     root = make_class_tree(tmp_path / "flat", {"a": 6, "b": 6})
     before = load_dataset(root).fingerprint
