@@ -92,10 +92,18 @@ def seeded_linear(n_in: int, n_out: int, seed: int) -> torch.nn.Linear:
     return layer
 
 
+def _monitor(row: dict) -> float:
+    """Early stopping minimizes this: minus the class-weighted validation accuracy, else the training loss.
+
+    Validation loss keeps rising as the head grows overconfident while its accuracy still improves.
+    """
+    return -row["val_weighted_acc"] if "val_weighted_acc" in row else row["train_loss"]
+
+
 class LinearHead(ClassifierMixin, BaseEstimator):
     """A new linear layer on standardized features, trained with Adam and early stopping.
 
-    Early stopping picks the epoch count on a stratified validation split (classes with fewer than
+    Early stopping picks the epoch count by class-weighted accuracy on a stratified validation split (classes with fewer than
     `MIN_VAL_CLASS` images stay in the fit set); the head is then refit on the whole training set for
     that many epochs. `history_` holds the selection pass's per-epoch train/validation/test loss and
     accuracy; `eval_seconds_` is the time spent scoring `eval_set` for it (not part of fitting).
@@ -121,7 +129,7 @@ class LinearHead(ClassifierMixin, BaseEstimator):
         test = None if eval_set is None else (self._tensor(eval_set[0]), np.asarray(eval_set[1]))
         self.eval_seconds_ = 0.0
         self.history_ = self._train(X[fit_index], y[fit_index], X[val_index], y[val_index], self.epochs, test, progress)
-        self.best_epoch_ = int(np.argmin([r.get("val_loss", r["train_loss"]) for r in self.history_])) + 1
+        self.best_epoch_ = int(np.argmin([_monitor(row) for row in self.history_])) + 1
         self.refit_ = len(val_index) > 0
         if self.refit_:  # the validation images only chose the epoch count: learn from them too
             self._train(X, y, X[:0], y[:0], self.best_epoch_, None, progress, early_stopping=False)
@@ -139,7 +147,7 @@ class LinearHead(ClassifierMixin, BaseEstimator):
         return np.sort(np.concatenate([fit, tiny])), np.sort(val)
 
     def _train(self, X_fit, y_fit, X_val, y_val, epochs: int, test, progress, early_stopping: bool = True):
-        """Train a new layer (kept as `layer_`); `early_stopping` keeps the epoch of least val (else train) loss."""
+        """Train a new layer (kept as `layer_`); `early_stopping` keeps the best epoch by `_monitor`."""
         stage = "train head (epochs)" if early_stopping else "refit head on all training images (epochs)"
         self.layer_ = seeded_linear(self.n_features_, self.n_classes_, self.seed)
         optimizer = torch.optim.Adam(self.layer_.parameters(), lr=self.lr, weight_decay=self.weight_decay)
@@ -159,7 +167,7 @@ class LinearHead(ClassifierMixin, BaseEstimator):
                 progress(stage, epoch, epochs)
             if not early_stopping:
                 continue
-            monitor = row.get("val_loss", row["train_loss"])
+            monitor = _monitor(row)
             best, stale = ((monitor, copy.deepcopy(self.layer_.state_dict())), 0) if monitor < best[0] else (best, stale + 1)
             if stale >= self.patience:
                 break
@@ -184,7 +192,10 @@ class LinearHead(ClassifierMixin, BaseEstimator):
         with torch.inference_mode():
             logits = self.layer_(X)
             loss = weighted_cross_entropy(logits, torch.as_tensor(y), self.weight_).item()
-        return {f"{prefix}_loss": loss, f"{prefix}_acc": float((logits.argmax(1).numpy() == y).mean())}
+        correct = logits.argmax(1).numpy() == y
+        weight = np.ones(self.n_classes_) if self.weight_ is None else self.weight_.numpy()
+        return {f"{prefix}_loss": loss, f"{prefix}_acc": float(correct.mean()),
+                f"{prefix}_weighted_acc": float((weight[y] * correct).sum() / weight[y].sum())}
 
     def decision_function(self, X, tau: float = 0.0) -> np.ndarray:
         """Logits `(n_samples, n_classes)`, optionally logit-adjusted by `tau` (no retraining)."""

@@ -2,73 +2,50 @@
 from __future__ import annotations
 
 import dataclasses
-import math
+import itertools
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from core.backbones import POOLS, get_entry
 from core.classifiers import LinearHead, SvmClassifier
 from core.data import Dataset, load_dataset
 from core.errors import ClassWeightError, ConfigError
-from core.features import FeatureSet, extract_features, rank_world
-from core.finetune import FinetuneConfig, finetune
+from core.features import FeatureSet, extract_features, rank_world, resolve_device
+from core.finetune import FINETUNE_SETTINGS, FinetuneConfig, finetune
 from core.metrics import evaluate
 from core.runs import RunStore, new_run_id
+from core.settings import APPROACHES, SVM_KERNELS, check_settings, config_fields  # noqa: F401  (re-exported)
+from core.stats import paired_comparison, run_intervals
+from core.tuning import out_of_fold_scores, tune_svm_c, tune_tau
 from core.weights import SCHEMES, adjust_logits, class_weights, read_custom_weights
 
-APPROACHES = ("svm", "head", "finetune")
 FEATURE_APPROACHES = ("svm", "head")
-SVM_KERNELS = ("rbf", "linear", "poly", "sigmoid")
+LOGIT_APPROACHES = ("head", "finetune")  # their scores are logits, so logit adjustment (tau) applies
 
 
-@dataclass(frozen=True)
-class ExperimentConfig:
-    """Every setting of an experiment; hashed into run records and mirrored by the CLI."""
+def _validate(self) -> ExperimentConfig:
+    """Check names and ranges (as declared in core.settings) before any expensive work starts."""
+    if not self.class_weights:
+        raise ConfigError("give at least one class-weight scheme, e.g. none")
+    check_settings(self)
+    return self
 
-    data: str
-    backbone: str = "efficientnet_lite0"
-    pool: str = "avg"
-    approaches: tuple[str, ...] = ("svm", "head")
-    class_weights: tuple = ("none", "balanced")  # scheme names, paths to {class: weight} JSON, or dicts
-    epochs: int = 20
-    lr: float = 3e-3
-    batch_size: int = 32
-    seed: int = 0
-    device: str = "auto"
-    cache_dir: str = "cache"
-    test_size: float = 0.2
-    image_size: int | None = None
-    unfreeze_last: bool = False
-    tau: float = 0.0
-    beta: float = 0.999
-    svm_kernel: str = "rbf"
-    svm_c: float = 1.0
-    workers: int | None = None
 
-    def validate(self) -> ExperimentConfig:
-        """Check names and ranges before any expensive work starts."""
-        get_entry(self.backbone)
-        unknown = [a for a in self.approaches if a not in APPROACHES]
-        if unknown or not self.approaches:
-            raise ConfigError(f"unknown approaches {unknown or '(none given)'}; choose from {', '.join(APPROACHES)}")
-        if self.pool not in POOLS:
-            raise ConfigError(f"unknown pooling {self.pool!r}; choose one of: {', '.join(POOLS)}")
-        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
-            raise ConfigError(f"epochs, batch size and lr must be positive; got {self.epochs}, {self.batch_size}, {self.lr}")
-        if self.svm_kernel not in SVM_KERNELS:
-            raise ConfigError(f"unknown SVM kernel {self.svm_kernel!r}; choose one of: {', '.join(SVM_KERNELS)}")
-        if not (math.isfinite(self.tau) and self.tau >= 0):
-            raise ConfigError(f"logit-adjustment tau must be a finite number >= 0, got {self.tau}")
-        if not self.class_weights:
-            raise ConfigError("give at least one class-weight scheme, e.g. none")
-        return self
+def _to_dict(self) -> dict:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
 
-    def to_dict(self) -> dict:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+
+def _seed_list(self) -> tuple[int, ...]:
+    """The seeds to train with: `seeds` when given, else `seed` alone."""
+    return tuple(self.seeds) or (self.seed,)
+
+
+ExperimentConfig = dataclasses.make_dataclass(
+    "ExperimentConfig", config_fields(), frozen=True,
+    namespace={"__doc__": "Every setting of an experiment (declared in core.settings); hashed into run records.",
+               "__module__": __name__, "validate": _validate, "to_dict": _to_dict, "seed_list": _seed_list})
 
 
 def resolve_class_weight(spec, dataset: Dataset, beta: float = 0.999) -> tuple[str, np.ndarray]:
@@ -92,44 +69,72 @@ def load_features(config: ExperimentConfig, dataset: Dataset, progress=None) -> 
 
 
 def run_experiment(config: ExperimentConfig, progress=None, store: RunStore | None = None) -> dict:
-    """Load data, extract (cached) features once, train every approach x weight scheme; results dict.
+    """Load data, extract (cached) features once, train every approach x weight scheme x seed; results dict.
 
     >>> results = run_experiment(ExperimentConfig(data="cache/datasets/digits-demo"))  # doctest: +SKIP
     >>> [(r["approach"], r["class_weight"], round(r["macro_f1"], 2)) for r in results["runs"]]  # doctest: +SKIP
     """
     config.validate()
+    store = store or RunStore(Path(config.cache_dir) / "runs")
+    parts = [_run_seed(dataclasses.replace(config, seed=seed), progress, store) for seed in config.seed_list()]
+    return {**parts[0], "config": config.to_dict(), "runs": [run for part in parts for run in part["runs"]],
+            "comparisons": [pair for part in parts for pair in part["comparisons"]]}
+
+
+def _run_seed(config: ExperimentConfig, progress, store: RunStore) -> dict:
+    """Every approach x weight scheme with one seed (its own split for single-folder datasets)."""
     dataset = load_dataset(config.data, test_size=config.test_size, seed=config.seed)
     weights = [resolve_class_weight(spec, dataset, config.beta) for spec in config.class_weights]
-    store = store or RunStore(Path(config.cache_dir) / "runs")
     features = None
     if any(a in FEATURE_APPROACHES for a in config.approaches):
         features = load_features(config, dataset, progress)
-    runs = [train_and_record(config, dataset, features, approach, label, w, store, progress)
-            for approach in config.approaches for label, w in weights]
+    trained = [train_and_record(config, dataset, features, approach, label, w, store, progress)
+               for approach in config.approaches for label, w in weights]
+    runs = [record for record, _ in trained]
     return {"dataset": dataset.summary(), "backbone": features.backbone if features else {"name": config.backbone},
             "extract_seconds": features.extract_seconds if features else 0.0,
             "feature_seconds": features.seconds if features else 0.0,
             "cache_hit": bool(features and features.cache_hit), "feature_key": features.key if features else None,
-            "config": config.to_dict(), "runs": runs}
+            "runs": runs, "comparisons": compare_runs(trained, dataset)}
+
+
+def compare_runs(trained: list[tuple[dict, np.ndarray]], dataset: Dataset) -> list[dict]:
+    """Paired comparisons (B minus A) of runs on one test set that differ in approach or in class weights only."""
+    y_test = np.array([s.label for s in dataset.test])
+    return [{"run_a": a["run_id"], "run_b": b["run_id"],
+             **paired_comparison(y_test, pred_a, pred_b, len(dataset.classes), seed=a["seed"])}
+            for (a, pred_a), (b, pred_b) in itertools.combinations(trained, 2)
+            if a["approach"] == b["approach"] or a["class_weight"] == b["class_weight"]]
 
 
 def train_and_record(config: ExperimentConfig, dataset: Dataset, features: FeatureSet | None, approach: str,
-                     weight_label: str, weights: np.ndarray, store: RunStore, progress=None) -> dict:
-    """Fit one approach with one class-weight vector, evaluate on test, save the run; its record."""
+                     weight_label: str, weights: np.ndarray, store: RunStore, progress=None) -> tuple[dict, np.ndarray]:
+    """Fit one approach with one class-weight vector, evaluate on test once, save the run; (record, test predictions)."""
     fitted = _FITTERS[approach](config, dataset, features, weights, progress)
     y_test = np.array([s.label for s in dataset.test])
-    y_pred = adjust_logits(fitted["scores"], dataset.train_counts, config.tau).argmax(1)
+    tau = fitted.get("tau", config.tau) if approach in LOGIT_APPROACHES else 0.0  # SVM scores are not logits
+    y_pred = adjust_logits(fitted["scores"], dataset.train_counts, tau).argmax(1) if tau else fitted["scores"].argmax(1)
+    on_features = features is not None and approach in FEATURE_APPROACHES
     record = {"run_id": new_run_id(approach, weight_label), "approach": approach, "class_weight": weight_label,
-              "class_weights": [float(w) for w in weights], "tau": config.tau,
-              **evaluate(y_test, y_pred, dataset.classes, dataset.train_counts),
+              "class_weights": [float(w) for w in weights], "tau": tau, "seed": config.seed,
+              "tuned": fitted.get("tuned", {}), **evaluate(y_test, y_pred, dataset.classes, dataset.train_counts),
+              **run_intervals(y_test, y_pred, len(dataset.classes), seed=config.seed),
               "fit_seconds": fitted["fit_seconds"], "predict_seconds": fitted["predict_seconds"],
-              "extract_seconds": features.extract_seconds if features and approach in FEATURE_APPROACHES else 0.0,
+              "learning_curve_seconds": fitted.get("learning_curve_seconds", 0.0),
+              "extract_seconds": features.extract_seconds if on_features else 0.0,
+              "test_extract_seconds": _test_share(features, dataset) if on_features else 0.0,
+              "device": resolve_device(config.device).type,
               "history": fitted.get("history", []), "dataset": dataset.summary(),
               "backbone": features.backbone if features else {"name": config.backbone, "pool": config.pool},
               "feature_key": features.key if features else None, "config": config.to_dict()}
     if rank_world()[0] == 0:  # under torchrun, one rank records the run
         store.save(record, model=fitted["model"], predictions=_predictions(dataset, y_pred, fitted["scores"]))
-    return record
+    return record, y_pred
+
+
+def _test_share(features: FeatureSet, dataset: Dataset) -> float:
+    """The test images' share of the one-off extraction (by image count): part of predicting new images."""
+    return features.extract_seconds * len(dataset.test) / len(dataset.samples)
 
 
 def _predictions(dataset: Dataset, y_pred: np.ndarray, scores: np.ndarray) -> pd.DataFrame:
@@ -145,37 +150,52 @@ def _predictions(dataset: Dataset, y_pred: np.ndarray, scores: np.ndarray) -> pd
 def _fit_svm(config, dataset, features, weights, progress) -> dict:
     if progress:
         progress("fit SVM", 0, 1)
+    n_classes = len(dataset.classes)
+
+    def make_svm(C):
+        return SvmClassifier(kernel=config.svm_kernel, C=C, seed=config.seed)
     started = time.perf_counter()
-    svm = SvmClassifier(kernel=config.svm_kernel, C=config.svm_c, seed=config.seed)
-    svm.fit(features.X_train, features.y_train, class_weight=weights, n_classes=len(dataset.classes))
+    tuned = tune_svm_c(make_svm, features.X_train, features.y_train, n_classes, weights, config.seed) \
+        if config.tune else {}
+    svm = make_svm(tuned.get("svm_c", config.svm_c))
+    svm.fit(features.X_train, features.y_train, class_weight=weights, n_classes=n_classes)
     fit_s = time.perf_counter() - started
     started = time.perf_counter()
     scores = svm.decision_function(features.X_test)
     if progress:
         progress("fit SVM", 1, 1)
-    return {"model": svm, "scores": scores, "fit_seconds": fit_s, "predict_seconds": time.perf_counter() - started}
+    return {"model": svm, "scores": scores, "fit_seconds": fit_s, "predict_seconds": time.perf_counter() - started,
+            "tuned": tuned}
 
 
 def _fit_head(config, dataset, features, weights, progress) -> dict:
+    n_classes = len(dataset.classes)
+
+    def make_head():
+        return LinearHead(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size, seed=config.seed)
     started = time.perf_counter()
-    head = LinearHead(epochs=config.epochs, lr=config.lr, seed=config.seed)
-    head.fit(features.X_train, features.y_train, class_weight=weights, n_classes=len(dataset.classes),
-             eval_set=(features.X_test, features.y_test), progress=progress)
-    fit_s = time.perf_counter() - started
+    tuned = {}
+    if config.tune:
+        oof = out_of_fold_scores(make_head, features.X_train, features.y_train, n_classes, weights, config.seed)
+        tuned = tune_tau(oof, features.y_train, dataset.train_counts, n_classes)
+    head = make_head().fit(features.X_train, features.y_train, class_weight=weights, n_classes=n_classes,
+                           eval_set=(features.X_test, features.y_test), progress=progress)
+    fit_s = time.perf_counter() - started - head.eval_seconds_  # scoring the test set per epoch is not fitting
     started = time.perf_counter()
     scores = head.decision_function(features.X_test)
     return {"model": head, "scores": scores, "fit_seconds": fit_s, "history": head.history_,
-            "predict_seconds": time.perf_counter() - started}
+            "predict_seconds": time.perf_counter() - started, "learning_curve_seconds": head.eval_seconds_,
+            "tuned": tuned, **({"tau": tuned["tau"]} if tuned else {})}
 
 
 def _fit_finetune(config, dataset, features, weights, progress) -> dict:
-    ft_config = FinetuneConfig(backbone=config.backbone, pool=config.pool, image_size=config.image_size,
-                               epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
-                               unfreeze_last=config.unfreeze_last, device=config.device, workers=config.workers,
-                               seed=config.seed)
+    ft_config = FinetuneConfig(**{name: getattr(config, name) for name in FINETUNE_SETTINGS})
     result = finetune(dataset, ft_config, class_weight=weights, progress=progress)
+    tuned = {"note": "tau is not tuned for fine-tuning (one fine-tune per fold); the set tau is used"} \
+        if config.tune else {}
     return {"model": result.checkpoint, "scores": result.test_scores, "fit_seconds": result.fit_seconds,
-            "predict_seconds": result.predict_seconds, "history": result.history}
+            "predict_seconds": result.predict_seconds, "history": result.history, "tuned": tuned,
+            "learning_curve_seconds": sum(row["test_seconds"] for row in result.history[:-1])}
 
 
 _FITTERS = {"svm": _fit_svm, "head": _fit_head, "finetune": _fit_finetune}

@@ -24,9 +24,9 @@ from core.weights import weighted_cross_entropy
 
 FINETUNE_SETTINGS = ("backbone", "pool", "image_size", "epochs", "lr", "batch_size", "unfreeze_last", "hflip",
                      "device", "workers", "seed")
-FinetuneConfig = dataclasses.make_dataclass("FinetuneConfig", config_fields(FINETUNE_SETTINGS), frozen=True)
-FinetuneConfig.__doc__ = "Settings of one fine-tuning run (declared in core.settings)."
-FinetuneConfig.__module__ = __name__
+FinetuneConfig = dataclasses.make_dataclass(
+    "FinetuneConfig", config_fields(FINETUNE_SETTINGS), frozen=True,
+    namespace={"__doc__": "Settings of one fine-tuning run (declared in core.settings).", "__module__": __name__})
 
 
 @dataclass

@@ -118,8 +118,8 @@ def config_fields(names=None) -> list[tuple]:
 
 def check_settings(config) -> None:
     """Check every declared field of a config dataclass against its declaration."""
+    if hasattr(config, "backbone"):
+        get_entry(config.backbone)  # an unknown name raises with close matches
     for f in dataclasses.fields(config):
         if f.name in BY_NAME and BY_NAME[f.name].default is not REQUIRED:
             BY_NAME[f.name].check(getattr(config, f.name))
-    if hasattr(config, "backbone"):
-        get_entry(config.backbone)  # an unknown name raises with close matches

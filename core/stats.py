@@ -71,6 +71,13 @@ def _interval(values: np.ndarray) -> tuple[float, float]:
     return float(low), float(high)
 
 
+def point_scores(y_true, y_pred, n_classes: int) -> dict[str, float]:
+    """Accuracy, macro-F1 and balanced accuracy of one set of predictions (as `core.metrics.evaluate`)."""
+    y_true, (y_pred,) = _check(y_true, [y_pred], n_classes, 1)
+    scores = _scores(*_resample_counts(y_true, y_pred, n_classes, np.arange(len(y_true))[None, :]))
+    return {metric: float(values[0]) for metric, values in scores.items()}
+
+
 def bootstrap_interval(y_true, y_pred, n_classes: int, metric: str, *, n_boot: int = 1000,
                        seed: int = 0) -> tuple[float, float]:
     """Bootstrap 95% interval of `metric` (accuracy, macro_f1 or balanced_accuracy) over resampled test images.
@@ -115,12 +122,11 @@ def paired_comparison(y_true, pred_a, pred_b, n_classes: int, *, n_boot: int = 1
     y_true, (pred_a, pred_b) = _check(y_true, [pred_a, pred_b], n_classes, n_boot)
     right_a, right_b = pred_a == y_true, pred_b == y_true
     a_only, b_only = int((right_a & ~right_b).sum()), int((~right_a & right_b).sum())
-    whole = np.arange(len(y_true))[None, :]
     index = _indices(len(y_true), n_boot, seed)
     result = {"mcnemar_p": mcnemar_exact(a_only, b_only), "n_a_only": a_only, "n_b_only": b_only}
-    point = {name: _scores(*_resample_counts(y_true, p, n_classes, whole)) for name, p in (("a", pred_a), ("b", pred_b))}
+    point_a, point_b = point_scores(y_true, pred_a, n_classes), point_scores(y_true, pred_b, n_classes)
     boot = {name: _scores(*_resample_counts(y_true, p, n_classes, index)) for name, p in (("a", pred_a), ("b", pred_b))}
     for metric in METRICS:
-        result[f"{metric}_delta"] = float(point["b"][metric][0] - point["a"][metric][0])
+        result[f"{metric}_delta"] = point_b[metric] - point_a[metric]
         result[f"{metric}_low"], result[f"{metric}_high"] = _interval(boot["b"][metric] - boot["a"][metric])
     return result

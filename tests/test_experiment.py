@@ -170,3 +170,104 @@ def test_finetune_approach_end_to_end(tiny_dir, tmp_path, check_results_schema):
     assert results["cache_hit"] is False and results["feature_key"] is None
     assert not (cache / "features").exists()  # fine-tuning needs no cached features
     assert [r["run_id"] for r in RunStore(cache / "runs").list_runs()] == [run["run_id"]]
+
+
+# ---------------------------------------------------------------- issue 8: trustworthy numbers
+
+
+@pytest.fixture
+def on_demo_features(demo_dir, demo_features, feature_cache, image_size, tmp_path):
+    """`run(**overrides)`: run_experiment on the cached demo features into a private store; the results."""
+    base = dict(data=str(demo_dir), approaches=("svm",), class_weights=("none",), epochs=5, image_size=image_size,
+                device="cpu", cache_dir=str(feature_cache), workers=0)
+    store = RunStore(tmp_path / "runs")
+    return lambda **overrides: run_experiment(ExperimentConfig(**{**base, **overrides}), store=store)
+
+
+def test_tau_is_not_applied_to_svm_decision_values(on_demo_features):
+    plain, adjusted = (on_demo_features(tau=tau)["runs"][0] for tau in (0.0, 3.0))
+    assert adjusted["tau"] == 0.0  # the tau actually used
+    assert adjusted["confusion_matrix"] == plain["confusion_matrix"]
+
+
+def test_runs_record_seed_intervals_and_device(on_demo_features):
+    run = on_demo_features(seed=3)["runs"][0]
+    assert run["seed"] == 3 and run["config"]["seed"] == 3 and run["device"] == "cpu"
+    for metric in ("accuracy", "macro_f1", "balanced_accuracy"):
+        assert run[f"{metric}_low"] <= run[metric] <= run[f"{metric}_high"]
+        assert 0 < run[f"{metric}_high"] - run[f"{metric}_low"] < 0.5
+    assert run["no_test_support"] == []
+
+
+def test_seeds_train_every_run_once_per_seed(on_demo_features):
+    results = on_demo_features(approaches=("head",), seeds=(0, 1))
+    runs = results["runs"]
+    assert [r["seed"] for r in runs] == [0, 1] and results["config"]["seeds"] == [0, 1]
+    histories = [[row["train_loss"] for row in run["history"]] for run in runs]
+    assert histories[0] != histories[1]  # a different initialisation and shuffling
+
+
+def test_seeds_give_single_folder_datasets_their_own_split(make_class_tree, tmp_path, image_size):
+    root = make_class_tree(tmp_path / "flat", {"a": 8, "b": 8})
+    config = ExperimentConfig(data=str(root), approaches=("svm",), class_weights=("none",), seeds=(0, 1),
+                              image_size=image_size, device="cpu", cache_dir=str(tmp_path / "cache"), workers=0)
+    runs = run_experiment(config)["runs"]
+    fingerprints = [r["dataset"]["fingerprint"] for r in runs]
+    assert fingerprints[0] != fingerprints[1]
+    assert runs[0]["dataset"]["content_fingerprint"] == runs[1]["dataset"]["content_fingerprint"]
+
+
+def test_head_gets_the_batch_size_and_its_fit_time_excludes_test_scoring(on_demo_features, monkeypatch):
+    import time
+
+    import core.classifiers as classifiers
+
+    batch_sizes, real_score, real_clock, skipped = [], classifiers.LinearHead._score, time.perf_counter, [0.0]
+
+    def slow_score(self, prefix, X, y):  # scoring the test set "takes" 1000 s on a shifted clock
+        batch_sizes.append(self.batch_size)
+        result = real_score(self, prefix, X, y)
+        skipped[0] += 1000.0 if prefix == "test" else 0.0
+        return result
+
+    monkeypatch.setattr(classifiers.LinearHead, "_score", slow_score)
+    monkeypatch.setattr(time, "perf_counter", lambda: real_clock() + skipped[0])
+    run = on_demo_features(approaches=("head",), batch_size=7, epochs=3)["runs"][0]
+    assert set(batch_sizes) == {7}
+    epochs = len(run["history"])
+    assert run["learning_curve_seconds"] >= 1000 * epochs
+    assert run["fit_seconds"] < 1000  # the test scoring went to the learning curve, not to fitting
+
+
+def test_tune_picks_svm_c_and_head_tau_on_training_folds_only(on_demo_features, monkeypatch, demo_features):
+    import core.tuning as tuning
+
+    seen = []
+    real = tuning.out_of_fold_scores
+    monkeypatch.setattr(tuning, "out_of_fold_scores", lambda make, X, *a: (seen.append(len(X)), real(make, X, *a))[1])
+    monkeypatch.setattr("core.experiment.out_of_fold_scores", tuning.out_of_fold_scores)
+    results = on_demo_features(approaches=("svm", "head"), tune=True, svm_c=1234.0, tau=4.0)
+    svm, head = results["runs"]
+    assert svm["tuned"]["svm_c"] in tuning.SVM_C_GRID and "cv_macro_f1" in svm["tuned"]
+    assert head["tuned"]["tau"] in tuning.TAU_GRID and head["tau"] == head["tuned"]["tau"]
+    assert seen and set(seen) == {len(demo_features.X_train)}  # cross-validation never sees the test set
+
+
+def test_results_hold_paired_comparisons(on_demo_features):
+    results = on_demo_features(class_weights=("none", "balanced"))
+    (pair,) = results["comparisons"]
+    none, balanced = results["runs"]
+    assert (pair["run_a"], pair["run_b"]) == (none["run_id"], balanced["run_id"])
+    assert pair["accuracy_delta"] == pytest.approx(balanced["accuracy"] - none["accuracy"])
+    assert 0 <= pair["mcnemar_p"] <= 1 and pair["macro_f1_low"] <= pair["macro_f1_delta"] <= pair["macro_f1_high"]
+
+
+@pytest.mark.parametrize("overrides,match", [
+    ({"seeds": (0, -1)}, "seeds"),
+    ({"image_size": 3}, "image_size"),
+    ({"batch_size": 0}, "batch_size"),
+    ({"test_size": 0.99}, "test_size"),
+])
+def test_declared_ranges_are_checked(demo_dir, tmp_path, overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        ExperimentConfig(data=str(demo_dir), cache_dir=str(tmp_path), **overrides).validate()
