@@ -6,6 +6,7 @@ Progress goes to stderr, results to files.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import traceback
@@ -13,13 +14,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from core.backbones import POOLS, list_backbones
+from core.backbones import list_backbones
 from core.data import build_demo_dataset, load_dataset
 from core.errors import Cancelled, TransferScopeError
 from core.features import init_distributed, rank_world
-from core.experiment import APPROACHES, SVM_KERNELS, ExperimentConfig, load_features, run_experiment
+from core.experiment import ExperimentConfig, load_features, run_experiment
 from core.report import write_report
 from core.runs import atomic_write_json
+from core.settings import REQUIRED, SETTINGS, parse_list
 from core.sharing import owner_token
 
 DEMO_DIR = "cache/datasets/digits-demo"
@@ -55,41 +57,35 @@ class TqdmProgress:
         self.bars.clear()
 
 
-def _csv(value: str) -> tuple[str, ...]:
-    return tuple(v.strip() for v in value.split(",") if v.strip())
-
-
-def _add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, help="dataset folder: DIR/train/<class>, DIR/test/<class> or DIR/<class>")
-    p.add_argument("--backbone", default="efficientnet_lite0", help=f"one of {', '.join(list_backbones())}")
-    p.add_argument("--pool", default="avg", choices=POOLS, help="adaptive global pooling of the last feature map")
-    p.add_argument("--image-size", type=int, default=None, help="short side in pixels (default: the backbone's, 224)")
-    p.add_argument("--test-size", type=float, default=0.2, help="test fraction when DIR has no train/test split")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=None, help="image decoding processes (default: auto)")
-    p.add_argument("--cache-dir", default="cache")
+def _add_settings(p: argparse.ArgumentParser, command: str) -> None:
+    """One option per setting declared (core.settings) for `command`."""
+    for setting in SETTINGS:
+        if command not in setting.commands:
+            continue
+        shown = ",".join(map(str, setting.default)) if setting.many else setting.default
+        options = f"; one of {', '.join(map(str, setting.choices))}" if setting.choices else ""
+        kwargs = {"dest": setting.name, "help": f"{setting.help}{options}"}
+        if setting.default is REQUIRED:
+            kwargs["required"] = True
+        elif setting.default is None:
+            kwargs["default"] = None
+        else:
+            kwargs.update(default=setting.default, help=f"{kwargs['help']} (default: {shown})")
+        if setting.type is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = functools.partial(parse_list, kind=setting.type) if setting.many else setting.type
+        p.add_argument(setting.cli_flag, **kwargs)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m core", description="TransferScope: compare transfer-learning approaches")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     exp = sub.add_parser("experiment", help="extract features, train approaches x class weights, write results")
-    _add_data_args(exp)
-    exp.add_argument("--approaches", type=_csv, default=("svm", "head"), help=f"comma list of {','.join(APPROACHES)}")
-    exp.add_argument("--class-weight", type=_csv, default=("none", "balanced"),
-                     help="comma list of none,balanced,sqrt,effective or a custom JSON file {class: weight}")
-    exp.add_argument("--epochs", type=int, default=20)
-    exp.add_argument("--lr", type=float, default=3e-3)
-    exp.add_argument("--unfreeze-last", action="store_true", help="fine-tune also trains the backbone's last block")
-    exp.add_argument("--tau", type=float, default=0.0, help="post-hoc logit adjustment strength (0 = off)")
-    exp.add_argument("--beta", type=float, default=0.999, help="beta of the effective-number weights")
-    exp.add_argument("--svm-kernel", default="rbf", choices=SVM_KERNELS)
-    exp.add_argument("--svm-c", type=float, default=1.0)
+    _add_settings(exp, "experiment")
     exp.add_argument("--out", required=True, help="results JSON file")
     ext = sub.add_parser("extract", help="extract and cache features; prints key, n and seconds")
-    _add_data_args(ext)
+    _add_settings(ext, "extract")
     demo = sub.add_parser("demo-data", help="write the embedded imbalanced digits demo dataset")
     demo.add_argument("--out", default=DEMO_DIR)
     rep = sub.add_parser("report", help="turn a results JSON into a Markdown or self-contained HTML report")
@@ -102,18 +98,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-DATA_SETTINGS = ("data", "backbone", "pool", "image_size", "test_size", "seed", "device", "batch_size", "workers",
-                 "cache_dir")
-
-
 def _config(args) -> ExperimentConfig:
-    """The ExperimentConfig of a command line: the shared data settings plus the experiment's own, if any."""
-    settings = {name: getattr(args, name) for name in DATA_SETTINGS}
-    if args.command == "experiment":
-        settings.update(approaches=args.approaches, class_weights=args.class_weight, epochs=args.epochs, lr=args.lr,
-                        unfreeze_last=args.unfreeze_last, tau=args.tau, beta=args.beta, svm_kernel=args.svm_kernel,
-                        svm_c=args.svm_c)
-    return ExperimentConfig(**settings)
+    """The ExperimentConfig of a command line: every setting its command takes, the rest at their defaults."""
+    return ExperimentConfig(**{s.name: getattr(args, s.name) for s in SETTINGS if args.command in s.commands})
 
 
 def cmd_experiment(args, progress) -> None:
@@ -122,10 +109,12 @@ def cmd_experiment(args, progress) -> None:
     if rank_world()[0] != 0:
         return
     atomic_write_json(Path(args.out), results)
-    print(f"{'approach':<9} {'weights':<16} {'acc':>6} {'bal_acc':>7} {'macroF1':>7} {'fit_s':>8}", file=sys.stderr)
+    print(f"{'approach':<9} {'weights':<16} {'seed':>4} {'acc':>6} {'bal_acc':>7} {'macroF1 [95% interval]':>22} "
+          f"{'fit_s':>8}", file=sys.stderr)
     for r in results["runs"]:
-        print(f"{r['approach']:<9} {r['class_weight']:<16} {r['accuracy']:6.3f} {r['balanced_accuracy']:7.3f} "
-              f"{r['macro_f1']:7.3f} {r['fit_seconds']:8.2f}", file=sys.stderr)
+        print(f"{r['approach']:<9} {r['class_weight']:<16} {r['seed']:>4} {r['accuracy']:6.3f} "
+              f"{r['balanced_accuracy']:7.3f} {r['macro_f1']:7.3f} [{r['macro_f1_low']:.3f}, {r['macro_f1_high']:.3f}] "
+              f"{r['fit_seconds']:8.2f}", file=sys.stderr)
     hit = "cache hit" if results["cache_hit"] else "extracted"
     print(f"features: {hit}; results written to {args.out}", file=sys.stderr)
 

@@ -88,7 +88,7 @@ SETTINGS: tuple[Setting, ...] = (
     S("device", str, "auto", "where to run the CNN", "Device", choices=("auto", "cpu", "cuda")),
     S("cache_dir", str, "cache", "folder of the feature cache and the run store", on_page=False),
     S("test_size", float, 0.2, "test fraction when DIR has no train/test split", "Test size", 0.05, 0.9),
-    S("image_size", int, None, "short side in pixels; empty = the backbone's own (224)", "Image size (short side, px)",
+    S("image_size", int, None, "short side in pixels (default: the backbone's own, 224)", "Image size (short side, px)",
       16, 2048, optional=True),
     S("unfreeze_last", bool, False, "fine-tune also trains the backbone's last block (at lr / 10)", "Unfreeze last",
       commands=("experiment",)),
@@ -102,7 +102,7 @@ SETTINGS: tuple[Setting, ...] = (
       commands=("experiment",)),
     S("tune", bool, False, "pick tau (head, finetune) and the SVM's C by stratified cross-validation on the "
       "training set; the test set is scored once", "Tune on validation", commands=("experiment",)),
-    S("workers", int, None, "image decoding processes (empty = auto)", "Decoding workers", 0, 64, optional=True,
+    S("workers", int, None, "image decoding processes (default: auto)", "Decoding workers", 0, 64, optional=True,
       on_page=False),
 )
 BY_NAME = {s.name: s for s in SETTINGS}

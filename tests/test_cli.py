@@ -292,3 +292,36 @@ def test_cancel_exits_130(tiny_dir, tmp_path, monkeypatch):
     code, _, stderr = run_main(["experiment", "--data", tiny_dir, "--out", tmp_path / "r.json"])
     assert code == 130 and "resumes" in stderr
 
+
+
+# ---------------------------------------------------------------- settings declared once, seeds, tuning
+
+
+def test_every_declared_setting_reaches_the_config():
+    from core.settings import SETTINGS
+
+    args = cli.get_args_parser().parse_args(
+        ["experiment", "--data", "d", "--out", "r.json", "--seeds", "0,2", "--tune", "--no-hflip", "--svm-c", "3",
+         "--class-weight", "none,sqrt", "--image-size", "64", "--workers", "1"])
+    config = cli._config(args)
+    assert (config.seeds, config.tune, config.hflip, config.svm_c) == ((0, 2), True, False, 3.0)
+    assert (config.class_weights, config.image_size, config.workers) == (("none", "sqrt"), 64, 1)
+    experiment_settings = {s.name for s in SETTINGS if "experiment" in s.commands}
+    assert experiment_settings == {f.name for f in __import__("dataclasses").fields(config)}
+
+
+def test_bad_seed_list_is_a_usage_error(tmp_path):
+    assert_usage_error(*run_main(["experiment", "--data", tmp_path, "--seeds", "0,x", "--out", tmp_path / "r.json"]),
+                       "0,x")
+
+
+def test_seeds_and_tune_end_to_end(first_run, tiny_dir, tmp_path):
+    cache, out = first_run[0], tmp_path / "seeds.json"
+    code, _, stderr = run_main(["experiment", "--data", tiny_dir, "--cache-dir", cache, "--epochs", "3", "--seeds",
+                                "0,1", "--tune", "--out", out, *FAST])
+    assert code == 0, stderr
+    runs = json.loads(out.read_text())["runs"]
+    assert sorted((r["seed"], r["approach"], r["class_weight"]) for r in runs) == sorted(
+        (seed, a, w) for seed in (0, 1) for a in ("svm", "head") for w in ("none", "balanced"))
+    assert all(("svm_c" if r["approach"] == "svm" else "tau") in r["tuned"] for r in runs)
+    assert "macroF1 [95% interval]" in stderr
