@@ -3,41 +3,41 @@ import streamlit as st
 
 import ui
 from core.analysis import weight_table, weights_from_table
-from core.backbones import POOLS, list_backbones
 from core.errors import ClassWeightError
-from core.experiment import APPROACHES, SVM_KERNELS, ExperimentConfig
+from core.experiment import ExperimentConfig
+from core.settings import BY_NAME, SETTINGS, Setting, parse_list
 from core.weights import SCHEMES
 
 BUILTIN_SCHEMES = [s for s in SCHEMES if s != "custom"]
+MAIN_SETTINGS = ("backbone", "pool", "approaches", "epochs")
+
+
+def setting_widget(container, setting: Setting):
+    """The widget of one declared setting (key `train_<name>`); returns its value."""
+    key, label, help_text = f"train_{setting.name}", setting.label, setting.help
+    if setting.many and setting.choices:
+        return tuple(container.multiselect(label, setting.choices, default=list(setting.default), key=key,
+                                           help=help_text))
+    if setting.many:
+        return parse_list(container.text_input(label, ",".join(map(str, setting.default)), key=key, help=help_text),
+                          setting.type)
+    if setting.choices:
+        return container.selectbox(label, setting.choices, index=setting.choices.index(setting.default), key=key,
+                                   help=help_text)
+    if setting.type is bool:
+        return container.checkbox(label, setting.default, key=key, help=help_text)
+    return container.number_input(label, setting.type(setting.low), setting.type(setting.high), setting.default,
+                                  key=key, help=help_text, format="%g" if setting.type is float else "%d")
 
 
 def read_settings() -> dict:
-    """The main and advanced settings as ExperimentConfig keyword arguments."""
-    left, right = st.columns(2)
-    settings = dict(
-        backbone=left.selectbox("Backbone", list_backbones(), key="train_backbone"),
-        pool=right.selectbox("Pooling", POOLS, key="train_pool"),
-        approaches=tuple(left.multiselect(
-            "Approaches", APPROACHES, default=["svm", "head"], key="train_approaches",
-            help="svm and head reuse cached features; finetune trains through the backbone")),
-        epochs=right.number_input("Epochs", 1, 500, 20, key="train_epochs", help="head and finetune only"),
-    )
+    """The main and advanced settings (as declared in core.settings) as ExperimentConfig keyword arguments."""
+    main = st.columns(2)
+    settings = {name: setting_widget(main[i % 2], BY_NAME[name]) for i, name in enumerate(MAIN_SETTINGS)}
     with st.expander("Advanced"):
-        a, b, c = st.columns(3)
-        settings.update(
-            image_size=a.number_input("Image size (short side, px)", 16, 2048, 224, key="train_image_size"),
-            lr=b.number_input("Learning rate", 1e-6, 1.0, 3e-3, format="%.4f", key="train_lr"),
-            batch_size=c.number_input("Batch size", 1, 1024, 32, key="train_batch_size"),
-            test_size=a.number_input("Test size", 0.05, 0.9, 0.2, key="train_test_size",
-                                     help="test fraction for single-folder datasets (DIR/<class>/*)"),
-            seed=b.number_input("Seed", 0, 2**31 - 1, 0, key="train_seed"),
-            unfreeze_last=c.checkbox("Unfreeze last", key="train_unfreeze",
-                                     help="fine-tune also trains the backbone's last block (at lr / 10)"),
-            svm_kernel=a.selectbox("SVM kernel", SVM_KERNELS, key="train_svm_kernel"),
-            svm_c=b.number_input("SVM C", 1e-4, 1e4, 1.0, key="train_svm_c"),
-            tau=c.number_input("Logit adjustment tau", 0.0, 5.0, 0.0, step=0.1, key="train_tau"),
-            beta=a.number_input("Effective-number beta", 0.5, 0.99999, 0.999, format="%.5f", key="train_beta"),
-        )
+        columns = st.columns(3)
+        advanced = [s for s in SETTINGS if s.on_page and s.name not in MAIN_SETTINGS]
+        settings.update({s.name: setting_widget(columns[i % 3], s) for i, s in enumerate(advanced)})
     return settings
 
 
@@ -90,7 +90,8 @@ def show_outcome(results: dict) -> None:
         st.success(f"Features extracted in {extract} and cached for the next runs.")
     ui.runs_dataframe(results["runs"], key="job_runs", columns=("approach", "class weight", "macro-F1"))
     best = max(results["runs"], key=lambda run: run["macro_f1"])
-    st.page_link(ui.page("results"), label=f"Open the best run ({best['approach']} · {best['class_weight']})",
+    st.page_link(ui.page("results"), label=f"Open the run with the highest test macro-F1 ({best['approach']} · "
+                 f"{best['class_weight']}); picked on the test set, so not a validated choice",
                  query_params={"run": best["run_id"]}, icon=":material/insights:")
     st.page_link(ui.page("compare"), label="Compare all runs", icon=":material/compare_arrows:")
 

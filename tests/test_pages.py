@@ -155,6 +155,28 @@ def test_train_launches_job_that_finishes_and_runs_appear(features_only):
     assert {results.selectbox(key="results_run").value} <= {run["run_id"] for run in runs}
 
 
+def test_train_page_settings_reach_the_launched_config(features_only, monkeypatch):
+    """Image size left empty means the backbone's own (not 224); seeds and tuning come from the declared widgets."""
+    launched = []
+    monkeypatch.setattr(ui, "launch", launched.append)
+    at = page("train").run()
+    at.multiselect(key="train_schemes").set_value(["none"])
+    at.text_input(key="train_seeds").set_value("0,1,2")
+    at.checkbox(key="train_tune").check()
+    at.run().button(key="launch").click().run()
+    assert not at.exception
+    (config,) = launched
+    assert config.image_size is None and config.seeds == (0, 1, 2) and config.tune
+    assert config.epochs == 20 and config.batch_size == 32  # the declared defaults
+
+
+def test_train_page_bad_seed_list_is_a_message(features_only):
+    at = page("train").run()
+    at.text_input(key="train_seeds").set_value("0,one").run()
+    assert not at.exception
+    assert "0,one" in texts(at.error)
+
+
 def test_edited_class_weight_trains_a_custom_run(features_only):
     at = configure_training(page("train"), ["svm"], ["custom"])
     assert at.selectbox(key="custom_base").value == "balanced"
