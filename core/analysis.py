@@ -17,12 +17,13 @@ from core.data import Dataset, Sample, open_rgb
 from core.errors import ClassWeightError, ConfigError
 from core.metrics import check_confusion, evaluate, minority_mask
 from core.report import per_class_table
+from core.settings import LOGIT_APPROACHES
+from core.stats import paired_comparison
 from core.weights import adjust_logits, class_weights, custom_weights
 
 HEADLINE_METRICS = {"accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy",
                     "macro_f1": "Macro-F1", "weighted_f1": "Weighted F1"}
 APPROACH_NAMES = {"svm": "SVM", "head": "linear head", "finetune": "fine-tune"}
-LOGIT_APPROACHES = ("head", "finetune")  # their stored scores are logits
 MIN_FIT_S = 1e-3  # fit times are floored here so a speed-up factor never divides by 0
 
 
@@ -112,23 +113,77 @@ def run_table(records: list[dict]) -> pd.DataFrame:
     })
 
 
-def speedups(records: list[dict], with_extraction: bool = False) -> list[dict]:
-    """How many times faster the fastest approach fits than each other one (median fit time per approach).
+def _timing_seconds(record: dict, stage: str, with_extraction: bool) -> float:
+    """Fit or predict seconds of a run; svm/head optionally with the extraction of the images it needs.
 
-    `with_extraction` adds each run's one-off feature extraction time (svm and head) to its fit time.
+    Fit counts the whole one-off extraction; predict counts the test images' share, since fine-tuning's
+    predict time includes decoding the test images and running the CNN on them.
+    """
+    if stage == "predict":
+        return record["predict_seconds"] + (record.get("test_extract_seconds", 0.0) if with_extraction else 0.0)
+    return record["fit_seconds"] + (record.get("extract_seconds", 0.0) if with_extraction else 0.0)
+
+
+def speedups(records: list[dict], with_extraction: bool = False, stage: str = "fit") -> list[dict]:
+    """How many times faster the fastest approach is than each other one (median time per approach).
+
+    Pass runs of one like-for-like group (`comparable_groups`). `stage` is "fit" or "predict";
+    `with_extraction` adds the feature extraction that svm and head runs rely on.
 
     >>> speedups([{"approach": "svm", "fit_seconds": 0.5}, {"approach": "finetune", "fit_seconds": 50.0}])
     [{'fast': 'svm', 'slow': 'finetune', 'factor': 100.0}]
     """
     by_approach: dict[str, list[float]] = {}
     for record in records:
-        seconds = record["fit_seconds"] + (record.get("extract_seconds", 0.0) if with_extraction else 0.0)
+        seconds = _timing_seconds(record, stage, with_extraction)
         by_approach.setdefault(record["approach"], []).append(max(seconds, MIN_FIT_S))
     medians = sorted((float(np.median(times)), approach) for approach, times in by_approach.items())
     if len(medians) < 2:
         return []
     fastest_s, fastest = medians[0]
     return [{"fast": fastest, "slow": approach, "factor": seconds / fastest_s} for seconds, approach in medians[1:]]
+
+
+def group_key(record: dict) -> tuple[str, str, str]:
+    """What makes runs comparable: the dataset's files, the backbone and the device they ran on."""
+    dataset, config = record["dataset"], record.get("config", {})
+    backbone = record.get("backbone", {}).get("name") or config.get("backbone", "?")
+    files = dataset.get("content_fingerprint") or dataset.get("fingerprint") or dataset.get("root", "?")
+    return files, backbone, record.get("device") or config.get("device", "?")
+
+
+def comparable_groups(records: list[dict]) -> list[dict]:
+    """Runs grouped like for like (same dataset files, backbone, device), largest group first.
+
+    Each group: `{"label": "digits-demo · efficientnet_lite0 · cpu (4 runs)", "runs": [...]}`.
+    """
+    groups: dict[tuple, list[dict]] = {}
+    for record in records:
+        groups.setdefault(group_key(record), []).append(record)
+    ordered = sorted(groups.values(), key=len, reverse=True)
+    return [{"label": f"{Path(runs[0]['dataset'].get('root', '?')).name} · {group_key(runs[0])[1]} · "
+                      f"{group_key(runs[0])[2]} ({len(runs)} runs)", "runs": runs} for runs in ordered]
+
+
+REPEAT_IGNORED = ("seed", "seeds", "data", "cache_dir", "workers")  # settings that don't define a configuration
+
+
+def seed_summary(records: list[dict]) -> pd.DataFrame:
+    """Mean ± standard deviation over seeds of each configuration (approach, weights and the other settings)."""
+    configurations: dict[str, list[dict]] = {}
+    for record in records:
+        settings = {k: v for k, v in record.get("config", {}).items() if k not in REPEAT_IGNORED}
+        key = repr((record["approach"], record["class_weight"], record.get("tau"), sorted(settings.items())))
+        configurations.setdefault(key, []).append(record)
+    rows = []
+    for runs in configurations.values():
+        row = {"approach": runs[0]["approach"], "class weight": runs[0]["class_weight"], "seeds": len(runs)}
+        for key, label in (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"),
+                           ("macro_f1", "macro-F1"), ("fit_seconds", "fit s")):
+            values = np.array([run[key] for run in runs])
+            row[label] = f"{values.mean():.3f} ± {values.std(ddof=1) if len(values) > 1 else 0:.3f}"
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def score_matrix(predictions: pd.DataFrame, n_classes: int) -> np.ndarray:
@@ -199,6 +254,38 @@ def run_settings(record: dict) -> pd.DataFrame:
 def class_report(record: dict) -> pd.DataFrame:
     """Per-class precision, recall, F1, counts, minority flag and the class weight the run trained with."""
     return per_class_table(record).assign(weight=np.round(record["class_weights"], 4))
+
+
+def paired_diff(record_a: dict, predictions_a: pd.DataFrame, record_b: dict, predictions_b: pd.DataFrame) -> dict:
+    """McNemar's test and paired bootstrap intervals of B minus A; None when they saw different test images."""
+    same_images = (record_a["dataset"].get("fingerprint") == record_b["dataset"].get("fingerprint")
+                   and predictions_a["path"].tolist() == predictions_b["path"].tolist())
+    if not same_images:
+        return None
+    return paired_comparison(predictions_a["true"].to_numpy(dtype=int), predictions_a["pred"].to_numpy(dtype=int),
+                             predictions_b["pred"].to_numpy(dtype=int), len(record_a["dataset"]["classes"]))
+
+
+def paired_table(paired: dict) -> pd.DataFrame:
+    """The change B − A of each metric with its paired bootstrap 95% interval."""
+    return pd.DataFrame([{"metric": label, "B − A": paired[f"{key}_delta"], "95% low": paired[f"{key}_low"],
+                          "95% high": paired[f"{key}_high"]}
+                         for key, label in HEADLINE_METRICS.items() if f"{key}_delta" in paired])
+
+
+def paired_verdict(paired: dict) -> str:
+    """One sentence a student can read: the discordant images and McNemar's p-value."""
+    p = paired["mcnemar_p"]
+    verdict = "unlikely to be noise" if p < 0.05 else "could well be noise"
+    return (f"B is right where A is wrong on {paired['n_b_only']} test images, the reverse on {paired['n_a_only']}; "
+            f"McNemar's exact test p = {p:.3g}, so the difference in accuracy {verdict}.")
+
+
+def interval_caption(record: dict) -> str | None:
+    """'95% bootstrap intervals: accuracy 0.81–0.87 · …' for a run record; None for runs recorded before intervals."""
+    parts = [f"{label} {record[f'{key}_low']:.3f}–{record[f'{key}_high']:.3f}"
+             for key, label in HEADLINE_METRICS.items() if f"{key}_low" in record]
+    return f"95% bootstrap intervals over test images: {' · '.join(parts)}" if parts else None
 
 
 def check_comparable(record_a: dict, record_b: dict) -> None:

@@ -26,6 +26,8 @@ PX_PER_CLASS = 34
 MIN_HEIGHT_PX = 380
 MIN_FIT_S = 1e-3  # a log axis cannot show 0 s, so faster fits are drawn here
 METRIC_SYMBOLS = {"accuracy": ("Accuracy", "circle"), "macro_f1": ("Macro-F1", "diamond")}
+UNRELIABLE_MAX_TEST = 3  # per-class changes from this few test images are mostly noise
+UNRELIABLE_HATCH = "x"
 RUN_KEYS = ("run_id", "approach", "class_weight", "accuracy", "macro_f1", "fit_seconds")
 
 
@@ -242,8 +244,17 @@ def _check_runs(runs):
             )
 
 
+def _run_error_bars(runs, metric):
+    """Bootstrap 95% error bars of ``metric``; runs recorded before intervals existed get none."""
+    above = [run.get(f"{metric}_high", run[metric]) - run[metric] for run in runs]
+    below = [run[metric] - run.get(f"{metric}_low", run[metric]) for run in runs]
+    return dict(type="data", array=above, arrayminus=below, visible=True, thickness=1)
+
+
 def tradeoff_figure(runs):
     """Accuracy and macro-F1 versus fit time (log scale), coloured by approach, with the accuracy Pareto front.
+
+    Error bars are each run's bootstrap 95% interval over test images (when recorded).
 
     Example:
         >>> fig = tradeoff_figure([{"run_id": "r1", "approach": "svm", "class_weight": "balanced",
@@ -261,6 +272,7 @@ def tradeoff_figure(runs):
         for metric, (label, symbol) in METRIC_SYMBOLS.items():
             fig.add_trace(go.Scatter(
                 x=[fit_s[i] for i in members], y=[runs[i][metric] for i in members], mode="markers",
+                error_y=_run_error_bars([runs[i] for i in members], metric),
                 name=f"{approach} · {label}", legendgroup=approach, customdata=hover_data,
                 marker=dict(color=color, symbol=symbol, size=11, line=dict(width=1, color="white")),
                 hovertemplate=f"{label} %{{y:.3f}}<br>fit %{{x:.2f}} s<br>approach %{{customdata[0]}}"
@@ -316,14 +328,25 @@ def f1_delta_figure(per_class_a, per_class_b, label_a, label_b):
             "compare runs on the same dataset"
         )
     deltas = [b["f1"] - a["f1"] for a, b in zip(per_class_a, per_class_b)]
+    support = [row["support"] for row in per_class_a]
+    shaky = [0 < n <= UNRELIABLE_MAX_TEST for n in support]
     colors = [POSITIVE_COLOR if d > 0 else NEGATIVE_COLOR if d < 0 else NEUTRAL_COLOR for d in deltas]
     flags = [row["minority"] for row in per_class_a]
     fig = go.Figure(go.Bar(
-        y=names, x=deltas, orientation="h", marker=dict(color=colors), name=f"F1 {label_b} − {label_a}",
-        customdata=[[a["f1"], b["f1"]] for a, b in zip(per_class_a, per_class_b)],
+        y=names, x=deltas, orientation="h", name=f"F1 {label_b} − {label_a}",
+        marker=dict(color=colors, opacity=[0.35 if s else 1.0 for s in shaky],
+                    pattern_shape=[UNRELIABLE_HATCH if s else "" for s in shaky]),
+        customdata=[[a["f1"], b["f1"], n] for a, b, n in zip(per_class_a, per_class_b, support)],
         hovertemplate=f"%{{y}}<br>F1 {label_a} %{{customdata[0]:.2f}} → {label_b} %{{customdata[1]:.2f}}"
-                      "<br>change %{x:+.2f}<extra></extra>",
+                      "<br>change %{x:+.2f}<br>%{customdata[2]} test images<extra></extra>",
     ))
     fig.add_vline(x=0, line=dict(color=NEUTRAL_COLOR, width=1))
-    return _style_class_bars(fig, names, flags, f"Per-class F1 change: {label_b} minus {label_a}",
-                             f"F1({label_b}) − F1({label_a})")
+    suffixes = [f" (n={n}, unreliable)" if s else " (no test images)" if n == 0 else ""
+                for n, s in zip(support, shaky)]
+    fig = _style_class_bars(fig, names, flags, f"Per-class F1 change: {label_b} minus {label_a}",
+                            f"F1({label_b}) − F1({label_a})", suffixes)
+    if any(shaky):
+        fig.add_annotation(text=f"faded, hatched = {UNRELIABLE_MAX_TEST} or fewer test images: one image more or "
+                                "less swings F1 a lot", xref="paper", yref="paper", x=0, y=1.1, xanchor="left",
+                           yanchor="bottom", showarrow=False)
+    return fig

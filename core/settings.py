@@ -13,6 +13,7 @@ from core.backbones import POOLS, get_entry, list_backbones
 from core.errors import ConfigError
 
 APPROACHES = ("svm", "head", "finetune")
+LOGIT_APPROACHES = ("head", "finetune")  # their scores are logits, so logit adjustment (tau) applies
 SVM_KERNELS = ("rbf", "linear", "poly", "sigmoid")
 REQUIRED = dataclasses.MISSING
 

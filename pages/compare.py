@@ -1,23 +1,27 @@
-"""Compare page: accuracy versus fit time, speed-ups, the runs table (with delete) and a two-run diff."""
+"""Compare page: like-for-like runs only: score versus fit time, speed-ups, seed repeats, runs and a two-run diff."""
 import streamlit as st
 
 import ui
-from core.analysis import APPROACH_NAMES, check_comparable, metrics_diff, run_labels, speedups
+from core.analysis import (APPROACH_NAMES, check_comparable, comparable_groups, metrics_diff, paired_diff,
+                           paired_table, paired_verdict, run_labels, seed_summary, speedups)
 from core.figures import confusion_diff_figure, f1_delta_figure, tradeoff_figure
+
+SPEEDUP_VIEWS = (("fit", False, "Fit time; the shared feature extraction is not counted."),
+                 ("fit", True, "Fit time counting the one-off feature extraction of svm and head."),
+                 ("predict", True, "Predicting the test set; svm and head include extracting its features, as "
+                                   "fine-tuning runs the CNN on every test image."))
 
 
 def show_speedups(runs: list[dict]) -> None:
     if not speedups(runs):
-        st.caption("Train more than one approach to compare their fit times.")
+        st.caption("Train more than one approach in this group to compare their times.")
         return
-    for with_extraction, caption in ((False, "Median fit time per approach; feature extraction is shared and "
-                                             "not included."),
-                                     (True, "Counting the one-off feature extraction of svm and head.")):
-        for row in speedups(runs, with_extraction):
+    for stage, with_extraction, caption in SPEEDUP_VIEWS:
+        for row in speedups(runs, with_extraction, stage):
             fast, slow = (APPROACH_NAMES.get(row[k], row[k]) for k in ("fast", "slow"))
             factor = row["factor"]
             st.markdown(f"- **{fast}** is **{factor:.{0 if factor >= 10 else 1}f}× faster** than {slow}")
-        st.caption(caption)
+        st.caption(f"{caption} Medians per approach.")
 
 
 def delete_selected() -> None:
@@ -37,6 +41,17 @@ def delete_runs(labels: dict[str, str]) -> None:
                   icon=":material/delete:", on_click=delete_selected)
 
 
+def show_paired(record_a: dict, record_b: dict) -> None:
+    paired = paired_diff(record_a, ui.load_predictions(record_a["run_id"]), record_b,
+                         ui.load_predictions(record_b["run_id"]))
+    if paired is None:
+        st.info("These runs were tested on different images (another split seed), so no paired test.")
+        return
+    st.dataframe(paired_table(paired), hide_index=True, key="paired_table",
+                 column_config={c: st.column_config.NumberColumn(format="%+.3f") for c in ("B − A", "95% low", "95% high")})
+    st.caption(paired_verdict(paired) + " An interval that contains 0 means the change could be noise.")
+
+
 def show_diff(labels: dict[str, str]) -> None:
     st.subheader("Two-run diff")
     ids = list(labels)
@@ -51,6 +66,7 @@ def show_diff(labels: dict[str, str]) -> None:
     st.dataframe(metrics_diff(record_a, record_b), hide_index=True, key="metrics_diff",
                  column_config={name: st.column_config.NumberColumn(format="%+.3f" if name == "B − A" else "%.3f")
                                 for name in ("A", "B", "B − A")})
+    show_paired(record_a, record_b)
     minority = [row["minority"] for row in record_a["per_class"]]
     ui.chart(confusion_diff_figure(record_a["confusion_matrix"], record_b["confusion_matrix"],
                                    record_a["dataset"]["classes"], "A", "B", minority=minority), key="confusion_diff")
@@ -59,22 +75,31 @@ def show_diff(labels: dict[str, str]) -> None:
 
 st.title("Compare")
 with ui.guard():
-    runs = ui.list_runs()
-    if not runs:
+    all_runs = ui.list_runs()
+    if not all_runs:
         ui.no_runs_hint()
     else:
+        groups = comparable_groups(all_runs)
+        chosen = st.selectbox("Runs compared (same dataset files, backbone and device)", range(len(groups)),
+                              format_func=lambda i: groups[i]["label"], key="compare_group")
+        runs = groups[chosen]["runs"]
         chart_col, speed_col = st.columns([3, 1])
         with chart_col:
             ui.chart(tradeoff_figure(runs), key="tradeoff")
+            st.caption("Error bars: 95% bootstrap intervals over the test images.")
         with speed_col:
             st.subheader("Speed-up")
             show_speedups(runs)
+        repeats = seed_summary(runs)
+        if (repeats["seeds"] > 1).any():
+            st.subheader("Repeats over seeds (mean ± standard deviation)")
+            st.dataframe(repeats, hide_index=True, key="seed_summary")
         st.subheader("Runs")
         ui.runs_dataframe(runs, key="runs_table")
         labels = run_labels(runs)
-        delete_runs(labels)
+        delete_runs(run_labels(all_runs))
         if len(runs) < 2:
-            st.info("Only one run so far: train another one (e.g. with other class weights) to see a two-run diff.",
-                    icon=":material/info:")
+            st.info("Only one run in this group: train another one (e.g. with other class weights) to see a "
+                    "two-run diff.", icon=":material/info:")
         else:
             show_diff(labels)

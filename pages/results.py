@@ -4,8 +4,8 @@ from pathlib import Path
 import streamlit as st
 
 import ui
-from core.analysis import (HEADLINE_METRICS, LOGIT_APPROACHES, class_report, error_cells, metric_deltas,
-                           misclassified_paths, rescore, run_labels, run_settings)
+from core.analysis import (HEADLINE_METRICS, LOGIT_APPROACHES, class_report, error_cells, interval_caption,
+                           metric_deltas, misclassified_paths, rescore, run_labels, run_settings)
 from core.figures import confusion_matrix_figure, learning_curve_figure, per_class_figure
 
 GALLERY_MAX = 24
@@ -31,6 +31,11 @@ def show_metrics(record: dict) -> None:
         col.metric(label, f"{record[key]:.3f}")
     cols[-1].metric("Fit time", ui.format_seconds(record["fit_seconds"]),
                     help=f"predicting the test set took {ui.format_seconds(record['predict_seconds'])}")
+    if interval_caption(record):
+        st.caption(interval_caption(record) + " (how much the score could move with another sample of test images)")
+    if record.get("no_test_support"):
+        st.warning(f"No test images, so not scored (left out of the averages): {', '.join(record['no_test_support'])}",
+                   icon=":material/warning:")
     if record["never_predicted"]:
         weights = "balanced class weights" if record["class_weight"] == "none" else "larger custom weights for them"
         remedy = " or the logit adjustment below" if record["approach"] in LOGIT_APPROACHES else ""

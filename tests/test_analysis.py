@@ -7,9 +7,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from core.analysis import (check_comparable, class_report, class_table, error_cells, image_size_summary, metric_deltas,
-                           metrics_diff, misclassified_paths, rescore, run_label, run_labels, run_table, sample_paths,
-                           run_settings, score_matrix, speedups, thumbnail, weight_table, weights_from_table)
+from core.analysis import (check_comparable, class_report, class_table, comparable_groups, error_cells,
+                           image_size_summary, interval_caption, metric_deltas, metrics_diff, misclassified_paths,
+                           paired_diff, paired_table, paired_verdict, rescore, run_label, run_labels, run_table,
+                           sample_paths, run_settings, score_matrix, seed_summary, speedups, thumbnail, weight_table,
+                           weights_from_table)
 from core.data import Dataset, Sample
 from core.errors import ClassWeightError, ConfigError
 from core.metrics import evaluate
@@ -182,3 +184,55 @@ def test_speedups_can_count_the_one_off_extraction():
                {"approach": "finetune", "fit_seconds": 300.0, "extract_seconds": 0.0}]
     assert speedups(records)[0]["factor"] == pytest.approx(3000.0)
     assert speedups(records, with_extraction=True)[0]["factor"] == pytest.approx(30.0)
+
+
+def test_predict_speedup_counts_extracting_the_test_images_for_feature_approaches():
+    records = [{"approach": "svm", "fit_seconds": 0.1, "predict_seconds": 0.01, "test_extract_seconds": 2.0},
+               {"approach": "finetune", "fit_seconds": 300.0, "predict_seconds": 4.0}]
+    assert speedups(records, stage="predict")[0] == {"fast": "svm", "slow": "finetune", "factor": pytest.approx(400)}
+    assert speedups(records, True, "predict")[0]["factor"] == pytest.approx(4.0 / 2.01)
+
+
+def grouped_record(run_id, files="f1", backbone="efficientnet_lite0", device="cpu", **extra):
+    return {**make_record(run_id=run_id, **extra), "device": device, "backbone": {"name": backbone},
+            "dataset": {"root": "/data/boats", "classes": CLASSES, "train_counts": [80, 15, 5],
+                        "fingerprint": files + "-split", "content_fingerprint": files}}
+
+
+def test_comparable_groups_keep_dataset_backbone_and_device_apart():
+    records = [grouped_record("a"), grouped_record("b"), grouped_record("c", device="cuda"),
+               grouped_record("d", backbone="resnet18"), grouped_record("e", files="f2")]
+    groups = comparable_groups(records)
+    assert [[r["run_id"] for r in g["runs"]] for g in groups] == [["a", "b"], ["c"], ["d"], ["e"]]
+    assert groups[0]["label"] == "boats · efficientnet_lite0 · cpu (2 runs)"
+    old = {k: v for k, v in make_record(run_id="old").items()}  # recorded before devices and fingerprints
+    assert comparable_groups([old])[0]["runs"] == [old]
+
+
+def test_seed_summary_gives_mean_and_std_per_configuration():
+    config = {"epochs": 20, "seed": 0}
+    records = [make_record(run_id=f"r{seed}", config={**config, "seed": seed}, macro_f1=value)
+               for seed, value in ((0, 0.5), (1, 0.7), (2, 0.6))]
+    records.append(make_record(run_id="other", config={**config, "epochs": 5}, macro_f1=0.1))
+    table = seed_summary(records)
+    assert table["seeds"].tolist() == [3, 1]
+    assert table["macro-F1"].tolist() == ["0.600 ± 0.100", "0.100 ± 0.000"]
+
+
+def test_paired_diff_needs_the_same_test_images():
+    a, b = make_record(run_id="a"), make_record(run_id="b")
+    a["dataset"]["fingerprint"] = b["dataset"]["fingerprint"] = "same"
+    preds_a = make_predictions()
+    preds_b = preds_a.assign(pred=[0, 0, 1, 2])  # B gets the rare image right
+    paired = paired_diff(a, preds_a, b, preds_b)
+    assert (paired["n_a_only"], paired["n_b_only"]) == (0, 1)
+    assert paired_table(paired)["B − A"].tolist()[0] == pytest.approx(0.25)
+    assert "on 1 test images, the reverse on 0" in paired_verdict(paired) and "could well be noise" in paired_verdict(paired)
+    other = make_predictions(paths=("e.png", "b.png", "c.png", "d.png"))
+    assert paired_diff(a, preds_a, b, other) is None
+
+
+def test_interval_caption_and_old_records():
+    record = make_record(accuracy_low=0.5, accuracy_high=0.9, macro_f1_low=0.2, macro_f1_high=0.6)
+    assert interval_caption(record) == "95% bootstrap intervals over test images: Accuracy 0.500–0.900 · Macro-F1 0.200–0.600"
+    assert interval_caption(make_record()) is None

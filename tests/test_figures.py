@@ -187,3 +187,26 @@ def test_confusion_cells_with_zero_are_blank():
     assert [list(row) for row in fig.data[0].text] == [["3", ""], ["1", "2"]]
     shares = figures.confusion_matrix_figure([[3, 0], [1, 3]], ["cat", "owl"], normalize=True)
     assert [list(row) for row in shares.data[0].text] == [["100%", ""], ["25%", "75%"]]
+
+
+def test_tradeoff_error_bars_are_the_recorded_intervals():
+    with_intervals = dict(_run("r1", "svm", 0.80, 0.70, 1.0), accuracy_low=0.75, accuracy_high=0.86,
+                          macro_f1_low=0.6, macro_f1_high=0.71)
+    old = _run("r2", "svm", 0.70, 0.60, 2.0)  # recorded before intervals: no bar
+    fig = tradeoff_figure([with_intervals, old])
+    accuracy, macro_f1 = fig.data[0], fig.data[1]
+    np.testing.assert_allclose(accuracy.error_y.array, [0.06, 0.0])
+    np.testing.assert_allclose(accuracy.error_y.arrayminus, [0.05, 0.0])
+    np.testing.assert_allclose(macro_f1.error_y.array, [0.01, 0.0])
+
+
+def test_f1_delta_marks_classes_with_few_test_images_unreliable():
+    y_true = [0] * 10 + [1] * 2 + [2] * 5
+    a = evaluate(y_true, [0] * 17, CLASSES)["per_class"]
+    b = evaluate(y_true, y_true, CLASSES)["per_class"]
+    fig = f1_delta_figure(a, b, "A", "B")
+    ticks = fig.layout.yaxis.ticktext
+    assert "unreliable" in ticks[1] and "n=2" in ticks[1]
+    assert "unreliable" not in ticks[0] + ticks[2]
+    assert list(fig.data[0].marker.opacity) == [1.0, 0.35, 1.0]
+    assert any("3 or fewer test images" in note.text for note in fig.layout.annotations)
