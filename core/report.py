@@ -54,6 +54,22 @@ def runs_table(runs: list[dict]) -> pd.DataFrame:
     return table.round(3)
 
 
+def comparisons_table(results: dict) -> pd.DataFrame:
+    """Paired comparisons of runs on the same test images: change B − A [95% interval] and McNemar's p."""
+    names = {r["run_id"]: f"{r['approach']} · {r['class_weight']} · seed {r.get('seed', 0)}" for r in results["runs"]}
+    rows = []
+    for pair in results.get("comparisons", []):
+        row = {"A": names.get(pair["run_a"], pair["run_a"]), "B": names.get(pair["run_b"], pair["run_b"])}
+        for key, label in (("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("balanced_accuracy", "balanced acc.")):
+            row[f"Δ {label} [95%]"] = f"{pair[f'{key}_delta']:+.3f} [{pair[f'{key}_low']:+.3f}, {pair[f'{key}_high']:+.3f}]"
+        rows.append({**row, "McNemar p": f"{pair['mcnemar_p']:.3g}"})
+    return pd.DataFrame(rows)
+
+
+PAIRED_NOTE = ("Each row compares two runs on the same test images. An interval that contains 0, or a McNemar "
+               "p above 0.05, means the change could be noise.")
+
+
 def per_class_table(run: dict) -> pd.DataFrame:
     rows = [{"class": c["class"], "train n": c.get("train_count"), "test n": c["support"],
              "precision": c["precision"], "recall": c["recall"], "F1": c["f1"],
@@ -70,6 +86,9 @@ def render_markdown(results: dict) -> str:
              f"- backbone: {results.get('backbone', {}).get('name', '?')}; feature extraction "
              f"{results.get('extract_seconds', 0):.1f} s ({'cache hit' if results.get('cache_hit') else 'computed'})",
              "", "## Runs", "", runs_table(results["runs"]).to_markdown(index=False), ""]
+    if results.get("comparisons"):
+        lines += ["## Paired comparisons (B minus A)", "", PAIRED_NOTE, "",
+                  comparisons_table(results).to_markdown(index=False), ""]
     for run in results["runs"]:
         lines += [f"## {run['approach']} · {run['class_weight']} ({run.get('run_id', '')})", "",
                   per_class_table(run).to_markdown(index=False), ""]
@@ -87,6 +106,9 @@ def render_html(results: dict) -> str:
         figs.append(figures.tradeoff_figure(results["runs"]))
     parts = [_figure_html(f, i == 0) for i, f in enumerate(figs)]
     parts.append(runs_table(results["runs"]).to_html(index=False, classes="runs"))
+    if results.get("comparisons"):
+        parts += [f"<h2>Paired comparisons (B minus A)</h2><p>{PAIRED_NOTE}</p>",
+                  comparisons_table(results).to_html(index=False)]
     for run in results["runs"]:
         parts.append(f"<h2>{html.escape(run['approach'])} · {html.escape(run['class_weight'])}</h2>")
         parts.append(_figure_html(figures.confusion_matrix_figure(run["confusion_matrix"], ds["classes"]), False))

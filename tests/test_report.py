@@ -5,7 +5,7 @@ import re
 import pytest
 
 from core.errors import ConfigError
-from core.report import (per_class_table, read_results, render_html, render_markdown, render_runs_report,
+from core.report import (comparisons_table, per_class_table, read_results, render_html, render_markdown, render_runs_report,
                          results_from_runs, runs_table, write_report)
 
 
@@ -72,7 +72,7 @@ def test_html_report_is_self_contained(results_file, tmp_path, demo_experiment):
     assert not re.search(r"<script[^>]*\bsrc\s*=", page, flags=re.I)
     n_runs = len(demo_experiment[0]["runs"])
     assert page.count("Plotly.newPlot") == 2 + 2 * n_runs  # distribution, trade-off, 2 per run
-    assert page.count("<table") == 1 + n_runs
+    assert page.count("<table") == 2 + n_runs  # runs, paired comparisons, one per run
 
 
 def test_html_escapes_names(demo_experiment):
@@ -130,3 +130,17 @@ def test_report_of_saved_runs(demo_experiment):
         render_runs_report(records, "pdf")
     with pytest.raises(ConfigError, match="at least one run"):
         render_runs_report([], "html")
+
+
+def test_reports_show_paired_comparisons(demo_experiment):
+    results = demo_experiment[0]
+    assert results["comparisons"], "the demo experiment compares its runs"
+    table = comparisons_table(results)
+    assert len(table) == len(results["comparisons"])
+    first = results["comparisons"][0]
+    assert table["Δ accuracy [95%]"][0].startswith(f"{first['accuracy_delta']:+.3f} [")
+    markdown = render_markdown(results)
+    assert "## Paired comparisons (B minus A)" in markdown and "McNemar p" in markdown
+    assert "McNemar p" in render_html(results)
+    old = {**results, "comparisons": []}  # results written before paired statistics
+    assert "Paired comparisons" not in render_markdown(old)
