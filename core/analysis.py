@@ -162,7 +162,7 @@ def comparable_groups(records: list[dict]) -> list[dict]:
         groups.setdefault(group_key(record), []).append(record)
     ordered = sorted(groups.values(), key=len, reverse=True)
     return [{"label": f"{Path(runs[0]['dataset'].get('root', '?')).name} · {group_key(runs[0])[1]} · "
-                      f"{group_key(runs[0])[2]} ({len(runs)} runs)", "runs": runs} for runs in ordered]
+                      f"{group_key(runs[0])[2]} ({len(runs)} run{'s' * (len(runs) != 1)})", "runs": runs} for runs in ordered]
 
 
 REPEAT_IGNORED = ("seed", "seeds", "data", "cache_dir", "workers")  # settings that don't define a configuration

@@ -248,6 +248,43 @@ def test_results_deep_link_metrics_and_confusion_toggle(trained):
     assert not at.exception and at.toggle(key="cm_normalize").value
 
 
+def test_results_show_bootstrap_intervals(trained):
+    run = head_run()
+    at = page("results")
+    at.query_params["run"] = run["run_id"]
+    at.run()
+    assert f"Macro-F1 {run['macro_f1_low']:.3f}–{run['macro_f1_high']:.3f}" in texts(at.caption)
+
+
+OLD_KEYS = ("seed", "device", "tuned", "no_test_support", "learning_curve_seconds", "test_extract_seconds",
+            *(f"{m}_{end}" for m in ("accuracy", "macro_f1", "balanced_accuracy") for end in ("low", "high")))
+
+
+def add_old_style_run(cache: Path) -> dict:
+    """A copy of a stored run as recorded before issue 8 (no intervals, seed or device) and on a GPU."""
+    from core.runs import RunStore, new_run_id
+
+    store = RunStore(cache / "runs")
+    source = head_run()
+    old = {k: v for k, v in source.items() if k not in OLD_KEYS and k not in ("created", "schema_version")}
+    old.update(run_id=new_run_id("head", "old"), config={**source["config"], "device": "cuda"},
+               dataset={k: v for k, v in source["dataset"].items() if k != "content_fingerprint"})
+    store.save(old, predictions=store.load_predictions(source["run_id"]))
+    ui.clear_run_caches()
+    return old
+
+
+def test_old_run_records_still_render(trained_copy):
+    old = add_old_style_run(trained_copy)
+    at = page("results")
+    at.query_params["run"] = old["run_id"]
+    at.run()
+    assert not at.exception
+    assert not any("bootstrap" in caption for caption in texts(at.caption).splitlines())
+    compare = page("compare").run()
+    assert not compare.exception
+
+
 def test_results_selection_updates_query_param(trained):
     at = page("results").run()
     other = ui.list_runs()[-1]["run_id"]
@@ -291,10 +328,25 @@ def test_compare_shows_tradeoff_speedup_and_diff(trained):
     assert not at.exception
     assert "× faster** than" in texts(at.markdown)
     assert charts(at) == 3  # trade-off scatter, confusion diff, F1 delta
+    assert "McNemar's exact test p =" in texts(at.caption)
+    (paired,) = [df.value for df in at.dataframe if "95% low" in df.value.columns]
+    assert paired["metric"].tolist() == ["Accuracy", "Balanced accuracy", "Macro-F1"]
     runs = ui.list_runs()
     at.selectbox(key="compare_a").set_value(runs[0]["run_id"])
     at.selectbox(key="compare_b").set_value(runs[0]["run_id"]).run()
     assert "Pick two different runs" in texts(at.info)
+    assert charts(at) == 1
+
+
+def test_compare_keeps_other_devices_in_their_own_group(trained_copy):
+    add_old_style_run(trained_copy)
+    at = page("compare").run()
+    group = at.selectbox(key="compare_group")
+    assert group.options[0].endswith("· cpu (4 runs)") and group.options[1].endswith("· cuda (1 run)")
+    assert len(group.options) == 2
+    at.selectbox(key="compare_group").set_value(1).run()
+    assert not at.exception
+    assert "Only one run in this group" in texts(at.info)
     assert charts(at) == 1
 
 
