@@ -53,6 +53,21 @@ def bench_approaches(data: str, image_size: int, epochs: int) -> None:
           f"SVM + extraction is {fit['finetune'] / (fit['svm'] + results['extract_seconds']):.1f}x faster")
 
 
+def bench_statistics(n_images: int = 1000, n_classes: int = 10, n_boot: int = 1000) -> None:
+    import numpy as np
+
+    from core.stats import paired_comparison
+
+    rng = np.random.default_rng(0)
+    y_true = rng.integers(0, n_classes, n_images)
+    pred_a, pred_b = (np.where(rng.random(n_images) < 0.3, rng.integers(0, n_classes, n_images), y_true)
+                      for _ in range(2))
+    started = time.perf_counter()
+    paired_comparison(y_true, pred_a, pred_b, n_classes, n_boot=n_boot)
+    print(f"\n# paired comparison (McNemar + bootstrap of 3 metrics), {n_images} test images x {n_boot} "
+          f"resamples, {n_classes} classes: {time.perf_counter() - started:.3f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--backbones", default="efficientnet_lite0")
@@ -64,6 +79,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--epochs", type=int, default=3)
     args = parser.parse_args()
+    bench_statistics()
     bench_backbones(args.backbones.split(","), args.height, args.width, args.batch_size, args.repeats)
     bench_approaches(args.data, args.image_size, args.epochs)
 
