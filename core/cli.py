@@ -122,12 +122,12 @@ def cmd_experiment(args, progress) -> None:
 def cmd_extract(args, progress) -> None:
     init_distributed()  # `torchrun --nproc-per-node N -m core extract ...` splits the shards across ranks
     config = _config(args).validate()
-    dataset = load_dataset(config.data, test_size=config.test_size, seed=config.seed)
+    dataset = load_dataset(config.data, test_size=config.test_size, seed=config.seed, cache_dir=config.cache_dir)
     features = load_features(config, dataset, progress)
     n = len(features.X_train) + len(features.X_test)
     print(json.dumps({"key": features.key, "n": n, "feature_dim": features.X_train.shape[1],
                       "seconds": round(features.seconds, 3), "extract_seconds": round(features.extract_seconds, 3),
-                      "cache_hit": features.cache_hit, "skipped": len(dataset.skipped)}))
+                      "cache_hit": features.cache_hit, "runtime": features.runtime, "skipped": len(dataset.skipped)}))
 
 
 def cmd_demo_data(args, progress) -> None:

@@ -32,6 +32,7 @@ def _validate(self) -> ExperimentConfig:
     return self
 
 
+
 def _to_dict(self) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
 
@@ -63,7 +64,8 @@ def resolve_class_weight(spec, dataset: Dataset, beta: float = 0.999) -> tuple[s
 
 def load_features(config: ExperimentConfig, dataset: Dataset, progress=None) -> FeatureSet:
     return extract_features(dataset, config.backbone, pool=config.pool, image_size=config.image_size,
-                            cache_dir=config.cache_dir, device=config.device, batch_size=config.batch_size,
+                            cache_dir=config.cache_dir, device=config.device, runtime=config.runtime,
+                            batch_size=config.batch_size,
                             workers=config.workers, progress=progress)
 
 
@@ -82,7 +84,7 @@ def run_experiment(config: ExperimentConfig, progress=None, store: RunStore | No
 
 def _run_seed(config: ExperimentConfig, progress, store: RunStore) -> dict:
     """Every approach x weight scheme with one seed (its own split for single-folder datasets)."""
-    dataset = load_dataset(config.data, test_size=config.test_size, seed=config.seed)
+    dataset = load_dataset(config.data, test_size=config.test_size, seed=config.seed, cache_dir=config.cache_dir)
     weights = [resolve_class_weight(spec, dataset, config.beta) for spec in config.class_weights]
     features = None
     if any(a in FEATURE_APPROACHES for a in config.approaches):
@@ -94,6 +96,7 @@ def _run_seed(config: ExperimentConfig, progress, store: RunStore) -> dict:
             "extract_seconds": features.extract_seconds if features else 0.0,
             "feature_seconds": features.seconds if features else 0.0,
             "cache_hit": bool(features and features.cache_hit), "feature_key": features.key if features else None,
+            "runtime": features.runtime if features else None,
             "runs": runs, "comparisons": compare_runs(trained, dataset)}
 
 

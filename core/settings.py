@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from core.backbones import POOLS, get_entry, list_backbones
 from core.errors import ConfigError
+from core.runtime import RUNTIMES
 
 APPROACHES = ("svm", "head", "finetune")
 LOGIT_APPROACHES = ("head", "finetune")  # their scores are logits, so logit adjustment (tau) applies
@@ -87,6 +88,8 @@ SETTINGS: tuple[Setting, ...] = (
     S("seeds", int, (), "repeat every run once per seed, e.g. 0,1,2 (overrides --seed)", "Seeds (comma list)",
       0, 2**31 - 1, many=True, commands=("experiment",)),
     S("device", str, "auto", "where to run the CNN", "Device", choices=("auto", "cpu", "cuda")),
+    S("runtime", str, "auto", "frozen-backbone inference: auto = OpenVINO on CPU when installed, torch on CUDA",
+      "Runtime", choices=RUNTIMES),
     S("cache_dir", str, "cache", "folder of the feature cache and the run store", on_page=False),
     S("test_size", float, 0.2, "test fraction when DIR has no train/test split", "Test size", 0.05, 0.9),
     S("image_size", int, None, "short side in pixels (default: the backbone's own, 224)", "Image size (short side, px)",

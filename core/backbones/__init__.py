@@ -50,10 +50,13 @@ class Backbone:
 
     def describe(self) -> dict:
         """JSON-ready identity of the backbone (part of every cache key and results file)."""
-        e = self.entry
-        return {"name": self.name, "weights": e.weights_id, "pool": self.pool, "feature_dim": self.feature_dim,
-                "image_size": e.image_size, "mean": list(e.mean), "std": list(e.std),
-                "interpolation": e.interpolation}
+        return {**describe_backbone(self.entry, self.pool), "feature_dim": self.feature_dim}
+
+
+def describe_backbone(entry: BackboneEntry, pool: str) -> dict:
+    """JSON-ready identity of a registered backbone with its pooling, without building it."""
+    return {"name": entry.name, "weights": entry.weights_id, "pool": pool, "image_size": entry.image_size,
+            "mean": list(entry.mean), "std": list(entry.std), "interpolation": entry.interpolation}
 
 
 _REGISTRY: dict[str, BackboneEntry] = {}
