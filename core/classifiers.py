@@ -93,17 +93,14 @@ def seeded_linear(n_in: int, n_out: int, seed: int) -> torch.nn.Linear:
 
 
 def _monitor(row: dict) -> float:
-    """Early stopping minimizes this: minus the class-weighted validation accuracy, else the training loss.
-
-    Validation loss keeps rising as the head grows overconfident while its accuracy still improves.
-    """
-    return -row["val_weighted_acc"] if "val_weighted_acc" in row else row["train_loss"]
+    """Early stopping minimizes this: the (class-weighted) validation loss, else the training loss."""
+    return row.get("val_loss", row["train_loss"])
 
 
 class LinearHead(ClassifierMixin, BaseEstimator):
     """A new linear layer on standardized features, trained with Adam and early stopping.
 
-    Early stopping picks the epoch count by class-weighted accuracy on a stratified validation split (classes with fewer than
+    Early stopping picks the epoch count on a stratified validation split (classes with fewer than
     `MIN_VAL_CLASS` images stay in the fit set); the head is then refit on the whole training set for
     that many epochs. `history_` holds the selection pass's per-epoch train/validation/test loss and
     accuracy; `eval_seconds_` is the time spent scoring `eval_set` for it (not part of fitting).
@@ -129,7 +126,7 @@ class LinearHead(ClassifierMixin, BaseEstimator):
         test = None if eval_set is None else (self._tensor(eval_set[0]), np.asarray(eval_set[1]))
         self.eval_seconds_ = 0.0
         self.history_ = self._train(X[fit_index], y[fit_index], X[val_index], y[val_index], self.epochs, test, progress)
-        self.best_epoch_ = int(np.argmin([_monitor(row) for row in self.history_])) + 1
+        self.best_epoch_ = min(self.history_, key=_monitor)["epoch"]
         self.refit_ = len(val_index) > 0
         if self.refit_:  # the validation images only chose the epoch count: learn from them too
             self._train(X, y, X[:0], y[:0], self.best_epoch_, None, progress, early_stopping=False)
@@ -192,10 +189,7 @@ class LinearHead(ClassifierMixin, BaseEstimator):
         with torch.inference_mode():
             logits = self.layer_(X)
             loss = weighted_cross_entropy(logits, torch.as_tensor(y), self.weight_).item()
-        correct = logits.argmax(1).numpy() == y
-        weight = np.ones(self.n_classes_) if self.weight_ is None else self.weight_.numpy()
-        return {f"{prefix}_loss": loss, f"{prefix}_acc": float(correct.mean()),
-                f"{prefix}_weighted_acc": float((weight[y] * correct).sum() / weight[y].sum())}
+        return {f"{prefix}_loss": loss, f"{prefix}_acc": float((logits.argmax(1).numpy() == y).mean())}
 
     def decision_function(self, X, tau: float = 0.0) -> np.ndarray:
         """Logits `(n_samples, n_classes)`, optionally logit-adjusted by `tau` (no retraining)."""
