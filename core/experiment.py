@@ -16,7 +16,7 @@ from core.features import FeatureSet, extract_features, rank_world, resolve_devi
 from core.finetune import FINETUNE_SETTINGS, FinetuneConfig, finetune
 from core.metrics import evaluate
 from core.runs import RunStore, new_run_id
-from core.settings import APPROACHES, LOGIT_APPROACHES, SVM_KERNELS, check_settings, config_fields  # noqa: F401
+from core.settings import LOGIT_APPROACHES, check_settings, config_fields
 from core.stats import paired_comparison, run_intervals
 from core.tuning import out_of_fold_scores, tune_svm_c, tune_tau
 from core.weights import SCHEMES, adjust_logits, class_weights, read_custom_weights
