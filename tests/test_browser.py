@@ -282,7 +282,7 @@ def test_train_from_browser_then_results(page, server):
 
     page.locator(".st-key-launch button").click()
     job_panel = page.locator('[data-testid="stMain"]')
-    finished = job_panel.get_by_text("Open the best run").or_(job_panel.get_by_text("The job failed")).or_(
+    finished = job_panel.get_by_text("Open the run with the highest test macro-F1").or_(job_panel.get_by_text("The job failed")).or_(
         job_panel.get_by_text("The job was cancelled"))
     progress = page.locator('[data-testid="stMain"] [data-testid="stProgress"]')
     try:  # the job may be over before its progress shows: the running screenshot is best effort
@@ -304,7 +304,7 @@ def test_train_from_browser_then_results(page, server):
         "the finished job shows no runs table")
     screenshot(page, "train-done")
 
-    page.get_by_text("Open the best run").click()
+    page.get_by_text("Open the run with the highest test macro-F1").click()
     page.wait_for_url(re.compile(r"/results\?run=\w+"))
     settle(page, server)
     assert_healthy(page, server, "Results")
