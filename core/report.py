@@ -94,6 +94,8 @@ def render_markdown(results: dict) -> str:
                   per_class_table(run).to_markdown(index=False), ""]
         if run.get("never_predicted"):
             lines += [f"Never predicted: {', '.join(run['never_predicted'])}", ""]
+        if run.get("no_test_support"):
+            lines += [f"No test images (left out of the averages): {', '.join(run['no_test_support'])}", ""]
     return "\n".join(lines)
 
 

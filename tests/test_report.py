@@ -64,6 +64,12 @@ def test_markdown_lists_never_predicted_classes(demo_experiment):
     assert "Never predicted: 8-eight, 9-nine" in render_markdown(results)
 
 
+def test_markdown_flags_classes_without_test_images(demo_experiment):
+    results = json.loads(json.dumps(demo_experiment[0]))
+    results["runs"][1]["no_test_support"] = ["9-nine"]
+    assert "No test images (left out of the averages): 9-nine" in render_markdown(results)
+
+
 def test_html_report_is_self_contained(results_file, tmp_path, demo_experiment):
     out = write_report(results_file, tmp_path / "report.html", fmt="html")
     page = out.read_text()
