@@ -22,8 +22,19 @@ def store(tmp_path):
     return RunStore(tmp_path / "runs")
 
 
+def complete_record(run_id, approach="svm", **extra):
+    """A record with every field the pages read (two classes, one test image each)."""
+    row = {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 1, "minority": False}
+    return {"run_id": run_id, "approach": approach, "class_weight": "balanced", "accuracy": 0.75,
+            "balanced_accuracy": 0.7, "macro_f1": 0.7, "weighted_f1": 0.72, "fit_seconds": 0.5,
+            "predict_seconds": 0.01, "per_class": [{"class": "cat", **row}, {"class": "dog", **row}],
+            "confusion_matrix": [[1, 0], [0, 1]], "never_predicted": [], "history": [], "class_weights": [1.0, 1.0],
+            "dataset": {"root": "data", "classes": ["cat", "dog"], "train_counts": [4, 2], "test_counts": [1, 1]},
+            **extra}
+
+
 def make_record(approach="svm", **extra):
-    return {"run_id": new_run_id(approach, "balanced"), "approach": approach, "accuracy": 0.75, **extra}
+    return complete_record(new_run_id(approach, "balanced"), approach, **extra)
 
 
 def make_predictions():
@@ -31,7 +42,8 @@ def make_predictions():
 
 
 def entries(root):
-    return sorted(p.name for p in root.iterdir()) if root.exists() else []
+    """What a folder holds, besides the store's lock file."""
+    return sorted(p.name for p in root.iterdir() if p.name != runs.LOCK_FILE) if root.exists() else []
 
 
 def write_zip(path, members: dict[str, bytes], manifest_runs=None):
@@ -44,8 +56,10 @@ def write_zip(path, members: dict[str, bytes], manifest_runs=None):
     return path
 
 
-def record_bytes(run_id, schema_version=SCHEMA_VERSION):
-    return json.dumps({"run_id": run_id, "schema_version": schema_version}).encode()
+def record_bytes(run_id, schema_version=SCHEMA_VERSION, **changes):
+    record = {**complete_record(run_id), "schema_version": schema_version, "created": "2026-01-01T00:00:00+00:00",
+              **changes}
+    return json.dumps({k: v for k, v in record.items() if v is not None}).encode()
 
 
 def test_new_run_id_is_readable_and_safe():
@@ -181,7 +195,11 @@ def test_export_import_roundtrip(store, tmp_path):
     assert other.import_bundle(bundle) == [first, second]
     assert other.list_runs() == store.list_runs()
     pd.testing.assert_frame_equal(other.load_predictions(first), make_predictions())
-    assert other.load_model(first) == {"w": 1}
+    with zipfile.ZipFile(bundle) as zf:
+        assert not [name for name in zf.namelist() if name.endswith("model.joblib")], "a pickle left the machine"
+    with pytest.raises(RunStoreError, match="no model.joblib"):
+        other.load_model(first)
+    assert store.load_model(first) == {"w": 1}
     assert other.import_bundle(bundle) == []
     assert entries(tmp_path / "out") == ["bundle.zip"]
 
