@@ -297,14 +297,14 @@ def _check_viewer_build(for_viewer: bool) -> None:
                             f"try again in {wait_s:.0f} s")
 
 
-@st.cache_data(max_entries=4, show_spinner="Rendering the report…")
+@st.cache_data(max_entries=4, show_spinner=False)  # built in a download click, outside any script run
 def _report(root: str, run_ids: tuple[str, ...], fmt: str, _for_viewer: bool) -> str:
     _check_viewer_build(_for_viewer)  # only on a cache miss: a cached report costs nothing
     store = _run_store(root)
     return render_runs_report([store.load(run_id) for run_id in run_ids], fmt)
 
 
-@st.cache_data(max_entries=2, show_spinner="Packing the bundle…")
+@st.cache_data(max_entries=2, show_spinner=False)
 def _bundle(root: str, run_ids: tuple[str, ...], _for_viewer: bool) -> bytes:
     _check_viewer_build(_for_viewer)
     return _run_store(root).export_bundle_bytes(run_ids)
