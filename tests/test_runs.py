@@ -502,3 +502,28 @@ def wait_until(predicate, child, timeout_s=60):
         assert child.poll() is None, f"the child exited early with {child.returncode}"
         assert time.monotonic() < deadline, "the child never got there"
         time.sleep(0.02)
+
+
+@pytest.mark.slow
+def test_kill_during_extraction_leaves_a_loadable_cache(demo_dataset, demo_features, image_size, tmp_path):
+    """`python -m core extract` killed after its first shard: what it wrote loads, and the next run completes it."""
+    from core.features import extract_features
+
+    cache = tmp_path / "cache"
+    child = subprocess.Popen([sys.executable, "-m", "core", "extract", "--data", demo_dataset.root, "--cache-dir",
+                              str(cache), "--image-size", str(image_size), "--workers", "0", "--device", "cpu"],
+                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: list(cache.glob("features/*/shard-*.npz")), child, timeout_s=300)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    shards = list(cache.glob("features/*/shard-*.npz"))
+    assert 0 < len(shards) < 3, "killed after the first of the demo's 3 shards"
+    for shard in shards:  # every visible shard is whole
+        with np.load(shard) as data:
+            assert len(data["indices"]) == len(data["X"]) > 0
+    resumed = extract_features(demo_dataset, "efficientnet_lite0", image_size=image_size, cache_dir=cache,
+                               device="cpu", workers=0)
+    np.testing.assert_allclose(resumed.X_train, demo_features.X_train, atol=1e-4)
+    np.testing.assert_allclose(resumed.X_test, demo_features.X_test, atol=1e-4)
