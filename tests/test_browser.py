@@ -410,7 +410,8 @@ def test_job_survives_another_session_clearing_caches(page, browser, server):
         other.close()
     assert "running" in sidebar.inner_text(), "the job should still be running after the clear-cache message"
 
-    finished.first.wait_for(state="visible", timeout=JOB_TIMEOUT_MS)
+    forgotten = page.locator('[data-testid="stMain"]').get_by_text("No job yet")  # a new, empty job manager
+    finished.or_(forgotten).first.wait_for(state="visible", timeout=JOB_TIMEOUT_MS)
     settle(page, server)
     assert page.get_by_text("Open the best run").is_visible(), (
         f"the job did not finish: {page.locator('[data-testid=stMain]').inner_text()[:500]}\n{server.log_tail()}")

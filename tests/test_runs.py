@@ -468,9 +468,8 @@ from core.runs import RunStore
 store = RunStore({root!r})
 while not __import__("os").path.exists({go!r}):
     time.sleep(0.01)
-saved = [store.save(make_record(), predictions=make_predictions()) for _ in range(10)]
-imported = store.import_bundle({bundle!r})
-saved += [store.save(make_record("head")) for _ in range(10)]
+imported = store.import_bundle({bundle!r})  # both processes import the same runs at once
+saved = [store.save(make_record(), predictions=make_predictions()) for _ in range(20)]
 print(" ".join(saved))
 """
 
@@ -478,7 +477,7 @@ print(" ".join(saved))
 @pytest.mark.slow
 def test_two_processes_saving_and_importing_at_once_lose_nothing(tmp_path):
     source = RunStore(tmp_path / "source")
-    shared = [source.save(make_record(), predictions=make_predictions()) for _ in range(30)]
+    shared = [source.save(make_record(), predictions=make_predictions()) for _ in range(60)]
     bundle = source.export_bundle(shared, tmp_path / "bundle.zip")
     target, go = tmp_path / "target", tmp_path / "go"
     script = CONCURRENT_WRITER.format(tests=str(ROOT / "tests"), root=str(target), go=str(go), bundle=str(bundle))
