@@ -88,7 +88,8 @@ def render_markdown(results: dict) -> str:
              "", "## Runs", "", _markdown_table(runs_table(results["runs"])), ""]
     for run in results["runs"]:
         title = " · ".join(escape_markdown(run[key]) for key in ("approach", "class_weight"))
-        lines += [f"## {title} ({escape_markdown(run.get('run_id', ''))})", "", _markdown_table(per_class_table(run)), ""]
+        lines += [f"## {title} ({escape_markdown(run.get('run_id', ''))})", "",
+                  _markdown_table(per_class_table(run)), ""]
         if run.get("never_predicted"):
             lines += [f"Never predicted: {', '.join(map(escape_markdown, run['never_predicted']))}", ""]
     return "\n".join(lines)

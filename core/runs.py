@@ -217,7 +217,8 @@ def check_record(record: dict) -> dict:
     k = len(dataset["classes"])
     shapes = {"dataset classes": (dataset["classes"], str), "dataset train_counts": (dataset["train_counts"], int),
               "dataset test_counts": (dataset["test_counts"], int), "per_class": (record["per_class"], dict),
-              "class_weights": (record["class_weights"], _NUMBER), "confusion_matrix": (record["confusion_matrix"], list)}
+              "class_weights": (record["class_weights"], _NUMBER),
+              "confusion_matrix": (record["confusion_matrix"], list)}
     for name, (values, types) in shapes.items():
         if len(values) != k or not all(_is(v, types) for v in values):
             raise RunStoreError(f"{where} {name} must list one {getattr(types, '__name__', 'number')} per class "
@@ -225,7 +226,8 @@ def check_record(record: dict) -> dict:
     for row in record["per_class"]:
         _check_fields(row, PER_CLASS_FIELDS, f"{where} per_class row")
     if not all(len(row) == k and all(_is(v, int) for v in row) for row in record["confusion_matrix"]):
-        raise RunStoreError(f"{where} confusion_matrix must be {k} x {k} counts; it is damaged, delete it or re-export it")
+        raise RunStoreError(f"{where} confusion_matrix must be {k} x {k} counts; it is damaged, "
+                            "delete it or re-export it")
     if not all(_is(name, str) for name in record["never_predicted"]):
         raise RunStoreError(f"{where} never_predicted must list class names; delete it or re-export it")
     return record
@@ -312,14 +314,15 @@ class RunStore:
         run_ids = list(dict.fromkeys(run_ids))
         if not run_ids:
             raise RunStoreError("no runs to export; pass at least one run id from list_runs()")
-        run_dirs = [self._existing_run_dir(run_id) for run_id in run_ids]
         manifest = {"schema_version": SCHEMA_VERSION, "runs": run_ids}
-        with atomic_file(out_path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-            zf.writestr(MANIFEST_FILE, json.dumps(manifest, indent=2))
-            for run_dir in run_dirs:
-                for name in BUNDLE_FILES:
-                    if (run_dir / name).is_file():
-                        zf.write(run_dir / name, f"{run_dir.name}/{name}")
+        with self._locked():  # no run disappears half-way through
+            run_dirs = [self._existing_run_dir(run_id) for run_id in run_ids]
+            with atomic_file(out_path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+                zf.writestr(MANIFEST_FILE, json.dumps(manifest, indent=2))
+                for run_dir in run_dirs:
+                    for name in BUNDLE_FILES:
+                        if (run_dir / name).is_file():
+                            zf.write(run_dir / name, f"{run_dir.name}/{name}")
         return Path(out_path)
 
     def export_bundle_bytes(self, run_ids) -> bytes:
@@ -450,8 +453,9 @@ def _bundle_member(info: zipfile.ZipInfo) -> tuple[str, str]:
 def _check_ratio(info: zipfile.ZipInfo) -> None:
     """Refuse a member that inflates far more than real records and predictions do (a zip bomb)."""
     if info.file_size > RATIO_CHECK_BYTES and info.file_size > MAX_COMPRESSION_RATIO * max(info.compress_size, 1):
-        raise RunStoreError(f"bundle member {info.filename!r} inflates {info.file_size / max(info.compress_size, 1):.0f}"
-                            f"-fold, over the {MAX_COMPRESSION_RATIO}-fold limit; it is not a TransferScope bundle")
+        ratio = info.file_size / max(info.compress_size, 1)
+        raise RunStoreError(f"bundle member {info.filename!r} inflates {ratio:.0f}-fold, over the "
+                            f"{MAX_COMPRESSION_RATIO}-fold limit; it is not a TransferScope bundle")
 
 
 def _read_manifest(zf: zipfile.ZipFile) -> list[str]:

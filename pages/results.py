@@ -63,7 +63,8 @@ def logit_panel(record: dict) -> None:
             col.metric(f"{row['metric']} at tau {tau:g}", f"{row['after']:.3f}",
                        delta=f"{row['delta']:+.3f}" if round(row["delta"], 3) else None)
         if adjusted["never_predicted"]:
-            st.warning(f"Never predicted at tau {tau:g}: {', '.join(map(escape_markdown, adjusted['never_predicted']))}")
+            names = ", ".join(map(escape_markdown, adjusted["never_predicted"]))
+            st.warning(f"Never predicted at tau {tau:g}: {names}")
 
 
 @st.fragment

@@ -331,7 +331,8 @@ def test_downloads_are_built_only_when_clicked(cache, monkeypatch, downloads, cl
         real = getattr(module, name)
         monkeypatch.setattr(module, name, lambda records, fmt, real=real: builds.append(fmt) or real(records, fmt))
     real_bundle = RunStore.export_bundle_bytes
-    monkeypatch.setattr(RunStore, "export_bundle_bytes", lambda self, ids: builds.append("zip") or real_bundle(self, ids))
+    monkeypatch.setattr(RunStore, "export_bundle_bytes",
+                        lambda self, ids: builds.append("zip") or real_bundle(self, ids))
     at = page("share").run()
     at.multiselect(key="share_runs").set_value(at.multiselect(key="share_runs").value[:1]).run()
     assert not at.exception and len(at.get("download_button")) == 3
