@@ -218,24 +218,26 @@ _SPLIT_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ExperimentConfi
 
 
 @functools.lru_cache(maxsize=8)
-def _scan(path: str, test_size: float, seed: int) -> Dataset:
-    return load_dataset(path, test_size=test_size, seed=seed)
+def _scan(path: str, test_size: float, seed: int, cache: str) -> Dataset:
+    return load_dataset(path, test_size=test_size, seed=seed, cache_dir=cache)
 
 
 def dataset(path: str, test_size: float = _SPLIT_DEFAULTS["test_size"], seed: int = _SPLIT_DEFAULTS["seed"]) -> Dataset:
-    """The dataset at `path` (raises DataError for an unusable folder), scanned once per server.
+    """The dataset at `path`, scanned once per server process (raises DataError for an unusable folder).
 
-    Viewers always get the default split, so their inputs cannot make the server rescan the folder.
+    Unchanged files are not re-read. Viewers always get the default split, so their inputs cannot make
+    the server scan the folder again.
     """
     if not can_act():
         test_size, seed = _SPLIT_DEFAULTS["test_size"], _SPLIT_DEFAULTS["seed"]
     with st.spinner("Scanning images…"):
-        return _scan(path, float(test_size), int(seed))
+        return _scan(path, float(test_size), int(seed), str(cache_dir()))
 
 
-def rescan() -> None:
-    """Forget every dataset scan, so the folders are read again (owner only)."""
+def rescan_dataset(path: str) -> None:
+    """Read every file under `path` again (refreshing its file index), then forget the scans (owner only)."""
     require_owner("rescan the dataset")
+    load_dataset(path, cache_dir=cache_dir(), rescan=True)
     _scan.cache_clear()
 
 

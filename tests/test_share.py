@@ -133,7 +133,7 @@ def test_viewer_cannot_delete_runs(viewer):
     ("ui.import_bundle(io.BytesIO(ui.bundle([RUN])))", "cannot import runs"),
     ("ui.launch(ExperimentConfig(data=ui.data_dir()))", "cannot launch training"),
     ("ui.cancel_job('no-such-job')", "cannot cancel jobs"),
-    ("ui.rescan()", "cannot rescan the dataset"),
+    ("ui.rescan_dataset(ui.data_dir())", "cannot rescan the dataset"),
 ])
 def test_ui_actions_refuse_viewers_whatever_the_widgets_say(viewer, action, refusal):
     """Streamlit already drops clicks on disabled widgets; the actions in ui check again."""
@@ -322,7 +322,7 @@ def test_viewer_cannot_rescan_and_split_inputs_do_not_rescan(viewer, monkeypatch
     st.cache_data.clear()  # a viewer's ClearCache message must not force a rescan either
     page("dataset").run()
     assert not at.exception
-    assert scans == [{"test_size": 0.2, "seed": 0}]
+    assert [(scan["test_size"], scan["seed"]) for scan in scans] == [(0.2, 0)]
 
 
 def test_downloads_are_built_only_when_clicked(cache, monkeypatch, downloads, click):
