@@ -34,7 +34,6 @@ MODEL_FILE = "model.joblib"
 PREDICTIONS_FILE = "predictions.csv"
 BUNDLE_FILES = (RECORD_FILE, PREDICTIONS_FILE)  # never MODEL_FILE: a pickle runs the sender's code when loaded
 MANIFEST_FILE = "manifest.json"
-LOCK_FILE = ".lock"
 MAX_BUNDLE_BYTES = 2 * 1024**3
 MAX_MEMBER_BYTES = {MANIFEST_FILE: 1024**2, RECORD_FILE: 5 * 1024**2, PREDICTIONS_FILE: 512 * 1024**2}
 MAX_COMPRESSION_RATIO = 100  # checked on members over RATIO_CHECK_BYTES; real records and CSVs stay far below
@@ -353,7 +352,7 @@ class RunStore:
     def _locked(self):
         """Hold the store's lock (across processes) and clear what crashed writers left behind."""
         self.root.mkdir(parents=True, exist_ok=True)
-        with FileLock(self.root / LOCK_FILE):
+        with FileLock(self.root.parent / f".{self.root.name}.lock"):  # beside the runs, so listings stay clean
             for leftover in self.root.glob(f"{_TEMP_PREFIX}*"):
                 shutil.rmtree(leftover, ignore_errors=True)
             yield

@@ -49,8 +49,7 @@ def make_predictions():
 
 
 def entries(root):
-    """What a folder holds, besides the store's lock file."""
-    return sorted(p.name for p in root.iterdir() if p.name != runs.LOCK_FILE) if root.exists() else []
+    return sorted(p.name for p in root.iterdir()) if root.exists() else []
 
 
 def write_zip(path, members: dict[str, bytes], manifest_runs=None):

@@ -18,7 +18,6 @@ from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 
 import core.report
-import core.runs
 import ui
 from core.runs import RunStore
 from core.sharing import Throttle, owner_token
@@ -100,7 +99,7 @@ def click_downloads(at: AppTest, click) -> None:
 
 
 def entries(folder: Path) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.name != core.runs.LOCK_FILE)
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if not p.name.endswith(".lock"))
 
 
 # ---- viewer mode -----------------------------------------------------------------------------------
