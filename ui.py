@@ -214,7 +214,7 @@ def run_store() -> RunStore:
     return _run_store(str(cache_dir() / "runs"))
 
 
-_SPLIT_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ExperimentConfig) if f.name in ("test_size", "seed")}
+SPLIT_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ExperimentConfig) if f.name in ("test_size", "seed")}
 
 
 @functools.lru_cache(maxsize=8)
@@ -222,14 +222,14 @@ def _scan(path: str, test_size: float, seed: int, cache: str) -> Dataset:
     return load_dataset(path, test_size=test_size, seed=seed, cache_dir=cache)
 
 
-def dataset(path: str, test_size: float = _SPLIT_DEFAULTS["test_size"], seed: int = _SPLIT_DEFAULTS["seed"]) -> Dataset:
+def dataset(path: str, test_size: float = SPLIT_DEFAULTS["test_size"], seed: int = SPLIT_DEFAULTS["seed"]) -> Dataset:
     """The dataset at `path`, scanned once per server process (raises DataError for an unusable folder).
 
     Unchanged files are not re-read. Viewers always get the default split, so their inputs cannot make
     the server scan the folder again.
     """
     if not can_act():
-        test_size, seed = _SPLIT_DEFAULTS["test_size"], _SPLIT_DEFAULTS["seed"]
+        test_size, seed = SPLIT_DEFAULTS["test_size"], SPLIT_DEFAULTS["seed"]
     with st.spinner("Scanning images…"):
         return _scan(path, float(test_size), int(seed), str(cache_dir()))
 
@@ -312,24 +312,18 @@ def _bundle(root: str, run_ids: tuple[str, ...], _for_viewer: bool) -> bytes:
     return _run_store(root).export_bundle_bytes(run_ids)
 
 
-def report(run_ids: list[str], fmt: str) -> str:
-    """The report of these runs as 'html' (self-contained) or 'md' (rate-limited for viewers)."""
-    return _report(str(run_store().root), tuple(run_ids), fmt, not can_act())
-
-
-def bundle(run_ids: list[str]) -> bytes:
-    """A zip bundle of these runs, for another copy of TransferScope to import (rate-limited for viewers)."""
-    return _bundle(str(run_store().root), tuple(run_ids), not can_act())
-
-
 def deferred_report(run_ids: list[str], fmt: str):
-    """report() as a download_button callable: built only when clicked, with this session's rights."""
+    """The 'html' (self-contained) or 'md' report of these runs as a download_button callable.
+
+    It runs when the button is clicked, outside the script, with this session's rights (rate-limited
+    for viewers).
+    """
     root, run_ids, for_viewer = str(run_store().root), tuple(run_ids), not can_act()
     return lambda: _report(root, run_ids, fmt, for_viewer)
 
 
 def deferred_bundle(run_ids: list[str]):
-    """bundle() as a download_button callable: built only when clicked, with this session's rights."""
+    """A zip bundle of these runs, for another TransferScope to import, as a download_button callable."""
     root, run_ids, for_viewer = str(run_store().root), tuple(run_ids), not can_act()
     return lambda: _bundle(root, run_ids, for_viewer)
 

@@ -129,7 +129,7 @@ def test_viewer_cannot_delete_runs(viewer):
 
 @pytest.mark.parametrize("action, refusal", [
     ("ui.delete_runs([RUN])", "cannot delete runs"),
-    ("ui.import_bundle(io.BytesIO(ui.bundle([RUN])))", "cannot import runs"),
+    ("ui.import_bundle(io.BytesIO(ui.deferred_bundle([RUN])()))", "cannot import runs"),
     ("ui.launch(ExperimentConfig(data=ui.data_dir()))", "cannot launch training"),
     ("ui.cancel_job('no-such-job')", "cannot cancel jobs"),
     ("ui.rescan_dataset(ui.data_dir())", "cannot rescan the dataset"),
