@@ -161,8 +161,11 @@ def comparable_groups(records: list[dict]) -> list[dict]:
     for record in records:
         groups.setdefault(group_key(record), []).append(record)
     ordered = sorted(groups.values(), key=len, reverse=True)
-    return [{"label": f"{Path(runs[0]['dataset'].get('root', '?')).name} · {group_key(runs[0])[1]} · "
-                      f"{group_key(runs[0])[2]} ({len(runs)} run{'s' * (len(runs) != 1)})", "runs": runs} for runs in ordered]
+    def label(runs: list[dict]) -> str:
+        _, backbone, device = group_key(runs[0])
+        count = f"{len(runs)} run{'s' * (len(runs) != 1)}"
+        return f"{Path(runs[0]['dataset'].get('root', '?')).name} · {backbone} · {device} ({count})"
+    return [{"label": label(runs), "runs": runs} for runs in ordered]
 
 
 REPEAT_IGNORED = ("seed", "seeds", "data", "cache_dir", "workers")  # settings that don't define a configuration
@@ -282,7 +285,7 @@ def paired_verdict(paired: dict) -> str:
 
 
 def interval_caption(record: dict) -> str | None:
-    """'95% bootstrap intervals: accuracy 0.81–0.87 · …' for a run record; None for runs recorded before intervals."""
+    """'95% bootstrap intervals …: Accuracy 0.810–0.870 · …'; None for runs recorded before intervals."""
     parts = [f"{label} {record[f'{key}_low']:.3f}–{record[f'{key}_high']:.3f}"
              for key, label in HEADLINE_METRICS.items() if f"{key}_low" in record]
     return f"95% bootstrap intervals over test images: {' · '.join(parts)}" if parts else None

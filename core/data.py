@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
-from sklearn.model_selection import train_test_split
 
 from core.errors import DataError
 
@@ -198,6 +197,8 @@ def _inspect_image(path: Path) -> tuple[str | None, tuple[int, int] | None, str 
 
 def _split(samples: list[Sample], test_size: float, seed: int, n_classes: int):
     """Seeded split, stratified when every class has 2+ images; a class of one image goes to train (warned)."""
+    from sklearn.model_selection import train_test_split  # imported on use: scans stay fast to start
+
     if len(samples) < 2:
         raise DataError(f"found {len(samples)} readable images in the class folders; need at least 2 to split "
                         "into train and test (see the skipped files for what could not be read)")

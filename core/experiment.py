@@ -111,7 +111,10 @@ def compare_runs(trained: list[tuple[dict, np.ndarray]], dataset: Dataset) -> li
 
 def train_and_record(config: ExperimentConfig, dataset: Dataset, features: FeatureSet | None, approach: str,
                      weight_label: str, weights: np.ndarray, store: RunStore, progress=None) -> tuple[dict, np.ndarray]:
-    """Fit one approach with one class-weight vector, evaluate on test once, save the run; (record, test predictions)."""
+    """Fit one approach with one class-weight vector, score the test set once, save the run.
+
+    Returns (record, test predictions).
+    """
     fitted = _FITTERS[approach](config, dataset, features, weights, progress)
     y_test = np.array([s.label for s in dataset.test])
     tau = fitted.get("tau", config.tau) if approach in LOGIT_APPROACHES else 0.0  # SVM scores are not logits

@@ -15,8 +15,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
-from torchvision.transforms import InterpolationMode, v2
-from torchvision.transforms.v2 import functional as F
 
 from core.backbones import BackboneEntry, describe_backbone, get_entry
 from core.data import Dataset, Sample, open_rgb
@@ -62,6 +60,8 @@ class Preprocess:
         return (new_long, new_short) if height > width else (new_short, new_long)
 
     def __call__(self, img, out_size: tuple[int, int], augment: Callable | None = None) -> torch.Tensor:
+        from torchvision.transforms.v2 import InterpolationMode, functional as F  # on use: cache hits start fast
+
         mode = InterpolationMode(self.interpolation)
         image = F.resize(F.pil_to_tensor(img), list(out_size), interpolation=mode, antialias=True)
         if augment is not None:
@@ -69,8 +69,10 @@ class Preprocess:
         return F.normalize(F.to_dtype(image, torch.float32, scale=True), self.mean, self.std)
 
 
-def light_augmentation(hflip: bool = True) -> v2.Compose:
+def light_augmentation(hflip: bool = True):
     """Shape-preserving augmentation for fine-tuning: small shifts/zoom, colour jitter, optional flip."""
+    from torchvision.transforms import v2
+
     steps = [v2.RandomAffine(degrees=5, translate=(0.05, 0.05), scale=(0.9, 1.1)), v2.ColorJitter(0.2, 0.2, 0.2)]
     return v2.Compose(([v2.RandomHorizontalFlip()] if hflip else []) + steps)
 

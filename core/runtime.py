@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 import threading
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -109,7 +110,9 @@ def openvino_model_path(entry: BackboneEntry, pool: str, cache_dir: Path) -> Pat
         staging = Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-", dir=folder.parent))
         try:
             module = create_backbone(entry.name, pool=pool).features
-            model = ov.convert_model(module, example_input=torch.zeros(1, 3, 64, 64), input=[(-1, 3, -1, -1)])
+            with warnings.catch_warnings():  # torch.jit.trace's deprecation notes mean nothing to users
+                warnings.simplefilter("ignore", FutureWarning)
+                model = ov.convert_model(module, example_input=torch.zeros(1, 3, 64, 64), input=[(-1, 3, -1, -1)])
             ov.save_model(model, staging / "model.xml", compress_to_fp16=False)
             (staging / "source.json").write_text(json.dumps(fields))
             os.replace(staging, folder)

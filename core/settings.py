@@ -51,7 +51,8 @@ class Setting:
             if self.type in (int, float) and not _in_range(item, self.low, self.high):
                 raise ConfigError(f"{self.name} must be a number between {self.low:g} and {self.high:g}, got {item!r}")
         if self.many and not value and self.default:
-            raise ConfigError(f"{self.name}: none given; choose at least one of {', '.join(map(str, self.choices or ()))}")
+            options = ", ".join(map(str, self.choices or ()))
+            raise ConfigError(f"{self.name}: none given; choose at least one of {options}")
 
 
 def _in_range(value, low, high) -> bool:

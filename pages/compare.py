@@ -48,7 +48,8 @@ def show_paired(record_a: dict, record_b: dict) -> None:
         st.info("These runs were tested on different images (another split seed), so no paired test.")
         return
     st.dataframe(paired_table(paired), hide_index=True, key="paired_table",
-                 column_config={c: st.column_config.NumberColumn(format="%+.3f") for c in ("B − A", "95% low", "95% high")})
+                 column_config={c: st.column_config.NumberColumn(format="%+.3f")
+                                for c in ("B − A", "95% low", "95% high")})
     st.caption(paired_verdict(paired) + " An interval that contains 0 means the change could be noise.")
 
 
@@ -97,9 +98,10 @@ with ui.guard():
         st.subheader("Runs")
         ui.runs_dataframe(runs, key="runs_table")
         labels = run_labels(runs)
-        delete_runs(run_labels(all_runs))
         if len(runs) < 2:
             st.info("Only one run in this group: train another one (e.g. with other class weights) to see a "
                     "two-run diff.", icon=":material/info:")
         else:
             show_diff(labels)
+    if deletable := {**run_labels(all_runs), **ui.broken_runs()}:
+        delete_runs(deletable)

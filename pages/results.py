@@ -7,6 +7,7 @@ import ui
 from core.analysis import (HEADLINE_METRICS, LOGIT_APPROACHES, class_report, error_cells, interval_caption,
                            metric_deltas, misclassified_paths, rescore, run_labels, run_settings)
 from core.figures import confusion_matrix_figure, learning_curve_figure, per_class_figure
+from core.report import escape_markdown
 
 GALLERY_MAX = 24
 GALLERY_PX = 144
@@ -18,7 +19,7 @@ def pick_run(runs: list[dict]) -> str:
     ids = list(labels)
     wanted = st.query_params.get("run")
     if wanted and wanted not in labels:
-        st.warning(f"Run `{wanted}` from the link does not exist (deleted?); showing the newest run instead.")
+        st.warning("The run in the link does not exist (deleted?); showing the newest run instead.")
     run_id = st.selectbox("Run", ids, index=ids.index(wanted) if wanted in labels else 0, format_func=labels.get,
                           key="results_run")
     st.query_params["run"] = run_id
@@ -39,7 +40,7 @@ def show_metrics(record: dict) -> None:
     if record["never_predicted"]:
         weights = "balanced class weights" if record["class_weight"] == "none" else "larger custom weights for them"
         remedy = " or the logit adjustment below" if record["approach"] in LOGIT_APPROACHES else ""
-        st.warning(f"Never predicted (recall 0): {', '.join(record['never_predicted'])}. "
+        st.warning(f"Never predicted (recall 0): {', '.join(map(escape_markdown, record['never_predicted']))}. "
                    f"Try {weights}{remedy}.", icon=":material/warning:")
 
 
@@ -67,7 +68,8 @@ def logit_panel(record: dict) -> None:
             col.metric(f"{row['metric']} at tau {tau:g}", f"{row['after']:.3f}",
                        delta=f"{row['delta']:+.3f}" if round(row["delta"], 3) else None)
         if adjusted["never_predicted"]:
-            st.warning(f"Never predicted at tau {tau:g}: {', '.join(adjusted['never_predicted'])}")
+            names = ", ".join(map(escape_markdown, adjusted["never_predicted"]))
+            st.warning(f"Never predicted at tau {tau:g}: {names}")
 
 
 @st.fragment

@@ -227,12 +227,14 @@ def test_paired_diff_needs_the_same_test_images():
     paired = paired_diff(a, preds_a, b, preds_b)
     assert (paired["n_a_only"], paired["n_b_only"]) == (0, 1)
     assert paired_table(paired)["B − A"].tolist()[0] == pytest.approx(0.25)
-    assert "on 1 test images, the reverse on 0" in paired_verdict(paired) and "could well be noise" in paired_verdict(paired)
+    verdict = paired_verdict(paired)
+    assert "on 1 test images, the reverse on 0" in verdict and "could well be noise" in verdict
     other = make_predictions(paths=("e.png", "b.png", "c.png", "d.png"))
     assert paired_diff(a, preds_a, b, other) is None
 
 
 def test_interval_caption_and_old_records():
     record = make_record(accuracy_low=0.5, accuracy_high=0.9, macro_f1_low=0.2, macro_f1_high=0.6)
-    assert interval_caption(record) == "95% bootstrap intervals over test images: Accuracy 0.500–0.900 · Macro-F1 0.200–0.600"
+    assert interval_caption(record) == ("95% bootstrap intervals over test images: Accuracy 0.500–0.900 · "
+                                        "Macro-F1 0.200–0.600")
     assert interval_caption(make_record()) is None

@@ -82,6 +82,16 @@ def test_resnet_without_weights_builds_offline():
     assert isinstance(bb.features.avgpool, torch.nn.AdaptiveMaxPool2d)
 
 
+def test_resnet_weights_are_torchvision_defaults():
+    import torchvision
+
+    from core.backbones.resnet import DEFAULT_WEIGHTS
+
+    for name, weights in DEFAULT_WEIGHTS.items():
+        assert torchvision.models.get_model_weights(name).DEFAULT.name == weights
+        assert get_entry(name).weights_id == f"{name}.{weights}"
+
+
 def test_last_block_belongs_to_the_features(backbone):
     feature_params = {id(p) for p in backbone.features.parameters()}
     last = list(backbone.last_block.parameters())

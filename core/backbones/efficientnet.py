@@ -6,7 +6,6 @@ BatchNorm eps 1e-3 and inputs scaled to [-1, 1]. timm's `tf_efficientnet_lite0` 
 """
 from __future__ import annotations
 
-import timm
 import torch
 from torch import nn
 
@@ -30,6 +29,8 @@ def weights_path() -> str:
 
 
 def _build(pretrained: bool) -> nn.Module:
+    import timm  # imported on first build: listing backbones stays fast
+
     model = timm.create_model(ARCHITECTURE, pretrained=False)
     if pretrained:
         model.load_state_dict(_map_onto(model, torch.load(weights_path(), map_location="cpu", weights_only=True)))
