@@ -35,8 +35,8 @@ def show_metrics(record: dict) -> None:
     if interval_caption(record):
         st.caption(interval_caption(record) + " (how much the score could move with another sample of test images)")
     if record.get("no_test_support"):
-        st.warning(f"No test images, so not scored (left out of the averages): {', '.join(record['no_test_support'])}",
-                   icon=":material/warning:")
+        unscored = ", ".join(map(escape_markdown, record["no_test_support"]))
+        st.warning(f"No test images, so not scored (left out of the averages): {unscored}", icon=":material/warning:")
     if record["never_predicted"]:
         weights = "balanced class weights" if record["class_weight"] == "none" else "larger custom weights for them"
         remedy = " or the logit adjustment below" if record["approach"] in LOGIT_APPROACHES else ""
