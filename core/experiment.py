@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from core.backbones import POOLS, get_entry
-from core.classifiers import LinearHead, SvmClassifier
+from core.classifiers import KERNEL_CACHE, LinearHead, SvmClassifier
 from core.data import Dataset, load_dataset
 from core.errors import ClassWeightError, ConfigError
 from core.features import FeatureSet, extract_features, rank_world
@@ -143,14 +143,16 @@ def _predictions(dataset: Dataset, y_pred: np.ndarray, scores: np.ndarray) -> pd
 
 
 def _fit_svm(config, dataset, features, weights, progress) -> dict:
+    """Fit the SVM; an rbf one reuses the feature set's kernels (computed on its first fit, then cached)."""
     if progress:
         progress("fit SVM", 0, 1)
     started = time.perf_counter()
     svm = SvmClassifier(kernel=config.svm_kernel, C=config.svm_c, seed=config.seed)
-    svm.fit(features.X_train, features.y_train, class_weight=weights, n_classes=len(dataset.classes))
+    kernels = KERNEL_CACHE.get(features.key, features.X_train, features.X_test) if config.svm_kernel == "rbf" else None
+    svm.fit(features.X_train, features.y_train, class_weight=weights, n_classes=len(dataset.classes), kernels=kernels)
     fit_s = time.perf_counter() - started
     started = time.perf_counter()
-    scores = svm.decision_function(features.X_test)
+    scores = svm.decision_function(features.X_test) if kernels is None else svm.decision_function_kernel(kernels.test)
     if progress:
         progress("fit SVM", 1, 1)
     return {"model": svm, "scores": scores, "fit_seconds": fit_s, "predict_seconds": time.perf_counter() - started}
