@@ -53,6 +53,49 @@ def bench_approaches(data: str, image_size: int, epochs: int) -> None:
           f"SVM + extraction is {fit['finetune'] / (fit['svm'] + results['extract_seconds']):.1f}x faster")
 
 
+def synthetic_start(n_train: int, n_test: int, dim: int, n_classes: int, approach: str, seed: int = 0):
+    """A what-if Start on random imbalanced class clusters of `dim` features (no images, no backbone)."""
+    import numpy as np
+
+    from core.data import Dataset, Sample
+    from core.experiment import ExperimentConfig
+    from core.features import FeatureSet
+    from core.whatif import Start
+
+    rng = np.random.default_rng(seed)
+    share = np.geomspace(1.0, 0.05, n_classes)
+    y = rng.choice(n_classes, size=n_train + n_test, p=share / share.sum())
+    X = (rng.normal(size=(n_classes, dim))[y] * 0.6 + rng.normal(size=(len(y), dim))).astype(np.float32)
+    classes = [f"class-{i:02d}" for i in range(n_classes)]
+    samples = [Sample(f"synthetic/{i}.png", int(label), (96, 32)) for i, label in enumerate(y)]
+    dataset = Dataset("synthetic", classes, samples[:n_train], samples[n_train:], fingerprint="synthetic")
+    features = FeatureSet(X[:n_train], y[:n_train], X[n_train:], y[n_train:], f"synthetic-{seed}", True, 0.0, 0.0, {})
+    record = {"run_id": f"synthetic-{approach}", "approach": approach, "class_weights": [1.0] * n_classes}
+    return Start(record, ExperimentConfig(data="synthetic"), dataset, features)
+
+
+def bench_whatif(n_train: int, n_test: int, dim: int, n_classes: int, changes: int) -> None:
+    """Seconds per class-weight change: refit on the cached features (the SVM reuses its kernels)."""
+    import numpy as np
+
+    from core.whatif import refit
+
+    print(f"\n# what-if refit per class-weight change, {n_train} + {n_test} x {dim} synthetic features, "
+          f"{n_classes} classes ({torch.get_num_threads()} threads)")
+    rng = np.random.default_rng(0)
+    for approach in ("svm", "head"):
+        start = synthetic_start(n_train, n_test, dim, n_classes, approach)
+        seconds = []
+        for _ in range(changes):
+            started = time.perf_counter()
+            refit(start, np.exp(rng.uniform(-1, 1, n_classes)))
+            seconds.append(time.perf_counter() - started)
+        first, rest = seconds[0], seconds[1:]
+        note = " (computes the kernels)" if approach == "svm" else ""
+        print(f"{approach:<5} first {first:.2f} s{note}, then median {np.median(rest):.2f} s, "
+              f"max {max(rest):.2f} s over {len(rest)} changes")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--backbones", default="efficientnet_lite0")

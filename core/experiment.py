@@ -132,6 +132,12 @@ def train_and_record(config: ExperimentConfig, dataset: Dataset, features: Featu
     return record
 
 
+def fit_approach(config: ExperimentConfig, dataset: Dataset, features: FeatureSet | None, approach: str,
+                 weights: np.ndarray, progress=None) -> dict:
+    """Fit one approach with one class-weight vector: model, raw test scores, fit and predict seconds."""
+    return _FITTERS[approach](config, dataset, features, weights, progress)
+
+
 def _predictions(dataset: Dataset, y_pred: np.ndarray, scores: np.ndarray) -> pd.DataFrame:
     """Per-image table: path, true and predicted class, and one raw score column per class."""
     classes = dataset.classes
