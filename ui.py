@@ -15,7 +15,7 @@ import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from core import analysis, sharing
+from core import analysis, sharing, whatif
 from core.data import Dataset, build_demo_dataset, load_dataset
 from core.errors import ReadOnlyError, TransferScopeError
 from core.experiment import ExperimentConfig, run_experiment
@@ -29,6 +29,7 @@ PAGES = {  # url path -> (title, icon)
     "train": ("Train", ":material/model_training:"),
     "results": ("Results", ":material/insights:"),
     "compare": ("Compare", ":material/compare_arrows:"),
+    "whatif": ("What-if", ":material/tune:"),
     "share": ("Share", ":material/share:"),
 }
 DEMO_DATASET = "datasets/digits-demo"
@@ -397,3 +398,30 @@ def chart(fig, key: str | None = None) -> None:
 
 def format_seconds(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
+
+
+# ---- what-if refits --------------------------------------------------------------------------------
+
+@st.cache_resource(max_entries=2, show_spinner="Loading the run's cached features…")
+def _whatif_start(root: str, run_id: str, cache: str) -> whatif.Start:
+    record = _run_store(root).load(run_id)
+    config = record.get("config", {})
+    data = dataset(record["dataset"]["root"], config.get("test_size", 0.2), config.get("seed", 0))
+    return whatif.start_from(record, data, cache)
+
+
+def whatif_start(record: dict) -> whatif.Start:
+    """A svm or head run with its cached features, shared by every session (read-only, never mutated).
+
+    Viewers may tune only runs on the server's dataset folder.
+    """
+    if not can_act() and not sharing.is_within(record["dataset"]["root"], default_data_dir()):
+        raise ReadOnlyError("this run was trained on a folder outside the shared dataset; viewers may tune only "
+                            "runs on the server's dataset")
+    return _whatif_start(str(run_store().root), record["run_id"], str(cache_dir()))
+
+
+def save_whatif(start: whatif.Start, weights, tau: float) -> dict:
+    """Store tuned weights as a normal run (owner only); its record."""
+    require_owner("save runs")
+    return whatif.save_as_run(start, weights, tau, run_store())

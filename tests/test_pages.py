@@ -300,3 +300,63 @@ def test_train_page_without_jobs(empty_cache):
     at = page("train").run()
     assert not at.exception
     assert "No job yet" in texts(at.caption)
+
+
+# ---- What-if ---------------------------------------------------------------------------------------
+
+def whatif_page(run: dict) -> AppTest:
+    at = page("whatif")
+    at.query_params["run"] = run["run_id"]
+    return at.run()
+
+
+def rarest_slider(at: AppTest, run: dict):
+    rare = min(range(len(run["per_class"])), key=lambda i: run["per_class"][i]["train_count"])
+    return at.select_slider(key=f"whatif_{run['run_id']}_run_{rare}")
+
+
+@pytest.mark.parametrize("approach", ["svm", "head"])
+def test_whatif_refits_on_a_weight_change_and_shows_deltas(trained, approach):
+    run = next(r for r in ui.list_runs() if r["approach"] == approach and r["class_weight"] == "none")
+    at = whatif_page(run)
+    assert not at.exception and not at.error
+    metrics = {m.label: m for m in at.metric}
+    assert metrics["Macro-F1"].value == f"{run['macro_f1']:.3f}" and not metrics["Macro-F1"].delta
+    assert "Refit time" in metrics and charts(at) == 2
+    rarest_slider(at, run).set_value(100.0).run()
+    assert not at.exception and not at.error
+    metrics = {m.label: m for m in at.metric}
+    assert any(metrics[label].delta for label in ("Accuracy", "Balanced accuracy", "Macro-F1")), metrics
+    table = next(frame.value for frame in at.dataframe if "Δ recall" in frame.value.columns)
+    assert table["weight"].max() == 100.0 and table["Δ recall"].abs().sum() > 0
+    assert at.session_state["whatif_last"][0][1].count(100.0) == 1  # the refit ran with the new weight
+
+
+def test_whatif_seed_scheme_reseeds_the_sliders(trained):
+    run = next(r for r in ui.list_runs() if r["approach"] == "svm" and r["class_weight"] == "none")
+    at = whatif_page(run)
+    at.segmented_control(key="whatif_seed").set_value("balanced").run()
+    assert not at.exception
+    rare = min(range(len(run["per_class"])), key=lambda i: run["per_class"][i]["train_count"])
+    assert at.select_slider(key=f"whatif_{run['run_id']}_balanced_{rare}").value > 1.0
+
+
+def test_whatif_save_stores_a_custom_run(trained_copy):
+    run = next(r for r in ui.list_runs() if r["approach"] == "head" and r["class_weight"] == "none")
+    at = whatif_page(run)
+    rarest_slider(at, run).set_value(100.0).run()
+    at.button(key="whatif_save").click().run()
+    assert not at.exception and "Saved run" in texts(at.success)
+    saved = next(r for r in ui.list_runs() if r["class_weight"] == "custom:what-if")
+    assert max(saved["class_weights"]) == 100.0 and saved["approach"] == "head"
+
+
+def test_whatif_viewers_play_but_cannot_save(trained, monkeypatch):
+    monkeypatch.setenv("TRANSFERSCOPE_VIEWER", "1")
+    run = next(r for r in ui.list_runs() if r["approach"] == "svm" and r["class_weight"] == "none")
+    at = whatif_page(run)
+    rarest_slider(at, run).set_value(100.0).run()
+    assert not at.exception and not at.error
+    assert "Read-only" in texts(at.info)
+    assert not [b for b in at.button if b.key == "whatif_save"]
+    assert len(ui.list_runs()) == 4
