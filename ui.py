@@ -11,14 +11,15 @@ import time
 import traceback
 from pathlib import Path
 
+import numpy as np
 import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from core import analysis, sharing, whatif
+from core import analysis, featuremap, sharing, whatif
 from core.data import Dataset, build_demo_dataset, load_dataset
 from core.errors import ReadOnlyError, TransferScopeError
-from core.experiment import ExperimentConfig, run_experiment
+from core.experiment import FEATURE_APPROACHES, ExperimentConfig, run_experiment
 from core.jobs import ACTIVE_STATUSES, Job, JobManager
 from core.report import render_runs_report
 from core.runs import RunStore
@@ -30,6 +31,7 @@ PAGES = {  # url path -> (title, icon)
     "results": ("Results", ":material/insights:"),
     "compare": ("Compare", ":material/compare_arrows:"),
     "whatif": ("What-if", ":material/tune:"),
+    "featuremap": ("Feature map", ":material/scatter_plot:"),
     "share": ("Share", ":material/share:"),
 }
 DEMO_DATASET = "datasets/digits-demo"
@@ -425,3 +427,40 @@ def save_whatif(start: whatif.Start, weights, tau: float) -> dict:
     """Store tuned weights as a normal run (owner only); its record."""
     require_owner("save runs")
     return whatif.save_as_run(start, weights, tau, run_store())
+
+
+# ---- feature map and near-duplicates ---------------------------------------------------------------
+
+def feature_map(key: str):
+    """The stored 2-D map of feature set `key`, or None before it was computed."""
+    return featuremap.load_map(cache_dir(), key)
+
+
+def feature_map_job(key: str) -> Job | None:
+    """The newest job (any session's) computing the map of feature set `key`."""
+    return next((job for job in job_manager().jobs() if job.name == f"feature map {key}"), None)
+
+
+def launch_feature_map(record: dict) -> None:
+    """Queue the map of a run's features on the shared JobManager (owner only)."""
+    require_owner("compute the feature map")
+    features, folder = whatif_start(record).features, cache_dir()
+    X = (features.X_train, features.X_test)
+    job_manager().submit(f"feature map {features.key}",
+                         lambda report: featuremap.build_map(np.vstack(X), folder, features.key, report))
+
+
+@st.cache_data(max_entries=8, show_spinner="Comparing train and test features…")
+def _near_duplicates(root: str, run_id: str, cache: str, threshold: float) -> list[dict]:
+    features = _whatif_start(root, run_id, cache).features
+    return featuremap.near_duplicates(features.X_train, features.X_test, threshold)
+
+
+def near_duplicate_pairs(data: Dataset, threshold: float) -> list[dict] | None:
+    """Near-duplicate train/test pairs by the features of the newest svm/head run on `data`; None without one."""
+    record = next((r for r in list_runs() if r["approach"] in FEATURE_APPROACHES
+                   and r["dataset"].get("fingerprint") == data.fingerprint), None)
+    if record is None:
+        return None
+    whatif_start(record)  # checks what viewers may read
+    return _near_duplicates(str(run_store().root), record["run_id"], str(cache_dir()), threshold)

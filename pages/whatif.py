@@ -4,8 +4,9 @@ import time
 import numpy as np
 import streamlit as st
 
+import panels
 import ui
-from core.analysis import HEADLINE_METRICS, LOGIT_APPROACHES, run_labels
+from core.analysis import HEADLINE_METRICS, LOGIT_APPROACHES
 from core.experiment import FEATURE_APPROACHES
 from core.figures import confusion_diff_figure, per_class_delta_figure
 from core.whatif import SEED_SCHEMES, WEIGHT_RANGE, compare_with_start, refit, seed_weights
@@ -14,16 +15,6 @@ DEBOUNCE_S = 0.3  # a newer slider change within this time restarts the page bef
 WEIGHT_GRID = np.geomspace(*WEIGHT_RANGE, 49).round(3).tolist()  # 12 steps per decade, log scale
 SLIDER_COLUMNS = 3
 SEEDS = {"run": "this run's weights", **{scheme: scheme for scheme in SEED_SCHEMES}}
-
-
-def pick_run(runs: list[dict]) -> dict:
-    labels = run_labels(runs)
-    ids = list(labels)
-    wanted = st.query_params.get("run")
-    run_id = st.selectbox("Start from run (svm or head)", ids, index=ids.index(wanted) if wanted in labels else 0,
-                          format_func=labels.get, key="whatif_run")
-    st.query_params["run"] = run_id
-    return next(run for run in runs if run["run_id"] == run_id)
 
 
 def weight_sliders(start, scheme: str) -> np.ndarray:
@@ -92,4 +83,4 @@ with ui.guard():
     if not runs:
         ui.no_runs_hint()
     else:
-        tuner(pick_run(runs))
+        tuner(panels.pick_run(runs, "Start from run (svm or head)", "whatif_run"))

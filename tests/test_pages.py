@@ -360,3 +360,36 @@ def test_whatif_viewers_play_but_cannot_save(trained, monkeypatch):
     assert "Read-only" in texts(at.info)
     assert not [b for b in at.button if b.key == "whatif_save"]
     assert len(ui.list_runs()) == 4
+
+
+# ---- Feature map and near-duplicates ---------------------------------------------------------------
+
+def test_feature_map_is_computed_once_as_a_job_then_drawn(trained_copy):
+    at = page("featuremap").run()
+    assert not at.exception and charts(at) == 0
+    at.button(key="compute_map").click().run()
+    job = next(job for job in ui.job_manager().jobs() if job.name.startswith("feature map"))
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while job.status in ACTIVE_STATUSES:
+        assert time.monotonic() < deadline, f"map job still {job.status}: {job.progress}"
+        time.sleep(0.2)
+    assert job.status == "done", job.error
+    at = page("featuremap").run()  # a new session finds the stored map
+    assert not at.exception and charts(at) == 1
+    assert not [b for b in at.button if b.key == "compute_map"]
+
+
+def test_dataset_page_lists_near_duplicate_pairs_with_thumbnails(trained):
+    at = page("dataset").run()
+    assert not at.exception
+    at.slider(key="duplicate_threshold").set_value(0.9).run()
+    assert not at.exception
+    assert "nearly duplicate a training image" in texts(at.warning)
+    pair_captions = [image.captions for image in at.image if any(c.startswith("test: ") for c in image.captions)]
+    assert pair_captions and all(c[0].startswith("test: ") and c[1].startswith("train: ") for c in pair_captions)
+
+
+def test_dataset_page_without_runs_explains_the_duplicate_check(empty_cache):
+    at = page("dataset").run()
+    assert not at.exception
+    assert "Train a svm or head run on this dataset first" in texts(at.caption)
