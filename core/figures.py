@@ -382,6 +382,8 @@ def clickable_confusion_figure(cm, classes, normalize=False, *, minority=None):
         customdata=[[i, j, int(counts[i, j])] for i, j in cells], name="cells",
         hovertemplate="true %{y}<br>predicted %{x}<br>%{customdata[2]} images (click to show them)<extra></extra>",
     ))
+    fig.update_xaxes(range=[-0.5, len(names) - 0.5])  # the markers must not pad the axes: cells stay aligned
+    fig.update_yaxes(range=[len(names) - 0.5, -0.5], autorange=False)
     fig.update_layout(clickmode="event+select")
     return fig
 
