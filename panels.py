@@ -11,6 +11,9 @@ from core.featuremap import DUPLICATE_SIMILARITY
 
 GALLERY_MAX = 24
 GALLERY_PX = 144
+DUPLICATES_SHOWN = 12
+DUPLICATE_COLUMNS = 3
+PAIR_PX = 112  # two side by side fit a third of the page at 1280 px
 
 
 def pick_run(runs: list[dict], label: str, key: str) -> dict:
@@ -26,7 +29,8 @@ def pick_run(runs: list[dict], label: str, key: str) -> dict:
     return next(run for run in runs if run["run_id"] == run_id)
 
 
-def gallery(paths: list[str], captions: list[str] | None = None, max_images: int = GALLERY_MAX) -> None:
+def gallery(paths: list[str], captions: list[str] | None = None, max_images: int = GALLERY_MAX,
+            width_px: int = GALLERY_PX) -> None:
     """Thumbnails of `paths` this session may see and that still exist, at most `max_images`."""
     captions = dict(zip(paths, captions or [Path(path).name for path in paths]))
     allowed, hidden = ui.viewable_paths(paths)
@@ -36,7 +40,7 @@ def gallery(paths: list[str], captions: list[str] | None = None, max_images: int
     if len(shown) < len(allowed):
         st.caption(f"{len(allowed) - len(shown)} image(s) are no longer at their recorded path (dataset moved?).")
     if shown:
-        st.image(ui.thumbnails(shown[:max_images]), width=GALLERY_PX, caption=[captions[p] for p in shown[:max_images]])
+        st.image(ui.thumbnails(shown[:max_images]), width=width_px, caption=[captions[p] for p in shown[:max_images]])
     if len(shown) > max_images:
         st.caption(f"Showing {max_images} of {len(shown)} images.")
 
@@ -93,8 +97,13 @@ def near_duplicates_panel(data) -> None:
         return
     st.warning(f"{len(pairs)} test image(s) nearly duplicate a training image: a possible leak that "
                "inflates test scores.", icon=":material/content_copy:")
-    for pair in pairs[:8]:
+    columns = st.columns(DUPLICATE_COLUMNS)
+    for i, pair in enumerate(pairs[:DUPLICATES_SHOWN]):
         test, train = data.test[pair["test"]], data.train[pair["train"]]
-        st.caption(f"similarity {pair['similarity']:.4f} · {data.classes[test.label]} (test) ↔ "
-                   f"{data.classes[train.label]} (train)")
-        gallery([test.path, train.path], [f"test: {Path(test.path).name}", f"train: {Path(train.path).name}"])
+        with columns[i % DUPLICATE_COLUMNS]:
+            st.caption(f"similarity {pair['similarity']:.4f} · {data.classes[test.label]} (test) ↔ "
+                       f"{data.classes[train.label]} (train)")
+            gallery([test.path, train.path], [f"test: {Path(test.path).name}", f"train: {Path(train.path).name}"],
+                    width_px=PAIR_PX)
+    if len(pairs) > DUPLICATES_SHOWN:
+        st.caption(f"Showing the {DUPLICATES_SHOWN} most similar of {len(pairs)} pairs.")

@@ -60,8 +60,7 @@ def build_map(X, cache_dir, key: str, progress=None) -> np.ndarray:
     return coords
 
 
-def near_duplicates(X_train, X_test, threshold: float = DUPLICATE_SIMILARITY, limit: int = 50,
-                    chunk: int = 1024) -> list[dict]:
+def near_duplicates(X_train, X_test, threshold: float = DUPLICATE_SIMILARITY, chunk: int = 1024) -> list[dict]:
     """Test images whose features nearly equal a training image's (cosine similarity >= `threshold`).
 
     One row per test image (its most similar training image), most similar first: a possible leak.
@@ -79,7 +78,7 @@ def near_duplicates(X_train, X_test, threshold: float = DUPLICATE_SIMILARITY, li
         score = similarity[np.arange(len(best)), best]
         rows += [{"test": begin + int(i), "train": int(best[i]), "similarity": float(score[i])}
                  for i in np.flatnonzero(score >= threshold)]
-    return sorted(rows, key=lambda row: -row["similarity"])[:limit]
+    return sorted(rows, key=lambda row: -row["similarity"])
 
 
 def _unit_rows(X) -> np.ndarray:
@@ -99,3 +98,10 @@ def map_points(dataset, test_pred=None) -> dict:
     samples = dataset.samples
     return {"labels": np.array([s.label for s in samples]), "is_test": np.arange(n_train + n_test) >= n_train,
             "predicted": predicted, "names": [Path(s.path).name for s in samples], "paths": [s.path for s in samples]}
+
+
+def misclassified_first(points: dict, indices) -> list[int]:
+    """Selected image indices ordered misclassified test images first, then other test images, then train."""
+    labels, predicted, is_test = points["labels"], points["predicted"], points["is_test"]
+    rank = np.where(~is_test, 2, np.where((predicted >= 0) & (predicted != labels), 0, 1))
+    return sorted({int(i) for i in indices}, key=lambda i: (rank[i], i))

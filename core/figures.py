@@ -332,7 +332,7 @@ def f1_delta_figure(per_class_a, per_class_b, label_a, label_b):
 DELTA_METRICS = {"precision": ("#1f77b4", ""), "recall": ("#1f77b4", HATCH), "f1": ("#2a3f5f", "")}
 MAP_COLORS = qualitative.Dark24 + qualitative.Light24
 MAP_SYMBOLS = {"train": "circle", "test · correct": "diamond", "test · misclassified": "x"}
-MAP_HEIGHT_PX = 720
+MAP_HEIGHT_PX = 760  # plot area; the class legend goes below it
 
 
 def per_class_delta_figure(per_class_a, per_class_b, label_a, label_b):
@@ -426,7 +426,9 @@ def feature_map_figure(coords, labels, classes, *, is_test, predicted, names, mi
         fig.add_trace(go.Scattergl(x=[None], y=[None], mode="markers", name=label, legendgroup="symbols",
                                    marker=dict(color=NEUTRAL_COLOR, symbol=symbol, size=9)))
     fig.update_xaxes(visible=False)
-    fig.update_yaxes(visible=False, scaleanchor="x")
+    fig.update_yaxes(visible=False)
+    legend_rows = -(-(len(classes) + len(MAP_SYMBOLS)) // 3)  # below the map, so long names leave it its width
     fig.update_layout(title="Feature map (PCA to 50 dims, then t-SNE): near points look alike to the backbone",
-                      height=MAP_HEIGHT_PX, dragmode="select", legend=dict(itemsizing="constant"))
+                      height=MAP_HEIGHT_PX + 22 * legend_rows, dragmode="select", margin=dict(b=22 * legend_rows + 20),
+                      legend=dict(itemsizing="constant", orientation="h", x=0, y=-0.02, yanchor="top"))
     return fig

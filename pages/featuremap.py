@@ -4,7 +4,7 @@ import streamlit as st
 import panels
 import ui
 from core.experiment import FEATURE_APPROACHES
-from core.featuremap import map_points
+from core.featuremap import map_points, misclassified_first
 from core.figures import feature_map_figure
 
 
@@ -17,10 +17,11 @@ def show_map(record: dict, coords) -> None:
                              minority=[row["minority"] for row in record["per_class"]])
     st.caption("Colour = true class; ● train, ◆ test classified correctly, ✕ test misclassified by this run. "
                "Hover for file and classes; drag a box or lasso around points to see their images.")
-    chosen = sorted({int(data[0]) for data in panels.selected_points(fig, key="feature_map")})
+    chosen = misclassified_first(points, [data[0] for data in panels.selected_points(fig, key="feature_map")])
     if not chosen:
         return
     st.subheader(f"{len(chosen)} selected image(s)")
+    st.caption("Misclassified test images first, then the other test images, then training images.")
     captions = [f"{points['names'][i]}: {classes[points['labels'][i]]}"
                 + (f" → {classes[points['predicted'][i]]}" if points["predicted"][i] >= 0 else " (train)")
                 for i in chosen]

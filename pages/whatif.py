@@ -23,7 +23,7 @@ def weight_sliders(start, scheme: str) -> np.ndarray:
     rows = start.record["per_class"]
     for i, (row, seed) in enumerate(zip(rows, seed_weights(start, scheme))):
         options = sorted({*WEIGHT_GRID, float(seed)})
-        label = f"{row['class']} · {row['train_count']} train" + (" · :orange[**minority**]" if row["minority"] else "")
+        label = f"{row['class']} · {row['train_count']} train" + (" · minority" if row["minority"] else "")
         weights.append(columns[i % SLIDER_COLUMNS].select_slider(
             label, options, value=float(seed), format_func=lambda w: f"{w:.3g}",
             key=f"whatif_{start.record['run_id']}_{scheme}_{i}"))

@@ -5,7 +5,8 @@ from sklearn.datasets import make_blobs
 from sklearn.neighbors import KNeighborsClassifier
 
 from core.errors import ConfigError
-from core.featuremap import build_map, compute_map, load_map, map_path, map_points, near_duplicates
+from core.featuremap import (build_map, compute_map, load_map, map_path, map_points, misclassified_first,
+                             near_duplicates)
 
 
 def test_map_keeps_classes_apart_and_is_deterministic():
@@ -53,3 +54,9 @@ def test_map_points_follow_the_dataset_order(demo_dataset):
     assert points["labels"].tolist() == [s.label for s in demo_dataset.samples]
     with pytest.raises(ConfigError, match=f"predicted 3 test images but the dataset has {n_test}"):
         map_points(demo_dataset, np.zeros(3, dtype=int))
+
+
+def test_selection_lists_misclassified_test_images_first():
+    points = {"labels": np.array([0, 1, 0, 1, 1]), "is_test": np.array([False, False, True, True, True]),
+              "predicted": np.array([-1, -1, 0, 0, 1])}
+    assert misclassified_first(points, [0, 1, 2, 3, 4, 3]) == [3, 2, 4, 0, 1]
