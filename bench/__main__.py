@@ -1,4 +1,4 @@
-"""`python -m bench`: backbone throughput per precision/layout, and fit time per approach on the demo."""
+"""`python -m bench`: what-if refit and feature-map times, backbone throughput, fit time per approach on the demo."""
 from __future__ import annotations
 
 import argparse
@@ -96,6 +96,19 @@ def bench_whatif(n_train: int, n_test: int, dim: int, n_classes: int, changes: i
               f"max {max(rest):.2f} s over {len(rest)} changes")
 
 
+def bench_map(n_train: int, n_test: int, dim: int, n_classes: int) -> None:
+    """Seconds to compute the 2-D feature map (PCA to 50 dims, then t-SNE) of all images once."""
+    import numpy as np
+
+    from core.featuremap import compute_map
+
+    features = synthetic_start(n_train, n_test, dim, n_classes, "svm").features
+    started = time.perf_counter()
+    compute_map(np.vstack([features.X_train, features.X_test]))
+    print(f"\n# feature map of {n_train + n_test} x {dim} synthetic features: "
+          f"{time.perf_counter() - started:.1f} s once per feature set (then read from the cache)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--backbones", default="efficientnet_lite0")
@@ -106,7 +119,13 @@ def main() -> None:
     parser.add_argument("--data", default="cache/datasets/digits-demo")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--whatif-size", default="4000,1000,1280,16",
+                        help="train images, test images, feature dim, classes of the synthetic what-if/map features")
+    parser.add_argument("--weight-changes", type=int, default=6)
     args = parser.parse_args()
+    n_train, n_test, dim, n_classes = (int(v) for v in args.whatif_size.split(","))
+    bench_whatif(n_train, n_test, dim, n_classes, args.weight_changes)
+    bench_map(n_train, n_test, dim, n_classes)
     bench_backbones(args.backbones.split(","), args.height, args.width, args.batch_size, args.repeats)
     bench_approaches(args.data, args.image_size, args.epochs)
 

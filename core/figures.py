@@ -299,6 +299,17 @@ def confusion_diff_figure(cm_a, cm_b, classes, label_a, label_b, *, minority=Non
     return _style_heatmap(fig, names, flags, f"Row-normalized confusion: {label_b} minus {label_a}")
 
 
+def _shared_classes(per_class_a, per_class_b):
+    """The class names of two per-class tables, which must be the same."""
+    names = [row["class"] for row in per_class_a]
+    if [row["class"] for row in per_class_b] != names:
+        raise ConfigError(
+            f"the two runs have different classes: {names} vs {[row['class'] for row in per_class_b]}; "
+            "compare runs on the same dataset"
+        )
+    return names
+
+
 def f1_delta_figure(per_class_a, per_class_b, label_a, label_b):
     """Bar per class of F1(B) − F1(A): green where B is better, red where it is worse.
 
@@ -309,12 +320,7 @@ def f1_delta_figure(per_class_a, per_class_b, label_a, label_b):
         >>> [round(x, 2) for x in f1_delta_figure(a, b, "A", "B").data[0].x]
         [0.33, 1.0]
     """
-    names = [row["class"] for row in per_class_a]
-    if [row["class"] for row in per_class_b] != names:
-        raise ConfigError(
-            f"the two runs have different classes: {names} vs {[row['class'] for row in per_class_b]}; "
-            "compare runs on the same dataset"
-        )
+    names = _shared_classes(per_class_a, per_class_b)
     deltas = [b["f1"] - a["f1"] for a, b in zip(per_class_a, per_class_b)]
     colors = [POSITIVE_COLOR if d > 0 else NEGATIVE_COLOR if d < 0 else NEUTRAL_COLOR for d in deltas]
     flags = [row["minority"] for row in per_class_a]
@@ -345,9 +351,7 @@ def per_class_delta_figure(per_class_a, per_class_b, label_a, label_b):
         >>> [round(x, 2) for x in per_class_delta_figure(a, b, "A", "B").data[1].x]
         [0.0, 1.0]
     """
-    names = [row["class"] for row in per_class_a]
-    if [row["class"] for row in per_class_b] != names:
-        raise ConfigError(f"the two results have different classes: {names} vs {[r['class'] for r in per_class_b]}")
+    names = _shared_classes(per_class_a, per_class_b)
     fig = go.Figure()
     for metric, (color, pattern) in DELTA_METRICS.items():
         fig.add_trace(go.Bar(
