@@ -188,8 +188,14 @@ def run_store() -> RunStore:
 
 @st.cache_data(show_spinner="Scanning images…", max_entries=8)
 def dataset(path: str, test_size: float = 0.2, seed: int = 0) -> Dataset:
-    """The dataset at `path` (raises DataError for an unusable folder)."""
-    return load_dataset(path, test_size=test_size, seed=seed)
+    """The dataset at `path` (raises DataError for an unusable folder); unchanged files are not re-read."""
+    return load_dataset(path, test_size=test_size, seed=seed, cache_dir=cache_dir())
+
+
+def rescan_dataset(path: str) -> None:
+    """Read every file under `path` again (refreshing its file index), then forget the cached scans."""
+    load_dataset(path, cache_dir=cache_dir(), rescan=True)
+    dataset.clear()
 
 
 @st.cache_data(max_entries=2000, show_spinner=False)

@@ -1,43 +1,86 @@
-"""`python -m bench`: what-if refit and feature-map times, backbone throughput, fit time per approach on the demo."""
+"""`python -m bench`: backbone throughput per runtime, extraction and cache-hit wall time, fit time per approach,
+what-if refit time per class-weight change and the feature map's compute time.
+
+Run on a quiet machine: every figure is wall-clock time on this machine's cores.
+"""
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
-from core.backbones import create_backbone
-from core.features import autocast_dtype
+from bench.wide_photos import build_wide_photos
+from core.backbones import get_entry
+from core.data import load_dataset
+from core.features import Preprocess, autocast_dtype
+from core.runtime import frozen_forward, openvino_available
+
+CPU = torch.device("cpu")
 
 
-def images_per_second(model, batch: torch.Tensor, dtype, channels_last: bool, repeats: int) -> float:
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(memory_format=fmt)
-    batch = batch.to(memory_format=fmt)
-    with torch.inference_mode(), torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
-        model(batch)  # warm-up
-        started = time.perf_counter()
-        for _ in range(repeats):
-            model(batch)
+def images_per_second(forward, batch: torch.Tensor, repeats: int) -> float:
+    forward(batch)  # warm-up (and OpenVINO's first-shape compilation)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        forward(batch)
     return repeats * len(batch) / (time.perf_counter() - started)
 
 
-def bench_backbones(names, height: int, width: int, batch_size: int, repeats: int) -> None:
-    bf16 = autocast_dtype(torch.device("cpu"))
-    print(f"# forward throughput, batch {batch_size} of {height}x{width}, {torch.get_num_threads()} threads, "
-          f"native bf16: {bf16 is not None}")
-    print(f"{'backbone':<20} {'fp32 NCHW':>10} {'channels_last':>14} {'bf16':>8} {'cl+bf16':>8}  img/s")
+def bench_forward(name: str, height: int, width: int, batch_size: int, repeats: int, cache_dir: str) -> dict:
+    """Raw forward img/s of the frozen backbone per runtime and precision; returns {label: img/s}."""
+    entry, bf16 = get_entry(name), autocast_dtype(CPU)
+    precisions = [("fp32", None)] + ([("bf16", bf16)] if bf16 is not None else [])
+    runtimes = ["torch"] + (["openvino"] if openvino_available() else [])
     batch = torch.randn(batch_size, 3, height, width)
-    for name in names:
-        model = create_backbone(name).features
-        cells = [images_per_second(model, batch, dt, cl, repeats)
-                 for dt, cl in ((None, False), (None, True), (bf16, False), (bf16, True))]
-        print(f"{name:<20} " + " ".join(f"{c:>{w}.1f}" for c, w in zip(cells, (10, 14, 8, 8))))
+    print(f"# raw forward, {name}, batch {batch_size} of {height}x{width}, {torch.get_num_threads()} threads, "
+          f"native bf16: {bf16 is not None}")
+    rates = {}
+    for runtime in runtimes:
+        for label, dtype in precisions:
+            forward = frozen_forward(entry, "avg", runtime=runtime, device=CPU, dtype=dtype, cache_dir=cache_dir)
+            rates[f"{runtime} {label}"] = images_per_second(forward, batch, repeats)
+            print(f"{runtime + ' ' + label:<16} {rates[f'{runtime} {label}']:8.1f} img/s")
+    return rates
+
+
+def run_cli(*args: str) -> tuple[dict, float]:
+    """`python -m core ARGS` in a fresh process: its JSON line and its wall time (imports included)."""
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "core", *args], capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1]), time.perf_counter() - started
+
+
+def bench_extract(data: Path, runtimes: list[str], rates: dict, cache_dir: str) -> None:
+    """`python -m core extract` on the wide-photo set: cold per runtime, then a cache hit and a re-validation."""
+    n = None
+    print(f"\n# python -m core extract on {data} (wide JPEG photos)")
+    print(f"{'runtime':<10} {'images':>7} {'wall s':>8} {'img/s':>7} {'vs raw forward':>15}")
+    for runtime in runtimes:
+        cache = f"{cache_dir}/extract-{runtime}"
+        out, wall_s = run_cli("extract", "--data", str(data), "--cache-dir", cache, "--runtime", runtime)
+        n = out["n"]
+        raw = rates.get(f"{out['runtime']} {'bf16' if autocast_dtype(CPU) is not None else 'fp32'}")
+        ratio = f"{n / wall_s / raw:.2f}x" if raw else "-"
+        print(f"{runtime:<10} {n:>7} {wall_s:>8.1f} {n / wall_s:>7.1f} {ratio:>15}")
+    hit, hit_wall_s = run_cli("extract", "--data", str(data), "--cache-dir", cache, "--runtime", runtimes[-1])
+    started = time.perf_counter()
+    load_dataset(data, cache_dir=cache, rescan=True)
+    rescan_s = time.perf_counter() - started
+    started = time.perf_counter()
+    load_dataset(data, cache_dir=cache)
+    revalidate_s = time.perf_counter() - started
+    print(f"cache hit: {hit_wall_s:.2f} s wall for {n} images (features loaded in {hit['seconds']:.2f} s); "
+          f"dataset re-validation from the file index {revalidate_s:.3f} s, full rescan {rescan_s:.2f} s")
 
 
 def bench_approaches(data: str, image_size: int, epochs: int) -> None:
     from core.experiment import ExperimentConfig, run_experiment
-    import tempfile
 
     with tempfile.TemporaryDirectory() as cache:
         config = ExperimentConfig(data=data, approaches=("svm", "head", "finetune"), class_weights=("balanced",),
@@ -111,14 +154,18 @@ def bench_map(n_train: int, n_test: int, dim: int, n_classes: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--backbones", default="efficientnet_lite0")
-    parser.add_argument("--height", type=int, default=240)
-    parser.add_argument("--width", type=int, default=800)
+    parser.add_argument("--backbone", default="efficientnet_lite0")
+    parser.add_argument("--height", type=int, default=224, help="working size of an 800x240 photo: 224x756")
+    parser.add_argument("--width", type=int, default=756)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--photos", type=int, default=5000, help="size of the synthetic wide-photo dataset")
+    parser.add_argument("--extract-runtimes", default="auto",
+                        help="comma list of runtimes to extract with (torch takes minutes on 5k photos)")
     parser.add_argument("--data", default="cache/datasets/digits-demo")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--cache-dir", default="cache/bench")
     parser.add_argument("--whatif-size", default="4000,1000,1280,16",
                         help="train images, test images, feature dim, classes of the synthetic what-if/map features")
     parser.add_argument("--weight-changes", type=int, default=6)
@@ -126,7 +173,11 @@ def main() -> None:
     n_train, n_test, dim, n_classes = (int(v) for v in args.whatif_size.split(","))
     bench_whatif(n_train, n_test, dim, n_classes, args.weight_changes)
     bench_map(n_train, n_test, dim, n_classes)
-    bench_backbones(args.backbones.split(","), args.height, args.width, args.batch_size, args.repeats)
+    Path(args.cache_dir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=args.cache_dir) as tmp:
+        rates = bench_forward(args.backbone, args.height, args.width, args.batch_size, args.repeats, tmp)
+        photos = build_wide_photos(Path(args.cache_dir) / f"wide-{args.photos}", args.photos)
+        bench_extract(photos, args.extract_runtimes.split(","), rates, tmp)
     bench_approaches(args.data, args.image_size, args.epochs)
 
 

@@ -20,6 +20,7 @@ from core.features import init_distributed, rank_world
 from core.experiment import APPROACHES, SVM_KERNELS, ExperimentConfig, load_features, run_experiment
 from core.report import write_report
 from core.runs import atomic_write_json
+from core.runtime import RUNTIMES
 from core.sharing import owner_token
 
 DEMO_DIR = "cache/datasets/digits-demo"
@@ -67,6 +68,8 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-size", type=float, default=0.2, help="test fraction when DIR has no train/test split")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--runtime", default="auto", choices=RUNTIMES,
+                   help="frozen-backbone inference: auto = OpenVINO on CPU when installed, torch on CUDA")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=None, help="image decoding processes (default: auto)")
     p.add_argument("--cache-dir", default="cache")
@@ -102,8 +105,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-DATA_SETTINGS = ("data", "backbone", "pool", "image_size", "test_size", "seed", "device", "batch_size", "workers",
-                 "cache_dir")
+DATA_SETTINGS = ("data", "backbone", "pool", "image_size", "test_size", "seed", "device", "runtime", "batch_size",
+                 "workers", "cache_dir")
 
 
 def _config(args) -> ExperimentConfig:
@@ -133,12 +136,12 @@ def cmd_experiment(args, progress) -> None:
 def cmd_extract(args, progress) -> None:
     init_distributed()  # `torchrun --nproc-per-node N -m core extract ...` splits the shards across ranks
     config = _config(args).validate()
-    dataset = load_dataset(config.data, test_size=config.test_size, seed=config.seed)
+    dataset = load_dataset(config.data, test_size=config.test_size, seed=config.seed, cache_dir=config.cache_dir)
     features = load_features(config, dataset, progress)
     n = len(features.X_train) + len(features.X_test)
     print(json.dumps({"key": features.key, "n": n, "feature_dim": features.X_train.shape[1],
                       "seconds": round(features.seconds, 3), "extract_seconds": round(features.extract_seconds, 3),
-                      "cache_hit": features.cache_hit, "skipped": len(dataset.skipped)}))
+                      "cache_hit": features.cache_hit, "runtime": features.runtime, "skipped": len(dataset.skipped)}))
 
 
 def cmd_demo_data(args, progress) -> None:

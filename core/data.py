@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -10,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
-from sklearn.model_selection import train_test_split
 
 from core.errors import DataError
 
@@ -64,12 +64,14 @@ class Dataset:
         }
 
 
-def load_dataset(root, *, test_size: float = 0.2, seed: int = 0) -> Dataset:
+def load_dataset(root, *, test_size: float = 0.2, seed: int = 0, cache_dir=None, rescan: bool = False) -> Dataset:
     """Load `root/train/<class>/*` + `root/test/<class>/*`, or split `root/<class>/*` stratified.
 
-    Unreadable, empty or non-image files are skipped and listed in `Dataset.skipped`.
+    Unreadable, empty or non-image files are skipped and listed in `Dataset.skipped`. With `cache_dir`,
+    a file index (path, size, mtime -> content hash, image size) is kept under it, so files unchanged
+    since the last scan are re-validated from `stat` alone; `rescan=True` reads every file again.
 
-    >>> ds = load_dataset("cache/datasets/digits-demo")  # doctest: +SKIP
+    >>> ds = load_dataset("cache/datasets/digits-demo", cache_dir="cache")  # doctest: +SKIP
     >>> ds.classes[:3], len(ds.train) > len(ds.test)  # doctest: +SKIP
     """
     root = Path(root).expanduser()
@@ -77,18 +79,18 @@ def load_dataset(root, *, test_size: float = 0.2, seed: int = 0) -> Dataset:
         raise DataError(f"dataset folder {str(root)!r} does not exist; pass a folder with one sub-folder per class")
     if not 0 < test_size < 1:
         raise DataError(f"test size must be between 0 and 1 (exclusive), got {test_size}")
-    hasher = hashlib.sha256()
-    skipped: list[tuple[str, str]] = []
+    scanner = FileIndex(root, cache_dir, rescan)
     if (root / "train").is_dir() and (root / "test").is_dir():
         classes = sorted(set(_class_names(root / "train")) | set(_class_names(root / "test")))
-        train = _scan_split(root / "train", classes, hasher, skipped)
-        test = _scan_split(root / "test", classes, hasher, skipped)
+        train = scanner.scan(root / "train", classes)
+        test = scanner.scan(root / "test", classes)
     else:
         classes = _class_names(root)
-        train, test = _split(_scan_split(root, classes, hasher, skipped), test_size, seed, len(classes))
-        hasher.update(f"split:{test_size}:{seed}".encode())
+        train, test = _split(scanner.scan(root, classes), test_size, seed, len(classes))
+        scanner.hasher.update(f"split:{test_size}:{seed}".encode())
+    scanner.save()
     _check_usable(root, classes, train, test)
-    return Dataset(str(root), classes, train, test, skipped, hasher.hexdigest()[:16])
+    return Dataset(str(root), classes, train, test, scanner.skipped, scanner.hasher.hexdigest()[:16])
 
 
 def _class_names(folder: Path) -> list[str]:
@@ -101,32 +103,78 @@ def _class_names(folder: Path) -> list[str]:
     return classes
 
 
-def _scan_split(folder: Path, classes: list[str], hasher, skipped: list) -> list[Sample]:
-    samples = []
-    for label, name in enumerate(classes):
-        class_dir = folder / name
-        files = sorted(p for p in class_dir.rglob("*") if p.is_file()) if class_dir.is_dir() else []
-        for path in files:
-            if path.name.startswith("."):
-                continue
-            size, reason = _inspect_image(path, hasher, label)
-            if reason:
-                skipped.append((str(path), reason))
-            else:
+class FileIndex:
+    """Scans class folders, remembering each file's content hash and image size by (path, size, mtime).
+
+    The dataset fingerprint hashes every file's label, name and content hash, whether read or remembered.
+    """
+
+    VERSION = 1
+
+    def __init__(self, root: Path, cache_dir=None, rescan: bool = False):
+        self.hasher, self.skipped = hashlib.sha256(), []
+        name = f"{hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]}.json"
+        self.path = Path(cache_dir) / "index" / name if cache_dir is not None else None
+        self.known = {} if rescan or self.path is None else self._read()
+        self.seen: dict[str, list] = {}
+
+    def _read(self) -> dict:
+        try:
+            saved = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}  # no index yet, or an unreadable one: scan everything
+        return saved.get("files", {}) if isinstance(saved, dict) and saved.get("version") == self.VERSION else {}
+
+    def save(self) -> None:
+        """Write the index of the files seen in this scan (atomically); a no-op without a cache folder."""
+        if self.path is not None and self.seen != self.known:
+            from core.runs import atomic_write_json
+
+            atomic_write_json(self.path, {"version": self.VERSION, "files": self.seen})
+
+    def scan(self, folder: Path, classes: list[str]) -> list[Sample]:
+        """Samples of `folder/<class>/**` in class then path order; unusable files go to `skipped`."""
+        samples = []
+        for label, name in enumerate(classes):
+            class_dir = folder / name
+            files = sorted(p for p in class_dir.rglob("*") if p.is_file()) if class_dir.is_dir() else []
+            for path in files:
+                if path.name.startswith("."):
+                    continue
+                digest, size, reason = self._inspect(path)
+                if reason:
+                    self.skipped.append((str(path), reason))
+                    continue
+                self.hasher.update(f"{label}:{path.name}:".encode())
+                self.hasher.update(bytes.fromhex(digest))
                 samples.append(Sample(str(path), label, size))
-    return samples
+        return samples
+
+    def _inspect(self, path: Path) -> tuple[str | None, tuple[int, int] | None, str | None]:
+        """(content hash, image size, skip reason) from the index when size and mtime match, else read."""
+        try:
+            st = path.stat()
+            stamp = [st.st_size, st.st_mtime_ns]
+        except OSError as err:
+            return None, None, f"cannot read file: {err.strerror or err}"
+        entry = self.known.get(str(path))
+        if entry is None or entry[:2] != stamp:
+            digest, size, reason = _inspect_image(path)
+            entry = [*stamp, digest, list(size) if size else None, reason]
+        self.seen[str(path)] = entry
+        return entry[2], tuple(entry[3]) if entry[3] else None, entry[4]
 
 
-def _inspect_image(path: Path, hasher, label: int) -> tuple[tuple[int, int] | None, str | None]:
-    """Decode an image cheaply (JPEG draft mode) and hash its bytes; return (size, skip reason)."""
+def _inspect_image(path: Path) -> tuple[str | None, tuple[int, int] | None, str | None]:
+    """Decode an image cheaply (JPEG draft mode) and hash its bytes; return (hash, size, skip reason)."""
     if path.suffix.lower() not in IMAGE_EXTENSIONS:
-        return None, f"not an image extension ({path.suffix or 'none'})"
+        return None, None, f"not an image extension ({path.suffix or 'none'})"
     try:
         data = path.read_bytes()
     except OSError as err:
-        return None, f"cannot read file: {err.strerror or err}"
+        return None, None, f"cannot read file: {err.strerror or err}"
     if not data:
-        return None, "empty file (0 bytes)"
+        return None, None, "empty file (0 bytes)"
     try:
         with Image.open(io.BytesIO(data)) as img:
             size = img.size
@@ -135,15 +183,15 @@ def _inspect_image(path: Path, hasher, label: int) -> tuple[tuple[int, int] | No
             img.draft("RGB", (64, 64))
             img.load()
     except UnidentifiedImageError:
-        return None, "not a recognised image format (corrupt, or not really an image)"
+        return None, None, "not a recognised image format (corrupt, or not really an image)"
     except (OSError, ValueError, Image.DecompressionBombError) as err:
-        return None, f"unreadable image: {err}"
-    hasher.update(f"{label}:{path.name}:".encode())
-    hasher.update(hashlib.sha256(data).digest())
-    return size, None
+        return None, None, f"unreadable image: {err}"
+    return hashlib.sha256(data).hexdigest(), size, None
 
 
 def _split(samples: list[Sample], test_size: float, seed: int, n_classes: int):
+    from sklearn.model_selection import train_test_split  # imported on use: scans stay fast to start
+
     if len(samples) < 2:
         raise DataError(f"found {len(samples)} readable images in the class folders; need at least 2 to split "
                         "into train and test (see the skipped files for what could not be read)")

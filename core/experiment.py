@@ -18,6 +18,7 @@ from core.features import FeatureSet, extract_features, rank_world
 from core.finetune import FinetuneConfig, finetune
 from core.metrics import evaluate
 from core.runs import RunStore, new_run_id
+from core.runtime import RUNTIMES
 from core.weights import SCHEMES, adjust_logits, class_weights, read_custom_weights
 
 APPROACHES = ("svm", "head", "finetune")
@@ -39,6 +40,7 @@ class ExperimentConfig:
     batch_size: int = 32
     seed: int = 0
     device: str = "auto"
+    runtime: str = "auto"
     cache_dir: str = "cache"
     test_size: float = 0.2
     image_size: int | None = None
@@ -59,6 +61,8 @@ class ExperimentConfig:
             raise ConfigError(f"unknown pooling {self.pool!r}; choose one of: {', '.join(POOLS)}")
         if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
             raise ConfigError(f"epochs, batch size and lr must be positive; got {self.epochs}, {self.batch_size}, {self.lr}")
+        if self.runtime not in RUNTIMES:
+            raise ConfigError(f"unknown runtime {self.runtime!r}; choose one of: {', '.join(RUNTIMES)}")
         if self.svm_kernel not in SVM_KERNELS:
             raise ConfigError(f"unknown SVM kernel {self.svm_kernel!r}; choose one of: {', '.join(SVM_KERNELS)}")
         if not (math.isfinite(self.tau) and self.tau >= 0):
@@ -87,7 +91,8 @@ def resolve_class_weight(spec, dataset: Dataset, beta: float = 0.999) -> tuple[s
 
 def load_features(config: ExperimentConfig, dataset: Dataset, progress=None) -> FeatureSet:
     return extract_features(dataset, config.backbone, pool=config.pool, image_size=config.image_size,
-                            cache_dir=config.cache_dir, device=config.device, batch_size=config.batch_size,
+                            cache_dir=config.cache_dir, device=config.device, runtime=config.runtime,
+                            batch_size=config.batch_size,
                             workers=config.workers, progress=progress)
 
 
@@ -98,7 +103,7 @@ def run_experiment(config: ExperimentConfig, progress=None, store: RunStore | No
     >>> [(r["approach"], r["class_weight"], round(r["macro_f1"], 2)) for r in results["runs"]]  # doctest: +SKIP
     """
     config.validate()
-    dataset = load_dataset(config.data, test_size=config.test_size, seed=config.seed)
+    dataset = load_dataset(config.data, test_size=config.test_size, seed=config.seed, cache_dir=config.cache_dir)
     weights = [resolve_class_weight(spec, dataset, config.beta) for spec in config.class_weights]
     store = store or RunStore(Path(config.cache_dir) / "runs")
     features = None
@@ -110,6 +115,7 @@ def run_experiment(config: ExperimentConfig, progress=None, store: RunStore | No
             "extract_seconds": features.extract_seconds if features else 0.0,
             "feature_seconds": features.seconds if features else 0.0,
             "cache_hit": bool(features and features.cache_hit), "feature_key": features.key if features else None,
+            "runtime": features.runtime if features else None,
             "config": config.to_dict(), "runs": runs}
 
 

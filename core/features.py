@@ -15,15 +15,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
-from torchvision.transforms import InterpolationMode, v2
-from torchvision.transforms.v2 import functional as F
 
-from core.backbones import Backbone, BackboneEntry, create_backbone, get_entry
+from core.backbones import BackboneEntry, describe_backbone, get_entry
 from core.data import Dataset, Sample, open_rgb
 from core.errors import ConfigError, DataError
 from core.runs import atomic_write_bytes, atomic_write_json
+from core.runtime import Forward, frozen_forward, resolve_runtime
 
-FORMAT_VERSION = 2  # 2: sizes of EXIF-rotated photos are their upright sizes
+FORMAT_VERSION = 3  # 2: sizes of EXIF-rotated photos are their upright sizes; 3: runtime in the key
 SHARD_IMAGES = 256
 Progress = Callable[[str, int, int], None]
 
@@ -61,6 +60,8 @@ class Preprocess:
         return (new_long, new_short) if height > width else (new_short, new_long)
 
     def __call__(self, img, out_size: tuple[int, int], augment: Callable | None = None) -> torch.Tensor:
+        from torchvision.transforms.v2 import InterpolationMode, functional as F  # on use: cache hits start fast
+
         mode = InterpolationMode(self.interpolation)
         image = F.resize(F.pil_to_tensor(img), list(out_size), interpolation=mode, antialias=True)
         if augment is not None:
@@ -68,8 +69,10 @@ class Preprocess:
         return F.normalize(F.to_dtype(image, torch.float32, scale=True), self.mean, self.std)
 
 
-def light_augmentation(hflip: bool = True) -> v2.Compose:
+def light_augmentation(hflip: bool = True):
     """Shape-preserving augmentation for fine-tuning: small shifts/zoom, colour jitter, optional flip."""
+    from torchvision.transforms import v2
+
     steps = [v2.RandomAffine(degrees=5, translate=(0.05, 0.05), scale=(0.9, 1.1)), v2.ColorJitter(0.2, 0.2, 0.2)]
     return v2.Compose(([v2.RandomHorizontalFlip()] if hflip else []) + steps)
 
@@ -148,23 +151,30 @@ class FeatureSet:
     key: str
     cache_hit: bool
     seconds: float  # wall time of this call (loading on a hit)
-    extract_seconds: float  # time the extraction itself took when it ran
+    extract_seconds: float  # wall time the extraction took, summed over resumed calls
     backbone: dict
+    runtime: str = "torch"  # the runtime that extracted them
 
 
-def feature_key(dataset: Dataset, entry: BackboneEntry, pool: str, preprocess: Preprocess, dtype) -> str:
-    """Hash of everything that changes the features: data, backbone+weights, transform, pooling, dtype."""
+def feature_key(dataset: Dataset, entry: BackboneEntry, pool: str, preprocess: Preprocess, dtype,
+                runtime: str = "torch") -> str:
+    """Hash of everything that changes the features: data, backbone+weights, transform, pooling, dtype.
+
+    Runtimes agree within float noise in fp32, so the runtime only counts in reduced precision.
+    """
     fields = {"format": FORMAT_VERSION, "data": dataset.fingerprint, "backbone": entry.name,
-              "weights": entry.weights_id, "pool": pool, "preprocess": repr(preprocess), "dtype": str(dtype)}
+              "weights": entry.weights_id, "pool": pool, "preprocess": repr(preprocess), "dtype": str(dtype),
+              "runtime": runtime if dtype is not None else "any"}
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:20]
 
 
 def extract_features(dataset: Dataset, backbone: str = "efficientnet_lite0", *, pool: str = "avg",
                      image_size: int | None = None, cache_dir="cache", device: str = "auto",
-                     precision: str = "auto", batch_size: int = 32, workers: int | None = None,
-                     progress: Progress | None = None) -> FeatureSet:
+                     precision: str = "auto", runtime: str = "auto", batch_size: int = 32,
+                     workers: int | None = None, progress: Progress | None = None) -> FeatureSet:
     """Features for every image of `dataset`, computed once and then served from `cache_dir/features/`.
 
+    The frozen forward pass runs through `runtime` (auto: OpenVINO on CPU when installed, else torch).
     Shards are written atomically as they finish, so an interrupted extraction resumes where it stopped.
 
     >>> fs = extract_features(load_dataset("cache/datasets/digits-demo"))  # doctest: +SKIP
@@ -174,27 +184,29 @@ def extract_features(dataset: Dataset, backbone: str = "efficientnet_lite0", *, 
     start = time.perf_counter()
     entry, torch_device = get_entry(backbone), resolve_device(device)
     preprocess, dtype = Preprocess.for_backbone(entry, image_size), autocast_dtype(torch_device, precision)
-    key = feature_key(dataset, entry, pool, preprocess, dtype)
+    runtime = resolve_runtime(runtime, torch_device)
+    key = feature_key(dataset, entry, pool, preprocess, dtype, runtime)
     folder = Path(cache_dir) / "features" / key
     meta_path = folder / "meta.json"
     cache_hit = meta_path.exists()
     if not cache_hit:
-        model = create_backbone(backbone, pool=pool)
-        _extract_shards(dataset, model, preprocess, folder, torch_device, dtype, batch_size, workers, progress)
+        forward = frozen_forward(entry, pool, runtime=runtime, device=torch_device, dtype=dtype, cache_dir=cache_dir)
+        _extract_shards(dataset, forward, preprocess, folder, torch_device, batch_size, workers, progress, start)
         _barrier()  # under torchrun every rank has written its shards before rank 0 seals the cache entry
+    X = _load_shards(folder, len(dataset.samples))
     if not cache_hit and rank_world()[0] == 0:
-        meta = {"key": key, "n": len(dataset.samples), "feature_dim": model.feature_dim,
-                "extract_seconds": time.perf_counter() - start,
-                "backbone": {**model.describe(), "image_size": preprocess.image_size},
-                "preprocess": repr(preprocess), "dtype": str(dtype), "device": str(torch_device)}
+        backbone_info = {**describe_backbone(entry, pool), "feature_dim": X.shape[1], "image_size": preprocess.image_size,
+                         "dtype": str(dtype), "runtime": runtime}
+        meta = {"key": key, "n": len(dataset.samples), "feature_dim": X.shape[1], "extract_seconds": _elapsed(folder),
+                "backbone": backbone_info, "preprocess": repr(preprocess), "dtype": str(dtype),
+                "device": str(torch_device), "runtime": runtime}
         atomic_write_json(meta_path, meta)
     _barrier()
     meta = json.loads(meta_path.read_text())
-    X = _load_shards(folder, len(dataset.samples))
     y = np.array([s.label for s in dataset.samples])
     n = len(dataset.train)
     return FeatureSet(X[:n], y[:n], X[n:], y[n:], key, cache_hit, time.perf_counter() - start,
-                      meta["extract_seconds"], meta["backbone"])
+                      meta["extract_seconds"], meta["backbone"], meta["runtime"])
 
 
 def _shard_plan(samples, preprocess: Preprocess) -> list[list[int]]:
@@ -202,8 +214,9 @@ def _shard_plan(samples, preprocess: Preprocess) -> list[list[int]]:
     return size_grouped_batches(samples, preprocess, SHARD_IMAGES)
 
 
-def _extract_shards(dataset, backbone: Backbone, preprocess, folder: Path, device, dtype, batch_size, workers,
-                    progress) -> None:
+def _extract_shards(dataset, forward: Forward, preprocess, folder: Path, device, batch_size, workers,
+                    progress, started: float) -> None:
+    """Run this rank's missing shards through `forward`; each rank records its wall time since `started`."""
     samples = dataset.samples
     shards = _shard_plan(samples, preprocess)
     rank, world = rank_world()
@@ -215,23 +228,28 @@ def _extract_shards(dataset, backbone: Backbone, preprocess, folder: Path, devic
     report("extract features", done, total)
     if not todo:
         return
-    model = backbone.features.to(device, memory_format=torch.channels_last)
+    earlier_s = _elapsed(folder, rank)
     batches = [shard[j:j + batch_size] for _, shard in todo for j in range(0, len(shard), batch_size)]
     loader = make_loader(ImageDataset(samples, preprocess), batches, device, workers)
     pending = iter(todo)
     shard_id, shard = next(pending)
     rows, indices = [], []
-    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-        for images, _, index in loader:
-            images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
-            rows.append(model(images).float().cpu().numpy())
-            indices.append(index.numpy())
-            done += len(index)
-            report("extract features", done, total)
-            if sum(len(i) for i in indices) == len(shard):
-                _write_shard(_shard_path(folder, shard_id), np.concatenate(indices), np.concatenate(rows))
-                rows, indices = [], []
-                shard_id, shard = next(pending, (None, None))
+    for images, _, index in loader:
+        rows.append(forward(images))
+        indices.append(index.numpy())
+        done += len(index)
+        report("extract features", done, total)
+        if sum(len(i) for i in indices) == len(shard):
+            _write_shard(_shard_path(folder, shard_id), np.concatenate(indices), np.concatenate(rows))
+            atomic_write_json(folder / f"elapsed-{rank}.json", {"seconds": earlier_s + time.perf_counter() - started})
+            rows, indices = [], []
+            shard_id, shard = next(pending, (None, None))
+
+
+def _elapsed(folder: Path, rank: int | None = None) -> float:
+    """Extraction wall time recorded so far: one rank's, or the slowest rank's (ranks run side by side)."""
+    paths = [folder / f"elapsed-{rank}.json"] if rank is not None else folder.glob("elapsed-*.json")
+    return max((json.loads(p.read_text())["seconds"] for p in paths if p.exists()), default=0.0)
 
 
 def rank_world() -> tuple[int, int]:

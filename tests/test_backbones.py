@@ -10,6 +10,7 @@ from torchvision.transforms.v2 import functional as F
 
 from core.backbones import (IMAGENET_MEAN, IMAGENET_STD, create_backbone, get_entry, list_backbones,
                             load_imagenet_model)
+from core.backbones.efficientnet import TF_MEAN, TF_STD
 from core.errors import BackboneError
 
 CAT_CLASSES = range(281, 286)  # ImageNet: tabby, tiger cat, Persian, Siamese, Egyptian cat
@@ -48,7 +49,8 @@ def test_unknown_pool_is_a_backbone_error():
 def test_efficientnet_describe(backbone):
     info = backbone.describe()
     assert info["name"] == "efficientnet_lite0" and info["feature_dim"] == 1280 and info["pool"] == "avg"
-    assert info["weights"] and info["mean"] == list(IMAGENET_MEAN) and info["std"] == list(IMAGENET_STD)
+    assert info["weights"].startswith("tf_efficientnet_lite0.")  # not the old efficientnet_lite0 caches
+    assert info["mean"] == info["std"] == [0.5, 0.5, 0.5]  # inputs in [-1, 1], as TensorFlow trained it
     assert not backbone.features.training
 
 
@@ -80,6 +82,16 @@ def test_resnet_without_weights_builds_offline():
     assert isinstance(bb.features.avgpool, torch.nn.AdaptiveMaxPool2d)
 
 
+def test_resnet_weights_are_torchvision_defaults():
+    import torchvision
+
+    from core.backbones.resnet import DEFAULT_WEIGHTS
+
+    for name, weights in DEFAULT_WEIGHTS.items():
+        assert torchvision.models.get_model_weights(name).DEFAULT.name == weights
+        assert get_entry(name).weights_id == f"{name}.{weights}"
+
+
 def test_last_block_belongs_to_the_features(backbone):
     feature_params = {id(p) for p in backbone.features.parameters()}
     last = list(backbone.last_block.parameters())
@@ -87,10 +99,20 @@ def test_last_block_belongs_to_the_features(backbone):
     assert len(last) < len(feature_params)
 
 
-def _imagenet_input(image: np.ndarray) -> torch.Tensor:
-    x = torch.from_numpy(image).permute(2, 0, 1)
-    x = F.center_crop(F.resize(x, [224], interpolation=InterpolationMode.BICUBIC, antialias=True), [224, 224])
-    return F.normalize(F.to_dtype(x, torch.float32, scale=True), list(IMAGENET_MEAN), list(IMAGENET_STD))[None]
+def _imagenet_input(images: list[np.ndarray], mean=TF_MEAN, std=TF_STD) -> torch.Tensor:
+    """Photos resized (short side 224, bicubic), centre-cropped and normalized: `(N, 3, 224, 224)`."""
+    batch = []
+    for image in images:
+        x = torch.from_numpy(image).permute(2, 0, 1)
+        x = F.center_crop(F.resize(x, [224], interpolation=InterpolationMode.BICUBIC, antialias=True), [224, 224])
+        batch.append(F.normalize(F.to_dtype(x, torch.float32, scale=True), list(mean), list(std)))
+    return torch.stack(batch)
+
+
+def _photos() -> list[np.ndarray]:
+    from skimage import data
+
+    return [data.chelsea(), data.astronaut(), data.coffee(), data.rocket(), data.cat()]
 
 
 def test_bundled_weights_recognise_a_cat():
@@ -99,9 +121,45 @@ def test_bundled_weights_recognise_a_cat():
 
     model = load_imagenet_model("efficientnet_lite0")
     with torch.inference_mode():
-        probs = model(_imagenet_input(chelsea())).softmax(1)[0]
+        probs = model(_imagenet_input([chelsea()])).softmax(1)[0]
     assert int(probs.argmax()) in CAT_CLASSES
     assert float(probs[list(CAT_CLASSES)].sum()) > 0.5
+
+
+def _batchnorm_mismatch(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
+    """Per BatchNorm layer: median over channels of |log(batch variance / running variance)| of its input."""
+    mismatch = []
+
+    def record(layer, inputs, _):
+        var = inputs[0].double().var(dim=(0, 2, 3))
+        running = layer.running_var.double()
+        alive = running > 1e-3  # channels the checkpoint never uses carry no statistics
+        mismatch.append(((var + layer.eps) / (running + layer.eps)).log().abs()[alive].median().item())
+
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    hooks = [layer.register_forward_hook(record) for layer in layers]
+    with torch.inference_mode():
+        model(x)
+    for hook in hooks:
+        hook.remove()
+    return np.array(mismatch)
+
+
+def test_real_photos_match_the_checkpoint_batchnorm_statistics():
+    """The TF architecture with [-1, 1] inputs feeds each BatchNorm what it saw in training; the old
+    configuration (timm's efficientnet_lite0 with ImageNet mean/std) is far off, worst at the first layers."""
+    import timm
+
+    fixed = load_imagenet_model("efficientnet_lite0")
+    old = timm.create_model("efficientnet_lite0").eval()
+    old.load_state_dict(fixed.state_dict())  # same tensors, the other architecture (padding, eps 1e-5)
+    photos = _photos()
+    fixed_mismatch = _batchnorm_mismatch(fixed, _imagenet_input(photos))
+    old_mismatch = _batchnorm_mismatch(old, _imagenet_input(photos, IMAGENET_MEAN, IMAGENET_STD))
+    assert len(fixed_mismatch) == len(old_mismatch) == 49
+    assert fixed_mismatch.mean() < 0.65 * old_mismatch.mean()  # measured: 0.25 vs 0.47
+    assert fixed_mismatch[0] < 0.5 * old_mismatch[0]  # stem: measured 0.43 vs 1.21
+    assert (fixed_mismatch[:8] < old_mismatch[:8]).all()
 
 
 def test_untrained_model_does_not_recognise_the_cat():
@@ -111,7 +169,7 @@ def test_untrained_model_does_not_recognise_the_cat():
     torch.manual_seed(0)
     model = load_imagenet_model("efficientnet_lite0", pretrained=False)
     with torch.inference_mode():
-        probs = model(_imagenet_input(chelsea())).softmax(1)[0]
+        probs = model(_imagenet_input([chelsea()])).softmax(1)[0]
     assert float(probs[list(CAT_CLASSES)].sum()) < 0.5
 
 

@@ -209,7 +209,8 @@ def test_bad_custom_class_weight_file(tiny_dir, tmp_path, table, fragment):
     cache = tmp_path / "cache"
     assert_usage_error(*run_main(["experiment", "--data", tiny_dir, "--class-weight", f"none,{weights}",
                                   "--cache-dir", cache, "--out", tmp_path / "r.json", *FAST]), fragment)
-    assert not cache.exists() and not (tmp_path / "r.json").exists()
+    assert not (cache / "features").exists() and not (cache / "runs").exists()  # only the scan's file index
+    assert not (tmp_path / "r.json").exists()
 
 
 def test_unknown_class_weight_scheme(tiny_dir, tmp_path):

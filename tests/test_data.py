@@ -298,3 +298,64 @@ def test_sample_size_is_the_displayed_size(tmp_path):
     ds = load_dataset(tmp_path / "ds", test_size=0.34)
     for sample in ds.samples:
         assert sample.size == open_rgb(sample.path).size == (40, 120)
+
+
+# ---------------------------------------------------------------- file index: re-validation from stat
+
+
+@pytest.fixture
+def count_reads(monkeypatch):
+    """Records the paths whose bytes load_dataset reads (and hashes and decodes)."""
+    import core.data as data
+
+    reads, real = [], data._inspect_image
+    monkeypatch.setattr(data, "_inspect_image", lambda path: reads.append(path.name) or real(path))
+    return reads
+
+
+def test_unchanged_folder_is_revalidated_without_reading_files(tmp_path, make_class_tree, count_reads):
+    root = make_class_tree(tmp_path / "ds", {"a": 4, "b": 4})
+    (root / "a" / "notes.txt").write_text("not an image")
+    first = load_dataset(root, cache_dir=tmp_path / "cache")
+    assert len(count_reads) == 9
+    count_reads.clear()
+    again = load_dataset(root, cache_dir=tmp_path / "cache")
+    assert count_reads == []  # stat alone
+    assert again.fingerprint == first.fingerprint and again.skipped == first.skipped
+    assert again.train == first.train and again.test == first.test
+
+
+def test_index_gives_the_fingerprint_of_a_full_scan(tmp_path, make_class_tree):
+    root = make_class_tree(tmp_path / "ds", {"a": 4, "b": 4})
+    load_dataset(root, cache_dir=tmp_path / "cache")
+    assert load_dataset(root, cache_dir=tmp_path / "cache").fingerprint == load_dataset(root).fingerprint
+
+
+def test_changed_and_new_files_are_read_again(tmp_path, make_class_tree, make_image, count_reads):
+    root = make_class_tree(tmp_path / "ds", {"a": 4, "b": 4})
+    before = load_dataset(root, cache_dir=tmp_path / "cache")
+    count_reads.clear()
+    make_image(root / "a" / "a-000.png", size=(64, 16), seed=99)  # same name, new content and size
+    make_image(root / "b" / "b-new.png", seed=7)
+    after = load_dataset(root, cache_dir=tmp_path / "cache")
+    assert sorted(count_reads) == ["a-000.png", "b-new.png"]
+    assert after.fingerprint != before.fingerprint
+    assert (64, 16) in [s.size for s in after.samples] and len(after.samples) == 9
+
+
+def test_rescan_reads_every_file(tmp_path, make_class_tree, count_reads):
+    root = make_class_tree(tmp_path / "ds", {"a": 3, "b": 3})
+    load_dataset(root, cache_dir=tmp_path / "cache")
+    count_reads.clear()
+    load_dataset(root, cache_dir=tmp_path / "cache", rescan=True)
+    assert len(count_reads) == 6
+
+
+def test_unreadable_index_means_a_full_scan(tmp_path, make_class_tree, count_reads):
+    root = make_class_tree(tmp_path / "ds", {"a": 3, "b": 3})
+    load_dataset(root, cache_dir=tmp_path / "cache")
+    for index in (tmp_path / "cache" / "index").glob("*.json"):
+        index.write_text("{ not json")
+    count_reads.clear()
+    assert len(load_dataset(root, cache_dir=tmp_path / "cache").samples) == 6
+    assert len(count_reads) == 6

@@ -8,9 +8,10 @@ from __future__ import annotations
 import difflib
 import fnmatch
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
 
 from core.errors import BackboneError
 
@@ -50,10 +51,13 @@ class Backbone:
 
     def describe(self) -> dict:
         """JSON-ready identity of the backbone (part of every cache key and results file)."""
-        e = self.entry
-        return {"name": self.name, "weights": e.weights_id, "pool": self.pool, "feature_dim": self.feature_dim,
-                "image_size": e.image_size, "mean": list(e.mean), "std": list(e.std),
-                "interpolation": e.interpolation}
+        return {**describe_backbone(self.entry, self.pool), "feature_dim": self.feature_dim}
+
+
+def describe_backbone(entry: BackboneEntry, pool: str) -> dict:
+    """JSON-ready identity of a registered backbone with its pooling, without building it."""
+    return {"name": entry.name, "weights": entry.weights_id, "pool": pool, "image_size": entry.image_size,
+            "mean": list(entry.mean), "std": list(entry.std), "interpolation": entry.interpolation}
 
 
 _REGISTRY: dict[str, BackboneEntry] = {}

