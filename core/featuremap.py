@@ -9,8 +9,6 @@ import io
 from pathlib import Path
 
 import numpy as np
-from sklearn.decomposition import PCA
-from sklearn.manifold import TSNE
 
 from core.errors import ConfigError
 from core.runs import atomic_write_bytes
@@ -38,6 +36,9 @@ def compute_map(X, *, seed: int = 0, progress=None) -> np.ndarray:
     >>> compute_map(np.random.default_rng(0).normal(size=(40, 8))).shape
     (40, 2)
     """
+    from sklearn.decomposition import PCA  # imported on use: pages that only read a stored map start fast
+    from sklearn.manifold import TSNE
+
     X = np.asarray(X, dtype=np.float32)
     if X.ndim != 2 or len(X) < 4:
         raise ConfigError(f"a feature map needs at least 4 images of 2-D features, got shape {X.shape}")
