@@ -22,7 +22,8 @@ def pick_run(runs: list[dict], label: str, key: str) -> dict:
     ids = list(labels)
     wanted = st.query_params.get("run")
     if wanted and wanted not in labels:
-        st.warning(f"Run `{wanted}` from the link does not exist here (deleted, or not a run this page shows); showing the newest run instead.")
+        st.warning(f"Run `{wanted}` from the link does not exist here (deleted, or not a run this page shows); "
+                   "showing the newest run instead.")
     run_id = st.selectbox(label, ids, index=ids.index(wanted) if wanted in labels else 0, format_func=labels.get,
                           key=key)
     st.query_params["run"] = run_id

@@ -34,7 +34,8 @@ def show_changes(record: dict, outcome: dict) -> None:
     change = compare_with_start(record, outcome)
     cols = st.columns(len(HEADLINE_METRICS) + 1)
     for col, row in zip(cols, change["headline"]):
-        col.metric(row["metric"], f"{row['after']:.3f}", delta=f"{row['delta']:+.3f}" if round(row["delta"], 3) else None)
+        delta = f"{row['delta']:+.3f}" if round(row["delta"], 3) else None
+        col.metric(row["metric"], f"{row['after']:.3f}", delta=delta)
     cols[-1].metric("Refit time", ui.format_seconds(outcome["refit_seconds"]))
     # ISSUE-8 HOOK: once core.stats lands, show paired_comparison(y_true, start predictions, outcome["y_pred"],
     # n_classes) here: McNemar p and the bootstrap interval of each delta, i.e. whether the change is noise.
@@ -75,9 +76,9 @@ def tuner(record: dict) -> None:
             st.page_link(ui.page("results"), label="Open it on Results", query_params={"run": saved["run_id"]})
 
 
-st.title("What-if: class weights")
-st.caption("Move a class's weight and the model refits on the cached features: the SVM reuses its kernel "
-           "matrices, the head retrains in a fraction of a second. Nothing is stored until you save.")
+st.title("What-if")
+st.caption("Tune a run's class weights: move a class's weight and the model refits on the cached features (the SVM "
+           "reuses its kernel matrices, the head retrains in a fraction of a second). Nothing is stored until you save.")
 with ui.guard():
     runs = [run for run in ui.list_runs() if run["approach"] in FEATURE_APPROACHES]
     if not runs:

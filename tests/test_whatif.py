@@ -38,7 +38,8 @@ def test_a_heavier_class_weight_changes_the_fit(starts, approach):
     deltas = whatif.compare_with_start(start.record, outcome)
     row = deltas["per_class"].iloc[rare]
     assert row["weight"] == 50.0 and row["start weight"] == 1.0 and bool(row["minority"])
-    assert row["Δ recall"] == pytest.approx(outcome["per_class"][rare]["recall"] - start.record["per_class"][rare]["recall"])
+    recall_change = outcome["per_class"][rare]["recall"] - start.record["per_class"][rare]["recall"]
+    assert row["Δ recall"] == pytest.approx(recall_change)
     assert np.asarray(deltas["confusion_change"]).sum(axis=1).tolist() == [0] * len(start.classes)
 
 
