@@ -27,11 +27,12 @@ run: $(STAMP) $(DEMO)/train
 	TRANSFERSCOPE_CACHE_DIR=$(CACHE_DIR) TRANSFERSCOPE_DATA=$(DATA) \
 	$(BIN)/streamlit run app.py --server.address 127.0.0.1 --server.port $(PORT) --server.headless true
 
-## Dashboard on the network for classmates, read-only; the owner's unlock token is printed at start
+## Dashboard on the network for classmates, read-only; a fresh owner unlock token is printed at each start
 share: $(STAMP) $(DEMO)/train
-	$(BIN)/python -m core owner-token --cache-dir $(CACHE_DIR)
+	$(BIN)/python -m core owner-token --new --cache-dir $(CACHE_DIR)
 	TRANSFERSCOPE_CACHE_DIR=$(CACHE_DIR) TRANSFERSCOPE_DATA=$(DATA) TRANSFERSCOPE_VIEWER=1 \
-	$(BIN)/streamlit run app.py --server.address 0.0.0.0 --server.port $(PORT) --server.headless true
+	$(BIN)/streamlit run app.py --server.address 0.0.0.0 --server.port $(PORT) --server.headless true \
+		--client.showErrorDetails none
 
 ## Debian's Chromium + ChromeDriver for the browser tests (installed when missing and running as root)
 browser-deps:
@@ -53,4 +54,4 @@ bench: $(STAMP) $(DEMO)/train
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(CACHE_DIR)/features $(CACHE_DIR)/runs .pytest_cache
+	rm -rf $(CACHE_DIR)/features $(CACHE_DIR)/runs $(CACHE_DIR)/owner_token .pytest_cache

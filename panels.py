@@ -8,6 +8,7 @@ import streamlit as st
 import ui
 from core.analysis import run_labels
 from core.featuremap import DUPLICATE_SIMILARITY
+from core.report import escape_markdown
 
 GALLERY_MAX = 24
 GALLERY_PX = 144
@@ -22,7 +23,7 @@ def pick_run(runs: list[dict], label: str, key: str) -> dict:
     ids = list(labels)
     wanted = st.query_params.get("run")
     if wanted and wanted not in labels:
-        st.warning(f"Run `{wanted}` from the link does not exist here (deleted, or not a run this page shows); "
+        st.warning("The run in the link does not exist here (deleted, or not a run this page shows); "
                    "showing the newest run instead.")
     run_id = st.selectbox(label, ids, index=ids.index(wanted) if wanted in labels else 0, format_func=labels.get,
                           key=key)
@@ -102,8 +103,8 @@ def near_duplicates_panel(data) -> None:
     for i, pair in enumerate(pairs[:DUPLICATES_SHOWN]):
         test, train = data.test[pair["test"]], data.train[pair["train"]]
         with columns[i % DUPLICATE_COLUMNS]:
-            st.caption(f"similarity {pair['similarity']:.4f} · {data.classes[test.label]} (test) ↔ "
-                       f"{data.classes[train.label]} (train)")
+            st.caption(f"similarity {pair['similarity']:.4f} · {escape_markdown(data.classes[test.label])} (test) ↔ "
+                       f"{escape_markdown(data.classes[train.label])} (train)")
             gallery([test.path, train.path], [f"test: {Path(test.path).name}", f"train: {Path(train.path).name}"],
                     width_px=PAIR_PX)
     if len(pairs) > DUPLICATES_SHOWN:

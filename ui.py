@@ -1,12 +1,17 @@
 """Streamlit helpers shared by app.py and the pages: settings, caches, jobs, errors and small widgets.
 
 The only module that uses Streamlit caching. Runs are immutable once saved, so their records and
-predictions are cached by run id; the run list itself is re-read on every script run.
+predictions are cached by run id; the run list itself is re-read on every script run. Any browser can
+clear Streamlit's caches, so what must survive that (the job manager, dataset scans) lives in plain
+module globals instead.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import os
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -20,8 +25,8 @@ from core import analysis, featuremap, sharing, whatif
 from core.data import Dataset, build_demo_dataset, load_dataset
 from core.errors import ReadOnlyError, TransferScopeError
 from core.experiment import FEATURE_APPROACHES, ExperimentConfig, run_experiment
-from core.jobs import ACTIVE_STATUSES, Job, JobManager
-from core.report import render_runs_report
+from core.jobs import ACTIVE_STATUSES, Job, JobManager, compute_slot_path
+from core.report import escape_markdown, render_runs_report
 from core.runs import RunStore
 
 APP_DIR = Path(__file__).resolve().parent
@@ -37,6 +42,8 @@ PAGES = {  # url path -> (title, icon)
 DEMO_DATASET = "datasets/digits-demo"
 OWNER_KEY = "owner_unlocked"  # session flag: the owner typed the token in this browser session
 DATA_DIR_HELP = "An image folder: DIR/<class>/* (split for you) or DIR/train/<class>/* + DIR/test/<class>/*"
+STRICT_ENV = "TRANSFERSCOPE_STRICT"  # "1" (tests): guard re-raises unexpected errors instead of showing them
+VIEWER_BUILDS = sharing.Throttle(max_events=6, per_s=60)  # reports and bundles built for viewers, whole server
 
 
 def _leave_legacy_pages_mode() -> None:
@@ -130,9 +137,14 @@ def read_only_note(action: str) -> bool:
     return False
 
 
+def client_is_local() -> bool:
+    """Whether this browser connects from the server machine itself (Streamlit gives no IP for loopback)."""
+    return sharing.is_loopback(st.context.ip_address)
+
+
 def unlock(token: str) -> bool:
-    """Unlock actions for this browser session if `token` is the owner's; return whether it was."""
-    if not sharing.is_owner(token, cache_dir()):
+    """Unlock actions for this browser session if `token` is the owner's and typed on this machine."""
+    if not client_is_local() or not sharing.is_owner(token, cache_dir()):
         return False
     st.session_state[OWNER_KEY] = True
     return True
@@ -171,10 +183,29 @@ def app_url() -> str:
 
 # ---- caches ----------------------------------------------------------------------------------------
 
-@st.cache_resource(on_release=JobManager.shutdown)
+_JOB_MANAGERS: dict[str, JobManager] = {}  # compute-slot path -> manager; no Streamlit message reaches it
+_JOB_MANAGERS_LOCK = threading.Lock()
+
+
 def job_manager() -> JobManager:
-    """One JobManager per server, so jobs outlive page switches, reloads and sessions."""
-    return JobManager()
+    """The server's JobManager for this cache folder, so jobs outlive page switches, reloads and sessions.
+
+    Held in a module global, not st.cache_resource: any connected browser can clear Streamlit's caches.
+    """
+    slot = str(compute_slot_path(cache_dir().resolve()))
+    with _JOB_MANAGERS_LOCK:
+        if slot not in _JOB_MANAGERS:
+            _JOB_MANAGERS[slot] = JobManager(slot_path=slot)
+        return _JOB_MANAGERS[slot]
+
+
+def shutdown_job_managers() -> None:
+    """Cancel every job and forget the managers (tests start each from scratch)."""
+    with _JOB_MANAGERS_LOCK:
+        managers = list(_JOB_MANAGERS.values())
+        _JOB_MANAGERS.clear()
+    for manager in managers:
+        manager.shutdown()
 
 
 @st.cache_resource
@@ -186,16 +217,31 @@ def run_store() -> RunStore:
     return _run_store(str(cache_dir() / "runs"))
 
 
-@st.cache_data(show_spinner="Scanning images…", max_entries=8)
-def dataset(path: str, test_size: float = 0.2, seed: int = 0) -> Dataset:
-    """The dataset at `path` (raises DataError for an unusable folder); unchanged files are not re-read."""
-    return load_dataset(path, test_size=test_size, seed=seed, cache_dir=cache_dir())
+SPLIT_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ExperimentConfig) if f.name in ("test_size", "seed")}
+
+
+@functools.lru_cache(maxsize=8)
+def _scan(path: str, test_size: float, seed: int, cache: str) -> Dataset:
+    return load_dataset(path, test_size=test_size, seed=seed, cache_dir=cache)
+
+
+def dataset(path: str, test_size: float = SPLIT_DEFAULTS["test_size"], seed: int = SPLIT_DEFAULTS["seed"]) -> Dataset:
+    """The dataset at `path`, scanned once per server process (raises DataError for an unusable folder).
+
+    Unchanged files are not re-read. Viewers always get the default split, so their inputs cannot make
+    the server scan the folder again.
+    """
+    if not can_act():
+        test_size, seed = SPLIT_DEFAULTS["test_size"], SPLIT_DEFAULTS["seed"]
+    with st.spinner("Scanning images…"):
+        return _scan(path, float(test_size), int(seed), str(cache_dir()))
 
 
 def rescan_dataset(path: str) -> None:
-    """Read every file under `path` again (refreshing its file index), then forget the cached scans."""
+    """Read every file under `path` again (refreshing its file index), then forget the scans (owner only)."""
+    require_owner("rescan the dataset")
     load_dataset(path, cache_dir=cache_dir(), rescan=True)
-    dataset.clear()
+    _scan.cache_clear()
 
 
 @st.cache_data(max_entries=2000, show_spinner=False)
@@ -213,8 +259,21 @@ def thumbnails(paths: list[str]) -> list[bytes]:
 
 
 def list_runs() -> list[dict]:
-    """All run records, newest first (not cached: jobs add runs at any time)."""
-    return run_store().list_runs()
+    """All valid run records, newest first (not cached: jobs add runs at any time).
+
+    Warns about run folders that cannot be read; they stay listed for deletion on the Compare page.
+    """
+    records, broken = run_store().scan()
+    if broken:
+        reasons = "".join(f"\n- {reason}" for reason in broken.values()) if can_act() else ""
+        st.warning(f"{len(broken)} run folder(s) cannot be read and are left out; the owner can delete them "
+                   f"on the Compare page.{escape_markdown(reasons)}", icon=":material/warning:")
+    return records
+
+
+def broken_runs() -> dict[str, str]:
+    """{run id: label} of the run folders list_runs leaves out, so they can still be deleted."""
+    return {run_id: f"{run_id} (cannot be read)" for run_id in run_store().scan()[1]}
 
 
 @st.cache_data(max_entries=256)
@@ -235,25 +294,41 @@ def load_predictions(run_id: str):
     return _load_predictions(str(run_store().root), run_id)
 
 
-@st.cache_data(max_entries=4, show_spinner="Rendering the report…")
-def _report(root: str, run_ids: tuple[str, ...], fmt: str) -> str:
+def _check_viewer_build(for_viewer: bool) -> None:
+    """Refuse a viewer's build when viewers together asked for too many lately (builds cost CPU)."""
+    wait_s = VIEWER_BUILDS.wait_s() if for_viewer else 0.0
+    if wait_s:
+        raise ReadOnlyError(f"viewers of this shared dashboard asked for many downloads just now; "
+                            f"try again in {wait_s:.0f} s")
+
+
+@st.cache_data(max_entries=4, show_spinner=False)  # built in a download click, outside any script run
+def _report(root: str, run_ids: tuple[str, ...], fmt: str, _for_viewer: bool) -> str:
+    _check_viewer_build(_for_viewer)  # only on a cache miss: a cached report costs nothing
     store = _run_store(root)
     return render_runs_report([store.load(run_id) for run_id in run_ids], fmt)
 
 
-@st.cache_data(max_entries=2, show_spinner="Packing the bundle…")
-def _bundle(root: str, run_ids: tuple[str, ...]) -> bytes:
+@st.cache_data(max_entries=2, show_spinner=False)
+def _bundle(root: str, run_ids: tuple[str, ...], _for_viewer: bool) -> bytes:
+    _check_viewer_build(_for_viewer)
     return _run_store(root).export_bundle_bytes(run_ids)
 
 
-def report(run_ids: list[str], fmt: str) -> str:
-    """The report of these runs as 'html' (self-contained) or 'md'."""
-    return _report(str(run_store().root), tuple(run_ids), fmt)
+def deferred_report(run_ids: list[str], fmt: str):
+    """The 'html' (self-contained) or 'md' report of these runs as a download_button callable.
+
+    It runs when the button is clicked, outside the script, with this session's rights (rate-limited
+    for viewers).
+    """
+    root, run_ids, for_viewer = str(run_store().root), tuple(run_ids), not can_act()
+    return lambda: _report(root, run_ids, fmt, for_viewer)
 
 
-def bundle(run_ids: list[str]) -> bytes:
-    """A zip bundle of these runs, for another copy of TransferScope to import."""
-    return _bundle(str(run_store().root), tuple(run_ids))
+def deferred_bundle(run_ids: list[str]):
+    """A zip bundle of these runs, for another TransferScope to import, as a download_button callable."""
+    root, run_ids, for_viewer = str(run_store().root), tuple(run_ids), not can_act()
+    return lambda: _bundle(root, run_ids, for_viewer)
 
 
 def clear_run_caches() -> None:
@@ -284,22 +359,31 @@ def delete_runs(run_ids: list[str]) -> None:
 # ---- errors ----------------------------------------------------------------------------------------
 
 def show_failure(message: str, details: str | None = None) -> None:
-    """A readable error box, with the technical details folded away."""
+    """A readable error box, with the technical details folded away (shown to the owner only)."""
     st.error(message, icon=":material/error:")
-    if details:
+    if details and can_act():
         with st.expander("Details"):
             st.code(details, language=None)
 
 
 @contextlib.contextmanager
 def guard():
-    """Show errors raised in the block as messages instead of tracebacks (Streamlit's rerun/stop pass)."""
+    """Show errors raised in the block as messages instead of tracebacks (Streamlit's rerun/stop pass).
+
+    An unexpected error (not a TransferScopeError) is a bug: with env TRANSFERSCOPE_STRICT=1 (the tests)
+    it propagates, so Streamlit and the tests see it. Viewers see only its type, never its message or trace.
+    """
     try:
         yield
     except TransferScopeError as err:
         show_failure(str(err))
     except Exception as err:  # noqa: BLE001 - the page must stay usable whatever went wrong
-        show_failure(f"Something went wrong: {type(err).__name__}: {err}", traceback.format_exc())
+        if os.environ.get(STRICT_ENV) == "1":
+            raise
+        if can_act():
+            show_failure(f"Something went wrong: {type(err).__name__}: {err}", traceback.format_exc())
+        else:
+            show_failure(f"Something went wrong ({type(err).__name__}); the owner sees the details.")
 
 
 # ---- jobs ------------------------------------------------------------------------------------------
@@ -341,7 +425,7 @@ def is_active(job: Job | None) -> bool:
 def job_brief(job: Job) -> str:
     """One line: status plus the latest stage's progress or the queue position."""
     if job.status == "queued":
-        return f"queued: {_jobs_ahead(job)}"
+        return f"queued: {job.message or _jobs_ahead(job)}"
     if job.status == "running" and job.message:
         done, total = job.progress[job.message]
         return f"running · {job.message} {done}/{total} · {time.time() - job.started:.0f} s"
@@ -410,12 +494,11 @@ def format_seconds(seconds: float) -> str:
 
 # ---- what-if refits --------------------------------------------------------------------------------
 
-@st.cache_resource(max_entries=2, show_spinner="Loading the run's cached features…")
+@functools.lru_cache(maxsize=2)  # a module global, like the scans: no browser message clears it
 def _whatif_start(root: str, run_id: str, cache: str) -> whatif.Start:
     record = _run_store(root).load(run_id)
-    config = record.get("config", {})
-    data = dataset(record["dataset"]["root"], config.get("test_size", 0.2), config.get("seed", 0))
-    return whatif.start_from(record, data, cache)
+    split = {name: record.get("config", {}).get(name, default) for name, default in SPLIT_DEFAULTS.items()}
+    return whatif.start_from(record, dataset(record["dataset"]["root"], **split), cache)
 
 
 def whatif_start(record: dict) -> whatif.Start:
@@ -426,7 +509,8 @@ def whatif_start(record: dict) -> whatif.Start:
     if not can_act() and not sharing.is_within(record["dataset"]["root"], default_data_dir()):
         raise ReadOnlyError("this run was trained on a folder outside the shared dataset; viewers may tune only "
                             "runs on the server's dataset")
-    return _whatif_start(str(run_store().root), record["run_id"], str(cache_dir()))
+    with st.spinner("Loading the run's cached features…"):
+        return _whatif_start(str(run_store().root), record["run_id"], str(cache_dir()))
 
 
 def save_whatif(start: whatif.Start, weights, tau: float) -> dict:

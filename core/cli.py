@@ -6,6 +6,7 @@ Progress goes to stderr, results to files.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import traceback
@@ -17,6 +18,7 @@ from core.backbones import POOLS, list_backbones
 from core.data import build_demo_dataset, load_dataset
 from core.errors import Cancelled, TransferScopeError
 from core.features import init_distributed, rank_world
+from core.jobs import WAITING_FOR_SLOT, compute_slot, compute_slot_path
 from core.experiment import APPROACHES, SVM_KERNELS, ExperimentConfig, load_features, run_experiment
 from core.report import write_report
 from core.runs import atomic_write_json
@@ -102,6 +104,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     sub.add_parser("list-backbones", help="list registered backbones")
     tok = sub.add_parser("owner-token", help="print the token that unlocks actions on a shared dashboard")
     tok.add_argument("--cache-dir", default="cache")
+    tok.add_argument("--new", action="store_true", help="issue a fresh token (make share does, at every start)")
     return parser
 
 
@@ -119,9 +122,18 @@ def _config(args) -> ExperimentConfig:
     return ExperimentConfig(**settings)
 
 
+def _compute_slot(args):
+    """Queue with the dashboard's jobs on this cache folder (not under torchrun: ranks would wait on each other)."""
+    if rank_world()[1] > 1:
+        return contextlib.nullcontext(True)
+    return compute_slot(compute_slot_path(args.cache_dir),
+                        on_wait=lambda: print(f"{WAITING_FOR_SLOT}…", file=sys.stderr))
+
+
 def cmd_experiment(args, progress) -> None:
     init_distributed()  # under torchrun: extraction shards and fine-tuning batches are split across ranks
-    results = run_experiment(_config(args), progress=progress)
+    with _compute_slot(args):
+        results = run_experiment(_config(args), progress=progress)
     if rank_world()[0] != 0:
         return
     atomic_write_json(Path(args.out), results)
@@ -137,7 +149,8 @@ def cmd_extract(args, progress) -> None:
     init_distributed()  # `torchrun --nproc-per-node N -m core extract ...` splits the shards across ranks
     config = _config(args).validate()
     dataset = load_dataset(config.data, test_size=config.test_size, seed=config.seed, cache_dir=config.cache_dir)
-    features = load_features(config, dataset, progress)
+    with _compute_slot(args):
+        features = load_features(config, dataset, progress)
     n = len(features.X_train) + len(features.X_test)
     print(json.dumps({"key": features.key, "n": n, "feature_dim": features.X_train.shape[1],
                       "seconds": round(features.seconds, 3), "extract_seconds": round(features.extract_seconds, 3),
@@ -158,7 +171,8 @@ def cmd_list_backbones(args, progress) -> None:
 
 
 def cmd_owner_token(args, progress) -> None:
-    print(f"owner token (type it on the Share page to unlock actions): {owner_token(args.cache_dir)}")
+    token = owner_token(args.cache_dir, fresh=args.new)
+    print(f"owner token (type it on the Share page, on this machine, to unlock actions): {token}")
 
 
 COMMANDS = {"experiment": cmd_experiment, "extract": cmd_extract, "demo-data": cmd_demo_data,

@@ -1,8 +1,11 @@
 """Background jobs: a queue in front of one compute slot, with progress, cancel and captured errors.
 
-The Streamlit app holds one JobManager (``st.cache_resource``); pages submit work and poll jobs.
+The Streamlit server holds one JobManager per process, in a plain module global (see ``ui.job_manager``),
+where no client message can clear it; pages submit work and poll jobs. The compute slot is a file lock,
+so jobs of the dashboard and of the CLI (`python -m core experiment`) on one cache folder queue for it.
 """
 
+import contextlib
 import queue
 import secrets
 import threading
@@ -10,12 +13,48 @@ import time
 import traceback as traceback_module
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from filelock import FileLock, Timeout
 
 from core.errors import Cancelled, TransferScopeError
 
 Report = Callable[[str, int, int], None]
 ACTIVE_STATUSES = ("queued", "running")
+COMPUTE_LOCK = "compute.lock"
+WAITING_FOR_SLOT = "waiting for another TransferScope process to finish computing"
+
+
+def compute_slot_path(cache_dir) -> Path:
+    """The lock file every process using `cache_dir` queues on before heavy work."""
+    return Path(cache_dir) / COMPUTE_LOCK
+
+
+@contextlib.contextmanager
+def compute_slot(lock_path, keep_waiting: Callable[[], bool] = lambda: True, on_wait=None, poll_s: float = 0.2):
+    """Hold the compute slot (a file lock shared across processes) for the block.
+
+    While another process holds it, calls `on_wait()` once and polls; yields False without the slot
+    as soon as `keep_waiting()` turns false (e.g. the job was cancelled), True once it holds it.
+    """
+    Path(lock_path).parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(lock_path)
+    while True:
+        try:
+            lock.acquire(timeout=poll_s)
+            break
+        except Timeout:
+            if not keep_waiting():
+                yield False
+                return
+            if on_wait is not None:
+                on_wait()
+                on_wait = None
+    try:
+        yield True
+    finally:
+        lock.release()
 
 
 @dataclass
@@ -54,9 +93,11 @@ class JobManager:
     'running'
     """
 
-    def __init__(self, workers: int = 1, keep_finished: int = 50):
+    def __init__(self, workers: int = 1, keep_finished: int = 50, slot_path=None):
+        """`slot_path`: a compute_slot lock file shared with other processes (None: this process only)."""
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
+        self.slot_path = slot_path
         self._lock = threading.Lock()
         self._jobs: dict[str, Job] = {}
         self._queue: queue.Queue = queue.Queue()
@@ -142,14 +183,26 @@ class JobManager:
     def _work(self) -> None:
         while (item := self._queue.get()) is not None:
             job, fn = item
-            if self._start(job):
-                self._run(job, fn)
+            with self._slot(job) as holding:
+                if holding and self._start(job):
+                    self._run(job, fn)
+
+    def _slot(self, job: Job):
+        """The cross-process compute slot for `job`, given up while waiting if the job is cancelled."""
+        if self.slot_path is None:
+            return contextlib.nullcontext(True)
+
+        def note_waiting():
+            with self._lock:
+                job.message = WAITING_FOR_SLOT
+
+        return compute_slot(self.slot_path, keep_waiting=lambda: job.status == "queued", on_wait=note_waiting)
 
     def _start(self, job: Job) -> bool:
         with self._lock:
             if job.status != "queued":
                 return False
-            job.status, job.started = "running", time.time()
+            job.status, job.started, job.message = "running", time.time(), ""
             return True
 
     def _run(self, job: Job, fn: Callable[[Report], Any]) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import html
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -15,6 +16,16 @@ RUN_COLUMNS = {"approach": "approach", "class_weight": "weights", "accuracy": "a
                "balanced_accuracy": "balanced acc.", "macro_f1": "macro-F1", "weighted_f1": "weighted F1",
                "fit_seconds": "fit s", "predict_seconds": "predict s"}
 REQUIRED = ("dataset", "runs")
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>|~&$])")  # inline specials; no line starts here
+
+
+def escape_markdown(text) -> str:
+    """`text` with Markdown and HTML specials backslash-escaped, so it shows literally (no links, tags, tables).
+
+    >>> print(escape_markdown("a|b <i>[x](y)"))
+    a\\|b \\<i\\>\\[x\\](y)
+    """
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", str(text))
 
 
 def read_results(path) -> dict:
@@ -61,20 +72,26 @@ def per_class_table(run: dict) -> pd.DataFrame:
     return pd.DataFrame(rows).round(3)
 
 
+def _markdown_table(table: pd.DataFrame) -> str:
+    """A Markdown table whose text cells are escaped (a class name with `|` or HTML stays one literal cell)."""
+    return table.map(lambda value: escape_markdown(value) if isinstance(value, str) else value).to_markdown(index=False)
+
+
 def render_markdown(results: dict) -> str:
-    """A Markdown report: dataset summary, runs table, per-class table of each run."""
+    """A Markdown report: dataset summary, runs table, per-class table of each run (names shown literally)."""
     ds = results["dataset"]
-    lines = [f"# TransferScope report: {Path(ds.get('root', '')).name}", "",
+    lines = [f"# TransferScope report: {escape_markdown(Path(ds.get('root', '')).name)}", "",
              f"- classes: {len(ds['classes'])}; train images: {sum(ds['train_counts'])}; "
              f"test images: {sum(ds['test_counts'])}",
              f"- backbone: {results.get('backbone', {}).get('name', '?')}; feature extraction "
              f"{results.get('extract_seconds', 0):.1f} s ({'cache hit' if results.get('cache_hit') else 'computed'})",
-             "", "## Runs", "", runs_table(results["runs"]).to_markdown(index=False), ""]
+             "", "## Runs", "", _markdown_table(runs_table(results["runs"])), ""]
     for run in results["runs"]:
-        lines += [f"## {run['approach']} · {run['class_weight']} ({run.get('run_id', '')})", "",
-                  per_class_table(run).to_markdown(index=False), ""]
+        title = " · ".join(escape_markdown(run[key]) for key in ("approach", "class_weight"))
+        lines += [f"## {title} ({escape_markdown(run.get('run_id', ''))})", "",
+                  _markdown_table(per_class_table(run)), ""]
         if run.get("never_predicted"):
-            lines += [f"Never predicted: {', '.join(run['never_predicted'])}", ""]
+            lines += [f"Never predicted: {', '.join(map(escape_markdown, run['never_predicted']))}", ""]
     return "\n".join(lines)
 
 

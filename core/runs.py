@@ -1,11 +1,16 @@
 """Run store: one folder per run under ``cache/runs/<run_id>/``, written whole or not at all.
 
 A run folder holds ``record.json`` (config, timings, metrics), and optionally ``model.joblib`` and
-``predictions.csv``. Runs move between copies of TransferScope as zip bundles.
+``predictions.csv``. Runs move between copies of TransferScope as zip bundles of records and predictions
+only: a model is a pickle (loading one runs code), so it never leaves the machine that trained it.
+Writers (save, delete, import) hold a file lock on the store, so several processes may write at once;
+readers never see a half-written run, and a crash leaves only hidden ``.tmp-*`` folders, removed by
+the next writer.
 """
 
 import contextlib
 import json
+import math
 import os
 import re
 import secrets
@@ -19,6 +24,7 @@ from pathlib import Path
 
 import joblib
 import pandas as pd
+from filelock import FileLock
 
 from core.errors import RunStoreError
 
@@ -26,13 +32,25 @@ SCHEMA_VERSION = 1
 RECORD_FILE = "record.json"
 MODEL_FILE = "model.joblib"
 PREDICTIONS_FILE = "predictions.csv"
-RUN_FILES = (RECORD_FILE, MODEL_FILE, PREDICTIONS_FILE)
+BUNDLE_FILES = (RECORD_FILE, PREDICTIONS_FILE)  # never MODEL_FILE: a pickle runs the sender's code when loaded
 MANIFEST_FILE = "manifest.json"
 MAX_BUNDLE_BYTES = 2 * 1024**3
+MAX_MEMBER_BYTES = {MANIFEST_FILE: 1024**2, RECORD_FILE: 5 * 1024**2, PREDICTIONS_FILE: 512 * 1024**2}
+MAX_COMPRESSION_RATIO = 100  # checked on members over RATIO_CHECK_BYTES; real records and CSVs stay far below
+RATIO_CHECK_BYTES = 1024**2
 _RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,200}")
 _TEMP_PREFIX = ".tmp-"
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+
+# What every stored record holds (the pages and reports read these): key -> type(s).
+_NUMBER = (int, float)
+RECORD_FIELDS = {"run_id": str, "created": str, "approach": str, "class_weight": str, "accuracy": _NUMBER,
+                 "balanced_accuracy": _NUMBER, "macro_f1": _NUMBER, "weighted_f1": _NUMBER, "fit_seconds": _NUMBER,
+                 "predict_seconds": _NUMBER, "per_class": list, "confusion_matrix": list, "never_predicted": list,
+                 "history": list, "class_weights": list, "dataset": dict}
+OPTIONAL_FIELDS = {"tau": _NUMBER, "extract_seconds": _NUMBER, "config": dict, "backbone": dict}
+DATASET_FIELDS = {"root": str, "classes": list, "train_counts": list, "test_counts": list}
+PER_CLASS_FIELDS = {"class": str, "precision": _NUMBER, "recall": _NUMBER, "f1": _NUMBER, "support": int,
+                    "minority": bool}
 
 
 def _slugify(text) -> str:
@@ -69,6 +87,15 @@ def _fsync_file(path) -> None:
         os.fsync(f.fileno())
 
 
+def _fsync_dir(path) -> None:
+    """Flush a folder's entries (a rename into it), so the rename survives a power cut."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_file(path):
     """Yield a temporary path beside `path`; when the block succeeds, fsync it and move it onto `path`.
@@ -78,13 +105,12 @@ def atomic_file(path):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
-    os.close(fd)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"  # the writer creates it (usual permissions)
     try:
-        yield Path(tmp)
+        yield tmp
         _fsync_file(tmp)
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -131,7 +157,7 @@ def _utc_now_iso() -> str:
 
 
 def _parse_record(raw: bytes, run_id: str) -> dict:
-    """Parse record.json bytes and check they describe `run_id` in this schema version."""
+    """Parse record.json bytes and check they describe `run_id` in this schema version, every field present."""
     try:
         record = json.loads(raw)
     except ValueError as err:
@@ -149,6 +175,60 @@ def _parse_record(raw: bytes, run_id: str) -> dict:
             f"run {run_id!r} has schema_version {version!r} but this TransferScope reads "
             f"{SCHEMA_VERSION}; export it from a matching version"
         )
+    return check_record(record)
+
+
+def _is(value, types) -> bool:
+    """isinstance, except that a bool never counts as a number and a float must be finite."""
+    if isinstance(value, bool):
+        return types is bool
+    return isinstance(value, types) and not (isinstance(value, float) and not math.isfinite(value))
+
+
+def _check_fields(obj, fields: dict, where: str, required: bool = True) -> None:
+    for key, types in fields.items():
+        if key not in obj:
+            if required:
+                raise RunStoreError(f"{where} lacks {key!r}; it is incomplete, delete it or re-export it")
+            continue
+        if not _is(obj[key], types):
+            expected = " or ".join(t.__name__ for t in types) if isinstance(types, tuple) else types.__name__
+            raise RunStoreError(f"{where} has {key!r} = {obj[key]!r:.80}, expected {expected}; "
+                                "it was edited by hand or is damaged, delete it or re-export it")
+
+
+def check_record(record: dict) -> dict:
+    """Return `record` if it has every field the pages read, with the right types and shapes; else raise.
+
+    >>> check_record({"run_id": "r1"})  # doctest: +SKIP
+    RunStoreError: run 'r1' lacks 'created'; it is incomplete, delete it or re-export it
+    """
+    where = f"run {record.get('run_id')!r}"
+    _check_fields(record, RECORD_FIELDS, where)
+    _check_fields(record, OPTIONAL_FIELDS, where, required=False)
+    try:
+        datetime.fromisoformat(record["created"])
+    except ValueError:
+        raise RunStoreError(f"{where} has 'created' = {record['created']!r:.80}, not an ISO date and time; "
+                            "delete it or re-export it") from None
+    dataset = record["dataset"]
+    _check_fields(dataset, DATASET_FIELDS, f"{where} dataset")
+    k = len(dataset["classes"])
+    shapes = {"dataset classes": (dataset["classes"], str), "dataset train_counts": (dataset["train_counts"], int),
+              "dataset test_counts": (dataset["test_counts"], int), "per_class": (record["per_class"], dict),
+              "class_weights": (record["class_weights"], _NUMBER),
+              "confusion_matrix": (record["confusion_matrix"], list)}
+    for name, (values, types) in shapes.items():
+        if len(values) != k or not all(_is(v, types) for v in values):
+            raise RunStoreError(f"{where} {name} must list one {getattr(types, '__name__', 'number')} per class "
+                                f"({k} classes); it is damaged, delete it or re-export it")
+    for row in record["per_class"]:
+        _check_fields(row, PER_CLASS_FIELDS, f"{where} per_class row")
+    if not all(len(row) == k and all(_is(v, int) for v in row) for row in record["confusion_matrix"]):
+        raise RunStoreError(f"{where} confusion_matrix must be {k} x {k} counts; it is damaged, "
+                            "delete it or re-export it")
+    if not all(_is(name, str) for name in record["never_predicted"]):
+        raise RunStoreError(f"{where} never_predicted must list class names; delete it or re-export it")
     return record
 
 
@@ -167,16 +247,17 @@ class RunStore:
     def save(self, record: dict, *, model=None, predictions: pd.DataFrame | None = None) -> str:
         """Store a run (record, optional model and predictions) atomically; return its run id.
 
-        Adds ``schema_version`` and ``created`` (ISO UTC) to the record when missing.
-        Predictions are written without their index.
+        Adds ``schema_version`` and ``created`` (ISO UTC) to the record when missing; the record must
+        then pass check_record. Predictions are written without their index.
         """
         if not isinstance(record, dict) or "run_id" not in record:
             raise RunStoreError("record has no 'run_id'; create one with new_run_id(approach, class_weight)")
         run_id = check_run_id(record["run_id"])
         self._refuse_existing(run_id)
-        record = {"schema_version": SCHEMA_VERSION, "created": _utc_now_iso(), **record}
+        record = check_record(json.loads(_to_json({"schema_version": SCHEMA_VERSION, "created": _utc_now_iso(),
+                                                   **record})))
         try:
-            with self._staging_dir(run_id) as tmp:
+            with self._locked(), self._staging_dir(run_id) as tmp:
                 (tmp / RECORD_FILE).write_text(_to_json(record), encoding="utf-8")
                 if model is not None:
                     joblib.dump(model, tmp / MODEL_FILE)
@@ -190,12 +271,21 @@ class RunStore:
         return run_id
 
     def list_runs(self) -> list[dict]:
-        """Return the records of all complete runs, newest first; corrupt or partial folders are skipped."""
-        records = []
+        """Return the records of all complete, valid runs, newest first (see scan for the others)."""
+        return self.scan()[0]
+
+    def scan(self) -> tuple[list[dict], dict[str, str]]:
+        """Return (valid records newest first, {folder name: why it was skipped} for broken run folders).
+
+        Hidden folders (staging, trash) are not runs and appear in neither. A broken run can still be deleted.
+        """
+        records, broken = [], {}
         for run_dir in self._run_dirs():
-            with contextlib.suppress(RunStoreError):
+            try:
                 records.append(self._read_record(run_dir))
-        return sorted(records, key=lambda r: (str(r.get("created", "")), r["run_id"]), reverse=True)
+            except RunStoreError as err:
+                broken[run_dir.name] = str(err)
+        return sorted(records, key=lambda r: (r["created"], r["run_id"]), reverse=True), broken
 
     def load(self, run_id: str) -> dict:
         """Return the record of run `run_id`."""
@@ -206,29 +296,32 @@ class RunStore:
         return pd.read_csv(self._artifact(run_id, PREDICTIONS_FILE))
 
     def load_model(self, run_id: str):
-        """Return the model of run `run_id` (unpickles it: load only runs from trusted sources)."""
+        """Return the model of run `run_id` (unpickles it; models are only ever written by this machine's runs)."""
         return joblib.load(self._artifact(run_id, MODEL_FILE))
 
     def delete(self, run_id: str) -> None:
         """Remove run `run_id`; it disappears from list_runs at once, even if removal is interrupted."""
-        run_dir = self._existing_run_dir(run_id)
-        trash = self.root / f"{_TEMP_PREFIX}{run_id}-deleted-{secrets.token_hex(4)}"
-        os.replace(run_dir, trash)
-        shutil.rmtree(trash, ignore_errors=True)
+        with self._locked():
+            run_dir = self._existing_run_dir(run_id)
+            trash = self.root / f"{_TEMP_PREFIX}{run_id}-deleted-{secrets.token_hex(4)}"
+            os.replace(run_dir, trash)
+            _fsync_dir(self.root)
+            shutil.rmtree(trash, ignore_errors=True)
 
     def export_bundle(self, run_ids, out_path) -> Path:
-        """Write the given runs and a ``manifest.json`` into a zip at `out_path` atomically."""
+        """Write the given runs (records and predictions, never models) and a ``manifest.json`` into a zip."""
         run_ids = list(dict.fromkeys(run_ids))
         if not run_ids:
             raise RunStoreError("no runs to export; pass at least one run id from list_runs()")
-        run_dirs = [self._existing_run_dir(run_id) for run_id in run_ids]
         manifest = {"schema_version": SCHEMA_VERSION, "runs": run_ids}
-        with atomic_file(out_path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-            zf.writestr(MANIFEST_FILE, json.dumps(manifest, indent=2))
-            for run_dir in run_dirs:
-                for name in RUN_FILES:
-                    if (run_dir / name).is_file():
-                        zf.write(run_dir / name, f"{run_dir.name}/{name}")
+        with self._locked():  # no run disappears half-way through
+            run_dirs = [self._existing_run_dir(run_id) for run_id in run_ids]
+            with atomic_file(out_path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+                zf.writestr(MANIFEST_FILE, json.dumps(manifest, indent=2))
+                for run_dir in run_dirs:
+                    for name in BUNDLE_FILES:
+                        if (run_dir / name).is_file():
+                            zf.write(run_dir / name, f"{run_dir.name}/{name}")
         return Path(out_path)
 
     def export_bundle_bytes(self, run_ids) -> bytes:
@@ -240,22 +333,29 @@ class RunStore:
         """Import the runs of a bundle made by export_bundle; return the ids newly imported.
 
         `zip_path` is a path or a binary file object. The whole bundle is checked before anything is
-        written (zip, manifest, member names ``<run_id>/<record.json|model.joblib|predictions.csv>``,
-        no symlinks, size limit, record schema); any problem raises RunStoreError and writes nothing.
-        Runs whose id already exists are skipped. Records and predictions are plain JSON/CSV, but
-        ``model.joblib`` is a pickle: it is only unpickled when load_model is called explicitly, so
-        import bundles from trusted peers only.
+        written (zip, manifest, member names ``<run_id>/<record.json|predictions.csv>``, no symlinks,
+        no pickled models, size and compression-ratio limits, every record complete); any problem raises
+        RunStoreError and writes nothing. Runs whose id already exists are skipped.
         """
         with _open_bundle(zip_path) as zf:
             members = _check_bundle(zf)
-            new_ids = [run_id for run_id in members if not (self.root / run_id).exists()]
-            with contextlib.ExitStack() as stack:
+            with self._locked(), contextlib.ExitStack() as stack:
+                new_ids = [run_id for run_id in members if not (self.root / run_id).exists()]
                 staged = {run_id: stack.enter_context(self._staging_dir(run_id)) for run_id in new_ids}
                 for run_id, tmp in staged.items():
                     _extract_run(zf, members[run_id], tmp)
                 for run_id, tmp in staged.items():
                     self._publish(tmp, run_id)
         return new_ids
+
+    @contextlib.contextmanager
+    def _locked(self):
+        """Hold the store's lock (across processes) and clear what crashed writers left behind."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with FileLock(self.root.parent / f".{self.root.name}.lock"):  # beside the runs, so listings stay clean
+            for leftover in self.root.glob(f"{_TEMP_PREFIX}*"):
+                shutil.rmtree(leftover, ignore_errors=True)
+            yield
 
     @contextlib.contextmanager
     def _staging_dir(self, run_id: str):
@@ -268,12 +368,14 @@ class RunStore:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def _publish(self, tmp: Path, run_id: str) -> None:
-        """Flush the staged files and move the staging folder to ``root/<run_id>`` in one step."""
+        """Flush the staged files and move the staging folder to ``root/<run_id>`` in one step (lock held)."""
         for path in tmp.iterdir():
             _fsync_file(path)
+        _fsync_dir(tmp)
         self._refuse_existing(run_id)
         try:
             os.replace(tmp, self.root / run_id)
+            _fsync_dir(self.root)
         except OSError as err:
             raise RunStoreError(f"could not publish run {run_id!r} under {self.root}: {err}") from err
 
@@ -295,7 +397,7 @@ class RunStore:
     def _artifact(self, run_id: str, name: str) -> Path:
         path = self._existing_run_dir(run_id) / name
         if not path.is_file():
-            raise RunStoreError(f"run {run_id!r} has no {name}; it was saved without it")
+            raise RunStoreError(f"run {run_id!r} has no {name}; it was saved or imported without it")
         return path
 
     @staticmethod
@@ -333,16 +435,35 @@ def _bundle_member(info: zipfile.ZipInfo) -> tuple[str, str]:
         raise RunStoreError(f"bundle member {name!r} is encrypted; export the bundle again without a password")
     run_id, _, file_name = name.partition("/")
     check_run_id(run_id)
-    if file_name not in RUN_FILES:
+    if file_name == MODEL_FILE:
+        raise RunStoreError(f"bundle member {name!r} is a pickled model, and loading one runs the sender's code; "
+                            "bundles carry only records and predictions, so ask for a bundle exported by this version")
+    if file_name not in BUNDLE_FILES:
         raise RunStoreError(
-            f"bundle member {name!r} is not allowed; run folders may hold only {', '.join(RUN_FILES)}"
+            f"bundle member {name!r} is not allowed; run folders may hold only {', '.join(BUNDLE_FILES)}"
         )
+    limit = MAX_MEMBER_BYTES[file_name]
+    if info.file_size > limit:
+        raise RunStoreError(f"bundle member {name!r} unpacks to {info.file_size} bytes, over the {limit}-byte limit")
+    _check_ratio(info)
     return run_id, file_name
+
+
+def _check_ratio(info: zipfile.ZipInfo) -> None:
+    """Refuse a member that inflates far more than real records and predictions do (a zip bomb)."""
+    if info.file_size > RATIO_CHECK_BYTES and info.file_size > MAX_COMPRESSION_RATIO * max(info.compress_size, 1):
+        ratio = info.file_size / max(info.compress_size, 1)
+        raise RunStoreError(f"bundle member {info.filename!r} inflates {ratio:.0f}-fold, over the "
+                            f"{MAX_COMPRESSION_RATIO}-fold limit; it is not a TransferScope bundle")
 
 
 def _read_manifest(zf: zipfile.ZipFile) -> list[str]:
     try:
-        manifest = json.loads(zf.read(MANIFEST_FILE))
+        info = zf.getinfo(MANIFEST_FILE)
+        if info.file_size > MAX_MEMBER_BYTES[MANIFEST_FILE]:
+            raise RunStoreError(f"bundle {MANIFEST_FILE} unpacks to {info.file_size} bytes, over the "
+                                f"{MAX_MEMBER_BYTES[MANIFEST_FILE]}-byte limit; it was not made by export_bundle")
+        manifest = json.loads(zf.read(info))
     except KeyError as err:
         raise RunStoreError(f"bundle has no {MANIFEST_FILE}; it was not made by export_bundle") from err
     except ValueError as err:

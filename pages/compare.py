@@ -72,9 +72,10 @@ with ui.guard():
         st.subheader("Runs")
         ui.runs_dataframe(runs, key="runs_table")
         labels = run_labels(runs)
-        delete_runs(labels)
         if len(runs) < 2:
             st.info("Only one run so far: train another one (e.g. with other class weights) to see a two-run diff.",
                     icon=":material/info:")
         else:
             show_diff(labels)
+    if deletable := {**run_labels(runs), **ui.broken_runs()}:
+        delete_runs(deletable)

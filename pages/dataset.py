@@ -58,7 +58,8 @@ with ui.guard():
     folder = ui.data_dir()
     folder_col, rescan_col = st.columns([5, 1], vertical_alignment="center")
     folder_col.caption(f"Folder: `{folder}` ({'change it in the sidebar' if ui.can_act() else 'set by the server'})")
-    if rescan_col.button("Rescan", key="rescan", icon=":material/refresh:", help="read every file again"):
+    if rescan_col.button("Rescan", key="rescan", icon=":material/refresh:", help="read every file again",
+                         disabled=not ui.can_act()):
         ui.rescan_dataset(folder)
     data = ui.dataset(folder)
     table = class_table(data)

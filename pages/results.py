@@ -6,6 +6,7 @@ import ui
 from core.analysis import (HEADLINE_METRICS, LOGIT_APPROACHES, class_report, error_cells, metric_deltas,
                            misclassified_paths, rescore, run_settings)
 from core.figures import clickable_confusion_figure, learning_curve_figure, per_class_figure
+from core.report import escape_markdown
 
 
 def show_metrics(record: dict) -> None:
@@ -17,7 +18,7 @@ def show_metrics(record: dict) -> None:
     if record["never_predicted"]:
         weights = "balanced class weights" if record["class_weight"] == "none" else "larger custom weights for them"
         remedy = " or the logit adjustment below" if record["approach"] in LOGIT_APPROACHES else ""
-        st.warning(f"Never predicted (recall 0): {', '.join(record['never_predicted'])}. "
+        st.warning(f"Never predicted (recall 0): {', '.join(map(escape_markdown, record['never_predicted']))}. "
                    f"Try {weights}{remedy}.", icon=":material/warning:")
 
 
@@ -63,7 +64,8 @@ def logit_panel(record: dict) -> None:
             col.metric(f"{row['metric']} at tau {tau:g}", f"{row['after']:.3f}",
                        delta=f"{row['delta']:+.3f}" if round(row["delta"], 3) else None)
         if adjusted["never_predicted"]:
-            st.warning(f"Never predicted at tau {tau:g}: {', '.join(adjusted['never_predicted'])}")
+            names = ", ".join(map(escape_markdown, adjusted["never_predicted"]))
+            st.warning(f"Never predicted at tau {tau:g}: {names}")
 
 
 @st.fragment

@@ -8,11 +8,20 @@ from core.sharing import run_link
 HOW_TO = """
 **`make share`** serves this dashboard on your network in **viewer mode**: classmates browse the dataset,
 results and comparisons and download reports, but cannot launch or cancel training, delete or import runs,
-or change the dataset folder. The owner token is printed when that server starts (or run
-`python -m core owner-token`); on the shared dashboard, type it on this page to unlock actions in your own
-browser. `make run` serves it on localhost for you alone, with everything unlocked. The links below open a run
-on the Results page.
+or change the dataset folder. A fresh owner token is printed each time that server starts; type it on this
+page, in a browser on the server machine itself, to unlock actions in that browser. `make run` serves it on
+localhost for you alone, with everything unlocked. The links below open a run on the Results page.
 """
+THREAT_MODEL = """
+**Who sees what.** Anyone who can reach a shared dashboard sees the served dataset's images, every stored
+run, its reports and bundles (viewers' downloads are rate-limited); error details and image paths outside the
+dataset stay hidden from them. **The token** unlocks the owner's actions (train, cancel, delete, import,
+rescan, other folders) for one browser session; it is accepted only from the server machine, because
+**everything crosses the network as plain HTTP**: pages, images, downloads, and a token typed elsewhere.
+Bundles carry records and predictions, never models (pickles run code when loaded).
+"""
+REMOTE_UNLOCK = ("Unlock from a browser on the server machine itself (its localhost address): this page travels "
+                 "unencrypted, so a token typed here could be read by anyone on the network.")
 
 
 def owner_panel() -> None:
@@ -21,10 +30,13 @@ def owner_panel() -> None:
         st.success("Owner actions are unlocked in this browser session.", icon=":material/lock_open:")
         st.button("Lock again", key="lock", on_click=ui.lock, icon=":material/lock:")
         return
+    local = ui.client_is_local()
+    if not local:
+        st.info(REMOTE_UNLOCK, icon=":material/lock:")
     token_col, button_col = st.columns([3, 1], vertical_alignment="bottom")
-    token = token_col.text_input("Owner token", type="password", key="owner_token",
-                                 help="printed by `make share`, or run `python -m core owner-token`")
-    if button_col.button("Unlock", key="unlock", icon=":material/lock_open:", width="stretch"):
+    token = token_col.text_input("Owner token", type="password", key="owner_token", disabled=not local,
+                                 help="printed by `make share`, or run `python -m core owner-token --new`")
+    if button_col.button("Unlock", key="unlock", icon=":material/lock_open:", width="stretch", disabled=not local):
         if ui.unlock(token):
             st.rerun()
         st.error("Wrong token: actions stay locked. Copy the token printed by `make share`.", icon=":material/error:")
@@ -37,8 +49,8 @@ def show_links(run_ids: list[str], labels: dict[str, str]) -> None:
 
 
 def download(column, label: str, make_data, file_name: str, mime: str, key: str, icon: str) -> None:
-    with column, ui.guard():
-        st.download_button(label, make_data(), file_name=file_name, mime=mime, key=key, icon=icon,
+    """A download button whose file is built only when clicked."""
+    column.download_button(label, make_data, file_name=file_name, mime=mime, key=key, icon=icon,
                            on_click="ignore", width="stretch")
 
 
@@ -52,11 +64,11 @@ def export_runs(runs: list[dict]) -> None:
         return
     show_links(chosen, labels)
     html_col, md_col, zip_col = st.columns(3)
-    download(html_col, "HTML report", lambda: ui.report(chosen, "html"), "transferscope-report.html",
+    download(html_col, "HTML report", ui.deferred_report(chosen, "html"), "transferscope-report.html",
              "text/html", "download_html", ":material/html:")
-    download(md_col, "Markdown report", lambda: ui.report(chosen, "md"), "transferscope-report.md",
+    download(md_col, "Markdown report", ui.deferred_report(chosen, "md"), "transferscope-report.md",
              "text/markdown", "download_md", ":material/description:")
-    download(zip_col, "Run bundle (zip)", lambda: ui.bundle(chosen), "transferscope-runs.zip",
+    download(zip_col, "Run bundle (zip)", ui.deferred_bundle(chosen), "transferscope-runs.zip",
              "application/zip", "download_bundle", ":material/folder_zip:")
     st.caption("The HTML report is one self-contained file (charts included); the bundle holds the runs "
                "for another copy of TransferScope to import below.")
@@ -77,6 +89,8 @@ def import_runs() -> None:
 
 st.title("Share")
 st.markdown(HOW_TO)
+with st.expander("Threat model: who sees what, what the token protects, what crosses the network"):
+    st.markdown(THREAT_MODEL)
 with ui.guard():
     if ui.viewer_mode():
         owner_panel()

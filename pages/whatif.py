@@ -9,6 +9,7 @@ import ui
 from core.analysis import HEADLINE_METRICS, LOGIT_APPROACHES
 from core.experiment import FEATURE_APPROACHES
 from core.figures import confusion_diff_figure, per_class_delta_figure
+from core.report import escape_markdown
 from core.whatif import SEED_SCHEMES, WEIGHT_RANGE, compare_with_start, refit, seed_weights
 
 DEBOUNCE_S = 0.3  # a newer slider change within this time restarts the page before the refit starts
@@ -23,7 +24,7 @@ def weight_sliders(start, scheme: str) -> np.ndarray:
     rows = start.record["per_class"]
     for i, (row, seed) in enumerate(zip(rows, seed_weights(start, scheme))):
         options = sorted({*WEIGHT_GRID, float(seed)})
-        label = f"{row['class']} · {row['train_count']} train" + (" · minority" if row["minority"] else "")
+        label = f"{escape_markdown(row['class'])} · {row['train_count']} train" + (" · minority" if row["minority"] else "")
         weights.append(columns[i % SLIDER_COLUMNS].select_slider(
             label, options, value=float(seed), format_func=lambda w: f"{w:.3g}",
             key=f"whatif_{start.record['run_id']}_{scheme}_{i}"))
@@ -40,7 +41,7 @@ def show_changes(record: dict, outcome: dict) -> None:
     # ISSUE-8 HOOK: once core.stats lands, show paired_comparison(y_true, start predictions, outcome["y_pred"],
     # n_classes) here: McNemar p and the bootstrap interval of each delta, i.e. whether the change is noise.
     if outcome["never_predicted"]:
-        st.warning(f"Never predicted with these weights: {', '.join(outcome['never_predicted'])}")
+        st.warning(f"Never predicted with these weights: {', '.join(map(escape_markdown, outcome['never_predicted']))}")
     classes, minority = record["dataset"]["classes"], [row["minority"] for row in record["per_class"]]
     ui.chart(per_class_delta_figure(record["per_class"], outcome["per_class"], "start", "tuned"), key="whatif_deltas")
     ui.chart(confusion_diff_figure(record["confusion_matrix"], outcome["confusion_matrix"], classes, "start", "tuned",

@@ -4,6 +4,7 @@ Everything is written under pytest's temporary folders; nothing touches the repo
 The real `efficientnet_lite0` backbone (bundled weights, no download) runs on small images
 (short side `IMAGE_SIZE`) on the CPU so the whole engine suite stays fast.
 """
+import os
 import shutil
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+# ui.guard re-raises unexpected errors, so AppTests (`at.exception`) and the browser tests see real bugs.
+os.environ["TRANSFERSCOPE_STRICT"] = "1"
 IMAGE_SIZE = 32  # short side fed to the backbone in tests (the real default is 224)
 BACKBONE = "efficientnet_lite0"
 
@@ -171,11 +174,13 @@ def check_results_schema():
 
 @pytest.fixture
 def fresh_streamlit_caches():
-    """Each page test gets its own JobManager and RunStore; the old manager is shut down on release."""
+    """Each page test gets its own JobManager, dataset scans and RunStore; the old manager is shut down."""
     import streamlit as st
 
-    st.cache_data.clear()
-    st.cache_resource.clear()
+    import ui
+
+    for clear in (st.cache_data.clear, st.cache_resource.clear, ui.shutdown_job_managers, ui._scan.cache_clear):
+        clear()
     yield
-    st.cache_resource.clear()
-    st.cache_data.clear()
+    for clear in (ui.shutdown_job_managers, st.cache_resource.clear, st.cache_data.clear, ui._scan.cache_clear):
+        clear()

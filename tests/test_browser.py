@@ -117,7 +117,8 @@ def server(tmp_path_factory) -> Server:
     data = build_demo_dataset(tmp / "digits-demo")
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "TRANSFERSCOPE_CACHE_DIR": str(cache), "TRANSFERSCOPE_DATA": str(data)}
+    env = {**os.environ, "TRANSFERSCOPE_CACHE_DIR": str(cache), "TRANSFERSCOPE_DATA": str(data),
+           ui.STRICT_ENV: "1"}  # unexpected errors surface as Streamlit exceptions, not friendly boxes
     env.pop("TRANSFERSCOPE_VIEWER", None)
     command = [str(Path(sys.executable).with_name("streamlit")), "run", "app.py", "--server.headless", "true",
                "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
@@ -206,6 +207,8 @@ def assert_healthy(tab, server: Server, title: str) -> None:
     exceptions = tab.locator('[data-testid="stException"]')
     assert exceptions.count() == 0, (f"{tab.url} shows an exception:\n{exceptions.first.inner_text()}"
                                      f"\n--- server log ---\n{server.log_tail()}")
+    swallowed = tab.get_by_text("Something went wrong")
+    assert swallowed.count() == 0, f"{tab.url} shows an unexpected error: {swallowed.first.inner_text()}"
     dialogs = [text for text in tab.locator('[role="dialog"]').all_inner_texts() if text.strip()]
     assert not dialogs, f"{tab.url} shows a dialog: {dialogs}"
     heading = tab.locator('[data-testid="stMain"] h1').first
@@ -260,6 +263,21 @@ def test_page_renders(page, server, name):
     screenshot(page, name)
 
 
+def launch_from_train_page(tab, server: Server, epochs: int, image_size: int):
+    """Launch svm + head x none + balanced with these settings; return the locator of the finished job."""
+    open_page(tab, server, "train")
+    assert_healthy(tab, server, "Train")
+    approaches = tab.locator(".st-key-train_approaches").inner_text()
+    assert "svm" in approaches and "head" in approaches, f"default approaches changed: {approaches!r}"
+    set_number(tab, server, "train_epochs", epochs)
+    tab.locator('[data-testid="stExpander"] summary').filter(has_text="Advanced").click()
+    set_number(tab, server, "train_image_size", image_size)
+    tab.locator(".st-key-launch button").click()
+    job_panel = tab.locator('[data-testid="stMain"]')
+    return job_panel.get_by_text("Open the best run").or_(job_panel.get_by_text("The job failed")).or_(
+        job_panel.get_by_text("The job was cancelled"))
+
+
 def set_number(tab, server: Server, key: str, value) -> None:
     """Type into the number_input with `key` and commit it (Enter), then wait for the rerun."""
     field = tab.locator(f".st-key-{key} input")
@@ -272,18 +290,7 @@ def set_number(tab, server: Server, key: str, value) -> None:
 @pytest.mark.timeout(360)
 def test_train_from_browser_then_results(page, server):
     runs_before = len(server.runs())
-    open_page(page, server, "train")
-    assert_healthy(page, server, "Train")
-    approaches = page.locator(".st-key-train_approaches").inner_text()
-    assert "svm" in approaches and "head" in approaches, f"default approaches changed: {approaches!r}"
-    set_number(page, server, "train_epochs", FAST["epochs"])
-    page.locator('[data-testid="stExpander"] summary').filter(has_text="Advanced").click()
-    set_number(page, server, "train_image_size", FAST["image_size"])
-
-    page.locator(".st-key-launch button").click()
-    job_panel = page.locator('[data-testid="stMain"]')
-    finished = job_panel.get_by_text("Open the best run").or_(job_panel.get_by_text("The job failed")).or_(
-        job_panel.get_by_text("The job was cancelled"))
+    finished = launch_from_train_page(page, server, FAST["epochs"], FAST["image_size"])
     progress = page.locator('[data-testid="stMain"] [data-testid="stProgress"]')
     try:  # the job may be over before its progress shows: the running screenshot is best effort
         progress.or_(finished).first.wait_for(state="visible", timeout=30_000)
@@ -369,6 +376,54 @@ def test_share_page_with_runs(page, server, trained):
     assert_healthy(page, server, "Share")
     assert page.locator('[data-testid="stMain"] [data-testid="stDataFrame"]').first.is_visible(), "no run links"
     screenshot(page, "share-runs")
+    with page.expect_download(timeout=PAGE_TIMEOUT_MS) as download:  # built on the server only now
+        page.locator(".st-key-download_md button").click()
+    report = Path(download.value.path()).read_text()
+    assert report.startswith("# TransferScope report") and all(run["run_id"] in report for run in trained)
+
+
+# The frontend sends BackMsg{clear_cache: true} on its websocket ("Clear caches" in the developer menu);
+# any browser that reaches the server can send it, so a viewer's script does it here, from its own session.
+SEND_BACKMSG_JS = """
+async ([url, bytes]) => await new Promise((resolve, reject) => {
+  const ws = new WebSocket(url, ["streamlit"]);
+  ws.binaryType = "arraybuffer";
+  ws.onerror = () => reject(new Error("websocket error"));
+  ws.onopen = () => { ws.send(new Uint8Array(bytes)); setTimeout(() => { ws.close(); resolve(true); }, 1500); };
+})
+"""
+
+
+@pytest.mark.timeout(480)
+def test_job_survives_another_session_clearing_caches(page, browser, server):
+    from streamlit.proto.BackMsg_pb2 import BackMsg
+
+    runs_before = len(server.runs())
+    # a new image size: the job extracts afresh, and 300 head epochs keep it busy for a while
+    finished = launch_from_train_page(page, server, epochs=300, image_size=FAST["image_size"] + 8)
+    sidebar = page.locator('[data-testid="stSidebar"]')
+    sidebar.get_by_text("running").first.wait_for(state="visible", timeout=60_000)
+
+    other = browser.new_context()
+    try:
+        intruder = other.new_page()
+        intruder.goto(server.url, wait_until="domcontentloaded")
+        stream = server.url.replace("http://", "ws://") + "/_stcore/stream"
+        intruder.evaluate(SEND_BACKMSG_JS, [stream, list(BackMsg(clear_cache=True).SerializeToString())])
+    finally:
+        other.close()
+    assert "running" in sidebar.inner_text(), "the job should still be running after the clear-cache message"
+
+    forgotten = page.locator('[data-testid="stMain"]').get_by_text("No job yet")  # a new, empty job manager
+    finished.or_(forgotten).first.wait_for(state="visible", timeout=JOB_TIMEOUT_MS)
+    settle(page, server)
+    assert page.get_by_text("Open the best run").is_visible(), (
+        f"the job did not finish: {page.locator('[data-testid=stMain]').inner_text()[:500]}\n{server.log_tail()}")
+    assert_healthy(page, server, "Train")
+    assert len(server.runs()) == runs_before + 4
+    open_page(page, server, "train")  # a fresh script run still lists the finished job
+    assert "done" in page.locator('[data-testid="stSidebar"]').inner_text()
+    assert page.get_by_text("Open the best run").is_visible()
 
 
 def plot_area(chart):

@@ -1,12 +1,18 @@
 """Job manager: one compute slot, submission order, progress, cancel and captured errors."""
 
+import json
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from core.errors import DataError
-from core.jobs import JobManager
+from core.jobs import WAITING_FOR_SLOT, JobManager, compute_slot_path
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TIMEOUT_S = 5.0
 
@@ -176,4 +182,80 @@ def test_only_the_newest_finished_jobs_are_remembered():
         assert manager.get(done[0].id) is None and manager.get(running.id) is running
         release.set()
     finally:
+        manager.shutdown()
+
+
+# ---- one compute slot across processes ---------------------------------------------------------------
+
+HOLD_SLOT = """
+import sys, time
+from core.jobs import compute_slot
+with compute_slot(sys.argv[1]):
+    open(sys.argv[2], "w").close()
+    while not __import__("os").path.exists(sys.argv[3]):
+        time.sleep(0.01)
+"""
+
+
+@pytest.fixture
+def other_process(tmp_path):
+    """A second process that holds the compute slot of `tmp_path/compute.lock` until `release()`."""
+    lock, holding, done = tmp_path / "compute.lock", tmp_path / "holding", tmp_path / "done"
+    child = subprocess.Popen([sys.executable, "-c", HOLD_SLOT, str(lock), str(holding), str(done)], cwd=ROOT)
+    wait_for(holding.exists, timeout_s=30)
+    yield lock, lambda: done.touch() or child.wait(TIMEOUT_S)
+    done.touch()
+    child.wait(TIMEOUT_S)
+
+
+def test_jobs_wait_for_the_compute_slot_of_another_process(other_process):
+    lock, release = other_process
+    manager = JobManager(slot_path=lock)
+    try:
+        job = manager.submit("after the CLI", lambda report: "ran")
+        wait_for(lambda: job.message == WAITING_FOR_SLOT)
+        time.sleep(0.3)
+        assert job.status == "queued" and job.started is None
+        assert release() == 0
+        assert wait_status(job, "done").result == "ran" and job.message == ""
+    finally:
+        manager.shutdown()
+
+
+def test_cancel_while_waiting_for_the_slot(other_process):
+    lock, _ = other_process
+    manager = JobManager(slot_path=lock)
+    try:
+        ran = threading.Event()
+        job = manager.submit("never", lambda report: ran.set())
+        wait_for(lambda: job.message == WAITING_FOR_SLOT)
+        assert manager.cancel(job.id)
+        after = manager.submit("next", lambda report: "ok")  # the worker is free again, still queued behind the lock
+        wait_for(lambda: after.message == WAITING_FOR_SLOT)
+        assert job.status == "cancelled" and not ran.is_set()
+    finally:
+        manager.shutdown()
+
+
+@pytest.mark.slow
+def test_cli_waits_for_the_slot_held_by_the_dashboard(tiny_dir, tmp_path, image_size):
+    cache = tmp_path / "cache"
+    started, release = threading.Event(), threading.Event()
+    manager = JobManager(slot_path=compute_slot_path(cache))
+    try:
+        manager.submit("dashboard job", blocking(started, release))
+        assert started.wait(TIMEOUT_S)
+        cli = subprocess.Popen([sys.executable, "-m", "core", "extract", "--data", str(tiny_dir), "--cache-dir",
+                                str(cache), "--image-size", str(image_size), "--workers", "0", "--device", "cpu"],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        err = []
+        threading.Thread(target=lambda: err.extend(cli.stderr), daemon=True).start()
+        wait_for(lambda: WAITING_FOR_SLOT in "".join(err) or cli.poll() is not None, timeout_s=180)
+        time.sleep(0.5)
+        assert cli.poll() is None and not (cache / "features").exists(), "".join(err)
+        release.set()
+        assert cli.wait(300) == 0, "".join(err)
+        assert json.loads(cli.stdout.read())["n"] == 35
+    finally:
+        release.set()
         manager.shutdown()

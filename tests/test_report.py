@@ -64,6 +64,25 @@ def test_markdown_lists_never_predicted_classes(demo_experiment):
     assert "Never predicted: 8-eight, 9-nine" in render_markdown(results)
 
 
+MARKUP_NAMES = ["cats|dogs", "<img src=x onerror=alert(1)>", "[click](http://evil.example)"]
+
+
+def test_markdown_shows_names_literally(demo_experiment):
+    """A `|` must not split a table cell, raw HTML must not pass through, a name must not become a link."""
+    results = json.loads(json.dumps(demo_experiment[0]))
+    run = results["runs"][0]
+    for row, name in zip(run["per_class"], MARKUP_NAMES):
+        row["class"] = name
+    run["never_predicted"], run["class_weight"] = MARKUP_NAMES, "custom:<b>mine</b>"
+    text = render_markdown(results)
+    assert not re.search(r"(?<!\\)<(img|b>)", text), "raw HTML passed through"
+    assert not re.search(r"(?<!\\)\]\(http", text), "a name became a link"
+    tables = [line for line in text.splitlines() if line.startswith("|")]
+    cells = {len(re.findall(r"(?<!\\)\|", line)) for line in tables if "class" in line or "cats" in line}
+    assert len(cells) == 1, "an escaped `|` keeps every row of the per-class table at the same number of cells"
+    assert "cats\\|dogs" in text and "\\<img src=x onerror=alert(1)\\>" in text
+
+
 def test_html_report_is_self_contained(results_file, tmp_path, demo_experiment):
     out = write_report(results_file, tmp_path / "report.html", fmt="html")
     page = out.read_text()

@@ -2,9 +2,15 @@
 
 import io
 import json
+import os
 import re
+import signal
 import stat
+import subprocess
+import sys
+import time
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,6 +20,7 @@ import core.runs as runs
 from core.errors import RunStoreError
 from core.runs import SCHEMA_VERSION, RunStore, atomic_file, atomic_write_json, new_run_id
 
+ROOT = Path(__file__).resolve().parents[1]
 UNSAFE_IDS = ["../evil", "..", "a/b", "/etc", "", ".tmp-x", "a\\b", "run id", None]
 
 
@@ -22,8 +29,19 @@ def store(tmp_path):
     return RunStore(tmp_path / "runs")
 
 
+def complete_record(run_id, approach="svm", **extra):
+    """A record with every field the pages read (two classes, one test image each)."""
+    row = {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 1, "minority": False}
+    return {"run_id": run_id, "approach": approach, "class_weight": "balanced", "accuracy": 0.75,
+            "balanced_accuracy": 0.7, "macro_f1": 0.7, "weighted_f1": 0.72, "fit_seconds": 0.5,
+            "predict_seconds": 0.01, "per_class": [{"class": "cat", **row}, {"class": "dog", **row}],
+            "confusion_matrix": [[1, 0], [0, 1]], "never_predicted": [], "history": [], "class_weights": [1.0, 1.0],
+            "dataset": {"root": "data", "classes": ["cat", "dog"], "train_counts": [4, 2], "test_counts": [1, 1]},
+            **extra}
+
+
 def make_record(approach="svm", **extra):
-    return {"run_id": new_run_id(approach, "balanced"), "approach": approach, "accuracy": 0.75, **extra}
+    return complete_record(new_run_id(approach, "balanced"), approach, **extra)
 
 
 def make_predictions():
@@ -44,8 +62,10 @@ def write_zip(path, members: dict[str, bytes], manifest_runs=None):
     return path
 
 
-def record_bytes(run_id, schema_version=SCHEMA_VERSION):
-    return json.dumps({"run_id": run_id, "schema_version": schema_version}).encode()
+def record_bytes(run_id, schema_version=SCHEMA_VERSION, **changes):
+    record = {**complete_record(run_id), "schema_version": schema_version, "created": "2026-01-01T00:00:00+00:00",
+              **changes}
+    return json.dumps({k: v for k, v in record.items() if v is not None}).encode()
 
 
 def test_new_run_id_is_readable_and_safe():
@@ -181,7 +201,11 @@ def test_export_import_roundtrip(store, tmp_path):
     assert other.import_bundle(bundle) == [first, second]
     assert other.list_runs() == store.list_runs()
     pd.testing.assert_frame_equal(other.load_predictions(first), make_predictions())
-    assert other.load_model(first) == {"w": 1}
+    with zipfile.ZipFile(bundle) as zf:
+        assert not [name for name in zf.namelist() if name.endswith("model.joblib")], "a pickle left the machine"
+    with pytest.raises(RunStoreError, match="no model.joblib"):
+        other.load_model(first)
+    assert store.load_model(first) == {"w": 1}
     assert other.import_bundle(bundle) == []
     assert entries(tmp_path / "out") == ["bundle.zip"]
 
@@ -266,3 +290,238 @@ def test_import_rejects_non_zip(store, tmp_path):
     with pytest.raises(RunStoreError, match="not a readable zip"):
         store.import_bundle(bundle)
     assert entries(store.root) == []
+
+
+# ---- records are complete -----------------------------------------------------------------------
+
+BROKEN_RECORDS = {
+    "no approach": ({"approach": None}, "lacks 'approach'"),
+    "bad created": ({"created": "yesterday"}, "not an ISO date"),
+    "accuracy text": ({"accuracy": "0.9"}, "'accuracy' = '0.9', expected int or float"),
+    "accuracy nan": ({"accuracy": float("nan")}, "'accuracy'"),
+    "confusion shape": ({"confusion_matrix": [[1, 0]]}, "confusion_matrix must list one list per class"),
+    "per-class row": ({"per_class": [{"class": "cat"}, {"class": "dog"}]}, "per_class row lacks 'precision'"),
+    "dataset classes": ({"dataset": {"root": "d", "classes": "cat", "train_counts": [], "test_counts": []}},
+                        "'classes' = 'cat', expected list"),
+}
+
+
+@pytest.mark.parametrize("case", BROKEN_RECORDS, ids=list(BROKEN_RECORDS))
+def test_import_refuses_an_incomplete_record_and_writes_nothing(store, tmp_path, case):
+    changes, message = BROKEN_RECORDS[case]
+    good = "20260101-000000-head-none-beef"
+    bundle = write_zip(tmp_path / "bundle.zip", {f"{GOOD}/record.json": record_bytes(GOOD, **changes),
+                                                  f"{good}/record.json": record_bytes(good)}, [good, GOOD])
+    with pytest.raises(RunStoreError, match=re.escape(message)):
+        store.import_bundle(bundle)
+    assert entries(store.root) == []
+
+
+@pytest.mark.parametrize("case", BROKEN_RECORDS, ids=list(BROKEN_RECORDS))
+def test_save_refuses_an_incomplete_record(store, case):
+    changes, message = BROKEN_RECORDS[case]
+    record = {k: v for k, v in {**make_record(), **changes}.items() if v is not None}
+    with pytest.raises(RunStoreError, match=re.escape(message)):
+        store.save(record)
+    assert entries(store.root) == []
+
+
+def test_scan_reports_broken_runs_which_stay_deletable(store):
+    good = store.save(make_record())
+    broken = store.save(make_record("head"))
+    record = json.loads((store.root / broken / "record.json").read_text())
+    del record["approach"]
+    (store.root / broken / "record.json").write_text(json.dumps(record))
+    (store.root / "20260101-000000-no-record").mkdir()
+    records, problems = store.scan()
+    assert [r["run_id"] for r in records] == [good] == [r["run_id"] for r in store.list_runs()]
+    assert set(problems) == {broken, "20260101-000000-no-record"}
+    assert "lacks 'approach'" in problems[broken] and "no readable record.json" in problems["20260101-000000-no-record"]
+    with pytest.raises(RunStoreError, match="lacks 'approach'"):
+        store.load(broken)
+    store.delete(broken)
+    store.delete("20260101-000000-no-record")
+    assert store.scan() == (records, {})
+
+
+# ---- bundles never carry pickles; zip bombs ----------------------------------------------------------
+
+def test_import_refuses_a_pickled_model(store, tmp_path):
+    class Boom:
+        def __reduce__(self):
+            return (print, ("the sender's code ran",))
+
+    import pickle
+
+    bundle = write_zip(tmp_path / "bundle.zip", {f"{GOOD}/record.json": record_bytes(GOOD),
+                                                  f"{GOOD}/model.joblib": pickle.dumps(Boom())}, [GOOD])
+    with pytest.raises(RunStoreError, match="pickled model.*runs the sender's code"):
+        store.import_bundle(bundle)
+    assert entries(store.root) == []
+
+
+def test_import_refuses_an_oversized_record(store, tmp_path):
+    padding = np.random.default_rng(0).bytes(3 * 1024**2).hex()  # 6 MB that does not compress
+    bundle = write_zip(tmp_path / "bundle.zip", {f"{GOOD}/record.json": record_bytes(GOOD, notes=padding)}, [GOOD])
+    with pytest.raises(RunStoreError, match=r"record.json' unpacks to \d+ bytes, over the 5242880-byte limit"):
+        store.import_bundle(bundle)
+    assert entries(store.root) == []
+
+
+def test_import_refuses_a_member_that_inflates_like_a_zip_bomb(store, tmp_path):
+    bundle = tmp_path / "bundle.zip"
+    with zipfile.ZipFile(bundle, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("manifest.json", json.dumps({"schema_version": SCHEMA_VERSION, "runs": [GOOD]}))
+        zf.writestr(f"{GOOD}/record.json", record_bytes(GOOD))
+        zf.writestr(f"{GOOD}/predictions.csv", b"path,true,pred\n" + b"0" * 50 * 1024**2)
+    assert bundle.stat().st_size < 1024**2
+    with pytest.raises(RunStoreError, match="inflates .*-fold, over the 100-fold limit"):
+        store.import_bundle(bundle)
+    assert entries(store.root) == []
+
+
+# ---- crashes and other processes ---------------------------------------------------------------------
+
+def test_importing_the_store_leaves_the_umask_alone():
+    probe = ("import os\ncalls = []\nreal = os.umask\nos.umask = lambda mask: calls.append(mask) or real(mask)\n"
+             "import core.runs\nprint(calls)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"
+
+
+def test_atomic_files_get_the_usual_permissions(tmp_path):
+    old = os.umask(0o027)
+    try:
+        atomic_write_json(tmp_path / "meta.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "meta.json").stat().st_mode) == 0o640
+
+
+def test_publishing_flushes_the_store_folder(store, monkeypatch):
+    flushed = []
+    real_fsync = os.fsync
+
+    def spy(fd):
+        flushed.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(runs.os, "fsync", spy)
+    run_id = store.save(make_record(), predictions=make_predictions())
+    assert str(store.root / run_id / "predictions.csv") not in flushed  # flushed before the rename, as staging
+    assert flushed[-1] == str(store.root), "the rename into the store must be flushed last"
+    flushed.clear()
+    store.delete(run_id)
+    assert flushed == [str(store.root)]
+
+
+def test_next_writer_removes_what_a_crashed_one_left(store):
+    store.save(make_record())
+    for leftover in (".tmp-20260101-000000-svm-none-ab12-x1y2", ".tmp-old-run-deleted-0a0b"):
+        (store.root / leftover).mkdir()
+        (store.root / leftover / "record.json").write_text("{half")
+    assert len(store.list_runs()) == 1 and store.scan()[1] == {}  # hidden leftovers are no runs
+    store.save(make_record())
+    assert not [name for name in entries(store.root) if name.startswith(".tmp-")]
+
+
+CRASH_IN_SAVE = """
+import sys, time
+import pandas as pd
+sys.path.insert(0, {tests!r})
+from test_runs import make_record, make_predictions
+from core.runs import RunStore
+def hang(self, path, **kwargs):
+    open(path, "w").write("path,y_true\\nhalf")
+    open({marker!r}, "w").close()
+    time.sleep(60)
+pd.DataFrame.to_csv = hang
+RunStore({root!r}).save(make_record(), predictions=make_predictions())
+"""
+
+
+@pytest.mark.slow
+def test_kill_during_save_leaves_a_loadable_store(store, tmp_path):
+    kept = store.save(make_record(), predictions=make_predictions())
+    marker = tmp_path / "writing"
+    script = CRASH_IN_SAVE.format(tests=str(ROOT / "tests"), marker=str(marker), root=str(store.root))
+    child = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT)
+    try:
+        wait_until(marker.exists, child)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    assert [name for name in entries(store.root) if name.startswith(".tmp-")], "the crash should leave staging"
+    records, broken = store.scan()
+    assert [r["run_id"] for r in records] == [kept] and broken == {}
+    pd.testing.assert_frame_equal(store.load_predictions(kept), make_predictions())
+    other = RunStore(store.root).save(make_record())  # the next writer, e.g. another process, cleans up
+    assert entries(store.root) == sorted([kept, other])
+
+
+CONCURRENT_WRITER = """
+import sys, time
+sys.path.insert(0, {tests!r})
+from test_runs import make_record, make_predictions
+from core.runs import RunStore
+store = RunStore({root!r})
+while not __import__("os").path.exists({go!r}):
+    time.sleep(0.01)
+imported = store.import_bundle({bundle!r})  # both processes import the same runs at once
+saved = [store.save(make_record(), predictions=make_predictions()) for _ in range(20)]
+print(" ".join(saved))
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_saving_and_importing_at_once_lose_nothing(tmp_path):
+    source = RunStore(tmp_path / "source")
+    shared = [source.save(make_record(), predictions=make_predictions()) for _ in range(60)]
+    bundle = source.export_bundle(shared, tmp_path / "bundle.zip")
+    target, go = tmp_path / "target", tmp_path / "go"
+    script = CONCURRENT_WRITER.format(tests=str(ROOT / "tests"), root=str(target), go=str(go), bundle=str(bundle))
+    children = [subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+                for _ in range(2)]
+    go.touch()
+    outputs = [child.communicate(timeout=120) for child in children]
+    assert [child.returncode for child in children] == [0, 0], outputs
+    saved = [run_id for out, _ in outputs for run_id in out.split()]
+    assert len(saved) == 40
+    records, broken = RunStore(target).scan()
+    assert broken == {} and sorted(r["run_id"] for r in records) == sorted(saved + shared)
+    for run_id in shared:
+        pd.testing.assert_frame_equal(RunStore(target).load_predictions(run_id), make_predictions())
+    assert not [name for name in entries(target) if name.startswith(".")]
+
+
+def wait_until(predicate, child, timeout_s=60):
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert child.poll() is None, f"the child exited early with {child.returncode}"
+        assert time.monotonic() < deadline, "the child never got there"
+        time.sleep(0.02)
+
+
+@pytest.mark.slow
+def test_kill_during_extraction_leaves_a_loadable_cache(demo_dataset, demo_features, image_size, tmp_path):
+    """`python -m core extract` killed after its first shard: what it wrote loads, and the next run completes it."""
+    from core.features import extract_features
+
+    cache = tmp_path / "cache"
+    child = subprocess.Popen([sys.executable, "-m", "core", "extract", "--data", demo_dataset.root, "--cache-dir",
+                              str(cache), "--image-size", str(image_size), "--workers", "0", "--device", "cpu"],
+                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: list(cache.glob("features/*/shard-*.npz")), child, timeout_s=300)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    shards = list(cache.glob("features/*/shard-*.npz"))
+    assert 0 < len(shards) < 3, "killed after the first of the demo's 3 shards"
+    for shard in shards:  # every visible shard is whole
+        with np.load(shard) as data:
+            assert len(data["indices"]) == len(data["X"]) > 0
+    resumed = extract_features(demo_dataset, "efficientnet_lite0", image_size=image_size, cache_dir=cache,
+                               device="cpu", workers=0)
+    np.testing.assert_allclose(resumed.X_train, demo_features.X_train, atol=1e-4)
+    np.testing.assert_allclose(resumed.X_test, demo_features.X_test, atol=1e-4)

@@ -2,18 +2,25 @@
 imports runs. The runs are conftest's `demo_experiment` (svm + head x none + balanced on the demo data)."""
 import io
 import json
+import os
 import re
 import shutil
+import threading
+import time
 import zipfile
 from pathlib import Path
 
 import pytest
+import streamlit as st
+from streamlit.runtime.media_file_manager import MediaFileManager
+from streamlit.runtime.media_file_storage import MediaFileStorageError
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 
+import core.report
 import ui
 from core.runs import RunStore
-from core.sharing import owner_token
+from core.sharing import Throttle, owner_token
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE_TIMEOUT_S = 60
@@ -41,12 +48,19 @@ def cache(monkeypatch, tmp_path, demo_experiment, demo_dir) -> Path:
     monkeypatch.setenv("TRANSFERSCOPE_CACHE_DIR", str(cache))
     monkeypatch.setenv("TRANSFERSCOPE_DATA", str(demo_dir))
     monkeypatch.delenv("TRANSFERSCOPE_VIEWER", raising=False)
+    client_at(monkeypatch, None)
     return cache
+
+
+def client_at(monkeypatch, ip: str | None) -> None:
+    """Make the AppTest client connect from `ip` (None: this machine; AppTest's own client is a mock)."""
+    monkeypatch.setattr(type(st.context), "ip_address", property(lambda self: ip))
 
 
 @pytest.fixture
 def viewer(monkeypatch, cache) -> Path:
     monkeypatch.setenv("TRANSFERSCOPE_VIEWER", "1")
+    monkeypatch.setattr(ui, "VIEWER_BUILDS", Throttle(max_events=6, per_s=60))  # no downloads of earlier tests
     return cache
 
 
@@ -64,8 +78,28 @@ def downloads(monkeypatch) -> dict:
     return captured
 
 
+@pytest.fixture
+def click(monkeypatch):
+    """`click(button)` builds a download as a browser click does (download data is deferred until then)."""
+    managers = {}  # deferred file id -> the media file manager of the AppTest run that registered it
+    original = MediaFileManager.add_deferred
+
+    def remember(self, *args, **kwargs):
+        file_id = original(self, *args, **kwargs)
+        managers[file_id] = self
+        return file_id
+
+    monkeypatch.setattr(MediaFileManager, "add_deferred", remember)
+    return lambda button: managers[button.proto.deferred_file_id].execute_deferred(button.proto.deferred_file_id)
+
+
+def click_downloads(at: AppTest, click) -> None:
+    for button in at.get("download_button"):
+        click(button)
+
+
 def entries(folder: Path) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if not p.name.endswith(".lock"))
 
 
 # ---- viewer mode -----------------------------------------------------------------------------------
@@ -95,9 +129,10 @@ def test_viewer_cannot_delete_runs(viewer):
 
 @pytest.mark.parametrize("action, refusal", [
     ("ui.delete_runs([RUN])", "cannot delete runs"),
-    ("ui.import_bundle(io.BytesIO(ui.bundle([RUN])))", "cannot import runs"),
+    ("ui.import_bundle(io.BytesIO(ui.deferred_bundle([RUN])()))", "cannot import runs"),
     ("ui.launch(ExperimentConfig(data=ui.data_dir()))", "cannot launch training"),
     ("ui.cancel_job('no-such-job')", "cannot cancel jobs"),
+    ("ui.rescan_dataset(ui.data_dir())", "cannot rescan the dataset"),
 ])
 def test_ui_actions_refuse_viewers_whatever_the_widgets_say(viewer, action, refusal):
     """Streamlit already drops clicks on disabled widgets; the actions in ui check again."""
@@ -177,12 +212,13 @@ def test_sidebar_of_an_unlocked_session_says_owner(viewer):
 
 # ---- Share page: downloads -------------------------------------------------------------------------
 
-def test_share_page_offers_self_contained_html_report(viewer, downloads):
+def test_share_page_offers_self_contained_html_report(viewer, downloads, click):
     at = page("share").run()
     assert not at.exception
     runs = RunStore(viewer / "runs").list_runs()
     assert at.multiselect(key="share_runs").value == [run["run_id"] for run in runs]
     assert {b.label for b in at.get("download_button")} == {"HTML report", "Markdown report", "Run bundle (zip)"}
+    click_downloads(at, click)
     page_html = downloads["transferscope-report.html"].decode()
     assert "<html" in page_html
     assert "svm" in page_html and "head" in page_html
@@ -193,11 +229,12 @@ def test_share_page_offers_self_contained_html_report(viewer, downloads):
         assert json.loads(zf.read("manifest.json"))["runs"] == [run["run_id"] for run in runs]
 
 
-def test_share_page_exports_only_the_picked_runs_and_links_them(viewer, downloads):
+def test_share_page_exports_only_the_picked_runs_and_links_them(viewer, downloads, click):
     at = page("share").run()
     run = RunStore(viewer / "runs").list_runs()[-1]
     at.multiselect(key="share_runs").set_value([run["run_id"]]).run()
     assert not at.exception
+    click_downloads(at, click)
     markdown = downloads["transferscope-report.md"].decode()
     assert markdown.count("\n## ") == 2  # the runs table and the one run
     assert f"results?run={run['run_id']}" in at.dataframe[0].value.to_string()
@@ -251,3 +288,134 @@ def test_viewer_cannot_import(viewer):
     assert not at.exception
     assert at.file_uploader(key="bundle_upload").disabled and at.button(key="import_bundle").disabled
     assert READ_ONLY in texts(at.info) and "cannot import runs here" in texts(at.info)
+
+
+# ---- what viewers can make the server do -----------------------------------------------------------
+
+def test_job_survives_a_clear_caches_message(viewer):
+    """Any browser can send Streamlit's ClearCache; the server then clears every st.cache_* (see AppSession)."""
+    started, release = threading.Event(), threading.Event()
+    manager = ui.job_manager()
+    job = manager.submit("long", lambda report: started.wait(5) and release.wait(10) and "done")
+    started.set()
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    assert ui.job_manager() is manager and manager.get(job.id) is job
+    release.set()
+    deadline = time.monotonic() + 10
+    while job.status != "done":
+        assert time.monotonic() < deadline, job.status
+        time.sleep(0.01)
+    assert job.result == "done"
+
+
+def test_viewer_cannot_rescan_and_split_inputs_do_not_rescan(viewer, monkeypatch):
+    scans = []
+    real = ui.load_dataset
+    monkeypatch.setattr(ui, "load_dataset", lambda *args, **kwargs: scans.append(kwargs) or real(*args, **kwargs))
+    at = page("dataset").run()
+    assert not at.exception and at.button(key="rescan").disabled
+    at = page("train").run()
+    at.number_input(key="train_test_size").set_value(0.5).run()
+    at.number_input(key="train_seed").set_value(7).run()
+    st.cache_data.clear()  # a viewer's ClearCache message must not force a rescan either
+    page("dataset").run()
+    assert not at.exception
+    assert [(scan["test_size"], scan["seed"]) for scan in scans] == [(0.2, 0)]
+
+
+def test_downloads_are_built_only_when_clicked(cache, monkeypatch, downloads, click):
+    builds = []
+    for module, name in ((core.report, "render_runs_report"), (ui, "render_runs_report")):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda records, fmt, real=real: builds.append(fmt) or real(records, fmt))
+    real_bundle = RunStore.export_bundle_bytes
+    monkeypatch.setattr(RunStore, "export_bundle_bytes",
+                        lambda self, ids: builds.append("zip") or real_bundle(self, ids))
+    at = page("share").run()
+    at.multiselect(key="share_runs").set_value(at.multiselect(key="share_runs").value[:1]).run()
+    assert not at.exception and len(at.get("download_button")) == 3
+    assert builds == [] and downloads == {}
+    click_downloads(at, click)
+    assert sorted(builds) == ["html", "md", "zip"]
+    assert set(downloads) == {"transferscope-report.html", "transferscope-report.md", "transferscope-runs.zip"}
+
+
+def test_viewer_downloads_are_rate_limited_across_sessions(viewer, monkeypatch, downloads, click):
+    monkeypatch.setattr(ui, "VIEWER_BUILDS", Throttle(max_events=2, per_s=600))
+    html, md, _ = page("share").run().get("download_button")
+    click(html)
+    click(html)  # cached: costs nothing, counts nothing
+    click(md)
+    other_viewer = page("share").run()
+    with pytest.raises(MediaFileStorageError, match="try again in"):
+        click(other_viewer.get("download_button")[2])
+    assert "transferscope-runs.zip" not in downloads
+
+
+# ---- what viewers can read -------------------------------------------------------------------------
+
+BUG = "import ui\nwith ui.guard():\n    raise ValueError('/home/owner/secret/path.png is odd')\n"
+
+
+def test_unexpected_errors_fail_the_tests():
+    assert os.environ.get(ui.STRICT_ENV) == "1"  # set by conftest for every test, and for the browser server
+    at = AppTest.from_string(BUG).run()
+    assert at.exception and "secret/path.png" in at.exception[0].message
+
+
+def test_user_errors_are_still_shown_under_strict():
+    at = AppTest.from_string("import ui\nfrom core.errors import DataError\n"
+                             "with ui.guard():\n    raise DataError('folder has no images')\n").run()
+    assert not at.exception and "folder has no images" in texts(at.error)
+
+
+def test_viewers_see_no_error_details_the_owner_does(cache, monkeypatch):
+    monkeypatch.delenv(ui.STRICT_ENV)
+    at = AppTest.from_string(BUG).run()
+    assert "secret/path.png" in texts(at.error) and at.expander and "Traceback" in texts(at.code)
+    monkeypatch.setenv("TRANSFERSCOPE_VIEWER", "1")
+    at = AppTest.from_string(BUG).run()
+    assert not at.exception
+    assert "Something went wrong (ValueError)" in texts(at.error)
+    assert "secret" not in texts(at.error) and not at.expander and not at.code
+
+
+def test_crafted_run_link_is_not_echoed(viewer):
+    at = page("results")
+    at.query_params["run"] = "x](http://evil.example/phish) [click"
+    at.run()
+    assert not at.exception
+    assert "does not exist" in texts(at.warning)
+    assert "evil.example" not in texts(at.warning) + texts(at.markdown)
+
+
+def test_token_is_refused_from_another_machine(viewer, monkeypatch):
+    client_at(monkeypatch, "192.168.1.20")
+    at = page("share").run()
+    assert not at.exception
+    assert "server machine itself" in texts(at.info)
+    assert at.text_input(key="owner_token").disabled and at.button(key="unlock").disabled
+    at = AppTest.from_string(f"import ui\nui.unlock({owner_token(viewer)!r})\n").run()
+    assert ui.OWNER_KEY not in at.session_state
+    assert "Threat model" in page("share").run().expander[0].label
+
+
+# ---- broken runs -----------------------------------------------------------------------------------
+
+def test_incomplete_run_is_reported_and_can_still_be_deleted(cache):
+    good = RunStore(cache / "runs").list_runs()
+    broken = good[0]["run_id"]
+    record_path = cache / "runs" / broken / "record.json"
+    record = json.loads(record_path.read_text())
+    del record["approach"]
+    record_path.write_text(json.dumps(record))
+    for name in ("results", "share", "compare"):
+        at = page(name).run()
+        assert not at.exception and not at.error, name
+        assert "1 run folder(s) cannot be read" in texts(at.warning) and "lacks 'approach'" in texts(at.warning)
+    at.multiselect(key="delete_select").set_value([broken]).run()
+    at.button(key="delete_runs").click().run()
+    assert not at.exception and not at.warning
+    assert not (cache / "runs" / broken).exists()
+    assert [run["run_id"] for run in RunStore(cache / "runs").list_runs()] == [run["run_id"] for run in good[1:]]

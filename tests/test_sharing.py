@@ -1,10 +1,15 @@
 """Read-only sharing: viewer mode switch, owner token, the paths viewers may read, deep links (core.sharing)."""
 import os
 import stat
+import tomllib
+from pathlib import Path
 
 import pytest
 
-from core.sharing import app_base_url, is_owner, is_within, owner_token, run_link, viewer_mode
+from core.errors import ConfigError
+from core.sharing import Throttle, app_base_url, is_loopback, is_owner, is_within, owner_token, run_link, viewer_mode
+
+ROOT = Path(__file__).resolve().parents[1]
 
 PAGES = ["dataset", "train", "results", "compare", "share"]
 
@@ -58,3 +63,69 @@ def test_app_base_url_drops_the_page(page_url, expected):
 def test_run_link():
     assert run_link("20260101-svm-none-ab12") == "results?run=20260101-svm-none-ab12"
     assert run_link("r1", "http://host:8501/") == "http://host:8501/results?run=r1"
+
+
+def test_fresh_token_replaces_the_old_one_and_stays_private(tmp_path):
+    old = owner_token(tmp_path)
+    new = owner_token(tmp_path, fresh=True)
+    assert new != old and owner_token(tmp_path) == new
+    assert is_owner(new, tmp_path) and not is_owner(old, tmp_path)
+    assert stat.S_IMODE(os.stat(tmp_path / "owner_token").st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["owner_token"]
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])
+def test_token_file_readable_by_others_is_refused(tmp_path, mode):
+    token = owner_token(tmp_path)
+    os.chmod(tmp_path / "owner_token", mode)
+    with pytest.raises(ConfigError, match=f"mode {mode:o}.*--new"):
+        owner_token(tmp_path)
+    with pytest.raises(ConfigError):
+        is_owner(token, tmp_path)  # fails closed: nobody unlocks with a token others may have read
+    assert owner_token(tmp_path, fresh=True) != token
+
+
+def test_token_file_that_is_a_symlink_is_refused(tmp_path):
+    (tmp_path / "elsewhere").write_text("guessable")
+    os.chmod(tmp_path / "elsewhere", 0o600)
+    (tmp_path / "owner_token").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(ConfigError, match="not a private file"):
+        owner_token(tmp_path)
+
+
+@pytest.mark.parametrize("candidate", ["jeton-é", "токен", "🔑" * 22, "\u00e9" * 22])
+def test_non_ascii_token_is_refused_without_crashing(tmp_path, candidate):
+    owner_token(tmp_path)
+    assert is_owner(candidate, tmp_path) is False
+
+
+@pytest.mark.parametrize("ip, expected", [(None, True), ("127.0.0.1", True), ("127.0.0.2", True), ("::1", True),
+                                          ("::ffff:127.0.0.1", True), ("192.168.1.20", False), ("10.0.0.1", False),
+                                          ("fe80::1", False), ("not an ip", False)])
+def test_is_loopback(ip, expected):
+    assert is_loopback(ip) is expected
+
+
+def test_throttle_allows_a_burst_then_says_how_long_to_wait():
+    throttle = Throttle(max_events=2, per_s=60)
+    assert throttle.wait_s(now=100.0) == 0 and throttle.wait_s(now=101.0) == 0
+    assert throttle.wait_s(now=110.0) == pytest.approx(50.0)
+    assert throttle.wait_s(now=160.0) == 0  # the first event is a minute old; the refused one never counted
+    assert throttle.wait_s(now=161.0) == 0
+    assert throttle.wait_s(now=162.0) == pytest.approx(58.0)
+
+
+def test_plain_streamlit_run_listens_on_this_machine_only():
+    server = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())["server"]
+    assert server["address"] == "127.0.0.1"
+    assert 1 <= server["maxUploadSize"] <= 100  # megabytes: a bundle of records and predictions, no models
+
+
+def test_make_share_opens_the_network_only_in_viewer_mode_with_a_fresh_token():
+    makefile = (ROOT / "Makefile").read_text()
+    share = makefile.split("\nshare:", 1)[1].split("\n\n", 1)[0]
+    assert "owner-token --new" in share
+    assert "--server.address 0.0.0.0" in share and "TRANSFERSCOPE_VIEWER=1" in share
+    assert "--client.showErrorDetails none" in share
+    others = makefile.replace(share, "")
+    assert "0.0.0.0" not in others, "only `make share` may listen on the network"
