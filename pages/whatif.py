@@ -24,7 +24,7 @@ def weight_sliders(start, scheme: str) -> np.ndarray:
     rows = start.record["per_class"]
     for i, (row, seed) in enumerate(zip(rows, seed_weights(start, scheme))):
         options = sorted({*WEIGHT_GRID, float(seed)})
-        label = f"{escape_markdown(row['class'])} · {row['train_count']} train" + (" · minority" if row["minority"] else "")
+        label = f"{escape_markdown(row['class'])} · {row['train_count']} train" + (" · minority" * row["minority"])
         weights.append(columns[i % SLIDER_COLUMNS].select_slider(
             label, options, value=float(seed), format_func=lambda w: f"{w:.3g}",
             key=f"whatif_{start.record['run_id']}_{scheme}_{i}"))
@@ -78,8 +78,9 @@ def tuner(record: dict) -> None:
 
 
 st.title("What-if")
-st.caption("Tune a run's class weights: move a class's weight and the model refits on the cached features (the SVM "
-           "reuses its kernel matrices, the head retrains in a fraction of a second). Nothing is stored until you save.")
+st.caption("Tune a run's class weights: move a class's weight and the model refits on the cached features "
+           "(the SVM reuses its kernel matrices, the head retrains in a fraction of a second). "
+           "Nothing is stored until you save.")
 with ui.guard():
     runs = [run for run in ui.list_runs() if run["approach"] in FEATURE_APPROACHES]
     if not runs:
