@@ -411,8 +411,8 @@ def current_job() -> Job | None:
     """This session's job, else (new session, e.g. after a reload) the newest job of the server."""
     manager = job_manager()
     job = manager.get(st.session_state.get("job_id", ""))
-    if job is None:
-        job = next(iter(manager.jobs()), None)
+    if job is None:  # training jobs only: feature-map jobs have pages of their own
+        job = next((job for job in manager.jobs() if not job.name.startswith(MAP_JOB_PREFIX)), None)
     if job is not None:
         st.session_state["job_id"] = job.id
     return job
@@ -521,6 +521,8 @@ def save_whatif(start: whatif.Start, weights, tau: float) -> dict:
 
 # ---- feature map and near-duplicates ---------------------------------------------------------------
 
+MAP_JOB_PREFIX = "feature map "  # + feature key: the job's name
+
 def feature_map(key: str):
     """The stored 2-D map of feature set `key`, or None before it was computed."""
     return featuremap.load_map(cache_dir(), key)
@@ -528,7 +530,7 @@ def feature_map(key: str):
 
 def feature_map_job(key: str) -> Job | None:
     """The newest job (any session's) computing the map of feature set `key`."""
-    return next((job for job in job_manager().jobs() if job.name == f"feature map {key}"), None)
+    return next((job for job in job_manager().jobs() if job.name == f"{MAP_JOB_PREFIX}{key}"), None)
 
 
 def launch_feature_map(record: dict) -> None:
@@ -536,7 +538,7 @@ def launch_feature_map(record: dict) -> None:
     require_owner("compute the feature map")
     features, folder = whatif_start(record).features, cache_dir()
     X = (features.X_train, features.X_test)
-    job_manager().submit(f"feature map {features.key}",
+    job_manager().submit(f"{MAP_JOB_PREFIX}{features.key}",
                          lambda report: featuremap.build_map(np.vstack(X), folder, features.key, report))
 
 

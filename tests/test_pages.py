@@ -377,6 +377,8 @@ def test_feature_map_is_computed_once_as_a_job_then_drawn(trained_copy):
     at = page("featuremap").run()  # a new session finds the stored map
     assert not at.exception and charts(at) == 1
     assert not [b for b in at.button if b.key == "compute_map"]
+    train = page("train").run()  # the map job is not a training job: a new session's Train page ignores it
+    assert not train.exception and "No job yet" in texts(train.caption)
 
 
 def test_dataset_page_lists_near_duplicate_pairs_with_thumbnails(trained):
