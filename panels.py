@@ -7,6 +7,7 @@ import streamlit as st
 
 import ui
 from core.analysis import run_labels
+from core.errors import ConfigError
 from core.featuremap import DUPLICATE_SIMILARITY
 from core.report import escape_markdown
 
@@ -90,9 +91,10 @@ def near_duplicates_panel(data) -> None:
     st.subheader("Near-duplicates between train and test")
     threshold = st.slider("Cosine similarity of features at least", 0.90, 1.0, DUPLICATE_SIMILARITY, 0.005,
                           key="duplicate_threshold")
-    pairs = ui.near_duplicate_pairs(data, threshold)
-    if pairs is None:
-        st.caption("Train a svm or head run on this dataset first: the check compares its cached features.")
+    try:
+        pairs = ui.near_duplicate_pairs(data, threshold)
+    except ConfigError as reason:  # no run with cached features yet: say why, this is no failure
+        st.caption(f"No check yet: {reason}.")
         return
     if not pairs:
         st.success(f"No test image has a training image with feature similarity ≥ {threshold:.3f}.")

@@ -23,7 +23,7 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from core import analysis, featuremap, sharing, whatif
 from core.data import Dataset, build_demo_dataset, load_dataset
-from core.errors import ReadOnlyError, TransferScopeError
+from core.errors import ConfigError, ReadOnlyError, TransferScopeError
 from core.experiment import FEATURE_APPROACHES, ExperimentConfig, run_experiment
 from core.jobs import ACTIVE_STATUSES, Job, JobManager, compute_slot_path
 from core.report import escape_markdown, render_runs_report
@@ -548,11 +548,14 @@ def _near_duplicates(root: str, run_id: str, cache: str, threshold: float) -> li
     return featuremap.near_duplicates(features.X_train, features.X_test, threshold)
 
 
-def near_duplicate_pairs(data: Dataset, threshold: float) -> list[dict] | None:
-    """Near-duplicate train/test pairs by the features of the newest svm/head run on `data`; None without one."""
+def near_duplicate_pairs(data: Dataset, threshold: float) -> list[dict]:
+    """Near-duplicate train/test pairs by the cached features of the newest svm/head run on `data`.
+
+    Raises ConfigError (a reason to show, not a failure) when no such run has its features cached.
+    """
     record = next((r for r in list_runs() if r["approach"] in FEATURE_APPROACHES
                    and r["dataset"].get("fingerprint") == data.fingerprint), None)
     if record is None:
-        return None
-    whatif_start(record)  # checks what viewers may read
+        raise ConfigError("train a svm or head run on this dataset first: the check compares its cached features")
+    whatif_start(record)  # checks what viewers may read, and that the features are still cached
     return _near_duplicates(str(run_store().root), record["run_id"], str(cache_dir()), threshold)

@@ -394,4 +394,4 @@ def test_dataset_page_lists_near_duplicate_pairs_with_thumbnails(trained):
 def test_dataset_page_without_runs_explains_the_duplicate_check(empty_cache):
     at = page("dataset").run()
     assert not at.exception
-    assert "Train a svm or head run on this dataset first" in texts(at.caption)
+    assert "No check yet: train a svm or head run on this dataset first" in texts(at.caption)
