@@ -395,3 +395,19 @@ def test_dataset_page_without_runs_explains_the_duplicate_check(empty_cache):
     at = page("dataset").run()
     assert not at.exception
     assert "No check yet: train a svm or head run on this dataset first" in texts(at.caption)
+
+
+def test_whatif_refits_only_when_weights_or_tau_change(trained, monkeypatch):
+    import core.whatif
+
+    calls = []
+    real = core.whatif.refit
+    monkeypatch.setattr(core.whatif, "refit", lambda *args: calls.append(args[1].copy()) or real(*args))
+    run = next(r for r in ui.list_runs() if r["approach"] == "head" and r["class_weight"] == "none")
+    at = whatif_page(run)
+    at.run()  # a rerun with the same inputs (e.g. another widget) reuses the last refit
+    assert len(calls) == 1
+    rarest_slider(at, run).set_value(100.0).run()
+    assert len(calls) == 2 and calls[1].max() == 100.0
+    at.slider(key=f"whatif_tau_{run['run_id']}").set_value(1.0).run()
+    assert len(calls) == 3
