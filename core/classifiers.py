@@ -133,6 +133,7 @@ class SvmClassifier(ClassifierMixin, BaseEstimator):
         self.n_classes_ = n_classes or int(y.max()) + 1
         self.n_features_ = X.shape[1]
         weights = _weight_dict(class_weight, self.n_classes_)
+        self.support_X_ = None  # set by a fit on precomputed kernels
         if len(X) > self.linear_above or self.kernel == "linear":
             self.model_ = make_pipeline(StandardScaler(), LinearSVC(C=self.C, class_weight=weights,
                                                                     random_state=self.seed)).fit(X, y)
@@ -152,7 +153,7 @@ class SvmClassifier(ClassifierMixin, BaseEstimator):
         """Scores `(n_samples, n_classes)`; classes absent from training get -inf."""
         check_is_fitted(self, "model_")
         X, _ = check_features(X, n_features=self.n_features_)
-        if not hasattr(self, "support_X_"):
+        if self.support_X_ is None:
             return self._scores(self.model_.decision_function(X))
         kernel = np.zeros((len(X), self.n_train_))  # libsvm reads only the support vectors' columns
         kernel[:, self.model_.support_] = rbf_kernel(self.scaler_.transform(X).astype(np.float64), self.support_X_,
@@ -161,7 +162,9 @@ class SvmClassifier(ClassifierMixin, BaseEstimator):
 
     def decision_function_kernel(self, kernel: np.ndarray) -> np.ndarray:
         """Scores from a precomputed `(n_samples, n_train)` kernel, e.g. the `test` of the kernels fit on."""
-        check_is_fitted(self, "support_X_")
+        check_is_fitted(self, "model_")
+        if self.support_X_ is None:
+            raise ConfigError("this SVM was fit without precomputed kernels; call decision_function(X) instead")
         if kernel.ndim != 2 or kernel.shape[1] != self.n_train_:
             raise ConfigError(f"the kernel must have {self.n_train_} columns (one per training sample), "
                               f"got shape {kernel.shape}; use the kernels this SVM was fit with")

@@ -129,6 +129,15 @@ def test_kernels_for_other_samples_are_refused(four_imbalanced_classes):
         SvmClassifier().fit(X[:400], y[:400], kernels=rbf_kernels(X, X_test))
 
 
+def test_a_direct_refit_forgets_the_precomputed_kernels(four_imbalanced_classes):
+    X, y, X_test = four_imbalanced_classes
+    kernels = rbf_kernels(X, X_test)
+    svm = SvmClassifier().fit(X, y, kernels=kernels).fit(X[:400], y[:400])
+    assert svm.predict(X_test).shape == (200,)
+    with pytest.raises(ConfigError, match="fit without precomputed kernels"):
+        svm.decision_function_kernel(kernels.test)
+
+
 # ---------------------------------------------------------------- class weights
 
 
