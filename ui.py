@@ -16,14 +16,15 @@ import time
 import traceback
 from pathlib import Path
 
+import numpy as np
 import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from core import analysis, sharing
+from core import analysis, featuremap, sharing, whatif
 from core.data import Dataset, build_demo_dataset, load_dataset
-from core.errors import ReadOnlyError, TransferScopeError
-from core.experiment import ExperimentConfig, run_experiment
+from core.errors import ConfigError, ReadOnlyError, TransferScopeError
+from core.experiment import FEATURE_APPROACHES, ExperimentConfig, run_experiment
 from core.jobs import ACTIVE_STATUSES, Job, JobManager, compute_slot_path
 from core.report import escape_markdown, render_runs_report
 from core.runs import RunStore
@@ -34,6 +35,8 @@ PAGES = {  # url path -> (title, icon)
     "train": ("Train", ":material/model_training:"),
     "results": ("Results", ":material/insights:"),
     "compare": ("Compare", ":material/compare_arrows:"),
+    "whatif": ("What-if", ":material/tune:"),
+    "featuremap": ("Feature map", ":material/scatter_plot:"),
     "share": ("Share", ":material/share:"),
 }
 DEMO_DATASET = "datasets/digits-demo"
@@ -408,8 +411,8 @@ def current_job() -> Job | None:
     """This session's job, else (new session, e.g. after a reload) the newest job of the server."""
     manager = job_manager()
     job = manager.get(st.session_state.get("job_id", ""))
-    if job is None:
-        job = next(iter(manager.jobs()), None)
+    if job is None:  # training jobs only: feature-map jobs have pages of their own
+        job = next((job for job in manager.jobs() if not job.name.startswith(MAP_JOB_PREFIX)), None)
     if job is not None:
         st.session_state["job_id"] = job.id
     return job
@@ -487,3 +490,72 @@ def chart(fig, key: str | None = None) -> None:
 
 def format_seconds(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
+
+
+# ---- what-if refits --------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=2)  # a module global, like the scans: no browser message clears it
+def _whatif_start(root: str, run_id: str, cache: str) -> whatif.Start:
+    record = _run_store(root).load(run_id)
+    split = {name: record.get("config", {}).get(name, default) for name, default in SPLIT_DEFAULTS.items()}
+    return whatif.start_from(record, dataset(record["dataset"]["root"], **split), cache)
+
+
+def whatif_start(record: dict) -> whatif.Start:
+    """A svm or head run with its cached features, shared by every session (read-only, never mutated).
+
+    Viewers may tune only runs on the server's dataset folder.
+    """
+    if not can_act() and not sharing.is_within(record["dataset"]["root"], default_data_dir()):
+        raise ReadOnlyError("this run was trained on a folder outside the shared dataset; viewers may tune only "
+                            "runs on the server's dataset")
+    with st.spinner("Loading the run's cached features…"):
+        return _whatif_start(str(run_store().root), record["run_id"], str(cache_dir()))
+
+
+def save_whatif(start: whatif.Start, weights, tau: float) -> dict:
+    """Store tuned weights as a normal run (owner only); its record."""
+    require_owner("save runs")
+    return whatif.save_as_run(start, weights, tau, run_store())
+
+
+# ---- feature map and near-duplicates ---------------------------------------------------------------
+
+MAP_JOB_PREFIX = "feature map "  # + feature key: the job's name
+
+def feature_map(key: str):
+    """The stored 2-D map of feature set `key`, or None before it was computed."""
+    return featuremap.load_map(cache_dir(), key)
+
+
+def feature_map_job(key: str) -> Job | None:
+    """The newest job (any session's) computing the map of feature set `key`."""
+    return next((job for job in job_manager().jobs() if job.name == f"{MAP_JOB_PREFIX}{key}"), None)
+
+
+def launch_feature_map(record: dict) -> None:
+    """Queue the map of a run's features on the shared JobManager (owner only)."""
+    require_owner("compute the feature map")
+    features, folder = whatif_start(record).features, cache_dir()
+    X = (features.X_train, features.X_test)
+    job_manager().submit(f"{MAP_JOB_PREFIX}{features.key}",
+                         lambda report: featuremap.build_map(np.vstack(X), folder, features.key, report))
+
+
+@st.cache_data(max_entries=8, show_spinner="Comparing train and test features…")
+def _near_duplicates(root: str, run_id: str, cache: str, threshold: float) -> list[dict]:
+    features = _whatif_start(root, run_id, cache).features
+    return featuremap.near_duplicates(features.X_train, features.X_test, threshold)
+
+
+def near_duplicate_pairs(data: Dataset, threshold: float) -> list[dict]:
+    """Near-duplicate train/test pairs by the cached features of the newest svm/head run on `data`.
+
+    Raises ConfigError (a reason to show, not a failure) when no such run has its features cached.
+    """
+    record = next((r for r in list_runs() if r["approach"] in FEATURE_APPROACHES
+                   and r["dataset"].get("fingerprint") == data.fingerprint), None)
+    if record is None:
+        raise ConfigError("train a svm or head run on this dataset first: the check compares its cached features")
+    whatif_start(record)  # checks what viewers may read, and that the features are still cached
+    return _near_duplicates(str(run_store().root), record["run_id"], str(cache_dir()), threshold)

@@ -1,4 +1,5 @@
-"""`python -m bench`: backbone throughput per runtime, extraction and cache-hit wall time, fit time per approach.
+"""`python -m bench`: backbone throughput per runtime, extraction and cache-hit wall time, fit time per approach,
+what-if refit time per class-weight change and the feature map's compute time.
 
 Run on a quiet machine: every figure is wall-clock time on this machine's cores.
 """
@@ -110,6 +111,62 @@ def bench_statistics(n_images: int = 1000, n_classes: int = 10, n_boot: int = 10
           f"resamples, {n_classes} classes: {time.perf_counter() - started:.3f} s")
 
 
+def synthetic_start(n_train: int, n_test: int, dim: int, n_classes: int, approach: str, seed: int = 0):
+    """A what-if Start on random imbalanced class clusters of `dim` features (no images, no backbone)."""
+    import numpy as np
+
+    from core.data import Dataset, Sample
+    from core.experiment import ExperimentConfig
+    from core.features import FeatureSet
+    from core.whatif import Start
+
+    rng = np.random.default_rng(seed)
+    share = np.geomspace(1.0, 0.05, n_classes)
+    y = rng.choice(n_classes, size=n_train + n_test, p=share / share.sum())
+    X = (rng.normal(size=(n_classes, dim))[y] * 0.6 + rng.normal(size=(len(y), dim))).astype(np.float32)
+    classes = [f"class-{i:02d}" for i in range(n_classes)]
+    samples = [Sample(f"synthetic/{i}.png", int(label), (96, 32)) for i, label in enumerate(y)]
+    dataset = Dataset("synthetic", classes, samples[:n_train], samples[n_train:], fingerprint="synthetic")
+    features = FeatureSet(X[:n_train], y[:n_train], X[n_train:], y[n_train:], f"synthetic-{seed}", True, 0.0, 0.0, {})
+    record = {"run_id": f"synthetic-{approach}", "approach": approach, "class_weights": [1.0] * n_classes}
+    return Start(record, ExperimentConfig(data="synthetic"), dataset, features)
+
+
+def bench_whatif(n_train: int, n_test: int, dim: int, n_classes: int, changes: int) -> None:
+    """Seconds per class-weight change: refit on the cached features (the SVM reuses its kernels)."""
+    import numpy as np
+
+    from core.whatif import refit
+
+    print(f"\n# what-if refit per class-weight change, {n_train} + {n_test} x {dim} synthetic features, "
+          f"{n_classes} classes ({torch.get_num_threads()} threads)")
+    rng = np.random.default_rng(0)
+    for approach in ("svm", "head"):
+        start = synthetic_start(n_train, n_test, dim, n_classes, approach)
+        seconds = []
+        for _ in range(changes):
+            started = time.perf_counter()
+            refit(start, np.exp(rng.uniform(-1, 1, n_classes)))
+            seconds.append(time.perf_counter() - started)
+        first, rest = seconds[0], seconds[1:]
+        note = " (computes the kernels)" if approach == "svm" else ""
+        print(f"{approach:<5} first {first:.2f} s{note}, then median {np.median(rest):.2f} s, "
+              f"max {max(rest):.2f} s over {len(rest)} changes")
+
+
+def bench_map(n_train: int, n_test: int, dim: int, n_classes: int) -> None:
+    """Seconds to compute the 2-D feature map (PCA to 50 dims, then t-SNE) of all images once."""
+    import numpy as np
+
+    from core.featuremap import compute_map
+
+    features = synthetic_start(n_train, n_test, dim, n_classes, "svm").features
+    started = time.perf_counter()
+    compute_map(np.vstack([features.X_train, features.X_test]))
+    print(f"\n# feature map of {n_train + n_test} x {dim} synthetic features: "
+          f"{time.perf_counter() - started:.1f} s once per feature set (then read from the cache)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--backbone", default="efficientnet_lite0")
@@ -124,8 +181,14 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--cache-dir", default="cache/bench")
+    parser.add_argument("--whatif-size", default="4000,1000,1280,16",
+                        help="train images, test images, feature dim, classes of the synthetic what-if/map features")
+    parser.add_argument("--weight-changes", type=int, default=6)
     args = parser.parse_args()
     bench_statistics()
+    n_train, n_test, dim, n_classes = (int(v) for v in args.whatif_size.split(","))
+    bench_whatif(n_train, n_test, dim, n_classes, args.weight_changes)
+    bench_map(n_train, n_test, dim, n_classes)
     Path(args.cache_dir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.cache_dir) as tmp:
         rates = bench_forward(args.backbone, args.height, args.width, args.batch_size, args.repeats, tmp)

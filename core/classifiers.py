@@ -3,11 +3,15 @@ from __future__ import annotations
 
 import copy
 import math
+import threading
 import time
+from collections import OrderedDict
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.metrics.pairwise import rbf_kernel
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -18,6 +22,7 @@ from core.errors import ConfigError
 from core.weights import adjust_logits, weighted_cross_entropy
 
 LINEAR_SVM_ABOVE = 20_000  # samples; kernel SVC scales ~n^2, LinearSVC stays fast
+KERNEL_BUDGET_BYTES = 1 << 30  # RBF kernel matrices kept in memory per process, all feature sets together
 
 
 def check_features(X, y=None, n_features: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -41,8 +46,79 @@ def _weight_dict(class_weight, n_classes: int) -> dict | None:
     return None if class_weight is None else {i: float(w) for i, w in enumerate(np.asarray(class_weight)[:n_classes])}
 
 
+@dataclass(frozen=True)
+class RbfKernels:
+    """RBF kernels of standardized features with sklearn's gamma='scale', reusable across class weights.
+
+    `train` is `(n_train, n_train)`, `test` is `(n_test, n_train)`; neither depends on class weights or C.
+    """
+
+    scaler: StandardScaler
+    gamma: float
+    train: np.ndarray
+    test: np.ndarray
+    seconds: float  # time it took to compute them
+
+    @property
+    def nbytes(self) -> int:
+        return self.train.nbytes + self.test.nbytes
+
+
+def kernel_bytes(n_train: int, n_test: int) -> int:
+    """Memory the float64 train x train and test x train kernel matrices take."""
+    return 8 * n_train * (n_train + n_test)
+
+
+def rbf_kernels(X_train, X_test) -> RbfKernels:
+    """Fit the scaler on train, derive gamma as `SVC(gamma='scale')` does, compute both kernel matrices once.
+
+    >>> kernels = rbf_kernels(X_train, X_test)  # doctest: +SKIP
+    >>> SvmClassifier().fit(X_train, y_train, kernels=kernels).decision_function_kernel(kernels.test)  # doctest: +SKIP
+    """
+    started = time.perf_counter()
+    X_train, _ = check_features(X_train)
+    X_test, _ = check_features(X_test, n_features=X_train.shape[1])
+    scaler = StandardScaler().fit(X_train)
+    train = scaler.transform(X_train).astype(np.float64)  # what the Pipeline hands SVC, which works in float64
+    variance = train.var()
+    gamma = 1.0 / (train.shape[1] * variance) if variance != 0 else 1.0
+    test = scaler.transform(X_test).astype(np.float64)
+    return RbfKernels(scaler, gamma, rbf_kernel(train, gamma=gamma), rbf_kernel(test, train, gamma=gamma),
+                      time.perf_counter() - started)
+
+
+class KernelCache:
+    """RBF kernels per feature set (keyed by its cache key), computed once, kept up to `budget_bytes`.
+
+    Thread-safe; the least recently used sets are dropped first. `get` returns None when one set alone
+    would exceed the budget: fit the SVM directly then.
+    """
+
+    def __init__(self, budget_bytes: int = KERNEL_BUDGET_BYTES):
+        self.budget_bytes = budget_bytes
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[str, RbfKernels] = OrderedDict()
+
+    def get(self, key: str, X_train, X_test) -> RbfKernels | None:
+        if kernel_bytes(len(X_train), len(X_test)) > self.budget_bytes:
+            return None
+        with self._lock:  # held while computing, so concurrent callers compute a set once
+            if key not in self._entries:
+                self._entries[key] = rbf_kernels(X_train, X_test)
+            self._entries.move_to_end(key)
+            while sum(k.nbytes for k in self._entries.values()) > self.budget_bytes:
+                self._entries.popitem(last=False)
+            return self._entries[key]
+
+
+KERNEL_CACHE = KernelCache()  # one per process: experiments and what-if refits share it
+
+
 class SvmClassifier(ClassifierMixin, BaseEstimator):
     """StandardScaler + SVC (rbf by default); LinearSVC above `linear_above` samples.
+
+    Given precomputed `kernels` (see `rbf_kernels`), an rbf fit reuses them: `SVC(kernel='precomputed')`
+    gives the same model as the direct fit without recomputing the kernel for every class-weight vector.
 
     >>> svm = SvmClassifier().fit(X_train, y_train, class_weight=[1.0, 5.0])  # doctest: +SKIP
     >>> svm.predict(X_test)  # doctest: +SKIP
@@ -51,27 +127,54 @@ class SvmClassifier(ClassifierMixin, BaseEstimator):
     def __init__(self, *, kernel: str = "rbf", C: float = 1.0, linear_above: int = LINEAR_SVM_ABOVE, seed: int = 0):
         self.kernel, self.C, self.linear_above, self.seed = kernel, C, linear_above, seed
 
-    def fit(self, X, y, class_weight=None, n_classes: int | None = None) -> SvmClassifier:
+    def fit(self, X, y, class_weight=None, n_classes: int | None = None, kernels: RbfKernels | None = None
+            ) -> SvmClassifier:
         X, y = check_features(X, y)
         self.n_classes_ = n_classes or int(y.max()) + 1
+        self.n_features_ = X.shape[1]
         weights = _weight_dict(class_weight, self.n_classes_)
+        self.support_X_ = None  # set by a fit on precomputed kernels
         if len(X) > self.linear_above or self.kernel == "linear":
-            svm = LinearSVC(C=self.C, class_weight=weights, random_state=self.seed)
+            self.model_ = make_pipeline(StandardScaler(), LinearSVC(C=self.C, class_weight=weights,
+                                                                    random_state=self.seed)).fit(X, y)
+        elif kernels is not None and self.kernel == "rbf":
+            if kernels.train.shape[0] != len(X):
+                raise ConfigError(f"kernels were computed for {kernels.train.shape[0]} training samples but "
+                                  f"{len(X)} were given; compute them with rbf_kernels on these features")
+            self.model_ = SVC(kernel="precomputed", C=self.C, class_weight=weights).fit(kernels.train, y)
+            self.scaler_, self.gamma_, self.n_train_ = kernels.scaler, kernels.gamma, len(X)
+            self.support_X_ = kernels.scaler.transform(X[self.model_.support_]).astype(np.float64)
         else:
             svm = SVC(kernel=self.kernel, C=self.C, class_weight=weights, decision_function_shape="ovr")
-        self.model_ = make_pipeline(StandardScaler(), svm).fit(X, y)
-        self.n_features_ = X.shape[1]
+            self.model_ = make_pipeline(StandardScaler(), svm).fit(X, y)
         return self
 
     def decision_function(self, X) -> np.ndarray:
         """Scores `(n_samples, n_classes)`; classes absent from training get -inf."""
         check_is_fitted(self, "model_")
         X, _ = check_features(X, n_features=self.n_features_)
-        raw = self.model_.decision_function(X)
+        if self.support_X_ is None:
+            return self._scores(self.model_.decision_function(X))
+        kernel = np.zeros((len(X), self.n_train_))  # libsvm reads only the support vectors' columns
+        kernel[:, self.model_.support_] = rbf_kernel(self.scaler_.transform(X).astype(np.float64), self.support_X_,
+                                                     gamma=self.gamma_)
+        return self.decision_function_kernel(kernel)
+
+    def decision_function_kernel(self, kernel: np.ndarray) -> np.ndarray:
+        """Scores from a precomputed `(n_samples, n_train)` kernel, e.g. the `test` of the kernels fit on."""
+        check_is_fitted(self, "model_")
+        if self.support_X_ is None:
+            raise ConfigError("this SVM was fit without precomputed kernels; call decision_function(X) instead")
+        if kernel.ndim != 2 or kernel.shape[1] != self.n_train_:
+            raise ConfigError(f"the kernel must have {self.n_train_} columns (one per training sample), "
+                              f"got shape {kernel.shape}; use the kernels this SVM was fit with")
+        return self._scores(self.model_.decision_function(kernel))
+
+    def _scores(self, raw: np.ndarray) -> np.ndarray:
         seen = self.model_.classes_
         if raw.ndim == 1:  # binary problems return one column
             raw = np.stack([-raw, raw], axis=1)
-        scores = np.full((len(X), self.n_classes_), -np.inf)
+        scores = np.full((len(raw), self.n_classes_), -np.inf)
         scores[:, seen] = raw
         return scores
 

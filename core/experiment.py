@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.classifiers import LinearHead, SvmClassifier
+from core.classifiers import KERNEL_CACHE, LinearHead, SvmClassifier
 from core.data import Dataset, load_dataset
 from core.errors import ClassWeightError, ConfigError
 from core.features import FeatureSet, extract_features, rank_world, resolve_device
@@ -89,7 +89,7 @@ def _run_seed(config: ExperimentConfig, progress, store: RunStore) -> dict:
     features = None
     if any(a in FEATURE_APPROACHES for a in config.approaches):
         features = load_features(config, dataset, progress)
-    trained = [train_and_record(config, dataset, features, approach, label, w, store, progress)
+    trained = [_train_and_record(config, dataset, features, approach, label, w, store, progress)
                for approach in config.approaches for label, w in weights]
     runs = [record for record, _ in trained]
     return {"dataset": dataset.summary(), "backbone": features.backbone if features else {"name": config.backbone},
@@ -110,12 +110,15 @@ def compare_runs(trained: list[tuple[dict, np.ndarray]], dataset: Dataset) -> li
 
 
 def train_and_record(config: ExperimentConfig, dataset: Dataset, features: FeatureSet | None, approach: str,
-                     weight_label: str, weights: np.ndarray, store: RunStore, progress=None) -> tuple[dict, np.ndarray]:
-    """Fit one approach with one class-weight vector, score the test set once, save the run.
+                     weight_label: str, weights: np.ndarray, store: RunStore, progress=None) -> dict:
+    """Fit one approach with one class-weight vector, score the test set once, save the run; its record."""
+    return _train_and_record(config, dataset, features, approach, weight_label, weights, store, progress)[0]
 
-    Returns (record, test predictions).
-    """
-    fitted = _FITTERS[approach](config, dataset, features, weights, progress)
+
+def _train_and_record(config: ExperimentConfig, dataset: Dataset, features: FeatureSet | None, approach: str,
+                      weight_label: str, weights: np.ndarray, store: RunStore, progress=None) -> tuple[dict, np.ndarray]:
+    """`train_and_record`, also returning the test predictions (for paired comparisons)."""
+    fitted = fit_approach(config, dataset, features, approach, weights, progress)
     y_test = np.array([s.label for s in dataset.test])
     tau = fitted.get("tau", config.tau) if approach in LOGIT_APPROACHES else 0.0  # SVM scores are not logits
     y_pred = adjust_logits(fitted["scores"], dataset.train_counts, tau).argmax(1) if tau else fitted["scores"].argmax(1)
@@ -142,6 +145,12 @@ def _test_share(features: FeatureSet, dataset: Dataset) -> float:
     return features.extract_seconds * len(dataset.test) / len(dataset.samples)
 
 
+def fit_approach(config: ExperimentConfig, dataset: Dataset, features: FeatureSet | None, approach: str,
+                 weights: np.ndarray, progress=None) -> dict:
+    """Fit one approach with one class-weight vector: model, raw test scores, fit and predict seconds."""
+    return _FITTERS[approach](config, dataset, features, weights, progress)
+
+
 def _predictions(dataset: Dataset, y_pred: np.ndarray, scores: np.ndarray) -> pd.DataFrame:
     """Per-image table: path, true and predicted class, and one raw score column per class."""
     classes = dataset.classes
@@ -153,6 +162,7 @@ def _predictions(dataset: Dataset, y_pred: np.ndarray, scores: np.ndarray) -> pd
 
 
 def _fit_svm(config, dataset, features, weights, progress) -> dict:
+    """Fit the SVM; an rbf one reuses the feature set's kernels (computed on its first fit, then cached)."""
     if progress:
         progress("fit SVM", 0, 1)
     n_classes = len(dataset.classes)
@@ -163,10 +173,11 @@ def _fit_svm(config, dataset, features, weights, progress) -> dict:
     tuned = tune_svm_c(make_svm, features.X_train, features.y_train, n_classes, weights, config.seed) \
         if config.tune else {}
     svm = make_svm(tuned.get("svm_c", config.svm_c))
-    svm.fit(features.X_train, features.y_train, class_weight=weights, n_classes=n_classes)
+    kernels = KERNEL_CACHE.get(features.key, features.X_train, features.X_test) if config.svm_kernel == "rbf" else None
+    svm.fit(features.X_train, features.y_train, class_weight=weights, n_classes=n_classes, kernels=kernels)
     fit_s = time.perf_counter() - started
     started = time.perf_counter()
-    scores = svm.decision_function(features.X_test)
+    scores = svm.decision_function(features.X_test) if kernels is None else svm.decision_function_kernel(kernels.test)
     if progress:
         progress("fit SVM", 1, 1)
     return {"model": svm, "scores": scores, "fit_seconds": fit_s, "predict_seconds": time.perf_counter() - started,

@@ -311,6 +311,17 @@ def confusion_diff_figure(cm_a, cm_b, classes, label_a, label_b, *, minority=Non
     return _style_heatmap(fig, names, flags, f"Row-normalized confusion: {label_b} minus {label_a}")
 
 
+def _shared_classes(per_class_a, per_class_b):
+    """The class names of two per-class tables, which must be the same."""
+    names = [row["class"] for row in per_class_a]
+    if [row["class"] for row in per_class_b] != names:
+        raise ConfigError(
+            f"the two runs have different classes: {names} vs {[row['class'] for row in per_class_b]}; "
+            "compare runs on the same dataset"
+        )
+    return names
+
+
 def f1_delta_figure(per_class_a, per_class_b, label_a, label_b):
     """Bar per class of F1(B) − F1(A): green where B is better, red where it is worse.
 
@@ -321,12 +332,7 @@ def f1_delta_figure(per_class_a, per_class_b, label_a, label_b):
         >>> [round(x, 2) for x in f1_delta_figure(a, b, "A", "B").data[0].x]
         [0.33, 1.0]
     """
-    names = [row["class"] for row in per_class_a]
-    if [row["class"] for row in per_class_b] != names:
-        raise ConfigError(
-            f"the two runs have different classes: {names} vs {[row['class'] for row in per_class_b]}; "
-            "compare runs on the same dataset"
-        )
+    names = _shared_classes(per_class_a, per_class_b)
     deltas = [b["f1"] - a["f1"] for a, b in zip(per_class_a, per_class_b)]
     support = [row["support"] for row in per_class_a]
     shaky = [0 < n <= UNRELIABLE_MAX_TEST for n in support]
@@ -349,4 +355,107 @@ def f1_delta_figure(per_class_a, per_class_b, label_a, label_b):
         fig.add_annotation(text=f"faded, hatched = {UNRELIABLE_MAX_TEST} or fewer test images: one image more or "
                                 "less swings F1 a lot", xref="paper", yref="paper", x=0, y=1.1, xanchor="left",
                            yanchor="bottom", showarrow=False)
+    return fig
+
+
+DELTA_METRICS = {"precision": ("#1f77b4", ""), "recall": ("#1f77b4", HATCH), "f1": ("#2a3f5f", "")}
+MAP_COLORS = qualitative.Dark24 + qualitative.Light24
+MAP_SYMBOLS = {"train": "circle", "test · correct": "diamond", "test · misclassified": "x"}
+MAP_HEIGHT_PX = 760  # plot area; the class legend goes below it
+
+
+def per_class_delta_figure(per_class_a, per_class_b, label_a, label_b):
+    """Grouped bars per class of the change in precision, recall (hatched) and F1 from run A to run B.
+
+    Example:
+        >>> from core.metrics import evaluate
+        >>> a = evaluate([0, 1], [0, 0], ["cat", "owl"])["per_class"]
+        >>> b = evaluate([0, 1], [0, 1], ["cat", "owl"])["per_class"]
+        >>> [round(x, 2) for x in per_class_delta_figure(a, b, "A", "B").data[1].x]
+        [0.0, 1.0]
+    """
+    names = _shared_classes(per_class_a, per_class_b)
+    fig = go.Figure()
+    for metric, (color, pattern) in DELTA_METRICS.items():
+        fig.add_trace(go.Bar(
+            name=f"Δ {metric}", y=names, x=[b[metric] - a[metric] for a, b in zip(per_class_a, per_class_b)],
+            orientation="h", marker=dict(color=color, pattern_shape=pattern, opacity=0.55 if metric == "f1" else 1),
+            customdata=[[a[metric], b[metric]] for a, b in zip(per_class_a, per_class_b)],
+            hovertemplate=f"%{{y}}<br>{metric} {label_a} %{{customdata[0]:.2f}} → {label_b} %{{customdata[1]:.2f}}"
+                          "<br>change %{x:+.2f}<extra></extra>",
+        ))
+    fig.add_vline(x=0, line=dict(color=NEUTRAL_COLOR, width=1))
+    return _style_class_bars(fig, names, [row["minority"] for row in per_class_a],
+                             f"Per-class change: {label_b} minus {label_a}", f"{label_b} − {label_a}")
+
+
+def clickable_confusion_figure(cm, classes, normalize=False, *, minority=None):
+    """`confusion_matrix_figure` plus an invisible marker on every cell, so a click selects that cell.
+
+    Plotly heatmaps report no selections; the markers do, with `customdata` = [true index, predicted index].
+
+    Example:
+        >>> fig = clickable_confusion_figure([[3, 1], [0, 2]], ["cat", "owl"])
+        >>> list(fig.data[1].customdata[1])
+        [0, 1, 1]
+    """
+    fig = confusion_matrix_figure(cm, classes, normalize, minority=minority)
+    names, counts = list(classes), np.asarray(cm)
+    cells = [(i, j) for i in range(len(names)) for j in range(len(names))]
+    fig.data[0].hoverinfo = "skip"  # the markers carry the hover text, so one label shows
+    fig.add_trace(go.Scatter(
+        x=[names[j] for _, j in cells], y=[names[i] for i, _ in cells], mode="markers", showlegend=False,
+        marker=dict(size=max(12, min(40, 600 // len(names))), symbol="square", opacity=0),
+        customdata=[[i, j, int(counts[i, j])] for i, j in cells], name="cells",
+        hovertemplate="true %{y}<br>predicted %{x}<br>%{customdata[2]} images (click to show them)<extra></extra>",
+    ))
+    fig.update_xaxes(range=[-0.5, len(names) - 0.5])  # the markers must not pad the axes: cells stay aligned
+    fig.update_yaxes(range=[len(names) - 0.5, -0.5], autorange=False)
+    fig.update_layout(clickmode="event+select")
+    return fig
+
+
+def feature_map_figure(coords, labels, classes, *, is_test, predicted, names, minority=None):
+    """2-D map of image features: colour = true class, symbol = train / test correct / test misclassified.
+
+    `predicted` holds the selected run's class index per test image (-1 for train images or no run).
+    Every point's `customdata` starts with its sample index, for selections.
+
+    Example:
+        >>> fig = feature_map_figure([[0, 0], [1, 1]], [0, 1], ["cat", "owl"], is_test=[False, True],
+        ...                          predicted=[-1, 0], names=["a.png", "b.png"])
+        >>> [trace.name for trace in fig.data][:2]
+        ['cat', 'owl']
+    """
+    coords, labels = np.asarray(coords, dtype=float), np.asarray(labels)
+    is_test, predicted = np.asarray(is_test, dtype=bool), np.asarray(predicted)
+    if coords.shape != (len(labels), 2) or not len(labels) == len(is_test) == len(predicted) == len(names):
+        raise ConfigError(f"map coordinates {coords.shape}, {len(labels)} labels, {len(is_test)} split flags, "
+                          f"{len(predicted)} predictions and {len(names)} names must describe the same images")
+    flags = _minority_flags(minority, len(classes))
+    kind = np.where(~is_test, "train", np.where(predicted == labels, "test · correct", "test · misclassified"))
+    kind = np.where(is_test & (predicted < 0), "test", kind)
+    fig = go.Figure()
+    for c, (name, color) in enumerate(zip(classes, itertools.cycle(MAP_COLORS))):
+        members = np.flatnonzero(labels == c)
+        shown = f"<b>{name}</b> (minority)" if flags[c] else name
+        fig.add_trace(go.Scattergl(
+            x=coords[members, 0], y=coords[members, 1], mode="markers", name=shown, legendgroup=name,
+            marker=dict(color=color, size=[9 if is_test[i] else 6 for i in members], line=dict(width=0),
+                        symbol=[MAP_SYMBOLS.get(kind[i], "circle-open") for i in members],
+                        opacity=0.85),
+            customdata=[[int(i), names[i], name, classes[predicted[i]] if predicted[i] >= 0 else "—", kind[i]]
+                        for i in members],
+            hovertemplate="%{customdata[1]}<br>true %{customdata[2]}<br>predicted %{customdata[3]}"
+                          "<br>%{customdata[4]}<extra></extra>",
+        ))
+    for label, symbol in MAP_SYMBOLS.items():  # legend entries explaining the symbols
+        fig.add_trace(go.Scattergl(x=[None], y=[None], mode="markers", name=label, legendgroup="symbols",
+                                   marker=dict(color=NEUTRAL_COLOR, symbol=symbol, size=9)))
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    legend_rows = -(-(len(classes) + len(MAP_SYMBOLS)) // 3)  # below the map, so long names leave it its width
+    fig.update_layout(title="Feature map (PCA to 50 dims, then t-SNE): near points look alike to the backbone",
+                      height=MAP_HEIGHT_PX + 22 * legend_rows, dragmode="select", margin=dict(b=22 * legend_rows + 20),
+                      legend=dict(itemsizing="constant", orientation="h", x=0, y=-0.02, yanchor="top"))
     return fig

@@ -1,6 +1,7 @@
 """Dataset page: class balance, minority classes, sample images, image sizes and skipped files."""
 import streamlit as st
 
+import panels
 import ui
 from core.analysis import class_table, image_size_summary, sample_paths
 from core.figures import class_distribution_figure
@@ -66,3 +67,4 @@ with ui.guard():
     show_skipped(data)
     show_balance(data, table)
     show_samples(data)
+    panels.near_duplicates_panel(data)

@@ -1,29 +1,12 @@
 """Results page: one run's metrics, confusion matrix, per-class scores, learning curve, errors, logit adjustment."""
-from pathlib import Path
-
 import streamlit as st
 
+import panels
 import ui
 from core.analysis import (HEADLINE_METRICS, LOGIT_APPROACHES, class_report, error_cells, interval_caption,
-                           metric_deltas, misclassified_paths, rescore, run_labels, run_settings)
-from core.figures import confusion_matrix_figure, learning_curve_figure, per_class_figure
+                           metric_deltas, misclassified_paths, rescore, run_settings)
+from core.figures import clickable_confusion_figure, learning_curve_figure, per_class_figure
 from core.report import escape_markdown
-
-GALLERY_MAX = 24
-GALLERY_PX = 144
-
-
-def pick_run(runs: list[dict]) -> str:
-    """Run selectbox, newest first, in sync with the `?run=<id>` deep link."""
-    labels = run_labels(runs)
-    ids = list(labels)
-    wanted = st.query_params.get("run")
-    if wanted and wanted not in labels:
-        st.warning("The run in the link does not exist (deleted?); showing the newest run instead.")
-    run_id = st.selectbox("Run", ids, index=ids.index(wanted) if wanted in labels else 0, format_func=labels.get,
-                          key="results_run")
-    st.query_params["run"] = run_id
-    return run_id
 
 
 def show_metrics(record: dict) -> None:
@@ -49,8 +32,26 @@ def confusion_panel(record: dict) -> None:
     normalize = st.toggle("Row-normalize (share of each true class)", key="cm_normalize")
     minority = [row["minority"] for row in record["per_class"]]
     with st.container(key="confusion_matrix"):
-        ui.chart(confusion_matrix_figure(record["confusion_matrix"], record["dataset"]["classes"], normalize,
-                                         minority=minority))
+        figure = clickable_confusion_figure(record["confusion_matrix"], record["dataset"]["classes"], normalize,
+                                            minority=minority)
+        panels.selected_points(figure, key="cm_click", modes="points", on_select=show_clicked_cell,
+                               args=(error_cells(record["confusion_matrix"]),))
+    if st.session_state.pop("cm_clicked", False):
+        st.rerun()  # the whole page, so the misclassified panel below shows the clicked cell
+
+
+def show_clicked_cell(cells: list[dict]) -> None:
+    """A click on a confusion-matrix cell picks that cell in the misclassified panel (its select box)."""
+    points = st.session_state["cm_click"].selection.points
+    if not points:
+        return
+    true, pred = points[0]["customdata"][:2]
+    index = next((i for i, cell in enumerate(cells) if (cell["true"], cell["pred"]) == (true, pred)), None)
+    if index is None:
+        st.toast("That cell holds no misclassified images; click an off-diagonal cell with a count.")
+        return
+    st.session_state["error_cell"] = index
+    st.session_state["cm_clicked"] = True
 
 
 @st.fragment
@@ -80,21 +81,15 @@ def misclassified_panel(record: dict) -> None:
         st.success("Every test image was classified correctly.")
         return
     classes = record["dataset"]["classes"]
+    st.caption("Click a cell of the confusion matrix above, or pick one here.")
     choice = st.selectbox("True class → predicted class", range(len(cells)), key="error_cell", format_func=lambda i:
                           f"{classes[cells[i]['true']]} → {classes[cells[i]['pred']]} ({cells[i]['count']} images)")
     with ui.guard():
         paths, missing = misclassified_paths(ui.load_predictions(record["run_id"]), cells[choice]["true"],
                                              cells[choice]["pred"])
-        paths, hidden = ui.viewable_paths(paths)
         if missing:
             st.warning(f"{missing} image(s) are no longer at their recorded path (dataset moved?).")
-        if hidden:
-            st.caption(f"{hidden} image(s) lie outside the shared dataset folder and are not shown to viewers.")
-        shown = paths[:GALLERY_MAX]
-        if shown:
-            st.image(ui.thumbnails(shown), width=GALLERY_PX, caption=[Path(path).name for path in shown])
-        if len(paths) > GALLERY_MAX:
-            st.caption(f"Showing {GALLERY_MAX} of {len(paths)} images.")
+        panels.gallery(paths)
 
 
 st.title("Results")
@@ -103,7 +98,7 @@ with ui.guard():
     if not runs:
         ui.no_runs_hint()
     else:
-        record = ui.load_run(pick_run(runs))
+        record = ui.load_run(panels.pick_run(runs, "Run", "results_run")["run_id"])
         show_metrics(record)
         confusion_panel(record)
         ui.chart(per_class_figure(record["per_class"]), key="per_class")

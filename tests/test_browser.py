@@ -425,3 +425,70 @@ def test_job_survives_another_session_clearing_caches(page, browser, server):
     open_page(page, server, "train")  # a fresh script run still lists the finished job
     assert "done" in page.locator('[data-testid="stSidebar"]').inner_text()
     assert page.get_by_text("Open the run with the highest test macro-F1").is_visible()
+
+
+def plot_area(chart):
+    """The bounding box of a plotly chart's plotting area (its drag layer), scrolled into view."""
+    area = chart.locator(".nsewdrag").first
+    area.wait_for(state="visible")
+    area.scroll_into_view_if_needed()
+    return area.bounding_box()
+
+
+@pytest.mark.timeout(240)
+def test_confusion_cell_click_shows_that_cells_images(page, server, trained):
+    from core.analysis import error_cells
+
+    record = next(r for r in trained if len(error_cells(r["confusion_matrix"])) > 1)
+    cells, classes = error_cells(record["confusion_matrix"]), record["dataset"]["classes"]
+    target = cells[-1]  # not the default (first) cell, so the click is what selects it
+    open_page(page, server, f"results?run={record['run_id']}")
+    assert_healthy(page, server, "Results")
+    box, k = plot_area(plotly_chart(page, "confusion_matrix")), len(classes)
+    page.mouse.click(box["x"] + (target["pred"] + 0.5) * box["width"] / k,
+                     box["y"] + (target["true"] + 0.5) * box["height"] / k)
+    picked = f"{classes[target['true']]} → {classes[target['pred']]} ({target['count']} images)"
+    choice = page.locator(".st-key-error_cell input")
+    deadline = time.monotonic() + 30
+    while choice.input_value() != picked and time.monotonic() < deadline:
+        page.wait_for_timeout(200)
+    assert choice.input_value() == picked, "a click on the cell should pick it in the misclassified panel"
+    settle(page, server)
+    predictions = RunStore(server.cache / "runs").load_predictions(record["run_id"])
+    chosen = predictions[(predictions["true"] == target["true"]) & (predictions["pred"] == target["pred"])]
+    expected = {Path(path).name for path in chosen["path"]}
+    shown = page.locator('[data-testid="stMain"] [data-testid="stImageCaption"]').all_inner_texts()
+    assert shown and set(shown) <= expected and len(shown) == min(len(expected), 24), (shown, expected)
+    assert_healthy(page, server, "Results")
+    screenshot(page, "results-cell-click")
+
+
+@pytest.mark.timeout(300)
+def test_feature_map_box_selection_shows_images(page, server, trained):
+    import numpy as np
+
+    from core.data import load_dataset
+    from core.featuremap import build_map
+    from core.whatif import start_from
+
+    record = next(r for r in trained if r["approach"] in ("svm", "head"))
+    features = start_from(record, load_dataset(server.data), server.cache).features
+    build_map(np.vstack([features.X_train, features.X_test]), server.cache, features.key)
+    open_page(page, server, f"featuremap?run={record['run_id']}")
+    assert_healthy(page, server, "Feature map")
+    chart = page.locator('.st-key-feature_map [data-testid="stPlotlyChart"]').first
+    box = plot_area(chart)
+    page.mouse.move(box["x"] + 5, box["y"] + 5)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, steps=10)
+    page.mouse.move(box["x"] + box["width"] - 5, box["y"] + box["height"] - 5, steps=10)
+    page.mouse.up()
+    heading = page.locator('[data-testid="stMain"] h3').filter(has_text="selected image(s)")
+    heading.wait_for(state="visible", timeout=30_000)
+    settle(page, server)
+    n_selected = int(heading.inner_text().split()[0])
+    assert n_selected > 10, heading.inner_text()
+    captions = page.locator('[data-testid="stMain"] [data-testid="stImageCaption"]').all_inner_texts()
+    assert len(captions) == min(n_selected, 24) and all(".png: " in caption for caption in captions), captions
+    assert_healthy(page, server, "Feature map")
+    screenshot(page, "feature-map-selection")

@@ -64,6 +64,26 @@ def test_head_runs_have_learning_curves(demo_experiment):
             assert run["history"] == []
 
 
+def test_svm_runs_share_one_kernel_computation(demo_dir, demo_features, feature_cache, image_size, tmp_path,
+                                               monkeypatch):
+    import core.classifiers
+    from core.classifiers import KernelCache, SvmClassifier
+
+    computed = []
+    real = core.classifiers.rbf_kernels
+    monkeypatch.setattr(core.classifiers, "rbf_kernels", lambda *a: computed.append(a) or real(*a))
+    monkeypatch.setattr("core.experiment.KERNEL_CACHE", KernelCache())
+    config = ExperimentConfig(data=str(demo_dir), approaches=("svm",), class_weights=("none", "balanced", "sqrt"),
+                              image_size=image_size, device="cpu", cache_dir=str(feature_cache), workers=0)
+    store = RunStore(tmp_path / "runs")
+    results = run_experiment(config, store=store)
+    assert len(computed) == 1
+    for run in results["runs"]:
+        direct = SvmClassifier().fit(demo_features.X_train, demo_features.y_train, class_weight=run["class_weights"])
+        stored = store.load_predictions(run["run_id"])["pred"].to_numpy()
+        assert np.array_equal(stored, direct.predict(demo_features.X_test)), run["class_weight"]
+
+
 def test_stored_runs_round_trip(demo_experiment, demo_features, demo_dataset):
     results, store = demo_experiment
     for run in results["runs"]:

@@ -12,11 +12,14 @@ from core.figures import (
     NEGATIVE_COLOR,
     POSITIVE_COLOR,
     class_distribution_figure,
+    clickable_confusion_figure,
     confusion_diff_figure,
     confusion_matrix_figure,
     f1_delta_figure,
+    feature_map_figure,
     learning_curve_figure,
     pareto_front,
+    per_class_delta_figure,
     per_class_figure,
     tradeoff_figure,
 )
@@ -210,3 +213,31 @@ def test_f1_delta_marks_classes_with_few_test_images_unreliable():
     assert "unreliable" not in ticks[0] + ticks[2]
     assert list(fig.data[0].marker.opacity) == [1.0, 0.35, 1.0]
     assert any("3 or fewer test images" in note.text for note in fig.layout.annotations)
+
+
+def test_clickable_confusion_has_one_selectable_marker_per_cell():
+    fig = clickable_confusion_figure([[5, 1, 0], [2, 3, 0], [0, 0, 4]], ["a", "b", "c"])
+    markers = fig.data[1]
+    assert len(markers.x) == 9 and fig.layout.clickmode == "event+select"
+    cell = markers.customdata[3]  # row 1 (true b), column 0 (predicted a)
+    assert list(cell) == [1, 0, 2] and (markers.y[3], markers.x[3]) == ("b", "a")
+
+
+def test_feature_map_marks_train_correct_and_misclassified():
+    fig = feature_map_figure([[0, 0], [1, 0], [2, 0], [3, 0]], [0, 0, 1, 1], ["cat", "owl"],
+                             is_test=[False, True, True, False], predicted=[-1, 0, 0, -1],
+                             names=["a.png", "b.png", "c.png", "d.png"], minority=[False, True])
+    cat, owl = fig.data[0], fig.data[1]
+    assert list(cat.marker.symbol) == ["circle", "diamond"] and list(owl.marker.symbol) == ["x", "circle"]
+    assert [row[0] for row in owl.customdata] == [2, 3] and owl.customdata[0][3] == "cat"
+    assert "minority" in owl.name
+    with pytest.raises(ConfigError, match="same images"):
+        feature_map_figure([[0, 0]], [0, 1], ["cat", "owl"], is_test=[False], predicted=[-1], names=["a"])
+
+
+def test_per_class_delta_figure_shows_three_metrics():
+    a = evaluate([0, 0, 1, 1], [0, 0, 0, 0], ["cat", "owl"])["per_class"]
+    b = evaluate([0, 0, 1, 1], [0, 0, 1, 0], ["cat", "owl"])["per_class"]
+    fig = per_class_delta_figure(a, b, "start", "tuned")
+    assert [trace.name for trace in fig.data] == ["Δ precision", "Δ recall", "Δ f1"]
+    assert fig.data[1].x[1] == pytest.approx(0.5)

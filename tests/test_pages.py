@@ -374,3 +374,114 @@ def test_train_page_without_jobs(empty_cache):
     at = page("train").run()
     assert not at.exception
     assert "No job yet" in texts(at.caption)
+
+
+# ---- What-if ---------------------------------------------------------------------------------------
+
+def whatif_page(run: dict) -> AppTest:
+    at = page("whatif")
+    at.query_params["run"] = run["run_id"]
+    return at.run()
+
+
+def rarest_slider(at: AppTest, run: dict):
+    rare = min(range(len(run["per_class"])), key=lambda i: run["per_class"][i]["train_count"])
+    return at.select_slider(key=f"whatif_{run['run_id']}_run_{rare}")
+
+
+@pytest.mark.parametrize("approach", ["svm", "head"])
+def test_whatif_refits_on_a_weight_change_and_shows_deltas(trained, approach):
+    run = next(r for r in ui.list_runs() if r["approach"] == approach and r["class_weight"] == "none")
+    at = whatif_page(run)
+    assert not at.exception and not at.error
+    metrics = {m.label: m for m in at.metric}
+    assert metrics["Macro-F1"].value == f"{run['macro_f1']:.3f}" and not metrics["Macro-F1"].delta
+    assert "Refit time" in metrics and charts(at) == 2
+    rarest_slider(at, run).set_value(100.0).run()
+    assert not at.exception and not at.error
+    metrics = {m.label: m for m in at.metric}
+    assert any(metrics[label].delta for label in ("Accuracy", "Balanced accuracy", "Macro-F1")), metrics
+    table = next(frame.value for frame in at.dataframe if "Δ recall" in frame.value.columns)
+    assert table["weight"].max() == 100.0 and table["Δ recall"].abs().sum() > 0
+    assert at.session_state["whatif_last"][0][1].count(100.0) == 1  # the refit ran with the new weight
+
+
+def test_whatif_seed_scheme_reseeds_the_sliders(trained):
+    run = next(r for r in ui.list_runs() if r["approach"] == "svm" and r["class_weight"] == "none")
+    at = whatif_page(run)
+    at.segmented_control(key="whatif_seed").set_value("balanced").run()
+    assert not at.exception
+    rare = min(range(len(run["per_class"])), key=lambda i: run["per_class"][i]["train_count"])
+    assert at.select_slider(key=f"whatif_{run['run_id']}_balanced_{rare}").value > 1.0
+
+
+def test_whatif_save_stores_a_custom_run(trained_copy):
+    run = next(r for r in ui.list_runs() if r["approach"] == "head" and r["class_weight"] == "none")
+    at = whatif_page(run)
+    rarest_slider(at, run).set_value(100.0).run()
+    at.button(key="whatif_save").click().run()
+    assert not at.exception and "Saved run" in texts(at.success)
+    saved = next(r for r in ui.list_runs() if r["class_weight"] == "custom:what-if")
+    assert max(saved["class_weights"]) == 100.0 and saved["approach"] == "head"
+
+
+def test_whatif_viewers_play_but_cannot_save(trained, monkeypatch):
+    monkeypatch.setenv("TRANSFERSCOPE_VIEWER", "1")
+    run = next(r for r in ui.list_runs() if r["approach"] == "svm" and r["class_weight"] == "none")
+    at = whatif_page(run)
+    rarest_slider(at, run).set_value(100.0).run()
+    assert not at.exception and not at.error
+    assert "Read-only" in texts(at.info)
+    assert not [b for b in at.button if b.key == "whatif_save"]
+    assert len(ui.list_runs()) == 4
+
+
+# ---- Feature map and near-duplicates ---------------------------------------------------------------
+
+def test_feature_map_is_computed_once_as_a_job_then_drawn(trained_copy):
+    at = page("featuremap").run()
+    assert not at.exception and charts(at) == 0
+    at.button(key="compute_map").click().run()
+    job = next(job for job in ui.job_manager().jobs() if job.name.startswith("feature map"))
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while job.status in ACTIVE_STATUSES:
+        assert time.monotonic() < deadline, f"map job still {job.status}: {job.progress}"
+        time.sleep(0.2)
+    assert job.status == "done", job.error
+    at = page("featuremap").run()  # a new session finds the stored map
+    assert not at.exception and charts(at) == 1
+    assert not [b for b in at.button if b.key == "compute_map"]
+    train = page("train").run()  # the map job is not a training job: a new session's Train page ignores it
+    assert not train.exception and "No job yet" in texts(train.caption)
+
+
+def test_dataset_page_lists_near_duplicate_pairs_with_thumbnails(trained):
+    at = page("dataset").run()
+    assert not at.exception
+    at.slider(key="duplicate_threshold").set_value(0.9).run()
+    assert not at.exception
+    assert "nearly duplicate a training image" in texts(at.warning)
+    pair_captions = [image.captions for image in at.image if any(c.startswith("test: ") for c in image.captions)]
+    assert pair_captions and all(c[0].startswith("test: ") and c[1].startswith("train: ") for c in pair_captions)
+
+
+def test_dataset_page_without_runs_explains_the_duplicate_check(empty_cache):
+    at = page("dataset").run()
+    assert not at.exception
+    assert "No check yet: train a svm or head run on this dataset first" in texts(at.caption)
+
+
+def test_whatif_refits_only_when_weights_or_tau_change(trained, monkeypatch):
+    import core.whatif
+
+    calls = []
+    real = core.whatif.refit
+    monkeypatch.setattr(core.whatif, "refit", lambda *args: calls.append(args[1].copy()) or real(*args))
+    run = next(r for r in ui.list_runs() if r["approach"] == "head" and r["class_weight"] == "none")
+    at = whatif_page(run)
+    at.run()  # a rerun with the same inputs (e.g. another widget) reuses the last refit
+    assert len(calls) == 1
+    rarest_slider(at, run).set_value(100.0).run()
+    assert len(calls) == 2 and calls[1].max() == 100.0
+    at.slider(key=f"whatif_tau_{run['run_id']}").set_value(1.0).run()
+    assert len(calls) == 3

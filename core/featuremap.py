@@ -1,0 +1,108 @@
+"""A 2-D map of cached image features (PCA, then t-SNE), stored per feature key, and train/test near-duplicates.
+
+t-SNE (scikit-learn) rather than UMAP: no extra dependency (umap-learn pulls in numba and compiles on
+first use), deterministic for a seed, and fast enough for a one-off background job that is cached.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+
+from core.errors import ConfigError
+from core.runs import atomic_write_bytes
+
+MAP_VERSION = 1  # bump when the method or its settings change, so old maps are recomputed
+PCA_DIMS = 50
+PERPLEXITY = 30.0
+DUPLICATE_SIMILARITY = 0.98  # cosine similarity of features from which a train/test pair is listed
+STAGE = "feature map (PCA, t-SNE, save)"
+
+
+def map_path(cache_dir, key: str) -> Path:
+    return Path(cache_dir) / "maps" / f"{key}-tsne-v{MAP_VERSION}.npy"
+
+
+def load_map(cache_dir, key: str) -> np.ndarray | None:
+    """The stored map `(n_samples, 2)` of feature set `key`, or None when it was not computed yet."""
+    path = map_path(cache_dir, key)
+    return np.load(path) if path.is_file() else None
+
+
+def compute_map(X, *, seed: int = 0, progress=None) -> np.ndarray:
+    """Project features `(n_samples, n_features)` to 2-D: PCA to at most 50 dims, then t-SNE.
+
+    >>> compute_map(np.random.default_rng(0).normal(size=(40, 8))).shape
+    (40, 2)
+    """
+    from sklearn.decomposition import PCA  # imported on use: pages that only read a stored map start fast
+    from sklearn.manifold import TSNE
+
+    X = np.asarray(X, dtype=np.float32)
+    if X.ndim != 2 or len(X) < 4:
+        raise ConfigError(f"a feature map needs at least 4 images of 2-D features, got shape {X.shape}")
+    report = progress or (lambda *_: None)
+    report(STAGE, 0, 3)
+    reduced = PCA(n_components=min(PCA_DIMS, *X.shape), random_state=seed).fit_transform(X)
+    report(STAGE, 1, 3)
+    perplexity = min(PERPLEXITY, (len(X) - 1) / 3)
+    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(reduced)
+
+
+def build_map(X, cache_dir, key: str, progress=None) -> np.ndarray:
+    """Compute the map of feature set `key` and store it atomically under `cache_dir/maps/`."""
+    coords = compute_map(X, progress=progress)
+    buffer = io.BytesIO()
+    np.save(buffer, coords)
+    atomic_write_bytes(map_path(cache_dir, key), buffer.getvalue())
+    if progress:
+        progress(STAGE, 3, 3)
+    return coords
+
+
+def near_duplicates(X_train, X_test, threshold: float = DUPLICATE_SIMILARITY, chunk: int = 1024) -> list[dict]:
+    """Test images whose features nearly equal a training image's (cosine similarity >= `threshold`).
+
+    One row per test image (its most similar training image), most similar first: a possible leak.
+
+    >>> [(row["test"], row["train"]) for row in near_duplicates([[1, 0], [0, 1]], [[0.99, 0.01], [1, 1]])]
+    [(0, 0)]
+    """
+    if not 0 < threshold <= 1:
+        raise ConfigError(f"similarity threshold must be in (0, 1], got {threshold}")
+    train, test = _unit_rows(X_train), _unit_rows(X_test)
+    rows = []
+    for begin in range(0, len(test), chunk):
+        similarity = test[begin:begin + chunk] @ train.T
+        best = similarity.argmax(axis=1)
+        score = similarity[np.arange(len(best)), best]
+        rows += [{"test": begin + int(i), "train": int(best[i]), "similarity": float(score[i])}
+                 for i in np.flatnonzero(score >= threshold)]
+    return sorted(rows, key=lambda row: -row["similarity"])
+
+
+def _unit_rows(X) -> np.ndarray:
+    X = np.asarray(X, dtype=np.float32)
+    return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+
+
+def map_points(dataset, test_pred=None) -> dict:
+    """Per image of `dataset` (train, then test): label, split, the run's prediction (-1 if none), name, path."""
+    n_train, n_test = len(dataset.train), len(dataset.test)
+    predicted = np.full(n_train + n_test, -1)
+    if test_pred is not None:
+        if len(test_pred) != n_test:
+            raise ConfigError(f"the run predicted {len(test_pred)} test images but the dataset has {n_test}; "
+                              "pick a run trained on this dataset")
+        predicted[n_train:] = test_pred
+    samples = dataset.samples
+    return {"labels": np.array([s.label for s in samples]), "is_test": np.arange(n_train + n_test) >= n_train,
+            "predicted": predicted, "names": [Path(s.path).name for s in samples], "paths": [s.path for s in samples]}
+
+
+def misclassified_first(points: dict, indices) -> list[int]:
+    """Selected image indices ordered misclassified test images first, then other test images, then train."""
+    labels, predicted, is_test = points["labels"], points["predicted"], points["is_test"]
+    rank = np.where(~is_test, 2, np.where((predicted >= 0) & (predicted != labels), 0, 1))
+    return sorted({int(i) for i in indices}, key=lambda i: (rank[i], i))

@@ -1,0 +1,89 @@
+"""What-if page: tune the per-class weights (and tau) of a svm or head run; each change refits in about a second."""
+import time
+
+import numpy as np
+import streamlit as st
+
+import panels
+import ui
+from core.analysis import HEADLINE_METRICS, LOGIT_APPROACHES
+from core.experiment import FEATURE_APPROACHES
+from core.figures import confusion_diff_figure, per_class_delta_figure
+from core.report import escape_markdown
+from core.whatif import SEED_SCHEMES, WEIGHT_RANGE, compare_with_start, refit, seed_weights
+
+DEBOUNCE_S = 0.3  # a newer slider change within this time restarts the page before the refit starts
+WEIGHT_GRID = np.geomspace(*WEIGHT_RANGE, 49).round(3).tolist()  # 12 steps per decade, log scale
+SLIDER_COLUMNS = 3
+SEEDS = {"run": "this run's weights", **{scheme: scheme for scheme in SEED_SCHEMES}}
+
+
+def weight_sliders(start, scheme: str) -> np.ndarray:
+    """One log-scale slider per class, seeded from `scheme`; minority classes are marked."""
+    weights, columns = [], st.columns(SLIDER_COLUMNS)
+    rows = start.record["per_class"]
+    for i, (row, seed) in enumerate(zip(rows, seed_weights(start, scheme))):
+        options = sorted({*WEIGHT_GRID, float(seed)})
+        label = f"{escape_markdown(row['class'])} · {row['train_count']} train" + (" · minority" * row["minority"])
+        weights.append(columns[i % SLIDER_COLUMNS].select_slider(
+            label, options, value=float(seed), format_func=lambda w: f"{w:.3g}",
+            key=f"whatif_{start.record['run_id']}_{scheme}_{i}"))
+    return np.array(weights)
+
+
+def show_changes(record: dict, outcome: dict) -> None:
+    change = compare_with_start(record, outcome)
+    cols = st.columns(len(HEADLINE_METRICS) + 1)
+    for col, row in zip(cols, change["headline"]):
+        delta = f"{row['delta']:+.3f}" if round(row["delta"], 3) else None
+        col.metric(row["metric"], f"{row['after']:.3f}", delta=delta)
+    cols[-1].metric("Refit time", ui.format_seconds(outcome["refit_seconds"]))
+    # ISSUE-8 HOOK: once core.stats lands, show paired_comparison(y_true, start predictions, outcome["y_pred"],
+    # n_classes) here: McNemar p and the bootstrap interval of each delta, i.e. whether the change is noise.
+    if outcome["never_predicted"]:
+        st.warning(f"Never predicted with these weights: {', '.join(map(escape_markdown, outcome['never_predicted']))}")
+    classes, minority = record["dataset"]["classes"], [row["minority"] for row in record["per_class"]]
+    ui.chart(per_class_delta_figure(record["per_class"], outcome["per_class"], "start", "tuned"), key="whatif_deltas")
+    ui.chart(confusion_diff_figure(record["confusion_matrix"], outcome["confusion_matrix"], classes, "start", "tuned",
+                                   minority=minority), key="whatif_confusion")
+    with st.expander("Per-class table"):
+        st.dataframe(change["per_class"], hide_index=True, key="whatif_table", column_config={
+            name: st.column_config.NumberColumn(format="%+.3f" if name.startswith("Δ") else "%.3f")
+            for name in change["per_class"].columns if name not in ("class", "minority")})
+
+
+@st.fragment
+def tuner(record: dict) -> None:
+    with ui.guard():  # inside: a fragment rerun runs only this body
+        start = ui.whatif_start(record)
+        scheme = st.segmented_control("Seed the weights from", list(SEEDS), format_func=SEEDS.get, default="run",
+                                      required=True, key="whatif_seed")
+        weights = weight_sliders(start, scheme)
+        tau = record.get("tau", 0.0)
+        if record["approach"] in LOGIT_APPROACHES:
+            tau = st.slider("Logit adjustment tau", 0.0, 3.0, float(tau), 0.05, key=f"whatif_tau_{record['run_id']}")
+        inputs = (record["run_id"], tuple(weights), tau)
+        last = st.session_state.get("whatif_last")
+        if last is None or last[0] != inputs:
+            time.sleep(DEBOUNCE_S)
+            with st.spinner("Refitting…"):  # a newer change arriving meanwhile restarts the page here
+                last = (inputs, refit(start, weights, tau))
+            st.session_state["whatif_last"] = last
+        show_changes(record, last[1])
+        if ui.read_only_note("save tuned weights as a run") and st.button("Save as run", key="whatif_save",
+                                                                          icon=":material/save:"):
+            saved = ui.save_whatif(start, weights, tau)
+            st.success(f"Saved run `{saved['run_id']}`.")
+            st.page_link(ui.page("results"), label="Open it on Results", query_params={"run": saved["run_id"]})
+
+
+st.title("What-if")
+st.caption("Tune a run's class weights: move a class's weight and the model refits on the cached features "
+           "(the SVM reuses its kernel matrices, the head retrains in a fraction of a second). "
+           "Nothing is stored until you save.")
+with ui.guard():
+    runs = [run for run in ui.list_runs() if run["approach"] in FEATURE_APPROACHES]
+    if not runs:
+        ui.no_runs_hint()
+    else:
+        tuner(panels.pick_run(runs, "Start from run (svm or head)", "whatif_run"))

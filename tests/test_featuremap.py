@@ -1,0 +1,62 @@
+"""Feature map (PCA + t-SNE, stored per feature key) and train/test near-duplicates (core.featuremap)."""
+import numpy as np
+import pytest
+from sklearn.datasets import make_blobs
+from sklearn.neighbors import KNeighborsClassifier
+
+from core.errors import ConfigError
+from core.featuremap import (build_map, compute_map, load_map, map_path, map_points, misclassified_first,
+                             near_duplicates)
+
+
+def test_map_keeps_classes_apart_and_is_deterministic():
+    X, y = make_blobs(n_samples=90, centers=3, n_features=64, cluster_std=2.0, random_state=0)
+    coords = compute_map(X)
+    assert coords.shape == (90, 2)
+    knn = KNeighborsClassifier(5).fit(coords, y)
+    assert knn.score(coords, y) > 0.95
+    np.testing.assert_array_equal(coords, compute_map(X))
+
+
+def test_map_is_stored_per_feature_key(tmp_path):
+    X = np.random.default_rng(0).normal(size=(30, 12))
+    assert load_map(tmp_path, "k1") is None
+    stages = []
+    coords = build_map(X, tmp_path, "k1", progress=lambda *a: stages.append(a[1:]))
+    assert stages[0] == (0, 3) and stages[-1] == (3, 3)
+    np.testing.assert_array_equal(load_map(tmp_path, "k1"), coords)
+    assert map_path(tmp_path, "k1").parent == tmp_path / "maps" and load_map(tmp_path, "k2") is None
+
+
+def test_map_needs_a_few_images():
+    with pytest.raises(ConfigError, match=r"at least 4 images.*\(2, 5\)"):
+        compute_map(np.zeros((2, 5)))
+
+
+def test_near_duplicates_find_the_planted_copy():
+    rng = np.random.default_rng(0)
+    train, test = rng.normal(size=(200, 64)), rng.normal(size=(50, 64))
+    test[7] = train[123] * 1.01 + rng.normal(scale=0.01, size=64)  # a rescaled, slightly noisy copy
+    pairs = near_duplicates(train, test, chunk=16)
+    assert [(p["test"], p["train"]) for p in pairs] == [(7, 123)]
+    assert pairs[0]["similarity"] > 0.99
+    assert len(near_duplicates(train, test, threshold=0.2)) > 1
+    with pytest.raises(ConfigError, match="threshold must be in \\(0, 1\\], got 1.5"):
+        near_duplicates(train, test, threshold=1.5)
+
+
+def test_map_points_follow_the_dataset_order(demo_dataset):
+    n_train, n_test = len(demo_dataset.train), len(demo_dataset.test)
+    points = map_points(demo_dataset, np.zeros(n_test, dtype=int))
+    assert points["is_test"].sum() == n_test and not points["is_test"][:n_train].any()
+    assert (points["predicted"][:n_train] == -1).all() and (points["predicted"][n_train:] == 0).all()
+    assert points["paths"][n_train] == demo_dataset.test[0].path
+    assert points["labels"].tolist() == [s.label for s in demo_dataset.samples]
+    with pytest.raises(ConfigError, match=f"predicted 3 test images but the dataset has {n_test}"):
+        map_points(demo_dataset, np.zeros(3, dtype=int))
+
+
+def test_selection_lists_misclassified_test_images_first():
+    points = {"labels": np.array([0, 1, 0, 1, 1]), "is_test": np.array([False, False, True, True, True]),
+              "predicted": np.array([-1, -1, 0, 0, 1])}
+    assert misclassified_first(points, [0, 1, 2, 3, 4, 3]) == [3, 2, 4, 0, 1]
