@@ -6,7 +6,7 @@ from pathlib import Path
 import streamlit as st
 
 import ui
-from core.analysis import run_labels
+from core.analysis import noise_note, paired_table, paired_verdict, run_labels
 from core.errors import ConfigError
 from core.featuremap import DUPLICATE_SIMILARITY
 from core.report import escape_markdown
@@ -111,3 +111,11 @@ def near_duplicates_panel(data) -> None:
                     width_px=PAIR_PX)
     if len(pairs) > DUPLICATES_SHOWN:
         st.caption(f"Showing the {DUPLICATES_SHOWN} most similar of {len(pairs)} pairs.")
+
+
+def paired_test(paired: dict, key: str, names: str = "") -> None:
+    """The paired comparison of B with A: each metric's change with its 95% interval, and what is noise."""
+    st.dataframe(paired_table(paired), hide_index=True, key=key,
+                 column_config={c: st.column_config.NumberColumn(format="%+.3f")
+                                for c in ("B − A", "95% low", "95% high")})
+    st.caption(" ".join(filter(None, (names, paired_verdict(paired), noise_note(paired)))))

@@ -496,9 +496,10 @@ def format_seconds(seconds: float) -> str:
 
 @functools.lru_cache(maxsize=2)  # a module global, like the scans: no browser message clears it
 def _whatif_start(root: str, run_id: str, cache: str) -> whatif.Start:
-    record = _run_store(root).load(run_id)
+    store = _run_store(root)
+    record = store.load(run_id)
     split = {name: record.get("config", {}).get(name, default) for name, default in SPLIT_DEFAULTS.items()}
-    return whatif.start_from(record, dataset(record["dataset"]["root"], **split), cache)
+    return whatif.start_from(record, dataset(record["dataset"]["root"], **split), cache, store.load_predictions(run_id))
 
 
 def whatif_start(record: dict) -> whatif.Start:

@@ -284,6 +284,16 @@ def paired_verdict(paired: dict) -> str:
             f"McNemar's exact test p = {p:.3g}, so the difference in accuracy {verdict}.")
 
 
+def noise_note(paired: dict) -> str:
+    """Plain words on which metric changes could be noise: those whose 95% interval contains 0."""
+    noisy = [label for key, label in HEADLINE_METRICS.items()
+             if f"{key}_low" in paired and paired[f"{key}_low"] <= 0 <= paired[f"{key}_high"]]
+    if not noisy:
+        return "No 95% interval contains 0: each change is larger than resampling the test images explains."
+    return (f"The 95% interval of the change in {', '.join(noisy)} contains 0: that change could be noise "
+            "(B may be no better or worse than A on new images).")
+
+
 def interval_caption(record: dict) -> str | None:
     """'95% bootstrap intervals …: Accuracy 0.810–0.870 · …'; None for runs recorded before intervals."""
     parts = [f"{label} {record[f'{key}_low']:.3f}–{record[f'{key}_high']:.3f}"

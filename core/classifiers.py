@@ -200,6 +200,11 @@ def _monitor(row: dict) -> float:
     return row.get("val_loss", row["train_loss"])
 
 
+def chosen_epochs(history: list[dict]) -> int | None:
+    """The epoch count early stopping chose in a LinearHead's selection pass (its `history_`); None if empty."""
+    return min(history, key=_monitor)["epoch"] if history else None
+
+
 class LinearHead(ClassifierMixin, BaseEstimator):
     """A new linear layer on standardized features, trained with Adam and early stopping.
 
@@ -207,14 +212,16 @@ class LinearHead(ClassifierMixin, BaseEstimator):
     `MIN_VAL_CLASS` images stay in the fit set); the head is then refit on the whole training set for
     that many epochs. `history_` holds the selection pass's per-epoch train/validation/test loss and
     accuracy; `eval_seconds_` is the time spent scoring `eval_set` for it (not part of fitting).
+    With `select_epochs=False` there is no selection pass: it trains on all images for exactly `epochs`
+    (e.g. an epoch count chosen before, see `chosen_epochs`).
     """
 
     MIN_VAL_CLASS = 3
 
     def __init__(self, *, epochs: int = 20, lr: float = 3e-3, batch_size: int = 64, weight_decay: float = 1e-4,
-                 val_fraction: float = 0.1, patience: int = 5, seed: int = 0):
+                 val_fraction: float = 0.1, patience: int = 5, seed: int = 0, select_epochs: bool = True):
         self.epochs, self.lr, self.batch_size, self.weight_decay = epochs, lr, batch_size, weight_decay
-        self.val_fraction, self.patience, self.seed = val_fraction, patience, seed
+        self.val_fraction, self.patience, self.seed, self.select_epochs = val_fraction, patience, seed, select_epochs
 
     def fit(self, X, y, class_weight=None, n_classes: int | None = None, *, eval_set=None, progress=None) -> LinearHead:
         """Train; `eval_set=(X_test, y_test)` records test metrics per epoch; `progress(stage, done, total)`."""
@@ -225,11 +232,15 @@ class LinearHead(ClassifierMixin, BaseEstimator):
         self.mean_, self.std_ = X.mean(axis=0), X.std(axis=0) + 1e-6
         self.class_prior_ = np.bincount(y, minlength=self.n_classes_) / len(y)
         self.weight_ = None if class_weight is None else torch.tensor(np.asarray(class_weight), dtype=torch.float32)
-        fit_index, val_index = self._validation_split(y)
         test = None if eval_set is None else (self._tensor(eval_set[0]), np.asarray(eval_set[1]))
         self.eval_seconds_ = 0.0
+        if not self.select_epochs:
+            self.history_ = self._train(X, y, X[:0], y[:0], self.epochs, test, progress, early_stopping=False)
+            self.best_epoch_, self.refit_ = self.epochs, False
+            return self
+        fit_index, val_index = self._validation_split(y)
         self.history_ = self._train(X[fit_index], y[fit_index], X[val_index], y[val_index], self.epochs, test, progress)
-        self.best_epoch_ = min(self.history_, key=_monitor)["epoch"]
+        self.best_epoch_ = chosen_epochs(self.history_)
         self.refit_ = len(val_index) > 0
         if self.refit_:  # the validation images only chose the epoch count: learn from them too
             self._train(X, y, X[:0], y[:0], self.best_epoch_, None, progress, early_stopping=False)

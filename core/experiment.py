@@ -110,15 +110,21 @@ def compare_runs(trained: list[tuple[dict, np.ndarray]], dataset: Dataset) -> li
 
 
 def train_and_record(config: ExperimentConfig, dataset: Dataset, features: FeatureSet | None, approach: str,
-                     weight_label: str, weights: np.ndarray, store: RunStore, progress=None) -> dict:
-    """Fit one approach with one class-weight vector, score the test set once, save the run; its record."""
-    return _train_and_record(config, dataset, features, approach, weight_label, weights, store, progress)[0]
+                     weight_label: str, weights: np.ndarray, store: RunStore, progress=None,
+                     head_epochs: int | None = None) -> dict:
+    """Fit one approach with one class-weight vector, score the test set once, save the run; its record.
+
+    `head_epochs` as in `fit_approach`.
+    """
+    return _train_and_record(config, dataset, features, approach, weight_label, weights, store, progress,
+                             head_epochs)[0]
 
 
 def _train_and_record(config: ExperimentConfig, dataset: Dataset, features: FeatureSet | None, approach: str,
-                      weight_label: str, weights: np.ndarray, store: RunStore, progress=None) -> tuple[dict, np.ndarray]:
+                      weight_label: str, weights: np.ndarray, store: RunStore, progress=None,
+                      head_epochs: int | None = None) -> tuple[dict, np.ndarray]:
     """`train_and_record`, also returning the test predictions (for paired comparisons)."""
-    fitted = fit_approach(config, dataset, features, approach, weights, progress)
+    fitted = fit_approach(config, dataset, features, approach, weights, progress, head_epochs)
     y_test = np.array([s.label for s in dataset.test])
     tau = fitted.get("tau", config.tau) if approach in LOGIT_APPROACHES else 0.0  # SVM scores are not logits
     y_pred = adjust_logits(fitted["scores"], dataset.train_counts, tau).argmax(1) if tau else fitted["scores"].argmax(1)
@@ -146,9 +152,14 @@ def _test_share(features: FeatureSet, dataset: Dataset) -> float:
 
 
 def fit_approach(config: ExperimentConfig, dataset: Dataset, features: FeatureSet | None, approach: str,
-                 weights: np.ndarray, progress=None) -> dict:
-    """Fit one approach with one class-weight vector: model, raw test scores, fit and predict seconds."""
-    return _FITTERS[approach](config, dataset, features, weights, progress)
+                 weights: np.ndarray, progress=None, head_epochs: int | None = None) -> dict:
+    """Fit one approach with one class-weight vector: model, raw test scores, fit and predict seconds.
+
+    `head_epochs`: train the head for exactly that many epochs on all training images, with no
+    selection pass (e.g. the count an earlier run chose); ignored by the other approaches.
+    """
+    extra = {"head_epochs": head_epochs} if approach == "head" else {}
+    return _FITTERS[approach](config, dataset, features, weights, progress, **extra)
 
 
 def _predictions(dataset: Dataset, y_pred: np.ndarray, scores: np.ndarray) -> pd.DataFrame:
@@ -184,11 +195,12 @@ def _fit_svm(config, dataset, features, weights, progress) -> dict:
             "tuned": tuned}
 
 
-def _fit_head(config, dataset, features, weights, progress) -> dict:
+def _fit_head(config, dataset, features, weights, progress, head_epochs=None) -> dict:
     n_classes = len(dataset.classes)
 
     def make_head():
-        return LinearHead(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size, seed=config.seed)
+        return LinearHead(epochs=head_epochs or config.epochs, lr=config.lr, batch_size=config.batch_size,
+                          seed=config.seed, select_epochs=head_epochs is None)
     started = time.perf_counter()
     tuned = {}
     if config.tune:

@@ -16,14 +16,18 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
+from threadpoolctl import threadpool_limits
 
 from core.analysis import metric_deltas
+from core.classifiers import chosen_epochs
 from core.data import Dataset
 from core.errors import ClassWeightError, ConfigError, TransferScopeError
 from core.experiment import FEATURE_APPROACHES, ExperimentConfig, fit_approach, load_features, train_and_record
 from core.features import FeatureSet
 from core.metrics import evaluate
 from core.runs import RunStore
+from core.settings import LOGIT_APPROACHES
+from core.stats import paired_comparison
 from core.weights import adjust_logits, class_weights
 
 SEED_SCHEMES = ("none", "balanced", "sqrt", "effective")
@@ -35,16 +39,39 @@ _REFIT_LOCK = threading.Lock()  # one refit at a time per server process, whoeve
 
 @dataclass(frozen=True)
 class Start:
-    """A stored run and what refitting it needs: its settings, dataset and cached features."""
+    """A stored run and what refitting it needs: its settings, dataset, cached features and test predictions.
+
+    `config` is the run's, except that values a `--tune` run chose by cross-validation are fixed
+    (refits never cross-validate again); `start_pred` (None when unknown) feeds the paired test.
+    """
 
     record: dict
     config: ExperimentConfig
     dataset: Dataset
     features: FeatureSet
+    start_pred: np.ndarray | None = None
 
     @property
     def classes(self) -> list[str]:
         return self.dataset.classes
+
+    @property
+    def head_epochs(self) -> int | None:
+        """The epoch count the start head chose (refits reuse it: no selection pass); None for svm runs."""
+        return chosen_epochs(self.record.get("history", [])) if self.record["approach"] == "head" else None
+
+    def notes(self) -> list[str]:
+        """What refits reuse from the start run instead of choosing again, in plain words."""
+        notes, tuned = [], self.record.get("tuned", {})
+        if self.record.get("config", {}).get("tune") and tuned:
+            chosen = ", ".join(f"{'C' if name == 'svm_c' else name} = {tuned[name]:g}"
+                               for name in ("svm_c", "tau") if name in tuned)
+            notes.append(f"This run chose {chosen} by cross-validation on its training set; refits reuse "
+                         "that choice and do not cross-validate again.")
+        if self.head_epochs:
+            notes.append(f"The head refits for the {self.head_epochs} epochs early stopping chose for this run "
+                         "(no new selection pass).")
+        return notes
 
 
 def run_config(record: dict, cache_dir) -> ExperimentConfig:
@@ -54,10 +81,20 @@ def run_config(record: dict, cache_dir) -> ExperimentConfig:
     return ExperimentConfig(**{**values, "cache_dir": str(cache_dir)})
 
 
-def start_from(record: dict, dataset: Dataset, cache_dir) -> Start:
+def _refit_config(record: dict, cache_dir) -> ExperimentConfig:
+    """The run's config with what `--tune` chose (the SVM's C) fixed and tuning off; tau comes from the record."""
+    config = run_config(record, cache_dir)
+    if not config.tune:
+        return config
+    return dataclasses.replace(config, tune=False, svm_c=record.get("tuned", {}).get("svm_c", config.svm_c))
+
+
+def start_from(record: dict, dataset: Dataset, cache_dir, predictions: pd.DataFrame | None = None) -> Start:
     """Load the cached features of a feature-based run; never extracts (raises when they are gone).
 
-    >>> start = start_from(store.load(run_id), load_dataset(root), "cache")  # doctest: +SKIP
+    `predictions` is the run's stored table (`RunStore.load_predictions`), for the paired test of each refit.
+
+    >>> start = start_from(store.load(run_id), load_dataset(root), "cache", store.load_predictions(run_id))  # doctest: +SKIP
     """
     if record["approach"] not in FEATURE_APPROACHES:
         raise ConfigError(f"what-if refits need a run on cached features ({' or '.join(FEATURE_APPROACHES)}); "
@@ -71,12 +108,13 @@ def start_from(record: dict, dataset: Dataset, cache_dir) -> Start:
             raise ConfigError(f"the features of run {record['run_id']} are no longer cached under {cache_dir}; "
                               "train a new run (it extracts them again)")
 
-    config = run_config(record, cache_dir)
+    config = _refit_config(record, cache_dir)
     features = load_features(config, dataset, progress=refuse_extraction)
     if features.key != record["feature_key"]:
         raise ConfigError(f"the cached features ({features.key}) are not those of run {record['run_id']} "
                           f"({record['feature_key']}); train a new run")
-    return Start(record, config, dataset, features)
+    same_images = predictions is not None and predictions["path"].tolist() == [s.path for s in dataset.test]
+    return Start(record, config, dataset, features, predictions["pred"].to_numpy(dtype=int) if same_images else None)
 
 
 def seed_weights(start: Start, scheme: str) -> np.ndarray:
@@ -97,39 +135,44 @@ def check_weights(weights, n_classes: int) -> np.ndarray:
     return weights
 
 
-def _check_tau(tau) -> float:
+def _check_tau(tau, approach: str) -> float:
+    """A valid tau, as applied: 0 for the SVM, whose scores are not logits (as in `core.experiment`)."""
     if not (isinstance(tau, (int, float)) and math.isfinite(tau) and tau >= 0):
         raise ConfigError(f"logit-adjustment tau must be a finite number >= 0, got {tau!r}")
-    return float(tau)
+    return float(tau) if approach in LOGIT_APPROACHES else 0.0
 
 
 @contextlib.contextmanager
 def _refit_slot():
-    """Hold the server's one refit slot, with torch on one thread meanwhile.
+    """Hold the server's one refit slot, with this thread's OpenMP (torch) pool at one thread meanwhile.
 
-    The head's small matrices train several times faster on one thread than on two that contend
-    with other work (measured 0.6 s against 3 s per refit on 4k x 1280 features on a busy 2-core box).
+    On a busy 2-core box the head's small matrices train far faster on one thread than on two that
+    contend with other work (4k x 1280 features: 0.6 s against 7-21 s). The limit is per thread
+    (`omp_set_num_threads` via threadpoolctl): unlike `torch.set_num_threads` it leaves the process
+    default alone, so training jobs and threads that start meanwhile keep their thread count.
     """
     if not _REFIT_LOCK.acquire(timeout=REFIT_WAIT_S):
         raise TransferScopeError(f"other sessions kept the server busy refitting for {REFIT_WAIT_S:.0f} s; try again")
-    threads = torch.get_num_threads()
     try:
-        torch.set_num_threads(1)
-        yield
+        torch.get_num_threads()  # torch sets a thread's count on its first use: let that happen before the limit
+        with threadpool_limits(limits=1, user_api="openmp"):
+            yield
     finally:
-        torch.set_num_threads(threads)
         _REFIT_LOCK.release()
 
 
 def refit(start: Start, weights, tau: float = 0.0) -> dict:
     """Refit the run's approach with `weights` (one per class); its test metrics and predictions.
 
-    The result is `evaluate()`'s dict plus `y_pred`, `weights`, `tau` and `refit_seconds`.
+    The result is `evaluate()`'s dict plus `y_pred`, `weights`, `tau` (as applied: 0 for the SVM) and
+    `refit_seconds`. A head refits for the start run's chosen epoch count (`Start.head_epochs`).
     """
-    weights, tau = check_weights(weights, len(start.classes)), _check_tau(tau)
+    approach = start.record["approach"]
+    weights, tau = check_weights(weights, len(start.classes)), _check_tau(tau, approach)
     with _refit_slot():
         started = time.perf_counter()
-        fitted = fit_approach(start.config, start.dataset, start.features, start.record["approach"], weights)
+        fitted = fit_approach(start.config, start.dataset, start.features, approach, weights,
+                              head_epochs=start.head_epochs)
         refit_s = time.perf_counter() - started
     train_counts = start.dataset.train_counts
     y_pred = adjust_logits(fitted["scores"], train_counts, tau).argmax(axis=1)
@@ -150,18 +193,27 @@ def per_class_deltas(record: dict, outcome: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def compare_with_start(record: dict, outcome: dict) -> dict:
-    """What changed: headline metric deltas, per-class deltas, confusion counts (tuned − start)."""
+def compare_with_start(start: Start, outcome: dict) -> dict:
+    """What changed: headline metric deltas, per-class deltas, confusion counts (tuned − start), and
+    `paired`: McNemar's test and paired bootstrap intervals of tuned (B) minus start (A), None without
+    the start's predictions (see `core.stats.paired_comparison`)."""
+    record = start.record
+    paired = None if start.start_pred is None else paired_comparison(
+        start.features.y_test, start.start_pred, outcome["y_pred"], len(start.classes), seed=record.get("seed", 0))
     return {"headline": metric_deltas(record, outcome), "per_class": per_class_deltas(record, outcome),
             "confusion_change": (np.asarray(outcome["confusion_matrix"])
-                                 - np.asarray(record["confusion_matrix"])).tolist()}
+                                 - np.asarray(record["confusion_matrix"])).tolist(), "paired": paired}
 
 
 def save_as_run(start: Start, weights, tau: float, store: RunStore) -> dict:
-    """Store the tuned model as a normal run (custom weights recorded per class); its record."""
-    weights, tau = check_weights(weights, len(start.classes)), _check_tau(tau)
+    """Store the tuned model as a normal run (custom weights recorded per class); its record.
+
+    It is the model `refit` showed: a head trains for the start's chosen epochs (recorded as `epochs`).
+    """
+    weights, tau = check_weights(weights, len(start.classes)), _check_tau(tau, start.record["approach"])
     table = {name: float(w) for name, w in zip(start.classes, weights)}
-    config = dataclasses.replace(start.config, class_weights=(table,), tau=tau)
+    config = dataclasses.replace(start.config, class_weights=(table,), tau=tau,
+                                 epochs=start.head_epochs or start.config.epochs)
     with _refit_slot():
         return train_and_record(config, start.dataset, start.features, start.record["approach"], SAVED_LABEL,
-                                weights, store)
+                                weights, store, head_epochs=start.head_epochs)

@@ -1,9 +1,10 @@
 """Compare page: like-for-like runs only: score versus fit time, speed-ups, seed repeats, runs and a two-run diff."""
 import streamlit as st
 
+import panels
 import ui
 from core.analysis import (APPROACH_NAMES, check_comparable, comparable_groups, metrics_diff, paired_diff,
-                           paired_table, paired_verdict, run_labels, seed_summary, speedups)
+                           run_labels, seed_summary, speedups)
 from core.figures import confusion_diff_figure, f1_delta_figure, tradeoff_figure
 
 SPEEDUP_VIEWS = (("fit", False, "Fit time; the shared feature extraction is not counted."),
@@ -47,10 +48,7 @@ def show_paired(record_a: dict, record_b: dict) -> None:
     if paired is None:
         st.info("These runs were tested on different images (another split seed), so no paired test.")
         return
-    st.dataframe(paired_table(paired), hide_index=True, key="paired_table",
-                 column_config={c: st.column_config.NumberColumn(format="%+.3f")
-                                for c in ("B − A", "95% low", "95% high")})
-    st.caption(paired_verdict(paired) + " An interval that contains 0 means the change could be noise.")
+    panels.paired_test(paired, "paired_table")
 
 
 def show_diff(labels: dict[str, str]) -> None:

@@ -31,15 +31,16 @@ def weight_sliders(start, scheme: str) -> np.ndarray:
     return np.array(weights)
 
 
-def show_changes(record: dict, outcome: dict) -> None:
-    change = compare_with_start(record, outcome)
+def show_changes(start, outcome: dict) -> None:
+    record, change = start.record, compare_with_start(start, outcome)
     cols = st.columns(len(HEADLINE_METRICS) + 1)
     for col, row in zip(cols, change["headline"]):
         delta = f"{row['delta']:+.3f}" if round(row["delta"], 3) else None
         col.metric(row["metric"], f"{row['after']:.3f}", delta=delta)
     cols[-1].metric("Refit time", ui.format_seconds(outcome["refit_seconds"]))
-    # ISSUE-8 HOOK: once core.stats lands, show paired_comparison(y_true, start predictions, outcome["y_pred"],
-    # n_classes) here: McNemar p and the bootstrap interval of each delta, i.e. whether the change is noise.
+    if change["paired"]:
+        with st.expander("Is the change noise? (paired test on the same test images)", expanded=True):
+            panels.paired_test(change["paired"], "whatif_paired", "A is the starting run, B the tuned model.")
     if outcome["never_predicted"]:
         st.warning(f"Never predicted with these weights: {', '.join(map(escape_markdown, outcome['never_predicted']))}")
     classes, minority = record["dataset"]["classes"], [row["minority"] for row in record["per_class"]]
@@ -58,6 +59,8 @@ def tuner(record: dict) -> None:
         start = ui.whatif_start(record)
         scheme = st.segmented_control("Seed the weights from", list(SEEDS), format_func=SEEDS.get, default="run",
                                       required=True, key="whatif_seed")
+        for note in start.notes():
+            st.caption(note)
         weights = weight_sliders(start, scheme)
         tau = record.get("tau", 0.0)
         if record["approach"] in LOGIT_APPROACHES:
@@ -69,7 +72,7 @@ def tuner(record: dict) -> None:
             with st.spinner("Refitting…"):  # a newer change arriving meanwhile restarts the page here
                 last = (inputs, refit(start, weights, tau))
             st.session_state["whatif_last"] = last
-        show_changes(record, last[1])
+        show_changes(start, last[1])
         if ui.read_only_note("save tuned weights as a run") and st.button("Save as run", key="whatif_save",
                                                                           icon=":material/save:"):
             saved = ui.save_whatif(start, weights, tau)

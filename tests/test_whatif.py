@@ -1,8 +1,13 @@
 """Class-weight what-if refits on the demo run's cached features (core.whatif)."""
+import threading
+
 import numpy as np
 import pytest
+import torch
 
+import core.experiment as experiment
 import core.whatif as whatif
+from core.classifiers import LinearHead, SvmClassifier, chosen_epochs
 from core.errors import ClassWeightError, ConfigError, TransferScopeError
 from core.runs import RunStore
 
@@ -10,9 +15,10 @@ from core.runs import RunStore
 @pytest.fixture(scope="module")
 def starts(demo_experiment, demo_dataset, feature_cache):
     """A Start per approach, from the demo experiment's unweighted runs."""
-    results, _ = demo_experiment
+    results, store = demo_experiment
     records = {r["approach"]: r for r in results["runs"] if r["class_weight"] == "none"}
-    return {approach: whatif.start_from(record, demo_dataset, feature_cache) for approach, record in records.items()}
+    return {approach: whatif.start_from(record, demo_dataset, feature_cache, store.load_predictions(record["run_id"]))
+            for approach, record in records.items()}
 
 
 @pytest.mark.parametrize("approach", ["svm", "head"])
@@ -20,7 +26,7 @@ def test_refit_with_the_runs_own_weights_reproduces_it(starts, approach):
     start = starts[approach]
     outcome = whatif.refit(start, whatif.seed_weights(start, "run"), tau=start.record["tau"])
     assert outcome["confusion_matrix"] == start.record["confusion_matrix"]
-    change = whatif.compare_with_start(start.record, outcome)
+    change = whatif.compare_with_start(start, outcome)
     assert all(row["delta"] == 0 for row in change["headline"])
     assert not np.asarray(change["confusion_change"]).any()
     assert outcome["refit_seconds"] > 0
@@ -35,7 +41,7 @@ def test_a_heavier_class_weight_changes_the_fit(starts, approach):
     outcome = whatif.refit(start, weights)
     before = start.record["per_class"][rare]["predicted"]
     assert outcome["per_class"][rare]["predicted"] > before
-    deltas = whatif.compare_with_start(start.record, outcome)
+    deltas = whatif.compare_with_start(start, outcome)
     row = deltas["per_class"].iloc[rare]
     assert row["weight"] == 50.0 and row["start weight"] == 1.0 and bool(row["minority"])
     recall_change = outcome["per_class"][rare]["recall"] - start.record["per_class"][rare]["recall"]
@@ -103,3 +109,85 @@ def test_start_needs_the_runs_features(demo_experiment, demo_dataset, tmp_path):
         whatif.start_from({**record, "dataset": {**record["dataset"], "fingerprint": "other"}}, demo_dataset, tmp_path)
     with pytest.raises(ConfigError, match="is a finetune run"):
         whatif.start_from({**record, "approach": "finetune"}, demo_dataset, tmp_path)
+
+
+def test_the_change_comes_with_a_paired_test_against_the_start(starts):
+    start = starts["head"]
+    same = whatif.compare_with_start(start, whatif.refit(start, whatif.seed_weights(start, "run"), start.record["tau"]))
+    assert same["paired"]["mcnemar_p"] == 1.0 and same["paired"]["macro_f1_low"] == same["paired"]["macro_f1_high"] == 0
+    weights = np.ones(len(start.classes))
+    weights[int(np.argmin(start.dataset.train_counts))] = 100.0
+    outcome = whatif.refit(start, weights)
+    paired = whatif.compare_with_start(start, outcome)["paired"]
+    right_before, right_after = start.start_pred == start.features.y_test, outcome["y_pred"] == start.features.y_test
+    assert (paired["n_a_only"], paired["n_b_only"]) == ((right_before & ~right_after).sum(),
+                                                        (~right_before & right_after).sum())
+    assert paired["macro_f1_delta"] == pytest.approx(outcome["macro_f1"] - start.record["macro_f1"])
+    assert paired["macro_f1_low"] <= paired["macro_f1_delta"] <= paired["macro_f1_high"]
+
+
+def test_tau_is_not_applied_to_svm_scores(starts):
+    start = starts["svm"]
+    weights = whatif.seed_weights(start, "run")
+    plain, asked = whatif.refit(start, weights), whatif.refit(start, weights, tau=3.0)
+    assert asked["tau"] == 0.0 and asked["y_pred"].tolist() == plain["y_pred"].tolist()
+
+
+def tuned_start(start, tuned: dict):
+    """`start` as if its run had been trained with --tune and had chosen `tuned`."""
+    record = {**start.record, "config": {**start.record["config"], "tune": True}, "tuned": tuned, **tuned}
+    return whatif.Start(record, whatif._refit_config(record, start.config.cache_dir), start.dataset, start.features)
+
+
+def test_refits_of_a_tuned_run_reuse_its_choice_and_never_cross_validate(starts, monkeypatch):
+    def no_cross_validation(*args, **kwargs):
+        raise AssertionError("a what-if refit cross-validated again")
+    monkeypatch.setattr(experiment, "tune_svm_c", no_cross_validation)
+    monkeypatch.setattr(experiment, "out_of_fold_scores", no_cross_validation)
+    used_c = []
+    monkeypatch.setattr(SvmClassifier, "fit", lambda self, *a, _fit=SvmClassifier.fit, **k: (used_c.append(self.C),
+                                                                                               _fit(self, *a, **k))[1])
+    svm = tuned_start(starts["svm"], {"svm_c": 10.0})
+    whatif.refit(svm, whatif.seed_weights(svm, "run"))
+    assert used_c == [10.0]
+    assert "C = 10 by cross-validation" in svm.notes()[0] and "do not cross-validate again" in svm.notes()[0]
+    head = tuned_start(starts["head"], {"tau": 1.5})
+    assert whatif.refit(head, whatif.seed_weights(head, "run"), head.record["tau"])["tau"] == 1.5
+    assert "tau = 1.5" in head.notes()[0]
+
+
+def test_head_refits_reuse_the_chosen_epoch_count(starts, monkeypatch):
+    start = starts["head"]
+    trained = []
+    monkeypatch.setattr(LinearHead, "_train", lambda self, *a, _train=LinearHead._train, **k: (
+        trained.append((a[4], k.get("early_stopping", True))), _train(self, *a, **k))[1])
+    whatif.refit(start, whatif.seed_weights(start, "balanced"))
+    assert trained == [(chosen_epochs(start.record["history"]), False)]  # one pass, no selection
+    assert f"{start.head_epochs} epochs" in start.notes()[-1]
+
+
+def test_a_refit_runs_on_one_thread_and_leaves_other_threads_alone(starts, monkeypatch):
+    """Per-thread limit: a thread that first uses torch during a refit keeps the process's thread count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    seen = {}
+
+    def fit_and_look(*args, _fit=experiment.fit_approach, **kwargs):
+        seen["refit thread"] = torch.get_num_threads()
+        newcomer = threading.Thread(target=lambda: seen.setdefault("new thread", torch.get_num_threads()))
+        newcomer.start()
+        newcomer.join()
+        return _fit(*args, **kwargs)
+
+    def refit_in_a_fresh_thread():  # as a Streamlit script thread whose first torch use is the refit
+        whatif.refit(starts["head"], whatif.seed_weights(starts["head"], "run"))
+        seen["refit thread after"] = torch.get_num_threads()
+    monkeypatch.setattr(whatif, "fit_approach", fit_and_look)
+    try:
+        worker = threading.Thread(target=refit_in_a_fresh_thread)
+        worker.start()
+        worker.join()
+        seen["process"] = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+    assert seen == {"refit thread": 1, "new thread": 2, "refit thread after": 2, "process": 2}
