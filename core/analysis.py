@@ -289,7 +289,7 @@ def noise_note(paired: dict) -> str:
     noisy = [label for key, label in HEADLINE_METRICS.items()
              if f"{key}_low" in paired and paired[f"{key}_low"] <= 0 <= paired[f"{key}_high"]]
     if not noisy:
-        return "No 95% interval contains 0: each change is larger than resampling the test images explains."
+        return "Every 95% interval excludes 0: each change is larger than resampling the test images explains."
     return (f"The 95% interval of the change in {', '.join(noisy)} contains 0: that change could be noise "
             "(B may be no better or worse than A on new images).")
 

@@ -404,6 +404,13 @@ def test_whatif_refits_on_a_weight_change_and_shows_deltas(trained, approach):
     table = next(frame.value for frame in at.dataframe if "Δ recall" in frame.value.columns)
     assert table["weight"].max() == 100.0 and table["Δ recall"].abs().sum() > 0
     assert at.session_state["whatif_last"][0][1].count(100.0) == 1  # the refit ran with the new weight
+    paired = next(frame.value for frame in at.dataframe if "95% low" in frame.value.columns)
+    macro = paired.set_index("metric").loc["Macro-F1"]
+    assert macro["B − A"] == pytest.approx(float(metrics["Macro-F1"].value) - run["macro_f1"], abs=1e-3)
+    assert macro["95% low"] <= macro["B − A"] <= macro["95% high"]
+    caption = next(str(c.value) for c in at.caption if "McNemar's exact test p =" in str(c.value))
+    assert caption.startswith("A is the starting run, B the tuned model.")
+    assert ("contains 0" in caption) == any(low <= 0 <= high for low, high in zip(paired["95% low"], paired["95% high"]))
 
 
 def test_whatif_seed_scheme_reseeds_the_sliders(trained):
