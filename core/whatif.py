@@ -7,11 +7,14 @@ stored until `save_as_run`.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
+import functools
 import math
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -142,20 +145,47 @@ def _check_tau(tau, approach: str) -> float:
     return float(tau) if approach in LOGIT_APPROACHES else 0.0
 
 
+@functools.cache
+def torch_mkl():
+    """torch's bundled MKL (for its per-thread `MKL_Set_Num_Threads_Local`), or None where it has none."""
+    try:
+        return ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so")) \
+            if torch.backends.mkl.is_available() else None
+    except OSError:
+        return None
+
+
+@contextlib.contextmanager
+def _one_torch_thread():
+    """Torch ops of this thread run on one thread meanwhile; other threads and the process default are untouched.
+
+    `torch.set_num_threads` would also change the default that every thread takes on its first torch
+    use (a training job starting meanwhile would keep one thread). Per-thread limits instead: OpenMP's
+    (`omp_set_num_threads`, via threadpoolctl) and MKL's (`MKL_Set_Num_Threads_Local`); OpenMP alone
+    still let MKL's matrix products contend (refits of 2-12 s).
+    """
+    torch.get_num_threads()  # torch sets a thread's counts on its first use: let that happen before the limit
+    mkl = torch_mkl()
+    with threadpool_limits(limits=1, user_api="openmp"):
+        previous = mkl.MKL_Set_Num_Threads_Local(1) if mkl else None
+        try:
+            yield
+        finally:
+            if mkl:
+                mkl.MKL_Set_Num_Threads_Local(previous)
+
+
 @contextlib.contextmanager
 def _refit_slot():
-    """Hold the server's one refit slot, with this thread's OpenMP (torch) pool at one thread meanwhile.
+    """Hold the server's one refit slot, with this thread's torch on one thread meanwhile.
 
     On a busy 2-core box the head's small matrices train far faster on one thread than on two that
-    contend with other work (4k x 1280 features: 0.6 s against 7-21 s). The limit is per thread
-    (`omp_set_num_threads` via threadpoolctl): unlike `torch.set_num_threads` it leaves the process
-    default alone, so training jobs and threads that start meanwhile keep their thread count.
+    contend with other work (4k x 1280 features, 9 epochs: 0.55-1.0 s against 0.5-49 s).
     """
     if not _REFIT_LOCK.acquire(timeout=REFIT_WAIT_S):
         raise TransferScopeError(f"other sessions kept the server busy refitting for {REFIT_WAIT_S:.0f} s; try again")
     try:
-        torch.get_num_threads()  # torch sets a thread's count on its first use: let that happen before the limit
-        with threadpool_limits(limits=1, user_api="openmp"):
+        with _one_torch_thread():
             yield
     finally:
         _REFIT_LOCK.release()

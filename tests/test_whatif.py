@@ -168,12 +168,13 @@ def test_head_refits_reuse_the_chosen_epoch_count(starts, monkeypatch):
 
 def test_a_refit_runs_on_one_thread_and_leaves_other_threads_alone(starts, monkeypatch):
     """Per-thread limit: a thread that first uses torch during a refit keeps the process's thread count."""
-    before = torch.get_num_threads()
+    before, mkl = torch.get_num_threads(), whatif.torch_mkl()
     torch.set_num_threads(2)
     seen = {}
 
     def fit_and_look(*args, _fit=experiment.fit_approach, **kwargs):
         seen["refit thread"] = torch.get_num_threads()
+        seen["refit thread mkl"] = mkl.MKL_Get_Max_Threads() if mkl else 1
         newcomer = threading.Thread(target=lambda: seen.setdefault("new thread", torch.get_num_threads()))
         newcomer.start()
         newcomer.join()
@@ -190,4 +191,4 @@ def test_a_refit_runs_on_one_thread_and_leaves_other_threads_alone(starts, monke
         seen["process"] = torch.get_num_threads()
     finally:
         torch.set_num_threads(before)
-    assert seen == {"refit thread": 1, "new thread": 2, "refit thread after": 2, "process": 2}
+    assert seen == {"refit thread": 1, "refit thread mkl": 1, "new thread": 2, "refit thread after": 2, "process": 2}
