@@ -137,10 +137,14 @@ def cmd_extract(args, progress) -> None:
     dataset = load_dataset(config.data, test_size=config.test_size, seed=config.seed, cache_dir=config.cache_dir)
     with _compute_slot(args):
         features = load_features(config, dataset, progress)
+    rank, world = rank_world()
+    if rank != 0:  # one line for the whole torchrun job: ranks printing at once can interleave
+        return
     n = len(features.X_train) + len(features.X_test)
     print(json.dumps({"key": features.key, "n": n, "feature_dim": features.X_train.shape[1],
                       "seconds": round(features.seconds, 3), "extract_seconds": round(features.extract_seconds, 3),
-                      "cache_hit": features.cache_hit, "runtime": features.runtime, "skipped": len(dataset.skipped)}))
+                      "cache_hit": features.cache_hit, "runtime": features.runtime, "ranks": world,
+                      "skipped": len(dataset.skipped)}))
 
 
 def cmd_demo_data(args, progress) -> None:
