@@ -44,7 +44,8 @@ def _finetune_rank(rank: int, data: str, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{out}/pg", rank=rank, world_size=2)
     try:
-        result = finetune(load_dataset(data), FinetuneConfig(image_size=32, epochs=1, batch_size=16, workers=0))
+        result = finetune(load_dataset(data), FinetuneConfig(image_size=32, epochs=1, batch_size=16, workers=0,
+                                                          cache_dir=out))
         torch.save(result.checkpoint["head"], f"{out}/head-{rank}.pt")
     finally:
         dist.destroy_process_group()
