@@ -54,4 +54,5 @@ bench: $(STAMP) $(DEMO)/train
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(CACHE_DIR)/features $(CACHE_DIR)/runs $(CACHE_DIR)/owner_token .pytest_cache
+	rm -rf $(CACHE_DIR)/features $(CACHE_DIR)/openvino $(CACHE_DIR)/index $(CACHE_DIR)/maps $(CACHE_DIR)/runs \
+		$(CACHE_DIR)/owner_token .pytest_cache

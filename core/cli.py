@@ -20,8 +20,7 @@ from core.data import build_demo_dataset, load_dataset
 from core.errors import Cancelled, TransferScopeError
 from core.features import init_distributed, rank_world
 from core.jobs import WAITING_FOR_SLOT, compute_slot, compute_slot_path
-from core.experiment import ExperimentConfig, load_features, run_experiment
-from core.report import write_report
+from core.config import ExperimentConfig, load_features
 from core.runs import atomic_write_json
 from core.settings import REQUIRED, SETTINGS, parse_list
 from core.sharing import owner_token
@@ -115,6 +114,8 @@ def _compute_slot(args):
 
 
 def cmd_experiment(args, progress) -> None:
+    from core.experiment import run_experiment  # scikit-learn and the trainers load only for experiments
+
     init_distributed()  # under torchrun: extraction shards and fine-tuning batches are split across ranks
     with _compute_slot(args):
         results = run_experiment(_config(args), progress=progress)
@@ -137,10 +138,14 @@ def cmd_extract(args, progress) -> None:
     dataset = load_dataset(config.data, test_size=config.test_size, seed=config.seed, cache_dir=config.cache_dir)
     with _compute_slot(args):
         features = load_features(config, dataset, progress)
+    rank, world = rank_world()
+    if rank != 0:  # one line for the whole torchrun job: ranks printing at once can interleave
+        return
     n = len(features.X_train) + len(features.X_test)
     print(json.dumps({"key": features.key, "n": n, "feature_dim": features.X_train.shape[1],
                       "seconds": round(features.seconds, 3), "extract_seconds": round(features.extract_seconds, 3),
-                      "cache_hit": features.cache_hit, "runtime": features.runtime, "skipped": len(dataset.skipped)}))
+                      "cache_hit": features.cache_hit, "runtime": features.runtime, "ranks": world,
+                      "skipped": len(dataset.skipped)}))
 
 
 def cmd_demo_data(args, progress) -> None:
@@ -148,6 +153,8 @@ def cmd_demo_data(args, progress) -> None:
 
 
 def cmd_report(args, progress) -> None:
+    from core.report import write_report
+
     fmt = args.format or ("html" if args.out.endswith((".html", ".htm")) else "md")
     print(write_report(args.results, args.out, fmt=fmt))
 

@@ -11,41 +11,18 @@ import pandas as pd
 
 from core.classifiers import KERNEL_CACHE, LinearHead, SvmClassifier
 from core.data import Dataset, load_dataset
-from core.errors import ClassWeightError, ConfigError
-from core.features import FeatureSet, extract_features, rank_world, resolve_device
+from core.errors import ClassWeightError
+from core.config import ExperimentConfig, load_features
+from core.features import FeatureSet, rank_world, resolve_device
 from core.finetune import FINETUNE_SETTINGS, FinetuneConfig, finetune
 from core.metrics import evaluate
 from core.runs import RunStore, new_run_id
-from core.settings import LOGIT_APPROACHES, check_settings, config_fields
+from core.settings import LOGIT_APPROACHES
 from core.stats import paired_comparison, run_intervals
 from core.tuning import out_of_fold_scores, tune_svm_c, tune_tau
 from core.weights import SCHEMES, adjust_logits, class_weights, read_custom_weights
 
 FEATURE_APPROACHES = ("svm", "head")
-
-
-def _validate(self) -> ExperimentConfig:
-    """Check names and ranges (as declared in core.settings) before any expensive work starts."""
-    if not self.class_weights:
-        raise ConfigError("give at least one class-weight scheme, e.g. none")
-    check_settings(self)
-    return self
-
-
-
-def _to_dict(self) -> dict:
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
-
-
-def _seed_list(self) -> tuple[int, ...]:
-    """The seeds to train with: `seeds` when given, else `seed` alone."""
-    return tuple(self.seeds) or (self.seed,)
-
-
-ExperimentConfig = dataclasses.make_dataclass(
-    "ExperimentConfig", config_fields(), frozen=True,
-    namespace={"__doc__": "Every setting of an experiment (declared in core.settings); hashed into run records.",
-               "__module__": __name__, "validate": _validate, "to_dict": _to_dict, "seed_list": _seed_list})
 
 
 def resolve_class_weight(spec, dataset: Dataset, beta: float = 0.999) -> tuple[str, np.ndarray]:
@@ -60,13 +37,6 @@ def resolve_class_weight(spec, dataset: Dataset, beta: float = 0.999) -> tuple[s
         return f"custom:{Path(spec).stem}", class_weights("custom", counts, dataset.classes, custom=table)
     raise ClassWeightError(f"unknown class-weight scheme {spec!r}; choose none, balanced, sqrt, effective "
                            "or a path to a JSON file {class: weight}")
-
-
-def load_features(config: ExperimentConfig, dataset: Dataset, progress=None) -> FeatureSet:
-    return extract_features(dataset, config.backbone, pool=config.pool, image_size=config.image_size,
-                            cache_dir=config.cache_dir, device=config.device, runtime=config.runtime,
-                            batch_size=config.batch_size,
-                            workers=config.workers, progress=progress)
 
 
 def run_experiment(config: ExperimentConfig, progress=None, store: RunStore | None = None) -> dict:

@@ -22,7 +22,7 @@ from core.errors import ConfigError, DataError
 from core.runs import atomic_write_bytes, atomic_write_json
 from core.runtime import Forward, frozen_forward, resolve_runtime
 
-FORMAT_VERSION = 3  # 2: sizes of EXIF-rotated photos are their upright sizes; 3: runtime in the key
+FORMAT_VERSION = 4  # 2: upright sizes of EXIF-rotated photos; 3: runtime in the key; 4: split-independent rows
 SHARD_IMAGES = 256
 Progress = Callable[[str, int, int], None]
 
@@ -160,10 +160,11 @@ def feature_key(dataset: Dataset, entry: BackboneEntry, pool: str, preprocess: P
                 runtime: str = "torch") -> str:
     """Hash of everything that changes the features: data, backbone+weights, transform, pooling, dtype.
 
+    The data counts by content alone, not by its train/test split: another split seed reuses the features.
     Runtimes agree within float noise in fp32, so the runtime only counts in reduced precision.
     """
-    fields = {"format": FORMAT_VERSION, "data": dataset.fingerprint, "backbone": entry.name,
-              "weights": entry.weights_id, "pool": pool, "preprocess": repr(preprocess), "dtype": str(dtype),
+    fields = {"format": FORMAT_VERSION, "data": dataset.content_fingerprint or dataset.fingerprint,
+              "backbone": entry.name, "weights": entry.weights_id, "pool": pool, "preprocess": repr(preprocess), "dtype": str(dtype),
               "runtime": runtime if dtype is not None else "any"}
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:20]
 
@@ -176,6 +177,7 @@ def extract_features(dataset: Dataset, backbone: str = "efficientnet_lite0", *, 
 
     The frozen forward pass runs through `runtime` (auto: OpenVINO on CPU when installed, else torch).
     Shards are written atomically as they finish, so an interrupted extraction resumes where it stopped.
+    Rows are stored in a split-independent order (class, then path) and returned in `dataset.samples` order.
 
     >>> fs = extract_features(load_dataset("cache/datasets/digits-demo"))  # doctest: +SKIP
     >>> fs.X_train.shape, fs.cache_hit  # doctest: +SKIP
@@ -189,11 +191,15 @@ def extract_features(dataset: Dataset, backbone: str = "efficientnet_lite0", *, 
     folder = Path(cache_dir) / "features" / key
     meta_path = folder / "meta.json"
     cache_hit = meta_path.exists()
+    canonical = sorted(range(len(dataset.samples)), key=lambda i: (dataset.samples[i].label, dataset.samples[i].path))
     if not cache_hit:
         forward = frozen_forward(entry, pool, runtime=runtime, device=torch_device, dtype=dtype, cache_dir=cache_dir)
-        _extract_shards(dataset, forward, preprocess, folder, torch_device, batch_size, workers, progress, start)
+        stored = [dataset.samples[i] for i in canonical]
+        _extract_shards(stored, forward, preprocess, folder, torch_device, batch_size, workers, progress, start)
         _barrier()  # under torchrun every rank has written its shards before rank 0 seals the cache entry
-    X = _load_shards(folder, len(dataset.samples))
+    stored_X = _load_shards(folder, len(dataset.samples))
+    X = np.empty_like(stored_X)
+    X[canonical] = stored_X
     if not cache_hit and rank_world()[0] == 0:
         backbone_info = {**describe_backbone(entry, pool), "feature_dim": X.shape[1], "image_size": preprocess.image_size,
                          "dtype": str(dtype), "runtime": runtime}
@@ -214,10 +220,9 @@ def _shard_plan(samples, preprocess: Preprocess) -> list[list[int]]:
     return size_grouped_batches(samples, preprocess, SHARD_IMAGES)
 
 
-def _extract_shards(dataset, forward: Forward, preprocess, folder: Path, device, batch_size, workers,
+def _extract_shards(samples: list[Sample], forward: Forward, preprocess, folder: Path, device, batch_size, workers,
                     progress, started: float) -> None:
     """Run this rank's missing shards through `forward`; each rank records its wall time since `started`."""
-    samples = dataset.samples
     shards = _shard_plan(samples, preprocess)
     rank, world = rank_world()
     mine = [(i, shard) for i, shard in enumerate(shards) if i % world == rank]

@@ -12,18 +12,19 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from core.backbones import create_backbone
+from core.backbones import Backbone, create_backbone
 from core.classifiers import seeded_linear
 from core.data import Dataset
 from core.errors import ConfigError
 from core.features import (ImageDataset, Preprocess, autocast_dtype, light_augmentation, make_loader,
                            rank_world, resolve_device, size_grouped_batches)
+from core.runtime import Forward, frozen_forward, resolve_runtime
 from core.settings import config_fields
 from core.weights import weighted_cross_entropy
 
 
 FINETUNE_SETTINGS = ("backbone", "pool", "image_size", "epochs", "lr", "batch_size", "unfreeze_last", "hflip",
-                     "device", "workers", "seed")
+                     "device", "runtime", "workers", "seed", "cache_dir")
 FinetuneConfig = dataclasses.make_dataclass(
     "FinetuneConfig", config_fields(FINETUNE_SETTINGS), frozen=True,
     namespace={"__doc__": "Settings of one fine-tuning run (declared in core.settings).", "__module__": __name__})
@@ -39,19 +40,23 @@ class FinetuneResult:
 
 
 def finetune(dataset: Dataset, config: FinetuneConfig, class_weight=None, progress=None) -> FinetuneResult:
-    """Train a new linear head through the backbone on augmented images; evaluate on test each epoch."""
+    """Train a new linear head through the backbone on augmented images; evaluate on test each epoch.
+
+    With the backbone fully frozen, its forward pass runs through the inference runtime (OpenVINO on CPU)
+    and only the head trains in torch; `unfreeze_last` keeps everything in torch for the gradients.
+    """
     if config.epochs < 1:
         raise ConfigError(f"epochs must be at least 1, got {config.epochs}")
     device = _rank_device(resolve_device(config.device))
+    dtype = autocast_dtype(device)
     backbone = create_backbone(config.backbone, pool=config.pool)
-    model = nn.Sequential(backbone.features, seeded_linear(backbone.feature_dim, len(dataset.classes), config.seed))
-    model = model.to(device, memory_format=torch.channels_last)
-    optimizer = _optimizer(model, backbone.last_block, config)
+    head = seeded_linear(backbone.feature_dim, len(dataset.classes), config.seed).to(device)
+    frozen, model = _frozen_and_trainable(backbone, head, config, device, dtype)
+    optimizer = _optimizer(head, backbone, config)
     trainer, (rank, world) = _distributed(model, device), rank_world()
     weight = None if class_weight is None else torch.tensor(np.asarray(class_weight), dtype=torch.float32).to(device)
     loss_fn = functools.partial(weighted_cross_entropy, weight=weight)
     preprocess = Preprocess.for_backbone(backbone.entry, config.image_size)
-    dtype = autocast_dtype(device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     train_set = ImageDataset(dataset.train, preprocess, light_augmentation(config.hflip))
     test_set = ImageDataset(dataset.test, preprocess)
@@ -62,30 +67,47 @@ def finetune(dataset: Dataset, config: FinetuneConfig, class_weight=None, progre
         started = time.perf_counter()
         batches = size_grouped_batches(dataset.train, preprocess, config.batch_size, shuffle_seed=config.seed + epoch)
         batches = _rank_batches(batches, rank, world)
-        train_loss, train_acc = train_one_epoch(trainer, make_loader(train_set, batches, device, config.workers),
+        train_loss, train_acc = train_one_epoch(trainer, frozen, make_loader(train_set, batches, device, config.workers),
                                                 loss_fn, optimizer, scaler, device, dtype, tick)
         train_s = time.perf_counter() - started
         started = time.perf_counter()
         test_loader = make_loader(test_set, test_batches, device, config.workers)
-        result.test_scores, test_loss, test_acc = evaluate(model, test_loader, loss_fn, device, dtype, tick)
+        result.test_scores, test_loss, test_acc = evaluate(model, frozen, test_loader, loss_fn, device, dtype, tick)
         result.predict_seconds = time.perf_counter() - started
         result.fit_seconds += train_s
         result.history.append({"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
                                "test_loss": test_loss, "test_acc": test_acc, "train_seconds": train_s,
                                "test_seconds": result.predict_seconds})
-    result.checkpoint = {"head": model[1].state_dict(), "config": config.__dict__,
+    result.checkpoint = {"head": head.state_dict(), "config": config.__dict__,
                          "last_block": backbone.last_block.state_dict() if config.unfreeze_last else None}
     return result
 
 
-def _optimizer(model: nn.Sequential, last_block: nn.Module, config: FinetuneConfig) -> torch.optim.Optimizer:
+def _frozen_and_trainable(backbone: Backbone, head: nn.Module, config, device, dtype) -> tuple[Forward | None, nn.Module]:
+    """(frozen forward pass or None, the module that trains): a fully frozen backbone on CPU runs through
+    the fast inference runtime; with an unfrozen block (or torch as the runtime) torch runs it all."""
+    if not config.unfreeze_last and resolve_runtime(config.runtime, device) == "openvino":
+        frozen = frozen_forward(backbone.entry, config.pool, runtime="openvino", device=device, dtype=dtype,
+                                cache_dir=config.cache_dir)
+        return frozen, head
+    return None, nn.Sequential(backbone.features, head).to(device, memory_format=torch.channels_last)
+
+
+def _optimizer(head: nn.Module, backbone: Backbone, config: FinetuneConfig) -> torch.optim.Optimizer:
     """Freeze the backbone; the head learns at `lr`, an unfrozen last block at `lr / 10`."""
-    model[0].requires_grad_(False)
-    groups = [{"params": model[1].parameters(), "lr": config.lr}]
+    backbone.features.requires_grad_(False)
+    groups = [{"params": head.parameters(), "lr": config.lr}]
     if config.unfreeze_last:
-        last_block.requires_grad_(True)
-        groups.append({"params": last_block.parameters(), "lr": config.lr / 10})
+        backbone.last_block.requires_grad_(True)
+        groups.append({"params": backbone.last_block.parameters(), "lr": config.lr / 10})
     return torch.optim.Adam(groups)
+
+
+def _inputs(images: torch.Tensor, frozen: Forward | None, device: torch.device) -> torch.Tensor:
+    """What the trainable module takes: the frozen runtime's features, else the images themselves."""
+    if frozen is not None:
+        return torch.from_numpy(frozen(images)).to(device)
+    return images.to(device, non_blocking=True, memory_format=torch.channels_last)
 
 
 def _local_rank() -> int:
@@ -128,19 +150,19 @@ def _ticker(progress, total: int):
     return tick
 
 
-def train_one_epoch(model, loader, loss_fn, optimizer, scaler, device, dtype, tick):
+def train_one_epoch(model, frozen, loader, loss_fn, optimizer, scaler, device, dtype, tick):
     """One pass over augmented training images; returns (mean loss, accuracy).
 
-    Frozen parameters don't require grad, so autograd records nothing before the first trainable
-    layer: a frozen backbone costs a plain forward pass.
+    `frozen` (or else the frozen part of `model`, whose parameters don't require grad, so autograd
+    records nothing before the first trainable layer) costs a plain forward pass.
     """
     model.eval()  # frozen BatchNorm statistics; only the head (and last block) learn
     total_loss, correct, seen = 0.0, 0, 0
     for images, labels, _ in loader:
-        images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
+        inputs = _inputs(images, frozen, device)
         labels = labels.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            logits = model(images).float()
+            logits = model(inputs).float()
             loss = loss_fn(logits, labels)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -153,16 +175,16 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scaler, device, dtype, ti
     return total_loss / seen, correct / seen
 
 
-def evaluate(model, loader, loss_fn, device, dtype, tick):
+def evaluate(model, frozen, loader, loss_fn, device, dtype, tick):
     """Logits for every image in the loader's dataset order, plus mean loss and accuracy."""
     model.eval()
-    scores = np.zeros((len(loader.dataset), model[1].out_features), dtype=np.float32)
-    labels_all = np.zeros(len(loader.dataset), dtype=np.int64)
+    scores, labels_all = None, np.zeros(len(loader.dataset), dtype=np.int64)
     total_loss = 0.0
     with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
         for images, labels, index in loader:
-            images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
-            logits = model(images).float()
+            logits = model(_inputs(images, frozen, device)).float()
+            if scores is None:
+                scores = np.zeros((len(loader.dataset), logits.shape[1]), dtype=np.float32)
             total_loss += loss_fn(logits, labels.to(device)).item() * len(labels)
             scores[index.numpy()] = logits.cpu().numpy()
             labels_all[index.numpy()] = labels.numpy()

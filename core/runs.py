@@ -8,6 +8,8 @@ readers never see a half-written run, and a crash leaves only hidden ``.tmp-*`` 
 the next writer.
 """
 
+from __future__ import annotations
+
 import contextlib
 import json
 import math
@@ -22,11 +24,14 @@ import zlib
 from datetime import datetime, timezone
 from pathlib import Path
 
-import joblib
-import pandas as pd
+from typing import TYPE_CHECKING
+
 from filelock import FileLock
 
 from core.errors import RunStoreError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SCHEMA_VERSION = 1
 RECORD_FILE = "record.json"
@@ -260,6 +265,8 @@ class RunStore:
             with self._locked(), self._staging_dir(run_id) as tmp:
                 (tmp / RECORD_FILE).write_text(_to_json(record), encoding="utf-8")
                 if model is not None:
+                    import joblib  # on use: the atomic writers above start fast
+
                     joblib.dump(model, tmp / MODEL_FILE)
                 if predictions is not None:
                     predictions.to_csv(tmp / PREDICTIONS_FILE, index=False)
@@ -293,10 +300,14 @@ class RunStore:
 
     def load_predictions(self, run_id: str) -> pd.DataFrame:
         """Return the predictions table of run `run_id`."""
+        import pandas as pd
+
         return pd.read_csv(self._artifact(run_id, PREDICTIONS_FILE))
 
     def load_model(self, run_id: str):
         """Return the model of run `run_id` (unpickles it; models are only ever written by this machine's runs)."""
+        import joblib
+
         return joblib.load(self._artifact(run_id, MODEL_FILE))
 
     def delete(self, run_id: str) -> None:

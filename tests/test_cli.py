@@ -279,7 +279,7 @@ def test_unexpected_failure_exits_1_with_traceback(tiny_dir, tmp_path, monkeypat
     def boom(*args, **kwargs):
         raise RuntimeError("kaboom")
 
-    monkeypatch.setattr(cli, "run_experiment", boom)
+    monkeypatch.setattr("core.experiment.run_experiment", boom)
     code, _, stderr = run_main(["experiment", "--data", tiny_dir, "--out", tmp_path / "r.json"])
     assert code == 1
     assert "Traceback" in stderr and "kaboom" in stderr
@@ -289,7 +289,7 @@ def test_cancel_exits_130(tiny_dir, tmp_path, monkeypatch):
     def cancelled(*args, **kwargs):
         raise Cancelled()
 
-    monkeypatch.setattr(cli, "run_experiment", cancelled)
+    monkeypatch.setattr("core.experiment.run_experiment", cancelled)
     code, _, stderr = run_main(["experiment", "--data", tiny_dir, "--out", tmp_path / "r.json"])
     assert code == 130 and "resumes" in stderr
 

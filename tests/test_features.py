@@ -150,6 +150,20 @@ def test_cache_key_covers_what_changes_the_features(demo_dataset, tmp_path, make
     assert len({base, *variants}) == len(variants) + 1
 
 
+def test_another_split_seed_reuses_the_features_in_its_own_row_order(tmp_path, make_class_tree, count_decodes):
+    root = make_class_tree(tmp_path / "ds", {"a": 6, "b": 6}, size=(96, 32))
+    first = extract_features(load_dataset(root, test_size=0.34, seed=0), image_size=32, cache_dir=tmp_path / "c",
+                             device="cpu", workers=0)
+    count_decodes.clear()
+    other = load_dataset(root, test_size=0.34, seed=1)
+    again = extract_features(other, image_size=32, cache_dir=tmp_path / "c", device="cpu", workers=0)
+    assert again.cache_hit and again.key == first.key and not count_decodes
+    assert [s.path for s in other.train] != [s.path for s in load_dataset(root, test_size=0.34, seed=0).train]
+    fresh = extract_features(other, image_size=32, cache_dir=tmp_path / "fresh", device="cpu", workers=0)
+    assert np.allclose(again.X_train, fresh.X_train, atol=1e-3) and np.allclose(again.X_test, fresh.X_test, atol=1e-3)
+    assert again.y_train.tolist() == [s.label for s in other.train]
+
+
 def test_extract_with_other_pool_uses_another_cache_entry(tmp_path, make_class_tree):
     ds = load_dataset(make_class_tree(tmp_path / "ds", {"a": 3, "b": 3}, size=(96, 32)), test_size=0.34)
     cache = tmp_path / "cache"
@@ -191,6 +205,11 @@ class Recorder:
         self.calls.append((done, total))
         if self.cancel_after is not None and done > self.cancel_after:
             raise Cancelled("user cancelled")
+
+
+@pytest.fixture
+def count_decodes(monkeypatch) -> list:
+    return _count_decodes(monkeypatch)
 
 
 def _count_decodes(monkeypatch) -> list:

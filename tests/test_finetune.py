@@ -22,9 +22,49 @@ def small_demo(demo_dataset):
                    per_class(demo_dataset.test, 2), fingerprint="small-demo")
 
 
+MODEL_CACHE = None  # set per module below
+
+
+@pytest.fixture(scope="module", autouse=True)
+def model_cache(tmp_path_factory):
+    """Converted OpenVINO models go to a test folder, never the repository's cache/."""
+    global MODEL_CACHE
+    MODEL_CACHE = str(tmp_path_factory.mktemp("models"))
+
+
 def config(**overrides):
     return FinetuneConfig(**{"image_size": 32, "epochs": 2, "batch_size": 16, "device": "cpu", "workers": 0,
-                             **overrides})
+                             "cache_dir": MODEL_CACHE, **overrides})
+
+
+@pytest.fixture
+def frozen_calls(monkeypatch):
+    """How many images each frozen-backbone runtime forward pass received, by runtime."""
+    calls = {}
+    real = finetune_module.frozen_forward
+
+    def spy(entry, pool, *, runtime, **kwargs):
+        forward = real(entry, pool, runtime=runtime, **kwargs)
+
+        def counted(images):
+            calls[runtime] = calls.get(runtime, 0) + len(images)
+            return forward(images)
+        return counted
+
+    monkeypatch.setattr(finetune_module, "frozen_forward", spy)
+    return calls
+
+
+def test_frozen_backbone_runs_through_openvino_on_cpu(small_demo, frozen_calls):
+    result = finetune(small_demo, config(epochs=2))
+    assert frozen_calls == {"openvino": 2 * (len(small_demo.train) + len(small_demo.test))}
+    assert result.test_scores.shape == (len(small_demo.test), 10) and np.isfinite(result.test_scores).all()
+
+
+def test_unfrozen_block_or_torch_runtime_keeps_torch_end_to_end(small_demo, frozen_calls):
+    finetune(small_demo, config(epochs=1, unfreeze_last=True))
+    finetune(small_demo, config(epochs=1, runtime="torch"))
+    assert frozen_calls == {}
 
 
 @pytest.fixture

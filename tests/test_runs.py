@@ -132,7 +132,7 @@ def test_failed_save_leaves_no_run_and_no_temp_dir(store, monkeypatch):
         open(path, "wb").write(b"half a model")
         raise OSError("disk full")
 
-    monkeypatch.setattr(runs.joblib, "dump", broken_dump)
+    monkeypatch.setattr("joblib.dump", broken_dump)
     with pytest.raises(RunStoreError, match="disk full"):
         store.save(make_record(), model={"w": 1}, predictions=make_predictions())
     assert entries(store.root) == []
