@@ -147,12 +147,14 @@ def _check_tau(tau, approach: str) -> float:
 
 @functools.cache
 def torch_mkl():
-    """torch's bundled MKL (for its per-thread `MKL_Set_Num_Threads_Local`), or None where it has none."""
+    """torch's bundled MKL when it exports per-thread limits (`MKL_Set_Num_Threads_Local`), else None."""
+    if not torch.backends.mkl.is_available():
+        return None
     try:
-        return ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so")) \
-            if torch.backends.mkl.is_available() else None
+        library = ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"))
     except OSError:
         return None
+    return library if hasattr(library, "MKL_Set_Num_Threads_Local") else None
 
 
 @contextlib.contextmanager
