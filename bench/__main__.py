@@ -38,7 +38,7 @@ def bench_forward(name: str, height: int, width: int, batch_size: int, repeats: 
     entry, bf16 = get_entry(name), autocast_dtype(CPU)
     precisions = [("fp32", None)] + ([("bf16", bf16)] if bf16 is not None else [])
     runtimes = ["torch"] + (["openvino"] if openvino_available() else [])
-    batch = torch.randn(batch_size, 3, height, width)
+    batch = torch.randint(0, 256, (batch_size, 3, height, width), dtype=torch.uint8)
     print(f"# raw forward, {name}, batch {batch_size} of {height}x{width}, {torch.get_num_threads()} threads, "
           f"native bf16: {bf16 is not None}")
     rates = {}

@@ -16,7 +16,7 @@ from core.backbones import Backbone, create_backbone
 from core.classifiers import seeded_linear
 from core.data import Dataset
 from core.errors import ConfigError
-from core.features import (ImageDataset, Preprocess, autocast_dtype, light_augmentation, make_loader,
+from core.features import (ImageDataset, Preprocess, autocast_dtype, light_augmentation, make_loader, prefetch,
                            rank_world, resolve_device, size_grouped_batches)
 from core.runtime import Forward, frozen_forward, resolve_runtime
 from core.settings import config_fields
@@ -158,7 +158,7 @@ def train_one_epoch(model, frozen, loader, loss_fn, optimizer, scaler, device, d
     """
     model.eval()  # frozen BatchNorm statistics; only the head (and last block) learn
     total_loss, correct, seen = 0.0, 0, 0
-    for images, labels, _ in loader:
+    for images, labels, _ in prefetch(loader):
         inputs = _inputs(images, frozen, device)
         labels = labels.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
@@ -181,7 +181,7 @@ def evaluate(model, frozen, loader, loss_fn, device, dtype, tick):
     scores, labels_all = None, np.zeros(len(loader.dataset), dtype=np.int64)
     total_loss = 0.0
     with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-        for images, labels, index in loader:
+        for images, labels, index in prefetch(loader):
             logits = model(_inputs(images, frozen, device)).float()
             if scores is None:
                 scores = np.zeros((len(loader.dataset), logits.shape[1]), dtype=np.float32)

@@ -1,7 +1,7 @@
 """Inference runtimes for the frozen backbone: torch (CUDA, gradients, fallback) and OpenVINO (fast on CPU).
 
-`frozen_forward(entry, pool, runtime=..., device=..., dtype=...)` returns a callable mapping a float
-batch `(N, 3, H, W)` to features `(N, feature_dim)` as numpy. OpenVINO models are converted once
+`frozen_forward(entry, pool, runtime=..., device=..., dtype=...)` returns a callable mapping a uint8
+batch `(N, 3, H, W)` to features `(N, feature_dim)` as numpy (the model normalizes its input itself). OpenVINO models are converted once
 (dynamic batch, height and width), saved under `cache/openvino/<key>/` and compiled once per process.
 In fp32 both runtimes agree within float noise, so the runtime is recorded but not part of cache keys.
 """
@@ -25,7 +25,7 @@ from core.backbones import BackboneEntry, create_backbone
 from core.errors import ConfigError
 
 RUNTIMES = ("auto", "torch", "openvino")
-OPENVINO_FORMAT = 1  # bump when the conversion below changes
+OPENVINO_FORMAT = 2  # bump when the conversion below changes (2: uint8 input, normalization inside)
 Forward = Callable[[torch.Tensor], np.ndarray]
 _COMPILED: dict[tuple, object] = {}  # (model path, precision, threads) -> compiled model, one per process
 _COMPILE_LOCK = threading.Lock()
@@ -79,7 +79,7 @@ def _openvino_forward(entry: BackboneEntry, pool: str, dtype, cache_dir: Path) -
 
     def forward(images: torch.Tensor) -> np.ndarray:
         with request_lock:
-            request.infer({0: np.ascontiguousarray(images.numpy(), dtype=np.float32)})
+            request.infer({0: np.ascontiguousarray(images.numpy())})
             return request.get_output_tensor(0).data.copy()
     return forward
 
@@ -112,7 +112,8 @@ def openvino_model_path(entry: BackboneEntry, pool: str, cache_dir: Path) -> Pat
             module = create_backbone(entry.name, pool=pool).features
             with warnings.catch_warnings():  # torch.jit.trace's deprecation notes mean nothing to users
                 warnings.simplefilter("ignore", FutureWarning)
-                model = ov.convert_model(module, example_input=torch.zeros(1, 3, 64, 64), input=[(-1, 3, -1, -1)])
+                model = ov.convert_model(module, example_input=torch.zeros(1, 3, 64, 64, dtype=torch.uint8),
+                                         input=[((-1, 3, -1, -1), torch.uint8)])
             ov.save_model(model, staging / "model.xml", compress_to_fp16=False)
             (staging / "source.json").write_text(json.dumps(fields))
             os.replace(staging, folder)

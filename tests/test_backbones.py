@@ -54,8 +54,19 @@ def test_efficientnet_describe(backbone):
     assert not backbone.features.training
 
 
+def test_features_normalize_uint8_images_with_the_backbones_mean_and_std(backbone):
+    normalize = backbone.features[0]
+    grey = torch.full((1, 3, 2, 2), 128, dtype=torch.uint8)  # 128/255 ~ 0.5: the TF mean, so ~0 after
+    assert normalize(grey).abs().max() < 0.01
+    white = normalize(torch.full((1, 3, 2, 2), 255, dtype=torch.uint8))
+    assert torch.allclose(white, torch.ones_like(white))  # (1 - 0.5) / 0.5
+    resnet = create_backbone("resnet18", pretrained=False).features[0]
+    mean_colour = torch.tensor([124, 116, 104], dtype=torch.uint8).view(1, 3, 1, 1)  # ~ ImageNet mean
+    assert resnet(mean_colour).abs().max() < 0.01
+
+
 def test_features_of_a_wide_image(backbone):
-    x = torch.randn(2, 3, 64, 192)
+    x = torch.randint(0, 256, (2, 3, 64, 192), dtype=torch.uint8)
     with torch.inference_mode():
         out = backbone.features(x)
     assert out.shape == (2, 1280)
@@ -65,7 +76,7 @@ def test_features_of_a_wide_image(backbone):
 def test_max_pool_differs_from_avg_and_dominates_it(backbone):
     max_pool = create_backbone("efficientnet_lite0", pool="max")
     assert max_pool.pool == "max" and max_pool.feature_dim == 1280
-    x = torch.randn(2, 3, 64, 192, generator=torch.Generator().manual_seed(0))
+    x = torch.randint(0, 256, (2, 3, 64, 192), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         avg, mx = backbone.features(x), max_pool.features(x)
     assert mx.shape == avg.shape == (2, 1280)
@@ -78,8 +89,8 @@ def test_resnet_without_weights_builds_offline():
     assert bb.feature_dim == 512
     assert bb.describe()["weights"].startswith("resnet18.")
     with torch.inference_mode():
-        assert bb.features(torch.randn(1, 3, 64, 96)).shape == (1, 512)
-    assert isinstance(bb.features.avgpool, torch.nn.AdaptiveMaxPool2d)
+        assert bb.features(torch.randint(0, 256, (1, 3, 64, 96), dtype=torch.uint8)).shape == (1, 512)
+    assert isinstance(bb.features[1].avgpool, torch.nn.AdaptiveMaxPool2d)  # [0] normalizes the input
 
 
 def test_resnet_weights_are_torchvision_defaults():

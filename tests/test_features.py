@@ -51,14 +51,14 @@ def test_for_backbone_uses_the_entry_and_checks_the_size():
             Preprocess.for_backbone(entry, bad)
 
 
-def test_preprocess_produces_normalized_tensor_of_planned_size():
+def test_preprocess_produces_uint8_tensor_of_planned_size():
     pre = Preprocess(image_size=32)
-    img = Image.new("RGB", (300, 90), (124, 116, 104))  # ~ the ImageNet mean colour
+    img = Image.new("RGB", (300, 90), (124, 116, 104))
     out_size = pre.output_size(img.size)
     tensor = pre(img, out_size)
     assert tensor.shape == (3, *out_size) == (3, 32, 108)  # aspect 3.33 rounds to 3.375
-    assert tensor.dtype == torch.float32
-    assert tensor.abs().max() < 0.05  # mean colour normalizes to ~0
+    assert tensor.dtype == torch.uint8  # a quarter of the bytes between processes; the model normalizes
+    assert tensor[:, 5, 50].tolist() == [124, 116, 104]
 
 
 def test_size_grouped_batches_never_mix_sizes():
@@ -342,3 +342,45 @@ def test_incomplete_cache_entry_is_a_clear_error(demo_dataset, tmp_path):
     shards[0].unlink()  # e.g. removed by hand or lost on a full disk
     with pytest.raises(DataError, match="incomplete.*delete that folder"):
         features.extract_features(demo_dataset, image_size=32, cache_dir=tmp_path, workers=0)
+
+
+def test_prefetch_yields_every_batch_in_order_and_raises_decode_errors():
+    class Loader(list):
+        num_workers = 0
+
+    assert list(features.prefetch(Loader(range(7)))) == list(range(7))
+
+    class Broken:
+        num_workers = 0
+
+        def __iter__(self):
+            yield 1
+            raise DataError("image 2 is unreadable")
+
+    got = []
+    with pytest.raises(DataError, match="unreadable"):
+        for item in features.prefetch(Broken()):
+            got.append(item)
+    assert got == [1]
+
+
+def test_prefetch_stops_its_thread_when_the_loop_is_left(monkeypatch):
+    import threading
+
+    class Endless:
+        num_workers = 0
+
+        def __iter__(self):
+            n = 0
+            while True:
+                n += 1
+                yield n
+
+    batches = features.prefetch(Endless())
+    assert next(batches) == 1
+    batches.close()  # e.g. a cancelled extraction
+    for _ in range(50):
+        if not any(t.name == "transferscope-decode" for t in threading.enumerate()):
+            break
+        time.sleep(0.05)
+    assert not any(t.name == "transferscope-decode" for t in threading.enumerate())

@@ -43,14 +43,13 @@ def test_without_openvino_auto_falls_back_and_explicit_asks_to_install(monkeypat
 
 @pytest.fixture(scope="module")
 def photos() -> torch.Tensor:
-    """Three real photos at the working size of a wide photo (short side 96 here), in [0, 1]."""
+    """Three real photos at the working size of a wide photo (short side 96 here), uint8."""
     from skimage import data
 
     batch = []
     for image in (data.chelsea(), data.coffee(), data.rocket()):
         x = torch.from_numpy(image).permute(2, 0, 1)
-        x = F.resize(x, [96, 288], interpolation=InterpolationMode.BICUBIC, antialias=True)
-        batch.append(F.to_dtype(x, torch.float32, scale=True))
+        batch.append(F.resize(x, [96, 288], interpolation=InterpolationMode.BICUBIC, antialias=True))
     return torch.stack(batch)
 
 
@@ -73,8 +72,7 @@ def offline_resnet_weights(tmp_path_factory):
 @pytest.mark.usefixtures("offline_resnet_weights")
 @pytest.mark.parametrize("name", list_backbones())
 def test_every_backbone_gives_the_same_features_through_both_runtimes(name, photos, tmp_path):
-    entry = get_entry(name)
-    x = F.normalize(photos, list(entry.mean), list(entry.std))
+    entry, x = get_entry(name), photos
     with_torch = frozen_forward(entry, "avg", runtime="torch", device=CPU, dtype=None)(x)
     with_openvino = frozen_forward(entry, "avg", runtime="openvino", device=CPU, dtype=None, cache_dir=tmp_path)(x)
     assert with_openvino.shape == with_torch.shape == (3, create_backbone(name, pretrained=False).feature_dim)
@@ -83,8 +81,7 @@ def test_every_backbone_gives_the_same_features_through_both_runtimes(name, phot
 
 
 def test_openvino_handles_any_batch_and_size_and_pooling(photos, tmp_path):
-    entry = get_entry("efficientnet_lite0")
-    x = F.normalize(photos, list(entry.mean), list(entry.std))
+    entry, x = get_entry("efficientnet_lite0"), photos
     for pool in ("avg", "max"):
         forward = frozen_forward(entry, pool, runtime="openvino", device=CPU, dtype=None, cache_dir=tmp_path)
         reference = create_backbone("efficientnet_lite0", pool=pool).features

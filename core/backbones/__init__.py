@@ -8,10 +8,10 @@ from __future__ import annotations
 import difflib
 import fnmatch
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
-if TYPE_CHECKING:
-    from torch import nn
+import torch
+from torch import nn
 
 from core.errors import BackboneError
 
@@ -38,9 +38,26 @@ class BackboneEntry:
     interpolation: str = "bilinear"
 
 
+class InputNormalization(nn.Module):
+    """uint8 images `(N, 3, H, W)` in [0, 255] -> float inputs `(x / 255 - mean) / std`, in one fused step.
+
+    Part of the model, so decoding workers ship uint8 (a quarter of the bytes) and the runtime (OpenVINO
+    folds it into its graph) normalizes whole batches.
+    """
+
+    def __init__(self, mean, std):
+        super().__init__()
+        mean, std = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+        self.register_buffer("scale", 1.0 / (255.0 * std))
+        self.register_buffer("shift", mean / std)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images.float() * self.scale - self.shift
+
+
 @dataclass
 class Backbone:
-    """A feature extractor: images `(N, 3, H, W)` of any size -> features `(N, feature_dim)`."""
+    """A feature extractor: uint8 images `(N, 3, H, W)` of any size -> features `(N, feature_dim)`."""
 
     name: str
     features: nn.Module
@@ -89,7 +106,7 @@ def load_imagenet_model(name: str, pretrained: bool = True) -> nn.Module:
 
 
 def create_backbone(name: str = "efficientnet_lite0", *, pretrained: bool = True, pool: str = "avg") -> Backbone:
-    """Build a pretrained feature extractor with adaptive `avg` or `max` pooling.
+    """Build a pretrained feature extractor (uint8 images in, normalized inside) with `avg` or `max` pooling.
 
     >>> bb = create_backbone("efficientnet_lite0")  # doctest: +SKIP
     >>> bb.feature_dim  # doctest: +SKIP
@@ -99,6 +116,7 @@ def create_backbone(name: str = "efficientnet_lite0", *, pretrained: bool = True
         raise BackboneError(f"unknown pooling {pool!r}; choose one of: {', '.join(POOLS)}")
     entry = get_entry(name)
     features, dim, last_block = entry.strip(entry.build(pretrained), pool)
+    features = nn.Sequential(InputNormalization(entry.mean, entry.std), features)
     return Backbone(name, features.eval(), dim, last_block, pool, entry)
 
 
