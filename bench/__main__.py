@@ -19,7 +19,7 @@ import torch
 from bench.wide_photos import build_wide_photos
 from core.backbones import get_entry
 from core.data import load_dataset
-from core.features import Preprocess, autocast_dtype
+from core.features import autocast_dtype
 from core.runtime import frozen_forward, openvino_available
 
 CPU = torch.device("cpu")

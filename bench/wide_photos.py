@@ -55,4 +55,5 @@ def _crop(source: Image.Image, rng: np.random.Generator) -> Image.Image:
     x = int(rng.integers(0, image.width - SIZE[0] + 1))
     y = int(rng.integers(0, image.height - SIZE[1] + 1))
     image = image.crop((x, y, x + SIZE[0], y + SIZE[1]))
-    return ImageEnhance.Color(ImageEnhance.Brightness(image).enhance(rng.uniform(0.7, 1.3))).enhance(rng.uniform(0.6, 1.4))
+    image = ImageEnhance.Brightness(image).enhance(rng.uniform(0.7, 1.3))
+    return ImageEnhance.Color(image).enhance(rng.uniform(0.6, 1.4))

@@ -206,8 +206,8 @@ def feature_key(dataset: Dataset, entry: BackboneEntry, pool: str, preprocess: P
     Runtimes agree within float noise in fp32, so the runtime only counts in reduced precision.
     """
     fields = {"format": FORMAT_VERSION, "data": dataset.content_fingerprint or dataset.fingerprint,
-              "backbone": entry.name, "weights": entry.weights_id, "pool": pool, "preprocess": repr(preprocess), "dtype": str(dtype),
-              "runtime": runtime if dtype is not None else "any"}
+              "backbone": entry.name, "weights": entry.weights_id, "pool": pool, "preprocess": repr(preprocess),
+              "dtype": str(dtype), "runtime": runtime if dtype is not None else "any"}
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -233,28 +233,28 @@ def extract_features(dataset: Dataset, backbone: str = "efficientnet_lite0", *, 
     folder = Path(cache_dir) / "features" / key
     meta_path = folder / "meta.json"
     cache_hit = meta_path.exists()
-    canonical = sorted(range(len(dataset.samples)), key=lambda i: (dataset.samples[i].label, dataset.samples[i].path))
+    samples = dataset.samples
+    canonical = sorted(range(len(samples)), key=lambda i: (samples[i].label, samples[i].path))  # split-free order
     if not cache_hit:
         forward = frozen_forward(entry, pool, runtime=runtime, device=torch_device, dtype=dtype, cache_dir=cache_dir)
-        stored = [dataset.samples[i] for i in canonical]
-        _extract_shards(stored, forward, preprocess, folder, torch_device, batch_size, workers, progress, start)
+        _extract_shards([samples[i] for i in canonical], forward, preprocess, folder, torch_device, batch_size,
+                        workers, progress, start)
         _barrier()  # under torchrun every rank has written its shards before rank 0 seals the cache entry
-    stored_X = _load_shards(folder, len(dataset.samples))
+    stored_X = _load_shards(folder, len(samples))
     X = np.empty_like(stored_X)
-    X[canonical] = stored_X
-    if not cache_hit and rank_world()[0] == 0:
-        backbone_info = {**describe_backbone(entry, pool), "feature_dim": X.shape[1], "image_size": preprocess.image_size,
-                         "dtype": str(dtype), "runtime": runtime}
-        meta = {"key": key, "n": len(dataset.samples), "feature_dim": X.shape[1], "extract_seconds": _elapsed(folder),
-                "backbone": backbone_info, "preprocess": repr(preprocess), "dtype": str(dtype),
-                "device": str(torch_device), "runtime": runtime}
-        atomic_write_json(meta_path, meta)
+    X[canonical] = stored_X  # back to dataset.samples order: train rows, then test rows
+    if not cache_hit and rank_world()[0] == 0:  # seal the entry: from now on it is a cache hit
+        backbone_info = {**describe_backbone(entry, pool), "feature_dim": X.shape[1],
+                         "image_size": preprocess.image_size, "dtype": str(dtype), "runtime": runtime}
+        atomic_write_json(meta_path, {"key": key, "n": len(X), "feature_dim": X.shape[1],
+                                      "extract_seconds": _elapsed(folder), "backbone": backbone_info,
+                                      "preprocess": repr(preprocess), "device": str(torch_device)})
     _barrier()
     meta = json.loads(meta_path.read_text())
-    y = np.array([s.label for s in dataset.samples])
+    y = np.array([s.label for s in samples])
     n = len(dataset.train)
     return FeatureSet(X[:n], y[:n], X[n:], y[n:], key, cache_hit, time.perf_counter() - start,
-                      meta["extract_seconds"], meta["backbone"], meta["runtime"])
+                      meta["extract_seconds"], meta["backbone"], meta["backbone"]["runtime"])
 
 
 def _shard_plan(samples, preprocess: Preprocess) -> list[list[int]]:

@@ -67,8 +67,9 @@ def finetune(dataset: Dataset, config: FinetuneConfig, class_weight=None, progre
         started = time.perf_counter()
         batches = size_grouped_batches(dataset.train, preprocess, config.batch_size, shuffle_seed=config.seed + epoch)
         batches = _rank_batches(batches, rank, world)
-        train_loss, train_acc = train_one_epoch(trainer, frozen, make_loader(train_set, batches, device, config.workers),
-                                                loss_fn, optimizer, scaler, device, dtype, tick)
+        train_loader = make_loader(train_set, batches, device, config.workers)
+        train_loss, train_acc = train_one_epoch(trainer, frozen, train_loader, loss_fn, optimizer, scaler, device,
+                                                dtype, tick)
         train_s = time.perf_counter() - started
         started = time.perf_counter()
         test_loader = make_loader(test_set, test_batches, device, config.workers)
@@ -83,7 +84,8 @@ def finetune(dataset: Dataset, config: FinetuneConfig, class_weight=None, progre
     return result
 
 
-def _frozen_and_trainable(backbone: Backbone, head: nn.Module, config, device, dtype) -> tuple[Forward | None, nn.Module]:
+def _frozen_and_trainable(backbone: Backbone, head: nn.Module, config, device,
+                          dtype) -> tuple[Forward | None, nn.Module]:
     """(frozen forward pass or None, the module that trains): a fully frozen backbone on CPU runs through
     the fast inference runtime; with an unfrozen block (or torch as the runtime) torch runs it all."""
     if not config.unfreeze_last and resolve_runtime(config.runtime, device) == "openvino":

@@ -1,9 +1,10 @@
 """Inference runtimes for the frozen backbone: torch (CUDA, gradients, fallback) and OpenVINO (fast on CPU).
 
 `frozen_forward(entry, pool, runtime=..., device=..., dtype=...)` returns a callable mapping a uint8
-batch `(N, 3, H, W)` to features `(N, feature_dim)` as numpy (the model normalizes its input itself). OpenVINO models are converted once
-(dynamic batch, height and width), saved under `cache/openvino/<key>/` and compiled once per process.
-In fp32 both runtimes agree within float noise, so the runtime is recorded but not part of cache keys.
+batch `(N, 3, H, W)` to features `(N, feature_dim)` as numpy (the model normalizes its input itself).
+OpenVINO models are converted once (dynamic batch, height and width), saved under
+`cache/openvino/<key>/` and compiled once per process. In fp32 both runtimes agree within float noise,
+so the runtime is recorded but enters cache keys only for reduced precision.
 """
 from __future__ import annotations
 

@@ -45,7 +45,8 @@ def _map_onto(model: nn.Module, checkpoint: dict) -> dict:
     mapped = {}
     for (key, ref), (src_key, tensor) in zip(target.items(), checkpoint.items()):
         if ref.shape != tensor.shape:
-            raise BackboneError(f"checkpoint tensor {src_key} {tuple(tensor.shape)} does not fit {key} {tuple(ref.shape)}")
+            raise BackboneError(f"checkpoint tensor {src_key} {tuple(tensor.shape)} does not fit "
+                                f"{key} {tuple(ref.shape)}")
         mapped[key] = tensor
     return mapped
 

@@ -32,7 +32,8 @@ def _strip(model: nn.Module, pool: str):
     return model, dim, model.layer4
 
 
-DEFAULT_WEIGHTS = {"resnet18": "IMAGENET1K_V1", "resnet34": "IMAGENET1K_V1", "resnet50": "IMAGENET1K_V2"}  # torchvision's DEFAULT
+# torchvision's DEFAULT weights per model (a test checks they still are), named without importing torchvision
+DEFAULT_WEIGHTS = {"resnet18": "IMAGENET1K_V1", "resnet34": "IMAGENET1K_V1", "resnet50": "IMAGENET1K_V2"}
 
 
 def _register(name: str, weights_name: str) -> None:
