@@ -280,7 +280,8 @@ def test_unexpected_failure_exits_1_with_traceback(tiny_dir, tmp_path, monkeypat
         raise RuntimeError("kaboom")
 
     monkeypatch.setattr("core.experiment.run_experiment", boom)
-    code, _, stderr = run_main(["experiment", "--data", tiny_dir, "--out", tmp_path / "r.json"])
+    code, _, stderr = run_main(["experiment", "--data", tiny_dir, "--out", tmp_path / "r.json",
+                                 "--cache-dir", tmp_path / "cache"])
     assert code == 1
     assert "Traceback" in stderr and "kaboom" in stderr
 
@@ -290,7 +291,8 @@ def test_cancel_exits_130(tiny_dir, tmp_path, monkeypatch):
         raise Cancelled()
 
     monkeypatch.setattr("core.experiment.run_experiment", cancelled)
-    code, _, stderr = run_main(["experiment", "--data", tiny_dir, "--out", tmp_path / "r.json"])
+    code, _, stderr = run_main(["experiment", "--data", tiny_dir, "--out", tmp_path / "r.json",
+                                 "--cache-dir", tmp_path / "cache"])
     assert code == 130 and "resumes" in stderr
 
 
