@@ -117,8 +117,9 @@ def cmd_experiment(args, progress) -> None:
     from core.experiment import run_experiment  # scikit-learn and the trainers load only for experiments
 
     init_distributed()  # under torchrun: extraction shards and fine-tuning batches are split across ranks
+    config = _config(args).validate()  # a bad setting fails at once, without queueing for the compute slot
     with _compute_slot(args):
-        results = run_experiment(_config(args), progress=progress)
+        results = run_experiment(config, progress=progress)
     if rank_world()[0] != 0:
         return
     atomic_write_json(Path(args.out), results)

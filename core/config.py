@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from core.data import Dataset
+from core.data import Dataset, check_data_dir
 from core.errors import ConfigError
 from core.features import FeatureSet, extract_features
 from core.settings import check_settings, config_fields
@@ -17,6 +17,7 @@ def _validate(self) -> ExperimentConfig:
     if not self.class_weights:
         raise ConfigError("give at least one class-weight scheme, e.g. none")
     check_settings(self)
+    check_data_dir(self.data)
     return self
 
 

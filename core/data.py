@@ -77,9 +77,7 @@ def load_dataset(root, *, test_size: float = 0.2, seed: int = 0, cache_dir=None,
     >>> ds = load_dataset("cache/datasets/digits-demo", cache_dir="cache")  # doctest: +SKIP
     >>> ds.classes[:3], len(ds.train) > len(ds.test)  # doctest: +SKIP
     """
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise DataError(f"dataset folder {str(root)!r} does not exist; pass a folder with one sub-folder per class")
+    root = check_data_dir(root)
     if not 0 < test_size < 1:
         raise DataError(f"test size must be between 0 and 1 (exclusive), got {test_size}")
     scanner, content = FileIndex(root, cache_dir, rescan), None
@@ -97,6 +95,14 @@ def load_dataset(root, *, test_size: float = 0.2, seed: int = 0, cache_dir=None,
     _check_usable(root, classes, train, test)
     fingerprint = scanner.hasher.hexdigest()[:16]
     return Dataset(str(root), classes, train, test, scanner.skipped, fingerprint, content or fingerprint)
+
+
+def check_data_dir(root) -> Path:
+    """`root` as a Path if it is a folder, else a DataError saying what to pass."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"dataset folder {str(root)!r} does not exist; pass a folder with one sub-folder per class")
+    return root
 
 
 def _class_names(folder: Path) -> list[str]:
