@@ -66,10 +66,11 @@ def new_run_id(approach, class_weight) -> str:
     """Return a unique, filesystem-safe run id.
 
     >>> new_run_id("svm", "balanced")  # doctest: +SKIP
-    '20261126-163012-svm-balanced-3f2a'
+    '20261126-163012-svm-balanced-3f2a9c01'
     """
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return f"{stamp}-{_slugify(approach)}-{_slugify(class_weight)}-{secrets.token_hex(2)}"
+    # 4 random bytes: the many runs an experiment saves within one second must not collide (2 bytes did)
+    return f"{stamp}-{_slugify(approach)}-{_slugify(class_weight)}-{secrets.token_hex(4)}"
 
 
 def check_run_id(run_id) -> str:

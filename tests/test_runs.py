@@ -70,7 +70,7 @@ def record_bytes(run_id, schema_version=SCHEMA_VERSION, **changes):
 
 def test_new_run_id_is_readable_and_safe():
     run_id = new_run_id("Linear Head", "custom.json")
-    assert re.fullmatch(r"\d{8}-\d{6}-linear-head-custom-json-[0-9a-f]{4}", run_id)
+    assert re.fullmatch(r"\d{8}-\d{6}-linear-head-custom-json-[0-9a-f]{8}", run_id)
     assert runs.check_run_id(run_id) == run_id
     assert len({new_run_id("svm", "none") for _ in range(8)}) > 1
 
