@@ -195,7 +195,7 @@ class FeatureSet:
     seconds: float  # wall time of this call (loading on a hit)
     extract_seconds: float  # wall time the extraction took, summed over resumed calls
     backbone: dict
-    runtime: str = "torch"  # the runtime that extracted them
+    runtime: str  # the runtime that extracted them
 
 
 def feature_key(dataset: Dataset, entry: BackboneEntry, pool: str, preprocess: Preprocess, dtype,
