@@ -84,7 +84,7 @@ def bench_approaches(data: str, image_size: int, epochs: int) -> None:
     from core.experiment import ExperimentConfig, run_experiment
 
     with tempfile.TemporaryDirectory() as cache:
-        config = ExperimentConfig(data=data, approaches=("svm", "head", "finetune"), class_weights=("balanced",),
+        config = ExperimentConfig(data=data, approaches=("svm", "head", "finetune"), remedies=("balanced",),
                                   epochs=epochs, image_size=image_size, cache_dir=cache)
         results = run_experiment(config)
     print(f"\n# approaches on {data} (short side {image_size}px, {epochs} epochs); "

@@ -17,9 +17,11 @@ from core.data import Dataset, Sample, open_rgb
 from core.errors import ClassWeightError, ConfigError
 from core.metrics import check_confusion, evaluate, minority_mask
 from core.report import per_class_table
-from core.settings import LOGIT_APPROACHES
+from core.approaches import names as approach_names
 from core.stats import paired_comparison
 from core.weights import adjust_logits, class_weights, custom_weights
+
+LOGIT_APPROACHES = approach_names(logits=True)  # their scores are logits: tau applies
 
 HEADLINE_METRICS = {"accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy",
                     "macro_f1": "Macro-F1", "weighted_f1": "Weighted F1"}

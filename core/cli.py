@@ -76,7 +76,7 @@ def _add_settings(p: argparse.ArgumentParser, command: str) -> None:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
             kwargs["type"] = functools.partial(parse_list, kind=setting.type) if setting.many else setting.type
-        p.add_argument(setting.cli_flag, **kwargs)
+        p.add_argument(setting.cli_flag, *setting.aliases, **kwargs)
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -7,15 +7,12 @@ from __future__ import annotations
 import dataclasses
 
 from core.data import Dataset, check_data_dir
-from core.errors import ConfigError
 from core.features import FeatureSet, extract_features
 from core.settings import check_settings, config_fields
 
 
 def _validate(self) -> ExperimentConfig:
     """Check names and ranges (as declared in core.settings) before any expensive work starts."""
-    if not self.class_weights:
-        raise ConfigError("give at least one class-weight scheme, e.g. none")
     check_settings(self)
     check_data_dir(self.data)
     return self

@@ -1,28 +1,31 @@
-"""Run approaches x class-weight schemes on one dataset and record every run."""
+"""Run approaches x remedies on one dataset and record every run.
+
+Per run: the approach's fit (core.approaches), then the decision rule its remedy asks for (tau and
+per-class offsets chosen on out-of-fold scores of the training images), the run's validation
+metrics from those out-of-fold scores, and the test set scored once.
+"""
 from __future__ import annotations
 
 import dataclasses
 import itertools
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from core.classifiers import KERNEL_CACHE, LinearHead, SvmClassifier
+from core.approaches import Approach, Fitted, FitRequest, get_approach, names
 from core.data import Dataset, load_dataset
 from core.errors import ClassWeightError
 from core.config import ExperimentConfig, load_features
 from core.features import FeatureSet, rank_world, resolve_device
-from core.finetune import FINETUNE_SETTINGS, FinetuneConfig, finetune
 from core.metrics import evaluate
+from core.remedies import Remedy, check_remedies, choose_offsets, parse_remedy
 from core.runs import RunStore, new_run_id
-from core.settings import LOGIT_APPROACHES
-from core.stats import paired_comparison, run_intervals
-from core.tuning import out_of_fold_scores, tune_svm_c, tune_tau
+from core.stats import paired_comparison, point_scores, run_intervals
+from core.tuning import tune_tau
 from core.weights import SCHEMES, adjust_logits, class_weights, read_custom_weights
 
-FEATURE_APPROACHES = ("svm", "head")
+FEATURE_APPROACHES = names(on_features=True)  # they train on cached features (What-if, feature map)
 
 
 def resolve_class_weight(spec, dataset: Dataset, beta: float = 0.999) -> tuple[str, np.ndarray]:
@@ -40,96 +43,159 @@ def resolve_class_weight(spec, dataset: Dataset, beta: float = 0.999) -> tuple[s
 
 
 def run_experiment(config: ExperimentConfig, progress=None, store: RunStore | None = None) -> dict:
-    """Load data, extract (cached) features once, train every approach x weight scheme x seed; results dict.
+    """Load data, extract (cached) features once, train every approach x remedy x seed; results dict.
 
     >>> results = run_experiment(ExperimentConfig(data="cache/datasets/digits-demo"))  # doctest: +SKIP
-    >>> [(r["approach"], r["class_weight"], round(r["macro_f1"], 2)) for r in results["runs"]]  # doctest: +SKIP
+    >>> [(r["approach"], r["remedy"], round(r["macro_f1"], 2)) for r in results["runs"]]  # doctest: +SKIP
     """
     config.validate()
     store = store or RunStore(Path(config.cache_dir) / "runs")
     parts = [_run_seed(dataclasses.replace(config, seed=seed), progress, store) for seed in config.seed_list()]
-    return {**parts[0], "config": config.to_dict(), "runs": [run for part in parts for run in part["runs"]],
+    runs = [run for part in parts for run in part["runs"]]
+    return {**parts[0], "config": config.to_dict(), "runs": runs, "best_by_validation": best_by_validation(runs),
             "comparisons": [pair for part in parts for pair in part["comparisons"]]}
 
 
+def plan_runs(approaches, remedies: tuple[Remedy, ...]) -> tuple[list[tuple[Approach, Remedy]], list[str]]:
+    """The (approach, remedy) pairs to train, and a note for each pair skipped as unsupported."""
+    planned, skipped = [], []
+    for approach, remedy in itertools.product(map(get_approach, approaches), remedies):
+        missing = approach.unsupported(remedy)
+        if missing:
+            skipped.append(f"{approach.name} · {remedy.label}: {approach.label} does not support "
+                           f"{', '.join(missing)}; skipped")
+        else:
+            planned.append((approach, remedy))
+    return planned, skipped
+
+
 def _run_seed(config: ExperimentConfig, progress, store: RunStore) -> dict:
-    """Every approach x weight scheme with one seed (its own split for single-folder datasets)."""
+    """Every approach x remedy with one seed (its own split for single-folder datasets)."""
     dataset = load_dataset(config.data, test_size=config.test_size, seed=config.seed, cache_dir=config.cache_dir)
-    weights = [resolve_class_weight(spec, dataset, config.beta) for spec in config.class_weights]
-    features = None
-    if any(a in FEATURE_APPROACHES for a in config.approaches):
+    planned, skipped = plan_runs(config.approaches, check_remedies(config.remedies))
+    weights = {remedy.label: resolve_class_weight(remedy.weights, dataset, config.beta)[1] for _, remedy in planned}
+    features = None  # weights are checked above, before any extraction
+    if any(approach.on_features for approach, _ in planned):
         features = load_features(config, dataset, progress)
-    trained = [_train_and_record(config, dataset, features, approach, label, w, store, progress)
-               for approach in config.approaches for label, w in weights]
+    trained = [_train_and_record(config, dataset, features, approach.name, remedy, store, progress,
+                                 weights=weights[remedy.label]) for approach, remedy in planned]
     runs = [record for record, _ in trained]
     return {"dataset": dataset.summary(), "backbone": features.backbone if features else {"name": config.backbone},
             "extract_seconds": features.extract_seconds if features else 0.0,
             "feature_seconds": features.seconds if features else 0.0,
             "cache_hit": bool(features and features.cache_hit), "feature_key": features.key if features else None,
-            "runtime": features.runtime if features else None,
+            "runtime": features.runtime if features else None, "skipped_runs": skipped,
             "runs": runs, "comparisons": compare_runs(trained, dataset)}
 
 
+def best_by_validation(runs: list[dict], metric: str = "macro_f1") -> str | None:
+    """The run id with the best out-of-fold validation `metric` (ties: the first); None if no run has one."""
+    scored = [run for run in runs if run.get("validation")]
+    return max(scored, key=lambda run: run["validation"][metric])["run_id"] if scored else None
+
+
 def compare_runs(trained: list[tuple[dict, np.ndarray]], dataset: Dataset) -> list[dict]:
-    """Paired comparisons (B minus A) of runs on one test set that differ in approach or in class weights only."""
+    """Paired comparisons (B minus A) of runs on one test set that differ in approach or in remedy only."""
     y_test = np.array([s.label for s in dataset.test])
     return [{"run_a": a["run_id"], "run_b": b["run_id"],
              **paired_comparison(y_test, pred_a, pred_b, len(dataset.classes), seed=a["seed"])}
             for (a, pred_a), (b, pred_b) in itertools.combinations(trained, 2)
-            if a["approach"] == b["approach"] or a["class_weight"] == b["class_weight"]]
+            if a["approach"] == b["approach"] or a["remedy"] == b["remedy"]]
 
 
 def train_and_record(config: ExperimentConfig, dataset: Dataset, features: FeatureSet | None, approach: str,
-                     weight_label: str, weights: np.ndarray, store: RunStore, progress=None,
-                     head_epochs: int | None = None) -> dict:
-    """Fit one approach with one class-weight vector, score the test set once, save the run; its record.
+                     remedy, store: RunStore, progress=None, head_epochs: int | None = None,
+                     weights: np.ndarray | None = None, decision: dict | None = None) -> dict:
+    """Fit one approach with one remedy, score the test set once, save the run; its record.
 
-    `head_epochs` as in `fit_approach`.
+    `remedy` is a spec or a `Remedy`; `weights` overrides its class weights, `decision` (`{"tau", "offsets"}`)
+    its chosen decision rule, and `head_epochs` fixes the head's epoch count (What-if refits).
     """
-    return _train_and_record(config, dataset, features, approach, weight_label, weights, store, progress,
-                             head_epochs)[0]
+    return _train_and_record(config, dataset, features, approach, remedy, store, progress, head_epochs, weights,
+                             decision)[0]
+
+
+def fit_run(config: ExperimentConfig, dataset: Dataset, features: FeatureSet | None, approach: str, remedy,
+            weights: np.ndarray | None = None, progress=None, head_epochs: int | None = None,
+            decision: dict | None = None) -> dict:
+    """Fit and decide, without scoring or saving: `fitted`, `weights`, `decision` (tau, offsets, tuned),
+    `y_pred` (test) and `validation` (out-of-fold metrics of the training images, None without folds)."""
+    approach, remedy = get_approach(approach), remedy if isinstance(remedy, Remedy) else parse_remedy(remedy)
+    if config.tune and approach.logits and approach.on_features:
+        remedy = remedy.with_parts("tau")  # --tune picks tau by cross-validation, as the tau remedy does
+    if weights is None:
+        weights = resolve_class_weight(remedy.weights, dataset, config.beta)[1]
+    fitted = approach.fit(FitRequest(config, dataset, features, np.asarray(weights, dtype=float), remedy, progress,
+                                     head_epochs))
+    y_train = np.array([s.label for s in dataset.train])
+    decision = decision or choose_decision(approach, remedy, fitted.oof_scores, y_train, dataset.train_counts,
+                                           config.tau)
+    y_pred = decide(fitted.scores, dataset.train_counts, decision).argmax(1)
+    validation = None if fitted.oof_scores is None else point_scores(
+        y_train, decide(fitted.oof_scores, dataset.train_counts, decision).argmax(1), len(dataset.classes))
+    return {"fitted": fitted, "weights": weights, "decision": decision, "y_pred": y_pred, "validation": validation,
+            "remedy": remedy}
+
+
+def choose_decision(approach: Approach, remedy: Remedy, oof_scores, y_train, train_counts, fixed_tau: float) -> dict:
+    """tau (logit approaches: chosen on out-of-fold scores under `tau`, else `fixed_tau`) and per-class
+    offsets (chosen on out-of-fold scores after tau under `offsets`, else none)."""
+    n_classes, tuned = len(train_counts), {}
+    tau = float(fixed_tau) if approach.logits else 0.0
+    if remedy.has("tau") and oof_scores is not None:
+        tuned = tune_tau(oof_scores, y_train, train_counts, n_classes)
+        tau = tuned["tau"]
+    offsets = None
+    if remedy.has("offsets") and oof_scores is not None:
+        offsets = choose_offsets(adjust_logits(oof_scores, train_counts, tau), y_train, n_classes).tolist()
+        tuned = {**tuned, "offsets": offsets}
+    return {"tau": tau, "offsets": offsets, "tuned": tuned}
+
+
+def decide(scores: np.ndarray, train_counts, decision: dict) -> np.ndarray:
+    """Decision scores after the run's logit adjustment (tau) and per-class offsets."""
+    adjusted = adjust_logits(scores, train_counts, decision["tau"]) if decision["tau"] else np.asarray(scores)
+    return adjusted + np.asarray(decision["offsets"]) if decision.get("offsets") is not None else adjusted
 
 
 def _train_and_record(config: ExperimentConfig, dataset: Dataset, features: FeatureSet | None, approach: str,
-                      weight_label: str, weights: np.ndarray, store: RunStore, progress=None,
-                      head_epochs: int | None = None) -> tuple[dict, np.ndarray]:
+                      remedy, store: RunStore, progress=None, head_epochs: int | None = None,
+                      weights: np.ndarray | None = None, decision: dict | None = None) -> tuple[dict, np.ndarray]:
     """`train_and_record`, also returning the test predictions (for paired comparisons)."""
-    fitted = fit_approach(config, dataset, features, approach, weights, progress, head_epochs)
+    run = fit_run(config, dataset, features, approach, remedy, weights, progress, head_epochs, decision)
+    fitted, remedy, y_pred = run["fitted"], run["remedy"], run["y_pred"]
     y_test = np.array([s.label for s in dataset.test])
-    tau = fitted.get("tau", config.tau) if approach in LOGIT_APPROACHES else 0.0  # SVM scores are not logits
-    y_pred = adjust_logits(fitted["scores"], dataset.train_counts, tau).argmax(1) if tau else fitted["scores"].argmax(1)
-    on_features = features is not None and approach in FEATURE_APPROACHES
-    record = {"run_id": new_run_id(approach, weight_label), "approach": approach, "class_weight": weight_label,
-              "class_weights": [float(w) for w in weights], "tau": tau, "seed": config.seed,
-              "tuned": fitted.get("tuned", {}), **evaluate(y_test, y_pred, dataset.classes, dataset.train_counts),
+    on_features = features is not None and get_approach(approach).on_features
+    record = {"run_id": new_run_id(approach, remedy.label), "approach": approach, "remedy": remedy.label,
+              "class_weight": remedy.weight_label, "class_weights": [float(w) for w in run["weights"]],
+              "tau": run["decision"]["tau"], "offsets": run["decision"]["offsets"], "seed": config.seed,
+              "tuned": {**fitted.tuned, **run["decision"]["tuned"]}, "validation": run["validation"],
+              **evaluate(y_test, y_pred, dataset.classes, dataset.train_counts),
               **run_intervals(y_test, y_pred, len(dataset.classes), seed=config.seed),
-              "fit_seconds": fitted["fit_seconds"], "predict_seconds": fitted["predict_seconds"],
-              "learning_curve_seconds": fitted.get("learning_curve_seconds", 0.0),
+              "fit_seconds": fitted.fit_seconds, "predict_seconds": fitted.predict_seconds,
+              "learning_curve_seconds": fitted.learning_curve_seconds,
               "extract_seconds": features.extract_seconds if on_features else 0.0,
               "test_extract_seconds": _test_share(features, dataset) if on_features else 0.0,
               "device": resolve_device(config.device).type,
-              "history": fitted.get("history", []), "dataset": dataset.summary(),
+              "history": fitted.history, "dataset": dataset.summary(),
               "backbone": features.backbone if features else {"name": config.backbone, "pool": config.pool},
               "feature_key": features.key if features else None, "config": config.to_dict()}
+    _add_support(record, fitted)
     if rank_world()[0] == 0:  # under torchrun, one rank records the run
-        store.save(record, model=fitted["model"], predictions=_predictions(dataset, y_pred, fitted["scores"]))
+        store.save(record, model=fitted.model, predictions=_predictions(dataset, y_pred, fitted.scores))
     return record, y_pred
+
+
+def _add_support(record: dict, fitted: Fitted) -> None:
+    """Per-class support-vector and at-bound counts into the per-class rows (kernel SVMs)."""
+    support = fitted.extras.get("support")
+    for i, row in enumerate(record["per_class"] if support else ()):
+        row["support_vectors"], row["at_bound"] = support["support_vectors"][i], support["at_bound"][i]
 
 
 def _test_share(features: FeatureSet, dataset: Dataset) -> float:
     """The test images' share of the one-off extraction (by image count): part of predicting new images."""
     return features.extract_seconds * len(dataset.test) / len(dataset.samples)
-
-
-def fit_approach(config: ExperimentConfig, dataset: Dataset, features: FeatureSet | None, approach: str,
-                 weights: np.ndarray, progress=None, head_epochs: int | None = None) -> dict:
-    """Fit one approach with one class-weight vector: model, raw test scores, fit and predict seconds.
-
-    `head_epochs`: train the head for exactly that many epochs on all training images, with no
-    selection pass (e.g. the count an earlier run chose); ignored by the other approaches.
-    """
-    extra = {"head_epochs": head_epochs} if approach == "head" else {}
-    return _FITTERS[approach](config, dataset, features, weights, progress, **extra)
 
 
 def _predictions(dataset: Dataset, y_pred: np.ndarray, scores: np.ndarray) -> pd.DataFrame:
@@ -140,60 +206,3 @@ def _predictions(dataset: Dataset, y_pred: np.ndarray, scores: np.ndarray) -> pd
     table["true_class"] = [classes[i] for i in table["true"]]
     table["pred_class"] = [classes[i] for i in table["pred"]]
     return pd.concat([table, pd.DataFrame(scores, columns=[f"score_{i}" for i in range(len(classes))])], axis=1)
-
-
-def _fit_svm(config, dataset, features, weights, progress) -> dict:
-    """Fit the SVM; an rbf one reuses the feature set's kernels (computed on its first fit, then cached)."""
-    if progress:
-        progress("fit SVM", 0, 1)
-    n_classes = len(dataset.classes)
-
-    def make_svm(C):
-        return SvmClassifier(kernel=config.svm_kernel, C=C, seed=config.seed)
-    started = time.perf_counter()
-    tuned = tune_svm_c(make_svm, features.X_train, features.y_train, n_classes, weights, config.seed) \
-        if config.tune else {}
-    svm = make_svm(tuned.get("svm_c", config.svm_c))
-    kernels = KERNEL_CACHE.get(features.key, features.X_train, features.X_test) if config.svm_kernel == "rbf" else None
-    svm.fit(features.X_train, features.y_train, class_weight=weights, n_classes=n_classes, kernels=kernels)
-    fit_s = time.perf_counter() - started
-    started = time.perf_counter()
-    scores = svm.decision_function(features.X_test) if kernels is None else svm.decision_function_kernel(kernels.test)
-    if progress:
-        progress("fit SVM", 1, 1)
-    return {"model": svm, "scores": scores, "fit_seconds": fit_s, "predict_seconds": time.perf_counter() - started,
-            "tuned": tuned}
-
-
-def _fit_head(config, dataset, features, weights, progress, head_epochs=None) -> dict:
-    n_classes = len(dataset.classes)
-
-    def make_head():
-        return LinearHead(epochs=head_epochs or config.epochs, lr=config.lr, batch_size=config.batch_size,
-                          seed=config.seed, select_epochs=head_epochs is None)
-    started = time.perf_counter()
-    tuned = {}
-    if config.tune:
-        oof = out_of_fold_scores(make_head, features.X_train, features.y_train, n_classes, weights, config.seed)
-        tuned = tune_tau(oof, features.y_train, dataset.train_counts, n_classes)
-    head = make_head().fit(features.X_train, features.y_train, class_weight=weights, n_classes=n_classes,
-                           eval_set=(features.X_test, features.y_test), progress=progress)
-    fit_s = time.perf_counter() - started - head.eval_seconds_  # scoring the test set per epoch is not fitting
-    started = time.perf_counter()
-    scores = head.decision_function(features.X_test)
-    return {"model": head, "scores": scores, "fit_seconds": fit_s, "history": head.history_,
-            "predict_seconds": time.perf_counter() - started, "learning_curve_seconds": head.eval_seconds_,
-            "tuned": tuned, **({"tau": tuned["tau"]} if tuned else {})}
-
-
-def _fit_finetune(config, dataset, features, weights, progress) -> dict:
-    ft_config = FinetuneConfig(**{name: getattr(config, name) for name in FINETUNE_SETTINGS})
-    result = finetune(dataset, ft_config, class_weight=weights, progress=progress)
-    tuned = {"note": "tau is not tuned for fine-tuning (one fine-tune per fold); the set tau is used"} \
-        if config.tune else {}
-    return {"model": result.checkpoint, "scores": result.test_scores, "fit_seconds": result.fit_seconds,
-            "predict_seconds": result.predict_seconds, "history": result.history, "tuned": tuned,
-            "learning_curve_seconds": sum(row["test_seconds"] for row in result.history[:-1])}
-
-
-_FITTERS = {"svm": _fit_svm, "head": _fit_head, "finetune": _fit_finetune}

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import time
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from core.errors import ConfigError
 from core.features import (ImageDataset, Preprocess, autocast_dtype, light_augmentation, make_loader, prefetch,
                            rank_world, resolve_device, size_grouped_batches)
 from core.runtime import Forward, frozen_forward, resolve_runtime
+from core.remedies import log_prior
 from core.settings import config_fields
 from core.weights import weighted_cross_entropy
 
@@ -39,8 +39,12 @@ class FinetuneResult:
     predict_seconds: float = 0.0
 
 
-def finetune(dataset: Dataset, config: FinetuneConfig, class_weight=None, progress=None) -> FinetuneResult:
+def finetune(dataset: Dataset, config: FinetuneConfig, class_weight=None, la_tau: float = 0.0,
+             progress=None) -> FinetuneResult:
     """Train a new linear head through the backbone on augmented images; evaluate on test each epoch.
+
+    `la_tau > 0` trains on the logit-adjusted loss CE(z + la_tau * log prior) (see core.remedies);
+    the test scores are the plain logits z.
 
     With the backbone fully frozen, its forward pass runs through the inference runtime (OpenVINO on CPU)
     and only the head trains in torch; `unfreeze_last` keeps everything in torch for the gradients.
@@ -55,7 +59,8 @@ def finetune(dataset: Dataset, config: FinetuneConfig, class_weight=None, progre
     optimizer = _optimizer(head, backbone, config)
     trainer, (rank, world) = _distributed(model, device), rank_world()
     weight = None if class_weight is None else torch.tensor(np.asarray(class_weight), dtype=torch.float32).to(device)
-    loss_fn = functools.partial(weighted_cross_entropy, weight=weight)
+    shift = torch.tensor(la_tau * log_prior(dataset.train_counts), dtype=torch.float32).to(device)
+    loss_fn = _adjusted_loss(weight, shift)
     preprocess = Preprocess.for_backbone(backbone.entry, config.image_size)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     train_set = ImageDataset(dataset.train, preprocess, light_augmentation(config.hflip))
@@ -82,6 +87,13 @@ def finetune(dataset: Dataset, config: FinetuneConfig, class_weight=None, progre
     result.checkpoint = {"head": head.state_dict(), "config": config.__dict__,
                          "last_block": backbone.last_block.state_dict() if config.unfreeze_last else None}
     return result
+
+
+def _adjusted_loss(weight: torch.Tensor | None, shift: torch.Tensor):
+    """Class-weighted cross-entropy of the logits shifted by `shift` (la_tau * log prior; zeros = plain CE)."""
+    def loss_fn(logits, labels):
+        return weighted_cross_entropy(logits + shift.to(logits.dtype), labels, weight)
+    return loss_fn
 
 
 def _frozen_and_trainable(backbone: Backbone, head: nn.Module, config, device,

@@ -9,12 +9,13 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from core import approaches
 from core.backbones import POOLS, get_entry, list_backbones
 from core.errors import ConfigError
+from core.remedies import check_remedies
 from core.runtime import RUNTIMES
 
-APPROACHES = ("svm", "head", "finetune")
-LOGIT_APPROACHES = ("head", "finetune")  # their scores are logits, so logit adjustment (tau) applies
+APPROACHES = tuple(approaches.APPROACHES)
 SVM_KERNELS = ("rbf", "linear", "poly", "sigmoid")
 REQUIRED = dataclasses.MISSING
 
@@ -34,6 +35,7 @@ class Setting:
     many: bool = False
     optional: bool = False
     flag: str = ""  # CLI flag when not --<name-with-dashes>
+    aliases: tuple[str, ...] = ()  # more CLI flags for the same setting (kept for old scripts)
     commands: tuple[str, ...] = ("experiment", "extract")  # CLI commands that take it; () = none
     on_page: bool = True
 
@@ -76,10 +78,12 @@ SETTINGS: tuple[Setting, ...] = (
     S("backbone", str, "efficientnet_lite0", "pretrained CNN that turns images into features", "Backbone",
       choices=tuple(list_backbones())),
     S("pool", str, "avg", "adaptive global pooling of the last feature map", "Pooling", choices=POOLS),
-    S("approaches", str, ("svm", "head"), "svm and head reuse cached features; finetune trains through the backbone",
-      "Approaches", choices=APPROACHES, many=True, commands=("experiment",)),
-    S("class_weights", str, ("none", "balanced"), "comma list of none,balanced,sqrt,effective or a custom JSON "
-      "file {class: weight}", many=True, flag="--class-weight", commands=("experiment",), on_page=False),
+    S("approaches", str, ("svm", "head"), "svm, head and logreg reuse cached features; finetune trains through "
+      "the backbone", "Approaches", choices=APPROACHES, many=True, commands=("experiment",)),
+    S("remedies", str, ("none", "balanced"), "comma list of imbalance remedies, each a weight scheme (none, "
+      "balanced, sqrt, effective or a custom JSON file {class: weight}) and/or resample, la-loss, tau, offsets "
+      "joined by '+', e.g. balanced+offsets", many=True, flag="--remedy", aliases=("--class-weight",),
+      commands=("experiment",), on_page=False),
     S("epochs", int, 20, "passes over the training set (head and finetune)", "Epochs", 1, 1000,
       commands=("experiment",)),
     S("lr", float, 3e-3, "learning rate of the head (a fine-tuned last block learns at lr / 10)", "Learning rate",
@@ -100,6 +104,8 @@ SETTINGS: tuple[Setting, ...] = (
     S("hflip", bool, True, "fine-tune augments with horizontal flips", "Flip augmentation", commands=("experiment",)),
     S("tau", float, 0.0, "post-hoc logit adjustment of head and fine-tune logits (0 = off)", "Logit adjustment tau",
       0.0, 5.0, commands=("experiment",)),
+    S("la_tau", float, 1.0, "tau of the logit-adjusted loss (remedy la-loss; 0 = plain cross-entropy)",
+      "Logit-adjusted loss tau", 0.0, 5.0, commands=("experiment",)),
     S("beta", float, 0.999, "beta of the effective-number class weights", "Effective-number beta", 0.5, 0.99999,
       commands=("experiment",)),
     S("svm_kernel", str, "rbf", "kernel of the SVM", "SVM kernel", choices=SVM_KERNELS, commands=("experiment",)),
@@ -128,3 +134,5 @@ def check_settings(config) -> None:
     for f in dataclasses.fields(config):
         if f.name in BY_NAME and BY_NAME[f.name].default is not REQUIRED:
             BY_NAME[f.name].check(getattr(config, f.name))
+    if hasattr(config, "remedies"):
+        check_remedies(config.remedies)  # each part known, at most one weight scheme

@@ -25,11 +25,12 @@ from core.analysis import metric_deltas
 from core.classifiers import chosen_epochs
 from core.data import Dataset
 from core.errors import ClassWeightError, ConfigError, TransferScopeError
-from core.experiment import FEATURE_APPROACHES, ExperimentConfig, fit_approach, load_features, train_and_record
+from core import approaches
+from core.experiment import ExperimentConfig, fit_run, load_features, train_and_record
 from core.features import FeatureSet
 from core.metrics import evaluate
 from core.runs import RunStore
-from core.settings import LOGIT_APPROACHES
+from core.remedies import Remedy, parse_remedy
 from core.stats import paired_comparison
 from core.weights import adjust_logits, class_weights
 
@@ -37,6 +38,7 @@ SEED_SCHEMES = ("none", "balanced", "sqrt", "effective")
 WEIGHT_RANGE = (0.01, 100.0)  # what the sliders offer, on a log scale
 REFIT_WAIT_S = 30.0
 SAVED_LABEL = "custom:what-if"
+TRAINING_PARTS = frozenset({"resample", "la-loss"})  # remedy parts a refit keeps from its start run
 _REFIT_LOCK = threading.Lock()  # one refit at a time per server process, whoever asks
 
 
@@ -57,6 +59,13 @@ class Start:
     @property
     def classes(self) -> list[str]:
         return self.dataset.classes
+
+    @property
+    def training_remedy(self) -> Remedy:
+        """The start run's training-side remedy parts (resample, la-loss) under the what-if label; the weights,
+        tau and offsets are the user's."""
+        parts = parse_remedy(self.record.get("remedy", "none")).parts & TRAINING_PARTS
+        return Remedy("+".join([SAVED_LABEL, *sorted(parts)]), SAVED_LABEL, parts)
 
     @property
     def head_epochs(self) -> int | None:
@@ -99,8 +108,9 @@ def start_from(record: dict, dataset: Dataset, cache_dir, predictions: pd.DataFr
 
     >>> start = start_from(store.load(run_id), load_dataset(root), "cache", store.load_predictions(run_id))  # doctest: +SKIP
     """
-    if record["approach"] not in FEATURE_APPROACHES:
-        raise ConfigError(f"what-if refits need a run on cached features ({' or '.join(FEATURE_APPROACHES)}); "
+    on_features = approaches.names(on_features=True)
+    if record["approach"] not in on_features:
+        raise ConfigError(f"what-if refits need a run on cached features ({', '.join(on_features)}); "
                           f"run {record['run_id']} is a {record['approach']} run")
     if dataset.fingerprint != record["dataset"].get("fingerprint"):
         raise ConfigError(f"the images in {record['dataset']['root']!r} changed since run {record['run_id']}; "
@@ -142,7 +152,7 @@ def _check_tau(tau, approach: str) -> float:
     """A valid tau, as applied: 0 for the SVM, whose scores are not logits (as in `core.experiment`)."""
     if not (isinstance(tau, (int, float)) and math.isfinite(tau) and tau >= 0):
         raise ConfigError(f"logit-adjustment tau must be a finite number >= 0, got {tau!r}")
-    return float(tau) if approach in LOGIT_APPROACHES else 0.0
+    return float(tau) if approaches.get_approach(approach).logits else 0.0
 
 
 @functools.cache
@@ -194,22 +204,22 @@ def _refit_slot():
 
 
 def refit(start: Start, weights, tau: float = 0.0) -> dict:
-    """Refit the run's approach with `weights` (one per class); its test metrics and predictions.
+    """Refit the run's approach with `weights` (one per class); its test metrics, predictions and validation.
 
-    The result is `evaluate()`'s dict plus `y_pred`, `weights`, `tau` (as applied: 0 for the SVM) and
-    `refit_seconds`. A head refits for the start run's chosen epoch count (`Start.head_epochs`).
+    The result is `evaluate()`'s dict plus `y_pred`, `weights`, `tau` (as applied: 0 for the SVM),
+    `validation` (out-of-fold metrics of the training images with these weights and tau; None without
+    folds) and `refit_seconds`. A head refits for the start run's chosen epoch count (`Start.head_epochs`).
     """
     approach = start.record["approach"]
     weights, tau = check_weights(weights, len(start.classes)), _check_tau(tau, approach)
     with _refit_slot():
         started = time.perf_counter()
-        fitted = fit_approach(start.config, start.dataset, start.features, approach, weights,
-                              head_epochs=start.head_epochs)
+        run = fit_run(start.config, start.dataset, start.features, approach, start.training_remedy, weights,
+                      head_epochs=start.head_epochs, decision={"tau": tau, "offsets": None, "tuned": {}})
         refit_s = time.perf_counter() - started
-    train_counts = start.dataset.train_counts
-    y_pred = adjust_logits(fitted["scores"], train_counts, tau).argmax(axis=1)
-    return {**evaluate(start.features.y_test, y_pred, start.classes, train_counts), "y_pred": y_pred,
-            "weights": weights, "tau": tau, "refit_seconds": refit_s}
+    return {**evaluate(start.features.y_test, run["y_pred"], start.classes, start.dataset.train_counts),
+            "y_pred": run["y_pred"], "weights": weights, "tau": tau, "validation": run["validation"],
+            "refit_seconds": refit_s}
 
 
 def per_class_deltas(record: dict, outcome: dict) -> pd.DataFrame:
@@ -244,8 +254,9 @@ def save_as_run(start: Start, weights, tau: float, store: RunStore) -> dict:
     """
     weights, tau = check_weights(weights, len(start.classes)), _check_tau(tau, start.record["approach"])
     table = {name: float(w) for name, w in zip(start.classes, weights)}
-    config = dataclasses.replace(start.config, class_weights=(table,), tau=tau,
+    config = dataclasses.replace(start.config, remedies=(table,), tau=tau, tune=False,
                                  epochs=start.head_epochs or start.config.epochs)
     with _refit_slot():
-        return train_and_record(config, start.dataset, start.features, start.record["approach"], SAVED_LABEL,
-                                weights, store, head_epochs=start.head_epochs)
+        return train_and_record(config, start.dataset, start.features, start.record["approach"],
+                                start.training_remedy, store, head_epochs=start.head_epochs, weights=weights,
+                                decision={"tau": tau, "offsets": None, "tuned": {}})

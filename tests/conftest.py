@@ -71,7 +71,7 @@ def demo_experiment(demo_dir, demo_features, feature_cache, tmp_path_factory):
     from core.runs import RunStore
 
     store = RunStore(tmp_path_factory.mktemp("runs") / "runs")
-    config = ExperimentConfig(data=str(demo_dir), approaches=("svm", "head"), class_weights=("none", "balanced"),
+    config = ExperimentConfig(data=str(demo_dir), approaches=("svm", "head"), remedies=("none", "balanced"),
                               epochs=15, image_size=IMAGE_SIZE, device="cpu", cache_dir=str(feature_cache),
                               workers=0)
     return run_experiment(config, store=store), store

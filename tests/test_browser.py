@@ -337,7 +337,7 @@ def trained(server) -> list[dict]:
     if len(server.runs()) < 2:
         from core.experiment import ExperimentConfig, run_experiment
 
-        run_experiment(ExperimentConfig(data=str(server.data), approaches=("svm", "head"), class_weights=("none",),
+        run_experiment(ExperimentConfig(data=str(server.data), approaches=("svm", "head"), remedies=("none",),
                                         cache_dir=str(server.cache), workers=0, **FAST))
     return server.runs()
 

@@ -308,7 +308,7 @@ def test_every_declared_setting_reaches_the_config():
          "--class-weight", "none,sqrt", "--image-size", "64", "--workers", "1"])
     config = cli._config(args)
     assert (config.seeds, config.tune, config.hflip, config.svm_c) == ((0, 2), True, False, 3.0)
-    assert (config.class_weights, config.image_size, config.workers) == (("none", "sqrt"), 64, 1)
+    assert (config.remedies, config.image_size, config.workers) == (("none", "sqrt"), 64, 1)
     experiment_settings = {s.name for s in SETTINGS if "experiment" in s.commands}
     assert experiment_settings == {f.name for f in __import__("dataclasses").fields(config)}
 

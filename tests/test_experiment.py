@@ -72,8 +72,8 @@ def test_svm_runs_share_one_kernel_computation(demo_dir, demo_features, feature_
     computed = []
     real = core.classifiers.rbf_kernels
     monkeypatch.setattr(core.classifiers, "rbf_kernels", lambda *a: computed.append(a) or real(*a))
-    monkeypatch.setattr("core.experiment.KERNEL_CACHE", KernelCache())
-    config = ExperimentConfig(data=str(demo_dir), approaches=("svm",), class_weights=("none", "balanced", "sqrt"),
+    monkeypatch.setattr(core.classifiers, "KERNEL_CACHE", KernelCache())
+    config = ExperimentConfig(data=str(demo_dir), approaches=("svm",), remedies=("none", "balanced", "sqrt"),
                               image_size=image_size, device="cpu", cache_dir=str(feature_cache), workers=0)
     store = RunStore(tmp_path / "runs")
     results = run_experiment(config, store=store)
@@ -102,7 +102,7 @@ def test_custom_weights_are_recorded(demo_dir, demo_features, feature_cache, ima
     table_file = tmp_path / "rare-first.json"
     table_file.write_text(json.dumps({"9-nine": 4.0}))
     config = ExperimentConfig(data=str(demo_dir), approaches=("svm",),
-                              class_weights=({"0-zero": 0.5, "9-nine": 3}, str(table_file)),
+                              remedies=({"0-zero": 0.5, "9-nine": 3}, str(table_file)),
                               image_size=image_size, device="cpu", cache_dir=str(feature_cache), workers=0)
     results = run_experiment(config, store=RunStore(tmp_path / "runs"))
     first, second = results["runs"]
@@ -110,7 +110,7 @@ def test_custom_weights_are_recorded(demo_dir, demo_features, feature_cache, ima
     assert first["class_weights"] == [0.5] + [1.0] * 8 + [3.0]
     assert second["class_weight"] == "custom:rare-first"
     assert second["class_weights"] == [1.0] * 9 + [4.0]
-    assert results["config"]["class_weights"][0] == {"0-zero": 0.5, "9-nine": 3}
+    assert results["config"]["remedies"][0] == {"0-zero": 0.5, "9-nine": 3}
 
 
 @pytest.mark.parametrize("spec,error", [
@@ -123,7 +123,7 @@ def test_custom_weights_are_recorded(demo_dir, demo_features, feature_cache, ima
 ])
 def test_bad_weights_fail_before_any_extraction(demo_dir, tmp_path, spec, error):
     cache = tmp_path / "cache"
-    config = ExperimentConfig(data=str(demo_dir), class_weights=("balanced", spec), device="cpu",
+    config = ExperimentConfig(data=str(demo_dir), remedies=("balanced", spec), device="cpu",
                               cache_dir=str(cache), image_size=32)
     with pytest.raises(ClassWeightError, match=error):
         run_experiment(config)
@@ -141,7 +141,7 @@ def test_bad_weights_fail_before_any_extraction(demo_dir, tmp_path, spec, error)
     ({"svm_kernel": "cubic"}, ConfigError, "cubic"),
     ({"tau": -0.5}, ConfigError, "tau"),
     ({"tau": float("nan")}, ConfigError, "tau"),
-    ({"class_weights": ()}, ConfigError, "class-weight"),
+    ({"remedies": ()}, ConfigError, "remedies"),
 ])
 def test_bad_settings_fail_fast(demo_dir, tmp_path, overrides, error, match):
     config = ExperimentConfig(data=str(demo_dir), cache_dir=str(tmp_path / "cache"), **overrides)
@@ -165,7 +165,7 @@ def test_resolve_class_weight_labels(demo_dataset, tmp_path):
 
 
 def test_logit_adjustment_is_applied_and_recorded(demo_dir, demo_features, feature_cache, image_size, tmp_path):
-    base = dict(data=str(demo_dir), approaches=("head",), class_weights=("none",), epochs=15,
+    base = dict(data=str(demo_dir), approaches=("head",), remedies=("none",), epochs=15,
                 image_size=image_size, device="cpu", cache_dir=str(feature_cache), workers=0)
     store = RunStore(tmp_path / "runs")
     plain = run_experiment(ExperimentConfig(**base), store=store)["runs"][0]
@@ -180,7 +180,7 @@ def test_logit_adjustment_is_applied_and_recorded(demo_dir, demo_features, featu
 @pytest.mark.slow
 def test_finetune_approach_end_to_end(tiny_dir, tmp_path, check_results_schema):
     cache = tmp_path / "cache"
-    config = ExperimentConfig(data=str(tiny_dir), approaches=("finetune",), class_weights=("balanced",), epochs=1,
+    config = ExperimentConfig(data=str(tiny_dir), approaches=("finetune",), remedies=("balanced",), epochs=1,
                               image_size=32, batch_size=16, device="cpu", cache_dir=str(cache), workers=0)
     results = run_experiment(config)
     check_results_schema(results, n_runs=1)
@@ -198,7 +198,7 @@ def test_finetune_approach_end_to_end(tiny_dir, tmp_path, check_results_schema):
 @pytest.fixture
 def on_demo_features(demo_dir, demo_features, feature_cache, image_size, tmp_path):
     """`run(**overrides)`: run_experiment on the cached demo features into a private store; the results."""
-    base = dict(data=str(demo_dir), approaches=("svm",), class_weights=("none",), epochs=5, image_size=image_size,
+    base = dict(data=str(demo_dir), approaches=("svm",), remedies=("none",), epochs=5, image_size=image_size,
                 device="cpu", cache_dir=str(feature_cache), workers=0)
     store = RunStore(tmp_path / "runs")
     return lambda **overrides: run_experiment(ExperimentConfig(**{**base, **overrides}), store=store)
@@ -229,7 +229,7 @@ def test_seeds_train_every_run_once_per_seed(on_demo_features):
 
 def test_seeds_give_single_folder_datasets_their_own_split(make_class_tree, tmp_path, image_size):
     root = make_class_tree(tmp_path / "flat", {"a": 8, "b": 8})
-    config = ExperimentConfig(data=str(root), approaches=("svm",), class_weights=("none",), seeds=(0, 1),
+    config = ExperimentConfig(data=str(root), approaches=("svm",), remedies=("none",), seeds=(0, 1),
                               image_size=image_size, device="cpu", cache_dir=str(tmp_path / "cache"), workers=0)
     runs = run_experiment(config)["runs"]
     fingerprints = [r["dataset"]["fingerprint"] for r in runs]
@@ -265,7 +265,6 @@ def test_tune_picks_svm_c_and_head_tau_on_training_folds_only(on_demo_features, 
     seen = []
     real = tuning.out_of_fold_scores
     monkeypatch.setattr(tuning, "out_of_fold_scores", lambda make, X, *a: (seen.append(len(X)), real(make, X, *a))[1])
-    monkeypatch.setattr("core.experiment.out_of_fold_scores", tuning.out_of_fold_scores)
     results = on_demo_features(approaches=("svm", "head"), tune=True, svm_c=1234.0, tau=4.0)
     svm, head = results["runs"]
     assert svm["tuned"]["svm_c"] in tuning.SVM_C_GRID and "cv_macro_f1" in svm["tuned"]
@@ -274,7 +273,7 @@ def test_tune_picks_svm_c_and_head_tau_on_training_folds_only(on_demo_features, 
 
 
 def test_results_hold_paired_comparisons(on_demo_features):
-    results = on_demo_features(class_weights=("none", "balanced"))
+    results = on_demo_features(remedies=("none", "balanced"))
     (pair,) = results["comparisons"]
     none, balanced = results["runs"]
     assert (pair["run_a"], pair["run_b"]) == (none["run_id"], balanced["run_id"])

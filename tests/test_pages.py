@@ -34,7 +34,7 @@ def demo_data(demo_dir) -> str:
 def trained_cache(tmp_path_factory, demo_data) -> Path:
     """A cache with features and four runs: svm and head, each with none and balanced weights."""
     cache = tmp_path_factory.mktemp("trained")
-    run_experiment(ExperimentConfig(data=demo_data, approaches=("svm", "head"), class_weights=("none", "balanced"),
+    run_experiment(ExperimentConfig(data=demo_data, approaches=("svm", "head"), remedies=("none", "balanced"),
                                     cache_dir=str(cache), workers=0, **FAST))
     return cache
 

@@ -94,7 +94,7 @@ def test_save_as_run_stores_a_normal_custom_run(starts, tmp_path):
     stored = store.load(record["run_id"])
     assert stored["class_weight"] == "custom:what-if" and stored["approach"] == "head"
     assert stored["class_weights"] == pytest.approx(weights.tolist())
-    assert stored["config"]["class_weights"] == [dict(zip(start.classes, weights.tolist()))]
+    assert stored["config"]["remedies"] == [dict(zip(start.classes, weights.tolist()))]
     assert stored["tau"] == 0.5
     assert stored["confusion_matrix"] == whatif.refit(start, weights, tau=0.5)["confusion_matrix"]
 
@@ -139,17 +139,20 @@ def tuned_start(start, tuned: dict):
     return whatif.Start(record, whatif._refit_config(record, start.config.cache_dir), start.dataset, start.features)
 
 
-def test_refits_of_a_tuned_run_reuse_its_choice_and_never_cross_validate(starts, monkeypatch):
-    def no_cross_validation(*args, **kwargs):
-        raise AssertionError("a what-if refit cross-validated again")
-    monkeypatch.setattr(experiment, "tune_svm_c", no_cross_validation)
-    monkeypatch.setattr(experiment, "out_of_fold_scores", no_cross_validation)
+def test_refits_of_a_tuned_run_reuse_its_choice_and_never_tune_again(starts, monkeypatch):
+    import core.tuning
+
+    def no_tuning(*args, **kwargs):
+        raise AssertionError("a what-if refit tuned again")
+    monkeypatch.setattr(core.tuning, "choose_by_cv", no_tuning)
+    monkeypatch.setattr(core.tuning, "tune_tau", no_tuning)
     used_c = []
     monkeypatch.setattr(SvmClassifier, "fit", lambda self, *a, _fit=SvmClassifier.fit, **k: (used_c.append(self.C),
                                                                                                _fit(self, *a, **k))[1])
     svm = tuned_start(starts["svm"], {"svm_c": 10.0})
-    whatif.refit(svm, whatif.seed_weights(svm, "run"))
-    assert used_c == [10.0]
+    outcome = whatif.refit(svm, whatif.seed_weights(svm, "run"))
+    assert used_c == [10.0] * 4  # three validation folds and the refit itself, all with the chosen C
+    assert 0 < outcome["validation"]["macro_f1"] <= 1
     assert "C = 10 by cross-validation" in svm.notes()[0] and "do not cross-validate again" in svm.notes()[0]
     head = tuned_start(starts["head"], {"tau": 1.5})
     assert whatif.refit(head, whatif.seed_weights(head, "run"), head.record["tau"])["tau"] == 1.5
@@ -162,7 +165,8 @@ def test_head_refits_reuse_the_chosen_epoch_count(starts, monkeypatch):
     monkeypatch.setattr(LinearHead, "_train", lambda self, *a, _train=LinearHead._train, **k: (
         trained.append((a[4], k.get("early_stopping", True))), _train(self, *a, **k))[1])
     whatif.refit(start, whatif.seed_weights(start, "balanced"))
-    assert trained == [(chosen_epochs(start.record["history"]), False)]  # one pass, no selection
+    # three validation folds and the refit, each one pass of the chosen epoch count, no selection
+    assert trained == [(chosen_epochs(start.record["history"]), False)] * 4
     assert f"{start.head_epochs} epochs" in start.notes()[-1]
 
 
@@ -172,7 +176,7 @@ def test_a_refit_runs_on_one_thread_and_leaves_other_threads_alone(starts, monke
     torch.set_num_threads(2)
     seen = {}
 
-    def fit_and_look(*args, _fit=experiment.fit_approach, **kwargs):
+    def fit_and_look(*args, _fit=experiment.fit_run, **kwargs):
         seen["refit thread"] = torch.get_num_threads()
         seen["refit thread mkl"] = mkl.MKL_Get_Max_Threads() if mkl else 1
         newcomer = threading.Thread(target=lambda: seen.setdefault("new thread", torch.get_num_threads()))
@@ -183,7 +187,7 @@ def test_a_refit_runs_on_one_thread_and_leaves_other_threads_alone(starts, monke
     def refit_in_a_fresh_thread():  # as a Streamlit script thread whose first torch use is the refit
         whatif.refit(starts["head"], whatif.seed_weights(starts["head"], "run"))
         seen["refit thread after"] = torch.get_num_threads()
-    monkeypatch.setattr(whatif, "fit_approach", fit_and_look)
+    monkeypatch.setattr(whatif, "fit_run", fit_and_look)
     try:
         worker = threading.Thread(target=refit_in_a_fresh_thread)
         worker.start()

@@ -1,0 +1,212 @@
+"""The approach registry: one entry per way of training a classifier, with the remedies it supports.
+
+A new approach is one `@register(...)` fit function here (and its estimator in core.classifiers or
+its trainer module). Every fit gets a `FitRequest` and returns a `Fitted`: raw test scores, raw
+out-of-fold scores of the training images when it can afford them (they give the run's validation
+metrics and choose tau and offsets, see core.experiment), timings and what it chose.
+
+Light at import (no scikit-learn or trainers): the CLI lists the names; fits import what they use.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from core.errors import ConfigError
+from core.remedies import Remedy
+
+
+@dataclass(frozen=True)
+class FitRequest:
+    """What one fit needs. `features` is None for approaches that read images; `head_epochs` fixes the
+    head's epoch count (no selection pass), as What-if refits do."""
+
+    config: object  # ExperimentConfig
+    dataset: object  # core.data.Dataset
+    features: object | None  # core.features.FeatureSet
+    weights: np.ndarray
+    remedy: Remedy
+    progress: Callable | None = None
+    head_epochs: int | None = None
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.dataset.classes)
+
+    @property
+    def la_tau(self) -> float:
+        """tau of the logit-adjusted loss: the config's `la_tau` under `la-loss`, else 0 (plain CE)."""
+        return float(self.config.la_tau) if self.remedy.has("la-loss") else 0.0
+
+
+@dataclass
+class Fitted:
+    """A fitted approach: the model, raw scores `(n_test, n_classes)`, optional out-of-fold training scores
+    `(n_train, n_classes)`, seconds (fit includes everything the fit needs, kernels and CV included) and
+    `extras`: approach-specific record fields (e.g. the SVM's per-class support counts)."""
+
+    model: object
+    scores: np.ndarray
+    fit_seconds: float
+    predict_seconds: float
+    oof_scores: np.ndarray | None = None
+    history: list = field(default_factory=list)
+    tuned: dict = field(default_factory=dict)
+    learning_curve_seconds: float = 0.0
+    extras: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Approach:
+    """One approach: `on_features` (trains on cached features), `logits` (its scores are logits, so tau
+    applies), the remedy parts it supports besides class weights, and its fit."""
+
+    name: str
+    label: str
+    help: str
+    on_features: bool
+    logits: bool
+    parts: frozenset[str]
+    fit: Callable[[FitRequest], Fitted]
+
+    def unsupported(self, remedy: Remedy) -> list[str]:
+        """The parts of `remedy` this approach cannot apply (the run is skipped with a note)."""
+        return sorted(remedy.parts - self.parts)
+
+
+APPROACHES: dict[str, Approach] = {}
+
+
+def register(name: str, label: str, help: str, *, on_features: bool, logits: bool, parts: tuple[str, ...]):
+    """Decorator: file a fit function under `name` in APPROACHES (order of registration = order shown)."""
+    def wrap(fit: Callable[[FitRequest], Fitted]) -> Callable[[FitRequest], Fitted]:
+        APPROACHES[name] = Approach(name, label, help, on_features, logits, frozenset(parts), fit)
+        return fit
+    return wrap
+
+
+def get_approach(name: str) -> Approach:
+    """The registered approach called `name`; a clear error naming the known ones otherwise."""
+    if name not in APPROACHES:
+        raise ConfigError(f"unknown approach {name!r}; choose one of: {', '.join(APPROACHES)}")
+    return APPROACHES[name]
+
+
+def names(*, on_features: bool | None = None, logits: bool | None = None) -> tuple[str, ...]:
+    """Names of the registered approaches, optionally only those on features / with logits."""
+    return tuple(a.name for a in APPROACHES.values()
+                 if (on_features is None or a.on_features == on_features) and (logits is None or a.logits == logits))
+
+
+def _timed(function, *args, **kwargs):
+    started = time.perf_counter()
+    return function(*args, **kwargs), time.perf_counter() - started
+
+
+@register("svm", "SVM", "scikit-learn SVC (rbf) on standardised cached features; LinearSVC above 20k images",
+          on_features=True, logits=False, parts=("offsets",))
+def fit_svm(request: FitRequest) -> Fitted:
+    """The SVM with its C (by CV under --tune), out-of-fold scores on kernel folds, support counts per class."""
+    from core.classifiers import KERNEL_CACHE, SvmClassifier
+    from core.tuning import out_of_fold, tune_svm_c
+
+    config, features, weights = request.config, request.features, request.weights
+    X, y = features.X_train, features.y_train
+    if request.progress:
+        request.progress("fit SVM", 0, 1)
+    started = time.perf_counter()
+    kernels = KERNEL_CACHE.get(features.key, X, features.X_test) if config.svm_kernel == "rbf" else None
+
+    def make_svm(C):
+        return SvmClassifier(kernel=config.svm_kernel, C=C, seed=config.seed)
+
+    tuned = tune_svm_c(make_svm, X, y, request.n_classes, weights, config.seed) if config.tune else {}
+    C = tuned.get("svm_c", config.svm_c)
+
+    def fold_scores(fit_index, val_index):
+        svm = make_svm(C)
+        if kernels is None:
+            return svm.fit(X[fit_index], y[fit_index], weights, request.n_classes).decision_function(X[val_index])
+        fold = kernels.fold(fit_index, val_index)
+        return svm.fit(X[fit_index], y[fit_index], weights, request.n_classes, kernels=fold
+                       ).decision_function_kernel(fold.test)
+
+    oof = out_of_fold(fold_scores, y, request.n_classes, config.seed)
+    svm = make_svm(C).fit(X, y, class_weight=weights, n_classes=request.n_classes, kernels=kernels)
+    fit_s = time.perf_counter() - started
+    started = time.perf_counter()
+    scores = svm.decision_function(features.X_test) if kernels is None else svm.decision_function_kernel(kernels.test)
+    if request.progress:
+        request.progress("fit SVM", 1, 1)
+    return Fitted(svm, scores, fit_s, time.perf_counter() - started, oof_scores=oof, tuned=tuned,
+                  extras={"support": svm.support_counts(y, weights)})
+
+
+@register("head", "Linear head", "a new linear layer on cached features (Adam, early stopping on a validation "
+          "split)", on_features=True, logits=True, parts=("resample", "la-loss", "tau", "offsets"))
+def fit_head(request: FitRequest) -> Fitted:
+    """The linear head; its out-of-fold scores come from heads fit the same way on the other folds."""
+    from core.classifiers import LinearHead
+    from core.tuning import out_of_fold_scores
+
+    config, features = request.config, request.features
+
+    def make_head():
+        return LinearHead(epochs=request.head_epochs or config.epochs, lr=config.lr, batch_size=config.batch_size,
+                          seed=config.seed, select_epochs=request.head_epochs is None,
+                          resample=request.remedy.has("resample"), la_tau=request.la_tau)
+    started = time.perf_counter()
+    oof = out_of_fold_scores(make_head, features.X_train, features.y_train, request.n_classes, request.weights,
+                             config.seed)
+    head = make_head().fit(features.X_train, features.y_train, class_weight=request.weights,
+                           n_classes=request.n_classes, eval_set=(features.X_test, features.y_test),
+                           progress=request.progress)
+    fit_s = time.perf_counter() - started - head.eval_seconds_  # scoring the test set per epoch is not fitting
+    scores, predict_s = _timed(head.decision_function, features.X_test)
+    return Fitted(head, scores, fit_s, predict_s, oof_scores=oof, history=head.history_,
+                  learning_curve_seconds=head.eval_seconds_)
+
+
+LOGREG_C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0)
+
+
+@register("logreg", "Logistic regression", "multinomial logistic regression on standardised cached features, "
+          "L2 strength C chosen by cross-validation", on_features=True, logits=True,
+          parts=("la-loss", "tau", "offsets"))
+def fit_logreg(request: FitRequest) -> Fitted:
+    """Logistic regression; C by stratified CV on the training images (the chosen C's folds give the
+    out-of-fold scores), then one fit on all of them."""
+    from core.classifiers import LogisticProbe
+    from core.tuning import choose_by_cv
+
+    config, features = request.config, request.features
+    X, y = features.X_train, features.y_train
+
+    def make(C):
+        return LogisticProbe(C=C, la_tau=request.la_tau, seed=config.seed)
+    started = time.perf_counter()
+    tuned, oof = choose_by_cv("C", LOGREG_C_GRID, make, X, y, request.n_classes, request.weights, config.seed)
+    model = make(tuned["C"]).fit(X, y, class_weight=request.weights, n_classes=request.n_classes)
+    fit_s = time.perf_counter() - started
+    scores, predict_s = _timed(model.decision_function, features.X_test)
+    return Fitted(model, scores, fit_s, predict_s, oof_scores=oof, tuned=tuned)
+
+
+@register("finetune", "Fine-tune", "the classic loop: augmented images through the frozen backbone every epoch "
+          "(--unfreeze-last also trains its last block)", on_features=False, logits=True, parts=("la-loss",))
+def fit_finetune(request: FitRequest) -> Fitted:
+    """The classic fine-tune; no out-of-fold scores (a fine-tune per fold would cost folds x the fit)."""
+    from core.finetune import FINETUNE_SETTINGS, FinetuneConfig, finetune
+
+    config = request.config
+    ft_config = FinetuneConfig(**{name: getattr(config, name) for name in FINETUNE_SETTINGS})
+    result = finetune(request.dataset, ft_config, class_weight=request.weights, la_tau=request.la_tau,
+                      progress=request.progress)
+    tuned = {"note": "no validation folds for fine-tuning (one fine-tune per fold); tau and offsets are not "
+                     "chosen"} if config.tune else {}
+    return Fitted(result.checkpoint, result.test_scores, result.fit_seconds, result.predict_seconds,
+                  history=result.history, tuned=tuned,
+                  learning_curve_seconds=sum(row["test_seconds"] for row in result.history[:-1]))

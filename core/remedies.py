@@ -1,0 +1,137 @@
+"""Imbalance remedies as named recipes: a class-weight scheme plus training- and decision-side parts.
+
+A remedy is written `part+part`, e.g. `balanced+offsets`: at most one weight scheme (`none`,
+`balanced`, `sqrt`, `effective` or a custom JSON file) and any of
+
+- `resample`: class-balanced sampling of the training batches (Kang et al. 2020), for minibatch fits;
+- `la-loss`: logit-adjusted loss, CE(z + tau * log prior) (Menon et al. 2021), for trained logits;
+- `tau`: post-hoc logit adjustment, tau chosen on out-of-fold scores of the training images;
+- `offsets`: per-class additive offsets on the decision scores, chosen on out-of-fold scores.
+
+Which approach supports which part is declared in `core.approaches`. Everything chosen here is
+chosen on cross-validation folds of the training images, never on the test set.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from core.errors import ClassWeightError
+from core.stats import point_scores
+
+WEIGHT_SCHEMES = ("none", "balanced", "sqrt", "effective")  # plus a custom JSON file / table
+PARTS = ("resample", "la-loss", "tau", "offsets")
+HELP = {
+    "none": "no remedy: plain training, argmax decision",
+    "balanced": "class weights inversely proportional to training frequency",
+    "sqrt": "class weights proportional to 1 / sqrt(training frequency), a milder balance",
+    "effective": "class weights from the effective number of samples (Cui et al. 2019, beta)",
+    "custom": "your per-class weights (a JSON file {class: weight}, or the Train page's editor)",
+    "resample": "class-balanced batches: every class drawn equally often (head and fine-tune)",
+    "la-loss": "logit-adjusted loss: train on CE(z + tau log prior) (head, logreg, fine-tune)",
+    "tau": "post-hoc logit adjustment, tau chosen on training folds (logit approaches)",
+    "offsets": "per-class offsets added to the decision scores, chosen on training folds (every approach)",
+}
+OFFSET_STEPS = np.linspace(-2.0, 2.0, 17)  # candidate offsets, in units of the scores' standard deviation
+OFFSET_ROUNDS = 2
+OFFSET_METRIC = "macro_f1"
+
+
+@dataclass(frozen=True)
+class Remedy:
+    """A parsed remedy: `weights` (scheme name, JSON path or `{class: weight}` table) and the other parts."""
+
+    label: str
+    weights: object = "none"
+    parts: frozenset[str] = frozenset()
+
+    @property
+    def weight_label(self) -> str:
+        """The weight scheme as recorded in `class_weight` (custom ones as `custom` or `custom:<file stem>`)."""
+        if isinstance(self.weights, dict):
+            return "custom"
+        if str(self.weights).endswith(".json"):
+            return f"custom:{Path(self.weights).stem}"
+        return str(self.weights)  # a scheme, or a label such as custom:what-if given with explicit weights
+
+    def has(self, part: str) -> bool:
+        return part in self.parts
+
+    def with_parts(self, *parts: str) -> Remedy:
+        """The same remedy with more parts (e.g. `tau` added by `--tune`); the label is kept."""
+        return Remedy(self.label, self.weights, self.parts | frozenset(parts))
+
+
+def parse_remedy(spec) -> Remedy:
+    """A remedy from its spec: `'balanced+offsets'`, `'weights.json'`, or a `{class: weight}` table.
+
+    >>> parse_remedy("balanced+offsets").parts
+    frozenset({'offsets'})
+    """
+    if isinstance(spec, dict):
+        return Remedy("custom", spec)
+    items = [item.strip() for item in str(spec).split("+")]
+    weights = [item for item in items if item in WEIGHT_SCHEMES or item.endswith(".json") or item.startswith("custom")]
+    parts = [item for item in items if item in PARTS]
+    unknown = [item for item in items if item not in weights and item not in parts]
+    if unknown or len(weights) > 1 or len(set(parts)) != len(parts):
+        problem = (f"unknown class-weight scheme or remedy part {unknown[0]!r}" if unknown
+                   else "at most one weight scheme and each part once")
+        raise ClassWeightError(f"remedy {spec!r}: {problem}; write parts joined by '+', e.g. balanced+offsets, "
+                               f"from: {', '.join(WEIGHT_SCHEMES)}, a custom .json file, {', '.join(PARTS)}")
+    label = "+".join(items)
+    return Remedy(label, weights[0] if weights else "none", frozenset(parts))
+
+
+def check_remedies(specs) -> tuple[Remedy, ...]:
+    """Parse every remedy spec (a clear error for the first bad one); at least one."""
+    if not specs:
+        raise ClassWeightError("give at least one remedy, e.g. none")
+    return tuple(parse_remedy(spec) for spec in specs)
+
+
+def balanced_batches(y, batch_size: int, generator) -> list:
+    """One epoch of class-balanced batches: `len(y)` indices drawn with replacement, each class equally likely.
+
+    `generator` is a `torch.Generator`; the batches are index tensors.
+    """
+    import torch
+
+    counts = np.bincount(y)
+    per_sample = torch.as_tensor(1.0 / counts[y], dtype=torch.float64)
+    order = torch.multinomial(per_sample, len(y), replacement=True, generator=generator)
+    return [order[start:start + batch_size] for start in range(0, len(y), batch_size)]
+
+
+def log_prior(class_prior) -> np.ndarray:
+    """log of per-class training frequencies (counts normalized), clipped away from log(0)."""
+    prior = np.asarray(class_prior, dtype=float)
+    return np.log(np.clip(prior / prior.sum(), 1e-12, None))
+
+
+def choose_offsets(scores: np.ndarray, y, n_classes: int) -> np.ndarray:
+    """Per-class additive offsets that maximise out-of-fold macro-F1, by coordinate search.
+
+    `scores` are out-of-fold decision scores `(n_samples, n_classes)` of the training images; each
+    class's offset is tried over `OFFSET_STEPS` x the scores' standard deviation, keeping the best
+    (ties: the smaller offset), for `OFFSET_ROUNDS` passes over the classes.
+    """
+    finite = np.where(np.isfinite(scores), scores, np.nan)
+    scale = float(np.nanstd(finite)) or 1.0
+    offsets = np.zeros(n_classes)
+
+    def score(candidate: np.ndarray) -> float:
+        return point_scores(y, (scores + candidate).argmax(1), n_classes)[OFFSET_METRIC]
+
+    best = score(offsets)
+    for _ in range(OFFSET_ROUNDS):
+        for c in range(n_classes):
+            for step in sorted(OFFSET_STEPS, key=abs):
+                trial = offsets.copy()
+                trial[c] = step * scale
+                value = score(trial)
+                if value > best + 1e-12:
+                    best, offsets = value, trial
+    return offsets
