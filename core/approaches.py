@@ -170,7 +170,7 @@ def fit_head(request: FitRequest) -> Fitted:
                   learning_curve_seconds=head.eval_seconds_)
 
 
-LOGREG_C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0)
+LOGREG_C_GRID = (0.01, 0.1, 1.0)
 
 
 @register("logreg", "Logistic regression", "multinomial logistic regression on standardised cached features, "

@@ -219,7 +219,7 @@ class LogisticProbe(ClassifierMixin, BaseEstimator):
     >>> LogisticProbe(C=0.1).fit(X_train, y_train).decision_function(X_test)  # doctest: +SKIP
     """
 
-    def __init__(self, *, C: float = 1.0, la_tau: float = 0.0, max_iter: int = 200, seed: int = 0):
+    def __init__(self, *, C: float = 1.0, la_tau: float = 0.0, max_iter: int = 100, seed: int = 0):
         self.C, self.la_tau, self.max_iter, self.seed = C, la_tau, max_iter, seed
 
     def fit(self, X, y, class_weight=None, n_classes: int | None = None) -> LogisticProbe:
@@ -235,7 +235,7 @@ class LogisticProbe(ClassifierMixin, BaseEstimator):
         self.layer_ = torch.nn.Linear(self.n_features_, self.n_classes_)
         torch.nn.init.zeros_(self.layer_.weight), torch.nn.init.zeros_(self.layer_.bias)  # convex: start anywhere
         optimizer = torch.optim.LBFGS(self.layer_.parameters(), lr=1.0, max_iter=self.max_iter, history_size=20,
-                                      tolerance_grad=1e-6, tolerance_change=1e-9, line_search_fn="strong_wolfe")
+                                      tolerance_grad=1e-5, tolerance_change=1e-7, line_search_fn="strong_wolfe")
         penalty = 1.0 / (2.0 * self.C * len(y))
 
         def closure():
