@@ -18,8 +18,9 @@ from core.errors import ClassWeightError, ConfigError
 from core.metrics import check_confusion, evaluate, minority_mask
 from core.report import per_class_table
 from core.approaches import names as approach_names
-from core.stats import paired_comparison
-from core.weights import adjust_logits, class_weights, custom_weights
+from core.remedies import decide
+from core.stats import paired_comparison, point_scores
+from core.weights import class_weights, custom_weights
 
 LOGIT_APPROACHES = approach_names(logits=True)  # their scores are logits: tau applies
 
@@ -200,18 +201,33 @@ def score_matrix(predictions: pd.DataFrame, n_classes: int) -> np.ndarray:
     return predictions[columns].to_numpy(dtype=float)
 
 
-def rescore(record: dict, predictions: pd.DataFrame, tau: float) -> dict:
-    """Metrics of a head or fine-tune run after post-hoc logit adjustment with `tau`; no retraining.
-
-    The adjustment subtracts `tau * log(prior)` (train class frequencies) from the stored logits.
-    """
+def _rescored(record: dict, table: pd.DataFrame, tau: float) -> np.ndarray:
+    """Predictions from a stored score table after logit adjustment `tau` and the run's own offsets."""
     if record["approach"] not in LOGIT_APPROACHES:
         raise ConfigError(f"logit adjustment needs logits; {record['approach']!r} runs store SVM decision "
                           f"values, so adjust a {' or '.join(LOGIT_APPROACHES)} run instead")
+    scores = score_matrix(table, len(record["dataset"]["classes"]))
+    decision = {"tau": tau, "offsets": record.get("offsets")}
+    return decide(scores, record["dataset"]["train_counts"], decision).argmax(axis=1)
+
+
+def rescore(record: dict, predictions: pd.DataFrame, tau: float) -> dict:
+    """Test metrics of a logit run after post-hoc logit adjustment with `tau` (and its offsets); no retraining.
+
+    The adjustment subtracts `tau * log(prior)` (train class frequencies) from the stored logits.
+    """
+    y_pred = _rescored(record, predictions, tau)
     classes = record["dataset"]["classes"]
-    scores = score_matrix(predictions, len(classes))
-    y_pred = adjust_logits(scores, record["dataset"]["train_counts"], tau).argmax(axis=1)
     return evaluate(predictions["true"].to_numpy(dtype=int), y_pred, classes, record["dataset"]["train_counts"])
+
+
+def rescore_validation(record: dict, validation: pd.DataFrame | None, tau: float) -> dict | None:
+    """Out-of-fold validation scores (accuracy, macro-F1, balanced accuracy) of the same rescoring; None
+    for runs stored without validation scores."""
+    if validation is None:
+        return None
+    y_pred = _rescored(record, validation, tau)
+    return point_scores(validation["true"].to_numpy(dtype=int), y_pred, len(record["dataset"]["classes"]))
 
 
 def metric_deltas(before: dict, after: dict) -> list[dict]:

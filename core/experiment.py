@@ -19,7 +19,7 @@ from core.errors import ClassWeightError
 from core.config import ExperimentConfig, load_features
 from core.features import FeatureSet, rank_world, resolve_device
 from core.metrics import evaluate
-from core.remedies import Remedy, check_remedies, choose_offsets, parse_remedy
+from core.remedies import Remedy, check_remedies, choose_offsets, decide, parse_remedy
 from core.runs import RunStore, new_run_id
 from core.stats import paired_comparison, point_scores, run_intervals
 from core.tuning import tune_tau
@@ -152,12 +152,6 @@ def choose_decision(approach: Approach, remedy: Remedy, oof_scores, y_train, tra
     return {"tau": tau, "offsets": offsets, "tuned": tuned}
 
 
-def decide(scores: np.ndarray, train_counts, decision: dict) -> np.ndarray:
-    """Decision scores after the run's logit adjustment (tau) and per-class offsets."""
-    adjusted = adjust_logits(scores, train_counts, decision["tau"]) if decision["tau"] else np.asarray(scores)
-    return adjusted + np.asarray(decision["offsets"]) if decision.get("offsets") is not None else adjusted
-
-
 def _train_and_record(config: ExperimentConfig, dataset: Dataset, features: FeatureSet | None, approach: str,
                       remedy, store: RunStore, progress=None, head_epochs: int | None = None,
                       weights: np.ndarray | None = None, decision: dict | None = None) -> tuple[dict, np.ndarray]:
@@ -182,7 +176,9 @@ def _train_and_record(config: ExperimentConfig, dataset: Dataset, features: Feat
               "feature_key": features.key if features else None, "config": config.to_dict()}
     _add_support(record, fitted)
     if rank_world()[0] == 0:  # under torchrun, one rank records the run
-        store.save(record, model=fitted.model, predictions=_predictions(dataset, y_pred, fitted.scores))
+        validation = None if fitted.oof_scores is None else _validation_table(dataset, fitted.oof_scores)
+        store.save(record, model=fitted.model, predictions=_predictions(dataset, y_pred, fitted.scores),
+                   validation=validation)
     return record, y_pred
 
 
@@ -198,6 +194,16 @@ def _test_share(features: FeatureSet, dataset: Dataset) -> float:
     return features.extract_seconds * len(dataset.test) / len(dataset.samples)
 
 
+def _score_columns(scores: np.ndarray) -> pd.DataFrame:
+    """One raw score column per class: `score_<i>`."""
+    return pd.DataFrame(scores, columns=[f"score_{i}" for i in range(scores.shape[1])])
+
+
+def _validation_table(dataset: Dataset, oof_scores: np.ndarray) -> pd.DataFrame:
+    """Per training image: its label (`true`) and its out-of-fold raw scores."""
+    return pd.concat([pd.DataFrame({"true": [s.label for s in dataset.train]}), _score_columns(oof_scores)], axis=1)
+
+
 def _predictions(dataset: Dataset, y_pred: np.ndarray, scores: np.ndarray) -> pd.DataFrame:
     """Per-image table: path, true and predicted class, and one raw score column per class."""
     classes = dataset.classes
@@ -205,4 +211,4 @@ def _predictions(dataset: Dataset, y_pred: np.ndarray, scores: np.ndarray) -> pd
                           "pred": y_pred})
     table["true_class"] = [classes[i] for i in table["true"]]
     table["pred_class"] = [classes[i] for i in table["pred"]]
-    return pd.concat([table, pd.DataFrame(scores, columns=[f"score_{i}" for i in range(len(classes))])], axis=1)
+    return pd.concat([table, _score_columns(scores)], axis=1)

@@ -20,6 +20,7 @@ import numpy as np
 
 from core.errors import ClassWeightError
 from core.stats import point_scores
+from core.weights import adjust_logits
 
 WEIGHT_SCHEMES = ("none", "balanced", "sqrt", "effective")  # plus a custom JSON file / table
 PARTS = ("resample", "la-loss", "tau", "offsets")
@@ -135,3 +136,9 @@ def choose_offsets(scores: np.ndarray, y, n_classes: int) -> np.ndarray:
                 if value > best + 1e-12:
                     best, offsets = value, trial
     return offsets
+
+
+def decide(scores: np.ndarray, train_counts, decision: dict) -> np.ndarray:
+    """Decision scores after the run's logit adjustment (tau) and per-class offsets."""
+    adjusted = adjust_logits(scores, train_counts, decision["tau"]) if decision["tau"] else np.asarray(scores)
+    return adjusted + np.asarray(decision["offsets"]) if decision.get("offsets") is not None else adjusted

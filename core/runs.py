@@ -1,7 +1,7 @@
 """Run store: one folder per run under ``cache/runs/<run_id>/``, written whole or not at all.
 
-A run folder holds ``record.json`` (config, timings, metrics), and optionally ``model.joblib`` and
-``predictions.csv``. Runs move between copies of TransferScope as zip bundles of records and predictions
+A run folder holds ``record.json`` (config, timings, metrics), and optionally ``model.joblib``,
+``predictions.csv`` (test images) and ``validation.csv`` (out-of-fold scores of the training images). Runs move between copies of TransferScope as zip bundles of records and predictions
 only: a model is a pickle (loading one runs code), so it never leaves the machine that trained it.
 Writers (save, delete, import) hold a file lock on the store, so several processes may write at once;
 readers never see a half-written run, and a crash leaves only hidden ``.tmp-*`` folders, removed by
@@ -37,10 +37,12 @@ SCHEMA_VERSION = 1
 RECORD_FILE = "record.json"
 MODEL_FILE = "model.joblib"
 PREDICTIONS_FILE = "predictions.csv"
-BUNDLE_FILES = (RECORD_FILE, PREDICTIONS_FILE)  # never MODEL_FILE: a pickle runs the sender's code when loaded
+VALIDATION_FILE = "validation.csv"
+BUNDLE_FILES = (RECORD_FILE, PREDICTIONS_FILE, VALIDATION_FILE)  # never MODEL_FILE: a pickle runs the sender's code when loaded
 MANIFEST_FILE = "manifest.json"
 MAX_BUNDLE_BYTES = 2 * 1024**3
-MAX_MEMBER_BYTES = {MANIFEST_FILE: 1024**2, RECORD_FILE: 5 * 1024**2, PREDICTIONS_FILE: 512 * 1024**2}
+MAX_MEMBER_BYTES = {MANIFEST_FILE: 1024**2, RECORD_FILE: 5 * 1024**2, PREDICTIONS_FILE: 512 * 1024**2,
+                    VALIDATION_FILE: 512 * 1024**2}
 MAX_COMPRESSION_RATIO = 100  # checked on members over RATIO_CHECK_BYTES; real records and CSVs stay far below
 RATIO_CHECK_BYTES = 1024**2
 _RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,200}")
@@ -250,8 +252,9 @@ class RunStore:
     def __init__(self, root):
         self.root = Path(root)
 
-    def save(self, record: dict, *, model=None, predictions: pd.DataFrame | None = None) -> str:
-        """Store a run (record, optional model and predictions) atomically; return its run id.
+    def save(self, record: dict, *, model=None, predictions: pd.DataFrame | None = None,
+             validation: pd.DataFrame | None = None) -> str:
+        """Store a run (record, optional model, predictions and validation scores) atomically; its run id.
 
         Adds ``schema_version`` and ``created`` (ISO UTC) to the record when missing; the record must
         then pass check_record. Predictions are written without their index.
@@ -271,6 +274,8 @@ class RunStore:
                     joblib.dump(model, tmp / MODEL_FILE)
                 if predictions is not None:
                     predictions.to_csv(tmp / PREDICTIONS_FILE, index=False)
+                if validation is not None:
+                    validation.to_csv(tmp / VALIDATION_FILE, index=False)
                 self._publish(tmp, run_id)
         except OSError as err:
             raise RunStoreError(
@@ -304,6 +309,13 @@ class RunStore:
         import pandas as pd
 
         return pd.read_csv(self._artifact(run_id, PREDICTIONS_FILE))
+
+    def load_validation(self, run_id: str) -> pd.DataFrame | None:
+        """The out-of-fold scores of run `run_id`'s training images (`true`, `score_<i>`); None if it has none."""
+        import pandas as pd
+
+        path = self._existing_run_dir(run_id) / VALIDATION_FILE
+        return pd.read_csv(path) if path.is_file() else None
 
     def load_model(self, run_id: str):
         """Return the model of run `run_id` (unpickles it; models are only ever written by this machine's runs)."""

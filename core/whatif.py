@@ -32,7 +32,7 @@ from core.metrics import evaluate
 from core.runs import RunStore
 from core.remedies import Remedy, parse_remedy
 from core.stats import paired_comparison
-from core.weights import adjust_logits, class_weights
+from core.weights import class_weights
 
 SEED_SCHEMES = ("none", "balanced", "sqrt", "effective")
 WEIGHT_RANGE = (0.01, 100.0)  # what the sliders offer, on a log scale

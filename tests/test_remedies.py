@@ -183,3 +183,16 @@ def test_cli_remedy_and_the_class_weight_alias_reach_the_config(tmp_path):
         args = cli.get_args_parser().parse_args(["experiment", "--data", "d", "--out", "r.json", flag,
                                                  f"balanced+offsets,{weights}"])
         assert cli._config(args).remedies == ("balanced+offsets", str(weights))
+
+
+def test_stored_validation_scores_reproduce_the_validation_metrics(on_demo, demo_features, tmp_path):
+    from core.analysis import rescore_validation
+
+    results = on_demo(approaches=("logreg",), remedies=("tau+offsets",))
+    (run,) = results["runs"]
+    store = RunStore(tmp_path / "runs")
+    table = store.load_validation(run["run_id"])
+    assert table["true"].tolist() == demo_features.y_train.tolist()
+    assert rescore_validation(run, table, run["tau"]) == pytest.approx(run["validation"])
+    shifted = rescore_validation(run, table, run["tau"] + 2.0)
+    assert shifted != pytest.approx(run["validation"])  # the slider's tau reaches the validation scores
