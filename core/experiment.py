@@ -105,14 +105,16 @@ def compare_runs(trained: list[tuple[dict, np.ndarray]], dataset: Dataset) -> li
 
 def train_and_record(config: ExperimentConfig, dataset: Dataset, features: FeatureSet | None, approach: str,
                      remedy, store: RunStore, progress=None, head_epochs: int | None = None,
-                     weights: np.ndarray | None = None, decision: dict | None = None) -> dict:
+                     weights: np.ndarray | None = None, decision: dict | None = None, extra: dict | None = None
+                     ) -> dict:
     """Fit one approach with one remedy, score the test set once, save the run; its record.
 
     `remedy` is a spec or a `Remedy`; `weights` overrides its class weights, `decision` (`{"tau", "offsets"}`)
-    its chosen decision rule, and `head_epochs` fixes the head's epoch count (What-if refits).
+    its chosen decision rule, and `head_epochs` fixes the head's epoch count (What-if refits); `extra`
+    fields are added to the record.
     """
     return _train_and_record(config, dataset, features, approach, remedy, store, progress, head_epochs, weights,
-                             decision)[0]
+                             decision, extra)[0]
 
 
 def fit_run(config: ExperimentConfig, dataset: Dataset, features: FeatureSet | None, approach: str, remedy,
@@ -154,7 +156,8 @@ def choose_decision(approach: Approach, remedy: Remedy, oof_scores, y_train, tra
 
 def _train_and_record(config: ExperimentConfig, dataset: Dataset, features: FeatureSet | None, approach: str,
                       remedy, store: RunStore, progress=None, head_epochs: int | None = None,
-                      weights: np.ndarray | None = None, decision: dict | None = None) -> tuple[dict, np.ndarray]:
+                      weights: np.ndarray | None = None, decision: dict | None = None, extra: dict | None = None
+                      ) -> tuple[dict, np.ndarray]:
     """`train_and_record`, also returning the test predictions (for paired comparisons)."""
     run = fit_run(config, dataset, features, approach, remedy, weights, progress, head_epochs, decision)
     fitted, remedy, y_pred = run["fitted"], run["remedy"], run["y_pred"]
@@ -173,7 +176,7 @@ def _train_and_record(config: ExperimentConfig, dataset: Dataset, features: Feat
               "device": resolve_device(config.device).type,
               "history": fitted.history, "dataset": dataset.summary(),
               "backbone": features.backbone if features else {"name": config.backbone, "pool": config.pool},
-              "feature_key": features.key if features else None, "config": config.to_dict()}
+              "feature_key": features.key if features else None, "config": config.to_dict(), **(extra or {})}
     _add_support(record, fitted)
     if rank_world()[0] == 0:  # under torchrun, one rank records the run
         validation = None if fitted.oof_scores is None else _validation_table(dataset, fitted.oof_scores)

@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from threadpoolctl import threadpool_limits
 
-from core.analysis import metric_deltas
+from core.analysis import HEADLINE_METRICS, metric_deltas
 from core.classifiers import chosen_epochs
 from core.data import Dataset
 from core.errors import ClassWeightError, ConfigError, TransferScopeError
@@ -31,13 +31,15 @@ from core.features import FeatureSet
 from core.metrics import evaluate
 from core.runs import RunStore
 from core.remedies import Remedy, parse_remedy
-from core.stats import paired_comparison
+from core.remedies import decide
+from core.stats import METRICS, paired_comparison, point_scores
 from core.weights import class_weights
 
 SEED_SCHEMES = ("none", "balanced", "sqrt", "effective")
 WEIGHT_RANGE = (0.01, 100.0)  # what the sliders offer, on a log scale
 REFIT_WAIT_S = 30.0
 SAVED_LABEL = "custom:what-if"
+LIVE_SVM_MAX_TRAIN = 6000  # an RBF SVM refit (with validation folds) takes over ~2 s beyond this
 TRAINING_PARTS = frozenset({"resample", "la-loss"})  # remedy parts a refit keeps from its start run
 _REFIT_LOCK = threading.Lock()  # one refit at a time per server process, whoever asks
 
@@ -203,23 +205,90 @@ def _refit_slot():
         _REFIT_LOCK.release()
 
 
-def refit(start: Start, weights, tau: float = 0.0) -> dict:
+def refit(start: Start, weights, tau: float = 0.0, offsets=None) -> dict:
     """Refit the run's approach with `weights` (one per class); its test metrics, predictions and validation.
 
-    The result is `evaluate()`'s dict plus `y_pred`, `weights`, `tau` (as applied: 0 for the SVM),
-    `validation` (out-of-fold metrics of the training images with these weights and tau; None without
-    folds) and `refit_seconds`. A head refits for the start run's chosen epoch count (`Start.head_epochs`).
+    The result is `rescore`'s (test metrics, `y_pred`, `validation`) plus `weights`, the raw `scores` and
+    `oof_scores` (so tau and offsets rescore without refitting), `support` (the SVM's per-class support
+    counts at these weights, else None) and `refit_seconds`. A head refits for the start run's chosen
+    epoch count (`Start.head_epochs`); tuned C and tau are reused, never chosen again.
     """
     approach = start.record["approach"]
-    weights, tau = check_weights(weights, len(start.classes)), _check_tau(tau, approach)
+    weights = check_weights(weights, len(start.classes))
     with _refit_slot():
         started = time.perf_counter()
         run = fit_run(start.config, start.dataset, start.features, approach, start.training_remedy, weights,
-                      head_epochs=start.head_epochs, decision={"tau": tau, "offsets": None, "tuned": {}})
+                      head_epochs=start.head_epochs, decision={"tau": 0.0, "offsets": None, "tuned": {}})
         refit_s = time.perf_counter() - started
-    return {**evaluate(start.features.y_test, run["y_pred"], start.classes, start.dataset.train_counts),
-            "y_pred": run["y_pred"], "weights": weights, "tau": tau, "validation": run["validation"],
-            "refit_seconds": refit_s}
+    fitted = run["fitted"]
+    raw = {"weights": weights, "scores": fitted.scores, "oof_scores": fitted.oof_scores,
+           "support": fitted.extras.get("support"), "refit_seconds": refit_s}
+    return {**raw, **rescore(start, raw, tau, offsets)}
+
+
+def rescore(start: Start, outcome: dict, tau: float = 0.0, offsets=None) -> dict:
+    """Test metrics and `validation` of a refit's stored scores under `tau` and per-class `offsets`; no refit.
+
+    Returns `evaluate()`'s dict plus `y_pred`, `tau` (as applied: 0 for the SVM), `offsets` and `validation`
+    (out-of-fold metrics of the training images; None without folds).
+    """
+    tau = _check_tau(tau, start.record["approach"])
+    offsets = None if offsets is None else check_offsets(offsets, len(start.classes))
+    decision, counts = {"tau": tau, "offsets": offsets}, start.dataset.train_counts
+    y_pred = decide(outcome["scores"], counts, decision).argmax(axis=1)
+    oof = outcome["oof_scores"]
+    validation = None if oof is None else point_scores(
+        start.features.y_train, decide(oof, counts, decision).argmax(axis=1), len(start.classes))
+    return {**evaluate(start.features.y_test, y_pred, start.classes, counts), "y_pred": y_pred, "tau": tau,
+            "offsets": offsets, "validation": validation}
+
+
+def check_offsets(offsets, n_classes: int) -> list[float]:
+    """Validate per-class decision offsets: one finite number per class."""
+    values = np.asarray(offsets, dtype=float)
+    if values.shape != (n_classes,) or not np.isfinite(values).all():
+        raise ConfigError(f"give one finite offset per class ({n_classes}); got {values.tolist()}")
+    return values.tolist()
+
+
+def weight_explanations(start: Start, outcome: dict) -> list[str]:
+    """For an SVM refit: why a class's weight cannot matter, in words, with what would (else empty).
+
+    A class none of whose support vectors sits at its bound C * weight is fitted with slack to spare:
+    a larger weight cannot move the boundary.
+    """
+    support = outcome.get("support")
+    if not support:
+        return []
+    C, notes = start.config.svm_c, []
+    for i, name in enumerate(start.classes):
+        n_sv, n_bound = support["support_vectors"][i], support["at_bound"][i]
+        if n_sv and not n_bound:
+            notes.append(f"{name}: none of its {n_sv} support vectors sits at the bound C x weight "
+                         f"({C:g} x {outcome['weights'][i]:.3g}), so the SVM already fits all of its training "
+                         "images and a larger weight cannot change the boundary. What can: a lower C, smaller "
+                         "weights for the classes it is confused with, or a decision offset for it (below).")
+    return notes
+
+
+def validation_change(start: Start, outcome: dict) -> list[dict] | None:
+    """Out-of-fold validation metrics before (the start run's) and after, with their change; None if either
+    lacks them (e.g. a run stored before validation was recorded)."""
+    before, after = start.record.get("validation"), outcome.get("validation")
+    if not before or not after:
+        return None
+    return [{"metric": HEADLINE_METRICS[key], "before": before[key], "after": after[key],
+             "delta": after[key] - before[key]} for key in METRICS]
+
+
+def live_refit_note(start: Start) -> str | None:
+    """A note when one refit of this run is too slow to follow a slider (large RBF SVMs), else None."""
+    n_train = len(start.features.y_train)
+    if start.record["approach"] == "svm" and start.config.svm_kernel == "rbf" and n_train > LIVE_SVM_MAX_TRAIN:
+        return (f"An RBF SVM on {n_train:,} training images refits in several seconds (it grows with the square "
+                f"of the images: about 1 s at 4k, 3 s at 8k, 12 s at 16k), so moves are not live here; the "
+                "linear approaches (head, logreg) refit in about a second at any size.")
+    return None
 
 
 def per_class_deltas(record: dict, outcome: dict) -> pd.DataFrame:
@@ -247,16 +316,23 @@ def compare_with_start(start: Start, outcome: dict) -> dict:
                                  - np.asarray(record["confusion_matrix"])).tolist(), "paired": paired}
 
 
-def save_as_run(start: Start, weights, tau: float, store: RunStore) -> dict:
-    """Store the tuned model as a normal run (custom weights recorded per class); its record.
+def save_as_run(start: Start, weights, tau: float, store: RunStore, offsets=None,
+                test_visible: bool = True) -> dict:
+    """Store the tuned model as a normal run (custom weights, tau and offsets recorded per class); its record.
 
     It is the model `refit` showed: a head trains for the start's chosen epochs (recorded as `epochs`).
+    `test_visible` is recorded as `chosen_with_test_visible`: the weights were chosen while the test
+    scores were on screen, so this run's test scores are not a held-out estimate.
     """
     weights, tau = check_weights(weights, len(start.classes)), _check_tau(tau, start.record["approach"])
+    offsets = None if offsets is None else check_offsets(offsets, len(start.classes))
     table = {name: float(w) for name, w in zip(start.classes, weights)}
     config = dataclasses.replace(start.config, remedies=(table,), tau=tau, tune=False,
                                  epochs=start.head_epochs or start.config.epochs)
+    remedy = start.training_remedy
+    if offsets is not None:
+        remedy = Remedy(f"{remedy.label}+offsets", remedy.weights, remedy.parts | {"offsets"})
     with _refit_slot():
-        return train_and_record(config, start.dataset, start.features, start.record["approach"],
-                                start.training_remedy, store, head_epochs=start.head_epochs, weights=weights,
-                                decision={"tau": tau, "offsets": None, "tuned": {}})
+        return train_and_record(config, start.dataset, start.features, start.record["approach"], remedy, store, head_epochs=start.head_epochs, weights=weights,
+                                decision={"tau": tau, "offsets": offsets, "tuned": {}},
+                                extra={"chosen_with_test_visible": test_visible})

@@ -196,3 +196,47 @@ def test_a_refit_runs_on_one_thread_and_leaves_other_threads_alone(starts, monke
     finally:
         torch.set_num_threads(before)
     assert seen == {"refit thread": 1, "refit thread mkl": 1, "new thread": 2, "refit thread after": 2, "process": 2}
+
+
+def test_offsets_and_tau_rescore_a_refit_without_refitting(starts, monkeypatch):
+    start = starts["svm"]
+    outcome = whatif.refit(start, whatif.seed_weights(start, "run"))
+    rare = int(np.argmin(start.dataset.train_counts))
+    monkeypatch.setattr(experiment, "fit_run", lambda *a, **k: pytest.fail("rescoring refitted"))
+    offsets = np.zeros(len(start.classes))
+    offsets[rare] = 100.0  # far above every score gap (SVM scores are votes, up to n_classes)
+    shifted = whatif.rescore(start, outcome, offsets=offsets)
+    assert shifted["per_class"][rare]["predicted"] == len(start.features.y_test)
+    assert shifted["validation"]["accuracy"] < outcome["validation"]["accuracy"]  # validation sees it first
+    assert whatif.rescore(start, outcome)["confusion_matrix"] == outcome["confusion_matrix"]
+
+
+def test_the_svm_says_why_a_weight_cannot_matter(starts):
+    """A class fitted with slack to spare (no support vector at C x weight) gets an explanation, others don't."""
+    start = starts["svm"]
+    weights = whatif.seed_weights(start, "run")
+    outcome = whatif.refit(start, weights)
+    support = outcome["support"]
+    notes = whatif.weight_explanations(start, outcome)
+    free = [name for name, n_sv, n_bound in zip(start.classes, support["support_vectors"], support["at_bound"])
+            if n_sv and not n_bound]
+    assert [note.split(":")[0] for note in notes] == free
+    assert all("cannot change the boundary" in note and "lower C" in note for note in notes)
+    assert whatif.weight_explanations(starts["head"], whatif.refit(starts["head"], weights)) == []
+
+
+def test_a_refit_reports_its_validation_change(starts):
+    start = starts["head"]
+    outcome = whatif.refit(start, whatif.seed_weights(start, "balanced"))
+    change = whatif.validation_change(start, outcome)
+    assert [row["after"] for row in change] == [outcome["validation"][k] for k in ("accuracy", "macro_f1",
+                                                                                     "balanced_accuracy")]
+
+
+def test_a_saved_run_records_that_test_scores_were_on_screen(starts, tmp_path):
+    start = starts["svm"]
+    offsets = [0.0] * len(start.classes)
+    record = whatif.save_as_run(start, whatif.seed_weights(start, "run"), 0.0, RunStore(tmp_path / "runs"),
+                                offsets=offsets, test_visible=True)
+    assert record["chosen_with_test_visible"] is True and record["offsets"] == offsets
+    assert record["remedy"].endswith("+offsets")
