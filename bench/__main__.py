@@ -128,35 +128,57 @@ def synthetic_start(n_train: int, n_test: int, dim: int, n_classes: int, approac
     classes = [f"class-{i:02d}" for i in range(n_classes)]
     samples = [Sample(f"synthetic/{i}.png", int(label), (96, 32)) for i, label in enumerate(y)]
     dataset = Dataset("synthetic", classes, samples[:n_train], samples[n_train:], fingerprint="synthetic")
-    features = FeatureSet(X[:n_train], y[:n_train], X[n_train:], y[n_train:], f"synthetic-{seed}", True, 0.0, 0.0, {})
+    features = FeatureSet(X[:n_train], y[:n_train], X[n_train:], y[n_train:], f"synthetic-{seed}", True, 0.0, 0.0, {}, "torch")
     record = {"run_id": f"synthetic-{approach}", "approach": approach, "class_weights": [1.0] * n_classes}
     return Start(record, ExperimentConfig(data="synthetic"), dataset, features)
 
 
 def bench_whatif(n_train: int, n_test: int, dim: int, n_classes: int, changes: int) -> None:
-    """Seconds per class-weight change: refit on the cached features (the SVM reuses its kernels)."""
+    """Seconds per class-weight change: refit on the cached features with validation folds (the SVM reuses its
+    kernel), per approach; and one logistic-regression fit, ours (torch L-BFGS) against scikit-learn's."""
     import numpy as np
 
-    from core.experiment import fit_approach
+    from core.experiment import fit_run
     from core.whatif import refit
 
-    print(f"\n# what-if refit per class-weight change, {n_train} + {n_test} x {dim} synthetic features, "
-          f"{n_classes} classes ({torch.get_num_threads()} threads)")
+    print(f"\n# what-if refit per class-weight change, with {3}-fold validation, {n_train} + {n_test} x {dim} "
+          f"synthetic features, {n_classes} classes ({torch.get_num_threads()} threads)")
     rng = np.random.default_rng(0)
-    for approach in ("svm", "head"):
+    for approach in ("svm", "head", "logreg"):
         start = synthetic_start(n_train, n_test, dim, n_classes, approach)
-        if approach == "head":  # a start run's selection pass: refits reuse the epoch count it chose
-            fitted = fit_approach(start.config, start.dataset, start.features, "head", np.ones(n_classes))
-            start = dataclasses.replace(start, record={**start.record, "history": fitted["history"]})
+        if approach != "svm":  # a start run's choices (epoch count, C): refits reuse them
+            chosen = fit_run(start.config, start.dataset, start.features, approach, "none")
+            record = {**start.record, "history": chosen["fitted"].history, "tuned": chosen["fitted"].tuned}
+            start = dataclasses.replace(start, record=record, config=dataclasses.replace(
+                start.config, logreg_c=chosen["fitted"].tuned.get("C")))
         seconds = []
         for _ in range(changes):
             started = time.perf_counter()
             refit(start, np.exp(rng.uniform(-1, 1, n_classes)))
             seconds.append(time.perf_counter() - started)
         first, rest = seconds[0], seconds[1:]
-        note = " (computes the kernels)" if approach == "svm" else f" ({start.head_epochs} epochs, no selection pass)"
-        print(f"{approach:<5} first {first:.2f} s{note}, then median {np.median(rest):.2f} s, "
+        note = {"svm": " (computes the kernel)", "head": f" ({start.head_epochs} epochs, no selection pass)",
+                "logreg": f" (C = {start.config.logreg_c} kept)"}[approach]
+        print(f"{approach:<6} first {first:.2f} s{note}, then median {np.median(rest):.2f} s, "
               f"max {max(rest):.2f} s over {len(rest)} changes")
+    bench_logreg(synthetic_start(n_train, n_test, dim, n_classes, "logreg").features)
+
+
+def bench_logreg(features) -> None:
+    """One multinomial logistic-regression fit (C = 0.1): torch full-batch L-BFGS against scikit-learn's lbfgs."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from core.classifiers import LogisticProbe
+
+    X, y = features.X_train, features.y_train
+    started = time.perf_counter()
+    LogisticProbe(C=0.1).fit(X, y)
+    ours = time.perf_counter() - started
+    started = time.perf_counter()
+    LogisticRegression(C=0.1, max_iter=100).fit(StandardScaler().fit_transform(X), y)
+    print(f"logistic regression fit, {len(X)} x {X.shape[1]}: torch L-BFGS {ours:.2f} s, "
+          f"scikit-learn lbfgs {time.perf_counter() - started:.2f} s")
 
 
 def bench_map(n_train: int, n_test: int, dim: int, n_classes: int) -> None:

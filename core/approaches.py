@@ -188,7 +188,8 @@ def fit_logreg(request: FitRequest) -> Fitted:
     def make(C):
         return LogisticProbe(C=C, la_tau=request.la_tau, seed=config.seed)
     started = time.perf_counter()
-    tuned, oof = choose_by_cv("C", LOGREG_C_GRID, make, X, y, request.n_classes, request.weights, config.seed)
+    grid = LOGREG_C_GRID if config.logreg_c is None else (config.logreg_c,)  # a set C (What-if refits) is kept
+    tuned, oof = choose_by_cv("C", grid, make, X, y, request.n_classes, request.weights, config.seed)
     model = make(tuned["C"]).fit(X, y, class_weight=request.weights, n_classes=request.n_classes)
     fit_s = time.perf_counter() - started
     scores, predict_s = _timed(model.decision_function, features.X_test)

@@ -111,6 +111,8 @@ SETTINGS: tuple[Setting, ...] = (
     S("svm_kernel", str, "rbf", "kernel of the SVM", "SVM kernel", choices=SVM_KERNELS, commands=("experiment",)),
     S("svm_c", float, 1.0, "SVM regularisation C (larger = fits the training set harder)", "SVM C", 1e-4, 1e4,
       commands=("experiment",)),
+    S("logreg_c", float, None, "logistic regression's C (default: chosen by cross-validation from 0.01, 0.1, 1)",
+      "Logistic regression C", 1e-4, 1e4, optional=True, commands=("experiment",), on_page=False),
     S("tune", bool, False, "pick tau (head, finetune) and the SVM's C by stratified cross-validation on the "
       "training set; the test set is scored once", "Tune on validation", commands=("experiment",)),
     S("workers", int, None, "image decoding processes (default: auto)", "Decoding workers", 0, 64, optional=True,

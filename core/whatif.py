@@ -96,11 +96,11 @@ def run_config(record: dict, cache_dir) -> ExperimentConfig:
 
 
 def _refit_config(record: dict, cache_dir) -> ExperimentConfig:
-    """The run's config with what `--tune` chose (the SVM's C) fixed and tuning off; tau comes from the record."""
-    config = run_config(record, cache_dir)
-    if not config.tune:
-        return config
-    return dataclasses.replace(config, tune=False, svm_c=record.get("tuned", {}).get("svm_c", config.svm_c))
+    """The run's config with what cross-validation chose (the SVM's C under `--tune`, logistic regression's C)
+    fixed and tuning off; tau comes from the record."""
+    config, tuned = run_config(record, cache_dir), record.get("tuned", {})
+    return dataclasses.replace(config, tune=False, svm_c=tuned.get("svm_c", config.svm_c),
+                               logreg_c=tuned.get("C", config.logreg_c))
 
 
 def start_from(record: dict, dataset: Dataset, cache_dir, predictions: pd.DataFrame | None = None) -> Start:
