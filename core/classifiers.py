@@ -88,7 +88,8 @@ def rbf_kernels(X_train, X_test) -> RbfKernels:
 
 
 class KernelCache:
-    """RBF kernels per feature set (keyed by its cache key), computed once, kept up to `budget_bytes`.
+    """RBF kernels per set of train and test rows (keyed by the caller, e.g. `core.experiment.kernel_key`),
+    computed once, kept up to `budget_bytes`.
 
     Thread-safe; the least recently used sets are dropped first. `get` returns None when one set alone
     would exceed the budget: fit the SVM directly then.

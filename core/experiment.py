@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import time
 from pathlib import Path
@@ -142,6 +143,15 @@ def _predictions(dataset: Dataset, y_pred: np.ndarray, scores: np.ndarray) -> pd
     return pd.concat([table, pd.DataFrame(scores, columns=[f"score_{i}" for i in range(len(classes))])], axis=1)
 
 
+def kernel_key(features: FeatureSet, dataset: Dataset) -> str:
+    """What a feature set's kernels are computed from: its cache key and exactly which rows are train and test.
+
+    The feature key covers the images' content but not the split, so another split seed has the same key.
+    """
+    rows = "\n".join(["train", *(s.path for s in dataset.train), "test", *(s.path for s in dataset.test)])
+    return f"{features.key}:{hashlib.sha256(rows.encode()).hexdigest()[:16]}"
+
+
 def _fit_svm(config, dataset, features, weights, progress) -> dict:
     """Fit the SVM; an rbf one reuses the feature set's kernels (computed on its first fit, then cached)."""
     if progress:
@@ -154,7 +164,8 @@ def _fit_svm(config, dataset, features, weights, progress) -> dict:
     tuned = tune_svm_c(make_svm, features.X_train, features.y_train, n_classes, weights, config.seed) \
         if config.tune else {}
     svm = make_svm(tuned.get("svm_c", config.svm_c))
-    kernels = KERNEL_CACHE.get(features.key, features.X_train, features.X_test) if config.svm_kernel == "rbf" else None
+    kernels = KERNEL_CACHE.get(kernel_key(features, dataset), features.X_train, features.X_test) \
+        if config.svm_kernel == "rbf" else None
     svm.fit(features.X_train, features.y_train, class_weight=weights, n_classes=n_classes, kernels=kernels)
     fit_s = time.perf_counter() - started
     started = time.perf_counter()

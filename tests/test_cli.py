@@ -3,6 +3,7 @@ import contextlib
 import io
 import json
 import re
+import shutil
 import subprocess
 import sys
 import urllib.error
@@ -15,6 +16,7 @@ import core.cli as cli
 from core.cli import main
 from core.data import load_dataset
 from core.errors import Cancelled
+from core.runs import RunStore
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--image-size", "32", "--device", "cpu", "--workers", "0"]
@@ -328,3 +330,41 @@ def test_seeds_and_tune_end_to_end(first_run, tiny_dir, tmp_path):
         (seed, a, w) for seed in (0, 1) for a in ("svm", "head") for w in ("none", "balanced"))
     assert all(("svm_c" if r["approach"] == "svm" else "tau") in r["tuned"] for r in runs)
     assert "macroF1 [95% interval]" in stderr
+
+
+# ---------------------------------------------------------------- issue 13: numbers that hold
+
+
+@pytest.fixture(scope="module")
+def single_folder(demo_dir, tmp_path_factory) -> Path:
+    """Demo digits merged into `DIR/<class>/*` (at most 30 per class), so every seed draws its own split."""
+    root = tmp_path_factory.mktemp("flat") / "digits-flat"
+    for class_dir in sorted((demo_dir / "train").iterdir()):
+        files = sorted(class_dir.glob("*.png")) + sorted((demo_dir / "test" / class_dir.name).glob("*.png"))
+        (root / class_dir.name).mkdir(parents=True)
+        for f in files[:30]:
+            shutil.copy(f, root / class_dir.name / f.name)
+    return root
+
+
+@pytest.mark.slow
+def test_seed_repeats_score_each_seed_like_that_seed_alone(single_folder, tmp_path):
+    """`--seeds 0,1` in one process gives seed 1 the predictions `--seed 1` alone gives (svm and head)."""
+    cache, common = tmp_path / "cache", ["--approaches", "svm,head", "--class-weight", "none", "--epochs", "3", *FAST]
+    code, _, stderr = run_main(["experiment", "--data", single_folder, "--cache-dir", cache, "--seeds", "0,1",
+                                "--out", tmp_path / "seeds.json", *common])
+    assert code == 0, stderr
+    alone = subprocess.run([sys.executable, "-m", "core", "experiment", "--data", str(single_folder), "--cache-dir",
+                            str(cache), "--seed", "1", "--out", str(tmp_path / "alone.json"), *common],
+                           cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert alone.returncode == 0, alone.stderr
+    store = RunStore(cache / "runs")
+
+    def predictions(results_file, seed):
+        runs = json.loads((tmp_path / results_file).read_text())["runs"]
+        return {r["approach"]: store.load_predictions(r["run_id"]) for r in runs if r["seed"] == seed}
+    repeated, reference = predictions("seeds.json", 1), predictions("alone.json", 1)
+    assert sorted(repeated) == sorted(reference) == ["head", "svm"]
+    for approach, table in reference.items():
+        assert table["path"].tolist() == repeated[approach]["path"].tolist()  # seed 1's own test images
+        assert table["pred"].tolist() == repeated[approach]["pred"].tolist(), approach
