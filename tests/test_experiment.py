@@ -291,3 +291,30 @@ def test_results_hold_paired_comparisons(on_demo_features):
 def test_declared_ranges_are_checked(demo_dir, tmp_path, overrides, match):
     with pytest.raises(ConfigError, match=match):
         ExperimentConfig(data=str(demo_dir), cache_dir=str(tmp_path), **overrides).validate()
+
+
+# ---------------------------------------------------------------- issue 13: numbers that hold
+
+
+def test_every_svm_fit_and_predict_pays_for_its_own_kernels(on_demo_features, monkeypatch):
+    """Every RBF kernel "takes" 1000 s on a shifted clock: each scheme's fit pays for the train kernel and its
+    predict for the test kernel, also when a run earlier in the process left the kernels cached."""
+    import time
+
+    import core.classifiers as classifiers
+
+    real_kernel, real_clock, skipped = classifiers.rbf_kernel, time.perf_counter, [0.0]
+
+    def slow_kernel(*args, **kwargs):
+        result = real_kernel(*args, **kwargs)
+        skipped[0] += 1000.0
+        return result
+
+    monkeypatch.setattr("core.experiment.KERNEL_CACHE", classifiers.KernelCache())
+    monkeypatch.setattr(classifiers, "rbf_kernel", slow_kernel)
+    monkeypatch.setattr(time, "perf_counter", lambda: real_clock() + skipped[0])
+    runs = [run for _ in range(2) for run in on_demo_features(class_weights=("none", "balanced", "sqrt"))["runs"]]
+    for run in runs:
+        assert 1000 <= run["fit_seconds"] < 2000, run["class_weight"]  # the train kernel, once
+        assert 1000 <= run["predict_seconds"] < 2000, run["class_weight"]  # the test kernel, once
+        assert run["refit_seconds"] < run["fit_seconds"] + run["predict_seconds"] - 999  # the train kernel is reused
