@@ -298,7 +298,7 @@ def interval_caption(record: dict) -> str | None:
     """'95% bootstrap intervals …: Accuracy 0.810–0.870 · …'; None for runs recorded before intervals."""
     parts = [f"{label} {record[f'{key}_low']:.3f}–{record[f'{key}_high']:.3f}"
              for key, label in HEADLINE_METRICS.items() if f"{key}_low" in record]
-    return f"95% bootstrap intervals over test images: {' · '.join(parts)}" if parts else None
+    return f"95% bootstrap intervals over test images (resampled within each class): {' · '.join(parts)}" if parts else None
 
 
 def check_comparable(record_a: dict, record_b: dict) -> None:

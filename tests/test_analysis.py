@@ -235,6 +235,6 @@ def test_paired_diff_needs_the_same_test_images():
 
 def test_interval_caption_and_old_records():
     record = make_record(accuracy_low=0.5, accuracy_high=0.9, macro_f1_low=0.2, macro_f1_high=0.6)
-    assert interval_caption(record) == ("95% bootstrap intervals over test images: Accuracy 0.500–0.900 · "
-                                        "Macro-F1 0.200–0.600")
+    assert interval_caption(record) == ("95% bootstrap intervals over test images (resampled within each class): "
+                                        "Accuracy 0.500–0.900 · Macro-F1 0.200–0.600")
     assert interval_caption(make_record()) is None
