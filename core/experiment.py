@@ -147,10 +147,11 @@ def _predictions(dataset: Dataset, y_pred: np.ndarray, scores: np.ndarray) -> pd
     return pd.concat([table, pd.DataFrame(scores, columns=[f"score_{i}" for i in range(len(classes))])], axis=1)
 
 
-def kernel_key(features: FeatureSet, dataset: Dataset) -> str:
-    """What a train kernel is computed from: the feature set's cache key and exactly which rows are training rows.
+def split_key(features: FeatureSet, dataset: Dataset) -> str:
+    """The feature set's cache key plus exactly which rows are training rows (the rest are test rows).
 
-    The feature key covers the images' content but not the split, so another split seed has the same key.
+    The feature key covers the images' content but not the split, so another split seed has the same key;
+    what depends on the split (the SVM's train kernel, near-duplicate matches) is keyed by this instead.
     """
     rows = "\n".join(s.path for s in dataset.train)
     return f"{features.key}:{hashlib.sha256(rows.encode()).hexdigest()[:16]}"
@@ -173,7 +174,7 @@ def _fit_svm(config, dataset, features, weights, progress) -> dict:
     tuned = tune_svm_c(make_svm, features.X_train, features.y_train, n_classes, weights, config.seed) \
         if config.tune else {}
     tune_s = time.perf_counter() - started
-    kernels = KERNEL_CACHE.get(kernel_key(features, dataset), features.X_train) if config.svm_kernel == "rbf" else None
+    kernels = KERNEL_CACHE.get(split_key(features, dataset), features.X_train) if config.svm_kernel == "rbf" else None
     svm, svm_s = _timed(lambda: make_svm(tuned.get("svm_c", config.svm_c)).fit(
         features.X_train, features.y_train, class_weight=weights, n_classes=n_classes, kernels=kernels))
     scores, predict_s = _timed(lambda: svm.decision_function(features.X_test))

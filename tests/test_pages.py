@@ -472,6 +472,39 @@ def test_dataset_page_lists_near_duplicate_pairs_with_thumbnails(trained):
     assert pair_captions and all(c[0].startswith("test: ") and c[1].startswith("train: ") for c in pair_captions)
 
 
+def test_demo_dataset_shows_no_leak_and_each_threshold_only_filters(trained_copy, monkeypatch):
+    import core.duplicates
+
+    shutil.rmtree(trained_copy / "duplicates", ignore_errors=True)
+    calls, real = [], core.duplicates.best_matches
+    monkeypatch.setattr(core.duplicates, "best_matches", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    at = page("dataset").run()
+    assert not at.exception and not at.warning  # distinct digits are no leak at the default threshold
+    assert "No test image has a training image" in texts(at.success)
+    for threshold in (0.9, 0.95, 0.92):
+        at.slider(key="duplicate_threshold").set_value(threshold).run()
+        assert not at.exception
+    assert "nearly duplicate a training image" in texts(at.warning)
+    assert len(calls) == 1  # computed once for the feature set and split, then filtered per threshold
+
+
+def test_a_large_duplicate_check_runs_as_a_background_job(trained_copy, monkeypatch):
+    import core.duplicates
+
+    shutil.rmtree(trained_copy / "duplicates", ignore_errors=True)
+    monkeypatch.setattr(core.duplicates, "INLINE_PAIRS", 0)
+    at = page("dataset").run()
+    assert not at.exception and "in the background" in texts(at.caption)
+    job = next(job for job in ui.job_manager().jobs() if job.name.startswith(ui.DUPLICATES_JOB_PREFIX))
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while job.status in ACTIVE_STATUSES:
+        assert time.monotonic() < deadline, f"duplicates job still {job.status}"
+        time.sleep(0.2)
+    assert job.status == "done", job.error
+    at = page("dataset").run()
+    assert not at.exception and "No test image has a training image" in texts(at.success)
+
+
 def test_dataset_page_without_runs_explains_the_duplicate_check(empty_cache):
     at = page("dataset").run()
     assert not at.exception
