@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from core.classifiers import svm_model_name
 from core.data import Dataset, Sample, open_rgb
 from core.errors import ClassWeightError, ConfigError
 from core.metrics import check_confusion, evaluate, minority_mask
@@ -245,7 +246,9 @@ def run_settings(record: dict) -> pd.DataFrame:
             "pooling": config.get("pool"), "image size (short side, px)": config.get("image_size")
             or backbone.get("image_size"), "dataset": record["dataset"]["root"], "seed": config.get("seed")}
     if record["approach"] == "svm":
-        rows.update({"SVM kernel": config.get("svm_kernel"), "SVM C": config.get("svm_c")})
+        fitted = record.get("svm_model") or svm_model_name(config.get("svm_kernel", "rbf"),  # records before 13
+                                                            sum(record["dataset"].get("train_counts", [])))
+        rows.update({"SVM model": fitted, "SVM C": config.get("svm_c")})
     else:
         rows.update({"epochs": config.get("epochs"), "learning rate": config.get("lr"),
                      "epochs run": len(record.get("history", [])), "logit adjustment tau": record.get("tau")})

@@ -112,8 +112,13 @@ class KernelCache:
 KERNEL_CACHE = KernelCache()  # one per process: experiments and what-if refits share it
 
 
+def svm_model_name(kernel: str, n_train: int, linear_above: int = LINEAR_SVM_ABOVE) -> str:
+    """The model `SvmClassifier` fits for `n_train` samples: 'LinearSVC' or e.g. 'SVC (rbf kernel)'."""
+    return "LinearSVC" if n_train > linear_above or kernel == "linear" else f"SVC ({kernel} kernel)"
+
+
 class SvmClassifier(ClassifierMixin, BaseEstimator):
-    """StandardScaler + SVC (rbf by default); LinearSVC above `linear_above` samples.
+    """StandardScaler + SVC (rbf by default); LinearSVC above `linear_above` samples (`model_name_` says which).
 
     Given a precomputed train kernel (see `rbf_kernels`), an rbf fit reuses it: `SVC(kernel='precomputed')`
     gives the same model as the direct fit without recomputing the kernel for every class-weight vector;
@@ -133,7 +138,8 @@ class SvmClassifier(ClassifierMixin, BaseEstimator):
         self.n_features_ = X.shape[1]
         weights = _weight_dict(class_weight, self.n_classes_)
         self.support_X_ = None  # set by a fit on precomputed kernels
-        if len(X) > self.linear_above or self.kernel == "linear":
+        self.model_name_ = svm_model_name(self.kernel, len(X), self.linear_above)
+        if self.model_name_ == "LinearSVC":
             self.model_ = make_pipeline(StandardScaler(), LinearSVC(C=self.C, class_weight=weights,
                                                                     random_state=self.seed)).fit(X, y)
         elif kernels is not None and self.kernel == "rbf":

@@ -106,6 +106,7 @@ def _train_and_record(config: ExperimentConfig, dataset: Dataset, features: Feat
               **run_intervals(y_test, y_pred, len(dataset.classes), seed=config.seed),
               "fit_seconds": fitted["fit_seconds"], "predict_seconds": fitted["predict_seconds"],
               "refit_seconds": fitted["refit_seconds"],
+              **({"svm_model": fitted["svm_model"]} if approach == "svm" else {}),
               "learning_curve_seconds": fitted.get("learning_curve_seconds", 0.0),
               "extract_seconds": features.extract_seconds if on_features else 0.0,
               "test_extract_seconds": _test_share(features, dataset) if on_features else 0.0,
@@ -180,8 +181,9 @@ def _fit_svm(config, dataset, features, weights, progress) -> dict:
     scores, predict_s = _timed(lambda: svm.decision_function(features.X_test))
     if progress:
         progress("fit SVM", 1, 1)
-    return {"model": svm, "scores": scores, "fit_seconds": tune_s + (kernels.seconds if kernels else 0.0) + svm_s,
-            "predict_seconds": predict_s, "refit_seconds": svm_s + predict_s, "tuned": tuned}
+    kernel_s = kernels.seconds if svm.support_X_ is not None else 0.0  # LinearSVC leaves the kernel unused
+    return {"model": svm, "scores": scores, "fit_seconds": tune_s + kernel_s + svm_s, "predict_seconds": predict_s,
+            "refit_seconds": svm_s + predict_s, "tuned": tuned, "svm_model": svm.model_name_}
 
 
 def _timed(work):

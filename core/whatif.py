@@ -30,7 +30,7 @@ from core.metrics import evaluate
 from core.runs import RunStore
 from core.settings import LOGIT_APPROACHES
 from core.stats import paired_comparison
-from core.weights import adjust_logits, class_weights
+from core.weights import adjust_logits, class_weights, normalise_weights
 
 SEED_SCHEMES = ("none", "balanced", "sqrt", "effective")
 WEIGHT_RANGE = (0.01, 100.0)  # what the sliders offer, on a log scale
@@ -128,13 +128,14 @@ def seed_weights(start: Start, scheme: str) -> np.ndarray:
     return class_weights(scheme, start.dataset.train_counts, start.classes, beta=start.config.beta)
 
 
-def check_weights(weights, n_classes: int) -> np.ndarray:
-    """Validate a per-class weight vector: one finite number >= 0 per class, not all 0."""
-    weights = np.asarray(weights, dtype=float)
+def check_weights(weights, train_counts) -> np.ndarray:
+    """Validate a per-class weight vector (one finite number >= 0 per class, not all 0) and rescale it as the
+    schemes are: an average weight of 1 per training sample (`core.weights.normalise_weights`)."""
+    weights, n_classes = np.asarray(weights, dtype=float), len(train_counts)
     if weights.shape != (n_classes,) or not np.isfinite(weights).all() or (weights < 0).any() or not weights.any():
         raise ClassWeightError(f"give one finite weight >= 0 per class ({n_classes}), not all 0; "
                                f"got {weights.tolist()}")
-    return weights
+    return normalise_weights(weights, train_counts)
 
 
 def _check_tau(tau, approach: str) -> float:
@@ -195,12 +196,13 @@ def _refit_slot():
 def refit(start: Start, weights, tau: float = 0.0) -> dict:
     """Refit the run's approach with `weights` (one per class); its test metrics and predictions.
 
-    The result is `evaluate()`'s dict plus `y_pred`, `weights`, `tau` (as applied: 0 for the SVM) and
+    The result is `evaluate()`'s dict plus `y_pred`, `weights` (as fitted: rescaled to an average of 1 per
+    training sample, so only their ratios matter), `tau` (as applied: 0 for the SVM) and
     `refit_seconds` (the refit on what is cached, e.g. the SVM's train kernel, plus scoring; see
     `core.experiment.fit_approach`). A head refits for the start run's chosen epoch count (`Start.head_epochs`).
     """
     approach = start.record["approach"]
-    weights, tau = check_weights(weights, len(start.classes)), _check_tau(tau, approach)
+    weights, tau = check_weights(weights, start.dataset.train_counts), _check_tau(tau, approach)
     with _refit_slot():
         fitted = fit_approach(start.config, start.dataset, start.features, approach, weights,
                               head_epochs=start.head_epochs)
@@ -240,7 +242,7 @@ def save_as_run(start: Start, weights, tau: float, store: RunStore) -> dict:
 
     It is the model `refit` showed: a head trains for the start's chosen epochs (recorded as `epochs`).
     """
-    weights, tau = check_weights(weights, len(start.classes)), _check_tau(tau, start.record["approach"])
+    weights, tau = check_weights(weights, start.dataset.train_counts), _check_tau(tau, start.record["approach"])
     table = {name: float(w) for name, w in zip(start.classes, weights)}
     config = dataclasses.replace(start.config, class_weights=(table,), tau=tau,
                                  epochs=start.head_epochs or start.config.epochs)

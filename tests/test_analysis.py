@@ -165,7 +165,7 @@ def test_run_settings_show_what_matters_for_each_approach():
               "lr": 0.003, "batch_size": 16, "unfreeze_last": True, "svm_kernel": "linear", "svm_c": 2.0}
     base = {"config": config, "backbone": {"name": "efficientnet_lite0"}, "history": [{}] * 7}
     svm = run_settings({**make_record("svm"), **base, "dataset": {"root": "/data"}}).set_index("setting")["value"]
-    assert svm["SVM kernel"] == "linear" and svm["pooling"] == "max" and svm["dataset"] == "/data"
+    assert svm["SVM model"] == "LinearSVC" and svm["pooling"] == "max" and svm["dataset"] == "/data"
     assert "epochs" not in svm.index
     ft = run_settings({**make_record("finetune"), **base, "dataset": {"root": "/d"}}).set_index("setting")["value"]
     assert ft["epochs run"] == "7" and ft["unfreeze last block"] == "True" and ft["image size (short side, px)"] == "64"
