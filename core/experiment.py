@@ -9,12 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from core.classifiers import KERNEL_CACHE, LinearHead, SvmClassifier
 from core.data import Dataset, load_dataset
 from core.errors import ClassWeightError
 from core.config import ExperimentConfig, load_features
-from core.features import FeatureSet, rank_world, resolve_device
+from core.features import FeatureSet, autocast_dtype, rank_world, resolve_device
 from core.finetune import FINETUNE_SETTINGS, FinetuneConfig, finetune
 from core.metrics import evaluate
 from core.runs import RunStore, new_run_id
@@ -110,13 +111,19 @@ def _train_and_record(config: ExperimentConfig, dataset: Dataset, features: Feat
               "learning_curve_seconds": fitted.get("learning_curve_seconds", 0.0),
               "extract_seconds": features.extract_seconds if on_features else 0.0,
               "test_extract_seconds": _test_share(features, dataset) if on_features else 0.0,
-              "device": resolve_device(config.device).type,
+              "device": resolve_device(config.device).type, "precision": used_precision(config),
               "history": fitted.get("history", []), "dataset": dataset.summary(),
               "backbone": features.backbone if features else {"name": config.backbone, "pool": config.pool},
               "feature_key": features.key if features else None, "config": config.to_dict()}
     if rank_world()[0] == 0:  # under torchrun, one rank records the run
         store.save(record, model=fitted["model"], predictions=_predictions(dataset, y_pred, fitted["scores"]))
     return record, y_pred
+
+
+def used_precision(config: ExperimentConfig) -> str:
+    """What `config.precision` is on this machine's device: 'bf16', 'fp16' or 'fp32' (features and fine-tune alike)."""
+    dtype = autocast_dtype(resolve_device(config.device), config.precision)
+    return {None: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
 
 
 def _test_share(features: FeatureSet, dataset: Dataset) -> float:

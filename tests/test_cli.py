@@ -368,3 +368,21 @@ def test_seed_repeats_score_each_seed_like_that_seed_alone(single_folder, tmp_pa
     for approach, table in reference.items():
         assert table["path"].tolist() == repeated[approach]["path"].tolist()  # seed 1's own test images
         assert table["pred"].tolist() == repeated[approach]["pred"].tolist(), approach
+
+
+def test_precision_setting_reaches_the_features_and_is_recorded_on_every_run(tiny_dir, tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)  # auto = bf16 on any CPU
+    results = {}
+    for precision in ("auto", "fp32"):
+        out = tmp_path / f"{precision}.json"
+        code, _, stderr = run_main(["experiment", "--data", tiny_dir, "--cache-dir", tmp_path / "cache", "--precision",
+                                    precision, "--approaches", "svm,head", "--class-weight", "none", "--epochs", "2",
+                                    "--runtime", "torch", "--out", out, *FAST])
+        assert code == 0, stderr
+        results[precision] = json.loads(out.read_text())
+    assert [r["precision"] for r in results["auto"]["runs"]] == ["bf16", "bf16"]
+    assert [r["precision"] for r in results["fp32"]["runs"]] == ["fp32", "fp32"]
+    assert results["auto"]["backbone"]["dtype"] == "torch.bfloat16" and results["fp32"]["backbone"]["dtype"] == "None"
+    assert results["auto"]["feature_key"] != results["fp32"]["feature_key"]  # features of their own
