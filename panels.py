@@ -8,7 +8,7 @@ import streamlit as st
 import ui
 from core.analysis import noise_note, paired_table, paired_verdict, run_labels
 from core.errors import ConfigError
-from core.featuremap import DUPLICATE_SIMILARITY
+from core.duplicates import DUPLICATE_SIMILARITY
 from core.report import escape_markdown
 
 GALLERY_MAX = 24
@@ -89,8 +89,9 @@ def _share_done(job) -> float:
 def near_duplicates_panel(data) -> None:
     """Train/test pairs whose features nearly match (a possible leak), with thumbnails of each pair."""
     st.subheader("Near-duplicates between train and test")
-    threshold = st.slider("Cosine similarity of features at least", 0.90, 1.0, DUPLICATE_SIMILARITY, 0.005,
-                          key="duplicate_threshold")
+    threshold = st.slider("Cosine similarity of centred features at least", 0.90, 1.0, DUPLICATE_SIMILARITY, 0.005,
+                          key="duplicate_threshold", help="features minus the training mean; different photos "
+                          "of the same kind of object score up to about 0.94, re-encoded or resized copies above 0.97")
     try:
         pairs = ui.near_duplicate_pairs(data, threshold)
     except ConfigError as reason:  # no run with cached features yet: say why, this is no failure

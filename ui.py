@@ -21,10 +21,10 @@ import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from core import analysis, featuremap, sharing, whatif
+from core import analysis, duplicates, featuremap, sharing, whatif
 from core.data import Dataset, build_demo_dataset, load_dataset
 from core.errors import ConfigError, ReadOnlyError, TransferScopeError
-from core.experiment import FEATURE_APPROACHES, ExperimentConfig, run_experiment
+from core.experiment import FEATURE_APPROACHES, ExperimentConfig, run_experiment, split_key
 from core.jobs import ACTIVE_STATUSES, Job, JobManager, compute_slot_path
 from core.report import escape_markdown, render_runs_report
 from core.runs import RunStore
@@ -543,20 +543,39 @@ def launch_feature_map(record: dict) -> None:
                          lambda report: featuremap.build_map(np.vstack(X), folder, features.key, report))
 
 
-@st.cache_data(max_entries=8, show_spinner="Comparing train and test features…")
-def _near_duplicates(root: str, run_id: str, cache: str, threshold: float) -> list[dict]:
-    features = _whatif_start(root, run_id, cache).features
-    return featuremap.near_duplicates(features.X_train, features.X_test, threshold)
+DUPLICATES_JOB_PREFIX = "near-duplicates "  # + split key: the job's name
 
 
 def near_duplicate_pairs(data: Dataset, threshold: float) -> list[dict]:
     """Near-duplicate train/test pairs by the cached features of the newest svm/head run on `data`.
 
-    Raises ConfigError (a reason to show, not a failure) when no such run has its features cached.
+    Each test image's closest training image is computed once per feature set and split and stored (as a
+    background job above `duplicates.INLINE_PAIRS` pairs); the threshold only filters. Raises ConfigError
+    (a reason to show, not a failure) when no such run has its features cached, or while the job runs.
     """
     record = next((r for r in list_runs() if r["approach"] in FEATURE_APPROACHES
                    and r["dataset"].get("fingerprint") == data.fingerprint), None)
     if record is None:
         raise ConfigError("train a svm or head run on this dataset first: the check compares its cached features")
-    whatif_start(record)  # checks what viewers may read, and that the features are still cached
-    return _near_duplicates(str(run_store().root), record["run_id"], str(cache_dir()), threshold)
+    start = whatif_start(record)  # checks what viewers may read, and that the features are still cached
+    key = split_key(start.features, start.dataset)
+    matches = duplicates.load_matches(cache_dir(), key) or _compute_matches(start.features, key)
+    return duplicates.near_duplicates(matches, threshold)
+
+
+def _compute_matches(features, key: str) -> duplicates.Matches:
+    """Compare inline when small; else queue one background job (owner only) and raise ConfigError meanwhile."""
+    X, folder = (features.X_train, features.X_test), cache_dir()
+    if len(X[0]) * len(X[1]) <= duplicates.INLINE_PAIRS:
+        with st.spinner("Comparing train and test features…"):
+            return duplicates.build_matches(*X, folder, key)
+    name = f"{DUPLICATES_JOB_PREFIX}{key}"
+    job = next((job for job in job_manager().jobs() if job.name == name), None)
+    if job is not None and job.status == "failed":
+        raise ConfigError(f"comparing the features failed: {job.error}")
+    if not is_active(job):
+        if not can_act():
+            raise ConfigError("the owner's dashboard has not compared this dataset's train and test features yet")
+        job = job_manager().submit(name, lambda report: duplicates.build_matches(*X, folder, key, report))
+    raise ConfigError(f"comparing {len(X[1])} test with {len(X[0])} training images in the background "
+                      f"({job_brief(job)}); reload the page in a moment")

@@ -13,11 +13,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from core.classifiers import svm_model_name
 from core.data import Dataset, Sample, open_rgb
 from core.errors import ClassWeightError, ConfigError
 from core.metrics import check_confusion, evaluate, minority_mask
 from core.report import per_class_table
 from core.approaches import names as approach_names
+from core.settings import BY_NAME
 from core.remedies import decide
 from core.stats import paired_comparison, point_scores
 from core.weights import class_weights, custom_weights
@@ -147,31 +149,48 @@ def speedups(records: list[dict], with_extraction: bool = False, stage: str = "f
     return [{"fast": fastest, "slow": approach, "factor": seconds / fastest_s} for seconds, approach in medians[1:]]
 
 
-def group_key(record: dict) -> tuple[str, str, str]:
-    """What makes runs comparable: the dataset's files, the backbone and the device they ran on."""
+REPEAT_IGNORED = ("seed", "seeds", "data", "cache_dir", "workers")  # settings that don't define a configuration
+# compared within a group (remedies, repeats) or replaced by the value the run actually used (device, precision):
+GROUP_IGNORED = (*REPEAT_IGNORED, "approaches", "class_weights", "tau", "beta", "device", "precision")
+LABELLED = ("backbone", "pool", "image_size")  # always in a group's label; other settings when not at their default
+
+
+def run_precision(record: dict) -> str | None:
+    """The feature/autocast precision a run used: 'bf16', 'fp16' or 'fp32' (old records: from their features'
+    dtype; None when unknown)."""
+    dtype = record.get("backbone", {}).get("dtype")
+    return record.get("precision") or {"torch.bfloat16": "bf16", "torch.float16": "fp16", "None": "fp32"}.get(dtype)
+
+
+def group_key(record: dict) -> tuple:
+    """What makes runs comparable: the dataset's files, the device and precision used, and every setting that
+    changes the features or the fit's cost (backbone, pooling, image size, runtime, --tune, epochs, ...)."""
     dataset, config = record["dataset"], record.get("config", {})
     backbone = record.get("backbone", {}).get("name") or config.get("backbone", "?")
     files = dataset.get("content_fingerprint") or dataset.get("fingerprint") or dataset.get("root", "?")
-    return files, backbone, record.get("device") or config.get("device", "?")
+    settings = sorted((k, repr(v)) for k, v in config.items() if k not in GROUP_IGNORED)
+    return files, backbone, record.get("device") or config.get("device", "?"), run_precision(record), tuple(settings)
+
+
+def _group_label(runs: list[dict]) -> str:
+    """'digits-demo · efficientnet_lite0 · avg · 224 px · bf16 · cpu · tune True (4 runs)'."""
+    _, backbone, device, precision, _ = group_key(runs[0])
+    config = runs[0].get("config", {})
+    size = config.get("image_size") or next((r["backbone"]["image_size"] for r in runs
+                                             if r.get("backbone", {}).get("image_size")), None)
+    changed = [f"{name} {value}" for name, value in config.items() if name in BY_NAME and name not in GROUP_IGNORED
+               and name not in LABELLED and value != BY_NAME[name].default]
+    parts = [Path(runs[0]["dataset"].get("root", "?")).name, backbone, config.get("pool"),
+             f"{size} px" if size else None, precision, device, *changed]
+    return f"{' · '.join(str(p) for p in parts if p)} ({len(runs)} run{'s' * (len(runs) != 1)})"
 
 
 def comparable_groups(records: list[dict]) -> list[dict]:
-    """Runs grouped like for like (same dataset files, backbone, device), largest group first.
-
-    Each group: `{"label": "digits-demo · efficientnet_lite0 · cpu (4 runs)", "runs": [...]}`.
-    """
+    """Runs grouped like for like (`group_key`), largest group first: `{"label": ..., "runs": [...]}`."""
     groups: dict[tuple, list[dict]] = {}
     for record in records:
         groups.setdefault(group_key(record), []).append(record)
-    ordered = sorted(groups.values(), key=len, reverse=True)
-    def label(runs: list[dict]) -> str:
-        _, backbone, device = group_key(runs[0])
-        count = f"{len(runs)} run{'s' * (len(runs) != 1)}"
-        return f"{Path(runs[0]['dataset'].get('root', '?')).name} · {backbone} · {device} ({count})"
-    return [{"label": label(runs), "runs": runs} for runs in ordered]
-
-
-REPEAT_IGNORED = ("seed", "seeds", "data", "cache_dir", "workers")  # settings that don't define a configuration
+    return [{"label": _group_label(runs), "runs": runs} for runs in sorted(groups.values(), key=len, reverse=True)]
 
 
 def seed_summary(records: list[dict]) -> pd.DataFrame:
@@ -261,9 +280,12 @@ def run_settings(record: dict) -> pd.DataFrame:
     rows = {"run id": record["run_id"], "created": record.get("created", ""), "approach": record["approach"],
             "class weights": record["class_weight"], "backbone": backbone.get("name", config.get("backbone")),
             "pooling": config.get("pool"), "image size (short side, px)": config.get("image_size")
-            or backbone.get("image_size"), "dataset": record["dataset"]["root"], "seed": config.get("seed")}
+            or backbone.get("image_size"), "precision": run_precision(record), "dataset": record["dataset"]["root"],
+            "seed": config.get("seed")}
     if record["approach"] == "svm":
-        rows.update({"SVM kernel": config.get("svm_kernel"), "SVM C": config.get("svm_c")})
+        fitted = record.get("svm_model") or svm_model_name(config.get("svm_kernel", "rbf"),  # records before 13
+                                                            sum(record["dataset"].get("train_counts", [])))
+        rows.update({"SVM model": fitted, "SVM C": config.get("svm_c")})
     else:
         rows.update({"epochs": config.get("epochs"), "learning rate": config.get("lr"),
                      "epochs run": len(record.get("history", [])), "logit adjustment tau": record.get("tau")})
@@ -316,7 +338,7 @@ def interval_caption(record: dict) -> str | None:
     """'95% bootstrap intervals …: Accuracy 0.810–0.870 · …'; None for runs recorded before intervals."""
     parts = [f"{label} {record[f'{key}_low']:.3f}–{record[f'{key}_high']:.3f}"
              for key, label in HEADLINE_METRICS.items() if f"{key}_low" in record]
-    return f"95% bootstrap intervals over test images: {' · '.join(parts)}" if parts else None
+    return f"95% bootstrap intervals over test images (resampled within each class): {' · '.join(parts)}" if parts else None
 
 
 def check_comparable(record_a: dict, record_b: dict) -> None:

@@ -49,55 +49,52 @@ def _weight_dict(class_weight, n_classes: int) -> dict | None:
 
 @dataclass(frozen=True)
 class RbfKernels:
-    """RBF kernels of standardized features with sklearn's gamma='scale', reusable across class weights.
+    """The RBF kernel of standardized training features with sklearn's gamma='scale', reusable across class weights.
 
-    `train` is `(n_train, n_train)`, `test` is `(n_test, n_train)`; neither depends on class weights or C.
+    `train` is `(n_train, n_train)` and depends on neither class weights nor C; `seconds` is the time it took to
+    compute, which every fit on it costs when it stands alone.
     """
 
     scaler: StandardScaler
     gamma: float
     train: np.ndarray
-    test: np.ndarray
-    seconds: float  # time it took to compute them
+    seconds: float
 
     @property
     def nbytes(self) -> int:
-        return self.train.nbytes + self.test.nbytes
+        return self.train.nbytes
 
-    def fold(self, fit_index, val_index) -> RbfKernels:
-        """The kernels of a cross-validation fold: fit rows against fit rows, validation rows against fit rows.
+    def fold(self, fit_index) -> RbfKernels:
+        """The kernel of a cross-validation fold's fit rows, sliced from this one (no recomputation).
 
         The scaler and gamma stay those of all training rows (no labels enter them).
         """
-        return RbfKernels(self.scaler, self.gamma, self.train[np.ix_(fit_index, fit_index)],
-                          self.train[np.ix_(val_index, fit_index)], 0.0)
+        return RbfKernels(self.scaler, self.gamma, self.train[np.ix_(fit_index, fit_index)], 0.0)
 
 
-def kernel_bytes(n_train: int, n_test: int) -> int:
-    """Memory the float64 train x train and test x train kernel matrices take."""
-    return 8 * n_train * (n_train + n_test)
+def kernel_bytes(n_train: int) -> int:
+    """Memory the float64 train x train kernel matrix takes."""
+    return 8 * n_train * n_train
 
 
-def rbf_kernels(X_train, X_test) -> RbfKernels:
-    """Fit the scaler on train, derive gamma as `SVC(gamma='scale')` does, compute both kernel matrices once.
+def rbf_kernels(X_train) -> RbfKernels:
+    """Fit the scaler on train, derive gamma as `SVC(gamma='scale')` does, compute the train kernel once.
 
-    >>> kernels = rbf_kernels(X_train, X_test)  # doctest: +SKIP
-    >>> SvmClassifier().fit(X_train, y_train, kernels=kernels).decision_function_kernel(kernels.test)  # doctest: +SKIP
+    >>> kernels = rbf_kernels(X_train)  # doctest: +SKIP
+    >>> SvmClassifier().fit(X_train, y_train, kernels=kernels).decision_function(X_test)  # doctest: +SKIP
     """
     started = time.perf_counter()
     X_train, _ = check_features(X_train)
-    X_test, _ = check_features(X_test, n_features=X_train.shape[1])
     scaler = StandardScaler().fit(X_train)
     train = scaler.transform(X_train).astype(np.float64)  # what the Pipeline hands SVC, which works in float64
     variance = train.var()
     gamma = 1.0 / (train.shape[1] * variance) if variance != 0 else 1.0
-    test = scaler.transform(X_test).astype(np.float64)
-    return RbfKernels(scaler, gamma, rbf_kernel(train, gamma=gamma), rbf_kernel(test, train, gamma=gamma),
-                      time.perf_counter() - started)
+    return RbfKernels(scaler, gamma, rbf_kernel(train, gamma=gamma), time.perf_counter() - started)
 
 
 class KernelCache:
-    """RBF kernels per feature set (keyed by its cache key), computed once, kept up to `budget_bytes`.
+    """RBF train kernels per set of training rows (keyed by the caller, e.g. `core.experiment.split_key`),
+    computed once, kept up to `budget_bytes`.
 
     Thread-safe; the least recently used sets are dropped first. `get` returns None when one set alone
     would exceed the budget: fit the SVM directly then.
@@ -108,12 +105,12 @@ class KernelCache:
         self._lock = threading.Lock()
         self._entries: OrderedDict[str, RbfKernels] = OrderedDict()
 
-    def get(self, key: str, X_train, X_test) -> RbfKernels | None:
-        if kernel_bytes(len(X_train), len(X_test)) > self.budget_bytes:
+    def get(self, key: str, X_train) -> RbfKernels | None:
+        if kernel_bytes(len(X_train)) > self.budget_bytes:
             return None
         with self._lock:  # held while computing, so concurrent callers compute a set once
             if key not in self._entries:
-                self._entries[key] = rbf_kernels(X_train, X_test)
+                self._entries[key] = rbf_kernels(X_train)
             self._entries.move_to_end(key)
             while sum(k.nbytes for k in self._entries.values()) > self.budget_bytes:
                 self._entries.popitem(last=False)
@@ -123,11 +120,17 @@ class KernelCache:
 KERNEL_CACHE = KernelCache()  # one per process: experiments and what-if refits share it
 
 
-class SvmClassifier(ClassifierMixin, BaseEstimator):
-    """StandardScaler + SVC (rbf by default); LinearSVC above `linear_above` samples.
+def svm_model_name(kernel: str, n_train: int, linear_above: int = LINEAR_SVM_ABOVE) -> str:
+    """The model `SvmClassifier` fits for `n_train` samples: 'LinearSVC' or e.g. 'SVC (rbf kernel)'."""
+    return "LinearSVC" if n_train > linear_above or kernel == "linear" else f"SVC ({kernel} kernel)"
 
-    Given precomputed `kernels` (see `rbf_kernels`), an rbf fit reuses them: `SVC(kernel='precomputed')`
-    gives the same model as the direct fit without recomputing the kernel for every class-weight vector.
+
+class SvmClassifier(ClassifierMixin, BaseEstimator):
+    """StandardScaler + SVC (rbf by default); LinearSVC above `linear_above` samples (`model_name_` says which).
+
+    Given a precomputed train kernel (see `rbf_kernels`), an rbf fit reuses it: `SVC(kernel='precomputed')`
+    gives the same model as the direct fit without recomputing the kernel for every class-weight vector;
+    predictions compute the kernel of the new images against the support vectors only.
 
     >>> svm = SvmClassifier().fit(X_train, y_train, class_weight=[1.0, 5.0])  # doctest: +SKIP
     >>> svm.predict(X_test)  # doctest: +SKIP
@@ -143,7 +146,8 @@ class SvmClassifier(ClassifierMixin, BaseEstimator):
         self.n_features_ = X.shape[1]
         weights = _weight_dict(class_weight, self.n_classes_)
         self.support_X_ = None  # set by a fit on precomputed kernels
-        if len(X) > self.linear_above or self.kernel == "linear":
+        self.model_name_ = svm_model_name(self.kernel, len(X), self.linear_above)
+        if self.model_name_ == "LinearSVC":
             self.model_ = make_pipeline(StandardScaler(), LinearSVC(C=self.C, class_weight=weights,
                                                                     random_state=self.seed)).fit(X, y)
         elif kernels is not None and self.kernel == "rbf":
@@ -167,16 +171,6 @@ class SvmClassifier(ClassifierMixin, BaseEstimator):
         kernel = np.zeros((len(X), self.n_train_))  # libsvm reads only the support vectors' columns
         kernel[:, self.model_.support_] = rbf_kernel(self.scaler_.transform(X).astype(np.float64), self.support_X_,
                                                      gamma=self.gamma_)
-        return self.decision_function_kernel(kernel)
-
-    def decision_function_kernel(self, kernel: np.ndarray) -> np.ndarray:
-        """Scores from a precomputed `(n_samples, n_train)` kernel, e.g. the `test` of the kernels fit on."""
-        check_is_fitted(self, "model_")
-        if self.support_X_ is None:
-            raise ConfigError("this SVM was fit without precomputed kernels; call decision_function(X) instead")
-        if kernel.ndim != 2 or kernel.shape[1] != self.n_train_:
-            raise ConfigError(f"the kernel must have {self.n_train_} columns (one per training sample), "
-                              f"got shape {kernel.shape}; use the kernels this SVM was fit with")
         return self._scores(self.model_.decision_function(kernel))
 
     def _scores(self, raw: np.ndarray) -> np.ndarray:

@@ -34,7 +34,8 @@ ExperimentConfig = dataclasses.make_dataclass(
 
 
 def load_features(config: ExperimentConfig, dataset: Dataset, progress=None) -> FeatureSet:
-    """The dataset's features under the config's backbone, transform and runtime (cached)."""
+    """The dataset's features under the config's backbone, transform, precision and runtime (cached)."""
     return extract_features(dataset, config.backbone, pool=config.pool, image_size=config.image_size,
-                            cache_dir=config.cache_dir, device=config.device, runtime=config.runtime,
+                            cache_dir=config.cache_dir, device=config.device, precision=config.precision,
+                            runtime=config.runtime,
                             batch_size=config.batch_size, workers=config.workers, progress=progress)

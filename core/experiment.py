@@ -7,17 +7,19 @@ metrics from those out-of-fold scores, and the test set scored once.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from core.approaches import Approach, Fitted, FitRequest, get_approach, names
 from core.data import Dataset, load_dataset
 from core.errors import ClassWeightError
 from core.config import ExperimentConfig, load_features
-from core.features import FeatureSet, rank_world, resolve_device
+from core.features import FeatureSet, autocast_dtype, rank_world, resolve_device
 from core.metrics import evaluate
 from core.remedies import Remedy, check_remedies, choose_offsets, decide, parse_remedy
 from core.runs import RunStore, new_run_id
@@ -170,14 +172,15 @@ def _train_and_record(config: ExperimentConfig, dataset: Dataset, features: Feat
               **evaluate(y_test, y_pred, dataset.classes, dataset.train_counts),
               **run_intervals(y_test, y_pred, len(dataset.classes), seed=config.seed),
               "fit_seconds": fitted.fit_seconds, "predict_seconds": fitted.predict_seconds,
+              "refit_seconds": fitted.refit_seconds, "validation_seconds": fitted.validation_seconds,
               "learning_curve_seconds": fitted.learning_curve_seconds,
               "extract_seconds": features.extract_seconds if on_features else 0.0,
               "test_extract_seconds": _test_share(features, dataset) if on_features else 0.0,
-              "device": resolve_device(config.device).type,
+              "device": resolve_device(config.device).type, "precision": used_precision(config),
               "history": fitted.history, "dataset": dataset.summary(),
               "backbone": features.backbone if features else {"name": config.backbone, "pool": config.pool},
               "feature_key": features.key if features else None, "config": config.to_dict(), **(extra or {})}
-    _add_support(record, fitted)
+    _add_svm_fields(record, fitted)
     if rank_world()[0] == 0:  # under torchrun, one rank records the run
         validation = None if fitted.oof_scores is None else _validation_table(dataset, fitted.oof_scores)
         store.save(record, model=fitted.model, predictions=_predictions(dataset, y_pred, fitted.scores),
@@ -185,11 +188,29 @@ def _train_and_record(config: ExperimentConfig, dataset: Dataset, features: Feat
     return record, y_pred
 
 
-def _add_support(record: dict, fitted: Fitted) -> None:
-    """Per-class support-vector and at-bound counts into the per-class rows (kernel SVMs)."""
+def _add_svm_fields(record: dict, fitted: Fitted) -> None:
+    """The SVM model fitted, and per-class support-vector and at-bound counts into the per-class rows (kernel SVMs)."""
+    if "svm_model" in fitted.extras:
+        record["svm_model"] = fitted.extras["svm_model"]
     support = fitted.extras.get("support")
     for i, row in enumerate(record["per_class"] if support else ()):
         row["support_vectors"], row["at_bound"] = support["support_vectors"][i], support["at_bound"][i]
+
+
+def used_precision(config: ExperimentConfig) -> str:
+    """What `config.precision` is on this machine's device: 'bf16', 'fp16' or 'fp32' (features and fine-tune alike)."""
+    dtype = autocast_dtype(resolve_device(config.device), config.precision)
+    return {None: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
+
+
+def split_key(features: FeatureSet, dataset: Dataset) -> str:
+    """The feature set's cache key plus exactly which rows are training rows (the rest are test rows).
+
+    The feature key covers the images' content but not the split, so another split seed has the same key;
+    what depends on the split (the SVM's train kernel, near-duplicate matches) is keyed by this instead.
+    """
+    rows = "\n".join(s.path for s in dataset.train)
+    return f"{features.key}:{hashlib.sha256(rows.encode()).hexdigest()[:16]}"
 
 
 def _test_share(features: FeatureSet, dataset: Dataset) -> float:

@@ -1,4 +1,4 @@
-"""A 2-D map of cached image features (PCA, then t-SNE), stored per feature key, and train/test near-duplicates.
+"""A 2-D map of cached image features (PCA, then t-SNE), stored per feature key.
 
 t-SNE (scikit-learn) rather than UMAP: no extra dependency (umap-learn pulls in numba and compiles on
 first use), deterministic for a seed, and fast enough for a one-off background job that is cached.
@@ -16,7 +16,6 @@ from core.runs import atomic_write_bytes
 MAP_VERSION = 1  # bump when the method or its settings change, so old maps are recomputed
 PCA_DIMS = 50
 PERPLEXITY = 30.0
-DUPLICATE_SIMILARITY = 0.98  # cosine similarity of features from which a train/test pair is listed
 STAGE = "feature map (PCA, t-SNE, save)"
 
 
@@ -59,32 +58,6 @@ def build_map(X, cache_dir, key: str, progress=None) -> np.ndarray:
     if progress:
         progress(STAGE, 3, 3)
     return coords
-
-
-def near_duplicates(X_train, X_test, threshold: float = DUPLICATE_SIMILARITY, chunk: int = 1024) -> list[dict]:
-    """Test images whose features nearly equal a training image's (cosine similarity >= `threshold`).
-
-    One row per test image (its most similar training image), most similar first: a possible leak.
-
-    >>> [(row["test"], row["train"]) for row in near_duplicates([[1, 0], [0, 1]], [[0.99, 0.01], [1, 1]])]
-    [(0, 0)]
-    """
-    if not 0 < threshold <= 1:
-        raise ConfigError(f"similarity threshold must be in (0, 1], got {threshold}")
-    train, test = _unit_rows(X_train), _unit_rows(X_test)
-    rows = []
-    for begin in range(0, len(test), chunk):
-        similarity = test[begin:begin + chunk] @ train.T
-        best = similarity.argmax(axis=1)
-        score = similarity[np.arange(len(best)), best]
-        rows += [{"test": begin + int(i), "train": int(best[i]), "similarity": float(score[i])}
-                 for i in np.flatnonzero(score >= threshold)]
-    return sorted(rows, key=lambda row: -row["similarity"])
-
-
-def _unit_rows(X) -> np.ndarray:
-    X = np.asarray(X, dtype=np.float32)
-    return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
 
 
 def map_points(dataset, test_pred=None) -> dict:

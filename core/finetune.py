@@ -24,7 +24,7 @@ from core.weights import weighted_cross_entropy
 
 
 FINETUNE_SETTINGS = ("backbone", "pool", "image_size", "epochs", "lr", "batch_size", "unfreeze_last", "hflip",
-                     "device", "runtime", "workers", "seed", "cache_dir")
+                     "device", "precision", "runtime", "workers", "seed", "cache_dir")
 FinetuneConfig = dataclasses.make_dataclass(
     "FinetuneConfig", config_fields(FINETUNE_SETTINGS), frozen=True,
     namespace={"__doc__": "Settings of one fine-tuning run (declared in core.settings).", "__module__": __name__})
@@ -52,7 +52,7 @@ def finetune(dataset: Dataset, config: FinetuneConfig, class_weight=None, la_tau
     if config.epochs < 1:
         raise ConfigError(f"epochs must be at least 1, got {config.epochs}")
     device = _rank_device(resolve_device(config.device))
-    dtype = autocast_dtype(device)
+    dtype = autocast_dtype(device, config.precision)
     backbone = create_backbone(config.backbone, pool=config.pool)
     head = seeded_linear(backbone.feature_dim, len(dataset.classes), config.seed).to(device)
     frozen, model = _frozen_and_trainable(backbone, head, config, device, dtype)

@@ -17,6 +17,7 @@ from core.runtime import RUNTIMES
 
 APPROACHES = tuple(approaches.APPROACHES)
 SVM_KERNELS = ("rbf", "linear", "poly", "sigmoid")
+PRECISIONS = ("auto", "fp32")
 REQUIRED = dataclasses.MISSING
 
 
@@ -93,6 +94,9 @@ SETTINGS: tuple[Setting, ...] = (
     S("seeds", int, (), "repeat every run once per seed, e.g. 0,1,2 (overrides --seed)", "Seeds (comma list)",
       0, 2**31 - 1, many=True, commands=("experiment",)),
     S("device", str, "auto", "where to run the CNN", "Device", choices=("auto", "cpu", "cuda")),
+    S("precision", str, "auto", "precision of the backbone's features and of fine-tune autocast: auto = bf16 on CPUs "
+      "with native bf16, fp16 on CUDA, else fp32; fp32 gives the same numbers on every machine", "Feature precision",
+      choices=PRECISIONS),
     S("runtime", str, "auto", "frozen-backbone inference: auto = OpenVINO on CPU when installed, torch on CUDA",
       "Runtime", choices=RUNTIMES),
     S("cache_dir", str, "cache", "folder of the feature cache and the run store", on_page=False),

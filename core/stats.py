@@ -1,8 +1,9 @@
 """What is noise: bootstrap 95% intervals for one run's scores and a paired comparison of two runs.
 
-Both resample test images with replacement (vectorized: per-class counts of every resample come
-from one `np.bincount`). Metrics match `core.metrics.evaluate`: macro-F1 and balanced accuracy
-average over the classes that have test images (in each resample).
+Both resample test images with replacement within each class (a stratified bootstrap: every resample
+keeps each class's number of test images, so macro-F1 always averages over the same classes, rare
+ones included). Vectorized: per-class counts of every resample come from one `np.bincount`. Metrics
+match `core.metrics.evaluate`: macro-F1 and balanced accuracy average over the classes that have test images.
 """
 from __future__ import annotations
 
@@ -61,8 +62,15 @@ def _scores(true_pos, support, predicted) -> dict[str, np.ndarray]:
             "balanced_accuracy": recall.sum(axis=1) / n_supported}
 
 
-def _indices(n: int, n_boot: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+def _indices(y_true: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    """`(n_boot, n)` positions of resampled test images, drawn with replacement within each class."""
+    rng, index = np.random.default_rng(seed), np.empty((n_boot, len(y_true)), dtype=np.intp)
+    start = 0
+    for label in np.unique(y_true):
+        members = np.flatnonzero(y_true == label)
+        index[:, start:start + len(members)] = members[rng.integers(0, len(members), size=(n_boot, len(members)))]
+        start += len(members)
+    return index
 
 
 def _interval(values: np.ndarray) -> tuple[float, float]:
@@ -80,7 +88,7 @@ def point_scores(y_true, y_pred, n_classes: int) -> dict[str, float]:
 
 def bootstrap_interval(y_true, y_pred, n_classes: int, metric: str, *, n_boot: int = 1000,
                        seed: int = 0) -> tuple[float, float]:
-    """Bootstrap 95% interval of `metric` (accuracy, macro_f1 or balanced_accuracy) over resampled test images.
+    """Stratified bootstrap 95% interval of `metric` (accuracy, macro_f1 or balanced_accuracy) over test images.
 
     >>> low, high = bootstrap_interval([0, 0, 1, 1] * 25, [0, 1, 1, 1] * 25, 2, "accuracy")
     >>> low < 0.75 < high
@@ -88,14 +96,14 @@ def bootstrap_interval(y_true, y_pred, n_classes: int, metric: str, *, n_boot: i
     """
     _check_metric(metric)
     y_true, (y_pred,) = _check(y_true, [y_pred], n_classes, n_boot)
-    counts = _resample_counts(y_true, y_pred, n_classes, _indices(len(y_true), n_boot, seed))
+    counts = _resample_counts(y_true, y_pred, n_classes, _indices(y_true, n_boot, seed))
     return _interval(_scores(*counts)[metric])
 
 
 def run_intervals(y_true, y_pred, n_classes: int, *, n_boot: int = 1000, seed: int = 0) -> dict[str, float]:
     """`{metric}_low` / `{metric}_high` of every metric in METRICS, from one shared set of resamples."""
     y_true, (y_pred,) = _check(y_true, [y_pred], n_classes, n_boot)
-    scores = _scores(*_resample_counts(y_true, y_pred, n_classes, _indices(len(y_true), n_boot, seed)))
+    scores = _scores(*_resample_counts(y_true, y_pred, n_classes, _indices(y_true, n_boot, seed)))
     out = {}
     for metric in METRICS:
         out[f"{metric}_low"], out[f"{metric}_high"] = _interval(scores[metric])
@@ -122,7 +130,7 @@ def paired_comparison(y_true, pred_a, pred_b, n_classes: int, *, n_boot: int = 1
     y_true, (pred_a, pred_b) = _check(y_true, [pred_a, pred_b], n_classes, n_boot)
     right_a, right_b = pred_a == y_true, pred_b == y_true
     a_only, b_only = int((right_a & ~right_b).sum()), int((~right_a & right_b).sum())
-    index = _indices(len(y_true), n_boot, seed)
+    index = _indices(y_true, n_boot, seed)
     result = {"mcnemar_p": mcnemar_exact(a_only, b_only), "n_a_only": a_only, "n_b_only": b_only}
     point_a, point_b = point_scores(y_true, pred_a, n_classes), point_scores(y_true, pred_b, n_classes)
     boot = {name: _scores(*_resample_counts(y_true, p, n_classes, index)) for name, p in (("a", pred_a), ("b", pred_b))}

@@ -10,6 +10,8 @@ from core.errors import ClassWeightError
 from core.runs import read_json_object
 
 SCHEMES = ("none", "balanced", "sqrt", "effective", "custom")
+SCALE_NOTE = ("Weights are rescaled to an average of 1 per training image, as the built-in schemes are: only their "
+              "ratios matter (for the SVM a weight multiplies C, so a common factor would change C).")
 
 
 def class_weights(scheme: str, counts, classes=None, *, beta: float = 0.999, custom: dict | None = None) -> np.ndarray:
@@ -17,7 +19,7 @@ def class_weights(scheme: str, counts, classes=None, *, beta: float = 0.999, cus
 
     - none: all 1; balanced: inverse frequency; sqrt: inverse square root of frequency;
     - effective: (1 - beta) / (1 - beta**n), the effective number of samples (Cui et al. 2019);
-    - custom: `custom` maps class name -> weight; classes left out keep weight 1 (not rescaled).
+    - custom: `custom` maps class name -> weight; classes left out weigh 1 before the common rescaling.
 
     >>> class_weights("balanced", [90, 10]).round(2).tolist()
     [0.56, 5.0]
@@ -26,7 +28,7 @@ def class_weights(scheme: str, counts, classes=None, *, beta: float = 0.999, cus
     if counts.ndim != 1 or counts.size < 2 or (counts <= 0).any():
         raise ClassWeightError(f"class counts must be positive, one per class; got {counts.tolist()}")
     if scheme == "custom":
-        return custom_weights(custom or {}, classes)
+        return normalise_weights(custom_weights(custom or {}, classes), counts)
     if scheme == "none":
         raw = np.ones_like(counts)
     elif scheme == "balanced":
@@ -39,7 +41,19 @@ def class_weights(scheme: str, counts, classes=None, *, beta: float = 0.999, cus
         raw = (1.0 - beta) / (1.0 - beta**counts)
     else:
         raise ClassWeightError(f"unknown class-weight scheme {scheme!r}; choose one of: {', '.join(SCHEMES)}")
-    return raw * counts.sum() / (raw * counts).sum()
+    return normalise_weights(raw, counts)
+
+
+def normalise_weights(weights, counts) -> np.ndarray:
+    """Scale per-class weights so the average weight per training sample is 1: only their ratios matter.
+
+    For the SVM a class weight multiplies C, so unscaled weights x 10 would fit as C x 10 (and void a tuned C).
+
+    >>> normalise_weights([10, 90], [90, 10]).round(2).tolist()
+    [0.56, 5.0]
+    """
+    weights, counts = np.asarray(weights, dtype=float), np.asarray(counts, dtype=float)
+    return weights * counts.sum() / (weights * counts).sum()
 
 
 def custom_weights(table: dict, classes) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Class-weight what-if: refit a feature-based run with new per-class weights (and tau) in about a second.
 
-Start from a stored svm or head run, refit on its cached features (the SVM reuses the RBF kernels of
-the feature set, see `core.classifiers.KERNEL_CACHE`), and compare with the starting run. Nothing is
+Start from a stored svm or head run, refit on its cached features (the SVM reuses the RBF train kernel of
+the run's training rows, see `core.classifiers.KERNEL_CACHE`), and compare with the starting run. Nothing is
 stored until `save_as_run`.
 """
 from __future__ import annotations
@@ -30,10 +30,9 @@ from core.experiment import ExperimentConfig, fit_run, load_features, train_and_
 from core.features import FeatureSet
 from core.metrics import evaluate
 from core.runs import RunStore
-from core.remedies import Remedy, parse_remedy
-from core.remedies import decide
+from core.remedies import Remedy, decide, parse_remedy
 from core.stats import METRICS, paired_comparison, point_scores
-from core.weights import class_weights
+from core.weights import class_weights, normalise_weights
 
 SEED_SCHEMES = ("none", "balanced", "sqrt", "effective")
 WEIGHT_RANGE = (0.01, 100.0)  # what the sliders offer, on a log scale
@@ -141,13 +140,14 @@ def seed_weights(start: Start, scheme: str) -> np.ndarray:
     return class_weights(scheme, start.dataset.train_counts, start.classes, beta=start.config.beta)
 
 
-def check_weights(weights, n_classes: int) -> np.ndarray:
-    """Validate a per-class weight vector: one finite number >= 0 per class, not all 0."""
-    weights = np.asarray(weights, dtype=float)
+def check_weights(weights, train_counts) -> np.ndarray:
+    """Validate a per-class weight vector (one finite number >= 0 per class, not all 0) and rescale it as the
+    schemes are: an average weight of 1 per training sample (`core.weights.normalise_weights`)."""
+    weights, n_classes = np.asarray(weights, dtype=float), len(train_counts)
     if weights.shape != (n_classes,) or not np.isfinite(weights).all() or (weights < 0).any() or not weights.any():
         raise ClassWeightError(f"give one finite weight >= 0 per class ({n_classes}), not all 0; "
                                f"got {weights.tolist()}")
-    return weights
+    return normalise_weights(weights, train_counts)
 
 
 def _check_tau(tau, approach: str) -> float:
@@ -214,7 +214,7 @@ def refit(start: Start, weights, tau: float = 0.0, offsets=None) -> dict:
     epoch count (`Start.head_epochs`); tuned C and tau are reused, never chosen again.
     """
     approach = start.record["approach"]
-    weights = check_weights(weights, len(start.classes))
+    weights = check_weights(weights, start.dataset.train_counts)
     with _refit_slot():
         started = time.perf_counter()
         run = fit_run(start.config, start.dataset, start.features, approach, start.training_remedy, weights,
@@ -324,7 +324,7 @@ def save_as_run(start: Start, weights, tau: float, store: RunStore, offsets=None
     `test_visible` is recorded as `chosen_with_test_visible`: the weights were chosen while the test
     scores were on screen, so this run's test scores are not a held-out estimate.
     """
-    weights, tau = check_weights(weights, len(start.classes)), _check_tau(tau, start.record["approach"])
+    weights, tau = check_weights(weights, start.dataset.train_counts), _check_tau(tau, start.record["approach"])
     offsets = None if offsets is None else check_offsets(offsets, len(start.classes))
     table = {name: float(w) for name, w in zip(start.classes, weights)}
     config = dataclasses.replace(start.config, remedies=(table,), tau=tau, tune=False,

@@ -79,7 +79,8 @@ with ui.guard():
         ui.no_runs_hint()
     else:
         groups = comparable_groups(all_runs)
-        chosen = st.selectbox("Runs compared (same dataset files, backbone and device)", range(len(groups)),
+        chosen = st.selectbox("Runs compared like for like (same files, backbone, pooling, image size, precision, "
+                              "device and settings)", range(len(groups)),
                               format_func=lambda i: groups[i]["label"], key="compare_group")
         runs = groups[chosen]["runs"]
         chart_col, speed_col = st.columns([3, 1])

@@ -6,7 +6,7 @@ from core.analysis import weight_table, weights_from_table
 from core.errors import ClassWeightError
 from core.experiment import ExperimentConfig
 from core.settings import BY_NAME, SETTINGS, Setting, parse_list
-from core.weights import SCHEMES
+from core.weights import SCALE_NOTE, SCHEMES
 
 BUILTIN_SCHEMES = [s for s in SCHEMES if s != "custom"]
 MAIN_SETTINGS = ("backbone", "pool", "approaches", "epochs")
@@ -54,6 +54,7 @@ def edit_custom_weights(data, beta: float) -> dict | None:
     edited = st.data_editor(weight_table(data, base, beta), key="weight_editor", hide_index=True, height="content",
                             disabled=["class", "train", "minority"], column_config={
                                 "weight": st.column_config.NumberColumn("weight", min_value=0.0, format="%.4f")})
+    st.caption(SCALE_NOTE)
     try:
         return weights_from_table(edited, data.classes)
     except ClassWeightError as err:
@@ -112,7 +113,7 @@ with settings_col, ui.guard():
     allowed = ui.read_only_note("launch or cancel training jobs")
     if st.button("Launch training", key="launch", type="primary", disabled=incomplete or None in weights or not allowed,
                  icon=":material/play_arrow:"):
-        ui.launch(ExperimentConfig(data=data.root, class_weights=tuple(weights), cache_dir=str(ui.cache_dir()),
+        ui.launch(ExperimentConfig(data=data.root, remedies=tuple(weights), cache_dir=str(ui.cache_dir()),
                                    **settings))
 with job_col:
     st.subheader("Job")

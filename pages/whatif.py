@@ -10,6 +10,7 @@ from core.analysis import HEADLINE_METRICS, LOGIT_APPROACHES
 from core.experiment import FEATURE_APPROACHES
 from core.figures import confusion_diff_figure, per_class_delta_figure
 from core.report import escape_markdown
+from core.weights import SCALE_NOTE
 from core.whatif import SEED_SCHEMES, WEIGHT_RANGE, compare_with_start, refit, seed_weights
 
 DEBOUNCE_S = 0.3  # a newer slider change within this time restarts the page before the refit starts
@@ -62,6 +63,7 @@ def tuner(record: dict) -> None:
         for note in start.notes():
             st.caption(note)
         weights = weight_sliders(start, scheme)
+        st.caption(SCALE_NOTE)
         tau = record.get("tau", 0.0)
         if record["approach"] in LOGIT_APPROACHES:
             tau = st.slider("Logit adjustment tau", 0.0, 3.0, float(tau), 0.05, key=f"whatif_tau_{record['run_id']}")

@@ -163,9 +163,10 @@ def test_metrics_diff_never_shows_negative_zero():
 def test_run_settings_show_what_matters_for_each_approach():
     config = {"backbone": "efficientnet_lite0", "pool": "max", "image_size": 64, "seed": 3, "epochs": 20,
               "lr": 0.003, "batch_size": 16, "unfreeze_last": True, "svm_kernel": "linear", "svm_c": 2.0}
-    base = {"config": config, "backbone": {"name": "efficientnet_lite0"}, "history": [{}] * 7}
+    base = {"config": config, "backbone": {"name": "efficientnet_lite0"}, "history": [{}] * 7, "precision": "fp32"}
     svm = run_settings({**make_record("svm"), **base, "dataset": {"root": "/data"}}).set_index("setting")["value"]
-    assert svm["SVM kernel"] == "linear" and svm["pooling"] == "max" and svm["dataset"] == "/data"
+    assert svm["SVM model"] == "LinearSVC" and svm["pooling"] == "max" and svm["dataset"] == "/data"
+    assert svm["precision"] == "fp32"
     assert "epochs" not in svm.index
     ft = run_settings({**make_record("finetune"), **base, "dataset": {"root": "/d"}}).set_index("setting")["value"]
     assert ft["epochs run"] == "7" and ft["unfreeze last block"] == "True" and ft["image size (short side, px)"] == "64"
@@ -235,6 +236,27 @@ def test_paired_diff_needs_the_same_test_images():
 
 def test_interval_caption_and_old_records():
     record = make_record(accuracy_low=0.5, accuracy_high=0.9, macro_f1_low=0.2, macro_f1_high=0.6)
-    assert interval_caption(record) == ("95% bootstrap intervals over test images: Accuracy 0.500–0.900 · "
-                                        "Macro-F1 0.200–0.600")
+    assert interval_caption(record) == ("95% bootstrap intervals over test images (resampled within each class): "
+                                        "Accuracy 0.500–0.900 · Macro-F1 0.200–0.600")
     assert interval_caption(make_record()) is None
+
+
+def test_comparable_groups_keep_apart_whatever_changes_the_features_or_the_fit_cost():
+    config = {"backbone": "efficientnet_lite0", "pool": "avg", "image_size": None, "tune": False, "epochs": 20,
+              "seed": 0, "class_weights": ["none"], "approaches": ["svm", "head"]}
+    base = {"backbone": {"name": "efficientnet_lite0", "image_size": 224}, "precision": "bf16"}
+
+    def run(run_id, backbone=None, config_changes=None, **changes):
+        return {**grouped_record(run_id), **base, "backbone": {**base["backbone"], **(backbone or {})}, **changes,
+                "config": {**config, **(config_changes or {})}}
+    records = [run("a"), run("b", config_changes={"seed": 1, "class_weights": ["balanced"]}),  # a repeat, a remedy
+               run("tuned", config_changes={"tune": True}), run("small", backbone={"image_size": 64}, config_changes={"image_size": 64}),
+               run("max", config_changes={"pool": "max"}), run("fp32", precision="fp32"),
+               run("short", config_changes={"epochs": 5})]
+    groups = comparable_groups(records)
+    assert [[r["run_id"] for r in g["runs"]] for g in groups] == [["a", "b"], ["tuned"], ["small"], ["max"],
+                                                                   ["fp32"], ["short"]]
+    labels = [g["label"] for g in groups]
+    assert labels[0] == "boats · efficientnet_lite0 · avg · 224 px · bf16 · cpu (2 runs)"
+    assert "tune True" in labels[1] and "64 px" in labels[2] and "fp32" in labels[4] and "epochs 5" in labels[5]
+    assert len(set(labels)) == len(labels)

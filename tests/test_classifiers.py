@@ -88,54 +88,49 @@ def four_imbalanced_classes():
 @pytest.mark.parametrize("weights", [None, [1.0, 2.0, 5.0, 9.0]], ids=["unweighted", "weighted"])
 def test_kernel_reuse_predicts_like_the_direct_svc(four_imbalanced_classes, weights):
     X, y, X_test = four_imbalanced_classes
-    kernels = rbf_kernels(X, X_test)
+    kernels = rbf_kernels(X)
     direct = SvmClassifier().fit(X, y, class_weight=weights)
     reused = SvmClassifier().fit(X, y, class_weight=weights, kernels=kernels)
     assert isinstance(reused.model_, SVC) and reused.model_.kernel == "precomputed"
     assert kernels.gamma == pytest.approx(direct.model_[-1]._gamma, rel=1e-12)
-    from_kernel = reused.decision_function_kernel(kernels.test)
-    np.testing.assert_allclose(from_kernel, direct.decision_function(X_test), atol=1e-8)
-    np.testing.assert_allclose(reused.decision_function(X_test), from_kernel, atol=1e-8)  # standalone model
+    np.testing.assert_allclose(reused.decision_function(X_test), direct.decision_function(X_test), atol=1e-8)
     assert np.array_equal(reused.predict(X_test), direct.predict(X_test))
 
 
 def test_a_class_weight_change_changes_the_precomputed_fit(four_imbalanced_classes):
     X, y, X_test = four_imbalanced_classes
-    kernels = rbf_kernels(X, X_test)
+    kernels = rbf_kernels(X)
     plain = SvmClassifier().fit(X, y, kernels=kernels)
     rare_heavy = SvmClassifier().fit(X, y, class_weight=[1.0, 1.0, 1.0, 20.0], kernels=kernels)
-    plain_pred = plain.decision_function_kernel(kernels.test).argmax(1)
-    heavy_pred = rare_heavy.decision_function_kernel(kernels.test).argmax(1)
-    assert (heavy_pred == 3).sum() > (plain_pred == 3).sum()
+    assert (rare_heavy.predict(X_test) == 3).sum() > (plain.predict(X_test) == 3).sum()
 
 
 def test_kernel_cache_computes_each_set_once_within_its_budget(four_imbalanced_classes, monkeypatch):
-    X, _, X_test = four_imbalanced_classes
+    X, _, _ = four_imbalanced_classes
     calls = []
     monkeypatch.setattr(core.classifiers, "rbf_kernels", lambda *a: calls.append(a) or rbf_kernels(*a))
-    one_set = kernel_bytes(len(X), len(X_test))
+    one_set = kernel_bytes(len(X))
     cache = KernelCache(budget_bytes=one_set)
-    first = cache.get("a", X, X_test)
-    assert cache.get("a", X, X_test) is first and len(calls) == 1
-    assert first.nbytes == one_set and first.train.shape == (500, 500) and first.test.shape == (200, 500)
-    cache.get("b", X[::-1], X_test)  # a second set pushes the first out of a one-set budget
-    assert cache.get("a", X, X_test) is not first and len(calls) == 3
-    assert KernelCache(budget_bytes=one_set - 1).get("a", X, X_test) is None  # over budget: fit directly
+    first = cache.get("a", X)
+    assert cache.get("a", X) is first and len(calls) == 1
+    assert first.nbytes == one_set and first.train.shape == (500, 500) and first.seconds > 0
+    cache.get("b", X[::-1])  # a second set pushes the first out of a one-set budget
+    assert cache.get("a", X) is not first and len(calls) == 3
+    assert KernelCache(budget_bytes=one_set - 1).get("a", X) is None  # over budget: fit directly
 
 
 def test_kernels_for_other_samples_are_refused(four_imbalanced_classes):
-    X, y, X_test = four_imbalanced_classes
+    X, y, _ = four_imbalanced_classes
     with pytest.raises(ConfigError, match="500 training samples but 400"):
-        SvmClassifier().fit(X[:400], y[:400], kernels=rbf_kernels(X, X_test))
+        SvmClassifier().fit(X[:400], y[:400], kernels=rbf_kernels(X))
 
 
 def test_a_direct_refit_forgets_the_precomputed_kernels(four_imbalanced_classes):
     X, y, X_test = four_imbalanced_classes
-    kernels = rbf_kernels(X, X_test)
-    svm = SvmClassifier().fit(X, y, kernels=kernels).fit(X[:400], y[:400])
-    assert svm.predict(X_test).shape == (200,)
-    with pytest.raises(ConfigError, match="fit without precomputed kernels"):
-        svm.decision_function_kernel(kernels.test)
+    svm = SvmClassifier().fit(X, y, kernels=rbf_kernels(X)).fit(X[:400], y[:400])
+    assert svm.support_X_ is None
+    fresh = SvmClassifier().fit(X[:400], y[:400])
+    np.testing.assert_allclose(svm.decision_function(X_test), fresh.decision_function(X_test))
 
 
 # ---------------------------------------------------------------- class weights

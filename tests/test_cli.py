@@ -3,11 +3,13 @@ import contextlib
 import io
 import json
 import re
+import shutil
 import subprocess
 import sys
 import urllib.error
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch.hub
 
@@ -15,6 +17,7 @@ import core.cli as cli
 from core.cli import main
 from core.data import load_dataset
 from core.errors import Cancelled
+from core.runs import RunStore
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--image-size", "32", "--device", "cpu", "--workers", "0"]
@@ -159,7 +162,8 @@ def test_custom_weight_file_is_used(first_run, tiny_dir, tmp_path):
     assert results["cache_hit"] is True
     runs = results["runs"]
     assert [r["class_weight"] for r in runs] == ["balanced", "custom:rare"]
-    assert runs[1]["class_weights"] == [0.5, 1.0, 5.0]
+    raw, counts = np.array([0.5, 1.0, 5.0]), np.array(results["dataset"]["train_counts"])
+    assert runs[1]["class_weights"] == pytest.approx((raw * counts.sum() / (raw * counts).sum()).tolist())
 
 
 def test_list_backbones():
@@ -328,3 +332,59 @@ def test_seeds_and_tune_end_to_end(first_run, tiny_dir, tmp_path):
         (seed, a, w) for seed in (0, 1) for a in ("svm", "head") for w in ("none", "balanced"))
     assert all(("svm_c" if r["approach"] == "svm" else "tau") in r["tuned"] for r in runs)
     assert "macroF1 [95% interval]" in stderr
+
+
+# ---------------------------------------------------------------- issue 13: numbers that hold
+
+
+@pytest.fixture(scope="module")
+def single_folder(demo_dir, tmp_path_factory) -> Path:
+    """Demo digits merged into `DIR/<class>/*` (at most 30 per class), so every seed draws its own split."""
+    root = tmp_path_factory.mktemp("flat") / "digits-flat"
+    for class_dir in sorted((demo_dir / "train").iterdir()):
+        files = sorted(class_dir.glob("*.png")) + sorted((demo_dir / "test" / class_dir.name).glob("*.png"))
+        (root / class_dir.name).mkdir(parents=True)
+        for f in files[:30]:
+            shutil.copy(f, root / class_dir.name / f.name)
+    return root
+
+
+@pytest.mark.slow
+def test_seed_repeats_score_each_seed_like_that_seed_alone(single_folder, tmp_path):
+    """`--seeds 0,1` in one process gives seed 1 the predictions `--seed 1` alone gives (svm and head)."""
+    cache, common = tmp_path / "cache", ["--approaches", "svm,head", "--class-weight", "none", "--epochs", "3", *FAST]
+    code, _, stderr = run_main(["experiment", "--data", single_folder, "--cache-dir", cache, "--seeds", "0,1",
+                                "--out", tmp_path / "seeds.json", *common])
+    assert code == 0, stderr
+    alone = subprocess.run([sys.executable, "-m", "core", "experiment", "--data", str(single_folder), "--cache-dir",
+                            str(cache), "--seed", "1", "--out", str(tmp_path / "alone.json"), *common],
+                           cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert alone.returncode == 0, alone.stderr
+    store = RunStore(cache / "runs")
+
+    def predictions(results_file, seed):
+        runs = json.loads((tmp_path / results_file).read_text())["runs"]
+        return {r["approach"]: store.load_predictions(r["run_id"]) for r in runs if r["seed"] == seed}
+    repeated, reference = predictions("seeds.json", 1), predictions("alone.json", 1)
+    assert sorted(repeated) == sorted(reference) == ["head", "svm"]
+    for approach, table in reference.items():
+        assert table["path"].tolist() == repeated[approach]["path"].tolist()  # seed 1's own test images
+        assert table["pred"].tolist() == repeated[approach]["pred"].tolist(), approach
+
+
+def test_precision_setting_reaches_the_features_and_is_recorded_on_every_run(tiny_dir, tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)  # auto = bf16 on any CPU
+    results = {}
+    for precision in ("auto", "fp32"):
+        out = tmp_path / f"{precision}.json"
+        code, _, stderr = run_main(["experiment", "--data", tiny_dir, "--cache-dir", tmp_path / "cache", "--precision",
+                                    precision, "--approaches", "svm,head", "--class-weight", "none", "--epochs", "2",
+                                    "--runtime", "torch", "--out", out, *FAST])
+        assert code == 0, stderr
+        results[precision] = json.loads(out.read_text())
+    assert [r["precision"] for r in results["auto"]["runs"]] == ["bf16", "bf16"]
+    assert [r["precision"] for r in results["fp32"]["runs"]] == ["fp32", "fp32"]
+    assert results["auto"]["backbone"]["dtype"] == "torch.bfloat16" and results["fp32"]["backbone"]["dtype"] == "None"
+    assert results["auto"]["feature_key"] != results["fp32"]["feature_key"]  # features of their own

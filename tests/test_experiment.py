@@ -107,9 +107,11 @@ def test_custom_weights_are_recorded(demo_dir, demo_features, feature_cache, ima
     results = run_experiment(config, store=RunStore(tmp_path / "runs"))
     first, second = results["runs"]
     assert first["class_weight"] == "custom"
-    assert first["class_weights"] == [0.5] + [1.0] * 8 + [3.0]
+    counts = np.asarray(results["dataset"]["train_counts"])
+    for run, raw in ((first, [0.5] + [1.0] * 8 + [3.0]), (second, [1.0] * 9 + [4.0])):
+        expected = np.asarray(raw) * counts.sum() / (np.asarray(raw) * counts).sum()  # 1 per training image
+        assert run["class_weights"] == pytest.approx(expected.tolist())
     assert second["class_weight"] == "custom:rare-first"
-    assert second["class_weights"] == [1.0] * 9 + [4.0]
     assert results["config"]["remedies"][0] == {"0-zero": 0.5, "9-nine": 3}
 
 
@@ -290,3 +292,42 @@ def test_results_hold_paired_comparisons(on_demo_features):
 def test_declared_ranges_are_checked(demo_dir, tmp_path, overrides, match):
     with pytest.raises(ConfigError, match=match):
         ExperimentConfig(data=str(demo_dir), cache_dir=str(tmp_path), **overrides).validate()
+
+
+# ---------------------------------------------------------------- issue 13: numbers that hold
+
+
+def test_every_svm_fit_and_predict_pays_for_its_own_kernels(on_demo_features, monkeypatch):
+    """Every RBF kernel "takes" 1000 s on a shifted clock: each scheme's fit pays for the train kernel and its
+    predict for the test kernel, also when a run earlier in the process left the kernels cached."""
+    import time
+
+    import core.classifiers as classifiers
+
+    real_kernel, real_clock, skipped = classifiers.rbf_kernel, time.perf_counter, [0.0]
+
+    def slow_kernel(*args, **kwargs):
+        result = real_kernel(*args, **kwargs)
+        skipped[0] += 1000.0
+        return result
+
+    monkeypatch.setattr(classifiers, "KERNEL_CACHE", classifiers.KernelCache())
+    monkeypatch.setattr(classifiers, "rbf_kernel", slow_kernel)
+    monkeypatch.setattr(time, "perf_counter", lambda: real_clock() + skipped[0])
+    runs = [run for _ in range(2) for run in on_demo_features(remedies=("none", "balanced", "sqrt"))["runs"]]
+    for run in runs:
+        assert 1000 <= run["fit_seconds"] < 2000, run["class_weight"]  # the train kernel, once
+        assert 1000 <= run["predict_seconds"] < 2000, run["class_weight"]  # the test kernel, once
+        assert run["refit_seconds"] < run["fit_seconds"] + run["predict_seconds"] - 999  # the train kernel is reused
+
+
+def test_runs_record_and_show_the_svm_model_actually_fitted(on_demo_features, monkeypatch):
+    from core.analysis import run_settings
+    from core.classifiers import SvmClassifier
+
+    kernel_svm = on_demo_features()["runs"][0]
+    monkeypatch.setitem(SvmClassifier.__init__.__kwdefaults__, "linear_above", 100)
+    switched = on_demo_features()["runs"][0]  # 453 training images > 100: the LinearSVC switch
+    assert kernel_svm["svm_model"] == "SVC (rbf kernel)" and switched["svm_model"] == "LinearSVC"
+    shown = run_settings(switched).set_index("setting")["value"]
+    assert shown["SVM model"] == "LinearSVC" and "SVM kernel" not in shown.index

@@ -1,12 +1,11 @@
-"""Feature map (PCA + t-SNE, stored per feature key) and train/test near-duplicates (core.featuremap)."""
+"""Feature map (PCA + t-SNE, stored per feature key) and its points (core.featuremap)."""
 import numpy as np
 import pytest
 from sklearn.datasets import make_blobs
 from sklearn.neighbors import KNeighborsClassifier
 
 from core.errors import ConfigError
-from core.featuremap import (build_map, compute_map, load_map, map_path, map_points, misclassified_first,
-                             near_duplicates)
+from core.featuremap import build_map, compute_map, load_map, map_path, map_points, misclassified_first
 
 
 def test_map_keeps_classes_apart_and_is_deterministic():
@@ -31,18 +30,6 @@ def test_map_is_stored_per_feature_key(tmp_path):
 def test_map_needs_a_few_images():
     with pytest.raises(ConfigError, match=r"at least 4 images.*\(2, 5\)"):
         compute_map(np.zeros((2, 5)))
-
-
-def test_near_duplicates_find_the_planted_copy():
-    rng = np.random.default_rng(0)
-    train, test = rng.normal(size=(200, 64)), rng.normal(size=(50, 64))
-    test[7] = train[123] * 1.01 + rng.normal(scale=0.01, size=64)  # a rescaled, slightly noisy copy
-    pairs = near_duplicates(train, test, chunk=16)
-    assert [(p["test"], p["train"]) for p in pairs] == [(7, 123)]
-    assert pairs[0]["similarity"] > 0.99
-    assert len(near_duplicates(train, test, threshold=0.2)) > 1
-    with pytest.raises(ConfigError, match="threshold must be in \\(0, 1\\], got 1.5"):
-        near_duplicates(train, test, threshold=1.5)
 
 
 def test_map_points_follow_the_dataset_order(demo_dataset):

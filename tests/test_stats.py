@@ -31,7 +31,7 @@ def test_bootstrap_resamples_agree_with_sklearn_scores():
     from core.stats import _indices, _resample_counts, _scores
 
     y_true, y_pred = _predictions(n=200)
-    index = _indices(len(y_true), 3, seed=5)
+    index = _indices(y_true, 3, seed=5)
     scores = _scores(*_resample_counts(y_true, y_pred, 4, index))
     for row in range(3):
         report = evaluate(y_true[index[row]], y_pred[index[row]], CLASSES)
@@ -113,3 +113,30 @@ def test_bad_input_is_a_clear_error(args, fragment):
 def test_zero_resamples_is_an_error():
     with pytest.raises(ConfigError, match="n_boot"):
         paired_comparison([0, 1], [0, 1], [1, 1], 2, n_boot=0)
+
+
+# ---------------------------------------------------------------- issue 13: stratified resampling
+
+
+def _rare_class_always_wrong():
+    """50 + 50 images always right, a rare class of 2 images always predicted as class 0."""
+    y_true = np.array([0] * 50 + [1] * 50 + [2] * 2)
+    return y_true, np.where(y_true == 2, 0, y_true)
+
+
+def test_resamples_keep_every_class_and_its_test_count():
+    """Macro-F1 of these predictions is the same on any resample that keeps per-class counts: a zero-width
+    interval at the point score. Dropping the rare class in some resamples would lift the top towards 0.99."""
+    y_true, y_pred = _rare_class_always_wrong()
+    point = evaluate(y_true, y_pred, ["a", "b", "c"])
+    intervals = run_intervals(y_true, y_pred, 3)
+    for metric in ("macro_f1", "balanced_accuracy", "accuracy"):
+        assert intervals[f"{metric}_low"] == pytest.approx(point[metric])
+        assert intervals[f"{metric}_high"] == pytest.approx(point[metric])
+
+
+def test_paired_resamples_keep_every_class_and_its_test_count():
+    y_true, pred_a = _rare_class_always_wrong()
+    result = paired_comparison(y_true, pred_a, y_true, 3)  # B is right everywhere
+    assert result["macro_f1_low"] == pytest.approx(result["macro_f1_delta"])
+    assert result["macro_f1_high"] == pytest.approx(result["macro_f1_delta"])

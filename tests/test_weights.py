@@ -75,9 +75,9 @@ def test_unknown_scheme():
 # ---------------------------------------------------------------- custom tables
 
 
-def test_custom_table_keeps_unlisted_classes_at_one():
+def test_custom_table_keeps_unlisted_classes_at_one_before_rescaling():
     w = class_weights("custom", [5, 5, 5], CLASSES, custom={"owl": 4, "cat": 0.5})
-    assert w.tolist() == [0.5, 1.0, 4.0]
+    assert w.tolist() == pytest.approx([0.5 * 3 / 5.5, 3 / 5.5, 4.0 * 3 / 5.5])
     assert custom_weights({"dog": 0}, CLASSES).tolist() == [1.0, 0.0, 1.0]
 
 
@@ -180,3 +180,16 @@ def test_weighted_loss_keeps_the_class_weight_in_a_one_class_batch():
     assert torch.allclose(grad([1.0, 10.0]), 10 * grad([1.0, 1.0]))
     plain = torch.nn.functional.cross_entropy(torch.zeros(3, 2), labels)
     assert weighted_cross_entropy(torch.zeros(3, 2), labels, torch.tensor([1.0, 10.0])) == pytest.approx(10 * plain)
+
+
+# ---------------------------------------------------------------- issue 13: one weight scale
+
+
+def test_custom_weights_are_scaled_like_the_schemes():
+    """A custom table averages 1 per training sample too: scaling every weight changes nothing."""
+    counts = [90, 10]
+    small = class_weights("custom", counts, ["cat", "dog"], custom={"cat": 1, "dog": 9})
+    large = class_weights("custom", counts, ["cat", "dog"], custom={"cat": 10, "dog": 90})
+    np.testing.assert_allclose(small, large)
+    assert (small * counts).sum() == pytest.approx(sum(counts))
+    np.testing.assert_allclose(small, class_weights("balanced", counts))

@@ -43,7 +43,8 @@ def test_a_heavier_class_weight_changes_the_fit(starts, approach):
     assert outcome["per_class"][rare]["predicted"] > before
     deltas = whatif.compare_with_start(start, outcome)
     row = deltas["per_class"].iloc[rare]
-    assert row["weight"] == 50.0 and row["start weight"] == 1.0 and bool(row["minority"])
+    assert row["weight"] == pytest.approx(50 * deltas["per_class"]["weight"].min())  # rescaled, ratios kept
+    assert row["start weight"] == 1.0 and bool(row["minority"])
     recall_change = outcome["per_class"][rare]["recall"] - start.record["per_class"][rare]["recall"]
     assert row["Δ recall"] == pytest.approx(recall_change)
     assert np.asarray(deltas["confusion_change"]).sum(axis=1).tolist() == [0] * len(start.classes)
@@ -240,3 +241,18 @@ def test_a_saved_run_records_that_test_scores_were_on_screen(starts, tmp_path):
                                 offsets=offsets, test_visible=True)
     assert record["chosen_with_test_visible"] is True and record["offsets"] == offsets
     assert record["remedy"].endswith("+offsets")
+
+
+# ---------------------------------------------------------------- issue 13: weight scale, the model fitted
+
+
+@pytest.mark.parametrize("approach", ["svm", "head"])
+def test_scaling_every_weight_changes_nothing(starts, approach):
+    """For the SVM a weight multiplies C: unscaled, weights x 10 would be C x 10."""
+    start = starts[approach]
+    weights = np.geomspace(0.5, 3, len(start.classes))
+    plain, scaled = whatif.refit(start, weights), whatif.refit(start, weights * 10)
+    assert scaled["confusion_matrix"] == plain["confusion_matrix"]
+    np.testing.assert_allclose(scaled["weights"], plain["weights"])
+    counts = np.asarray(start.dataset.train_counts)
+    assert (plain["weights"] * counts).sum() == pytest.approx(counts.sum())

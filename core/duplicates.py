@@ -1,0 +1,92 @@
+"""Train/test near-duplicates: each test image's closest training image by centred feature cosine, stored once.
+
+CNN features after ReLU are non-negative, so their raw cosine is high for any two images (distinct demo
+digits reach 0.989). Subtracting the training mean first leaves what tells images apart: distinct digits
+then stay below 0.91 and two photos of the same kind of boat from different days score 0.90-0.94,
+while a re-encoded or resized copy of a photo stays above 0.97. The matches are computed once per
+feature set and split (`split_key`) and stored; a similarity threshold only filters them.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from core.errors import ConfigError
+from core.runs import atomic_write_bytes
+
+MATCHES_VERSION = 1  # bump when the similarity changes, so stored matches are recomputed
+DUPLICATE_SIMILARITY = 0.97  # centred cosine from which a train/test pair is listed as a possible leak
+INLINE_PAIRS = 20_000_000  # train x test pairs compared inline (about a second); more run as a background job
+STAGE = "near-duplicates (test images compared)"
+
+
+@dataclass(frozen=True)
+class Matches:
+    """For each test image (in `Dataset.test` order): its most similar training image and their similarity."""
+
+    train: np.ndarray  # (n_test,) int index into Dataset.train
+    similarity: np.ndarray  # (n_test,) centred cosine similarity in [-1, 1]
+
+
+def best_matches(X_train, X_test, *, chunk: int = 1024, progress=None) -> Matches:
+    """Each test row's most similar training row by cosine of features centred on the training mean.
+
+    >>> best_matches([[1, 0], [0, 1], [1, 1]], [[2, 0.1]]).train.tolist()
+    [0]
+    """
+    X_train, X_test = np.asarray(X_train, dtype=np.float32), np.asarray(X_test, dtype=np.float32)
+    if X_train.ndim != 2 or X_test.ndim != 2 or X_train.shape[1] != X_test.shape[1] or not len(X_train):
+        raise ConfigError(f"train and test features must be 2-D with the same columns, got {X_train.shape} "
+                          f"and {X_test.shape}; use the features of one extraction")
+    mean = X_train.mean(axis=0)
+    train, test = _unit_rows(X_train - mean), _unit_rows(X_test - mean)
+    report = progress or (lambda *_: None)
+    best, score = np.empty(len(test), dtype=np.int64), np.empty(len(test), dtype=np.float32)
+    for begin in range(0, len(test), chunk):
+        similarity = test[begin:begin + chunk] @ train.T
+        best[begin:begin + chunk] = similarity.argmax(axis=1)
+        score[begin:begin + chunk] = similarity.max(axis=1)
+        report(STAGE, min(begin + chunk, len(test)), len(test))
+    return Matches(best, score)
+
+
+def _unit_rows(X: np.ndarray) -> np.ndarray:
+    return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+
+
+def near_duplicates(matches: Matches, threshold: float = DUPLICATE_SIMILARITY) -> list[dict]:
+    """Test images whose best training match reaches `threshold`, most similar first: possible leaks.
+
+    >>> near_duplicates(Matches(np.array([4, 2]), np.array([0.5, 0.99])))
+    [{'test': 1, 'train': 2, 'similarity': 0.99}]
+    """
+    if not 0 < threshold <= 1:
+        raise ConfigError(f"similarity threshold must be in (0, 1], got {threshold}")
+    rows = [{"test": int(i), "train": int(matches.train[i]), "similarity": float(matches.similarity[i])}
+            for i in np.flatnonzero(matches.similarity >= threshold)]
+    return sorted(rows, key=lambda row: -row["similarity"])
+
+
+def matches_path(cache_dir, key: str) -> Path:
+    return Path(cache_dir) / "duplicates" / f"{key}-v{MATCHES_VERSION}.npz"
+
+
+def load_matches(cache_dir, key: str) -> Matches | None:
+    """The stored matches of `key` (feature set and split, see `core.experiment.split_key`), or None."""
+    path = matches_path(cache_dir, key)
+    if not path.is_file():
+        return None
+    with np.load(path) as stored:
+        return Matches(stored["train"], stored["similarity"])
+
+
+def build_matches(X_train, X_test, cache_dir, key: str, progress=None) -> Matches:
+    """Compute the matches of `key` and store them atomically under `cache_dir/duplicates/`."""
+    matches = best_matches(X_train, X_test, progress=progress)
+    buffer = io.BytesIO()
+    np.savez(buffer, train=matches.train, similarity=matches.similarity)
+    atomic_write_bytes(matches_path(cache_dir, key), buffer.getvalue())
+    return matches
