@@ -17,6 +17,7 @@ from core.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 DEMO_CLASSES = ("0-zero", "1-one", "2-two", "3-three", "4-four", "5-five", "6-six", "7-seven", "8-eight", "9-nine")
+DEMO_MARKER = ".transferscope-demo.json"  # lists the files the demo wrote: only those are replaced
 DEMO_SIZE = (96, 32)  # width x height: about 3:1, like the reference 800x240 boat photos
 
 
@@ -242,27 +243,71 @@ def demo_counts(n_classes: int = 10, largest: int = 170, smallest: int = 10) -> 
 def build_demo_dataset(out_dir, *, test_fraction: float = 0.25, seed: int = 0) -> Path:
     """Write scikit-learn's digits as wide (3:1) grayscale PNGs, deterministically imbalanced.
 
-    Layout: `out_dir/train/<class>/*.png` and `out_dir/test/<class>/*.png`. Rebuilding gives
-    byte-identical files, so the feature cache stays valid.
+    Layout: `out_dir/train/<class>/*.png` and `out_dir/test/<class>/*.png`, plus a marker file listing
+    them. Rebuilding gives byte-identical files, so the feature cache stays valid. Only a new or empty
+    folder, or an earlier demo holding nothing but its own files, is written to; anything else is refused.
     """
     from sklearn.datasets import load_digits
 
+    out_dir = Path(out_dir).expanduser()
+    _check_demo_target(out_dir)
     digits = load_digits()
     rng = np.random.default_rng(seed)
-    out_dir = Path(out_dir)
-    tmp_dir = out_dir.with_name(out_dir.name + f".tmp-{os.getpid()}")
-    for label, count in enumerate(demo_counts()):
-        indices = rng.permutation(np.flatnonzero(digits.target == label))[:count]
-        n_test = max(2, round(count * test_fraction))
-        for i, index in enumerate(indices):
-            split = "test" if i < n_test else "train"
-            path = tmp_dir / split / DEMO_CLASSES[label] / f"{index:04d}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _render_digit(digits.images[index], rng).save(path, optimize=False)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp_dir, out_dir)
+    tmp_dir = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    try:
+        written = []
+        for label, count in enumerate(demo_counts()):
+            indices = rng.permutation(np.flatnonzero(digits.target == label))[:count]
+            n_test = max(2, round(count * test_fraction))
+            for i, index in enumerate(indices):
+                relative = f"{'test' if i < n_test else 'train'}/{DEMO_CLASSES[label]}/{index:04d}.png"
+                (tmp_dir / relative).parent.mkdir(parents=True, exist_ok=True)
+                _render_digit(digits.images[index], rng).save(tmp_dir / relative, optimize=False)
+                written.append(relative)
+        (tmp_dir / DEMO_MARKER).write_text(json.dumps({"demo": "digits", "files": written}, indent=1))
+        _check_demo_target(out_dir)  # nothing of the user's appeared there meanwhile
+        _swap_in(tmp_dir, out_dir)
+    except OSError as err:
+        from core.runs import storage_error
+
+        raise storage_error(err, out_dir, "the demo dataset") from err
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
     return out_dir
+
+
+def _check_demo_target(out_dir: Path) -> None:
+    """Refuse a demo target that is a file, or a folder holding anything but an earlier demo's files."""
+    if not out_dir.exists() and not out_dir.is_symlink():
+        return
+    if not out_dir.is_dir() or out_dir.is_symlink():
+        raise DataError(f"demo output {str(out_dir)!r} is not a folder; pass a new or empty folder as --out")
+    foreign = _foreign_files(out_dir)
+    if foreign:
+        raise DataError(f"demo output {str(out_dir)!r} is not empty and not an earlier demo (it holds "
+                        f"{foreign[0]!r}); nothing was written; pass a new or empty folder as --out")
+
+
+def _foreign_files(folder: Path) -> list[str]:
+    """Entries of `folder` that the demo marker there does not list (every entry without a marker)."""
+    try:
+        listed = json.loads((folder / DEMO_MARKER).read_text())["files"]
+        own = {DEMO_MARKER} | {str(p) for f in listed for p in (Path(f), *Path(f).parents) if str(p) != "."}
+    except (OSError, ValueError, KeyError, TypeError):
+        own = set()
+    return sorted(rel for rel in (str(p.relative_to(folder)) for p in folder.rglob("*")) if rel not in own)
+
+
+def _swap_in(new: Path, target: Path) -> None:
+    """Move `new` onto `target` (an empty folder or an earlier demo), keeping one or the other whole."""
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+        os.replace(new, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(new, target)
 
 
 def _render_digit(pixels: np.ndarray, rng: np.random.Generator) -> Image.Image:

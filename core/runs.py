@@ -11,6 +11,7 @@ the next writer.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from filelock import FileLock
 
-from core.errors import RunStoreError
+from core.errors import RunStoreError, StorageError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -100,6 +101,38 @@ def _fsync_dir(path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+_WRITE_ERRORS = {
+    errno.ENOSPC: "the disk is full; free some space or write to another disk",
+    errno.EDQUOT: "the disk quota is used up; free some space or write to another disk",
+    errno.EACCES: "permission denied; choose a location you can write to",
+    errno.EPERM: "permission denied; choose a location you can write to",
+    errno.EROFS: "the file system is read-only; choose a location you can write to",
+    errno.EISDIR: "a folder is in the way; give a file path, not a folder",
+    errno.ENOTDIR: "a file is in the way where a folder should be; choose another location",
+    errno.EEXIST: "a file is in the way where a folder should be; choose another location",
+    errno.ENAMETOOLONG: "the name is too long; choose a shorter path",
+}
+
+
+def storage_error(err: OSError, path, what: str = "file") -> StorageError:
+    """A StorageError naming `what` was written, where, what went wrong and what to do.
+
+    >>> storage_error(OSError(errno.ENOSPC, "No space left on device"), "cache/x.npz", "feature shard")
+    StorageError('could not write feature shard cache/x.npz: the disk is full; free some space or write to another disk')
+    """
+    advice = _WRITE_ERRORS.get(err.errno, f"{err.strerror or err}; check the path, free disk space and permissions")
+    return StorageError(f"could not write {what} {path}: {advice}")
+
+
+@contextlib.contextmanager
+def writing(path, what: str = "file"):
+    """Turn an OSError raised inside the block into a StorageError naming `path` (the write boundary)."""
+    try:
+        yield
+    except OSError as err:
+        raise storage_error(err, path, what) from err
 
 
 @contextlib.contextmanager

@@ -63,6 +63,25 @@ def test_demo_data_writes_the_dataset(tmp_path, demo_dataset):
     assert load_dataset(tmp_path / "demo").fingerprint == demo_dataset.fingerprint
 
 
+def test_demo_data_never_deletes_a_users_folder(tmp_path):
+    pictures = tmp_path / "Pictures"
+    (pictures / "holiday").mkdir(parents=True)
+    (pictures / "holiday" / "beach.jpg").write_bytes(b"my only copy")
+    assert_usage_error(*run_main(["demo-data", "--out", pictures]), str(pictures), "empty")
+    assert (pictures / "holiday" / "beach.jpg").read_bytes() == b"my only copy"
+    assert sorted(p.name for p in pictures.iterdir()) == ["holiday"]
+
+
+def test_demo_data_rebuilds_an_earlier_demo_or_an_empty_folder(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert run_main(["demo-data", "--out", empty])[0] == 0
+    first = load_dataset(empty).fingerprint
+    assert run_main(["demo-data", "--out", empty])[0] == 0  # an earlier demo (its marker file) is rebuilt
+    assert load_dataset(empty).fingerprint == first
+    assert_usage_error(*run_main(["demo-data", "--out", empty / "train" / "0-zero" / "0000.png"]), "not a folder")
+
+
 def test_experiment_writes_results(first_run, tiny_dir, check_results_schema):
     cache, out, code, stdout, stderr, stored = first_run
     assert code == 0, stderr

@@ -25,9 +25,19 @@ def test_demo_dataset_is_deterministic(demo_dataset, tmp_path):
 
 def test_demo_dataset_rebuild_in_place_replaces_it(tmp_path):
     out = build_demo_dataset(tmp_path / "demo")
-    (out / "train" / DEMO_CLASSES[0] / "stray.png").write_bytes(b"")
+    first = sorted((out / "train" / DEMO_CLASSES[0]).iterdir())[0]
+    first.unlink()
     build_demo_dataset(out)
-    assert not (out / "train" / DEMO_CLASSES[0] / "stray.png").exists()
+    assert first.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name != "demo"], "temporary build folder left behind"
+
+
+def test_demo_dataset_keeps_a_file_added_to_an_earlier_demo(tmp_path):
+    out = build_demo_dataset(tmp_path / "demo")
+    (out / "train" / DEMO_CLASSES[0] / "mine.png").write_bytes(b"the user's")
+    with pytest.raises(DataError, match="mine.png"):
+        build_demo_dataset(out)
+    assert (out / "train" / DEMO_CLASSES[0] / "mine.png").read_bytes() == b"the user's"
     assert not [p for p in tmp_path.iterdir() if p.name != "demo"], "temporary build folder left behind"
 
 
