@@ -72,7 +72,7 @@ def load_dataset(root, *, test_size: float = 0.2, seed: int = 0, cache_dir=None,
     """Load `root/train/<class>/*` + `root/test/<class>/*`, or split `root/<class>/*` stratified.
 
     Unreadable, empty or non-image files are skipped and listed in `Dataset.skipped`. With `cache_dir`,
-    a file index (path, size, mtime -> content hash, image size) is kept under it, so files unchanged
+    a file index (path, size, mtime, ctime, inode -> content hash, image size) is kept under it, so files unchanged
     since the last scan are re-validated from `stat` alone; `rescan=True` reads every file again.
 
     >>> ds = load_dataset("cache/datasets/digits-demo", cache_dir="cache")  # doctest: +SKIP
@@ -117,12 +117,15 @@ def _class_names(folder: Path) -> list[str]:
 
 
 class FileIndex:
-    """Scans class folders, remembering each file's content hash and image size by (path, size, mtime).
+    """Scans class folders, remembering each file's content hash and image size by its `stat` stamp.
+
+    The stamp is (size, mtime, ctime, inode): tools that rewrite a file but keep its size and mtime
+    (EXIF orientation editors) still change its ctime, and saving through a new file changes the inode.
 
     The dataset fingerprint hashes every file's label, name and content hash, whether read or remembered.
     """
 
-    VERSION = 1
+    VERSION = 2  # 2: ctime and inode in the stamp
 
     def __init__(self, root: Path, cache_dir=None, rescan: bool = False):
         self.hasher, self.skipped = hashlib.sha256(), []
@@ -164,18 +167,18 @@ class FileIndex:
         return samples
 
     def _inspect(self, path: Path) -> tuple[str | None, tuple[int, int] | None, str | None]:
-        """(content hash, image size, skip reason) from the index when size and mtime match, else read."""
+        """(content hash, image size, skip reason) from the index when the stamp matches, else read."""
         try:
             st = path.stat()
-            stamp = [st.st_size, st.st_mtime_ns]
+            stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
         except OSError as err:
             return None, None, f"cannot read file: {err.strerror or err}"
         entry = self.known.get(str(path))
-        if entry is None or entry[:2] != stamp:
+        if entry is None or entry[0] != stamp:
             digest, size, reason = _inspect_image(path)
-            entry = [*stamp, digest, list(size) if size else None, reason]
+            entry = [stamp, digest, list(size) if size else None, reason]
         self.seen[str(path)] = entry
-        return entry[2], tuple(entry[3]) if entry[3] else None, entry[4]
+        return entry[1], tuple(entry[2]) if entry[2] else None, entry[3]
 
 
 def _inspect_image(path: Path) -> tuple[str | None, tuple[int, int] | None, str | None]:

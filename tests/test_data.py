@@ -1,4 +1,5 @@
 """Dataset discovery, image validation, decoding and the demo dataset (core.data)."""
+import os
 import pathlib
 import shutil
 
@@ -367,6 +368,21 @@ def test_changed_and_new_files_are_read_again(tmp_path, make_class_tree, make_im
     assert sorted(count_reads) == ["a-000.png", "b-new.png"]
     assert after.fingerprint != before.fingerprint
     assert (64, 16) in [s.size for s in after.samples] and len(after.samples) == 9
+
+
+def test_a_file_rewritten_with_its_size_and_mtime_kept_is_read_again(tmp_path, make_class_tree, make_image):
+    """Tools that rewrite EXIF orientation keep the timestamps; ctime and inode still change."""
+    root = make_class_tree(tmp_path / "ds", {"a": 4, "b": 4})
+    photo = make_image(root / "a" / "photo.bmp", size=(48, 16))  # uncompressed: 16x48 has the same byte size
+    before = load_dataset(root, cache_dir=tmp_path / "cache")
+    kept = photo.stat()
+    replacement = make_image(tmp_path / "turned.bmp", size=(16, 48), seed=5)
+    os.replace(replacement, photo)  # how editors save: a new file (new inode) moved over the old one
+    os.utime(photo, ns=(kept.st_atime_ns, kept.st_mtime_ns))
+    assert (photo.stat().st_size, photo.stat().st_mtime_ns) == (kept.st_size, kept.st_mtime_ns)
+    after = load_dataset(root, cache_dir=tmp_path / "cache")
+    assert after.fingerprint != before.fingerprint
+    assert [s.size for s in after.samples if s.path == str(photo)] == [(16, 48)]
 
 
 def test_rescan_reads_every_file(tmp_path, make_class_tree, count_reads):
