@@ -1,9 +1,8 @@
 """Discover ImageFolder-style datasets, validate their images and build the demo dataset."""
 from __future__ import annotations
 
-import hashlib
-import io
 import json
+import math
 import os
 import shutil
 import warnings
@@ -11,23 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from core.errors import DataError
+from core.scan import FileIndex, Sample, check_class_count, is_utf8, printable
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 DEMO_CLASSES = ("0-zero", "1-one", "2-two", "3-three", "4-four", "5-five", "6-six", "7-seven", "8-eight", "9-nine")
 DEMO_MARKER = ".transferscope-demo.json"  # lists the files the demo wrote: only those are replaced
 DEMO_SIZE = (96, 32)  # width x height: about 3:1, like the reference 800x240 boat photos
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One validated image: where it is, its label index and its size (width, height)."""
-
-    path: str
-    label: int
-    size: tuple[int, int]
 
 
 @dataclass
@@ -83,14 +73,15 @@ def load_dataset(root, *, test_size: float = 0.2, seed: int = 0, cache_dir=None,
         raise DataError(f"test size must be between 0 and 1 (exclusive), got {test_size}")
     scanner, content = FileIndex(root, cache_dir, rescan), None
     if (root / "train").is_dir() and (root / "test").is_dir():
-        classes = sorted(set(_class_names(root / "train")) | set(_class_names(root / "test")))
+        classes = sorted(set(check_class_count(root / "train", scanner.class_names(root / "train")))
+                         | set(scanner.class_names(root / "test")))
         train = scanner.scan(root / "train", classes)
         test = scanner.scan(root / "test", classes)
     else:
-        classes = _class_names(root)
+        classes = check_class_count(root, scanner.class_names(root))
         samples = scanner.scan(root, classes)
         content = scanner.hasher.hexdigest()[:16]
-        train, test = _split(samples, test_size, seed, len(classes))
+        train, test = _split(samples, test_size, seed, classes)
         scanner.hasher.update(f"split:{test_size}:{seed}".encode())
     scanner.save()
     _check_usable(root, classes, train, test)
@@ -98,132 +89,54 @@ def load_dataset(root, *, test_size: float = 0.2, seed: int = 0, cache_dir=None,
     return Dataset(str(root), classes, train, test, scanner.skipped, fingerprint, content or fingerprint)
 
 
-def check_data_dir(root) -> Path:
-    """`root` as a Path if it is a folder, else a DataError saying what to pass."""
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise DataError(f"dataset folder {str(root)!r} does not exist; pass a folder with one sub-folder per class")
-    return root
+def check_data_dir(root, what: str = "dataset folder") -> Path:
+    """`root` as a Path if it is a folder, else a DataError saying what was wrong and what to pass."""
+    if not str(root).strip():
+        raise DataError(f"no {what} given (the path is empty); pass a folder with one sub-folder per class")
+    path = Path(root).expanduser()
+    if not is_utf8(str(path)):
+        raise DataError(f"{what} {printable(path)!r}: its path is not valid UTF-8 text; rename it")
+    if path.is_file():
+        raise DataError(f"{what} {str(path)!r} is a file, not a folder; pass the folder that holds the images "
+                        "(one sub-folder per class)")
+    if not path.is_dir():
+        raise DataError(f"{what} {str(path)!r} does not exist; pass a folder with one sub-folder per class")
+    return path
 
 
-def _class_names(folder: Path) -> list[str]:
-    classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if len(classes) < 2:
-        raise DataError(
-            f"{str(folder)!r} has {len(classes)} class folder(s); put each class's images in its own "
-            "sub-folder (at least two), e.g. DIR/cats/*.jpg and DIR/dogs/*.jpg, or DIR/train/<class> + DIR/test/<class>"
-        )
-    return classes
-
-
-class FileIndex:
-    """Scans class folders, remembering each file's content hash and image size by its `stat` stamp.
-
-    The stamp is (size, mtime, ctime, inode): tools that rewrite a file but keep its size and mtime
-    (EXIF orientation editors) still change its ctime, and saving through a new file changes the inode.
-
-    The dataset fingerprint hashes every file's label, name and content hash, whether read or remembered.
-    """
-
-    VERSION = 2  # 2: ctime and inode in the stamp
-
-    def __init__(self, root: Path, cache_dir=None, rescan: bool = False):
-        self.hasher, self.skipped = hashlib.sha256(), []
-        name = f"{hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]}.json"
-        self.path = Path(cache_dir) / "index" / name if cache_dir is not None else None
-        self.known = {} if rescan or self.path is None else self._read()
-        self.seen: dict[str, list] = {}
-
-    def _read(self) -> dict:
-        try:
-            saved = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return {}  # no index yet, or an unreadable one: scan everything
-        return saved.get("files", {}) if isinstance(saved, dict) and saved.get("version") == self.VERSION else {}
-
-    def save(self) -> None:
-        """Write the index of the files seen in this scan (atomically); a no-op without a cache folder."""
-        if self.path is not None and self.seen != self.known:
-            from core.runs import atomic_write_json
-
-            atomic_write_json(self.path, {"version": self.VERSION, "files": self.seen})
-
-    def scan(self, folder: Path, classes: list[str]) -> list[Sample]:
-        """Samples of `folder/<class>/**` in class then path order; unusable files go to `skipped`."""
-        samples = []
-        for label, name in enumerate(classes):
-            class_dir = folder / name
-            files = sorted(p for p in class_dir.rglob("*") if p.is_file()) if class_dir.is_dir() else []
-            for path in files:
-                if path.name.startswith("."):
-                    continue
-                digest, size, reason = self._inspect(path)
-                if reason:
-                    self.skipped.append((str(path), reason))
-                    continue
-                self.hasher.update(f"{label}:{path.name}:".encode())
-                self.hasher.update(bytes.fromhex(digest))
-                samples.append(Sample(str(path), label, size))
-        return samples
-
-    def _inspect(self, path: Path) -> tuple[str | None, tuple[int, int] | None, str | None]:
-        """(content hash, image size, skip reason) from the index when the stamp matches, else read."""
-        try:
-            st = path.stat()
-            stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
-        except OSError as err:
-            return None, None, f"cannot read file: {err.strerror or err}"
-        entry = self.known.get(str(path))
-        if entry is None or entry[0] != stamp:
-            digest, size, reason = _inspect_image(path)
-            entry = [stamp, digest, list(size) if size else None, reason]
-        self.seen[str(path)] = entry
-        return entry[1], tuple(entry[2]) if entry[2] else None, entry[3]
-
-
-def _inspect_image(path: Path) -> tuple[str | None, tuple[int, int] | None, str | None]:
-    """Decode an image cheaply (JPEG draft mode) and hash its bytes; return (hash, size, skip reason)."""
-    if path.suffix.lower() not in IMAGE_EXTENSIONS:
-        return None, None, f"not an image extension ({path.suffix or 'none'})"
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        return None, None, f"cannot read file: {err.strerror or err}"
-    if not data:
-        return None, None, "empty file (0 bytes)"
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            size = img.size
-            if img.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF orientation turns it sideways when opened
-                size = size[::-1]
-            img.draft("RGB", (64, 64))
-            img.load()
-    except UnidentifiedImageError:
-        return None, None, "not a recognised image format (corrupt, or not really an image)"
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
-        return None, None, f"unreadable image: {err}"
-    return hashlib.sha256(data).hexdigest(), size, None
-
-
-def _split(samples: list[Sample], test_size: float, seed: int, n_classes: int):
+def _split(samples: list[Sample], test_size: float, seed: int, classes: list[str]):
     """Seeded split, stratified when every class has 2+ images; a class of one image goes to train (warned)."""
     from sklearn.model_selection import train_test_split  # imported on use: scans stay fast to start
 
     if len(samples) < 2:
         raise DataError(f"found {len(samples)} readable images in the class folders; need at least 2 to split "
                         "into train and test (see the skipped files for what could not be read)")
-    counts = np.bincount([s.label for s in samples], minlength=n_classes)
+    counts = np.bincount([s.label for s in samples], minlength=len(classes))
     singles = [s for s in samples if counts[s.label] == 1]
     if singles:
         warnings.warn(f"{len(singles)} class(es) have a single image, kept for training with no test image: "
-                      f"{', '.join(Path(s.path).parent.name for s in singles)}; their scores are not measured",
+                      f"{', '.join(classes[s.label] for s in singles)}; their scores are not measured",
                       stacklevel=3)
     rest = [s for s in samples if counts[s.label] > 1]
-    try:
-        train, test = train_test_split(rest, test_size=test_size, random_state=seed, stratify=[s.label for s in rest])
-    except ValueError as err:
-        raise DataError(f"cannot split {len(samples)} images with test size {test_size}: {err}") from err
+    _check_splittable({classes[i]: int(n) for i, n in enumerate(counts) if n > 1}, test_size)
+    train, test = train_test_split(rest, test_size=test_size, random_state=seed, stratify=[s.label for s in rest])
     return singles + train, test
+
+
+def _check_splittable(counts: dict[str, int], test_size: float) -> None:
+    """A stratified split needs a test and a training image per class: else say which classes and what to do."""
+    n, k = sum(counts.values()), len(counts)
+    n_test = math.ceil(test_size * n)
+    if k <= n_test <= n - k:
+        return
+    smallest = ", ".join(f"{name} ({c})" for name, c in sorted(counts.items(), key=lambda item: item[1])[:5])
+    fits = math.ceil(k / n * 100) / 100 if n_test < k else math.floor((n - k) / n * 100) / 100
+    raise DataError(
+        f"cannot split {n} images of {k} classes with test size {test_size:g}: that gives {n_test} test and "
+        f"{n - n_test} training images, and a stratified split needs at least one of each per class; smallest "
+        f"classes: {smallest}; use --test-size {fits:g} (Test size on the Train page), add images, or give a "
+        "separate test folder (--test-data)"
+    )
 
 
 def _check_usable(root: Path, classes, train, test) -> None:

@@ -1,4 +1,5 @@
 """Dataset discovery, image validation, decoding and the demo dataset (core.data)."""
+import json
 import os
 import pathlib
 import shutil
@@ -126,6 +127,38 @@ def test_hidden_files_and_folders_are_ignored(make_class_tree, tmp_path):
     assert not ds.skipped
 
 
+def test_hidden_folders_inside_a_class_are_skipped_and_listed(make_class_tree, make_image, tmp_path):
+    root = make_class_tree(tmp_path / "flat", {"a": 5, "b": 5})
+    for hidden in (".ipynb_checkpoints", ".thumbnails", ".git/objects"):
+        make_image(root / "a" / hidden / "a-000.png")
+    ds = load_dataset(root)
+    assert len(ds.samples) == 10 and not any("/." in s.path for s in ds.samples)
+    listed = dict(ds.skipped)
+    assert sorted(listed) == [str(root / "a" / name) for name in (".git", ".ipynb_checkpoints", ".thumbnails")]
+    assert all("hidden folder" in reason and "1 file" in reason for reason in listed.values())
+
+
+def test_macosx_zip_metadata_is_not_a_class(make_class_tree, tmp_path):
+    root = make_class_tree(tmp_path / "unzipped", {"cats": 5, "dogs": 5})
+    for name in ("cats", "dogs"):  # what every zip made on macOS holds beside the folders
+        (root / "__MACOSX" / name).mkdir(parents=True)
+        (root / "__MACOSX" / name / f"._{name}-000.png").write_bytes(b"\x00\x05\x16\x07 resource fork")
+    ds = load_dataset(root)
+    assert ds.classes == ["cats", "dogs"] and len(ds.samples) == 10
+    assert [(p, "__MACOSX" in r) for p, r in ds.skipped] == [(str(root / "__MACOSX"), True)]
+
+
+def test_file_names_that_are_not_utf8_are_skipped_and_listed(make_class_tree, make_image, tmp_path):
+    root = make_class_tree(tmp_path / "flat", {"a": 5, "b": 5})
+    odd = os.fsdecode(bytes(root / "a") + b"/caf\xe9.png")  # Latin-1 name from an old camera or zip
+    make_image(odd)
+    ds = load_dataset(root, cache_dir=tmp_path / "cache")
+    assert len(ds.samples) == 10
+    [(path, reason)] = ds.skipped
+    assert "UTF-8" in reason and path.encode("utf-8")  # shown with a replacement character, printable
+    json.dumps(ds.summary()).encode("utf-8")
+
+
 # ---------------------------------------------------------------- formats and modes
 
 @pytest.mark.parametrize("suffix,fmt", [(".jpg", "JPEG"), (".png", "PNG"), (".bmp", "BMP"), (".webp", "WEBP")])
@@ -236,8 +269,23 @@ def test_missing_folder_is_a_data_error(tmp_path):
 
 def test_a_file_instead_of_a_folder_is_a_data_error(tmp_path):
     (tmp_path / "file.png").write_bytes(b"x")
-    with pytest.raises(DataError, match="does not exist"):
+    with pytest.raises(DataError, match="is a file, not a folder"):
         load_dataset(tmp_path / "file.png")
+
+
+def test_an_empty_data_path_is_refused_not_the_current_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match="no dataset folder given"):
+        load_dataset("")
+
+
+def test_classes_too_small_to_split_say_which_and_what_test_size_does(make_class_tree, tmp_path):
+    root = make_class_tree(tmp_path / "ds", {"a": 2, "b": 2, "c": 2, "d": 2, "e": 2})
+    with pytest.raises(DataError) as caught:
+        load_dataset(root, test_size=0.2)
+    message = str(caught.value)
+    assert "a (2), b (2)" in message and "--test-size 0.5" in message and "test_size=" not in message
+    assert len(load_dataset(root, test_size=0.5).test) == 5
 
 
 def test_one_class_is_a_data_error(make_class_tree, tmp_path):
@@ -333,10 +381,10 @@ def test_sample_size_is_the_displayed_size(tmp_path):
 @pytest.fixture
 def count_reads(monkeypatch):
     """Records the paths whose bytes load_dataset reads (and hashes and decodes)."""
-    import core.data as data
+    import core.scan as scan
 
-    reads, real = [], data._inspect_image
-    monkeypatch.setattr(data, "_inspect_image", lambda path: reads.append(path.name) or real(path))
+    reads, real = [], scan.inspect_image
+    monkeypatch.setattr(scan, "inspect_image", lambda path: reads.append(path.name) or real(path))
     return reads
 
 
