@@ -7,18 +7,34 @@ from __future__ import annotations
 import dataclasses
 
 from core.data import Dataset, check_data_dir
-from core.errors import ConfigError
+from core.errors import ClassWeightError, ConfigError
 from core.features import FeatureSet, extract_features
+from core.runs import check_output_dir
 from core.settings import check_settings, config_fields
+from core.weights import SCHEMES, check_weight, read_custom_weights
 
 
 def _validate(self) -> ExperimentConfig:
-    """Check names and ranges (as declared in core.settings) before any expensive work starts."""
+    """Check names, ranges (as declared in core.settings), paths and weight tables before any work starts."""
     if not self.class_weights:
         raise ConfigError("give at least one class-weight scheme, e.g. none")
     check_settings(self)
     check_data_dir(self.data)
+    check_output_dir(self.cache_dir, "cache folder (--cache-dir)")
+    for spec in self.class_weights:
+        check_class_weight_spec(spec)
     return self
+
+
+def check_class_weight_spec(spec) -> None:
+    """A scheme name, or a `{class: weight}` table (a dict or a JSON file) whose weights are all valid."""
+    if isinstance(spec, dict) or str(spec).endswith(".json"):
+        table = spec if isinstance(spec, dict) else read_custom_weights(spec)
+        for name, value in table.items():  # class names are checked against the dataset once it is scanned
+            check_weight(name, value)
+    elif spec not in SCHEMES or spec == "custom":
+        raise ClassWeightError(f"unknown class-weight scheme {spec!r}; choose none, balanced, sqrt, effective "
+                               "or a path to a JSON file {class: weight}")
 
 
 def _to_dict(self) -> dict:

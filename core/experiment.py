@@ -11,8 +11,7 @@ import pandas as pd
 
 from core.classifiers import KERNEL_CACHE, LinearHead, SvmClassifier
 from core.data import Dataset, load_dataset
-from core.errors import ClassWeightError
-from core.config import ExperimentConfig, load_features
+from core.config import ExperimentConfig, check_class_weight_spec, load_features
 from core.features import FeatureSet, rank_world, resolve_device
 from core.finetune import FINETUNE_SETTINGS, FinetuneConfig, finetune
 from core.metrics import evaluate
@@ -32,11 +31,9 @@ def resolve_class_weight(spec, dataset: Dataset, beta: float = 0.999) -> tuple[s
         return "custom", class_weights("custom", counts, dataset.classes, custom=spec)
     if spec in SCHEMES and spec != "custom":
         return spec, class_weights(spec, counts, dataset.classes, beta=beta)
-    if str(spec).endswith(".json"):
-        table = read_custom_weights(spec)
-        return f"custom:{Path(spec).stem}", class_weights("custom", counts, dataset.classes, custom=table)
-    raise ClassWeightError(f"unknown class-weight scheme {spec!r}; choose none, balanced, sqrt, effective "
-                           "or a path to a JSON file {class: weight}")
+    check_class_weight_spec(spec)  # raises for an unknown scheme
+    table = read_custom_weights(spec)
+    return f"custom:{Path(spec).stem}", class_weights("custom", counts, dataset.classes, custom=table)
 
 
 def run_experiment(config: ExperimentConfig, progress=None, store: RunStore | None = None) -> dict:

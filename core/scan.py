@@ -83,7 +83,7 @@ class FileIndex:
         if self.path is not None and self.seen != self.known:
             from core.runs import atomic_write_json
 
-            atomic_write_json(self.path, {"version": self.VERSION, "files": self.seen})
+            atomic_write_json(self.path, {"version": self.VERSION, "files": self.seen}, "file index")
 
     def skip(self, path, reason: str) -> None:
         self.skipped.append((printable(path), reason))

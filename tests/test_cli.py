@@ -1,5 +1,6 @@
 """The command line (`python -m core`): its outputs, the results.json contract and its exit codes."""
 import contextlib
+import errno
 import io
 import json
 import re
@@ -220,6 +221,7 @@ def test_unknown_pool_and_device_are_usage_errors(tiny_dir, tmp_path):
     ('{"1-one": "heavy"}', "'heavy'"),
     ('{"1-one": true}', "True"),
     ('{"1-one": 2', "not valid JSON"),
+    ('{"1-one": 1e308}', "1e+308"),  # finite, but inf in float32: the head's loss would be NaN
     ('[1, 2]', "JSON object"),
 ])
 def test_bad_custom_class_weight_file(tiny_dir, tmp_path, table, fragment):
@@ -230,6 +232,84 @@ def test_bad_custom_class_weight_file(tiny_dir, tmp_path, table, fragment):
                                   "--cache-dir", cache, "--out", tmp_path / "r.json", *FAST]), fragment)
     assert not (cache / "features").exists() and not (cache / "runs").exists()  # only the scan's file index
     assert not (tmp_path / "r.json").exists()
+
+
+def test_custom_weight_path_that_is_a_folder(tiny_dir, tmp_path):
+    (tmp_path / "weights.json").mkdir()
+    assert_usage_error(*run_main(["experiment", "--data", tiny_dir, "--class-weight", tmp_path / "weights.json",
+                                  "--cache-dir", tmp_path / "cache", "--out", tmp_path / "r.json", *FAST]),
+                       "is a folder")
+
+
+def test_custom_weight_file_with_a_utf8_bom_is_read(first_run, tiny_dir, tmp_path):
+    weights = tmp_path / "notepad.json"
+    weights.write_bytes('{"2-two": 4}'.encode("utf-8-sig"))  # as Windows Notepad saves UTF-8
+    out = tmp_path / "r.json"
+    code, _, stderr = run_main(["experiment", "--data", tiny_dir, "--cache-dir", first_run[0], "--approaches", "svm",
+                                "--class-weight", weights, "--out", out, *FAST])
+    assert code == 0, stderr
+    assert json.loads(out.read_text())["runs"][0]["class_weights"] == [1.0, 1.0, 4.0]
+
+
+@pytest.mark.parametrize("make_out,fragment", [
+    (lambda tmp: tmp / "folder", "is a folder"),
+    (lambda tmp: tmp / "a-file" / "r.json", "is a file, not a folder"),
+])
+def test_results_out_that_cannot_be_a_file_fails_before_any_work(tiny_dir, tmp_path, make_out, fragment):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "a-file").write_text("not a folder")
+    cache = tmp_path / "cache"
+    assert_usage_error(*run_main(["experiment", "--data", tiny_dir, "--cache-dir", cache, "--out", make_out(tmp_path),
+                                  *FAST]), fragment, str(make_out(tmp_path)))
+    assert not cache.exists()  # checked before scanning, queueing or extracting
+
+
+def test_cache_dir_that_is_a_file_fails_before_any_work(tiny_dir, tmp_path):
+    (tmp_path / "cache").write_text("not a folder")
+    for argv in (["experiment", "--out", tmp_path / "r.json"], ["extract"]):
+        assert_usage_error(*run_main([*argv, "--data", tiny_dir, "--cache-dir", tmp_path / "cache", *FAST]),
+                           "cache", "is a file, not a folder")
+    assert (tmp_path / "cache").read_text() == "not a folder"
+
+
+def test_report_out_that_is_a_folder(first_run, tmp_path):
+    assert_usage_error(*run_main(["report", first_run[1], "--out", tmp_path]), "is a folder", str(tmp_path))
+
+
+def test_a_full_disk_is_one_error_line_and_leaves_no_trusted_cache_entry(tiny_dir, tmp_path, monkeypatch):
+    real_write_bytes = Path.write_bytes
+
+    def full_disk(self, data):
+        if ".shard-" in self.name:
+            real_write_bytes(self, data[: len(data) // 2])  # the disk fills up half-way through the shard
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        return real_write_bytes(self, data)
+
+    cache, argv = tmp_path / "cache", ["extract", "--data", tiny_dir, "--runtime", "torch", *FAST]
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    code, stdout, stderr = run_main([*argv, "--cache-dir", cache])
+    assert code == 2 and stdout == "" and "Traceback" not in stderr
+    [line] = [line for line in stderr.splitlines() if line.startswith("error:")]  # after the progress bar
+    assert "shard-00000.npz" in line and "disk is full" in line
+    [entry] = (cache / "features").iterdir()
+    assert sorted(p.name for p in entry.iterdir()) == []  # no partial shard, no temporary file, no meta.json
+    monkeypatch.undo()
+    code, stdout, stderr = run_main([*argv, "--cache-dir", cache])
+    assert code == 0, stderr
+    assert json.loads(stdout)["cache_hit"] is False and json.loads(stdout)["n"] == 35
+
+
+def test_openvino_save_on_a_full_disk_is_one_error_line(tiny_dir, tmp_path, monkeypatch):
+    import openvino as ov
+
+    def full_disk(*args, **kwargs):
+        raise RuntimeError("Exception from src/core/src/pass/serialize.cpp: Can't write to model.bin")
+
+    monkeypatch.setattr(ov, "save_model", full_disk)
+    cache = tmp_path / "cache"
+    assert_usage_error(*run_main(["extract", "--data", tiny_dir, "--runtime", "openvino", "--cache-dir", cache,
+                                  *FAST]), "OpenVINO", str(cache / "openvino"), "disk space")
+    assert [p.name for p in (cache / "openvino").iterdir()] == []
 
 
 def test_unknown_class_weight_scheme(tiny_dir, tmp_path):
