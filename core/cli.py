@@ -16,11 +16,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from core.backbones import list_backbones
-from core.data import build_demo_dataset, load_dataset
+from core.data import build_demo_dataset
 from core.errors import Cancelled, TransferScopeError
 from core.features import init_distributed, rank_world
 from core.jobs import WAITING_FOR_SLOT, compute_slot, compute_slot_path
-from core.config import ExperimentConfig, load_features
+from core.config import ExperimentConfig, load_data, load_features
 from core.runs import atomic_write_json, check_output_file
 from core.settings import REQUIRED, SETTINGS, parse_list
 from core.sharing import owner_token
@@ -137,7 +137,7 @@ def cmd_experiment(args, progress) -> None:
 def cmd_extract(args, progress) -> None:
     init_distributed()  # `torchrun --nproc-per-node N -m core extract ...` splits the shards across ranks
     config = _config(args).validate()
-    dataset = load_dataset(config.data, test_size=config.test_size, seed=config.seed, cache_dir=config.cache_dir)
+    dataset = load_data(config)
     with _compute_slot(args):
         features = load_features(config, dataset, progress)
     rank, world = rank_world()

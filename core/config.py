@@ -5,8 +5,9 @@ Light on imports (no scikit-learn), so the CLI's `extract` starts fast; core.exp
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
-from core.data import Dataset, check_data_dir
+from core.data import Dataset, check_data_dir, load_dataset
 from core.errors import ClassWeightError, ConfigError
 from core.features import FeatureSet, extract_features
 from core.runs import check_output_dir
@@ -20,10 +21,23 @@ def _validate(self) -> ExperimentConfig:
         raise ConfigError("give at least one class-weight scheme, e.g. none")
     check_settings(self)
     check_data_dir(self.data)
+    _check_label_paths(self)
     check_output_dir(self.cache_dir, "cache folder (--cache-dir)")
     for spec in self.class_weights:
         check_class_weight_spec(spec)
     return self
+
+
+def _check_label_paths(self) -> None:
+    """The label files are files, the test folder a folder, and test labels come with their folder."""
+    if self.test_data is not None:
+        check_data_dir(self.test_data, "test folder (--test-data)")
+    elif self.test_labels is not None:
+        raise ConfigError("a test label file (--test-labels) needs the test folder it describes (--test-data)")
+    for flag, path in (("--labels", self.labels), ("--test-labels", self.test_labels)):
+        if path is not None and not Path(path).expanduser().is_file():
+            state = "is a folder" if Path(path).expanduser().is_dir() else "does not exist"
+            raise ConfigError(f"label file {path!r} ({flag}) {state}; give a text file of file,label lines")
 
 
 def check_class_weight_spec(spec) -> None:
@@ -50,6 +64,12 @@ ExperimentConfig = dataclasses.make_dataclass(
     "ExperimentConfig", config_fields(), frozen=True,
     namespace={"__doc__": "Every setting of an experiment (declared in core.settings); hashed into run records.",
                "__module__": __name__, "validate": _validate, "to_dict": _to_dict, "seed_list": _seed_list})
+
+
+def load_data(config: ExperimentConfig) -> Dataset:
+    """The config's dataset: its folder, label files, test folder and split."""
+    return load_dataset(config.data, labels=config.labels, test_data=config.test_data, test_labels=config.test_labels,
+                        test_size=config.test_size, seed=config.seed, cache_dir=config.cache_dir)
 
 
 def load_features(config: ExperimentConfig, dataset: Dataset, progress=None) -> FeatureSet:

@@ -6,6 +6,7 @@ import math
 import os
 import shutil
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from core.errors import DataError
+from core.labels import read_labels
 from core.scan import FileIndex, Sample, check_class_count, is_utf8, printable
 
 DEMO_CLASSES = ("0-zero", "1-one", "2-two", "3-three", "4-four", "5-five", "6-six", "7-seven", "8-eight", "9-nine")
@@ -41,6 +43,12 @@ class Dataset:
         return np.bincount([s.label for s in self.test], minlength=len(self.classes)).tolist()
 
     @property
+    def skipped_counts(self) -> list[dict]:
+        """How many files were skipped for each reason, most frequent first: `[{"reason", "count"}]`."""
+        counts = Counter(reason for _, reason in self.skipped)
+        return [{"reason": reason, "count": n} for reason, n in sorted(counts.items(), key=lambda item: -item[1])]
+
+    @property
     def samples(self) -> list[Sample]:
         """Train samples followed by test samples (the order features are stored in)."""
         return self.train + self.test
@@ -53,17 +61,25 @@ class Dataset:
             "train_counts": self.train_counts,
             "test_counts": self.test_counts,
             "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+            "skipped_counts": self.skipped_counts,
             "fingerprint": self.fingerprint,
             "content_fingerprint": self.content_fingerprint,
         }
 
 
-def load_dataset(root, *, test_size: float = 0.2, seed: int = 0, cache_dir=None, rescan: bool = False) -> Dataset:
-    """Load `root/train/<class>/*` + `root/test/<class>/*`, or split `root/<class>/*` stratified.
+def load_dataset(root, *, labels=None, test_data=None, test_labels=None, test_size: float = 0.2, seed: int = 0,
+                 cache_dir=None, rescan: bool = False) -> Dataset:
+    """Load a labelled image dataset in any of the layouts README's dataset section lists.
 
-    Unreadable, empty or non-image files are skipped and listed in `Dataset.skipped`. With `cache_dir`,
-    a file index (path, size, mtime, ctime, inode -> content hash, image size) is kept under it, so files unchanged
-    since the last scan are re-validated from `stat` alone; `rescan=True` reads every file again.
+    - `root/train/<class>/*` + `root/test/<class>/*`; or `root/<class>/*`, split stratified and seeded;
+    - `labels`: a label file (`file,label` lines) naming the images under `root`, split the same way;
+    - `test_data`: a separate test folder, `test_data/<class>/*` or, with `test_labels`, any images a label
+      file names; training images then come from `root/train/<class>` (if present), `root/<class>` or `labels`.
+
+    Test images whose label is not a training class are left out; they, unreadable or non-image files, and
+    images listed but missing or present but unlisted are in `Dataset.skipped`, each with its reason. With
+    `cache_dir`, a file index (path, size, mtime, ctime, inode -> content hash, image size) is kept under
+    it, so unchanged files are re-validated from `stat` alone; `rescan=True` reads every file again.
 
     >>> ds = load_dataset("cache/datasets/digits-demo", cache_dir="cache")  # doctest: +SKIP
     >>> ds.classes[:3], len(ds.train) > len(ds.test)  # doctest: +SKIP
@@ -71,22 +87,61 @@ def load_dataset(root, *, test_size: float = 0.2, seed: int = 0, cache_dir=None,
     root = check_data_dir(root)
     if not 0 < test_size < 1:
         raise DataError(f"test size must be between 0 and 1 (exclusive), got {test_size}")
+    if test_labels is not None and test_data is None:
+        raise DataError("a test label file (--test-labels) needs the test folder it describes (--test-data)")
     scanner, content = FileIndex(root, cache_dir, rescan), None
-    if (root / "train").is_dir() and (root / "test").is_dir():
-        classes = sorted(set(check_class_count(root / "train", scanner.class_names(root / "train")))
-                         | set(scanner.class_names(root / "test")))
-        train = scanner.scan(root / "train", classes)
-        test = scanner.scan(root / "test", classes)
-    else:
-        classes = check_class_count(root, scanner.class_names(root))
-        samples = scanner.scan(root, classes)
+    train_folder, test_folder = _layout(root, labels, test_data)
+    classes, train = _training_images(scanner, train_folder, labels)
+    if test_folder is None:
         content = scanner.hasher.hexdigest()[:16]
-        train, test = _split(samples, test_size, seed, classes)
+        train, test = _split(train, test_size, seed, classes)
         scanner.hasher.update(f"split:{test_size}:{seed}".encode())
+    else:
+        test = _test_images(scanner, test_folder, test_labels, classes)
     scanner.save()
     _check_usable(root, classes, train, test)
     fingerprint = scanner.hasher.hexdigest()[:16]
     return Dataset(str(root), classes, train, test, scanner.skipped, fingerprint, content or fingerprint)
+
+
+def _layout(root: Path, labels, test_data) -> tuple[Path, Path | None]:
+    """(folder of the training images, separate test folder or None to split the training images)."""
+    if test_data is not None:
+        test_folder = check_data_dir(test_data, "test folder (--test-data)")
+        return (root / "train" if labels is None and (root / "train").is_dir() else root), test_folder
+    if labels is None and (root / "train").is_dir() and (root / "test").is_dir():
+        return root / "train", root / "test"
+    return root, None
+
+
+def _training_images(scanner: FileIndex, folder: Path, labels) -> tuple[list[str], list[Sample]]:
+    """(classes, samples) of the class folders under `folder`, or of the images `labels` names there."""
+    if labels is None:
+        classes = check_class_count(folder, scanner.class_names(folder))
+        return classes, scanner.scan(folder, classes)
+    entries = read_labels(labels, folder, scanner)
+    classes = sorted({label for _, label in entries})
+    if len(classes) < 2:
+        raise DataError(f"label file {str(labels)!r} names {len(classes)} class(es) among the images found; "
+                        "a classifier needs at least two")
+    index = {name: i for i, name in enumerate(classes)}
+    return classes, scanner.add([(path, index[label]) for path, label in entries])
+
+
+def _test_images(scanner: FileIndex, folder: Path, labels, classes: list[str]) -> list[Sample]:
+    """Samples of the test folder (class folders, or a label file); images of unknown classes are skipped."""
+    if labels is None:
+        entries, kind = [(path, name) for name in scanner.class_names(folder)
+                         for path in scanner.files(folder / name)], "class"
+    else:
+        entries, kind = read_labels(labels, folder, scanner), "label"
+    index, known = {name: i for i, name in enumerate(classes)}, []
+    for path, name in entries:
+        if name in index:
+            known.append((path, index[name]))
+        else:
+            scanner.skip(path, f"{kind} {name!r} is not a training class")
+    return scanner.add(known)
 
 
 def check_data_dir(root, what: str = "dataset folder") -> Path:
@@ -143,7 +198,8 @@ def _check_usable(root: Path, classes, train, test) -> None:
     if not train or not test:
         raise DataError(
             f"{str(root)!r} has {len(train)} readable training and {len(test)} test images; "
-            "need at least one of each (check the folder layout and image formats)"
+            "need at least one of each (check the folder layout and image formats; a flat test folder "
+            "needs its label file: --test-data DIR --test-labels FILE)"
         )
     empty = [c for c, n in zip(classes, np.bincount([s.label for s in train], minlength=len(classes))) if n == 0]
     if empty:

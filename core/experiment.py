@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 
 from core.classifiers import KERNEL_CACHE, LinearHead, SvmClassifier
-from core.data import Dataset, load_dataset
-from core.config import ExperimentConfig, check_class_weight_spec, load_features
+from core.data import Dataset
+from core.config import ExperimentConfig, check_class_weight_spec, load_data, load_features
 from core.features import FeatureSet, rank_world, resolve_device
 from core.finetune import FINETUNE_SETTINGS, FinetuneConfig, finetune
 from core.metrics import evaluate
@@ -51,7 +51,7 @@ def run_experiment(config: ExperimentConfig, progress=None, store: RunStore | No
 
 def _run_seed(config: ExperimentConfig, progress, store: RunStore) -> dict:
     """Every approach x weight scheme with one seed (its own split for single-folder datasets)."""
-    dataset = load_dataset(config.data, test_size=config.test_size, seed=config.seed, cache_dir=config.cache_dir)
+    dataset = load_data(config)
     weights = [resolve_class_weight(spec, dataset, config.beta) for spec in config.class_weights]
     features = None
     if any(a in FEATURE_APPROACHES for a in config.approaches):

@@ -4,6 +4,7 @@ import errno
 import io
 import json
 import re
+import shutil
 import subprocess
 import sys
 import urllib.error
@@ -180,6 +181,52 @@ def test_custom_weight_file_is_used(first_run, tiny_dir, tmp_path):
     runs = results["runs"]
     assert [r["class_weight"] for r in runs] == ["balanced", "custom:rare"]
     assert runs[1]["class_weights"] == [0.5, 1.0, 5.0]
+
+
+@pytest.fixture(scope="module")
+def flat_test_folder(tiny_dir, tmp_path_factory):
+    """The tiny dataset's test images moved into one flat folder, labelled by `labels.txt` (semicolons, header),
+    with two images of a class that has no training images (owl)."""
+    test = tmp_path_factory.mktemp("flat") / "test"
+    test.mkdir()
+    rows = ["file;label"]
+    for class_dir in sorted((tiny_dir / "test").iterdir()):
+        for image in sorted(class_dir.iterdir()):
+            shutil.copy(image, test / f"{class_dir.name}-{image.name}")
+            rows.append(f"{class_dir.name}-{image.name};{class_dir.name}")
+    for i, image in enumerate(sorted((tiny_dir / "test" / "2-two").iterdir())[:2]):
+        shutil.copy(image, test / f"owl-{i}.png")
+        rows.append(f"owl-{i}.png;owl")
+    (test / "labels.txt").write_text("\n".join(rows) + "\n")
+    return test
+
+
+def test_experiment_with_a_flat_test_folder_and_its_label_file(tiny_dir, flat_test_folder, tmp_path,
+                                                               check_results_schema):
+    out = tmp_path / "r.json"
+    code, _, stderr = run_main(["experiment", "--data", tiny_dir / "train", "--test-data", flat_test_folder,
+                                "--test-labels", flat_test_folder / "labels.txt", "--cache-dir", tmp_path / "cache",
+                                "--epochs", "3", "--out", out, *FAST])
+    assert code == 0, stderr
+    results = json.loads(out.read_text())
+    check_results_schema(results, n_runs=4)
+    dataset = results["dataset"]
+    assert dataset["classes"] == ["0-zero", "1-one", "2-two"]
+    assert dataset["train_counts"] == [12, 8, 6] and dataset["test_counts"] == [3, 3, 3]
+    assert dataset["skipped_counts"] == [{"reason": "label 'owl' is not a training class", "count": 2}]
+    assert results["config"]["test_labels"] == str(flat_test_folder / "labels.txt")
+
+
+@pytest.mark.parametrize("extra,fragment", [
+    (["--test-labels", "labels.txt"], "needs the test folder"),
+    (["--labels", "."], "is a folder"),
+    (["--test-data", "nowhere"], "does not exist"),
+])
+def test_bad_label_options_fail_before_any_work(tiny_dir, tmp_path, extra, fragment):
+    cache = tmp_path / "cache"
+    assert_usage_error(*run_main(["experiment", "--data", tiny_dir, "--cache-dir", cache, "--out", tmp_path / "r.json",
+                                  *extra, *FAST]), fragment)
+    assert not cache.exists()
 
 
 def test_list_backbones():

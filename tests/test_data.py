@@ -449,3 +449,123 @@ def test_unreadable_index_means_a_full_scan(tmp_path, make_class_tree, count_rea
     count_reads.clear()
     assert len(load_dataset(root, cache_dir=tmp_path / "cache").samples) == 6
     assert len(count_reads) == 6
+
+
+# ---------------------------------------------------------------- label files and a separate test folder
+
+
+def write_flat(folder, names, make_image):
+    """Images `names` (relative paths) in one folder tree, each with its own pixels."""
+    for i, name in enumerate(names):
+        make_image(pathlib.Path(folder) / name, seed=500 + i)
+    return pathlib.Path(folder)
+
+
+@pytest.fixture
+def flat_test_dataset(tmp_path, make_class_tree, make_image):
+    """Training images in class folders; test images in one flat folder, labelled by `labels.txt`.
+
+    The label file (semicolon, with a header) names a class without training images (owl, twice), lists one
+    image that is not there, and leaves one image out.
+    """
+    train = make_class_tree(tmp_path / "train", {"cat": 6, "dog": 4})
+    test = write_flat(tmp_path / "test", ["c1.png", "c2.png", "c3.png", "d1.png", "d2.png", "o1.png", "o2.png",
+                                          "stray.png"], make_image)
+    rows = ["file;label", "c1.png;cat", "c2.png;cat", "c3.png;cat", "d1.png;dog", "d2.png;dog", "o1.png;owl",
+            "o2.png;owl", "gone.png;dog"]
+    (test / "labels.txt").write_text("\n".join(rows) + "\n")
+    return train, test
+
+
+def test_flat_test_folder_with_a_label_file_counts_and_skips(flat_test_dataset):
+    train, test = flat_test_dataset
+    ds = load_dataset(train, test_data=test, test_labels=test / "labels.txt")
+    assert ds.classes == ["cat", "dog"]
+    assert ds.train_counts == [6, 4] and ds.test_counts == [3, 2]
+    assert sorted(pathlib.Path(s.path).name for s in ds.test) == ["c1.png", "c2.png", "c3.png", "d1.png", "d2.png"]
+    assert ds.summary()["skipped_counts"] == [
+        {"reason": "label 'owl' is not a training class", "count": 2},
+        {"reason": "listed in labels.txt but missing", "count": 1},
+        {"reason": "not listed in labels.txt", "count": 1},
+    ]
+    skipped = dict(ds.skipped)
+    assert skipped[str(test / "gone.png")] == "listed in labels.txt but missing"
+    assert skipped[str(test / "stray.png")] == "not listed in labels.txt"
+    assert skipped[str(test / "o1.png")] == skipped[str(test / "o2.png")] == "label 'owl' is not a training class"
+
+
+@pytest.mark.parametrize("text", [
+    "file,label\nsub/a1.png,a\nsub/a2.png,a\nb1.png,b\nb2.png,b\n",          # CSV with a header
+    "sub/a1.png\ta\nsub/a2.png\ta\nb1.png\tb\nb2.png\tb\n",                  # TSV, no header
+    "\ufeffimage;class\r\nsub\\a1.png;a\r\nsub\\a2.png;a\r\nb1.png;b\r\nb2.png;b\r\n",  # BOM, CRLF, Windows paths
+    "filename,species,width\nsub/a1.png,a,48\nsub/a2.png,a,48\nb1.png,b,48\nb2.png,b,48\n",  # named columns
+    "sub/a1,a\nsub/a2,a\nb1,b\nb2,b\n",                                     # names without their extension
+])
+def test_label_file_formats_are_sniffed(tmp_path, make_class_tree, make_image, text):
+    train = make_class_tree(tmp_path / "train", {"a": 4, "b": 4})
+    test = write_flat(tmp_path / "test", ["sub/a1.png", "sub/a2.png", "b1.png", "b2.png"], make_image)
+    (tmp_path / "labels.csv").write_bytes(text.encode("utf-8"))
+    ds = load_dataset(train, test_data=test, test_labels=tmp_path / "labels.csv")
+    assert ds.test_counts == [2, 2] and not ds.skipped
+    assert {pathlib.Path(s.path).name: ds.classes[s.label] for s in ds.test} == {
+        "a1.png": "a", "a2.png": "a", "b1.png": "b", "b2.png": "b"}
+
+
+def test_labels_for_the_data_folder_are_split_stratified(tmp_path, make_image):
+    names = [f"img{i:02d}.png" for i in range(20)]
+    root = write_flat(tmp_path / "flat", names, make_image)
+    (root / "meta.csv").write_text("file_name,label\n" + "".join(
+        f"{name},{'rare' if i < 5 else 'common'}\n" for i, name in enumerate(names)))
+    ds = load_dataset(root, labels=root / "meta.csv", test_size=0.2, seed=0)
+    assert ds.classes == ["common", "rare"]
+    assert ds.train_counts == [12, 4] and ds.test_counts == [3, 1] and not ds.skipped
+
+
+def test_test_class_folder_without_training_images_is_skipped_and_counted(tmp_path, make_class_tree):
+    train = make_class_tree(tmp_path / "train", {"cat": 4, "dog": 4})
+    test = make_class_tree(tmp_path / "test", {"cat": 2, "dog": 2, "owl": 3})
+    ds = load_dataset(train, test_data=test)
+    assert ds.classes == ["cat", "dog"] and ds.test_counts == [2, 2]
+    assert ds.summary()["skipped_counts"] == [{"reason": "class 'owl' is not a training class", "count": 3}]
+
+
+def test_fingerprint_and_feature_key_cover_the_label_files(flat_test_dataset):
+    from core.backbones import get_entry
+    from core.features import Preprocess, feature_key
+
+    train, test = flat_test_dataset
+    labels = test / "labels.txt"
+    before = load_dataset(train, test_data=test, test_labels=labels)
+    labels.write_text(labels.read_text().replace("c3.png;cat", "c3.png;dog"))
+    after = load_dataset(train, test_data=test, test_labels=labels)
+    assert after.test_counts == [2, 3]
+    assert after.fingerprint != before.fingerprint and after.content_fingerprint != before.content_fingerprint
+    entry = get_entry("efficientnet_lite0")
+    keys = {feature_key(ds, entry, "avg", Preprocess.for_backbone(entry), None) for ds in (before, after)}
+    assert len(keys) == 2
+
+
+def test_label_paths_outside_the_folder_and_conflicting_duplicates_are_skipped(tmp_path, make_class_tree, make_image):
+    train = make_class_tree(tmp_path / "train", {"a": 4, "b": 4})
+    test = write_flat(tmp_path / "test", ["a1.png", "b1.png", "twice.png"], make_image)
+    make_image(tmp_path / "secret.png")
+    (test / "labels.csv").write_text("a1.png,a\nb1.png,b\n../secret.png,a\n/etc/passwd,a\ntwice.png,a\ntwice.png,b\n")
+    ds = load_dataset(train, test_data=test, test_labels=test / "labels.csv")
+    assert ds.test_counts == [1, 1]
+    reasons = {reason for _, reason in ds.skipped}
+    assert any("outside" in r for r in reasons) and any("different labels" in r for r in reasons)
+    assert str(tmp_path / "secret.png") not in [s.path for s in ds.samples]
+
+
+@pytest.mark.parametrize("text,fragment", [
+    ("a1.png,a,x\nb1.png,b,y\n", "3 columns"),
+    ("photo,kind\n", "lists no images"),
+    ("x/a1.png,a\nx/b1.png,b\n", "none of the 2 images"),  # paths relative to another folder: say so
+    (b"caf\xe9.png,a\n", "UTF-8"),
+])
+def test_unusable_label_file_is_a_data_error(tmp_path, make_class_tree, make_image, text, fragment):
+    train = make_class_tree(tmp_path / "train", {"a": 4, "b": 4})
+    test = write_flat(tmp_path / "test", ["a1.png", "b1.png"], make_image)
+    (test / "labels.csv").write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(DataError, match=fragment):
+        load_dataset(train, test_data=test, test_labels=test / "labels.csv")
