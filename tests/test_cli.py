@@ -3,6 +3,7 @@ import contextlib
 import errno
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -181,6 +182,16 @@ def test_custom_weight_file_is_used(first_run, tiny_dir, tmp_path):
     runs = results["runs"]
     assert [r["class_weight"] for r in runs] == ["balanced", "custom:rare"]
     assert runs[1]["class_weights"] == [0.5, 1.0, 5.0]
+
+
+def test_a_file_name_that_is_not_utf8_is_listed_as_skipped(tiny_dir, tmp_path):
+    data = shutil.copytree(tiny_dir, tmp_path / "data")
+    odd = os.fsdecode(bytes(data / "train" / "1-one") + b"/Z\xfcrich.png")  # Latin-1, from an old zip tool
+    shutil.copy(next((data / "train" / "1-one").iterdir()), odd)
+    code, stdout, stderr = run_main(["extract", "--data", data, "--cache-dir", tmp_path / "cache", "--runtime", "torch",
+                                     *FAST])
+    assert code == 0, stderr
+    assert json.loads(stdout)["skipped"] == 1 and json.loads(stdout)["n"] == 35
 
 
 @pytest.fixture(scope="module")
