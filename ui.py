@@ -28,6 +28,7 @@ from core.experiment import FEATURE_APPROACHES, ExperimentConfig, run_experiment
 from core.jobs import ACTIVE_STATUSES, Job, JobManager, compute_slot_path
 from core.report import escape_markdown, render_runs_report
 from core.runs import RunStore
+from core.settings import BY_NAME, DATASET_SETTINGS
 
 APP_DIR = Path(__file__).resolve().parent
 PAGES = {  # url path -> (title, icon)
@@ -94,10 +95,20 @@ def data_dir() -> str:
     return st.session_state.get("data_dir", "").strip() or default_data_dir()
 
 
+def data_options() -> dict:
+    """The dataset picker's label files and test folder (None when empty; viewers get the server's dataset)."""
+    typed = {name: (st.session_state.get(f"data_{name}") or "").strip() if can_act() else ""
+             for name in DATASET_SETTINGS}
+    return {name: value or None for name, value in typed.items()}
+
+
 def dataset_folder_input() -> None:
     """The sidebar's dataset folder: editable, or read-only showing the server's dataset for viewers."""
     if can_act():
         st.text_input("Dataset folder", value=default_data_dir(), key="data_dir", help=DATA_DIR_HELP)
+        with st.expander("Label files, separate test folder"):
+            for name in DATASET_SETTINGS:
+                st.text_input(BY_NAME[name].label, key=f"data_{name}", help=BY_NAME[name].help)
     else:
         st.text_input("Dataset folder", value=default_data_dir(), key="data_dir_shared", disabled=True,
                       help="The server's dataset; viewers of a shared dashboard cannot change it")
@@ -221,26 +232,28 @@ SPLIT_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ExperimentConfig
 
 
 @functools.lru_cache(maxsize=8)
-def _scan(path: str, test_size: float, seed: int, cache: str) -> Dataset:
-    return load_dataset(path, test_size=test_size, seed=seed, cache_dir=cache)
+def _scan(path: str, test_size: float, seed: int, cache: str, options: tuple) -> Dataset:
+    return load_dataset(path, test_size=test_size, seed=seed, cache_dir=cache, **dict(options))
 
 
-def dataset(path: str, test_size: float = SPLIT_DEFAULTS["test_size"], seed: int = SPLIT_DEFAULTS["seed"]) -> Dataset:
+def dataset(path: str, test_size: float = SPLIT_DEFAULTS["test_size"], seed: int = SPLIT_DEFAULTS["seed"],
+            options: dict | None = None) -> Dataset:
     """The dataset at `path`, scanned once per server process (raises DataError for an unusable folder).
 
-    Unchanged files are not re-read. Viewers always get the default split, so their inputs cannot make
-    the server scan the folder again.
+    `options`: label files and test folder (default: the dataset picker's). Unchanged files are not
+    re-read. Viewers always get the default split, so their inputs cannot make the server scan again.
     """
     if not can_act():
         test_size, seed = SPLIT_DEFAULTS["test_size"], SPLIT_DEFAULTS["seed"]
+    options = data_options() if options is None else options
     with st.spinner("Scanning images…"):
-        return _scan(path, float(test_size), int(seed), str(cache_dir()))
+        return _scan(path, float(test_size), int(seed), str(cache_dir()), tuple(sorted(options.items())))
 
 
 def rescan_dataset(path: str) -> None:
     """Read every file under `path` again (refreshing its file index), then forget the scans (owner only)."""
     require_owner("rescan the dataset")
-    load_dataset(path, cache_dir=cache_dir(), rescan=True)
+    load_dataset(path, cache_dir=cache_dir(), rescan=True, **data_options())
     _scan.cache_clear()
 
 
@@ -499,7 +512,9 @@ def _whatif_start(root: str, run_id: str, cache: str) -> whatif.Start:
     store = _run_store(root)
     record = store.load(run_id)
     split = {name: record.get("config", {}).get(name, default) for name, default in SPLIT_DEFAULTS.items()}
-    return whatif.start_from(record, dataset(record["dataset"]["root"], **split), cache, store.load_predictions(run_id))
+    options = {name: record.get("config", {}).get(name) for name in DATASET_SETTINGS}
+    return whatif.start_from(record, dataset(record["dataset"]["root"], **split, options=options), cache,
+                             store.load_predictions(run_id))
 
 
 def whatif_start(record: dict) -> whatif.Start:

@@ -16,12 +16,12 @@ from pathlib import Path
 from tqdm import tqdm
 
 from core.backbones import list_backbones
-from core.data import build_demo_dataset, load_dataset
+from core.data import build_demo_dataset
 from core.errors import Cancelled, TransferScopeError
 from core.features import init_distributed, rank_world
 from core.jobs import WAITING_FOR_SLOT, compute_slot, compute_slot_path
-from core.config import ExperimentConfig, load_features
-from core.runs import atomic_write_json
+from core.config import ExperimentConfig, load_data, load_features
+from core.runs import atomic_write_json, check_output_file
 from core.settings import REQUIRED, SETTINGS, parse_list
 from core.sharing import owner_token
 
@@ -117,12 +117,13 @@ def cmd_experiment(args, progress) -> None:
     from core.experiment import run_experiment  # scikit-learn and the trainers load only for experiments
 
     init_distributed()  # under torchrun: extraction shards and fine-tuning batches are split across ranks
+    check_output_file(args.out, "results file (--out)")
     config = _config(args).validate()  # a bad setting fails at once, without queueing for the compute slot
     with _compute_slot(args):
         results = run_experiment(config, progress=progress)
     if rank_world()[0] != 0:
         return
-    atomic_write_json(Path(args.out), results)
+    atomic_write_json(Path(args.out), results, "results file")
     print(f"{'approach':<9} {'weights':<16} {'seed':>4} {'acc':>6} {'bal_acc':>7} {'macroF1 [95% interval]':>22} "
           f"{'fit_s':>8}", file=sys.stderr)
     for r in results["runs"]:
@@ -136,7 +137,7 @@ def cmd_experiment(args, progress) -> None:
 def cmd_extract(args, progress) -> None:
     init_distributed()  # `torchrun --nproc-per-node N -m core extract ...` splits the shards across ranks
     config = _config(args).validate()
-    dataset = load_dataset(config.data, test_size=config.test_size, seed=config.seed, cache_dir=config.cache_dir)
+    dataset = load_data(config)
     with _compute_slot(args):
         features = load_features(config, dataset, progress)
     rank, world = rank_world()
@@ -156,6 +157,7 @@ def cmd_demo_data(args, progress) -> None:
 def cmd_report(args, progress) -> None:
     from core.report import write_report
 
+    check_output_file(args.out, "report (--out)")
     fmt = args.format or ("html" if args.out.endswith((".html", ".htm")) else "md")
     print(write_report(args.results, args.out, fmt=fmt))
 

@@ -5,17 +5,49 @@ Light on imports (no scikit-learn), so the CLI's `extract` starts fast; core.exp
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
-from core.data import Dataset, check_data_dir
+from core.data import Dataset, check_data_dir, load_dataset
+from core.errors import ClassWeightError, ConfigError
 from core.features import FeatureSet, extract_features
+from core.remedies import check_remedies
+from core.runs import check_output_dir
 from core.settings import check_settings, config_fields
+from core.weights import SCHEMES, check_weight, read_custom_weights
 
 
 def _validate(self) -> ExperimentConfig:
-    """Check names and ranges (as declared in core.settings) before any expensive work starts."""
+    """Check names, ranges (as declared in core.settings), paths and weight tables before any work starts."""
     check_settings(self)
     check_data_dir(self.data)
+    _check_label_paths(self)
+    check_output_dir(self.cache_dir, "cache folder (--cache-dir)")
+    for remedy in check_remedies(self.remedies):
+        check_class_weight_spec(remedy.weights)
     return self
+
+
+def _check_label_paths(self) -> None:
+    """The label files are files, the test folder a folder, and test labels come with their folder."""
+    if self.test_data is not None:
+        check_data_dir(self.test_data, "test folder (--test-data)")
+    elif self.test_labels is not None:
+        raise ConfigError("a test label file (--test-labels) needs the test folder it describes (--test-data)")
+    for flag, path in (("--labels", self.labels), ("--test-labels", self.test_labels)):
+        if path is not None and not Path(path).expanduser().is_file():
+            state = "is a folder" if Path(path).expanduser().is_dir() else "does not exist"
+            raise ConfigError(f"label file {path!r} ({flag}) {state}; give a text file of file,label lines")
+
+
+def check_class_weight_spec(spec) -> None:
+    """A scheme name, or a `{class: weight}` table (a dict or a JSON file) whose weights are all valid."""
+    if isinstance(spec, dict) or str(spec).endswith(".json"):
+        table = spec if isinstance(spec, dict) else read_custom_weights(spec)
+        for name, value in table.items():  # class names are checked against the dataset once it is scanned
+            check_weight(name, value)
+    elif spec not in SCHEMES or spec == "custom":
+        raise ClassWeightError(f"unknown class-weight scheme {spec!r}; choose none, balanced, sqrt, effective "
+                               "or a path to a JSON file {class: weight}")
 
 
 def _to_dict(self) -> dict:
@@ -31,6 +63,12 @@ ExperimentConfig = dataclasses.make_dataclass(
     "ExperimentConfig", config_fields(), frozen=True,
     namespace={"__doc__": "Every setting of an experiment (declared in core.settings); hashed into run records.",
                "__module__": __name__, "validate": _validate, "to_dict": _to_dict, "seed_list": _seed_list})
+
+
+def load_data(config: ExperimentConfig) -> Dataset:
+    """The config's dataset: its folder, label files, test folder and split."""
+    return load_dataset(config.data, labels=config.labels, test_data=config.test_data, test_labels=config.test_labels,
+                        test_size=config.test_size, seed=config.seed, cache_dir=config.cache_dir)
 
 
 def load_features(config: ExperimentConfig, dataset: Dataset, progress=None) -> FeatureSet:

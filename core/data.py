@@ -1,32 +1,25 @@
 """Discover ImageFolder-style datasets, validate their images and build the demo dataset."""
 from __future__ import annotations
 
-import hashlib
-import io
 import json
+import math
 import os
 import shutil
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from core.errors import DataError
+from core.labels import read_labels
+from core.scan import FileIndex, Sample, check_class_count, is_utf8, printable
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 DEMO_CLASSES = ("0-zero", "1-one", "2-two", "3-three", "4-four", "5-five", "6-six", "7-seven", "8-eight", "9-nine")
+DEMO_MARKER = ".transferscope-demo.json"  # lists the files the demo wrote: only those are replaced
 DEMO_SIZE = (96, 32)  # width x height: about 3:1, like the reference 800x240 boat photos
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One validated image: where it is, its label index and its size (width, height)."""
-
-    path: str
-    label: int
-    size: tuple[int, int]
 
 
 @dataclass
@@ -50,6 +43,12 @@ class Dataset:
         return np.bincount([s.label for s in self.test], minlength=len(self.classes)).tolist()
 
     @property
+    def skipped_counts(self) -> list[dict]:
+        """How many files were skipped for each reason, most frequent first: `[{"reason", "count"}]`."""
+        counts = Counter(reason for _, reason in self.skipped)
+        return [{"reason": reason, "count": n} for reason, n in sorted(counts.items(), key=lambda item: -item[1])]
+
+    @property
     def samples(self) -> list[Sample]:
         """Train samples followed by test samples (the order features are stored in)."""
         return self.train + self.test
@@ -62,17 +61,25 @@ class Dataset:
             "train_counts": self.train_counts,
             "test_counts": self.test_counts,
             "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+            "skipped_counts": self.skipped_counts,
             "fingerprint": self.fingerprint,
             "content_fingerprint": self.content_fingerprint,
         }
 
 
-def load_dataset(root, *, test_size: float = 0.2, seed: int = 0, cache_dir=None, rescan: bool = False) -> Dataset:
-    """Load `root/train/<class>/*` + `root/test/<class>/*`, or split `root/<class>/*` stratified.
+def load_dataset(root, *, labels=None, test_data=None, test_labels=None, test_size: float = 0.2, seed: int = 0,
+                 cache_dir=None, rescan: bool = False) -> Dataset:
+    """Load a labelled image dataset in any of the layouts README's dataset section lists.
 
-    Unreadable, empty or non-image files are skipped and listed in `Dataset.skipped`. With `cache_dir`,
-    a file index (path, size, mtime -> content hash, image size) is kept under it, so files unchanged
-    since the last scan are re-validated from `stat` alone; `rescan=True` reads every file again.
+    - `root/train/<class>/*` + `root/test/<class>/*`; or `root/<class>/*`, split stratified and seeded;
+    - `labels`: a label file (`file,label` lines) naming the images under `root`, split the same way;
+    - `test_data`: a separate test folder, `test_data/<class>/*` or, with `test_labels`, any images a label
+      file names; training images then come from `root/train/<class>` (if present), `root/<class>` or `labels`.
+
+    Test images whose label is not a training class are left out; they, unreadable or non-image files, and
+    images listed but missing or present but unlisted are in `Dataset.skipped`, each with its reason. With
+    `cache_dir`, a file index (path, size, mtime, ctime, inode -> content hash, image size) is kept under
+    it, so unchanged files are re-validated from `stat` alone; `rescan=True` reads every file again.
 
     >>> ds = load_dataset("cache/datasets/digits-demo", cache_dir="cache")  # doctest: +SKIP
     >>> ds.classes[:3], len(ds.train) > len(ds.test)  # doctest: +SKIP
@@ -80,153 +87,119 @@ def load_dataset(root, *, test_size: float = 0.2, seed: int = 0, cache_dir=None,
     root = check_data_dir(root)
     if not 0 < test_size < 1:
         raise DataError(f"test size must be between 0 and 1 (exclusive), got {test_size}")
+    if test_labels is not None and test_data is None:
+        raise DataError("a test label file (--test-labels) needs the test folder it describes (--test-data)")
     scanner, content = FileIndex(root, cache_dir, rescan), None
-    if (root / "train").is_dir() and (root / "test").is_dir():
-        classes = sorted(set(_class_names(root / "train")) | set(_class_names(root / "test")))
-        train = scanner.scan(root / "train", classes)
-        test = scanner.scan(root / "test", classes)
-    else:
-        classes = _class_names(root)
-        samples = scanner.scan(root, classes)
+    train_folder, test_folder = _layout(root, labels, test_data)
+    classes, train = _training_images(scanner, train_folder, labels)
+    if test_folder is None:
         content = scanner.hasher.hexdigest()[:16]
-        train, test = _split(samples, test_size, seed, len(classes))
+        train, test = _split(train, test_size, seed, classes)
         scanner.hasher.update(f"split:{test_size}:{seed}".encode())
+    else:
+        test = _test_images(scanner, test_folder, test_labels, classes)
     scanner.save()
     _check_usable(root, classes, train, test)
     fingerprint = scanner.hasher.hexdigest()[:16]
     return Dataset(str(root), classes, train, test, scanner.skipped, fingerprint, content or fingerprint)
 
 
-def check_data_dir(root) -> Path:
-    """`root` as a Path if it is a folder, else a DataError saying what to pass."""
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise DataError(f"dataset folder {str(root)!r} does not exist; pass a folder with one sub-folder per class")
-    return root
+def _layout(root: Path, labels, test_data) -> tuple[Path, Path | None]:
+    """(folder of the training images, separate test folder or None to split the training images)."""
+    if test_data is not None:
+        test_folder = check_data_dir(test_data, "test folder (--test-data)")
+        return (root / "train" if labels is None and (root / "train").is_dir() else root), test_folder
+    if labels is None and (root / "train").is_dir() and (root / "test").is_dir():
+        return root / "train", root / "test"
+    return root, None
 
 
-def _class_names(folder: Path) -> list[str]:
-    classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+def _training_images(scanner: FileIndex, folder: Path, labels) -> tuple[list[str], list[Sample]]:
+    """(classes, samples) of the class folders under `folder`, or of the images `labels` names there."""
+    if labels is None:
+        classes = check_class_count(folder, scanner.class_names(folder))
+        return classes, scanner.scan(folder, classes)
+    entries = read_labels(labels, folder, scanner)
+    classes = sorted({label for _, label in entries})
     if len(classes) < 2:
-        raise DataError(
-            f"{str(folder)!r} has {len(classes)} class folder(s); put each class's images in its own "
-            "sub-folder (at least two), e.g. DIR/cats/*.jpg and DIR/dogs/*.jpg, or DIR/train/<class> + DIR/test/<class>"
-        )
-    return classes
+        raise DataError(f"label file {str(labels)!r} names {len(classes)} class(es) among the images found; "
+                        "a classifier needs at least two")
+    index = {name: i for i, name in enumerate(classes)}
+    return classes, scanner.add([(path, index[label]) for path, label in entries])
 
 
-class FileIndex:
-    """Scans class folders, remembering each file's content hash and image size by (path, size, mtime).
-
-    The dataset fingerprint hashes every file's label, name and content hash, whether read or remembered.
-    """
-
-    VERSION = 1
-
-    def __init__(self, root: Path, cache_dir=None, rescan: bool = False):
-        self.hasher, self.skipped = hashlib.sha256(), []
-        name = f"{hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]}.json"
-        self.path = Path(cache_dir) / "index" / name if cache_dir is not None else None
-        self.known = {} if rescan or self.path is None else self._read()
-        self.seen: dict[str, list] = {}
-
-    def _read(self) -> dict:
-        try:
-            saved = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return {}  # no index yet, or an unreadable one: scan everything
-        return saved.get("files", {}) if isinstance(saved, dict) and saved.get("version") == self.VERSION else {}
-
-    def save(self) -> None:
-        """Write the index of the files seen in this scan (atomically); a no-op without a cache folder."""
-        if self.path is not None and self.seen != self.known:
-            from core.runs import atomic_write_json
-
-            atomic_write_json(self.path, {"version": self.VERSION, "files": self.seen})
-
-    def scan(self, folder: Path, classes: list[str]) -> list[Sample]:
-        """Samples of `folder/<class>/**` in class then path order; unusable files go to `skipped`."""
-        samples = []
-        for label, name in enumerate(classes):
-            class_dir = folder / name
-            files = sorted(p for p in class_dir.rglob("*") if p.is_file()) if class_dir.is_dir() else []
-            for path in files:
-                if path.name.startswith("."):
-                    continue
-                digest, size, reason = self._inspect(path)
-                if reason:
-                    self.skipped.append((str(path), reason))
-                    continue
-                self.hasher.update(f"{label}:{path.name}:".encode())
-                self.hasher.update(bytes.fromhex(digest))
-                samples.append(Sample(str(path), label, size))
-        return samples
-
-    def _inspect(self, path: Path) -> tuple[str | None, tuple[int, int] | None, str | None]:
-        """(content hash, image size, skip reason) from the index when size and mtime match, else read."""
-        try:
-            st = path.stat()
-            stamp = [st.st_size, st.st_mtime_ns]
-        except OSError as err:
-            return None, None, f"cannot read file: {err.strerror or err}"
-        entry = self.known.get(str(path))
-        if entry is None or entry[:2] != stamp:
-            digest, size, reason = _inspect_image(path)
-            entry = [*stamp, digest, list(size) if size else None, reason]
-        self.seen[str(path)] = entry
-        return entry[2], tuple(entry[3]) if entry[3] else None, entry[4]
+def _test_images(scanner: FileIndex, folder: Path, labels, classes: list[str]) -> list[Sample]:
+    """Samples of the test folder (class folders, or a label file); images of unknown classes are skipped."""
+    if labels is None:
+        entries, kind = [(path, name) for name in scanner.class_names(folder)
+                         for path in scanner.files(folder / name)], "class"
+    else:
+        entries, kind = read_labels(labels, folder, scanner), "label"
+    index, known = {name: i for i, name in enumerate(classes)}, []
+    for path, name in entries:
+        if name in index:
+            known.append((path, index[name]))
+        else:
+            scanner.skip(path, f"{kind} {name!r} is not a training class")
+    return scanner.add(known)
 
 
-def _inspect_image(path: Path) -> tuple[str | None, tuple[int, int] | None, str | None]:
-    """Decode an image cheaply (JPEG draft mode) and hash its bytes; return (hash, size, skip reason)."""
-    if path.suffix.lower() not in IMAGE_EXTENSIONS:
-        return None, None, f"not an image extension ({path.suffix or 'none'})"
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        return None, None, f"cannot read file: {err.strerror or err}"
-    if not data:
-        return None, None, "empty file (0 bytes)"
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            size = img.size
-            if img.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF orientation turns it sideways when opened
-                size = size[::-1]
-            img.draft("RGB", (64, 64))
-            img.load()
-    except UnidentifiedImageError:
-        return None, None, "not a recognised image format (corrupt, or not really an image)"
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
-        return None, None, f"unreadable image: {err}"
-    return hashlib.sha256(data).hexdigest(), size, None
+def check_data_dir(root, what: str = "dataset folder") -> Path:
+    """`root` as a Path if it is a folder, else a DataError saying what was wrong and what to pass."""
+    if not str(root).strip():
+        raise DataError(f"no {what} given (the path is empty); pass a folder with one sub-folder per class")
+    path = Path(root).expanduser()
+    if not is_utf8(str(path)):
+        raise DataError(f"{what} {printable(path)!r}: its path is not valid UTF-8 text; rename it")
+    if path.is_file():
+        raise DataError(f"{what} {str(path)!r} is a file, not a folder; pass the folder that holds the images "
+                        "(one sub-folder per class)")
+    if not path.is_dir():
+        raise DataError(f"{what} {str(path)!r} does not exist; pass a folder with one sub-folder per class")
+    return path
 
 
-def _split(samples: list[Sample], test_size: float, seed: int, n_classes: int):
+def _split(samples: list[Sample], test_size: float, seed: int, classes: list[str]):
     """Seeded split, stratified when every class has 2+ images; a class of one image goes to train (warned)."""
     from sklearn.model_selection import train_test_split  # imported on use: scans stay fast to start
 
     if len(samples) < 2:
         raise DataError(f"found {len(samples)} readable images in the class folders; need at least 2 to split "
                         "into train and test (see the skipped files for what could not be read)")
-    counts = np.bincount([s.label for s in samples], minlength=n_classes)
+    counts = np.bincount([s.label for s in samples], minlength=len(classes))
     singles = [s for s in samples if counts[s.label] == 1]
     if singles:
         warnings.warn(f"{len(singles)} class(es) have a single image, kept for training with no test image: "
-                      f"{', '.join(Path(s.path).parent.name for s in singles)}; their scores are not measured",
+                      f"{', '.join(classes[s.label] for s in singles)}; their scores are not measured",
                       stacklevel=3)
     rest = [s for s in samples if counts[s.label] > 1]
-    try:
-        train, test = train_test_split(rest, test_size=test_size, random_state=seed, stratify=[s.label for s in rest])
-    except ValueError as err:
-        raise DataError(f"cannot split {len(samples)} images with test size {test_size}: {err}") from err
+    _check_splittable({classes[i]: int(n) for i, n in enumerate(counts) if n > 1}, test_size)
+    train, test = train_test_split(rest, test_size=test_size, random_state=seed, stratify=[s.label for s in rest])
     return singles + train, test
+
+
+def _check_splittable(counts: dict[str, int], test_size: float) -> None:
+    """A stratified split needs a test and a training image per class: else say which classes and what to do."""
+    n, k = sum(counts.values()), len(counts)
+    n_test = math.ceil(test_size * n)
+    if k <= n_test <= n - k:
+        return
+    smallest = ", ".join(f"{name} ({c})" for name, c in sorted(counts.items(), key=lambda item: item[1])[:5])
+    fits = math.ceil(k / n * 100) / 100 if n_test < k else math.floor((n - k) / n * 100) / 100
+    raise DataError(
+        f"cannot split {n} images of {k} classes with test size {test_size:g}: that gives {n_test} test and "
+        f"{n - n_test} training images, and a stratified split needs at least one of each per class; smallest "
+        f"classes: {smallest}; use --test-size {fits:g} (Test size on the Train page), add images, or give a "
+        "separate test folder (--test-data)"
+    )
 
 
 def _check_usable(root: Path, classes, train, test) -> None:
     if not train or not test:
         raise DataError(
             f"{str(root)!r} has {len(train)} readable training and {len(test)} test images; "
-            "need at least one of each (check the folder layout and image formats)"
+            "need at least one of each (check the folder layout and image formats; a flat test folder "
+            "needs its label file: --test-data DIR --test-labels FILE)"
         )
     empty = [c for c, n in zip(classes, np.bincount([s.label for s in train], minlength=len(classes))) if n == 0]
     if empty:
@@ -242,27 +215,71 @@ def demo_counts(n_classes: int = 10, largest: int = 170, smallest: int = 10) -> 
 def build_demo_dataset(out_dir, *, test_fraction: float = 0.25, seed: int = 0) -> Path:
     """Write scikit-learn's digits as wide (3:1) grayscale PNGs, deterministically imbalanced.
 
-    Layout: `out_dir/train/<class>/*.png` and `out_dir/test/<class>/*.png`. Rebuilding gives
-    byte-identical files, so the feature cache stays valid.
+    Layout: `out_dir/train/<class>/*.png` and `out_dir/test/<class>/*.png`, plus a marker file listing
+    them. Rebuilding gives byte-identical files, so the feature cache stays valid. Only a new or empty
+    folder, or an earlier demo holding nothing but its own files, is written to; anything else is refused.
     """
     from sklearn.datasets import load_digits
 
+    out_dir = Path(out_dir).expanduser()
+    _check_demo_target(out_dir)
     digits = load_digits()
     rng = np.random.default_rng(seed)
-    out_dir = Path(out_dir)
-    tmp_dir = out_dir.with_name(out_dir.name + f".tmp-{os.getpid()}")
-    for label, count in enumerate(demo_counts()):
-        indices = rng.permutation(np.flatnonzero(digits.target == label))[:count]
-        n_test = max(2, round(count * test_fraction))
-        for i, index in enumerate(indices):
-            split = "test" if i < n_test else "train"
-            path = tmp_dir / split / DEMO_CLASSES[label] / f"{index:04d}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _render_digit(digits.images[index], rng).save(path, optimize=False)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp_dir, out_dir)
+    tmp_dir = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    try:
+        written = []
+        for label, count in enumerate(demo_counts()):
+            indices = rng.permutation(np.flatnonzero(digits.target == label))[:count]
+            n_test = max(2, round(count * test_fraction))
+            for i, index in enumerate(indices):
+                relative = f"{'test' if i < n_test else 'train'}/{DEMO_CLASSES[label]}/{index:04d}.png"
+                (tmp_dir / relative).parent.mkdir(parents=True, exist_ok=True)
+                _render_digit(digits.images[index], rng).save(tmp_dir / relative, optimize=False)
+                written.append(relative)
+        (tmp_dir / DEMO_MARKER).write_text(json.dumps({"demo": "digits", "files": written}, indent=1))
+        _check_demo_target(out_dir)  # nothing of the user's appeared there meanwhile
+        _swap_in(tmp_dir, out_dir)
+    except OSError as err:
+        from core.runs import storage_error
+
+        raise storage_error(err, out_dir, "the demo dataset") from err
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
     return out_dir
+
+
+def _check_demo_target(out_dir: Path) -> None:
+    """Refuse a demo target that is a file, or a folder holding anything but an earlier demo's files."""
+    if not out_dir.exists() and not out_dir.is_symlink():
+        return
+    if not out_dir.is_dir() or out_dir.is_symlink():
+        raise DataError(f"demo output {str(out_dir)!r} is not a folder; pass a new or empty folder as --out")
+    foreign = _foreign_files(out_dir)
+    if foreign:
+        raise DataError(f"demo output {str(out_dir)!r} is not empty and not an earlier demo (it holds "
+                        f"{foreign[0]!r}); nothing was written; pass a new or empty folder as --out")
+
+
+def _foreign_files(folder: Path) -> list[str]:
+    """Entries of `folder` that the demo marker there does not list (every entry without a marker)."""
+    try:
+        listed = json.loads((folder / DEMO_MARKER).read_text())["files"]
+        own = {DEMO_MARKER} | {str(p) for f in listed for p in (Path(f), *Path(f).parents) if str(p) != "."}
+    except (OSError, ValueError, KeyError, TypeError):
+        own = set()
+    return sorted(rel for rel in (str(p.relative_to(folder)) for p in folder.rglob("*")) if rel not in own)
+
+
+def _swap_in(new: Path, target: Path) -> None:
+    """Move `new` onto `target` (an empty folder or an earlier demo), keeping one or the other whole."""
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+        os.replace(new, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(new, target)
 
 
 def _render_digit(pixels: np.ndarray, rng: np.random.Generator) -> Image.Image:

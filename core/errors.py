@@ -25,6 +25,10 @@ class RunStoreError(TransferScopeError):
     """A run record or bundle is missing, corrupt or unsafe."""
 
 
+class StorageError(TransferScopeError):
+    """A file or folder cannot be written: disk full, no permission, a folder or file in the way."""
+
+
 class ReadOnlyError(TransferScopeError):
     """An action was refused because the dashboard is shared read-only and this session is not the owner's."""
 

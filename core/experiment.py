@@ -16,9 +16,8 @@ import pandas as pd
 import torch
 
 from core.approaches import Approach, Fitted, FitRequest, get_approach, names
-from core.data import Dataset, load_dataset
-from core.errors import ClassWeightError
-from core.config import ExperimentConfig, load_features
+from core.data import Dataset
+from core.config import ExperimentConfig, check_class_weight_spec, load_data, load_features
 from core.features import FeatureSet, autocast_dtype, rank_world, resolve_device
 from core.metrics import evaluate
 from core.remedies import Remedy, check_remedies, choose_offsets, decide, parse_remedy
@@ -37,11 +36,9 @@ def resolve_class_weight(spec, dataset: Dataset, beta: float = 0.999) -> tuple[s
         return "custom", class_weights("custom", counts, dataset.classes, custom=spec)
     if spec in SCHEMES and spec != "custom":
         return spec, class_weights(spec, counts, dataset.classes, beta=beta)
-    if str(spec).endswith(".json"):
-        table = read_custom_weights(spec)
-        return f"custom:{Path(spec).stem}", class_weights("custom", counts, dataset.classes, custom=table)
-    raise ClassWeightError(f"unknown class-weight scheme {spec!r}; choose none, balanced, sqrt, effective "
-                           "or a path to a JSON file {class: weight}")
+    check_class_weight_spec(spec)  # raises for an unknown scheme
+    table = read_custom_weights(spec)
+    return f"custom:{Path(spec).stem}", class_weights("custom", counts, dataset.classes, custom=table)
 
 
 def run_experiment(config: ExperimentConfig, progress=None, store: RunStore | None = None) -> dict:
@@ -73,7 +70,7 @@ def plan_runs(approaches, remedies: tuple[Remedy, ...]) -> tuple[list[tuple[Appr
 
 def _run_seed(config: ExperimentConfig, progress, store: RunStore) -> dict:
     """Every approach x remedy with one seed (its own split for single-folder datasets)."""
-    dataset = load_dataset(config.data, test_size=config.test_size, seed=config.seed, cache_dir=config.cache_dir)
+    dataset = load_data(config)
     planned, skipped = plan_runs(config.approaches, check_remedies(config.remedies))
     weights = {remedy.label: resolve_class_weight(remedy.weights, dataset, config.beta)[1] for _, remedy in planned}
     features = None  # weights are checked above, before any extraction

@@ -248,7 +248,8 @@ def extract_features(dataset: Dataset, backbone: str = "efficientnet_lite0", *, 
                          "image_size": preprocess.image_size, "dtype": str(dtype), "runtime": runtime}
         atomic_write_json(meta_path, {"key": key, "n": len(X), "feature_dim": X.shape[1],
                                       "extract_seconds": _elapsed(folder), "backbone": backbone_info,
-                                      "preprocess": repr(preprocess), "device": str(torch_device)})
+                                      "preprocess": repr(preprocess), "device": str(torch_device)},
+                          "feature cache entry")
     _barrier()
     meta = json.loads(meta_path.read_text())
     y = np.array([s.label for s in samples])
@@ -288,7 +289,8 @@ def _extract_shards(samples: list[Sample], forward: Forward, preprocess, folder:
         report("extract features", done, total)
         if sum(len(i) for i in indices) == len(shard):
             _write_shard(_shard_path(folder, shard_id), np.concatenate(indices), np.concatenate(rows))
-            atomic_write_json(folder / f"elapsed-{rank}.json", {"seconds": earlier_s + time.perf_counter() - started})
+            atomic_write_json(folder / f"elapsed-{rank}.json", {"seconds": earlier_s + time.perf_counter() - started},
+                              "feature cache timing")
             rows, indices = [], []
             shard_id, shard = next(pending, (None, None))
 
@@ -328,7 +330,7 @@ def _shard_path(folder: Path, shard_id: int) -> Path:
 def _write_shard(path: Path, indices: np.ndarray, X: np.ndarray) -> None:
     buffer = io.BytesIO()
     np.savez(buffer, indices=indices, X=X)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, buffer.getvalue(), "feature shard")
 
 
 def _load_shards(folder: Path, n: int) -> np.ndarray:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from core.backbones import BackboneEntry, create_backbone
-from core.errors import ConfigError
+from core.errors import ConfigError, StorageError
 
 RUNTIMES = ("auto", "torch", "openvino")
 OPENVINO_FORMAT = 2  # bump when the conversion below changes (2: uint8 input, normalization inside)
@@ -107,20 +107,30 @@ def openvino_model_path(entry: BackboneEntry, pool: str, cache_dir: Path) -> Pat
     key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
     folder = cache_dir / "openvino" / f"{entry.name}-{pool}-{key}"
     if not (folder / "model.xml").exists():
+        module = create_backbone(entry.name, pool=pool).features
+        with warnings.catch_warnings():  # torch.jit.trace's deprecation notes mean nothing to users
+            warnings.simplefilter("ignore", FutureWarning)
+            model = ov.convert_model(module, example_input=torch.zeros(1, 3, 64, 64, dtype=torch.uint8),
+                                     input=[((-1, 3, -1, -1), torch.uint8)])
+        _save_openvino_model(ov, model, fields, folder)
+    return folder / "model.xml"
+
+
+def _save_openvino_model(ov, model, fields: dict, folder: Path) -> None:
+    """Save into a hidden staging folder, then publish it as `folder` in one rename (nothing half-saved)."""
+    staging = None
+    try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-", dir=folder.parent))
-        try:
-            module = create_backbone(entry.name, pool=pool).features
-            with warnings.catch_warnings():  # torch.jit.trace's deprecation notes mean nothing to users
-                warnings.simplefilter("ignore", FutureWarning)
-                model = ov.convert_model(module, example_input=torch.zeros(1, 3, 64, 64, dtype=torch.uint8),
-                                         input=[((-1, 3, -1, -1), torch.uint8)])
-            ov.save_model(model, staging / "model.xml", compress_to_fp16=False)
-            (staging / "source.json").write_text(json.dumps(fields))
-            os.replace(staging, folder)
-        except OSError:
-            if not (folder / "model.xml").exists():  # another process may have published it first
-                raise
-        finally:
+        ov.save_model(model, staging / "model.xml", compress_to_fp16=False)  # RuntimeError when the disk is full
+        (staging / "source.json").write_text(json.dumps(fields))
+        os.replace(staging, folder)
+    except (OSError, RuntimeError) as err:
+        if not (folder / "model.xml").exists():  # another process may have published it first
+            reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).strip().splitlines()[-1]
+            raise StorageError(f"could not save the converted OpenVINO model under {folder.parent}: {reason}; "
+                               "free some disk space, check the cache folder's permissions, or use --runtime torch"
+                               ) from err
+    finally:
+        if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
-    return folder / "model.xml"

@@ -76,6 +76,12 @@ def parse_list(text: str, kind: type = str) -> tuple:
 S = Setting
 SETTINGS: tuple[Setting, ...] = (
     S("data", str, REQUIRED, "dataset folder: DIR/train/<class>, DIR/test/<class> or DIR/<class>", on_page=False),
+    S("labels", str, None, "label file naming the images of --data: file,label lines (CSV, TSV or ';'; header "
+      "optional; paths relative to DIR)", "Label file", optional=True, on_page=False),
+    S("test_data", str, None, "separate test folder: TEST/<class>/*, or any images a --test-labels file names",
+      "Test folder", optional=True, on_page=False),
+    S("test_labels", str, None, "label file naming the images of --test-data (same formats as --labels)",
+      "Test label file", optional=True, on_page=False),
     S("backbone", str, "efficientnet_lite0", "pretrained CNN that turns images into features", "Backbone",
       choices=tuple(list_backbones())),
     S("pool", str, "avg", "adaptive global pooling of the last feature map", "Pooling", choices=POOLS),
@@ -123,6 +129,7 @@ SETTINGS: tuple[Setting, ...] = (
       on_page=False),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
+DATASET_SETTINGS = ("labels", "test_data", "test_labels")  # beside `data`, in the dashboard's dataset picker
 
 
 def config_fields(names=None) -> list[tuple]:

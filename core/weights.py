@@ -12,6 +12,7 @@ from core.runs import read_json_object
 SCHEMES = ("none", "balanced", "sqrt", "effective", "custom")
 SCALE_NOTE = ("Weights are rescaled to an average of 1 per training image, as the built-in schemes are: only their "
               "ratios matter (for the SVM a weight multiplies C, so a common factor would change C).")
+MAX_WEIGHT = 1e6  # 1e308 is finite in float64 but inf in float32, and the head's loss turns NaN
 
 
 def class_weights(scheme: str, counts, classes=None, *, beta: float = 0.999, custom: dict | None = None) -> np.ndarray:
@@ -68,17 +69,21 @@ def custom_weights(table: dict, classes) -> np.ndarray:
     weights = np.ones(len(classes))
     for i, name in enumerate(classes):
         if name in table:
-            weights[i] = _check_weight(name, table[name])
+            weights[i] = check_weight(name, table[name])
     if not weights.any():
         raise ClassWeightError("custom class weights are all 0; give at least one class a positive weight")
     return weights
 
 
-def _check_weight(name: str, value) -> float:
+def check_weight(name: str, value) -> float:
+    """One custom weight as a float: a number from 0 to MAX_WEIGHT (larger ones overflow float32 losses)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ClassWeightError(f"weight for class {name!r} must be a number, got {value!r}")
     if not math.isfinite(value) or value < 0:
         raise ClassWeightError(f"weight for class {name!r} must be a finite number >= 0, got {value!r}")
+    if value > MAX_WEIGHT:
+        raise ClassWeightError(f"weight for class {name!r} must be at most {MAX_WEIGHT:g}, got {value!r}; "
+                               "scale the table down (e.g. divide every weight by the largest)")
     return float(value)
 
 

@@ -47,10 +47,12 @@ def show_samples(data) -> None:
 
 def show_skipped(data) -> None:
     if data.skipped:
-        st.warning(f"{len(data.skipped)} file(s) were skipped and are not used for training.",
-                   icon=":material/warning:")
-        st.dataframe([{"file": path, "reason": reason} for path, reason in data.skipped], hide_index=True,
-                     key="skipped_files")
+        st.warning(f"{len(data.skipped)} file(s) were skipped and are used neither for training nor for testing "
+                   "(test images whose label is not a training class among them).", icon=":material/warning:")
+        st.dataframe(data.skipped_counts, hide_index=True, key="skipped_reasons")
+        with st.expander("Skipped files"):
+            st.dataframe([{"file": path, "reason": reason} for path, reason in data.skipped], hide_index=True,
+                         key="skipped_files")
 
 
 st.title("Dataset")

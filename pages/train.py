@@ -114,7 +114,7 @@ with settings_col, ui.guard():
     if st.button("Launch training", key="launch", type="primary", disabled=incomplete or None in weights or not allowed,
                  icon=":material/play_arrow:"):
         ui.launch(ExperimentConfig(data=data.root, remedies=tuple(weights), cache_dir=str(ui.cache_dir()),
-                                   **settings))
+                                   **ui.data_options(), **settings))
 with job_col:
     st.subheader("Job")
     ui.live(lambda: render_job(ui.current_job()), every_s=1, poll=ui.is_active(ui.current_job()))

@@ -1,7 +1,9 @@
 """The command line (`python -m core`): its outputs, the results.json contract and its exit codes."""
 import contextlib
+import errno
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -64,6 +66,25 @@ def test_demo_data_writes_the_dataset(tmp_path, demo_dataset):
     assert code == 0
     assert stdout.strip() == str(tmp_path / "demo")
     assert load_dataset(tmp_path / "demo").fingerprint == demo_dataset.fingerprint
+
+
+def test_demo_data_never_deletes_a_users_folder(tmp_path):
+    pictures = tmp_path / "Pictures"
+    (pictures / "holiday").mkdir(parents=True)
+    (pictures / "holiday" / "beach.jpg").write_bytes(b"my only copy")
+    assert_usage_error(*run_main(["demo-data", "--out", pictures]), str(pictures), "empty")
+    assert (pictures / "holiday" / "beach.jpg").read_bytes() == b"my only copy"
+    assert sorted(p.name for p in pictures.iterdir()) == ["holiday"]
+
+
+def test_demo_data_rebuilds_an_earlier_demo_or_an_empty_folder(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert run_main(["demo-data", "--out", empty])[0] == 0
+    first = load_dataset(empty).fingerprint
+    assert run_main(["demo-data", "--out", empty])[0] == 0  # an earlier demo (its marker file) is rebuilt
+    assert load_dataset(empty).fingerprint == first
+    assert_usage_error(*run_main(["demo-data", "--out", empty / "train" / "0-zero" / "0000.png"]), "not a folder")
 
 
 def test_experiment_writes_results(first_run, tiny_dir, check_results_schema):
@@ -166,6 +187,62 @@ def test_custom_weight_file_is_used(first_run, tiny_dir, tmp_path):
     assert runs[1]["class_weights"] == pytest.approx((raw * counts.sum() / (raw * counts).sum()).tolist())
 
 
+def test_a_file_name_that_is_not_utf8_is_listed_as_skipped(tiny_dir, tmp_path):
+    data = shutil.copytree(tiny_dir, tmp_path / "data")
+    odd = os.fsdecode(bytes(data / "train" / "1-one") + b"/Z\xfcrich.png")  # Latin-1, from an old zip tool
+    shutil.copy(next((data / "train" / "1-one").iterdir()), odd)
+    code, stdout, stderr = run_main(["extract", "--data", data, "--cache-dir", tmp_path / "cache", "--runtime", "torch",
+                                     *FAST])
+    assert code == 0, stderr
+    assert json.loads(stdout)["skipped"] == 1 and json.loads(stdout)["n"] == 35
+
+
+@pytest.fixture(scope="module")
+def flat_test_folder(tiny_dir, tmp_path_factory):
+    """The tiny dataset's test images moved into one flat folder, labelled by `labels.txt` (semicolons, header),
+    with two images of a class that has no training images (owl)."""
+    test = tmp_path_factory.mktemp("flat") / "test"
+    test.mkdir()
+    rows = ["file;label"]
+    for class_dir in sorted((tiny_dir / "test").iterdir()):
+        for image in sorted(class_dir.iterdir()):
+            shutil.copy(image, test / f"{class_dir.name}-{image.name}")
+            rows.append(f"{class_dir.name}-{image.name};{class_dir.name}")
+    for i, image in enumerate(sorted((tiny_dir / "test" / "2-two").iterdir())[:2]):
+        shutil.copy(image, test / f"owl-{i}.png")
+        rows.append(f"owl-{i}.png;owl")
+    (test / "labels.txt").write_text("\n".join(rows) + "\n")
+    return test
+
+
+def test_experiment_with_a_flat_test_folder_and_its_label_file(tiny_dir, flat_test_folder, tmp_path,
+                                                               check_results_schema):
+    out = tmp_path / "r.json"
+    code, _, stderr = run_main(["experiment", "--data", tiny_dir / "train", "--test-data", flat_test_folder,
+                                "--test-labels", flat_test_folder / "labels.txt", "--cache-dir", tmp_path / "cache",
+                                "--epochs", "3", "--out", out, *FAST])
+    assert code == 0, stderr
+    results = json.loads(out.read_text())
+    check_results_schema(results, n_runs=4)
+    dataset = results["dataset"]
+    assert dataset["classes"] == ["0-zero", "1-one", "2-two"]
+    assert dataset["train_counts"] == [12, 8, 6] and dataset["test_counts"] == [3, 3, 3]
+    assert dataset["skipped_counts"] == [{"reason": "label 'owl' is not a training class", "count": 2}]
+    assert results["config"]["test_labels"] == str(flat_test_folder / "labels.txt")
+
+
+@pytest.mark.parametrize("extra,fragment", [
+    (["--test-labels", "labels.txt"], "needs the test folder"),
+    (["--labels", "."], "is a folder"),
+    (["--test-data", "nowhere"], "does not exist"),
+])
+def test_bad_label_options_fail_before_any_work(tiny_dir, tmp_path, extra, fragment):
+    cache = tmp_path / "cache"
+    assert_usage_error(*run_main(["experiment", "--data", tiny_dir, "--cache-dir", cache, "--out", tmp_path / "r.json",
+                                  *extra, *FAST]), fragment)
+    assert not cache.exists()
+
+
 def test_list_backbones():
     code, stdout, _ = run_main(["list-backbones"])
     assert code == 0
@@ -205,6 +282,7 @@ def test_unknown_pool_and_device_are_usage_errors(tiny_dir, tmp_path):
     ('{"1-one": "heavy"}', "'heavy'"),
     ('{"1-one": true}', "True"),
     ('{"1-one": 2', "not valid JSON"),
+    ('{"1-one": 1e308}', "1e+308"),  # finite, but inf in float32: the head's loss would be NaN
     ('[1, 2]', "JSON object"),
 ])
 def test_bad_custom_class_weight_file(tiny_dir, tmp_path, table, fragment):
@@ -215,6 +293,84 @@ def test_bad_custom_class_weight_file(tiny_dir, tmp_path, table, fragment):
                                   "--cache-dir", cache, "--out", tmp_path / "r.json", *FAST]), fragment)
     assert not (cache / "features").exists() and not (cache / "runs").exists()  # only the scan's file index
     assert not (tmp_path / "r.json").exists()
+
+
+def test_custom_weight_path_that_is_a_folder(tiny_dir, tmp_path):
+    (tmp_path / "weights.json").mkdir()
+    assert_usage_error(*run_main(["experiment", "--data", tiny_dir, "--class-weight", tmp_path / "weights.json",
+                                  "--cache-dir", tmp_path / "cache", "--out", tmp_path / "r.json", *FAST]),
+                       "is a folder")
+
+
+def test_custom_weight_file_with_a_utf8_bom_is_read(first_run, tiny_dir, tmp_path):
+    weights = tmp_path / "notepad.json"
+    weights.write_bytes('{"2-two": 4}'.encode("utf-8-sig"))  # as Windows Notepad saves UTF-8
+    out = tmp_path / "r.json"
+    code, _, stderr = run_main(["experiment", "--data", tiny_dir, "--cache-dir", first_run[0], "--approaches", "svm",
+                                "--class-weight", weights, "--out", out, *FAST])
+    assert code == 0, stderr
+    assert json.loads(out.read_text())["runs"][0]["class_weights"] == [1.0, 1.0, 4.0]
+
+
+@pytest.mark.parametrize("make_out,fragment", [
+    (lambda tmp: tmp / "folder", "is a folder"),
+    (lambda tmp: tmp / "a-file" / "r.json", "is a file, not a folder"),
+])
+def test_results_out_that_cannot_be_a_file_fails_before_any_work(tiny_dir, tmp_path, make_out, fragment):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "a-file").write_text("not a folder")
+    cache = tmp_path / "cache"
+    assert_usage_error(*run_main(["experiment", "--data", tiny_dir, "--cache-dir", cache, "--out", make_out(tmp_path),
+                                  *FAST]), fragment, str(make_out(tmp_path)))
+    assert not cache.exists()  # checked before scanning, queueing or extracting
+
+
+def test_cache_dir_that_is_a_file_fails_before_any_work(tiny_dir, tmp_path):
+    (tmp_path / "cache").write_text("not a folder")
+    for argv in (["experiment", "--out", tmp_path / "r.json"], ["extract"]):
+        assert_usage_error(*run_main([*argv, "--data", tiny_dir, "--cache-dir", tmp_path / "cache", *FAST]),
+                           "cache", "is a file, not a folder")
+    assert (tmp_path / "cache").read_text() == "not a folder"
+
+
+def test_report_out_that_is_a_folder(first_run, tmp_path):
+    assert_usage_error(*run_main(["report", first_run[1], "--out", tmp_path]), "is a folder", str(tmp_path))
+
+
+def test_a_full_disk_is_one_error_line_and_leaves_no_trusted_cache_entry(tiny_dir, tmp_path, monkeypatch):
+    real_write_bytes = Path.write_bytes
+
+    def full_disk(self, data):
+        if ".shard-" in self.name:
+            real_write_bytes(self, data[: len(data) // 2])  # the disk fills up half-way through the shard
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        return real_write_bytes(self, data)
+
+    cache, argv = tmp_path / "cache", ["extract", "--data", tiny_dir, "--runtime", "torch", *FAST]
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    code, stdout, stderr = run_main([*argv, "--cache-dir", cache])
+    assert code == 2 and stdout == "" and "Traceback" not in stderr
+    [line] = [line for line in stderr.splitlines() if line.startswith("error:")]  # after the progress bar
+    assert "shard-00000.npz" in line and "disk is full" in line
+    [entry] = (cache / "features").iterdir()
+    assert sorted(p.name for p in entry.iterdir()) == []  # no partial shard, no temporary file, no meta.json
+    monkeypatch.undo()
+    code, stdout, stderr = run_main([*argv, "--cache-dir", cache])
+    assert code == 0, stderr
+    assert json.loads(stdout)["cache_hit"] is False and json.loads(stdout)["n"] == 35
+
+
+def test_openvino_save_on_a_full_disk_is_one_error_line(tiny_dir, tmp_path, monkeypatch):
+    import openvino as ov
+
+    def full_disk(*args, **kwargs):
+        raise RuntimeError("Exception from src/core/src/pass/serialize.cpp: Can't write to model.bin")
+
+    monkeypatch.setattr(ov, "save_model", full_disk)
+    cache = tmp_path / "cache"
+    assert_usage_error(*run_main(["extract", "--data", tiny_dir, "--runtime", "openvino", "--cache-dir", cache,
+                                  *FAST]), "OpenVINO", str(cache / "openvino"), "disk space")
+    assert [p.name for p in (cache / "openvino").iterdir()] == []
 
 
 def test_unknown_class_weight_scheme(tiny_dir, tmp_path):

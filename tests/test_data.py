@@ -1,4 +1,6 @@
 """Dataset discovery, image validation, decoding and the demo dataset (core.data)."""
+import json
+import os
 import pathlib
 import shutil
 
@@ -25,9 +27,19 @@ def test_demo_dataset_is_deterministic(demo_dataset, tmp_path):
 
 def test_demo_dataset_rebuild_in_place_replaces_it(tmp_path):
     out = build_demo_dataset(tmp_path / "demo")
-    (out / "train" / DEMO_CLASSES[0] / "stray.png").write_bytes(b"")
+    first = sorted((out / "train" / DEMO_CLASSES[0]).iterdir())[0]
+    first.unlink()
     build_demo_dataset(out)
-    assert not (out / "train" / DEMO_CLASSES[0] / "stray.png").exists()
+    assert first.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name != "demo"], "temporary build folder left behind"
+
+
+def test_demo_dataset_keeps_a_file_added_to_an_earlier_demo(tmp_path):
+    out = build_demo_dataset(tmp_path / "demo")
+    (out / "train" / DEMO_CLASSES[0] / "mine.png").write_bytes(b"the user's")
+    with pytest.raises(DataError, match="mine.png"):
+        build_demo_dataset(out)
+    assert (out / "train" / DEMO_CLASSES[0] / "mine.png").read_bytes() == b"the user's"
     assert not [p for p in tmp_path.iterdir() if p.name != "demo"], "temporary build folder left behind"
 
 
@@ -113,6 +125,38 @@ def test_hidden_files_and_folders_are_ignored(make_class_tree, tmp_path):
     ds = load_dataset(root)
     assert ds.classes == ["a", "b"]
     assert not ds.skipped
+
+
+def test_hidden_folders_inside_a_class_are_skipped_and_listed(make_class_tree, make_image, tmp_path):
+    root = make_class_tree(tmp_path / "flat", {"a": 5, "b": 5})
+    for hidden in (".ipynb_checkpoints", ".thumbnails", ".git/objects"):
+        make_image(root / "a" / hidden / "a-000.png")
+    ds = load_dataset(root)
+    assert len(ds.samples) == 10 and not any("/." in s.path for s in ds.samples)
+    listed = dict(ds.skipped)
+    assert sorted(listed) == [str(root / "a" / name) for name in (".git", ".ipynb_checkpoints", ".thumbnails")]
+    assert all("hidden folder" in reason and "1 file" in reason for reason in listed.values())
+
+
+def test_macosx_zip_metadata_is_not_a_class(make_class_tree, tmp_path):
+    root = make_class_tree(tmp_path / "unzipped", {"cats": 5, "dogs": 5})
+    for name in ("cats", "dogs"):  # what every zip made on macOS holds beside the folders
+        (root / "__MACOSX" / name).mkdir(parents=True)
+        (root / "__MACOSX" / name / f"._{name}-000.png").write_bytes(b"\x00\x05\x16\x07 resource fork")
+    ds = load_dataset(root)
+    assert ds.classes == ["cats", "dogs"] and len(ds.samples) == 10
+    assert [(p, "__MACOSX" in r) for p, r in ds.skipped] == [(str(root / "__MACOSX"), True)]
+
+
+def test_file_names_that_are_not_utf8_are_skipped_and_listed(make_class_tree, make_image, tmp_path):
+    root = make_class_tree(tmp_path / "flat", {"a": 5, "b": 5})
+    odd = os.fsdecode(bytes(root / "a") + b"/caf\xe9.png")  # Latin-1 name from an old camera or zip
+    make_image(odd)
+    ds = load_dataset(root, cache_dir=tmp_path / "cache")
+    assert len(ds.samples) == 10
+    [(path, reason)] = ds.skipped
+    assert "UTF-8" in reason and path.encode("utf-8")  # shown with a replacement character, printable
+    json.dumps(ds.summary()).encode("utf-8")
 
 
 # ---------------------------------------------------------------- formats and modes
@@ -225,8 +269,23 @@ def test_missing_folder_is_a_data_error(tmp_path):
 
 def test_a_file_instead_of_a_folder_is_a_data_error(tmp_path):
     (tmp_path / "file.png").write_bytes(b"x")
-    with pytest.raises(DataError, match="does not exist"):
+    with pytest.raises(DataError, match="is a file, not a folder"):
         load_dataset(tmp_path / "file.png")
+
+
+def test_an_empty_data_path_is_refused_not_the_current_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match="no dataset folder given"):
+        load_dataset("")
+
+
+def test_classes_too_small_to_split_say_which_and_what_test_size_does(make_class_tree, tmp_path):
+    root = make_class_tree(tmp_path / "ds", {"a": 2, "b": 2, "c": 2, "d": 2, "e": 2})
+    with pytest.raises(DataError) as caught:
+        load_dataset(root, test_size=0.2)
+    message = str(caught.value)
+    assert "a (2), b (2)" in message and "--test-size 0.5" in message and "test_size=" not in message
+    assert len(load_dataset(root, test_size=0.5).test) == 5
 
 
 def test_one_class_is_a_data_error(make_class_tree, tmp_path):
@@ -322,10 +381,10 @@ def test_sample_size_is_the_displayed_size(tmp_path):
 @pytest.fixture
 def count_reads(monkeypatch):
     """Records the paths whose bytes load_dataset reads (and hashes and decodes)."""
-    import core.data as data
+    import core.scan as scan
 
-    reads, real = [], data._inspect_image
-    monkeypatch.setattr(data, "_inspect_image", lambda path: reads.append(path.name) or real(path))
+    reads, real = [], scan.inspect_image
+    monkeypatch.setattr(scan, "inspect_image", lambda path: reads.append(path.name) or real(path))
     return reads
 
 
@@ -359,6 +418,21 @@ def test_changed_and_new_files_are_read_again(tmp_path, make_class_tree, make_im
     assert (64, 16) in [s.size for s in after.samples] and len(after.samples) == 9
 
 
+def test_a_file_rewritten_with_its_size_and_mtime_kept_is_read_again(tmp_path, make_class_tree, make_image):
+    """Tools that rewrite EXIF orientation keep the timestamps; ctime and inode still change."""
+    root = make_class_tree(tmp_path / "ds", {"a": 4, "b": 4})
+    photo = make_image(root / "a" / "photo.bmp", size=(48, 16))  # uncompressed: 16x48 has the same byte size
+    before = load_dataset(root, cache_dir=tmp_path / "cache")
+    kept = photo.stat()
+    replacement = make_image(tmp_path / "turned.bmp", size=(16, 48), seed=5)
+    os.replace(replacement, photo)  # how editors save: a new file (new inode) moved over the old one
+    os.utime(photo, ns=(kept.st_atime_ns, kept.st_mtime_ns))
+    assert (photo.stat().st_size, photo.stat().st_mtime_ns) == (kept.st_size, kept.st_mtime_ns)
+    after = load_dataset(root, cache_dir=tmp_path / "cache")
+    assert after.fingerprint != before.fingerprint
+    assert [s.size for s in after.samples if s.path == str(photo)] == [(16, 48)]
+
+
 def test_rescan_reads_every_file(tmp_path, make_class_tree, count_reads):
     root = make_class_tree(tmp_path / "ds", {"a": 3, "b": 3})
     load_dataset(root, cache_dir=tmp_path / "cache")
@@ -375,3 +449,123 @@ def test_unreadable_index_means_a_full_scan(tmp_path, make_class_tree, count_rea
     count_reads.clear()
     assert len(load_dataset(root, cache_dir=tmp_path / "cache").samples) == 6
     assert len(count_reads) == 6
+
+
+# ---------------------------------------------------------------- label files and a separate test folder
+
+
+def write_flat(folder, names, make_image):
+    """Images `names` (relative paths) in one folder tree, each with its own pixels."""
+    for i, name in enumerate(names):
+        make_image(pathlib.Path(folder) / name, seed=500 + i)
+    return pathlib.Path(folder)
+
+
+@pytest.fixture
+def flat_test_dataset(tmp_path, make_class_tree, make_image):
+    """Training images in class folders; test images in one flat folder, labelled by `labels.txt`.
+
+    The label file (semicolon, with a header) names a class without training images (owl, twice), lists one
+    image that is not there, and leaves one image out.
+    """
+    train = make_class_tree(tmp_path / "train", {"cat": 6, "dog": 4})
+    test = write_flat(tmp_path / "test", ["c1.png", "c2.png", "c3.png", "d1.png", "d2.png", "o1.png", "o2.png",
+                                          "stray.png"], make_image)
+    rows = ["file;label", "c1.png;cat", "c2.png;cat", "c3.png;cat", "d1.png;dog", "d2.png;dog", "o1.png;owl",
+            "o2.png;owl", "gone.png;dog"]
+    (test / "labels.txt").write_text("\n".join(rows) + "\n")
+    return train, test
+
+
+def test_flat_test_folder_with_a_label_file_counts_and_skips(flat_test_dataset):
+    train, test = flat_test_dataset
+    ds = load_dataset(train, test_data=test, test_labels=test / "labels.txt")
+    assert ds.classes == ["cat", "dog"]
+    assert ds.train_counts == [6, 4] and ds.test_counts == [3, 2]
+    assert sorted(pathlib.Path(s.path).name for s in ds.test) == ["c1.png", "c2.png", "c3.png", "d1.png", "d2.png"]
+    assert ds.summary()["skipped_counts"] == [
+        {"reason": "label 'owl' is not a training class", "count": 2},
+        {"reason": "listed in labels.txt but missing", "count": 1},
+        {"reason": "not listed in labels.txt", "count": 1},
+    ]
+    skipped = dict(ds.skipped)
+    assert skipped[str(test / "gone.png")] == "listed in labels.txt but missing"
+    assert skipped[str(test / "stray.png")] == "not listed in labels.txt"
+    assert skipped[str(test / "o1.png")] == skipped[str(test / "o2.png")] == "label 'owl' is not a training class"
+
+
+@pytest.mark.parametrize("text", [
+    "file,label\nsub/a1.png,a\nsub/a2.png,a\nb1.png,b\nb2.png,b\n",          # CSV with a header
+    "sub/a1.png\ta\nsub/a2.png\ta\nb1.png\tb\nb2.png\tb\n",                  # TSV, no header
+    "\ufeffimage;class\r\nsub\\a1.png;a\r\nsub\\a2.png;a\r\nb1.png;b\r\nb2.png;b\r\n",  # BOM, CRLF, Windows paths
+    "filename,species,width\nsub/a1.png,a,48\nsub/a2.png,a,48\nb1.png,b,48\nb2.png,b,48\n",  # named columns
+    "sub/a1,a\nsub/a2,a\nb1,b\nb2,b\n",                                     # names without their extension
+])
+def test_label_file_formats_are_sniffed(tmp_path, make_class_tree, make_image, text):
+    train = make_class_tree(tmp_path / "train", {"a": 4, "b": 4})
+    test = write_flat(tmp_path / "test", ["sub/a1.png", "sub/a2.png", "b1.png", "b2.png"], make_image)
+    (tmp_path / "labels.csv").write_bytes(text.encode("utf-8"))
+    ds = load_dataset(train, test_data=test, test_labels=tmp_path / "labels.csv")
+    assert ds.test_counts == [2, 2] and not ds.skipped
+    assert {pathlib.Path(s.path).name: ds.classes[s.label] for s in ds.test} == {
+        "a1.png": "a", "a2.png": "a", "b1.png": "b", "b2.png": "b"}
+
+
+def test_labels_for_the_data_folder_are_split_stratified(tmp_path, make_image):
+    names = [f"img{i:02d}.png" for i in range(20)]
+    root = write_flat(tmp_path / "flat", names, make_image)
+    (root / "meta.csv").write_text("file_name,label\n" + "".join(
+        f"{name},{'rare' if i < 5 else 'common'}\n" for i, name in enumerate(names)))
+    ds = load_dataset(root, labels=root / "meta.csv", test_size=0.2, seed=0)
+    assert ds.classes == ["common", "rare"]
+    assert ds.train_counts == [12, 4] and ds.test_counts == [3, 1] and not ds.skipped
+
+
+def test_test_class_folder_without_training_images_is_skipped_and_counted(tmp_path, make_class_tree):
+    train = make_class_tree(tmp_path / "train", {"cat": 4, "dog": 4})
+    test = make_class_tree(tmp_path / "test", {"cat": 2, "dog": 2, "owl": 3})
+    ds = load_dataset(train, test_data=test)
+    assert ds.classes == ["cat", "dog"] and ds.test_counts == [2, 2]
+    assert ds.summary()["skipped_counts"] == [{"reason": "class 'owl' is not a training class", "count": 3}]
+
+
+def test_fingerprint_and_feature_key_cover_the_label_files(flat_test_dataset):
+    from core.backbones import get_entry
+    from core.features import Preprocess, feature_key
+
+    train, test = flat_test_dataset
+    labels = test / "labels.txt"
+    before = load_dataset(train, test_data=test, test_labels=labels)
+    labels.write_text(labels.read_text().replace("c3.png;cat", "c3.png;dog"))
+    after = load_dataset(train, test_data=test, test_labels=labels)
+    assert after.test_counts == [2, 3]
+    assert after.fingerprint != before.fingerprint and after.content_fingerprint != before.content_fingerprint
+    entry = get_entry("efficientnet_lite0")
+    keys = {feature_key(ds, entry, "avg", Preprocess.for_backbone(entry), None) for ds in (before, after)}
+    assert len(keys) == 2
+
+
+def test_label_paths_outside_the_folder_and_conflicting_duplicates_are_skipped(tmp_path, make_class_tree, make_image):
+    train = make_class_tree(tmp_path / "train", {"a": 4, "b": 4})
+    test = write_flat(tmp_path / "test", ["a1.png", "b1.png", "twice.png"], make_image)
+    make_image(tmp_path / "secret.png")
+    (test / "labels.csv").write_text("a1.png,a\nb1.png,b\n../secret.png,a\n/etc/passwd,a\ntwice.png,a\ntwice.png,b\n")
+    ds = load_dataset(train, test_data=test, test_labels=test / "labels.csv")
+    assert ds.test_counts == [1, 1]
+    reasons = {reason for _, reason in ds.skipped}
+    assert any("outside" in r for r in reasons) and any("different labels" in r for r in reasons)
+    assert str(tmp_path / "secret.png") not in [s.path for s in ds.samples]
+
+
+@pytest.mark.parametrize("text,fragment", [
+    ("a1.png,a,x\nb1.png,b,y\n", "3 columns"),
+    ("photo,kind\n", "lists no images"),
+    ("x/a1.png,a\nx/b1.png,b\n", "none of the 2 images"),  # paths relative to another folder: say so
+    (b"caf\xe9.png,a\n", "UTF-8"),
+])
+def test_unusable_label_file_is_a_data_error(tmp_path, make_class_tree, make_image, text, fragment):
+    train = make_class_tree(tmp_path / "train", {"a": 4, "b": 4})
+    test = write_flat(tmp_path / "test", ["a1.png", "b1.png"], make_image)
+    (test / "labels.csv").write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(DataError, match=fragment):
+        load_dataset(train, test_data=test, test_labels=test / "labels.csv")

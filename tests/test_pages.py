@@ -107,6 +107,8 @@ def test_app_routes_to_dataset_page_with_sidebar(empty_cache, demo_data):
     at = page("app").run()
     assert not at.exception
     assert at.sidebar.text_input(key="data_dir").value == demo_data
+    assert [at.sidebar.text_input(key=f"data_{name}").label for name in ("labels", "test_data", "test_labels")] == [
+        "Label file", "Test folder", "Test label file"]  # the dataset picker's advanced options
     assert "No training job yet." in texts(at.sidebar.caption)
     assert at.title[0].value == "Dataset"
 
@@ -129,6 +131,30 @@ def test_dataset_page_lists_skipped_files(empty_cache, demo_data, tmp_path):
     at.run()
     assert not at.exception
     assert "1 file(s) were skipped" in texts(at.warning)
+
+
+def test_dataset_page_lists_skipped_test_labels_of_a_flat_test_folder(empty_cache, demo_data, tmp_path):
+    test = tmp_path / "flat-test"
+    test.mkdir()
+    rows = []
+    for class_dir in sorted((Path(demo_data) / "test").iterdir()):
+        image = sorted(class_dir.iterdir())[0]
+        shutil.copy(image, test / f"{class_dir.name}.png")
+        rows.append(f"{class_dir.name}.png,{class_dir.name}")
+    for name in ("owl-1.png", "owl-2.png"):
+        shutil.copy(test / "0-zero.png", test / name)
+        rows.append(f"{name},owl")
+    (test / "labels.csv").write_text("\n".join(rows))
+    at = page("dataset")
+    at.session_state["data_dir"] = str(Path(demo_data) / "train")
+    at.session_state["data_test_data"] = str(test)
+    at.session_state["data_test_labels"] = str(test / "labels.csv")
+    at.run()
+    assert not at.exception
+    assert {m.label: m.value for m in at.metric}["Test images"] == "10"
+    assert "2 file(s) were skipped" in texts(at.warning)
+    tables = [frame.value.to_dict("records") for frame in at.dataframe]
+    assert [{"reason": "label 'owl' is not a training class", "count": 2}] in tables
 
 
 def test_dataset_page_bad_folder_is_a_message_not_a_traceback(empty_cache, tmp_path):
@@ -169,6 +195,20 @@ def test_train_page_settings_reach_the_launched_config(features_only, monkeypatc
     (config,) = launched
     assert config.image_size is None and config.seeds == (0, 1, 2) and config.tune
     assert config.epochs == 20 and config.batch_size == 32  # the declared defaults
+
+
+def test_train_page_launches_with_the_pickers_test_folder(features_only, demo_data, monkeypatch):
+    launched = []
+    monkeypatch.setattr(ui, "launch", launched.append)
+    at = page("train")
+    at.session_state["data_dir"] = str(Path(demo_data) / "train")
+    at.session_state["data_test_data"] = str(Path(demo_data) / "test")
+    at.run().multiselect(key="train_schemes").set_value(["none"])
+    at.run().button(key="launch").click().run()
+    assert not at.exception
+    (config,) = launched
+    assert (config.data, config.test_data, config.test_labels) == (str(Path(demo_data) / "train"),
+                                                                   str(Path(demo_data) / "test"), None)
 
 
 def test_train_page_bad_seed_list_is_a_message(features_only):

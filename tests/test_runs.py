@@ -1,5 +1,6 @@
 """Run store: atomic saves, listing, loading, deleting, and safe bundle export/import."""
 
+import errno
 import io
 import json
 import os
@@ -17,7 +18,7 @@ import pandas as pd
 import pytest
 
 import core.runs as runs
-from core.errors import RunStoreError
+from core.errors import RunStoreError, StorageError
 from core.runs import SCHEMA_VERSION, RunStore, atomic_file, atomic_write_json, new_run_id
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,6 +92,32 @@ def test_atomic_file_keeps_old_content_when_writer_fails(tmp_path):
         raise ValueError("writer crashed")
     assert json.loads(target.read_text()) == {"a": 1}
     assert entries(tmp_path) == ["meta.json"]
+
+
+@pytest.mark.parametrize("make_target,advice", [
+    (lambda tmp: tmp / "a-folder", "a folder is in the way"),
+    (lambda tmp: tmp / "a-file" / "meta.json", "a file is in the way"),
+])
+def test_atomic_write_in_the_way_is_a_storage_error_naming_the_path(tmp_path, make_target, advice):
+    (tmp_path / "a-folder").mkdir()
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(StorageError, match=re.escape(f"{make_target(tmp_path)}: {advice}")):
+        atomic_write_json(make_target(tmp_path), {"a": 1}, "results file")
+    assert sorted(entries(tmp_path)) == ["a-file", "a-folder"] and entries(tmp_path / "a-folder") == []
+
+
+def test_a_full_disk_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):
+    target = tmp_path / "meta.json"
+    atomic_write_json(target, {"a": 1})
+
+    def full(self, data):
+        Path.write_text(self, "half")  # part of it made it to disk
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    with pytest.raises(StorageError, match="meta.json: the disk is full"):
+        atomic_write_json(target, {"a": 2}, "feature cache entry")
+    assert json.loads(target.read_text()) == {"a": 1} and entries(tmp_path) == ["meta.json"]
 
 
 def test_save_list_load_roundtrip(store):
