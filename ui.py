@@ -62,9 +62,9 @@ _leave_legacy_pages_mode()
 
 
 def page(name: str) -> st.Page:
-    """The st.Page of `pages/<name>.py`, for st.navigation and st.page_link alike."""
+    """The st.Page of `dashboard/views/<name>.py`, for st.navigation and st.page_link alike."""
     title, icon = PAGES[name]
-    return st.Page(APP_DIR / "pages" / f"{name}.py", title=title, icon=icon, url_path=name,
+    return st.Page(APP_DIR / "dashboard" / "views" / f"{name}.py", title=title, icon=icon, url_path=name,
                    default=name == next(iter(PAGES)))
 
 

@@ -6,7 +6,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 CORE_FILES = sorted((REPO / "core").rglob("*.py"))
-PAGE_FILES = sorted((REPO / "pages").glob("*.py"))
+PAGE_FILES = sorted((REPO / "dashboard" / "views").glob("*.py"))
 
 
 def imported_modules(source: str) -> set[str]:

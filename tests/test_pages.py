@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fresh_streamlit_caches"
 
 
 def page(name: str) -> AppTest:
-    script = ROOT / "app.py" if name == "app" else ROOT / "pages" / f"{name}.py"
+    script = ROOT / "app.py" if name == "app" else ROOT / "dashboard" / "views" / f"{name}.py"
     return AppTest.from_file(str(script), default_timeout=PAGE_TIMEOUT_S)
 
 

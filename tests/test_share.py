@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fresh_streamlit_caches"
 
 
 def page(name: str) -> AppTest:
-    script = ROOT / "app.py" if name == "app" else ROOT / "pages" / f"{name}.py"
+    script = ROOT / "app.py" if name == "app" else ROOT / "dashboard" / "views" / f"{name}.py"
     return AppTest.from_file(str(script), default_timeout=PAGE_TIMEOUT_S)
 
 
@@ -114,7 +114,7 @@ def test_viewer_cannot_launch_or_change_dataset(viewer, demo_dir, tmp_path):
     assert folder.disabled and folder.value == str(demo_dir)
     assert f"Folder: `{demo_dir}` (set by the server)" in texts(at.caption)
     assert {m.label: m.value for m in at.metric}["Classes"] == "10"
-    at.switch_page("pages/train.py").run()
+    at.switch_page("dashboard/views/train.py").run()
     assert not at.exception
     assert at.button(key="launch").disabled
     assert READ_ONLY in texts(at.info)
@@ -167,7 +167,7 @@ def test_outside_mode_everything_is_unlocked(cache):
     assert not at.exception
     assert "Viewer mode" not in texts(at.sidebar.markdown)
     assert not at.sidebar.text_input(key="data_dir").disabled
-    at.switch_page("pages/share.py").run()
+    at.switch_page("dashboard/views/share.py").run()
     assert not at.exception
     assert "owner_token" not in [widget.key for widget in at.text_input]
     assert READ_ONLY not in texts(at.info)
@@ -178,7 +178,7 @@ def test_outside_mode_everything_is_unlocked(cache):
 
 def test_wrong_token_stays_locked_right_token_unlocks(viewer):
     at = page("app").run()
-    at.switch_page("pages/share.py").run()
+    at.switch_page("dashboard/views/share.py").run()
     at.text_input(key="owner_token").set_value("not-the-token")
     at.button(key="unlock").click().run()
     assert not at.exception
@@ -191,11 +191,11 @@ def test_wrong_token_stays_locked_right_token_unlocks(viewer):
     assert not at.exception and not at.error
     assert "unlocked in this browser session" in texts(at.success)
     assert not at.file_uploader(key="bundle_upload").disabled
-    at.switch_page("pages/train.py").run()
+    at.switch_page("dashboard/views/train.py").run()
     assert not at.button(key="launch").disabled
     assert READ_ONLY not in texts(at.info)
 
-    at.switch_page("pages/share.py").run()
+    at.switch_page("dashboard/views/share.py").run()
     at.button(key="lock").click().run()
     assert at.file_uploader(key="bundle_upload").disabled
 
