@@ -18,8 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import streamlit as st
-from streamlit.runtime.pages_manager import PagesManager
-from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from core import analysis, featuremap, sharing, whatif
 from core.data import Dataset, build_demo_dataset, load_dataset
@@ -44,21 +42,6 @@ OWNER_KEY = "owner_unlocked"  # session flag: the owner typed the token in this 
 DATA_DIR_HELP = "An image folder: DIR/<class>/* (split for you) or DIR/train/<class>/* + DIR/test/<class>/*"
 STRICT_ENV = "TRANSFERSCOPE_STRICT"  # "1" (tests): guard re-raises unexpected errors instead of showing them
 VIEWER_BUILDS = sharing.Throttle(max_events=6, per_s=60)  # reports and bundles built for viewers, whole server
-
-
-def _leave_legacy_pages_mode() -> None:
-    """Make the first run of a fresh server go through app.py's router.
-
-    Until st.navigation has run once in the process, Streamlit treats a `pages/` folder as a legacy
-    multipage app and runs e.g. /train's script without app.py (no sidebar, wrong menu). This module is
-    first imported during such a run: switch the mode off and rerun. (Unneeded if `pages/` is renamed.)
-    """
-    if PagesManager.uses_pages_directory and get_script_run_ctx() is not None:
-        PagesManager.uses_pages_directory = False
-        st.rerun()
-
-
-_leave_legacy_pages_mode()
 
 
 def page(name: str) -> st.Page:

@@ -201,7 +201,6 @@ def test_wrong_token_stays_locked_right_token_unlocks(viewer):
 
 
 def test_sidebar_of_an_unlocked_session_says_owner(viewer):
-    # A fresh AppTest: after its first run AppTest falls back to the legacy `pages/` mode, without app.py's sidebar.
     at = page("app")
     at.session_state[ui.OWNER_KEY] = True
     at.run()
