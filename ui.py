@@ -24,6 +24,7 @@ from core.data import Dataset, build_demo_dataset, load_dataset
 from core.errors import ConfigError, ReadOnlyError, TransferScopeError
 from core.experiment import FEATURE_APPROACHES, ExperimentConfig, run_experiment
 from core.jobs import ACTIVE_STATUSES, Job, JobManager, compute_slot_path
+from core.paths import cache_dir, demo_dir
 from core.report import escape_markdown, render_runs_report
 from core.runs import RunStore
 
@@ -37,7 +38,6 @@ PAGES = {  # url path -> (title, icon)
     "featuremap": ("Feature map", ":material/scatter_plot:"),
     "share": ("Share", ":material/share:"),
 }
-DEMO_DATASET = "datasets/digits-demo"
 OWNER_KEY = "owner_unlocked"  # session flag: the owner typed the token in this browser session
 DATA_DIR_HELP = "An image folder: DIR/<class>/* (split for you) or DIR/train/<class>/* + DIR/test/<class>/*"
 STRICT_ENV = "TRANSFERSCOPE_STRICT"  # "1" (tests): guard re-raises unexpected errors instead of showing them
@@ -53,14 +53,9 @@ def page(name: str) -> st.Page:
 
 # ---- settings --------------------------------------------------------------------------------------
 
-def cache_dir() -> Path:
-    """Where features and runs live: env TRANSFERSCOPE_CACHE_DIR, default `cache`."""
-    return Path(os.environ.get("TRANSFERSCOPE_CACHE_DIR", "cache"))
-
-
 def default_data_dir() -> str:
     """Env TRANSFERSCOPE_DATA, else the demo dataset under the cache (built on first use)."""
-    return os.environ.get("TRANSFERSCOPE_DATA") or _demo_dataset(str(cache_dir() / DEMO_DATASET))
+    return os.environ.get("TRANSFERSCOPE_DATA") or _demo_dataset(str(demo_dir()))
 
 
 @st.cache_resource(show_spinner="Building the demo dataset…")

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from core.backbones import BackboneEntry, describe_backbone, get_entry
 from core.data import Dataset, Sample, open_rgb
 from core.errors import ConfigError, DataError
+from core.paths import DEFAULT_CACHE_DIR
 from core.runs import atomic_write_bytes, atomic_write_json
 from core.runtime import Forward, frozen_forward, resolve_runtime
 
@@ -212,7 +213,7 @@ def feature_key(dataset: Dataset, entry: BackboneEntry, pool: str, preprocess: P
 
 
 def extract_features(dataset: Dataset, backbone: str = "efficientnet_lite0", *, pool: str = "avg",
-                     image_size: int | None = None, cache_dir="cache", device: str = "auto",
+                     image_size: int | None = None, cache_dir=DEFAULT_CACHE_DIR, device: str = "auto",
                      precision: str = "auto", runtime: str = "auto", batch_size: int = 32,
                      workers: int | None = None, progress: Progress | None = None) -> FeatureSet:
     """Features for every image of `dataset`, computed once and then served from `cache_dir/features/`.

@@ -99,6 +99,18 @@ def test_extract_new_setting_is_a_cache_miss(tiny_dir, tmp_path):
     assert (tmp_path / "features" / info["key"] / "meta.json").exists()
 
 
+def test_cache_dir_defaults_to_the_folder_the_dashboard_reads(first_run, tiny_dir, tmp_path, monkeypatch):
+    """TRANSFERSCOPE_CACHE_DIR (read by the dashboard too) is the default of every command's --cache-dir."""
+    cache, *_ = first_run
+    monkeypatch.setenv("TRANSFERSCOPE_CACHE_DIR", str(cache))
+    code, stdout, stderr = run_main(["extract", "--data", tiny_dir, *FAST])
+    assert code == 0, stderr
+    assert json.loads(stdout)["cache_hit"] is True  # the features the first run cached in that folder
+    monkeypatch.setenv("TRANSFERSCOPE_CACHE_DIR", str(tmp_path / "shared"))
+    code, stdout, _ = run_main(["owner-token"])
+    assert code == 0 and (tmp_path / "shared" / "owner_token").read_text().strip() in stdout
+
+
 @pytest.mark.slow
 def test_second_run_in_a_real_process_is_a_cache_hit(first_run, tiny_dir, tmp_path):
     cache, *_ = first_run
