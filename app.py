@@ -1,15 +1,15 @@
 """TransferScope dashboard: routes to the pages and draws the shared sidebar. Run: streamlit run app.py"""
 import streamlit as st
 
-import ui
+from dashboard import errors, widgets
 
 st.set_page_config(layout="wide", page_title="TransferScope", page_icon=":material/biotech:")
-current = st.navigation([ui.page(name) for name in ui.PAGES])
+current = st.navigation([widgets.page(name) for name in widgets.PAGES])
 
 with st.sidebar:
-    with ui.guard():
-        ui.sharing_badge()
-        ui.dataset_folder_input()
-        ui.sidebar_job_status()
+    with errors.guard():
+        widgets.sharing_badge()
+        widgets.dataset_folder_input()
+        widgets.sidebar_job_status()
 
 current.run()

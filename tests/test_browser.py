@@ -23,10 +23,10 @@ from urllib.parse import urlsplit
 
 import pytest
 
-import ui
 from core.analysis import run_labels
 from core.data import DEMO_CLASSES, build_demo_dataset
 from core.runs import RunStore
+from dashboard import errors, widgets
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -35,7 +35,7 @@ SCREENSHOTS = ROOT / "artifacts" / "screenshots"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
-DEFAULT_PAGE = next(iter(ui.PAGES))  # it lives at "/": Streamlit answers "/<its url_path>" with "Page not found"
+DEFAULT_PAGE = next(iter(widgets.PAGES))  # it lives at "/": Streamlit answers "/<its url_path>" with "Page not found"
 FAST = {"image_size": 48, "epochs": 3}  # small enough for a job of a few seconds on 2 CPU cores
 SERVER_START_S = 60
 PAGE_TIMEOUT_MS = 60_000
@@ -118,7 +118,7 @@ def server(tmp_path_factory) -> Server:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "TRANSFERSCOPE_CACHE_DIR": str(cache), "TRANSFERSCOPE_DATA": str(data),
-           ui.STRICT_ENV: "1"}  # unexpected errors surface as Streamlit exceptions, not friendly boxes
+           errors.STRICT_ENV: "1"}  # unexpected errors surface as Streamlit exceptions, not friendly boxes
     env.pop("TRANSFERSCOPE_VIEWER", None)
     command = [str(Path(sys.executable).with_name("streamlit")), "run", "app.py", "--server.headless", "true",
                "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
@@ -245,12 +245,12 @@ def url_path(name: str) -> str:
 
 # Train first: on a fresh server, the first request to a non-default page must still go through app.py.
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("name", ["train", *(name for name in ui.PAGES if name != "train")])
+@pytest.mark.parametrize("name", ["train", *(name for name in widgets.PAGES if name != "train")])
 def test_page_renders(page, server, name):
     open_page(page, server, url_path(name))
-    assert_healthy(page, server, ui.PAGES[name][0])
+    assert_healthy(page, server, widgets.PAGES[name][0])
     nav = " | ".join(page.locator('[data-testid="stSidebarNavLink"]').all_inner_texts())
-    assert all(title in nav for title, _ in ui.PAGES.values()), f"sidebar navigation: {nav!r}"
+    assert all(title in nav for title, _ in widgets.PAGES.values()), f"sidebar navigation: {nav!r}"
     main = page.locator('[data-testid="stMain"]')
     if name == "dataset":
         chart = plotly_chart(page, "class_distribution")

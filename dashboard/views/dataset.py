@@ -1,14 +1,21 @@
 """Dataset page: class balance, minority classes, sample images, image sizes and skipped files."""
+from pathlib import Path
+
 import streamlit as st
 
-import panels
-import ui
 from core.analysis import class_table, image_size_summary, sample_paths
+from core.errors import ConfigError
+from core.featuremap import DUPLICATE_SIMILARITY
 from core.figures import class_distribution_figure
 from core.metrics import MINORITY_FRACTION
+from core.report import escape_markdown
+from dashboard import access, errors, state, widgets
 
 THUMBNAILS_PER_CLASS = 5
 THUMBNAIL_PX = 120
+DUPLICATES_SHOWN = 12
+DUPLICATE_COLUMNS = 3
+PAIR_PX = 112  # two side by side fit a third of the page at 1280 px
 
 
 def show_overview(data, table) -> None:
@@ -24,8 +31,8 @@ def show_overview(data, table) -> None:
 
 
 def show_balance(data, table) -> None:
-    ui.chart(class_distribution_figure(data.classes, data.train_counts, data.test_counts, table["minority"]),
-             key="class_distribution")
+    widgets.chart(class_distribution_figure(data.classes, data.train_counts, data.test_counts, table["minority"]),
+                  key="class_distribution")
     counts_col, sizes_col = st.columns([3, 2])
     with counts_col:
         st.caption("Images per class")
@@ -42,7 +49,7 @@ def show_samples(data) -> None:
     for name, paths in sample_paths(data, THUMBNAILS_PER_CLASS).items():
         name_col, images_col = st.columns([1, 4], vertical_alignment="center")
         name_col.markdown(f"**{name}**")
-        images_col.image(ui.thumbnails(paths), width=THUMBNAIL_PX)
+        images_col.image(state.thumbnails(paths), width=THUMBNAIL_PX)
 
 
 def show_skipped(data) -> None:
@@ -53,18 +60,46 @@ def show_skipped(data) -> None:
                      key="skipped_files")
 
 
+def near_duplicates_panel(data) -> None:
+    """Train/test pairs whose features nearly match (a possible leak), with thumbnails of each pair."""
+    st.subheader("Near-duplicates between train and test")
+    threshold = st.slider("Cosine similarity of features at least", 0.90, 1.0, DUPLICATE_SIMILARITY, 0.005,
+                          key="duplicate_threshold")
+    try:
+        pairs = state.near_duplicate_pairs(data, threshold)
+    except ConfigError as reason:  # no run with cached features yet: say why, this is no failure
+        st.caption(f"No check yet: {reason}.")
+        return
+    if not pairs:
+        st.success(f"No test image has a training image with feature similarity ≥ {threshold:.3f}.")
+        return
+    st.warning(f"{len(pairs)} test image(s) nearly duplicate a training image: a possible leak that "
+               "inflates test scores.", icon=":material/content_copy:")
+    columns = st.columns(DUPLICATE_COLUMNS)
+    for i, pair in enumerate(pairs[:DUPLICATES_SHOWN]):
+        test, train = data.test[pair["test"]], data.train[pair["train"]]
+        with columns[i % DUPLICATE_COLUMNS]:
+            st.caption(f"similarity {pair['similarity']:.4f} · {escape_markdown(data.classes[test.label])} (test) ↔ "
+                       f"{escape_markdown(data.classes[train.label])} (train)")
+            widgets.gallery([test.path, train.path],
+                            [f"test: {Path(test.path).name}", f"train: {Path(train.path).name}"], width_px=PAIR_PX)
+    if len(pairs) > DUPLICATES_SHOWN:
+        st.caption(f"Showing the {DUPLICATES_SHOWN} most similar of {len(pairs)} pairs.")
+
+
 st.title("Dataset")
-with ui.guard():
-    folder = ui.data_dir()
+with errors.guard():
+    folder = state.data_dir()
     folder_col, rescan_col = st.columns([5, 1], vertical_alignment="center")
-    folder_col.caption(f"Folder: `{folder}` ({'change it in the sidebar' if ui.can_act() else 'set by the server'})")
+    where = "change it in the sidebar" if access.can_act() else "set by the server"
+    folder_col.caption(f"Folder: `{folder}` ({where})")
     if rescan_col.button("Rescan", key="rescan", icon=":material/refresh:", help="read every file again",
-                         disabled=not ui.can_act()):
-        ui.rescan_dataset(folder)
-    data = ui.dataset(folder)
+                         disabled=not access.can_act()):
+        state.rescan_dataset(folder)
+    data = state.dataset(folder)
     table = class_table(data)
     show_overview(data, table)
     show_skipped(data)
     show_balance(data, table)
     show_samples(data)
-    panels.near_duplicates_panel(data)
+    near_duplicates_panel(data)

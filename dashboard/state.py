@@ -1,19 +1,15 @@
-"""Streamlit helpers shared by app.py and the pages: settings, caches, jobs, errors and small widgets.
+"""The dashboard's server-side state: Streamlit caches, the job manager, dataset scans, run store access.
 
 The only module that uses Streamlit caching. Runs are immutable once saved, so their records and
 predictions are cached by run id; the run list itself is re-read on every script run. Any browser can
 clear Streamlit's caches, so what must survive that (the job manager, dataset scans) lives in plain
-module globals instead.
+module globals instead. Every action here checks `access.require_owner` itself.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
-import os
 import threading
-import time
-import traceback
 from pathlib import Path
 
 import numpy as np
@@ -21,41 +17,25 @@ import streamlit as st
 
 from core import analysis, featuremap, sharing, whatif
 from core.data import Dataset, build_demo_dataset, load_dataset
-from core.errors import ConfigError, ReadOnlyError, TransferScopeError
+from core.errors import ConfigError, ReadOnlyError
 from core.experiment import FEATURE_APPROACHES, ExperimentConfig, run_experiment
 from core.jobs import ACTIVE_STATUSES, Job, JobManager, compute_slot_path
 from core.paths import cache_dir, demo_dir
 from core.report import escape_markdown, render_runs_report
 from core.runs import RunStore
+from dashboard import access, errors
 
-APP_DIR = Path(__file__).resolve().parent
-PAGES = {  # url path -> (title, icon)
-    "dataset": ("Dataset", ":material/photo_library:"),
-    "train": ("Train", ":material/model_training:"),
-    "results": ("Results", ":material/insights:"),
-    "compare": ("Compare", ":material/compare_arrows:"),
-    "whatif": ("What-if", ":material/tune:"),
-    "featuremap": ("Feature map", ":material/scatter_plot:"),
-    "share": ("Share", ":material/share:"),
-}
-OWNER_KEY = "owner_unlocked"  # session flag: the owner typed the token in this browser session
-DATA_DIR_HELP = "An image folder: DIR/<class>/* (split for you) or DIR/train/<class>/* + DIR/test/<class>/*"
-STRICT_ENV = "TRANSFERSCOPE_STRICT"  # "1" (tests): guard re-raises unexpected errors instead of showing them
 VIEWER_BUILDS = sharing.Throttle(max_events=6, per_s=60)  # reports and bundles built for viewers, whole server
+SPLIT_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ExperimentConfig) if f.name in ("test_size", "seed")}
+MAP_JOB_PREFIX = "feature map "  # + feature key: the job's name
+_JOB_MANAGERS: dict[str, JobManager] = {}  # compute-slot path -> manager; no Streamlit message reaches it
+_JOB_MANAGERS_LOCK = threading.Lock()
 
-
-def page(name: str) -> st.Page:
-    """The st.Page of `dashboard/views/<name>.py`, for st.navigation and st.page_link alike."""
-    title, icon = PAGES[name]
-    return st.Page(APP_DIR / "dashboard" / "views" / f"{name}.py", title=title, icon=icon, url_path=name,
-                   default=name == next(iter(PAGES)))
-
-
-# ---- settings --------------------------------------------------------------------------------------
 
 def default_data_dir() -> str:
-    """Env TRANSFERSCOPE_DATA, else the demo dataset under the cache (built on first use)."""
-    return os.environ.get("TRANSFERSCOPE_DATA") or _demo_dataset(str(demo_dir()))
+    """The server's dataset folder (`access.server_data_dir`); the demo dataset is built there on first use."""
+    folder = access.server_data_dir()
+    return _demo_dataset(folder) if folder == str(demo_dir()) else folder
 
 
 @st.cache_resource(show_spinner="Building the demo dataset…")
@@ -67,102 +47,9 @@ def _demo_dataset(path: str) -> str:
 
 def data_dir() -> str:
     """The dataset folder typed in the sidebar, or the default one (always the default for viewers)."""
-    if not can_act():
+    if not access.can_act():
         return default_data_dir()
     return st.session_state.get("data_dir", "").strip() or default_data_dir()
-
-
-def dataset_folder_input() -> None:
-    """The sidebar's dataset folder: editable, or read-only showing the server's dataset for viewers."""
-    if can_act():
-        st.text_input("Dataset folder", value=default_data_dir(), key="data_dir", help=DATA_DIR_HELP)
-    else:
-        st.text_input("Dataset folder", value=default_data_dir(), key="data_dir_shared", disabled=True,
-                      help="The server's dataset; viewers of a shared dashboard cannot change it")
-
-
-# ---- sharing ---------------------------------------------------------------------------------------
-
-def viewer_mode() -> bool:
-    """Whether the server shares the dashboard read-only (`make share`)."""
-    return sharing.viewer_mode()
-
-
-def can_act() -> bool:
-    """Whether this session may change things: always, unless the dashboard is shared and still locked.
-
-    The one check behind every action (launch, cancel, delete, import, dataset folder). Pages disable
-    their buttons with it; the actions below check it again, since a browser can send a disabled
-    widget's value anyway.
-    """
-    return not viewer_mode() or bool(st.session_state.get(OWNER_KEY))
-
-
-def require_owner(action: str) -> None:
-    """Raise ReadOnlyError naming `action` unless this session may act."""
-    if not can_act():
-        raise ReadOnlyError(f"cannot {action}: this dashboard is shared read-only; "
-                            "the owner unlocks actions with the token on the Share page")
-
-
-def read_only_note(action: str) -> bool:
-    """Explain to a viewer why they cannot `action` and how the owner unlocks it; return can_act()."""
-    if can_act():
-        return True
-    st.info(f"Read-only: this dashboard is shared for viewing, so you cannot {action} here. The owner unlocks "
-            "actions on the Share page with the token printed by `make share` (or `python -m core owner-token`).",
-            icon=":material/lock:")
-    return False
-
-
-def client_is_local() -> bool:
-    """Whether this browser connects from the server machine itself (Streamlit gives no IP for loopback)."""
-    return sharing.is_loopback(st.context.ip_address)
-
-
-def unlock(token: str) -> bool:
-    """Unlock actions for this browser session if `token` is the owner's and typed on this machine."""
-    if not client_is_local() or not sharing.is_owner(token, cache_dir()):
-        return False
-    st.session_state[OWNER_KEY] = True
-    return True
-
-
-def lock() -> None:
-    st.session_state.pop(OWNER_KEY, None)
-
-
-def sharing_badge() -> None:
-    """A sidebar badge on a shared dashboard: viewer or owner (nothing when not sharing)."""
-    if not viewer_mode():
-        return
-    if can_act():
-        st.badge("Owner", icon=":material/lock_open:", color="green")
-    else:
-        st.badge("Viewer mode (read-only)", icon=":material/visibility:", color="gray")
-
-
-def viewable_paths(paths: list[str]) -> tuple[list[str], int]:
-    """The image paths this session may see, and how many were held back.
-
-    Viewers see only files inside the server's dataset folder, whatever paths a run recorded.
-    """
-    if can_act():
-        return list(paths), 0
-    root = default_data_dir()
-    shown = [path for path in paths if sharing.is_within(path, root)]
-    return shown, len(paths) - len(shown)
-
-
-def app_url() -> str:
-    """The dashboard's root URL as this browser sees it ("" when unknown), for links to share."""
-    return sharing.app_base_url(st.context.url, PAGES)
-
-
-# ---- caches ----------------------------------------------------------------------------------------
-
-_JOB_MANAGERS: dict[str, JobManager] = {}  # compute-slot path -> manager; no Streamlit message reaches it
-_JOB_MANAGERS_LOCK = threading.Lock()
 
 
 def job_manager() -> JobManager:
@@ -195,9 +82,6 @@ def run_store() -> RunStore:
     return _run_store(str(cache_dir() / "runs"))
 
 
-SPLIT_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ExperimentConfig) if f.name in ("test_size", "seed")}
-
-
 @functools.lru_cache(maxsize=8)
 def _scan(path: str, test_size: float, seed: int, cache: str) -> Dataset:
     return load_dataset(path, test_size=test_size, seed=seed, cache_dir=cache)
@@ -209,7 +93,7 @@ def dataset(path: str, test_size: float = SPLIT_DEFAULTS["test_size"], seed: int
     Unchanged files are not re-read. Viewers always get the default split, so their inputs cannot make
     the server scan the folder again.
     """
-    if not can_act():
+    if not access.can_act():
         test_size, seed = SPLIT_DEFAULTS["test_size"], SPLIT_DEFAULTS["seed"]
     with st.spinner("Scanning images…"):
         return _scan(path, float(test_size), int(seed), str(cache_dir()))
@@ -217,7 +101,7 @@ def dataset(path: str, test_size: float = SPLIT_DEFAULTS["test_size"], seed: int
 
 def rescan_dataset(path: str) -> None:
     """Read every file under `path` again (refreshing its file index), then forget the scans (owner only)."""
-    require_owner("rescan the dataset")
+    access.require_owner("rescan the dataset")
     load_dataset(path, cache_dir=cache_dir(), rescan=True)
     _scan.cache_clear()
 
@@ -230,7 +114,7 @@ def thumbnail(path: str) -> bytes:
 
 def thumbnails(paths: list[str]) -> list[bytes]:
     """Thumbnails of `paths`; refuses, for viewers, any file outside the server's dataset folder."""
-    shown, hidden = viewable_paths(paths)
+    shown, hidden = access.viewable_paths(paths)
     if hidden:
         raise ReadOnlyError(f"{hidden} image(s) lie outside the shared dataset folder; viewers see only its images")
     return [thumbnail(path) for path in shown]
@@ -243,7 +127,7 @@ def list_runs() -> list[dict]:
     """
     records, broken = run_store().scan()
     if broken:
-        reasons = "".join(f"\n- {reason}" for reason in broken.values()) if can_act() else ""
+        reasons = "".join(f"\n- {reason}" for reason in broken.values()) if access.can_act() else ""
         st.warning(f"{len(broken)} run folder(s) cannot be read and are left out; the owner can delete them "
                    f"on the Compare page.{escape_markdown(reasons)}", icon=":material/warning:")
     return records
@@ -299,13 +183,13 @@ def deferred_report(run_ids: list[str], fmt: str):
     It runs when the button is clicked, outside the script, with this session's rights (rate-limited
     for viewers).
     """
-    root, run_ids, for_viewer = str(run_store().root), tuple(run_ids), not can_act()
+    root, run_ids, for_viewer = str(run_store().root), tuple(run_ids), not access.can_act()
     return lambda: _report(root, run_ids, fmt, for_viewer)
 
 
 def deferred_bundle(run_ids: list[str]):
     """A zip bundle of these runs, for another TransferScope to import, as a download_button callable."""
-    root, run_ids, for_viewer = str(run_store().root), tuple(run_ids), not can_act()
+    root, run_ids, for_viewer = str(run_store().root), tuple(run_ids), not access.can_act()
     return lambda: _bundle(root, run_ids, for_viewer)
 
 
@@ -317,7 +201,7 @@ def clear_run_caches() -> None:
 
 def import_bundle(file) -> list[str]:
     """Import the runs of an uploaded bundle (owner only); return the ids newly imported."""
-    require_owner("import runs")
+    access.require_owner("import runs")
     try:
         return run_store().import_bundle(file)
     finally:
@@ -326,7 +210,7 @@ def import_bundle(file) -> list[str]:
 
 def delete_runs(run_ids: list[str]) -> None:
     """Delete these runs (owner only)."""
-    require_owner("delete runs")
+    access.require_owner("delete runs")
     try:
         for run_id in run_ids:
             run_store().delete(run_id)
@@ -334,44 +218,12 @@ def delete_runs(run_ids: list[str]) -> None:
         clear_run_caches()
 
 
-# ---- errors ----------------------------------------------------------------------------------------
-
-def show_failure(message: str, details: str | None = None) -> None:
-    """A readable error box, with the technical details folded away (shown to the owner only)."""
-    st.error(message, icon=":material/error:")
-    if details and can_act():
-        with st.expander("Details"):
-            st.code(details, language=None)
-
-
-@contextlib.contextmanager
-def guard():
-    """Show errors raised in the block as messages instead of tracebacks (Streamlit's rerun/stop pass).
-
-    An unexpected error (not a TransferScopeError) is a bug: with env TRANSFERSCOPE_STRICT=1 (the tests)
-    it propagates, so Streamlit and the tests see it. Viewers see only its type, never its message or trace.
-    """
-    try:
-        yield
-    except TransferScopeError as err:
-        show_failure(str(err))
-    except Exception as err:  # noqa: BLE001 - the page must stay usable whatever went wrong
-        if os.environ.get(STRICT_ENV) == "1":
-            raise
-        if can_act():
-            show_failure(f"Something went wrong: {type(err).__name__}: {err}", traceback.format_exc())
-        else:
-            show_failure(f"Something went wrong ({type(err).__name__}); the owner sees the details.")
-
-
-# ---- jobs ------------------------------------------------------------------------------------------
-
 def launch(config: ExperimentConfig) -> None:
     """Queue an experiment on the shared JobManager as this session's job, then rerun the app.
 
     The rerun makes the sidebar and the job panel follow the new job at once.
     """
-    require_owner("launch training")
+    access.require_owner("launch training")
     config.validate()
     name = f"{config.backbone}: {' + '.join(config.approaches)}"
     st.session_state["job_id"] = job_manager().submit(name, lambda report: run_experiment(config, progress=report)).id
@@ -380,8 +232,8 @@ def launch(config: ExperimentConfig) -> None:
 
 def cancel_job(job_id: str) -> None:
     """Cancel a job (owner only); a button callback, so a refusal is shown, not raised."""
-    with guard():
-        require_owner("cancel jobs")
+    with errors.guard():
+        access.require_owner("cancel jobs")
         job_manager().cancel(job_id)
 
 
@@ -400,78 +252,6 @@ def is_active(job: Job | None) -> bool:
     return job is not None and job.status in ACTIVE_STATUSES
 
 
-def job_brief(job: Job) -> str:
-    """One line: status plus the latest stage's progress or the queue position."""
-    if job.status == "queued":
-        return f"queued: {job.message or _jobs_ahead(job)}"
-    if job.status == "running" and job.message:
-        done, total = job.progress[job.message]
-        return f"running · {job.message} {done}/{total} · {time.time() - job.started:.0f} s"
-    return job.status
-
-
-def _jobs_ahead(job: Job) -> str:
-    ahead = job_manager().queue_position(job.id) or 0
-    return f"{ahead} job{'s' if ahead != 1 else ''} ahead"
-
-
-def live(render, every_s: float, poll: bool) -> None:
-    """Run `render()` in a fragment that re-runs every `every_s` while `poll`; a full rerun once it stops.
-
-    `render()` returns whether the thing it shows is still active.
-    """
-    @st.fragment(run_every=every_s if poll else None)
-    def panel():
-        if not render() and poll:
-            st.rerun()
-
-    panel()
-
-
-def sidebar_job_status() -> None:
-    """The current job in brief, refreshed while it is queued or running."""
-    def render() -> bool:
-        job = current_job()
-        if job is None:
-            st.caption("No training job yet.")
-            return False
-        st.caption(f"Job **{job.name}**: {job_brief(job)}")
-        return is_active(job)
-
-    live(render, every_s=2, poll=is_active(current_job()))
-
-
-# ---- small shared widgets --------------------------------------------------------------------------
-
-def no_runs_hint() -> None:
-    """Friendly empty state pointing to the Train page."""
-    st.info("No runs yet. Train a model first: pick approaches and class weights, then launch.",
-            icon=":material/info:")
-    st.page_link(page("train"), label="Go to Train", icon=":material/model_training:")
-
-
-def runs_dataframe(records: list[dict], key: str, columns: tuple[str, ...] | None = None) -> None:
-    """The runs table (optionally only `columns`) with a link that opens each run on the Results page."""
-    table = analysis.run_table(records)
-    table.insert(0, "open", [f"results?run={record['run_id']}" for record in records])
-    scores = {name: st.column_config.NumberColumn(format="%.3f")
-              for name in ("accuracy", "balanced accuracy", "macro-F1", "fit s", "predict s")}
-    st.dataframe(table, hide_index=True, key=key, column_order=("open", *columns) if columns else None,
-                 column_config={"open": st.column_config.LinkColumn("open", display_text="Results", width="small"),
-                                **scores})
-
-
-def chart(fig, key: str | None = None) -> None:
-    """A plotly figure at full container width."""
-    st.plotly_chart(fig, width="stretch", key=key, config={"displaylogo": False})
-
-
-def format_seconds(seconds: float) -> str:
-    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
-
-
-# ---- what-if refits --------------------------------------------------------------------------------
-
 @functools.lru_cache(maxsize=2)  # a module global, like the scans: no browser message clears it
 def _whatif_start(root: str, run_id: str, cache: str) -> whatif.Start:
     store = _run_store(root)
@@ -485,7 +265,7 @@ def whatif_start(record: dict) -> whatif.Start:
 
     Viewers may tune only runs on the server's dataset folder.
     """
-    if not can_act() and not sharing.is_within(record["dataset"]["root"], default_data_dir()):
+    if not access.can_act() and not sharing.is_within(record["dataset"]["root"], default_data_dir()):
         raise ReadOnlyError("this run was trained on a folder outside the shared dataset; viewers may tune only "
                             "runs on the server's dataset")
     with st.spinner("Loading the run's cached features…"):
@@ -494,13 +274,9 @@ def whatif_start(record: dict) -> whatif.Start:
 
 def save_whatif(start: whatif.Start, weights, tau: float) -> dict:
     """Store tuned weights as a normal run (owner only); its record."""
-    require_owner("save runs")
+    access.require_owner("save runs")
     return whatif.save_as_run(start, weights, tau, run_store())
 
-
-# ---- feature map and near-duplicates ---------------------------------------------------------------
-
-MAP_JOB_PREFIX = "feature map "  # + feature key: the job's name
 
 def feature_map(key: str):
     """The stored 2-D map of feature set `key`, or None before it was computed."""
@@ -514,7 +290,7 @@ def feature_map_job(key: str) -> Job | None:
 
 def launch_feature_map(record: dict) -> None:
     """Queue the map of a run's features on the shared JobManager (owner only)."""
-    require_owner("compute the feature map")
+    access.require_owner("compute the feature map")
     features, folder = whatif_start(record).features, cache_dir()
     X = (features.X_train, features.X_test)
     job_manager().submit(f"{MAP_JOB_PREFIX}{features.key}",
