@@ -9,28 +9,16 @@ import streamlit as st
 from core.analysis import noise_note, paired_table, paired_verdict, run_labels, run_table
 from core.jobs import Job
 from core.settings import Setting, parse_list
-from dashboard import access, state
+from dashboard import access, state, views
 
-VIEWS_DIR = Path(__file__).resolve().parent / "views"
-PAGES = {  # url path -> (title, icon)
-    "dataset": ("Dataset", ":material/photo_library:"),
-    "train": ("Train", ":material/model_training:"),
-    "results": ("Results", ":material/insights:"),
-    "compare": ("Compare", ":material/compare_arrows:"),
-    "whatif": ("What-if", ":material/tune:"),
-    "featuremap": ("Feature map", ":material/scatter_plot:"),
-    "share": ("Share", ":material/share:"),
-}
 DATA_DIR_HELP = "An image folder: DIR/<class>/* (split for you) or DIR/train/<class>/* + DIR/test/<class>/*"
 GALLERY_MAX = 24
 GALLERY_PX = 144
 
 
-def page(name: str) -> st.Page:
-    """The st.Page of `dashboard/views/<name>.py`, for st.navigation and st.page_link alike."""
-    title, icon = PAGES[name]
-    return st.Page(VIEWS_DIR / f"{name}.py", title=title, icon=icon, url_path=name,
-                   default=name == next(iter(PAGES)))
+def page_link(name: str, label: str, icon: str, **kwargs) -> None:
+    """A link to page `name` (`dashboard/views/<name>.py`, as app.py lists it); kwargs go to st.page_link."""
+    st.page_link(st.Page(views.path(name)), label=label, icon=icon, **kwargs)
 
 
 def dataset_folder_input() -> None:
@@ -97,7 +85,7 @@ def no_runs_hint() -> None:
     """Friendly empty state pointing to the Train page."""
     st.info("No runs yet. Train a model first: pick approaches and class weights, then launch.",
             icon=":material/info:")
-    st.page_link(page("train"), label="Go to Train", icon=":material/model_training:")
+    page_link("train", label="Go to Train", icon=":material/model_training:")
 
 
 def runs_dataframe(records: list[dict], key: str, columns: tuple[str, ...] | None = None) -> None:

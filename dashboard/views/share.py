@@ -4,7 +4,7 @@ import streamlit as st
 from core import sharing
 from core.analysis import run_labels
 from core.sharing import run_link
-from dashboard import access, errors, state, widgets
+from dashboard import access, errors, state, views, widgets
 
 HOW_TO = """
 **`make share`** serves this dashboard on your network in **viewer mode**: classmates browse the dataset,
@@ -45,7 +45,7 @@ def owner_panel() -> None:
 
 def app_url() -> str:
     """The dashboard's root URL as this browser sees it ("" when unknown), for links to share."""
-    return sharing.app_base_url(st.context.url, widgets.PAGES)
+    return sharing.app_base_url(st.context.url, views.names())
 
 
 def show_links(run_ids: list[str], labels: dict[str, str]) -> None:

@@ -73,10 +73,10 @@ def show_outcome(results: dict) -> None:
         st.success(f"Features extracted in {extract} and cached for the next runs.")
     widgets.runs_dataframe(results["runs"], key="job_runs", columns=("approach", "class weight", "macro-F1"))
     best = max(results["runs"], key=lambda run: run["macro_f1"])
-    st.page_link(widgets.page("results"), label=f"Open the run with the highest test macro-F1 ({best['approach']} · "
-                 f"{best['class_weight']}); picked on the test set, so not a validated choice",
-                 query_params={"run": best["run_id"]}, icon=":material/insights:")
-    st.page_link(widgets.page("compare"), label="Compare all runs", icon=":material/compare_arrows:")
+    widgets.page_link("results", label=f"Open the run with the highest test macro-F1 ({best['approach']} · "
+                      f"{best['class_weight']}); picked on the test set, so not a validated choice",
+                      icon=":material/insights:", query_params={"run": best["run_id"]})
+    widgets.page_link("compare", label="Compare all runs", icon=":material/compare_arrows:")
 
 
 st.title("Train")

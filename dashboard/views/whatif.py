@@ -77,7 +77,8 @@ def tuner(record: dict) -> None:
                                                                               icon=":material/save:"):
             saved = state.save_whatif(start, weights, tau)
             st.success(f"Saved run `{saved['run_id']}`.")
-            st.page_link(widgets.page("results"), label="Open it on Results", query_params={"run": saved["run_id"]})
+            widgets.page_link("results", label="Open it on Results", icon=":material/insights:",
+                              query_params={"run": saved["run_id"]})
 
 
 st.title("What-if")
