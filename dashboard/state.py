@@ -27,7 +27,8 @@ from dashboard import access, errors
 
 VIEWER_BUILDS = sharing.Throttle(max_events=6, per_s=60)  # reports and bundles built for viewers, whole server
 SPLIT_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ExperimentConfig) if f.name in ("test_size", "seed")}
-MAP_JOB_PREFIX = "feature map "  # + feature key: the job's name
+TRAINING_JOB = "experiment"  # job kinds; a training job's name says what it trains
+MAP_JOB = "feature map"  # its name is the key of the feature set it maps
 _JOB_MANAGERS: dict[str, JobManager] = {}  # compute-slot path -> manager; no Streamlit message reaches it
 _JOB_MANAGERS_LOCK = threading.Lock()
 
@@ -226,7 +227,8 @@ def launch(config: ExperimentConfig) -> None:
     access.require_owner("launch training")
     config.validate()
     name = f"{config.backbone}: {' + '.join(config.approaches)}"
-    st.session_state["job_id"] = job_manager().submit(name, lambda report: run_experiment(config, progress=report)).id
+    st.session_state["job_id"] = job_manager().submit(name, lambda report: run_experiment(config, progress=report),
+                                                      kind=TRAINING_JOB).id
     st.rerun()
 
 
@@ -242,7 +244,7 @@ def current_job() -> Job | None:
     manager = job_manager()
     job = manager.get(st.session_state.get("job_id", ""))
     if job is None:  # training jobs only: feature-map jobs have pages of their own
-        job = next((job for job in manager.jobs() if not job.name.startswith(MAP_JOB_PREFIX)), None)
+        job = next((job for job in manager.jobs() if job.kind == TRAINING_JOB), None)
     if job is not None:
         st.session_state["job_id"] = job.id
     return job
@@ -285,7 +287,7 @@ def feature_map(key: str):
 
 def feature_map_job(key: str) -> Job | None:
     """The newest job (any session's) computing the map of feature set `key`."""
-    return next((job for job in job_manager().jobs() if job.name == f"{MAP_JOB_PREFIX}{key}"), None)
+    return next((job for job in job_manager().jobs() if job.kind == MAP_JOB and job.name == key), None)
 
 
 def launch_feature_map(record: dict) -> None:
@@ -293,8 +295,8 @@ def launch_feature_map(record: dict) -> None:
     access.require_owner("compute the feature map")
     features, folder = whatif_start(record).features, cache_dir()
     X = (features.X_train, features.X_test)
-    job_manager().submit(f"{MAP_JOB_PREFIX}{features.key}",
-                         lambda report: featuremap.build_map(np.vstack(X), folder, features.key, report))
+    job_manager().submit(features.key, lambda report: featuremap.build_map(np.vstack(X), folder, features.key, report),
+                         kind=MAP_JOB)
 
 
 @st.cache_data(max_entries=8, show_spinner="Comparing train and test features…")

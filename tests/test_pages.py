@@ -203,8 +203,8 @@ def test_invalid_class_weight_shows_error_and_cannot_launch(features_only, value
 def test_job_panel_shows_queue_position_and_cancels(empty_cache):
     started, release = threading.Event(), threading.Event()
     manager = state.job_manager()
-    manager.submit("blocker", lambda report: started.set() or release.wait(10))
-    waiting = manager.submit("waiting", lambda report: None)
+    manager.submit("blocker", lambda report: started.set() or release.wait(10), kind=state.TRAINING_JOB)
+    waiting = manager.submit("waiting", lambda report: None, kind=state.TRAINING_JOB)
     assert started.wait(5)
     at = page("train").run()
     assert "queued: 1 job ahead" in texts(at.markdown)
@@ -219,7 +219,7 @@ def test_failed_job_shows_its_error(empty_cache):
         report("extract features", 1, 4)
         raise DataError("image folder vanished; check the path")
 
-    job = state.job_manager().submit("doomed", fail)
+    job = state.job_manager().submit("doomed", fail, kind=state.TRAINING_JOB)
     while job.status in ACTIVE_STATUSES:
         time.sleep(0.01)
     at = page("train").run()
@@ -449,7 +449,7 @@ def test_feature_map_is_computed_once_as_a_job_then_drawn(trained_copy):
     at = page("featuremap").run()
     assert not at.exception and charts(at) == 0
     at.button(key="compute_map").click().run()
-    job = next(job for job in state.job_manager().jobs() if job.name.startswith("feature map"))
+    job = next(job for job in state.job_manager().jobs() if job.kind == state.MAP_JOB)
     deadline = time.monotonic() + JOB_TIMEOUT_S
     while job.status in ACTIVE_STATUSES:
         assert time.monotonic() < deadline, f"map job still {job.status}: {job.progress}"
