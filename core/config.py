@@ -11,6 +11,8 @@ from core.errors import ConfigError
 from core.features import FeatureSet, extract_features
 from core.settings import check_settings, config_fields
 
+SPLIT_SETTINGS = ("test_size", "seed")  # what decides the train/test split of a single-folder dataset
+
 
 def _validate(self) -> ExperimentConfig:
     """Check names and ranges (as declared in core.settings) before any expensive work starts."""
@@ -34,6 +36,17 @@ ExperimentConfig = dataclasses.make_dataclass(
     "ExperimentConfig", config_fields(), frozen=True,
     namespace={"__doc__": "Every setting of an experiment (declared in core.settings); hashed into run records.",
                "__module__": __name__, "validate": _validate, "to_dict": _to_dict, "seed_list": _seed_list})
+
+
+def run_split(record: dict | None = None) -> dict:
+    """`{"test_size", "seed"}` of the split a stored run was tested on: its config's, else the defaults.
+
+    >>> run_split({"config": {"seed": 3}})
+    {'seed': 3, 'test_size': 0.2}
+    """
+    config = (record or {}).get("config", {})
+    return {f.name: config.get(f.name, f.default) for f in dataclasses.fields(ExperimentConfig)
+            if f.name in SPLIT_SETTINGS}
 
 
 def load_features(config: ExperimentConfig, dataset: Dataset, progress=None) -> FeatureSet:

@@ -61,6 +61,11 @@ def build_map(X, cache_dir, key: str, progress=None) -> np.ndarray:
     return coords
 
 
+def map_feature_set(features, cache_dir, progress=None) -> np.ndarray:
+    """Compute and store the map of a FeatureSet: its training rows, then its test rows (as `map_points`)."""
+    return build_map(np.vstack([features.X_train, features.X_test]), cache_dir, features.key, progress)
+
+
 def near_duplicates(X_train, X_test, threshold: float = DUPLICATE_SIMILARITY, chunk: int = 1024) -> list[dict]:
     """Test images whose features nearly equal a training image's (cosine similarity >= `threshold`).
 

@@ -120,6 +120,15 @@ def start_from(record: dict, dataset: Dataset, cache_dir, predictions: pd.DataFr
     return Start(record, config, dataset, features, predictions["pred"].to_numpy(dtype=int) if same_images else None)
 
 
+def newest_feature_run(records: list[dict], fingerprint: str) -> dict | None:
+    """The newest svm or head run (of `records`, newest first) on the dataset with `fingerprint`, or None.
+
+    Its cached features are the dataset's features for the near-duplicate check.
+    """
+    return next((record for record in records if record["approach"] in FEATURE_APPROACHES
+                 and record["dataset"].get("fingerprint") == fingerprint), None)
+
+
 def seed_weights(start: Start, scheme: str) -> np.ndarray:
     """Per-class weights to start tuning from: a built-in scheme, or 'run' for the run's own weights."""
     if scheme == "run":

@@ -7,18 +7,17 @@ module globals instead. Every action here checks `access.require_owner` itself.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import threading
 from pathlib import Path
 
-import numpy as np
 import streamlit as st
 
 from core import analysis, featuremap, sharing, whatif
+from core.config import run_split
 from core.data import Dataset, build_demo_dataset, load_dataset
 from core.errors import ConfigError, ReadOnlyError
-from core.experiment import FEATURE_APPROACHES, ExperimentConfig, run_experiment
+from core.experiment import ExperimentConfig, run_experiment
 from core.jobs import ACTIVE_STATUSES, Job, JobManager, compute_slot_path
 from core.paths import cache_dir, demo_dir
 from core.report import escape_markdown, render_runs_report
@@ -26,7 +25,7 @@ from core.runs import RunStore
 from dashboard import access, errors
 
 VIEWER_BUILDS = sharing.Throttle(max_events=6, per_s=60)  # reports and bundles built for viewers, whole server
-SPLIT_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ExperimentConfig) if f.name in ("test_size", "seed")}
+SPLIT_DEFAULTS = run_split()  # the declared test_size and seed
 TRAINING_JOB = "experiment"  # job kinds; a training job's name says what it trains
 MAP_JOB = "feature map"  # its name is the key of the feature set it maps
 _JOB_MANAGERS: dict[str, JobManager] = {}  # compute-slot path -> manager; no Streamlit message reaches it
@@ -258,8 +257,8 @@ def is_active(job: Job | None) -> bool:
 def _whatif_start(root: str, run_id: str, cache: str) -> whatif.Start:
     store = _run_store(root)
     record = store.load(run_id)
-    split = {name: record.get("config", {}).get(name, default) for name, default in SPLIT_DEFAULTS.items()}
-    return whatif.start_from(record, dataset(record["dataset"]["root"], **split), cache, store.load_predictions(run_id))
+    data = dataset(record["dataset"]["root"], **run_split(record))
+    return whatif.start_from(record, data, cache, store.load_predictions(run_id))
 
 
 def whatif_start(record: dict) -> whatif.Start:
@@ -294,8 +293,7 @@ def launch_feature_map(record: dict) -> None:
     """Queue the map of a run's features on the shared JobManager (owner only)."""
     access.require_owner("compute the feature map")
     features, folder = whatif_start(record).features, cache_dir()
-    X = (features.X_train, features.X_test)
-    job_manager().submit(features.key, lambda report: featuremap.build_map(np.vstack(X), folder, features.key, report),
+    job_manager().submit(features.key, lambda report: featuremap.map_feature_set(features, folder, report),
                          kind=MAP_JOB)
 
 
@@ -310,8 +308,7 @@ def near_duplicate_pairs(data: Dataset, threshold: float) -> list[dict]:
 
     Raises ConfigError (a reason to show, not a failure) when no such run has its features cached.
     """
-    record = next((r for r in list_runs() if r["approach"] in FEATURE_APPROACHES
-                   and r["dataset"].get("fingerprint") == data.fingerprint), None)
+    record = whatif.newest_feature_run(list_runs(), data.fingerprint)
     if record is None:
         raise ConfigError("train a svm or head run on this dataset first: the check compares its cached features")
     whatif_start(record)  # checks what viewers may read, and that the features are still cached

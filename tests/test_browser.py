@@ -500,15 +500,12 @@ def test_confusion_cell_click_shows_that_cells_images(page, server, trained):
 
 @pytest.mark.timeout(300)
 def test_feature_map_box_selection_shows_images(page, server, trained):
-    import numpy as np
-
     from core.data import load_dataset
-    from core.featuremap import build_map
+    from core.featuremap import map_feature_set
     from core.whatif import start_from
 
     record = next(r for r in trained if r["approach"] in ("svm", "head"))
-    features = start_from(record, load_dataset(server.data), server.cache).features
-    build_map(np.vstack([features.X_train, features.X_test]), server.cache, features.key)
+    map_feature_set(start_from(record, load_dataset(server.data), server.cache).features, server.cache)
     open_page(page, server, f"featuremap?run={record['run_id']}")
     assert_healthy(page, server, "Feature map")
     chart = page.locator('.st-key-feature_map [data-testid="stPlotlyChart"]').first

@@ -192,3 +192,12 @@ def test_a_refit_runs_on_one_thread_and_leaves_other_threads_alone(starts, monke
     finally:
         torch.set_num_threads(before)
     assert seen == {"refit thread": 1, "refit thread mkl": 1, "new thread": 2, "refit thread after": 2, "process": 2}
+
+
+def test_the_newest_feature_run_on_the_dataset_is_picked():
+    def run(run_id, approach, fingerprint):
+        return {"run_id": run_id, "approach": approach, "dataset": {"fingerprint": fingerprint}}
+
+    records = [run("f", "finetune", "ours"), run("o", "svm", "other"), run("h", "head", "ours"), run("s", "svm", "ours")]
+    assert whatif.newest_feature_run(records, "ours")["run_id"] == "h"  # records come newest first
+    assert whatif.newest_feature_run(records[:2], "ours") is None  # a fine-tune run caches no features
