@@ -10,6 +10,7 @@ import core.whatif as whatif
 from core.classifiers import LinearHead, SvmClassifier, chosen_epochs
 from core.errors import ClassWeightError, ConfigError, TransferScopeError
 from core.runs import RunStore
+from core.torch_threads import torch_mkl
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +169,7 @@ def test_head_refits_reuse_the_chosen_epoch_count(starts, monkeypatch):
 
 def test_a_refit_runs_on_one_thread_and_leaves_other_threads_alone(starts, monkeypatch):
     """Per-thread limit: a thread that first uses torch during a refit keeps the process's thread count."""
-    before, mkl = torch.get_num_threads(), whatif.torch_mkl()
+    before, mkl = torch.get_num_threads(), torch_mkl()
     torch.set_num_threads(2)
     seen = {}
 
