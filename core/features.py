@@ -129,7 +129,15 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
         raise ConfigError(f"unknown precision {precision!r}; choose auto or fp32")
     if device.type == "cuda":
         return torch.float16
-    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+    return torch.bfloat16 if _cpu_runs_bf16() else None
+
+
+def _cpu_runs_bf16() -> bool:
+    """Whether oneDNN has bf16 kernels for this CPU, as torch decides it: AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT
+    on x86, bf16 on ARM (read through torch's public capability table)."""
+    caps = torch.cpu.get_capabilities()
+    avx512 = all(caps.get(name) for name in ("avx512_bw", "avx512_vl", "avx512_dq"))
+    return bool(avx512 or caps.get("avx_ne_convert") or caps.get("bf16"))
 
 
 def default_workers(device: torch.device) -> int:
