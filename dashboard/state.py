@@ -64,13 +64,16 @@ def job_manager() -> JobManager:
         return _JOB_MANAGERS[slot]
 
 
-def shutdown_job_managers() -> None:
-    """Cancel every job and forget the managers (tests start each from scratch)."""
+def reset_server_state() -> None:
+    """Forget what this process holds outside Streamlit's caches, as a restart would (tests start each afresh):
+    cancel every job, drop the job managers, the dataset scans and the what-if starts."""
     with _JOB_MANAGERS_LOCK:
         managers = list(_JOB_MANAGERS.values())
         _JOB_MANAGERS.clear()
     for manager in managers:
         manager.shutdown()
+    _scan.cache_clear()
+    _whatif_start.cache_clear()
 
 
 @st.cache_resource

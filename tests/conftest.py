@@ -179,8 +179,8 @@ def fresh_streamlit_caches():
 
     from dashboard import state
 
-    for clear in (st.cache_data.clear, st.cache_resource.clear, state.shutdown_job_managers, state._scan.cache_clear):
+    for clear in (st.cache_data.clear, st.cache_resource.clear, state.reset_server_state):
         clear()
     yield
-    for clear in (state.shutdown_job_managers, st.cache_resource.clear, st.cache_data.clear, state._scan.cache_clear):
+    for clear in (state.reset_server_state, st.cache_resource.clear, st.cache_data.clear):
         clear()
