@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch.hub
 
-import core.cli as cli
 from core.cli import main
 from core.data import load_dataset
 from core.errors import Cancelled
@@ -312,13 +311,17 @@ def test_cancel_exits_130(tiny_dir, tmp_path, monkeypatch):
 # ---------------------------------------------------------------- settings declared once, seeds, tuning
 
 
-def test_every_declared_setting_reaches_the_config():
+def test_every_declared_setting_reaches_the_config(tiny_dir, tmp_path, monkeypatch):
     from core.settings import SETTINGS
 
-    args = cli.get_args_parser().parse_args(
-        ["experiment", "--data", "d", "--out", "r.json", "--seeds", "0,2", "--tune", "--no-hflip", "--svm-c", "3",
-         "--class-weight", "none,sqrt", "--image-size", "64", "--workers", "1"])
-    config = cli._config(args)
+    launched = []
+    monkeypatch.setattr("core.experiment.run_experiment",
+                        lambda config, progress: launched.append(config) or {"runs": [], "cache_hit": True})
+    code, _, stderr = run_main(
+        ["experiment", "--data", tiny_dir, "--out", tmp_path / "r.json", "--cache-dir", tmp_path, "--seeds", "0,2",
+         "--tune", "--no-hflip", "--svm-c", "3", "--class-weight", "none,sqrt", "--image-size", "64", "--workers", "1"])
+    assert code == 0, stderr
+    (config,) = launched
     assert (config.seeds, config.tune, config.hflip, config.svm_c) == ((0, 2), True, False, 3.0)
     assert (config.class_weights, config.image_size, config.workers) == (("none", "sqrt"), 64, 1)
     experiment_settings = {s.name for s in SETTINGS if "experiment" in s.commands}

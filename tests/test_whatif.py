@@ -81,10 +81,26 @@ def test_bad_tau_is_refused(starts):
 
 
 def test_refits_wait_for_the_one_slot(starts, monkeypatch):
+    """While one session refits, another's refit waits, and gives up with a message after REFIT_WAIT_S."""
     monkeypatch.setattr(whatif, "REFIT_WAIT_S", 0.05)
-    with whatif._REFIT_LOCK:
+    fitting, release = threading.Event(), threading.Event()
+
+    def slow_fit(*args, _fit=whatif.fit_approach, **kwargs):
+        fitting.set()
+        release.wait(10)
+        return _fit(*args, **kwargs)
+
+    monkeypatch.setattr(whatif, "fit_approach", slow_fit)
+    weights = whatif.seed_weights(starts["svm"], "run")
+    first = threading.Thread(target=whatif.refit, args=(starts["svm"], weights))
+    first.start()
+    try:
+        assert fitting.wait(10)
         with pytest.raises(TransferScopeError, match="busy refitting"):
-            whatif.refit(starts["svm"], whatif.seed_weights(starts["svm"], "run"))
+            whatif.refit(starts["svm"], weights)
+    finally:
+        release.set()
+        first.join()
 
 
 def test_save_as_run_stores_a_normal_custom_run(starts, tmp_path):
@@ -137,7 +153,7 @@ def test_tau_is_not_applied_to_svm_scores(starts):
 def tuned_start(start, tuned: dict):
     """`start` as if its run had been trained with --tune and had chosen `tuned`."""
     record = {**start.record, "config": {**start.record["config"], "tune": True}, "tuned": tuned, **tuned}
-    return whatif.Start(record, whatif._refit_config(record, start.config.cache_dir), start.dataset, start.features)
+    return whatif.start_from(record, start.dataset, start.config.cache_dir)
 
 
 def test_refits_of_a_tuned_run_reuse_its_choice_and_never_cross_validate(starts, monkeypatch):
