@@ -1,8 +1,9 @@
 """Background jobs: a queue in front of one compute slot, with progress, cancel and captured errors.
 
-The Streamlit server holds one JobManager per process, in a plain module global (see ``ui.job_manager``),
-where no client message can clear it; pages submit work and poll jobs. The compute slot is a file lock,
-so jobs of the dashboard and of the CLI (`python -m core experiment`) on one cache folder queue for it.
+The Streamlit server holds one JobManager per process, in a plain module global (see
+``dashboard.state.job_manager``), where no client message can clear it; pages submit work and poll jobs.
+The compute slot is a file lock, so jobs of the dashboard and of the CLI (`python -m core experiment`) on
+one cache folder queue for it.
 """
 
 import contextlib
