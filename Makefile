@@ -3,7 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum < requirements.txt | cut -d' ' -f1)
-CACHE_DIR ?= cache
+CACHE_DIR ?= $(or $(TRANSFERSCOPE_CACHE_DIR),cache)
+# The dashboard and every command's --cache-dir read the cache folder from this variable
+export TRANSFERSCOPE_CACHE_DIR := $(CACHE_DIR)
 DEMO := $(CACHE_DIR)/datasets/digits-demo
 PORT ?= 8501
 DATA ?= $(DEMO)
@@ -24,13 +26,13 @@ demo-data: $(DEMO)/train
 
 ## Dashboard for you alone, on http://localhost:$(PORT)
 run: $(STAMP) $(DEMO)/train
-	TRANSFERSCOPE_CACHE_DIR=$(CACHE_DIR) TRANSFERSCOPE_DATA=$(DATA) \
+	TRANSFERSCOPE_DATA=$(DATA) \
 	$(BIN)/streamlit run app.py --server.address 127.0.0.1 --server.port $(PORT) --server.headless true
 
 ## Dashboard on the network for classmates, read-only; a fresh owner unlock token is printed at each start
 share: $(STAMP) $(DEMO)/train
-	$(BIN)/python -m core owner-token --new --cache-dir $(CACHE_DIR)
-	TRANSFERSCOPE_CACHE_DIR=$(CACHE_DIR) TRANSFERSCOPE_DATA=$(DATA) TRANSFERSCOPE_VIEWER=1 \
+	$(BIN)/python -m core owner-token --new
+	TRANSFERSCOPE_DATA=$(DATA) TRANSFERSCOPE_VIEWER=1 \
 	$(BIN)/streamlit run app.py --server.address 0.0.0.0 --server.port $(PORT) --server.headless true \
 		--client.showErrorDetails none
 

@@ -20,13 +20,11 @@ from core.data import build_demo_dataset
 from core.errors import Cancelled, TransferScopeError
 from core.features import init_distributed, rank_world
 from core.jobs import WAITING_FOR_SLOT, compute_slot, compute_slot_path
+from core.paths import demo_dir
 from core.config import ExperimentConfig, load_data, load_features
 from core.runs import atomic_write_json, check_output_file
 from core.settings import REQUIRED, SETTINGS, parse_list
 from core.sharing import owner_token
-
-DEMO_DIR = "cache/datasets/digits-demo"
-
 
 class UsageError(TransferScopeError):
     """argparse rejected the command line."""
@@ -63,15 +61,17 @@ def _add_settings(p: argparse.ArgumentParser, command: str) -> None:
     for setting in SETTINGS:
         if command not in setting.commands:
             continue
-        shown = ",".join(map(str, setting.default)) if setting.many else setting.default
+        default = setting.cli_default()
+        shown = ",".join(map(str, default)) if setting.many else default
         options = f"; one of {', '.join(map(str, setting.choices))}" if setting.choices else ""
+        source = f", from env {setting.env} when set" if setting.env else ""
         kwargs = {"dest": setting.name, "help": f"{setting.help}{options}"}
-        if setting.default is REQUIRED:
+        if default is REQUIRED:
             kwargs["required"] = True
-        elif setting.default is None:
+        elif default is None:
             kwargs["default"] = None
         else:
-            kwargs.update(default=setting.default, help=f"{kwargs['help']} (default: {shown})")
+            kwargs.update(default=default, help=f"{kwargs['help']} (default: {shown}{source})")
         if setting.type is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
@@ -88,14 +88,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     ext = sub.add_parser("extract", help="extract and cache features; prints key, n and seconds")
     _add_settings(ext, "extract")
     demo = sub.add_parser("demo-data", help="write the embedded imbalanced digits demo dataset")
-    demo.add_argument("--out", default=DEMO_DIR)
+    demo.add_argument("--out", default=str(demo_dir()))
     rep = sub.add_parser("report", help="turn a results JSON into a Markdown or self-contained HTML report")
     rep.add_argument("results")
     rep.add_argument("--format", choices=("md", "html"), default=None, help="default: from --out's extension")
     rep.add_argument("--out", required=True)
     sub.add_parser("list-backbones", help="list registered backbones")
     tok = sub.add_parser("owner-token", help="print the token that unlocks actions on a shared dashboard")
-    tok.add_argument("--cache-dir", default="cache")
+    _add_settings(tok, "owner-token")
     tok.add_argument("--new", action="store_true", help="issue a fresh token (make share does, at every start)")
     return parser
 

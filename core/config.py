@@ -15,6 +15,8 @@ from core.runs import check_output_dir
 from core.settings import check_settings, config_fields
 from core.weights import SCHEMES, check_weight, read_custom_weights
 
+SPLIT_SETTINGS = ("test_size", "seed")  # what decides the train/test split of a single-folder dataset
+
 
 def _validate(self) -> ExperimentConfig:
     """Check names, ranges (as declared in core.settings), paths and weight tables before any work starts."""
@@ -69,6 +71,17 @@ def load_data(config: ExperimentConfig) -> Dataset:
     """The config's dataset: its folder, label files, test folder and split."""
     return load_dataset(config.data, labels=config.labels, test_data=config.test_data, test_labels=config.test_labels,
                         test_size=config.test_size, seed=config.seed, cache_dir=config.cache_dir)
+
+
+def run_split(record: dict | None = None) -> dict:
+    """`{"test_size", "seed"}` of the split a stored run was tested on: its config's, else the defaults.
+
+    >>> run_split({"config": {"seed": 3}})
+    {'seed': 3, 'test_size': 0.2}
+    """
+    config = (record or {}).get("config", {})
+    return {f.name: config.get(f.name, f.default) for f in dataclasses.fields(ExperimentConfig)
+            if f.name in SPLIT_SETTINGS}
 
 
 def load_features(config: ExperimentConfig, dataset: Dataset, progress=None) -> FeatureSet:

@@ -60,6 +60,11 @@ def build_map(X, cache_dir, key: str, progress=None) -> np.ndarray:
     return coords
 
 
+def map_feature_set(features, cache_dir, progress=None) -> np.ndarray:
+    """Compute and store the map of a FeatureSet: its training rows, then its test rows (as `map_points`)."""
+    return build_map(np.vstack([features.X_train, features.X_test]), cache_dir, features.key, progress)
+
+
 def map_points(dataset, test_pred=None) -> dict:
     """Per image of `dataset` (train, then test): label, split, the run's prediction (-1 if none), name, path."""
     n_train, n_test = len(dataset.train), len(dataset.test)

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from core.backbones import BackboneEntry, describe_backbone, get_entry
 from core.data import Dataset, Sample, open_rgb
 from core.errors import ConfigError, DataError
+from core.paths import DEFAULT_CACHE_DIR
 from core.runs import atomic_write_bytes, atomic_write_json
 from core.runtime import Forward, frozen_forward, resolve_runtime
 
@@ -128,7 +129,15 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
         raise ConfigError(f"unknown precision {precision!r}; choose auto or fp32")
     if device.type == "cuda":
         return torch.float16
-    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+    return torch.bfloat16 if _cpu_runs_bf16() else None
+
+
+def _cpu_runs_bf16() -> bool:
+    """Whether oneDNN has bf16 kernels for this CPU, as torch decides it: AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT
+    on x86, bf16 on ARM (read through torch's public capability table)."""
+    caps = torch.cpu.get_capabilities()
+    avx512 = all(caps.get(name) for name in ("avx512_bw", "avx512_vl", "avx512_dq"))
+    return bool(avx512 or caps.get("avx_ne_convert") or caps.get("bf16"))
 
 
 def default_workers(device: torch.device) -> int:
@@ -212,7 +221,7 @@ def feature_key(dataset: Dataset, entry: BackboneEntry, pool: str, preprocess: P
 
 
 def extract_features(dataset: Dataset, backbone: str = "efficientnet_lite0", *, pool: str = "avg",
-                     image_size: int | None = None, cache_dir="cache", device: str = "auto",
+                     image_size: int | None = None, cache_dir=DEFAULT_CACHE_DIR, device: str = "auto",
                      precision: str = "auto", runtime: str = "auto", batch_size: int = 32,
                      workers: int | None = None, progress: Progress | None = None) -> FeatureSet:
     """Features for every image of `dataset`, computed once and then served from `cache_dir/features/`.

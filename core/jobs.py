@@ -1,8 +1,9 @@
 """Background jobs: a queue in front of one compute slot, with progress, cancel and captured errors.
 
-The Streamlit server holds one JobManager per process, in a plain module global (see ``ui.job_manager``),
-where no client message can clear it; pages submit work and poll jobs. The compute slot is a file lock,
-so jobs of the dashboard and of the CLI (`python -m core experiment`) on one cache folder queue for it.
+The Streamlit server holds one JobManager per process, in a plain module global (see
+``dashboard.state.job_manager``), where no client message can clear it; pages submit work and poll jobs.
+The compute slot is a file lock, so jobs of the dashboard and of the CLI (`python -m core experiment`) on
+one cache folder queue for it.
 """
 
 import contextlib
@@ -66,6 +67,7 @@ class Job:
 
     id: str
     name: str
+    kind: str = ""  # what sort of work, e.g. "experiment" or "feature map": callers find their own jobs by it
     status: str = "queued"  # "queued" | "running" | "done" | "failed" | "cancelled"
     progress: dict[str, tuple[int, int]] = field(default_factory=dict)  # stage -> (done, total)
     message: str = ""
@@ -88,7 +90,7 @@ class JobManager:
     """Run submitted jobs on daemon worker threads, in submission order.
 
     >>> manager = JobManager()  # doctest: +SKIP
-    >>> job = manager.submit("extract", lambda report: extract(progress=report))  # doctest: +SKIP
+    >>> job = manager.submit("demo features", lambda report: extract(progress=report), kind="extract")  # doctest: +SKIP
     >>> manager.get(job.id).status  # doctest: +SKIP
     'running'
     """
@@ -110,9 +112,9 @@ class JobManager:
         for thread in self._threads:
             thread.start()
 
-    def submit(self, name: str, fn: Callable[[Report], Any]) -> Job:
+    def submit(self, name: str, fn: Callable[[Report], Any], kind: str = "") -> Job:
         """Queue ``fn(report)``; `report(stage, done, total)` records progress and raises Cancelled on cancel."""
-        job = Job(id=secrets.token_hex(6), name=name)
+        job = Job(id=secrets.token_hex(6), name=name, kind=kind)
         with self._lock:
             if self._closed:
                 raise RuntimeError("this JobManager was shut down; create a new one")

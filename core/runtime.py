@@ -24,6 +24,7 @@ import torch
 
 from core.backbones import BackboneEntry, create_backbone
 from core.errors import ConfigError, StorageError
+from core.paths import DEFAULT_CACHE_DIR
 
 RUNTIMES = ("auto", "torch", "openvino")
 OPENVINO_FORMAT = 2  # bump when the conversion below changes (2: uint8 input, normalization inside)
@@ -52,7 +53,7 @@ def resolve_runtime(runtime: str, device: torch.device) -> str:
 
 
 def frozen_forward(entry: BackboneEntry, pool: str, *, runtime: str, device: torch.device, dtype,
-                   cache_dir="cache") -> Forward:
+                   cache_dir=DEFAULT_CACHE_DIR) -> Forward:
     """The frozen backbone's forward pass through `runtime` ("torch" or "openvino", already resolved).
 
     `dtype` is the reduced precision to run in (torch.float16/bfloat16) or None for fp32.

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
 
 from core import approaches
 from core.backbones import POOLS, get_entry, list_backbones
 from core.errors import ConfigError
+from core.paths import CACHE_DIR_ENV, DEFAULT_CACHE_DIR
 from core.remedies import check_remedies
 from core.runtime import RUNTIMES
 
@@ -38,11 +40,16 @@ class Setting:
     flag: str = ""  # CLI flag when not --<name-with-dashes>
     aliases: tuple[str, ...] = ()  # more CLI flags for the same setting (kept for old scripts)
     commands: tuple[str, ...] = ("experiment", "extract")  # CLI commands that take it; () = none
+    env: str = ""  # environment variable that, when set, replaces the default on the CLI
     on_page: bool = True
 
     @property
     def cli_flag(self) -> str:
         return self.flag or "--" + self.name.replace("_", "-")
+
+    def cli_default(self, environ=os.environ):
+        """The default on the command line: the value of env `env` when that is set, else `default`."""
+        return (environ.get(self.env) if self.env else None) or self.default
 
     def check(self, value) -> None:
         """Raise ConfigError naming the setting, the value seen and what is allowed."""
@@ -105,7 +112,8 @@ SETTINGS: tuple[Setting, ...] = (
       choices=PRECISIONS),
     S("runtime", str, "auto", "frozen-backbone inference: auto = OpenVINO on CPU when installed, torch on CUDA",
       "Runtime", choices=RUNTIMES),
-    S("cache_dir", str, "cache", "folder of the feature cache and the run store", on_page=False),
+    S("cache_dir", str, DEFAULT_CACHE_DIR, "folder of the feature cache and the run store", env=CACHE_DIR_ENV,
+      commands=("experiment", "extract", "owner-token"), on_page=False),
     S("test_size", float, 0.2, "test fraction when DIR has no train/test split", "Test size", 0.05, 0.9),
     S("image_size", int, None, "short side in pixels (default: the backbone's own, 224)", "Image size (short side, px)",
       16, 2048, optional=True),

@@ -7,19 +7,14 @@ stored until `save_as_run`.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
-import functools
 import math
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-from threadpoolctl import threadpool_limits
 
 from core.analysis import HEADLINE_METRICS, metric_deltas
 from core.classifiers import chosen_epochs
@@ -32,6 +27,7 @@ from core.metrics import evaluate
 from core.runs import RunStore
 from core.remedies import Remedy, decide, parse_remedy
 from core.stats import METRICS, paired_comparison, point_scores
+from core.torch_threads import one_torch_thread
 from core.weights import class_weights, normalise_weights
 
 SEED_SCHEMES = ("none", "balanced", "sqrt", "effective")
@@ -131,6 +127,15 @@ def start_from(record: dict, dataset: Dataset, cache_dir, predictions: pd.DataFr
     return Start(record, config, dataset, features, predictions["pred"].to_numpy(dtype=int) if same_images else None)
 
 
+def newest_feature_run(records: list[dict], fingerprint: str) -> dict | None:
+    """The newest svm or head run (of `records`, newest first) on the dataset with `fingerprint`, or None.
+
+    Its cached features are the dataset's features for the near-duplicate check.
+    """
+    return next((record for record in records if record["approach"] in approaches.names(on_features=True)
+                 and record["dataset"].get("fingerprint") == fingerprint), None)
+
+
 def seed_weights(start: Start, scheme: str) -> np.ndarray:
     """Per-class weights to start tuning from: a built-in scheme, or 'run' for the run's own weights."""
     if scheme == "run":
@@ -157,38 +162,6 @@ def _check_tau(tau, approach: str) -> float:
     return float(tau) if approaches.get_approach(approach).logits else 0.0
 
 
-@functools.cache
-def torch_mkl():
-    """torch's bundled MKL when it exports per-thread limits (`MKL_Set_Num_Threads_Local`), else None."""
-    if not torch.backends.mkl.is_available():
-        return None
-    try:
-        library = ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"))
-    except OSError:
-        return None
-    return library if hasattr(library, "MKL_Set_Num_Threads_Local") else None
-
-
-@contextlib.contextmanager
-def _one_torch_thread():
-    """Torch ops of this thread run on one thread meanwhile; other threads and the process default are untouched.
-
-    `torch.set_num_threads` would also change the default that every thread takes on its first torch
-    use (a training job starting meanwhile would keep one thread). Per-thread limits instead: OpenMP's
-    (`omp_set_num_threads`, via threadpoolctl) and MKL's (`MKL_Set_Num_Threads_Local`); OpenMP alone
-    still let MKL's matrix products contend (refits of 2-12 s).
-    """
-    torch.get_num_threads()  # torch sets a thread's counts on its first use: let that happen before the limit
-    mkl = torch_mkl()
-    with threadpool_limits(limits=1, user_api="openmp"):
-        previous = mkl.MKL_Set_Num_Threads_Local(1) if mkl else None
-        try:
-            yield
-        finally:
-            if mkl:
-                mkl.MKL_Set_Num_Threads_Local(previous)
-
-
 @contextlib.contextmanager
 def _refit_slot():
     """Hold the server's one refit slot, with this thread's torch on one thread meanwhile.
@@ -199,7 +172,7 @@ def _refit_slot():
     if not _REFIT_LOCK.acquire(timeout=REFIT_WAIT_S):
         raise TransferScopeError(f"other sessions kept the server busy refitting for {REFIT_WAIT_S:.0f} s; try again")
     try:
-        with _one_torch_thread():
+        with one_torch_thread():
             yield
     finally:
         _REFIT_LOCK.release()

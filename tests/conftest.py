@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-# ui.guard re-raises unexpected errors, so AppTests (`at.exception`) and the browser tests see real bugs.
+# dashboard.errors.guard re-raises unexpected errors, so AppTests (`at.exception`) and the browser tests see real bugs.
 os.environ["TRANSFERSCOPE_STRICT"] = "1"
 IMAGE_SIZE = 32  # short side fed to the backbone in tests (the real default is 224)
 BACKBONE = "efficientnet_lite0"
@@ -177,10 +177,10 @@ def fresh_streamlit_caches():
     """Each page test gets its own JobManager, dataset scans and RunStore; the old manager is shut down."""
     import streamlit as st
 
-    import ui
+    from dashboard import state
 
-    for clear in (st.cache_data.clear, st.cache_resource.clear, ui.shutdown_job_managers, ui._scan.cache_clear):
+    for clear in (st.cache_data.clear, st.cache_resource.clear, state.reset_server_state):
         clear()
     yield
-    for clear in (ui.shutdown_job_managers, st.cache_resource.clear, st.cache_data.clear, ui._scan.cache_clear):
+    for clear in (state.reset_server_state, st.cache_resource.clear, st.cache_data.clear):
         clear()

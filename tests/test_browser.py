@@ -23,10 +23,10 @@ from urllib.parse import urlsplit
 
 import pytest
 
-import ui
 from core.analysis import run_labels
 from core.data import DEMO_CLASSES, build_demo_dataset
 from core.runs import RunStore
+from dashboard import errors
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -35,7 +35,9 @@ SCREENSHOTS = ROOT / "artifacts" / "screenshots"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
-DEFAULT_PAGE = next(iter(ui.PAGES))  # it lives at "/": Streamlit answers "/<its url_path>" with "Page not found"
+MENU = {"dataset": "Dataset", "train": "Train", "results": "Results", "compare": "Compare",  # url path -> title
+        "whatif": "What-if", "featuremap": "Feature map", "share": "Share"}
+DEFAULT_PAGE = next(iter(MENU))  # it lives at "/": Streamlit answers "/<its url_path>" with "Page not found"
 FAST = {"image_size": 48, "epochs": 3}  # small enough for a job of a few seconds on 2 CPU cores
 SERVER_START_S = 60
 PAGE_TIMEOUT_MS = 60_000
@@ -61,6 +63,17 @@ SETTLED_JS = """
 APP_STATE_JS = """() => { const app = document.querySelector('[data-testid="stApp"]');
   return app ? `connection=${app.getAttribute('data-test-connection-state')}, `
              + `script=${app.getAttribute('data-test-script-state')}` : 'no stApp element'; }"""
+# Every distinct sidebar menu the tab shows, from its first paint on, and whether the page title was drawn yet.
+RECORD_MENUS_JS = r"""
+window.__menus = [];
+new MutationObserver(() => {
+  const links = [...document.querySelectorAll('[data-testid="stSidebarNavLink"]')]
+    .map(a => a.innerText.trim().split('\n').pop().trim());  // the title (an icon's ligature name comes first)
+  const menu = links.join(' | '), last = window.__menus[window.__menus.length - 1];
+  if (links.length && (!last || last.menu !== menu))
+    window.__menus.push({menu, titleShown: !!document.querySelector('[data-testid="stMain"] h1')});
+}).observe(document, {subtree: true, childList: true, characterData: true});
+"""
 # Streamlit scrolls inside its own container, so a full-page screenshot needs a taller viewport.
 CONTENT_HEIGHT_JS = """() => Math.max(document.body.scrollHeight, ...['stMain', 'stAppViewContainer', 'stSidebarContent']
   .map(t => document.querySelector(`[data-testid="${t}"]`)).filter(Boolean).map(e => e.scrollHeight))"""
@@ -101,6 +114,7 @@ class Server:
 
     def __init__(self, url: str, cache: Path, data: Path, log: Path):
         self.url, self.cache, self.data, self.log = url, cache, data, log
+        self.visited = False  # whether a tab opened a page yet (the first script run imports torch & co.)
 
     def log_tail(self, n_chars: int = 3000) -> str:
         return self.log.read_text(errors="replace")[-n_chars:] if self.log.exists() else "(no log)"
@@ -118,7 +132,7 @@ def server(tmp_path_factory) -> Server:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "TRANSFERSCOPE_CACHE_DIR": str(cache), "TRANSFERSCOPE_DATA": str(data),
-           ui.STRICT_ENV: "1"}  # unexpected errors surface as Streamlit exceptions, not friendly boxes
+           errors.STRICT_ENV: "1"}  # unexpected errors surface as Streamlit exceptions, not friendly boxes
     env.pop("TRANSFERSCOPE_VIEWER", None)
     command = [str(Path(sys.executable).with_name("streamlit")), "run", "app.py", "--server.headless", "true",
                "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
@@ -186,6 +200,7 @@ def page(browser, server):
 def open_page(tab, server: Server, path: str) -> None:
     """Go to `path` (e.g. "train", "results?run=x") and wait until Streamlit has finished running."""
     tab.goto(f"{server.url}/{path}", wait_until="domcontentloaded")
+    server.visited = True
     settle(tab, server)
 
 
@@ -243,14 +258,32 @@ def url_path(name: str) -> str:
     return "" if name == DEFAULT_PAGE else name
 
 
-# Train first: on a fresh server, the first request to a non-default page must still go through app.py.
+# First of all: a fresh server's first visit (to a non-default page) must go through app.py's router at once.
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("name", ["train", *(name for name in ui.PAGES if name != "train")])
+def test_first_visit_shows_the_real_menu_from_the_start(browser, server):
+    """Never Streamlit's legacy menu of file names (app, compare, dataset, ...), not even for a moment."""
+    context = browser.new_context(viewport=VIEWPORT)
+    try:
+        context.add_init_script(RECORD_MENUS_JS)
+        tab = context.new_page()
+        fresh = not server.visited
+        open_page(tab, server, "train")
+        assert_healthy(tab, server, "Train")
+        menus = tab.evaluate("window.__menus")
+    finally:
+        context.close()
+    assert [entry["menu"] for entry in menus] == [" | ".join(MENU.values())], f"menus shown: {menus}"
+    if fresh:  # app.py draws the menu before it imports the engine, while the first script run still loads it
+        assert not menus[0]["titleShown"], "the menu appeared only with the page, after the imports"
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("name", ["train", *(name for name in MENU if name != "train")])
 def test_page_renders(page, server, name):
     open_page(page, server, url_path(name))
-    assert_healthy(page, server, ui.PAGES[name][0])
+    assert_healthy(page, server, MENU[name])
     nav = " | ".join(page.locator('[data-testid="stSidebarNavLink"]').all_inner_texts())
-    assert all(title in nav for title, _ in ui.PAGES.values()), f"sidebar navigation: {nav!r}"
+    assert all(title in nav for title in MENU.values()), f"sidebar navigation: {nav!r}"
     main = page.locator('[data-testid="stMain"]')
     if name == "dataset":
         chart = plotly_chart(page, "class_distribution")
@@ -467,15 +500,12 @@ def test_confusion_cell_click_shows_that_cells_images(page, server, trained):
 
 @pytest.mark.timeout(300)
 def test_feature_map_box_selection_shows_images(page, server, trained):
-    import numpy as np
-
     from core.data import load_dataset
-    from core.featuremap import build_map
+    from core.featuremap import map_feature_set
     from core.whatif import start_from
 
     record = next(r for r in trained if r["approach"] in ("svm", "head"))
-    features = start_from(record, load_dataset(server.data), server.cache).features
-    build_map(np.vstack([features.X_train, features.X_test]), server.cache, features.key)
+    map_feature_set(start_from(record, load_dataset(server.data), server.cache).features, server.cache)
     open_page(page, server, f"featuremap?run={record['run_id']}")
     assert_healthy(page, server, "Feature map")
     chart = page.locator('.st-key-feature_map [data-testid="stPlotlyChart"]').first

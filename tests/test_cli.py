@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch.hub
 
-import core.cli as cli
 from core.cli import main
 from core.data import load_dataset
 from core.errors import Cancelled
@@ -121,6 +120,18 @@ def test_extract_new_setting_is_a_cache_miss(tiny_dir, tmp_path):
     info = json.loads(stdout)
     assert info["cache_hit"] is False and info["n"] == 35
     assert (tmp_path / "features" / info["key"] / "meta.json").exists()
+
+
+def test_cache_dir_defaults_to_the_folder_the_dashboard_reads(first_run, tiny_dir, tmp_path, monkeypatch):
+    """TRANSFERSCOPE_CACHE_DIR (read by the dashboard too) is the default of every command's --cache-dir."""
+    cache, *_ = first_run
+    monkeypatch.setenv("TRANSFERSCOPE_CACHE_DIR", str(cache))
+    code, stdout, stderr = run_main(["extract", "--data", tiny_dir, *FAST])
+    assert code == 0, stderr
+    assert json.loads(stdout)["cache_hit"] is True  # the features the first run cached in that folder
+    monkeypatch.setenv("TRANSFERSCOPE_CACHE_DIR", str(tmp_path / "shared"))
+    code, stdout, _ = run_main(["owner-token"])
+    assert code == 0 and (tmp_path / "shared" / "owner_token").read_text().strip() in stdout
 
 
 @pytest.mark.slow
@@ -460,13 +471,17 @@ def test_cancel_exits_130(tiny_dir, tmp_path, monkeypatch):
 # ---------------------------------------------------------------- settings declared once, seeds, tuning
 
 
-def test_every_declared_setting_reaches_the_config():
+def test_every_declared_setting_reaches_the_config(tiny_dir, tmp_path, monkeypatch):
     from core.settings import SETTINGS
 
-    args = cli.get_args_parser().parse_args(
-        ["experiment", "--data", "d", "--out", "r.json", "--seeds", "0,2", "--tune", "--no-hflip", "--svm-c", "3",
-         "--class-weight", "none,sqrt", "--image-size", "64", "--workers", "1"])
-    config = cli._config(args)
+    launched = []
+    monkeypatch.setattr("core.experiment.run_experiment",
+                        lambda config, progress: launched.append(config) or {"runs": [], "cache_hit": True})
+    code, _, stderr = run_main(
+        ["experiment", "--data", tiny_dir, "--out", tmp_path / "r.json", "--cache-dir", tmp_path, "--seeds", "0,2",
+         "--tune", "--no-hflip", "--svm-c", "3", "--class-weight", "none,sqrt", "--image-size", "64", "--workers", "1"])
+    assert code == 0, stderr
+    (config,) = launched
     assert (config.seeds, config.tune, config.hflip, config.svm_c) == ((0, 2), True, False, 3.0)
     assert (config.remedies, config.image_size, config.workers) == (("none", "sqrt"), 64, 1)
     experiment_settings = {s.name for s in SETTINGS if "experiment" in s.commands}

@@ -4,6 +4,8 @@ import json
 import numpy as np
 import pytest
 
+from core.config import run_split
+from core.data import load_dataset
 from core.errors import BackboneError, ClassWeightError, ConfigError, DataError
 from core.experiment import ExperimentConfig, resolve_class_weight, run_experiment
 from core.runs import RunStore
@@ -237,6 +239,9 @@ def test_seeds_give_single_folder_datasets_their_own_split(make_class_tree, tmp_
     fingerprints = [r["dataset"]["fingerprint"] for r in runs]
     assert fingerprints[0] != fingerprints[1]
     assert runs[0]["dataset"]["content_fingerprint"] == runs[1]["dataset"]["content_fingerprint"]
+    for run in runs:  # what a page that reopens a run rebuilds: the very split it was tested on
+        assert load_dataset(root, **run_split(run)).fingerprint == run["dataset"]["fingerprint"]
+    assert run_split({}) == {"seed": 0, "test_size": 0.2}  # a record without config: the declared defaults
 
 
 def test_head_gets_the_batch_size_and_its_fit_time_excludes_test_scoring(on_demo_features, monkeypatch):

@@ -1,11 +1,14 @@
 """Feature map (PCA + t-SNE, stored per feature key) and its points (core.featuremap)."""
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from sklearn.datasets import make_blobs
 from sklearn.neighbors import KNeighborsClassifier
 
 from core.errors import ConfigError
-from core.featuremap import build_map, compute_map, load_map, map_path, map_points, misclassified_first
+from core.featuremap import (build_map, compute_map, load_map, map_feature_set, map_path, map_points,
+                             misclassified_first)
 
 
 def test_map_keeps_classes_apart_and_is_deterministic():
@@ -25,6 +28,15 @@ def test_map_is_stored_per_feature_key(tmp_path):
     assert stages[0] == (0, 3) and stages[-1] == (3, 3)
     np.testing.assert_array_equal(load_map(tmp_path, "k1"), coords)
     assert map_path(tmp_path, "k1").parent == tmp_path / "maps" and load_map(tmp_path, "k2") is None
+
+
+def test_a_feature_sets_map_places_training_rows_then_test_rows(tmp_path):
+    """The order `map_points` draws them in: a map of the test rows alone would misplace every point."""
+    X, y = make_blobs(n_samples=60, centers=2, n_features=16, random_state=0)
+    features = SimpleNamespace(X_train=X[y == 0], X_test=X[y == 1], key="k")
+    coords = map_feature_set(features, tmp_path)
+    np.testing.assert_array_equal(load_map(tmp_path, "k"), coords)
+    np.testing.assert_array_equal(coords, compute_map(np.vstack([X[y == 0], X[y == 1]])))
 
 
 def test_map_needs_a_few_images():

@@ -90,6 +90,19 @@ def test_device_and_precision_choices():
         autocast_dtype(cpu, "fp8")
 
 
+@pytest.mark.parametrize("caps, dtype", [
+    ({"avx2": True, "avx512_bw": False}, None),  # AVX2 only: no bf16 kernels (autocast there is 10x slower)
+    ({"avx512_bw": True, "avx512_vl": True, "avx512_dq": True}, torch.bfloat16),
+    ({"avx_ne_convert": True}, torch.bfloat16),
+    ({"bf16": True}, torch.bfloat16),  # ARM
+])
+def test_cpu_autocast_follows_the_cpus_bf16_support(monkeypatch, caps, dtype):
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()  # torch's own (private) check, on this machine
+    assert autocast_dtype(torch.device("cpu")) == (torch.bfloat16 if native else None)
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps)
+    assert autocast_dtype(torch.device("cpu")) == dtype
+
+
 # ---------------------------------------------------------------- extraction and cache
 
 

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-import ui
 from core.errors import DataError
 from core.experiment import ExperimentConfig, run_experiment
 from core.jobs import ACTIVE_STATUSES
 from core.weights import class_weights
+from dashboard import state
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = {"image_size": 48, "epochs": 3}
@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fresh_streamlit_caches"
 
 
 def page(name: str) -> AppTest:
-    script = ROOT / "app.py" if name == "app" else ROOT / "pages" / f"{name}.py"
+    script = ROOT / "app.py" if name == "app" else ROOT / "dashboard" / "views" / f"{name}.py"
     return AppTest.from_file(str(script), default_timeout=PAGE_TIMEOUT_S)
 
 
@@ -79,7 +79,7 @@ def charts(at: AppTest) -> int:
 
 
 def wait_for_job(at: AppTest):
-    job = ui.job_manager().get(at.session_state["job_id"])
+    job = state.job_manager().get(at.session_state["job_id"])
     deadline = time.monotonic() + JOB_TIMEOUT_S
     while job.status in ACTIVE_STATUSES:
         assert time.monotonic() < deadline, f"job still {job.status} after {JOB_TIMEOUT_S} s: {job.progress}"
@@ -174,7 +174,7 @@ def test_train_launches_job_that_finishes_and_runs_appear(features_only):
     assert wait_for_job(at).status == "done"
     at.run()
     assert "Features loaded from cache" in texts(at.success)
-    runs = ui.list_runs()
+    runs = state.list_runs()
     assert sorted(run["approach"] for run in runs) == ["head", "svm"]
     reloaded = page("train").run()  # a new session falls back to the server's latest job
     assert "Features loaded from cache" in texts(reloaded.success)
@@ -185,7 +185,7 @@ def test_train_launches_job_that_finishes_and_runs_appear(features_only):
 def test_train_page_settings_reach_the_launched_config(features_only, monkeypatch):
     """Image size left empty means the backbone's own (not 224); seeds and tuning come from the declared widgets."""
     launched = []
-    monkeypatch.setattr(ui, "launch", launched.append)
+    monkeypatch.setattr(state, "launch", launched.append)
     at = page("train").run()
     at.multiselect(key="train_schemes").set_value(["none"])
     at.text_input(key="train_seeds").set_value("0,1,2")
@@ -199,7 +199,7 @@ def test_train_page_settings_reach_the_launched_config(features_only, monkeypatc
 
 def test_train_page_launches_with_the_pickers_test_folder(features_only, demo_data, monkeypatch):
     launched = []
-    monkeypatch.setattr(ui, "launch", launched.append)
+    monkeypatch.setattr(state, "launch", launched.append)
     at = page("train")
     at.session_state["data_dir"] = str(Path(demo_data) / "train")
     at.session_state["data_test_data"] = str(Path(demo_data) / "test")
@@ -225,7 +225,7 @@ def test_edited_class_weight_trains_a_custom_run(features_only):
     assert not at.error
     at.button(key="launch").click().run()
     assert wait_for_job(at).status == "done"
-    (run,) = ui.list_runs()
+    (run,) = state.list_runs()
     assert run["class_weight"] == "custom"
     balanced_0 = class_weights("balanced", run["dataset"]["train_counts"])[0].round(4)  # the editor's row 0
     assert run["class_weights"][2] / run["class_weights"][0] == pytest.approx(7.5 / balanced_0)  # rescaled
@@ -237,16 +237,16 @@ def test_invalid_class_weight_shows_error_and_cannot_launch(features_only, value
     assert not at.exception
     assert message in texts(at.error) and "3-three" in texts(at.error)
     assert at.button(key="launch").disabled
-    assert ui.job_manager().jobs() == []
+    assert state.job_manager().jobs() == []
     at.button(key="reset_weights").click().run()
     assert not at.error and not at.button(key="launch").disabled
 
 
 def test_job_panel_shows_queue_position_and_cancels(empty_cache):
     started, release = threading.Event(), threading.Event()
-    manager = ui.job_manager()
-    manager.submit("blocker", lambda report: started.set() or release.wait(10))
-    waiting = manager.submit("waiting", lambda report: None)
+    manager = state.job_manager()
+    manager.submit("blocker", lambda report: started.set() or release.wait(10), kind=state.TRAINING_JOB)
+    waiting = manager.submit("waiting", lambda report: None, kind=state.TRAINING_JOB)
     assert started.wait(5)
     at = page("train").run()
     assert "queued: 1 job ahead" in texts(at.markdown)
@@ -261,7 +261,7 @@ def test_failed_job_shows_its_error(empty_cache):
         report("extract features", 1, 4)
         raise DataError("image folder vanished; check the path")
 
-    job = ui.job_manager().submit("doomed", fail)
+    job = state.job_manager().submit("doomed", fail, kind=state.TRAINING_JOB)
     while job.status in ACTIVE_STATUSES:
         time.sleep(0.01)
     at = page("train").run()
@@ -272,7 +272,7 @@ def test_failed_job_shows_its_error(empty_cache):
 # ---- Results ---------------------------------------------------------------------------------------
 
 def head_run(kind: str = "none") -> dict:
-    return next(r for r in ui.list_runs() if r["approach"] == "head" and r["class_weight"] == kind)
+    return next(r for r in state.list_runs() if r["approach"] == "head" and r["class_weight"] == kind)
 
 
 def test_results_deep_link_metrics_and_confusion_toggle(trained):
@@ -312,7 +312,7 @@ def add_old_style_run(cache: Path) -> dict:
     old.update(run_id=new_run_id("head", "old"), config={**source["config"], "device": "cuda"},
                dataset={k: v for k, v in source["dataset"].items() if k != "content_fingerprint"})
     store.save(old, predictions=store.load_predictions(source["run_id"]))
-    ui.clear_run_caches()
+    state.clear_run_caches()
     return old
 
 
@@ -329,7 +329,7 @@ def test_old_run_records_still_render(trained_copy):
 
 def test_results_selection_updates_query_param(trained):
     at = page("results").run()
-    other = ui.list_runs()[-1]["run_id"]
+    other = state.list_runs()[-1]["run_id"]
     at.selectbox(key="results_run").set_value(other).run()
     assert at.query_params["run"] == other
 
@@ -360,7 +360,7 @@ def test_results_unknown_run_link_warns_and_shows_newest(trained):
     at.run()
     assert not at.exception
     assert "does not exist" in texts(at.warning)
-    assert at.selectbox(key="results_run").value == ui.list_runs()[0]["run_id"]
+    assert at.selectbox(key="results_run").value == state.list_runs()[0]["run_id"]
 
 
 # ---- Compare ---------------------------------------------------------------------------------------
@@ -373,7 +373,7 @@ def test_compare_shows_tradeoff_speedup_and_diff(trained):
     assert "McNemar's exact test p =" in texts(at.caption)
     (paired,) = [df.value for df in at.dataframe if "95% low" in df.value.columns]
     assert paired["metric"].tolist() == ["Accuracy", "Balanced accuracy", "Macro-F1"]
-    runs = ui.list_runs()
+    runs = state.list_runs()
     at.selectbox(key="compare_a").set_value(runs[0]["run_id"])
     at.selectbox(key="compare_b").set_value(runs[0]["run_id"]).run()
     assert "Pick two different runs" in texts(at.info)
@@ -395,12 +395,12 @@ def test_compare_keeps_other_devices_in_their_own_group(trained_copy):
 
 def test_compare_deletes_selected_runs(trained_copy):
     at = page("compare").run()
-    doomed = ui.list_runs()[0]["run_id"]
+    doomed = state.list_runs()[0]["run_id"]
     at.multiselect(key="delete_select").set_value([doomed]).run()
     at.button(key="delete_runs").click().run()
     assert not at.exception
-    assert doomed not in {run["run_id"] for run in ui.list_runs()}
-    assert len(ui.list_runs()) == 3
+    assert doomed not in {run["run_id"] for run in state.list_runs()}
+    assert len(state.list_runs()) == 3
 
 
 # ---- empty states ----------------------------------------------------------------------------------
@@ -434,7 +434,7 @@ def rarest_slider(at: AppTest, run: dict):
 
 @pytest.mark.parametrize("approach", ["svm", "head"])
 def test_whatif_refits_on_a_weight_change_and_shows_deltas(trained, approach):
-    run = next(r for r in ui.list_runs() if r["approach"] == approach and r["class_weight"] == "none")
+    run = next(r for r in state.list_runs() if r["approach"] == approach and r["class_weight"] == "none")
     at = whatif_page(run)
     assert not at.exception and not at.error
     metrics = {m.label: m for m in at.metric}
@@ -458,7 +458,7 @@ def test_whatif_refits_on_a_weight_change_and_shows_deltas(trained, approach):
 
 
 def test_whatif_seed_scheme_reseeds_the_sliders(trained):
-    run = next(r for r in ui.list_runs() if r["approach"] == "svm" and r["class_weight"] == "none")
+    run = next(r for r in state.list_runs() if r["approach"] == "svm" and r["class_weight"] == "none")
     at = whatif_page(run)
     at.segmented_control(key="whatif_seed").set_value("balanced").run()
     assert not at.exception
@@ -467,25 +467,25 @@ def test_whatif_seed_scheme_reseeds_the_sliders(trained):
 
 
 def test_whatif_save_stores_a_custom_run(trained_copy):
-    run = next(r for r in ui.list_runs() if r["approach"] == "head" and r["class_weight"] == "none")
+    run = next(r for r in state.list_runs() if r["approach"] == "head" and r["class_weight"] == "none")
     at = whatif_page(run)
     rarest_slider(at, run).set_value(100.0).run()
     at.button(key="whatif_save").click().run()
     assert not at.exception and "Saved run" in texts(at.success)
-    saved = next(r for r in ui.list_runs() if r["class_weight"] == "custom:what-if")
+    saved = next(r for r in state.list_runs() if r["class_weight"] == "custom:what-if")
     assert max(saved["class_weights"]) / min(saved["class_weights"]) == pytest.approx(100.0)
     assert saved["approach"] == "head"
 
 
 def test_whatif_viewers_play_but_cannot_save(trained, monkeypatch):
     monkeypatch.setenv("TRANSFERSCOPE_VIEWER", "1")
-    run = next(r for r in ui.list_runs() if r["approach"] == "svm" and r["class_weight"] == "none")
+    run = next(r for r in state.list_runs() if r["approach"] == "svm" and r["class_weight"] == "none")
     at = whatif_page(run)
     rarest_slider(at, run).set_value(100.0).run()
     assert not at.exception and not at.error
     assert "Read-only" in texts(at.info)
     assert not [b for b in at.button if b.key == "whatif_save"]
-    assert len(ui.list_runs()) == 4
+    assert len(state.list_runs()) == 4
 
 
 # ---- Feature map and near-duplicates ---------------------------------------------------------------
@@ -494,7 +494,7 @@ def test_feature_map_is_computed_once_as_a_job_then_drawn(trained_copy):
     at = page("featuremap").run()
     assert not at.exception and charts(at) == 0
     at.button(key="compute_map").click().run()
-    job = next(job for job in ui.job_manager().jobs() if job.name.startswith("feature map"))
+    job = next(job for job in state.job_manager().jobs() if job.kind == state.MAP_JOB)
     deadline = time.monotonic() + JOB_TIMEOUT_S
     while job.status in ACTIVE_STATUSES:
         assert time.monotonic() < deadline, f"map job still {job.status}: {job.progress}"
@@ -540,7 +540,7 @@ def test_a_large_duplicate_check_runs_as_a_background_job(trained_copy, monkeypa
     monkeypatch.setattr(core.duplicates, "INLINE_PAIRS", 0)
     at = page("dataset").run()
     assert not at.exception and "in the background" in texts(at.caption)
-    job = next(job for job in ui.job_manager().jobs() if job.name.startswith(ui.DUPLICATES_JOB_PREFIX))
+    job = next(job for job in state.job_manager().jobs() if job.kind == state.DUPLICATES_JOB)
     deadline = time.monotonic() + JOB_TIMEOUT_S
     while job.status in ACTIVE_STATUSES:
         assert time.monotonic() < deadline, f"duplicates job still {job.status}"
@@ -562,7 +562,7 @@ def test_whatif_refits_only_when_weights_or_tau_change(trained, monkeypatch):
     calls = []
     real = core.whatif.refit
     monkeypatch.setattr(core.whatif, "refit", lambda *args: calls.append(args[1].copy()) or real(*args))
-    run = next(r for r in ui.list_runs() if r["approach"] == "head" and r["class_weight"] == "none")
+    run = next(r for r in state.list_runs() if r["approach"] == "head" and r["class_weight"] == "none")
     at = whatif_page(run)
     at.run()  # a rerun with the same inputs (e.g. another widget) reuses the last refit
     assert len(calls) == 1

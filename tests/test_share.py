@@ -18,9 +18,9 @@ from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 
 import core.report
-import ui
 from core.runs import RunStore
 from core.sharing import Throttle, owner_token
+from dashboard import access, errors, state
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE_TIMEOUT_S = 60
@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fresh_streamlit_caches"
 
 
 def page(name: str) -> AppTest:
-    script = ROOT / "app.py" if name == "app" else ROOT / "pages" / f"{name}.py"
+    script = ROOT / "app.py" if name == "app" else ROOT / "dashboard" / "views" / f"{name}.py"
     return AppTest.from_file(str(script), default_timeout=PAGE_TIMEOUT_S)
 
 
@@ -60,7 +60,7 @@ def client_at(monkeypatch, ip: str | None) -> None:
 @pytest.fixture
 def viewer(monkeypatch, cache) -> Path:
     monkeypatch.setenv("TRANSFERSCOPE_VIEWER", "1")
-    monkeypatch.setattr(ui, "VIEWER_BUILDS", Throttle(max_events=6, per_s=60))  # no downloads of earlier tests
+    monkeypatch.setattr(state, "VIEWER_BUILDS", Throttle(max_events=6, per_s=60))  # no downloads of earlier tests
     return cache
 
 
@@ -114,7 +114,7 @@ def test_viewer_cannot_launch_or_change_dataset(viewer, demo_dir, tmp_path):
     assert folder.disabled and folder.value == str(demo_dir)
     assert f"Folder: `{demo_dir}` (set by the server)" in texts(at.caption)
     assert {m.label: m.value for m in at.metric}["Classes"] == "10"
-    at.switch_page("pages/train.py").run()
+    at.switch_page("dashboard/views/train.py").run()
     assert not at.exception
     assert at.button(key="launch").disabled
     assert READ_ONLY in texts(at.info)
@@ -128,22 +128,22 @@ def test_viewer_cannot_delete_runs(viewer):
 
 
 @pytest.mark.parametrize("action, refusal", [
-    ("ui.delete_runs([RUN])", "cannot delete runs"),
-    ("ui.import_bundle(io.BytesIO(ui.deferred_bundle([RUN])()))", "cannot import runs"),
-    ("ui.launch(ExperimentConfig(data=ui.data_dir()))", "cannot launch training"),
-    ("ui.cancel_job('no-such-job')", "cannot cancel jobs"),
-    ("ui.rescan_dataset(ui.data_dir())", "cannot rescan the dataset"),
+    ("state.delete_runs([RUN])", "cannot delete runs"),
+    ("state.import_bundle(io.BytesIO(state.deferred_bundle([RUN])()))", "cannot import runs"),
+    ("state.launch(ExperimentConfig(data=state.data_dir()))", "cannot launch training"),
+    ("state.cancel_job('no-such-job')", "cannot cancel jobs"),
+    ("state.rescan_dataset(state.data_dir())", "cannot rescan the dataset"),
 ])
 def test_ui_actions_refuse_viewers_whatever_the_widgets_say(viewer, action, refusal):
-    """Streamlit already drops clicks on disabled widgets; the actions in ui check again."""
+    """Streamlit already drops clicks on disabled widgets; the actions in dashboard.state check again."""
     before = entries(viewer)
     run_id = RunStore(viewer / "runs").list_runs()[0]["run_id"]
-    script = (f"import io\nimport ui\nfrom core.experiment import ExperimentConfig\nRUN = {run_id!r}\n"
-              f"with ui.guard():\n    {action}\n")
+    script = (f"import io\nfrom core.experiment import ExperimentConfig\nfrom dashboard import errors, state\n"
+              f"RUN = {run_id!r}\nwith errors.guard():\n    {action}\n")
     at = AppTest.from_string(script, default_timeout=PAGE_TIMEOUT_S).run()
     assert not at.exception
     assert refusal in texts(at.error)
-    assert entries(viewer) == before and ui.job_manager().jobs() == []
+    assert entries(viewer) == before and state.job_manager().jobs() == []
 
 
 def test_viewer_sees_only_images_inside_the_served_dataset(viewer, monkeypatch, tmp_path):
@@ -158,7 +158,8 @@ def test_viewer_sees_only_images_inside_the_served_dataset(viewer, monkeypatch, 
 
 def test_thumbnails_refuse_files_outside_the_dataset_for_viewers(viewer, tmp_path, make_image):
     secret = make_image(tmp_path / "secret.png")
-    at = AppTest.from_string(f"import ui\nwith ui.guard():\n    ui.thumbnails([{str(secret)!r}])\n").run()
+    at = AppTest.from_string(f"from dashboard import errors, state\nwith errors.guard():\n"
+                             f"    state.thumbnails([{str(secret)!r}])\n").run()
     assert "outside the shared dataset folder" in texts(at.error)
 
 
@@ -167,7 +168,7 @@ def test_outside_mode_everything_is_unlocked(cache):
     assert not at.exception
     assert "Viewer mode" not in texts(at.sidebar.markdown)
     assert not at.sidebar.text_input(key="data_dir").disabled
-    at.switch_page("pages/share.py").run()
+    at.switch_page("dashboard/views/share.py").run()
     assert not at.exception
     assert "owner_token" not in [widget.key for widget in at.text_input]
     assert READ_ONLY not in texts(at.info)
@@ -178,12 +179,12 @@ def test_outside_mode_everything_is_unlocked(cache):
 
 def test_wrong_token_stays_locked_right_token_unlocks(viewer):
     at = page("app").run()
-    at.switch_page("pages/share.py").run()
+    at.switch_page("dashboard/views/share.py").run()
     at.text_input(key="owner_token").set_value("not-the-token")
     at.button(key="unlock").click().run()
     assert not at.exception
     assert "Wrong token" in texts(at.error)
-    assert ui.OWNER_KEY not in at.session_state
+    assert access.OWNER_KEY not in at.session_state
     assert at.file_uploader(key="bundle_upload").disabled
 
     at.text_input(key="owner_token").set_value(owner_token(viewer))
@@ -191,19 +192,18 @@ def test_wrong_token_stays_locked_right_token_unlocks(viewer):
     assert not at.exception and not at.error
     assert "unlocked in this browser session" in texts(at.success)
     assert not at.file_uploader(key="bundle_upload").disabled
-    at.switch_page("pages/train.py").run()
+    at.switch_page("dashboard/views/train.py").run()
     assert not at.button(key="launch").disabled
     assert READ_ONLY not in texts(at.info)
 
-    at.switch_page("pages/share.py").run()
+    at.switch_page("dashboard/views/share.py").run()
     at.button(key="lock").click().run()
     assert at.file_uploader(key="bundle_upload").disabled
 
 
 def test_sidebar_of_an_unlocked_session_says_owner(viewer):
-    # A fresh AppTest: after its first run AppTest falls back to the legacy `pages/` mode, without app.py's sidebar.
     at = page("app")
-    at.session_state[ui.OWNER_KEY] = True
+    at.session_state[access.OWNER_KEY] = True
     at.run()
     assert not at.exception
     assert "Owner" in texts(at.sidebar.markdown) and "Viewer mode" not in texts(at.sidebar.markdown)
@@ -259,7 +259,7 @@ def test_bundle_exported_here_imports_into_a_fresh_cache(cache, monkeypatch, tmp
     at = upload_and_import(page("share").run(), "runs.zip", data)
     assert not at.exception and not at.error
     assert f"Imported 2 run(s): {', '.join(run_ids[:2])}" in texts(at.success)
-    assert [run["run_id"] for run in ui.list_runs()] == run_ids[:2]
+    assert [run["run_id"] for run in state.list_runs()] == run_ids[:2]
     assert RunStore(tmp_path / "fresh" / "runs").load(run_ids[0]) == RunStore(cache / "runs").load(run_ids[0])
     at.button(key="import_bundle").click().run()
     assert "Nothing new" in texts(at.info)
@@ -295,12 +295,12 @@ def test_viewer_cannot_import(viewer):
 def test_job_survives_a_clear_caches_message(viewer):
     """Any browser can send Streamlit's ClearCache; the server then clears every st.cache_* (see AppSession)."""
     started, release = threading.Event(), threading.Event()
-    manager = ui.job_manager()
+    manager = state.job_manager()
     job = manager.submit("long", lambda report: started.wait(5) and release.wait(10) and "done")
     started.set()
     st.cache_data.clear()
     st.cache_resource.clear()
-    assert ui.job_manager() is manager and manager.get(job.id) is job
+    assert state.job_manager() is manager and manager.get(job.id) is job
     release.set()
     deadline = time.monotonic() + 10
     while job.status != "done":
@@ -311,8 +311,8 @@ def test_job_survives_a_clear_caches_message(viewer):
 
 def test_viewer_cannot_rescan_and_split_inputs_do_not_rescan(viewer, monkeypatch):
     scans = []
-    real = ui.load_dataset
-    monkeypatch.setattr(ui, "load_dataset", lambda *args, **kwargs: scans.append(kwargs) or real(*args, **kwargs))
+    real = state.load_dataset
+    monkeypatch.setattr(state, "load_dataset", lambda *args, **kwargs: scans.append(kwargs) or real(*args, **kwargs))
     at = page("dataset").run()
     assert not at.exception and at.button(key="rescan").disabled
     at = page("train").run()
@@ -326,7 +326,7 @@ def test_viewer_cannot_rescan_and_split_inputs_do_not_rescan(viewer, monkeypatch
 
 def test_downloads_are_built_only_when_clicked(cache, monkeypatch, downloads, click):
     builds = []
-    for module, name in ((core.report, "render_runs_report"), (ui, "render_runs_report")):
+    for module, name in ((core.report, "render_runs_report"), (state, "render_runs_report")):
         real = getattr(module, name)
         monkeypatch.setattr(module, name, lambda records, fmt, real=real: builds.append(fmt) or real(records, fmt))
     real_bundle = RunStore.export_bundle_bytes
@@ -342,7 +342,7 @@ def test_downloads_are_built_only_when_clicked(cache, monkeypatch, downloads, cl
 
 
 def test_viewer_downloads_are_rate_limited_across_sessions(viewer, monkeypatch, downloads, click):
-    monkeypatch.setattr(ui, "VIEWER_BUILDS", Throttle(max_events=2, per_s=600))
+    monkeypatch.setattr(state, "VIEWER_BUILDS", Throttle(max_events=2, per_s=600))
     html, md, _ = page("share").run().get("download_button")
     click(html)
     click(html)  # cached: costs nothing, counts nothing
@@ -355,23 +355,23 @@ def test_viewer_downloads_are_rate_limited_across_sessions(viewer, monkeypatch, 
 
 # ---- what viewers can read -------------------------------------------------------------------------
 
-BUG = "import ui\nwith ui.guard():\n    raise ValueError('/home/owner/secret/path.png is odd')\n"
+BUG = "from dashboard import errors\nwith errors.guard():\n    raise ValueError('/home/owner/secret/path.png is odd')\n"
 
 
 def test_unexpected_errors_fail_the_tests():
-    assert os.environ.get(ui.STRICT_ENV) == "1"  # set by conftest for every test, and for the browser server
+    assert os.environ.get(errors.STRICT_ENV) == "1"  # set by conftest for every test, and for the browser server
     at = AppTest.from_string(BUG).run()
     assert at.exception and "secret/path.png" in at.exception[0].message
 
 
 def test_user_errors_are_still_shown_under_strict():
-    at = AppTest.from_string("import ui\nfrom core.errors import DataError\n"
-                             "with ui.guard():\n    raise DataError('folder has no images')\n").run()
+    at = AppTest.from_string("from core.errors import DataError\nfrom dashboard import errors\n"
+                             "with errors.guard():\n    raise DataError('folder has no images')\n").run()
     assert not at.exception and "folder has no images" in texts(at.error)
 
 
 def test_viewers_see_no_error_details_the_owner_does(cache, monkeypatch):
-    monkeypatch.delenv(ui.STRICT_ENV)
+    monkeypatch.delenv(errors.STRICT_ENV)
     at = AppTest.from_string(BUG).run()
     assert "secret/path.png" in texts(at.error) and at.expander and "Traceback" in texts(at.code)
     monkeypatch.setenv("TRANSFERSCOPE_VIEWER", "1")
@@ -396,8 +396,8 @@ def test_token_is_refused_from_another_machine(viewer, monkeypatch):
     assert not at.exception
     assert "server machine itself" in texts(at.info)
     assert at.text_input(key="owner_token").disabled and at.button(key="unlock").disabled
-    at = AppTest.from_string(f"import ui\nui.unlock({owner_token(viewer)!r})\n").run()
-    assert ui.OWNER_KEY not in at.session_state
+    at = AppTest.from_string(f"from dashboard import access\naccess.unlock({owner_token(viewer)!r})\n").run()
+    assert access.OWNER_KEY not in at.session_state
     assert "Threat model" in page("share").run().expander[0].label
 
 

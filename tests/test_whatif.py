@@ -10,6 +10,7 @@ import core.whatif as whatif
 from core.classifiers import LinearHead, SvmClassifier, chosen_epochs
 from core.errors import ClassWeightError, ConfigError, TransferScopeError
 from core.runs import RunStore
+from core.torch_threads import torch_mkl
 
 
 @pytest.fixture(scope="module")
@@ -81,10 +82,26 @@ def test_bad_tau_is_refused(starts):
 
 
 def test_refits_wait_for_the_one_slot(starts, monkeypatch):
+    """While one session refits, another's refit waits, and gives up with a message after REFIT_WAIT_S."""
     monkeypatch.setattr(whatif, "REFIT_WAIT_S", 0.05)
-    with whatif._REFIT_LOCK:
+    fitting, release = threading.Event(), threading.Event()
+
+    def slow_fit(*args, _fit=whatif.fit_approach, **kwargs):
+        fitting.set()
+        release.wait(10)
+        return _fit(*args, **kwargs)
+
+    monkeypatch.setattr(whatif, "fit_approach", slow_fit)
+    weights = whatif.seed_weights(starts["svm"], "run")
+    first = threading.Thread(target=whatif.refit, args=(starts["svm"], weights))
+    first.start()
+    try:
+        assert fitting.wait(10)
         with pytest.raises(TransferScopeError, match="busy refitting"):
-            whatif.refit(starts["svm"], whatif.seed_weights(starts["svm"], "run"))
+            whatif.refit(starts["svm"], weights)
+    finally:
+        release.set()
+        first.join()
 
 
 def test_save_as_run_stores_a_normal_custom_run(starts, tmp_path):
@@ -137,7 +154,7 @@ def test_tau_is_not_applied_to_svm_scores(starts):
 def tuned_start(start, tuned: dict):
     """`start` as if its run had been trained with --tune and had chosen `tuned`."""
     record = {**start.record, "config": {**start.record["config"], "tune": True}, "tuned": tuned, **tuned}
-    return whatif.Start(record, whatif._refit_config(record, start.config.cache_dir), start.dataset, start.features)
+    return whatif.start_from(record, start.dataset, start.config.cache_dir)
 
 
 def test_refits_of_a_tuned_run_reuse_its_choice_and_never_tune_again(starts, monkeypatch):
@@ -173,7 +190,7 @@ def test_head_refits_reuse_the_chosen_epoch_count(starts, monkeypatch):
 
 def test_a_refit_runs_on_one_thread_and_leaves_other_threads_alone(starts, monkeypatch):
     """Per-thread limit: a thread that first uses torch during a refit keeps the process's thread count."""
-    before, mkl = torch.get_num_threads(), whatif.torch_mkl()
+    before, mkl = torch.get_num_threads(), torch_mkl()
     torch.set_num_threads(2)
     seen = {}
 
@@ -256,3 +273,12 @@ def test_scaling_every_weight_changes_nothing(starts, approach):
     np.testing.assert_allclose(scaled["weights"], plain["weights"])
     counts = np.asarray(start.dataset.train_counts)
     assert (plain["weights"] * counts).sum() == pytest.approx(counts.sum())
+
+
+def test_the_newest_feature_run_on_the_dataset_is_picked():
+    def run(run_id, approach, fingerprint):
+        return {"run_id": run_id, "approach": approach, "dataset": {"fingerprint": fingerprint}}
+
+    records = [run("f", "finetune", "ours"), run("o", "svm", "other"), run("h", "head", "ours"), run("s", "svm", "ours")]
+    assert whatif.newest_feature_run(records, "ours")["run_id"] == "h"  # records come newest first
+    assert whatif.newest_feature_run(records[:2], "ours") is None  # a fine-tune run caches no features

@@ -1,43 +1,26 @@
 """Train page: choose backbone, approaches and class weights, launch a job and follow its progress."""
 import streamlit as st
 
-import ui
 from core.analysis import weight_table, weights_from_table
 from core.errors import ClassWeightError
 from core.experiment import ExperimentConfig
-from core.settings import BY_NAME, SETTINGS, Setting, parse_list
+from core.paths import cache_dir
+from core.settings import BY_NAME, SETTINGS
 from core.weights import SCALE_NOTE, SCHEMES
+from dashboard import access, errors, state, widgets
 
 BUILTIN_SCHEMES = [s for s in SCHEMES if s != "custom"]
 MAIN_SETTINGS = ("backbone", "pool", "approaches", "epochs")
 
 
-def setting_widget(container, setting: Setting):
-    """The widget of one declared setting (key `train_<name>`); returns its value."""
-    key, label, help_text = f"train_{setting.name}", setting.label, setting.help
-    if setting.many and setting.choices:
-        return tuple(container.multiselect(label, setting.choices, default=list(setting.default), key=key,
-                                           help=help_text))
-    if setting.many:
-        return parse_list(container.text_input(label, ",".join(map(str, setting.default)), key=key, help=help_text),
-                          setting.type)
-    if setting.choices:
-        return container.selectbox(label, setting.choices, index=setting.choices.index(setting.default), key=key,
-                                   help=help_text)
-    if setting.type is bool:
-        return container.checkbox(label, setting.default, key=key, help=help_text)
-    return container.number_input(label, setting.type(setting.low), setting.type(setting.high), setting.default,
-                                  key=key, help=help_text, format="%g" if setting.type is float else "%d")
-
-
 def read_settings() -> dict:
     """The main and advanced settings (as declared in core.settings) as ExperimentConfig keyword arguments."""
     main = st.columns(2)
-    settings = {name: setting_widget(main[i % 2], BY_NAME[name]) for i, name in enumerate(MAIN_SETTINGS)}
+    settings = {name: widgets.setting_widget(main[i % 2], BY_NAME[name]) for i, name in enumerate(MAIN_SETTINGS)}
     with st.expander("Advanced"):
         columns = st.columns(3)
         advanced = [s for s in SETTINGS if s.on_page and s.name not in MAIN_SETTINGS]
-        settings.update({s.name: setting_widget(columns[i % 3], s) for i, s in enumerate(advanced)})
+        settings.update({s.name: widgets.setting_widget(columns[i % 3], s) for i, s in enumerate(advanced)})
     return settings
 
 
@@ -67,54 +50,54 @@ def render_job(job) -> bool:
     if job is None:
         st.caption("No job yet: launch one on the left.")
         return False
-    st.markdown(f"**{job.name}** · {ui.job_brief(job)}")
+    st.markdown(f"**{job.name}** · {widgets.job_brief(job)}")
     if job.status != "done":
         for stage, (done, total) in job.progress.items():
             st.progress(min(done / total, 1.0) if total else 1.0, text=f"{stage}: {done}/{total}")
-    if ui.is_active(job):
-        st.button("Cancel", key="cancel_job", on_click=ui.cancel_job, args=(job.id,), disabled=not ui.can_act())
+    if state.is_active(job):
+        st.button("Cancel", key="cancel_job", on_click=state.cancel_job, args=(job.id,), disabled=not access.can_act())
     elif job.status == "failed":
-        ui.show_failure(f"The job failed: {job.error}", job.traceback)
+        errors.show_failure(f"The job failed: {job.error}", job.traceback)
     elif job.status == "cancelled":
         st.warning("The job was cancelled; runs finished before that are kept.", icon=":material/cancel:")
     else:
         show_outcome(job.result)
-    return ui.is_active(job)
+    return state.is_active(job)
 
 
 def show_outcome(results: dict) -> None:
-    extract = ui.format_seconds(results["extract_seconds"])
+    extract = widgets.format_seconds(results["extract_seconds"])
     if results["cache_hit"]:
-        st.success(f"Features loaded from cache in {ui.format_seconds(results['feature_seconds'])} "
+        st.success(f"Features loaded from cache in {widgets.format_seconds(results['feature_seconds'])} "
                    f"(the first extraction took {extract}).")
     elif results["feature_key"]:
         st.success(f"Features extracted in {extract} and cached for the next runs.")
-    ui.runs_dataframe(results["runs"], key="job_runs", columns=("approach", "class weight", "macro-F1"))
+    widgets.runs_dataframe(results["runs"], key="job_runs", columns=("approach", "class weight", "macro-F1"))
     best = max(results["runs"], key=lambda run: run["macro_f1"])
-    st.page_link(ui.page("results"), label=f"Open the run with the highest test macro-F1 ({best['approach']} · "
-                 f"{best['class_weight']}); picked on the test set, so not a validated choice",
-                 query_params={"run": best["run_id"]}, icon=":material/insights:")
-    st.page_link(ui.page("compare"), label="Compare all runs", icon=":material/compare_arrows:")
+    widgets.page_link("results", label=f"Open the run with the highest test macro-F1 ({best['approach']} · "
+                      f"{best['class_weight']}); picked on the test set, so not a validated choice",
+                      icon=":material/insights:", query_params={"run": best["run_id"]})
+    widgets.page_link("compare", label="Compare all runs", icon=":material/compare_arrows:")
 
 
 st.title("Train")
 settings_col, job_col = st.columns([3, 2], gap="large")
-with settings_col, ui.guard():
+with settings_col, errors.guard():
     settings = read_settings()
     schemes = st.multiselect("Class weights", SCHEMES, default=["none", "balanced"], key="train_schemes",
                              help="every approach is trained once per scheme; custom uses the table below")
-    data = ui.dataset(ui.data_dir(), settings["test_size"], settings["seed"])
+    data = state.dataset(state.data_dir(), settings["test_size"], settings["seed"])
     weights = [s for s in schemes if s != "custom"]
     if "custom" in schemes:
         weights.append(edit_custom_weights(data, settings["beta"]))
     incomplete = not settings["approaches"] or not weights
     if incomplete:
         st.caption("Pick at least one approach and one class-weight scheme to launch.")
-    allowed = ui.read_only_note("launch or cancel training jobs")
+    allowed = access.read_only_note("launch or cancel training jobs")
     if st.button("Launch training", key="launch", type="primary", disabled=incomplete or None in weights or not allowed,
                  icon=":material/play_arrow:"):
-        ui.launch(ExperimentConfig(data=data.root, remedies=tuple(weights), cache_dir=str(ui.cache_dir()),
-                                   **ui.data_options(), **settings))
+        state.launch(ExperimentConfig(data=data.root, remedies=tuple(weights), cache_dir=str(cache_dir()),
+                                      **state.data_options(), **settings))
 with job_col:
     st.subheader("Job")
-    ui.live(lambda: render_job(ui.current_job()), every_s=1, poll=ui.is_active(ui.current_job()))
+    widgets.live(lambda: render_job(state.current_job()), every_s=1, poll=state.is_active(state.current_job()))

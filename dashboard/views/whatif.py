@@ -4,14 +4,13 @@ import time
 import numpy as np
 import streamlit as st
 
-import panels
-import ui
 from core.analysis import HEADLINE_METRICS, LOGIT_APPROACHES
 from core.experiment import FEATURE_APPROACHES
 from core.figures import confusion_diff_figure, per_class_delta_figure
 from core.report import escape_markdown
 from core.weights import SCALE_NOTE
 from core.whatif import SEED_SCHEMES, WEIGHT_RANGE, compare_with_start, refit, seed_weights
+from dashboard import access, errors, state, widgets
 
 DEBOUNCE_S = 0.3  # a newer slider change within this time restarts the page before the refit starts
 WEIGHT_GRID = np.geomspace(*WEIGHT_RANGE, 49).round(3).tolist()  # 12 steps per decade, log scale
@@ -38,16 +37,17 @@ def show_changes(start, outcome: dict) -> None:
     for col, row in zip(cols, change["headline"]):
         delta = f"{row['delta']:+.3f}" if round(row["delta"], 3) else None
         col.metric(row["metric"], f"{row['after']:.3f}", delta=delta)
-    cols[-1].metric("Refit time", ui.format_seconds(outcome["refit_seconds"]))
+    cols[-1].metric("Refit time", widgets.format_seconds(outcome["refit_seconds"]))
     if change["paired"]:
         with st.expander("Is the change noise? (paired test on the same test images)", expanded=True):
-            panels.paired_test(change["paired"], "whatif_paired", "A is the starting run, B the tuned model.")
+            widgets.paired_test(change["paired"], "whatif_paired", "A is the starting run, B the tuned model.")
     if outcome["never_predicted"]:
         st.warning(f"Never predicted with these weights: {', '.join(map(escape_markdown, outcome['never_predicted']))}")
     classes, minority = record["dataset"]["classes"], [row["minority"] for row in record["per_class"]]
-    ui.chart(per_class_delta_figure(record["per_class"], outcome["per_class"], "start", "tuned"), key="whatif_deltas")
-    ui.chart(confusion_diff_figure(record["confusion_matrix"], outcome["confusion_matrix"], classes, "start", "tuned",
-                                   minority=minority), key="whatif_confusion")
+    widgets.chart(per_class_delta_figure(record["per_class"], outcome["per_class"], "start", "tuned"),
+                  key="whatif_deltas")
+    widgets.chart(confusion_diff_figure(record["confusion_matrix"], outcome["confusion_matrix"], classes, "start",
+                                        "tuned", minority=minority), key="whatif_confusion")
     with st.expander("Per-class table"):
         st.dataframe(change["per_class"], hide_index=True, key="whatif_table", column_config={
             name: st.column_config.NumberColumn(format="%+.3f" if name.startswith("Δ") else "%.3f")
@@ -56,8 +56,8 @@ def show_changes(start, outcome: dict) -> None:
 
 @st.fragment
 def tuner(record: dict) -> None:
-    with ui.guard():  # inside: a fragment rerun runs only this body
-        start = ui.whatif_start(record)
+    with errors.guard():  # inside: a fragment rerun runs only this body
+        start = state.whatif_start(record)
         scheme = st.segmented_control("Seed the weights from", list(SEEDS), format_func=SEEDS.get, default="run",
                                       required=True, key="whatif_seed")
         for note in start.notes():
@@ -75,20 +75,21 @@ def tuner(record: dict) -> None:
                 last = (inputs, refit(start, weights, tau))
             st.session_state["whatif_last"] = last
         show_changes(start, last[1])
-        if ui.read_only_note("save tuned weights as a run") and st.button("Save as run", key="whatif_save",
-                                                                          icon=":material/save:"):
-            saved = ui.save_whatif(start, weights, tau)
+        if access.read_only_note("save tuned weights as a run") and st.button("Save as run", key="whatif_save",
+                                                                              icon=":material/save:"):
+            saved = state.save_whatif(start, weights, tau)
             st.success(f"Saved run `{saved['run_id']}`.")
-            st.page_link(ui.page("results"), label="Open it on Results", query_params={"run": saved["run_id"]})
+            widgets.page_link("results", label="Open it on Results", icon=":material/insights:",
+                              query_params={"run": saved["run_id"]})
 
 
 st.title("What-if")
 st.caption("Tune a run's class weights: move a class's weight and the model refits on the cached features "
            "(the SVM reuses its kernel matrices, the head retrains in a fraction of a second). "
            "Nothing is stored until you save.")
-with ui.guard():
-    runs = [run for run in ui.list_runs() if run["approach"] in FEATURE_APPROACHES]
+with errors.guard():
+    runs = [run for run in state.list_runs() if run["approach"] in FEATURE_APPROACHES]
     if not runs:
-        ui.no_runs_hint()
+        widgets.no_runs_hint()
     else:
-        tuner(panels.pick_run(runs, "Start from run (svm or head)", "whatif_run"))
+        tuner(widgets.pick_run(runs, "Start from run (svm or head)", "whatif_run"))

@@ -1,9 +1,10 @@
 """Share page: how to share the dashboard, deep links, report and bundle downloads, bundle import, owner unlock."""
 import streamlit as st
 
-import ui
+from core import sharing
 from core.analysis import run_labels
 from core.sharing import run_link
+from dashboard import access, errors, state, views, widgets
 
 HOW_TO = """
 **`make share`** serves this dashboard on your network in **viewer mode**: classmates browse the dataset,
@@ -26,24 +27,29 @@ REMOTE_UNLOCK = ("Unlock from a browser on the server machine itself (its localh
 
 def owner_panel() -> None:
     st.subheader("Owner")
-    if ui.can_act():
+    if access.can_act():
         st.success("Owner actions are unlocked in this browser session.", icon=":material/lock_open:")
-        st.button("Lock again", key="lock", on_click=ui.lock, icon=":material/lock:")
+        st.button("Lock again", key="lock", on_click=access.lock, icon=":material/lock:")
         return
-    local = ui.client_is_local()
+    local = access.client_is_local()
     if not local:
         st.info(REMOTE_UNLOCK, icon=":material/lock:")
     token_col, button_col = st.columns([3, 1], vertical_alignment="bottom")
     token = token_col.text_input("Owner token", type="password", key="owner_token", disabled=not local,
                                  help="printed by `make share`, or run `python -m core owner-token --new`")
     if button_col.button("Unlock", key="unlock", icon=":material/lock_open:", width="stretch", disabled=not local):
-        if ui.unlock(token):
+        if access.unlock(token):
             st.rerun()
         st.error("Wrong token: actions stay locked. Copy the token printed by `make share`.", icon=":material/error:")
 
 
+def app_url() -> str:
+    """The dashboard's root URL as this browser sees it ("" when unknown), for links to share."""
+    return sharing.app_base_url(st.context.url, views.names())
+
+
 def show_links(run_ids: list[str], labels: dict[str, str]) -> None:
-    base = ui.app_url()
+    base = app_url()
     st.dataframe({"run": [labels[run_id] for run_id in run_ids], "link": [run_link(i, base) for i in run_ids]},
                  hide_index=True, key="share_links", column_config={"link": st.column_config.LinkColumn("link")})
 
@@ -64,11 +70,11 @@ def export_runs(runs: list[dict]) -> None:
         return
     show_links(chosen, labels)
     html_col, md_col, zip_col = st.columns(3)
-    download(html_col, "HTML report", ui.deferred_report(chosen, "html"), "transferscope-report.html",
+    download(html_col, "HTML report", state.deferred_report(chosen, "html"), "transferscope-report.html",
              "text/html", "download_html", ":material/html:")
-    download(md_col, "Markdown report", ui.deferred_report(chosen, "md"), "transferscope-report.md",
+    download(md_col, "Markdown report", state.deferred_report(chosen, "md"), "transferscope-report.md",
              "text/markdown", "download_md", ":material/description:")
-    download(zip_col, "Run bundle (zip)", ui.deferred_bundle(chosen), "transferscope-runs.zip",
+    download(zip_col, "Run bundle (zip)", state.deferred_bundle(chosen), "transferscope-runs.zip",
              "application/zip", "download_bundle", ":material/folder_zip:")
     st.caption("The HTML report is one self-contained file (charts included); the bundle holds the runs "
                "for another copy of TransferScope to import below.")
@@ -76,11 +82,11 @@ def export_runs(runs: list[dict]) -> None:
 
 def import_runs() -> None:
     st.subheader("Import runs")
-    allowed = ui.read_only_note("import runs")
+    allowed = access.read_only_note("import runs")
     upload = st.file_uploader("Run bundle (zip)", type="zip", key="bundle_upload", disabled=not allowed)
     if st.button("Import runs", key="import_bundle", disabled=upload is None or not allowed, icon=":material/upload:"):
-        with ui.guard():
-            imported = ui.import_bundle(upload)
+        with errors.guard():
+            imported = state.import_bundle(upload)
             if imported:
                 st.success(f"Imported {len(imported)} run(s): {', '.join(imported)}", icon=":material/check:")
             else:
@@ -91,12 +97,12 @@ st.title("Share")
 st.markdown(HOW_TO)
 with st.expander("Threat model: who sees what, what the token protects, what crosses the network"):
     st.markdown(THREAT_MODEL)
-with ui.guard():
-    if ui.viewer_mode():
+with errors.guard():
+    if access.viewer_mode():
         owner_panel()
-    runs = ui.list_runs()
+    runs = state.list_runs()
     if runs:
         export_runs(runs)
     else:
-        ui.no_runs_hint()
+        widgets.no_runs_hint()
 import_runs()

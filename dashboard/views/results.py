@@ -1,20 +1,19 @@
 """Results page: one run's metrics, confusion matrix, per-class scores, learning curve, errors, logit adjustment."""
 import streamlit as st
 
-import panels
-import ui
 from core.analysis import (HEADLINE_METRICS, LOGIT_APPROACHES, class_report, error_cells, interval_caption,
                            metric_deltas, misclassified_paths, rescore, run_settings)
 from core.figures import clickable_confusion_figure, learning_curve_figure, per_class_figure
 from core.report import escape_markdown
+from dashboard import errors, state, widgets
 
 
 def show_metrics(record: dict) -> None:
     cols = st.columns(len(HEADLINE_METRICS) + 1)
     for col, (key, label) in zip(cols, HEADLINE_METRICS.items()):
         col.metric(label, f"{record[key]:.3f}")
-    cols[-1].metric("Fit time", ui.format_seconds(record["fit_seconds"]),
-                    help=f"predicting the test set took {ui.format_seconds(record['predict_seconds'])}")
+    cols[-1].metric("Fit time", widgets.format_seconds(record["fit_seconds"]),
+                    help=f"predicting the test set took {widgets.format_seconds(record['predict_seconds'])}")
     if interval_caption(record):
         st.caption(interval_caption(record) + " (how much the score could move with another sample of test images)")
     if record.get("no_test_support"):
@@ -34,8 +33,8 @@ def confusion_panel(record: dict) -> None:
     with st.container(key="confusion_matrix"):
         figure = clickable_confusion_figure(record["confusion_matrix"], record["dataset"]["classes"], normalize,
                                             minority=minority)
-        panels.selected_points(figure, key="cm_click", modes="points", on_select=show_clicked_cell,
-                               args=(error_cells(record["confusion_matrix"]),))
+        widgets.selected_points(figure, key="cm_click", modes="points", on_select=show_clicked_cell,
+                                args=(error_cells(record["confusion_matrix"]),))
     if st.session_state.pop("cm_clicked", False):
         st.rerun()  # the whole page, so the misclassified panel below shows the clicked cell
 
@@ -63,8 +62,8 @@ def logit_panel(record: dict) -> None:
     st.caption("Subtract tau × log(class prior) from the stored logits: favours rare classes, no retraining.")
     stored_tau = float(record.get("tau", 0.0))
     tau = st.slider("tau", 0.0, max(2.0, stored_tau), stored_tau, 0.05, key="logit_tau")
-    with ui.guard():
-        adjusted = rescore(record, ui.load_predictions(record["run_id"]), tau)
+    with errors.guard():
+        adjusted = rescore(record, state.load_predictions(record["run_id"]), tau)
         for col, row in zip(st.columns(len(HEADLINE_METRICS)), metric_deltas(record, adjusted)):
             col.metric(f"{row['metric']} at tau {tau:g}", f"{row['after']:.3f}",
                        delta=f"{row['delta']:+.3f}" if round(row["delta"], 3) else None)
@@ -84,29 +83,29 @@ def misclassified_panel(record: dict) -> None:
     st.caption("Click a cell of the confusion matrix above, or pick one here.")
     choice = st.selectbox("True class → predicted class", range(len(cells)), key="error_cell", format_func=lambda i:
                           f"{classes[cells[i]['true']]} → {classes[cells[i]['pred']]} ({cells[i]['count']} images)")
-    with ui.guard():
-        paths, missing = misclassified_paths(ui.load_predictions(record["run_id"]), cells[choice]["true"],
+    with errors.guard():
+        paths, missing = misclassified_paths(state.load_predictions(record["run_id"]), cells[choice]["true"],
                                              cells[choice]["pred"])
         if missing:
             st.warning(f"{missing} image(s) are no longer at their recorded path (dataset moved?).")
-        panels.gallery(paths)
+        widgets.gallery(paths)
 
 
 st.title("Results")
-with ui.guard():
-    runs = ui.list_runs()
+with errors.guard():
+    runs = state.list_runs()
     if not runs:
-        ui.no_runs_hint()
+        widgets.no_runs_hint()
     else:
-        record = ui.load_run(panels.pick_run(runs, "Run", "results_run")["run_id"])
+        record = state.load_run(widgets.pick_run(runs, "Run", "results_run")["run_id"])
         show_metrics(record)
         confusion_panel(record)
-        ui.chart(per_class_figure(record["per_class"]), key="per_class")
+        widgets.chart(per_class_figure(record["per_class"]), key="per_class")
         with st.expander("Per-class table and run settings"):
             left, right = st.columns([3, 2])
             left.dataframe(class_report(record), hide_index=True, key="class_report")
             right.dataframe(run_settings(record), hide_index=True, key="run_settings")
         logit_panel(record)
         if record["history"]:
-            ui.chart(learning_curve_figure(record["history"]), key="learning_curve")
+            widgets.chart(learning_curve_figure(record["history"]), key="learning_curve")
         misclassified_panel(record)

@@ -1,11 +1,10 @@
 """Compare page: like-for-like runs only: score versus fit time, speed-ups, seed repeats, runs and a two-run diff."""
 import streamlit as st
 
-import panels
-import ui
 from core.analysis import (APPROACH_NAMES, check_comparable, comparable_groups, metrics_diff, paired_diff,
                            run_labels, seed_summary, speedups)
 from core.figures import confusion_diff_figure, f1_delta_figure, tradeoff_figure
+from dashboard import access, errors, state, widgets
 
 SPEEDUP_VIEWS = (("fit", False, "Fit time; the shared feature extraction is not counted."),
                  ("fit", True, "Fit time counting the one-off feature extraction of svm and head."),
@@ -26,16 +25,16 @@ def show_speedups(runs: list[dict]) -> None:
 
 
 def delete_selected() -> None:
-    with ui.guard():
+    with errors.guard():
         doomed = st.session_state["delete_select"]
-        ui.delete_runs(doomed)
+        state.delete_runs(doomed)
         st.session_state["delete_select"] = []
         st.toast(f"Deleted {len(doomed)} run(s).", icon=":material/delete:")
 
 
 def delete_runs(labels: dict[str, str]) -> None:
     with st.expander("Delete runs"):
-        allowed = ui.read_only_note("delete runs")
+        allowed = access.read_only_note("delete runs")
         doomed = st.multiselect("Runs to delete", list(labels), format_func=labels.get, key="delete_select",
                                 disabled=not allowed)
         st.button("Delete selected runs", key="delete_runs", disabled=not doomed or not allowed,
@@ -43,12 +42,12 @@ def delete_runs(labels: dict[str, str]) -> None:
 
 
 def show_paired(record_a: dict, record_b: dict) -> None:
-    paired = paired_diff(record_a, ui.load_predictions(record_a["run_id"]), record_b,
-                         ui.load_predictions(record_b["run_id"]))
+    paired = paired_diff(record_a, state.load_predictions(record_a["run_id"]), record_b,
+                         state.load_predictions(record_b["run_id"]))
     if paired is None:
         st.info("These runs were tested on different images (another split seed), so no paired test.")
         return
-    panels.paired_test(paired, "paired_table")
+    widgets.paired_test(paired, "paired_table")
 
 
 def show_diff(labels: dict[str, str]) -> None:
@@ -60,23 +59,24 @@ def show_diff(labels: dict[str, str]) -> None:
     if run_a == run_b:
         st.info("Pick two different runs to see what changed.")
         return
-    record_a, record_b = ui.load_run(run_a), ui.load_run(run_b)
+    record_a, record_b = state.load_run(run_a), state.load_run(run_b)
     check_comparable(record_a, record_b)
     st.dataframe(metrics_diff(record_a, record_b), hide_index=True, key="metrics_diff",
                  column_config={name: st.column_config.NumberColumn(format="%+.3f" if name == "B − A" else "%.3f")
                                 for name in ("A", "B", "B − A")})
     show_paired(record_a, record_b)
     minority = [row["minority"] for row in record_a["per_class"]]
-    ui.chart(confusion_diff_figure(record_a["confusion_matrix"], record_b["confusion_matrix"],
-                                   record_a["dataset"]["classes"], "A", "B", minority=minority), key="confusion_diff")
-    ui.chart(f1_delta_figure(record_a["per_class"], record_b["per_class"], "A", "B"), key="f1_delta")
+    widgets.chart(confusion_diff_figure(record_a["confusion_matrix"], record_b["confusion_matrix"],
+                                        record_a["dataset"]["classes"], "A", "B", minority=minority),
+                  key="confusion_diff")
+    widgets.chart(f1_delta_figure(record_a["per_class"], record_b["per_class"], "A", "B"), key="f1_delta")
 
 
 st.title("Compare")
-with ui.guard():
-    all_runs = ui.list_runs()
+with errors.guard():
+    all_runs = state.list_runs()
     if not all_runs:
-        ui.no_runs_hint()
+        widgets.no_runs_hint()
     else:
         groups = comparable_groups(all_runs)
         chosen = st.selectbox("Runs compared like for like (same files, backbone, pooling, image size, precision, "
@@ -85,7 +85,7 @@ with ui.guard():
         runs = groups[chosen]["runs"]
         chart_col, speed_col = st.columns([3, 1])
         with chart_col:
-            ui.chart(tradeoff_figure(runs), key="tradeoff")
+            widgets.chart(tradeoff_figure(runs), key="tradeoff")
             st.caption("Error bars: 95% bootstrap intervals over the test images.")
         with speed_col:
             st.subheader("Speed-up")
@@ -95,12 +95,12 @@ with ui.guard():
             st.subheader("Repeats over seeds (mean ± standard deviation)")
             st.dataframe(repeats, hide_index=True, key="seed_summary")
         st.subheader("Runs")
-        ui.runs_dataframe(runs, key="runs_table")
+        widgets.runs_dataframe(runs, key="runs_table")
         labels = run_labels(runs)
         if len(runs) < 2:
             st.info("Only one run in this group: train another one (e.g. with other class weights) to see a "
                     "two-run diff.", icon=":material/info:")
         else:
             show_diff(labels)
-    if deletable := {**run_labels(all_runs), **ui.broken_runs()}:
+    if deletable := {**run_labels(all_runs), **state.broken_runs()}:
         delete_runs(deletable)

@@ -1,0 +1,346 @@
+"""The dashboard's server-side state: Streamlit caches, the job manager, dataset scans, run store access.
+
+The only module that uses Streamlit caching. Runs are immutable once saved, so their records and
+predictions are cached by run id; the run list itself is re-read on every script run. Any browser can
+clear Streamlit's caches, so what must survive that (the job manager, dataset scans) lives in plain
+module globals instead. Every action here checks `access.require_owner` itself.
+"""
+from __future__ import annotations
+
+import functools
+import threading
+from pathlib import Path
+
+import streamlit as st
+
+from core import analysis, duplicates, featuremap, sharing, whatif
+from core.config import run_split
+from core.data import Dataset, build_demo_dataset, load_dataset
+from core.errors import ConfigError, ReadOnlyError
+from core.experiment import ExperimentConfig, run_experiment, split_key
+from core.jobs import ACTIVE_STATUSES, Job, JobManager, compute_slot_path
+from core.paths import cache_dir, demo_dir
+from core.report import escape_markdown, render_runs_report
+from core.runs import RunStore
+from core.settings import DATASET_SETTINGS
+from dashboard import access, errors
+
+VIEWER_BUILDS = sharing.Throttle(max_events=6, per_s=60)  # reports and bundles built for viewers, whole server
+SPLIT_DEFAULTS = run_split()  # the declared test_size and seed
+TRAINING_JOB = "experiment"  # job kinds; a training job's name says what it trains
+MAP_JOB = "feature map"  # its name is the key of the feature set it maps
+DUPLICATES_JOB = "near-duplicates"  # its name is the split key of the feature set it compares
+_JOB_MANAGERS: dict[str, JobManager] = {}  # compute-slot path -> manager; no Streamlit message reaches it
+_JOB_MANAGERS_LOCK = threading.Lock()
+
+
+def default_data_dir() -> str:
+    """The server's dataset folder (`access.server_data_dir`); the demo dataset is built there on first use."""
+    folder = access.server_data_dir()
+    return _demo_dataset(folder) if folder == str(demo_dir()) else folder
+
+
+@st.cache_resource(show_spinner="Building the demo dataset…")
+def _demo_dataset(path: str) -> str:
+    if not Path(path).is_dir():
+        build_demo_dataset(path)
+    return path
+
+
+def data_dir() -> str:
+    """The dataset folder typed in the sidebar, or the default one (always the default for viewers)."""
+    if not access.can_act():
+        return default_data_dir()
+    return st.session_state.get("data_dir", "").strip() or default_data_dir()
+
+
+def job_manager() -> JobManager:
+    """The server's JobManager for this cache folder, so jobs outlive page switches, reloads and sessions.
+
+    Held in a module global, not st.cache_resource: any connected browser can clear Streamlit's caches.
+    """
+    slot = str(compute_slot_path(cache_dir().resolve()))
+    with _JOB_MANAGERS_LOCK:
+        if slot not in _JOB_MANAGERS:
+            _JOB_MANAGERS[slot] = JobManager(slot_path=slot)
+        return _JOB_MANAGERS[slot]
+
+
+def reset_server_state() -> None:
+    """Forget what this process holds outside Streamlit's caches, as a restart would (tests start each afresh):
+    cancel every job, drop the job managers, the dataset scans and the what-if starts."""
+    with _JOB_MANAGERS_LOCK:
+        managers = list(_JOB_MANAGERS.values())
+        _JOB_MANAGERS.clear()
+    for manager in managers:
+        manager.shutdown()
+    _scan.cache_clear()
+    _whatif_start.cache_clear()
+
+
+@st.cache_resource
+def _run_store(root: str) -> RunStore:
+    return RunStore(root)
+
+
+def run_store() -> RunStore:
+    return _run_store(str(cache_dir() / "runs"))
+
+
+def data_options() -> dict:
+    """The dataset picker's label files and test folder (None when empty; viewers get the server's dataset)."""
+    typed = {name: (st.session_state.get(f"data_{name}") or "").strip() if access.can_act() else ""
+             for name in DATASET_SETTINGS}
+    return {name: value or None for name, value in typed.items()}
+
+
+@functools.lru_cache(maxsize=8)
+def _scan(path: str, test_size: float, seed: int, cache: str, options: tuple) -> Dataset:
+    return load_dataset(path, test_size=test_size, seed=seed, cache_dir=cache, **dict(options))
+
+
+def dataset(path: str, test_size: float = SPLIT_DEFAULTS["test_size"], seed: int = SPLIT_DEFAULTS["seed"],
+            options: dict | None = None) -> Dataset:
+    """The dataset at `path`, scanned once per server process (raises DataError for an unusable folder).
+
+    `options`: label files and test folder (default: the dataset picker's). Unchanged files are not
+    re-read. Viewers always get the default split, so their inputs cannot make the server scan again.
+    """
+    options = data_options() if options is None else options
+    if not access.can_act():
+        test_size, seed = SPLIT_DEFAULTS["test_size"], SPLIT_DEFAULTS["seed"]
+    with st.spinner("Scanning images…"):
+        return _scan(path, float(test_size), int(seed), str(cache_dir()), tuple(sorted(options.items())))
+
+
+def rescan_dataset(path: str) -> None:
+    """Read every file under `path` again (refreshing its file index), then forget the scans (owner only)."""
+    access.require_owner("rescan the dataset")
+    load_dataset(path, cache_dir=cache_dir(), rescan=True, **data_options())
+    _scan.cache_clear()
+
+
+@st.cache_data(max_entries=2000, show_spinner=False)
+def thumbnail(path: str) -> bytes:
+    """A small PNG of an image file, for galleries (full-size photos would be slow to send)."""
+    return analysis.thumbnail(path)
+
+
+def thumbnails(paths: list[str]) -> list[bytes]:
+    """Thumbnails of `paths`; refuses, for viewers, any file outside the server's dataset folder."""
+    shown, hidden = access.viewable_paths(paths)
+    if hidden:
+        raise ReadOnlyError(f"{hidden} image(s) lie outside the shared dataset folder; viewers see only its images")
+    return [thumbnail(path) for path in shown]
+
+
+def list_runs() -> list[dict]:
+    """All valid run records, newest first (not cached: jobs add runs at any time).
+
+    Warns about run folders that cannot be read; they stay listed for deletion on the Compare page.
+    """
+    records, broken = run_store().scan()
+    if broken:
+        reasons = "".join(f"\n- {reason}" for reason in broken.values()) if access.can_act() else ""
+        st.warning(f"{len(broken)} run folder(s) cannot be read and are left out; the owner can delete them "
+                   f"on the Compare page.{escape_markdown(reasons)}", icon=":material/warning:")
+    return records
+
+
+def broken_runs() -> dict[str, str]:
+    """{run id: label} of the run folders list_runs leaves out, so they can still be deleted."""
+    return {run_id: f"{run_id} (cannot be read)" for run_id in run_store().scan()[1]}
+
+
+@st.cache_data(max_entries=256)
+def _load_run(root: str, run_id: str) -> dict:
+    return _run_store(root).load(run_id)
+
+
+@st.cache_data(max_entries=32)
+def _load_predictions(root: str, run_id: str):
+    return _run_store(root).load_predictions(run_id)
+
+
+def load_run(run_id: str) -> dict:
+    return _load_run(str(run_store().root), run_id)
+
+
+def load_predictions(run_id: str):
+    return _load_predictions(str(run_store().root), run_id)
+
+
+def _check_viewer_build(for_viewer: bool) -> None:
+    """Refuse a viewer's build when viewers together asked for too many lately (builds cost CPU)."""
+    wait_s = VIEWER_BUILDS.wait_s() if for_viewer else 0.0
+    if wait_s:
+        raise ReadOnlyError(f"viewers of this shared dashboard asked for many downloads just now; "
+                            f"try again in {wait_s:.0f} s")
+
+
+@st.cache_data(max_entries=4, show_spinner=False)  # built in a download click, outside any script run
+def _report(root: str, run_ids: tuple[str, ...], fmt: str, _for_viewer: bool) -> str:
+    _check_viewer_build(_for_viewer)  # only on a cache miss: a cached report costs nothing
+    store = _run_store(root)
+    return render_runs_report([store.load(run_id) for run_id in run_ids], fmt)
+
+
+@st.cache_data(max_entries=2, show_spinner=False)
+def _bundle(root: str, run_ids: tuple[str, ...], _for_viewer: bool) -> bytes:
+    _check_viewer_build(_for_viewer)
+    return _run_store(root).export_bundle_bytes(run_ids)
+
+
+def deferred_report(run_ids: list[str], fmt: str):
+    """The 'html' (self-contained) or 'md' report of these runs as a download_button callable.
+
+    It runs when the button is clicked, outside the script, with this session's rights (rate-limited
+    for viewers).
+    """
+    root, run_ids, for_viewer = str(run_store().root), tuple(run_ids), not access.can_act()
+    return lambda: _report(root, run_ids, fmt, for_viewer)
+
+
+def deferred_bundle(run_ids: list[str]):
+    """A zip bundle of these runs, for another TransferScope to import, as a download_button callable."""
+    root, run_ids, for_viewer = str(run_store().root), tuple(run_ids), not access.can_act()
+    return lambda: _bundle(root, run_ids, for_viewer)
+
+
+def clear_run_caches() -> None:
+    """Forget cached records, predictions, reports and bundles (after runs were imported or deleted)."""
+    for cached in (_load_run, _load_predictions, _report, _bundle):
+        cached.clear()
+
+
+def import_bundle(file) -> list[str]:
+    """Import the runs of an uploaded bundle (owner only); return the ids newly imported."""
+    access.require_owner("import runs")
+    try:
+        return run_store().import_bundle(file)
+    finally:
+        clear_run_caches()
+
+
+def delete_runs(run_ids: list[str]) -> None:
+    """Delete these runs (owner only)."""
+    access.require_owner("delete runs")
+    try:
+        for run_id in run_ids:
+            run_store().delete(run_id)
+    finally:
+        clear_run_caches()
+
+
+def launch(config: ExperimentConfig) -> None:
+    """Queue an experiment on the shared JobManager as this session's job, then rerun the app.
+
+    The rerun makes the sidebar and the job panel follow the new job at once.
+    """
+    access.require_owner("launch training")
+    config.validate()
+    name = f"{config.backbone}: {' + '.join(config.approaches)}"
+    st.session_state["job_id"] = job_manager().submit(name, lambda report: run_experiment(config, progress=report),
+                                                      kind=TRAINING_JOB).id
+    st.rerun()
+
+
+def cancel_job(job_id: str) -> None:
+    """Cancel a job (owner only); a button callback, so a refusal is shown, not raised."""
+    with errors.guard():
+        access.require_owner("cancel jobs")
+        job_manager().cancel(job_id)
+
+
+def current_job() -> Job | None:
+    """This session's job, else (new session, e.g. after a reload) the newest job of the server."""
+    manager = job_manager()
+    job = manager.get(st.session_state.get("job_id", ""))
+    if job is None:  # training jobs only: feature-map jobs have pages of their own
+        job = next((job for job in manager.jobs() if job.kind == TRAINING_JOB), None)
+    if job is not None:
+        st.session_state["job_id"] = job.id
+    return job
+
+
+def is_active(job: Job | None) -> bool:
+    return job is not None and job.status in ACTIVE_STATUSES
+
+
+@functools.lru_cache(maxsize=2)  # a module global, like the scans: no browser message clears it
+def _whatif_start(root: str, run_id: str, cache: str) -> whatif.Start:
+    store = _run_store(root)
+    record = store.load(run_id)
+    options = {name: record.get("config", {}).get(name) for name in DATASET_SETTINGS}
+    data = dataset(record["dataset"]["root"], **run_split(record), options=options)
+    return whatif.start_from(record, data, cache, store.load_predictions(run_id))
+
+
+def whatif_start(record: dict) -> whatif.Start:
+    """A svm or head run with its cached features, shared by every session (read-only, never mutated).
+
+    Viewers may tune only runs on the server's dataset folder.
+    """
+    if not access.can_act() and not sharing.is_within(record["dataset"]["root"], default_data_dir()):
+        raise ReadOnlyError("this run was trained on a folder outside the shared dataset; viewers may tune only "
+                            "runs on the server's dataset")
+    with st.spinner("Loading the run's cached features…"):
+        return _whatif_start(str(run_store().root), record["run_id"], str(cache_dir()))
+
+
+def save_whatif(start: whatif.Start, weights, tau: float) -> dict:
+    """Store tuned weights as a normal run (owner only); its record."""
+    access.require_owner("save runs")
+    return whatif.save_as_run(start, weights, tau, run_store())
+
+
+def feature_map(key: str):
+    """The stored 2-D map of feature set `key`, or None before it was computed."""
+    return featuremap.load_map(cache_dir(), key)
+
+
+def feature_map_job(key: str) -> Job | None:
+    """The newest job (any session's) computing the map of feature set `key`."""
+    return next((job for job in job_manager().jobs() if job.kind == MAP_JOB and job.name == key), None)
+
+
+def launch_feature_map(record: dict) -> None:
+    """Queue the map of a run's features on the shared JobManager (owner only)."""
+    access.require_owner("compute the feature map")
+    features, folder = whatif_start(record).features, cache_dir()
+    job_manager().submit(features.key, lambda report: featuremap.map_feature_set(features, folder, report),
+                         kind=MAP_JOB)
+
+
+def near_duplicate_pairs(data: Dataset, threshold: float) -> list[dict]:
+    """Near-duplicate train/test pairs by the cached features of the newest svm/head run on `data`.
+
+    Each test image's closest training image is computed once per feature set and split and stored (as a
+    background job above `duplicates.INLINE_PAIRS` pairs); the threshold only filters. Raises ConfigError
+    (a reason to show, not a failure) when no such run has its features cached, or while the job runs.
+    """
+    record = whatif.newest_feature_run(list_runs(), data.fingerprint)
+    if record is None:
+        raise ConfigError("train a svm or head run on this dataset first: the check compares its cached features")
+    start = whatif_start(record)  # checks what viewers may read, and that the features are still cached
+    key = split_key(start.features, start.dataset)
+    matches = duplicates.load_matches(cache_dir(), key) or _compute_matches(start.features, key)
+    return duplicates.near_duplicates(matches, threshold)
+
+
+def _compute_matches(features, key: str) -> duplicates.Matches:
+    """Compare inline when small; else queue one background job (owner only) and raise ConfigError meanwhile."""
+    X, folder = (features.X_train, features.X_test), cache_dir()
+    if len(X[0]) * len(X[1]) <= duplicates.INLINE_PAIRS:
+        with st.spinner("Comparing train and test features…"):
+            return duplicates.build_matches(*X, folder, key)
+    job = next((job for job in job_manager().jobs() if job.kind == DUPLICATES_JOB and job.name == key), None)
+    if job is not None and job.status == "failed":
+        raise ConfigError(f"comparing the features failed: {job.error}")
+    if not is_active(job):
+        if not access.can_act():
+            raise ConfigError("the owner's dashboard has not compared this dataset's train and test features yet")
+        job = job_manager().submit(key, lambda report: duplicates.build_matches(*X, folder, key, report),
+                                   kind=DUPLICATES_JOB)
+    raise ConfigError(f"comparing {len(X[1])} test with {len(X[0])} training images in the background "
+                      f"({job.status}); reload the page in a moment")

@@ -1,0 +1,67 @@
+"""Feature map page: train and test images placed by their cached features; select points to see the images."""
+import streamlit as st
+
+from core.experiment import FEATURE_APPROACHES
+from core.featuremap import map_points, misclassified_first
+from core.figures import feature_map_figure
+from dashboard import access, errors, state, widgets
+
+
+def show_map(record: dict, coords) -> None:
+    start = state.whatif_start(record)
+    classes = start.classes
+    points = map_points(start.dataset, state.load_predictions(record["run_id"])["pred"].to_numpy())
+    fig = feature_map_figure(coords, points["labels"], classes, is_test=points["is_test"],
+                             predicted=points["predicted"], names=points["names"],
+                             minority=[row["minority"] for row in record["per_class"]])
+    st.caption("Colour = true class; ● train, ◆ test classified correctly, ✕ test misclassified by this run. "
+               "Hover for file and classes; drag a box or lasso around points to see their images.")
+    chosen = misclassified_first(points, [data[0] for data in widgets.selected_points(fig, key="feature_map")])
+    if not chosen:
+        return
+    st.subheader(f"{len(chosen)} selected image(s)")
+    st.caption("Misclassified test images first, then the other test images, then training images.")
+    captions = [f"{points['names'][i]}: {classes[points['labels'][i]]}"
+                + (f" → {classes[points['predicted'][i]]}" if points["predicted"][i] >= 0 else " (train)")
+                for i in chosen]
+    widgets.gallery([points["paths"][i] for i in chosen], captions)
+
+
+def feature_map_job_panel(record: dict) -> None:
+    """Progress of the map job of this run's features, or the button that starts it (owner only)."""
+    job = state.feature_map_job(record["feature_key"])
+
+    def render() -> bool:
+        current = state.feature_map_job(record["feature_key"])
+        if state.is_active(current):
+            st.progress(_share_done(current), text=f"Computing the feature map: {widgets.job_brief(current)}")
+        elif current is not None and current.status == "failed":
+            errors.show_failure(f"The feature map failed: {current.error}", current.traceback)
+        return state.is_active(current)
+
+    widgets.live(render, every_s=1, poll=state.is_active(job))
+    if state.is_active(job) or not access.read_only_note("compute the feature map"):
+        return
+    st.info("No map of these features yet: computing it takes a minute for a few thousand images, once.")
+    if st.button("Compute the feature map", key="compute_map", icon=":material/scatter_plot:"):
+        state.launch_feature_map(record)
+        st.rerun()
+
+
+def _share_done(job) -> float:
+    done, total = job.progress.get(job.message, (0, 1))
+    return done / max(total, 1)
+
+
+st.title("Feature map")
+with errors.guard():
+    runs = [run for run in state.list_runs() if run["approach"] in FEATURE_APPROACHES]
+    if not runs:
+        widgets.no_runs_hint()
+    else:
+        record = widgets.pick_run(runs, "Features and test predictions of run (svm or head)", "map_run")
+        coords = state.feature_map(record["feature_key"])
+        if coords is None:
+            feature_map_job_panel(record)
+        else:
+            show_map(record, coords)

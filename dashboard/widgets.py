@@ -1,0 +1,180 @@
+"""Widgets shared by the sidebar and several pages: run picker, gallery, charts, runs table, settings, paired test."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import streamlit as st
+
+from core.analysis import noise_note, paired_table, paired_verdict, run_labels, run_table
+from core.jobs import Job
+from core.settings import BY_NAME, DATASET_SETTINGS, Setting, parse_list
+from dashboard import access, state, views
+
+DATA_DIR_HELP = "An image folder: DIR/<class>/* (split for you) or DIR/train/<class>/* + DIR/test/<class>/*"
+GALLERY_MAX = 24
+GALLERY_PX = 144
+
+
+def page_link(name: str, label: str, icon: str, **kwargs) -> None:
+    """A link to page `name` (`dashboard/views/<name>.py`, as app.py lists it); kwargs go to st.page_link."""
+    st.page_link(st.Page(views.path(name)), label=label, icon=icon, **kwargs)
+
+
+def dataset_folder_input() -> None:
+    """The sidebar's dataset folder: editable, or read-only showing the server's dataset for viewers."""
+    if access.can_act():
+        st.text_input("Dataset folder", value=state.default_data_dir(), key="data_dir", help=DATA_DIR_HELP)
+        with st.expander("Label files, separate test folder"):
+            for name in DATASET_SETTINGS:
+                st.text_input(BY_NAME[name].label, key=f"data_{name}", help=BY_NAME[name].help)
+    else:
+        st.text_input("Dataset folder", value=state.default_data_dir(), key="data_dir_shared", disabled=True,
+                      help="The server's dataset; viewers of a shared dashboard cannot change it")
+
+
+def sharing_badge() -> None:
+    """A sidebar badge on a shared dashboard: viewer or owner (nothing when not sharing)."""
+    if not access.viewer_mode():
+        return
+    if access.can_act():
+        st.badge("Owner", icon=":material/lock_open:", color="green")
+    else:
+        st.badge("Viewer mode (read-only)", icon=":material/visibility:", color="gray")
+
+
+def sidebar_job_status() -> None:
+    """The current job in brief, refreshed while it is queued or running."""
+    def render() -> bool:
+        job = state.current_job()
+        if job is None:
+            st.caption("No training job yet.")
+            return False
+        st.caption(f"Job **{job.name}**: {job_brief(job)}")
+        return state.is_active(job)
+
+    live(render, every_s=2, poll=state.is_active(state.current_job()))
+
+
+def live(render, every_s: float, poll: bool) -> None:
+    """Run `render()` in a fragment that re-runs every `every_s` while `poll`; a full rerun once it stops.
+
+    `render()` returns whether the thing it shows is still active.
+    """
+    @st.fragment(run_every=every_s if poll else None)
+    def panel():
+        if not render() and poll:
+            st.rerun()
+
+    panel()
+
+
+def job_brief(job: Job) -> str:
+    """One line: status plus the latest stage's progress or the queue position."""
+    if job.status == "queued":
+        return f"queued: {job.message or _jobs_ahead(job)}"
+    if job.status == "running" and job.message:
+        done, total = job.progress[job.message]
+        return f"running · {job.message} {done}/{total} · {time.time() - job.started:.0f} s"
+    return job.status
+
+
+def _jobs_ahead(job: Job) -> str:
+    ahead = state.job_manager().queue_position(job.id) or 0
+    return f"{ahead} job{'s' if ahead != 1 else ''} ahead"
+
+
+def no_runs_hint() -> None:
+    """Friendly empty state pointing to the Train page."""
+    st.info("No runs yet. Train a model first: pick approaches and class weights, then launch.",
+            icon=":material/info:")
+    page_link("train", label="Go to Train", icon=":material/model_training:")
+
+
+def runs_dataframe(records: list[dict], key: str, columns: tuple[str, ...] | None = None) -> None:
+    """The runs table (optionally only `columns`) with a link that opens each run on the Results page."""
+    table = run_table(records)
+    table.insert(0, "open", [f"results?run={record['run_id']}" for record in records])
+    scores = {name: st.column_config.NumberColumn(format="%.3f")
+              for name in ("accuracy", "balanced accuracy", "macro-F1", "fit s", "predict s")}
+    st.dataframe(table, hide_index=True, key=key, column_order=("open", *columns) if columns else None,
+                 column_config={"open": st.column_config.LinkColumn("open", display_text="Results", width="small"),
+                                **scores})
+
+
+def chart(fig, key: str | None = None) -> None:
+    """A plotly figure at full container width."""
+    st.plotly_chart(fig, width="stretch", key=key, config={"displaylogo": False})
+
+
+def format_seconds(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
+
+
+def pick_run(runs: list[dict], label: str, key: str) -> dict:
+    """Run selectbox, newest first, in sync with the `?run=<id>` deep link; the chosen record."""
+    labels = run_labels(runs)
+    ids = list(labels)
+    wanted = st.query_params.get("run")
+    if wanted and wanted not in labels:
+        st.warning("The run in the link does not exist here (deleted, or not a run this page shows); "
+                   "showing the newest run instead.")
+    run_id = st.selectbox(label, ids, index=ids.index(wanted) if wanted in labels else 0, format_func=labels.get,
+                          key=key)
+    st.query_params["run"] = run_id
+    return next(run for run in runs if run["run_id"] == run_id)
+
+
+def gallery(paths: list[str], captions: list[str] | None = None, max_images: int = GALLERY_MAX,
+            width_px: int = GALLERY_PX) -> None:
+    """Thumbnails of `paths` this session may see and that still exist, at most `max_images`."""
+    captions = dict(zip(paths, captions or [Path(path).name for path in paths]))
+    allowed, hidden = access.viewable_paths(paths)
+    shown = [path for path in allowed if Path(path).is_file()]
+    if hidden:
+        st.caption(f"{hidden} image(s) lie outside the shared dataset folder and are not shown to viewers.")
+    if len(shown) < len(allowed):
+        st.caption(f"{len(allowed) - len(shown)} image(s) are no longer at their recorded path (dataset moved?).")
+    if shown:
+        st.image(state.thumbnails(shown[:max_images]), width=width_px,
+                 caption=[captions[p] for p in shown[:max_images]])
+    if len(shown) > max_images:
+        st.caption(f"Showing {max_images} of {len(shown)} images.")
+
+
+def selected_points(fig, key: str, modes=("box", "lasso"), on_select="rerun", args=()) -> list:
+    """Draw a plotly figure whose points can be selected; the `customdata` of the selected points.
+
+    `on_select` is "rerun" or a callback, called with `args` when the selection changes.
+    """
+    if callable(on_select):
+        callback, on_select = on_select, lambda: callback(*args)
+    event = st.plotly_chart(fig, width="stretch", key=key, on_select=on_select, selection_mode=modes,
+                            config={"displaylogo": False})
+    return [point["customdata"] for point in event.selection.points if "customdata" in point]
+
+
+def paired_test(paired: dict, key: str, names: str = "") -> None:
+    """The paired comparison of B with A: each metric's change with its 95% interval, and what is noise."""
+    st.dataframe(paired_table(paired), hide_index=True, key=key,
+                 column_config={c: st.column_config.NumberColumn(format="%+.3f")
+                                for c in ("B − A", "95% low", "95% high")})
+    st.caption(" ".join(filter(None, (names, paired_verdict(paired), noise_note(paired)))))
+
+
+def setting_widget(container, setting: Setting):
+    """The widget of one declared setting (key `train_<name>`); returns its value."""
+    key, label, help_text = f"train_{setting.name}", setting.label, setting.help
+    if setting.many and setting.choices:
+        return tuple(container.multiselect(label, setting.choices, default=list(setting.default), key=key,
+                                           help=help_text))
+    if setting.many:
+        return parse_list(container.text_input(label, ",".join(map(str, setting.default)), key=key, help=help_text),
+                          setting.type)
+    if setting.choices:
+        return container.selectbox(label, setting.choices, index=setting.choices.index(setting.default), key=key,
+                                   help=help_text)
+    if setting.type is bool:
+        return container.checkbox(label, setting.default, key=key, help=help_text)
+    return container.number_input(label, setting.type(setting.low), setting.type(setting.high), setting.default,
+                                  key=key, help=help_text, format="%g" if setting.type is float else "%d")
