@@ -93,7 +93,7 @@ SETTINGS: tuple[Setting, ...] = (
       "Runtime", choices=RUNTIMES),
     S("cache_dir", str, "cache", "folder of the feature cache and the run store", on_page=False),
     S("test_size", float, 0.2, "test fraction when DIR has no train/test split", "Test size", 0.05, 0.9),
-    S("image_size", int, None, "short side in pixels (default: the backbone's own, 224)", "Image size (short side, px)",
+    S("image_size", int, None, "short side in pixels (default: the backbone's own: 224, Lite1 240, Lite2 260)", "Image size (short side, px)",
       16, 2048, optional=True),
     S("unfreeze_last", bool, False, "fine-tune also trains the backbone's last block (at lr / 10)", "Unfreeze last",
       commands=("experiment",)),
