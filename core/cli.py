@@ -166,6 +166,7 @@ def cmd_list_backbones(args, progress) -> None:
         entry = get_entry(name)
         offline, note = entry.availability()
         print(f"{name:<20} {entry.image_size:>4}px  {'offline' if offline else 'needs weights':<13}  {note}")
+    print("fuse several with +, e.g. efficientnet_lite0+efficientnet_lite2 (each part standardised, concatenated)")
 
 
 def cmd_owner_token(args, progress) -> None:

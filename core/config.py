@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import dataclasses
 
+from core.backbones import is_fused
 from core.data import Dataset, check_data_dir
 from core.errors import ConfigError
-from core.features import FeatureSet, extract_features
+from core.features import FeatureSet
+from core.fusion import extract_any
 from core.settings import check_settings, config_fields
 
 
@@ -17,6 +19,9 @@ def _validate(self) -> ExperimentConfig:
     if not self.class_weights:
         raise ConfigError("give at least one class-weight scheme, e.g. none")
     check_settings(self)
+    if "finetune" in self.approaches and is_fused(self.backbone):
+        raise ConfigError(f"fine-tune trains through one backbone, but {self.backbone!r} fuses several; "
+                          "fine-tune with one of its parts, or use svm/head on the fused features")
     check_data_dir(self.data)
     return self
 
@@ -37,7 +42,7 @@ ExperimentConfig = dataclasses.make_dataclass(
 
 
 def load_features(config: ExperimentConfig, dataset: Dataset, progress=None) -> FeatureSet:
-    """The dataset's features under the config's backbone, transform and runtime (cached)."""
-    return extract_features(dataset, config.backbone, pool=config.pool, image_size=config.image_size,
+    """The dataset's features under the config's backbone (fused `A+B` too), transform and runtime (cached)."""
+    return extract_any(dataset, config.backbone, pool=config.pool, image_size=config.image_size,
                             cache_dir=config.cache_dir, device=config.device, runtime=config.runtime,
                             batch_size=config.batch_size, workers=config.workers, progress=progress)

@@ -6,10 +6,12 @@ Train page are all built from `SETTINGS`; adding a setting is one `Setting(...)`
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from dataclasses import dataclass
+from typing import Callable
 
-from core.backbones import POOLS, get_entry, list_backbones
+from core.backbones import FUSION_SEPARATOR, POOLS, backbone_parts, list_backbones
 from core.errors import ConfigError
 from core.runtime import RUNTIMES
 
@@ -17,6 +19,8 @@ APPROACHES = ("svm", "head", "finetune")
 LOGIT_APPROACHES = ("head", "finetune")  # their scores are logits, so logit adjustment (tau) applies
 SVM_KERNELS = ("rbf", "linear", "poly", "sigmoid")
 REQUIRED = dataclasses.MISSING
+OFFLINE_LITE = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+FUSED_CHOICES = tuple(FUSION_SEPARATOR.join(pair) for pair in itertools.combinations(OFFLINE_LITE, 2))
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,7 @@ class Setting:
     many: bool = False
     optional: bool = False
     flag: str = ""  # CLI flag when not --<name-with-dashes>
+    check_item: Callable[[object], object] | None = None  # raises on a bad value; then `choices` only suggest
     commands: tuple[str, ...] = ("experiment", "extract")  # CLI commands that take it; () = none
     on_page: bool = True
 
@@ -46,7 +51,9 @@ class Setting:
         if value is None and self.optional:
             return
         for item in value if self.many else (value,):
-            if self.choices is not None and item not in self.choices:
+            if self.check_item is not None:
+                self.check_item(item)
+            elif self.choices is not None and item not in self.choices:
                 raise ConfigError(f"unknown {self.name} {item!r}; choose one of: {', '.join(map(str, self.choices))}")
             if self.type in (int, float) and not _in_range(item, self.low, self.high):
                 raise ConfigError(f"{self.name} must be a number between {self.low:g} and {self.high:g}, got {item!r}")
@@ -73,8 +80,9 @@ def parse_list(text: str, kind: type = str) -> tuple:
 S = Setting
 SETTINGS: tuple[Setting, ...] = (
     S("data", str, REQUIRED, "dataset folder: DIR/train/<class>, DIR/test/<class> or DIR/<class>", on_page=False),
-    S("backbone", str, "efficientnet_lite0", "pretrained CNN that turns images into features", "Backbone",
-      choices=tuple(list_backbones())),
+    S("backbone", str, "efficientnet_lite0", "pretrained CNN that turns images into features; A+B concatenates "
+      "the features of several (each standardised on the training images)", "Backbone",
+      choices=tuple(list_backbones()) + FUSED_CHOICES, check_item=backbone_parts),
     S("pool", str, "avg", "adaptive global pooling of the last feature map", "Pooling", choices=POOLS),
     S("approaches", str, ("svm", "head"), "svm and head reuse cached features; finetune trains through the backbone",
       "Approaches", choices=APPROACHES, many=True, commands=("experiment",)),
@@ -123,8 +131,6 @@ def config_fields(names=None) -> list[tuple]:
 
 def check_settings(config) -> None:
     """Check every declared field of a config dataclass against its declaration."""
-    if hasattr(config, "backbone"):
-        get_entry(config.backbone)  # an unknown name raises with close matches
     for f in dataclasses.fields(config):
         if f.name in BY_NAME and BY_NAME[f.name].default is not REQUIRED:
             BY_NAME[f.name].check(getattr(config, f.name))

@@ -170,6 +170,17 @@ def test_train_page_settings_reach_the_launched_config(features_only, monkeypatc
     assert config.epochs == 20 and config.batch_size == 32  # the declared defaults
 
 
+def test_train_page_offers_a_fused_backbone(features_only, monkeypatch):
+    launched = []
+    monkeypatch.setattr(ui, "launch", launched.append)
+    at = page("train").run()
+    at.selectbox(key="train_backbone").set_value("efficientnet_lite0+efficientnet_lite2")
+    at.multiselect(key="train_schemes").set_value(["none"])
+    at.run().button(key="launch").click().run()
+    assert not at.exception
+    assert [config.backbone for config in launched] == ["efficientnet_lite0+efficientnet_lite2"]
+
+
 def test_train_page_bad_seed_list_is_a_message(features_only):
     at = page("train").run()
     at.text_input(key="train_seeds").set_value("0,one").run()

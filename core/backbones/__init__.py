@@ -98,6 +98,9 @@ def list_backbones(pattern: str = "*") -> list[str]:
 
 def get_entry(name: str) -> BackboneEntry:
     """The registry entry for `name`; unknown names raise with close matches."""
+    if is_fused(name) and name not in _REGISTRY:
+        raise BackboneError(f"{name!r} fuses several backbones, which only the approaches on cached features "
+                            "(svm, head) and the what-if and feature-map views take; pick one backbone here")
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, _REGISTRY, n=3)
         hint = f"did you mean {', '.join(close)}? " if close else ""
@@ -113,7 +116,7 @@ def backbone_parts(name: str) -> list[str]:
     >>> backbone_parts("efficientnet_lite0+efficientnet_lite2")
     ['efficientnet_lite0', 'efficientnet_lite2']
     """
-    parts = [part.strip() for part in str(name).split(FUSION_SEPARATOR)]
+    parts = str(name).split(FUSION_SEPARATOR)
     for part in parts:
         get_entry(part)
     if len(set(parts)) < len(parts):
