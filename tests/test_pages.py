@@ -361,6 +361,17 @@ def test_compare_keeps_other_devices_in_their_own_group(trained_copy):
     assert charts(at) == 1
 
 
+def test_compare_tables_backbones_of_runs_that_differ_only_in_backbone(trained_copy, demo_data):
+    run_experiment(ExperimentConfig(data=demo_data, backbone="efficientnet_lite1", approaches=("head",),
+                                    class_weights=("none",), cache_dir=str(trained_copy), workers=0, **FAST))
+    at = page("compare").run()
+    assert not at.exception
+    assert at.selectbox(key="backbone_group").value == 0
+    table = next(df.value for df in at.dataframe if "extract s/image" in df.value.columns)
+    assert sorted(table["backbone"]) == ["efficientnet_lite0", "efficientnet_lite1"]
+    assert (table["features"] == 1280).all() and (table["extract s/image"] > 0).all()
+
+
 def test_compare_deletes_selected_runs(trained_copy):
     at = page("compare").run()
     doomed = ui.list_runs()[0]["run_id"]
