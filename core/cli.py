@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from core.backbones import list_backbones
+from core.backbones import get_entry, list_backbones
 from core.data import build_demo_dataset
 from core.errors import Cancelled, TransferScopeError
 from core.features import init_distributed, rank_world
@@ -93,7 +93,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     rep.add_argument("results")
     rep.add_argument("--format", choices=("md", "html"), default=None, help="default: from --out's extension")
     rep.add_argument("--out", required=True)
-    sub.add_parser("list-backbones", help="list registered backbones")
+    sub.add_parser("list-backbones", help="list registered backbones and whether their weights load offline")
     tok = sub.add_parser("owner-token", help="print the token that unlocks actions on a shared dashboard")
     _add_settings(tok, "owner-token")
     tok.add_argument("--new", action="store_true", help="issue a fresh token (make share does, at every start)")
@@ -163,7 +163,12 @@ def cmd_report(args, progress) -> None:
 
 
 def cmd_list_backbones(args, progress) -> None:
-    print("\n".join(list_backbones()))
+    """One line per registered backbone: name, native short side, whether its weights load offline, from where."""
+    for name in list_backbones():
+        entry = get_entry(name)
+        offline, note = entry.availability()
+        print(f"{name:<20} {entry.image_size:>4}px  {'offline' if offline else 'needs weights':<13}  {note}")
+    print("fuse several with +, e.g. efficientnet_lite0+efficientnet_lite2 (each part standardised, concatenated)")
 
 
 def cmd_owner_token(args, progress) -> None:

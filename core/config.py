@@ -7,9 +7,11 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from core.backbones import is_fused
 from core.data import Dataset, check_data_dir, load_dataset
 from core.errors import ClassWeightError, ConfigError
-from core.features import FeatureSet, extract_features
+from core.features import FeatureSet
+from core.fusion import extract_any
 from core.remedies import check_remedies
 from core.runs import check_output_dir
 from core.settings import check_settings, config_fields
@@ -21,6 +23,9 @@ SPLIT_SETTINGS = ("test_size", "seed")  # what decides the train/test split of a
 def _validate(self) -> ExperimentConfig:
     """Check names, ranges (as declared in core.settings), paths and weight tables before any work starts."""
     check_settings(self)
+    if "finetune" in self.approaches and is_fused(self.backbone):
+        raise ConfigError(f"fine-tune trains through one backbone, but {self.backbone!r} fuses several; "
+                          "fine-tune with one of its parts, or use svm/head on the fused features")
     check_data_dir(self.data)
     _check_label_paths(self)
     check_output_dir(self.cache_dir, "cache folder (--cache-dir)")
@@ -85,8 +90,9 @@ def run_split(record: dict | None = None) -> dict:
 
 
 def load_features(config: ExperimentConfig, dataset: Dataset, progress=None) -> FeatureSet:
-    """The dataset's features under the config's backbone, transform, precision and runtime (cached)."""
-    return extract_features(dataset, config.backbone, pool=config.pool, image_size=config.image_size,
-                            cache_dir=config.cache_dir, device=config.device, precision=config.precision,
-                            runtime=config.runtime,
-                            batch_size=config.batch_size, workers=config.workers, progress=progress)
+    """The dataset's features under the config's backbone (fused `A+B` too), transform, precision and runtime
+    (cached)."""
+    return extract_any(dataset, config.backbone, pool=config.pool, image_size=config.image_size,
+                       cache_dir=config.cache_dir, device=config.device, precision=config.precision,
+                       runtime=config.runtime, batch_size=config.batch_size, workers=config.workers,
+                       progress=progress)

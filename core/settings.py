@@ -6,12 +6,14 @@ Train page are all built from `SETTINGS`; adding a setting is one `Setting(...)`
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 from core import approaches
-from core.backbones import POOLS, get_entry, list_backbones
+from core.backbones import FUSION_SEPARATOR, POOLS, backbone_parts, list_backbones
 from core.errors import ConfigError
 from core.paths import CACHE_DIR_ENV, DEFAULT_CACHE_DIR
 from core.remedies import check_remedies
@@ -21,6 +23,8 @@ APPROACHES = tuple(approaches.APPROACHES)
 SVM_KERNELS = ("rbf", "linear", "poly", "sigmoid")
 PRECISIONS = ("auto", "fp32")
 REQUIRED = dataclasses.MISSING
+OFFLINE_LITE = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+FUSED_CHOICES = tuple(FUSION_SEPARATOR.join(pair) for pair in itertools.combinations(OFFLINE_LITE, 2))
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,7 @@ class Setting:
     optional: bool = False
     flag: str = ""  # CLI flag when not --<name-with-dashes>
     aliases: tuple[str, ...] = ()  # more CLI flags for the same setting (kept for old scripts)
+    check_item: Callable[[object], object] | None = None  # raises on a bad value; then `choices` only suggest
     commands: tuple[str, ...] = ("experiment", "extract")  # CLI commands that take it; () = none
     env: str = ""  # environment variable that, when set, replaces the default on the CLI
     on_page: bool = True
@@ -56,7 +61,9 @@ class Setting:
         if value is None and self.optional:
             return
         for item in value if self.many else (value,):
-            if self.choices is not None and item not in self.choices:
+            if self.check_item is not None:
+                self.check_item(item)
+            elif self.choices is not None and item not in self.choices:
                 raise ConfigError(f"unknown {self.name} {item!r}; choose one of: {', '.join(map(str, self.choices))}")
             if self.type in (int, float) and not _in_range(item, self.low, self.high):
                 raise ConfigError(f"{self.name} must be a number between {self.low:g} and {self.high:g}, got {item!r}")
@@ -89,8 +96,9 @@ SETTINGS: tuple[Setting, ...] = (
       "Test folder", optional=True, on_page=False),
     S("test_labels", str, None, "label file naming the images of --test-data (same formats as --labels)",
       "Test label file", optional=True, on_page=False),
-    S("backbone", str, "efficientnet_lite0", "pretrained CNN that turns images into features", "Backbone",
-      choices=tuple(list_backbones())),
+    S("backbone", str, "efficientnet_lite0", "pretrained CNN that turns images into features; A+B concatenates "
+      "the features of several (each standardised on the training images)", "Backbone",
+      choices=tuple(list_backbones()) + FUSED_CHOICES, check_item=backbone_parts),
     S("pool", str, "avg", "adaptive global pooling of the last feature map", "Pooling", choices=POOLS),
     S("approaches", str, ("svm", "head"), "svm, head and logreg reuse cached features; finetune trains through "
       "the backbone", "Approaches", choices=APPROACHES, many=True, commands=("experiment",)),
@@ -115,7 +123,7 @@ SETTINGS: tuple[Setting, ...] = (
     S("cache_dir", str, DEFAULT_CACHE_DIR, "folder of the feature cache and the run store", env=CACHE_DIR_ENV,
       commands=("experiment", "extract", "owner-token"), on_page=False),
     S("test_size", float, 0.2, "test fraction when DIR has no train/test split", "Test size", 0.05, 0.9),
-    S("image_size", int, None, "short side in pixels (default: the backbone's own, 224)", "Image size (short side, px)",
+    S("image_size", int, None, "short side in pixels (default: the backbone's own: 224, Lite1 240, Lite2 260)", "Image size (short side, px)",
       16, 2048, optional=True),
     S("unfreeze_last", bool, False, "fine-tune also trains the backbone's last block (at lr / 10)", "Unfreeze last",
       commands=("experiment",)),
@@ -150,8 +158,6 @@ def config_fields(names=None) -> list[tuple]:
 
 def check_settings(config) -> None:
     """Check every declared field of a config dataclass against its declaration."""
-    if hasattr(config, "backbone"):
-        get_entry(config.backbone)  # an unknown name raises with close matches
     for f in dataclasses.fields(config):
         if f.name in BY_NAME and BY_NAME[f.name].default is not REQUIRED:
             BY_NAME[f.name].check(getattr(config, f.name))

@@ -254,10 +254,16 @@ def test_bad_label_options_fail_before_any_work(tiny_dir, tmp_path, extra, fragm
     assert not cache.exists()
 
 
-def test_list_backbones():
+def test_list_backbones_says_which_load_offline(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty-hub"))  # no ResNet file cached
     code, stdout, _ = run_main(["list-backbones"])
     assert code == 0
-    assert stdout.split() == ["efficientnet_lite0", "resnet18", "resnet34", "resnet50"]
+    rows = {line.split()[0]: line for line in stdout.splitlines() if line.startswith(("efficientnet", "resnet"))}
+    assert list(rows) == ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2",
+                          "resnet18", "resnet34", "resnet50"]
+    for name, size in (("efficientnet_lite0", 224), ("efficientnet_lite1", 240), ("efficientnet_lite2", 260)):
+        assert rows[name].split()[1:3] == [f"{size}px", "offline"]
+    assert "needs weights" in rows["resnet18"] and "resnet18-f37072fd.pth" in rows["resnet18"]
 
 
 # ---------------------------------------------------------------- bad input: exit 2, one line

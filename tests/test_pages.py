@@ -211,6 +211,17 @@ def test_train_page_launches_with_the_pickers_test_folder(features_only, demo_da
                                                                    str(Path(demo_data) / "test"), None)
 
 
+def test_train_page_offers_a_fused_backbone(features_only, monkeypatch):
+    launched = []
+    monkeypatch.setattr(state, "launch", launched.append)
+    at = page("train").run()
+    at.selectbox(key="train_backbone").set_value("efficientnet_lite0+efficientnet_lite2")
+    at.multiselect(key="train_schemes").set_value(["none"])
+    at.run().button(key="launch").click().run()
+    assert not at.exception
+    assert [config.backbone for config in launched] == ["efficientnet_lite0+efficientnet_lite2"]
+
+
 def test_train_page_bad_seed_list_is_a_message(features_only):
     at = page("train").run()
     at.text_input(key="train_seeds").set_value("0,one").run()
@@ -391,6 +402,17 @@ def test_compare_keeps_other_devices_in_their_own_group(trained_copy):
     assert not at.exception
     assert "Only one run in this group" in texts(at.info)
     assert charts(at) == 1
+
+
+def test_compare_tables_backbones_of_runs_that_differ_only_in_backbone(trained_copy, demo_data):
+    run_experiment(ExperimentConfig(data=demo_data, backbone="efficientnet_lite1", approaches=("head",),
+                                    class_weights=("none",), cache_dir=str(trained_copy), workers=0, **FAST))
+    at = page("compare").run()
+    assert not at.exception
+    assert at.selectbox(key="backbone_group").value == 0
+    table = next(df.value for df in at.dataframe if "extract s/image" in df.value.columns)
+    assert sorted(table["backbone"]) == ["efficientnet_lite0", "efficientnet_lite1"]
+    assert (table["features"] == 1280).all() and (table["extract s/image"] > 0).all()
 
 
 def test_compare_deletes_selected_runs(trained_copy):

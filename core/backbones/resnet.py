@@ -14,7 +14,7 @@ from core.errors import BackboneError
 
 def _load_weights(weights) -> dict:
     """State dict from torch hub's cache, downloading when online; offline says where to put the file."""
-    target = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    target = _checkpoint_path(weights)
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # torch.hub announces downloads on stdout
             return weights.get_state_dict(progress=False)
@@ -23,6 +23,11 @@ def _load_weights(weights) -> dict:
             f"cannot load {weights} weights ({type(err).__name__}: {err}); without internet, download "
             f"{weights.url} elsewhere and place it at {target} (or set TORCH_HOME)"
         ) from err
+
+
+def _checkpoint_path(weights) -> Path:
+    """Where torch hub keeps (and looks for) the weights file."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
 
 
 def _strip(model: nn.Module, pool: str):
@@ -37,15 +42,27 @@ DEFAULT_WEIGHTS = {"resnet18": "IMAGENET1K_V1", "resnet34": "IMAGENET1K_V1", "re
 
 
 def _register(name: str, weights_name: str) -> None:
+    def weights():
+        import torchvision  # imported on use: importing the registry stays fast
+
+        return torchvision.models.get_model_weights(name)[weights_name]
+
     def build(pretrained: bool) -> nn.Module:
-        import torchvision  # imported on first build: listing backbones stays fast
+        import torchvision
 
         model = torchvision.models.get_model(name, weights=None)
         if pretrained:
-            model.load_state_dict(_load_weights(torchvision.models.get_model_weights(name)[weights_name]))
+            model.load_state_dict(_load_weights(weights()))
         return model
 
-    register_backbone(BackboneEntry(name=name, build=build, strip=_strip, weights_id=f"{name}.{weights_name}"))
+    def availability() -> tuple[bool, str]:
+        path = _checkpoint_path(weights())
+        if path.is_file():
+            return True, f"weights file {path}"
+        return False, f"needs its weights file {path.name} in {path.parent} (downloaded when online)"
+
+    register_backbone(BackboneEntry(name=name, build=build, strip=_strip, weights_id=f"{name}.{weights_name}",
+                                    availability=availability))
 
 
 for _name, _weights in DEFAULT_WEIGHTS.items():

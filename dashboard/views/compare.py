@@ -3,6 +3,7 @@ import streamlit as st
 
 from core.analysis import (APPROACH_NAMES, check_comparable, comparable_groups, metrics_diff, paired_diff,
                            run_labels, seed_summary, speedups)
+from core.backbone_compare import backbone_comparison
 from core.figures import confusion_diff_figure, f1_delta_figure, tradeoff_figure
 from dashboard import access, errors, state, widgets
 
@@ -72,6 +73,23 @@ def show_diff(labels: dict[str, str]) -> None:
     widgets.chart(f1_delta_figure(record_a["per_class"], record_b["per_class"], "A", "B"), key="f1_delta")
 
 
+def show_backbones(records: list[dict]) -> None:
+    """Per backbone, for runs that differ only in backbone: macro-F1 with its interval, extraction cost, size."""
+    groups = backbone_comparison(records)
+    if not groups:
+        return
+    st.subheader("Backbones")
+    chosen = st.selectbox("Runs that differ only in backbone", range(len(groups)),
+                          format_func=lambda i: groups[i]["label"], key="backbone_group")
+    st.dataframe(groups[chosen]["table"], hide_index=True, key="backbone_table", column_config={
+        "score": st.column_config.NumberColumn("macro-F1", format="%.3f"),
+        "low": st.column_config.NumberColumn("95% low", format="%.3f"),
+        "high": st.column_config.NumberColumn("95% high", format="%.3f"),
+        "extract s/image": st.column_config.NumberColumn(format="%.4f")})
+    st.caption("Extraction: the one-off wall time of each backbone's features per image, as measured when "
+               "they were extracted (on whatever else the machine was doing then).")
+
+
 st.title("Compare")
 with errors.guard():
     all_runs = state.list_runs()
@@ -102,5 +120,6 @@ with errors.guard():
                     "two-run diff.", icon=":material/info:")
         else:
             show_diff(labels)
+        show_backbones(all_runs)
     if deletable := {**run_labels(all_runs), **state.broken_runs()}:
         delete_runs(deletable)
