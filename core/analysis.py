@@ -93,10 +93,10 @@ def weights_from_table(table: pd.DataFrame, classes: list[str]) -> dict[str, flo
 
 
 def run_label(record: dict) -> str:
-    """Short, unique-enough name of a run: 'approach · weights · acc 0.912 · 11-26 16:30:12'."""
+    """Short, unique-enough name of a run: 'approach · remedy · acc 0.912 · 11-26 16:30:12'."""
     created = record.get("created")
     stamp = datetime.fromisoformat(created).astimezone().strftime("%m-%d %H:%M:%S") if created else "?"
-    return f"{record['approach']} · {record['class_weight']} · acc {record['accuracy']:.3f} · {stamp}"
+    return f"{record['approach']} · {record.get('remedy', record['class_weight'])} · acc {record['accuracy']:.3f} · {stamp}"
 
 
 def run_labels(records: list[dict]) -> dict[str, str]:
@@ -108,10 +108,11 @@ def run_table(records: list[dict]) -> pd.DataFrame:
     """The runs table of the Compare page, one row per record, in the records' order."""
     return pd.DataFrame({
         "approach": [r["approach"] for r in records],
-        "class weight": [r["class_weight"] for r in records],
+        "remedy": [r.get("remedy", r["class_weight"]) for r in records],  # runs before remedies: their weights
         "accuracy": [r["accuracy"] for r in records],
         "balanced accuracy": [r["balanced_accuracy"] for r in records],
         "macro-F1": [r["macro_f1"] for r in records],
+        "validation macro-F1": [(r.get("validation") or {}).get("macro_f1") for r in records],
         "fit s": [r["fit_seconds"] for r in records],
         "predict s": [r["predict_seconds"] for r in records],
         "run id": [r["run_id"] for r in records],

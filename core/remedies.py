@@ -35,6 +35,15 @@ HELP = {
     "tau": "post-hoc logit adjustment, tau chosen on training folds (logit approaches)",
     "offsets": "per-class offsets added to the decision scores, chosen on training folds (every approach)",
 }
+PAGE_CHOICES = ("none", "balanced", "sqrt", "effective", "custom", "resample", "la-loss", "tau", "offsets",
+                "balanced+offsets", "balanced+tau", "la-loss+offsets")  # the Train page's menu; "custom": its table
+
+
+def describe(label: str) -> str:
+    """One line per part of a remedy label, e.g. 'balanced+offsets' -> 'balanced: ...; offsets: ...'."""
+    return "; ".join(f"{part}: {HELP.get(part, 'a custom weight file')}" for part in label.split("+"))
+
+
 OFFSET_STEPS = np.linspace(-2.0, 2.0, 17)  # candidate offsets, in units of the scores' standard deviation
 OFFSET_ROUNDS = 2
 OFFSET_METRIC = "macro_f1"

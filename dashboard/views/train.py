@@ -1,4 +1,4 @@
-"""Train page: choose backbone, approaches and class weights, launch a job and follow its progress."""
+"""Train page: choose backbone, approaches and imbalance remedies, launch a job and follow its progress."""
 import streamlit as st
 
 from core.analysis import weight_table, weights_from_table
@@ -6,6 +6,7 @@ from core.errors import ClassWeightError
 from core.experiment import ExperimentConfig
 from core.paths import cache_dir
 from core.settings import BY_NAME, SETTINGS
+from core.remedies import PAGE_CHOICES, describe
 from core.weights import SCALE_NOTE, SCHEMES
 from dashboard import access, errors, state, widgets
 
@@ -72,7 +73,14 @@ def show_outcome(results: dict) -> None:
                    f"(the first extraction took {extract}).")
     elif results["feature_key"]:
         st.success(f"Features extracted in {extract} and cached for the next runs.")
-    widgets.runs_dataframe(results["runs"], key="job_runs", columns=("approach", "class weight", "macro-F1"))
+    widgets.runs_dataframe(results["runs"], key="job_runs", columns=("approach", "remedy", "macro-F1", "validation macro-F1"))
+    for note in results.get("skipped_runs", []):
+        st.caption(note)
+    chosen = next((run for run in results["runs"] if run["run_id"] == results.get("best_by_validation")), None)
+    if chosen:
+        widgets.page_link("results", label=f"Open the run validation picks ({chosen['approach']} · {chosen['remedy']}:"
+                          f" best out-of-fold macro-F1 on the training images)", icon=":material/verified:",
+                          query_params={"run": chosen["run_id"]})
     best = max(results["runs"], key=lambda run: run["macro_f1"])
     widgets.page_link("results", label=f"Open the run with the highest test macro-F1 ({best['approach']} · "
                       f"{best['class_weight']}); picked on the test set, so not a validated choice",
@@ -84,15 +92,19 @@ st.title("Train")
 settings_col, job_col = st.columns([3, 2], gap="large")
 with settings_col, errors.guard():
     settings = read_settings()
-    schemes = st.multiselect("Class weights", SCHEMES, default=["none", "balanced"], key="train_schemes",
-                             help="every approach is trained once per scheme; custom uses the table below")
+    remedies = st.multiselect("Imbalance remedies", PAGE_CHOICES, default=["none", "balanced"], key="train_schemes",
+                              help="every approach is trained once per remedy it supports (the others are skipped "
+                              "with a note); tau and offsets are chosen on training folds, never on the test set; "
+                              "custom uses the table below")
+    for remedy in remedies:
+        st.caption(f"**{remedy}**: {describe(remedy)}")
     data = state.dataset(state.data_dir(), settings["test_size"], settings["seed"])
-    weights = [s for s in schemes if s != "custom"]
-    if "custom" in schemes:
+    weights = [s for s in remedies if s != "custom"]
+    if "custom" in remedies:
         weights.append(edit_custom_weights(data, settings["beta"]))
     incomplete = not settings["approaches"] or not weights
     if incomplete:
-        st.caption("Pick at least one approach and one class-weight scheme to launch.")
+        st.caption("Pick at least one approach and one remedy to launch.")
     allowed = access.read_only_note("launch or cancel training jobs")
     if st.button("Launch training", key="launch", type="primary", disabled=incomplete or None in weights or not allowed,
                  icon=":material/play_arrow:"):
