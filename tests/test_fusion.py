@@ -9,7 +9,8 @@ from core.cli import main
 from core.data import load_dataset
 from core.errors import BackboneError, ConfigError
 from core.experiment import ExperimentConfig, run_experiment
-from core.featuremap import build_map, load_map, near_duplicates
+from core.duplicates import best_matches, near_duplicates
+from core.featuremap import build_map, load_map
 from core.fusion import extract_any, standardise
 from core.runs import RunStore
 from core.settings import BY_NAME
@@ -88,7 +89,7 @@ def test_experiment_what_if_and_feature_map_run_on_a_fused_backbone(fused, demo_
     assert outcome["accuracy"] > 0.5 and len(outcome["y_pred"]) == len(dataset.test)
     coords = build_map(np.vstack([start.features.X_train, start.features.X_test]), config.cache_dir, fused.key)
     assert coords.shape == (len(dataset.samples), 2) and np.array_equal(load_map(config.cache_dir, fused.key), coords)
-    assert isinstance(near_duplicates(start.features.X_train, start.features.X_test), list)
+    assert isinstance(near_duplicates(best_matches(start.features.X_train, start.features.X_test)), list)
 
 
 def test_cli_extract_prints_the_fused_size_and_finetune_is_refused(fused, demo_dir, options, capsys, tmp_path):
