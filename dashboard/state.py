@@ -288,10 +288,10 @@ def whatif_start(record: dict) -> whatif.Start:
         return _whatif_start(str(run_store().root), record["run_id"], str(cache_dir()))
 
 
-def save_whatif(start: whatif.Start, weights, tau: float) -> dict:
-    """Store tuned weights as a normal run (owner only); its record."""
+def save_whatif(start: whatif.Start, weights, tau: float, offsets=None, test_visible: bool = True) -> dict:
+    """Store tuned weights (and tau, offsets) as a normal run (owner only); its record."""
     access.require_owner("save runs")
-    return whatif.save_as_run(start, weights, tau, run_store())
+    return whatif.save_as_run(start, weights, tau, run_store(), offsets=offsets, test_visible=test_visible)
 
 
 def feature_map(key: str):

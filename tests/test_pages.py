@@ -496,7 +496,7 @@ def test_whatif_save_stores_a_custom_run(trained_copy):
     assert not at.exception and "Saved run" in texts(at.success)
     saved = next(r for r in state.list_runs() if r["class_weight"] == "custom:what-if")
     assert max(saved["class_weights"]) / min(saved["class_weights"]) == pytest.approx(100.0)
-    assert saved["approach"] == "head"
+    assert saved["approach"] == "head" and saved["chosen_with_test_visible"] is True
 
 
 def test_whatif_viewers_play_but_cannot_save(trained, monkeypatch):
@@ -578,7 +578,7 @@ def test_dataset_page_without_runs_explains_the_duplicate_check(empty_cache):
     assert "No check yet: train a svm or head run on this dataset first" in texts(at.caption)
 
 
-def test_whatif_refits_only_when_weights_or_tau_change(trained, monkeypatch):
+def test_whatif_refits_only_when_weights_change(trained, monkeypatch):
     import core.whatif
 
     calls = []
@@ -590,5 +590,32 @@ def test_whatif_refits_only_when_weights_or_tau_change(trained, monkeypatch):
     assert len(calls) == 1
     rarest_slider(at, run).set_value(100.0).run()
     assert len(calls) == 2 and calls[1].max() == 100.0
-    at.slider(key=f"whatif_tau_{run['run_id']}").set_value(1.0).run()
-    assert len(calls) == 3
+    before = {m.label: m.value for m in at.metric}
+    at.slider(key=f"whatif_tau_{run['run_id']}").set_value(3.0).run()
+    assert not at.exception and len(calls) == 2  # tau only rescores the stored scores
+    assert {m.label: m.value for m in at.metric} != before
+
+
+def test_whatif_shows_validation_first_offsets_rescore_and_the_svm_explains(trained, monkeypatch):
+    import core.whatif
+
+    calls = []
+    real = core.whatif.refit
+    monkeypatch.setattr(core.whatif, "refit", lambda *args: calls.append(1) or real(*args))
+    run = next(r for r in state.list_runs() if r["approach"] == "svm" and r["class_weight"] == "none")
+    at = whatif_page(run)
+    assert not at.exception and not at.error
+    assert texts(at.markdown).index("**Validation**") < texts(at.markdown).index("**Test**")
+    validation = [m for m in at.metric if m.label == "Macro-F1"][0]
+    assert validation.value == f"{run['validation']['macro_f1']:.3f}"  # the start's own weights: no change
+    support = {row["class"]: (row["support_vectors"], row["at_bound"]) for row in run["per_class"]}
+    free = [name for name, (n_sv, n_bound) in support.items() if n_sv and not n_bound]
+    assert len([i for i in at.info if "cannot change the boundary" in str(i.value)]) == len(free)
+    rare = min(range(len(run["per_class"])), key=lambda i: run["per_class"][i]["train_count"])
+    slider = at.slider(key=f"whatif_offset_{run['run_id']}_{rare}")
+    slider.set_value(slider.max).run()
+    assert not at.exception and len(calls) == 1  # offsets rescore, no refit
+    test_macro = [m for m in at.metric if m.label == "Macro-F1"]
+    assert test_macro[0].delta  # the validation score moved with the offset
+    at.toggle(key="whatif_show_test").set_value(False).run()
+    assert not at.exception and len([m for m in at.metric if m.label == "Macro-F1"]) == 1  # test scores hidden

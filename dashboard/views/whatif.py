@@ -1,15 +1,17 @@
-"""What-if page: tune the per-class weights (and tau) of a svm or head run; each change refits in about a second."""
+"""What-if page: tune a feature run's per-class weights (a refit in about a second), tau and offsets (no refit);
+the validation change comes first, the test change is a held-out check."""
 import time
 
 import numpy as np
 import streamlit as st
 
-from core.analysis import HEADLINE_METRICS, LOGIT_APPROACHES
+from core.analysis import LOGIT_APPROACHES
 from core.experiment import FEATURE_APPROACHES
 from core.figures import confusion_diff_figure, per_class_delta_figure
 from core.report import escape_markdown
 from core.weights import SCALE_NOTE
-from core.whatif import SEED_SCHEMES, WEIGHT_RANGE, compare_with_start, refit, seed_weights
+from core.whatif import (SEED_SCHEMES, WEIGHT_RANGE, compare_with_start, live_refit_note, refit, rescore, seed_weights,
+                         validation_change, weight_explanations)
 from dashboard import access, errors, state, widgets
 
 DEBOUNCE_S = 0.3  # a newer slider change within this time restarts the page before the refit starts
@@ -31,13 +33,43 @@ def weight_sliders(start, scheme: str) -> np.ndarray:
     return np.array(weights)
 
 
-def show_changes(start, outcome: dict) -> None:
-    record, change = start.record, compare_with_start(start, outcome)
-    cols = st.columns(len(HEADLINE_METRICS) + 1)
-    for col, row in zip(cols, change["headline"]):
+def offset_sliders(start, outcome: dict) -> np.ndarray:
+    """One additive offset per class on the decision scores (instant: the stored scores are rescored)."""
+    finite = outcome["scores"][np.isfinite(outcome["scores"])]
+    scale = float(finite.std()) or 1.0
+    offsets, columns = [], st.columns(SLIDER_COLUMNS)
+    for i, name in enumerate(start.classes):
+        offsets.append(columns[i % SLIDER_COLUMNS].slider(
+            escape_markdown(name), -3 * scale, 3 * scale, 0.0, scale / 20, format="%.2f",
+            key=f"whatif_offset_{start.record['run_id']}_{i}"))
+    return np.array(offsets)
+
+
+def metric_row(rows: list[dict], extra=None) -> None:
+    cols = st.columns(len(rows) + (extra is not None))
+    for col, row in zip(cols, rows):
         delta = f"{row['delta']:+.3f}" if round(row["delta"], 3) else None
         col.metric(row["metric"], f"{row['after']:.3f}", delta=delta)
-    cols[-1].metric("Refit time", widgets.format_seconds(outcome["refit_seconds"]))
+    if extra is not None:
+        cols[-1].metric(*extra)
+
+
+def show_changes(start, outcome: dict, show_test: bool) -> None:
+    record, change = start.record, compare_with_start(start, outcome)
+    st.markdown("**Validation** (out-of-fold, on the training images): what to tune by")
+    validation = validation_change(start, outcome)
+    if validation:
+        metric_row(validation, ("Refit time", widgets.format_seconds(outcome["refit_seconds"])))
+    else:
+        st.caption("This run was stored without validation scores (trained before they were recorded); "
+                   "retrain it to tune by validation.")
+    for note in weight_explanations(start, outcome):
+        st.info(escape_markdown(note), icon=":material/info:")
+    if not show_test:
+        return
+    st.markdown("**Test** (held-out check): tuning by these numbers tunes on the test set, and a run saved "
+                "while they are shown records that")
+    metric_row(change["headline"])
     if change["paired"]:
         with st.expander("Is the change noise? (paired test on the same test images)", expanded=True):
             widgets.paired_test(change["paired"], "whatif_paired", "A is the starting run, B the tuned model.")
@@ -62,22 +94,32 @@ def tuner(record: dict) -> None:
                                       required=True, key="whatif_seed")
         for note in start.notes():
             st.caption(note)
+        if note := live_refit_note(start):
+            st.warning(note, icon=":material/speed:")
         weights = weight_sliders(start, scheme)
         st.caption(SCALE_NOTE)
         tau = record.get("tau", 0.0)
         if record["approach"] in LOGIT_APPROACHES:
-            tau = st.slider("Logit adjustment tau", 0.0, 3.0, float(tau), 0.05, key=f"whatif_tau_{record['run_id']}")
-        inputs = (record["run_id"], tuple(weights), tau)
+            tau = st.slider("Logit adjustment tau (no refit)", 0.0, 3.0, float(tau), 0.05,
+                            key=f"whatif_tau_{record['run_id']}")
+        inputs = (record["run_id"], tuple(weights))
         last = st.session_state.get("whatif_last")
         if last is None or last[0] != inputs:
             time.sleep(DEBOUNCE_S)
             with st.spinner("Refitting…"):  # a newer change arriving meanwhile restarts the page here
-                last = (inputs, refit(start, weights, tau))
+                last = (inputs, refit(start, weights))
             st.session_state["whatif_last"] = last
-        show_changes(start, last[1])
+        with st.expander("Decision offsets per class (no refit)"):
+            offsets = offset_sliders(start, last[1])
+        outcome = {**last[1], **rescore(start, last[1], tau, offsets if offsets.any() else None)}
+        show_test = st.toggle("Show the test scores (held-out check)", value=True, key="whatif_show_test")
+        seen = st.session_state.setdefault("whatif_test_seen", set())
+        if show_test:
+            seen.add(record["run_id"])
+        show_changes(start, outcome, show_test)
         if access.read_only_note("save tuned weights as a run") and st.button("Save as run", key="whatif_save",
                                                                               icon=":material/save:"):
-            saved = state.save_whatif(start, weights, tau)
+            saved = state.save_whatif(start, weights, tau, outcome["offsets"], record["run_id"] in seen)
             st.success(f"Saved run `{saved['run_id']}`.")
             widgets.page_link("results", label="Open it on Results", icon=":material/insights:",
                               query_params={"run": saved["run_id"]})
@@ -85,11 +127,11 @@ def tuner(record: dict) -> None:
 
 st.title("What-if")
 st.caption("Tune a run's class weights: move a class's weight and the model refits on the cached features "
-           "(the SVM reuses its kernel matrices, the head retrains in a fraction of a second). "
-           "Nothing is stored until you save.")
+           "(the SVM reuses its kernel, the linear models retrain in about a second), with 3-fold validation "
+           "on the training images; tau and per-class offsets only rescore. Nothing is stored until you save.")
 with errors.guard():
     runs = [run for run in state.list_runs() if run["approach"] in FEATURE_APPROACHES]
     if not runs:
         widgets.no_runs_hint()
     else:
-        tuner(widgets.pick_run(runs, "Start from run (svm or head)", "whatif_run"))
+        tuner(widgets.pick_run(runs, "Start from run (on cached features)", "whatif_run"))
