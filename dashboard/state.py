@@ -162,6 +162,16 @@ def _load_predictions(root: str, run_id: str):
     return _run_store(root).load_predictions(run_id)
 
 
+@st.cache_data(max_entries=32)
+def _load_validation(root: str, run_id: str):
+    return _run_store(root).load_validation(run_id)
+
+
+def load_validation(run_id: str):
+    """The run's out-of-fold scores of its training images, or None (runs stored before they were recorded)."""
+    return _load_validation(str(run_store().root), run_id)
+
+
 def load_run(run_id: str) -> dict:
     return _load_run(str(run_store().root), run_id)
 

@@ -355,6 +355,10 @@ def test_results_logit_slider_rescores_without_retraining(trained):
     assert not at.exception
     assert after["Balanced accuracy at tau 2"][0] != before["Balanced accuracy at tau 0"]
     assert after["Balanced accuracy at tau 2"][1] != "+0.000"
+    validation = after["validation Balanced accuracy at tau 2"]  # shown first: what to choose tau by
+    assert validation[0] != f"{head_run()['validation']['balanced_accuracy']:.3f}" and validation[1]
+    labels = [m.label for m in at.metric if "at tau 2" in m.label]
+    assert labels.index("validation Macro-F1 at tau 2") < labels.index("Macro-F1 at tau 2")
 
 
 def test_results_misclassified_gallery_shows_images(trained):

@@ -2,7 +2,7 @@
 import streamlit as st
 
 from core.analysis import (HEADLINE_METRICS, LOGIT_APPROACHES, class_report, error_cells, interval_caption,
-                           metric_deltas, misclassified_paths, rescore, run_settings)
+                           metric_deltas, misclassified_paths, rescore, rescore_validation, run_settings)
 from core.figures import clickable_confusion_figure, learning_curve_figure, per_class_figure
 from core.report import escape_markdown
 from dashboard import errors, state, widgets
@@ -63,6 +63,14 @@ def logit_panel(record: dict) -> None:
     stored_tau = float(record.get("tau", 0.0))
     tau = st.slider("tau", 0.0, max(2.0, stored_tau), stored_tau, 0.05, key="logit_tau")
     with errors.guard():
+        before = record.get("validation")
+        after = rescore_validation(record, state.load_validation(record["run_id"]), tau)
+        if before and after:
+            st.markdown("**Validation** (out-of-fold, on the training images): what to choose tau by")
+            for col, key in zip(st.columns(len(after)), after):
+                col.metric(f"validation {HEADLINE_METRICS[key]} at tau {tau:g}", f"{after[key]:.3f}",
+                           delta=f"{after[key] - before[key]:+.3f}" if round(after[key] - before[key], 3) else None)
+        st.markdown("**Test** (held-out check): choosing tau by these numbers tunes on the test set")
         adjusted = rescore(record, state.load_predictions(record["run_id"]), tau)
         for col, row in zip(st.columns(len(HEADLINE_METRICS)), metric_deltas(record, adjusted)):
             col.metric(f"{row['metric']} at tau {tau:g}", f"{row['after']:.3f}",
