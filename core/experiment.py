@@ -178,10 +178,8 @@ def _fit_svm(config, dataset, features, weights, progress) -> dict:
 
     def make_svm(C):
         return SvmClassifier(kernel=config.svm_kernel, C=C, seed=config.seed)
-    started = time.perf_counter()
-    tuned = tune_svm_c(make_svm, features.X_train, features.y_train, n_classes, weights, config.seed) \
-        if config.tune else {}
-    tune_s = time.perf_counter() - started
+    tuned, tune_s = _timed(lambda: tune_svm_c(make_svm, features.X_train, features.y_train, n_classes, weights,
+                                              config.seed) if config.tune else {})
     kernels = KERNEL_CACHE.get(split_key(features, dataset), features.X_train) if config.svm_kernel == "rbf" else None
     svm, svm_s = _timed(lambda: make_svm(tuned.get("svm_c", config.svm_c)).fit(
         features.X_train, features.y_train, class_weight=weights, n_classes=n_classes, kernels=kernels))
