@@ -18,7 +18,7 @@ from core.data import Dataset, Sample, open_rgb
 from core.errors import ClassWeightError, ConfigError
 from core.metrics import check_confusion, evaluate, minority_mask
 from core.report import per_class_table
-from core.approaches import names as approach_names
+from core.approaches import APPROACHES, names as approach_names
 from core.settings import BY_NAME
 from core.remedies import decide
 from core.stats import paired_comparison, point_scores
@@ -28,7 +28,7 @@ LOGIT_APPROACHES = approach_names(logits=True)  # their scores are logits: tau a
 
 HEADLINE_METRICS = {"accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy",
                     "macro_f1": "Macro-F1", "weighted_f1": "Weighted F1"}
-APPROACH_NAMES = {"svm": "SVM", "head": "linear head", "finetune": "fine-tune"}
+APPROACH_NAMES = {a.name: a.label for a in APPROACHES.values()}  # display names, from the registry
 MIN_FIT_S = 1e-3  # fit times are floored here so a speed-up factor never divides by 0
 
 
