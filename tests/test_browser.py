@@ -9,6 +9,7 @@ Needs `/usr/bin/chromium` (`make browser-deps`); the tests fail, never skip, whe
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -175,11 +176,16 @@ def browser():
             chromium.close()
 
 
-@pytest.fixture
-def page(browser, server):
-    """A fresh browser tab (own session) that may only reach the server; JS errors are collected."""
+@contextlib.contextmanager
+def new_tab(browser, server, init_script: str | None = None):
+    """A fresh browser tab (own session) that may only reach the server; JS errors are collected.
+
+    `init_script` runs in the tab before any of the app's own scripts.
+    """
     context = browser.new_context(viewport=VIEWPORT)
     context.set_default_timeout(PAGE_TIMEOUT_MS)
+    if init_script:
+        context.add_init_script(init_script)
     origin = urlsplit(server.url).netloc
 
     def only_the_server(route):
@@ -193,8 +199,16 @@ def page(browser, server):
     tab = context.new_page()
     tab.js_errors = []
     tab.on("pageerror", lambda error: tab.js_errors.append(str(error)))
-    yield tab
-    context.close()
+    try:
+        yield tab
+    finally:
+        context.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    with new_tab(browser, server) as tab:
+        yield tab
 
 
 def open_page(tab, server: Server, path: str) -> None:
@@ -262,16 +276,11 @@ def url_path(name: str) -> str:
 @pytest.mark.timeout(180)
 def test_first_visit_shows_the_real_menu_from_the_start(browser, server):
     """Never Streamlit's legacy menu of file names (app, compare, dataset, ...), not even for a moment."""
-    context = browser.new_context(viewport=VIEWPORT)
-    try:
-        context.add_init_script(RECORD_MENUS_JS)
-        tab = context.new_page()
-        fresh = not server.visited
+    fresh = not server.visited
+    with new_tab(browser, server, RECORD_MENUS_JS) as tab:
         open_page(tab, server, "train")
         assert_healthy(tab, server, "Train")
         menus = tab.evaluate("window.__menus")
-    finally:
-        context.close()
     assert [entry["menu"] for entry in menus] == [" | ".join(MENU.values())], f"menus shown: {menus}"
     if fresh:  # app.py draws the menu before it imports the engine, while the first script run still loads it
         assert not menus[0]["titleShown"], "the menu appeared only with the page, after the imports"
