@@ -68,7 +68,7 @@ def test_real_runs_with_two_backbones_on_the_demo(demo_dir, demo_features, featu
     store = RunStore(tmp_path / "runs")
     for backbone in ("efficientnet_lite0", "efficientnet_lite1"):
         run_experiment(ExperimentConfig(data=str(demo_dir), backbone=backbone, approaches=("head",),
-                                        class_weights=("balanced",), epochs=3, image_size=image_size, device="cpu",
+                                        remedies=("balanced",), epochs=3, image_size=image_size, device="cpu",
                                         cache_dir=str(feature_cache), workers=0), store=store)
     (group,) = backbone_comparison(store.list_runs())
     table = group["table"].set_index("backbone")

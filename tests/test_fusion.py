@@ -72,7 +72,7 @@ def test_another_split_is_another_fused_key_on_the_same_cached_parts(fused, demo
 def test_experiment_what_if_and_feature_map_run_on_a_fused_backbone(fused, demo_dir, options, tmp_path):
     store = RunStore(tmp_path / "runs")
     config = ExperimentConfig(data=str(demo_dir), backbone=FUSED, approaches=("svm", "head"),
-                              class_weights=("balanced",), epochs=5, image_size=options["image_size"],
+                              remedies=("balanced",), epochs=5, image_size=options["image_size"],
                               device="cpu", cache_dir=str(options["cache_dir"]), workers=0)
     results = run_experiment(config, store=store)
     assert results["cache_hit"] and results["feature_key"] == fused.key

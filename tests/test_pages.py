@@ -410,7 +410,7 @@ def test_compare_keeps_other_devices_in_their_own_group(trained_copy):
 
 def test_compare_tables_backbones_of_runs_that_differ_only_in_backbone(trained_copy, demo_data):
     run_experiment(ExperimentConfig(data=demo_data, backbone="efficientnet_lite1", approaches=("head",),
-                                    class_weights=("none",), cache_dir=str(trained_copy), workers=0, **FAST))
+                                    remedies=("none",), cache_dir=str(trained_copy), workers=0, **FAST))
     at = page("compare").run()
     assert not at.exception
     assert at.selectbox(key="backbone_group").value == 0

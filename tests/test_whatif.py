@@ -86,12 +86,12 @@ def test_refits_wait_for_the_one_slot(starts, monkeypatch):
     monkeypatch.setattr(whatif, "REFIT_WAIT_S", 0.05)
     fitting, release = threading.Event(), threading.Event()
 
-    def slow_fit(*args, _fit=whatif.fit_approach, **kwargs):
+    def slow_fit(*args, _fit=whatif.fit_run, **kwargs):
         fitting.set()
         release.wait(10)
         return _fit(*args, **kwargs)
 
-    monkeypatch.setattr(whatif, "fit_approach", slow_fit)
+    monkeypatch.setattr(whatif, "fit_run", slow_fit)
     weights = whatif.seed_weights(starts["svm"], "run")
     first = threading.Thread(target=whatif.refit, args=(starts["svm"], weights))
     first.start()
