@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -16,11 +17,11 @@ from pathlib import Path
 
 import torch
 
-from bench.wide_photos import build_wide_photos
+from bench.wide_photos import SIZE, build_wide_photos
 from core.backbones import get_entry
 from core.data import load_dataset
-from core.features import autocast_dtype
-from core.runtime import frozen_forward, openvino_available
+from core.features import Preprocess, autocast_dtype
+from core.runtime import frozen_forward, openvino_available, resolve_runtime
 
 CPU = torch.device("cpu")
 
@@ -33,21 +34,18 @@ def images_per_second(forward, batch: torch.Tensor, repeats: int) -> float:
     return repeats * len(batch) / (time.perf_counter() - started)
 
 
-def bench_forward(name: str, height: int, width: int, batch_size: int, repeats: int, cache_dir: str) -> dict:
-    """Raw forward img/s of the frozen backbone per runtime and precision; returns {label: img/s}."""
+def bench_forward(name: str, height: int, width: int, batch_size: int, repeats: int, cache_dir: str) -> None:
+    """Raw forward img/s of the frozen backbone per runtime and precision."""
     entry, bf16 = get_entry(name), autocast_dtype(CPU)
     precisions = [("fp32", None)] + ([("bf16", bf16)] if bf16 is not None else [])
     runtimes = ["torch"] + (["openvino"] if openvino_available() else [])
     batch = torch.randint(0, 256, (batch_size, 3, height, width), dtype=torch.uint8)
     print(f"# raw forward, {name}, batch {batch_size} of {height}x{width}, {torch.get_num_threads()} threads, "
           f"native bf16: {bf16 is not None}")
-    rates = {}
     for runtime in runtimes:
         for label, dtype in precisions:
             forward = frozen_forward(entry, "avg", runtime=runtime, device=CPU, dtype=dtype, cache_dir=cache_dir)
-            rates[f"{runtime} {label}"] = images_per_second(forward, batch, repeats)
-            print(f"{runtime + ' ' + label:<16} {rates[f'{runtime} {label}']:8.1f} img/s")
-    return rates
+            print(f"{runtime + ' ' + label:<16} {images_per_second(forward, batch, repeats):8.1f} img/s")
 
 
 def run_cli(*args: str) -> tuple[dict, float]:
@@ -57,26 +55,33 @@ def run_cli(*args: str) -> tuple[dict, float]:
     return json.loads(done.stdout.strip().splitlines()[-1]), time.perf_counter() - started
 
 
-def bench_extract(data: Path, runtimes: list[str], rates: dict, cache_dir: str) -> None:
-    """`python -m core extract` on the wide-photo set: cold per runtime, then a cache hit and a re-validation."""
-    n = None
-    print(f"\n# python -m core extract on {data} (wide JPEG photos)")
-    print(f"{'runtime':<10} {'images':>7} {'wall s':>8} {'img/s':>7} {'vs raw forward':>15}")
-    for runtime in runtimes:
-        cache = f"{cache_dir}/extract-{runtime}"
-        out, wall_s = run_cli("extract", "--data", str(data), "--cache-dir", cache, "--runtime", runtime)
-        n = out["n"]
-        raw = rates.get(f"{out['runtime']} {'bf16' if autocast_dtype(CPU) is not None else 'fp32'}")
-        ratio = f"{n / wall_s / raw:.2f}x" if raw else "-"
-        print(f"{runtime:<10} {n:>7} {wall_s:>8.1f} {n / wall_s:>7.1f} {ratio:>15}")
-    hit, hit_wall_s = run_cli("extract", "--data", str(data), "--cache-dir", cache, "--runtime", runtimes[-1])
+def bench_backbones(names: list[str], data: Path, batch_size: int, repeats: int, cache_dir: str) -> None:
+    """Per backbone, side by side: the raw forward on preloaded tensors of a wide photo's working size, and the
+    whole `python -m core extract` (fresh process, cold feature cache, converted model already saved)."""
+    runtime, dtype = resolve_runtime("auto", CPU), autocast_dtype(CPU)
+    print(f"\n# raw forward vs python -m core extract on {data} (wide JPEG photos), {runtime} "
+          f"{'bf16' if dtype is not None else 'fp32'}, batch {batch_size}")
+    print(f"{'backbone':<20} {'input':>8} {'raw img/s':>10} {'extract img/s':>14} {'wall s':>7} {'ratio':>6}")
+    for name in names:
+        entry = get_entry(name)
+        height, width = Preprocess.for_backbone(entry).output_size(SIZE)
+        forward = frozen_forward(entry, "avg", runtime=runtime, device=CPU, dtype=dtype, cache_dir=cache_dir)
+        batch = torch.randint(0, 256, (batch_size, 3, height, width), dtype=torch.uint8)
+        raw = images_per_second(forward, batch, repeats)
+        shutil.rmtree(Path(cache_dir) / "features", ignore_errors=True)
+        out, wall_s = run_cli("extract", "--data", str(data), "--cache-dir", cache_dir, "--backbone", name,
+                              "--batch-size", str(batch_size))
+        rate = out["n"] / wall_s
+        print(f"{name:<20} {f'{height}x{width}':>8} {raw:>10.1f} {rate:>14.1f} {wall_s:>7.1f} {rate / raw:>6.2f}")
+    hit, hit_wall_s = run_cli("extract", "--data", str(data), "--cache-dir", cache_dir, "--backbone", names[-1],
+                              "--batch-size", str(batch_size))
     started = time.perf_counter()
-    load_dataset(data, cache_dir=cache, rescan=True)
+    load_dataset(data, cache_dir=cache_dir, rescan=True)
     rescan_s = time.perf_counter() - started
     started = time.perf_counter()
-    load_dataset(data, cache_dir=cache)
+    load_dataset(data, cache_dir=cache_dir)
     revalidate_s = time.perf_counter() - started
-    print(f"cache hit: {hit_wall_s:.2f} s wall for {n} images (features loaded in {hit['seconds']:.2f} s); "
+    print(f"cache hit: {hit_wall_s:.2f} s wall for {hit['n']} images (features loaded in {hit['seconds']:.2f} s); "
           f"dataset re-validation from the file index {revalidate_s:.3f} s, full rescan {rescan_s:.2f} s")
 
 
@@ -201,9 +206,9 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=756)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--photos", type=int, default=5000, help="size of the synthetic wide-photo dataset")
-    parser.add_argument("--extract-runtimes", default="auto",
-                        help="comma list of runtimes to extract with (torch takes minutes on 5k photos)")
+    parser.add_argument("--photos", type=int, default=1000, help="size of the synthetic wide-photo dataset")
+    parser.add_argument("--backbones", default="efficientnet_lite0,efficientnet_lite1,efficientnet_lite2",
+                        help="comma list of backbones to time raw forward against the whole extract command")
     parser.add_argument("--data", default="cache/datasets/digits-demo")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--epochs", type=int, default=3)
@@ -218,9 +223,9 @@ def main() -> None:
     bench_map(n_train, n_test, dim, n_classes)
     Path(args.cache_dir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.cache_dir) as tmp:
-        rates = bench_forward(args.backbone, args.height, args.width, args.batch_size, args.repeats, tmp)
+        bench_forward(args.backbone, args.height, args.width, args.batch_size, args.repeats, tmp)
         photos = build_wide_photos(Path(args.cache_dir) / f"wide-{args.photos}", args.photos)
-        bench_extract(photos, args.extract_runtimes.split(","), rates, tmp)
+        bench_backbones(args.backbones.split(","), photos, args.batch_size, args.repeats, tmp)
     bench_approaches(args.data, args.image_size, args.epochs)
 
 

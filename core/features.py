@@ -19,7 +19,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from core.backbones import BackboneEntry, describe_backbone, get_entry
-from core.data import Dataset, Sample, open_rgb
+from core.data import Dataset, Sample, decode_rgb
 from core.errors import ConfigError, DataError
 from core.paths import DEFAULT_CACHE_DIR
 from core.runs import atomic_write_bytes, atomic_write_json
@@ -63,12 +63,12 @@ class Preprocess:
             new_short, new_long = max(1, round(self.max_long_side * short / long)), self.max_long_side
         return (new_long, new_short) if height > width else (new_short, new_long)
 
-    def __call__(self, img, out_size: tuple[int, int], augment: Callable | None = None) -> torch.Tensor:
-        """The PIL image resized to `out_size` (height, width), optionally augmented: uint8 `(3, H, W)`."""
+    def __call__(self, image: torch.Tensor, out_size: tuple[int, int], augment: Callable | None = None) -> torch.Tensor:
+        """The uint8 `(3, H, W)` image resized to `out_size` (height, width), optionally augmented."""
         from torchvision.transforms.v2 import InterpolationMode, functional as F  # on use: cache hits start fast
 
         mode = InterpolationMode(self.interpolation)
-        image = F.resize(F.pil_to_tensor(img), list(out_size), interpolation=mode, antialias=True)
+        image = F.resize(image, list(out_size), interpolation=mode, antialias=True)
         return augment(image) if augment is not None else image
 
 
@@ -91,7 +91,7 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int):
         sample = self.samples[index]
-        tensor = self.preprocess(open_rgb(sample.path), self.preprocess.output_size(sample.size), self.augment)
+        tensor = self.preprocess(decode_rgb(sample.path), self.preprocess.output_size(sample.size), self.augment)
         return tensor, sample.label, index
 
 

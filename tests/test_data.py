@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.data import DEMO_CLASSES, build_demo_dataset, demo_counts, load_dataset, open_rgb
+from core.data import DEMO_CLASSES, build_demo_dataset, decode_rgb, demo_counts, load_dataset, open_rgb
 from core.errors import DataError
 
 
@@ -182,6 +182,29 @@ def test_unusual_modes_load_as_rgb(make_image, tmp_path, mode, suffix):
     assert pixels.min() >= 0 and pixels.max() <= 255
     assert pixels.std() > 5, "image collapsed to one colour"
     assert pixels.mean() < 250, "image decoded as (nearly) all white"
+
+
+@pytest.mark.parametrize("mode,suffix,rotate", [("RGB", ".jpg", True), ("L", ".jpg", False), ("CMYK", ".jpg", False),
+                                                ("RGB", ".png", False), ("RGBA", ".png", False)])
+def test_fast_decoder_gives_the_pixels_pil_gives(make_image, tmp_path, mode, suffix, rotate):
+    """Extraction decodes JPEGs with torchvision's decoder: the same pixels as PIL, EXIF orientation included."""
+    path = make_image(tmp_path / f"img-{mode}{suffix}", size=(60, 20), mode=mode)
+    if rotate:
+        with Image.open(path) as img:
+            exif = img.getexif()
+            exif[0x0112] = 6  # shown rotated by 90 degrees
+            img.save(path, exif=exif, quality=90)
+    expected = np.asarray(open_rgb(path)).transpose(2, 0, 1)
+    assert expected.shape == ((3, 60, 20) if rotate else (3, 20, 60))
+    assert np.array_equal(decode_rgb(path).numpy(), expected)
+
+
+def test_truncated_jpeg_decodes_as_pil_decodes_it(make_image, tmp_path):
+    path = make_image(tmp_path / "cut.jpg", size=(60, 20))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(OSError):  # the fast decoder refuses it; PIL's error is what the caller sees
+        decode_rgb(path)
 
 
 def test_sixteen_bit_keeps_its_gradient(make_image, tmp_path):

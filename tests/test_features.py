@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision.transforms.v2 import functional as F
 
 import core.features as features
 from core.backbones import get_entry
-from core.data import Sample, load_dataset
+from core.data import Sample, load_dataset, open_rgb
 from core.errors import Cancelled, ConfigError, DataError
 from core.features import (Preprocess, autocast_dtype, extract_features, feature_key, resolve_device,
                            size_grouped_batches)
@@ -55,7 +56,7 @@ def test_preprocess_produces_uint8_tensor_of_planned_size():
     pre = Preprocess(image_size=32)
     img = Image.new("RGB", (300, 90), (124, 116, 104))
     out_size = pre.output_size(img.size)
-    tensor = pre(img, out_size)
+    tensor = pre(F.pil_to_tensor(img), out_size)
     assert tensor.shape == (3, *out_size) == (3, 32, 108)  # aspect 3.33 rounds to 3.375
     assert tensor.dtype == torch.uint8  # a quarter of the bytes between processes; the model normalizes
     assert tensor[:, 5, 50].tolist() == [124, 116, 104]
@@ -123,7 +124,7 @@ def test_features_match_a_direct_forward_pass(demo_features, demo_dataset, backb
     """Rows line up with `dataset.samples` (train first, then test), whatever the batch order was."""
     pre = Preprocess.for_backbone(backbone.entry, image_size)
     picks = list(range(0, len(demo_dataset.samples), 37))
-    x = [pre(Image.open(demo_dataset.samples[i].path).convert("RGB"), pre.output_size(demo_dataset.samples[i].size))
+    x = [pre(F.pil_to_tensor(open_rgb(demo_dataset.samples[i].path)), pre.output_size(demo_dataset.samples[i].size))
          for i in picks]
     with torch.inference_mode():
         expected = backbone.features(torch.stack(x)).numpy()  # fp32 reference
@@ -334,7 +335,7 @@ def test_mixed_sizes_map_back_to_the_right_rows(tmp_path, make_class_tree, backb
     X = np.vstack([fs.X_train, fs.X_test])
     with torch.inference_mode():
         for row, sample in zip(X, ds.samples):
-            x = pre(features.open_rgb(sample.path), pre.output_size(sample.size))[None]
+            x = pre(F.pil_to_tensor(open_rgb(sample.path)), pre.output_size(sample.size))[None]
             assert np.allclose(row, backbone.features(x).numpy()[0], atol=1e-4, rtol=1e-4), sample.path
 
 
