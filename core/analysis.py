@@ -152,7 +152,7 @@ def speedups(records: list[dict], with_extraction: bool = False, stage: str = "f
 
 REPEAT_IGNORED = ("seed", "seeds", "data", "cache_dir", "workers")  # settings that don't define a configuration
 # compared within a group (remedies, repeats) or replaced by the value the run actually used (device, precision):
-GROUP_IGNORED = (*REPEAT_IGNORED, "approaches", "class_weights", "tau", "beta", "device", "precision")
+GROUP_IGNORED = (*REPEAT_IGNORED, "approaches", "remedies", "class_weights", "tau", "beta", "device", "precision")
 LABELLED = ("backbone", "pool", "image_size")  # always in a group's label; other settings when not at their default
 
 
@@ -199,11 +199,13 @@ def seed_summary(records: list[dict]) -> pd.DataFrame:
     configurations: dict[str, list[dict]] = {}
     for record in records:
         settings = {k: v for k, v in record.get("config", {}).items() if k not in REPEAT_IGNORED}
-        key = repr((record["approach"], record["class_weight"], record.get("tau"), sorted(settings.items())))
+        # the config holds a fixed tau; a tau the remedy chose on folds may differ from seed to seed
+        key = repr((record["approach"], record.get("remedy", record["class_weight"]), sorted(settings.items())))
         configurations.setdefault(key, []).append(record)
     rows = []
     for runs in configurations.values():
-        row = {"approach": runs[0]["approach"], "class weight": runs[0]["class_weight"], "seeds": len(runs)}
+        row = {"approach": runs[0]["approach"], "remedy": runs[0].get("remedy", runs[0]["class_weight"]),
+               "seeds": len(runs)}
         for key, label in (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"),
                            ("macro_f1", "macro-F1"), ("fit_seconds", "fit s")):
             values = np.array([run[key] for run in runs])

@@ -14,8 +14,8 @@ from core.errors import ConfigError
 from core.stats import METRICS
 
 # config entries that say nothing about how one run was made: the experiment's lists of approaches and
-# weight schemes (each run records its own), where files live, and the backbone itself (what is compared)
-NOT_COMPARED = ("backbone", "approaches", "class_weights", "seeds", "data", "cache_dir", "workers")
+# remedies (each run records its own; class_weights in records before remedies), where files live, and the backbone itself (what is compared)
+NOT_COMPARED = ("backbone", "approaches", "remedies", "class_weights", "seeds", "data", "cache_dir", "workers")
 
 
 def _configuration(record: dict) -> str:
