@@ -6,6 +6,7 @@ import hmac
 import ipaddress
 import os
 import secrets
+import socket
 import stat
 import threading
 import time
@@ -15,6 +16,11 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 from core.errors import ConfigError
 
 TOKEN_FILE = "owner_token"
+HOSTS_ENV = "TRANSFERSCOPE_HOSTS"  # extra names a shared dashboard answers to, comma-separated (a DNS alias)
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")  # Host header forms: an IPv6 address in brackets
+ROUTE_PROBES = ((socket.AF_INET, "192.0.2.1"), (socket.AF_INET6, "2001:db8::1"))  # documentation addresses
+# No other site may show the dashboard in a frame (clickjacking); its own pages still may.
+FRAME_HEADERS = {"Content-Security-Policy": "frame-ancestors 'self'", "X-Frame-Options": "SAMEORIGIN"}
 
 
 def viewer_mode(environ=os.environ) -> bool:
@@ -65,6 +71,44 @@ def is_loopback(ip: str | None) -> bool:
         return False
     mapped = getattr(address, "ipv4_mapped", None)
     return (mapped or address).is_loopback
+
+
+def allowed_hosts(share: bool, environ=os.environ) -> list[str]:
+    """The Host header names the server answers to; any other (a DNS-rebinding page) is refused.
+
+    This machine's loopback names; under `make share` also its own names and network addresses, and the
+    names listed in env TRANSFERSCOPE_HOSTS.
+
+    >>> allowed_hosts(share=False)
+    ['localhost', '127.0.0.1', '[::1]']
+    """
+    hosts = list(LOOPBACK_HOSTS)
+    if share:
+        hosts += machine_names()
+        hosts += [name.strip().lower() for name in environ.get(HOSTS_ENV, "").split(",") if name.strip()]
+    return list(dict.fromkeys(hosts))
+
+
+def machine_names() -> list[str]:
+    """This machine's host names (plain, fully qualified, mDNS `.local`) and addresses, as Host headers."""
+    name = socket.gethostname().lower()
+    names = [name, socket.getfqdn().lower(), f"{name.split('.')[0]}.local"]
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(name, None)}
+    except OSError:
+        addresses = set()
+    addresses |= {address for family, probe in ROUTE_PROBES if (address := _route_address(family, probe))}
+    return names + [f"[{a.split('%')[0]}]" if ":" in a else a for a in sorted(addresses)]
+
+
+def _route_address(family, probe: str) -> str | None:
+    """The local address this machine would send from to `probe` (no packet is sent), None without a route."""
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            sock.connect((probe, 9))
+            return sock.getsockname()[0]
+    except OSError:
+        return None
 
 
 class Throttle:

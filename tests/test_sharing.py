@@ -1,5 +1,6 @@
 """Read-only sharing: viewer mode switch, owner token, the paths viewers may read, deep links (core.sharing)."""
 import os
+import socket
 import stat
 import tomllib
 from pathlib import Path
@@ -7,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from core.errors import ConfigError
-from core.sharing import Throttle, app_base_url, is_loopback, is_owner, is_within, owner_token, run_link, viewer_mode
+from core.sharing import (HOSTS_ENV, LOOPBACK_HOSTS, Throttle, allowed_hosts, app_base_url, is_loopback, is_owner,
+                          is_within, owner_token, run_link, viewer_mode)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -118,6 +120,7 @@ def test_throttle_allows_a_burst_then_says_how_long_to_wait():
 def test_plain_streamlit_run_listens_on_this_machine_only():
     server = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())["server"]
     assert server["address"] == "127.0.0.1"
+    assert server["allowedHosts"] == ["localhost", "127.0.0.1", "::1"]  # websockets from DNS-rebinding pages refused
     assert 1 <= server["maxUploadSize"] <= 100  # megabytes: a bundle of records and predictions, no models
 
 
@@ -129,3 +132,12 @@ def test_make_share_opens_the_network_only_in_viewer_mode_with_a_fresh_token():
     assert "--client.showErrorDetails none" in share
     others = makefile.replace(share, "")
     assert "0.0.0.0" not in others, "only `make share` may listen on the network"
+    assert makefile.count("streamlit run serve.py") == 2 and "streamlit run app.py" not in makefile
+
+
+def test_allowed_hosts_are_loopback_unless_shared():
+    assert allowed_hosts(share=False, environ={HOSTS_ENV: "lab.example"}) == list(LOOPBACK_HOSTS)
+    shared = allowed_hosts(share=True, environ={HOSTS_ENV: " Lab.Example ,, "})
+    assert shared[:3] == list(LOOPBACK_HOSTS) and shared[-1] == "lab.example"
+    assert socket.gethostname().lower() in shared
+    assert all(host.startswith("[") and host.endswith("]") for host in shared if ":" in host)  # IPv6 as in Host
