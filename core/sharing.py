@@ -19,6 +19,7 @@ TOKEN_FILE = "owner_token"
 HOSTS_ENV = "TRANSFERSCOPE_HOSTS"  # extra names a shared dashboard answers to, comma-separated (a DNS alias)
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")  # Host header forms: an IPv6 address in brackets
 ROUTE_PROBES = ((socket.AF_INET, "192.0.2.1"), (socket.AF_INET6, "2001:db8::1"))  # documentation addresses
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")  # what viewers on the network may send over plain HTTP
 # No other site may show the dashboard in a frame (clickjacking); its own pages still may.
 FRAME_HEADERS = {"Content-Security-Policy": "frame-ancestors 'self'", "X-Frame-Options": "SAMEORIGIN"}
 
@@ -109,6 +110,15 @@ def _route_address(family, probe: str) -> str | None:
             return sock.getsockname()[0]
     except OSError:
         return None
+
+
+def may_send(method: str, client_ip: str | None) -> bool:
+    """Whether an HTTP request may reach a shared server: reads from anyone, writes (uploads) from this machine.
+
+    >>> may_send("GET", "192.168.1.20"), may_send("PUT", "192.168.1.20"), may_send("PUT", "127.0.0.1")
+    (True, False, True)
+    """
+    return method.upper() in SAFE_METHODS or is_loopback(client_ip)
 
 
 class Throttle:

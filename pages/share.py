@@ -76,9 +76,10 @@ def export_runs(runs: list[dict]) -> None:
 
 def import_runs() -> None:
     st.subheader("Import runs")
-    allowed = ui.read_only_note("import runs")
-    upload = st.file_uploader("Run bundle (zip)", type="zip", key="bundle_upload", disabled=not allowed)
-    if st.button("Import runs", key="import_bundle", disabled=upload is None or not allowed, icon=":material/upload:"):
+    if not ui.read_only_note("import runs"):
+        return  # no uploader at all: a viewer's files never reach the server (serve.py refuses them too)
+    upload = st.file_uploader("Run bundle (zip)", type="zip", key="bundle_upload")
+    if st.button("Import runs", key="import_bundle", disabled=upload is None, icon=":material/upload:"):
         with ui.guard():
             imported = ui.import_bundle(upload)
             if imported:

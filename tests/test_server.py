@@ -92,3 +92,12 @@ def test_no_other_site_may_frame_the_dashboard(local_server, path):
     assert status == 200
     assert headers.get("content-security-policy") == "frame-ancestors 'self'"
     assert headers.get("x-frame-options") == "SAMEORIGIN"
+
+
+def test_viewers_uploads_never_reach_a_shared_server(shared_server):
+    """The uploader is not drawn for viewers, yet the endpoint took any PUT to one's own session (6 x 40 MB
+    raised memory by 240 MB until the session expired)."""
+    viewer = Visitor(shared_server)
+    with viewer.session() as session_id:
+        for _ in range(3):
+            assert viewer.upload(session_id, b"x" * 2 * 1024**2) == 403
