@@ -359,8 +359,8 @@ def delete_runs(run_ids: list[str]) -> None:
 # ---- errors ----------------------------------------------------------------------------------------
 
 def show_failure(message: str, details: str | None = None) -> None:
-    """A readable error box, with the technical details folded away (shown to the owner only)."""
-    st.error(message, icon=":material/error:")
+    """A readable error box (shown literally: messages quote names), technical details folded away for the owner."""
+    st.error(escape_markdown(message), icon=":material/error:")
     if details and can_act():
         with st.expander("Details"):
             st.code(details, language=None)
@@ -457,7 +457,7 @@ def sidebar_job_status() -> None:
         if job is None:
             st.caption("No training job yet.")
             return False
-        st.caption(f"Job **{job.name}**: {job_brief(job)}")
+        st.caption(f"Job **{escape_markdown(job.name)}**: {escape_markdown(job_brief(job))}")
         return is_active(job)
 
     live(render, every_s=2, poll=is_active(current_job()))

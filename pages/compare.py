@@ -6,6 +6,7 @@ import ui
 from core.analysis import (APPROACH_NAMES, check_comparable, comparable_groups, metrics_diff, paired_diff,
                            run_labels, seed_summary, speedups)
 from core.figures import confusion_diff_figure, f1_delta_figure, tradeoff_figure
+from core.report import escape_markdown
 
 SPEEDUP_VIEWS = (("fit", False, "Fit time; the shared feature extraction is not counted."),
                  ("fit", True, "Fit time counting the one-off feature extraction of svm and head."),
@@ -19,7 +20,7 @@ def show_speedups(runs: list[dict]) -> None:
         return
     for stage, with_extraction, caption in SPEEDUP_VIEWS:
         for row in speedups(runs, with_extraction, stage):
-            fast, slow = (APPROACH_NAMES.get(row[k], row[k]) for k in ("fast", "slow"))
+            fast, slow = (escape_markdown(APPROACH_NAMES.get(row[k], row[k])) for k in ("fast", "slow"))
             factor = row["factor"]
             st.markdown(f"- **{fast}** is **{factor:.{0 if factor >= 10 else 1}f}× faster** than {slow}")
         st.caption(f"{caption} Medians per approach.")

@@ -6,6 +6,7 @@ import ui
 from core.analysis import class_table, image_size_summary, sample_paths
 from core.figures import class_distribution_figure
 from core.metrics import MINORITY_FRACTION
+from core.report import escape_markdown
 
 THUMBNAILS_PER_CLASS = 5
 THUMBNAIL_PX = 120
@@ -20,7 +21,8 @@ def show_overview(data, table) -> None:
     cols[3].metric("Imbalance (largest / smallest)", f"{counts.max() / counts.min():.1f}×")
     minority = table.loc[table["minority"], "class"].tolist()
     if minority:
-        st.markdown(f"**Minority classes** (train count < {MINORITY_FRACTION:g} × median): {', '.join(minority)}")
+        names = ", ".join(map(escape_markdown, minority))
+        st.markdown(f"**Minority classes** (train count < {MINORITY_FRACTION:g} × median): {names}")
 
 
 def show_balance(data, table) -> None:
@@ -41,7 +43,7 @@ def show_samples(data) -> None:
     st.subheader("Sample images")
     for name, paths in sample_paths(data, THUMBNAILS_PER_CLASS).items():
         name_col, images_col = st.columns([1, 4], vertical_alignment="center")
-        name_col.markdown(f"**{name}**")
+        name_col.markdown(f"**{escape_markdown(name)}**")
         images_col.image(ui.thumbnails(paths), width=THUMBNAIL_PX)
 
 

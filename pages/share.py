@@ -3,6 +3,7 @@ import streamlit as st
 
 import ui
 from core.analysis import run_labels
+from core.report import escape_markdown
 from core.sharing import run_link
 
 HOW_TO = """
@@ -83,7 +84,8 @@ def import_runs() -> None:
         with ui.guard():
             imported = ui.import_bundle(upload)
             if imported:
-                st.success(f"Imported {len(imported)} run(s): {', '.join(imported)}", icon=":material/check:")
+                st.success(f"Imported {len(imported)} run(s): {escape_markdown(', '.join(imported))}",
+                           icon=":material/check:")
             else:
                 st.info("Nothing new: every run in this bundle is already here.", icon=":material/info:")
 

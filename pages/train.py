@@ -5,6 +5,7 @@ import ui
 from core.analysis import weight_table, weights_from_table
 from core.errors import ClassWeightError
 from core.experiment import ExperimentConfig
+from core.report import escape_markdown
 from core.settings import BY_NAME, SETTINGS, Setting, parse_list
 from core.weights import SCHEMES
 
@@ -66,7 +67,7 @@ def render_job(job) -> bool:
     if job is None:
         st.caption("No job yet: launch one on the left.")
         return False
-    st.markdown(f"**{job.name}** · {ui.job_brief(job)}")
+    st.markdown(f"**{escape_markdown(job.name)}** · {escape_markdown(ui.job_brief(job))}")
     if job.status != "done":
         for stage, (done, total) in job.progress.items():
             st.progress(min(done / total, 1.0) if total else 1.0, text=f"{stage}: {done}/{total}")
@@ -90,8 +91,9 @@ def show_outcome(results: dict) -> None:
         st.success(f"Features extracted in {extract} and cached for the next runs.")
     ui.runs_dataframe(results["runs"], key="job_runs", columns=("approach", "class weight", "macro-F1"))
     best = max(results["runs"], key=lambda run: run["macro_f1"])
-    st.page_link(ui.page("results"), label=f"Open the run with the highest test macro-F1 ({best['approach']} · "
-                 f"{best['class_weight']}); picked on the test set, so not a validated choice",
+    name = escape_markdown(f"{best['approach']} · {best['class_weight']}")
+    st.page_link(ui.page("results"), label=f"Open the run with the highest test macro-F1 ({name}); picked on the "
+                 "test set, so not a validated choice",
                  query_params={"run": best["run_id"]}, icon=":material/insights:")
     st.page_link(ui.page("compare"), label="Compare all runs", icon=":material/compare_arrows:")
 

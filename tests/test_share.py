@@ -283,6 +283,24 @@ def test_malicious_bundle_is_refused_and_writes_nothing(cache):
     assert fresh.list_runs() == []
 
 
+@pytest.mark.parametrize("change, refusal", [
+    ({"created": "2099-01-01T00:00:00+00:00"}, "in the future"),  # it would open first on every page
+    ({"approach": "[svm](http://evil.example)"}, "TransferScope knows svm, head, finetune"),  # a link on Compare
+])
+def test_bundle_that_would_take_over_the_pages_is_refused(cache, monkeypatch, tmp_path, change, refusal):
+    run_id = RunStore(cache / "runs").list_runs()[-1]["run_id"]
+    record = {**json.loads((cache / "runs" / run_id / "record.json").read_text()), **change}
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        zf.writestr("manifest.json", json.dumps({"schema_version": 1, "runs": [run_id]}))
+        zf.writestr(f"{run_id}/record.json", json.dumps(record))
+    monkeypatch.setenv("TRANSFERSCOPE_CACHE_DIR", str(tmp_path / "fresh"))
+    at = upload_and_import(page("share").run(), "runs.zip", buffer.getvalue())
+    assert not at.exception and not at.success
+    assert refusal in texts(at.error)
+    assert ui.list_runs() == []
+
+
 def test_viewer_cannot_import(viewer):
     at = page("share").run()
     assert not at.exception
