@@ -1,4 +1,5 @@
 """Dashboard pages under AppTest: the real efficientnet_lite0 on the demo data at a small image size."""
+import json
 import shutil
 import threading
 import time
@@ -246,6 +247,23 @@ def test_results_deep_link_metrics_and_confusion_toggle(trained):
     assert charts(at) == 3  # confusion matrix, per-class bars, learning curve
     at.toggle(key="cm_normalize").set_value(True).run()
     assert not at.exception and at.toggle(key="cm_normalize").value
+
+
+def test_results_charts_show_markup_class_names_as_text(trained_copy):
+    """Plotly renders <a href> found in axis labels and hovers: a class named so was a live link on the page."""
+    run = head_run()
+    path = trained_copy / "runs" / run["run_id"] / "record.json"
+    record = json.loads(path.read_text())
+    link = '<a href="http://evil.example">zero</a>'
+    record["dataset"]["classes"][0] = record["per_class"][0]["class"] = link
+    path.write_text(json.dumps(record))
+    at = page("results")
+    at.query_params["run"] = run["run_id"]
+    at.run()
+    assert not at.exception and charts(at) == 3
+    specs = [json.dumps(json.loads(chart.proto.spec), ensure_ascii=False) for chart in at.get("plotly_chart")]
+    assert not [spec for spec in specs if '<a href=\\"http' in spec]
+    assert all("&lt;a href=" in spec for spec in specs[:2])  # the confusion matrix and per-class bars name it
 
 
 def test_results_show_bootstrap_intervals(trained):
