@@ -94,7 +94,7 @@ def near_duplicates_panel(data) -> None:
     try:
         pairs = ui.near_duplicate_pairs(data, threshold)
     except ConfigError as reason:  # no run with cached features yet: say why, this is no failure
-        st.caption(f"No check yet: {escape_markdown(reason)}.")
+        st.caption(f"No check yet: {escape_markdown(ui.shown_text(reason))}.")
         return
     if not pairs:
         st.success(f"No test image has a training image with feature similarity ≥ {threshold:.3f}.")

@@ -99,7 +99,7 @@ def dataset_folder_input() -> None:
     if can_act():
         st.text_input("Dataset folder", value=default_data_dir(), key="data_dir", help=DATA_DIR_HELP)
     else:
-        st.text_input("Dataset folder", value=default_data_dir(), key="data_dir_shared", disabled=True,
+        st.text_input("Dataset folder", value=shown_path(default_data_dir()), key="data_dir_shared", disabled=True,
                       help="The server's dataset; viewers of a shared dashboard cannot change it")
 
 
@@ -174,6 +174,25 @@ def viewable_paths(paths: list[str]) -> tuple[list[str], int]:
     root = default_data_dir()
     shown = [path for path in paths if sharing.is_within(path, root)]
     return shown, len(paths) - len(shown)
+
+
+def shown_path(path: str) -> str:
+    """`path` as this session may see it: whole for the owner; for viewers relative to the served dataset."""
+    return str(path) if can_act() else _path_names().name(path, sharing.OTHER_FOLDER)
+
+
+def shown_text(text: str) -> str:
+    """A message as this session may see it: for viewers, every path in it relative to the served dataset."""
+    return str(text) if can_act() else _path_names().text(text)
+
+
+def shown_record(record: dict) -> dict:
+    """A run record as this session may see it (for viewers a copy: dataset folder and paths renamed)."""
+    return record if can_act() else _path_names().record(record)
+
+
+def _path_names() -> sharing.PathNames:
+    return sharing.PathNames(default_data_dir(), cache_dir())
 
 
 def app_url() -> str:
@@ -303,32 +322,32 @@ def _check_viewer_build(for_viewer: bool) -> None:
 
 
 @st.cache_data(max_entries=4, show_spinner=False)  # built in a download click, outside any script run
-def _report(root: str, run_ids: tuple[str, ...], fmt: str, _for_viewer: bool) -> str:
-    _check_viewer_build(_for_viewer)  # only on a cache miss: a cached report costs nothing
-    store = _run_store(root)
-    return render_runs_report([store.load(run_id) for run_id in run_ids], fmt)
+def _report(root: str, run_ids: tuple[str, ...], fmt: str, for_viewer: bool, _names: sharing.PathNames) -> str:
+    _check_viewer_build(for_viewer)  # only on a cache miss: a cached report costs nothing
+    records = [_run_store(root).load(run_id) for run_id in run_ids]
+    return render_runs_report([_names.record(r) for r in records] if for_viewer else records, fmt)
 
 
 @st.cache_data(max_entries=2, show_spinner=False)
-def _bundle(root: str, run_ids: tuple[str, ...], _for_viewer: bool) -> bytes:
-    _check_viewer_build(_for_viewer)
-    return _run_store(root).export_bundle_bytes(run_ids)
+def _bundle(root: str, run_ids: tuple[str, ...], for_viewer: bool, _names: sharing.PathNames) -> bytes:
+    _check_viewer_build(for_viewer)
+    return _run_store(root).export_bundle_bytes(run_ids, _names.bundle_run if for_viewer else None)
 
 
 def deferred_report(run_ids: list[str], fmt: str):
     """The 'html' (self-contained) or 'md' report of these runs as a download_button callable.
 
     It runs when the button is clicked, outside the script, with this session's rights (rate-limited
-    for viewers).
+    for viewers, who get paths relative to the served dataset only).
     """
-    root, run_ids, for_viewer = str(run_store().root), tuple(run_ids), not can_act()
-    return lambda: _report(root, run_ids, fmt, for_viewer)
+    root, run_ids, for_viewer, names = str(run_store().root), tuple(run_ids), not can_act(), _path_names()
+    return lambda: _report(root, run_ids, fmt, for_viewer, names)
 
 
 def deferred_bundle(run_ids: list[str]):
     """A zip bundle of these runs, for another TransferScope to import, as a download_button callable."""
-    root, run_ids, for_viewer = str(run_store().root), tuple(run_ids), not can_act()
-    return lambda: _bundle(root, run_ids, for_viewer)
+    root, run_ids, for_viewer, names = str(run_store().root), tuple(run_ids), not can_act(), _path_names()
+    return lambda: _bundle(root, run_ids, for_viewer, names)
 
 
 def clear_run_caches() -> None:
@@ -359,8 +378,11 @@ def delete_runs(run_ids: list[str]) -> None:
 # ---- errors ----------------------------------------------------------------------------------------
 
 def show_failure(message: str, details: str | None = None) -> None:
-    """A readable error box (shown literally: messages quote names), technical details folded away for the owner."""
-    st.error(escape_markdown(message), icon=":material/error:")
+    """A readable error box (shown literally: messages quote names), technical details folded away for the owner.
+
+    Viewers see the paths in `message` relative to the served dataset only.
+    """
+    st.error(escape_markdown(shown_text(message)), icon=":material/error:")
     if details and can_act():
         with st.expander("Details"):
             st.code(details, language=None)

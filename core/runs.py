@@ -333,8 +333,12 @@ class RunStore:
             _fsync_dir(self.root)
             shutil.rmtree(trash, ignore_errors=True)
 
-    def export_bundle(self, run_ids, out_path) -> Path:
-        """Write the given runs (records and predictions, never models) and a ``manifest.json`` into a zip."""
+    def export_bundle(self, run_ids, out_path, rewrite=None) -> Path:
+        """Write the given runs (records and predictions, never models) and a ``manifest.json`` into a zip.
+
+        `rewrite(record, predictions) -> (record, predictions)` changes each run on its way out (e.g.
+        `core.sharing.PathNames.bundle_run`, which renames paths for viewers); None copies the files.
+        """
         run_ids = list(dict.fromkeys(run_ids))
         if not run_ids:
             raise RunStoreError("no runs to export; pass at least one run id from list_runs()")
@@ -344,15 +348,25 @@ class RunStore:
             with atomic_file(out_path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
                 zf.writestr(MANIFEST_FILE, json.dumps(manifest, indent=2))
                 for run_dir in run_dirs:
-                    for name in BUNDLE_FILES:
-                        if (run_dir / name).is_file():
-                            zf.write(run_dir / name, f"{run_dir.name}/{name}")
+                    if rewrite is None:
+                        for name in BUNDLE_FILES:
+                            if (run_dir / name).is_file():
+                                zf.write(run_dir / name, f"{run_dir.name}/{name}")
+                    else:
+                        self._write_rewritten(zf, run_dir.name, rewrite)
         return Path(out_path)
 
-    def export_bundle_bytes(self, run_ids) -> bytes:
+    def _write_rewritten(self, zf: zipfile.ZipFile, run_id: str, rewrite) -> None:
+        has_predictions = (self.root / run_id / PREDICTIONS_FILE).is_file()
+        record, predictions = rewrite(self.load(run_id), self.load_predictions(run_id) if has_predictions else None)
+        zf.writestr(f"{run_id}/{RECORD_FILE}", _to_json(record))
+        if predictions is not None:
+            zf.writestr(f"{run_id}/{PREDICTIONS_FILE}", predictions.to_csv(index=False))
+
+    def export_bundle_bytes(self, run_ids, rewrite=None) -> bytes:
         """The bundle export_bundle writes, as bytes (for downloads); the temporary zip is removed."""
         with tempfile.TemporaryDirectory(prefix="transferscope-bundle-") as tmp:
-            return self.export_bundle(run_ids, Path(tmp) / "bundle.zip").read_bytes()
+            return self.export_bundle(run_ids, Path(tmp) / "bundle.zip", rewrite).read_bytes()
 
     def import_bundle(self, zip_path) -> list[str]:
         """Import the runs of a bundle made by export_bundle; return the ids newly imported.

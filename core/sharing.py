@@ -5,12 +5,13 @@ import collections
 import hmac
 import ipaddress
 import os
+import re
 import secrets
 import socket
 import stat
 import threading
 import time
-from pathlib import Path
+from pathlib import Path, PurePath, PurePosixPath
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from core.errors import ConfigError
@@ -20,6 +21,9 @@ HOSTS_ENV = "TRANSFERSCOPE_HOSTS"  # extra names a shared dashboard answers to, 
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")  # Host header forms: an IPv6 address in brackets
 ROUTE_PROBES = ((socket.AF_INET, "192.0.2.1"), (socket.AF_INET6, "2001:db8::1"))  # documentation addresses
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")  # what viewers on the network may send over plain HTTP
+OTHER_FOLDER = "other-folder"  # how viewers see a dataset folder outside the served one
+HIDDEN_PATH = "(a path on the server)"  # how viewers see any other path in a message
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~])~?/[^\s'\",;()\[\]{}]*[^\s'\",;()\[\]{}.]")  # in running text
 # No other site may show the dashboard in a frame (clickjacking); its own pages still may.
 FRAME_HEADERS = {"Content-Security-Policy": "frame-ancestors 'self'", "X-Frame-Options": "SAMEORIGIN"}
 
@@ -152,6 +156,64 @@ def is_within(path, root) -> bool:
     except (ValueError, OSError, RuntimeError):
         return False
     return True
+
+
+class PathNames:
+    """How viewers see paths: relative to the served dataset, led by its folder name; the cache by its name.
+
+    Nothing else of the server's disk: other paths become OTHER_FOLDER (dataset folders) or HIDDEN_PATH.
+
+    >>> names = PathNames("/home/me/data/digits", "/home/me/cache")
+    >>> names.name("/home/me/data/digits/test/3/a.png"), names.text("no features under /home/me/cache/f/x1.")
+    ('digits/test/3/a.png', 'no features under cache/f/x1.')
+    """
+
+    def __init__(self, served_root, cache_dir):
+        self.roots = [(Path(served_root).expanduser().resolve(), Path(served_root).resolve().name or "dataset"),
+                      (Path(cache_dir).expanduser().resolve(), "cache")]
+
+    def name(self, path, hidden: str = HIDDEN_PATH) -> str:
+        """`path` relative to the served dataset (or the cache), else `hidden`; symlinks resolved."""
+        for root, label in self.roots:
+            try:
+                return str(PurePosixPath(label, Path(path).expanduser().resolve().relative_to(root)))
+            except (ValueError, OSError, RuntimeError):
+                continue
+        return hidden
+
+    def text(self, text: str) -> str:
+        """`text` (a message) with every absolute path in it named as `name` does."""
+        return _ABSOLUTE_PATH.sub(lambda match: self.name(match.group()), str(text))
+
+    def record(self, record: dict) -> dict:
+        """A copy of a run record for viewers: its dataset folder named, every path in its texts renamed."""
+        shown = _map_strings(record, self.text)
+        shown["dataset"]["root"] = self.name(record["dataset"]["root"], OTHER_FOLDER)
+        return shown
+
+    def bundle_run(self, record: dict, predictions):
+        """A run as a viewer's bundle holds it: `record` and its predictions table with image paths renamed.
+
+        Paths become `<dataset name>/<path inside the dataset>`, so the bundle still imports elsewhere.
+        """
+        shown = self.record(record)
+        if predictions is None:
+            return shown, None
+        root, shown_root = PurePath(record["dataset"]["root"]), PurePosixPath(shown["dataset"]["root"])
+        inside = [PurePath(path) for path in predictions["path"]]
+        paths = [shown_root / (path.relative_to(root) if path.is_relative_to(root) else path.name) for path in inside]
+        return shown, predictions.assign(path=[str(path) for path in paths])
+
+
+def _map_strings(value, rename):
+    """`value` (JSON-like) with `rename` applied to every string in it."""
+    if isinstance(value, str):
+        return rename(value)
+    if isinstance(value, dict):
+        return {key: _map_strings(item, rename) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_map_strings(item, rename) for item in value]
+    return value
 
 
 def app_base_url(page_url: str | None, page_names) -> str:

@@ -79,7 +79,7 @@ with ui.guard():
     if not all_runs:
         ui.no_runs_hint()
     else:
-        groups = comparable_groups(all_runs)
+        groups = comparable_groups([ui.shown_record(run) for run in all_runs])
         chosen = st.selectbox("Runs compared (same dataset files, backbone and device)", range(len(groups)),
                               format_func=lambda i: groups[i]["label"], key="compare_group")
         runs = groups[chosen]["runs"]

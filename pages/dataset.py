@@ -51,15 +51,16 @@ def show_skipped(data) -> None:
     if data.skipped:
         st.warning(f"{len(data.skipped)} file(s) were skipped and are not used for training.",
                    icon=":material/warning:")
-        st.dataframe([{"file": path, "reason": reason} for path, reason in data.skipped], hide_index=True,
-                     key="skipped_files")
+        rows = [{"file": ui.shown_path(path), "reason": ui.shown_text(reason)} for path, reason in data.skipped]
+        st.dataframe(rows, hide_index=True, key="skipped_files")
 
 
 st.title("Dataset")
 with ui.guard():
     folder = ui.data_dir()
     folder_col, rescan_col = st.columns([5, 1], vertical_alignment="center")
-    folder_col.caption(f"Folder: `{folder}` ({'change it in the sidebar' if ui.can_act() else 'set by the server'})")
+    where = "change it in the sidebar" if ui.can_act() else "set by the server"
+    folder_col.caption(f"Folder: {escape_markdown(ui.shown_path(folder))} ({where})")
     if rescan_col.button("Rescan", key="rescan", icon=":material/refresh:", help="read every file again",
                          disabled=not ui.can_act()):
         ui.rescan_dataset(folder)

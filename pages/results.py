@@ -105,7 +105,7 @@ with ui.guard():
         with st.expander("Per-class table and run settings"):
             left, right = st.columns([3, 2])
             left.dataframe(class_report(record), hide_index=True, key="class_report")
-            right.dataframe(run_settings(record), hide_index=True, key="run_settings")
+            right.dataframe(run_settings(ui.shown_record(record)), hide_index=True, key="run_settings")
         logit_panel(record)
         if record["history"]:
             ui.chart(learning_curve_figure(record["history"]), key="learning_curve")

@@ -15,8 +15,8 @@ localhost for you alone, with everything unlocked. The links below open a run on
 """
 THREAT_MODEL = """
 **Who sees what.** Anyone who can reach a shared dashboard sees the served dataset's images, every stored
-run, its reports and bundles (viewers' downloads are rate-limited); error details and image paths outside the
-dataset stay hidden from them. **The token** unlocks the owner's actions (train, cancel, delete, import,
+run, its reports and bundles (viewers' downloads are rate-limited); error details and images outside the
+dataset stay hidden from them, and they see paths only relative to the served dataset. **The token** unlocks the owner's actions (train, cancel, delete, import,
 rescan, other folders) for one browser session; it is accepted only from the server machine, because
 **everything crosses the network as plain HTTP**: pages, images, downloads, and a token typed elsewhere.
 Bundles carry records and predictions, never models (pickles run code when loaded).

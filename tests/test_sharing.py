@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from core.errors import ConfigError
-from core.sharing import (HOSTS_ENV, LOOPBACK_HOSTS, Throttle, allowed_hosts, app_base_url, is_loopback, is_owner,
-                          is_within, owner_token, run_link, viewer_mode)
+from core.sharing import (HIDDEN_PATH, HOSTS_ENV, LOOPBACK_HOSTS, OTHER_FOLDER, PathNames, Throttle, allowed_hosts,
+                          app_base_url, is_loopback, is_owner, is_within, owner_token, run_link, viewer_mode)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -141,3 +141,33 @@ def test_allowed_hosts_are_loopback_unless_shared():
     assert shared[:3] == list(LOOPBACK_HOSTS) and shared[-1] == "lab.example"
     assert socket.gethostname().lower() in shared
     assert all(host.startswith("[") and host.endswith("]") for host in shared if ":" in host)  # IPv6 as in Host
+
+
+def test_path_names_show_the_served_dataset_and_the_cache_by_name_only(tmp_path):
+    data, cache = tmp_path / "photos" / "birds", tmp_path / "cache"
+    (data / "test").mkdir(parents=True)
+    (data / "test" / "link.png").symlink_to(tmp_path / "secret.png")
+    names = PathNames(data, cache)
+    assert names.name(data) == "birds" and names.name(data / "test" / "a.png") == "birds/test/a.png"
+    assert names.name(cache / "features" / "k") == "cache/features/k"
+    assert names.name(data / "test" / "link.png") == HIDDEN_PATH  # a symlink out of the dataset
+    assert names.name(tmp_path / "photos" / "birds-private", OTHER_FOLDER) == OTHER_FOLDER
+    message = f"no features under '{cache}/features'; image {tmp_path}/x.png or ~/y.png unreadable, see a/b."
+    assert names.text(message) == f"no features under 'cache/features'; image {HIDDEN_PATH} or {HIDDEN_PATH} " \
+                                  "unreadable, see a/b."
+
+
+def test_path_names_rename_a_record_and_its_predictions_for_a_bundle(tmp_path):
+    import pandas as pd
+
+    data = tmp_path / "birds"
+    record = {"dataset": {"root": str(data), "skipped": [{"path": f"{data}/bad.png", "reason": "empty"}]},
+              "config": {"data": str(data), "cache_dir": str(tmp_path / "cache"), "epochs": 3}, "class_weight": "none"}
+    predictions = pd.DataFrame({"path": [f"{data}/test/a.png", f"{data}/test/b.png"], "true": [0, 1]})
+    shown, table = PathNames(data, tmp_path / "cache").bundle_run(record, predictions)
+    assert shown == {"dataset": {"root": "birds", "skipped": [{"path": "birds/bad.png", "reason": "empty"}]},
+                     "config": {"data": "birds", "cache_dir": "cache", "epochs": 3}, "class_weight": "none"}
+    assert table["path"].tolist() == ["birds/test/a.png", "birds/test/b.png"] and table["true"].tolist() == [0, 1]
+    assert record["dataset"]["root"] == str(data)  # the stored record is untouched
+    elsewhere, _ = PathNames(tmp_path / "other", tmp_path / "cache").bundle_run(record, None)
+    assert elsewhere["dataset"]["root"] == OTHER_FOLDER and elsewhere["config"]["data"] == HIDDEN_PATH
