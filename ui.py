@@ -44,6 +44,8 @@ OWNER_KEY = "owner_unlocked"  # session flag: the owner typed the token in this 
 DATA_DIR_HELP = "An image folder: DIR/<class>/* (split for you) or DIR/train/<class>/* + DIR/test/<class>/*"
 STRICT_ENV = "TRANSFERSCOPE_STRICT"  # "1" (tests): guard re-raises unexpected errors instead of showing them
 VIEWER_BUILDS = sharing.Throttle(max_events=6, per_s=60)  # reports and bundles built for viewers, whole server
+VIEWER_REFITS = sharing.Throttle(max_events=20, per_s=60)  # What-if refits of all viewers together
+SESSION_REFITS = {"max_events": 6, "per_s": 60}  # What-if refits of one viewer session
 
 
 def _leave_legacy_pages_mode() -> None:
@@ -534,6 +536,23 @@ def whatif_start(record: dict) -> whatif.Start:
                             "runs on the server's dataset")
     with st.spinner("Loading the run's cached features…"):
         return _whatif_start(str(run_store().root), record["run_id"], str(cache_dir()))
+
+
+def whatif_refit(start: whatif.Start, weights, tau: float) -> dict:
+    """`whatif.refit` for this session: the owner goes first; a viewer's fits are rate-limited (cached refits
+    and tau changes are free) and wait while the owner's jobs run."""
+    owner = can_act()
+    return whatif.refit(start, weights, tau, owner=owner, admit=None if owner else _admit_viewer_refit)
+
+
+def _admit_viewer_refit() -> None:
+    if any(is_active(job) for job in job_manager().jobs()):
+        raise ReadOnlyError("the owner's job is running on this server; viewers' What-if refits resume when it ends")
+    session = st.session_state.setdefault("whatif_refits", sharing.Throttle(**SESSION_REFITS))
+    wait_s = sharing.admit(session, VIEWER_REFITS)
+    if wait_s:
+        raise ReadOnlyError(f"viewers refit many times just now; this one can run in {wait_s:.0f} s "
+                            "(weights tried before show at once)")
 
 
 def save_whatif(start: whatif.Start, weights, tau: float) -> dict:

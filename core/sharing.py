@@ -133,16 +133,66 @@ class Throttle:
         self._times: collections.deque[float] = collections.deque()
         self._lock = threading.Lock()
 
-    def wait_s(self, now: float | None = None) -> float:
-        """0 and count one event when one is allowed now; else the seconds until one will be."""
+    def wait_s(self, now: float | None = None, count: bool = True) -> float:
+        """0 (counting one event unless `count` is False) when one is allowed now; else the seconds until one is."""
         now = time.monotonic() if now is None else now
         with self._lock:
             while self._times and now - self._times[0] >= self.per_s:
                 self._times.popleft()
             if len(self._times) < self.max_events:
-                self._times.append(now)
+                if count:
+                    self._times.append(now)
                 return 0.0
             return self.per_s - (now - self._times[0])
+
+
+def admit(*throttles: Throttle) -> float:
+    """0 when every throttle allows an event now (then it counts in each); else the longest wait, counting none.
+
+    E.g. a viewer's refit against its session's throttle and the one all viewers share.
+    """
+    wait_s = max(throttle.wait_s(count=False) for throttle in throttles)
+    if wait_s == 0:
+        for throttle in throttles:
+            throttle.wait_s()
+    return wait_s
+
+
+class PrioritySlot:
+    """One slot (the server's refit slot) that the owner gets first: waiting owners go before waiting viewers.
+
+    So however many viewers queue, an owner waits at most for the one holding the slot.
+    """
+
+    def __init__(self):
+        self._changed = threading.Condition()
+        self._busy = False
+        self._waiting = {True: 0, False: 0}  # owner? -> how many wait
+
+    def acquire(self, owner: bool, timeout_s: float) -> bool:
+        """Take the slot within `timeout_s` (True), else give up (False)."""
+        with self._changed:
+            self._waiting[owner] += 1
+            try:
+                taken = self._changed.wait_for(lambda: not self._busy and (owner or not self._waiting[True]),
+                                               timeout_s)
+            finally:
+                self._waiting[owner] -= 1
+            if taken:
+                self._busy = True
+            else:
+                self._changed.notify_all()  # a viewer may have waited for this owner only
+            return taken
+
+    def release(self) -> None:
+        with self._changed:
+            self._busy = False
+            self._changed.notify_all()
+
+    def waiting(self) -> tuple[int, int]:
+        """(owners, viewers) waiting for the slot now."""
+        with self._changed:
+            return self._waiting[True], self._waiting[False]
 
 
 def is_within(path, root) -> bool:

@@ -3,9 +3,14 @@
 Start from a stored svm or head run, refit on its cached features (the SVM reuses the RBF kernels of
 the feature set, see `core.classifiers.KERNEL_CACHE`), and compare with the starting run. Nothing is
 stored until `save_as_run`.
+
+Refits share one slot per server process that the owner gets first (`core.sharing.PrioritySlot`).
+The test scores of recent refits are kept by (run, weights) in `REFITS`: the same weights again, or
+another tau (a post-hoc adjustment of the scores), cost no refit.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import dataclasses
@@ -29,6 +34,7 @@ from core.experiment import FEATURE_APPROACHES, ExperimentConfig, fit_approach, 
 from core.features import FeatureSet
 from core.metrics import evaluate
 from core.runs import RunStore
+from core.sharing import PrioritySlot
 from core.settings import LOGIT_APPROACHES
 from core.stats import paired_comparison
 from core.weights import adjust_logits, class_weights
@@ -37,7 +43,36 @@ SEED_SCHEMES = ("none", "balanced", "sqrt", "effective")
 WEIGHT_RANGE = (0.01, 100.0)  # what the sliders offer, on a log scale
 REFIT_WAIT_S = 30.0
 SAVED_LABEL = "custom:what-if"
-_REFIT_LOCK = threading.Lock()  # one refit at a time per server process, whoever asks
+REFIT_SLOT = PrioritySlot()  # one refit at a time per server process; the owner goes first
+
+
+class LruCache:
+    """A small thread-safe cache of the last `max_entries` values by key (a module global: no browser clears it)."""
+
+    def __init__(self, max_entries: int):
+        self.max_entries = max_entries
+        self._entries: collections.OrderedDict = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key):
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+            return self._entries.get(key)
+
+    def put(self, key, value) -> None:
+        with self._lock:
+            self._entries[key] = value
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+REFITS = LruCache(16)  # (run, feature key, weights) -> (test scores, refit seconds): 1.6 MB at 20k x 10
 
 
 @dataclass(frozen=True)
@@ -178,38 +213,59 @@ def _one_torch_thread():
 
 
 @contextlib.contextmanager
-def _refit_slot():
-    """Hold the server's one refit slot, with this thread's torch on one thread meanwhile.
+def _refit_slot(owner: bool = True):
+    """Hold the server's one refit slot (owners first), with this thread's torch on one thread meanwhile.
 
     On a busy 2-core box the head's small matrices train far faster on one thread than on two that
     contend with other work (4k x 1280 features, 9 epochs: 0.55-1.0 s against 0.5-49 s).
     """
-    if not _REFIT_LOCK.acquire(timeout=REFIT_WAIT_S):
+    if not REFIT_SLOT.acquire(owner, timeout_s=REFIT_WAIT_S):
         raise TransferScopeError(f"other sessions kept the server busy refitting for {REFIT_WAIT_S:.0f} s; try again")
     try:
         with _one_torch_thread():
             yield
     finally:
-        _REFIT_LOCK.release()
+        REFIT_SLOT.release()
 
 
-def refit(start: Start, weights, tau: float = 0.0) -> dict:
-    """Refit the run's approach with `weights` (one per class); its test metrics and predictions.
+def refit(start: Start, weights, tau: float = 0.0, *, owner: bool = True, admit=None) -> dict:
+    """The run's approach refit with `weights` (one per class): its test metrics and predictions.
 
-    The result is `evaluate()`'s dict plus `y_pred`, `weights`, `tau` (as applied: 0 for the SVM) and
-    `refit_seconds`. A head refits for the start run's chosen epoch count (`Start.head_epochs`).
+    The result is `evaluate()`'s dict plus `y_pred`, `weights`, `tau` (as applied: 0 for the SVM),
+    `refit_seconds` (of the fit, also when it came from `REFITS`) and `cached`. A head refits for the
+    start run's chosen epoch count (`Start.head_epochs`). `owner` goes before waiting viewers;
+    `admit()`, called only when a fit is needed, may refuse it by raising (a viewer's rate limit).
     """
-    approach = start.record["approach"]
-    weights, tau = check_weights(weights, len(start.classes)), _check_tau(tau, approach)
-    with _refit_slot():
+    weights, tau = check_weights(weights, len(start.classes)), _check_tau(tau, start.record["approach"])
+    key = (start.record["run_id"], start.features.key, weights.tobytes())
+    cached = REFITS.get(key)
+    if cached is None and admit is not None:
+        admit()
+    scores, refit_s = cached or _fit_scores(start, weights, key, owner)
+    return {**rescore(start, scores, tau), "weights": weights, "refit_seconds": refit_s, "cached": bool(cached)}
+
+
+def _fit_scores(start: Start, weights: np.ndarray, key: tuple, owner: bool) -> tuple[np.ndarray, float]:
+    """Fit in the refit slot and keep the test scores in REFITS (unless another session just did)."""
+    with _refit_slot(owner):
+        if (done := REFITS.get(key)) is not None:
+            return done
         started = time.perf_counter()
-        fitted = fit_approach(start.config, start.dataset, start.features, approach, weights,
+        fitted = fit_approach(start.config, start.dataset, start.features, start.record["approach"], weights,
                               head_epochs=start.head_epochs)
-        refit_s = time.perf_counter() - started
+        result = (fitted["scores"], time.perf_counter() - started)
+    REFITS.put(key, result)
+    return result
+
+
+def rescore(start: Start, scores: np.ndarray, tau: float) -> dict:
+    """Test metrics and `y_pred` of refit `scores` after the post-hoc adjustments (tau), without refitting.
+
+    Further post-hoc adjustments of the scores (e.g. per-class offsets) belong here, after tau.
+    """
     train_counts = start.dataset.train_counts
-    y_pred = adjust_logits(fitted["scores"], train_counts, tau).argmax(axis=1)
-    return {**evaluate(start.features.y_test, y_pred, start.classes, train_counts), "y_pred": y_pred,
-            "weights": weights, "tau": tau, "refit_seconds": refit_s}
+    y_pred = adjust_logits(scores, train_counts, tau).argmax(axis=1)
+    return {**evaluate(start.features.y_test, y_pred, start.classes, train_counts), "y_pred": y_pred, "tau": tau}
 
 
 def per_class_deltas(record: dict, outcome: dict) -> pd.DataFrame:
@@ -246,6 +302,6 @@ def save_as_run(start: Start, weights, tau: float, store: RunStore) -> dict:
     table = {name: float(w) for name, w in zip(start.classes, weights)}
     config = dataclasses.replace(start.config, class_weights=(table,), tau=tau,
                                  epochs=start.head_epochs or start.config.epochs)
-    with _refit_slot():
+    with _refit_slot(owner=True):
         return train_and_record(config, start.dataset, start.features, start.record["approach"], SAVED_LABEL,
                                 weights, store, head_epochs=start.head_epochs)

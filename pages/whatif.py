@@ -10,7 +10,7 @@ from core.analysis import HEADLINE_METRICS, LOGIT_APPROACHES
 from core.experiment import FEATURE_APPROACHES
 from core.figures import confusion_diff_figure, per_class_delta_figure
 from core.report import escape_markdown
-from core.whatif import SEED_SCHEMES, WEIGHT_RANGE, compare_with_start, refit, seed_weights
+from core.whatif import SEED_SCHEMES, WEIGHT_RANGE, compare_with_start, seed_weights
 
 DEBOUNCE_S = 0.3  # a newer slider change within this time restarts the page before the refit starts
 WEIGHT_GRID = np.geomspace(*WEIGHT_RANGE, 49).round(3).tolist()  # 12 steps per decade, log scale
@@ -37,7 +37,8 @@ def show_changes(start, outcome: dict) -> None:
     for col, row in zip(cols, change["headline"]):
         delta = f"{row['delta']:+.3f}" if round(row["delta"], 3) else None
         col.metric(row["metric"], f"{row['after']:.3f}", delta=delta)
-    cols[-1].metric("Refit time", ui.format_seconds(outcome["refit_seconds"]))
+    cols[-1].metric("Refit time", ui.format_seconds(outcome["refit_seconds"]),
+                    help="kept from an earlier refit with these weights: shown at once" if outcome["cached"] else None)
     if change["paired"]:
         with st.expander("Is the change noise? (paired test on the same test images)", expanded=True):
             panels.paired_test(change["paired"], "whatif_paired", "A is the starting run, B the tuned model.")
@@ -70,7 +71,7 @@ def tuner(record: dict) -> None:
         if last is None or last[0] != inputs:
             time.sleep(DEBOUNCE_S)
             with st.spinner("Refitting…"):  # a newer change arriving meanwhile restarts the page here
-                last = (inputs, refit(start, weights, tau))
+                last = (inputs, ui.whatif_refit(start, weights, tau))
             st.session_state["whatif_last"] = last
         show_changes(start, last[1])
         if ui.read_only_note("save tuned weights as a run") and st.button("Save as run", key="whatif_save",

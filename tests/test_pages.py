@@ -496,17 +496,56 @@ def test_dataset_page_without_runs_explains_the_duplicate_check(empty_cache):
     assert "No check yet: train a svm or head run on this dataset first" in texts(at.caption)
 
 
-def test_whatif_refits_only_when_weights_or_tau_change(trained, monkeypatch):
+def count_fits(monkeypatch) -> list:
+    """The weights of every real fit What-if makes (kept refits and tau changes make none)."""
     import core.whatif
 
-    calls = []
-    real = core.whatif.refit
-    monkeypatch.setattr(core.whatif, "refit", lambda *args: calls.append(args[1].copy()) or real(*args))
+    fits, real = [], core.whatif.fit_approach
+    monkeypatch.setattr(core.whatif, "fit_approach", lambda *args, **kwargs: fits.append(args[4].copy())
+                        or real(*args, **kwargs))
+    core.whatif.REFITS.clear()
+    return fits
+
+
+def test_whatif_refits_only_for_weights_not_tried_and_rescores_tau(trained, monkeypatch):
+    fits = count_fits(monkeypatch)
     run = next(r for r in ui.list_runs() if r["approach"] == "head" and r["class_weight"] == "none")
     at = whatif_page(run)
     at.run()  # a rerun with the same inputs (e.g. another widget) reuses the last refit
-    assert len(calls) == 1
+    assert len(fits) == 1
+    start_weight = rarest_slider(at, run).value
     rarest_slider(at, run).set_value(100.0).run()
-    assert len(calls) == 2 and calls[1].max() == 100.0
+    assert len(fits) == 2 and fits[1].max() == 100.0
     at.slider(key=f"whatif_tau_{run['run_id']}").set_value(1.0).run()
-    assert len(calls) == 3
+    assert not at.exception and not at.error and len(fits) == 2  # tau rescales the kept scores: no refit
+    tuned = {m.label: m.value for m in at.metric}
+    rarest_slider(at, run).set_value(start_weight).run()
+    rarest_slider(at, run).set_value(100.0).run()
+    assert len(fits) == 2 and {m.label: m.value for m in at.metric} == tuned  # weights tried before: kept
+
+
+def test_whatif_viewers_are_rate_limited_and_wait_for_the_owners_jobs(trained, monkeypatch):
+    """Viewers moving sliders refit without limit and starved the owner's refits and training."""
+    monkeypatch.setenv("TRANSFERSCOPE_VIEWER", "1")
+    monkeypatch.setattr(ui, "SESSION_REFITS", {"max_events": 2, "per_s": 600})
+    monkeypatch.setattr(ui, "VIEWER_REFITS", ui.sharing.Throttle(max_events=20, per_s=600))
+    fits = count_fits(monkeypatch)
+    run = next(r for r in ui.list_runs() if r["approach"] == "svm" and r["class_weight"] == "none")
+    at = whatif_page(run)
+    rarest_slider(at, run).set_value(100.0).run()
+    assert len(fits) == 2 and not at.error
+    rarest_slider(at, run).set_value(10.0).run()  # 10 and 100 lie on the sliders' grid
+    assert len(fits) == 2 and "this one can run in" in texts(at.error)
+    rarest_slider(at, run).set_value(100.0).run()  # tried before: shown at once, within the limit
+    assert not at.error and len(fits) == 2
+    release = threading.Event()
+    job = ui.job_manager().submit("owner's training", lambda report: release.wait(30))
+    try:
+        other_viewer = whatif_page(run)  # the run's own weights were fitted before: shown at once
+        assert not other_viewer.error
+        rarest_slider(other_viewer, run).set_value(10.0).run()
+        assert len(fits) == 2 and "viewers' What-if refits resume when it ends" in texts(other_viewer.error)
+    finally:
+        release.set()
+    while job.status in ACTIVE_STATUSES:
+        time.sleep(0.01)

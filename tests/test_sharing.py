@@ -2,14 +2,17 @@
 import os
 import socket
 import stat
+import threading
+import time
 import tomllib
 from pathlib import Path
 
 import pytest
 
 from core.errors import ConfigError
-from core.sharing import (HIDDEN_PATH, HOSTS_ENV, LOOPBACK_HOSTS, OTHER_FOLDER, PathNames, Throttle, allowed_hosts,
-                          app_base_url, is_loopback, is_owner, is_within, owner_token, run_link, viewer_mode)
+from core.sharing import (HIDDEN_PATH, HOSTS_ENV, LOOPBACK_HOSTS, OTHER_FOLDER, PathNames, PrioritySlot, Throttle,
+                          admit, allowed_hosts, app_base_url, is_loopback, is_owner, is_within, owner_token, run_link,
+                          viewer_mode)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -171,3 +174,50 @@ def test_path_names_rename_a_record_and_its_predictions_for_a_bundle(tmp_path):
     assert record["dataset"]["root"] == str(data)  # the stored record is untouched
     elsewhere, _ = PathNames(tmp_path / "other", tmp_path / "cache").bundle_run(record, None)
     assert elsewhere["dataset"]["root"] == OTHER_FOLDER and elsewhere["config"]["data"] == HIDDEN_PATH
+
+
+def test_admit_counts_only_when_every_throttle_allows():
+    session, everyone = Throttle(max_events=2, per_s=60), Throttle(max_events=3, per_s=60)
+    assert admit(session, everyone) == 0 and admit(session, everyone) == 0
+    assert admit(session, everyone) > 0  # the session's own limit
+    other_session = Throttle(max_events=2, per_s=60)
+    assert admit(other_session, everyone) == 0
+    assert admit(other_session, everyone) > 0  # all sessions' limit: 3 in total
+    assert other_session.wait_s(count=False) == 0, "a refused event counts nowhere"
+
+
+def test_priority_slot_serves_a_waiting_owner_before_waiting_viewers():
+    slot, order = PrioritySlot(), []
+    assert slot.acquire(owner=False, timeout_s=1)
+
+    def take(name: str, owner: bool) -> None:
+        assert slot.acquire(owner, timeout_s=10)
+        order.append(name)
+        slot.release()
+
+    threads = [threading.Thread(target=take, args=(f"viewer {i}", False)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    wait_for(lambda: slot.waiting() == (0, 3))
+    threads.append(threading.Thread(target=take, args=("owner", True)))
+    threads[-1].start()
+    wait_for(lambda: slot.waiting() == (1, 3))
+    slot.release()
+    for thread in threads:
+        thread.join(10)
+    assert order[0] == "owner" and sorted(order[1:]) == ["viewer 0", "viewer 1", "viewer 2"]
+
+
+def test_priority_slot_gives_up_after_the_timeout():
+    slot = PrioritySlot()
+    assert slot.acquire(owner=True, timeout_s=1)
+    assert not slot.acquire(owner=True, timeout_s=0.05) and slot.waiting() == (0, 0)
+    slot.release()
+    assert slot.acquire(owner=False, timeout_s=0.05)
+
+
+def wait_for(condition, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
