@@ -352,10 +352,27 @@ def deferred_bundle(run_ids: list[str]):
     return lambda: _bundle(root, run_ids, for_viewer, names)
 
 
+@functools.lru_cache(maxsize=16)  # a module global, like the scans: no browser message clears it
+def _paired(root: str, run_a: str, run_b: str) -> dict | None:
+    store = _run_store(root)
+    return analysis.paired_diff(store.load(run_a), store.load_predictions(run_a), store.load(run_b),
+                                store.load_predictions(run_b))
+
+
+def paired_diff(run_a: str, run_b: str) -> dict | None:
+    """McNemar's test and paired bootstrap intervals of run B minus run A (see `core.analysis.paired_diff`).
+
+    Computed once per pair of runs (they never change once saved): the bootstrap takes seconds on large
+    test sets, and the Compare page runs again at every click.
+    """
+    return _paired(str(run_store().root), run_a, run_b)
+
+
 def clear_run_caches() -> None:
-    """Forget cached records, predictions, reports and bundles (after runs were imported or deleted)."""
+    """Forget cached records, predictions, paired tests, reports and bundles (after runs were imported or deleted)."""
     for cached in (_load_run, _load_predictions, _report, _bundle):
         cached.clear()
+    _paired.cache_clear()
 
 
 def import_bundle(file) -> list[str]:

@@ -15,6 +15,7 @@ import contextlib
 import ctypes
 import dataclasses
 import functools
+import hashlib
 import math
 import threading
 import time
@@ -73,6 +74,7 @@ class LruCache:
 
 
 REFITS = LruCache(16)  # (run, feature key, weights) -> (test scores, refit seconds): 1.6 MB at 20k x 10
+PAIRED = LruCache(16)  # (run, tuned predictions) -> the paired test against the start
 
 
 @dataclass(frozen=True)
@@ -286,11 +288,23 @@ def compare_with_start(start: Start, outcome: dict) -> dict:
     `paired`: McNemar's test and paired bootstrap intervals of tuned (B) minus start (A), None without
     the start's predictions (see `core.stats.paired_comparison`)."""
     record = start.record
-    paired = None if start.start_pred is None else paired_comparison(
-        start.features.y_test, start.start_pred, outcome["y_pred"], len(start.classes), seed=record.get("seed", 0))
     return {"headline": metric_deltas(record, outcome), "per_class": per_class_deltas(record, outcome),
             "confusion_change": (np.asarray(outcome["confusion_matrix"])
-                                 - np.asarray(record["confusion_matrix"])).tolist(), "paired": paired}
+                                 - np.asarray(record["confusion_matrix"])).tolist(), "paired": _paired(start, outcome)}
+
+
+def _paired(start: Start, outcome: dict) -> dict | None:
+    """The paired test of the tuned predictions against the start's, computed once per predictions (`PAIRED`)."""
+    if start.start_pred is None:
+        return None
+    y_pred = np.asarray(outcome["y_pred"])
+    key = (start.record["run_id"], hashlib.sha256(y_pred.tobytes()).hexdigest())
+    paired = PAIRED.get(key)
+    if paired is None:
+        paired = paired_comparison(start.features.y_test, start.start_pred, y_pred, len(start.classes),
+                                   seed=start.record.get("seed", 0))
+        PAIRED.put(key, paired)
+    return paired
 
 
 def save_as_run(start: Start, weights, tau: float, store: RunStore) -> dict:

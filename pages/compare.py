@@ -3,8 +3,8 @@ import streamlit as st
 
 import panels
 import ui
-from core.analysis import (APPROACH_NAMES, check_comparable, comparable_groups, metrics_diff, paired_diff,
-                           run_labels, seed_summary, speedups)
+from core.analysis import (APPROACH_NAMES, check_comparable, comparable_groups, metrics_diff, run_labels,
+                           seed_summary, speedups)
 from core.figures import confusion_diff_figure, f1_delta_figure, tradeoff_figure
 from core.report import escape_markdown
 
@@ -44,8 +44,7 @@ def delete_runs(labels: dict[str, str]) -> None:
 
 
 def show_paired(record_a: dict, record_b: dict) -> None:
-    paired = paired_diff(record_a, ui.load_predictions(record_a["run_id"]), record_b,
-                         ui.load_predictions(record_b["run_id"]))
+    paired = ui.paired_diff(record_a["run_id"], record_b["run_id"])
     if paired is None:
         st.info("These runs were tested on different images (another split seed), so no paired test.")
         return

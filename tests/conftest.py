@@ -179,8 +179,10 @@ def fresh_streamlit_caches():
 
     import ui
 
-    for clear in (st.cache_data.clear, st.cache_resource.clear, ui.shutdown_job_managers, ui._scan.cache_clear):
+    for clear in (st.cache_data.clear, st.cache_resource.clear, ui.shutdown_job_managers, ui._scan.cache_clear,
+                  ui._paired.cache_clear):
         clear()
     yield
-    for clear in (ui.shutdown_job_managers, st.cache_resource.clear, st.cache_data.clear, ui._scan.cache_clear):
+    for clear in (ui.shutdown_job_managers, st.cache_resource.clear, st.cache_data.clear, ui._scan.cache_clear,
+                  ui._paired.cache_clear):
         clear()

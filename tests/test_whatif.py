@@ -17,6 +17,7 @@ from core.runs import RunStore
 def no_kept_refits():
     """Each test fits for itself: nothing kept by an earlier test's refits."""
     whatif.REFITS.clear()
+    whatif.PAIRED.clear()
 
 
 @pytest.fixture(scope="module")
