@@ -19,7 +19,9 @@ run, its reports and bundles (viewers' downloads are rate-limited); error detail
 dataset stay hidden from them, and they see paths only relative to the served dataset. **The token** unlocks the owner's actions (train, cancel, delete, import,
 rescan, other folders) for one browser session; it is accepted only from the server machine, because
 **everything crosses the network as plain HTTP**: pages, images, downloads, and a token typed elsewhere.
-Bundles carry records and predictions, never models (pickles run code when loaded).
+Bundles carry records and predictions, never models (pickles run code when loaded). **The server** answers
+only its own names (no DNS-rebinding page gets a session), no other site may frame it, viewers upload nothing,
+and the owner's What-if refits go before viewers', whose refits are rate-limited.
 """
 REMOTE_UNLOCK = ("Unlock from a browser on the server machine itself (its localhost address): this page travels "
                  "unencrypted, so a token typed here could be read by anyone on the network.")
