@@ -5,6 +5,7 @@ from core.analysis import weight_table, weights_from_table
 from core.errors import ClassWeightError
 from core.experiment import ExperimentConfig
 from core.paths import cache_dir
+from core.report import escape_markdown
 from core.settings import BY_NAME, SETTINGS
 from core.weights import SCALE_NOTE, SCHEMES
 from dashboard import access, errors, state, widgets
@@ -50,7 +51,7 @@ def render_job(job) -> bool:
     if job is None:
         st.caption("No job yet: launch one on the left.")
         return False
-    st.markdown(f"**{job.name}** · {widgets.job_brief(job)}")
+    st.markdown(f"**{escape_markdown(job.name)}** · {escape_markdown(widgets.job_brief(job))}")
     if job.status != "done":
         for stage, (done, total) in job.progress.items():
             st.progress(min(done / total, 1.0) if total else 1.0, text=f"{stage}: {done}/{total}")
@@ -74,8 +75,9 @@ def show_outcome(results: dict) -> None:
         st.success(f"Features extracted in {extract} and cached for the next runs.")
     widgets.runs_dataframe(results["runs"], key="job_runs", columns=("approach", "class weight", "macro-F1"))
     best = max(results["runs"], key=lambda run: run["macro_f1"])
-    widgets.page_link("results", label=f"Open the run with the highest test macro-F1 ({best['approach']} · "
-                      f"{best['class_weight']}); picked on the test set, so not a validated choice",
+    name = escape_markdown(f"{best['approach']} · {best['class_weight']}")
+    widgets.page_link("results", label=f"Open the run with the highest test macro-F1 ({name}); picked on the "
+                      "test set, so not a validated choice",
                       icon=":material/insights:", query_params={"run": best["run_id"]})
     widgets.page_link("compare", label="Compare all runs", icon=":material/compare_arrows:")
 

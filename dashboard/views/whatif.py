@@ -9,7 +9,7 @@ from core.experiment import FEATURE_APPROACHES
 from core.figures import confusion_diff_figure, per_class_delta_figure
 from core.report import escape_markdown
 from core.weights import SCALE_NOTE
-from core.whatif import SEED_SCHEMES, WEIGHT_RANGE, compare_with_start, refit, seed_weights
+from core.whatif import SEED_SCHEMES, WEIGHT_RANGE, compare_with_start, seed_weights
 from dashboard import access, errors, state, widgets
 
 DEBOUNCE_S = 0.3  # a newer slider change within this time restarts the page before the refit starts
@@ -37,7 +37,8 @@ def show_changes(start, outcome: dict) -> None:
     for col, row in zip(cols, change["headline"]):
         delta = f"{row['delta']:+.3f}" if round(row["delta"], 3) else None
         col.metric(row["metric"], f"{row['after']:.3f}", delta=delta)
-    cols[-1].metric("Refit time", widgets.format_seconds(outcome["refit_seconds"]))
+    cols[-1].metric("Refit time", widgets.format_seconds(outcome["refit_seconds"]),
+                    help="kept from an earlier refit with these weights: shown at once" if outcome["cached"] else None)
     if change["paired"]:
         with st.expander("Is the change noise? (paired test on the same test images)", expanded=True):
             widgets.paired_test(change["paired"], "whatif_paired", "A is the starting run, B the tuned model.")
@@ -72,7 +73,7 @@ def tuner(record: dict) -> None:
         if last is None or last[0] != inputs:
             time.sleep(DEBOUNCE_S)
             with st.spinner("Refitting…"):  # a newer change arriving meanwhile restarts the page here
-                last = (inputs, refit(start, weights, tau))
+                last = (inputs, state.whatif_refit(start, weights, tau))
             st.session_state["whatif_last"] = last
         show_changes(start, last[1])
         if access.read_only_note("save tuned weights as a run") and st.button("Save as run", key="whatif_save",
