@@ -613,7 +613,7 @@ def test_whatif_refits_only_for_weights_not_tried_and_rescores_tau(trained, monk
     assert len(fits) == 1
     start_weight = rarest_slider(at, run).value
     rarest_slider(at, run).set_value(100.0).run()
-    assert len(fits) == 2 and fits[1].max() == 100.0
+    assert len(fits) == 2 and fits[1].max() / fits[1].min() == pytest.approx(100.0)  # fits see rescaled weights
     at.slider(key=f"whatif_tau_{run['run_id']}").set_value(1.0).run()
     assert not at.exception and not at.error and len(fits) == 2  # tau rescales the kept scores: no refit
     tuned = {m.label: m.value for m in at.metric}

@@ -20,6 +20,7 @@ from streamlit.testing.v1 import AppTest
 import core.report
 from core.runs import RunStore
 from core.errors import DataError
+from core.settings import APPROACHES
 from core.sharing import OTHER_FOLDER, Throttle, owner_token
 from dashboard import access, errors, state
 
@@ -287,7 +288,7 @@ def test_malicious_bundle_is_refused_and_writes_nothing(cache):
 
 @pytest.mark.parametrize("change, refusal", [
     ({"created": "2099-01-01T00:00:00+00:00"}, "in the future"),  # it would open first on every page
-    ({"approach": "[svm](http://evil.example)"}, "TransferScope knows svm, head, finetune"),  # a link on Compare
+    ({"approach": "[svm](http://evil.example)"}, f"TransferScope knows {', '.join(APPROACHES)}"),  # a link on Compare
 ])
 def test_bundle_that_would_take_over_the_pages_is_refused(cache, monkeypatch, tmp_path, change, refusal):
     run_id = RunStore(cache / "runs").list_runs()[-1]["run_id"]
@@ -452,7 +453,7 @@ def test_viewers_see_no_path_in_failed_jobs_or_whatif_errors(viewer, tmp_path):
     def fail(report):
         raise DataError(f"image {secret!r} cannot be read; check the file")
 
-    job = state.job_manager().submit("doomed", fail)
+    job = state.job_manager().submit("doomed", fail, kind=state.TRAINING_JOB)  # the Train page shows training jobs
     while job.status not in ("failed", "done"):
         time.sleep(0.01)
     at = page("train").run()
