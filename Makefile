@@ -24,17 +24,19 @@ $(DEMO)/train: | $(STAMP)
 
 demo-data: $(DEMO)/train
 
-## Dashboard for you alone, on http://localhost:$(PORT)
+## Dashboard for you alone, on http://localhost:$(PORT) (serve.py: app.py behind Host and framing checks)
 run: $(STAMP) $(DEMO)/train
 	TRANSFERSCOPE_DATA=$(DATA) \
-	$(BIN)/streamlit run app.py --server.address 127.0.0.1 --server.port $(PORT) --server.headless true
+	$(BIN)/streamlit run serve.py --server.address 127.0.0.1 --server.port $(PORT) --server.headless true
 
-## Dashboard on the network for classmates, read-only; a fresh owner unlock token is printed at each start
+## Dashboard on the network for classmates, read-only; a fresh owner unlock token is printed at each start.
+## serve.py answers only this machine's names (add others in TRANSFERSCOPE_HOSTS), websocket included, so
+## Streamlit's own loopback-only allowedHosts (.streamlit/config.toml) is lifted here.
 share: $(STAMP) $(DEMO)/train
 	$(BIN)/python -m core owner-token --new
 	TRANSFERSCOPE_DATA=$(DATA) TRANSFERSCOPE_VIEWER=1 \
-	$(BIN)/streamlit run app.py --server.address 0.0.0.0 --server.port $(PORT) --server.headless true \
-		--client.showErrorDetails none
+	$(BIN)/streamlit run serve.py --server.address 0.0.0.0 --server.port $(PORT) --server.headless true \
+		--client.showErrorDetails none --server.allowedHosts '*'
 
 ## Debian's Chromium + ChromeDriver for the browser tests (installed when missing and running as root)
 browser-deps:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import ConfigError
-from core.runs import atomic_write_bytes
+from core.runs import atomic_write_bytes, check_feature_key
 
 MAP_VERSION = 1  # bump when the method or its settings change, so old maps are recomputed
 PCA_DIMS = 50
@@ -20,7 +20,8 @@ STAGE = "feature map (PCA, t-SNE, save)"
 
 
 def map_path(cache_dir, key: str) -> Path:
-    return Path(cache_dir) / "maps" / f"{key}-tsne-v{MAP_VERSION}.npy"
+    """Where the map of feature set `key` is stored (a key that is not hex is refused: it names the file)."""
+    return Path(cache_dir) / "maps" / f"{check_feature_key(key)}-tsne-v{MAP_VERSION}.npy"
 
 
 def load_map(cache_dir, key: str) -> np.ndarray | None:

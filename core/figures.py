@@ -3,8 +3,11 @@
 Class names sit on a categorical axis with automargin, so long names stay readable;
 figures grow taller with the number of classes. Minority classes always get an orange,
 bold tick label (and orange bars where bar colour encodes the class), explained by a note.
+Plotly renders a subset of HTML (links, styles) in any text, so every name that reaches a figure
+(classes, approaches, weights, files, labels) is escaped first and shows literally.
 """
 
+import html
 import itertools
 
 import numpy as np
@@ -29,6 +32,19 @@ METRIC_SYMBOLS = {"accuracy": ("Accuracy", "circle"), "macro_f1": ("Macro-F1", "
 UNRELIABLE_MAX_TEST = 3  # per-class changes from this few test images are mostly noise
 UNRELIABLE_HATCH = "x"
 RUN_KEYS = ("run_id", "approach", "class_weight", "accuracy", "macro_f1", "fit_seconds")
+
+
+def _text(value) -> str:
+    """`value` as plotly text that shows literally (`<a href>` stays text, not a live link).
+
+    >>> _text('<a href="x">cat</a>')
+    '&lt;a href="x"&gt;cat&lt;/a&gt;'
+    """
+    return html.escape(str(value), quote=False)
+
+
+def _texts(values) -> list[str]:
+    return [_text(value) for value in values]
 
 
 def _minority_flags(minority, n_classes):
@@ -98,7 +114,7 @@ def class_distribution_figure(classes, train_counts, test_counts, minority):
         >>> [trace.name for trace in fig.data]
         ['Train', 'Test']
     """
-    names = list(classes)
+    names = _texts(classes)
     flags = _minority_flags(minority, len(names))
     if len(train_counts) != len(names) or len(test_counts) != len(names):
         raise ConfigError(
@@ -135,7 +151,7 @@ def confusion_matrix_figure(cm, classes, normalize=False, *, minority=None):
         >>> fig.data[0].z.tolist()
         [[0.75, 0.25], [0.0, 1.0]]
     """
-    names = list(classes)
+    names = _texts(classes)
     counts = check_confusion(cm, len(names))
     flags = _minority_flags(minority, len(names))
     if normalize:
@@ -171,7 +187,7 @@ def per_class_figure(per_class):
         >>> [trace.name for trace in fig.data]
         ['Precision', 'Recall']
     """
-    names = [row["class"] for row in per_class]
+    names = _texts(row["class"] for row in per_class)
     flags = [row["minority"] for row in per_class]
     colors = _class_colors(flags)
     fig = go.Figure()
@@ -268,12 +284,12 @@ def tradeoff_figure(runs):
     approaches = list(dict.fromkeys(run["approach"] for run in runs))
     for approach, color in zip(approaches, itertools.cycle(qualitative.Plotly)):
         members = [i for i, run in enumerate(runs) if run["approach"] == approach]
-        hover_data = [[runs[i]["approach"], str(runs[i]["class_weight"]), runs[i]["run_id"]] for i in members]
+        hover_data = [_texts((runs[i]["approach"], runs[i]["class_weight"], runs[i]["run_id"])) for i in members]
         for metric, (label, symbol) in METRIC_SYMBOLS.items():
             fig.add_trace(go.Scatter(
                 x=[fit_s[i] for i in members], y=[runs[i][metric] for i in members], mode="markers",
                 error_y=_run_error_bars([runs[i] for i in members], metric),
-                name=f"{approach} · {label}", legendgroup=approach, customdata=hover_data,
+                name=f"{_text(approach)} · {label}", legendgroup=_text(approach), customdata=hover_data,
                 marker=dict(color=color, symbol=symbol, size=11, line=dict(width=1, color="white")),
                 hovertemplate=f"{label} %{{y:.3f}}<br>fit %{{x:.2f}} s<br>approach %{{customdata[0]}}"
                               "<br>class weight %{customdata[1]}<br>run %{customdata[2]}<extra></extra>",
@@ -298,7 +314,7 @@ def confusion_diff_figure(cm_a, cm_b, classes, label_a, label_b, *, minority=Non
         >>> fig.data[0].z.tolist()
         [[0.5, -0.5], [0.0, 0.0]]
     """
-    names = list(classes)
+    names, (label_a, label_b) = _texts(classes), _texts((label_a, label_b))
     flags = _minority_flags(minority, len(names))
     diff = normalize_confusion(check_confusion(cm_b, len(names))) - normalize_confusion(
         check_confusion(cm_a, len(names)))
@@ -319,7 +335,7 @@ def _shared_classes(per_class_a, per_class_b):
             f"the two runs have different classes: {names} vs {[row['class'] for row in per_class_b]}; "
             "compare runs on the same dataset"
         )
-    return names
+    return _texts(names)
 
 
 def f1_delta_figure(per_class_a, per_class_b, label_a, label_b):
@@ -332,7 +348,7 @@ def f1_delta_figure(per_class_a, per_class_b, label_a, label_b):
         >>> [round(x, 2) for x in f1_delta_figure(a, b, "A", "B").data[0].x]
         [0.33, 1.0]
     """
-    names = _shared_classes(per_class_a, per_class_b)
+    names, (label_a, label_b) = _shared_classes(per_class_a, per_class_b), _texts((label_a, label_b))
     deltas = [b["f1"] - a["f1"] for a, b in zip(per_class_a, per_class_b)]
     support = [row["support"] for row in per_class_a]
     shaky = [0 < n <= UNRELIABLE_MAX_TEST for n in support]
@@ -374,7 +390,7 @@ def per_class_delta_figure(per_class_a, per_class_b, label_a, label_b):
         >>> [round(x, 2) for x in per_class_delta_figure(a, b, "A", "B").data[1].x]
         [0.0, 1.0]
     """
-    names = _shared_classes(per_class_a, per_class_b)
+    names, (label_a, label_b) = _shared_classes(per_class_a, per_class_b), _texts((label_a, label_b))
     fig = go.Figure()
     for metric, (color, pattern) in DELTA_METRICS.items():
         fig.add_trace(go.Bar(
@@ -400,7 +416,7 @@ def clickable_confusion_figure(cm, classes, normalize=False, *, minority=None):
         [0, 1, 1]
     """
     fig = confusion_matrix_figure(cm, classes, normalize, minority=minority)
-    names, counts = list(classes), np.asarray(cm)
+    names, counts = _texts(classes), np.asarray(cm)
     cells = [(i, j) for i in range(len(names)) for j in range(len(names))]
     fig.data[0].hoverinfo = "skip"  # the markers carry the hover text, so one label shows
     fig.add_trace(go.Scatter(
@@ -435,7 +451,7 @@ def feature_map_figure(coords, labels, classes, *, is_test, predicted, names, mi
     flags = _minority_flags(minority, len(classes))
     kind = np.where(~is_test, "train", np.where(predicted == labels, "test · correct", "test · misclassified"))
     kind = np.where(is_test & (predicted < 0), "test", kind)
-    fig = go.Figure()
+    fig, classes, names = go.Figure(), _texts(classes), _texts(names)
     for c, (name, color) in enumerate(zip(classes, itertools.cycle(MAP_COLORS))):
         members = np.flatnonzero(labels == c)
         shown = f"<b>{name}</b> (minority)" if flags[c] else name

@@ -22,8 +22,8 @@ import stat
 import tempfile
 import zipfile
 import zlib
-from datetime import datetime, timezone
-from pathlib import Path
+from datetime import datetime, timedelta, timezone
+from pathlib import Path, PurePath
 
 from typing import TYPE_CHECKING
 
@@ -47,6 +47,8 @@ MAX_MEMBER_BYTES = {MANIFEST_FILE: 1024**2, RECORD_FILE: 5 * 1024**2, PREDICTION
 MAX_COMPRESSION_RATIO = 100  # checked on members over RATIO_CHECK_BYTES; real records and CSVs stay far below
 RATIO_CHECK_BYTES = 1024**2
 _RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,200}")
+_FEATURE_KEY_PATTERN = re.compile(r"[0-9a-f]{16,64}")  # core.features keys are sha256 hex prefixes
+MAX_CLOCK_SKEW = timedelta(minutes=10)  # an imported run created later than this from now is refused
 _TEMP_PREFIX = ".tmp-"
 
 # What every stored record holds (the pages and reports read these): key -> type(s).
@@ -89,6 +91,17 @@ def check_run_id(run_id) -> str:
             "(no '..', no leading '.'); pick one from list_runs()"
         )
     return run_id
+
+
+def check_feature_key(key) -> str:
+    """Return `key` if it looks like a feature-set key (hex, as core.features makes them), else raise.
+
+    Keys name files under the cache (features, maps), so one from a record must never hold a path.
+    """
+    if not isinstance(key, str) or not _FEATURE_KEY_PATTERN.fullmatch(key):
+        raise RunStoreError(f"feature key {key!r:.80} is not valid: keys are 16-64 lowercase hex digits made by "
+                            "TransferScope; the record was edited by hand, delete it or re-export it")
+    return key
 
 
 def _fsync_file(path) -> None:
@@ -402,8 +415,12 @@ class RunStore:
             _fsync_dir(self.root)
             shutil.rmtree(trash, ignore_errors=True)
 
-    def export_bundle(self, run_ids, out_path) -> Path:
-        """Write the given runs (records and predictions, never models) and a ``manifest.json`` into a zip."""
+    def export_bundle(self, run_ids, out_path, rewrite=None) -> Path:
+        """Write the given runs (records and predictions, never models) and a ``manifest.json`` into a zip.
+
+        `rewrite(record, predictions) -> (record, predictions)` changes each run on its way out (e.g.
+        `core.sharing.PathNames.bundle_run`, which renames paths for viewers); None copies the files.
+        """
         run_ids = list(dict.fromkeys(run_ids))
         if not run_ids:
             raise RunStoreError("no runs to export; pass at least one run id from list_runs()")
@@ -413,15 +430,25 @@ class RunStore:
             with atomic_file(out_path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
                 zf.writestr(MANIFEST_FILE, json.dumps(manifest, indent=2))
                 for run_dir in run_dirs:
-                    for name in BUNDLE_FILES:
-                        if (run_dir / name).is_file():
-                            zf.write(run_dir / name, f"{run_dir.name}/{name}")
+                    if rewrite is None:
+                        for name in BUNDLE_FILES:
+                            if (run_dir / name).is_file():
+                                zf.write(run_dir / name, f"{run_dir.name}/{name}")
+                    else:
+                        self._write_rewritten(zf, run_dir.name, rewrite)
         return Path(out_path)
 
-    def export_bundle_bytes(self, run_ids) -> bytes:
+    def _write_rewritten(self, zf: zipfile.ZipFile, run_id: str, rewrite) -> None:
+        has_predictions = (self.root / run_id / PREDICTIONS_FILE).is_file()
+        record, predictions = rewrite(self.load(run_id), self.load_predictions(run_id) if has_predictions else None)
+        zf.writestr(f"{run_id}/{RECORD_FILE}", _to_json(record))
+        if predictions is not None:
+            zf.writestr(f"{run_id}/{PREDICTIONS_FILE}", predictions.to_csv(index=False))
+
+    def export_bundle_bytes(self, run_ids, rewrite=None) -> bytes:
         """The bundle export_bundle writes, as bytes (for downloads); the temporary zip is removed."""
         with tempfile.TemporaryDirectory(prefix="transferscope-bundle-") as tmp:
-            return self.export_bundle(run_ids, Path(tmp) / "bundle.zip").read_bytes()
+            return self.export_bundle(run_ids, Path(tmp) / "bundle.zip", rewrite).read_bytes()
 
     def import_bundle(self, zip_path) -> list[str]:
         """Import the runs of a bundle made by export_bundle; return the ids newly imported.
@@ -595,8 +622,56 @@ def _check_bundle(zf: zipfile.ZipFile) -> dict[str, dict[str, zipfile.ZipInfo]]:
     for run_id, files in members.items():
         if RECORD_FILE not in files:
             raise RunStoreError(f"bundle lists run {run_id!r} but has no {run_id}/{RECORD_FILE}")
-        _parse_record(zf.read(files[RECORD_FILE]), run_id)
+        record = _check_imported_record(_parse_record(zf.read(files[RECORD_FILE]), run_id))
+        if PREDICTIONS_FILE in files:
+            _check_prediction_paths(zf, files[PREDICTIONS_FILE], record)
     return members
+
+
+def _check_imported_record(record: dict) -> dict:
+    """What a run from another machine must also satisfy: a known approach, a hex feature key, a past date.
+
+    Its approach is shown on every page, its feature key names cache files, and its `created` decides
+    which run pages open first.
+    """
+    from core.settings import APPROACHES  # on use: it loads torch
+
+    where = f"bundle run {record['run_id']!r}"
+    if record["approach"] not in APPROACHES:
+        raise RunStoreError(f"{where} has approach {record['approach']!r:.80}; TransferScope knows "
+                            f"{', '.join(APPROACHES)}, so the bundle was not made by it")
+    if record.get("feature_key") is not None:
+        check_feature_key(record["feature_key"])
+    created = datetime.fromisoformat(record["created"])
+    created = created if created.tzinfo else created.replace(tzinfo=timezone.utc)
+    if created > datetime.now(timezone.utc) + MAX_CLOCK_SKEW:
+        raise RunStoreError(f"{where} was created {record['created']!r:.40}, in the future; check the clock of the "
+                            "machine that exported it and export it again")
+    return record
+
+
+def _check_prediction_paths(zf: zipfile.ZipFile, info: zipfile.ZipInfo, record: dict) -> None:
+    """Every test image path of an imported run must lie inside its dataset folder (by name; no file is looked up).
+
+    Pages look these paths up on this machine, so a path elsewhere would probe the owner's disk.
+    """
+    import pandas as pd  # on use, as in load_predictions
+
+    root, where = PurePath(record["dataset"]["root"]), f"bundle run {record['run_id']!r}"
+    try:
+        with zf.open(info) as csv:
+            paths = pd.read_csv(csv, usecols=["path"], dtype=str, keep_default_na=False)["path"]
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise RunStoreError(f"{where} has a {PREDICTIONS_FILE} without a readable 'path' column ({err}); "
+                            "export the bundle again") from None
+    outside = next((path for path in paths if not _lies_in(PurePath(path), root)), None)
+    if outside is not None:
+        raise RunStoreError(f"{where} lists test image {outside!r:.120}, outside its dataset folder "
+                            f"{str(root)!r:.120}; bundles list only images inside the dataset they were trained on")
+
+
+def _lies_in(path: PurePath, root: PurePath) -> bool:
+    return ".." not in path.parts and path != root and path.is_relative_to(root)
 
 
 def _extract_run(zf: zipfile.ZipFile, files: dict[str, zipfile.ZipInfo], dest: Path) -> None:

@@ -5,16 +5,27 @@ import collections
 import hmac
 import ipaddress
 import os
+import re
 import secrets
+import socket
 import stat
 import threading
 import time
-from pathlib import Path
+from pathlib import Path, PurePath, PurePosixPath
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from core.errors import ConfigError
 
 TOKEN_FILE = "owner_token"
+HOSTS_ENV = "TRANSFERSCOPE_HOSTS"  # extra names a shared dashboard answers to, comma-separated (a DNS alias)
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")  # Host header forms: an IPv6 address in brackets
+ROUTE_PROBES = ((socket.AF_INET, "192.0.2.1"), (socket.AF_INET6, "2001:db8::1"))  # documentation addresses
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")  # what viewers on the network may send over plain HTTP
+OTHER_FOLDER = "other-folder"  # how viewers see a dataset folder outside the served one
+HIDDEN_PATH = "(a path on the server)"  # how viewers see any other path in a message
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~])~?/[^\s'\",;()\[\]{}]*[^\s'\",;()\[\]{}.]")  # in running text
+# No other site may show the dashboard in a frame (clickjacking); its own pages still may.
+FRAME_HEADERS = {"Content-Security-Policy": "frame-ancestors 'self'", "X-Frame-Options": "SAMEORIGIN"}
 
 
 def viewer_mode(environ=os.environ) -> bool:
@@ -67,6 +78,53 @@ def is_loopback(ip: str | None) -> bool:
     return (mapped or address).is_loopback
 
 
+def allowed_hosts(share: bool, environ=os.environ) -> list[str]:
+    """The Host header names the server answers to; any other (a DNS-rebinding page) is refused.
+
+    This machine's loopback names; under `make share` also its own names and network addresses, and the
+    names listed in env TRANSFERSCOPE_HOSTS.
+
+    >>> allowed_hosts(share=False)
+    ['localhost', '127.0.0.1', '[::1]']
+    """
+    hosts = list(LOOPBACK_HOSTS)
+    if share:
+        hosts += machine_names()
+        hosts += [name.strip().lower() for name in environ.get(HOSTS_ENV, "").split(",") if name.strip()]
+    return list(dict.fromkeys(hosts))
+
+
+def machine_names() -> list[str]:
+    """This machine's host names (plain, fully qualified, mDNS `.local`) and addresses, as Host headers."""
+    name = socket.gethostname().lower()
+    names = [name, socket.getfqdn().lower(), f"{name.split('.')[0]}.local"]
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(name, None)}
+    except OSError:
+        addresses = set()
+    addresses |= {address for family, probe in ROUTE_PROBES if (address := _route_address(family, probe))}
+    return names + [f"[{a.split('%')[0]}]" if ":" in a else a for a in sorted(addresses)]
+
+
+def _route_address(family, probe: str) -> str | None:
+    """The local address this machine would send from to `probe` (no packet is sent), None without a route."""
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            sock.connect((probe, 9))
+            return sock.getsockname()[0]
+    except OSError:
+        return None
+
+
+def may_send(method: str, client_ip: str | None) -> bool:
+    """Whether an HTTP request may reach a shared server: reads from anyone, writes (uploads) from this machine.
+
+    >>> may_send("GET", "192.168.1.20"), may_send("PUT", "192.168.1.20"), may_send("PUT", "127.0.0.1")
+    (True, False, True)
+    """
+    return method.upper() in SAFE_METHODS or is_loopback(client_ip)
+
+
 class Throttle:
     """At most `max_events` per `per_s` seconds, shared by every thread (e.g. all viewers of a server)."""
 
@@ -75,16 +133,66 @@ class Throttle:
         self._times: collections.deque[float] = collections.deque()
         self._lock = threading.Lock()
 
-    def wait_s(self, now: float | None = None) -> float:
-        """0 and count one event when one is allowed now; else the seconds until one will be."""
+    def wait_s(self, now: float | None = None, count: bool = True) -> float:
+        """0 (counting one event unless `count` is False) when one is allowed now; else the seconds until one is."""
         now = time.monotonic() if now is None else now
         with self._lock:
             while self._times and now - self._times[0] >= self.per_s:
                 self._times.popleft()
             if len(self._times) < self.max_events:
-                self._times.append(now)
+                if count:
+                    self._times.append(now)
                 return 0.0
             return self.per_s - (now - self._times[0])
+
+
+def admit(*throttles: Throttle) -> float:
+    """0 when every throttle allows an event now (then it counts in each); else the longest wait, counting none.
+
+    E.g. a viewer's refit against its session's throttle and the one all viewers share.
+    """
+    wait_s = max(throttle.wait_s(count=False) for throttle in throttles)
+    if wait_s == 0:
+        for throttle in throttles:
+            throttle.wait_s()
+    return wait_s
+
+
+class PrioritySlot:
+    """One slot (the server's refit slot) that the owner gets first: waiting owners go before waiting viewers.
+
+    So however many viewers queue, an owner waits at most for the one holding the slot.
+    """
+
+    def __init__(self):
+        self._changed = threading.Condition()
+        self._busy = False
+        self._waiting = {True: 0, False: 0}  # owner? -> how many wait
+
+    def acquire(self, owner: bool, timeout_s: float) -> bool:
+        """Take the slot within `timeout_s` (True), else give up (False)."""
+        with self._changed:
+            self._waiting[owner] += 1
+            try:
+                taken = self._changed.wait_for(lambda: not self._busy and (owner or not self._waiting[True]),
+                                               timeout_s)
+            finally:
+                self._waiting[owner] -= 1
+            if taken:
+                self._busy = True
+            else:
+                self._changed.notify_all()  # a viewer may have waited for this owner only
+            return taken
+
+    def release(self) -> None:
+        with self._changed:
+            self._busy = False
+            self._changed.notify_all()
+
+    def waiting(self) -> tuple[int, int]:
+        """(owners, viewers) waiting for the slot now."""
+        with self._changed:
+            return self._waiting[True], self._waiting[False]
 
 
 def is_within(path, root) -> bool:
@@ -98,6 +206,64 @@ def is_within(path, root) -> bool:
     except (ValueError, OSError, RuntimeError):
         return False
     return True
+
+
+class PathNames:
+    """How viewers see paths: relative to the served dataset, led by its folder name; the cache by its name.
+
+    Nothing else of the server's disk: other paths become OTHER_FOLDER (dataset folders) or HIDDEN_PATH.
+
+    >>> names = PathNames("/home/me/data/digits", "/home/me/cache")
+    >>> names.name("/home/me/data/digits/test/3/a.png"), names.text("no features under /home/me/cache/f/x1.")
+    ('digits/test/3/a.png', 'no features under cache/f/x1.')
+    """
+
+    def __init__(self, served_root, cache_dir):
+        self.roots = [(Path(served_root).expanduser().resolve(), Path(served_root).resolve().name or "dataset"),
+                      (Path(cache_dir).expanduser().resolve(), "cache")]
+
+    def name(self, path, hidden: str = HIDDEN_PATH) -> str:
+        """`path` relative to the served dataset (or the cache), else `hidden`; symlinks resolved."""
+        for root, label in self.roots:
+            try:
+                return str(PurePosixPath(label, Path(path).expanduser().resolve().relative_to(root)))
+            except (ValueError, OSError, RuntimeError):
+                continue
+        return hidden
+
+    def text(self, text: str) -> str:
+        """`text` (a message) with every absolute path in it named as `name` does."""
+        return _ABSOLUTE_PATH.sub(lambda match: self.name(match.group()), str(text))
+
+    def record(self, record: dict) -> dict:
+        """A copy of a run record for viewers: its dataset folder named, every path in its texts renamed."""
+        shown = _map_strings(record, self.text)
+        shown["dataset"]["root"] = self.name(record["dataset"]["root"], OTHER_FOLDER)
+        return shown
+
+    def bundle_run(self, record: dict, predictions):
+        """A run as a viewer's bundle holds it: `record` and its predictions table with image paths renamed.
+
+        Paths become `<dataset name>/<path inside the dataset>`, so the bundle still imports elsewhere.
+        """
+        shown = self.record(record)
+        if predictions is None:
+            return shown, None
+        root, shown_root = PurePath(record["dataset"]["root"]), PurePosixPath(shown["dataset"]["root"])
+        inside = [PurePath(path) for path in predictions["path"]]
+        paths = [shown_root / (path.relative_to(root) if path.is_relative_to(root) else path.name) for path in inside]
+        return shown, predictions.assign(path=[str(path) for path in paths])
+
+
+def _map_strings(value, rename):
+    """`value` (JSON-like) with `rename` applied to every string in it."""
+    if isinstance(value, str):
+        return rename(value)
+    if isinstance(value, dict):
+        return {key: _map_strings(item, rename) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_map_strings(item, rename) for item in value]
+    return value
 
 
 def app_base_url(page_url: str | None, page_names) -> str:

@@ -3,11 +3,17 @@
 Start from a stored svm or head run, refit on its cached features (the SVM reuses the RBF train kernel of
 the run's training rows, see `core.classifiers.KERNEL_CACHE`), and compare with the starting run. Nothing is
 stored until `save_as_run`.
+
+Refits share one slot per server process that the owner gets first (`core.sharing.PrioritySlot`).
+The raw scores of recent refits are kept by (run, weights) in `REFITS`: the same weights again cost
+no refit, and tau and offsets only `rescore` them (post-hoc adjustments: they never fit anything).
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
+import hashlib
 import math
 import threading
 import time
@@ -26,6 +32,7 @@ from core.features import FeatureSet
 from core.metrics import evaluate
 from core.runs import RunStore
 from core.remedies import Remedy, decide, parse_remedy
+from core.sharing import PrioritySlot
 from core.stats import METRICS, paired_comparison, point_scores
 from core.torch_threads import one_torch_thread
 from core.weights import class_weights, normalise_weights
@@ -36,7 +43,37 @@ REFIT_WAIT_S = 30.0
 SAVED_LABEL = "custom:what-if"
 LIVE_SVM_MAX_TRAIN = 6000  # an RBF SVM refit (with validation folds) takes over ~2 s beyond this
 TRAINING_PARTS = frozenset({"resample", "la-loss"})  # remedy parts a refit keeps from its start run
-_REFIT_LOCK = threading.Lock()  # one refit at a time per server process, whoever asks
+REFIT_SLOT = PrioritySlot()  # one refit at a time per server process; the owner goes first
+
+
+class LruCache:
+    """A small thread-safe cache of the last `max_entries` values by key (a module global: no browser clears it)."""
+
+    def __init__(self, max_entries: int):
+        self.max_entries = max_entries
+        self._entries: collections.OrderedDict = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key):
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+            return self._entries.get(key)
+
+    def put(self, key, value) -> None:
+        with self._lock:
+            self._entries[key] = value
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+REFITS = LruCache(16)  # (run, feature key, weights) -> a refit's raw scores: test + out-of-fold, ~3 MB at 20k x 10
+PAIRED = LruCache(16)  # (run, tuned predictions) -> the paired test against the start
 
 
 @dataclass(frozen=True)
@@ -163,40 +200,57 @@ def _check_tau(tau, approach: str) -> float:
 
 
 @contextlib.contextmanager
-def _refit_slot():
-    """Hold the server's one refit slot, with this thread's torch on one thread meanwhile.
+def _refit_slot(owner: bool = True):
+    """Hold the server's one refit slot (owners first), with this thread's torch on one thread meanwhile.
 
     On a busy 2-core box the head's small matrices train far faster on one thread than on two that
     contend with other work (4k x 1280 features, 9 epochs: 0.55-1.0 s against 0.5-49 s).
     """
-    if not _REFIT_LOCK.acquire(timeout=REFIT_WAIT_S):
+    if not REFIT_SLOT.acquire(owner, timeout_s=REFIT_WAIT_S):
         raise TransferScopeError(f"other sessions kept the server busy refitting for {REFIT_WAIT_S:.0f} s; try again")
     try:
         with one_torch_thread():
             yield
     finally:
-        _REFIT_LOCK.release()
+        REFIT_SLOT.release()
 
 
-def refit(start: Start, weights, tau: float = 0.0, offsets=None) -> dict:
+def refit(start: Start, weights, tau: float = 0.0, offsets=None, *, owner: bool = True, admit=None) -> dict:
     """Refit the run's approach with `weights` (one per class); its test metrics, predictions and validation.
 
     The result is `rescore`'s (test metrics, `y_pred`, `validation`) plus `weights`, the raw `scores` and
     `oof_scores` (so tau and offsets rescore without refitting), `support` (the SVM's per-class support
-    counts at these weights, else None) and `refit_seconds`. A head refits for the start run's chosen
-    epoch count (`Start.head_epochs`); tuned C and tau are reused, never chosen again.
+    counts at these weights, else None), `refit_seconds` (of the fit, also when it came from `REFITS`) and
+    `cached`. A head refits for the start run's chosen epoch count (`Start.head_epochs`); tuned C and tau
+    are reused, never chosen again. `owner` goes before waiting viewers; `admit()`, called only when a fit
+    is needed, may refuse it by raising (a viewer's rate limit).
     """
-    approach = start.record["approach"]
     weights = check_weights(weights, start.dataset.train_counts)
-    with _refit_slot():
+    _check_tau(tau, start.record["approach"])  # bad values are refused before any fit
+    if offsets is not None:
+        check_offsets(offsets, len(start.classes))
+    key = (start.record["run_id"], start.features.key, weights.tobytes())
+    cached = REFITS.get(key)
+    if cached is None and admit is not None:
+        admit()
+    raw = cached or _fit_raw(start, weights, key, owner)
+    return {**raw, **rescore(start, raw, tau, offsets), "cached": bool(cached)}
+
+
+def _fit_raw(start: Start, weights: np.ndarray, key: tuple, owner: bool) -> dict:
+    """Fit in the refit slot and keep the raw scores in REFITS (unless another session just did)."""
+    with _refit_slot(owner):
+        if (done := REFITS.get(key)) is not None:
+            return done
         started = time.perf_counter()
-        run = fit_run(start.config, start.dataset, start.features, approach, start.training_remedy, weights,
-                      head_epochs=start.head_epochs, decision={"tau": 0.0, "offsets": None, "tuned": {}})
+        run = fit_run(start.config, start.dataset, start.features, start.record["approach"], start.training_remedy,
+                      weights, head_epochs=start.head_epochs, decision={"tau": 0.0, "offsets": None, "tuned": {}})
         refit_s = time.perf_counter() - started
     fitted = run["fitted"]
     raw = {"weights": weights, "scores": fitted.scores, "oof_scores": fitted.oof_scores,
            "support": fitted.extras.get("support"), "refit_seconds": refit_s}
-    return {**raw, **rescore(start, raw, tau, offsets)}
+    REFITS.put(key, raw)
+    return raw
 
 
 def rescore(start: Start, outcome: dict, tau: float = 0.0, offsets=None) -> dict:
@@ -282,11 +336,23 @@ def compare_with_start(start: Start, outcome: dict) -> dict:
     `paired`: McNemar's test and paired bootstrap intervals of tuned (B) minus start (A), None without
     the start's predictions (see `core.stats.paired_comparison`)."""
     record = start.record
-    paired = None if start.start_pred is None else paired_comparison(
-        start.features.y_test, start.start_pred, outcome["y_pred"], len(start.classes), seed=record.get("seed", 0))
     return {"headline": metric_deltas(record, outcome), "per_class": per_class_deltas(record, outcome),
             "confusion_change": (np.asarray(outcome["confusion_matrix"])
-                                 - np.asarray(record["confusion_matrix"])).tolist(), "paired": paired}
+                                 - np.asarray(record["confusion_matrix"])).tolist(), "paired": _paired(start, outcome)}
+
+
+def _paired(start: Start, outcome: dict) -> dict | None:
+    """The paired test of the tuned predictions against the start's, computed once per predictions (`PAIRED`)."""
+    if start.start_pred is None:
+        return None
+    y_pred = np.asarray(outcome["y_pred"])
+    key = (start.record["run_id"], hashlib.sha256(y_pred.tobytes()).hexdigest())
+    paired = PAIRED.get(key)
+    if paired is None:
+        paired = paired_comparison(start.features.y_test, start.start_pred, y_pred, len(start.classes),
+                                   seed=start.record.get("seed", 0))
+        PAIRED.put(key, paired)
+    return paired
 
 
 def save_as_run(start: Start, weights, tau: float, store: RunStore, offsets=None,
@@ -305,7 +371,7 @@ def save_as_run(start: Start, weights, tau: float, store: RunStore, offsets=None
     remedy = start.training_remedy
     if offsets is not None:
         remedy = Remedy(f"{remedy.label}+offsets", remedy.weights, remedy.parts | {"offsets"})
-    with _refit_slot():
+    with _refit_slot(owner=True):
         return train_and_record(config, start.dataset, start.features, start.record["approach"], remedy, store, head_epochs=start.head_epochs, weights=weights,
                                 decision={"tau": tau, "offsets": offsets, "tuned": {}},
                                 extra={"chosen_with_test_visible": test_visible})

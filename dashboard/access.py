@@ -1,4 +1,5 @@
-"""Who may do what: viewer mode, the owner's unlock, the read-only checks behind every action, viewable paths.
+"""Who may do what: viewer mode, the owner's unlock, the read-only checks behind every action, viewable paths
+and how paths are shown to viewers (relative to the served dataset only).
 
 A shared dashboard (`make share`) is read-only until the owner types the token on the server machine.
 Pages disable their buttons with `can_act`; the actions in `dashboard.state` check `require_owner` again.
@@ -80,3 +81,24 @@ def viewable_paths(paths: list[str]) -> tuple[list[str], int]:
     root = server_data_dir()
     shown = [path for path in paths if sharing.is_within(path, root)]
     return shown, len(paths) - len(shown)
+
+
+def shown_path(path: str) -> str:
+    """`path` as this session may see it: whole for the owner; for viewers relative to the served dataset."""
+    return str(path) if can_act() else path_names().name(path, sharing.OTHER_FOLDER)
+
+
+def shown_text(text: str) -> str:
+    """A message as this session may see it: for viewers, every path in it relative to the served dataset."""
+    return str(text) if can_act() else path_names().text(text)
+
+
+def shown_record(record: dict) -> dict:
+    """A run record as this session may see it (for viewers a copy: dataset folder and paths renamed)."""
+    return record if can_act() else path_names().record(record)
+
+
+def path_names() -> sharing.PathNames:
+    """How viewers' paths are renamed: relative to the served dataset, the cache folder's by their place in it."""
+    return sharing.PathNames(server_data_dir(), cache_dir())
+

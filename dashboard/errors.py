@@ -8,14 +8,18 @@ import traceback
 import streamlit as st
 
 from core.errors import TransferScopeError
+from core.report import escape_markdown
 from dashboard import access
 
 STRICT_ENV = "TRANSFERSCOPE_STRICT"  # "1" (tests): guard re-raises unexpected errors instead of showing them
 
 
 def show_failure(message: str, details: str | None = None) -> None:
-    """A readable error box, with the technical details folded away (shown to the owner only)."""
-    st.error(message, icon=":material/error:")
+    """A readable error box (shown literally: messages quote names), technical details folded away for the owner.
+
+    Viewers see the paths in `message` relative to the served dataset only.
+    """
+    st.error(escape_markdown(access.shown_text(message)), icon=":material/error:")
     if details and access.can_act():
         with st.expander("Details"):
             st.code(details, language=None)

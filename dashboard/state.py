@@ -26,6 +26,8 @@ from core.settings import DATASET_SETTINGS
 from dashboard import access, errors
 
 VIEWER_BUILDS = sharing.Throttle(max_events=6, per_s=60)  # reports and bundles built for viewers, whole server
+VIEWER_REFITS = sharing.Throttle(max_events=20, per_s=60)  # What-if refits of all viewers together
+SESSION_REFITS = {"max_events": 6, "per_s": 60}  # What-if refits of one viewer session
 SPLIT_DEFAULTS = run_split()  # the declared test_size and seed
 TRAINING_JOB = "experiment"  # job kinds; a training job's name says what it trains
 MAP_JOB = "feature map"  # its name is the key of the feature set it maps
@@ -68,7 +70,7 @@ def job_manager() -> JobManager:
 
 def reset_server_state() -> None:
     """Forget what this process holds outside Streamlit's caches, as a restart would (tests start each afresh):
-    cancel every job, drop the job managers, the dataset scans and the what-if starts."""
+    cancel every job, drop the job managers, the dataset scans, the what-if starts and refits, the paired tests."""
     with _JOB_MANAGERS_LOCK:
         managers = list(_JOB_MANAGERS.values())
         _JOB_MANAGERS.clear()
@@ -76,6 +78,9 @@ def reset_server_state() -> None:
         manager.shutdown()
     _scan.cache_clear()
     _whatif_start.cache_clear()
+    _paired.cache_clear()
+    whatif.REFITS.clear()
+    whatif.PAIRED.clear()
 
 
 @st.cache_resource
@@ -189,38 +194,55 @@ def _check_viewer_build(for_viewer: bool) -> None:
 
 
 @st.cache_data(max_entries=4, show_spinner=False)  # built in a download click, outside any script run
-def _report(root: str, run_ids: tuple[str, ...], fmt: str, _for_viewer: bool) -> str:
-    _check_viewer_build(_for_viewer)  # only on a cache miss: a cached report costs nothing
-    store = _run_store(root)
-    return render_runs_report([store.load(run_id) for run_id in run_ids], fmt)
+def _report(root: str, run_ids: tuple[str, ...], fmt: str, for_viewer: bool, _names: sharing.PathNames) -> str:
+    _check_viewer_build(for_viewer)  # only on a cache miss: a cached report costs nothing
+    records = [_run_store(root).load(run_id) for run_id in run_ids]
+    return render_runs_report([_names.record(r) for r in records] if for_viewer else records, fmt)
 
 
 @st.cache_data(max_entries=2, show_spinner=False)
-def _bundle(root: str, run_ids: tuple[str, ...], _for_viewer: bool) -> bytes:
-    _check_viewer_build(_for_viewer)
-    return _run_store(root).export_bundle_bytes(run_ids)
+def _bundle(root: str, run_ids: tuple[str, ...], for_viewer: bool, _names: sharing.PathNames) -> bytes:
+    _check_viewer_build(for_viewer)
+    return _run_store(root).export_bundle_bytes(run_ids, _names.bundle_run if for_viewer else None)
 
 
 def deferred_report(run_ids: list[str], fmt: str):
     """The 'html' (self-contained) or 'md' report of these runs as a download_button callable.
 
     It runs when the button is clicked, outside the script, with this session's rights (rate-limited
-    for viewers).
+    for viewers, who get paths relative to the served dataset only).
     """
-    root, run_ids, for_viewer = str(run_store().root), tuple(run_ids), not access.can_act()
-    return lambda: _report(root, run_ids, fmt, for_viewer)
+    root, run_ids, for_viewer, names = str(run_store().root), tuple(run_ids), not access.can_act(), access.path_names()
+    return lambda: _report(root, run_ids, fmt, for_viewer, names)
 
 
 def deferred_bundle(run_ids: list[str]):
     """A zip bundle of these runs, for another TransferScope to import, as a download_button callable."""
-    root, run_ids, for_viewer = str(run_store().root), tuple(run_ids), not access.can_act()
-    return lambda: _bundle(root, run_ids, for_viewer)
+    root, run_ids, for_viewer, names = str(run_store().root), tuple(run_ids), not access.can_act(), access.path_names()
+    return lambda: _bundle(root, run_ids, for_viewer, names)
+
+
+@functools.lru_cache(maxsize=16)  # a module global, like the scans: no browser message clears it
+def _paired(root: str, run_a: str, run_b: str) -> dict | None:
+    store = _run_store(root)
+    return analysis.paired_diff(store.load(run_a), store.load_predictions(run_a), store.load(run_b),
+                                store.load_predictions(run_b))
+
+
+def paired_diff(run_a: str, run_b: str) -> dict | None:
+    """McNemar's test and paired bootstrap intervals of run B minus run A (see `core.analysis.paired_diff`).
+
+    Computed once per pair of runs (they never change once saved): the bootstrap takes seconds on large
+    test sets, and the Compare page runs again at every click.
+    """
+    return _paired(str(run_store().root), run_a, run_b)
 
 
 def clear_run_caches() -> None:
-    """Forget cached records, predictions, reports and bundles (after runs were imported or deleted)."""
+    """Forget cached records, predictions, paired tests, reports and bundles (after runs were imported or deleted)."""
     for cached in (_load_run, _load_predictions, _report, _bundle):
         cached.clear()
+    _paired.cache_clear()
 
 
 def import_bundle(file) -> list[str]:
@@ -296,6 +318,23 @@ def whatif_start(record: dict) -> whatif.Start:
                             "runs on the server's dataset")
     with st.spinner("Loading the run's cached features…"):
         return _whatif_start(str(run_store().root), record["run_id"], str(cache_dir()))
+
+
+def whatif_refit(start: whatif.Start, weights, tau: float) -> dict:
+    """`whatif.refit` for this session: the owner goes first; a viewer's fits are rate-limited (kept refits
+    and tau changes are free) and wait while the owner's jobs run."""
+    owner = access.can_act()
+    return whatif.refit(start, weights, tau, owner=owner, admit=None if owner else _admit_viewer_refit)
+
+
+def _admit_viewer_refit() -> None:
+    if any(is_active(job) for job in job_manager().jobs()):
+        raise ReadOnlyError("the owner's job is running on this server; viewers' What-if refits resume when it ends")
+    session = st.session_state.setdefault("whatif_refits", sharing.Throttle(**SESSION_REFITS))
+    wait_s = sharing.admit(session, VIEWER_REFITS)
+    if wait_s:
+        raise ReadOnlyError(f"viewers refit many times just now; this one can run in {wait_s:.0f} s "
+                            "(weights tried before show at once)")
 
 
 def save_whatif(start: whatif.Start, weights, tau: float, offsets=None, test_visible: bool = True) -> dict:

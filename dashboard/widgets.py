@@ -8,6 +8,7 @@ import streamlit as st
 
 from core.analysis import noise_note, paired_table, paired_verdict, run_labels, run_table
 from core.jobs import Job
+from core.report import escape_markdown
 from core.settings import BY_NAME, DATASET_SETTINGS, Setting, parse_list
 from dashboard import access, state, views
 
@@ -29,7 +30,8 @@ def dataset_folder_input() -> None:
             for name in DATASET_SETTINGS:
                 st.text_input(BY_NAME[name].label, key=f"data_{name}", help=BY_NAME[name].help)
     else:
-        st.text_input("Dataset folder", value=state.default_data_dir(), key="data_dir_shared", disabled=True,
+        st.text_input("Dataset folder", value=access.shown_path(state.default_data_dir()), key="data_dir_shared",
+                      disabled=True,
                       help="The server's dataset; viewers of a shared dashboard cannot change it")
 
 
@@ -50,7 +52,7 @@ def sidebar_job_status() -> None:
         if job is None:
             st.caption("No training job yet.")
             return False
-        st.caption(f"Job **{job.name}**: {job_brief(job)}")
+        st.caption(f"Job **{escape_markdown(job.name)}**: {escape_markdown(job_brief(job))}")
         return state.is_active(job)
 
     live(render, every_s=2, poll=state.is_active(state.current_job()))

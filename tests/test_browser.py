@@ -12,13 +12,9 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -28,6 +24,7 @@ from core.analysis import run_labels
 from core.data import DEMO_CLASSES, build_demo_dataset
 from core.runs import RunStore
 from dashboard import errors
+from live import free_port, healthy, stop
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -82,34 +79,6 @@ CONTENT_HEIGHT_JS = """() => Math.max(document.body.scrollHeight, ...['stMain', 
 
 # ---- the server ------------------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-def _stop(process: subprocess.Popen) -> None:
-    """SIGTERM the server's process group (server and any children), SIGKILL if it lingers."""
-    for sig, wait_s in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(timeout=wait_s)
-            return
-        except subprocess.TimeoutExpired:
-            pass
-
-
 class Server:
     """A running `streamlit run app.py` on 127.0.0.1, its cache folder and its log."""
 
@@ -130,7 +99,7 @@ def server(tmp_path_factory) -> Server:
     tmp = tmp_path_factory.mktemp("browser")
     cache, log = tmp / "cache", tmp / "streamlit.log"
     data = build_demo_dataset(tmp / "digits-demo")
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "TRANSFERSCOPE_CACHE_DIR": str(cache), "TRANSFERSCOPE_DATA": str(data),
            errors.STRICT_ENV: "1"}  # unexpected errors surface as Streamlit exceptions, not friendly boxes
@@ -144,7 +113,7 @@ def server(tmp_path_factory) -> Server:
     running = Server(url, cache, Path(data), log)
     try:
         deadline = time.monotonic() + SERVER_START_S
-        while not _healthy(url):
+        while not healthy(url):
             if process.poll() is not None:
                 pytest.fail(f"streamlit exited with code {process.returncode}:\n{running.log_tail()}")
             if time.monotonic() > deadline:
@@ -152,7 +121,7 @@ def server(tmp_path_factory) -> Server:
             time.sleep(0.5)
         yield running
     finally:
-        _stop(process)
+        stop(process)
 
 
 # ---- the browser -----------------------------------------------------------------------------------

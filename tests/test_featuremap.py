@@ -6,7 +6,7 @@ import pytest
 from sklearn.datasets import make_blobs
 from sklearn.neighbors import KNeighborsClassifier
 
-from core.errors import ConfigError
+from core.errors import ConfigError, RunStoreError
 from core.featuremap import (build_map, compute_map, load_map, map_feature_set, map_path, map_points,
                              misclassified_first)
 
@@ -20,14 +20,23 @@ def test_map_keeps_classes_apart_and_is_deterministic():
     np.testing.assert_array_equal(coords, compute_map(X))
 
 
+KEY, OTHER_KEY = "0123456789abcdef0123", "fedcba9876543210fedc"  # hex, as core.features makes them
+
+
 def test_map_is_stored_per_feature_key(tmp_path):
     X = np.random.default_rng(0).normal(size=(30, 12))
-    assert load_map(tmp_path, "k1") is None
+    assert load_map(tmp_path, KEY) is None
     stages = []
-    coords = build_map(X, tmp_path, "k1", progress=lambda *a: stages.append(a[1:]))
+    coords = build_map(X, tmp_path, KEY, progress=lambda *a: stages.append(a[1:]))
     assert stages[0] == (0, 3) and stages[-1] == (3, 3)
-    np.testing.assert_array_equal(load_map(tmp_path, "k1"), coords)
-    assert map_path(tmp_path, "k1").parent == tmp_path / "maps" and load_map(tmp_path, "k2") is None
+    np.testing.assert_array_equal(load_map(tmp_path, KEY), coords)
+    assert map_path(tmp_path, KEY).parent == tmp_path / "maps" and load_map(tmp_path, OTHER_KEY) is None
+
+
+def test_a_key_that_is_a_path_reads_no_file_outside_the_cache(tmp_path):
+    np.save(tmp_path / "secret-tsne-v1.npy", np.zeros((4, 2)))
+    with pytest.raises(RunStoreError, match="not valid"):
+        load_map(tmp_path / "cache", "../../secret")
 
 
 def test_a_feature_sets_map_places_training_rows_then_test_rows(tmp_path):

@@ -1,5 +1,7 @@
 """Tests for core.figures on tiny synthetic inputs."""
 
+import json
+
 import numpy as np
 import plotly.graph_objects as go
 import pytest
@@ -241,3 +243,57 @@ def test_per_class_delta_figure_shows_three_metrics():
     fig = per_class_delta_figure(a, b, "start", "tuned")
     assert [trace.name for trace in fig.data] == ["Δ precision", "Δ recall", "Δ f1"]
     assert fig.data[1].x[1] == pytest.approx(0.5)
+
+
+# ---- names are text, never markup ------------------------------------------------------------------
+
+LINK = '<a href="http://evil.example">cat</a>'
+STYLED = '<span style="font-size:60px;color:red">dog</span>'
+MARKUP_CLASSES = [LINK, STYLED, "owl<br>"]
+
+
+def figure_strings(fig) -> list[str]:
+    """Every string in the figure's JSON (what plotly.js receives and renders as pseudo-HTML)."""
+    found = []
+
+    def walk(value):
+        if isinstance(value, str):
+            found.append(value)
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    walk(json.loads(fig.to_json()))
+    return found
+
+
+def markup_figures():
+    per_class = evaluate([0, 0, 0, 1, 1, 2], [0, 0, 1, 1, 0, 1], MARKUP_CLASSES,
+                         train_counts=[100, 90, 10])["per_class"]
+    cm = [[2, 1, 0], [1, 1, 0], [0, 1, 0]]
+    run = {"run_id": "r1", "approach": LINK, "class_weight": STYLED, "accuracy": 0.5, "macro_f1": 0.4,
+           "fit_seconds": 1.0}
+    return {
+        "distribution": class_distribution_figure(MARKUP_CLASSES, [100, 90, 10], [3, 2, 1], [False, False, True]),
+        "confusion": confusion_matrix_figure(cm, MARKUP_CLASSES, minority=[False, False, True]),
+        "clickable confusion": clickable_confusion_figure(cm, MARKUP_CLASSES),
+        "per class": per_class_figure(per_class),
+        "tradeoff": tradeoff_figure([run]),
+        "confusion diff": confusion_diff_figure(cm, cm, MARKUP_CLASSES, "A", LINK),
+        "f1 delta": f1_delta_figure(per_class, per_class, "A", "B"),
+        "per-class delta": per_class_delta_figure(per_class, per_class, "start", "tuned"),
+        "feature map": feature_map_figure([[0, 0], [1, 1], [2, 2]], [0, 1, 2], MARKUP_CLASSES,
+                                          is_test=[False, True, True], predicted=[-1, 0, 2],
+                                          names=[LINK, "b.png", STYLED], minority=[False, False, True]),
+    }
+
+
+@pytest.mark.parametrize("name", list(markup_figures()))
+def test_markup_in_names_reaches_no_figure(name):
+    """Plotly renders <a href> links and styles found in any label; a class named so showed a live link."""
+    strings = figure_strings(markup_figures()[name])
+    assert not [text for text in strings if "<a " in text or "<span style=\"font-size" in text or "owl<br>" in text]
+    assert any("&lt;a href=" in text for text in strings), "the escaped name is still shown"

@@ -108,6 +108,19 @@ def test_html_escapes_names(demo_experiment):
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
 
 
+def test_html_charts_show_markup_in_names_as_text(demo_experiment):
+    """Plotly renders <a href> and styles found in labels: a class named so was a live link in the report."""
+    results = json.loads(json.dumps(demo_experiment[0]))
+    link = '<a href="http://evil.example">zero</a>'
+    results["dataset"]["classes"][0] = link
+    for run in results["runs"]:
+        run["per_class"][0]["class"], run["class_weight"] = link, '<span style="color:red">none</span>'
+    page = render_html(results)
+    charts = page.replace("\\u003c", "<").replace("\\u003e", ">").replace("\\u002f", "/").replace("\\u0026", "&")
+    assert '<a href=\\"http://evil.example\\">' not in charts and '<span style=\\"color:red\\">' not in charts
+    assert "&lt;a href=" in charts
+
+
 def test_missing_results_file(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         read_results(tmp_path / "results.json")

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import zipfile
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -45,8 +46,9 @@ def make_record(approach="svm", **extra):
     return complete_record(new_run_id(approach, "balanced"), approach, **extra)
 
 
-def make_predictions():
-    return pd.DataFrame({"path": ["a.png", "b.png", "c.png"], "y_true": [0, 1, 1], "y_pred": [0, 1, 0]})
+def make_predictions(paths=("data/a.png", "data/b.png", "data/c.png")):
+    """Predictions of three test images, by default inside the records' dataset folder `data`."""
+    return pd.DataFrame({"path": list(paths), "y_true": [0, 1, 1], "y_pred": [0, 1, 0]})
 
 
 def entries(root):
@@ -369,6 +371,56 @@ def test_scan_reports_broken_runs_which_stay_deletable(store):
     store.delete(broken)
     store.delete("20260101-000000-no-record")
     assert store.scan() == (records, {})
+
+
+# ---- what an imported record may make pages do ------------------------------------------------------
+
+def predictions_csv(*paths) -> bytes:
+    return make_predictions(paths).to_csv(index=False).encode()
+
+
+HOSTILE_BUNDLES = {
+    "markdown approach": ({"approach": "[svm](http://evil.example)"}, None, "approach '[svm](http://evil.example)'"),
+    "feature key path": ({"feature_key": "../../../../home/owner/x"}, None, "feature key '../../../../home"),
+    "created in the future": ({"created": "2099-01-01T00:00:00+00:00"}, None, "in the future"),
+    "naive future date": ({"created": "2099-01-01T00:00:00"}, None, "in the future"),
+    "absolute path elsewhere": ({}, predictions_csv("data/a.png", "/home/owner/.ssh/id_rsa", "data/c.png"),
+                                "test image '/home/owner/.ssh/id_rsa', outside its dataset folder 'data'"),
+    "climbs out": ({}, predictions_csv("data/a.png", "data/../secret.png", "data/c.png"), "'data/../secret.png'"),
+    "sibling folder": ({}, predictions_csv("data-other/a.png", "data/b.png", "data/c.png"), "'data-other/a.png'"),
+    "no path column": ({}, b"true,pred\n0,1\n", "without a readable 'path' column"),
+}
+
+
+@pytest.mark.parametrize("case", HOSTILE_BUNDLES, ids=list(HOSTILE_BUNDLES))
+def test_import_refuses_what_no_transferscope_exports_and_writes_nothing(store, tmp_path, case):
+    """A bundle that passed every earlier check could still link out from Compare, become every page's
+    default run, read a file outside the cache (feature map) or probe the owner's disk (image paths)."""
+    changes, predictions, message = HOSTILE_BUNDLES[case]
+    members = {f"{GOOD}/record.json": record_bytes(GOOD, **changes)}
+    if predictions is not None:
+        members[f"{GOOD}/predictions.csv"] = predictions
+    with pytest.raises(RunStoreError, match=re.escape(message)):
+        store.import_bundle(write_zip(tmp_path / "bundle.zip", members, [GOOD]))
+    assert entries(store.root) == []
+
+
+def test_import_takes_a_recent_run_with_a_hex_key_and_paths_in_its_dataset(store, tmp_path):
+    created = (datetime.now(timezone.utc) + timedelta(minutes=2)).isoformat()  # a clock a little ahead is fine
+    members = {f"{GOOD}/record.json": record_bytes(GOOD, created=created, feature_key="0123456789abcdef0123"),
+               f"{GOOD}/predictions.csv": predictions_csv("data/a.png", "data/test/b.png", "data/c.png")}
+    assert store.import_bundle(write_zip(tmp_path / "bundle.zip", members, [GOOD])) == [GOOD]
+
+
+@pytest.mark.parametrize("key", ["0123456789abcdef", "f" * 64])
+def test_check_feature_key_takes_hex_keys(key):
+    assert runs.check_feature_key(key) == key
+
+
+@pytest.mark.parametrize("key", ["../maps/x", "ABCDEF0123456789", "0123", "", None, 12])
+def test_check_feature_key_refuses_anything_else(key):
+    with pytest.raises(RunStoreError, match="16-64 lowercase hex digits"):
+        runs.check_feature_key(key)
 
 
 # ---- bundles never carry pickles; zip bombs ----------------------------------------------------------

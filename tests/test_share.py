@@ -19,7 +19,9 @@ from streamlit.testing.v1 import AppTest
 
 import core.report
 from core.runs import RunStore
-from core.sharing import Throttle, owner_token
+from core.errors import DataError
+from core.settings import APPROACHES
+from core.sharing import OTHER_FOLDER, Throttle, owner_token
 from dashboard import access, errors, state
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,8 +113,9 @@ def test_viewer_cannot_launch_or_change_dataset(viewer, demo_dir, tmp_path):
     assert not at.exception and not at.error
     assert "Viewer mode (read-only)" in texts(at.sidebar.markdown)
     folder = at.sidebar.text_input(key="data_dir_shared")
-    assert folder.disabled and folder.value == str(demo_dir)
-    assert f"Folder: `{demo_dir}` (set by the server)" in texts(at.caption)
+    assert folder.disabled and folder.value == demo_dir.name  # its name, never where it lies on the server
+    assert f"Folder: {demo_dir.name} (set by the server)" in texts(at.caption)
+    assert str(demo_dir.parent) not in texts(at.caption) + folder.value
     assert {m.label: m.value for m in at.metric}["Classes"] == "10"
     at.switch_page("dashboard/views/train.py").run()
     assert not at.exception
@@ -185,7 +188,7 @@ def test_wrong_token_stays_locked_right_token_unlocks(viewer):
     assert not at.exception
     assert "Wrong token" in texts(at.error)
     assert access.OWNER_KEY not in at.session_state
-    assert at.file_uploader(key="bundle_upload").disabled
+    assert not at.get("file_uploader")
 
     at.text_input(key="owner_token").set_value(owner_token(viewer))
     at.button(key="unlock").click().run()
@@ -198,7 +201,7 @@ def test_wrong_token_stays_locked_right_token_unlocks(viewer):
 
     at.switch_page("dashboard/views/share.py").run()
     at.button(key="lock").click().run()
-    assert at.file_uploader(key="bundle_upload").disabled
+    assert not at.get("file_uploader")
 
 
 def test_sidebar_of_an_unlocked_session_says_owner(viewer):
@@ -283,10 +286,28 @@ def test_malicious_bundle_is_refused_and_writes_nothing(cache):
     assert fresh.list_runs() == []
 
 
+@pytest.mark.parametrize("change, refusal", [
+    ({"created": "2099-01-01T00:00:00+00:00"}, "in the future"),  # it would open first on every page
+    ({"approach": "[svm](http://evil.example)"}, f"TransferScope knows {', '.join(APPROACHES)}"),  # a link on Compare
+])
+def test_bundle_that_would_take_over_the_pages_is_refused(cache, monkeypatch, tmp_path, change, refusal):
+    run_id = RunStore(cache / "runs").list_runs()[-1]["run_id"]
+    record = {**json.loads((cache / "runs" / run_id / "record.json").read_text()), **change}
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        zf.writestr("manifest.json", json.dumps({"schema_version": 1, "runs": [run_id]}))
+        zf.writestr(f"{run_id}/record.json", json.dumps(record))
+    monkeypatch.setenv("TRANSFERSCOPE_CACHE_DIR", str(tmp_path / "fresh"))
+    at = upload_and_import(page("share").run(), "runs.zip", buffer.getvalue())
+    assert not at.exception and not at.success
+    assert refusal in texts(at.error)
+    assert state.list_runs() == []
+
+
 def test_viewer_cannot_import(viewer):
     at = page("share").run()
     assert not at.exception
-    assert at.file_uploader(key="bundle_upload").disabled and at.button(key="import_bundle").disabled
+    assert not at.get("file_uploader") and not [button for button in at.button if button.key == "import_bundle"]
     assert READ_ONLY in texts(at.info) and "cannot import runs here" in texts(at.info)
 
 
@@ -331,7 +352,7 @@ def test_downloads_are_built_only_when_clicked(cache, monkeypatch, downloads, cl
         monkeypatch.setattr(module, name, lambda records, fmt, real=real: builds.append(fmt) or real(records, fmt))
     real_bundle = RunStore.export_bundle_bytes
     monkeypatch.setattr(RunStore, "export_bundle_bytes",
-                        lambda self, ids: builds.append("zip") or real_bundle(self, ids))
+                        lambda self, *args: builds.append("zip") or real_bundle(self, *args))
     at = page("share").run()
     at.multiselect(key="share_runs").set_value(at.multiselect(key="share_runs").value[:1]).run()
     assert not at.exception and len(at.get("download_button")) == 3
@@ -379,6 +400,71 @@ def test_viewers_see_no_error_details_the_owner_does(cache, monkeypatch):
     assert not at.exception
     assert "Something went wrong (ValueError)" in texts(at.error)
     assert "secret" not in texts(at.error) and not at.expander and not at.code
+
+
+def move_run_elsewhere(cache: Path, run_id: str, elsewhere: str) -> None:
+    """Make a stored run look trained on folder `elsewhere` (another dataset of the owner's)."""
+    record_path = cache / "runs" / run_id / "record.json"
+    record = json.loads(record_path.read_text())
+    old_root, record["dataset"]["root"], record["config"]["data"] = record["dataset"]["root"], elsewhere, elsewhere
+    record_path.write_text(json.dumps(record))
+    predictions = cache / "runs" / run_id / "predictions.csv"
+    predictions.write_text(predictions.read_text().replace(old_root, elsewhere))
+
+
+def test_viewers_see_dataset_folders_by_name_and_other_folders_not_at_all(viewer, demo_dir):
+    runs = RunStore(viewer / "runs").list_runs()
+    move_run_elsewhere(viewer, runs[1]["run_id"], "/home/owner/secret-project")
+    settings = {}
+    for run in runs[:2]:
+        at = page("results")
+        at.query_params["run"] = run["run_id"]
+        at.run()
+        assert not at.exception
+        table = next(frame.value for frame in at.dataframe if "setting" in frame.value.columns)
+        settings[run["run_id"]] = table.set_index("setting")["value"]
+    assert settings[runs[0]["run_id"]]["dataset"] == demo_dir.name
+    assert settings[runs[1]["run_id"]]["dataset"] == OTHER_FOLDER
+    at = page("compare").run()
+    assert not at.exception and "secret-project" not in "".join(map(str, at.selectbox(key="compare_group").options))
+
+
+def test_viewer_bundles_and_reports_name_paths_inside_the_dataset_only(viewer, demo_dir, downloads, click):
+    runs = RunStore(viewer / "runs").list_runs()
+    move_run_elsewhere(viewer, runs[1]["run_id"], "/home/owner/secret-project")
+    click_downloads(page("share").run(), click)
+    for name, data in downloads.items():
+        if name.endswith(".zip"):
+            with zipfile.ZipFile(io.BytesIO(data)) as zf:
+                data = b"".join(zf.read(member) for member in zf.namelist())
+        text = data.decode()
+        assert str(demo_dir.parent) not in text and "/home/owner" not in text and str(viewer) not in text, name
+    with zipfile.ZipFile(io.BytesIO(downloads["transferscope-runs.zip"])) as zf:
+        served = zf.read(f"{runs[0]['run_id']}/predictions.csv").decode().splitlines()[1]
+        elsewhere = json.loads(zf.read(f"{runs[1]['run_id']}/record.json"))["dataset"]["root"]
+    assert served.startswith(f"{demo_dir.name}/test/") and elsewhere == OTHER_FOLDER
+    fresh = RunStore(viewer.parent / "fresh")  # still a bundle another TransferScope imports
+    assert fresh.import_bundle(io.BytesIO(downloads["transferscope-runs.zip"])) == [run["run_id"] for run in runs]
+
+
+def test_viewers_see_no_path_in_failed_jobs_or_whatif_errors(viewer, tmp_path):
+    secret = "/home/owner/private/photos/cat.png"
+
+    def fail(report):
+        raise DataError(f"image {secret!r} cannot be read; check the file")
+
+    job = state.job_manager().submit("doomed", fail, kind=state.TRAINING_JOB)  # the Train page shows training jobs
+    while job.status not in ("failed", "done"):
+        time.sleep(0.01)
+    at = page("train").run()
+    assert "The job failed: image" in texts(at.error) and "/home/owner" not in texts(at.error)
+    # this cache holds the runs but not their features: what-if cannot refit and says where it looked
+    run = next(run for run in RunStore(viewer / "runs").list_runs() if run["approach"] == "svm")
+    at = page("whatif")
+    at.query_params["run"] = run["run_id"]
+    at.run()
+    assert not at.exception and "no longer cached under cache" in texts(at.error)
+    assert str(viewer) not in texts(at.error)
 
 
 def test_crafted_run_link_is_not_echoed(viewer):

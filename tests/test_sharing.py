@@ -1,13 +1,18 @@
 """Read-only sharing: viewer mode switch, owner token, the paths viewers may read, deep links (core.sharing)."""
 import os
+import socket
 import stat
+import threading
+import time
 import tomllib
 from pathlib import Path
 
 import pytest
 
 from core.errors import ConfigError
-from core.sharing import Throttle, app_base_url, is_loopback, is_owner, is_within, owner_token, run_link, viewer_mode
+from core.sharing import (HIDDEN_PATH, HOSTS_ENV, LOOPBACK_HOSTS, OTHER_FOLDER, PathNames, PrioritySlot, Throttle,
+                          admit, allowed_hosts, app_base_url, is_loopback, is_owner, is_within, owner_token, run_link,
+                          viewer_mode)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -118,6 +123,7 @@ def test_throttle_allows_a_burst_then_says_how_long_to_wait():
 def test_plain_streamlit_run_listens_on_this_machine_only():
     server = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())["server"]
     assert server["address"] == "127.0.0.1"
+    assert server["allowedHosts"] == ["localhost", "127.0.0.1", "::1"]  # websockets from DNS-rebinding pages refused
     assert 1 <= server["maxUploadSize"] <= 100  # megabytes: a bundle of records and predictions, no models
 
 
@@ -129,3 +135,89 @@ def test_make_share_opens_the_network_only_in_viewer_mode_with_a_fresh_token():
     assert "--client.showErrorDetails none" in share
     others = makefile.replace(share, "")
     assert "0.0.0.0" not in others, "only `make share` may listen on the network"
+    assert makefile.count("streamlit run serve.py") == 2 and "streamlit run app.py" not in makefile
+
+
+def test_allowed_hosts_are_loopback_unless_shared():
+    assert allowed_hosts(share=False, environ={HOSTS_ENV: "lab.example"}) == list(LOOPBACK_HOSTS)
+    shared = allowed_hosts(share=True, environ={HOSTS_ENV: " Lab.Example ,, "})
+    assert shared[:3] == list(LOOPBACK_HOSTS) and shared[-1] == "lab.example"
+    assert socket.gethostname().lower() in shared
+    assert all(host.startswith("[") and host.endswith("]") for host in shared if ":" in host)  # IPv6 as in Host
+
+
+def test_path_names_show_the_served_dataset_and_the_cache_by_name_only(tmp_path):
+    data, cache = tmp_path / "photos" / "birds", tmp_path / "cache"
+    (data / "test").mkdir(parents=True)
+    (data / "test" / "link.png").symlink_to(tmp_path / "secret.png")
+    names = PathNames(data, cache)
+    assert names.name(data) == "birds" and names.name(data / "test" / "a.png") == "birds/test/a.png"
+    assert names.name(cache / "features" / "k") == "cache/features/k"
+    assert names.name(data / "test" / "link.png") == HIDDEN_PATH  # a symlink out of the dataset
+    assert names.name(tmp_path / "photos" / "birds-private", OTHER_FOLDER) == OTHER_FOLDER
+    message = f"no features under '{cache}/features'; image {tmp_path}/x.png or ~/y.png unreadable, see a/b."
+    assert names.text(message) == f"no features under 'cache/features'; image {HIDDEN_PATH} or {HIDDEN_PATH} " \
+                                  "unreadable, see a/b."
+
+
+def test_path_names_rename_a_record_and_its_predictions_for_a_bundle(tmp_path):
+    import pandas as pd
+
+    data = tmp_path / "birds"
+    record = {"dataset": {"root": str(data), "skipped": [{"path": f"{data}/bad.png", "reason": "empty"}]},
+              "config": {"data": str(data), "cache_dir": str(tmp_path / "cache"), "epochs": 3}, "class_weight": "none"}
+    predictions = pd.DataFrame({"path": [f"{data}/test/a.png", f"{data}/test/b.png"], "true": [0, 1]})
+    shown, table = PathNames(data, tmp_path / "cache").bundle_run(record, predictions)
+    assert shown == {"dataset": {"root": "birds", "skipped": [{"path": "birds/bad.png", "reason": "empty"}]},
+                     "config": {"data": "birds", "cache_dir": "cache", "epochs": 3}, "class_weight": "none"}
+    assert table["path"].tolist() == ["birds/test/a.png", "birds/test/b.png"] and table["true"].tolist() == [0, 1]
+    assert record["dataset"]["root"] == str(data)  # the stored record is untouched
+    elsewhere, _ = PathNames(tmp_path / "other", tmp_path / "cache").bundle_run(record, None)
+    assert elsewhere["dataset"]["root"] == OTHER_FOLDER and elsewhere["config"]["data"] == HIDDEN_PATH
+
+
+def test_admit_counts_only_when_every_throttle_allows():
+    session, everyone = Throttle(max_events=2, per_s=60), Throttle(max_events=3, per_s=60)
+    assert admit(session, everyone) == 0 and admit(session, everyone) == 0
+    assert admit(session, everyone) > 0  # the session's own limit
+    other_session = Throttle(max_events=2, per_s=60)
+    assert admit(other_session, everyone) == 0
+    assert admit(other_session, everyone) > 0  # all sessions' limit: 3 in total
+    assert other_session.wait_s(count=False) == 0, "a refused event counts nowhere"
+
+
+def test_priority_slot_serves_a_waiting_owner_before_waiting_viewers():
+    slot, order = PrioritySlot(), []
+    assert slot.acquire(owner=False, timeout_s=1)
+
+    def take(name: str, owner: bool) -> None:
+        assert slot.acquire(owner, timeout_s=10)
+        order.append(name)
+        slot.release()
+
+    threads = [threading.Thread(target=take, args=(f"viewer {i}", False)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    wait_for(lambda: slot.waiting() == (0, 3))
+    threads.append(threading.Thread(target=take, args=("owner", True)))
+    threads[-1].start()
+    wait_for(lambda: slot.waiting() == (1, 3))
+    slot.release()
+    for thread in threads:
+        thread.join(10)
+    assert order[0] == "owner" and sorted(order[1:]) == ["viewer 0", "viewer 1", "viewer 2"]
+
+
+def test_priority_slot_gives_up_after_the_timeout():
+    slot = PrioritySlot()
+    assert slot.acquire(owner=True, timeout_s=1)
+    assert not slot.acquire(owner=True, timeout_s=0.05) and slot.waiting() == (0, 0)
+    slot.release()
+    assert slot.acquire(owner=False, timeout_s=0.05)
+
+
+def wait_for(condition, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)

@@ -1,5 +1,6 @@
 """Class-weight what-if refits on the demo run's cached features (core.whatif)."""
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -11,6 +12,13 @@ from core.classifiers import LinearHead, SvmClassifier, chosen_epochs
 from core.errors import ClassWeightError, ConfigError, TransferScopeError
 from core.runs import RunStore
 from core.torch_threads import torch_mkl
+
+
+@pytest.fixture(autouse=True)
+def no_kept_refits():
+    """Each test fits for itself: nothing kept by an earlier test's refits."""
+    whatif.REFITS.clear()
+    whatif.PAIRED.clear()
 
 
 @pytest.fixture(scope="module")
@@ -84,24 +92,76 @@ def test_bad_tau_is_refused(starts):
 def test_refits_wait_for_the_one_slot(starts, monkeypatch):
     """While one session refits, another's refit waits, and gives up with a message after REFIT_WAIT_S."""
     monkeypatch.setattr(whatif, "REFIT_WAIT_S", 0.05)
-    fitting, release = threading.Event(), threading.Event()
-
-    def slow_fit(*args, _fit=whatif.fit_run, **kwargs):
-        fitting.set()
-        release.wait(10)
-        return _fit(*args, **kwargs)
-
-    monkeypatch.setattr(whatif, "fit_run", slow_fit)
-    weights = whatif.seed_weights(starts["svm"], "run")
-    first = threading.Thread(target=whatif.refit, args=(starts["svm"], weights))
-    first.start()
+    assert whatif.REFIT_SLOT.acquire(owner=False, timeout_s=1)
     try:
-        assert fitting.wait(10)
         with pytest.raises(TransferScopeError, match="busy refitting"):
-            whatif.refit(starts["svm"], weights)
+            whatif.refit(starts["svm"], whatif.seed_weights(starts["svm"], "run"))
     finally:
-        release.set()
-        first.join()
+        whatif.REFIT_SLOT.release()
+
+
+def count_fits(monkeypatch) -> list:
+    """Record the weights of every real fit that refits make."""
+    fits = []
+    real = whatif.fit_run
+    monkeypatch.setattr(whatif, "fit_run", lambda *args, **kwargs: fits.append(args[5].copy())
+                        or real(*args, **kwargs))
+    return fits
+
+
+def test_same_weights_again_and_any_tau_cost_no_refit(starts, monkeypatch):
+    """Every tau change refit although tau only rescales the stored scores; weights tried before refit again."""
+    fits, start = count_fits(monkeypatch), starts["head"]
+    weights, heavier = whatif.seed_weights(start, "run"), whatif.seed_weights(start, "balanced")
+    first = whatif.refit(start, weights, tau=0.0)
+    adjusted = whatif.refit(start, weights, tau=2.0)
+    whatif.refit(start, heavier)
+    again = whatif.refit(start, weights, tau=0.0)
+    assert len(fits) == 2 and not first["cached"] and adjusted["cached"] and again["cached"]
+    assert again["confusion_matrix"] == first["confusion_matrix"] and again["refit_seconds"] == first["refit_seconds"]
+    fresh = whatif.refit(start, weights, tau=2.0, admit=lambda: pytest.fail("a kept refit is not rate-limited"))
+    assert fresh["y_pred"].tolist() == adjusted["y_pred"].tolist()
+    assert adjusted["balanced_accuracy"] != first["balanced_accuracy"]  # tau still moves the predictions
+
+
+def test_a_refused_admission_fits_nothing(starts, monkeypatch):
+    fits = count_fits(monkeypatch)
+
+    def refuse():
+        raise TransferScopeError("slow down")
+
+    with pytest.raises(TransferScopeError, match="slow down"):
+        whatif.refit(starts["svm"], whatif.seed_weights(starts["svm"], "balanced"), admit=refuse)
+    assert fits == []
+
+
+def test_the_owner_refits_before_viewers_waiting_longer(starts, monkeypatch):
+    """With many viewers refitting, the owner waited behind all of them (30 s and refused near 40)."""
+    order, real = [], whatif.fit_run
+    monkeypatch.setattr(whatif, "fit_run", lambda *a, **k: order.append(threading.current_thread().name)
+                        or real(*a, **k))
+    start = starts["svm"]
+    assert whatif.REFIT_SLOT.acquire(owner=False, timeout_s=1)  # a viewer's refit is running
+    callers = [threading.Thread(target=whatif.refit, name=name, args=(start, whatif.seed_weights(start, scheme)),
+                                kwargs={"owner": name == "owner"})
+               for name, scheme in (("viewer", "balanced"), ("owner", "sqrt"))]
+    try:
+        callers[0].start()
+        wait_until(lambda: whatif.REFIT_SLOT.waiting() == (0, 1))
+        callers[1].start()
+        wait_until(lambda: whatif.REFIT_SLOT.waiting() == (1, 1))
+    finally:
+        whatif.REFIT_SLOT.release()
+    for caller in callers:
+        caller.join(60)
+    assert order == ["owner", "viewer"]
+
+
+def wait_until(condition, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
 
 
 def test_save_as_run_stores_a_normal_custom_run(starts, tmp_path):

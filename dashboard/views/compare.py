@@ -1,10 +1,11 @@
 """Compare page: like-for-like runs only: score versus fit time, speed-ups, seed repeats, runs and a two-run diff."""
 import streamlit as st
 
-from core.analysis import (APPROACH_NAMES, check_comparable, comparable_groups, metrics_diff, paired_diff,
-                           run_labels, seed_summary, speedups)
+from core.analysis import (APPROACH_NAMES, check_comparable, comparable_groups, metrics_diff, run_labels,
+                           seed_summary, speedups)
 from core.backbone_compare import backbone_comparison
 from core.figures import confusion_diff_figure, f1_delta_figure, tradeoff_figure
+from core.report import escape_markdown
 from dashboard import access, errors, state, widgets
 
 SPEEDUP_VIEWS = (("fit", False, "Fit time; the shared feature extraction is not counted."),
@@ -19,7 +20,7 @@ def show_speedups(runs: list[dict]) -> None:
         return
     for stage, with_extraction, caption in SPEEDUP_VIEWS:
         for row in speedups(runs, with_extraction, stage):
-            fast, slow = (APPROACH_NAMES.get(row[k], row[k]) for k in ("fast", "slow"))
+            fast, slow = (escape_markdown(APPROACH_NAMES.get(row[k], row[k])) for k in ("fast", "slow"))
             factor = row["factor"]
             st.markdown(f"- **{fast}** is **{factor:.{0 if factor >= 10 else 1}f}× faster** than {slow}")
         st.caption(f"{caption} Medians per approach.")
@@ -43,8 +44,7 @@ def delete_runs(labels: dict[str, str]) -> None:
 
 
 def show_paired(record_a: dict, record_b: dict) -> None:
-    paired = paired_diff(record_a, state.load_predictions(record_a["run_id"]), record_b,
-                         state.load_predictions(record_b["run_id"]))
+    paired = state.paired_diff(record_a["run_id"], record_b["run_id"])
     if paired is None:
         st.info("These runs were tested on different images (another split seed), so no paired test.")
         return
@@ -96,7 +96,7 @@ with errors.guard():
     if not all_runs:
         widgets.no_runs_hint()
     else:
-        groups = comparable_groups(all_runs)
+        groups = comparable_groups([access.shown_record(run) for run in all_runs])
         chosen = st.selectbox("Runs compared like for like (same files, backbone, pooling, image size, precision, "
                               "device and settings)", range(len(groups)),
                               format_func=lambda i: groups[i]["label"], key="compare_group")

@@ -27,7 +27,8 @@ def show_overview(data, table) -> None:
     cols[3].metric("Imbalance (largest / smallest)", f"{counts.max() / counts.min():.1f}×")
     minority = table.loc[table["minority"], "class"].tolist()
     if minority:
-        st.markdown(f"**Minority classes** (train count < {MINORITY_FRACTION:g} × median): {', '.join(minority)}")
+        names = ", ".join(map(escape_markdown, minority))
+        st.markdown(f"**Minority classes** (train count < {MINORITY_FRACTION:g} × median): {names}")
 
 
 def show_balance(data, table) -> None:
@@ -48,7 +49,7 @@ def show_samples(data) -> None:
     st.subheader("Sample images")
     for name, paths in sample_paths(data, THUMBNAILS_PER_CLASS).items():
         name_col, images_col = st.columns([1, 4], vertical_alignment="center")
-        name_col.markdown(f"**{name}**")
+        name_col.markdown(f"**{escape_markdown(name)}**")
         images_col.image(state.thumbnails(paths), width=THUMBNAIL_PX)
 
 
@@ -58,8 +59,9 @@ def show_skipped(data) -> None:
                    "(test images whose label is not a training class among them).", icon=":material/warning:")
         st.dataframe(data.skipped_counts, hide_index=True, key="skipped_reasons")
         with st.expander("Skipped files"):
-            st.dataframe([{"file": path, "reason": reason} for path, reason in data.skipped], hide_index=True,
-                         key="skipped_files")
+            rows = [{"file": access.shown_path(path), "reason": access.shown_text(reason)}
+                    for path, reason in data.skipped]
+            st.dataframe(rows, hide_index=True, key="skipped_files")
 
 
 def near_duplicates_panel(data) -> None:
@@ -71,7 +73,7 @@ def near_duplicates_panel(data) -> None:
     try:
         pairs = state.near_duplicate_pairs(data, threshold)
     except ConfigError as reason:  # no run with cached features yet: say why, this is no failure
-        st.caption(f"No check yet: {reason}.")
+        st.caption(f"No check yet: {escape_markdown(access.shown_text(reason))}.")
         return
     if not pairs:
         st.success(f"No test image has a training image with feature similarity ≥ {threshold:.3f}.")
@@ -95,7 +97,7 @@ with errors.guard():
     folder = state.data_dir()
     folder_col, rescan_col = st.columns([5, 1], vertical_alignment="center")
     where = "change it in the sidebar" if access.can_act() else "set by the server"
-    folder_col.caption(f"Folder: `{folder}` ({where})")
+    folder_col.caption(f"Folder: {escape_markdown(access.shown_path(folder))} ({where})")
     if rescan_col.button("Rescan", key="rescan", icon=":material/refresh:", help="read every file again",
                          disabled=not access.can_act()):
         state.rescan_dataset(folder)

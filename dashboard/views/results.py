@@ -5,7 +5,7 @@ from core.analysis import (HEADLINE_METRICS, LOGIT_APPROACHES, class_report, err
                            metric_deltas, misclassified_paths, rescore, rescore_validation, run_settings)
 from core.figures import clickable_confusion_figure, learning_curve_figure, per_class_figure
 from core.report import escape_markdown
-from dashboard import errors, state, widgets
+from dashboard import access, errors, state, widgets
 
 
 def show_metrics(record: dict) -> None:
@@ -112,7 +112,7 @@ with errors.guard():
         with st.expander("Per-class table and run settings"):
             left, right = st.columns([3, 2])
             left.dataframe(class_report(record), hide_index=True, key="class_report")
-            right.dataframe(run_settings(record), hide_index=True, key="run_settings")
+            right.dataframe(run_settings(access.shown_record(record)), hide_index=True, key="run_settings")
         logit_panel(record)
         if record["history"]:
             widgets.chart(learning_curve_figure(record["history"]), key="learning_curve")

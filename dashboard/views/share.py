@@ -3,6 +3,7 @@ import streamlit as st
 
 from core import sharing
 from core.analysis import run_labels
+from core.report import escape_markdown
 from core.sharing import run_link
 from dashboard import access, errors, state, views, widgets
 
@@ -15,11 +16,13 @@ localhost for you alone, with everything unlocked. The links below open a run on
 """
 THREAT_MODEL = """
 **Who sees what.** Anyone who can reach a shared dashboard sees the served dataset's images, every stored
-run, its reports and bundles (viewers' downloads are rate-limited); error details and image paths outside the
-dataset stay hidden from them. **The token** unlocks the owner's actions (train, cancel, delete, import,
+run, its reports and bundles (viewers' downloads are rate-limited); error details and images outside the
+dataset stay hidden from them, and they see paths only relative to the served dataset. **The token** unlocks the owner's actions (train, cancel, delete, import,
 rescan, other folders) for one browser session; it is accepted only from the server machine, because
 **everything crosses the network as plain HTTP**: pages, images, downloads, and a token typed elsewhere.
-Bundles carry records and predictions, never models (pickles run code when loaded).
+Bundles carry records and predictions, never models (pickles run code when loaded). **The server** answers
+only its own names (no DNS-rebinding page gets a session), no other site may frame it, viewers upload nothing,
+and the owner's What-if refits go before viewers', whose refits are rate-limited.
 """
 REMOTE_UNLOCK = ("Unlock from a browser on the server machine itself (its localhost address): this page travels "
                  "unencrypted, so a token typed here could be read by anyone on the network.")
@@ -82,13 +85,15 @@ def export_runs(runs: list[dict]) -> None:
 
 def import_runs() -> None:
     st.subheader("Import runs")
-    allowed = access.read_only_note("import runs")
-    upload = st.file_uploader("Run bundle (zip)", type="zip", key="bundle_upload", disabled=not allowed)
-    if st.button("Import runs", key="import_bundle", disabled=upload is None or not allowed, icon=":material/upload:"):
+    if not access.read_only_note("import runs"):
+        return  # no uploader at all: a viewer's files never reach the server (serve.py refuses them too)
+    upload = st.file_uploader("Run bundle (zip)", type="zip", key="bundle_upload")
+    if st.button("Import runs", key="import_bundle", disabled=upload is None, icon=":material/upload:"):
         with errors.guard():
             imported = state.import_bundle(upload)
             if imported:
-                st.success(f"Imported {len(imported)} run(s): {', '.join(imported)}", icon=":material/check:")
+                st.success(f"Imported {len(imported)} run(s): {escape_markdown(', '.join(imported))}",
+                           icon=":material/check:")
             else:
                 st.info("Nothing new: every run in this bundle is already here.", icon=":material/info:")
 

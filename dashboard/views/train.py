@@ -5,6 +5,7 @@ from core.analysis import weight_table, weights_from_table
 from core.errors import ClassWeightError
 from core.experiment import ExperimentConfig
 from core.paths import cache_dir
+from core.report import escape_markdown
 from core.settings import BY_NAME, SETTINGS
 from core.remedies import PAGE_CHOICES, describe
 from core.weights import SCALE_NOTE, SCHEMES
@@ -51,7 +52,7 @@ def render_job(job) -> bool:
     if job is None:
         st.caption("No job yet: launch one on the left.")
         return False
-    st.markdown(f"**{job.name}** · {widgets.job_brief(job)}")
+    st.markdown(f"**{escape_markdown(job.name)}** · {escape_markdown(widgets.job_brief(job))}")
     if job.status != "done":
         for stage, (done, total) in job.progress.items():
             st.progress(min(done / total, 1.0) if total else 1.0, text=f"{stage}: {done}/{total}")
@@ -82,8 +83,9 @@ def show_outcome(results: dict) -> None:
                           f" best out-of-fold macro-F1 on the training images)", icon=":material/verified:",
                           query_params={"run": chosen["run_id"]})
     best = max(results["runs"], key=lambda run: run["macro_f1"])
-    widgets.page_link("results", label=f"Open the run with the highest test macro-F1 ({best['approach']} · "
-                      f"{best['class_weight']}); picked on the test set, so not a validated choice",
+    name = escape_markdown(f"{best['approach']} · {best['class_weight']}")
+    widgets.page_link("results", label=f"Open the run with the highest test macro-F1 ({name}); picked on the "
+                      "test set, so not a validated choice",
                       icon=":material/insights:", query_params={"run": best["run_id"]})
     widgets.page_link("compare", label="Compare all runs", icon=":material/compare_arrows:")
 

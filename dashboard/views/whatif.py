@@ -10,7 +10,7 @@ from core.experiment import FEATURE_APPROACHES
 from core.figures import confusion_diff_figure, per_class_delta_figure
 from core.report import escape_markdown
 from core.weights import SCALE_NOTE
-from core.whatif import (SEED_SCHEMES, WEIGHT_RANGE, compare_with_start, live_refit_note, refit, rescore, seed_weights,
+from core.whatif import (SEED_SCHEMES, WEIGHT_RANGE, compare_with_start, live_refit_note, rescore, seed_weights,
                          validation_change, weight_explanations)
 from dashboard import access, errors, state, widgets
 
@@ -51,7 +51,8 @@ def metric_row(rows: list[dict], extra=None) -> None:
         delta = f"{row['delta']:+.3f}" if round(row["delta"], 3) else None
         col.metric(row["metric"], f"{row['after']:.3f}", delta=delta)
     if extra is not None:
-        cols[-1].metric(*extra)
+        label, value, note = extra
+        cols[-1].metric(label, value, help=note)
 
 
 def show_changes(start, outcome: dict, show_test: bool) -> None:
@@ -59,7 +60,9 @@ def show_changes(start, outcome: dict, show_test: bool) -> None:
     st.markdown("**Validation** (out-of-fold, on the training images): what to tune by")
     validation = validation_change(start, outcome)
     if validation:
-        metric_row(validation, ("Refit time", widgets.format_seconds(outcome["refit_seconds"])))
+        metric_row(validation, ("Refit time", widgets.format_seconds(outcome["refit_seconds"]),
+                                "kept from an earlier refit with these weights: shown at once"
+                                if outcome.get("cached") else None))
     else:
         st.caption("This run was stored without validation scores (trained before they were recorded); "
                    "retrain it to tune by validation.")
@@ -107,7 +110,7 @@ def tuner(record: dict) -> None:
         if last is None or last[0] != inputs:
             time.sleep(DEBOUNCE_S)
             with st.spinner("Refitting…"):  # a newer change arriving meanwhile restarts the page here
-                last = (inputs, refit(start, weights))
+                last = (inputs, state.whatif_refit(start, weights, 0.0))  # tau and offsets rescore below
             st.session_state["whatif_last"] = last
         with st.expander("Decision offsets per class (no refit)"):
             offsets = offset_sliders(start, last[1])
