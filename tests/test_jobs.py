@@ -37,12 +37,12 @@ def wait_status(job, status):
     return job
 
 
-def blocking(started: threading.Event, release: threading.Event, result=None):
-    """A job body that signals it started, then waits for the test to release it."""
+def blocking(started: threading.Event, release: threading.Event, result=None, timeout_s: float = TIMEOUT_S):
+    """A job body that signals it started, then waits (up to `timeout_s`) for the test to release it."""
 
     def fn(report):
         started.set()
-        if not release.wait(TIMEOUT_S):
+        if not release.wait(timeout_s):
             raise TimeoutError("test never released the job")
         return result
 
@@ -243,7 +243,8 @@ def test_cli_waits_for_the_slot_held_by_the_dashboard(tiny_dir, tmp_path, image_
     started, release = threading.Event(), threading.Event()
     manager = JobManager(slot_path=compute_slot_path(cache))
     try:
-        manager.submit("dashboard job", blocking(started, release))
+        # held until released: a CLI process can take well over 5 s to import torch on a busy machine
+        manager.submit("dashboard job", blocking(started, release, timeout_s=300))
         assert started.wait(TIMEOUT_S)
         cli = subprocess.Popen([sys.executable, "-m", "core", "extract", "--data", str(tiny_dir), "--cache-dir",
                                 str(cache), "--image-size", str(image_size), "--workers", "0", "--device", "cpu"],
