@@ -42,9 +42,9 @@ def test_a_key_that_is_a_path_reads_no_file_outside_the_cache(tmp_path):
 def test_a_feature_sets_map_places_training_rows_then_test_rows(tmp_path):
     """The order `map_points` draws them in: a map of the test rows alone would misplace every point."""
     X, y = make_blobs(n_samples=60, centers=2, n_features=16, random_state=0)
-    features = SimpleNamespace(X_train=X[y == 0], X_test=X[y == 1], key="k")
+    features = SimpleNamespace(X_train=X[y == 0], X_test=X[y == 1], key="0123456789abcdef")
     coords = map_feature_set(features, tmp_path)
-    np.testing.assert_array_equal(load_map(tmp_path, "k"), coords)
+    np.testing.assert_array_equal(load_map(tmp_path, "0123456789abcdef"), coords)
     np.testing.assert_array_equal(coords, compute_map(np.vstack([X[y == 0], X[y == 1]])))
 
 
