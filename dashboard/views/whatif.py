@@ -34,13 +34,15 @@ def weight_sliders(start, scheme: str) -> np.ndarray:
 
 
 def offset_sliders(start, outcome: dict) -> np.ndarray:
-    """One additive offset per class on the decision scores (instant: the stored scores are rescored)."""
+    """One additive offset per class on the decision scores, seeded from the run's (instant: a rescoring)."""
     finite = outcome["scores"][np.isfinite(outcome["scores"])]
     scale = float(finite.std()) or 1.0
     offsets, columns = [], st.columns(SLIDER_COLUMNS)
+    chosen = start.record.get("offsets") or [0.0] * len(start.classes)  # the run's own offsets, if it chose any
     for i, name in enumerate(start.classes):
+        low, high = -3 * scale, 3 * scale
         offsets.append(columns[i % SLIDER_COLUMNS].slider(
-            escape_markdown(name), -3 * scale, 3 * scale, 0.0, scale / 20, format="%.2f",
+            escape_markdown(name), low, high, min(max(float(chosen[i]), low), high), scale / 20, format="%.2f",
             key=f"whatif_offset_{start.record['run_id']}_{i}"))
     return np.array(offsets)
 
