@@ -119,7 +119,7 @@ def fit_svm(request: FitRequest) -> Fitted:
     counts its computation in `fit_seconds`, so timings never depend on what ran before.
     """
     from core.classifiers import KERNEL_CACHE, SvmClassifier
-    from core.experiment import split_key
+    from core.features import split_key
     from core.tuning import out_of_fold, tune_svm_c
 
     config, features, weights, n_classes = request.config, request.features, request.weights, request.n_classes

@@ -93,7 +93,7 @@ def rbf_kernels(X_train) -> RbfKernels:
 
 
 class KernelCache:
-    """RBF train kernels per set of training rows (keyed by the caller, e.g. `core.experiment.split_key`),
+    """RBF train kernels per set of training rows (keyed by the caller, e.g. `core.features.split_key`),
     computed once, kept up to `budget_bytes`.
 
     Thread-safe; the least recently used sets are dropped first. `get` returns None when one set alone

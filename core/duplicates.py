@@ -75,7 +75,7 @@ def matches_path(cache_dir, key: str) -> Path:
 
 
 def load_matches(cache_dir, key: str) -> Matches | None:
-    """The stored matches of `key` (feature set and split, see `core.experiment.split_key`), or None."""
+    """The stored matches of `key` (feature set and split, see `core.features.split_key`), or None."""
     path = matches_path(cache_dir, key)
     if not path.is_file():
         return None

@@ -7,7 +7,6 @@ metrics from those out-of-fold scores, and the test set scored once.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
 from pathlib import Path
 
@@ -198,16 +197,6 @@ def used_precision(config: ExperimentConfig) -> str:
     """What `config.precision` is on this machine's device: 'bf16', 'fp16' or 'fp32' (features and fine-tune alike)."""
     dtype = autocast_dtype(resolve_device(config.device), config.precision)
     return {None: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
-
-
-def split_key(features: FeatureSet, dataset: Dataset) -> str:
-    """The feature set's cache key plus exactly which rows are training rows (the rest are test rows).
-
-    The feature key covers the images' content but not the split, so another split seed has the same key;
-    what depends on the split (the SVM's train kernel, near-duplicate matches) is keyed by this instead.
-    """
-    rows = "\n".join(s.path for s in dataset.train)
-    return f"{features.key}:{hashlib.sha256(rows.encode()).hexdigest()[:16]}"
 
 
 def _test_share(features: FeatureSet, dataset: Dataset) -> float:

@@ -207,6 +207,16 @@ class FeatureSet:
     runtime: str  # the runtime that extracted them
 
 
+def split_key(features: FeatureSet, dataset: Dataset) -> str:
+    """The feature set's cache key plus exactly which rows are training rows (the rest are test rows).
+
+    The feature key covers the images' content but not the split, so another split seed has the same key;
+    what depends on the split (the SVM's train kernel, near-duplicate matches) is keyed by this instead.
+    """
+    rows = "\n".join(s.path for s in dataset.train)
+    return f"{features.key}:{hashlib.sha256(rows.encode()).hexdigest()[:16]}"
+
+
 def feature_key(dataset: Dataset, entry: BackboneEntry, pool: str, preprocess: Preprocess, dtype,
                 runtime: str = "torch") -> str:
     """Hash of everything that changes the features: data, backbone+weights, transform, pooling, dtype.

@@ -17,7 +17,8 @@ from core import analysis, duplicates, featuremap, sharing, whatif
 from core.config import run_split
 from core.data import Dataset, build_demo_dataset, load_dataset
 from core.errors import ConfigError, ReadOnlyError
-from core.experiment import ExperimentConfig, run_experiment, split_key
+from core.experiment import ExperimentConfig, run_experiment
+from core.features import split_key
 from core.jobs import ACTIVE_STATUSES, Job, JobManager, compute_slot_path
 from core.paths import cache_dir, demo_dir
 from core.report import escape_markdown, render_runs_report
