@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -275,7 +275,11 @@ def test_page_renders(page, server, name):
 
 
 def launch_from_train_page(tab, server: Server, epochs: int, image_size: int):
-    """Launch svm + head x none + balanced with these settings; return the locator of the finished job."""
+    """Launch svm + head x none + balanced with these settings; return the locator of the finished job.
+
+    Until the launch's rerun arrives, a new session's panel still shows the server's previous job, done:
+    wait with `wait_for_outcome`, which tells the two apart, not on this locator alone.
+    """
     open_page(tab, server, "train")
     assert_healthy(tab, server, "Train")
     approaches = tab.locator(".st-key-train_approaches").inner_text()
@@ -290,6 +294,22 @@ def launch_from_train_page(tab, server: Server, epochs: int, image_size: int):
         job_panel.get_by_text("The job was cancelled"))
 
 
+def wait_for_outcome(tab, server: Server, finished, runs_before: list[dict], also=None) -> None:
+    """Wait until the launched job ended: its outcome links to a run stored after `runs_before` (the previous
+    job's outcome links to an older one), or it failed, or was cancelled, or `also` shows."""
+    old_ids = {record["run_id"] for record in runs_before}
+    best_link = tab.locator('[data-testid="stMain"] a[href*="run="]').filter(has_text="highest test macro-F1")
+    deadline = time.monotonic() + JOB_TIMEOUT_MS / 1000
+    while time.monotonic() < deadline:
+        (finished if also is None else finished.or_(also)).first.wait_for(state="visible", timeout=JOB_TIMEOUT_MS)
+        settle(tab, server)
+        linked = parse_qs(urlsplit(best_link.first.get_attribute("href")).query) if best_link.count() else {}
+        if linked.get("run", [""])[0] not in old_ids:
+            return
+        time.sleep(0.5)
+    pytest.fail(f"the launched job did not end within {JOB_TIMEOUT_MS / 1000:.0f} s\n{server.log_tail()}")
+
+
 def set_number(tab, server: Server, key: str, value) -> None:
     """Type into the number_input with `key` and commit it (Enter), then wait for the rerun."""
     field = tab.locator(f".st-key-{key} input")
@@ -301,7 +321,7 @@ def set_number(tab, server: Server, key: str, value) -> None:
 
 @pytest.mark.timeout(360)
 def test_train_from_browser_then_results(page, server):
-    runs_before = len(server.runs())
+    runs_before = server.runs()
     finished = launch_from_train_page(page, server, FAST["epochs"], FAST["image_size"])
     progress = page.locator('[data-testid="stMain"] [data-testid="stProgress"]')
     try:  # the job may be over before its progress shows: the running screenshot is best effort
@@ -310,14 +330,13 @@ def test_train_from_browser_then_results(page, server):
             screenshot(page, "train-running")
     except Exception:  # noqa: BLE001
         pass
-    finished.first.wait_for(state="visible", timeout=JOB_TIMEOUT_MS)
-    settle(page, server)
+    wait_for_outcome(page, server, finished, runs_before)
     failure = page.locator('[data-testid="stAlertContentError"]')
     assert failure.count() == 0, f"the job failed: {failure.first.inner_text()}\n{server.log_tail()}"
     assert_healthy(page, server, "Train")
     sidebar_job = page.locator('[data-testid="stSidebar"]').get_by_text("efficientnet_lite0: svm + head")
     assert sidebar_job.is_visible() and "done" in sidebar_job.locator("..").inner_text(), "sidebar job status"
-    assert len(server.runs()) == runs_before + 4, "svm + head x none + balanced should store 4 runs"
+    assert len(server.runs()) == len(runs_before) + 4, "svm + head x none + balanced should store 4 runs"
     # st.dataframe is no widget here (no selections), so it has no st-key-<key> class to find it by
     assert page.locator('[data-testid="stMain"] [data-testid="stDataFrame"]').first.is_visible(), (
         "the finished job shows no runs table")
@@ -410,7 +429,7 @@ async ([url, bytes]) => await new Promise((resolve, reject) => {
 def test_job_survives_another_session_clearing_caches(page, browser, server):
     from streamlit.proto.BackMsg_pb2 import BackMsg
 
-    runs_before = len(server.runs())
+    runs_before = server.runs()
     # a new image size: the job extracts afresh, and 300 head epochs keep it busy for a while
     finished = launch_from_train_page(page, server, epochs=300, image_size=FAST["image_size"] + 8)
     sidebar = page.locator('[data-testid="stSidebar"]')
@@ -429,12 +448,11 @@ def test_job_survives_another_session_clearing_caches(page, browser, server):
     assert listed.search(sidebar.inner_text()), "the job should still be listed after the clear-cache message"
 
     forgotten = page.locator('[data-testid="stMain"]').get_by_text("No job yet")  # a new, empty job manager
-    finished.or_(forgotten).first.wait_for(state="visible", timeout=JOB_TIMEOUT_MS)
-    settle(page, server)
+    wait_for_outcome(page, server, finished, runs_before, also=forgotten)
     assert page.get_by_text("Open the run with the highest test macro-F1").is_visible(), (
         f"the job did not finish: {page.locator('[data-testid=stMain]').inner_text()[:500]}\n{server.log_tail()}")
     assert_healthy(page, server, "Train")
-    assert len(server.runs()) == runs_before + 4
+    assert len(server.runs()) == len(runs_before) + 4
     open_page(page, server, "train")  # a fresh script run still lists the finished job
     assert "done" in page.locator('[data-testid="stSidebar"]').inner_text()
     assert page.get_by_text("Open the run with the highest test macro-F1").is_visible()
