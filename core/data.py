@@ -1,6 +1,7 @@
 """Discover ImageFolder-style datasets, validate their images and build the demo dataset."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -98,7 +99,7 @@ def load_dataset(root, *, labels=None, test_data=None, test_labels=None, test_si
     classes, train = _training_images(scanner, train_folder, labels)
     if test_folder is None:
         content = scanner.hasher.hexdigest()[:16]
-        train, test = _split(train, test_size, seed, classes)
+        train, test = _split(train, test_size, seed, classes, cache_dir)
         scanner.hasher.update(f"split:{test_size}:{seed}".encode())
     else:
         test = _test_images(scanner, test_folder, test_labels, classes)
@@ -163,10 +164,8 @@ def check_data_dir(root, what: str = "dataset folder") -> Path:
     return path
 
 
-def _split(samples: list[Sample], test_size: float, seed: int, classes: list[str]):
+def _split(samples: list[Sample], test_size: float, seed: int, classes: list[str], cache_dir=None):
     """Seeded split, stratified when every class has 2+ images; a class of one image goes to train (warned)."""
-    from sklearn.model_selection import train_test_split  # imported on use: scans stay fast to start
-
     if len(samples) < 2:
         raise DataError(f"found {len(samples)} readable images in the class folders; need at least 2 to split "
                         "into train and test (see the skipped files for what could not be read)")
@@ -178,8 +177,36 @@ def _split(samples: list[Sample], test_size: float, seed: int, classes: list[str
                       stacklevel=3)
     rest = [s for s in samples if counts[s.label] > 1]
     _check_splittable({classes[i]: int(n) for i, n in enumerate(counts) if n > 1}, test_size)
-    train, test = train_test_split(rest, test_size=test_size, random_state=seed, stratify=[s.label for s in rest])
+    train, test = _stratified_split(rest, test_size, seed, cache_dir)
     return singles + train, test
+
+
+def _stratified_split(samples: list[Sample], test_size: float, seed: int, cache_dir) -> tuple[list, list]:
+    """scikit-learn's seeded stratified `train_test_split`, remembered under `cache_dir/index/splits/`.
+
+    Importing scikit-learn alone takes 1.5 s: a command that finds its features cached never needs it. The
+    entry is keyed by every sample's label and path, the split's settings and scikit-learn's version.
+    """
+    from importlib.metadata import version
+
+    fields = [version("scikit-learn"), repr(test_size), str(seed), *(f"{s.label}:{s.path}" for s in samples)]
+    key = hashlib.sha256("\n".join(fields).encode()).hexdigest()[:20]
+    path = Path(cache_dir) / "index" / "splits" / f"{key}.json" if cache_dir is not None else None
+    if path is not None and path.exists():
+        try:
+            saved = json.loads(path.read_text())
+            return [samples[i] for i in saved["train"]], [samples[i] for i in saved["test"]]
+        except (OSError, ValueError, KeyError, IndexError, TypeError):
+            pass  # an unreadable entry: split again, and replace it
+    from sklearn.model_selection import train_test_split
+
+    train, test = train_test_split(range(len(samples)), test_size=test_size, random_state=seed,
+                                   stratify=[s.label for s in samples])
+    if path is not None:
+        from core.runs import atomic_write_json
+
+        atomic_write_json(path, {"train": [int(i) for i in train], "test": [int(i) for i in test]}, "split")
+    return [samples[i] for i in train], [samples[i] for i in test]
 
 
 def _check_splittable(counts: dict[str, int], test_size: float) -> None:

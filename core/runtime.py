@@ -1,10 +1,12 @@
 """Inference runtimes for the frozen backbone: torch (CUDA, gradients, fallback) and OpenVINO (fast on CPU).
 
-`frozen_forward(entry, pool, runtime=..., device=..., dtype=...)` returns a callable mapping a uint8
-batch `(N, 3, H, W)` to features `(N, feature_dim)` as numpy (the model normalizes its input itself).
+`frozen_forward(entry, pool, runtime=..., device=..., dtype=...)` returns a `Forward`: called, it maps a uint8
+batch `(N, 3, H, W)` to features `(N, feature_dim)` as numpy (the model normalizes its input itself); its
+`map(batches)` yields the features of successive batches in order, keeping the runtime busy meanwhile.
 OpenVINO models are converted once (dynamic batch, height and width), saved under
-`cache/openvino/<key>/` and compiled once per process. In fp32 both runtimes agree within float noise,
-so the runtime is recorded but enters cache keys only for reduced precision.
+`cache/openvino/<key>/` and compiled once per process, for throughput: one infer stream per couple of cores
+(2 streams on 2 cores: 84 img/s at 224x756 against 69-78 for one stream using both cores). In fp32 both
+runtimes agree within float noise, so the runtime is recorded but enters cache keys only for reduced precision.
 """
 from __future__ import annotations
 
@@ -16,8 +18,9 @@ import shutil
 import tempfile
 import threading
 import warnings
+from collections import deque
 from pathlib import Path
-from typing import Callable
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -28,7 +31,6 @@ from core.paths import DEFAULT_CACHE_DIR
 
 RUNTIMES = ("auto", "torch", "openvino")
 OPENVINO_FORMAT = 2  # bump when the conversion below changes (2: uint8 input, normalization inside)
-Forward = Callable[[torch.Tensor], np.ndarray]
 _COMPILED: dict[tuple, object] = {}  # (model path, precision, threads) -> compiled model, one per process
 _COMPILE_LOCK = threading.Lock()
 
@@ -60,40 +62,88 @@ def frozen_forward(entry: BackboneEntry, pool: str, *, runtime: str, device: tor
     """
     if runtime == "openvino":
         return _openvino_forward(entry, pool, dtype, Path(cache_dir))
-    return _torch_forward(create_backbone(entry.name, pool=pool).features, device, dtype)
+    return _TorchForward(create_backbone(entry.name, pool=pool).features, device, dtype)
 
 
-def _torch_forward(module: torch.nn.Module, device: torch.device, dtype) -> Forward:
-    module = module.to(device, memory_format=torch.channels_last).eval()
+class Forward:
+    """The frozen backbone as a function of a uint8 batch; `map` runs successive batches."""
 
-    def forward(images: torch.Tensor) -> np.ndarray:
-        images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
-        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            return module(images).float().cpu().numpy()
-    return forward
+    def __call__(self, images: torch.Tensor) -> np.ndarray:
+        raise NotImplementedError
+
+    def map(self, batches: Iterable[torch.Tensor]) -> Iterator[np.ndarray]:
+        """Features of each batch in order (the next batch is read while the runtime works where it can)."""
+        return map(self, batches)
+
+
+class _TorchForward(Forward):
+    def __init__(self, module: torch.nn.Module, device: torch.device, dtype):
+        self.module = module.to(device, memory_format=torch.channels_last).eval()
+        self.device, self.dtype = device, dtype
+
+    def __call__(self, images: torch.Tensor) -> np.ndarray:
+        images = images.to(self.device, non_blocking=True, memory_format=torch.channels_last)
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+            return self.module(images).float().cpu().numpy()
+
+
+class _OpenVinoForward(Forward):
+    """One infer request per stream of the compiled model.
+
+    A call splits its batch across the streams and waits for all; `map` gives each stream its own batch and
+    hands results back in order, so no stream waits for another and the caller decodes the next batch
+    while they run (on 2 cores: 75 img/s of decoded photos where a call per batch reached 64).
+    """
+
+    def __init__(self, compiled):
+        self.compiled = compiled
+        self.streams = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        self._requests = [compiled.create_infer_request() for _ in range(self.streams)]
+        self._lock = threading.Lock()  # calls from several threads take turns on the shared requests
+
+    def __call__(self, images: torch.Tensor) -> np.ndarray:
+        chunks = torch.tensor_split(images, min(self.streams, len(images)))
+        with self._lock:
+            for request, chunk in zip(self._requests, chunks):
+                request.start_async({0: np.ascontiguousarray(chunk.numpy())})
+            return np.concatenate([_result(request) for request, _ in zip(self._requests, chunks)])
+
+    def map(self, batches: Iterable[torch.Tensor]) -> Iterator[np.ndarray]:
+        busy: deque = deque()  # requests of this map, oldest first
+        for images in batches:
+            done = None
+            if len(busy) == self.streams:  # every stream is busy: the oldest request takes the new batch
+                request = busy.popleft()
+                done = _result(request)
+            else:
+                request = self.compiled.create_infer_request()
+            request.start_async({0: np.ascontiguousarray(images.numpy())})
+            busy.append(request)
+            if done is not None:  # handed back only once the stream is working again
+                yield done
+        while busy:
+            yield _result(busy.popleft())
+
+
+def _result(request) -> np.ndarray:
+    request.wait()
+    return request.get_output_tensor(0).data.copy()
 
 
 def _openvino_forward(entry: BackboneEntry, pool: str, dtype, cache_dir: Path) -> Forward:
     precision = "bf16" if dtype == torch.bfloat16 else "f32"  # CPU autocast only ever picks bf16
-    compiled = _compiled_model(openvino_model_path(entry, pool, cache_dir), precision, torch.get_num_threads())
-    request_lock = threading.Lock()  # one infer request; calls from several threads take turns
-    request = compiled.create_infer_request()
-
-    def forward(images: torch.Tensor) -> np.ndarray:
-        with request_lock:
-            request.infer({0: np.ascontiguousarray(images.numpy())})
-            return request.get_output_tensor(0).data.copy()
-    return forward
+    return _OpenVinoForward(_compiled_model(openvino_model_path(entry, pool, cache_dir), precision,
+                                            torch.get_num_threads()))
 
 
 def _compiled_model(path: Path, precision: str, threads: int):
-    """Compile the saved model once per process (LATENCY hint: one request uses every thread)."""
+    """Compile the saved model once per process (THROUGHPUT hint: OpenVINO picks the streams for `threads`)."""
     import openvino as ov
 
     key = (str(path), precision, threads)
     with _COMPILE_LOCK:
         if key not in _COMPILED:
-            config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision,
+            config = {"PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_PRECISION_HINT": precision,
                       "INFERENCE_NUM_THREADS": threads}
             _COMPILED[key] = ov.Core().compile_model(str(path), "CPU", config)
         return _COMPILED[key]

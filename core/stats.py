@@ -8,7 +8,6 @@ match `core.metrics.evaluate`: macro-F1 and balanced accuracy average over the c
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import binomtest
 
 from core.errors import ConfigError
 
@@ -112,6 +111,8 @@ def run_intervals(y_true, y_pred, n_classes: int, *, n_boot: int = 1000, seed: i
 
 def mcnemar_exact(a_only: int, b_only: int) -> float:
     """Two-sided exact McNemar p-value from the discordant pairs; 1.0 when the runs never disagree."""
+    from scipy.stats import binomtest  # on use: scipy.stats costs ~1 s to import, most commands never test
+
     n = a_only + b_only
     return 1.0 if n == 0 else float(binomtest(b_only, n, 0.5).pvalue)
 

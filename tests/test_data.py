@@ -94,6 +94,36 @@ def test_flat_layout_is_split_stratified_and_seeded(make_class_tree, tmp_path):
     assert other.fingerprint != first.fingerprint  # the split is part of the cache key
 
 
+def test_a_remembered_split_is_the_same_split_without_scikit_learn(make_class_tree, tmp_path, monkeypatch):
+    """The split is kept in the cache folder (a cached command need not import scikit-learn); it is the split
+    scikit-learn made, in the same order, and another seed, test size or file set splits afresh."""
+    import sklearn.model_selection
+
+    root, cache = make_class_tree(tmp_path / "flat", {"a": 30, "b": 12, "c": 6}), tmp_path / "cache"
+    direct = load_dataset(root, test_size=0.25, seed=2)  # no cache folder: always split by scikit-learn
+    first = load_dataset(root, test_size=0.25, seed=2, cache_dir=cache)
+    assert [s.path for s in first.train] == [s.path for s in direct.train]
+    assert [s.path for s in first.test] == [s.path for s in direct.test]
+
+    calls = []
+    real = sklearn.model_selection.train_test_split
+    monkeypatch.setattr(sklearn.model_selection, "train_test_split", lambda *a, **k: calls.append(k) or real(*a, **k))
+    again = load_dataset(root, test_size=0.25, seed=2, cache_dir=cache)
+    assert calls == [] and [s.path for s in again.train] == [s.path for s in first.train]
+    assert again.fingerprint == first.fingerprint
+    load_dataset(root, test_size=0.25, seed=3, cache_dir=cache)
+    load_dataset(root, test_size=0.3, seed=2, cache_dir=cache)
+    (root / "c" / sorted(p.name for p in (root / "c").iterdir())[0]).unlink()
+    load_dataset(root, test_size=0.25, seed=2, cache_dir=cache)
+    assert [(k["random_state"], k["test_size"]) for k in calls] == [(3, 0.25), (2, 0.3), (2, 0.25)]
+
+    for entry in (cache / "index" / "splits").glob("*.json"):
+        entry.write_text("{not json")  # a damaged entry is split again, not trusted
+    damaged = load_dataset(root, test_size=0.25, seed=3, cache_dir=cache)
+    assert len(calls) == 4 and [s.path for s in damaged.test] == [
+        s.path for s in load_dataset(root, test_size=0.25, seed=3).test]
+
+
 def test_single_image_class_goes_to_train_with_a_warning(make_class_tree, tmp_path):
     """One image cannot be both trained on and tested: keep it for training instead of refusing the dataset."""
     root = make_class_tree(tmp_path / "flat", {"a": 20, "b": 10, "solo": 1})

@@ -378,6 +378,18 @@ def test_prefetch_yields_every_batch_in_order_and_raises_decode_errors():
     assert got == [1]
 
 
+def test_prefetch_decodes_on_one_torch_thread_and_leaves_the_callers_threads_alone():
+    class Loader:
+        num_workers = 0
+
+        def __iter__(self):
+            yield torch.get_num_threads()  # what a resize inside the decoding thread would run on
+
+    before = torch.get_num_threads()
+    assert list(features.prefetch(Loader())) == [1]
+    assert torch.get_num_threads() == before
+
+
 def test_prefetch_stops_its_thread_when_the_loop_is_left(monkeypatch):
     import threading
 

@@ -91,6 +91,23 @@ def test_openvino_handles_any_batch_and_size_and_pooling(photos, tmp_path):
             assert np.allclose(forward(batch), expected, atol=1e-4, rtol=1e-4), (pool, tuple(batch.shape))
 
 
+def test_openvino_map_gives_every_batch_its_features_in_order(photos, tmp_path):
+    """`map` keeps a batch per stream in flight and hands results back in order, whatever their sizes."""
+    forward = frozen_forward(get_entry("efficientnet_lite0"), "avg", runtime="openvino", device=CPU, dtype=None,
+                             cache_dir=tmp_path)
+    assert forward.streams >= 1
+    batches = [photos, photos[1:2], photos[[2, 0]], photos[:1], photos[1:]]
+    expected = [forward(batch) for batch in batches]  # one call: the batch split across the streams
+    got = list(forward.map(iter(batches)))
+    assert [x.shape for x in got] == [(len(b), 1280) for b in batches]
+    assert all(np.allclose(x, y, atol=1e-5) for x, y in zip(got, expected))
+    assert np.allclose(got[2], np.stack([expected[0][2], expected[0][0]]), atol=1e-5)
+    first = forward.map(iter(batches))
+    assert np.allclose(next(first), expected[0], atol=1e-5)
+    first.close()  # left early (a cancelled extraction): the shared requests still serve calls
+    assert np.allclose(forward(photos), expected[0], atol=1e-5)
+
+
 def test_converted_model_is_saved_once_and_compiled_once_per_process(tmp_path, monkeypatch):
     import openvino as ov
 
@@ -112,7 +129,8 @@ def test_converted_model_is_saved_once_and_compiled_once_per_process(tmp_path, m
 def test_reduced_precision_reaches_openvino_only_when_asked(tmp_path, monkeypatch):
     asked = []
     monkeypatch.setattr(runtime, "_compiled_model", lambda path, precision, threads: asked.append(precision) or
-                        type("Compiled", (), {"create_infer_request": lambda self: None})())
+                        type("Compiled", (), {"create_infer_request": lambda self: None,
+                                                  "get_property": lambda self, name: 1})())
     entry = get_entry("efficientnet_lite0")
     frozen_forward(entry, "avg", runtime="openvino", device=CPU, dtype=None, cache_dir=tmp_path)
     frozen_forward(entry, "avg", runtime="openvino", device=CPU, dtype=torch.bfloat16, cache_dir=tmp_path)
