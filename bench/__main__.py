@@ -49,31 +49,40 @@ def bench_forward(name: str, height: int, width: int, batch_size: int, repeats: 
             print(f"{runtime + ' ' + label:<16} {images_per_second(forward, batch, repeats):8.1f} img/s")
 
 
-def run_cli(*args: str) -> tuple[dict, float]:
-    """`python -m core ARGS` in a fresh process: its JSON line and its wall time (imports included)."""
+def run_module(module: str, *args: str) -> tuple[dict, float]:
+    """`python -m MODULE ARGS` in a fresh process: its last JSON line and its wall time (imports included)."""
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "core", *args], capture_output=True, text=True, check=True)
+    done = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1]), time.perf_counter() - started
+
+
+def run_cli(*args: str) -> tuple[dict, float]:
+    return run_module("core", *args)
 
 
 def bench_backbones(names: list[str], data: Path, batch_size: int, repeats: int, cache_dir: str) -> None:
     """Per backbone, side by side: the raw forward on preloaded tensors of a wide photo's working size, and the
-    whole `python -m core extract` (fresh process, cold feature cache, converted model already saved)."""
+    whole `python -m core extract` (cold feature cache, converted model already saved), each in a fresh process.
+
+    The raw forward is timed just before and just after the extract command and the ratio is taken to their
+    mean: on a shared machine the raw rate alone swings by 10-15% between runs.
+    """
     runtime, dtype = resolve_runtime("auto", CPU), autocast_dtype(CPU)
     print(f"\n# raw forward vs python -m core extract on {data} (wide JPEG photos), {runtime} "
           f"{'bf16' if dtype is not None else 'fp32'}, batch {batch_size}")
-    print(f"{'backbone':<20} {'input':>8} {'raw img/s':>10} {'extract img/s':>14} {'wall s':>7} {'ratio':>6}")
+    print(f"{'backbone':<20} {'input':>8} {'raw img/s before, after':>24} {'extract img/s':>14} {'wall s':>7} "
+          f"{'ratio':>6}")
     for name in names:
-        entry = get_entry(name)
-        height, width = Preprocess.for_backbone(entry).output_size(SIZE)
-        forward = frozen_forward(entry, "avg", runtime=runtime, device=CPU, dtype=dtype, cache_dir=cache_dir)
-        batch = torch.randint(0, 256, (batch_size, 3, height, width), dtype=torch.uint8)
-        raw = images_per_second(forward, batch, repeats)
+        height, width = Preprocess.for_backbone(get_entry(name)).output_size(SIZE)
+        raw_args = (name, str(height), str(width), str(batch_size), str(repeats), cache_dir)
+        before = run_module("bench.raw_forward", *raw_args)[0]["img_per_s"]
         shutil.rmtree(Path(cache_dir) / "features", ignore_errors=True)
         out, wall_s = run_cli("extract", "--data", str(data), "--cache-dir", cache_dir, "--backbone", name,
                               "--batch-size", str(batch_size))
+        after = run_module("bench.raw_forward", *raw_args)[0]["img_per_s"]
         rate = out["n"] / wall_s
-        print(f"{name:<20} {f'{height}x{width}':>8} {raw:>10.1f} {rate:>14.1f} {wall_s:>7.1f} {rate / raw:>6.2f}")
+        print(f"{name:<20} {f'{height}x{width}':>8} {f'{before:.1f}, {after:.1f}':>24} {rate:>14.1f} "
+              f"{wall_s:>7.1f} {2 * rate / (before + after):>6.2f}")
     hit, hit_wall_s = run_cli("extract", "--data", str(data), "--cache-dir", cache_dir, "--backbone", names[-1],
                               "--batch-size", str(batch_size))
     started = time.perf_counter()
