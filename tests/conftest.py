@@ -53,6 +53,18 @@ def demo_features(demo_dataset, feature_cache):
                             device="cpu", workers=0)
 
 
+@pytest.fixture
+def on_demo_features(demo_dir, demo_features, feature_cache, image_size, tmp_path):
+    """`run(**overrides)`: run_experiment on the cached demo features into a private store; the results."""
+    from core.experiment import ExperimentConfig, run_experiment
+    from core.runs import RunStore
+
+    base = dict(data=str(demo_dir), approaches=("svm",), remedies=("none",), epochs=5, image_size=image_size,
+                device="cpu", cache_dir=str(feature_cache), workers=0)
+    store = RunStore(tmp_path / "runs")
+    return lambda **overrides: run_experiment(ExperimentConfig(**{**base, **overrides}), store=store)
+
+
 @pytest.fixture(scope="session")
 def backbone():
     """The pretrained efficientnet_lite0 feature extractor (avg pooling), in eval mode."""

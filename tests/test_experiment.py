@@ -199,15 +199,6 @@ def test_finetune_approach_end_to_end(tiny_dir, tmp_path, check_results_schema):
 # ---------------------------------------------------------------- issue 8: trustworthy numbers
 
 
-@pytest.fixture
-def on_demo_features(demo_dir, demo_features, feature_cache, image_size, tmp_path):
-    """`run(**overrides)`: run_experiment on the cached demo features into a private store; the results."""
-    base = dict(data=str(demo_dir), approaches=("svm",), remedies=("none",), epochs=5, image_size=image_size,
-                device="cpu", cache_dir=str(feature_cache), workers=0)
-    store = RunStore(tmp_path / "runs")
-    return lambda **overrides: run_experiment(ExperimentConfig(**{**base, **overrides}), store=store)
-
-
 def test_tau_is_not_applied_to_svm_decision_values(on_demo_features):
     plain, adjusted = (on_demo_features(tau=tau)["runs"][0] for tau in (0.0, 3.0))
     assert adjusted["tau"] == 0.0  # the tau actually used

@@ -79,13 +79,18 @@ def charts(at: AppTest) -> int:
     return len(at.get("plotly_chart"))
 
 
-def wait_for_job(at: AppTest):
-    job = state.job_manager().get(at.session_state["job_id"])
+def wait_until_ended(job):
+    """Poll `job` until it is no longer queued or running (at most JOB_TIMEOUT_S); return it."""
     deadline = time.monotonic() + JOB_TIMEOUT_S
     while job.status in ACTIVE_STATUSES:
-        assert time.monotonic() < deadline, f"job still {job.status} after {JOB_TIMEOUT_S} s: {job.progress}"
-        time.sleep(0.2)
+        assert time.monotonic() < deadline, (f"{job.kind or 'job'} {job.name!r} still {job.status} after "
+                                             f"{JOB_TIMEOUT_S} s: {job.progress}")
+        time.sleep(0.05)
     return job
+
+
+def wait_for_job(at: AppTest):
+    return wait_until_ended(state.job_manager().get(at.session_state["job_id"]))
 
 
 def configure_training(at: AppTest, approaches, schemes) -> AppTest:
@@ -273,9 +278,7 @@ def test_failed_job_shows_its_error(empty_cache):
         report("extract features", 1, 4)
         raise DataError("image folder vanished; check the path")
 
-    job = state.job_manager().submit("doomed", fail, kind=state.TRAINING_JOB)
-    while job.status in ACTIVE_STATUSES:
-        time.sleep(0.01)
+    wait_until_ended(state.job_manager().submit("doomed", fail, kind=state.TRAINING_JOB))
     at = page("train").run()
     assert not at.exception
     assert "The job failed: image folder vanished" in texts(at.error)
@@ -558,11 +561,7 @@ def test_feature_map_is_computed_once_as_a_job_then_drawn(trained_copy):
     at = page("featuremap").run()
     assert not at.exception and charts(at) == 0
     at.button(key="compute_map").click().run()
-    job = next(job for job in state.job_manager().jobs() if job.kind == state.MAP_JOB)
-    deadline = time.monotonic() + JOB_TIMEOUT_S
-    while job.status in ACTIVE_STATUSES:
-        assert time.monotonic() < deadline, f"map job still {job.status}: {job.progress}"
-        time.sleep(0.2)
+    job = wait_until_ended(next(job for job in state.job_manager().jobs() if job.kind == state.MAP_JOB))
     assert job.status == "done", job.error
     at = page("featuremap").run()  # a new session finds the stored map
     assert not at.exception and charts(at) == 1
@@ -604,11 +603,7 @@ def test_a_large_duplicate_check_runs_as_a_background_job(trained_copy, monkeypa
     monkeypatch.setattr(core.duplicates, "INLINE_PAIRS", 0)
     at = page("dataset").run()
     assert not at.exception and "in the background" in texts(at.caption)
-    job = next(job for job in state.job_manager().jobs() if job.kind == state.DUPLICATES_JOB)
-    deadline = time.monotonic() + JOB_TIMEOUT_S
-    while job.status in ACTIVE_STATUSES:
-        assert time.monotonic() < deadline, f"duplicates job still {job.status}"
-        time.sleep(0.2)
+    job = wait_until_ended(next(job for job in state.job_manager().jobs() if job.kind == state.DUPLICATES_JOB))
     assert job.status == "done", job.error
     at = page("dataset").run()
     assert not at.exception and "No test image has a training image" in texts(at.success)
@@ -671,8 +666,7 @@ def test_whatif_viewers_are_rate_limited_and_wait_for_the_owners_jobs(trained, m
         assert len(fits) == 2 and "viewers' What-if refits resume when it ends" in texts(other_viewer.error)
     finally:
         release.set()
-    while job.status in ACTIVE_STATUSES:
-        time.sleep(0.01)
+    wait_until_ended(job)
 
 
 def test_whatif_shows_validation_first_offsets_rescore_and_the_svm_explains(trained, monkeypatch):

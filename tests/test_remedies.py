@@ -12,7 +12,7 @@ from core import cli
 from core.approaches import APPROACHES, get_approach
 from core.classifiers import LinearHead, LogisticProbe, SvmClassifier
 from core.errors import ClassWeightError
-from core.experiment import ExperimentConfig, choose_decision, decide, plan_runs, run_experiment
+from core.experiment import choose_decision, decide, plan_runs
 from core.remedies import balanced_batches, check_remedies, choose_offsets, parse_remedy
 from core.runs import RunStore
 
@@ -120,15 +120,7 @@ def test_every_registered_approach_supports_offsets_or_says_why():
     assert get_approach("logreg").logits and not get_approach("svm").logits
 
 
-@pytest.fixture
-def on_demo(demo_dir, demo_features, feature_cache, image_size, tmp_path):
-    base = dict(data=str(demo_dir), approaches=("svm",), remedies=("none",), epochs=5, image_size=image_size,
-                device="cpu", cache_dir=str(feature_cache), workers=0)
-    store = RunStore(tmp_path / "runs")
-    return lambda **overrides: run_experiment(ExperimentConfig(**{**base, **overrides}), store=store)
-
-
-def test_cross_validation_never_sees_test_rows(on_demo, demo_features, monkeypatch):
+def test_cross_validation_never_sees_test_rows(on_demo_features, demo_features, monkeypatch):
     """A spy on the rows each fold fits on: only training rows, every one of them validated once."""
     import core.tuning as tuning
 
@@ -146,15 +138,15 @@ def test_cross_validation_never_sees_test_rows(on_demo, demo_features, monkeypat
     for cls in (SvmClassifier, LinearHead, LogisticProbe):
         monkeypatch.setattr(cls, "fit", lambda self, X, *a, _fit=cls.fit, **k: (
             fitted_rows.append(np.asarray(X)), _fit(self, X, *a, **k))[1])
-    results = on_demo(approaches=("svm", "head", "logreg"), remedies=("balanced+offsets",))
+    results = on_demo_features(approaches=("svm", "head", "logreg"), remedies=("balanced+offsets",))
     assert len(results["runs"]) == 3 and all(run["validation"] for run in results["runs"])
     assert folds and all(np.intersect1d(fit, val).size == 0 for fit, val in folds)
     assert all(fit.max() < len(demo_features.y_train) for fit, _ in folds)
     assert all({row.tobytes() for row in X} <= train_rows for X in fitted_rows)
 
 
-def test_runs_record_validation_offsets_and_the_best_by_validation(on_demo):
-    results = on_demo(approaches=("svm", "logreg"), remedies=("none", "balanced+offsets"), tune=False)
+def test_runs_record_validation_offsets_and_the_best_by_validation(on_demo_features):
+    results = on_demo_features(approaches=("svm", "logreg"), remedies=("none", "balanced+offsets"), tune=False)
     runs = {(r["approach"], r["remedy"]): r for r in results["runs"]}
     assert set(runs) == {("svm", "none"), ("svm", "balanced+offsets"), ("logreg", "none"),
                          ("logreg", "balanced+offsets")}
@@ -185,10 +177,10 @@ def test_cli_remedy_and_the_class_weight_alias_reach_the_config(tmp_path):
         assert cli._config(args).remedies == ("balanced+offsets", str(weights))
 
 
-def test_stored_validation_scores_reproduce_the_validation_metrics(on_demo, demo_features, tmp_path):
+def test_stored_validation_scores_reproduce_the_validation_metrics(on_demo_features, demo_features, tmp_path):
     from core.analysis import rescore_validation
 
-    results = on_demo(approaches=("logreg",), remedies=("tau+offsets",))
+    results = on_demo_features(approaches=("logreg",), remedies=("tau+offsets",))
     (run,) = results["runs"]
     store = RunStore(tmp_path / "runs")
     table = store.load_validation(run["run_id"])
