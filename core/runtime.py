@@ -4,8 +4,8 @@
 batch `(N, 3, H, W)` to features `(N, feature_dim)` as numpy (the model normalizes its input itself); its
 `map(batches)` yields the features of successive batches in order, keeping the runtime busy meanwhile.
 OpenVINO models are converted once (dynamic batch, height and width), saved under
-`cache/openvino/<key>/` and compiled once per process, for throughput: one infer stream per couple of cores
-(2 streams on 2 cores: 84 img/s at 224x756 against 69-78 for one stream using both cores). In fp32 both
+`cache/openvino/<key>/` and compiled once per process for throughput, OpenVINO choosing the streams (2 on
+2 cores: 84 img/s at 224x756 against 69-78 for one stream using both cores). In fp32 both
 runtimes agree within float noise, so the runtime is recorded but enters cache keys only for reduced precision.
 """
 from __future__ import annotations
@@ -88,25 +88,20 @@ class _TorchForward(Forward):
 
 
 class _OpenVinoForward(Forward):
-    """One infer request per stream of the compiled model.
+    """The compiled model, run with one infer request per stream.
 
-    A call splits its batch across the streams and waits for all; `map` gives each stream its own batch and
-    hands results back in order, so no stream waits for another and the caller decodes the next batch
-    while they run (on 2 cores: 75 img/s of decoded photos where a call per batch reached 64).
+    `map` gives each stream its own batch and hands results back in order, so no stream waits for another
+    and the caller decodes the next batch while they run (on 2 cores: 75 img/s of decoded photos where a
+    call per batch reached 64); a call is a map of its batch split across the streams. Each map creates its
+    own requests (microseconds), so calls from several threads share nothing but the compiled model.
     """
 
     def __init__(self, compiled):
         self.compiled = compiled
         self.streams = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
-        self._requests = [compiled.create_infer_request() for _ in range(self.streams)]
-        self._lock = threading.Lock()  # calls from several threads take turns on the shared requests
 
     def __call__(self, images: torch.Tensor) -> np.ndarray:
-        chunks = torch.tensor_split(images, min(self.streams, len(images)))
-        with self._lock:
-            for request, chunk in zip(self._requests, chunks):
-                request.start_async({0: np.ascontiguousarray(chunk.numpy())})
-            return np.concatenate([_result(request) for request, _ in zip(self._requests, chunks)])
+        return np.concatenate(list(self.map(torch.tensor_split(images, min(self.streams, len(images))))))
 
     def map(self, batches: Iterable[torch.Tensor]) -> Iterator[np.ndarray]:
         busy: deque = deque()  # requests of this map, oldest first
