@@ -8,14 +8,13 @@ feature set and split (`split_key`) and stored; a similarity threshold only filt
 """
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from core.errors import ConfigError
-from core.runs import atomic_write_bytes
+from core.runs import atomic_write_npz
 
 MATCHES_VERSION = 1  # bump when the similarity changes, so stored matches are recomputed
 DUPLICATE_SIMILARITY = 0.97  # centred cosine from which a train/test pair is listed as a possible leak
@@ -86,7 +85,6 @@ def load_matches(cache_dir, key: str) -> Matches | None:
 def build_matches(X_train, X_test, cache_dir, key: str, progress=None) -> Matches:
     """Compute the matches of `key` and store them atomically under `cache_dir/duplicates/`."""
     matches = best_matches(X_train, X_test, progress=progress)
-    buffer = io.BytesIO()
-    np.savez(buffer, train=matches.train, similarity=matches.similarity)
-    atomic_write_bytes(matches_path(cache_dir, key), buffer.getvalue())
+    atomic_write_npz(matches_path(cache_dir, key), "near-duplicate matches", train=matches.train,
+                     similarity=matches.similarity)
     return matches

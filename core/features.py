@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import queue
@@ -23,7 +22,7 @@ from core.backbones import BackboneEntry, describe_backbone, get_entry
 from core.data import Dataset, Sample, decode_rgb
 from core.errors import ConfigError, DataError
 from core.paths import DEFAULT_CACHE_DIR
-from core.runs import atomic_write_bytes, atomic_write_json
+from core.runs import atomic_write_json, atomic_write_npz
 from core.runtime import Forward, frozen_forward, resolve_runtime
 from core.torch_threads import one_torch_thread
 
@@ -317,7 +316,8 @@ def _extract_shards(samples: list[Sample], forward: Forward, preprocess, folder:
         done += len(indices[-1])
         report("extract features", done, total)
         if sum(len(i) for i in indices) == len(shard):
-            _write_shard(_shard_path(folder, shard_id), np.concatenate(indices), np.concatenate(rows))
+            atomic_write_npz(_shard_path(folder, shard_id), "feature shard", indices=np.concatenate(indices),
+                             X=np.concatenate(rows))
             atomic_write_json(folder / f"elapsed-{rank}.json", {"seconds": earlier_s + time.perf_counter() - started},
                               "feature cache timing")
             rows, indices = [], []
@@ -354,12 +354,6 @@ def init_distributed() -> None:
 
 def _shard_path(folder: Path, shard_id: int) -> Path:
     return folder / f"shard-{shard_id:05d}.npz"
-
-
-def _write_shard(path: Path, indices: np.ndarray, X: np.ndarray) -> None:
-    buffer = io.BytesIO()
-    np.savez(buffer, indices=indices, X=X)
-    atomic_write_bytes(path, buffer.getvalue(), "feature shard")
 
 
 def _load_shards(folder: Path, n: int) -> np.ndarray:

@@ -209,6 +209,14 @@ def atomic_write_bytes(path, data: bytes, what: str = "file") -> None:
         tmp.write_bytes(data)
 
 
+def atomic_write_npz(path, what: str, **arrays) -> None:
+    """Write `arrays` to `path` as an uncompressed `.npz` atomically (`numpy.load` reads them back by name)."""
+    import numpy as np
+
+    with atomic_file(path, what) as tmp, open(tmp, "wb") as out:
+        np.savez(out, **arrays)
+
+
 def _to_json(obj) -> str:
     """Indented JSON; numpy scalars and arrays become plain numbers and lists."""
 
