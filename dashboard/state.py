@@ -240,8 +240,9 @@ def paired_diff(run_a: str, run_b: str) -> dict | None:
 
 
 def clear_run_caches() -> None:
-    """Forget cached records, predictions, paired tests, reports and bundles (after runs were imported or deleted)."""
-    for cached in (_load_run, _load_predictions, _report, _bundle):
+    """Forget cached records, predictions, validation scores, paired tests, reports and bundles (after runs were
+    imported or deleted)."""
+    for cached in (_load_run, _load_predictions, _load_validation, _report, _bundle):
         cached.clear()
     _paired.cache_clear()
 

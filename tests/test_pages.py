@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.errors import DataError
+from core.errors import DataError, RunStoreError
 from core.experiment import ExperimentConfig, run_experiment
 from core.jobs import ACTIVE_STATUSES
 from core.weights import class_weights
@@ -346,6 +346,14 @@ def add_old_style_run(cache: Path) -> dict:
     store.save(old, predictions=store.load_predictions(source["run_id"]))
     state.clear_run_caches()
     return old
+
+
+def test_deleting_a_run_forgets_its_cached_validation_scores(trained_copy):
+    run = next(r for r in state.list_runs() if r.get("validation"))
+    assert state.load_validation(run["run_id"]) is not None  # read once: now cached
+    state.delete_runs([run["run_id"]])
+    with pytest.raises(RunStoreError):
+        state.load_validation(run["run_id"])
 
 
 def test_old_run_records_still_render(trained_copy):
