@@ -228,6 +228,15 @@ def test_train_page_offers_a_fused_backbone(features_only, monkeypatch):
     assert [config.backbone for config in launched] == ["efficientnet_lite0+efficientnet_lite2"]
 
 
+def test_train_page_says_once_what_each_picked_remedy_does(empty_cache):
+    at = page("train").run()
+    at.multiselect(key="train_schemes").set_value(["none", "balanced+offsets"]).run()
+    assert not at.exception
+    captions = texts(at.caption).replace("**", "")  # as read on screen, without the Markdown
+    assert "none: no remedy" in captions and "none: none:" not in captions
+    assert "balanced: class weights" in captions and "offsets: " in captions
+
+
 def test_train_page_bad_seed_list_is_a_message(features_only):
     at = page("train").run()
     at.text_input(key="train_seeds").set_value("0,one").run()

@@ -99,7 +99,7 @@ with settings_col, errors.guard():
                               "with a note); tau and offsets are chosen on training folds, never on the test set; "
                               "custom uses the table below")
     for remedy in remedies:
-        st.caption(f"**{remedy}**: {describe(remedy)}")
+        st.caption(describe(remedy))  # each part named with what it does
     data = state.dataset(state.data_dir(), settings["test_size"], settings["seed"])
     weights = [s for s in remedies if s != "custom"]
     if "custom" in remedies:
