@@ -211,10 +211,13 @@ def atomic_write_bytes(path, data: bytes, what: str = "file") -> None:
 
 def atomic_write_npz(path, what: str, **arrays) -> None:
     """Write `arrays` to `path` as an uncompressed `.npz` atomically (`numpy.load` reads them back by name)."""
+    import io
+
     import numpy as np
 
-    with atomic_file(path, what) as tmp, open(tmp, "wb") as out:
-        np.savez(out, **arrays)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue(), what)
 
 
 def _to_json(obj) -> str:
