@@ -1,6 +1,9 @@
 """`python -m core ...`: the TransferScope command line."""
+import gc
 import sys
 
 from core.cli import main
 
-sys.exit(main())
+code = main()
+gc.freeze()  # exit without the final collection walking every object torch imported (0.5-1.3 s)
+sys.exit(code)

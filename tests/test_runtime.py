@@ -92,16 +92,19 @@ def test_openvino_handles_any_batch_and_size_and_pooling(photos, tmp_path):
 
 
 def test_openvino_map_gives_every_batch_its_features_in_order(photos, tmp_path):
-    """`map` keeps a batch per stream in flight and hands results back in order, whatever their sizes."""
+    """`map` keeps a chunk per stream in flight and hands results back in order, whatever the batches' sizes;
+    a batch longer than a chunk comes back whole, in its own order."""
     forward = frozen_forward(get_entry("efficientnet_lite0"), "avg", runtime="openvino", device=CPU, dtype=None,
                              cache_dir=tmp_path)
     assert forward.streams >= 1
-    batches = [photos, photos[1:2], photos[[2, 0]], photos[:1], photos[1:]]
-    expected = [forward(batch) for batch in batches]  # one call: the batch split across the streams
+    long = photos[torch.arange(2 * forward.CHUNK + 3) % len(photos)]  # photos 0, 1, 2, 0, 1, 2, ...
+    batches = [photos, photos[1:2], long, photos[[2, 0]], photos[:1], photos[1:]]
+    expected = [forward(batch) for batch in batches]  # one call: the batch cut into chunks for the streams
     got = list(forward.map(iter(batches)))
     assert [x.shape for x in got] == [(len(b), 1280) for b in batches]
     assert all(np.allclose(x, y, atol=1e-5) for x, y in zip(got, expected))
-    assert np.allclose(got[2], np.stack([expected[0][2], expected[0][0]]), atol=1e-5)
+    assert np.allclose(got[3], np.stack([expected[0][2], expected[0][0]]), atol=1e-5)
+    assert np.allclose(got[2], expected[0][np.arange(len(long)) % len(photos)], atol=1e-5)
     first = forward.map(iter(batches))
     assert np.allclose(next(first), expected[0], atol=1e-5)
     first.close()  # left early (a cancelled extraction): the shared requests still serve calls
@@ -117,20 +120,39 @@ def test_converted_model_is_saved_once_and_compiled_once_per_process(tmp_path, m
     monkeypatch.setattr(ov.Core, "compile_model", lambda *a, **k: compiles.append(1) or real_compile(*a, **k))
     entry = get_entry("efficientnet_lite0")
     for _ in range(2):
-        frozen_forward(entry, "avg", runtime="openvino", device=CPU, dtype=None, cache_dir=tmp_path)
+        frozen_forward(entry, "avg", runtime="openvino", device=CPU, dtype=None, cache_dir=tmp_path).compiled
     saved = list((tmp_path / "openvino").glob("*/model.xml"))
     assert len(conversions) == 1 and len(compiles) == 1 and len(saved) == 1
     assert not [p for p in (tmp_path / "openvino").iterdir() if p.name.startswith(".tmp-")]
     runtime._COMPILED.clear()  # a fresh process: loads the saved model, converts nothing
-    frozen_forward(entry, "avg", runtime="openvino", device=CPU, dtype=None, cache_dir=tmp_path)
+    frozen_forward(entry, "avg", runtime="openvino", device=CPU, dtype=None, cache_dir=tmp_path).compiled
     assert len(conversions) == 1 and len(compiles) == 2
+
+
+def test_a_failed_compilation_is_raised_where_the_model_is_used_and_tried_again_next_time(tmp_path, monkeypatch):
+    import openvino as ov
+
+    real_compile, calls = ov.Core.compile_model, []
+
+    def fail_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("Exception from src/inference/src/cpp/core.cpp: out of memory")
+        return real_compile(*args, **kwargs)
+
+    monkeypatch.setattr(ov.Core, "compile_model", fail_once)
+    runtime._COMPILED.clear()
+    entry = get_entry("efficientnet_lite0")
+    broken = frozen_forward(entry, "avg", runtime="openvino", device=CPU, dtype=None, cache_dir=tmp_path)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        broken(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
+    working = frozen_forward(entry, "avg", runtime="openvino", device=CPU, dtype=None, cache_dir=tmp_path)
+    assert working(torch.zeros(1, 3, 64, 64, dtype=torch.uint8)).shape == (1, 1280) and len(calls) == 2
 
 
 def test_reduced_precision_reaches_openvino_only_when_asked(tmp_path, monkeypatch):
     asked = []
-    monkeypatch.setattr(runtime, "_compiled_model", lambda path, precision, threads: asked.append(precision) or
-                        type("Compiled", (), {"create_infer_request": lambda self: None,
-                                                  "get_property": lambda self, name: 1})())
+    monkeypatch.setattr(runtime, "_compiled_model", lambda path, precision, threads: asked.append(precision))
     entry = get_entry("efficientnet_lite0")
     frozen_forward(entry, "avg", runtime="openvino", device=CPU, dtype=None, cache_dir=tmp_path)
     frozen_forward(entry, "avg", runtime="openvino", device=CPU, dtype=torch.bfloat16, cache_dir=tmp_path)
