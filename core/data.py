@@ -16,6 +16,7 @@ from PIL import Image, ImageOps
 
 from core.errors import DataError
 from core.labels import read_labels
+from core.runs import atomic_write_json
 from core.scan import FileIndex, Sample, check_class_count, is_utf8, printable
 
 DEMO_CLASSES = ("0-zero", "1-one", "2-two", "3-three", "4-four", "5-five", "6-six", "7-seven", "8-eight", "9-nine")
@@ -203,8 +204,6 @@ def _stratified_split(samples: list[Sample], test_size: float, seed: int, cache_
     train, test = train_test_split(range(len(samples)), test_size=test_size, random_state=seed,
                                    stratify=[s.label for s in samples])
     if path is not None:
-        from core.runs import atomic_write_json
-
         atomic_write_json(path, {"train": [int(i) for i in train], "test": [int(i) for i in test]}, "split")
     return [samples[i] for i in train], [samples[i] for i in test]
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import json
 import math
 import os
@@ -211,8 +212,6 @@ def atomic_write_bytes(path, data: bytes, what: str = "file") -> None:
 
 def atomic_write_npz(path, what: str, **arrays) -> None:
     """Write `arrays` to `path` as an uncompressed `.npz` atomically (`numpy.load` reads them back by name)."""
-    import io
-
     import numpy as np
 
     buffer = io.BytesIO()

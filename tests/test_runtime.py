@@ -107,7 +107,7 @@ def test_openvino_map_gives_every_batch_its_features_in_order(photos, tmp_path):
     assert np.allclose(got[2], expected[0][np.arange(len(long)) % len(photos)], atol=1e-5)
     first = forward.map(iter(batches))
     assert np.allclose(next(first), expected[0], atol=1e-5)
-    first.close()  # left early (a cancelled extraction): the shared requests still serve calls
+    first.close()  # left early (a cancelled extraction): the forward still serves calls
     assert np.allclose(forward(photos), expected[0], atol=1e-5)
 
 
