@@ -26,6 +26,11 @@ from core.runtime import frozen_forward, openvino_available, resolve_runtime
 CPU = torch.device("cpu")
 
 
+def random_batch(batch_size: int, height: int, width: int) -> torch.Tensor:
+    """Random uint8 images in channels-last memory, as the loader stacks decoded photos."""
+    return torch.randint(0, 256, (batch_size, height, width, 3), dtype=torch.uint8).permute(0, 3, 1, 2)
+
+
 def images_per_second(forward, batch: torch.Tensor, repeats: int) -> float:
     """Preloaded batches through `forward.map`, as extraction runs them (every OpenVINO stream kept busy)."""
     forward(batch)  # warm-up (and OpenVINO's first-shape compilation)
@@ -40,7 +45,7 @@ def bench_forward(name: str, height: int, width: int, batch_size: int, repeats: 
     entry, bf16 = get_entry(name), autocast_dtype(CPU)
     precisions = [("fp32", None)] + ([("bf16", bf16)] if bf16 is not None else [])
     runtimes = ["torch"] + (["openvino"] if openvino_available() else [])
-    batch = torch.randint(0, 256, (batch_size, 3, height, width), dtype=torch.uint8)
+    batch = random_batch(batch_size, height, width)
     print(f"# raw forward, {name}, batch {batch_size} of {height}x{width}, {torch.get_num_threads()} threads, "
           f"native bf16: {bf16 is not None}")
     for runtime in runtimes:

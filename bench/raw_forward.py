@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-import torch
-
-from bench.__main__ import CPU, images_per_second
+from bench.__main__ import CPU, images_per_second, random_batch
 from core.backbones import get_entry
 from core.features import autocast_dtype
 from core.runtime import frozen_forward, resolve_runtime
@@ -17,7 +15,7 @@ def main() -> None:
     name, height, width, batch_size, repeats, cache_dir = sys.argv[1:7]
     forward = frozen_forward(get_entry(name), "avg", runtime=resolve_runtime("auto", CPU), device=CPU,
                              dtype=autocast_dtype(CPU), cache_dir=cache_dir)
-    batch = torch.randint(0, 256, (int(batch_size), 3, int(height), int(width)), dtype=torch.uint8)
+    batch = random_batch(int(batch_size), int(height), int(width))
     print(json.dumps({"img_per_s": images_per_second(forward, batch, int(repeats))}))
 
 

@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 
 from core.backbones import BackboneEntry, describe_backbone, get_entry
 from core.data import Dataset, Sample, decode_rgb
@@ -149,7 +149,19 @@ def default_workers(device: torch.device) -> int:
 
 def make_loader(dataset: ImageDataset, batches: list[list[int]], device: torch.device, workers: int | None):
     workers = default_workers(device) if workers is None else workers
-    return DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=device.type == "cuda")
+    return DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=device.type == "cuda",
+                      collate_fn=collate_channels_last)
+
+
+def collate_channels_last(items):
+    """`default_collate` of (image, label, index) items, the images stacked as one channels-last batch.
+
+    Decoded and resized images are already channels-last (height, width, channel in memory), so stacking
+    them so is a plain copy, where stacking to contiguous NCHW transposes every image (0.7 ms an image at
+    224x756 on one thread). Both models take channels-last batches as they are.
+    """
+    images, labels, indices = default_collate([(image.permute(1, 2, 0), label, index) for image, label, index in items])
+    return images.permute(0, 3, 1, 2), labels, indices
 
 
 def prefetch(loader: DataLoader, depth: int = 2):
