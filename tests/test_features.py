@@ -1,5 +1,7 @@
 """Aspect-preserving preprocessing, size-grouped batches, cached and resumable extraction (core.features)."""
 import json
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -12,7 +14,7 @@ import core.features as features
 from core.backbones import get_entry
 from core.data import Sample, load_dataset, open_rgb
 from core.errors import Cancelled, ConfigError, DataError
-from core.features import (Preprocess, autocast_dtype, extract_features, feature_key, resolve_device,
+from core.features import (Preprocess, autocast_dtype, extract_features, feature_key, resize_uint8, resolve_device,
                            size_grouped_batches)
 
 # ---------------------------------------------------------------- preprocessing
@@ -60,6 +62,37 @@ def test_preprocess_produces_uint8_tensor_of_planned_size():
     assert tensor.shape == (3, *out_size) == (3, 32, 108)  # aspect 3.33 rounds to 3.375
     assert tensor.dtype == torch.uint8  # a quarter of the bytes between processes; the model normalizes
     assert tensor[:, 5, 50].tolist() == [124, 116, 104]
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("capability", [None, "DEFAULT"])  # DEFAULT: a CPU without AVX2, where bilinear runs in float
+def test_resize_gives_the_pixels_torchvision_gives(mode, capability, monkeypatch):
+    from torchvision.transforms.v2 import InterpolationMode
+
+    if capability is not None:
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+        monkeypatch.setattr(features.platform, "machine", lambda: "x86_64")
+    hwc = torch.randint(0, 256, (40, 130, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    for image in (hwc.permute(2, 0, 1), hwc.permute(2, 0, 1).contiguous()):  # as decoded, and as PIL tensors were
+        for size in ((32, 100), (56, 181), (40, 130), (17, 40)):
+            expected = F.resize(image, list(size), interpolation=InterpolationMode(mode), antialias=True)
+            resized = resize_uint8(image, size, mode)
+            assert resized.dtype == torch.uint8 and torch.equal(resized, expected), (mode, size)
+    assert resize_uint8(hwc.permute(2, 0, 1), (32, 100), mode).permute(1, 2, 0).is_contiguous()  # channels-last
+
+
+def test_decoding_and_resizing_do_not_import_torchvision(demo_dataset):
+    """Extraction's loader runs without torchvision (1 s to import; the model was converted earlier)."""
+    code = ("import sys; from core.data import load_dataset; from core.features import ImageDataset, Preprocess, "
+            "make_loader, prefetch; import torch; "
+            f"ds = load_dataset({demo_dataset.root!r}); "
+            "loader = make_loader(ImageDataset(ds.samples[:4], Preprocess(64)), [[0, 1], [2, 3]], "
+            "torch.device('cpu'), 0); "
+            "shapes = [tuple(b.shape) for b, _, _ in prefetch(loader)]; "
+            "print(shapes, 'torchvision' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split()[-1] == "False", done.stdout
+    assert "(2, 3, 64" in done.stdout
 
 
 def test_size_grouped_batches_never_mix_sizes():
