@@ -92,7 +92,7 @@ def test_openvino_handles_any_batch_and_size_and_pooling(photos, tmp_path):
 
 
 def test_openvino_map_gives_every_batch_its_features_in_order(photos, tmp_path):
-    """`map` keeps a chunk per stream in flight and hands results back in order, whatever the batches' sizes;
+    """`map` keeps IN_FLIGHT chunks per stream queued and hands results back in order, whatever the batches' sizes;
     a batch longer than a chunk comes back whole, in its own order."""
     forward = frozen_forward(get_entry("efficientnet_lite0"), "avg", runtime="openvino", device=CPU, dtype=None,
                              cache_dir=tmp_path)
