@@ -1,7 +1,7 @@
 """Pure helpers behind the dashboard pages: tables, labels, re-scoring and diffs of stored runs.
 
-Everything here takes run records (`core.records.RunRecord`, from `RunStore`), datasets or data frames
-and returns data; nothing draws or imports Streamlit.
+Everything here takes plain records (dicts from `RunStore`), datasets or data frames and
+returns data; nothing draws or imports Streamlit.
 """
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from core.classifiers import svm_model_name
 from core.data import Dataset, Sample, open_rgb
 from core.errors import ClassWeightError, ConfigError
 from core.metrics import check_confusion, evaluate, minority_mask
-from core.records import RunRecord
 from core.report import per_class_table
 from core.approaches import APPROACHES, names as approach_names
 from core.settings import BY_NAME
@@ -93,56 +92,57 @@ def weights_from_table(table: pd.DataFrame, classes: list[str]) -> dict[str, flo
     return table_dict
 
 
-def run_label(record: RunRecord) -> str:
+def run_label(record: dict) -> str:
     """Short, unique-enough name of a run: 'approach · remedy · acc 0.912 · 11-26 16:30:12'."""
-    stamp = datetime.fromisoformat(record.created).astimezone().strftime("%m-%d %H:%M:%S")
-    return f"{record.approach} · {record.remedy_label} · acc {record.accuracy:.3f} · {stamp}"
+    created = record.get("created")
+    stamp = datetime.fromisoformat(created).astimezone().strftime("%m-%d %H:%M:%S") if created else "?"
+    return f"{record['approach']} · {record.get('remedy', record['class_weight'])} · acc {record['accuracy']:.3f} · {stamp}"
 
 
-def run_labels(records: list[RunRecord]) -> dict[str, str]:
+def run_labels(records: list[dict]) -> dict[str, str]:
     """`{run_id: run_label(record)}` in the records' order, for run pickers."""
-    return {record.run_id: run_label(record) for record in records}
+    return {record["run_id"]: run_label(record) for record in records}
 
 
-def run_table(records: list[RunRecord]) -> pd.DataFrame:
+def run_table(records: list[dict]) -> pd.DataFrame:
     """The runs table of the Compare page, one row per record, in the records' order."""
     return pd.DataFrame({
-        "approach": [r.approach for r in records],
-        "remedy": [r.remedy_label for r in records],
-        "accuracy": [r.accuracy for r in records],
-        "balanced accuracy": [r.balanced_accuracy for r in records],
-        "macro-F1": [r.macro_f1 for r in records],
-        "validation macro-F1": [r.validation.macro_f1 if r.validation else None for r in records],
-        "fit s": [r.fit_seconds for r in records],
-        "predict s": [r.predict_seconds for r in records],
-        "run id": [r.run_id for r in records],
+        "approach": [r["approach"] for r in records],
+        "remedy": [r.get("remedy", r["class_weight"]) for r in records],  # runs before remedies: their weights
+        "accuracy": [r["accuracy"] for r in records],
+        "balanced accuracy": [r["balanced_accuracy"] for r in records],
+        "macro-F1": [r["macro_f1"] for r in records],
+        "validation macro-F1": [(r.get("validation") or {}).get("macro_f1") for r in records],
+        "fit s": [r["fit_seconds"] for r in records],
+        "predict s": [r["predict_seconds"] for r in records],
+        "run id": [r["run_id"] for r in records],
     })
 
 
-def _timing_seconds(record: RunRecord, stage: str, with_extraction: bool) -> float:
+def _timing_seconds(record: dict, stage: str, with_extraction: bool) -> float:
     """Fit or predict seconds of a run; svm/head optionally with the extraction of the images it needs.
 
     Fit counts the whole one-off extraction; predict counts the test images' share, since fine-tuning's
     predict time includes decoding the test images and running the CNN on them.
     """
     if stage == "predict":
-        return record.predict_seconds + ((record.test_extract_seconds or 0.0) if with_extraction else 0.0)
-    return record.fit_seconds + ((record.extract_seconds or 0.0) if with_extraction else 0.0)
+        return record["predict_seconds"] + (record.get("test_extract_seconds", 0.0) if with_extraction else 0.0)
+    return record["fit_seconds"] + (record.get("extract_seconds", 0.0) if with_extraction else 0.0)
 
 
-def speedups(records: list[RunRecord], with_extraction: bool = False, stage: str = "fit") -> list[dict]:
+def speedups(records: list[dict], with_extraction: bool = False, stage: str = "fit") -> list[dict]:
     """How many times faster the fastest approach is than each other one (median time per approach).
 
     Pass runs of one like-for-like group (`comparable_groups`). `stage` is "fit" or "predict";
     `with_extraction` adds the feature extraction that svm and head runs rely on.
 
-    >>> speedups([svm_run, finetune_run])  # fit in 0.5 s and 50 s  # doctest: +SKIP
+    >>> speedups([{"approach": "svm", "fit_seconds": 0.5}, {"approach": "finetune", "fit_seconds": 50.0}])
     [{'fast': 'svm', 'slow': 'finetune', 'factor': 100.0}]
     """
     by_approach: dict[str, list[float]] = {}
     for record in records:
         seconds = _timing_seconds(record, stage, with_extraction)
-        by_approach.setdefault(record.approach, []).append(max(seconds, MIN_FIT_S))
+        by_approach.setdefault(record["approach"], []).append(max(seconds, MIN_FIT_S))
     medians = sorted((float(np.median(times)), approach) for approach, times in by_approach.items())
     if len(medians) < 2:
         return []
@@ -156,58 +156,59 @@ GROUP_IGNORED = (*REPEAT_IGNORED, "approaches", "remedies", "class_weights", "ta
 LABELLED = ("backbone", "pool", "image_size")  # always in a group's label; other settings when not at their default
 
 
-def run_precision(record: RunRecord) -> str | None:
+def run_precision(record: dict) -> str | None:
     """The feature/autocast precision a run used: 'bf16', 'fp16' or 'fp32' (old records: from their features'
     dtype; None when unknown)."""
-    dtype = (record.backbone or {}).get("dtype")
-    return record.precision or {"torch.bfloat16": "bf16", "torch.float16": "fp16", "None": "fp32"}.get(dtype)
+    dtype = record.get("backbone", {}).get("dtype")
+    return record.get("precision") or {"torch.bfloat16": "bf16", "torch.float16": "fp16", "None": "fp32"}.get(dtype)
 
 
-def group_key(record: RunRecord) -> tuple:
+def group_key(record: dict) -> tuple:
     """What makes runs comparable: the dataset's files, the device and precision used, and every setting that
     changes the features or the fit's cost (backbone, pooling, image size, runtime, --tune, epochs, ...)."""
-    dataset, config = record.dataset, record.config or {}
-    files = dataset.content_fingerprint or dataset.fingerprint or dataset.root
+    dataset, config = record["dataset"], record.get("config", {})
+    backbone = record.get("backbone", {}).get("name") or config.get("backbone", "?")
+    files = dataset.get("content_fingerprint") or dataset.get("fingerprint") or dataset.get("root", "?")
     settings = sorted((k, repr(v)) for k, v in config.items() if k not in GROUP_IGNORED)
-    return (files, record.backbone_name, record.device or config.get("device", "?"), run_precision(record),
-            tuple(settings))
+    return files, backbone, record.get("device") or config.get("device", "?"), run_precision(record), tuple(settings)
 
 
-def _group_label(runs: list[RunRecord]) -> str:
+def _group_label(runs: list[dict]) -> str:
     """'digits-demo · efficientnet_lite0 · avg · 224 px · bf16 · cpu · tune True (4 runs)'."""
     _, backbone, device, precision, _ = group_key(runs[0])
-    config = runs[0].config or {}
-    size = config.get("image_size") or next((r.backbone["image_size"] for r in runs
-                                             if (r.backbone or {}).get("image_size")), None)
+    config = runs[0].get("config", {})
+    size = config.get("image_size") or next((r["backbone"]["image_size"] for r in runs
+                                             if r.get("backbone", {}).get("image_size")), None)
     changed = [f"{name} {value}" for name, value in config.items() if name in BY_NAME and name not in GROUP_IGNORED
                and name not in LABELLED and value != BY_NAME[name].default]
-    parts = [Path(runs[0].dataset.root).name, backbone, config.get("pool"),
+    parts = [Path(runs[0]["dataset"].get("root", "?")).name, backbone, config.get("pool"),
              f"{size} px" if size else None, precision, device, *changed]
     return f"{' · '.join(str(p) for p in parts if p)} ({len(runs)} run{'s' * (len(runs) != 1)})"
 
 
-def comparable_groups(records: list[RunRecord]) -> list[dict]:
+def comparable_groups(records: list[dict]) -> list[dict]:
     """Runs grouped like for like (`group_key`), largest group first: `{"label": ..., "runs": [...]}`."""
-    groups: dict[tuple, list[RunRecord]] = {}
+    groups: dict[tuple, list[dict]] = {}
     for record in records:
         groups.setdefault(group_key(record), []).append(record)
     return [{"label": _group_label(runs), "runs": runs} for runs in sorted(groups.values(), key=len, reverse=True)]
 
 
-def seed_summary(records: list[RunRecord]) -> pd.DataFrame:
+def seed_summary(records: list[dict]) -> pd.DataFrame:
     """Mean ± standard deviation over seeds of each configuration (approach, weights and the other settings)."""
-    configurations: dict[str, list[RunRecord]] = {}
+    configurations: dict[str, list[dict]] = {}
     for record in records:
-        settings = {k: v for k, v in (record.config or {}).items() if k not in REPEAT_IGNORED}
+        settings = {k: v for k, v in record.get("config", {}).items() if k not in REPEAT_IGNORED}
         # the config holds a fixed tau; a tau the remedy chose on folds may differ from seed to seed
-        key = repr((record.approach, record.remedy_label, sorted(settings.items())))
+        key = repr((record["approach"], record.get("remedy", record["class_weight"]), sorted(settings.items())))
         configurations.setdefault(key, []).append(record)
     rows = []
     for runs in configurations.values():
-        row = {"approach": runs[0].approach, "remedy": runs[0].remedy_label, "seeds": len(runs)}
+        row = {"approach": runs[0]["approach"], "remedy": runs[0].get("remedy", runs[0]["class_weight"]),
+               "seeds": len(runs)}
         for key, label in (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"),
                            ("macro_f1", "macro-F1"), ("fit_seconds", "fit s")):
-            values = np.array([getattr(run, key) for run in runs])
+            values = np.array([run[key] for run in runs])
             row[label] = f"{values.mean():.3f} ± {values.std(ddof=1) if len(values) > 1 else 0:.3f}"
         rows.append(row)
     return pd.DataFrame(rows)
@@ -222,38 +223,39 @@ def score_matrix(predictions: pd.DataFrame, n_classes: int) -> np.ndarray:
     return predictions[columns].to_numpy(dtype=float)
 
 
-def _rescored(record: RunRecord, table: pd.DataFrame, tau: float) -> np.ndarray:
+def _rescored(record: dict, table: pd.DataFrame, tau: float) -> np.ndarray:
     """Predictions from a stored score table after logit adjustment `tau` and the run's own offsets."""
-    if record.approach not in LOGIT_APPROACHES:
-        raise ConfigError(f"logit adjustment needs logits; {record.approach!r} runs store SVM decision "
+    if record["approach"] not in LOGIT_APPROACHES:
+        raise ConfigError(f"logit adjustment needs logits; {record['approach']!r} runs store SVM decision "
                           f"values, so adjust a {' or '.join(LOGIT_APPROACHES)} run instead")
-    scores = score_matrix(table, len(record.classes))
-    decision = {"tau": tau, "offsets": record.offsets}
-    return decide(scores, record.dataset.train_counts, decision).argmax(axis=1)
+    scores = score_matrix(table, len(record["dataset"]["classes"]))
+    decision = {"tau": tau, "offsets": record.get("offsets")}
+    return decide(scores, record["dataset"]["train_counts"], decision).argmax(axis=1)
 
 
-def rescore(record: RunRecord, predictions: pd.DataFrame, tau: float) -> dict:
+def rescore(record: dict, predictions: pd.DataFrame, tau: float) -> dict:
     """Test metrics of a logit run after post-hoc logit adjustment with `tau` (and its offsets); no retraining.
 
     The adjustment subtracts `tau * log(prior)` (train class frequencies) from the stored logits.
     """
     y_pred = _rescored(record, predictions, tau)
-    return evaluate(predictions["true"].to_numpy(dtype=int), y_pred, record.classes, record.dataset.train_counts)
+    classes = record["dataset"]["classes"]
+    return evaluate(predictions["true"].to_numpy(dtype=int), y_pred, classes, record["dataset"]["train_counts"])
 
 
-def rescore_validation(record: RunRecord, validation: pd.DataFrame | None, tau: float) -> dict | None:
+def rescore_validation(record: dict, validation: pd.DataFrame | None, tau: float) -> dict | None:
     """Out-of-fold validation scores (accuracy, macro-F1, balanced accuracy) of the same rescoring; None
     for runs stored without validation scores."""
     if validation is None:
         return None
     y_pred = _rescored(record, validation, tau)
-    return point_scores(validation["true"].to_numpy(dtype=int), y_pred, len(record.classes))
+    return point_scores(validation["true"].to_numpy(dtype=int), y_pred, len(record["dataset"]["classes"]))
 
 
-def metric_deltas(before: RunRecord, after: dict) -> list[dict]:
-    """Headline metrics of a run and of new scores (`evaluate`'s) side by side: label, before, after, change."""
-    return [{"metric": label, "before": before.score(key), "after": after[key],
-             "delta": after[key] - before.score(key)} for key, label in HEADLINE_METRICS.items()]
+def metric_deltas(before: dict, after: dict) -> list[dict]:
+    """Headline metrics of two score dicts side by side: metric label, before, after, after − before."""
+    return [{"metric": label, "before": before[key], "after": after[key], "delta": after[key] - before[key]}
+            for key, label in HEADLINE_METRICS.items()]
 
 
 def error_cells(confusion) -> list[dict]:
@@ -275,40 +277,39 @@ def misclassified_paths(predictions: pd.DataFrame, true: int, pred: int) -> tupl
     return existing, len(chosen) - len(existing)
 
 
-def run_settings(record: RunRecord) -> pd.DataFrame:
+def run_settings(record: dict) -> pd.DataFrame:
     """What produced a run: approach, weights, backbone and the settings that matter for its approach."""
-    config, backbone = record.config or {}, record.backbone or {}
-    rows = {"run id": record.run_id, "created": record.created, "approach": record.approach,
-            "class weights": record.class_weight, "backbone": backbone.get("name", config.get("backbone")),
+    config, backbone = record.get("config", {}), record.get("backbone", {})
+    rows = {"run id": record["run_id"], "created": record.get("created", ""), "approach": record["approach"],
+            "class weights": record["class_weight"], "backbone": backbone.get("name", config.get("backbone")),
             "pooling": config.get("pool"), "image size (short side, px)": config.get("image_size")
-            or backbone.get("image_size"), "precision": run_precision(record), "dataset": record.dataset.root,
+            or backbone.get("image_size"), "precision": run_precision(record), "dataset": record["dataset"]["root"],
             "seed": config.get("seed")}
-    if record.approach == "svm":
-        fitted = record.svm_model or svm_model_name(config.get("svm_kernel", "rbf"),  # records before 13
-                                                    sum(record.dataset.train_counts))
+    if record["approach"] == "svm":
+        fitted = record.get("svm_model") or svm_model_name(config.get("svm_kernel", "rbf"),  # records before 13
+                                                            sum(record["dataset"].get("train_counts", [])))
         rows.update({"SVM model": fitted, "SVM C": config.get("svm_c")})
     else:
         rows.update({"epochs": config.get("epochs"), "learning rate": config.get("lr"),
-                     "epochs run": len(record.history), "logit adjustment tau": record.tau})
-    if record.approach == "finetune":
+                     "epochs run": len(record.get("history", [])), "logit adjustment tau": record.get("tau")})
+    if record["approach"] == "finetune":
         rows.update({"batch size": config.get("batch_size"), "unfreeze last block": config.get("unfreeze_last")})
     return pd.DataFrame({"setting": list(rows), "value": [str(v) for v in rows.values()]})
 
 
-def class_report(record: RunRecord) -> pd.DataFrame:
+def class_report(record: dict) -> pd.DataFrame:
     """Per-class precision, recall, F1, counts, minority flag and the class weight the run trained with."""
-    return per_class_table(record).assign(weight=np.round(record.class_weights, 4))
+    return per_class_table(record).assign(weight=np.round(record["class_weights"], 4))
 
 
-def paired_diff(record_a: RunRecord, predictions_a: pd.DataFrame, record_b: RunRecord,
-                predictions_b: pd.DataFrame) -> dict | None:
+def paired_diff(record_a: dict, predictions_a: pd.DataFrame, record_b: dict, predictions_b: pd.DataFrame) -> dict:
     """McNemar's test and paired bootstrap intervals of B minus A; None when they saw different test images."""
-    same_images = (record_a.dataset.fingerprint == record_b.dataset.fingerprint
+    same_images = (record_a["dataset"].get("fingerprint") == record_b["dataset"].get("fingerprint")
                    and predictions_a["path"].tolist() == predictions_b["path"].tolist())
     if not same_images:
         return None
     return paired_comparison(predictions_a["true"].to_numpy(dtype=int), predictions_a["pred"].to_numpy(dtype=int),
-                             predictions_b["pred"].to_numpy(dtype=int), len(record_a.classes))
+                             predictions_b["pred"].to_numpy(dtype=int), len(record_a["dataset"]["classes"]))
 
 
 def paired_table(paired: dict) -> pd.DataFrame:
@@ -336,24 +337,24 @@ def noise_note(paired: dict) -> str:
             "(B may be no better or worse than A on new images).")
 
 
-def interval_caption(record: RunRecord) -> str | None:
+def interval_caption(record: dict) -> str | None:
     """'95% bootstrap intervals …: Accuracy 0.810–0.870 · …'; None for runs recorded before intervals."""
-    parts = [f"{label} {interval[0]:.3f}–{interval[1]:.3f}" for key, label in HEADLINE_METRICS.items()
-             if (interval := record.interval(key))]
+    parts = [f"{label} {record[f'{key}_low']:.3f}–{record[f'{key}_high']:.3f}"
+             for key, label in HEADLINE_METRICS.items() if f"{key}_low" in record]
     return f"95% bootstrap intervals over test images (resampled within each class): {' · '.join(parts)}" if parts else None
 
 
-def check_comparable(record_a: RunRecord, record_b: RunRecord) -> None:
+def check_comparable(record_a: dict, record_b: dict) -> None:
     """Raise ConfigError unless two runs were evaluated on the same classes."""
-    classes_a, classes_b = record_a.classes, record_b.classes
+    classes_a, classes_b = record_a["dataset"]["classes"], record_b["dataset"]["classes"]
     if classes_a != classes_b:
-        raise ConfigError(f"runs {record_a.run_id} and {record_b.run_id} have different classes "
+        raise ConfigError(f"runs {record_a['run_id']} and {record_b['run_id']} have different classes "
                           f"({len(classes_a)} vs {len(classes_b)}); compare runs trained on the same dataset")
 
 
-def metrics_diff(record_a: RunRecord, record_b: RunRecord) -> pd.DataFrame:
+def metrics_diff(record_a: dict, record_b: dict) -> pd.DataFrame:
     """Headline metrics and timings of run A and run B with the change B − A."""
     keys = {**HEADLINE_METRICS, "fit_seconds": "Fit s", "predict_seconds": "Predict s"}
-    return pd.DataFrame([{"metric": label, "A": getattr(record_a, key), "B": getattr(record_b, key),
-                          "B − A": round(getattr(record_b, key) - getattr(record_a, key), 3) + 0.0}  # shown to 3 decimals; + 0.0 drops -0.0
+    return pd.DataFrame([{"metric": label, "A": record_a[key], "B": record_b[key],
+                          "B − A": round(record_b[key] - record_a[key], 3) + 0.0}  # shown to 3 decimals; + 0.0 drops -0.0
                          for key, label in keys.items()])

@@ -21,9 +21,8 @@ from core.errors import Cancelled, TransferScopeError
 from core.features import init_distributed, rank_world
 from core.jobs import WAITING_FOR_SLOT, compute_slot, compute_slot_path
 from core.paths import demo_dir
-from core.records import RunRecord
 from core.config import ExperimentConfig, load_data, load_features
-from core.storage import atomic_write_json, check_output_file
+from core.runs import atomic_write_json, check_output_file
 from core.settings import REQUIRED, SETTINGS, parse_list
 from core.sharing import owner_token
 
@@ -127,10 +126,10 @@ def cmd_experiment(args, progress) -> None:
     atomic_write_json(Path(args.out), results, "results file")
     print(f"{'approach':<9} {'weights':<16} {'seed':>4} {'acc':>6} {'bal_acc':>7} {'macroF1 [95% interval]':>22} "
           f"{'fit_s':>8}", file=sys.stderr)
-    for r in map(RunRecord.from_json, results["runs"]):
-        low, high = r.interval("macro_f1")
-        print(f"{r.approach:<9} {r.class_weight:<16} {r.seed:>4} {r.accuracy:6.3f} {r.balanced_accuracy:7.3f} "
-              f"{r.macro_f1:7.3f} [{low:.3f}, {high:.3f}] {r.fit_seconds:8.2f}", file=sys.stderr)
+    for r in results["runs"]:
+        print(f"{r['approach']:<9} {r['class_weight']:<16} {r['seed']:>4} {r['accuracy']:6.3f} "
+              f"{r['balanced_accuracy']:7.3f} {r['macro_f1']:7.3f} [{r['macro_f1_low']:.3f}, {r['macro_f1_high']:.3f}] "
+              f"{r['fit_seconds']:8.2f}", file=sys.stderr)
     hit = "cache hit" if results["cache_hit"] else "extracted"
     print(f"features: {hit}; results written to {args.out}", file=sys.stderr)
 

@@ -12,9 +12,8 @@ from core.data import Dataset, check_data_dir, load_dataset
 from core.errors import ClassWeightError, ConfigError
 from core.features import FeatureSet
 from core.fusion import extract_any
-from core.records import RunRecord
 from core.remedies import check_remedies
-from core.storage import check_output_dir
+from core.runs import check_output_dir
 from core.settings import check_settings, config_fields
 from core.weights import SCHEMES, check_weight, read_custom_weights
 
@@ -79,14 +78,15 @@ def load_data(config: ExperimentConfig) -> Dataset:
                         test_size=config.test_size, seed=config.seed, cache_dir=config.cache_dir)
 
 
-def run_split(record: RunRecord | None = None) -> dict:
+def run_split(record: dict | None = None) -> dict:
     """`{"test_size", "seed"}` of the split a stored run was tested on: its config's, else the defaults.
 
-    >>> run_split()
-    {'seed': 0, 'test_size': 0.2}
+    >>> run_split({"config": {"seed": 3}})
+    {'seed': 3, 'test_size': 0.2}
     """
-    return {f.name: record.setting(f.name, f.default) if record else f.default
-            for f in dataclasses.fields(ExperimentConfig) if f.name in SPLIT_SETTINGS}
+    config = (record or {}).get("config", {})
+    return {f.name: config.get(f.name, f.default) for f in dataclasses.fields(ExperimentConfig)
+            if f.name in SPLIT_SETTINGS}
 
 
 def load_features(config: ExperimentConfig, dataset: Dataset, progress=None) -> FeatureSet:

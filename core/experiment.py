@@ -20,8 +20,7 @@ from core.config import ExperimentConfig, check_class_weight_spec, load_data, lo
 from core.features import FeatureSet, autocast_dtype, rank_world, resolve_device
 from core.metrics import evaluate
 from core.remedies import Remedy, check_remedies, choose_offsets, decide, parse_remedy
-from core.records import RunRecord
-from core.store import RunStore, new_run_id
+from core.runs import RunStore, new_run_id
 from core.stats import paired_comparison, point_scores, run_intervals
 from core.tuning import tune_tau
 from core.weights import SCHEMES, adjust_logits, class_weights, read_custom_weights
@@ -44,8 +43,6 @@ def resolve_class_weight(spec, dataset: Dataset, beta: float = 0.999) -> tuple[s
 def run_experiment(config: ExperimentConfig, progress=None, store: RunStore | None = None) -> dict:
     """Load data, extract (cached) features once, train every approach x remedy x seed; results dict.
 
-    The results dict is what the CLI writes to results.json: its runs are the records' JSON.
-
     >>> results = run_experiment(ExperimentConfig(data="cache/datasets/digits-demo"))  # doctest: +SKIP
     >>> [(r["approach"], r["remedy"], round(r["macro_f1"], 2)) for r in results["runs"]]  # doctest: +SKIP
     """
@@ -53,8 +50,7 @@ def run_experiment(config: ExperimentConfig, progress=None, store: RunStore | No
     store = store or RunStore(Path(config.cache_dir) / "runs")
     parts = [_run_seed(dataclasses.replace(config, seed=seed), progress, store) for seed in config.seed_list()]
     runs = [run for part in parts for run in part["runs"]]
-    return {**parts[0], "config": config.to_dict(), "runs": [run.to_json() for run in runs],
-            "best_by_validation": best_by_validation(runs),
+    return {**parts[0], "config": config.to_dict(), "runs": runs, "best_by_validation": best_by_validation(runs),
             "comparisons": [pair for part in parts for pair in part["comparisons"]]}
 
 
@@ -90,52 +86,40 @@ def _run_seed(config: ExperimentConfig, progress, store: RunStore) -> dict:
             "runs": runs, "comparisons": compare_runs(trained, dataset)}
 
 
-def best_by_validation(runs: list[RunRecord], metric: str = "macro_f1") -> str | None:
+def best_by_validation(runs: list[dict], metric: str = "macro_f1") -> str | None:
     """The run id with the best out-of-fold validation `metric` (ties: the first); None if no run has one."""
-    scored = [run for run in runs if run.validation]
-    return max(scored, key=lambda run: getattr(run.validation, metric)).run_id if scored else None
+    scored = [run for run in runs if run.get("validation")]
+    return max(scored, key=lambda run: run["validation"][metric])["run_id"] if scored else None
 
 
-def compare_runs(trained: list[tuple[RunRecord, np.ndarray]], dataset: Dataset) -> list[dict]:
+def compare_runs(trained: list[tuple[dict, np.ndarray]], dataset: Dataset) -> list[dict]:
     """Paired comparisons (B minus A) of runs on one test set that differ in approach or in remedy only."""
     y_test = np.array([s.label for s in dataset.test])
-    return [{"run_a": a.run_id, "run_b": b.run_id,
-             **paired_comparison(y_test, pred_a, pred_b, len(dataset.classes), seed=a.seed)}
+    return [{"run_a": a["run_id"], "run_b": b["run_id"],
+             **paired_comparison(y_test, pred_a, pred_b, len(dataset.classes), seed=a["seed"])}
             for (a, pred_a), (b, pred_b) in itertools.combinations(trained, 2)
-            if a.approach == b.approach or a.remedy == b.remedy]
+            if a["approach"] == b["approach"] or a["remedy"] == b["remedy"]]
 
 
 def train_and_record(config: ExperimentConfig, dataset: Dataset, features: FeatureSet | None, approach: str,
                      remedy, store: RunStore, progress=None, head_epochs: int | None = None,
                      weights: np.ndarray | None = None, decision: dict | None = None, extra: dict | None = None
-                     ) -> RunRecord:
+                     ) -> dict:
     """Fit one approach with one remedy, score the test set once, save the run; its record.
 
     `remedy` is a spec or a `Remedy`; `weights` overrides its class weights, `decision` (`{"tau", "offsets"}`)
     its chosen decision rule, and `head_epochs` fixes the head's epoch count (What-if refits); `extra`
-    holds more RunRecord fields.
+    fields are added to the record.
     """
     return _train_and_record(config, dataset, features, approach, remedy, store, progress, head_epochs, weights,
                              decision, extra)[0]
 
 
-@dataclasses.dataclass(frozen=True)
-class RunFit:
-    """A fit and its decision rule, not yet scored or saved: `decision` holds tau, offsets and what was
-    tuned; `validation` the out-of-fold metrics of the training images (None without folds)."""
-
-    fitted: Fitted
-    weights: np.ndarray
-    decision: dict
-    y_pred: np.ndarray
-    validation: dict | None
-    remedy: Remedy
-
-
 def fit_run(config: ExperimentConfig, dataset: Dataset, features: FeatureSet | None, approach: str, remedy,
             weights: np.ndarray | None = None, progress=None, head_epochs: int | None = None,
-            decision: dict | None = None) -> RunFit:
-    """Fit and decide, without scoring or saving (see RunFit)."""
+            decision: dict | None = None) -> dict:
+    """Fit and decide, without scoring or saving: `fitted`, `weights`, `decision` (tau, offsets, tuned),
+    `y_pred` (test) and `validation` (out-of-fold metrics of the training images, None without folds)."""
     approach, remedy = get_approach(approach), remedy if isinstance(remedy, Remedy) else parse_remedy(remedy)
     if config.tune and approach.logits and approach.on_features:
         remedy = remedy.with_parts("tau")  # --tune picks tau by cross-validation, as the tau remedy does
@@ -149,7 +133,8 @@ def fit_run(config: ExperimentConfig, dataset: Dataset, features: FeatureSet | N
     y_pred = decide(fitted.scores, dataset.train_counts, decision).argmax(1)
     validation = None if fitted.oof_scores is None else point_scores(
         y_train, decide(fitted.oof_scores, dataset.train_counts, decision).argmax(1), len(dataset.classes))
-    return RunFit(fitted, weights, decision, y_pred, validation, remedy)
+    return {"fitted": fitted, "weights": weights, "decision": decision, "y_pred": y_pred, "validation": validation,
+            "remedy": remedy}
 
 
 def choose_decision(approach: Approach, remedy: Remedy, oof_scores, y_train, train_counts, fixed_tau: float) -> dict:
@@ -170,30 +155,28 @@ def choose_decision(approach: Approach, remedy: Remedy, oof_scores, y_train, tra
 def _train_and_record(config: ExperimentConfig, dataset: Dataset, features: FeatureSet | None, approach: str,
                       remedy, store: RunStore, progress=None, head_epochs: int | None = None,
                       weights: np.ndarray | None = None, decision: dict | None = None, extra: dict | None = None
-                      ) -> tuple[RunRecord, np.ndarray]:
+                      ) -> tuple[dict, np.ndarray]:
     """`train_and_record`, also returning the test predictions (for paired comparisons)."""
     run = fit_run(config, dataset, features, approach, remedy, weights, progress, head_epochs, decision)
-    fitted, remedy, y_pred = run.fitted, run.remedy, run.y_pred
+    fitted, remedy, y_pred = run["fitted"], run["remedy"], run["y_pred"]
     y_test = np.array([s.label for s in dataset.test])
     on_features = features is not None and get_approach(approach).on_features
-    scores = evaluate(y_test, y_pred, dataset.classes, dataset.train_counts)
-    record = RunRecord.build({
-        "run_id": new_run_id(approach, remedy.label), "approach": approach, "remedy": remedy.label,
-        "class_weight": remedy.weight_label, "class_weights": [float(w) for w in run.weights],
-        "tau": run.decision["tau"], "offsets": run.decision["offsets"], "seed": config.seed,
-        "tuned": {**fitted.tuned, **run.decision["tuned"]}, "validation": run.validation,
-        **scores, "per_class": _with_svm_counts(scores["per_class"], fitted),
-        **run_intervals(y_test, y_pred, len(dataset.classes), seed=config.seed),
-        "fit_seconds": fitted.fit_seconds, "predict_seconds": fitted.predict_seconds,
-        "refit_seconds": fitted.refit_seconds, "validation_seconds": fitted.validation_seconds,
-        "learning_curve_seconds": fitted.learning_curve_seconds,
-        "extract_seconds": features.extract_seconds if on_features else 0.0,
-        "test_extract_seconds": _test_share(features, dataset) if on_features else 0.0,
-        "device": resolve_device(config.device).type, "precision": used_precision(config),
-        "history": fitted.history, "dataset": dataset.summary(),
-        "backbone": features.backbone if features else {"name": config.backbone, "pool": config.pool},
-        "feature_key": features.key if features else None, "config": config.to_dict(), **(extra or {}),
-        "svm_model": fitted.extras.get("svm_model")})
+    record = {"run_id": new_run_id(approach, remedy.label), "approach": approach, "remedy": remedy.label,
+              "class_weight": remedy.weight_label, "class_weights": [float(w) for w in run["weights"]],
+              "tau": run["decision"]["tau"], "offsets": run["decision"]["offsets"], "seed": config.seed,
+              "tuned": {**fitted.tuned, **run["decision"]["tuned"]}, "validation": run["validation"],
+              **evaluate(y_test, y_pred, dataset.classes, dataset.train_counts),
+              **run_intervals(y_test, y_pred, len(dataset.classes), seed=config.seed),
+              "fit_seconds": fitted.fit_seconds, "predict_seconds": fitted.predict_seconds,
+              "refit_seconds": fitted.refit_seconds, "validation_seconds": fitted.validation_seconds,
+              "learning_curve_seconds": fitted.learning_curve_seconds,
+              "extract_seconds": features.extract_seconds if on_features else 0.0,
+              "test_extract_seconds": _test_share(features, dataset) if on_features else 0.0,
+              "device": resolve_device(config.device).type, "precision": used_precision(config),
+              "history": fitted.history, "dataset": dataset.summary(),
+              "backbone": features.backbone if features else {"name": config.backbone, "pool": config.pool},
+              "feature_key": features.key if features else None, "config": config.to_dict(), **(extra or {})}
+    _add_svm_fields(record, fitted)
     if rank_world()[0] == 0:  # under torchrun, one rank records the run
         validation = None if fitted.oof_scores is None else _validation_table(dataset, fitted.oof_scores)
         store.save(record, model=fitted.model, predictions=_predictions(dataset, y_pred, fitted.scores),
@@ -201,13 +184,13 @@ def _train_and_record(config: ExperimentConfig, dataset: Dataset, features: Feat
     return record, y_pred
 
 
-def _with_svm_counts(per_class: list[dict], fitted: Fitted) -> list[dict]:
-    """The per-class rows with each class's support-vector and at-bound counts (kernel SVMs)."""
+def _add_svm_fields(record: dict, fitted: Fitted) -> None:
+    """The SVM model fitted, and per-class support-vector and at-bound counts into the per-class rows (kernel SVMs)."""
+    if "svm_model" in fitted.extras:
+        record["svm_model"] = fitted.extras["svm_model"]
     support = fitted.extras.get("support")
-    if not support:
-        return per_class
-    return [{**row, "support_vectors": support["support_vectors"][i], "at_bound": support["at_bound"][i]}
-            for i, row in enumerate(per_class)]
+    for i, row in enumerate(record["per_class"] if support else ()):
+        row["support_vectors"], row["at_bound"] = support["support_vectors"][i], support["at_bound"][i]
 
 
 def used_precision(config: ExperimentConfig) -> str:

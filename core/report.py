@@ -8,10 +8,9 @@ from pathlib import Path
 import pandas as pd
 
 from core import figures
-from core.errors import ConfigError, TransferScopeError
+from core.errors import ConfigError
 from core.metrics import minority_mask
-from core.records import RunRecord
-from core.storage import atomic_write_bytes, read_json_object
+from core.runs import atomic_write_bytes, read_json_object
 
 RUN_COLUMNS = {"approach": "approach", "class_weight": "weights", "accuracy": "accuracy",
                "balanced_accuracy": "balanced acc.", "macro_f1": "macro-F1", "weighted_f1": "weighted F1",
@@ -35,32 +34,22 @@ def read_results(path) -> dict:
     missing = [k for k in REQUIRED if k not in results]
     if missing:
         raise ConfigError(f"results file {str(path)!r} lacks {missing}; is it a TransferScope results.json?")
-    try:
-        run_records(results)
-    except TransferScopeError as err:
-        raise ConfigError(f"results file {str(path)!r}: {err}") from None
     return results
 
 
-def run_records(results: dict) -> list[RunRecord]:
-    """The runs of a results dict (their JSON, as results.json holds them) as records."""
-    return [RunRecord.from_json(run, f"results run {i + 1}") for i, run in enumerate(results["runs"])]
-
-
-def results_from_runs(records: list[RunRecord]) -> dict:
+def results_from_runs(records: list[dict]) -> dict:
     """A results dict (the CLI's schema) from saved run records of one dataset, for reports and exports."""
     if not records:
         raise ConfigError("select at least one run to export")
-    datasets = {tuple(r.classes) for r in records}
+    datasets = {tuple(r["dataset"]["classes"]) for r in records}
     if len(datasets) > 1:
         raise ConfigError("the selected runs come from datasets with different classes; export them separately")
     first = records[0]
-    return {"dataset": first.dataset.to_json(), "backbone": first.backbone or {},
-            "extract_seconds": first.extract_seconds or 0.0, "cache_hit": True,
-            "runs": [record.to_json() for record in records]}
+    return {"dataset": first["dataset"], "backbone": first.get("backbone", {}),
+            "extract_seconds": first.get("extract_seconds", 0.0), "cache_hit": True, "runs": records}
 
 
-def render_runs_report(records: list[RunRecord], fmt: str = "html") -> str:
+def render_runs_report(records: list[dict], fmt: str = "html") -> str:
     """A report of saved run records (one dataset) as `fmt`: 'html' (self-contained) or 'md'.
 
     >>> render_runs_report(RunStore("cache/runs").list_runs(), "md")  # doctest: +SKIP
@@ -70,15 +59,15 @@ def render_runs_report(records: list[RunRecord], fmt: str = "html") -> str:
     return render(results_from_runs(records))
 
 
-def runs_table(runs: list[RunRecord]) -> pd.DataFrame:
+def runs_table(runs: list[dict]) -> pd.DataFrame:
     """One row per run with the headline metrics, rounded for display."""
-    table = pd.DataFrame([{label: getattr(r, key) for key, label in RUN_COLUMNS.items()} for r in runs])
+    table = pd.DataFrame([{label: r.get(key) for key, label in RUN_COLUMNS.items()} for r in runs])
     return table.round(3)
 
 
 def comparisons_table(results: dict) -> pd.DataFrame:
     """Paired comparisons of runs on the same test images: change B − A [95% interval] and McNemar's p."""
-    names = {r.run_id: f"{r.approach} · {r.class_weight} · seed {r.seed or 0}" for r in run_records(results)}
+    names = {r["run_id"]: f"{r['approach']} · {r['class_weight']} · seed {r.get('seed', 0)}" for r in results["runs"]}
     rows = []
     for pair in results.get("comparisons", []):
         row = {"A": names.get(pair["run_a"], pair["run_a"]), "B": names.get(pair["run_b"], pair["run_b"])}
@@ -93,9 +82,10 @@ PAIRED_NOTE = ("Each row compares two runs on the same test images. An interval 
                "p above 0.05, means the change could be noise.")
 
 
-def per_class_table(run: RunRecord) -> pd.DataFrame:
-    rows = [{"class": c.name, "train n": c.train_count, "test n": c.support, "precision": c.precision,
-             "recall": c.recall, "F1": c.f1, "minority": "yes" if c.minority else ""} for c in run.per_class]
+def per_class_table(run: dict) -> pd.DataFrame:
+    rows = [{"class": c["class"], "train n": c.get("train_count"), "test n": c["support"],
+             "precision": c["precision"], "recall": c["recall"], "F1": c["f1"],
+             "minority": "yes" if c.get("minority") else ""} for c in run["per_class"]]
     return pd.DataFrame(rows).round(3)
 
 
@@ -106,43 +96,44 @@ def _markdown_table(table: pd.DataFrame) -> str:
 
 def render_markdown(results: dict) -> str:
     """A Markdown report: dataset summary, runs table, per-class table of each run (names shown literally)."""
-    ds, runs = results["dataset"], run_records(results)
+    ds = results["dataset"]
     lines = [f"# TransferScope report: {escape_markdown(Path(ds.get('root', '')).name)}", "",
              f"- classes: {len(ds['classes'])}; train images: {sum(ds['train_counts'])}; "
              f"test images: {sum(ds['test_counts'])}",
              f"- backbone: {results.get('backbone', {}).get('name', '?')}; feature extraction "
              f"{results.get('extract_seconds', 0):.1f} s ({'cache hit' if results.get('cache_hit') else 'computed'})",
-             "", "## Runs", "", _markdown_table(runs_table(runs)), ""]
+             "", "## Runs", "", _markdown_table(runs_table(results["runs"])), ""]
     if results.get("comparisons"):
         lines += ["## Paired comparisons (B minus A)", "", PAIRED_NOTE, "",
                   _markdown_table(comparisons_table(results)), ""]
-    for run in runs:
-        title = " · ".join(escape_markdown(text) for text in (run.approach, run.class_weight))
-        lines += [f"## {title} ({escape_markdown(run.run_id)})", "", _markdown_table(per_class_table(run)), ""]
-        if run.never_predicted:
-            lines += [f"Never predicted: {', '.join(map(escape_markdown, run.never_predicted))}", ""]
-        if run.no_test_support:
-            unscored = ", ".join(map(escape_markdown, run.no_test_support))
+    for run in results["runs"]:
+        title = " · ".join(escape_markdown(run[key]) for key in ("approach", "class_weight"))
+        lines += [f"## {title} ({escape_markdown(run.get('run_id', ''))})", "",
+                  _markdown_table(per_class_table(run)), ""]
+        if run.get("never_predicted"):
+            lines += [f"Never predicted: {', '.join(map(escape_markdown, run['never_predicted']))}", ""]
+        if run.get("no_test_support"):
+            unscored = ", ".join(map(escape_markdown, run["no_test_support"]))
             lines += [f"No test images (left out of the averages): {unscored}", ""]
     return "\n".join(lines)
 
 
 def render_html(results: dict) -> str:
     """One self-contained HTML page (plotly.js inlined once) with tables and charts."""
-    ds, runs = results["dataset"], run_records(results)
+    ds = results["dataset"]
     figs = [figures.class_distribution_figure(ds["classes"], ds["train_counts"], ds["test_counts"],
                                               minority_mask(ds["train_counts"]))]
-    if runs:
-        figs.append(figures.tradeoff_figure(runs))
+    if results["runs"]:
+        figs.append(figures.tradeoff_figure(results["runs"]))
     parts = [_figure_html(f, i == 0) for i, f in enumerate(figs)]
-    parts.append(runs_table(runs).to_html(index=False, classes="runs"))
+    parts.append(runs_table(results["runs"]).to_html(index=False, classes="runs"))
     if results.get("comparisons"):
         parts += [f"<h2>Paired comparisons (B minus A)</h2><p>{PAIRED_NOTE}</p>",
                   comparisons_table(results).to_html(index=False)]
-    for run in runs:
-        parts.append(f"<h2>{html.escape(run.approach)} · {html.escape(run.class_weight)}</h2>")
-        parts.append(_figure_html(figures.confusion_matrix_figure(run.confusion_matrix, ds["classes"]), False))
-        parts.append(_figure_html(figures.per_class_figure(run.per_class), False))
+    for run in results["runs"]:
+        parts.append(f"<h2>{html.escape(run['approach'])} · {html.escape(run['class_weight'])}</h2>")
+        parts.append(_figure_html(figures.confusion_matrix_figure(run["confusion_matrix"], ds["classes"]), False))
+        parts.append(_figure_html(figures.per_class_figure(run["per_class"]), False))
         parts.append(per_class_table(run).to_html(index=False))
     title = html.escape(f"TransferScope report: {Path(ds.get('root', '')).name}")
     style = "body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse}" \

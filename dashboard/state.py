@@ -13,7 +13,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from core import analysis, bundles, duplicates, featuremap, sharing, whatif
+from core import analysis, duplicates, featuremap, sharing, whatif
 from core.config import run_split
 from core.data import Dataset, build_demo_dataset, load_dataset
 from core.errors import ConfigError, ReadOnlyError
@@ -22,8 +22,7 @@ from core.features import split_key
 from core.jobs import ACTIVE_STATUSES, Job, JobManager, compute_slot_path
 from core.paths import cache_dir, demo_dir
 from core.report import escape_markdown, render_runs_report
-from core.records import RunRecord
-from core.store import RunStore
+from core.runs import RunStore
 from core.settings import DATASET_SETTINGS
 from dashboard import access, errors
 
@@ -141,7 +140,7 @@ def thumbnails(paths: list[str]) -> list[bytes]:
     return [thumbnail(path) for path in shown]
 
 
-def list_runs() -> list[RunRecord]:
+def list_runs() -> list[dict]:
     """All valid run records, newest first (not cached: jobs add runs at any time).
 
     Warns about run folders that cannot be read; they stay listed for deletion on the Compare page.
@@ -160,7 +159,7 @@ def broken_runs() -> dict[str, str]:
 
 
 @st.cache_data(max_entries=256)
-def _load_run(root: str, run_id: str) -> RunRecord:
+def _load_run(root: str, run_id: str) -> dict:
     return _run_store(root).load(run_id)
 
 
@@ -179,7 +178,7 @@ def load_validation(run_id: str):
     return _load_validation(str(run_store().root), run_id)
 
 
-def load_run(run_id: str) -> RunRecord:
+def load_run(run_id: str) -> dict:
     return _load_run(str(run_store().root), run_id)
 
 
@@ -205,7 +204,7 @@ def _report(root: str, run_ids: tuple[str, ...], fmt: str, for_viewer: bool, _na
 @st.cache_data(max_entries=2, show_spinner=False)
 def _bundle(root: str, run_ids: tuple[str, ...], for_viewer: bool, _names: sharing.PathNames) -> bytes:
     _check_viewer_build(for_viewer)
-    return bundles.export_bundle_bytes(_run_store(root), run_ids, _names.bundle_run if for_viewer else None)
+    return _run_store(root).export_bundle_bytes(run_ids, _names.bundle_run if for_viewer else None)
 
 
 def deferred_report(run_ids: list[str], fmt: str):
@@ -252,7 +251,7 @@ def import_bundle(file) -> list[str]:
     """Import the runs of an uploaded bundle (owner only); return the ids newly imported."""
     access.require_owner("import runs")
     try:
-        return bundles.import_bundle(run_store(), file)
+        return run_store().import_bundle(file)
     finally:
         clear_run_caches()
 
@@ -306,21 +305,21 @@ def is_active(job: Job | None) -> bool:
 def _whatif_start(root: str, run_id: str, cache: str) -> whatif.Start:
     store = _run_store(root)
     record = store.load(run_id)
-    options = {name: record.setting(name) for name in DATASET_SETTINGS}
-    data = dataset(record.dataset.root, **run_split(record), options=options)
+    options = {name: record.get("config", {}).get(name) for name in DATASET_SETTINGS}
+    data = dataset(record["dataset"]["root"], **run_split(record), options=options)
     return whatif.start_from(record, data, cache, store.load_predictions(run_id))
 
 
-def whatif_start(record: RunRecord) -> whatif.Start:
+def whatif_start(record: dict) -> whatif.Start:
     """A svm or head run with its cached features, shared by every session (read-only, never mutated).
 
     Viewers may tune only runs on the server's dataset folder.
     """
-    if not access.can_act() and not sharing.is_within(record.dataset.root, default_data_dir()):
+    if not access.can_act() and not sharing.is_within(record["dataset"]["root"], default_data_dir()):
         raise ReadOnlyError("this run was trained on a folder outside the shared dataset; viewers may tune only "
                             "runs on the server's dataset")
     with st.spinner("Loading the run's cached features…"):
-        return _whatif_start(str(run_store().root), record.run_id, str(cache_dir()))
+        return _whatif_start(str(run_store().root), record["run_id"], str(cache_dir()))
 
 
 def whatif_refit(start: whatif.Start, weights, tau: float) -> dict:
@@ -340,7 +339,7 @@ def _admit_viewer_refit() -> None:
                             "(weights tried before show at once)")
 
 
-def save_whatif(start: whatif.Start, weights, tau: float, offsets=None, test_visible: bool = True) -> RunRecord:
+def save_whatif(start: whatif.Start, weights, tau: float, offsets=None, test_visible: bool = True) -> dict:
     """Store tuned weights (and tau, offsets) as a normal run (owner only); its record."""
     access.require_owner("save runs")
     return whatif.save_as_run(start, weights, tau, run_store(), offsets=offsets, test_visible=test_visible)
@@ -356,7 +355,7 @@ def feature_map_job(key: str) -> Job | None:
     return next((job for job in job_manager().jobs() if job.kind == MAP_JOB and job.name == key), None)
 
 
-def launch_feature_map(record: RunRecord) -> None:
+def launch_feature_map(record: dict) -> None:
     """Queue the map of a run's features on the shared JobManager (owner only)."""
     access.require_owner("compute the feature map")
     features, folder = whatif_start(record).features, cache_dir()

@@ -8,7 +8,6 @@ import streamlit as st
 
 from core.analysis import noise_note, paired_table, paired_verdict, run_labels, run_table
 from core.jobs import Job
-from core.records import RunRecord
 from core.report import escape_markdown
 from core.settings import BY_NAME, DATASET_SETTINGS, Setting, parse_list
 from dashboard import access, state, views
@@ -94,10 +93,10 @@ def no_runs_hint() -> None:
     page_link("train", label="Go to Train", icon=":material/model_training:")
 
 
-def runs_dataframe(records: list[RunRecord], key: str, columns: tuple[str, ...] | None = None) -> None:
+def runs_dataframe(records: list[dict], key: str, columns: tuple[str, ...] | None = None) -> None:
     """The runs table (optionally only `columns`) with a link that opens each run on the Results page."""
     table = run_table(records)
-    table.insert(0, "open", [f"results?run={record.run_id}" for record in records])
+    table.insert(0, "open", [f"results?run={record['run_id']}" for record in records])
     scores = {name: st.column_config.NumberColumn(format="%.3f")
               for name in ("accuracy", "balanced accuracy", "macro-F1", "fit s", "predict s")}
     st.dataframe(table, hide_index=True, key=key, column_order=("open", *columns) if columns else None,
@@ -114,7 +113,7 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
 
 
-def pick_run(runs: list[RunRecord], label: str, key: str) -> RunRecord:
+def pick_run(runs: list[dict], label: str, key: str) -> dict:
     """Run selectbox, newest first, in sync with the `?run=<id>` deep link; the chosen record."""
     labels = run_labels(runs)
     ids = list(labels)
@@ -125,7 +124,7 @@ def pick_run(runs: list[RunRecord], label: str, key: str) -> RunRecord:
     run_id = st.selectbox(label, ids, index=ids.index(wanted) if wanted in labels else 0, format_func=labels.get,
                           key=key)
     st.query_params["run"] = run_id
-    return next(run for run in runs if run.run_id == run_id)
+    return next(run for run in runs if run["run_id"] == run_id)
 
 
 def gallery(paths: list[str], captions: list[str] | None = None, max_images: int = GALLERY_MAX,

@@ -8,8 +8,7 @@ from core.config import run_split
 from core.data import load_dataset
 from core.errors import BackboneError, ClassWeightError, ConfigError, DataError
 from core.experiment import ExperimentConfig, resolve_class_weight, run_experiment
-from core.records import RunRecord
-from core.store import RunStore
+from core.runs import RunStore
 from core.weights import class_weights
 
 
@@ -18,7 +17,7 @@ def test_demo_experiment_records_every_combination(demo_experiment, check_result
     check_results_schema(results, n_runs=4)
     combos = [(r["approach"], r["class_weight"]) for r in results["runs"]]
     assert combos == [("svm", "none"), ("svm", "balanced"), ("head", "none"), ("head", "balanced")]
-    assert sorted(r.run_id for r in store.list_runs()) == sorted(r["run_id"] for r in results["runs"])
+    assert sorted(r["run_id"] for r in store.list_runs()) == sorted(r["run_id"] for r in results["runs"])
     assert len({r["run_id"] for r in results["runs"]}) == 4
 
 
@@ -91,9 +90,8 @@ def test_stored_runs_round_trip(demo_experiment, demo_features, demo_dataset):
     results, store = demo_experiment
     for run in results["runs"]:
         record = store.load(run["run_id"])
-        assert record.to_json() == run  # results.json holds the stored records
-        assert record.accuracy == run["accuracy"] and record.confusion_matrix == run["confusion_matrix"]
-        assert record.config["approaches"] == ["svm", "head"]
+        assert record["accuracy"] == run["accuracy"] and record["confusion_matrix"] == run["confusion_matrix"]
+        assert record["config"]["approaches"] == ["svm", "head"]
         predictions = store.load_predictions(run["run_id"])
         assert len(predictions) == len(demo_dataset.test)
         assert predictions["true"].tolist() == [s.label for s in demo_dataset.test]
@@ -233,8 +231,8 @@ def test_seeds_give_single_folder_datasets_their_own_split(make_class_tree, tmp_
     assert fingerprints[0] != fingerprints[1]
     assert runs[0]["dataset"]["content_fingerprint"] == runs[1]["dataset"]["content_fingerprint"]
     for run in runs:  # what a page that reopens a run rebuilds: the very split it was tested on
-        assert load_dataset(root, **run_split(RunRecord.from_json(run))).fingerprint == run["dataset"]["fingerprint"]
-    assert run_split() == {"seed": 0, "test_size": 0.2}  # a record without config: the declared defaults
+        assert load_dataset(root, **run_split(run)).fingerprint == run["dataset"]["fingerprint"]
+    assert run_split({}) == {"seed": 0, "test_size": 0.2}  # a record without config: the declared defaults
 
 
 def test_head_gets_the_batch_size_and_its_fit_time_excludes_test_scoring(on_demo_features, monkeypatch):
@@ -327,5 +325,5 @@ def test_runs_record_and_show_the_svm_model_actually_fitted(on_demo_features, mo
     monkeypatch.setitem(SvmClassifier.__init__.__kwdefaults__, "linear_above", 100)
     switched = on_demo_features()["runs"][0]  # 453 training images > 100: the LinearSVC switch
     assert kernel_svm["svm_model"] == "SVC (rbf kernel)" and switched["svm_model"] == "LinearSVC"
-    shown = run_settings(RunRecord.from_json(switched)).set_index("setting")["value"]
+    shown = run_settings(switched).set_index("setting")["value"]
     assert shown["SVM model"] == "LinearSVC" and "SVM kernel" not in shown.index

@@ -6,12 +6,12 @@ import pytest
 
 from core.errors import ConfigError
 from core.report import (comparisons_table, per_class_table, read_results, render_html, render_markdown, render_runs_report,
-                         results_from_runs, run_records, runs_table, write_report)
+                         results_from_runs, runs_table, write_report)
 
 
 @pytest.fixture(scope="module")
 def results_file(demo_experiment, tmp_path_factory):
-    from core.storage import atomic_write_json
+    from core.runs import atomic_write_json
 
     path = tmp_path_factory.mktemp("report") / "results.json"
     atomic_write_json(path, demo_experiment[0])
@@ -19,19 +19,19 @@ def results_file(demo_experiment, tmp_path_factory):
 
 
 def test_runs_table_has_one_row_per_run(demo_experiment):
-    runs = run_records(demo_experiment[0])
+    runs = demo_experiment[0]["runs"]
     table = runs_table(runs)
     assert list(table.columns) == ["approach", "weights", "accuracy", "balanced acc.", "macro-F1", "weighted F1",
                                    "fit s", "predict s"]
     assert table["approach"].tolist() == ["svm", "svm", "head", "head"]
-    assert table["accuracy"].tolist() == [round(r.accuracy, 3) for r in runs]
+    assert table["accuracy"].tolist() == [round(r["accuracy"], 3) for r in runs]
 
 
 def test_per_class_table(demo_experiment):
-    run = run_records(demo_experiment[0])[1]
+    run = demo_experiment[0]["runs"][1]
     table = per_class_table(run)
-    assert table["class"].tolist() == [row.name for row in run.per_class]
-    assert table["test n"].tolist() == [row.support for row in run.per_class]
+    assert table["class"].tolist() == [row["class"] for row in run["per_class"]]
+    assert table["test n"].tolist() == [row["support"] for row in run["per_class"]]
     assert table["train n"].tolist() == demo_experiment[0]["dataset"]["train_counts"]
     assert "yes" in table["minority"].tolist()  # the demo's rare classes are flagged
 
@@ -160,9 +160,9 @@ def test_report_of_saved_runs(demo_experiment):
     records = store.list_runs()
     markdown = render_runs_report(records, "md")
     assert markdown == render_markdown(results_from_runs(records))
-    assert all(record.run_id in markdown for record in records)
+    assert all(record["run_id"] in markdown for record in records)
     page = render_runs_report(records[:1], "html")
-    assert page.startswith("<!doctype html>") and records[0].approach in page
+    assert page.startswith("<!doctype html>") and records[0]["approach"] in page
     assert page.count("<table") == 2  # the runs table and the one run's per-class table
     with pytest.raises(ConfigError, match="pdf"):
         render_runs_report(records, "pdf")

@@ -5,7 +5,6 @@ from core.analysis import (APPROACH_NAMES, check_comparable, comparable_groups, 
                            seed_summary, speedups)
 from core.backbone_compare import backbone_comparison
 from core.figures import confusion_diff_figure, f1_delta_figure, tradeoff_figure
-from core.records import RunRecord
 from core.report import escape_markdown
 from dashboard import access, errors, state, widgets
 
@@ -15,7 +14,7 @@ SPEEDUP_VIEWS = (("fit", False, "Fit time; the shared feature extraction is not 
                                    "fine-tuning runs the CNN on every test image."))
 
 
-def show_speedups(runs: list[RunRecord]) -> None:
+def show_speedups(runs: list[dict]) -> None:
     if not speedups(runs):
         st.caption("Train more than one approach in this group to compare their times.")
         return
@@ -44,8 +43,8 @@ def delete_runs(labels: dict[str, str]) -> None:
                   icon=":material/delete:", on_click=delete_selected)
 
 
-def show_paired(record_a: RunRecord, record_b: RunRecord) -> None:
-    paired = state.paired_diff(record_a.run_id, record_b.run_id)
+def show_paired(record_a: dict, record_b: dict) -> None:
+    paired = state.paired_diff(record_a["run_id"], record_b["run_id"])
     if paired is None:
         st.info("These runs were tested on different images (another split seed), so no paired test.")
         return
@@ -67,12 +66,14 @@ def show_diff(labels: dict[str, str]) -> None:
                  column_config={name: st.column_config.NumberColumn(format="%+.3f" if name == "B − A" else "%.3f")
                                 for name in ("A", "B", "B − A")})
     show_paired(record_a, record_b)
-    widgets.chart(confusion_diff_figure(record_a.confusion_matrix, record_b.confusion_matrix, record_a.classes,
-                                        "A", "B", minority=record_a.minority), key="confusion_diff")
-    widgets.chart(f1_delta_figure(record_a.per_class, record_b.per_class, "A", "B"), key="f1_delta")
+    minority = [row["minority"] for row in record_a["per_class"]]
+    widgets.chart(confusion_diff_figure(record_a["confusion_matrix"], record_b["confusion_matrix"],
+                                        record_a["dataset"]["classes"], "A", "B", minority=minority),
+                  key="confusion_diff")
+    widgets.chart(f1_delta_figure(record_a["per_class"], record_b["per_class"], "A", "B"), key="f1_delta")
 
 
-def show_backbones(records: list[RunRecord]) -> None:
+def show_backbones(records: list[dict]) -> None:
     """Per backbone, for runs that differ only in backbone: macro-F1 with its interval, extraction cost, size."""
     groups = backbone_comparison(records)
     if not groups:
