@@ -22,6 +22,7 @@ from core.scan import FileIndex, Sample, check_class_count, is_utf8, printable
 DEMO_CLASSES = ("0-zero", "1-one", "2-two", "3-three", "4-four", "5-five", "6-six", "7-seven", "8-eight", "9-nine")
 DEMO_MARKER = ".transferscope-demo.json"  # lists the files the demo wrote: only those are replaced
 DEMO_SIZE = (96, 32)  # width x height: about 3:1, like the reference 800x240 boat photos
+OVERLAP_SAMPLE = 20  # train/test pairs of one file kept in results and records (all are counted)
 
 
 @dataclass
@@ -35,6 +36,7 @@ class Dataset:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     fingerprint: str = ""
     content_fingerprint: str = ""  # the files alone, without the split: equal across split seeds
+    overlap: list[tuple[str, str, str]] = field(default_factory=list)  # (train path, test path, how): a leak
 
     @property
     def train_counts(self) -> list[int]:
@@ -66,6 +68,8 @@ class Dataset:
             "skipped_counts": self.skipped_counts,
             "fingerprint": self.fingerprint,
             "content_fingerprint": self.content_fingerprint,
+            "overlap_count": len(self.overlap),
+            "overlap": [{"train": a, "test": b, "how": how} for a, b, how in self.overlap[:OVERLAP_SAMPLE]],
         }
 
 
@@ -92,7 +96,9 @@ def load_dataset(root, *, labels=None, test_data=None, test_labels=None, test_si
     if test_labels is not None and test_data is None:
         raise DataError("a test label file (--test-labels) needs the test folder it describes (--test-data)")
     scanner, content = FileIndex(root, cache_dir, rescan), None
-    train_folder, test_folder = _layout(root, labels, test_data)
+    train_folder, test_folder = _layout(root, labels, test_data, test_labels)
+    if test_folder is not None and _inside(test_folder, train_folder):
+        scanner.exclude(test_folder)
     classes, train = _training_images(scanner, train_folder, labels)
     if test_folder is None:
         content = scanner.hasher.hexdigest()[:16]
@@ -103,14 +109,28 @@ def load_dataset(root, *, labels=None, test_data=None, test_labels=None, test_si
     scanner.save()
     _check_usable(root, classes, train, test)
     fingerprint = scanner.hasher.hexdigest()[:16]
-    return Dataset(str(root), classes, train, test, scanner.skipped, fingerprint, content or fingerprint)
+    overlap = scanner.same_files(train, test)
+    if overlap:
+        warnings.warn(overlap_message(len(overlap), overlap[0]), stacklevel=2)
+    return Dataset(str(root), classes, train, test, scanner.skipped, fingerprint, content or fingerprint, overlap)
 
 
-def _layout(root: Path, labels, test_data) -> tuple[Path, Path | None]:
+def overlap_message(n: int, first: tuple[str, str, str]) -> str:
+    """What to tell a user whose test set holds `n` files that are also training images (`first` of them)."""
+    return (f"{n} test image(s) are also training images ({first[2]}, e.g. test {printable(first[1])!r} = train "
+            f"{printable(first[0])!r}): a leak that inflates test scores; remove them from one of the two")
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether `path` lies under `folder` (symlinks resolved)."""
+    return path.resolve() != folder.resolve() and path.resolve().is_relative_to(folder.resolve())
+
+
+def _layout(root: Path, labels, test_data, test_labels) -> tuple[Path, Path | None]:
     """(folder of the training images, separate test folder or None to split the training images)."""
     if test_data is not None:
-        test_folder = check_data_dir(test_data, "test folder (--test-data)")
-        return (root / "train" if labels is None and (root / "train").is_dir() else root), test_folder
+        check_separate_test(root, labels, test_data, test_labels)
+        return _training_folder(root, labels), check_data_dir(test_data, "test folder (--test-data)")
     if labels is None and (root / "train").is_dir() and (root / "test").is_dir():
         return root / "train", root / "test"
     return root, None
@@ -144,6 +164,30 @@ def _test_images(scanner: FileIndex, folder: Path, labels, classes: list[str]) -
         else:
             scanner.skip(path, f"{kind} {name!r} is not a training class")
     return scanner.add(known)
+
+
+def _training_folder(root: Path, labels) -> Path:
+    return root / "train" if labels is None and (root / "train").is_dir() else root
+
+
+def check_separate_test(root, labels, test_data, test_labels) -> None:
+    """Refuse a test set that would be the training images: the same label file for both, or the training folder
+    as test folder with nothing (no label file, or the same one) telling test images apart."""
+    if test_labels is not None and labels is not None and _same_file(test_labels, labels):
+        raise DataError(f"the test label file (--test-labels) {str(test_labels)!r} is the training label file "
+                        "(--labels): the test would score the training images; give the test images' own file")
+    train_folder = _training_folder(Path(root).expanduser(), labels)
+    if Path(test_data).expanduser().resolve() == train_folder.resolve() and (test_labels is None) == (labels is None):
+        raise DataError(f"the test folder (--test-data) {str(test_data)!r} is the training folder: the test "
+                        "would score the training images; give a folder of other images (or a label file "
+                        "for each split, --labels and --test-labels)")
+
+
+def _same_file(a, b) -> bool:
+    try:
+        return Path(a).expanduser().samefile(Path(b).expanduser())
+    except OSError:
+        return False  # a missing file is reported when it is read
 
 
 def check_data_dir(root, what: str = "dataset folder") -> Path:

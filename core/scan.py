@@ -70,6 +70,7 @@ class FileIndex:
         self.path = Path(cache_dir) / "index" / name if cache_dir is not None else None
         self.known = {} if rescan or self.path is None else self._read()
         self.seen: dict[str, list] = {}
+        self.excluded: set[Path] = set()  # resolved folders read on their own (a test folder inside the training one)
 
     def _read(self) -> dict:
         try:
@@ -85,13 +86,38 @@ class FileIndex:
 
             atomic_write_json(self.path, {"version": self.VERSION, "files": self.seen}, "file index")
 
+    def exclude(self, folder: Path) -> None:
+        """Leave `folder` out of the folders scanned from now on: it is read on its own (a test folder inside the
+        training folder is no class, and its images are not training images)."""
+        self.excluded.add(folder.resolve())
+
+    def _excluded(self, folder: Path) -> bool:
+        return bool(self.excluded) and folder.resolve() in self.excluded
+
+    def same_files(self, train: list[Sample], test: list[Sample]) -> list[tuple[str, str, str]]:
+        """(train path, test path, how) for each test image whose file is also a training image: the same file
+        (a hard link, or the same path) or byte-identical content (compared by the content hashes of the scan)."""
+        first = {}
+        for sample in train:
+            first.setdefault(self.seen[sample.path][1], sample.path)
+        pairs = []
+        for sample in test:
+            other = first.get(self.seen[sample.path][1])
+            if other is not None:
+                try:
+                    same = os.path.samefile(other, sample.path)
+                except OSError:
+                    same = False
+                pairs.append((other, sample.path, "the same file (a hard link)" if same else "byte-identical"))
+        return pairs
+
     def skip(self, path, reason: str) -> None:
         self.skipped.append((printable(path), reason))
 
     def class_names(self, folder: Path) -> list[str]:
         """The class sub-folders of `folder`, sorted; hidden, `__MACOSX` and undecodable ones are skipped."""
         classes = []
-        for sub in sorted(d for d in folder.iterdir() if d.is_dir()):
+        for sub in sorted(d for d in folder.iterdir() if d.is_dir() and not self._excluded(d)):
             reason = folder_skip_reason(sub)
             if reason is None:
                 classes.append(sub.name)
@@ -106,7 +132,9 @@ class FileIndex:
             parent = Path(parent)
             for name in sorted(folders):
                 reason = folder_skip_reason(parent / name)
-                if reason is not None:
+                if self._excluded(parent / name):
+                    folders.remove(name)
+                elif reason is not None:
                     folders.remove(name)
                     self._skip_folder(parent / name, reason)
             for name in names:
