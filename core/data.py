@@ -15,9 +15,9 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from core.errors import DataError
-from core.labels import read_labels
+from core.labels import nfc, read_labels
 from core.runs import atomic_write_json
-from core.scan import FileIndex, Sample, check_class_count, is_utf8, printable
+from core.scan import FileIndex, Sample, check_class_count, few, is_utf8, printable
 
 DEMO_CLASSES = ("0-zero", "1-one", "2-two", "3-three", "4-four", "5-five", "6-six", "7-seven", "8-eight", "9-nine")
 DEMO_MARKER = ".transferscope-demo.json"  # lists the files the demo wrote: only those are replaced
@@ -157,12 +157,15 @@ def _test_images(scanner: FileIndex, folder: Path, labels, classes: list[str]) -
                          for path in scanner.files(folder / name)], "class"
     else:
         entries, kind = read_labels(labels, folder, scanner), "label"
-    index, known = {name: i for i, name in enumerate(classes)}, []
+    index, known = {nfc(name): i for i, name in enumerate(classes)}, []  # a macOS folder name is NFD
     for path, name in entries:
-        if name in index:
-            known.append((path, index[name]))
+        if nfc(name) in index:
+            known.append((path, index[nfc(name)]))
         else:
             scanner.skip(path, f"{kind} {name!r} is not a training class")
+    if not known and entries:
+        raise DataError(f"no test {kind} matches a training class: test {kind}s {few(sorted({n for _, n in entries}))}"
+                        f"; training classes {few(classes)}; name the test {kind}s as the training classes")
     return scanner.add(known)
 
 
@@ -214,7 +217,7 @@ def _split(samples: list[Sample], test_size: float, seed: int, classes: list[str
     singles = [s for s in samples if counts[s.label] == 1]
     if singles:
         warnings.warn(f"{len(singles)} class(es) have a single image, kept for training with no test image: "
-                      f"{', '.join(classes[s.label] for s in singles)}; their scores are not measured",
+                      f"{few(classes[s.label] for s in singles)}; their scores are not measured",
                       stacklevel=3)
     rest = [s for s in samples if counts[s.label] > 1]
     _check_splittable({classes[i]: int(n) for i, n in enumerate(counts) if n > 1}, test_size)
@@ -273,7 +276,7 @@ def _check_usable(root: Path, classes, train, test) -> None:
         )
     empty = [c for c, n in zip(classes, np.bincount([s.label for s in train], minlength=len(classes))) if n == 0]
     if empty:
-        raise DataError(f"classes without any training image: {', '.join(empty)}; add images or remove those folders")
+        raise DataError(f"classes without any training image: {few(empty)}; add images or remove those folders")
 
 
 def demo_counts(n_classes: int = 10, largest: int = 170, smallest: int = 10) -> list[int]:

@@ -35,6 +35,17 @@ def printable(path) -> str:
     return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
+def few(names, limit: int = 5, max_chars: int = 80) -> str:
+    """Up to `limit` of `names` (each cut to `max_chars`), and how many more: what an error message lists.
+
+    >>> few(["a", "b", "c"], limit=2)
+    "'a', 'b' and 1 more"
+    """
+    names = list(names)
+    shown = ", ".join(repr(printable(name)[:max_chars]) for name in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
 def is_utf8(name: str) -> bool:
     try:
         name.encode("utf-8")

@@ -1,6 +1,7 @@
 """Odd inputs met through the command line: layouts that leak test images into training, label paths named
 in several ways, outputs that must stay bounded. Each is run the way a user runs it (`python -m core`)."""
 import json
+import unicodedata
 import os
 import shutil
 
@@ -66,3 +67,86 @@ def test_copies_and_hard_links_in_both_splits_are_reported(tiny_dir, tmp_path):
         ("copy.png", "byte-identical"), ("link.png", "the same file (a hard link)")}
     record = json.loads((tmp_path / "cache" / "runs" / results["runs"][0]["run_id"] / "record.json").read_text())
     assert record["dataset"]["overlap_count"] == 2
+
+
+# ---------------------------------------------------------------- label paths, resolved once
+
+NFD_NAME, NFC_NAME = unicodedata.normalize("NFD", "café"), unicodedata.normalize("NFC", "café")
+
+
+@pytest.fixture
+def named_many_ways(tmp_path, make_image):
+    """A flat folder of 12 images and a label file naming some of them in the ways users' tools write paths."""
+    root = tmp_path / "flat"
+    names = {"a0.png": "a", "a1.png": "a", "sub/a2.png": "a", f"{NFD_NAME}.png": "a", "two\nlines.png": "a",
+             "b0.PNG": "b", "b1.png": "b", "b2.png": "b", "b3.png": "b", "b4.png": "b", "x.png": "a", "y.png": "b"}
+    for i, name in enumerate(names):
+        make_image(root / name, seed=700 + i)
+    rows = ["file,label", "a0.png,a", "a0,a",  # one image, with and without its extension: counted once
+            "a1.png,a", "./a1.PNG,a",  # upper-case extension, ./ prefix
+            "sub\\a2.png,a", "sub/a2,a",  # Windows separator
+            f"{NFC_NAME}.png,a",  # NFC in the file, NFD on disk (macOS)
+            '"two\nlines.png",a',  # a quoted newline is part of the name
+            "b0,b",  # no extension given, upper-case on disk
+            "b1.png,b", "b2.png,b", "b3.png,b", "b4.png,b",
+            "x.png,a", "x,b",  # one image named two ways with two labels: a conflict
+            "y.png,"]  # no label
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_label_paths_are_resolved_to_their_files_before_duplicates_are_checked(named_many_ways, tmp_path):
+    code, stderr, results = experiment(tmp_path, "--data", named_many_ways, "--labels",
+                                       named_many_ways / "labels.csv", "--test-size", "0.4")
+    assert code == 0, stderr
+    dataset = results["dataset"]
+    assert dataset["classes"] == ["a", "b"]
+    assert [t + s for t, s in zip(dataset["train_counts"], dataset["test_counts"])] == [5, 5]
+    reasons = {os.path.basename(entry["path"]): entry["reason"] for entry in dataset["skipped"]}
+    assert reasons == {"x.png": "listed twice in labels.csv with different labels ('a', 'b')",
+                       "y.png": "listed in labels.csv without a label (an empty label cell)"}
+
+
+@pytest.mark.parametrize("rows,fragment", [
+    (["/etc/hostname,a", "/etc/passwd,b"], "2 × lies outside"),  # was: "names 0 classes"
+    (["a0.png,", "b1.png,"], "each row needs a label"),
+])
+def test_a_label_file_with_no_usable_row_says_why(named_many_ways, tmp_path, rows, fragment):
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    code, stdout, stderr = run_main(["experiment", "--data", named_many_ways, "--labels", tmp_path / "labels.csv",
+                                     "--cache-dir", tmp_path / "cache", "--out", tmp_path / "r.json", *QUICK])
+    assert_usage_error(code, stdout, stderr, fragment)
+
+
+def test_a_label_file_that_is_a_pipe_is_named_as_one(tiny_dir, tmp_path):
+    os.mkfifo(tmp_path / "labels.csv")  # was: "does not exist"
+    code, stdout, stderr = run_main(["experiment", "--data", tiny_dir / "train", "--labels", tmp_path / "labels.csv",
+                                     "--cache-dir", tmp_path / "cache", "--out", tmp_path / "r.json", *QUICK])
+    assert_usage_error(code, stdout, stderr, "is not a regular file (a pipe or device)")
+
+
+def test_test_classes_that_match_no_training_class_are_named(tiny_dir, tmp_path):
+    test = tmp_path / "test"
+    for name in ("0-zero", "1-one", "2-two"):
+        shutil.copytree(tiny_dir / "test" / name, test / name.upper())
+    code, stdout, stderr = run_main(["experiment", "--data", tiny_dir / "train", "--test-data", test,
+                                     "--cache-dir", tmp_path / "cache", "--out", tmp_path / "r.json", *QUICK])
+    assert_usage_error(code, stdout, stderr, "'0-ZERO'", "training classes '0-zero'")
+
+
+def test_an_nfd_class_folder_keeps_its_nfc_labelled_test_images(tiny_dir, tmp_path):
+    """A macOS folder name (decomposed) against a label file's composed name silently dropped the class's tests."""
+    train, test = tmp_path / "train", tmp_path / "test"
+    for name in ("0-zero", "1-one"):
+        shutil.copytree(tiny_dir / "train" / name, train / (NFD_NAME if name == "0-zero" else name))
+    rows = [f"{p.name},{NFC_NAME if p.parent.name == '0-zero' else p.parent.name}"
+            for name in ("0-zero", "1-one") for p in sorted((tiny_dir / "test" / name).glob("*.png"))]
+    test.mkdir()
+    for name in ("0-zero", "1-one"):
+        for p in (tiny_dir / "test" / name).glob("*.png"):
+            shutil.copy(p, test / p.name)
+    (test / "labels.csv").write_text("\n".join(rows) + "\n")
+    code, stderr, results = experiment(tmp_path, "--data", train, "--test-data", test,
+                                       "--test-labels", test / "labels.csv")
+    assert code == 0, stderr
+    assert results["dataset"]["test_counts"] == [3, 3] and not results["dataset"]["skipped"]
