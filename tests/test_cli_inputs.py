@@ -150,3 +150,19 @@ def test_an_nfd_class_folder_keeps_its_nfc_labelled_test_images(tiny_dir, tmp_pa
                                        "--test-labels", test / "labels.csv")
     assert code == 0, stderr
     assert results["dataset"]["test_counts"] == [3, 3] and not results["dataset"]["skipped"]
+
+
+# ---------------------------------------------------------------- documented inputs that crashed
+
+def test_a_class_weight_of_0_leaves_that_class_out_of_the_svm(tiny_dir, tmp_path):
+    """The README allows weights from 0; the SVM fit ended in "dual coefficients ... are not finite", exit 1."""
+    weights = tmp_path / "drop.json"
+    weights.write_text('{"2-two": 0}')
+    out = tmp_path / "r.json"
+    with pytest.warns(UserWarning, match=r"1 class\(es\) weigh 0: the SVM is fit without their 6 training images"):
+        code, _, stderr = run_main(["experiment", "--data", tiny_dir, "--cache-dir", tmp_path / "cache",
+                                    "--approaches", "svm", "--remedy", str(weights), "--out", out, *FAST])
+    assert code == 0, stderr
+    run = json.loads(out.read_text())["runs"][0]
+    predicted = [row["predicted"] for row in run["per_class"]]  # in class order: 0-zero, 1-one, 2-two
+    assert run["class_weights"][2] == 0 and predicted[2] == 0 and sum(predicted) == 9
