@@ -16,13 +16,16 @@ from PIL import Image, ImageOps
 
 from core.errors import DataError
 from core.labels import nfc, read_labels
-from core.runs import atomic_write_json
+from core.csvcells import csv_text
+from core.runs import atomic_write_bytes, atomic_write_json
 from core.scan import FileIndex, Sample, check_class_count, few, is_utf8, printable
 
 DEMO_CLASSES = ("0-zero", "1-one", "2-two", "3-three", "4-four", "5-five", "6-six", "7-seven", "8-eight", "9-nine")
 DEMO_MARKER = ".transferscope-demo.json"  # lists the files the demo wrote: only those are replaced
 DEMO_SIZE = (96, 32)  # width x height: about 3:1, like the reference 800x240 boat photos
 OVERLAP_SAMPLE = 20  # train/test pairs of one file kept in results and records (all are counted)
+SKIPPED_SAMPLE = 50  # skipped files kept in results and records (all are counted; all listed in a side file)
+SKIPPED_REASONS = 50  # distinct reasons counted one by one; the rest are counted together
 
 
 @dataclass
@@ -37,6 +40,7 @@ class Dataset:
     fingerprint: str = ""
     content_fingerprint: str = ""  # the files alone, without the split: equal across split seeds
     overlap: list[tuple[str, str, str]] = field(default_factory=list)  # (train path, test path, how): a leak
+    skipped_file: str | None = None  # every skipped file, when more than the summary holds (a CSV in the cache)
 
     @property
     def train_counts(self) -> list[int]:
@@ -48,9 +52,12 @@ class Dataset:
 
     @property
     def skipped_counts(self) -> list[dict]:
-        """How many files were skipped for each reason, most frequent first: `[{"reason", "count"}]`."""
-        counts = Counter(reason for _, reason in self.skipped)
-        return [{"reason": reason, "count": n} for reason, n in sorted(counts.items(), key=lambda item: -item[1])]
+        """How many files were skipped for each reason, most frequent first: `[{"reason", "count"}]`; past
+        SKIPPED_REASONS reasons, the rest are counted under one entry."""
+        ranked = Counter(reason for _, reason in self.skipped).most_common()
+        rest = sum(n for _, n in ranked[SKIPPED_REASONS:])
+        return ([{"reason": reason, "count": n} for reason, n in ranked[:SKIPPED_REASONS]]
+                + ([{"reason": f"{len(ranked) - SKIPPED_REASONS} other reasons", "count": rest}] if rest else []))
 
     @property
     def samples(self) -> list[Sample]:
@@ -64,8 +71,10 @@ class Dataset:
             "classes": self.classes,
             "train_counts": self.train_counts,
             "test_counts": self.test_counts,
-            "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+            "skipped": [{"path": p, "reason": r} for p, r in self.skipped[:SKIPPED_SAMPLE]],
+            "skipped_total": len(self.skipped),
             "skipped_counts": self.skipped_counts,
+            "skipped_file": self.skipped_file,
             "fingerprint": self.fingerprint,
             "content_fingerprint": self.content_fingerprint,
             "overlap_count": len(self.overlap),
@@ -112,7 +121,18 @@ def load_dataset(root, *, labels=None, test_data=None, test_labels=None, test_si
     overlap = scanner.same_files(train, test)
     if overlap:
         warnings.warn(overlap_message(len(overlap), overlap[0]), stacklevel=2)
-    return Dataset(str(root), classes, train, test, scanner.skipped, fingerprint, content or fingerprint, overlap)
+    return Dataset(str(root), classes, train, test, scanner.skipped, fingerprint, content or fingerprint, overlap,
+                   _write_skipped(scanner.skipped, cache_dir, fingerprint))
+
+
+def _write_skipped(skipped: list[tuple[str, str]], cache_dir, fingerprint: str) -> str | None:
+    """Every skipped file in one CSV (path, reason) under the cache when the summary holds only a sample."""
+    if cache_dir is None or len(skipped) <= SKIPPED_SAMPLE:
+        return None
+    path = Path(cache_dir) / "index" / "skipped" / f"{fingerprint}.csv"
+    if not path.exists():
+        atomic_write_bytes(path, csv_text(["path", "reason"], skipped).encode("utf-8"), "skipped-files list")
+    return str(path)
 
 
 def overlap_message(n: int, first: tuple[str, str, str]) -> str:

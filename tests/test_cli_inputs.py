@@ -166,3 +166,33 @@ def test_a_class_weight_of_0_leaves_that_class_out_of_the_svm(tiny_dir, tmp_path
     run = json.loads(out.read_text())["runs"][0]
     predicted = [row["predicted"] for row in run["per_class"]]  # in class order: 0-zero, 1-one, 2-two
     assert run["class_weights"][2] == 0 and predicted[2] == 0 and sum(predicted) == 9
+
+
+# ---------------------------------------------------------------- bounded outputs
+
+def test_a_label_file_of_many_missing_files_keeps_results_and_records_small(named_many_ways, tmp_path):
+    """A million such rows made a 278 MB results file, the list copied into every run's record."""
+    rows = (named_many_ways / "labels.csv").read_text().splitlines()
+    rows += [f"gone/{i:05d}.png,a" for i in range(5000)]
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    code, stderr, results = experiment(tmp_path, "--data", named_many_ways, "--labels", tmp_path / "labels.csv",
+                                       "--test-size", "0.4")
+    assert code == 0, stderr
+    dataset = results["dataset"]
+    assert dataset["skipped_total"] == 5002 and len(dataset["skipped"]) == 50
+    assert dataset["skipped_counts"][0] == {"reason": "listed in labels.csv but missing", "count": 5000}
+    listed = (tmp_path / "cache" / "index" / "skipped").glob("*.csv")
+    assert [path.read_text().count("\n") for path in listed] == [5003]  # header + every skipped file
+    assert dataset["skipped_file"].endswith(".csv")
+    record = tmp_path / "cache" / "runs" / results["runs"][0]["run_id"] / "record.json"
+    assert record.stat().st_size < 40_000
+
+
+def test_an_error_that_lists_names_is_capped(tiny_dir, tmp_path):
+    """One such message was 46 million characters."""
+    weights = tmp_path / "many.json"
+    weights.write_text(json.dumps({f"class-{i:05d}-{'x' * 200}": 1 for i in range(3000)}))
+    code, stdout, stderr = run_main(["experiment", "--data", tiny_dir, "--cache-dir", tmp_path / "cache",
+                                     "--approaches", "svm", "--remedy", weights, "--out", tmp_path / "r.json", *FAST])
+    assert_usage_error(code, stdout, stderr, "unknown classes", "and 2995 more")
+    assert len(stderr) < 1000
