@@ -163,6 +163,18 @@ def test_dataset_page_lists_skipped_test_labels_of_a_flat_test_folder(empty_cach
     assert [{"reason": "label 'owl' is not a training class", "count": 2}] in tables
 
 
+def test_dataset_page_says_which_test_images_are_training_files(empty_cache, demo_data, tmp_path):
+    folder = shutil.copytree(demo_data, tmp_path / "data")
+    shutil.copy(sorted((folder / "train" / "0-zero").iterdir())[0], folder / "test" / "0-zero" / "copy.png")
+    at = page("dataset")
+    at.session_state["data_dir"] = str(folder)
+    at.run()
+    assert not at.exception
+    assert "1 test image(s) are also training images" in texts(at.error)
+    (overlap,) = [frame.value for frame in at.dataframe if "how" in frame.value.columns]
+    assert overlap["test"].str.endswith("copy.png").all()
+
+
 def test_dataset_page_bad_folder_is_a_message_not_a_traceback(empty_cache, tmp_path):
     at = page("dataset")
     at.session_state["data_dir"] = str(tmp_path / "nowhere")
