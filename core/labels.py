@@ -17,7 +17,7 @@ from collections import Counter
 from pathlib import Path, PurePosixPath
 
 from core.errors import DataError
-from core.scan import IMAGE_EXTENSIONS, FileIndex, few
+from core.scan import IMAGE_EXTENSIONS, FileIndex, class_name_problem, few
 
 PATH_COLUMNS = ("file", "filename", "file_name", "path", "filepath", "image", "img", "image_path", "image_id",
                 "id", "name", "fname")
@@ -85,8 +85,10 @@ def read_labels(label_file, folder: Path, scanner: FileIndex) -> list[tuple[Path
             refused[why] += 1
             scanner.skip(folder / row[path_col], f"listed in {label_file.name} but missing" if why == "missing"
                          else f"path in {label_file.name} {why}")
-        elif not label:
-            scanner.skip(path, f"listed in {label_file.name} without a label (an empty label cell)")
+        elif not label or class_name_problem(label):
+            scanner.skip(path, f"listed in {label_file.name} " + (
+                f"with an unusable label: {class_name_problem(label)}" if label else
+                "without a label (an empty label cell)"))
             listed.setdefault(path, "")
         elif listed.setdefault(path, label) != label:
             if listed[path]:

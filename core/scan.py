@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from core.errors import DataError
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 MACOS_METADATA = "__MACOSX"
 NOT_UTF8 = "name is not valid UTF-8 text (an old camera or zip tool wrote it); rename it to read it"
+MAX_CLASS_NAME = 100  # characters of a class name (a folder's or a label file's)
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,16 @@ def is_utf8(name: str) -> bool:
     except UnicodeEncodeError:  # os.fsdecode turned undecodable bytes into lone surrogates
         return False
     return True
+
+
+def class_name_problem(name: str) -> str | None:
+    """Why `name` cannot be a class name (None: it can): control characters (a newline would start a line of
+    Markdown wherever the name is shown) or more than MAX_CLASS_NAME characters."""
+    if CONTROL_CHARACTERS.search(name):
+        return f"class name {printable(name)[:MAX_CLASS_NAME]!r} holds control characters (a newline, a tab); rename it"
+    if len(name) > MAX_CLASS_NAME:
+        return f"class name {printable(name)[:40]!r}... is longer than {MAX_CLASS_NAME} characters; shorten it"
+    return None
 
 
 def folder_skip_reason(folder: Path) -> str | None:
@@ -129,7 +142,7 @@ class FileIndex:
         """The class sub-folders of `folder`, sorted; hidden, `__MACOSX` and undecodable ones are skipped."""
         classes = []
         for sub in sorted(d for d in folder.iterdir() if d.is_dir() and not self._excluded(d)):
-            reason = folder_skip_reason(sub)
+            reason = folder_skip_reason(sub) or class_name_problem(sub.name)
             if reason is None:
                 classes.append(sub.name)
             else:

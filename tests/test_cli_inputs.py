@@ -196,3 +196,16 @@ def test_an_error_that_lists_names_is_capped(tiny_dir, tmp_path):
                                      "--approaches", "svm", "--remedy", weights, "--out", tmp_path / "r.json", *FAST])
     assert_usage_error(code, stdout, stderr, "unknown classes", "and 2995 more")
     assert len(stderr) < 1000
+
+
+# ---------------------------------------------------------------- class names shown safely
+
+def test_class_names_with_control_characters_or_too_long_are_refused(tiny_dir, tmp_path):
+    data = copy_tree(tiny_dir, tmp_path / "data")
+    for odd in ("evil\n# Big heading", "x" * 101):
+        copy_tree(data / "train" / "2-two", data / "train" / odd)
+    code, stderr, results = experiment(tmp_path, "--data", data)
+    assert code == 0, stderr
+    assert results["dataset"]["classes"] == ["0-zero", "1-one", "2-two"]
+    reasons = " ".join(entry["reason"] for entry in results["dataset"]["skipped"])
+    assert "holds control characters" in reasons and "longer than 100 characters" in reasons

@@ -717,3 +717,16 @@ def test_whatif_shows_validation_first_offsets_rescore_and_the_svm_explains(trai
     assert test_macro[0].delta  # the validation score moved with the offset
     at.toggle(key="whatif_show_test").set_value(False).run()
     assert not at.exception and len([m for m in at.metric if m.label == "Macro-F1"]) == 1  # test scores hidden
+
+
+def test_class_names_never_render_as_links_or_headings(empty_cache, demo_data, tmp_path):
+    """A bare www. name became a link (GFM autolink), a name with a newline and `#` a heading."""
+    folder = shutil.copytree(demo_data, tmp_path / "data")
+    for split in ("train", "test"):
+        (folder / split / "9-nine").rename(folder / split / "www.evil.example")
+    at = page("dataset")
+    at.session_state["data_dir"] = str(folder)
+    at.run()
+    assert not at.exception
+    names = [m.value for m in at.markdown if "evil" in m.value]
+    assert names and all("www\\.evil" in value for value in names)
