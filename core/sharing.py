@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import collections
 import hmac
+import html
+import io
 import ipaddress
 import os
 import re
@@ -11,6 +13,7 @@ import socket
 import stat
 import threading
 import time
+import zipfile
 from pathlib import Path, PurePath, PurePosixPath
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
@@ -293,6 +296,22 @@ class PathNames:
         inside = [PurePath(path) for path in predictions["path"]]
         paths = [shown_root / (path.relative_to(root) if path.is_relative_to(root) else path.name) for path in inside]
         return shown, predictions.assign(path=[str(path) for path in paths])
+
+
+def refusal_file(message: str, fmt: str) -> bytes:
+    """A download in format `fmt` (html, md or zip) that holds only `message`: what a refused download gives.
+
+    >>> refusal_file("Not now.", "md")
+    b'# TransferScope\\n\\nNot now.\\n'
+    """
+    if fmt == "html":
+        return f"<!doctype html><title>TransferScope</title><p>{html.escape(message)}</p>\n".encode()
+    if fmt == "zip":
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as zf:
+            zf.writestr("NOT-BUILT.txt", message + "\n")
+        return buffer.getvalue()
+    return f"# TransferScope\n\n{message}\n".encode()
 
 
 def _map_strings(value, rename):

@@ -214,13 +214,24 @@ def deferred_report(run_ids: list[str], fmt: str):
     for viewers, who get paths relative to the served dataset only).
     """
     root, run_ids, for_viewer, names = str(run_store().root), tuple(run_ids), not access.can_act(), access.path_names()
-    return lambda: _report(root, run_ids, fmt, for_viewer, names)
+    return _or_refusal(lambda: _report(root, run_ids, fmt, for_viewer, names), fmt)
 
 
 def deferred_bundle(run_ids: list[str]):
     """A zip bundle of these runs, for another TransferScope to import, as a download_button callable."""
     root, run_ids, for_viewer, names = str(run_store().root), tuple(run_ids), not access.can_act(), access.path_names()
-    return lambda: _bundle(root, run_ids, for_viewer, names)
+    return _or_refusal(lambda: _bundle(root, run_ids, for_viewer, names), "zip")
+
+
+def _or_refusal(build, fmt: str):
+    """`build` as a download callable whose refusal (a viewer over the build limit) is the file downloaded: it says
+    why and when to try again, where a raised error would only log a traceback and fail the download."""
+    def make():
+        try:
+            return build()
+        except ReadOnlyError as refusal:
+            return sharing.refusal_file(f"This download was not built: {refusal}.", fmt)
+    return make
 
 
 @functools.lru_cache(maxsize=16)  # a module global, like the scans: no browser message clears it
