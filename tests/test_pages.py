@@ -730,3 +730,19 @@ def test_class_names_never_render_as_links_or_headings(empty_cache, demo_data, t
     assert not at.exception
     names = [m.value for m in at.markdown if "evil" in m.value]
     assert names and all("www\\.evil" in value for value in names)
+
+
+def test_page_runs_read_the_run_list_again_only_when_runs_change(trained_copy, monkeypatch):
+    """Every page run re-read every record: viewers' reruns cost the owner's server a file read per run."""
+    from core.runs import RunStore
+
+    scans, original = [], RunStore.scan
+    monkeypatch.setattr(RunStore, "scan", lambda self: scans.append(len(original(self)[0])) or original(self))
+    state.clear_run_caches()
+    assert not page("share").run().exception and not page("share").run().exception
+    assert len(scans) == 1  # the second page run read no record
+    runs = trained_copy / "runs"
+    removed = sorted(p for p in runs.iterdir() if not p.name.startswith("."))[0]
+    removed.rename(runs / f".gone-{removed.name}")  # as a delete moves a run out
+    assert not page("share").run().exception
+    assert len(scans) == 2 and scans[1] == scans[0] - 1
