@@ -8,6 +8,9 @@ CACHE_DIR ?= $(or $(TRANSFERSCOPE_CACHE_DIR),cache)
 export TRANSFERSCOPE_CACHE_DIR := $(CACHE_DIR)
 DEMO := $(CACHE_DIR)/datasets/digits-demo
 PORT ?= 8501
+# The name classmates type to reach `make share` (printed at start); naming it spares Streamlit a lookup of
+# this machine's external address on the internet
+SHARE_HOST ?= $(shell hostname)
 DATA ?= $(DEMO)
 
 .PHONY: install run share test test-fast bench browser-deps demo-data clean
@@ -36,7 +39,7 @@ share: $(STAMP) $(DEMO)/train
 	$(BIN)/python -m core owner-token --new
 	TRANSFERSCOPE_DATA=$(DATA) TRANSFERSCOPE_VIEWER=1 \
 	$(BIN)/streamlit run serve.py --server.address 0.0.0.0 --server.port $(PORT) --server.headless true \
-		--client.showErrorDetails none --server.allowedHosts '*'
+		--client.showErrorDetails none --server.allowedHosts '*' --browser.serverAddress $(SHARE_HOST)
 
 ## Debian's Chromium + ChromeDriver for the browser tests (installed when missing and running as root)
 browser-deps:

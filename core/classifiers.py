@@ -5,6 +5,7 @@ import copy
 import math
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -18,7 +19,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, LinearSVC
 from sklearn.utils.validation import check_is_fitted
 
-from core.errors import ConfigError
+from core.errors import ClassWeightError, ConfigError
 from core.remedies import balanced_batches, log_prior
 from core.weights import adjust_logits, weighted_cross_entropy
 
@@ -125,6 +126,23 @@ def svm_model_name(kernel: str, n_train: int, linear_above: int = LINEAR_SVM_ABO
     return "LinearSVC" if n_train > linear_above or kernel == "linear" else f"SVC ({kernel} kernel)"
 
 
+def _kept(y: np.ndarray, weights: dict | None) -> np.ndarray | None:
+    """The training samples an SVM fits when some class weighs 0 (those of the other classes; warned), else None.
+
+    Such a class gets no score and is never predicted, as if it had no training image.
+    """
+    zero = sorted(c for c, w in (weights or {}).items() if w == 0 and (y == c).any())
+    if not zero:
+        return None
+    keep = ~np.isin(y, zero)
+    if len(np.unique(y[keep])) < 2:
+        raise ClassWeightError("class weights give weight 0 to every class but one; an SVM needs two classes "
+                               "of weight above 0")
+    warnings.warn(f"{len(zero)} class(es) weigh 0: the SVM is fit without their {int((~keep).sum())} training "
+                  "images and never predicts them", stacklevel=3)
+    return keep
+
+
 class SvmClassifier(ClassifierMixin, BaseEstimator):
     """StandardScaler + SVC (rbf by default); LinearSVC above `linear_above` samples (`model_name_` says which).
 
@@ -145,6 +163,12 @@ class SvmClassifier(ClassifierMixin, BaseEstimator):
         self.n_classes_ = n_classes or int(y.max()) + 1
         self.n_features_ = X.shape[1]
         weights = _weight_dict(class_weight, self.n_classes_)
+        self.kept_ = _kept(y, weights)
+        if self.kept_ is not None:  # a class weighing 0 is left out of the fit: libsvm cannot bound it at C * 0
+            X, y = X[self.kept_], y[self.kept_]
+            weights = {c: w for c, w in weights.items() if w > 0}
+            if kernels is not None:
+                kernels = kernels.fold(np.flatnonzero(self.kept_))
         self.support_X_ = None  # set by a fit on precomputed kernels
         self.model_name_ = svm_model_name(self.kernel, len(X), self.linear_above)
         if self.model_name_ == "LinearSVC":
@@ -196,7 +220,7 @@ class SvmClassifier(ClassifierMixin, BaseEstimator):
         if not isinstance(svc, SVC):
             return None
         weights = np.ones(self.n_classes_) if class_weight is None else np.asarray(class_weight, dtype=float)
-        labels = np.asarray(y)[svc.support_]
+        labels = np.asarray(y)[self.kept_ if self.kept_ is not None else slice(None)][svc.support_]
         bound = self.C * weights[labels]
         at_bound = np.isclose(np.abs(svc.dual_coef_).max(axis=0), bound, rtol=1e-6, atol=1e-9)
         return {"support_vectors": np.bincount(labels, minlength=self.n_classes_).tolist(),

@@ -8,7 +8,7 @@ import dataclasses
 from pathlib import Path
 
 from core.backbones import is_fused
-from core.data import Dataset, check_data_dir, load_dataset
+from core.data import Dataset, check_data_dir, check_separate_test, load_dataset
 from core.errors import ClassWeightError, ConfigError
 from core.features import FeatureSet
 from core.fusion import extract_any
@@ -42,8 +42,11 @@ def _check_label_paths(self) -> None:
         raise ConfigError("a test label file (--test-labels) needs the test folder it describes (--test-data)")
     for flag, path in (("--labels", self.labels), ("--test-labels", self.test_labels)):
         if path is not None and not Path(path).expanduser().is_file():
-            state = "is a folder" if Path(path).expanduser().is_dir() else "does not exist"
+            state = ("is a folder" if Path(path).expanduser().is_dir() else
+                     "is not a regular file (a pipe or device)" if Path(path).expanduser().exists() else "does not exist")
             raise ConfigError(f"label file {path!r} ({flag}) {state}; give a text file of file,label lines")
+    if self.test_data is not None:
+        check_separate_test(self.data, self.labels, self.test_data, self.test_labels)
 
 
 def check_class_weight_spec(spec) -> None:

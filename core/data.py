@@ -15,13 +15,17 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from core.errors import DataError
-from core.labels import read_labels
-from core.runs import atomic_write_json
-from core.scan import FileIndex, Sample, check_class_count, is_utf8, printable
+from core.labels import nfc, read_labels
+from core.csvcells import csv_text
+from core.runs import atomic_write_bytes, atomic_write_json
+from core.scan import FileIndex, Sample, check_class_count, few, is_utf8, printable
 
 DEMO_CLASSES = ("0-zero", "1-one", "2-two", "3-three", "4-four", "5-five", "6-six", "7-seven", "8-eight", "9-nine")
 DEMO_MARKER = ".transferscope-demo.json"  # lists the files the demo wrote: only those are replaced
 DEMO_SIZE = (96, 32)  # width x height: about 3:1, like the reference 800x240 boat photos
+OVERLAP_SAMPLE = 20  # train/test pairs of one file kept in results and records (all are counted)
+SKIPPED_SAMPLE = 50  # skipped files kept in results and records (all are counted; all listed in a side file)
+SKIPPED_REASONS = 50  # distinct reasons counted one by one; the rest are counted together
 
 
 @dataclass
@@ -35,6 +39,8 @@ class Dataset:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     fingerprint: str = ""
     content_fingerprint: str = ""  # the files alone, without the split: equal across split seeds
+    overlap: list[tuple[str, str, str]] = field(default_factory=list)  # (train path, test path, how): a leak
+    skipped_file: str | None = None  # every skipped file, when more than the summary holds (a CSV in the cache)
 
     @property
     def train_counts(self) -> list[int]:
@@ -46,9 +52,12 @@ class Dataset:
 
     @property
     def skipped_counts(self) -> list[dict]:
-        """How many files were skipped for each reason, most frequent first: `[{"reason", "count"}]`."""
-        counts = Counter(reason for _, reason in self.skipped)
-        return [{"reason": reason, "count": n} for reason, n in sorted(counts.items(), key=lambda item: -item[1])]
+        """How many files were skipped for each reason, most frequent first: `[{"reason", "count"}]`; past
+        SKIPPED_REASONS reasons, the rest are counted under one entry."""
+        ranked = Counter(reason for _, reason in self.skipped).most_common()
+        rest = sum(n for _, n in ranked[SKIPPED_REASONS:])
+        return ([{"reason": reason, "count": n} for reason, n in ranked[:SKIPPED_REASONS]]
+                + ([{"reason": f"{len(ranked) - SKIPPED_REASONS} other reasons", "count": rest}] if rest else []))
 
     @property
     def samples(self) -> list[Sample]:
@@ -62,10 +71,14 @@ class Dataset:
             "classes": self.classes,
             "train_counts": self.train_counts,
             "test_counts": self.test_counts,
-            "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+            "skipped": [{"path": p, "reason": r} for p, r in self.skipped[:SKIPPED_SAMPLE]],
+            "skipped_total": len(self.skipped),
             "skipped_counts": self.skipped_counts,
+            "skipped_file": self.skipped_file,
             "fingerprint": self.fingerprint,
             "content_fingerprint": self.content_fingerprint,
+            "overlap_count": len(self.overlap),
+            "overlap": [{"train": a, "test": b, "how": how} for a, b, how in self.overlap[:OVERLAP_SAMPLE]],
         }
 
 
@@ -92,7 +105,9 @@ def load_dataset(root, *, labels=None, test_data=None, test_labels=None, test_si
     if test_labels is not None and test_data is None:
         raise DataError("a test label file (--test-labels) needs the test folder it describes (--test-data)")
     scanner, content = FileIndex(root, cache_dir, rescan), None
-    train_folder, test_folder = _layout(root, labels, test_data)
+    train_folder, test_folder = _layout(root, labels, test_data, test_labels)
+    if test_folder is not None and _inside(test_folder, train_folder):
+        scanner.exclude(test_folder)
     classes, train = _training_images(scanner, train_folder, labels)
     if test_folder is None:
         content = scanner.hasher.hexdigest()[:16]
@@ -103,14 +118,39 @@ def load_dataset(root, *, labels=None, test_data=None, test_labels=None, test_si
     scanner.save()
     _check_usable(root, classes, train, test)
     fingerprint = scanner.hasher.hexdigest()[:16]
-    return Dataset(str(root), classes, train, test, scanner.skipped, fingerprint, content or fingerprint)
+    overlap = scanner.same_files(train, test)
+    if overlap:
+        warnings.warn(overlap_message(len(overlap), overlap[0]), stacklevel=2)
+    return Dataset(str(root), classes, train, test, scanner.skipped, fingerprint, content or fingerprint, overlap,
+                   _write_skipped(scanner.skipped, cache_dir, fingerprint))
 
 
-def _layout(root: Path, labels, test_data) -> tuple[Path, Path | None]:
+def _write_skipped(skipped: list[tuple[str, str]], cache_dir, fingerprint: str) -> str | None:
+    """Every skipped file in one CSV (path, reason) under the cache when the summary holds only a sample."""
+    if cache_dir is None or len(skipped) <= SKIPPED_SAMPLE:
+        return None
+    path = Path(cache_dir) / "index" / "skipped" / f"{fingerprint}.csv"
+    if not path.exists():
+        atomic_write_bytes(path, csv_text(["path", "reason"], skipped).encode("utf-8"), "skipped-files list")
+    return str(path)
+
+
+def overlap_message(n: int, first: tuple[str, str, str]) -> str:
+    """What to tell a user whose test set holds `n` files that are also training images (`first` of them)."""
+    return (f"{n} test image(s) are also training images ({first[2]}, e.g. test {printable(first[1])!r} = train "
+            f"{printable(first[0])!r}): a leak that inflates test scores; remove them from one of the two")
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether `path` lies under `folder` (symlinks resolved)."""
+    return path.resolve() != folder.resolve() and path.resolve().is_relative_to(folder.resolve())
+
+
+def _layout(root: Path, labels, test_data, test_labels) -> tuple[Path, Path | None]:
     """(folder of the training images, separate test folder or None to split the training images)."""
     if test_data is not None:
-        test_folder = check_data_dir(test_data, "test folder (--test-data)")
-        return (root / "train" if labels is None and (root / "train").is_dir() else root), test_folder
+        check_separate_test(root, labels, test_data, test_labels)
+        return _training_folder(root, labels), check_data_dir(test_data, "test folder (--test-data)")
     if labels is None and (root / "train").is_dir() and (root / "test").is_dir():
         return root / "train", root / "test"
     return root, None
@@ -137,13 +177,40 @@ def _test_images(scanner: FileIndex, folder: Path, labels, classes: list[str]) -
                          for path in scanner.files(folder / name)], "class"
     else:
         entries, kind = read_labels(labels, folder, scanner), "label"
-    index, known = {name: i for i, name in enumerate(classes)}, []
+    index, known = {nfc(name): i for i, name in enumerate(classes)}, []  # a macOS folder name is NFD
     for path, name in entries:
-        if name in index:
-            known.append((path, index[name]))
+        if nfc(name) in index:
+            known.append((path, index[nfc(name)]))
         else:
             scanner.skip(path, f"{kind} {name!r} is not a training class")
+    if not known and entries:
+        raise DataError(f"no test {kind} matches a training class: test {kind}s {few(sorted({n for _, n in entries}))}"
+                        f"; training classes {few(classes)}; name the test {kind}s as the training classes")
     return scanner.add(known)
+
+
+def _training_folder(root: Path, labels) -> Path:
+    return root / "train" if labels is None and (root / "train").is_dir() else root
+
+
+def check_separate_test(root, labels, test_data, test_labels) -> None:
+    """Refuse a test set that would be the training images: the same label file for both, or the training folder
+    as test folder with nothing (no label file, or the same one) telling test images apart."""
+    if test_labels is not None and labels is not None and _same_file(test_labels, labels):
+        raise DataError(f"the test label file (--test-labels) {str(test_labels)!r} is the training label file "
+                        "(--labels): the test would score the training images; give the test images' own file")
+    train_folder = _training_folder(Path(root).expanduser(), labels)
+    if Path(test_data).expanduser().resolve() == train_folder.resolve() and (test_labels is None) == (labels is None):
+        raise DataError(f"the test folder (--test-data) {str(test_data)!r} is the training folder: the test "
+                        "would score the training images; give a folder of other images (or a label file "
+                        "for each split, --labels and --test-labels)")
+
+
+def _same_file(a, b) -> bool:
+    try:
+        return Path(a).expanduser().samefile(Path(b).expanduser())
+    except OSError:
+        return False  # a missing file is reported when it is read
 
 
 def check_data_dir(root, what: str = "dataset folder") -> Path:
@@ -170,7 +237,7 @@ def _split(samples: list[Sample], test_size: float, seed: int, classes: list[str
     singles = [s for s in samples if counts[s.label] == 1]
     if singles:
         warnings.warn(f"{len(singles)} class(es) have a single image, kept for training with no test image: "
-                      f"{', '.join(classes[s.label] for s in singles)}; their scores are not measured",
+                      f"{few(classes[s.label] for s in singles)}; their scores are not measured",
                       stacklevel=3)
     rest = [s for s in samples if counts[s.label] > 1]
     _check_splittable({classes[i]: int(n) for i, n in enumerate(counts) if n > 1}, test_size)
@@ -229,7 +296,7 @@ def _check_usable(root: Path, classes, train, test) -> None:
         )
     empty = [c for c, n in zip(classes, np.bincount([s.label for s in train], minlength=len(classes))) if n == 0]
     if empty:
-        raise DataError(f"classes without any training image: {', '.join(empty)}; add images or remove those folders")
+        raise DataError(f"classes without any training image: {few(empty)}; add images or remove those folders")
 
 
 def demo_counts(n_classes: int = 10, largest: int = 170, smallest: int = 10) -> list[int]:

@@ -16,16 +16,18 @@ RUN_COLUMNS = {"approach": "approach", "class_weight": "weights", "accuracy": "a
                "balanced_accuracy": "balanced acc.", "macro_f1": "macro-F1", "weighted_f1": "weighted F1",
                "fit_seconds": "fit s", "predict_seconds": "predict s"}
 REQUIRED = ("dataset", "runs")
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>|~&$])")  # inline specials; no line starts here
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>|~&$@])|(?<=www)(\.)|(:)(?=//)", re.IGNORECASE)  # @, www., ://: autolinks
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")  # a newline would start a line (`# heading`)
 
 
 def escape_markdown(text) -> str:
-    """`text` with Markdown and HTML specials backslash-escaped, so it shows literally (no links, tags, tables).
+    """`text` with Markdown and HTML specials backslash-escaped, so it shows literally (no links, autolinks, tags,
+    tables), and control characters replaced by U+FFFD (no new line, so no heading or list).
 
-    >>> print(escape_markdown("a|b <i>[x](y)"))
-    a\\|b \\<i\\>\\[x\\](y)
+    >>> print(escape_markdown("a|b <i>[x](y) www.x.org\\n# h"))
+    a\\|b \\<i\\>\\[x\\](y) www\\.x.org�# h
     """
-    return _MARKDOWN_SPECIAL.sub(r"\\\1", str(text))
+    return _MARKDOWN_SPECIAL.sub(lambda match: "\\" + match.group(), CONTROL.sub("\ufffd", str(text)))
 
 
 def read_results(path) -> dict:

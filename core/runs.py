@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from filelock import FileLock
 
+from core.csvcells import frame_csv, read_csv
 from core.errors import RunStoreError, StorageError
 
 if TYPE_CHECKING:
@@ -366,9 +367,9 @@ class RunStore:
 
                     joblib.dump(model, tmp / MODEL_FILE)
                 if predictions is not None:
-                    predictions.to_csv(tmp / PREDICTIONS_FILE, index=False)
+                    (tmp / PREDICTIONS_FILE).write_text(frame_csv(predictions), encoding="utf-8")
                 if validation is not None:
-                    validation.to_csv(tmp / VALIDATION_FILE, index=False)
+                    (tmp / VALIDATION_FILE).write_text(frame_csv(validation), encoding="utf-8")
                 self._publish(tmp, run_id)
         except OSError as err:
             raise RunStoreError(
@@ -399,16 +400,12 @@ class RunStore:
 
     def load_predictions(self, run_id: str) -> pd.DataFrame:
         """Return the predictions table of run `run_id`."""
-        import pandas as pd
-
-        return pd.read_csv(self._artifact(run_id, PREDICTIONS_FILE))
+        return read_csv(self._artifact(run_id, PREDICTIONS_FILE))
 
     def load_validation(self, run_id: str) -> pd.DataFrame | None:
         """The out-of-fold scores of run `run_id`'s training images (`true`, `score_<i>`); None if it has none."""
-        import pandas as pd
-
         path = self._existing_run_dir(run_id) / VALIDATION_FILE
-        return pd.read_csv(path) if path.is_file() else None
+        return read_csv(path) if path.is_file() else None
 
     def load_model(self, run_id: str):
         """Return the model of run `run_id` (unpickles it; models are only ever written by this machine's runs)."""
@@ -453,7 +450,7 @@ class RunStore:
         record, predictions = rewrite(self.load(run_id), self.load_predictions(run_id) if has_predictions else None)
         zf.writestr(f"{run_id}/{RECORD_FILE}", _to_json(record))
         if predictions is not None:
-            zf.writestr(f"{run_id}/{PREDICTIONS_FILE}", predictions.to_csv(index=False))
+            zf.writestr(f"{run_id}/{PREDICTIONS_FILE}", frame_csv(predictions))
 
     def export_bundle_bytes(self, run_ids, rewrite=None) -> bytes:
         """The bundle export_bundle writes, as bytes (for downloads); the temporary zip is removed."""
@@ -670,7 +667,7 @@ def _check_prediction_paths(zf: zipfile.ZipFile, info: zipfile.ZipInfo, record: 
     root, where = PurePath(record["dataset"]["root"]), f"bundle run {record['run_id']!r}"
     try:
         with zf.open(info) as csv:
-            paths = pd.read_csv(csv, usecols=["path"], dtype=str, keep_default_na=False)["path"]
+            paths = read_csv(csv, usecols=["path"], dtype=str, keep_default_na=False)["path"]
     except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as err:
         raise RunStoreError(f"{where} has a {PREDICTIONS_FILE} without a readable 'path' column ({err}); "
                             "export the bundle again") from None

@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from core.errors import DataError
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 MACOS_METADATA = "__MACOSX"
 NOT_UTF8 = "name is not valid UTF-8 text (an old camera or zip tool wrote it); rename it to read it"
+MAX_CLASS_NAME = 100  # characters of a class name (a folder's or a label file's)
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 @dataclass(frozen=True)
@@ -35,12 +38,33 @@ def printable(path) -> str:
     return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
+def few(names, limit: int = 5, max_chars: int = 80) -> str:
+    """Up to `limit` of `names` (each cut to `max_chars`), and how many more: what an error message lists.
+
+    >>> few(["a", "b", "c"], limit=2)
+    "'a', 'b' and 1 more"
+    """
+    names = list(names)
+    shown = ", ".join(repr(printable(name)[:max_chars]) for name in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
 def is_utf8(name: str) -> bool:
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:  # os.fsdecode turned undecodable bytes into lone surrogates
         return False
     return True
+
+
+def class_name_problem(name: str) -> str | None:
+    """Why `name` cannot be a class name (None: it can): control characters (a newline would start a line of
+    Markdown wherever the name is shown) or more than MAX_CLASS_NAME characters."""
+    if CONTROL_CHARACTERS.search(name):
+        return f"class name {printable(name)[:MAX_CLASS_NAME]!r} holds control characters (a newline, a tab); rename it"
+    if len(name) > MAX_CLASS_NAME:
+        return f"class name {printable(name)[:40]!r}... is longer than {MAX_CLASS_NAME} characters; shorten it"
+    return None
 
 
 def folder_skip_reason(folder: Path) -> str | None:
@@ -70,6 +94,7 @@ class FileIndex:
         self.path = Path(cache_dir) / "index" / name if cache_dir is not None else None
         self.known = {} if rescan or self.path is None else self._read()
         self.seen: dict[str, list] = {}
+        self.excluded: set[Path] = set()  # resolved folders read on their own (a test folder inside the training one)
 
     def _read(self) -> dict:
         try:
@@ -85,14 +110,39 @@ class FileIndex:
 
             atomic_write_json(self.path, {"version": self.VERSION, "files": self.seen}, "file index")
 
+    def exclude(self, folder: Path) -> None:
+        """Leave `folder` out of the folders scanned from now on: it is read on its own (a test folder inside the
+        training folder is no class, and its images are not training images)."""
+        self.excluded.add(folder.resolve())
+
+    def _excluded(self, folder: Path) -> bool:
+        return bool(self.excluded) and folder.resolve() in self.excluded
+
+    def same_files(self, train: list[Sample], test: list[Sample]) -> list[tuple[str, str, str]]:
+        """(train path, test path, how) for each test image whose file is also a training image: the same file
+        (a hard link, or the same path) or byte-identical content (compared by the content hashes of the scan)."""
+        first = {}
+        for sample in train:
+            first.setdefault(self.seen[sample.path][1], sample.path)
+        pairs = []
+        for sample in test:
+            other = first.get(self.seen[sample.path][1])
+            if other is not None:
+                try:
+                    same = os.path.samefile(other, sample.path)
+                except OSError:
+                    same = False
+                pairs.append((other, sample.path, "the same file (a hard link)" if same else "byte-identical"))
+        return pairs
+
     def skip(self, path, reason: str) -> None:
         self.skipped.append((printable(path), reason))
 
     def class_names(self, folder: Path) -> list[str]:
         """The class sub-folders of `folder`, sorted; hidden, `__MACOSX` and undecodable ones are skipped."""
         classes = []
-        for sub in sorted(d for d in folder.iterdir() if d.is_dir()):
-            reason = folder_skip_reason(sub)
+        for sub in sorted(d for d in folder.iterdir() if d.is_dir() and not self._excluded(d)):
+            reason = folder_skip_reason(sub) or class_name_problem(sub.name)
             if reason is None:
                 classes.append(sub.name)
             else:
@@ -106,7 +156,9 @@ class FileIndex:
             parent = Path(parent)
             for name in sorted(folders):
                 reason = folder_skip_reason(parent / name)
-                if reason is not None:
+                if self._excluded(parent / name):
+                    folders.remove(name)
+                elif reason is not None:
                     folders.remove(name)
                     self._skip_folder(parent / name, reason)
             for name in names:

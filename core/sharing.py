@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import collections
 import hmac
+import html
+import io
 import ipaddress
 import os
 import re
@@ -11,6 +13,7 @@ import socket
 import stat
 import threading
 import time
+import zipfile
 from pathlib import Path, PurePath, PurePosixPath
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
@@ -21,6 +24,10 @@ HOSTS_ENV = "TRANSFERSCOPE_HOSTS"  # extra names a shared dashboard answers to, 
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")  # Host header forms: an IPv6 address in brackets
 ROUTE_PROBES = ((socket.AF_INET, "192.0.2.1"), (socket.AF_INET6, "2001:db8::1"))  # documentation addresses
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")  # what viewers on the network may send over plain HTTP
+LOOPBACK_ONLY_PATHS = ("/_stcore/metrics",)  # server internals (sessions, caches): for the server machine only
+DEFAULT_PORTS = {"http": 80, "https": 443}
+VIEWER_SESSIONS_PER_ADDRESS = 4  # open websocket sessions (browser tabs) of one viewer address at once
+VIEWER_MESSAGES_PER_ADDRESS = {"max_events": 10, "per_s": 10}  # reruns (widget changes) of one viewer address
 OTHER_FOLDER = "other-folder"  # how viewers see a dataset folder outside the served one
 HIDDEN_PATH = "(a path on the server)"  # how viewers see any other path in a message
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~])~?/[^\s'\",;()\[\]{}]*[^\s'\",;()\[\]{}.]")  # in running text
@@ -78,10 +85,11 @@ def is_loopback(ip: str | None) -> bool:
     return (mapped or address).is_loopback
 
 
-def allowed_hosts(share: bool, environ=os.environ) -> list[str]:
+def allowed_hosts(share: bool, environ=os.environ, listen: tuple[str, ...] = ()) -> list[str]:
     """The Host header names the server answers to; any other (a DNS-rebinding page) is refused.
 
-    This machine's loopback names; under `make share` also its own names and network addresses, and the
+    This machine's loopback names; under `make share` also the `listen` names (the address the server listens
+    on unless it is all of them, the name it gives browsers), its own names and network addresses, and the
     names listed in env TRANSFERSCOPE_HOSTS.
 
     >>> allowed_hosts(share=False)
@@ -89,9 +97,15 @@ def allowed_hosts(share: bool, environ=os.environ) -> list[str]:
     """
     hosts = list(LOOPBACK_HOSTS)
     if share:
+        hosts += [_host_form(name.lower()) for name in listen if name and name not in ("0.0.0.0", "::")]
         hosts += machine_names()
         hosts += [name.strip().lower() for name in environ.get(HOSTS_ENV, "").split(",") if name.strip()]
     return list(dict.fromkeys(hosts))
+
+
+def _host_form(address: str) -> str:
+    """An address as a Host header names it (IPv6 in brackets)."""
+    return f"[{address.split('%')[0]}]" if ":" in address and not address.startswith("[") else address
 
 
 def machine_names() -> list[str]:
@@ -103,7 +117,7 @@ def machine_names() -> list[str]:
     except OSError:
         addresses = set()
     addresses |= {address for family, probe in ROUTE_PROBES if (address := _route_address(family, probe))}
-    return names + [f"[{a.split('%')[0]}]" if ":" in a else a for a in sorted(addresses)]
+    return names + [_host_form(a) for a in sorted(addresses)]
 
 
 def _route_address(family, probe: str) -> str | None:
@@ -123,6 +137,35 @@ def may_send(method: str, client_ip: str | None) -> bool:
     (True, False, True)
     """
     return method.upper() in SAFE_METHODS or is_loopback(client_ip)
+
+
+def same_origin(origin: str | None, scheme: str, host: str | None) -> bool:
+    """Whether a request's Origin header is absent or exactly the server's own origin (scheme, host and port).
+
+    `scheme` is the request's (`ws`/`wss` count as `http`/`https`), `host` its Host header. A page served from
+    another port of the same machine (a notebook, `python -m http.server`) is another origin.
+
+    >>> same_origin(None, "ws", "127.0.0.1:8501"), same_origin("http://127.0.0.1:8501", "ws", "127.0.0.1:8501")
+    (True, True)
+    >>> same_origin("http://127.0.0.1:9999", "ws", "127.0.0.1:8501"), same_origin("null", "http", "localhost")
+    (False, False)
+    """
+    if origin is None:
+        return True
+    own = _origin_parts(f"{scheme.lower().replace('ws', 'http', 1)}://{host or ''}")
+    return own is not None and _origin_parts(origin) == own
+
+
+def _origin_parts(url: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of an origin (default port filled in), None for anything that is not one."""
+    parts = urlsplit(url.strip())
+    try:
+        port = parts.port or DEFAULT_PORTS.get(parts.scheme.lower())
+    except ValueError:  # a port that is not a number
+        return None
+    if parts.scheme.lower() not in DEFAULT_PORTS or not parts.hostname or parts.path not in ("", "/") or parts.query:
+        return None
+    return parts.scheme.lower(), parts.hostname.lower(), port
 
 
 class Throttle:
@@ -253,6 +296,22 @@ class PathNames:
         inside = [PurePath(path) for path in predictions["path"]]
         paths = [shown_root / (path.relative_to(root) if path.is_relative_to(root) else path.name) for path in inside]
         return shown, predictions.assign(path=[str(path) for path in paths])
+
+
+def refusal_file(message: str, fmt: str) -> bytes:
+    """A download in format `fmt` (html, md or zip) that holds only `message`: what a refused download gives.
+
+    >>> refusal_file("Not now.", "md")
+    b'# TransferScope\\n\\nNot now.\\n'
+    """
+    if fmt == "html":
+        return f"<!doctype html><title>TransferScope</title><p>{html.escape(message)}</p>\n".encode()
+    if fmt == "zip":
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as zf:
+            zf.writestr("NOT-BUILT.txt", message + "\n")
+        return buffer.getvalue()
+    return f"# TransferScope\n\n{message}\n".encode()
 
 
 def _map_strings(value, rename):

@@ -8,6 +8,7 @@ import torch
 
 from core.errors import ClassWeightError
 from core.runs import read_json_object
+from core.scan import few
 
 SCHEMES = ("none", "balanced", "sqrt", "effective", "custom")
 SCALE_NOTE = ("Weights are rescaled to an average of 1 per training image, as the built-in schemes are: only their "
@@ -65,7 +66,7 @@ def custom_weights(table: dict, classes) -> np.ndarray:
         raise ClassWeightError(f"custom class weights must be a JSON object {{class: weight}}, got {type(table).__name__}")
     unknown = sorted(set(table) - set(classes))
     if unknown:
-        raise ClassWeightError(f"custom weights name unknown classes {unknown}; known classes: {', '.join(classes)}")
+        raise ClassWeightError(f"custom weights name unknown classes {few(unknown)}; known classes: {few(classes)}")
     weights = np.ones(len(classes))
     for i, name in enumerate(classes):
         if name in table:

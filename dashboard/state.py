@@ -1,7 +1,7 @@
 """The dashboard's server-side state: Streamlit caches, the job manager, dataset scans, run store access.
 
 The only module that uses Streamlit caching. Runs are immutable once saved, so their records and
-predictions are cached by run id; the run list itself is re-read on every script run. Any browser can
+predictions are cached by run id; the run list is re-read whenever the runs folder changes. Any browser can
 clear Streamlit's caches, so what must survive that (the job manager, dataset scans) lives in plain
 module globals instead. Every action here checks `access.require_owner` itself.
 """
@@ -140,12 +140,31 @@ def thumbnails(paths: list[str]) -> list[bytes]:
     return [thumbnail(path) for path in shown]
 
 
+@st.cache_data(max_entries=4, show_spinner=False)
+def _scan_runs(root: str, stamp: int | None) -> tuple[list[dict], dict[str, str]]:
+    return _run_store(root).scan()
+
+
+def scan_runs() -> tuple[list[dict], dict[str, str]]:
+    """(valid records newest first, {broken run folder: why}), read again only when the runs folder changed.
+
+    A run is published, imported or deleted by renaming its folder in or out, which changes the folder's
+    modification time; until then every page run (each viewer's included) gets the list without reading a file.
+    """
+    root = run_store().root
+    try:
+        stamp = root.stat().st_mtime_ns
+    except OSError:
+        stamp = None  # no run stored yet
+    return _scan_runs(str(root), stamp)
+
+
 def list_runs() -> list[dict]:
-    """All valid run records, newest first (not cached: jobs add runs at any time).
+    """All valid run records, newest first (read again whenever a run was added or removed, see scan_runs).
 
     Warns about run folders that cannot be read; they stay listed for deletion on the Compare page.
     """
-    records, broken = run_store().scan()
+    records, broken = scan_runs()
     if broken:
         reasons = "".join(f"\n- {reason}" for reason in broken.values()) if access.can_act() else ""
         st.warning(f"{len(broken)} run folder(s) cannot be read and are left out; the owner can delete them "
@@ -155,7 +174,7 @@ def list_runs() -> list[dict]:
 
 def broken_runs() -> dict[str, str]:
     """{run id: label} of the run folders list_runs leaves out, so they can still be deleted."""
-    return {run_id: f"{run_id} (cannot be read)" for run_id in run_store().scan()[1]}
+    return {run_id: f"{run_id} (cannot be read)" for run_id in scan_runs()[1]}
 
 
 @st.cache_data(max_entries=256)
@@ -214,13 +233,24 @@ def deferred_report(run_ids: list[str], fmt: str):
     for viewers, who get paths relative to the served dataset only).
     """
     root, run_ids, for_viewer, names = str(run_store().root), tuple(run_ids), not access.can_act(), access.path_names()
-    return lambda: _report(root, run_ids, fmt, for_viewer, names)
+    return _or_refusal(lambda: _report(root, run_ids, fmt, for_viewer, names), fmt)
 
 
 def deferred_bundle(run_ids: list[str]):
     """A zip bundle of these runs, for another TransferScope to import, as a download_button callable."""
     root, run_ids, for_viewer, names = str(run_store().root), tuple(run_ids), not access.can_act(), access.path_names()
-    return lambda: _bundle(root, run_ids, for_viewer, names)
+    return _or_refusal(lambda: _bundle(root, run_ids, for_viewer, names), "zip")
+
+
+def _or_refusal(build, fmt: str):
+    """`build` as a download callable whose refusal (a viewer over the build limit) is the file downloaded: it says
+    why and when to try again, where a raised error would only log a traceback and fail the download."""
+    def make():
+        try:
+            return build()
+        except ReadOnlyError as refusal:
+            return sharing.refusal_file(f"This download was not built: {refusal}.", fmt)
+    return make
 
 
 @functools.lru_cache(maxsize=16)  # a module global, like the scans: no browser message clears it
@@ -242,7 +272,7 @@ def paired_diff(run_a: str, run_b: str) -> dict | None:
 def clear_run_caches() -> None:
     """Forget cached records, predictions, validation scores, paired tests, reports and bundles (after runs were
     imported or deleted)."""
-    for cached in (_load_run, _load_predictions, _load_validation, _report, _bundle):
+    for cached in (_scan_runs, _load_run, _load_predictions, _load_validation, _report, _bundle):
         cached.clear()
     _paired.cache_clear()
 

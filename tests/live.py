@@ -138,19 +138,28 @@ class Visitor:
         return response.status, {k.lower(): v for k, v in response.getheaders()}, data
 
     @contextlib.contextmanager
-    def session(self):
-        """Open a websocket session as the page does and run the script once; yields the session id.
-
-        Raises websockets' InvalidStatus when the server refuses the connection.
-        """
+    def stream(self, origin: str | None = None):
+        """Streamlit's websocket as a page opens it, sending `origin` (default: the page's own, as the dashboard's
+        frontend does; another site's page sends its own). Raises websockets' InvalidStatus when refused."""
         sock = socket.create_connection((self.server.address, self.server.port), timeout=REPLY_TIMEOUT_S)
         with connect(f"ws://{self.netloc}/_stcore/stream", sock=sock, subprotocols=["streamlit"],
-                     origin=f"http://{self.netloc}", open_timeout=REPLY_TIMEOUT_S) as websocket:
-            message = BackMsg()
-            message.rerun_script.query_string = ""
-            websocket.send(message.SerializeToString())
-            replies = self._until_script_finished(websocket)
-            yield replies[0].new_session.initialize.session_id
+                     origin=origin or f"http://{self.netloc}", open_timeout=REPLY_TIMEOUT_S) as websocket:
+            yield websocket
+
+    def rerun(self, websocket, page: str = "", widgets=()) -> list[ForwardMsg]:
+        """Run `page` (the menu's file name; "" the home page) with these WidgetStates, as a click does."""
+        message = BackMsg()
+        message.rerun_script.query_string = ""
+        message.rerun_script.page_name = page
+        message.rerun_script.widget_states.widgets.extend(widgets)
+        websocket.send(message.SerializeToString())
+        return self._until_script_finished(websocket)
+
+    @contextlib.contextmanager
+    def session(self, origin: str | None = None):
+        """Open a websocket session as the page does and run the script once; yields the session id."""
+        with self.stream(origin) as websocket:
+            yield self.rerun(websocket)[0].new_session.initialize.session_id
 
     def _until_script_finished(self, websocket) -> list[ForwardMsg]:
         """The server's messages up to the end of the script run; fails on an exception the page shows."""
@@ -163,13 +172,15 @@ class Visitor:
                             f"{self.server.log_tail()}")
         return replies
 
-    def upload(self, session_id: str, data: bytes, name: str = "runs.zip") -> int:
-        """PUT a file to the upload endpoint of `session_id` (XSRF token included); the HTTP status."""
+    def upload(self, session_id: str, data: bytes, name: str = "runs.zip", origin: str | None = None) -> int:
+        """PUT a file to the upload endpoint of `session_id` (XSRF token included; Origin only when given, as a
+        page of another site sends it); the HTTP status."""
         if XSRF_COOKIE not in self.cookies:
             self.request("GET", "/_stcore/health")
         boundary = uuid.uuid4().hex
         body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n"
                 f"Content-Type: application/zip\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
         status, _, _ = self.request("PUT", f"/_stcore/upload_file/{session_id}/{uuid.uuid4().hex}", body, {
-            "Content-Type": f"multipart/form-data; boundary={boundary}", "X-Xsrftoken": self.cookies[XSRF_COOKIE]})
+            "Content-Type": f"multipart/form-data; boundary={boundary}", "X-Xsrftoken": self.cookies[XSRF_COOKIE],
+            **({"Origin": origin} if origin else {})})
         return status

@@ -1,5 +1,10 @@
-"""Extraction split across 2 gloo processes under torchrun fills the same cache as one process."""
+"""Extraction split across 2 gloo processes under torchrun fills the same cache as one process.
+
+The ranks talk over loopback only: gloo otherwise connects through the address the host name resolves to,
+which may be the machine's network address (not for tests to use).
+"""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,13 +16,20 @@ from core.data import build_demo_dataset, load_dataset
 from core.features import extract_features
 
 pytestmark = pytest.mark.slow
+LOOPBACK_ONLY = {"GLOO_SOCKET_IFNAME": "lo", "MASTER_ADDR": "127.0.0.1"}
+
+
+@pytest.fixture(autouse=True)
+def ranks_on_loopback(monkeypatch):
+    for name, value in LOOPBACK_ONLY.items():
+        monkeypatch.setenv(name, value)
 
 
 def test_torchrun_two_ranks_share_one_cache(tmp_path):
     data = build_demo_dataset(tmp_path / "demo")
     torchrun = Path(sys.executable).with_name("torchrun")
     out = subprocess.run(
-        [str(torchrun), "--nproc-per-node", "2", "-m", "core", "extract", "--data", str(data), "--image-size", "32",
+        [str(torchrun), "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "-m", "core", "extract", "--data", str(data), "--image-size", "32",
          "--cache-dir", str(tmp_path / "ddp"), "--workers", "0"],
         capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[1],
     )

@@ -163,6 +163,18 @@ def test_dataset_page_lists_skipped_test_labels_of_a_flat_test_folder(empty_cach
     assert [{"reason": "label 'owl' is not a training class", "count": 2}] in tables
 
 
+def test_dataset_page_says_which_test_images_are_training_files(empty_cache, demo_data, tmp_path):
+    folder = shutil.copytree(demo_data, tmp_path / "data")
+    shutil.copy(sorted((folder / "train" / "0-zero").iterdir())[0], folder / "test" / "0-zero" / "copy.png")
+    at = page("dataset")
+    at.session_state["data_dir"] = str(folder)
+    at.run()
+    assert not at.exception
+    assert "1 test image(s) are also training images" in texts(at.error)
+    (overlap,) = [frame.value for frame in at.dataframe if "how" in frame.value.columns]
+    assert overlap["test"].str.endswith("copy.png").all()
+
+
 def test_dataset_page_bad_folder_is_a_message_not_a_traceback(empty_cache, tmp_path):
     at = page("dataset")
     at.session_state["data_dir"] = str(tmp_path / "nowhere")
@@ -705,3 +717,32 @@ def test_whatif_shows_validation_first_offsets_rescore_and_the_svm_explains(trai
     assert test_macro[0].delta  # the validation score moved with the offset
     at.toggle(key="whatif_show_test").set_value(False).run()
     assert not at.exception and len([m for m in at.metric if m.label == "Macro-F1"]) == 1  # test scores hidden
+
+
+def test_class_names_never_render_as_links_or_headings(empty_cache, demo_data, tmp_path):
+    """A bare www. name became a link (GFM autolink), a name with a newline and `#` a heading."""
+    folder = shutil.copytree(demo_data, tmp_path / "data")
+    for split in ("train", "test"):
+        (folder / split / "9-nine").rename(folder / split / "www.evil.example")
+    at = page("dataset")
+    at.session_state["data_dir"] = str(folder)
+    at.run()
+    assert not at.exception
+    names = [m.value for m in at.markdown if "evil" in m.value]
+    assert names and all("www\\.evil" in value for value in names)
+
+
+def test_page_runs_read_the_run_list_again_only_when_runs_change(trained_copy, monkeypatch):
+    """Every page run re-read every record: viewers' reruns cost the owner's server a file read per run."""
+    from core.runs import RunStore
+
+    scans, original = [], RunStore.scan
+    monkeypatch.setattr(RunStore, "scan", lambda self: scans.append(len(original(self)[0])) or original(self))
+    state.clear_run_caches()
+    assert not page("share").run().exception and not page("share").run().exception
+    assert len(scans) == 1  # the second page run read no record
+    runs = trained_copy / "runs"
+    removed = sorted(p for p in runs.iterdir() if not p.name.startswith("."))[0]
+    removed.rename(runs / f".gone-{removed.name}")  # as a delete moves a run out
+    assert not page("share").run().exception
+    assert len(scans) == 2 and scans[1] == scans[0] - 1

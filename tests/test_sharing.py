@@ -133,6 +133,7 @@ def test_make_share_opens_the_network_only_in_viewer_mode_with_a_fresh_token():
     assert "owner-token --new" in share
     assert "--server.address 0.0.0.0" in share and "TRANSFERSCOPE_VIEWER=1" in share
     assert "--client.showErrorDetails none" in share
+    assert "--browser.serverAddress" in share  # else Streamlit looks up the external address on the internet
     others = makefile.replace(share, "")
     assert "0.0.0.0" not in others, "only `make share` may listen on the network"
     assert makefile.count("streamlit run serve.py") == 2 and "streamlit run app.py" not in makefile

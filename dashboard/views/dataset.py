@@ -16,6 +16,7 @@ THUMBNAIL_PX = 120
 DUPLICATES_SHOWN = 12
 DUPLICATE_COLUMNS = 3
 PAIR_PX = 112  # two side by side fit a third of the page at 1280 px
+SKIPPED_ROWS = 1000  # skipped files and train/test file pairs listed (all are counted)
 
 
 def show_overview(data, table) -> None:
@@ -60,8 +61,22 @@ def show_skipped(data) -> None:
         st.dataframe(data.skipped_counts, hide_index=True, key="skipped_reasons")
         with st.expander("Skipped files"):
             rows = [{"file": access.shown_path(path), "reason": access.shown_text(reason)}
-                    for path, reason in data.skipped]
+                    for path, reason in data.skipped[:SKIPPED_ROWS]]
             st.dataframe(rows, hide_index=True, key="skipped_files")
+            if len(data.skipped) > SKIPPED_ROWS:
+                where = f" (all in {escape_markdown(access.shown_path(data.skipped_file))})" if data.skipped_file else ""
+                st.caption(f"The first {SKIPPED_ROWS} of {len(data.skipped)}{where}.")
+
+
+def show_overlap(data) -> None:
+    """Test images that are training files (copies, hard links): a leak the scan proves, before any feature."""
+    if data.overlap:
+        st.error(f"{len(data.overlap)} test image(s) are also training images (byte-identical files or hard "
+                 "links): a leak that inflates test scores; remove them from one of the two splits.",
+                 icon=":material/content_copy:")
+        rows = [{"test": access.shown_path(test), "train": access.shown_path(train), "how": how}
+                for train, test, how in data.overlap[:SKIPPED_ROWS]]
+        st.dataframe(rows, hide_index=True, key="overlap_files")
 
 
 def near_duplicates_panel(data) -> None:
@@ -104,6 +119,7 @@ with errors.guard():
     data = state.dataset(folder)
     table = class_table(data)
     show_overview(data, table)
+    show_overlap(data)
     show_skipped(data)
     show_balance(data, table)
     show_samples(data)
