@@ -198,17 +198,17 @@ def fit_head(request: FitRequest) -> Fitted:
 
 
 def _head_history(trained: list[dict], candidates: np.ndarray | None, y, n_classes: int) -> list[dict]:
-    """The final head's rows (train, test) with the folds' out-of-fold `val_acc` and `val_macro_f1` for every
-    epoch the fold heads trained (more than the final head when fewer epochs won)."""
+    """The final head's rows (train, test) with, when the folds chose the epoch count, their out-of-fold
+    `val_acc` and `val_macro_f1` at each of those epochs (the last row is the validation of the model tested)."""
     from core.stats import point_scores
 
     if candidates is None:
         return trained
-    rows = {row["epoch"]: dict(row) for row in trained}
-    for epoch in range(1, candidates.shape[1] + 1):
-        scores = point_scores(y, candidates[:, epoch - 1].argmax(1), n_classes)
-        rows.setdefault(epoch, {"epoch": epoch}).update(val_acc=scores["accuracy"], val_macro_f1=scores["macro_f1"])
-    return [rows[epoch] for epoch in sorted(rows)]
+    history = []
+    for row in trained:
+        scores = point_scores(y, candidates[:, row["epoch"] - 1].argmax(1), n_classes)
+        history.append({**row, "val_acc": scores["accuracy"], "val_macro_f1": scores["macro_f1"]})
+    return history
 
 
 LOGREG_C_GRID = (0.01, 0.1, 1.0)

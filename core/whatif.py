@@ -305,9 +305,8 @@ def weight_explanations(start: Start, outcome: dict) -> list[str]:
             notes.append(f"{name}: none of its {n_sv} support vectors sits at its bound C x weight "
                          f"({C:g} x {outcome['weights'][i]:.3g}), so a larger bound for it alone would change "
                          "nothing. Weights here are rescaled to an average of 1 per training image, though, so "
-                         "raising its weight lowers every other class's bound, and that can move the boundary "
-                         "(it is the same fit as lowering the others' weights). To favour it without loosening "
-                         "the other classes: a decision offset for it (below).")
+                         "raising its weight lowers every other class's bound, and that can move the boundary. "
+                         "To favour it without loosening the other classes: a decision offset for it (below).")
     return notes
 
 

@@ -8,7 +8,7 @@ import torch
 
 import core.experiment as experiment
 import core.whatif as whatif
-from core.classifiers import LinearHead, SvmClassifier, chosen_epochs
+from core.classifiers import LinearHead, SvmClassifier
 from core.errors import ClassWeightError, ConfigError, TransferScopeError
 from core.runs import RunStore
 from core.torch_threads import torch_mkl
@@ -240,12 +240,22 @@ def test_refits_of_a_tuned_run_reuse_its_choice_and_never_tune_again(starts, mon
 def test_head_refits_reuse_the_chosen_epoch_count(starts, monkeypatch):
     start = starts["head"]
     trained = []
-    monkeypatch.setattr(LinearHead, "_train", lambda self, *a, _train=LinearHead._train, **k: (
-        trained.append((a[4], k.get("early_stopping", True))), _train(self, *a, **k))[1])
+    monkeypatch.setattr(LinearHead, "fit", lambda self, *a, _fit=LinearHead.fit, **k: (
+        trained.append(self.epochs), _fit(self, *a, **k))[1])
     whatif.refit(start, whatif.seed_weights(start, "balanced"))
-    # three validation folds and the refit, each one pass of the chosen epoch count, no selection
-    assert trained == [(chosen_epochs(start.record["history"]), False)] * 4
+    # three validation folds and the refit, each trained for the epoch count the run chose on its folds
+    assert trained == [start.record["tuned"]["epochs"]] * 4 and start.head_epochs == start.record["tuned"]["epochs"]
     assert f"{start.head_epochs} epochs" in start.notes()[-1]
+
+
+@pytest.mark.parametrize("approach", ["svm", "head"])
+def test_unchanged_weights_give_the_runs_own_validation(starts, approach):
+    """Issue 25: a head's folds chose their own epochs and the refit's folds reused the final head's, so
+    unchanged weights showed a validation change; the folds now train the epochs chosen on them."""
+    start = starts[approach]
+    outcome = whatif.refit(start, whatif.seed_weights(start, "run"), tau=start.record["tau"],
+                           offsets=start.record["offsets"])
+    assert [row["delta"] for row in whatif.validation_change(start, outcome)] == [0.0] * 3
 
 
 def test_a_refit_runs_on_one_thread_and_leaves_other_threads_alone(starts, monkeypatch):
