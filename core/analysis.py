@@ -113,10 +113,22 @@ def run_table(records: list[dict]) -> pd.DataFrame:
         "balanced accuracy": [r["balanced_accuracy"] for r in records],
         "macro-F1": [r["macro_f1"] for r in records],
         "validation macro-F1": [(r.get("validation") or {}).get("macro_f1") for r in records],
+        "cross-fitted validation macro-F1": [(r.get("validation_cross_fitted") or {}).get("macro_f1")
+                                             for r in records],
         "fit s": [r["fit_seconds"] for r in records],
         "predict s": [r["predict_seconds"] for r in records],
         "run id": [r["run_id"] for r in records],
     })
+
+
+def fit_time_note(record: dict) -> str:
+    """What the fit time counts and the stages recorded apart from it, in words (seconds to 2 decimals)."""
+    stages = [("choosing C, epochs, tau or offsets on the training folds", record.get("selection_seconds")),
+              ("validation folds only", record.get("validation_seconds")),
+              ("predicting the test set", record["predict_seconds"])]
+    shown = "; ".join(f"{name}: {seconds:.2f} s" for name, seconds in stages if seconds)
+    return f"the final fit alone (the SVM's kernel included); apart from it: {shown}" if shown else \
+        "the final fit alone (the SVM's kernel included)"
 
 
 def _timing_seconds(record: dict, stage: str, with_extraction: bool) -> float:
