@@ -237,6 +237,15 @@ def test_train_page_says_once_what_each_picked_remedy_does(empty_cache):
     assert "balanced: class weights" in captions and "offsets: " in captions
 
 
+def test_train_page_warns_when_tau_corrects_the_imbalance_a_second_time(empty_cache):
+    """Issue 25: balanced+tau corrected the imbalance twice without a word."""
+    at = page("train").run()
+    at.multiselect(key="train_schemes").set_value(["balanced", "balanced+tau"]).run()
+    assert not at.exception
+    (warning,) = [str(w.value) for w in at.warning if "tau adjusts the decision" in str(w.value)]
+    assert warning.startswith("balanced+tau: tau adjusts the decision for the imbalance on top of balanced")
+
+
 def test_train_page_bad_seed_list_is_a_message(features_only):
     at = page("train").run()
     at.text_input(key="train_seeds").set_value("0,one").run()
