@@ -581,10 +581,13 @@ def test_whatif_unchanged_weights_show_no_validation_change(trained):
 
 
 def test_whatif_svm_note_says_what_rescaled_weights_do(trained):
-    run = next(r for r in state.list_runs() if r["approach"] == "svm" and r["class_weight"] == "balanced")
+    """Issue 25: the note said a larger weight could not change the boundary, yet the weights are rescaled."""
+    run = next(r for r in state.list_runs() if r["approach"] == "svm" and r["class_weight"] == "none")
     at = whatif_page(run)
+    rarest_slider(at, run).set_value(100.0).run()  # a bound far above what its support vectors need
     notes = texts(at.info)
-    assert not at.exception and "sits at its bound" in notes
+    rare = min(run["per_class"], key=lambda row: row["train_count"])["class"]
+    assert not at.exception and f"{rare}: none of its" in notes and "sits at its bound" in notes
     assert "lowers every other class's bound" in notes and "cannot change the boundary" not in notes
 
 
