@@ -97,7 +97,8 @@ def test_run_label_and_table():
     table = run_table([record, make_record(approach="svm", run_id="r2")])
     assert table["run id"].tolist() == ["r1", "r2"]
     assert table.columns.tolist() == ["approach", "remedy", "accuracy", "balanced accuracy", "macro-F1",
-                                      "validation macro-F1", "fit s", "predict s", "run id"]
+                                      "validation macro-F1", "cross-fitted validation macro-F1", "fit s",
+                                      "predict s", "run id"]
 
 
 def test_speedups_compare_median_fit_times_to_the_fastest_approach():
@@ -236,8 +237,9 @@ def test_paired_diff_needs_the_same_test_images():
 
 def test_interval_caption_and_old_records():
     record = make_record(accuracy_low=0.5, accuracy_high=0.9, macro_f1_low=0.2, macro_f1_high=0.6)
-    assert interval_caption(record) == ("95% bootstrap intervals over test images (resampled within each class): "
-                                        "Accuracy 0.500–0.900 · Macro-F1 0.200–0.600")
+    assert interval_caption(record) == ("95% bootstrap intervals over test images (resampled within each class) "
+                                        "(too narrow for the macro figures: they rest on classes with very few "
+                                        "test images, see below): Accuracy 0.500–0.900 · Macro-F1 0.200–0.600")
     assert interval_caption(make_record()) is None
 
 
