@@ -21,7 +21,7 @@ from core.report import per_class_table
 from core.approaches import APPROACHES, names as approach_names
 from core.settings import BY_NAME
 from core.remedies import decide
-from core.stats import paired_comparison, point_scores
+from core.stats import FEW_TEST_IMAGES, few_test_classes, paired_comparison, point_scores
 from core.weights import class_weights, custom_weights
 
 LOGIT_APPROACHES = approach_names(logits=True)  # their scores are logits: tau applies
@@ -113,10 +113,22 @@ def run_table(records: list[dict]) -> pd.DataFrame:
         "balanced accuracy": [r["balanced_accuracy"] for r in records],
         "macro-F1": [r["macro_f1"] for r in records],
         "validation macro-F1": [(r.get("validation") or {}).get("macro_f1") for r in records],
+        "cross-fitted validation macro-F1": [(r.get("validation_cross_fitted") or {}).get("macro_f1")
+                                             for r in records],
         "fit s": [r["fit_seconds"] for r in records],
         "predict s": [r["predict_seconds"] for r in records],
         "run id": [r["run_id"] for r in records],
     })
+
+
+def fit_time_note(record: dict) -> str:
+    """What the fit time counts and the stages recorded apart from it, in words (seconds to 2 decimals)."""
+    stages = [("choosing C, epochs, tau or offsets on the training folds", record.get("selection_seconds")),
+              ("validation folds only", record.get("validation_seconds")),
+              ("predicting the test set", record["predict_seconds"])]
+    shown = "; ".join(f"{name}: {seconds:.2f} s" for name, seconds in stages if seconds)
+    return f"the final fit alone (the SVM's kernel included); apart from it: {shown}" if shown else \
+        "the final fit alone (the SVM's kernel included)"
 
 
 def _timing_seconds(record: dict, stage: str, with_extraction: bool) -> float:
@@ -298,8 +310,11 @@ def run_settings(record: dict) -> pd.DataFrame:
 
 
 def class_report(record: dict) -> pd.DataFrame:
-    """Per-class precision, recall, F1, counts, minority flag and the class weight the run trained with."""
-    return per_class_table(record).assign(weight=np.round(record["class_weights"], 4))
+    """Per-class precision, recall, F1, counts, minority flag, the class weight the run trained with, and
+    `unreliable`: scored on at most FEW_TEST_IMAGES test images (`few_test_note`)."""
+    few = set(few_test_names(record))
+    return per_class_table(record).assign(weight=np.round(record["class_weights"], 4),
+                                          unreliable=[row["class"] in few for row in record["per_class"]])
 
 
 def paired_diff(record_a: dict, predictions_a: pd.DataFrame, record_b: dict, predictions_b: pd.DataFrame) -> dict:
@@ -338,10 +353,37 @@ def noise_note(paired: dict) -> str:
 
 
 def interval_caption(record: dict) -> str | None:
-    """'95% bootstrap intervals …: Accuracy 0.810–0.870 · …'; None for runs recorded before intervals."""
+    """'95% bootstrap intervals …: Accuracy 0.810–0.870 · …'; None for runs recorded before intervals.
+
+    When classes have at most FEW_TEST_IMAGES test images it says the intervals understate (see `few_test_note`)."""
     parts = [f"{label} {record[f'{key}_low']:.3f}–{record[f'{key}_high']:.3f}"
              for key, label in HEADLINE_METRICS.items() if f"{key}_low" in record]
-    return f"95% bootstrap intervals over test images (resampled within each class): {' · '.join(parts)}" if parts else None
+    if not parts:
+        return None
+    few = " (too narrow for the macro figures: they rest on classes with very few test images, see below)" \
+        if few_test_names(record) else ""
+    return f"95% bootstrap intervals over test images (resampled within each class){few}: {' · '.join(parts)}"
+
+
+def few_test_names(record: dict) -> list[str]:
+    """The classes of a run with 1 to FEW_TEST_IMAGES test images (`core.stats.few_test_classes`)."""
+    rows = record["per_class"]
+    return [rows[i]["class"] for i in few_test_classes([row["support"] for row in rows])]
+
+
+def few_test_note(records: list[dict]) -> str | None:
+    """A warning when the runs' macro figures rest on classes with very few test images, naming them; else None.
+
+    The runs are tested on one test set (a Results run, a Compare group): the first one's counts are read."""
+    names = few_test_names(records[0]) if records else []
+    if not names:
+        return None
+    counts = {row["class"]: row["support"] for row in records[0]["per_class"]}
+    listed = ", ".join(f"{name} ({counts[name]})" for name in names)
+    return (f"Macro-F1 and balanced accuracy rest on classes with at most {FEW_TEST_IMAGES} test images: {listed}. "
+            "Each weighs as much as any class, yet one image more or less right moves its F1 by a third or more; "
+            "the intervals resample within each class, so they cannot show that (they are too narrow). Their "
+            "per-class scores are unreliable: add test images of these classes to measure them.")
 
 
 def check_comparable(record_a: dict, record_b: dict) -> None:

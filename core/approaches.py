@@ -22,7 +22,7 @@ from core.remedies import Remedy
 @dataclass(frozen=True)
 class FitRequest:
     """What one fit needs. `features` is None for approaches that read images; `head_epochs` fixes the
-    head's epoch count (no selection pass), as What-if refits do."""
+    head's epoch count (nothing chosen: its folds and the final head train that many), as What-if refits do."""
 
     config: object  # ExperimentConfig
     dataset: object  # core.data.Dataset
@@ -45,10 +45,16 @@ class FitRequest:
 @dataclass
 class Fitted:
     """A fitted approach: the model, raw scores `(n_test, n_classes)`, optional out-of-fold training scores
-    `(n_train, n_classes)` and seconds: `fit_seconds` is what the fit costs on its own (kernels and any
-    choice of C included, the validation folds not: `validation_seconds`), `predict_seconds` scores the
-    test images from their features, `refit_seconds` is a refit with other class weights on what is cached
-    plus that scoring. `extras`: approach-specific record fields (the SVM's model and support counts)."""
+    `(n_train, n_classes)` and seconds, each stage on its own: `fit_seconds` is the final fit (the SVM's
+    kernel included), `selection_seconds` the folds that chose a hyper-parameter (C, the head's epochs;
+    their out-of-fold scores of the chosen value are the validation), `validation_seconds` the folds run
+    only to validate, `predict_seconds` scores the test images from their features, `refit_seconds` is a
+    refit with other class weights on what is cached plus that scoring.
+
+    `oof_candidates` `(n_train, n_candidates, n_classes)`: the out-of-fold scores of every value the fit
+    chose among (`core.tuning.best_candidate` picks `oof_scores` from them), so that validation can
+    cross-fit the choice; None when nothing was chosen. `extras`: approach-specific record fields (the
+    SVM's model and support counts)."""
 
     model: object
     scores: np.ndarray
@@ -56,7 +62,9 @@ class Fitted:
     predict_seconds: float
     refit_seconds: float = 0.0
     validation_seconds: float = 0.0
+    selection_seconds: float = 0.0
     oof_scores: np.ndarray | None = None
+    oof_candidates: np.ndarray | None = None
     history: list = field(default_factory=list)
     tuned: dict = field(default_factory=dict)
     learning_curve_seconds: float = 0.0
@@ -116,7 +124,8 @@ def fit_svm(request: FitRequest) -> Fitted:
     """The SVM with its C (by CV under --tune), out-of-fold scores on kernel folds, support counts per class.
 
     Its rbf kernel is computed once per set of training rows (`split_key`) and cached; every fit still
-    counts its computation in `fit_seconds`, so timings never depend on what ran before.
+    counts its computation in `fit_seconds`, so timings never depend on what ran before. Under --tune the
+    chosen C's folds are the validation; otherwise validation folds reuse slices of that kernel.
     """
     from core.classifiers import KERNEL_CACHE, SvmClassifier
     from core.features import split_key
@@ -128,48 +137,78 @@ def fit_svm(request: FitRequest) -> Fitted:
         request.progress("fit SVM", 0, 1)
 
     def make_svm(C):
-        return SvmClassifier(kernel=config.svm_kernel, C=C, seed=config.seed)
-    tuned, tune_s = _timed(tune_svm_c, make_svm, X, y, n_classes, weights, config.seed) if config.tune else ({}, 0.0)
+        return SvmClassifier(kernel=config.svm_kernel, C=C, class_weight=weights, n_classes=n_classes,
+                             seed=config.seed)
+    tuned, candidates, select_s = {}, None, 0.0
+    if config.tune:
+        (tuned, candidates), select_s = _timed(tune_svm_c, make_svm, X, y, n_classes, config.seed)
     C = tuned.get("svm_c", config.svm_c)
     kernels = KERNEL_CACHE.get(split_key(features, request.dataset), X) if config.svm_kernel == "rbf" else None
-    svm, svm_s = _timed(make_svm(C).fit, X, y, class_weight=weights, n_classes=n_classes, kernels=kernels)
+    svm, svm_s = _timed(make_svm(C).fit, X, y, kernels=kernels)
     scores, predict_s = _timed(svm.decision_function, features.X_test)
 
     def fold_scores(fit_index, val_index):
         fold = None if svm.support_X_ is None else kernels.fold(fit_index)
-        return make_svm(C).fit(X[fit_index], y[fit_index], weights, n_classes, kernels=fold
-                               ).decision_function(X[val_index])
-    oof, validation_s = _timed(out_of_fold, fold_scores, y, n_classes, config.seed)
+        return make_svm(C).fit(X[fit_index], y[fit_index], kernels=fold).decision_function(X[val_index])
+    if candidates is None:
+        oof, validation_s = _timed(out_of_fold, fold_scores, y, n_classes, config.seed)
+    else:
+        oof, validation_s = candidates[:, tuned["grid"].index(C)], 0.0
     if request.progress:
         request.progress("fit SVM", 1, 1)
     kernel_s = kernels.seconds if svm.support_X_ is not None else 0.0  # LinearSVC leaves the kernel unused
-    return Fitted(svm, scores, tune_s + kernel_s + svm_s, predict_s, refit_seconds=svm_s + predict_s,
-                  validation_seconds=validation_s, oof_scores=oof, tuned=tuned,
-                  extras={"svm_model": svm.model_name_, "support": svm.support_counts(y, weights)})
+    return Fitted(svm, scores, kernel_s + svm_s, predict_s, refit_seconds=svm_s + predict_s,
+                  validation_seconds=validation_s, selection_seconds=select_s, oof_scores=oof,
+                  oof_candidates=candidates, tuned=tuned,
+                  extras={"svm_model": svm.model_name_, "support": svm.support_counts(y)})
 
 
-@register("head", "Linear head", "a new linear layer on cached features (Adam, early stopping on a validation "
-          "split)", on_features=True, logits=True, parts=("resample", "la-loss", "tau", "offsets"))
+@register("head", "Linear head", "a new linear layer on cached features (Adam; the epoch count chosen on the "
+          "training folds)", on_features=True, logits=True, parts=("resample", "la-loss", "tau", "offsets"))
 def fit_head(request: FitRequest) -> Fitted:
-    """The linear head; its out-of-fold scores come from heads fit the same way on the other folds."""
+    """The linear head. Its epoch count is chosen once on the folds (fold heads train to `--epochs`, the best
+    out-of-fold macro-F1 wins) and the final head trains for exactly that many epochs, so the validation
+    (the fold heads at that epoch) describes the model tested. With `head_epochs` nothing is chosen."""
     from core.classifiers import LinearHead
-    from core.tuning import out_of_fold_scores
+    from core.tuning import choose_epochs, cross_val_scores
 
-    config, features = request.config, request.features
+    config, features, n_classes = request.config, request.features, request.n_classes
+    X, y = features.X_train, features.y_train
 
-    def make_head():
-        return LinearHead(epochs=request.head_epochs or config.epochs, lr=config.lr, batch_size=config.batch_size,
-                          seed=config.seed, select_epochs=request.head_epochs is None,
-                          resample=request.remedy.has("resample"), la_tau=request.la_tau)
-    oof, validation_s = _timed(out_of_fold_scores, make_head, features.X_train, features.y_train,
-                               request.n_classes, request.weights, config.seed)
-    head, fit_s = _timed(make_head().fit, features.X_train, features.y_train, class_weight=request.weights,
-                         n_classes=request.n_classes, eval_set=(features.X_test, features.y_test),
+    def make_head(epochs):
+        return LinearHead(epochs=epochs, lr=config.lr, batch_size=config.batch_size, class_weight=request.weights,
+                          n_classes=n_classes, seed=config.seed, resample=request.remedy.has("resample"),
+                          la_tau=request.la_tau)
+    tuned, candidates, select_s, validation_s = {}, None, 0.0, 0.0
+    if request.head_epochs is None:
+        (tuned, candidates), select_s = _timed(choose_epochs, make_head(config.epochs), X, y, n_classes, config.seed,
+                                               request.progress)
+        epochs, oof = tuned["epochs"], candidates[:, tuned["epochs"] - 1]
+    else:
+        epochs = request.head_epochs
+        oof, validation_s = _timed(cross_val_scores, make_head(epochs), X, y, config.seed)
+    head, fit_s = _timed(make_head(epochs).fit, X, y, eval_set=(features.X_test, features.y_test),
                          progress=request.progress)
     fit_s -= head.eval_seconds_  # scoring the test set per epoch is not fitting
     scores, predict_s = _timed(head.decision_function, features.X_test)
     return Fitted(head, scores, fit_s, predict_s, refit_seconds=fit_s + predict_s, validation_seconds=validation_s,
-                  oof_scores=oof, history=head.history_, learning_curve_seconds=head.eval_seconds_)
+                  selection_seconds=select_s, oof_scores=oof, oof_candidates=candidates,
+                  history=_head_history(head.history_, candidates, y, n_classes), tuned=tuned,
+                  learning_curve_seconds=head.eval_seconds_)
+
+
+def _head_history(trained: list[dict], candidates: np.ndarray | None, y, n_classes: int) -> list[dict]:
+    """The final head's rows (train, test) with, when the folds chose the epoch count, their out-of-fold
+    `val_acc` and `val_macro_f1` at each of those epochs (the last row is the validation of the model tested)."""
+    from core.stats import point_scores
+
+    if candidates is None:
+        return trained
+    history = []
+    for row in trained:
+        scores = point_scores(y, candidates[:, row["epoch"] - 1].argmax(1), n_classes)
+        history.append({**row, "val_acc": scores["accuracy"], "val_macro_f1": scores["macro_f1"]})
+    return history
 
 
 LOGREG_C_GRID = (0.01, 0.1, 1.0)
@@ -188,15 +227,17 @@ def fit_logreg(request: FitRequest) -> Fitted:
     X, y = features.X_train, features.y_train
 
     def make(C):
-        return LogisticProbe(C=C, la_tau=request.la_tau, seed=config.seed)
+        return LogisticProbe(C=C, class_weight=request.weights, n_classes=request.n_classes, la_tau=request.la_tau,
+                             seed=config.seed)
     grid = LOGREG_C_GRID if config.logreg_c is None else (config.logreg_c,)  # a set C (What-if refits) is kept
-    (tuned, oof), cv_s = _timed(choose_by_cv, "C", grid, make, X, y, request.n_classes, request.weights,
-                                config.seed)
-    model, fit_s = _timed(make(tuned["C"]).fit, X, y, class_weight=request.weights, n_classes=request.n_classes)
+    (tuned, candidates), cv_s = _timed(choose_by_cv, "C", grid, make, X, y, request.n_classes, config.seed)
+    model, fit_s = _timed(make(tuned["C"]).fit, X, y)
     scores, predict_s = _timed(model.decision_function, features.X_test)
-    choose_s = cv_s if len(grid) > 1 else 0.0  # choosing C is part of this approach's fit; one C is validation only
-    return Fitted(model, scores, fit_s + choose_s, predict_s, refit_seconds=fit_s + predict_s,
-                  validation_seconds=cv_s - choose_s, oof_scores=oof, tuned=tuned)
+    chose = len(grid) > 1  # one C given: its folds only validate
+    return Fitted(model, scores, fit_s, predict_s, refit_seconds=fit_s + predict_s,
+                  validation_seconds=0.0 if chose else cv_s, selection_seconds=cv_s if chose else 0.0,
+                  oof_scores=candidates[:, grid.index(tuned["C"])], oof_candidates=candidates if chose else None,
+                  tuned=tuned)
 
 
 @register("finetune", "Fine-tune", "the classic loop: augmented images through the frozen backbone every epoch "

@@ -1,7 +1,6 @@
 """Classifiers on cached features: an SVM (scikit-learn) and a new linear head (torch)."""
 from __future__ import annotations
 
-import copy
 import math
 import threading
 import time
@@ -13,7 +12,6 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.metrics.pairwise import rbf_kernel
-from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, LinearSVC
@@ -46,6 +44,13 @@ def check_features(X, y=None, n_features: int | None = None) -> tuple[np.ndarray
 
 def _weight_dict(class_weight, n_classes: int) -> dict | None:
     return None if class_weight is None else {i: float(w) for i, w in enumerate(np.asarray(class_weight)[:n_classes])}
+
+
+def _set_classes(model, y) -> None:
+    """`n_classes_` (the `n_classes` given, else from `y`) and `classes_` = every class index, so that
+    scikit-learn's `cross_val_predict` keeps one score column per class even in a fold that misses one."""
+    model.n_classes_ = model.n_classes or int(y.max()) + 1
+    model.classes_ = np.arange(model.n_classes_)
 
 
 @dataclass(frozen=True)
@@ -150,19 +155,24 @@ class SvmClassifier(ClassifierMixin, BaseEstimator):
     gives the same model as the direct fit without recomputing the kernel for every class-weight vector;
     predictions compute the kernel of the new images against the support vectors only.
 
-    >>> svm = SvmClassifier().fit(X_train, y_train, class_weight=[1.0, 5.0])  # doctest: +SKIP
+    `class_weight` (one weight per class, e.g. `core.weights.class_weights`) multiplies C per class:
+    class c's support vectors are bounded by C x class_weight[c]. `n_classes` fixes the score columns
+    (folds that miss a class still score every class).
+
+    >>> svm = SvmClassifier(class_weight=[1.0, 5.0]).fit(X_train, y_train)  # doctest: +SKIP
     >>> svm.predict(X_test)  # doctest: +SKIP
     """
 
-    def __init__(self, *, kernel: str = "rbf", C: float = 1.0, linear_above: int = LINEAR_SVM_ABOVE, seed: int = 0):
-        self.kernel, self.C, self.linear_above, self.seed = kernel, C, linear_above, seed
+    def __init__(self, *, kernel: str = "rbf", C: float = 1.0, class_weight=None, n_classes: int | None = None,
+                 linear_above: int = LINEAR_SVM_ABOVE, seed: int = 0):
+        self.kernel, self.C, self.class_weight, self.n_classes = kernel, C, class_weight, n_classes
+        self.linear_above, self.seed = linear_above, seed
 
-    def fit(self, X, y, class_weight=None, n_classes: int | None = None, kernels: RbfKernels | None = None
-            ) -> SvmClassifier:
+    def fit(self, X, y, kernels: RbfKernels | None = None) -> SvmClassifier:
         X, y = check_features(X, y)
-        self.n_classes_ = n_classes or int(y.max()) + 1
+        _set_classes(self, y)
         self.n_features_ = X.shape[1]
-        weights = _weight_dict(class_weight, self.n_classes_)
+        weights = _weight_dict(self.class_weight, self.n_classes_)
         self.kept_ = _kept(y, weights)
         if self.kept_ is not None:  # a class weighing 0 is left out of the fit: libsvm cannot bound it at C * 0
             X, y = X[self.kept_], y[self.kept_]
@@ -208,18 +218,21 @@ class SvmClassifier(ClassifierMixin, BaseEstimator):
     def predict(self, X) -> np.ndarray:
         return self.decision_function(X).argmax(axis=1)
 
-    def support_counts(self, y, class_weight=None) -> dict[str, list[int]] | None:
+    def support_counts(self, y) -> dict[str, list[int]] | None:
         """Per class: `support_vectors` and `at_bound`, the support vectors whose dual coefficient is at its
         bound C * weight (in any of the one-vs-one problems they take part in); None for LinearSVC.
 
-        A class with no support vector at the bound is fitted with slack to spare: raising its weight
-        cannot move the boundary (only a lower C, other classes' weights or decision offsets can).
+        A class with no support vector at the bound has slack to spare: raising its weight *alone* (the
+        other classes' C x weight unchanged) leaves the fit as it is. Weights rescaled to an average of 1
+        per training image (the schemes, What-if) are another matter: raising that class's weight then
+        lowers every other class's C x weight, which does move the boundary. What moves it towards the
+        class without touching the others: a decision offset for it, or a lower C for all.
         """
         check_is_fitted(self, "model_")
         svc = self.model_ if isinstance(self.model_, SVC) else self.model_[-1]
         if not isinstance(svc, SVC):
             return None
-        weights = np.ones(self.n_classes_) if class_weight is None else np.asarray(class_weight, dtype=float)
+        weights = np.ones(self.n_classes_) if self.class_weight is None else np.asarray(self.class_weight, float)
         labels = np.asarray(y)[self.kept_ if self.kept_ is not None else slice(None)][svc.support_]
         bound = self.C * weights[labels]
         at_bound = np.isclose(np.abs(svc.dual_coef_).max(axis=0), bound, rtol=1e-6, atol=1e-9)
@@ -237,18 +250,21 @@ class LogisticProbe(ClassifierMixin, BaseEstimator):
     >>> LogisticProbe(C=0.1).fit(X_train, y_train).decision_function(X_test)  # doctest: +SKIP
     """
 
-    def __init__(self, *, C: float = 1.0, la_tau: float = 0.0, max_iter: int = 100, seed: int = 0):
-        self.C, self.la_tau, self.max_iter, self.seed = C, la_tau, max_iter, seed
+    def __init__(self, *, C: float = 1.0, class_weight=None, n_classes: int | None = None, la_tau: float = 0.0,
+                 max_iter: int = 100, seed: int = 0):
+        self.C, self.class_weight, self.n_classes, self.la_tau = C, class_weight, n_classes, la_tau
+        self.max_iter, self.seed = max_iter, seed
 
-    def fit(self, X, y, class_weight=None, n_classes: int | None = None) -> LogisticProbe:
+    def fit(self, X, y) -> LogisticProbe:
         X, y = check_features(X, y)
         if not (math.isfinite(self.C) and self.C > 0):
             raise ConfigError(f"logistic regression C must be a finite number > 0, got {self.C!r}")
-        self.n_classes_, self.n_features_ = n_classes or int(y.max()) + 1, X.shape[1]
+        _set_classes(self, y)
+        self.n_features_ = X.shape[1]
         self.mean_, self.std_ = X.mean(axis=0), X.std(axis=0) + 1e-6
         prior = np.bincount(y, minlength=self.n_classes_) / len(y)
         shift = torch.tensor(self.la_tau * log_prior(prior), dtype=torch.float32)
-        weight = None if class_weight is None else torch.tensor(np.asarray(class_weight), dtype=torch.float32)
+        weight = None if self.class_weight is None else torch.tensor(np.asarray(self.class_weight), dtype=torch.float32)
         inputs, labels = self._tensor(X), torch.as_tensor(y)
         self.layer_ = torch.nn.Linear(self.n_features_, self.n_classes_)
         torch.nn.init.zeros_(self.layer_.weight), torch.nn.init.zeros_(self.layer_.bias)  # convex: start anywhere
@@ -292,101 +308,60 @@ def seeded_linear(n_in: int, n_out: int, seed: int) -> torch.nn.Linear:
     return layer
 
 
-def _monitor(row: dict) -> float:
-    """Early stopping minimizes this: the (class-weighted) validation loss, else the training loss."""
-    return row.get("val_loss", row["train_loss"])
-
-
-def chosen_epochs(history: list[dict]) -> int | None:
-    """The epoch count early stopping chose in a LinearHead's selection pass (its `history_`); None if empty."""
-    return min(history, key=_monitor)["epoch"] if history else None
-
-
 class LinearHead(ClassifierMixin, BaseEstimator):
-    """A new linear layer on standardized features, trained with Adam and early stopping.
+    """A new linear layer on standardized features, trained with Adam for exactly `epochs` epochs.
 
-    Early stopping picks the epoch count on a stratified validation split (classes with fewer than
-    `MIN_VAL_CLASS` images stay in the fit set); the head is then refit on the whole training set for
-    that many epochs. `history_` holds the selection pass's per-epoch train/validation/test loss and
-    accuracy; `eval_seconds_` is the time spent scoring `eval_set` for it (not part of fitting).
-    With `select_epochs=False` there is no selection pass: it trains on all images for exactly `epochs`
-    (e.g. an epoch count chosen before, see `chosen_epochs`). `resample` draws class-balanced batches
-    (see `core.remedies.balanced_batches`); `la_tau > 0` trains on the logit-adjusted loss
-    CE(z + la_tau * log prior) and predicts with the plain logits z (Menon et al. 2021).
+    The epoch count is chosen outside, on cross-validation folds (`core.tuning.choose_epochs`): fold heads
+    train to the most epochs allowed, `epoch_decision_function` scores the weights every epoch left, and
+    the final head trains for the epoch count whose out-of-fold macro-F1 is best. `history_` holds per
+    epoch the train (and, with `eval_set`, test) loss and accuracy; `eval_seconds_` is the time spent
+    scoring `eval_set` (not part of fitting). `class_weight` weights the cross-entropy per class;
+    `resample` draws class-balanced batches (see `core.remedies.balanced_batches`); `la_tau > 0` trains on
+    the logit-adjusted loss CE(z + la_tau * log prior) and predicts with the plain logits z (Menon et al.
+    2021). Training never touches the global torch RNG (see `seeded_linear`).
+
+    >>> head = LinearHead(epochs=9, class_weight=[1.0, 4.0]).fit(X_train, y_train)  # doctest: +SKIP
+    >>> head.epoch_decision_function(X_val).shape  # (n_val, 9 epochs, n_classes)  # doctest: +SKIP
     """
 
-    MIN_VAL_CLASS = 3
-
     def __init__(self, *, epochs: int = 20, lr: float = 3e-3, batch_size: int = 64, weight_decay: float = 1e-4,
-                 val_fraction: float = 0.1, patience: int = 5, seed: int = 0, select_epochs: bool = True,
-                 resample: bool = False, la_tau: float = 0.0):
+                 class_weight=None, n_classes: int | None = None, seed: int = 0, resample: bool = False,
+                 la_tau: float = 0.0):
         self.epochs, self.lr, self.batch_size, self.weight_decay = epochs, lr, batch_size, weight_decay
-        self.val_fraction, self.patience, self.seed, self.select_epochs = val_fraction, patience, seed, select_epochs
+        self.class_weight, self.n_classes, self.seed = class_weight, n_classes, seed
         self.resample, self.la_tau = resample, la_tau
 
-    def fit(self, X, y, class_weight=None, n_classes: int | None = None, *, eval_set=None, progress=None) -> LinearHead:
+    def fit(self, X, y, *, eval_set=None, progress=None) -> LinearHead:
         """Train; `eval_set=(X_test, y_test)` records test metrics per epoch; `progress(stage, done, total)`."""
         X, y = check_features(X, y)
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError(f"epochs and batch size must be at least 1, got {self.epochs} and {self.batch_size}")
-        self.n_classes_, self.n_features_ = n_classes or int(y.max()) + 1, X.shape[1]
+        _set_classes(self, y)
+        self.n_features_ = X.shape[1]
         self.mean_, self.std_ = X.mean(axis=0), X.std(axis=0) + 1e-6
         self.class_prior_ = np.bincount(y, minlength=self.n_classes_) / len(y)
         self.loss_shift_ = torch.tensor(self.la_tau * log_prior(self.class_prior_), dtype=torch.float32)
-        self.weight_ = None if class_weight is None else torch.tensor(np.asarray(class_weight), dtype=torch.float32)
+        weight = self.class_weight
+        self.weight_ = None if weight is None else torch.tensor(np.asarray(weight), dtype=torch.float32)
         test = None if eval_set is None else (self._tensor(eval_set[0]), np.asarray(eval_set[1]))
-        self.eval_seconds_ = 0.0
-        if not self.select_epochs:
-            self.history_ = self._train(X, y, X[:0], y[:0], self.epochs, test, progress, early_stopping=False)
-            self.best_epoch_, self.refit_ = self.epochs, False
-            return self
-        fit_index, val_index = self._validation_split(y)
-        self.history_ = self._train(X[fit_index], y[fit_index], X[val_index], y[val_index], self.epochs, test, progress)
-        self.best_epoch_ = chosen_epochs(self.history_)
-        self.refit_ = len(val_index) > 0
-        if self.refit_:  # the validation images only chose the epoch count: learn from them too
-            self._train(X, y, X[:0], y[:0], self.best_epoch_, None, progress, early_stopping=False)
-        return self
-
-    def _validation_split(self, y) -> tuple[np.ndarray, np.ndarray]:
-        """Indices (fit, validation): stratified over classes with >= MIN_VAL_CLASS images; none if too few."""
-        counts = np.bincount(y)
-        splittable = np.flatnonzero(np.isin(y, np.flatnonzero(counts >= self.MIN_VAL_CLASS)))
-        tiny = np.setdiff1d(np.arange(len(y)), splittable)
-        n_present, n_val = len(np.unique(y[splittable])), math.ceil(self.val_fraction * len(splittable))
-        if self.val_fraction <= 0 or not 0 < n_present <= n_val <= len(splittable) - n_present:
-            return np.arange(len(y)), np.arange(0)
-        fit, val = train_test_split(splittable, test_size=n_val, stratify=y[splittable], random_state=self.seed)
-        return np.sort(np.concatenate([fit, tiny])), np.sort(val)
-
-    def _train(self, X_fit, y_fit, X_val, y_val, epochs: int, test, progress, early_stopping: bool = True):
-        """Train a new layer (kept as `layer_`); `early_stopping` keeps the best epoch by `_monitor`."""
-        stage = "train head (epochs)" if early_stopping else "refit head on all training images (epochs)"
+        self.eval_seconds_, self.history_, self.epoch_weights_ = 0.0, [], []
         self.layer_ = seeded_linear(self.n_features_, self.n_classes_, self.seed)
         optimizer = torch.optim.Adam(self.layer_.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        X_fit, X_val, y_fit_t = self._tensor(X_fit), self._tensor(X_val), torch.as_tensor(y_fit)
-        history, best, stale = [], (np.inf, None), 0
-        for epoch in range(1, epochs + 1):
+        inputs, labels = self._tensor(X), torch.as_tensor(y)
+        for epoch in range(1, self.epochs + 1):
             started = time.perf_counter()
-            self._train_epoch(X_fit, y_fit_t, optimizer, epoch)
-            row = {"epoch": epoch, "seconds": time.perf_counter() - started, **self._score("train", X_fit, y_fit)}
-            row.update(self._score("val", X_val, y_val) if len(y_val) else {})
+            self._train_epoch(inputs, labels, optimizer, epoch)
+            row = {"epoch": epoch, "seconds": time.perf_counter() - started, **self._score("train", inputs, y)}
             if test is not None:
                 started = time.perf_counter()
                 row.update(self._score("test", *test))
                 self.eval_seconds_ += time.perf_counter() - started
-            history.append(row)
+            self.history_.append(row)
+            with torch.no_grad():  # the layer as it stands after this epoch, bias as the last column
+                self.epoch_weights_.append(torch.cat([self.layer_.weight, self.layer_.bias[:, None]], 1).clone())
             if progress:
-                progress(stage, epoch, epochs)
-            if not early_stopping:
-                continue
-            monitor = _monitor(row)
-            best, stale = ((monitor, copy.deepcopy(self.layer_.state_dict())), 0) if monitor < best[0] else (best, stale + 1)
-            if stale >= self.patience:
-                break
-        if early_stopping:
-            self.layer_.load_state_dict(best[1])
-        return history
+                progress("train head (epochs)", epoch, self.epochs)
+        return self
 
     def _tensor(self, X) -> torch.Tensor:
         return torch.as_tensor((np.asarray(X, dtype=np.float32) - self.mean_) / self.std_, dtype=torch.float32)
@@ -423,6 +398,14 @@ class LinearHead(ClassifierMixin, BaseEstimator):
         with torch.inference_mode():
             logits = self.layer_(self._tensor(X)).numpy()
         return adjust_logits(logits, self.class_prior_, tau) if tau else logits
+
+    def epoch_decision_function(self, X) -> np.ndarray:
+        """Logits `(n_samples, epochs, n_classes)` of the layer as it stood after each epoch (no logit adjustment)."""
+        check_is_fitted(self, "epoch_weights_")
+        X, _ = check_features(X, n_features=self.n_features_)
+        inputs = torch.cat([self._tensor(X), torch.ones(len(X), 1)], 1)
+        with torch.inference_mode():
+            return torch.einsum("nf,ecf->nec", inputs, torch.stack(self.epoch_weights_)).numpy().astype(np.float64)
 
     def predict(self, X, tau: float = 0.0) -> np.ndarray:
         return self.decision_function(X, tau).argmax(axis=1)

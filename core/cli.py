@@ -21,6 +21,7 @@ from core.errors import Cancelled, TransferScopeError
 from core.features import init_distributed, rank_world
 from core.jobs import WAITING_FOR_SLOT, compute_slot, compute_slot_path
 from core.paths import demo_dir
+from core.remedies import check_remedies, remedy_warnings
 from core.config import ExperimentConfig, load_data, load_features
 from core.runs import atomic_write_json, check_output_file
 from core.settings import REQUIRED, SETTINGS, parse_list
@@ -119,15 +120,18 @@ def cmd_experiment(args, progress) -> None:
     init_distributed()  # under torchrun: extraction shards and fine-tuning batches are split across ranks
     check_output_file(args.out, "results file (--out)")
     config = _config(args).validate()  # a bad setting fails at once, without queueing for the compute slot
+    for remedy in check_remedies(config.remedies):
+        for warning in remedy_warnings(remedy):
+            print(f"warning: {warning}", file=sys.stderr)
     with _compute_slot(args):
         results = run_experiment(config, progress=progress)
     if rank_world()[0] != 0:
         return
     atomic_write_json(Path(args.out), results, "results file")
-    print(f"{'approach':<9} {'weights':<16} {'seed':>4} {'acc':>6} {'bal_acc':>7} {'macroF1 [95% interval]':>22} "
+    print(f"{'approach':<9} {'remedy':<18} {'seed':>4} {'acc':>6} {'bal_acc':>7} {'macroF1 [95% interval]':>22} "
           f"{'fit_s':>8}", file=sys.stderr)
     for r in results["runs"]:
-        print(f"{r['approach']:<9} {r['class_weight']:<16} {r['seed']:>4} {r['accuracy']:6.3f} "
+        print(f"{r['approach']:<9} {r['remedy']:<18} {r['seed']:>4} {r['accuracy']:6.3f} "
               f"{r['balanced_accuracy']:7.3f} {r['macro_f1']:7.3f} [{r['macro_f1_low']:.3f}, {r['macro_f1_high']:.3f}] "
               f"{r['fit_seconds']:8.2f}", file=sys.stderr)
     hit = "cache hit" if results["cache_hit"] else "extracted"

@@ -2,12 +2,14 @@
 
 Per run: the approach's fit (core.approaches), then the decision rule its remedy asks for (tau and
 per-class offsets chosen on out-of-fold scores of the training images), the run's validation
-metrics from those out-of-fold scores, and the test set scored once.
+metrics from those out-of-fold scores, their cross-fitted counterpart (every choice made on 2/3 of
+the out-of-fold rows and scored on the other 1/3), and the test set scored once.
 """
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +24,7 @@ from core.metrics import evaluate
 from core.remedies import Remedy, check_remedies, choose_offsets, decide, parse_remedy
 from core.runs import RunStore, new_run_id
 from core.stats import paired_comparison, point_scores, run_intervals
-from core.tuning import tune_tau
+from core.tuning import best_candidate, cross_fit, tune_tau
 from core.weights import SCHEMES, adjust_logits, class_weights, read_custom_weights
 
 FEATURE_APPROACHES = names(on_features=True)  # they train on cached features (What-if, feature map)
@@ -87,9 +89,12 @@ def _run_seed(config: ExperimentConfig, progress, store: RunStore) -> dict:
 
 
 def best_by_validation(runs: list[dict], metric: str = "macro_f1") -> str | None:
-    """The run id with the best out-of-fold validation `metric` (ties: the first); None if no run has one."""
-    scored = [run for run in runs if run.get("validation")]
-    return max(scored, key=lambda run: run["validation"][metric])["run_id"] if scored else None
+    """The run id with the best cross-fitted validation `metric` (ties: the first); None if no run has one.
+
+    Cross-fitted, so that runs that chose a decision rule, C or epochs on their out-of-fold scores are
+    not favoured by that choice's optimism (like with like)."""
+    scored = [run for run in runs if run.get("validation_cross_fitted")]
+    return max(scored, key=lambda run: run["validation_cross_fitted"][metric])["run_id"] if scored else None
 
 
 def compare_runs(trained: list[tuple[dict, np.ndarray]], dataset: Dataset) -> list[dict]:
@@ -119,7 +124,9 @@ def fit_run(config: ExperimentConfig, dataset: Dataset, features: FeatureSet | N
             weights: np.ndarray | None = None, progress=None, head_epochs: int | None = None,
             decision: dict | None = None) -> dict:
     """Fit and decide, without scoring or saving: `fitted`, `weights`, `decision` (tau, offsets, tuned),
-    `y_pred` (test) and `validation` (out-of-fold metrics of the training images, None without folds)."""
+    `y_pred` (test), `validation` (out-of-fold metrics of the training images, None without folds),
+    `validation_cross_fitted` (see `cross_fitted_validation`), and `decision_seconds` (choosing tau and
+    offsets) and `cross_fit_seconds`."""
     approach, remedy = get_approach(approach), remedy if isinstance(remedy, Remedy) else parse_remedy(remedy)
     if config.tune and approach.logits and approach.on_features:
         remedy = remedy.with_parts("tau")  # --tune picks tau by cross-validation, as the tau remedy does
@@ -128,13 +135,35 @@ def fit_run(config: ExperimentConfig, dataset: Dataset, features: FeatureSet | N
     fitted = approach.fit(FitRequest(config, dataset, features, np.asarray(weights, dtype=float), remedy, progress,
                                      head_epochs))
     y_train = np.array([s.label for s in dataset.train])
+    given, started = decision, time.perf_counter()
     decision = decision or choose_decision(approach, remedy, fitted.oof_scores, y_train, dataset.train_counts,
                                            config.tau)
+    decision_s = time.perf_counter() - started
     y_pred = decide(fitted.scores, dataset.train_counts, decision).argmax(1)
-    validation = None if fitted.oof_scores is None else point_scores(
-        y_train, decide(fitted.oof_scores, dataset.train_counts, decision).argmax(1), len(dataset.classes))
+    validation = cross_fitted = None
+    if fitted.oof_scores is not None:
+        validation = point_scores(y_train, decide(fitted.oof_scores, dataset.train_counts, decision).argmax(1),
+                                  len(dataset.classes))
+        cross_fitted = cross_fitted_validation(approach, remedy, fitted, y_train, dataset.train_counts, config, given)
     return {"fitted": fitted, "weights": weights, "decision": decision, "y_pred": y_pred, "validation": validation,
-            "remedy": remedy}
+            "validation_cross_fitted": cross_fitted, "remedy": remedy, "decision_seconds": decision_s,
+            "cross_fit_seconds": time.perf_counter() - started - decision_s}
+
+
+def cross_fitted_validation(approach: Approach, remedy: Remedy, fitted: Fitted, y_train, train_counts,
+                            config: ExperimentConfig, decision: dict | None = None) -> dict:
+    """Validation metrics with every choice made on out-of-fold scores cross-fitted (`core.tuning.cross_fit`):
+    the approach's (C, the head's epochs: `fitted.oof_candidates`) and the decision rule (tau, offsets;
+    `decision` when it was given instead). A run that chose nothing gets its validation back."""
+    candidates = fitted.oof_scores[:, None] if fitted.oof_candidates is None else fitted.oof_candidates
+    n_classes = len(train_counts)
+
+    def choose_and_predict(fit_rows, held_rows):
+        k = best_candidate(candidates[fit_rows], y_train[fit_rows], n_classes)[0]
+        rule = decision or choose_decision(approach, remedy, candidates[fit_rows, k], y_train[fit_rows], train_counts,
+                                           config.tau)
+        return decide(candidates[held_rows, k], train_counts, rule).argmax(1)
+    return cross_fit(choose_and_predict, y_train, n_classes, config.seed)
 
 
 def choose_decision(approach: Approach, remedy: Remedy, oof_scores, y_train, train_counts, fixed_tau: float) -> dict:
@@ -165,10 +194,13 @@ def _train_and_record(config: ExperimentConfig, dataset: Dataset, features: Feat
               "class_weight": remedy.weight_label, "class_weights": [float(w) for w in run["weights"]],
               "tau": run["decision"]["tau"], "offsets": run["decision"]["offsets"], "seed": config.seed,
               "tuned": {**fitted.tuned, **run["decision"]["tuned"]}, "validation": run["validation"],
+              "validation_cross_fitted": run["validation_cross_fitted"],
               **evaluate(y_test, y_pred, dataset.classes, dataset.train_counts),
               **run_intervals(y_test, y_pred, len(dataset.classes), seed=config.seed),
               "fit_seconds": fitted.fit_seconds, "predict_seconds": fitted.predict_seconds,
-              "refit_seconds": fitted.refit_seconds, "validation_seconds": fitted.validation_seconds,
+              "refit_seconds": fitted.refit_seconds,
+              "selection_seconds": fitted.selection_seconds + run["decision_seconds"],
+              "validation_seconds": fitted.validation_seconds + run["cross_fit_seconds"],
               "learning_curve_seconds": fitted.learning_curve_seconds,
               "extract_seconds": features.extract_seconds if on_features else 0.0,
               "test_extract_seconds": _test_share(features, dataset) if on_features else 0.0,

@@ -9,7 +9,9 @@ A remedy is written `part+part`, e.g. `balanced+offsets`: at most one weight sch
 - `offsets`: per-class additive offsets on the decision scores, chosen on out-of-fold scores.
 
 Which approach supports which part is declared in `core.approaches`. Everything chosen here is
-chosen on cross-validation folds of the training images, never on the test set.
+chosen on cross-validation folds of the training images, never on the test set. A remedy corrects
+training for the imbalance at most once (a weight scheme, `resample` or `la-loss`): two of them are
+refused; `tau` on top of one is allowed with a warning (`remedy_warnings`).
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from core.weights import adjust_logits
 
 WEIGHT_SCHEMES = ("none", "balanced", "sqrt", "effective")  # plus a custom JSON file / table
 PARTS = ("resample", "la-loss", "tau", "offsets")
+TRAINING_CORRECTIONS = ("resample", "la-loss")  # like a weight scheme, each shifts training towards rare classes
 HELP = {
     "none": "no remedy: plain training, argmax decision",
     "balanced": "class weights inversely proportional to training frequency",
@@ -95,11 +98,37 @@ def parse_remedy(spec) -> Remedy:
     return Remedy(label, weights[0] if weights else "none", frozenset(parts))
 
 
+def _training_corrections(weights, parts) -> list[str]:
+    """The parts of a remedy that correct training for the imbalance: a weight scheme other than none,
+    `resample`, `la-loss`."""
+    scheme = "custom" if isinstance(weights, dict) else str(weights)
+    return ([scheme] if scheme != "none" else []) + [part for part in TRAINING_CORRECTIONS if part in parts]
+
+
+def remedy_warnings(remedy: Remedy) -> list[str]:
+    """What a remedy does twice, in words (the CLI prints them, the Train page shows them); empty if nothing."""
+    training = _training_corrections(remedy.weight_label, remedy.parts)
+    if remedy.has("tau") and training:
+        return [f"{remedy.label}: tau adjusts the decision for the imbalance on top of {training[0]}, which already "
+                "corrects training for it; tau is chosen on the training folds from 0 up, so it stays 0 unless "
+                "validation gains, but it can only favour the rare classes more, never undo an over-correction"]
+    return []
+
+
 def check_remedies(specs) -> tuple[Remedy, ...]:
     """Parse every remedy spec (a clear error for the first bad one); at least one."""
     if not specs:
         raise ClassWeightError("give at least one remedy, e.g. none")
-    return tuple(parse_remedy(spec) for spec in specs)
+    remedies = tuple(parse_remedy(spec) for spec in specs)
+    for remedy in remedies:
+        training = _training_corrections(remedy.weights, remedy.parts)
+        if len(training) > 1:
+            raise ClassWeightError(
+                f"remedy {remedy.label!r} corrects training for the imbalance twice: {' and '.join(training)} each "
+                "shift it towards the rare classes, so together they over-correct (balanced weights on "
+                "class-balanced batches count a rare image by its rarity squared); keep one of them, and add tau "
+                "or offsets to adjust the decision on top")
+    return remedies
 
 
 def balanced_batches(y, batch_size: int, generator) -> list:

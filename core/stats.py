@@ -13,6 +13,21 @@ from core.errors import ConfigError
 
 METRICS = ("accuracy", "macro_f1", "balanced_accuracy")
 CONFIDENCE = 0.95
+FEW_TEST_IMAGES = 3  # a class with this many test images or fewer: its scores move a whole image at a time
+
+
+def few_test_classes(test_counts) -> list[int]:
+    """Indices of the classes with 1 to FEW_TEST_IMAGES test images.
+
+    Macro-F1 and balanced accuracy weigh them as much as any class, yet one image more or less right moves
+    their scores by a third or more; and the stratified bootstrap keeps each class's count (a class with one
+    test image keeps that very image in every resample), so the intervals cannot show how much they would
+    move with other images: they are too narrow.
+
+    >>> few_test_classes([40, 3, 0, 1])
+    [1, 3]
+    """
+    return [i for i, n in enumerate(test_counts) if 0 < n <= FEW_TEST_IMAGES]
 
 
 def _check(y_true, preds, n_classes: int, n_boot: int) -> tuple[np.ndarray, list[np.ndarray]]:

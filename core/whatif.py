@@ -23,7 +23,6 @@ import numpy as np
 import pandas as pd
 
 from core.analysis import HEADLINE_METRICS, metric_deltas
-from core.classifiers import chosen_epochs
 from core.data import Dataset
 from core.errors import ClassWeightError, ConfigError, TransferScopeError
 from core import approaches
@@ -103,8 +102,11 @@ class Start:
 
     @property
     def head_epochs(self) -> int | None:
-        """The epoch count the start head chose (refits reuse it: no selection pass); None for svm runs."""
-        return chosen_epochs(self.record.get("history", [])) if self.record["approach"] == "head" else None
+        """The epoch count the start head trained for (refits, their folds included, train that many: nothing is
+        chosen again); None for other approaches."""
+        if self.record["approach"] != "head":
+            return None
+        return self.record.get("tuned", {}).get("epochs") or _early_stopped_epochs(self.record.get("history", []))
 
     def notes(self) -> list[str]:
         """What refits reuse from the start run instead of choosing again, in plain words."""
@@ -115,9 +117,16 @@ class Start:
             notes.append(f"This run chose {chosen} by cross-validation on its training set; refits reuse "
                          "that choice and do not cross-validate again.")
         if self.head_epochs:
-            notes.append(f"The head refits for the {self.head_epochs} epochs early stopping chose for this run "
-                         "(no new selection pass).")
+            notes.append(f"The head refits for the {self.head_epochs} epochs chosen on this run's training folds, "
+                         "and so do its validation folds (no new choice), so unchanged weights give the run's own "
+                         "validation.")
         return notes
+
+
+def _early_stopped_epochs(history: list[dict]) -> int | None:
+    """Runs stored before the epoch count was chosen on folds: the epoch their early stopping kept (lowest
+    validation loss, else training loss, of the selection pass recorded as `history`)."""
+    return min(history, key=lambda row: row.get("val_loss", row["train_loss"]))["epoch"] if history else None
 
 
 def run_config(record: dict, cache_dir) -> ExperimentConfig:
@@ -279,10 +288,12 @@ def check_offsets(offsets, n_classes: int) -> list[float]:
 
 
 def weight_explanations(start: Start, outcome: dict) -> list[str]:
-    """For an SVM refit: why a class's weight cannot matter, in words, with what would (else empty).
+    """For an SVM refit: what a larger weight for a class does when none of its support vectors is at its bound
+    C x weight, in words, with what else moves the boundary (else empty).
 
-    A class none of whose support vectors sits at its bound C * weight is fitted with slack to spare:
-    a larger weight cannot move the boundary.
+    Such a class has slack to spare: its own larger bound changes nothing. But weights here are rescaled to
+    an average of 1 per training image, so raising it lowers every other class's bound, and that can move
+    the boundary (see `SvmClassifier.support_counts`).
     """
     support = outcome.get("support")
     if not support:
@@ -291,10 +302,11 @@ def weight_explanations(start: Start, outcome: dict) -> list[str]:
     for i, name in enumerate(start.classes):
         n_sv, n_bound = support["support_vectors"][i], support["at_bound"][i]
         if n_sv and not n_bound:
-            notes.append(f"{name}: none of its {n_sv} support vectors sits at the bound C x weight "
-                         f"({C:g} x {outcome['weights'][i]:.3g}), so the SVM already fits all of its training "
-                         "images and a larger weight cannot change the boundary. What can: a lower C, smaller "
-                         "weights for the classes it is confused with, or a decision offset for it (below).")
+            notes.append(f"{name}: none of its {n_sv} support vectors sits at its bound C x weight "
+                         f"({C:g} x {outcome['weights'][i]:.3g}), so a larger bound for it alone would change "
+                         "nothing. Weights here are rescaled to an average of 1 per training image, though, so "
+                         "raising its weight lowers every other class's bound, and that can move the boundary. "
+                         "To favour it without loosening the other classes: a decision offset for it (below).")
     return notes
 
 

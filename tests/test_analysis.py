@@ -8,10 +8,10 @@ import pytest
 from PIL import Image
 
 from core.analysis import (check_comparable, class_report, class_table, comparable_groups, error_cells,
-                           image_size_summary, interval_caption, metric_deltas, metrics_diff, misclassified_paths,
-                           paired_diff, paired_table, paired_verdict, rescore, run_label, run_labels, run_table,
-                           sample_paths, run_settings, score_matrix, seed_summary, speedups, thumbnail, weight_table,
-                           weights_from_table)
+                           few_test_note, image_size_summary, interval_caption, metric_deltas, metrics_diff,
+                           misclassified_paths, paired_diff, paired_table, paired_verdict, rescore, run_label,
+                           run_labels, run_table, sample_paths, run_settings, score_matrix, seed_summary, speedups,
+                           thumbnail, weight_table, weights_from_table)
 from core.data import Dataset, Sample
 from core.errors import ClassWeightError, ConfigError
 from core.metrics import evaluate
@@ -97,7 +97,8 @@ def test_run_label_and_table():
     table = run_table([record, make_record(approach="svm", run_id="r2")])
     assert table["run id"].tolist() == ["r1", "r2"]
     assert table.columns.tolist() == ["approach", "remedy", "accuracy", "balanced accuracy", "macro-F1",
-                                      "validation macro-F1", "fit s", "predict s", "run id"]
+                                      "validation macro-F1", "cross-fitted validation macro-F1", "fit s",
+                                      "predict s", "run id"]
 
 
 def test_speedups_compare_median_fit_times_to_the_fastest_approach():
@@ -236,8 +237,9 @@ def test_paired_diff_needs_the_same_test_images():
 
 def test_interval_caption_and_old_records():
     record = make_record(accuracy_low=0.5, accuracy_high=0.9, macro_f1_low=0.2, macro_f1_high=0.6)
-    assert interval_caption(record) == ("95% bootstrap intervals over test images (resampled within each class): "
-                                        "Accuracy 0.500–0.900 · Macro-F1 0.200–0.600")
+    assert interval_caption(record) == ("95% bootstrap intervals over test images (resampled within each class) "
+                                        "(too narrow for the macro figures: they rest on classes with very few "
+                                        "test images, see below): Accuracy 0.500–0.900 · Macro-F1 0.200–0.600")
     assert interval_caption(make_record()) is None
 
 
@@ -260,3 +262,20 @@ def test_comparable_groups_keep_apart_whatever_changes_the_features_or_the_fit_c
     assert labels[0] == "boats · efficientnet_lite0 · avg · 224 px · bf16 · cpu (2 runs)"
     assert "tune True" in labels[1] and "64 px" in labels[2] and "fp32" in labels[4] and "epochs 5" in labels[5]
     assert len(set(labels)) == len(labels)
+
+
+def test_classes_with_few_test_images_are_named_and_their_rows_marked_unreliable():
+    """Issue 25: the stratified bootstrap keeps a one-image class fixed, so a toy case had a zero-width interval
+    that no view qualified."""
+    from core.stats import run_intervals
+
+    y_true = np.array([0] * 30 + [1] * 30 + [2])  # 'rare': one test image, right every time
+    intervals = run_intervals(y_true, y_true, 3)
+    assert intervals["macro_f1_low"] == intervals["macro_f1_high"] == 1.0  # what the bootstrap claims
+    record = {**make_record(), **evaluate(y_true, y_true, CLASSES), **intervals}
+    assert "too narrow for the macro figures" in interval_caption(record)
+    note = few_test_note([record])
+    assert "rare (1)" in note and "common" not in note and "unreliable" in note
+    assert class_report({**record, "class_weights": [1.0] * 3})["unreliable"].tolist() == [False, False, True]
+    plenty = {**record, **evaluate(np.repeat([0, 1, 2], 4), np.repeat([0, 1, 2], 4), CLASSES)}
+    assert few_test_note([plenty]) is None and "too narrow" not in interval_caption(plenty)

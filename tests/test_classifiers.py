@@ -1,4 +1,6 @@
-"""SVM and linear head on feature matrices: accuracy, class weights, history, early stopping, validation."""
+"""SVM and linear head on feature matrices: accuracy, class weights, history, per-epoch scores, validation."""
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -57,7 +59,7 @@ def test_svm_binary_scores_have_two_columns():
 def test_svm_class_absent_from_training_is_never_predicted():
     X, y = make_blobs(n_samples=90, centers=3, n_features=4, random_state=2)
     y = np.where(y == 1, 2, y)  # labels 0 and 2 only
-    svm = SvmClassifier().fit(X, y, n_classes=4)
+    svm = SvmClassifier(n_classes=4).fit(X, y)
     scores = svm.decision_function(X)
     assert scores.shape == (90, 4)
     assert np.isneginf(scores[:, [1, 3]]).all()
@@ -89,8 +91,8 @@ def four_imbalanced_classes():
 def test_kernel_reuse_predicts_like_the_direct_svc(four_imbalanced_classes, weights):
     X, y, X_test = four_imbalanced_classes
     kernels = rbf_kernels(X)
-    direct = SvmClassifier().fit(X, y, class_weight=weights)
-    reused = SvmClassifier().fit(X, y, class_weight=weights, kernels=kernels)
+    direct = SvmClassifier(class_weight=weights).fit(X, y)
+    reused = SvmClassifier(class_weight=weights).fit(X, y, kernels=kernels)
     assert isinstance(reused.model_, SVC) and reused.model_.kernel == "precomputed"
     assert kernels.gamma == pytest.approx(direct.model_[-1]._gamma, rel=1e-12)
     np.testing.assert_allclose(reused.decision_function(X_test), direct.decision_function(X_test), atol=1e-8)
@@ -101,7 +103,7 @@ def test_a_class_weight_change_changes_the_precomputed_fit(four_imbalanced_class
     X, y, X_test = four_imbalanced_classes
     kernels = rbf_kernels(X)
     plain = SvmClassifier().fit(X, y, kernels=kernels)
-    rare_heavy = SvmClassifier().fit(X, y, class_weight=[1.0, 1.0, 1.0, 20.0], kernels=kernels)
+    rare_heavy = SvmClassifier(class_weight=[1.0, 1.0, 1.0, 20.0]).fit(X, y, kernels=kernels)
     assert (rare_heavy.predict(X_test) == 3).sum() > (plain.predict(X_test) == 3).sum()
 
 
@@ -136,14 +138,12 @@ def test_a_direct_refit_forgets_the_precomputed_kernels(four_imbalanced_classes)
 # ---------------------------------------------------------------- class weights
 
 
-@pytest.mark.parametrize("make_model,kw", [(lambda: SvmClassifier(), {}),
-                                           (lambda: LinearHead(epochs=40, val_fraction=0), {})],
-                         ids=["svm", "head"])
-def test_balanced_weights_raise_minority_recall(make_model, kw):
+@pytest.mark.parametrize("make_model", [SvmClassifier, lambda **kw: LinearHead(epochs=40, **kw)], ids=["svm", "head"])
+def test_balanced_weights_raise_minority_recall(make_model):
     X, y = imbalanced(400, 20, seed=0)
     X_test, y_test = imbalanced(300, 300, seed=1)
     plain = make_model().fit(X, y)
-    weighted = make_model().fit(X, y, class_weight=class_weights("balanced", np.bincount(y)))
+    weighted = make_model(class_weight=class_weights("balanced", np.bincount(y))).fit(X, y)
     plain_recall, weighted_recall = minority_recall(plain, X_test, y_test), minority_recall(weighted, X_test, y_test)
     assert weighted_recall >= plain_recall + 0.2, (plain_recall, weighted_recall)
 
@@ -151,21 +151,21 @@ def test_balanced_weights_raise_minority_recall(make_model, kw):
 def test_logit_adjustment_raises_minority_recall_without_refit():
     X, y = imbalanced(400, 20, seed=0)
     X_test, y_test = imbalanced(300, 300, seed=1)
-    head = LinearHead(epochs=40, val_fraction=0).fit(X, y)
+    head = LinearHead(epochs=40).fit(X, y)
     assert head.class_prior_ == pytest.approx([400 / 420, 20 / 420])
     assert minority_recall(head, X_test, y_test, tau=1.0) >= minority_recall(head, X_test, y_test) + 0.2
     assert np.array_equal(head.decision_function(X_test, tau=0.0), head.decision_function(X_test))
 
 
-# ---------------------------------------------------------------- history and early stopping
+# ---------------------------------------------------------------- history and per-epoch scores
 
 
 def test_head_history_has_a_row_per_epoch(blobs):
     X, y, X_test, y_test = blobs
-    head = LinearHead(epochs=4, patience=10).fit(X, y, eval_set=(X_test, y_test))
+    head = LinearHead(epochs=4).fit(X, y, eval_set=(X_test, y_test))
     assert [r["epoch"] for r in head.history_] == [1, 2, 3, 4]
     for row in head.history_:
-        for key in ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "seconds"):
+        for key in ("train_loss", "train_acc", "test_loss", "test_acc", "seconds"):
             assert key in row and np.isfinite(row[key])
         assert 0 <= row["train_acc"] <= 1 and 0 <= row["test_acc"] <= 1
     assert head.history_[-1]["train_loss"] < head.history_[0]["train_loss"]
@@ -174,50 +174,36 @@ def test_head_history_has_a_row_per_epoch(blobs):
 def test_head_progress_reports_epochs(blobs):
     X, y, _, _ = blobs
     calls = []
-    head = LinearHead(epochs=3, patience=10).fit(X, y, progress=lambda *a: calls.append(a))
-    selection = [c[1:] for c in calls if c[0] == "train head (epochs)"]
-    refit = [c[1:] for c in calls if c[0].startswith("refit")]
-    assert selection == [(1, 3), (2, 3), (3, 3)]
-    assert refit == [(i, head.best_epoch_) for i in range(1, head.best_epoch_ + 1)]
+    LinearHead(epochs=3).fit(X, y, progress=lambda *a: calls.append(a))
+    assert calls == [("train head (epochs)", 1, 3), ("train head (epochs)", 2, 3), ("train head (epochs)", 3, 3)]
 
 
-def test_early_stopping_picks_the_best_epoch_then_refits_on_all_images(monkeypatch):
-    """On pure noise the validation loss bottoms out early; the head is refit on every image for that many epochs."""
-    rng = np.random.default_rng(0)
-    X, y = rng.normal(size=(120, 60)).astype(np.float32), rng.integers(0, 3, 120)
-    head = LinearHead(epochs=60, lr=0.003, patience=3, val_fraction=0.3)
-    trained_on = []  # images per epoch, seen by a spy on the epoch loop
-    real_epoch = LinearHead._train_epoch
-    monkeypatch.setattr(LinearHead, "_train_epoch", lambda self, X, *a: (trained_on.append(len(X)),
-                                                                          real_epoch(self, X, *a)))
-    head.fit(X, y)
-    val = [r["val_loss"] for r in head.history_]
-    best = int(np.argmin(val)) + 1
-    assert 1 < best < len(val), "scenario should have a best epoch in the middle"
-    assert head.best_epoch_ == best and head.refit_
-    assert len(head.history_) == best + 3 < 60  # stopped `patience` epochs after the best one
-    assert trained_on == [120 - 36] * len(head.history_) + [120] * best
+def test_each_epochs_scores_are_those_of_a_head_trained_that_many_epochs(blobs):
+    """The folds choose the epoch count from these scores: epoch e's must be what the final head of e epochs gives."""
+    X, y, X_test, _ = blobs
+    weights = [1.0, 2.0, 1.0, 3.0]
+    long = LinearHead(epochs=6, class_weight=weights, seed=3).fit(X, y)
+    staged = long.epoch_decision_function(X_test)
+    assert staged.shape == (len(X_test), 6, 4)
+    for epochs in (1, 4, 6):
+        short = LinearHead(epochs=epochs, class_weight=weights, seed=3).fit(X, y)
+        np.testing.assert_allclose(staged[:, epochs - 1], short.decision_function(X_test), rtol=1e-5, atol=1e-5)
 
 
-def test_without_validation_split_training_loss_is_monitored():
-    rng = np.random.default_rng(1)
-    X, y = rng.normal(size=(60, 8)).astype(np.float32), rng.integers(0, 2, 60)
-    head = LinearHead(epochs=5, val_fraction=0).fit(X, y)
-    assert all("val_loss" not in r for r in head.history_)
-    assert head.best_epoch_ == int(np.argmin([r["train_loss"] for r in head.history_])) + 1
+def test_the_head_clones_with_its_settings_for_cross_validation(blobs):
+    """Hyper-parameters live in __init__, so scikit-learn's clone / cross_val_predict run the folds."""
+    from sklearn.base import clone
+    from sklearn.model_selection import cross_val_predict
 
-
-def test_tiny_classes_stay_in_the_fit_set_and_the_rest_still_validates(monkeypatch):
-    """A class with 2 images used to switch the validation split off for everyone."""
-    rng = np.random.default_rng(0)
-    y = np.array([0] * 40 + [1] * 40 + [2] * 2)
-    X = rng.normal(size=(len(y), 8)).astype(np.float32)
-    head = LinearHead(epochs=3, val_fraction=0.25)
-    fit_index, val_index = head._validation_split(y)
-    assert len(val_index) == 20 and set(y[val_index]) == {0, 1}
-    assert {80, 81} <= set(fit_index) and len(fit_index) + len(val_index) == len(y)
-    head.fit(X, y)
-    assert all("val_loss" in row for row in head.history_) and head.refit_
+    X, y, _, _ = blobs
+    X, y = np.vstack([X, X[:1] + 5]), np.append(y, 4)  # class 4: one image, so one fold trains without it
+    head = LinearHead(epochs=2, class_weight=np.array([1.0, 2.0, 3.0, 4.0, 1.0]), n_classes=5, la_tau=0.5)
+    copy = clone(head)
+    assert copy.get_params()["la_tau"] == 0.5 and list(copy.class_weight) == [1.0, 2.0, 3.0, 4.0, 1.0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # sklearn warns when a fold's model lacks a class column
+        oof = cross_val_predict(head, X, y, cv=3, method="decision_function")
+    assert oof.shape == (len(X), 5)  # every class's column, even one no fold has
 
 
 def test_head_leaves_the_global_torch_rng_alone(blobs):
@@ -232,20 +218,20 @@ def test_head_batch_size_sets_the_optimizer_steps(blobs, monkeypatch):
     X, y, _, _ = blobs
     steps = []
     monkeypatch.setattr(torch.optim.Adam, "step", lambda self, *a, **k: steps.append(1))
-    LinearHead(epochs=1, batch_size=10, val_fraction=0).fit(X, y)
+    LinearHead(epochs=1, batch_size=10).fit(X, y)
     assert len(steps) == 30  # 300 images / 10 per batch
 
 
 def test_class_weight_acts_even_when_every_batch_holds_one_class():
     """Batches of one image: torch's weighted mean cancelled the weight; the weighted sum / batch size keeps it."""
     X, y = imbalanced(80, 12, seed=3)
-    plain = LinearHead(epochs=3, batch_size=1, val_fraction=0).fit(X, y, class_weight=[1.0, 1.0])
-    heavy = LinearHead(epochs=3, batch_size=1, val_fraction=0).fit(X, y, class_weight=[1.0, 30.0])
+    plain = LinearHead(epochs=3, batch_size=1, class_weight=[1.0, 1.0]).fit(X, y)
+    heavy = LinearHead(epochs=3, batch_size=1, class_weight=[1.0, 30.0]).fit(X, y)
     assert minority_recall(heavy, X, y) > minority_recall(plain, X, y)
 
 
 def test_head_fits_a_small_dataset():
-    """5 classes x 4 images is a realistic first try; a 10% validation split cannot hold every class."""
+    """5 classes x 4 images is a realistic first try."""
     rng = np.random.default_rng(0)
     X, y = rng.normal(size=(20, 8)).astype(np.float32), np.repeat(np.arange(5), 4)
     X[np.arange(20), y] += 4

@@ -567,3 +567,20 @@ def test_precision_setting_reaches_the_features_and_is_recorded_on_every_run(tin
     assert [r["precision"] for r in results["fp32"]["runs"]] == ["fp32", "fp32"]
     assert results["auto"]["backbone"]["dtype"] == "torch.bfloat16" and results["fp32"]["backbone"]["dtype"] == "None"
     assert results["auto"]["feature_key"] != results["fp32"]["feature_key"]  # features of their own
+
+
+def test_the_summary_names_each_runs_remedy_and_a_double_correction_is_refused_or_warned(tiny_dir, tmp_path):
+    """Issue 25: the table printed the class-weight label (a remedy grid read 'head none' on every row), and
+    balanced+resample / balanced+tau corrected the imbalance twice without a word."""
+    common = ["--data", tiny_dir, "--cache-dir", tmp_path / "cache", "--approaches", "head", "--epochs", "2", *FAST]
+    code, stdout, stderr = run_main(["experiment", "--remedy", "none,balanced+resample", "--out", tmp_path / "a.json",
+                                     *common])
+    assert_usage_error(code, stdout, stderr, "'balanced+resample' corrects training for the imbalance twice",
+                       "keep one of them")
+    assert not (tmp_path / "a.json").exists()
+    code, _, stderr = run_main(["experiment", "--remedy", "none,tau,offsets,balanced+tau", "--out",
+                                tmp_path / "b.json", *common])
+    assert code == 0, stderr
+    assert "warning: balanced+tau: tau adjusts the decision for the imbalance on top of balanced" in stderr
+    rows = [line.split() for line in stderr.splitlines() if line.startswith("head ")]
+    assert [row[1] for row in rows] == ["none", "tau", "offsets", "balanced+tau"]

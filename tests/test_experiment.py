@@ -81,7 +81,7 @@ def test_svm_runs_share_one_kernel_computation(demo_dir, demo_features, feature_
     results = run_experiment(config, store=store)
     assert len(computed) == 1
     for run in results["runs"]:
-        direct = SvmClassifier().fit(demo_features.X_train, demo_features.y_train, class_weight=run["class_weights"])
+        direct = SvmClassifier(class_weight=run["class_weights"]).fit(demo_features.X_train, demo_features.y_train)
         stored = store.load_predictions(run["run_id"])["pred"].to_numpy()
         assert np.array_equal(stored, direct.predict(demo_features.X_test)), run["class_weight"]
 
@@ -261,8 +261,8 @@ def test_tune_picks_svm_c_and_head_tau_on_training_folds_only(on_demo_features, 
     import core.tuning as tuning
 
     seen = []
-    real = tuning.out_of_fold_scores
-    monkeypatch.setattr(tuning, "out_of_fold_scores", lambda make, X, *a: (seen.append(len(X)), real(make, X, *a))[1])
+    real = tuning.cv_splits
+    monkeypatch.setattr(tuning, "cv_splits", lambda y, seed: (seen.append(len(y)), real(y, seed))[1])
     results = on_demo_features(approaches=("svm", "head"), tune=True, svm_c=1234.0, tau=4.0)
     svm, head = results["runs"]
     assert svm["tuned"]["svm_c"] in tuning.SVM_C_GRID and "cv_macro_f1" in svm["tuned"]

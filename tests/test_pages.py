@@ -249,6 +249,15 @@ def test_train_page_says_once_what_each_picked_remedy_does(empty_cache):
     assert "balanced: class weights" in captions and "offsets: " in captions
 
 
+def test_train_page_warns_when_tau_corrects_the_imbalance_a_second_time(empty_cache):
+    """Issue 25: balanced+tau corrected the imbalance twice without a word."""
+    at = page("train").run()
+    at.multiselect(key="train_schemes").set_value(["balanced", "balanced+tau"]).run()
+    assert not at.exception
+    (warning,) = [str(w.value) for w in at.warning if "tau adjusts the decision" in str(w.value)]
+    assert warning.startswith("balanced+tau: tau adjusts the decision for the imbalance on top of balanced")
+
+
 def test_train_page_bad_seed_list_is_a_message(features_only):
     at = page("train").run()
     at.text_input(key="train_seeds").set_value("0,one").run()
@@ -349,6 +358,24 @@ def test_results_show_bootstrap_intervals(trained):
     at.query_params["run"] = run["run_id"]
     at.run()
     assert f"Macro-F1 {run['macro_f1_low']:.3f}–{run['macro_f1_high']:.3f}" in texts(at.caption)
+
+
+def test_results_and_compare_say_when_macro_figures_rest_on_a_handful_of_test_images(trained):
+    """Issue 25: the demo's rarest class has 2 test images; nothing said the intervals could not show that."""
+    run = head_run()
+    few = [row["class"] for row in run["per_class"] if 0 < row["support"] <= 3]
+    assert few, "the demo split should leave a class with at most 3 test images"
+    at = page("results")
+    at.query_params["run"] = run["run_id"]
+    at.run()
+    assert not at.exception
+    warning = texts(at.warning)
+    assert all(f"{name} (" in warning for name in few) and "per-class scores are unreliable" in warning
+    assert "too narrow for the macro figures" in texts(at.caption)
+    report = next(df.value for df in at.dataframe if "unreliable" in df.value.columns)
+    assert report.loc[report["unreliable"], "class"].tolist() == few
+    at = page("compare").run()
+    assert not at.exception and all(f"{name} (" in texts(at.warning) for name in few)
 
 
 OLD_KEYS = ("seed", "device", "tuned", "no_test_support", "learning_curve_seconds", "test_extract_seconds",
@@ -551,6 +578,29 @@ def test_whatif_refits_on_a_weight_change_and_shows_deltas(trained, approach):
     caption = next(str(c.value) for c in at.caption if "McNemar's exact test p =" in str(c.value))
     assert caption.startswith("A is the starting run, B the tuned model.")
     assert ("contains 0" in caption) == any(low <= 0 <= high for low, high in zip(paired["95% low"], paired["95% high"]))
+
+
+def test_whatif_unchanged_weights_show_no_validation_change(trained):
+    """Issue 25: a head's validation folds chose their own epochs, the refit's folds reused the final head's: the
+    page showed a validation change before anything was moved."""
+    run = head_run("balanced")
+    at = whatif_page(run)
+    assert not at.exception and not at.error
+    validation = at.metric[:3]  # the validation row comes first
+    assert {m.label for m in validation} == {"Accuracy", "Balanced accuracy", "Macro-F1"}
+    assert not any(m.delta for m in validation), [(m.label, m.value, m.delta) for m in validation]
+    assert f"{run['tuned']['epochs']} epochs chosen on this run's training folds" in texts(at.caption)
+
+
+def test_whatif_svm_note_says_what_rescaled_weights_do(trained):
+    """Issue 25: the note said a larger weight could not change the boundary, yet the weights are rescaled."""
+    run = next(r for r in state.list_runs() if r["approach"] == "svm" and r["class_weight"] == "none")
+    at = whatif_page(run)
+    rarest_slider(at, run).set_value(100.0).run()  # a bound far above what its support vectors need
+    notes = texts(at.info)
+    rare = min(run["per_class"], key=lambda row: row["train_count"])["class"]
+    assert not at.exception and f"{rare}: none of its" in notes and "sits at its bound" in notes
+    assert "lowers every other class's bound" in notes and "cannot change the boundary" not in notes
 
 
 def test_whatif_seed_scheme_reseeds_the_sliders(trained):

@@ -8,7 +8,7 @@ import torch
 
 import core.experiment as experiment
 import core.whatif as whatif
-from core.classifiers import LinearHead, SvmClassifier, chosen_epochs
+from core.classifiers import LinearHead, SvmClassifier
 from core.errors import ClassWeightError, ConfigError, TransferScopeError
 from core.runs import RunStore
 from core.torch_threads import torch_mkl
@@ -240,12 +240,22 @@ def test_refits_of_a_tuned_run_reuse_its_choice_and_never_tune_again(starts, mon
 def test_head_refits_reuse_the_chosen_epoch_count(starts, monkeypatch):
     start = starts["head"]
     trained = []
-    monkeypatch.setattr(LinearHead, "_train", lambda self, *a, _train=LinearHead._train, **k: (
-        trained.append((a[4], k.get("early_stopping", True))), _train(self, *a, **k))[1])
+    monkeypatch.setattr(LinearHead, "fit", lambda self, *a, _fit=LinearHead.fit, **k: (
+        trained.append(self.epochs), _fit(self, *a, **k))[1])
     whatif.refit(start, whatif.seed_weights(start, "balanced"))
-    # three validation folds and the refit, each one pass of the chosen epoch count, no selection
-    assert trained == [(chosen_epochs(start.record["history"]), False)] * 4
+    # three validation folds and the refit, each trained for the epoch count the run chose on its folds
+    assert trained == [start.record["tuned"]["epochs"]] * 4 and start.head_epochs == start.record["tuned"]["epochs"]
     assert f"{start.head_epochs} epochs" in start.notes()[-1]
+
+
+@pytest.mark.parametrize("approach", ["svm", "head"])
+def test_unchanged_weights_give_the_runs_own_validation(starts, approach):
+    """Issue 25: a head's folds chose their own epochs and the refit's folds reused the final head's, so
+    unchanged weights showed a validation change; the folds now train the epochs chosen on them."""
+    start = starts[approach]
+    outcome = whatif.refit(start, whatif.seed_weights(start, "run"), tau=start.record["tau"],
+                           offsets=start.record["offsets"])
+    assert [row["delta"] for row in whatif.validation_change(start, outcome)] == [0.0] * 3
 
 
 def test_a_refit_runs_on_one_thread_and_leaves_other_threads_alone(starts, monkeypatch):
@@ -342,3 +352,31 @@ def test_the_newest_feature_run_on_the_dataset_is_picked():
     records = [run("f", "finetune", "ours"), run("o", "svm", "other"), run("h", "head", "ours"), run("s", "svm", "ours")]
     assert whatif.newest_feature_run(records, "ours")["run_id"] == "h"  # records come newest first
     assert whatif.newest_feature_run(records[:2], "ours") is None  # a fine-tune run caches no features
+
+
+def test_the_svm_note_says_what_a_larger_weight_really_does(demo_experiment, demo_dataset, feature_cache):
+    """Issue 25: the note said a class whose support vectors are all below their bound could not gain from a
+    larger weight. True of its raw weight alone; but What-if rescales weights to an average of 1 per image, so
+    raising it lowers every other class's bound. Both halves of the sentence are checked against refits."""
+    results, store = demo_experiment
+    record = next(r for r in results["runs"] if r["approach"] == "svm" and r["class_weight"] == "balanced")
+    start = whatif.start_from(record, demo_dataset, feature_cache, store.load_predictions(record["run_id"]))
+    weights = np.asarray(record["class_weights"])
+    outcome = whatif.refit(start, weights)
+    slack = [i for i, row in enumerate(record["per_class"]) if row["support_vectors"] and not row["at_bound"]]
+    assert slack, "the demo's balanced SVM should have a class with no support vector at its bound"
+    k = slack[0]
+    (note,) = [n for n in whatif.weight_explanations(start, outcome) if n.startswith(f"{start.classes[k]}:")]
+    assert "a larger bound for it alone would change nothing" in note
+    assert "raising its weight lowers every other class's bound" in note and "decision offset" in note
+    X, y, X_test = start.features.X_train, start.features.y_train, start.features.X_test
+    alone = weights.copy()
+    alone[k] *= 10  # its bound alone, the others' untouched: the same fit
+    before = SvmClassifier(class_weight=weights, C=start.config.svm_c).fit(X, y)
+    after = SvmClassifier(class_weight=alone, C=start.config.svm_c).fit(X, y)
+    np.testing.assert_allclose(after.decision_function(X_test), before.decision_function(X_test), atol=1e-3)
+    raised = weights.copy()
+    raised[k] *= 10  # as What-if applies it: rescaled, so every other class's weight shrinks
+    refit = whatif.refit(start, raised)
+    shrink = np.delete(refit["weights"] / weights, k)
+    assert np.allclose(shrink, shrink[0]) and shrink[0] < 1

@@ -1,8 +1,8 @@
 """Compare page: like-for-like runs only: score versus fit time, speed-ups, seed repeats, runs and a two-run diff."""
 import streamlit as st
 
-from core.analysis import (APPROACH_NAMES, check_comparable, comparable_groups, metrics_diff, run_labels,
-                           seed_summary, speedups)
+from core.analysis import (APPROACH_NAMES, check_comparable, comparable_groups, few_test_note, metrics_diff,
+                           run_labels, seed_summary, speedups)
 from core.backbone_compare import backbone_comparison
 from core.figures import confusion_diff_figure, f1_delta_figure, tradeoff_figure
 from core.report import escape_markdown
@@ -105,6 +105,8 @@ with errors.guard():
         with chart_col:
             widgets.chart(tradeoff_figure(runs), key="tradeoff")
             st.caption("Error bars: 95% bootstrap intervals over the test images.")
+            if note := few_test_note(runs):
+                st.warning(escape_markdown(note), icon=":material/warning:")
         with speed_col:
             st.subheader("Speed-up")
             show_speedups(runs)

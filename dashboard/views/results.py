@@ -1,8 +1,9 @@
 """Results page: one run's metrics, confusion matrix, per-class scores, learning curve, errors, logit adjustment."""
 import streamlit as st
 
-from core.analysis import (HEADLINE_METRICS, LOGIT_APPROACHES, class_report, error_cells, interval_caption,
-                           metric_deltas, misclassified_paths, rescore, rescore_validation, run_settings)
+from core.analysis import (HEADLINE_METRICS, LOGIT_APPROACHES, class_report, error_cells, few_test_note,
+                           fit_time_note, interval_caption, metric_deltas, misclassified_paths, rescore, rescore_validation,
+                           run_settings)
 from core.figures import clickable_confusion_figure, learning_curve_figure, per_class_figure
 from core.report import escape_markdown
 from dashboard import access, errors, state, widgets
@@ -12,10 +13,11 @@ def show_metrics(record: dict) -> None:
     cols = st.columns(len(HEADLINE_METRICS) + 1)
     for col, (key, label) in zip(cols, HEADLINE_METRICS.items()):
         col.metric(label, f"{record[key]:.3f}")
-    cols[-1].metric("Fit time", widgets.format_seconds(record["fit_seconds"]),
-                    help=f"predicting the test set took {widgets.format_seconds(record['predict_seconds'])}")
+    cols[-1].metric("Fit time", widgets.format_seconds(record["fit_seconds"]), help=fit_time_note(record))
     if interval_caption(record):
         st.caption(interval_caption(record) + " (how much the score could move with another sample of test images)")
+    if note := few_test_note([record]):
+        st.warning(escape_markdown(note), icon=":material/warning:")
     if record.get("no_test_support"):
         unscored = ", ".join(map(escape_markdown, record["no_test_support"]))
         st.warning(f"No test images, so not scored (left out of the averages): {unscored}", icon=":material/warning:")

@@ -7,7 +7,7 @@ from core.experiment import ExperimentConfig
 from core.paths import cache_dir
 from core.report import escape_markdown
 from core.settings import BY_NAME, SETTINGS
-from core.remedies import PAGE_CHOICES, describe
+from core.remedies import PAGE_CHOICES, describe, parse_remedy, remedy_warnings
 from core.weights import SCALE_NOTE, SCHEMES
 from dashboard import access, errors, state, widgets
 
@@ -74,16 +74,17 @@ def show_outcome(results: dict) -> None:
                    f"(the first extraction took {extract}).")
     elif results["feature_key"]:
         st.success(f"Features extracted in {extract} and cached for the next runs.")
-    widgets.runs_dataframe(results["runs"], key="job_runs", columns=("approach", "remedy", "macro-F1", "validation macro-F1"))
+    widgets.runs_dataframe(results["runs"], key="job_runs", columns=(
+        "approach", "remedy", "macro-F1", "validation macro-F1", "cross-fitted validation macro-F1"))
     for note in results.get("skipped_runs", []):
         st.caption(note)
     chosen = next((run for run in results["runs"] if run["run_id"] == results.get("best_by_validation")), None)
     if chosen:
         widgets.page_link("results", label=f"Open the run validation picks ({chosen['approach']} · {chosen['remedy']}:"
-                          f" best out-of-fold macro-F1 on the training images)", icon=":material/verified:",
+                          f" best cross-fitted validation macro-F1 on the training images)", icon=":material/verified:",
                           query_params={"run": chosen["run_id"]})
     best = max(results["runs"], key=lambda run: run["macro_f1"])
-    name = escape_markdown(f"{best['approach']} · {best['class_weight']}")
+    name = escape_markdown(f"{best['approach']} · {best['remedy']}")
     widgets.page_link("results", label=f"Open the run with the highest test macro-F1 ({name}); picked on the "
                       "test set, so not a validated choice",
                       icon=":material/insights:", query_params={"run": best["run_id"]})
@@ -100,6 +101,8 @@ with settings_col, errors.guard():
                               "custom uses the table below")
     for remedy in remedies:
         st.caption(describe(remedy))  # each part named with what it does
+        for warning in remedy_warnings(parse_remedy(remedy)):
+            st.warning(escape_markdown(warning), icon=":material/warning:")
     data = state.dataset(state.data_dir(), settings["test_size"], settings["seed"])
     weights = [s for s in remedies if s != "custom"]
     if "custom" in remedies:
