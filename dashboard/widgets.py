@@ -6,7 +6,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from core.analysis import noise_note, paired_table, paired_verdict, run_labels, run_table
+from core.analysis import noise_note, paired_table, paired_verdict, run_table
+from core.naming import run_labels
 from core.jobs import Job
 from core.report import escape_markdown
 from core.settings import BY_NAME, DATASET_SETTINGS, Setting, parse_list

@@ -1,9 +1,10 @@
 """Compare page: like-for-like runs only: score versus fit time, speed-ups, seed repeats, runs and a two-run diff."""
 import streamlit as st
 
-from core.analysis import (APPROACH_NAMES, check_comparable, comparable_groups, metrics_diff, run_labels,
+from core.analysis import (APPROACH_NAMES, check_comparable, comparable_groups, metrics_diff,
                            seed_summary, speedups)
 from core.backbone_compare import backbone_comparison
+from core.naming import run_labels
 from core.figures import confusion_diff_figure, f1_delta_figure, tradeoff_figure
 from core.report import escape_markdown
 from dashboard import access, errors, state, widgets

@@ -2,7 +2,7 @@
 import streamlit as st
 
 from core import sharing
-from core.analysis import run_labels
+from core.naming import run_labels
 from core.report import escape_markdown
 from core.sharing import run_link
 from dashboard import access, errors, state, views, widgets
