@@ -113,6 +113,16 @@ def store_comparer(store) -> Callable[[str, str], dict | None]:
     return compute
 
 
+def family_note(comparisons: Comparisons, a: str, b: str) -> str:
+    """What Holm's adjustment says of one pair picked from a family (a two-run diff), in a sentence."""
+    if comparisons.adjusted_p(a, b, "mcnemar") is None:
+        return ("This pair is not among the group's comparisons (same seed, same approach or remedy): its p-value "
+                "is unadjusted, and picking one pair among many makes a small p likelier by chance.")
+    return (f"Adjusted with Holm over the {len(comparisons)} comparisons of this group: McNemar "
+            f"{fmt_p(comparisons.adjusted_p(a, b, 'mcnemar'))}, macro-F1 {fmt_p(comparisons.adjusted_p(a, b))}"
+            f" ({'a difference beyond noise' if comparisons.differs(a, b) else 'indistinguishable'}).")
+
+
 def _flipped(test: dict | None) -> dict | None:
     """A minus B from a B minus A test: changes negated, intervals mirrored, discordant counts swapped."""
     if test is None:

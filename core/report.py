@@ -100,15 +100,14 @@ def _with_interval(record: dict, key: str) -> str:
     return f"{record[key]:.3f}" + (f" [{low:.3f}, {high:.3f}]" if low is not None else "")
 
 
-def comparisons_table(results: dict, comparisons: Comparisons | None = None, first=()) -> pd.DataFrame:
+def comparisons_table(runs: list[dict], comparisons: Comparisons, pairs=None) -> pd.DataFrame:
     """Paired comparisons, B minus A: each metric's change [95% interval], Holm-adjusted macro-F1 and McNemar p.
 
-    `first`: pairs listed first (those the findings use), the rest after them.
+    `pairs`: the pairs to list, in order (default: the whole family); a pair given both ways is listed once.
     """
-    comparisons = comparisons or report_comparisons(results)
-    names = run_names(results["runs"])
+    names = run_names(runs)
     ordered: dict[frozenset, tuple[str, str]] = {}
-    for pair in [p for p in first if comparisons.get(*p)] + comparisons.pairs:
+    for pair in [p for p in (comparisons.pairs if pairs is None else pairs) if comparisons.get(*p)]:
         ordered.setdefault(frozenset(pair), pair)  # each pair once, in the orientation a finding reads it
     rows = []
     for a, b in ordered.values():
@@ -243,8 +242,8 @@ def experiment_command(config: dict, runs: list[dict]) -> str:
     """The `python -m core experiment ...` line that reruns this grid (settings that differ from the defaults)."""
     from core.settings import SETTINGS  # on use: it loads the approach registry
 
-    values = {**config, "approaches": list(dict.fromkeys(r["approach"] for r in runs)) or config.get("approaches"),
-              "remedies": list(dict.fromkeys(remedy_label(r) for r in runs)) or config.get("remedies")}
+    values = {"approaches": list(dict.fromkeys(r["approach"] for r in runs)),
+              "remedies": list(dict.fromkeys(remedy_label(r) for r in runs)), **config}
     seeds = sorted({r.get("seed", 0) for r in runs})
     if len(seeds) > 1:
         values.update(seeds=seeds, seed=seeds[0])
@@ -331,7 +330,7 @@ def render_markdown(results: dict, comparisons: Comparisons | None = None, base_
     if len(comparisons):
         used = [pair for f in found for pair in f.pairs]
         lines += ["## Paired comparisons (B minus A)", "", PAIRED_NOTE, "",
-                  _markdown_table(comparisons_table(results, comparisons, used)), ""]
+                  _markdown_table(comparisons_table(results["runs"], comparisons, used + comparisons.pairs)), ""]
     lines += ["## Limitations", "", *bullets(limitations(results)), "", "## Reproducibility", ""]
     lines += [f"- {escape_markdown(key)}: `{value}`" if key == "command" else f"- {escape_markdown(key)}: "
               f"{escape_markdown(value)}" for key, value in reproducibility(results)]
@@ -374,7 +373,7 @@ def render_html(results: dict, comparisons: Comparisons | None = None, base_url:
     if len(comparisons):
         used = [pair for f in found for pair in f.pairs]
         parts += [f"<h2>Paired comparisons (B minus A)</h2><p>{html.escape(PAIRED_NOTE)}</p>",
-                  comparisons_table(results, comparisons, used).to_html(index=False)]
+                  comparisons_table(runs, comparisons, used + comparisons.pairs).to_html(index=False)]
     parts += ["<h2>Limitations</h2>", items(limitations(results)), "<h2>Reproducibility</h2><dl>"
               + "".join(f"<dt>{html.escape(k)}</dt><dd>{'<code>' * (k == 'command')}{html.escape(v)}"
                         f"{'</code>' * (k == 'command')}</dd>" for k, v in reproducibility(results)) + "</dl>",
