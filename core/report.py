@@ -25,6 +25,7 @@ from core.sharing import run_link
 
 REQUIRED = ("dataset", "runs")
 DEFAULT_BASE_URL = "http://localhost:8501"  # where `make run` serves the dashboard the links open
+ALWAYS_IN_COMMAND = ("data", "backbone", "approaches", "remedies", "seed")  # defaults may change between versions
 KEY_PACKAGES = ("torch", "timm", "scikit-learn", "numpy", "scipy", "openvino", "plotly")
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>|~&$])")  # inline specials; no line starts here
 PAIRED_NOTE = ("Each row compares two runs on the same test images (B minus A): the change with its paired "
@@ -69,7 +70,7 @@ def report_comparisons(results: dict, compute=None) -> Comparisons:
     return Comparisons(pairs, results.get("comparisons", ()), compute)
 
 
-def render_runs_report(records: list[dict], fmt: str = "html", compute=None, base_url: str = "") -> str:
+def render_runs_report(records: list[dict], fmt: str = "html", compute=None, base_url: str = DEFAULT_BASE_URL) -> str:
     """A report of saved run records (one dataset) as `fmt`: 'html' (self-contained) or 'md'.
 
     `compute(run_a, run_b)` gives the paired tests (e.g. `core.findings.store_comparer(store)`).
@@ -235,7 +236,8 @@ def reproducibility(results: dict) -> list[tuple[str, str]]:
             ("seeds", ", ".join(map(str, sorted({r.get("seed", 0) for r in runs})))),
             ("dataset fingerprint (content)", str(ds.get("content_fingerprint") or ds.get("fingerprint", "?"))),
             ("backbone weights", f"{weights} (checkpoint file hash {weights.rsplit('-', 1)[-1]})"),
-            ("command", experiment_command(runs[0].get("config") or results.get("config") or {}, runs))]
+            ("command", experiment_command(results.get("config") or (runs[0].get("config") if runs else None) or {},
+                                           runs))]
 
 
 def experiment_command(config: dict, runs: list[dict]) -> str:
@@ -254,7 +256,8 @@ def experiment_command(config: dict, runs: list[dict]) -> str:
             continue
         shown = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
         default = setting.default
-        if shown == (",".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)):
+        if setting.name not in ALWAYS_IN_COMMAND and shown == (",".join(map(str, default))
+                                                               if isinstance(default, (list, tuple)) else str(default)):
             continue
         parts.append(f"{setting.cli_flag} {shown}")
     return " ".join(parts + ["--out results.json"])

@@ -157,7 +157,7 @@ def holm(p_values) -> list[float | None]:
     running, m = 0.0, len(present)
     for rank, (p, i) in enumerate(sorted(present)):
         running = max(running, min(1.0, (m - rank) * p))
-        adjusted[i] = round(running, 12)
+        adjusted[i] = float(f"{running:.15g}")  # 3 x 0.01 reads 0.03, not 0.030000000000000002
     return adjusted
 
 
