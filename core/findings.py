@@ -185,9 +185,19 @@ def _approach_bests(records: list[dict]) -> tuple[dict | None, list[dict]]:
     return reference, [r for r in bests.values() if r is not reference]
 
 
+def signed(value: float, digits: int = 3) -> str:
+    """'+0.034'; a value that rounds to 0 reads '+0.000', never '-0.000'."""
+    return f"{round(value, digits) + 0.0:+.{digits}f}"
+
+
+def fmt_change(delta: float, low: float, high: float, digits: int = 3) -> str:
+    """'+0.034 [-0.012, +0.081]': a change with its 95% interval."""
+    return f"{signed(delta, digits)} [{signed(low, digits)}, {signed(high, digits)}]"
+
+
 def fmt_delta(test: dict, metric: str = "macro_f1") -> str:
-    """'+0.034 [−0.012, +0.081]': a change with its paired 95% interval."""
-    return f"{test[f'{metric}_delta']:+.3f} [{test[f'{metric}_low']:+.3f}, {test[f'{metric}_high']:+.3f}]"
+    """A paired test's change of `metric` with its 95% interval (`fmt_change`)."""
+    return fmt_change(test[f"{metric}_delta"], test[f"{metric}_low"], test[f"{metric}_high"])
 
 
 def fmt_p(p: float | None) -> str:
@@ -198,7 +208,8 @@ def fmt_p(p: float | None) -> str:
 def findings(records: list[dict], comparisons: Comparisons, best_id: str | None = None) -> list[Finding]:
     """The findings of `records` (runs on one dataset), in reading order; see the module docstring.
 
-    >>> found = findings(results["runs"], Comparisons(family_pairs(results["runs"]), results["comparisons"]))  # doctest: +SKIP
+    >>> runs = results["runs"]  # doctest: +SKIP
+    >>> found = findings(runs, Comparisons(family_pairs(runs), results["comparisons"]))  # doctest: +SKIP
     >>> found[0].text  # doctest: +SKIP
     'logreg · offsets is the run chosen by validation ...'
     """
@@ -350,9 +361,10 @@ def _rare_finding(ctx: _Context, k: int, runs: list[dict], lifts: list, n_tests:
             text += f" No remedy tried raises it under {approach}."
             continue
         real = p is not None and p < ALPHA and change["low"] > 0
-        text += (f" Under {approach}, {remedy_label(best)} lifts it most from {ctx.name(base)}: F1 {_class_row(base, k)['f1']:.2f} → "
-                 f"{_class_row(best, k)['f1']:.2f}, {change['delta']:+.2f} [{change['low']:+.2f}, "
-                 f"{change['high']:+.2f}], {fmt_p(p)}: " + ("more than noise." if real else "it could be noise."))
+        before, after = _class_row(base, k)["f1"], _class_row(best, k)["f1"]
+        text += (f" Under {approach}, {remedy_label(best)} lifts it most from {ctx.name(base)}: F1 {before:.2f} → "
+                 f"{after:.2f}, {fmt_change(change['delta'], change['low'], change['high'], 2)}, {fmt_p(p)}: "
+                 + ("more than noise." if real else "it could be noise."))
         run_ids.append(best["run_id"])
         pairs.append((base["run_id"], best["run_id"]))
     if row["support"] <= FEW_TEST_IMAGES:
@@ -374,14 +386,16 @@ def _remedy_findings(ctx: _Context) -> list[Finding]:
         if not tested:
             continue
         real = [r for r, _ in tested if ctx.comparisons.differs(base["run_id"], r["run_id"])]
+        remedies = [remedy_label(r) for r, _ in tested]
+        label = remedy_label if len(set(remedies)) == len(remedies) else ctx.name  # repeats: their full names
         same = [r for r, t in tested if t["n_a_only"] == t["n_b_only"] == 0 and r not in real]
         noise = [r for r, _ in tested if r not in real and r not in same]
-        parts = [f"{remedy_label(r)} changes macro-F1 by {ctx.change(base, r, named=False)}" for r in real]
+        parts = [f"{label(r)} changes macro-F1 by {ctx.change(base, r, named=False)}" for r in real]
         if same:
-            parts.append(f"{', '.join(map(remedy_label, same))} predict{'s' * (len(same) == 1)} every test image "
+            parts.append(f"{', '.join(map(label, same))} predict{'s' * (len(same) == 1)} every test image "
                          f"as {BASELINE_REMEDY} does")
         if noise:
-            parts.append(", ".join(f"{remedy_label(r)} ({ctx.change(base, r, named=False)})" for r in noise)
+            parts.append(", ".join(f"{label(r)} ({ctx.change(base, r, named=False)})" for r in noise)
                          + f" {'is' if len(noise) == 1 else 'are'} indistinguishable from {BASELINE_REMEDY}")
         text = f"Remedies under {approach}, against {ctx.name(base)}: " + "; ".join(parts) + "."
         text += "".join(f" {note}" for note in _svm_reasons(ctx, [r for r, _ in tested]))

@@ -69,7 +69,7 @@ def run_names(records: list[dict], show_dataset: bool | None = None) -> dict[str
 
 
 def run_labels(records: list[dict], show_dataset: bool | None = None) -> dict[str, str]:
-    """`{run_id: label}` for run pickers: the run's name and its test macro-F1, e.g. 'svm · balanced · macro-F1 0.664'."""
+    """`{run_id: label}` for run pickers: the run's name and its test macro-F1 ('svm · balanced · macro-F1 0.664')."""
     key, label = LABEL_METRIC
     return {run_id: f"{name} · {label} {record[key]:.3f}"
             for (run_id, name), record in zip(run_names(records, show_dataset).items(), records)}

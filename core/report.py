@@ -17,7 +17,8 @@ import pandas as pd
 
 from core import figures
 from core.errors import ConfigError
-from core.findings import Comparisons, FEW_TEST_IMAGES, family_pairs, findings, fmt_p, store_comparer
+from core.findings import (FEW_TEST_IMAGES, Comparisons, family_pairs, findings, fmt_delta, fmt_p,
+                           store_comparer)
 from core.metrics import minority_mask
 from core.naming import backbone_name, remedy_label, run_names
 from core.runs import RunStore, atomic_write_bytes, read_json_object
@@ -88,7 +89,8 @@ def runs_table(runs: list[dict]) -> pd.DataFrame:
     rows = []
     for r in runs:
         validation = (r.get("validation") or {}).get("macro_f1")
-        rows.append({"run": names[r["run_id"]], "validation macro-F1": "–" if validation is None else f"{validation:.3f}",
+        rows.append({"run": names[r["run_id"]],
+                     "validation macro-F1": "–" if validation is None else f"{validation:.3f}",
                      **{label: _with_interval(r, key) for key, label in
                         (("macro_f1", "macro-F1 [95%]"), ("balanced_accuracy", "balanced acc. [95%]"),
                          ("accuracy", "accuracy [95%]"))},
@@ -115,8 +117,7 @@ def comparisons_table(runs: list[dict], comparisons: Comparisons, pairs=None) ->
         test = comparisons.get(a, b)
         row = {"A": names.get(a, a), "B": names.get(b, b)}
         for key, label in (("macro_f1", "macro-F1"), ("balanced_accuracy", "balanced acc."), ("accuracy", "accuracy")):
-            row[f"Δ {label} [95%]"] = (f"{test[f'{key}_delta']:+.3f} [{test[f'{key}_low']:+.3f}, "
-                                       f"{test[f'{key}_high']:+.3f}]")
+            row[f"Δ {label} [95%]"] = fmt_delta(test, key)
         row["macro-F1 p (Holm)"] = _p_cell(comparisons.adjusted_p(a, b)) if "macro_f1_p" in test else "–"
         row["McNemar p (Holm)"] = _p_cell(comparisons.adjusted_p(a, b, "mcnemar"))
         row["verdict"] = "differs" if comparisons.differs(a, b) else "indistinguishable"
@@ -230,9 +231,9 @@ def reproducibility(results: dict) -> list[tuple[str, str]]:
     return [("TransferScope", _project_version()),
             ("packages (rendering machine)", ", ".join(f"{p} {_version(p)}" for p in KEY_PACKAGES)),
             ("machine (rendering)", f"{platform.platform()}; CPU {_cpu_model()}"),
-            ("device, precision, runtime (runs)", "; ".join(sorted({f"{r.get('device', '?')}, {r.get('precision', '?')}, "
-                                                                   f"{r.get('backbone', {}).get('runtime', '?')}"
-                                                                   for r in runs}))),
+            ("device, precision, runtime (runs)", "; ".join(sorted(
+                {f"{r.get('device', '?')}, {r.get('precision', '?')}, {r.get('backbone', {}).get('runtime', '?')}"
+                 for r in runs}))),
             ("seeds", ", ".join(map(str, sorted({r.get("seed", 0) for r in runs})))),
             ("dataset fingerprint (content)", str(ds.get("content_fingerprint") or ds.get("fingerprint", "?"))),
             ("backbone weights", f"{weights} (checkpoint file hash {weights.rsplit('-', 1)[-1]})"),
