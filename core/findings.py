@@ -123,6 +123,18 @@ def family_note(comparisons: Comparisons, a: str, b: str) -> str:
             f" ({'a difference beyond noise' if comparisons.differs(a, b) else 'indistinguishable'}).")
 
 
+def tries_note(tried: dict, current) -> str:
+    """What Holm says of the change shown after several settings were tested against one start run (What-if).
+
+    `tried`: `{setting: macro-F1 p of its paired test}` in this session; `current`: the setting shown.
+    """
+    if len(tried) < 2 or current not in tried:
+        return ""
+    adjusted = dict(zip(tried, holm(list(tried.values()))))[current]
+    return (f"You have tested {len(tried)} settings against this run; adjusted with Holm over them, the macro-F1 "
+            f"change shown has {fmt_p(adjusted)} (picking the best of many tries makes a small p likelier by chance).")
+
+
 def _flipped(test: dict | None) -> dict | None:
     """A minus B from a B minus A test: changes negated, intervals mirrored, discordant counts swapped."""
     if test is None:

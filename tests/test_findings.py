@@ -106,3 +106,11 @@ def test_every_comparison_is_counted_once_in_the_family_and_adjusted(built):
     assert comparisons.adjusted_p("svm-none", "svm-balanced") >= raw
     approaches = topic(found, "approaches")
     assert approaches and "counting the one-off feature extraction" in approaches[0].text
+
+
+def test_what_if_tries_are_adjusted_together():
+    from core.findings import tries_note
+
+    assert tries_note({"w1": 0.01}, "w1") == ""  # one test: nothing to adjust
+    note = tries_note({"w1": 0.2, "w2": 0.01, "w3": 0.5}, "w2")
+    assert note.startswith("You have tested 3 settings") and "p = 0.03" in note
