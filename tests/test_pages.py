@@ -433,6 +433,18 @@ def test_compare_shows_tradeoff_speedup_and_diff(trained):
     assert charts(at) == 1
 
 
+def test_compare_leads_with_findings_and_the_comparisons_they_use(trained):
+    at = page("compare").run()
+    assert not at.exception
+    headers = [h.value for h in at.subheader]
+    assert headers.index("Findings") < headers.index("Speed-up")  # findings first, above the charts
+    found = next(m.value for m in at.markdown if m.value.startswith("1. "))
+    assert "is the run chosen by validation" in found and "Holm over" in found and "(results?run=" in found
+    (used,) = [df.value for df in at.dataframe if "macro-F1 p (Holm)" in df.value.columns]
+    assert {"A", "B", "Δ macro-F1 [95%]", "McNemar p (Holm)", "verdict"} <= set(used.columns)
+    assert "Adjusted with Holm over the" in texts(at.caption)  # the two-run diff's p, adjusted over the group
+
+
 def test_paired_tests_are_computed_once_per_pair_of_runs(trained, monkeypatch):
     """The paired bootstrap ran at every page run (2.4 s and +362 MB at 20k test images)."""
     import core.findings
