@@ -370,6 +370,7 @@ def render_html(results: dict, comparisons: Comparisons | None = None, base_url:
                   _figure_html(figures.per_class_figure(chosen["per_class"]), False),
                   _figure_html(figures.confusion_matrix_figure(chosen["confusion_matrix"], ds["classes"],
                                                                minority=minority_mask(ds["train_counts"])), False)]
+        # the chosen run's head/middle/tail and calibration figures belong here once core.figures draws them
     parts.append("<h2>Findings</h2><ol class='findings'>" + "".join(
         f"<li>{html.escape(f.text)} <em>({html.escape(f.evidence)})</em>"
         + (f" <span class='runs'>Runs: {_finding_links(f, names, base_url, False)}</span>" if f.run_ids else "")

@@ -114,3 +114,18 @@ def test_what_if_tries_are_adjusted_together():
     assert tries_note({"w1": 0.01}, "w1") == ""  # one test: nothing to adjust
     note = tries_note({"w1": 0.2, "w2": 0.01, "w3": 0.5}, "w2")
     assert note.startswith("You have tested 3 settings") and "p = 0.03" in note
+
+
+def test_fine_tuning_is_compared_with_frozen_features_with_and_without_extraction():
+    base = predictions(0)
+    better = np.where(np.random.default_rng(5).random(len(Y_TEST)) < 0.6, Y_TEST, base)
+    records = [record("svm-none", "svm", "none", base, 0.6), record("ft-none", "head", "none", better, 0.9)]
+    records[1].update(approach="finetune", fit_seconds=600.0, extract_seconds=0.0)
+    preds = {"svm-none": base, "ft-none": better}
+    comparisons = Comparisons(family_pairs(records),
+                              compute=lambda a, b: paired_comparison(Y_TEST, preds[a], preds[b], 3, n_boot=500))
+    (finding,) = topic(findings(records, comparisons), "approaches")
+    assert finding.text.startswith("Fine-tuning against frozen features (each approach's best run by validation): "
+                                   "svm · none minus finetune · none: accuracy -")
+    assert "a difference beyond noise" in finding.text
+    assert "svm fits 1200x faster than finetune (29.3x counting the one-off feature extraction)" in finding.text
