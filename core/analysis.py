@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import math
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,8 @@ from core.classifiers import svm_model_name
 from core.data import Dataset, Sample, open_rgb
 from core.errors import ClassWeightError, ConfigError
 from core.metrics import check_confusion, evaluate, minority_mask
+from core.findings import paired_diff  # noqa: F401 (pages and tests read it here)
+from core.naming import run_names
 from core.report import per_class_table
 from core.approaches import APPROACHES, names as approach_names
 from core.settings import BY_NAME
@@ -92,21 +93,11 @@ def weights_from_table(table: pd.DataFrame, classes: list[str]) -> dict[str, flo
     return table_dict
 
 
-def run_label(record: dict) -> str:
-    """Short, unique-enough name of a run: 'approach · remedy · acc 0.912 · 11-26 16:30:12'."""
-    created = record.get("created")
-    stamp = datetime.fromisoformat(created).astimezone().strftime("%m-%d %H:%M:%S") if created else "?"
-    return f"{record['approach']} · {record.get('remedy', record['class_weight'])} · acc {record['accuracy']:.3f} · {stamp}"
-
-
-def run_labels(records: list[dict]) -> dict[str, str]:
-    """`{run_id: run_label(record)}` in the records' order, for run pickers."""
-    return {record["run_id"]: run_label(record) for record in records}
-
-
 def run_table(records: list[dict]) -> pd.DataFrame:
     """The runs table of the Compare page, one row per record, in the records' order."""
+    names = run_names(records)
     return pd.DataFrame({
+        "run": [names[r["run_id"]] for r in records],
         "approach": [r["approach"] for r in records],
         "remedy": [r.get("remedy", r["class_weight"]) for r in records],  # runs before remedies: their weights
         "accuracy": [r["accuracy"] for r in records],
@@ -315,16 +306,6 @@ def class_report(record: dict) -> pd.DataFrame:
     few = set(few_test_names(record))
     return per_class_table(record).assign(weight=np.round(record["class_weights"], 4),
                                           unreliable=[row["class"] in few for row in record["per_class"]])
-
-
-def paired_diff(record_a: dict, predictions_a: pd.DataFrame, record_b: dict, predictions_b: pd.DataFrame) -> dict:
-    """McNemar's test and paired bootstrap intervals of B minus A; None when they saw different test images."""
-    same_images = (record_a["dataset"].get("fingerprint") == record_b["dataset"].get("fingerprint")
-                   and predictions_a["path"].tolist() == predictions_b["path"].tolist())
-    if not same_images:
-        return None
-    return paired_comparison(predictions_a["true"].to_numpy(dtype=int), predictions_a["pred"].to_numpy(dtype=int),
-                             predictions_b["pred"].to_numpy(dtype=int), len(record_a["dataset"]["classes"]))
 
 
 def paired_table(paired: dict) -> pd.DataFrame:

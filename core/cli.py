@@ -19,6 +19,7 @@ from core.backbones import get_entry, list_backbones
 from core.data import build_demo_dataset
 from core.errors import Cancelled, TransferScopeError
 from core.features import init_distributed, rank_world
+from core.naming import run_names
 from core.jobs import WAITING_FOR_SLOT, compute_slot, compute_slot_path
 from core.paths import demo_dir
 from core.remedies import check_remedies, remedy_warnings
@@ -94,6 +95,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     rep.add_argument("results")
     rep.add_argument("--format", choices=("md", "html"), default=None, help="default: from --out's extension")
     rep.add_argument("--out", required=True)
+    rep.add_argument("--base-url", default=None, help="dashboard address the report's run links open "
+                     "(default: http://localhost:8501, where `make run` serves)")
     sub.add_parser("list-backbones", help="list registered backbones and whether their weights load offline")
     tok = sub.add_parser("owner-token", help="print the token that unlocks actions on a shared dashboard")
     _add_settings(tok, "owner-token")
@@ -128,12 +131,12 @@ def cmd_experiment(args, progress) -> None:
     if rank_world()[0] != 0:
         return
     atomic_write_json(Path(args.out), results, "results file")
-    print(f"{'approach':<9} {'remedy':<18} {'seed':>4} {'acc':>6} {'bal_acc':>7} {'macroF1 [95% interval]':>22} "
-          f"{'fit_s':>8}", file=sys.stderr)
+    names = run_names(results["runs"])
+    width = max(map(len, names.values()), default=3)
+    print(f"{'run':<{width}} {'macroF1 [95% interval]':>22} {'bal_acc':>7} {'acc':>6} {'fit_s':>8}", file=sys.stderr)
     for r in results["runs"]:
-        print(f"{r['approach']:<9} {r['remedy']:<18} {r['seed']:>4} {r['accuracy']:6.3f} "
-              f"{r['balanced_accuracy']:7.3f} {r['macro_f1']:7.3f} [{r['macro_f1_low']:.3f}, {r['macro_f1_high']:.3f}] "
-              f"{r['fit_seconds']:8.2f}", file=sys.stderr)
+        print(f"{names[r['run_id']]:<{width}} {r['macro_f1']:7.3f} [{r['macro_f1_low']:.3f}, {r['macro_f1_high']:.3f}] "
+              f"{r['balanced_accuracy']:7.3f} {r['accuracy']:6.3f} {r['fit_seconds']:8.2f}", file=sys.stderr)
     hit = "cache hit" if results["cache_hit"] else "extracted"
     print(f"features: {hit}; results written to {args.out}", file=sys.stderr)
 
@@ -159,11 +162,11 @@ def cmd_demo_data(args, progress) -> None:
 
 
 def cmd_report(args, progress) -> None:
-    from core.report import write_report
+    from core.report import DEFAULT_BASE_URL, write_report
 
     check_output_file(args.out, "report (--out)")
     fmt = args.format or ("html" if args.out.endswith((".html", ".htm")) else "md")
-    print(write_report(args.results, args.out, fmt=fmt))
+    print(write_report(args.results, args.out, fmt=fmt, base_url=args.base_url or DEFAULT_BASE_URL))
 
 
 def cmd_list_backbones(args, progress) -> None:

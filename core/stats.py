@@ -1,4 +1,5 @@
-"""What is noise: bootstrap 95% intervals for one run's scores and a paired comparison of two runs.
+"""What is noise: bootstrap 95% intervals for one run's scores, a paired comparison of two runs, and Holm's
+adjustment for the many comparisons a grid of runs invites.
 
 Both resample test images with replacement within each class (a stratified bootstrap: every resample
 keeps each class's number of test images, so macro-F1 always averages over the same classes, rare
@@ -6,6 +7,8 @@ ones included). Vectorized: per-class counts of every resample come from one `np
 match `core.metrics.evaluate`: macro-F1 and balanced accuracy average over the classes that have test images.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -64,12 +67,18 @@ def _resample_counts(y_true, y_pred, n_classes: int, index: np.ndarray) -> tuple
     return count(y_true, y_true == y_pred), count(y_true), count(y_pred)
 
 
+def _class_f1(true_pos, support, predicted) -> np.ndarray:
+    """Per-class F1 per row of per-class counts (0 where a class has no test images or is never right)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(support > 0, 2 * true_pos / (support + predicted), 0.0)
+
+
 def _scores(true_pos, support, predicted) -> dict[str, np.ndarray]:
     """Accuracy, macro-F1 and balanced accuracy per row of per-class counts (rows = resamples)."""
     has_support = support > 0
     n_supported = has_support.sum(axis=1)
+    f1 = _class_f1(true_pos, support, predicted)
     with np.errstate(invalid="ignore", divide="ignore"):
-        f1 = np.where(has_support, 2 * true_pos / (support + predicted), 0.0)
         recall = np.where(has_support, true_pos / support, 0.0)
     return {"accuracy": true_pos.sum(axis=1) / support.sum(axis=1),
             "macro_f1": f1.sum(axis=1) / n_supported,
@@ -132,12 +141,48 @@ def mcnemar_exact(a_only: int, b_only: int) -> float:
     return 1.0 if n == 0 else float(binomtest(b_only, n, 0.5).pvalue)
 
 
+def bootstrap_p(delta: float, resampled: np.ndarray) -> float | None:
+    """Two-sided p-value of a change `delta` from its bootstrap resamples (normal approximation, z = delta / sd).
+
+    Unlike a percentile count it is not floored at 1 / n_boot, so it survives Holm's adjustment over
+    many tests. None when the resamples never vary but the change is not 0 (a class of one or two test
+    images can do that): there is nothing to test with.
+
+    >>> round(bootstrap_p(0.1, np.random.default_rng(0).normal(0.1, 0.05, 2000)), 2)
+    0.05
+    """
+    sd = float(np.std(resampled, ddof=1)) if len(resampled) > 1 else 0.0
+    if sd < 1e-12:  # constant resamples (up to rounding)
+        return 1.0 if abs(delta) < 1e-12 else None
+    return math.erfc(abs(delta) / sd / math.sqrt(2))
+
+
+def holm(p_values) -> list[float | None]:
+    """Holm's step-down adjustment of a family of p-values (None stays None and is not counted).
+
+    The smallest of m p-values is multiplied by m, the next by m - 1, ..., each kept at least as large
+    as the one before and at most 1: rejecting where the adjusted p < 0.05 keeps the chance of any
+    false "difference" in the family at 5% (Holm 1979), and never rejects less than Bonferroni.
+
+    >>> holm([0.01, 0.04, 0.03, 0.005])
+    [0.03, 0.06, 0.06, 0.02]
+    """
+    present = [(p, i) for i, p in enumerate(p_values) if p is not None]
+    adjusted: list[float | None] = [None] * len(p_values)
+    running, m = 0.0, len(present)
+    for rank, (p, i) in enumerate(sorted(present)):
+        running = max(running, min(1.0, (m - rank) * p))
+        adjusted[i] = float(f"{running:.15g}")  # 3 x 0.01 reads 0.03, not 0.030000000000000002
+    return adjusted
+
+
 def paired_comparison(y_true, pred_a, pred_b, n_classes: int, *, n_boot: int = 1000, seed: int = 0) -> dict:
     """Run B versus run A on the same test images: McNemar's exact test and paired bootstrap intervals.
 
     Returns `mcnemar_p`, `n_a_only` (A right, B wrong), `n_b_only`, and for each metric in METRICS
     `{metric}_delta` (B minus A on the whole test set) with its 95% interval `{metric}_low`, `{metric}_high`
-    (the same resampled images score both runs, so shared luck cancels).
+    and its bootstrap p-value `{metric}_p` (the same resampled images score both runs, so shared luck
+    cancels); `class_f1`: per class, the change in F1 as `{"delta", "low", "high", "p"}`.
 
     >>> result = paired_comparison([0, 1, 1, 0], [0, 0, 1, 0], [0, 1, 1, 0], 2)
     >>> result["n_b_only"], result["accuracy_delta"]
@@ -146,11 +191,26 @@ def paired_comparison(y_true, pred_a, pred_b, n_classes: int, *, n_boot: int = 1
     y_true, (pred_a, pred_b) = _check(y_true, [pred_a, pred_b], n_classes, n_boot)
     right_a, right_b = pred_a == y_true, pred_b == y_true
     a_only, b_only = int((right_a & ~right_b).sum()), int((~right_a & right_b).sum())
-    index = _indices(y_true, n_boot, seed)
     result = {"mcnemar_p": mcnemar_exact(a_only, b_only), "n_a_only": a_only, "n_b_only": b_only}
-    point_a, point_b = point_scores(y_true, pred_a, n_classes), point_scores(y_true, pred_b, n_classes)
-    boot = {name: _scores(*_resample_counts(y_true, p, n_classes, index)) for name, p in (("a", pred_a), ("b", pred_b))}
+    whole, index = np.arange(len(y_true))[None, :], _indices(y_true, n_boot, seed)
+    point = [_resample_counts(y_true, p, n_classes, whole) for p in (pred_a, pred_b)]
+    boot = [_resample_counts(y_true, p, n_classes, index) for p in (pred_a, pred_b)]
+    at_point, resamples = [_scores(*c) for c in point], [_scores(*c) for c in boot]
     for metric in METRICS:
-        result[f"{metric}_delta"] = point_b[metric] - point_a[metric]
-        result[f"{metric}_low"], result[f"{metric}_high"] = _interval(boot["b"][metric] - boot["a"][metric])
+        delta = float(at_point[1][metric][0] - at_point[0][metric][0])
+        resampled = resamples[1][metric] - resamples[0][metric]
+        result[f"{metric}_delta"] = delta
+        result[f"{metric}_low"], result[f"{metric}_high"] = _interval(resampled)
+        result[f"{metric}_p"] = bootstrap_p(delta, resampled)
+    result["class_f1"] = _changes(_class_f1(*point[1])[0] - _class_f1(*point[0])[0],
+                                  _class_f1(*boot[1]) - _class_f1(*boot[0]))
     return result
+
+
+def _changes(deltas: np.ndarray, resampled: np.ndarray) -> list[dict]:
+    """Per column (class): the change, its bootstrap 95% interval and p-value, from `(n_boot, k)` resampled changes."""
+    changes = []
+    for k, delta in enumerate(deltas.tolist()):
+        low, high = _interval(resampled[:, k])
+        changes.append({"delta": delta, "low": low, "high": high, "p": bootstrap_p(delta, resampled[:, k])})
+    return changes

@@ -14,6 +14,7 @@ from pathlib import Path
 import streamlit as st
 
 from core import analysis, duplicates, featuremap, sharing, whatif
+from core.findings import Comparisons, Finding, family_pairs, findings
 from core.config import run_split
 from core.data import Dataset, build_demo_dataset, load_dataset
 from core.errors import ConfigError, ReadOnlyError
@@ -80,6 +81,7 @@ def reset_server_state() -> None:
     _scan.cache_clear()
     _whatif_start.cache_clear()
     _paired.cache_clear()
+    _findings.cache_clear()
     whatif.REFITS.clear()
     whatif.PAIRED.clear()
 
@@ -214,10 +216,12 @@ def _check_viewer_build(for_viewer: bool) -> None:
 
 
 @st.cache_data(max_entries=4, show_spinner=False)  # built in a download click, outside any script run
-def _report(root: str, run_ids: tuple[str, ...], fmt: str, for_viewer: bool, _names: sharing.PathNames) -> str:
+def _report(root: str, run_ids: tuple[str, ...], fmt: str, for_viewer: bool, base_url: str,
+            _names: sharing.PathNames) -> str:
     _check_viewer_build(for_viewer)  # only on a cache miss: a cached report costs nothing
     records = [_run_store(root).load(run_id) for run_id in run_ids]
-    return render_runs_report([_names.record(r) for r in records] if for_viewer else records, fmt)
+    return render_runs_report([_names.record(r) for r in records] if for_viewer else records, fmt,
+                              compute=functools.partial(_paired, root), base_url=base_url)
 
 
 @st.cache_data(max_entries=2, show_spinner=False)
@@ -226,14 +230,15 @@ def _bundle(root: str, run_ids: tuple[str, ...], for_viewer: bool, _names: shari
     return _run_store(root).export_bundle_bytes(run_ids, _names.bundle_run if for_viewer else None)
 
 
-def deferred_report(run_ids: list[str], fmt: str):
-    """The 'html' (self-contained) or 'md' report of these runs as a download_button callable.
+def deferred_report(run_ids: list[str], fmt: str, base_url: str = ""):
+    """The 'html' (self-contained) or 'md' report of these runs as a download_button callable; its run links
+    start with `base_url` (the dashboard's address).
 
     It runs when the button is clicked, outside the script, with this session's rights (rate-limited
     for viewers, who get paths relative to the served dataset only).
     """
     root, run_ids, for_viewer, names = str(run_store().root), tuple(run_ids), not access.can_act(), access.path_names()
-    return _or_refusal(lambda: _report(root, run_ids, fmt, for_viewer, names), fmt)
+    return _or_refusal(lambda: _report(root, run_ids, fmt, for_viewer, base_url, names), fmt)
 
 
 def deferred_bundle(run_ids: list[str]):
@@ -269,12 +274,26 @@ def paired_diff(run_a: str, run_b: str) -> dict | None:
     return _paired(str(run_store().root), run_a, run_b)
 
 
+@functools.lru_cache(maxsize=8)
+def _findings(root: str, run_ids: tuple[str, ...]) -> tuple[list[Finding], Comparisons]:
+    records = [_run_store(root).load(run_id) for run_id in run_ids]
+    comparisons = Comparisons(family_pairs(records), compute=functools.partial(_paired, root))
+    return findings(records, comparisons), comparisons
+
+
+def group_findings(records: list[dict]) -> tuple[list[Finding], Comparisons]:
+    """The findings of these runs (core.findings) and the Holm-adjusted family of paired tests behind them,
+    computed once per set of runs (the paired tests come from `paired_diff`'s cache)."""
+    return _findings(str(run_store().root), tuple(r["run_id"] for r in records))
+
+
 def clear_run_caches() -> None:
     """Forget cached records, predictions, validation scores, paired tests, reports and bundles (after runs were
     imported or deleted)."""
     for cached in (_scan_runs, _load_run, _load_predictions, _load_validation, _report, _bundle):
         cached.clear()
     _paired.cache_clear()
+    _findings.cache_clear()
 
 
 def import_bundle(file) -> list[str]:

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import streamlit as st
 
-from core.analysis import noise_note, paired_table, paired_verdict, run_labels, run_table
+from core.analysis import noise_note, paired_table, paired_verdict, run_table
+from core.naming import run_labels
 from core.jobs import Job
 from core.report import escape_markdown
+from core.sharing import run_link
 from core.settings import BY_NAME, DATASET_SETTINGS, Setting, parse_list
 from dashboard import access, state, views
 
@@ -157,12 +159,24 @@ def selected_points(fig, key: str, modes=("box", "lasso"), on_select="rerun", ar
     return [point["customdata"] for point in event.selection.points if "customdata" in point]
 
 
-def paired_test(paired: dict, key: str, names: str = "") -> None:
-    """The paired comparison of B with A: each metric's change with its 95% interval, and what is noise."""
+def paired_test(paired: dict, key: str, names: str = "", family: str = "") -> None:
+    """The paired comparison of B with A: each metric's change with its 95% interval, and what is noise
+    (`family`: what adjusting for the other comparisons shown with it says)."""
     st.dataframe(paired_table(paired), hide_index=True, key=key,
                  column_config={c: st.column_config.NumberColumn(format="%+.3f")
                                 for c in ("B − A", "95% low", "95% high")})
-    st.caption(" ".join(filter(None, (names, paired_verdict(paired), noise_note(paired)))))
+    st.caption(" ".join(filter(None, (names, paired_verdict(paired), noise_note(paired), family))))
+
+
+def findings(found, names: dict[str, str]) -> None:
+    """A numbered list of findings (core.findings), each with its evidence and links that open its runs."""
+    lines = []
+    for i, finding in enumerate(found, 1):
+        links = ", ".join(f"[{escape_markdown(names.get(run_id, run_id))}]({run_link(run_id)})"
+                          for run_id in finding.run_ids)
+        lines.append(f"{i}. {escape_markdown(finding.text)} *({escape_markdown(finding.evidence)})*"
+                     + (f" — {links}" if links else ""))
+    st.markdown("\n".join(lines) if lines else "Train more runs on this dataset to see findings.")
 
 
 def setting_widget(container, setting: Setting):

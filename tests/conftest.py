@@ -89,6 +89,22 @@ def demo_experiment(demo_dir, demo_features, feature_cache, tmp_path_factory):
     return run_experiment(config, store=store), store
 
 
+@pytest.fixture(scope="session")
+def demo_grid(demo_dir, demo_features, feature_cache, tmp_path_factory):
+    """The demo remedy grid a student runs: svm, logreg, head x none, balanced, la-loss, offsets (11 runs).
+
+    Returns `(results, store)`, the runs in a private RunStore.
+    """
+    from core.experiment import ExperimentConfig, run_experiment
+    from core.runs import RunStore
+
+    store = RunStore(tmp_path_factory.mktemp("grid") / "runs")
+    config = ExperimentConfig(data=str(demo_dir), approaches=("svm", "logreg", "head"),
+                              remedies=("none", "balanced", "la-loss", "offsets"), epochs=15, image_size=IMAGE_SIZE,
+                              device="cpu", cache_dir=str(feature_cache), workers=0)
+    return run_experiment(config, store=store), store
+
+
 TINY_TRAIN = {"0-zero": 12, "1-one": 8, "2-two": 6}
 TINY_TEST = {"0-zero": 3, "1-one": 3, "2-two": 3}
 

@@ -9,9 +9,9 @@ from PIL import Image
 
 from core.analysis import (check_comparable, class_report, class_table, comparable_groups, error_cells,
                            few_test_note, image_size_summary, interval_caption, metric_deltas, metrics_diff,
-                           misclassified_paths, paired_diff, paired_table, paired_verdict, rescore, run_label,
-                           run_labels, run_table, sample_paths, run_settings, score_matrix, seed_summary, speedups,
-                           thumbnail, weight_table, weights_from_table)
+                           misclassified_paths, paired_diff, paired_table, paired_verdict, rescore, run_table,
+                           sample_paths, run_settings, score_matrix, seed_summary, speedups, thumbnail, weight_table,
+                           weights_from_table)
 from core.data import Dataset, Sample
 from core.errors import ClassWeightError, ConfigError
 from core.metrics import evaluate
@@ -89,14 +89,12 @@ def test_weights_from_table_rejects_all_zero():
         weights_from_table(pd.DataFrame({"class": CLASSES, "weight": [0.0, 0.0, 0.0]}), CLASSES)
 
 
-def test_run_label_and_table():
+def test_run_table():
     record = make_record(class_weight="balanced")
-    assert run_label(record).startswith("head · balanced · acc 0.750 · ")
-    assert run_label({**record, "created": None}).endswith("· ?")
-    assert run_labels([record]) == {"r1": run_label(record)}
     table = run_table([record, make_record(approach="svm", run_id="r2")])
     assert table["run id"].tolist() == ["r1", "r2"]
-    assert table.columns.tolist() == ["approach", "remedy", "accuracy", "balanced accuracy", "macro-F1",
+    assert table["run"].tolist() == ["head · balanced", "svm · none"]
+    assert table.columns.tolist() == ["run", "approach", "remedy", "accuracy", "balanced accuracy", "macro-F1",
                                       "validation macro-F1", "cross-fitted validation macro-F1", "fit s",
                                       "predict s", "run id"]
 

@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from core.analysis import run_labels
+from core.naming import run_labels
 from core.data import DEMO_CLASSES, build_demo_dataset
 from core.runs import RunStore
 from dashboard import errors
@@ -378,7 +378,7 @@ def test_deep_link_opens_that_run(page, server, trained):
     open_page(page, server, f"results?run={oldest['run_id']}")
     assert_healthy(page, server, "Results")
     picked = page.locator(".st-key-results_run input").input_value()
-    assert picked == run_labels([oldest])[oldest["run_id"]], f"deep link opened {picked!r}, not {oldest['run_id']}"
+    assert picked == run_labels(trained)[oldest["run_id"]], f"deep link opened {picked!r}, not {oldest['run_id']}"
     assert f"run={oldest['run_id']}" in page.url
     plotly_chart(page, "confusion_matrix")
     screenshot(page, "results-deeplink")

@@ -162,8 +162,23 @@ def test_report_markdown(first_run, tmp_path):
     code, stdout, _ = run_main(["report", results, "--out", tmp_path / "report.md"])
     assert code == 0 and stdout.strip() == str(tmp_path / "report.md")
     text = (tmp_path / "report.md").read_text()
-    assert "## Runs" in text and "| approach" in text
-    assert text.count("| 0-zero") == 4  # one per-class table per run
+    assert "### Runs" in text and "| run " in text
+    assert text.count("| 0-zero") == 5  # the best runs' F1 per class, then one per-class table per run
+    findings = text.split("## Findings")[1].split("\n## ")[0]
+    assert "is the run chosen by validation" in findings and "(http://localhost:8501/results?run=" in findings
+    code, _, _ = run_main(["report", results, "--out", tmp_path / "r.md", "--base-url", "http://host:9"])
+    assert code == 0 and "(http://host:9/results?run=" in (tmp_path / "r.md").read_text()
+
+
+def test_summary_table_names_runs_by_remedy(first_run, tiny_dir):
+    """It printed the class-weight label: a remedy grid read 'head none' three times."""
+    cache, *_ = first_run
+    code, _, stderr = run_main(["experiment", "--data", tiny_dir, "--cache-dir", cache, "--epochs", "5",
+                                "--approaches", "head", "--remedy", "none,la-loss,offsets",
+                                "--out", cache.parent / "grid.json", *FAST])
+    assert code == 0, stderr
+    table = stderr.split("macroF1 [95% interval]")[1].splitlines()[1:4]
+    assert [line.split("  ")[0] for line in table] == ["head · none", "head · la-loss", "head · offsets"]
 
 
 def test_report_html_is_self_contained(first_run, tmp_path):

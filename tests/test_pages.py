@@ -472,24 +472,38 @@ def test_compare_shows_tradeoff_speedup_and_diff(trained):
     assert charts(at) == 1
 
 
+def test_compare_leads_with_findings_and_the_comparisons_they_use(trained):
+    at = page("compare").run()
+    assert not at.exception
+    headers = [h.value for h in at.subheader]
+    assert headers.index("Findings") < headers.index("Speed-up")  # findings first, above the charts
+    found = next(m.value for m in at.markdown if m.value.startswith("1. "))
+    assert "is the run chosen by validation" in found and "Holm over" in found and "(results?run=" in found
+    (used,) = [df.value for df in at.dataframe if "macro-F1 p (Holm)" in df.value.columns]
+    assert {"A", "B", "Δ macro-F1 [95%]", "McNemar p (Holm)", "verdict"} <= set(used.columns)
+    assert "Adjusted with Holm over the" in texts(at.caption)  # the two-run diff's p, adjusted over the group
+
+
 def test_paired_tests_are_computed_once_per_pair_of_runs(trained, monkeypatch):
     """The paired bootstrap ran at every page run (2.4 s and +362 MB at 20k test images)."""
-    import core.analysis
+    import core.findings
     import core.whatif
 
-    computed, real = [], core.analysis.paired_comparison
+    computed, real = [], core.findings.paired_comparison
     counting = lambda *args, **kwargs: computed.append(len(args[0])) or real(*args, **kwargs)  # noqa: E731
-    monkeypatch.setattr(core.analysis, "paired_comparison", counting)
+    monkeypatch.setattr(core.findings, "paired_comparison", counting)
     monkeypatch.setattr(core.whatif, "paired_comparison", counting)
     at = page("compare").run()
+    first = len(computed)  # the group's family of comparisons (findings), the two-run diff among them
+    assert 4 <= first <= 6  # 4 runs: 4 same-approach or same-remedy pairs, and the pairs the findings add
     at.run()
-    page("compare").run()  # another session, the same two runs
-    assert not at.exception and len(computed) == 1
+    page("compare").run()  # another session, the same runs
+    assert not at.exception and len(computed) == first
     run = next(r for r in state.list_runs() if r["approach"] == "svm" and r["class_weight"] == "none")
     core.whatif.PAIRED.clear()
     at = whatif_page(run)
     at.run()
-    assert not at.exception and len(computed) == 2
+    assert not at.exception and len(computed) == first + 1
 
 
 def test_compare_keeps_other_devices_in_their_own_group(trained_copy):

@@ -238,7 +238,8 @@ def test_share_page_exports_only_the_picked_runs_and_links_them(viewer, download
     assert not at.exception
     click_downloads(at, click)
     markdown = downloads["transferscope-report.md"].decode()
-    assert markdown.count("\n## ") == 2  # the runs table and the one run
+    assert markdown.count("\n### ") == 3  # the runs table, the best runs' F1 per class, the one run
+    assert "## Findings" in markdown and f"results?run={run['run_id']})" in markdown  # findings link their run
     assert f"results?run={run['run_id']}" in at.dataframe[0].value.to_string()
     at.multiselect(key="share_runs").set_value([]).run()
     assert "Pick at least one run" in texts(at.caption)

@@ -5,7 +5,7 @@ from scipy.stats import binomtest
 
 from core.errors import ConfigError
 from core.metrics import evaluate
-from core.stats import bootstrap_interval, mcnemar_exact, paired_comparison, run_intervals
+from core.stats import bootstrap_interval, bootstrap_p, holm, mcnemar_exact, paired_comparison, run_intervals
 
 CLASSES = ["a", "b", "c", "d"]
 
@@ -90,8 +90,9 @@ def test_paired_comparison_on_1000_images_with_1000_resamples_is_quick_enough_to
     y_true, pred_a = _predictions(n=1000)
     _, pred_b = _predictions(n=1000, seed=2)
     result = paired_comparison(y_true, pred_a, pred_b, 4, n_boot=1000)
-    assert set(result) == {"mcnemar_p", "n_a_only", "n_b_only"} | {
-        f"{m}_{s}" for m in ("accuracy", "macro_f1", "balanced_accuracy") for s in ("delta", "low", "high")}
+    assert set(result) == {"mcnemar_p", "n_a_only", "n_b_only", "class_f1"} | {
+        f"{m}_{s}" for m in ("accuracy", "macro_f1", "balanced_accuracy") for s in ("delta", "low", "high", "p")}
+    assert len(result["class_f1"]) == 4
 
 
 def test_mcnemar_without_disagreement_is_one():
@@ -140,3 +141,44 @@ def test_paired_resamples_keep_every_class_and_its_test_count():
     result = paired_comparison(y_true, pred_a, y_true, 3)  # B is right everywhere
     assert result["macro_f1_low"] == pytest.approx(result["macro_f1_delta"])
     assert result["macro_f1_high"] == pytest.approx(result["macro_f1_delta"])
+
+
+def test_holm_matches_the_step_down_rule_and_keeps_missing_tests_out():
+    """Reference values worked by hand (and equal to statsmodels' multipletests(method="holm"))."""
+    assert holm([0.01, 0.04, 0.03, 0.005]) == [0.03, 0.06, 0.06, 0.02]
+    assert holm([0.5, None, 0.01]) == [0.5, None, 0.02]  # a family of two: None is not a test
+    assert holm([0.9, 0.8]) == [1.0, 1.0]  # capped at 1
+    assert holm([0.02, 0.03, 0.04]) == [0.06, 0.06, 0.06]  # never below an earlier step
+    assert holm([]) == []
+
+
+def test_holm_keeps_a_family_of_noise_from_calling_a_difference():
+    """20 comparisons of runs that differ only by noise: unadjusted, some p < 0.05 by chance; adjusted, none."""
+    y_true = np.random.default_rng(7).integers(0, 3, size=300)
+
+    def run(seed):  # every run: right on a random 70% of images, a random guess elsewhere (equally good)
+        rng = np.random.default_rng(seed)
+        return np.where(rng.random(300) < 0.3, rng.integers(0, 3, size=300), y_true)
+    p_values = [paired_comparison(y_true, run(0), run(seed), 3, n_boot=300, seed=seed)["macro_f1_p"]
+                for seed in range(1, 21)]
+    assert min(p_values) < 0.05  # the trap: one test in twenty looks "significant"
+    assert min(holm(p_values)) >= 0.05
+
+
+def test_bootstrap_p_agrees_with_the_interval_and_refuses_degenerate_resamples():
+    y_true, pred_a = _predictions(n=600)
+    better = np.where(np.random.default_rng(3).random(600) < 0.5, y_true, pred_a)  # fixes half of A's errors
+    result = paired_comparison(y_true, pred_a, better, 4, n_boot=500)
+    assert result["macro_f1_low"] > 0 and result["macro_f1_p"] < 0.001
+    same = paired_comparison(y_true, pred_a, pred_a, 4, n_boot=100)
+    assert same["macro_f1_p"] == 1.0 and same["class_f1"][0] == {"delta": 0.0, "low": 0.0, "high": 0.0, "p": 1.0}
+    assert bootstrap_p(0.2, np.full(50, 0.2)) is None  # a change that resampling never varies: nothing to test
+
+
+def test_class_f1_change_follows_the_class_that_changed():
+    y_true = np.array([0] * 50 + [1] * 40 + [2] * 6)
+    pred_a = np.where(y_true == 2, 0, y_true)  # A never gets class 2
+    pred_b = y_true.copy()
+    change = paired_comparison(y_true, pred_a, pred_b, 3, n_boot=400)["class_f1"]
+    assert change[2]["delta"] == pytest.approx(1.0) and change[2]["low"] > 0.5
+    assert change[1]["delta"] == 0.0

@@ -1,11 +1,14 @@
-"""Compare page: like-for-like runs only: score versus fit time, speed-ups, seed repeats, runs and a two-run diff."""
+"""Compare page: like-for-like runs only: findings first, then score versus fit time, speed-ups, seed repeats,
+runs, the paired comparisons behind the findings and a two-run diff."""
 import streamlit as st
 
 from core.analysis import (APPROACH_NAMES, check_comparable, comparable_groups, few_test_note, metrics_diff,
-                           run_labels, seed_summary, speedups)
+                           seed_summary, speedups)
 from core.backbone_compare import backbone_comparison
+from core.findings import family_note
+from core.naming import run_labels, run_names
 from core.figures import confusion_diff_figure, f1_delta_figure, tradeoff_figure
-from core.report import escape_markdown
+from core.report import PAIRED_NOTE, comparisons_table, escape_markdown
 from dashboard import access, errors, state, widgets
 
 SPEEDUP_VIEWS = (("fit", False, "Fit time; the shared feature extraction is not counted."),
@@ -43,15 +46,15 @@ def delete_runs(labels: dict[str, str]) -> None:
                   icon=":material/delete:", on_click=delete_selected)
 
 
-def show_paired(record_a: dict, record_b: dict) -> None:
+def show_paired(record_a: dict, record_b: dict, comparisons) -> None:
     paired = state.paired_diff(record_a["run_id"], record_b["run_id"])
     if paired is None:
         st.info("These runs were tested on different images (another split seed), so no paired test.")
         return
-    widgets.paired_test(paired, "paired_table")
+    widgets.paired_test(paired, "paired_table", family=family_note(comparisons, record_a["run_id"], record_b["run_id"]))
 
 
-def show_diff(labels: dict[str, str]) -> None:
+def show_diff(labels: dict[str, str], comparisons) -> None:
     st.subheader("Two-run diff")
     ids = list(labels)
     col_a, col_b = st.columns(2)
@@ -65,12 +68,28 @@ def show_diff(labels: dict[str, str]) -> None:
     st.dataframe(metrics_diff(record_a, record_b), hide_index=True, key="metrics_diff",
                  column_config={name: st.column_config.NumberColumn(format="%+.3f" if name == "B − A" else "%.3f")
                                 for name in ("A", "B", "B − A")})
-    show_paired(record_a, record_b)
+    show_paired(record_a, record_b, comparisons)
     minority = [row["minority"] for row in record_a["per_class"]]
     widgets.chart(confusion_diff_figure(record_a["confusion_matrix"], record_b["confusion_matrix"],
                                         record_a["dataset"]["classes"], "A", "B", minority=minority),
                   key="confusion_diff")
     widgets.chart(f1_delta_figure(record_a["per_class"], record_b["per_class"], "A", "B"), key="f1_delta")
+
+
+def show_comparisons(runs: list[dict]) -> None:
+    """The paired tests the findings use; the rest of the group's family behind an expander."""
+    found, comparisons = state.group_findings(runs)
+    if not len(comparisons):
+        return
+    used = [pair for finding in found for pair in finding.pairs]
+    st.subheader("Paired comparisons behind the findings")
+    st.caption(f"{PAIRED_NOTE} Family: the {len(comparisons)} comparisons of this group.")
+    st.dataframe(comparisons_table(runs, comparisons, used), hide_index=True, key="findings_pairs")
+    shown = {frozenset(pair) for pair in used}
+    rest = [pair for pair in comparisons.pairs if frozenset(pair) not in shown]
+    if rest:
+        with st.expander(f"The other {len(rest)} comparisons"):
+            st.dataframe(comparisons_table(runs, comparisons, rest), hide_index=True, key="findings_rest")
 
 
 def show_backbones(records: list[dict]) -> None:
@@ -101,6 +120,8 @@ with errors.guard():
                               "device and settings)", range(len(groups)),
                               format_func=lambda i: groups[i]["label"], key="compare_group")
         runs = groups[chosen]["runs"]
+        st.subheader("Findings")
+        widgets.findings(state.group_findings(runs)[0], run_names(runs))
         chart_col, speed_col = st.columns([3, 1])
         with chart_col:
             widgets.chart(tradeoff_figure(runs), key="tradeoff")
@@ -116,12 +137,13 @@ with errors.guard():
             st.dataframe(repeats, hide_index=True, key="seed_summary")
         st.subheader("Runs")
         widgets.runs_dataframe(runs, key="runs_table")
+        show_comparisons(runs)
         labels = run_labels(runs)
         if len(runs) < 2:
             st.info("Only one run in this group: train another one (e.g. with other class weights) to see a "
                     "two-run diff.", icon=":material/info:")
         else:
-            show_diff(labels)
+            show_diff(labels, state.group_findings(runs)[1])
         show_backbones(all_runs)
     if deletable := {**run_labels(all_runs), **state.broken_runs()}:
         delete_runs(deletable)

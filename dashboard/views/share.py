@@ -2,7 +2,7 @@
 import streamlit as st
 
 from core import sharing
-from core.analysis import run_labels
+from core.naming import run_labels
 from core.report import escape_markdown
 from core.sharing import run_link
 from dashboard import access, errors, state, views, widgets
@@ -73,9 +73,9 @@ def export_runs(runs: list[dict]) -> None:
         return
     show_links(chosen, labels)
     html_col, md_col, zip_col = st.columns(3)
-    download(html_col, "HTML report", state.deferred_report(chosen, "html"), "transferscope-report.html",
+    download(html_col, "HTML report", state.deferred_report(chosen, "html", app_url()), "transferscope-report.html",
              "text/html", "download_html", ":material/html:")
-    download(md_col, "Markdown report", state.deferred_report(chosen, "md"), "transferscope-report.md",
+    download(md_col, "Markdown report", state.deferred_report(chosen, "md", app_url()), "transferscope-report.md",
              "text/markdown", "download_md", ":material/description:")
     download(zip_col, "Run bundle (zip)", state.deferred_bundle(chosen), "transferscope-runs.zip",
              "application/zip", "download_bundle", ":material/folder_zip:")

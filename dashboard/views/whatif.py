@@ -8,6 +8,7 @@ import streamlit as st
 from core.analysis import LOGIT_APPROACHES
 from core.experiment import FEATURE_APPROACHES
 from core.figures import confusion_diff_figure, per_class_delta_figure
+from core.findings import tries_note
 from core.report import escape_markdown
 from core.weights import SCALE_NOTE
 from core.whatif import (SEED_SCHEMES, WEIGHT_RANGE, compare_with_start, live_refit_note, rescore, seed_weights,
@@ -57,7 +58,14 @@ def metric_row(rows: list[dict], extra=None) -> None:
         cols[-1].metric(label, value, help=note)
 
 
-def show_changes(start, outcome: dict, show_test: bool) -> None:
+def family_note(record: dict, setting, paired: dict) -> str:
+    """Holm over the settings this session tested against the run (each is one more paired test)."""
+    tried = st.session_state.setdefault("whatif_tries", {}).setdefault(record["run_id"], {})
+    tried[setting] = paired.get("macro_f1_p")
+    return tries_note(tried, setting)
+
+
+def show_changes(start, outcome: dict, show_test: bool, setting=None) -> None:
     record, change = start.record, compare_with_start(start, outcome)
     st.markdown("**Validation** (out-of-fold, on the training images): what to tune by")
     validation = validation_change(start, outcome)
@@ -77,7 +85,8 @@ def show_changes(start, outcome: dict, show_test: bool) -> None:
     metric_row(change["headline"])
     if change["paired"]:
         with st.expander("Is the change noise? (paired test on the same test images)", expanded=True):
-            widgets.paired_test(change["paired"], "whatif_paired", "A is the starting run, B the tuned model.")
+            widgets.paired_test(change["paired"], "whatif_paired", "A is the starting run, B the tuned model.",
+                                family_note(record, setting, change["paired"]))
     if outcome["never_predicted"]:
         st.warning(f"Never predicted with these weights: {', '.join(map(escape_markdown, outcome['never_predicted']))}")
     classes, minority = record["dataset"]["classes"], [row["minority"] for row in record["per_class"]]
@@ -121,7 +130,7 @@ def tuner(record: dict) -> None:
         seen = st.session_state.setdefault("whatif_test_seen", set())
         if show_test:
             seen.add(record["run_id"])
-        show_changes(start, outcome, show_test)
+        show_changes(start, outcome, show_test, (inputs[1], float(tau), tuple(np.round(offsets, 6))))
         if access.read_only_note("save tuned weights as a run") and st.button("Save as run", key="whatif_save",
                                                                               icon=":material/save:"):
             saved = state.save_whatif(start, weights, tau, outcome["offsets"], record["run_id"] in seen)
