@@ -42,3 +42,21 @@ def diagnostics(record: dict, predictions: pd.DataFrame, validation: pd.DataFram
     issues = None if validation is None else summarize(
         label_issue_table(record, validation, calibrated["temperature"]), len(record["dataset"]["classes"]))
     return {"calibration": calibrated, "label_issues": issues}
+
+
+def reliability_curves(record: dict, predictions: pd.DataFrame, validation: pd.DataFrame | None
+                       ) -> tuple[dict, dict[str, list[dict]]]:
+    """A run's calibration (recorded, else computed) and its reliability rows on the test images: softmax of the
+    scores as trained (logits only) and after the validation-chosen temperature (when it has folds)."""
+    from core.approaches import get_approach
+    from core.calibration import reliability
+
+    calibrated = record.get("calibration") or calibration(record, predictions, validation)
+    y_test, scores = decided_scores(record, predictions)
+    curves = {}
+    if get_approach(record["approach"]).logits:
+        curves["softmax of the scores as trained"] = reliability(probabilities(scores), y_test)
+    if calibrated["temperature"] is not None:
+        curves[f"temperature {calibrated['temperature']:.2f} (chosen on validation folds)"] = reliability(
+            probabilities(scores, calibrated["temperature"]), y_test)
+    return calibrated, curves

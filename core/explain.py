@@ -243,3 +243,14 @@ def overlay(image: np.ndarray, heat: np.ndarray, *, positive_only: bool = False,
     weight = alpha * np.abs(up)
     gray = image.astype(np.float64).mean(axis=2, keepdims=True).repeat(3, axis=2)
     return np.clip(gray * (1 - weight) + colour * weight, 0, 255).astype(np.uint8)
+
+
+def caption(explanation: Explanation, classes: list[str]) -> str:
+    """One line under an image's heat maps: method, predicted class, and how the margin over the true class
+    splits between the image's evidence and the prior adjustment."""
+    predicted = classes[explanation.predicted]
+    if explanation.true is None or explanation.true == explanation.predicted:
+        return f"{explanation.method}: predicted {predicted}"
+    true = classes[explanation.true]
+    return (f"{explanation.method}: {predicted} over {true} by {explanation.margin + explanation.prior_margin:+.2f}"
+            f" = image {explanation.margin:+.2f} + prior adjustment {explanation.prior_margin:+.2f}")

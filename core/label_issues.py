@@ -25,7 +25,8 @@ def find_label_issues(y, probs) -> pd.DataFrame:
     if probs.ndim != 2 or y.shape != (len(probs),) or (y < 0).any() or (y >= probs.shape[1]).any():
         raise ConfigError(f"need one label in 0..{probs.shape[-1] - 1} per row of probabilities, got {y.shape} "
                           f"labels and probabilities {probs.shape}")
-    ranked = cleanlab_issues(labels=y, pred_probs=probs, return_indices_ranked_by="self_confidence")
+    ranked = cleanlab_issues(labels=y, pred_probs=probs, return_indices_ranked_by="self_confidence",
+                             n_jobs=1)  # no worker processes: forking a threaded server can hang
     return pd.DataFrame({"index": ranked, "given": y[ranked], "suggested": probs[ranked].argmax(axis=1),
                          "quality": probs[ranked, y[ranked]]})
 

@@ -97,7 +97,8 @@ def test_run_label_and_table():
     table = run_table([record, make_record(approach="svm", run_id="r2")])
     assert table["run id"].tolist() == ["r1", "r2"]
     assert table.columns.tolist() == ["approach", "remedy", "accuracy", "balanced accuracy", "macro-F1",
-                                      "validation macro-F1", "fit s", "predict s", "run id"]
+                                      "validation macro-F1", "head F1", "middle F1", "tail F1", "fit s",
+                                      "predict s", "run id"]
 
 
 def test_speedups_compare_median_fit_times_to_the_fastest_approach():
