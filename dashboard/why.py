@@ -37,7 +37,7 @@ def why_panel(record: dict, predictions, true: int, pred: int) -> None:
         return
     count = min(len(rows), WHY_MAX)
     if count > 1:
-        count = st.slider("Images explained", 1, count, min(count, 6), key="why_count")
+        count = st.slider("Images explained", 1, count, min(count, 3), key="why_count")
     rows = rows[:count]
     try:
         explained, seconds = state.explanations(record, predictions.loc[rows, "path"].tolist(), [true] * len(rows))
