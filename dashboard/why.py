@@ -18,7 +18,7 @@ from core.stats import ORDINAL_METRICS
 from dashboard import access, state, widgets
 
 WHY_MAX = 24  # heat maps shown for one confusion-matrix cell at most (about a second each on 2 CPU cores)
-HEAT_PX = 300
+HEAT_PX = 230  # two maps side by side in 4 of 6 column units at 1280 px
 THUMB_PX = 140
 ISSUES_SHOWN = 24
 ISSUE_COLUMNS = 6
