@@ -15,7 +15,7 @@ import pandas as pd
 from core.classifiers import svm_model_name
 from core.data import Dataset, Sample, open_rgb
 from core.errors import ClassWeightError, ConfigError
-from core.metrics import check_confusion, evaluate, minority_mask
+from core.metrics import FREQUENCY_GROUPS, check_confusion, evaluate, group_scores, minority_mask
 from core.findings import paired_diff  # noqa: F401 (pages and tests read it here)
 from core.naming import run_names
 from core.report import per_class_table
@@ -106,6 +106,7 @@ def run_table(records: list[dict]) -> pd.DataFrame:
         "validation macro-F1": [(r.get("validation") or {}).get("macro_f1") for r in records],
         "cross-fitted validation macro-F1": [(r.get("validation_cross_fitted") or {}).get("macro_f1")
                                              for r in records],
+        **{f"{group} F1": [_group_f1(r, group) for r in records] for group in FREQUENCY_GROUPS},
         "fit s": [r["fit_seconds"] for r in records],
         "predict s": [r["predict_seconds"] for r in records],
         "run id": [r["run_id"] for r in records],
@@ -120,6 +121,19 @@ def fit_time_note(record: dict) -> str:
     shown = "; ".join(f"{name}: {seconds:.2f} s" for name, seconds in stages if seconds)
     return f"the final fit alone (the SVM's kernel included); apart from it: {shown}" if shown else \
         "the final fit alone (the SVM's kernel included)"
+def _group_f1(record: dict, group: str) -> float | None:
+    return next(row["f1"] for row in group_scores(record["per_class"]) if row["group"] == group)
+
+
+def group_table(record: dict) -> pd.DataFrame:
+    """Recall and F1 averaged over the run's head, middle and tail classes (thirds by training count), with
+    macro-F1 and balanced accuracy beside them."""
+    rows = [{"classes": f"{row['group']} ({len(row['classes'])}: {row['train_min']}-{row['train_max']} training "
+                        "images each)", "recall": row["recall"], "F1": row["f1"]}
+            for row in group_scores(record["per_class"])]
+    rows.append({"classes": "all (balanced accuracy, macro-F1)", "recall": record["balanced_accuracy"],
+                 "F1": record["macro_f1"]})
+    return pd.DataFrame(rows)
 
 
 def _timing_seconds(record: dict, stage: str, with_extraction: bool) -> float:

@@ -40,8 +40,7 @@ def best_matches(X_train, X_test, *, chunk: int = 1024, progress=None) -> Matche
     if X_train.ndim != 2 or X_test.ndim != 2 or X_train.shape[1] != X_test.shape[1] or not len(X_train):
         raise ConfigError(f"train and test features must be 2-D with the same columns, got {X_train.shape} "
                           f"and {X_test.shape}; use the features of one extraction")
-    mean = X_train.mean(axis=0)
-    train, test = _unit_rows(X_train - mean), _unit_rows(X_test - mean)
+    train, test = _centred_unit(X_train, X_test)
     report = progress or (lambda *_: None)
     best, score = np.empty(len(test), dtype=np.int64), np.empty(len(test), dtype=np.float32)
     for begin in range(0, len(test), chunk):
@@ -50,6 +49,55 @@ def best_matches(X_train, X_test, *, chunk: int = 1024, progress=None) -> Matche
         score[begin:begin + chunk] = similarity.max(axis=1)
         report(STAGE, min(begin + chunk, len(test)), len(test))
     return Matches(best, score)
+
+
+def _centred_unit(X_train, *others) -> list[np.ndarray]:
+    """Unit rows of `X_train` and of each of `others`, all centred on the training mean."""
+    mean = X_train.mean(axis=0)
+    return [_unit_rows(np.asarray(X, dtype=np.float32) - mean) for X in (X_train, *others)]
+
+
+def nearest_of_classes(X_train, y_train, X_query, wanted) -> tuple[np.ndarray, np.ndarray]:
+    """For each query row and each class in its row of `wanted` `(n_query, m)`: the most similar training row
+    of that class (centred cosine, as `best_matches`), as indices and similarities `(n_query, m)`; -1 and nan
+    where the class has no training row.
+
+    >>> nearest_of_classes([[1, 0], [0, 1], [1, 1], [-1, -1]], [0, 1, 1, 0], [[0.1, 2]], [[0, 1]])[0].tolist()
+    [[0, 1]]
+    """
+    X_train, y_train = np.asarray(X_train, dtype=np.float32), np.asarray(y_train)
+    wanted = np.asarray(wanted, dtype=np.int64)
+    if X_train.ndim != 2 or y_train.shape != (len(X_train),) or wanted.ndim != 2 or wanted.shape[0] != len(X_query):
+        raise ConfigError(f"need training features (n, d) with one label each and one row of classes per query; "
+                          f"got {X_train.shape}, {y_train.shape} labels, {np.shape(X_query)} and {wanted.shape}")
+    train, query = _centred_unit(X_train, X_query)
+    similarity = query @ train.T  # (n_query, n_train)
+    index, best = np.full(wanted.shape, -1), np.full(wanted.shape, np.nan)
+    for column in range(wanted.shape[1]):
+        masked = np.where(y_train[None, :] == wanted[:, column:column + 1], similarity, -np.inf)
+        found = np.isfinite(masked).any(axis=1)
+        index[found, column] = masked[found].argmax(axis=1)
+        best[found, column] = masked[found].max(axis=1)
+    return index, best
+
+
+def conflicting_duplicates(X_train, y_train, threshold: float = DUPLICATE_SIMILARITY, chunk: int = 1024
+                           ) -> list[dict]:
+    """Pairs of training images that nearly match (centred cosine >= `threshold`) but carry different labels,
+    most similar first: `{"a", "b", "similarity"}` (indices into the training rows, a < b). One of each pair
+    is probably mislabelled, or the classes overlap."""
+    if not 0 < threshold <= 1:
+        raise ConfigError(f"similarity threshold must be in (0, 1], got {threshold}")
+    y_train = np.asarray(y_train)
+    (train,) = _centred_unit(np.asarray(X_train, dtype=np.float32))
+    rows = []
+    for begin in range(0, len(train), chunk):
+        similarity = train[begin:begin + chunk] @ train.T
+        for i, j in zip(*np.nonzero(similarity >= threshold)):
+            a, b = begin + int(i), int(j)
+            if a < b and y_train[a] != y_train[b]:
+                rows.append({"a": a, "b": b, "similarity": float(similarity[i, j])})
+    return sorted(rows, key=lambda row: -row["similarity"])
 
 
 def _unit_rows(X: np.ndarray) -> np.ndarray:

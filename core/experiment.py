@@ -18,6 +18,7 @@ import torch
 
 from core.approaches import Approach, Fitted, FitRequest, get_approach, names
 from core.data import Dataset
+from core.diagnostics import diagnostics
 from core.config import ExperimentConfig, check_class_weight_spec, load_data, load_features
 from core.features import FeatureSet, autocast_dtype, rank_world, resolve_device
 from core.metrics import evaluate
@@ -209,10 +210,11 @@ def _train_and_record(config: ExperimentConfig, dataset: Dataset, features: Feat
               "backbone": features.backbone if features else {"name": config.backbone, "pool": config.pool},
               "feature_key": features.key if features else None, "config": config.to_dict(), **(extra or {})}
     _add_svm_fields(record, fitted)
+    predictions = _predictions(dataset, y_pred, fitted.scores)
+    validation = None if fitted.oof_scores is None else _validation_table(dataset, fitted.oof_scores)
+    record.update(diagnostics(record, predictions, validation))
     if rank_world()[0] == 0:  # under torchrun, one rank records the run
-        validation = None if fitted.oof_scores is None else _validation_table(dataset, fitted.oof_scores)
-        store.save(record, model=fitted.model, predictions=_predictions(dataset, y_pred, fitted.scores),
-                   validation=validation)
+        store.save(record, model=fitted.model, predictions=predictions, validation=validation)
     return record, y_pred
 
 

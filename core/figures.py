@@ -475,3 +475,28 @@ def feature_map_figure(coords, labels, classes, *, is_test, predicted, names, mi
                       height=MAP_HEIGHT_PX + 22 * legend_rows, dragmode="select", margin=dict(b=22 * legend_rows + 20),
                       legend=dict(itemsizing="constant", orientation="h", x=0, y=-0.02, yanchor="top"))
     return fig
+
+
+def reliability_figure(curves):
+    """Reliability diagram: per confidence bin, accuracy against mean confidence, one line per named curve
+    (`{name: core.calibration.reliability rows}`), marker size by images in the bin; the diagonal is perfect
+    calibration.
+
+    Example:
+        >>> fig = reliability_figure({"raw": [{"confidence": 0.9, "accuracy": 0.7, "count": 10}]})
+        >>> [trace.name for trace in fig.data]
+        ['perfectly calibrated', 'raw']
+    """
+    fig = go.Figure(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfectly calibrated",
+                               line=dict(color=NEUTRAL_COLOR, dash="dash")))
+    for (name, rows), color in zip(curves.items(), (NEGATIVE_COLOR, MAJORITY_COLOR, POSITIVE_COLOR)):
+        counts = np.array([row["count"] for row in rows], dtype=float)
+        sizes = 6 + 18 * np.sqrt(counts / counts.max()) if len(counts) else []
+        fig.add_trace(go.Scatter(x=[row["confidence"] for row in rows], y=[row["accuracy"] for row in rows],
+                                 mode="lines+markers", name=_text(name), line=dict(color=color),
+                                 marker=dict(size=sizes), customdata=counts,
+                                 hovertemplate="confidence %{x:.2f}<br>accuracy %{y:.2f}<br>%{customdata} images"))
+    fig.update_xaxes(title_text="Confidence of the predicted class (bin mean)", range=[0, 1.02])
+    fig.update_yaxes(title_text="Share of those predictions that are right", range=[0, 1.02])
+    fig.update_layout(title="Reliability on the test images", height=MIN_HEIGHT_PX)
+    return fig

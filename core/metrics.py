@@ -179,3 +179,47 @@ def evaluate(y_true, y_pred, classes, train_counts=None):
         "never_predicted": [row["class"] for row in per_class if row["support"] > 0 and row["predicted"] == 0],
         "no_test_support": [row["class"] for row in per_class if row["support"] == 0],
     }
+
+
+FREQUENCY_GROUPS = ("head", "middle", "tail")
+
+
+def frequency_groups(train_counts):
+    """Each class's group: 0 head, 1 middle, 2 tail: the thirds of the classes ranked by training count (most
+    first; ties keep class order; with 10 classes 4 / 3 / 3). Thirds by rank, not fixed count thresholds
+    (the long-tail literature's many > 100 > medium > 20 > few), so every group has classes on small sets too.
+
+    Example:
+        >>> frequency_groups([100, 5, 50, 20, 80, 10]).tolist()
+        [0, 2, 1, 1, 0, 2]
+    """
+    counts = np.asarray(train_counts)
+    minority_mask(counts)  # the same checks: a non-empty list of non-negative counts
+    groups = np.empty(len(counts), dtype=int)
+    for group, members in enumerate(np.array_split(np.argsort(-counts, kind="stable"), len(FREQUENCY_GROUPS))):
+        groups[members] = group
+    return groups
+
+
+def group_scores(per_class):
+    """Recall and F1 averaged over the head, middle and tail classes of a run's per-class rows (classes with
+    test images only): `[{"group", "classes", "train_min", "train_max", "recall", "f1"}]`, None where a group
+    has no scored class.
+
+    Example:
+        >>> rows = [{"class": c, "train_count": n, "support": 2, "recall": r, "f1": r}
+        ...         for c, n, r in (("a", 90, 1.0), ("b", 40, 0.5), ("c", 5, 0.0))]
+        >>> [(g["group"], g["recall"]) for g in group_scores(rows)]
+        [('head', 1.0), ('middle', 0.5), ('tail', 0.0)]
+    """
+    groups = frequency_groups([row["train_count"] for row in per_class])
+    out = []
+    for group, name in enumerate(FREQUENCY_GROUPS):
+        rows = [row for row, g in zip(per_class, groups) if g == group]
+        scored = [row for row in rows if row["support"] > 0]
+        counts = [row["train_count"] for row in rows]
+        out.append({"group": name, "classes": [row["class"] for row in rows],
+                    "train_min": min(counts, default=None), "train_max": max(counts, default=None),
+                    "recall": float(np.mean([r["recall"] for r in scored])) if scored else None,
+                    "f1": float(np.mean([r["f1"] for r in scored])) if scored else None})
+    return out

@@ -214,3 +214,41 @@ def _changes(deltas: np.ndarray, resampled: np.ndarray) -> list[dict]:
         low, high = _interval(resampled[:, k])
         changes.append({"delta": delta, "low": low, "high": high, "p": bootstrap_p(delta, resampled[:, k])})
     return changes
+ORDINAL_METRICS = {"quadratic_kappa": "Quadratic weighted kappa", "off_by_one": "Off-by-one accuracy",
+                   "grade_error": "Mean absolute grade error"}
+
+
+def _ordinal(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict[str, np.ndarray]:
+    """The ordinal metrics of each row of `(n_resamples, n)` label arrays (class index = grade)."""
+    distance = np.abs(y_true - y_pred)
+    rows = np.arange(len(y_true))[:, None] * n_classes * n_classes
+    flat = (rows + y_true * n_classes + y_pred).ravel()
+    observed = np.bincount(flat, minlength=len(y_true) * n_classes * n_classes).reshape(-1, n_classes, n_classes)
+    expected = observed.sum(axis=2)[:, :, None] * observed.sum(axis=1)[:, None, :] / y_true.shape[1]
+    grades = np.arange(n_classes)
+    weight = (grades[:, None] - grades[None, :]) ** 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        kappa = 1 - (weight * observed).sum(axis=(1, 2)) / (weight * expected).sum(axis=(1, 2))
+    return {"quadratic_kappa": kappa, "off_by_one": (distance <= 1).mean(axis=1),
+            "grade_error": distance.mean(axis=1)}
+
+
+def ordinal_scores(y_true, y_pred, n_classes: int, *, n_boot: int = 1000, seed: int = 0) -> dict[str, float]:
+    """For ordered classes (class index = grade): quadratic weighted kappa, off-by-one accuracy and mean absolute
+    grade error, each with `{metric}_low` / `_high` from the stratified bootstrap (kappa is nan when every true or
+    every predicted label is one grade).
+
+    >>> scores = ordinal_scores([0, 1, 2, 3] * 10, [0, 2, 2, 3] * 10, 4)
+    >>> scores["off_by_one"], scores["grade_error"]
+    (1.0, 0.25)
+    """
+    y_true, (y_pred,) = _check(y_true, [y_pred], n_classes, n_boot)
+    point = _ordinal(y_true[None, :], y_pred[None, :], n_classes)
+    index = _indices(y_true, n_boot, seed)
+    resampled = _ordinal(y_true[index], y_pred[index], n_classes)
+    out = {}
+    for metric in ORDINAL_METRICS:
+        values = resampled[metric][np.isfinite(resampled[metric])]
+        out[metric] = float(point[metric][0])
+        out[f"{metric}_low"], out[f"{metric}_high"] = _interval(values) if len(values) else (np.nan, np.nan)
+    return out

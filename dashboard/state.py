@@ -15,6 +15,8 @@ import streamlit as st
 
 from core import analysis, duplicates, featuremap, sharing, whatif
 from core.findings import Comparisons, Finding, family_pairs, findings
+from core import analysis, diagnostics, duplicates, explain, featuremap, sharing, stats, whatif
+from core import label_issues as label_issues_module
 from core.config import run_split
 from core.data import Dataset, build_demo_dataset, load_dataset
 from core.errors import ConfigError, ReadOnlyError
@@ -23,7 +25,7 @@ from core.features import split_key
 from core.jobs import ACTIVE_STATUSES, Job, JobManager, compute_slot_path
 from core.paths import cache_dir, demo_dir
 from core.report import escape_markdown, render_runs_report
-from core.runs import RunStore
+from core.runs import MODEL_FILE, RunStore
 from core.settings import DATASET_SETTINGS
 from dashboard import access, errors
 
@@ -444,3 +446,98 @@ def _compute_matches(features, key: str) -> duplicates.Matches:
                                    kind=DUPLICATES_JOB)
     raise ConfigError(f"comparing {len(X[1])} test with {len(X[0])} training images in the background "
                       f"({job.status}); reload the page in a moment")
+
+
+@st.cache_resource(max_entries=4)
+def _run_model(root: str, run_id: str):
+    return _run_store(root).load_model(run_id)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _explanations(root: str, run_id: str, paths: tuple[str, ...], trues: tuple[int, ...]):
+    record = _load_run(root, run_id)
+    return explain.explain_images(record, _run_model(root, run_id), list(paths), list(trues))
+
+
+def explanations(record: dict, paths: list[str], trues: list[int]):
+    """Heat maps of test images under a run (`core.explain`) and the seconds they took; computed once per images.
+
+    Raises ConfigError (a reason to show) for runs whose model is not on this machine (imported bundles carry
+    none) or that heat maps cannot follow (fused backbones, max pooling)."""
+    explain.check_explainable(record)
+    shown, hidden = access.viewable_paths(paths)
+    if hidden:
+        raise ReadOnlyError(f"{hidden} image(s) lie outside the shared dataset folder; viewers see only its images")
+    if not (run_store().root / record["run_id"] / MODEL_FILE).is_file():
+        raise ConfigError("this run's model is not on this machine (runs imported from a bundle carry none), and "
+                          "heat maps need it; train the run here to see them")
+    return _explanations(str(run_store().root), record["run_id"], tuple(paths), tuple(trues))
+
+
+def nearest_training(record: dict, test_rows: list[int], wanted: list[list[int]]) -> list[list[dict]]:
+    """For each test row: the closest training image of each class asked (`path`, `label`, `similarity`), by the
+    run's cached features (`core.duplicates.nearest_of_classes`). Raises ConfigError for runs without them."""
+    start = whatif_start(record)
+    features = start.features
+    index, similarity = duplicates.nearest_of_classes(features.X_train, features.y_train,
+                                                      features.X_test[test_rows], wanted)
+    return [[None if i < 0 else {"path": start.dataset.train[i].path, "label": start.dataset.train[i].label,
+                                 "similarity": float(s)} for i, s in zip(row_i, row_s)]
+            for row_i, row_s in zip(index, similarity)]
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _reliability(root: str, run_id: str):
+    record = _load_run(root, run_id)
+    return diagnostics.reliability_curves(record, _load_predictions(root, run_id), _load_validation(root, run_id))
+
+
+def reliability(record: dict):
+    """The run's calibration and reliability curves (`core.diagnostics.reliability_curves`)."""
+    return _reliability(str(run_store().root), record["run_id"])
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _label_issues(root: str, run_id: str):
+    record = _load_run(root, run_id)
+    validation = _load_validation(root, run_id)
+    temperature = (record.get("calibration") or diagnostics.calibration(
+        record, _load_predictions(root, run_id), validation))["temperature"]
+    return diagnostics.label_issue_table(record, validation, temperature)
+
+
+def label_issues(data: Dataset):
+    """`(run, table)`: the training images whose labels the best-validated run on `data` doubts (see
+    `core.label_issues.issue_source`). Raises ConfigError (a reason to show) when no run has out-of-fold scores."""
+    record = label_issues_module.issue_source(list_runs(), data.fingerprint)
+    if record is None:
+        raise ConfigError("train a svm, head or logreg run on this dataset first: its out-of-fold scores judge "
+                          "the labels")
+    return record, _label_issues(str(run_store().root), record["run_id"])
+
+
+def conflicting_labels(data: Dataset, threshold: float) -> list[dict]:
+    """Near-duplicate training pairs with different labels, by the cached features of the newest feature run."""
+    record = whatif.newest_feature_run(list_runs(), data.fingerprint)
+    if record is None:
+        raise ConfigError("train a svm or head run on this dataset first: the check compares its cached features")
+    features = whatif_start(record).features
+    return _conflicts(features.key, split_key(features, data), threshold, features.X_train, features.y_train)
+
+
+@st.cache_data(max_entries=8, show_spinner="Comparing training images…")
+def _conflicts(key: str, split: str, threshold: float, _X_train, _y_train) -> list[dict]:
+    """Keyed by the feature set and split; the arrays themselves are not hashed."""
+    return duplicates.conflicting_duplicates(_X_train, _y_train, threshold)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _ordinal(root: str, run_id: str) -> dict:
+    predictions, record = _load_predictions(root, run_id), _load_run(root, run_id)
+    return stats.ordinal_scores(predictions["true"].to_numpy(dtype=int), predictions["pred"].to_numpy(dtype=int),
+                                len(record["dataset"]["classes"]), seed=record.get("seed") or 0)
+
+
+def ordinal(record: dict) -> dict:
+    """Quadratic weighted kappa, off-by-one accuracy and mean absolute grade error with intervals (classes in order)."""
+    return _ordinal(str(run_store().root), record["run_id"])

@@ -101,7 +101,7 @@ def runs_dataframe(records: list[dict], key: str, columns: tuple[str, ...] | Non
     table.insert(0, "open", [f"results?run={record['run_id']}" for record in records])
     scores = {name: st.column_config.NumberColumn(format="%.3f")
               for name in ("accuracy", "balanced accuracy", "macro-F1", "validation macro-F1",
-                           "cross-fitted validation macro-F1", "fit s", "predict s")}
+                           "cross-fitted validation macro-F1", "head F1", "middle F1", "tail F1", "fit s", "predict s")}
     st.dataframe(table, hide_index=True, key=key, column_order=("open", *columns) if columns else None,
                  column_config={"open": st.column_config.LinkColumn("open", display_text="Results", width="small"),
                                 **scores})

@@ -95,7 +95,8 @@ def test_run_table():
     assert table["run id"].tolist() == ["r1", "r2"]
     assert table["run"].tolist() == ["head · balanced", "svm · none"]
     assert table.columns.tolist() == ["run", "approach", "remedy", "accuracy", "balanced accuracy", "macro-F1",
-                                      "validation macro-F1", "cross-fitted validation macro-F1", "fit s",
+                                      "validation macro-F1", "cross-fitted validation macro-F1", "head F1",
+                                      "middle F1", "tail F1", "fit s",
                                       "predict s", "run id"]
 
 

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.duplicates import Matches, best_matches, build_matches, load_matches, matches_path, near_duplicates
+from core.duplicates import (Matches, best_matches, build_matches, conflicting_duplicates, load_matches, matches_path,
+                             near_duplicates, nearest_of_classes)
 from core.errors import ConfigError
 
 
@@ -77,3 +78,35 @@ def test_a_reencoded_or_resized_photo_is_found_and_other_photos_are_not(tmp_path
     found = sorted((dataset.test[p["test"]].path, dataset.train[p["train"]].path) for p in pairs)
     assert [(test.rsplit("/", 1)[1], train) for test, train in found] == [
         ("copy-reencoded.jpg", str(source)), ("copy-resized.png", str(source))]
+
+
+def test_nearest_training_image_of_each_asked_class_is_found():
+    """Three clusters; each query sits next to a planted training row of its cluster's class and another class's."""
+    rng = np.random.default_rng(2)
+    centres = rng.normal(scale=5, size=(3, 16))
+    y = np.repeat([0, 1, 2], 20)
+    X = centres[y] + rng.normal(scale=1.0, size=(60, 16))
+    queries = X[[5, 27]] + rng.normal(scale=0.01, size=(2, 16))  # copies of training rows 5 (class 0), 27 (class 1)
+    index, similarity = nearest_of_classes(X, y, queries, [[0, 2], [1, 0]])
+    assert index[:, 0].tolist() == [5, 27] and (similarity[:, 0] > 0.99).all()
+    assert y[index[0, 1]] == 2 and y[index[1, 1]] == 0 and (similarity[:, 1] < similarity[:, 0]).all()
+    # the closest class-2 row to query 0 is the one nearest by centred cosine, checked by brute force
+    centred = X - X.mean(axis=0)
+    q = (queries[0] - X.mean(axis=0))
+    cos = centred @ q / np.linalg.norm(centred, axis=1) / np.linalg.norm(q)
+    assert index[0, 1] == np.flatnonzero(y == 2)[cos[y == 2].argmax()]
+
+
+def test_a_class_without_training_images_has_no_neighbour():
+    index, similarity = nearest_of_classes(np.eye(3), [0, 0, 1], np.eye(3)[:1], [[2, 0]])
+    assert index.tolist() == [[-1, 0]] and np.isnan(similarity[0, 0])
+
+
+def test_near_duplicate_training_images_with_different_labels_are_flagged():
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(40, 32))
+    y = np.arange(40) % 4
+    X[30] = X[3] + rng.normal(scale=0.001, size=32)  # a copy, other label (30 % 4 = 2, 3 % 4 = 3)
+    X[8] = X[4] + rng.normal(scale=0.001, size=32)  # a copy with the same label: no conflict
+    pairs = conflicting_duplicates(X, y, chunk=7)
+    assert [(p["a"], p["b"]) for p in pairs] == [(3, 30)] and pairs[0]["similarity"] > 0.99

@@ -148,3 +148,25 @@ def test_macro_scores_average_only_classes_with_test_images():
     assert result["macro_recall"] == pytest.approx((1 + 0.5) / 2) == pytest.approx(result["balanced_accuracy"])
     assert result["macro_precision"] == pytest.approx((2 / 3 + 1) / 2)
     assert evaluate(Y_TRUE, Y_PRED, CLASSES)["no_test_support"] == []
+
+
+def test_frequency_groups_are_thirds_by_training_count():
+    from core.metrics import frequency_groups
+
+    counts = [5, 300, 40, 41, 2, 100, 60, 7, 9, 200]
+    groups = frequency_groups(counts)
+    assert groups.tolist() == [2, 0, 1, 1, 2, 0, 0, 2, 1, 0]  # head 300 200 100 60, middle 41 40 9
+    ranked = np.argsort(-np.array(counts), kind="stable")
+    assert groups[ranked].tolist() == sorted(groups.tolist())  # rarer classes never sit in a more frequent group
+    assert np.bincount(groups).tolist() == [4, 3, 3]
+
+
+def test_group_scores_average_recall_and_f1_over_scored_classes_only():
+    from core.metrics import group_scores
+
+    report = evaluate([0, 0, 1, 1, 2, 3, 3], [0, 0, 1, 0, 2, 1, 3], ["a", "b", "c", "d", "e", "f"],
+                      train_counts=[100, 80, 60, 40, 10, 5])
+    rows = {row["group"]: row for row in group_scores(report["per_class"])}
+    assert rows["head"]["classes"] == ["a", "b"] and rows["head"]["recall"] == pytest.approx((1.0 + 0.5) / 2)
+    assert rows["middle"]["recall"] == pytest.approx((1.0 + 0.5) / 2)
+    assert rows["tail"]["recall"] is None and rows["tail"]["train_min"] == 5  # e, f have no test images

@@ -330,7 +330,7 @@ def test_results_deep_link_metrics_and_confusion_toggle(trained):
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Accuracy"] == f"{run['accuracy']:.3f}"
     assert metrics["Macro-F1"] == f"{run['macro_f1']:.3f}"
-    assert charts(at) == 3  # confusion matrix, per-class bars, learning curve
+    assert charts(at) == 4  # confusion matrix, per-class bars, learning curve, reliability diagram
     at.toggle(key="cm_normalize").set_value(True).run()
     assert not at.exception and at.toggle(key="cm_normalize").value
 
@@ -346,7 +346,7 @@ def test_results_charts_show_markup_class_names_as_text(trained_copy):
     at = page("results")
     at.query_params["run"] = run["run_id"]
     at.run()
-    assert not at.exception and charts(at) == 3
+    assert not at.exception and charts(at) == 4
     specs = [json.dumps(json.loads(chart.proto.spec), ensure_ascii=False) for chart in at.get("plotly_chart")]
     assert not [spec for spec in specs if '<a href=\\"http' in spec]
     assert all("&lt;a href=" in spec for spec in specs[:2])  # the confusion matrix and per-class bars name it
@@ -444,6 +444,50 @@ def test_results_misclassified_gallery_shows_images(trained):
     at.run()
     assert at.selectbox(key="error_cell").options
     assert at.image and all(caption.endswith(".png") for caption in at.image[0].captions)
+
+
+def test_results_explain_a_cell_with_heat_maps_and_nearest_training_images(trained):
+    """The toggle under the misclassified gallery draws, per image, its two heat maps and two neighbours."""
+    run = head_run()
+    at = page("results")
+    at.query_params["run"] = run["run_id"]
+    at.run()
+    at.toggle(key="why_show").set_value(True).run()
+    assert not at.exception
+    captions = [c for image in at.image for c in image.captions]
+    assert sum("map of" in c for c in captions) >= 1
+    assert any(" minus " in c for c in captions) and any(c.startswith("nearest ") for c in captions)
+    assert "exact CAM" in texts(at.caption) and "prior adjustment" in texts(at.caption)
+
+
+def test_results_show_calibration_groups_and_ordinal_scores(trained):
+    run = head_run()
+    at = page("results")
+    at.query_params["run"] = run["run_id"]
+    at.run()
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["ECE after temperature"] == f"{run['calibration']['ece']:.3f}"
+    groups = next(df.value for df in at.dataframe if "F1" in df.value.columns)
+    assert groups["classes"].str.startswith(("head", "middle", "tail", "all")).all() and len(groups) == 4
+    at.toggle(key="ordered_classes").set_value(True).run()
+    assert not at.exception and "Quadratic weighted kappa" in {m.label for m in at.metric}
+
+
+def test_svm_results_say_its_scores_are_not_probabilities(trained):
+    svm = next(r for r in state.run_store().list_runs() if r["approach"] == "svm")
+    at = page("results")
+    at.query_params["run"] = svm["run_id"]
+    at.run()
+    assert not at.exception and {m.label: m.value for m in at.metric}["ECE as trained"] == "n/a"
+
+
+def test_dataset_page_shows_suspected_label_errors(trained):
+    at = page("dataset")
+    at.run()
+    assert not at.exception
+    counts = next(df.value for df in at.dataframe if "suspected" in df.value.columns)
+    assert counts["suspected"].sum() > 0 and "Confident learning" in texts(at.caption)
+    assert any("looks like" in c for image in at.image for c in image.captions)
 
 
 def test_results_unknown_run_link_warns_and_shows_newest(trained):

@@ -182,3 +182,27 @@ def test_class_f1_change_follows_the_class_that_changed():
     change = paired_comparison(y_true, pred_a, pred_b, 3, n_boot=400)["class_f1"]
     assert change[2]["delta"] == pytest.approx(1.0) and change[2]["low"] > 0.5
     assert change[1]["delta"] == 0.0
+def test_ordinal_scores_match_scikit_learn_and_count_neighbouring_grades():
+    from sklearn.metrics import cohen_kappa_score
+
+    from core.stats import ordinal_scores
+
+    rng = np.random.default_rng(5)
+    y_true = rng.integers(0, 5, 300)
+    y_pred = np.clip(y_true + rng.choice([-2, -1, 0, 0, 0, 1], size=300), 0, 4)
+    scores = ordinal_scores(y_true, y_pred, 5)
+    assert scores["quadratic_kappa"] == pytest.approx(cohen_kappa_score(y_true, y_pred, weights="quadratic"))
+    assert scores["off_by_one"] == pytest.approx(np.mean(np.abs(y_true - y_pred) <= 1))
+    assert scores["grade_error"] == pytest.approx(np.mean(np.abs(y_true - y_pred)))
+    for metric in ("quadratic_kappa", "off_by_one", "grade_error"):
+        assert scores[f"{metric}_low"] <= scores[metric] <= scores[f"{metric}_high"]
+    assert scores["off_by_one_high"] - scores["off_by_one_low"] > 0
+
+
+def test_ordinal_scores_rank_a_near_miss_above_a_far_miss():
+    from core.stats import ordinal_scores
+
+    y_true = np.repeat(np.arange(5), 20)
+    near, far = np.clip(y_true + 1, 0, 4), (y_true + 3) % 5
+    assert ordinal_scores(y_true, near, 5)["quadratic_kappa"] > ordinal_scores(y_true, far, 5)["quadratic_kappa"]
+    assert ordinal_scores(y_true, near, 5)["off_by_one"] == 1.0

@@ -9,7 +9,7 @@ from core.duplicates import DUPLICATE_SIMILARITY
 from core.figures import class_distribution_figure
 from core.metrics import MINORITY_FRACTION
 from core.report import escape_markdown
-from dashboard import access, errors, state, widgets
+from dashboard import access, errors, state, why, widgets
 
 THUMBNAILS_PER_CLASS = 5
 THUMBNAIL_PX = 120
@@ -124,3 +124,4 @@ with errors.guard():
     show_balance(data, table)
     show_samples(data)
     near_duplicates_panel(data)
+    why.label_issues_panel(data)

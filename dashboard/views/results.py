@@ -6,7 +6,7 @@ from core.analysis import (HEADLINE_METRICS, LOGIT_APPROACHES, class_report, err
                            run_settings)
 from core.figures import clickable_confusion_figure, learning_curve_figure, per_class_figure
 from core.report import escape_markdown
-from dashboard import access, errors, state, widgets
+from dashboard import access, errors, state, why, widgets
 
 
 def show_metrics(record: dict) -> None:
@@ -94,11 +94,12 @@ def misclassified_panel(record: dict) -> None:
     choice = st.selectbox("True class → predicted class", range(len(cells)), key="error_cell", format_func=lambda i:
                           f"{classes[cells[i]['true']]} → {classes[cells[i]['pred']]} ({cells[i]['count']} images)")
     with errors.guard():
-        paths, missing = misclassified_paths(state.load_predictions(record["run_id"]), cells[choice]["true"],
-                                             cells[choice]["pred"])
+        predictions = state.load_predictions(record["run_id"])
+        paths, missing = misclassified_paths(predictions, cells[choice]["true"], cells[choice]["pred"])
         if missing:
             st.warning(f"{missing} image(s) are no longer at their recorded path (dataset moved?).")
         widgets.gallery(paths)
+        why.why_panel(record, predictions, cells[choice]["true"], cells[choice]["pred"])
 
 
 st.title("Results")
@@ -111,6 +112,8 @@ with errors.guard():
         show_metrics(record)
         confusion_panel(record)
         widgets.chart(per_class_figure(record["per_class"]), key="per_class")
+        why.groups_panel(record)
+        why.ordinal_panel(record)
         with st.expander("Per-class table and run settings"):
             left, right = st.columns([3, 2])
             left.dataframe(class_report(record), hide_index=True, key="class_report")
@@ -119,3 +122,5 @@ with errors.guard():
         if record["history"]:
             widgets.chart(learning_curve_figure(record["history"]), key="learning_curve")
         misclassified_panel(record)
+        with errors.guard():
+            why.calibration_panel(record)
