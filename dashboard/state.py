@@ -13,7 +13,6 @@ from pathlib import Path
 
 import streamlit as st
 
-from core import analysis, duplicates, featuremap, sharing, whatif
 from core.findings import Comparisons, Finding, family_pairs, findings
 from core import analysis, diagnostics, duplicates, explain, featuremap, sharing, stats, whatif
 from core import label_issues as label_issues_module
