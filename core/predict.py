@@ -263,3 +263,21 @@ def write_predictions(predictions: Predictions, out, fmt: str = "csv", k: int = 
     atomic_write_json(out, {"run_id": run_id, "classes": predictions.classes, "predictions": rows,
                             "skipped": [{"path": p, "reason": r} for p, r in predictions.skipped]}, "predictions file")
     return Path(out)
+
+
+def save_uploads(files, folder) -> list[str]:
+    """Store uploaded images `[(file name, bytes)]` under `folder` by content (`<sha256 prefix><extension>`),
+    so the same image uploaded again is the same file (and its features a cache hit); their paths."""
+    import hashlib
+
+    paths = []
+    for name, data in files:
+        suffix = Path(name).suffix.lower()
+        if suffix not in IMAGE_EXTENSIONS:
+            raise DataError(f"{name!r} is not an image file ({suffix or 'no extension'}); upload JPEG, PNG, BMP, "
+                            "WebP or TIFF images")
+        path = Path(folder) / f"{hashlib.sha256(data).hexdigest()[:32]}{suffix}"
+        if not path.is_file():
+            atomic_write_bytes(path, data, "uploaded image")
+        paths.append(str(path))
+    return paths
