@@ -176,8 +176,9 @@ def predict_images(predictor: Predictor, inputs, *, skip_unreadable: bool = Fals
     >>> p.table(k=3).head()  # doctest: +SKIP
     """
     root, scanner, files = image_files(inputs, predictor.cache_dir)
+    listed = len(scanner.skipped)  # so far: folders and files that are not images (hidden ones, other extensions)
     samples = scanner.add([(path, 0) for path in files])
-    broken = [(path, reason) for path, reason in scanner.skipped if not reason.startswith("not an image extension")]
+    broken = scanner.skipped[listed:]
     if broken and not skip_unreadable:
         path, reason = broken[0]
         raise DataError(f"{len(broken)} of {len(files)} image(s) cannot be read, e.g. {path!r}: {reason}; remove "

@@ -430,7 +430,7 @@ class RunStore:
             shutil.rmtree(trash, ignore_errors=True)
 
     def export_bundle(self, run_ids, out_path, rewrite=None) -> Path:
-        """Write the given runs (records, predictions, validation scores and models as arrays) and a ``manifest.json`` into a zip.
+        """Write the given runs (records, predictions, validation scores, models as arrays) and a manifest into a zip.
 
         `rewrite(record, predictions) -> (record, predictions)` changes each run on its way out (e.g.
         `core.sharing.PathNames.bundle_run`, which renames paths for viewers); None copies the files.
