@@ -118,11 +118,14 @@ def test_predict_json_top_k_and_files(demo_runs, demo_dir, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("approach", ["svm", "head", "logreg", "finetune"])
 def test_exported_onnx_reproduces_the_stored_test_predictions(demo_runs, demo_dataset, approach, tmp_path):
-    """onnxruntime on the exported graph gives every stored test class; scores within 1e-3.
+    """onnxruntime on the exported graph gives every stored test class; scores within 1e-3 (relative and absolute).
 
     The run's features are fp32 OpenVINO, the graph's fp32 onnxruntime: the same network, features equal
-    within ~1e-5 (different kernels sum in other orders), and the classifiers are smooth in them; the SVM's
-    votes are integers but flip only where a pairwise decision is within that noise of 0.
+    within about 1e-6 relative (other kernels sum in other orders). Classifiers are linear or smooth in them,
+    so scores move by about that relative amount times their conditioning: the head's standardisation divides
+    near-constant columns by tiny deviations, giving logits of a few hundred that moved by up to 3.4e-4
+    relative (0.02 absolute) here. The SVM's votes are integers but flip only where a pairwise decision is
+    within that noise of 0; the classes must all be equal.
     """
     import onnxruntime as ort
 
@@ -144,7 +147,7 @@ def test_exported_onnx_reproduces_the_stored_test_predictions(demo_runs, demo_da
     scores, decision, labels = session.run(None, {"image": images})
     assert [demo_dataset.classes[i] for i in labels] == stored["pred_class"].tolist()
     columns = [c for c in stored.columns if c.startswith("score_")]
-    np.testing.assert_allclose(scores, stored[columns].to_numpy(), atol=1e-3)
+    np.testing.assert_allclose(scores, stored[columns].to_numpy(), rtol=1e-3, atol=1e-3)
     tall = session.run(None, {"image": np.ascontiguousarray(images[:2].transpose(0, 1, 3, 2))})[0]
     assert tall.shape == (2, len(demo_dataset.classes))  # height and width stay dynamic
 
