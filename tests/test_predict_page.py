@@ -18,7 +18,7 @@ def test_predict_page_preselects_the_best_run_and_predicts_a_folder(trained, dem
     at = page("predict").run()
     assert not at.exception
     best = best_by_validation(state.run_store().list_runs())
-    assert at.query_params["run"] == [best], "the best run by validation is preselected"
+    assert at.query_params["run"] == best, "the best run by validation is preselected"
     at.radio(key="predict_source").set_value("A folder on this machine").run()
     at.text_input(key="predict_folder").set_value(f"{demo_data}/test/8-eight").run()
     assert not at.exception and not at.error
@@ -33,7 +33,7 @@ def test_predict_page_deep_link_picks_that_run(trained):
     at = page("predict")
     at.query_params["run"] = run_id
     at.run()
-    assert not at.exception and at.query_params["run"] == [run_id]
+    assert not at.exception and at.query_params["run"] == run_id
 
 
 def test_viewers_see_no_uploader_and_the_server_refuses_their_upload(trained, monkeypatch):
