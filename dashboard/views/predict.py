@@ -14,9 +14,9 @@ def show_explanation(run_id: str, path: str) -> None:
     """The place for why the run decided so on this image: the explanation issue draws its heat map here."""
 
 
-def show_prediction(predictions, i: int, run_id: str) -> None:
+def show_prediction(predictions, i: int, run_id: str, names: dict) -> None:
     path, best = predictions.paths[i], predictions.top_k(i, TOP_K)
-    st.image(state.thumbnail(path), caption=access.shown_path(path).rsplit("/", 1)[-1])
+    st.image(state.thumbnail(path), caption=names.get(path, access.shown_path(path).rsplit("/", 1)[-1]))
     st.markdown(f"**{best[0]['class']}**")
     value = "probability" if predictions.logits else "score"
     st.dataframe({"class": [b["class"] for b in best], value: [b[value] for b in best]}, hide_index=True,
@@ -39,9 +39,10 @@ with errors.guard():
             files = st.file_uploader("Drop images here", type=[e.lstrip(".") for e in IMAGE_EXTENSIONS],
                                      accept_multiple_files=True, key="predict_upload")
             paths = state.save_uploads(files) if files else []
+            names = dict(zip(paths, (file.name for file in files or [])))  # uploads are stored by content
         else:
             folder = st.text_input("Folder of images (searched recursively)", key="predict_folder").strip()
-            paths = [folder] if folder else []
+            paths, names = ([folder] if folder else []), {}
         if paths:
             predictions = state.predict_images(record["run_id"], paths)
             for path, reason in predictions.skipped:
@@ -54,4 +55,4 @@ with errors.guard():
             for start in range(0, shown, COLUMNS):
                 for i, column in zip(range(start, min(start + COLUMNS, shown)), st.columns(COLUMNS)):
                     with column:
-                        show_prediction(predictions, i, record["run_id"])
+                        show_prediction(predictions, i, record["run_id"], names)
