@@ -11,6 +11,7 @@ PAGES = [  # menu order; the first is the home page "/", the others live at "/<f
     st.Page(views.path("compare"), title="Compare", icon=":material/compare_arrows:"),
     st.Page(views.path("whatif"), title="What-if", icon=":material/tune:"),
     st.Page(views.path("featuremap"), title="Feature map", icon=":material/scatter_plot:"),
+    st.Page(views.path("predict"), title="Predict", icon=":material/image_search:"),
     st.Page(views.path("share"), title="Share", icon=":material/share:"),
 ]
 current = st.navigation(PAGES)  # before the imports below, so the menu shows while they load on a fresh server

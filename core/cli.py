@@ -97,6 +97,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", required=True)
     rep.add_argument("--base-url", default=None, help="dashboard address the report's run links open "
                      "(default: http://localhost:8501, where `make run` serves)")
+    pred = sub.add_parser("predict", help="apply a stored run to new images; one row per image")
+    pred.add_argument("--run", required=True, help="run id (see the Results page or cache/runs/)")
+    pred.add_argument("files", nargs="*", help="image files (or use --data)")
+    pred.add_argument("--data", help="a folder of images, searched recursively")
+    pred.add_argument("--out", required=True, help="predictions file (.csv, or .json with --format json)")
+    pred.add_argument("--format", choices=("csv", "json"), default=None, help="default: from --out's extension")
+    pred.add_argument("--top-k", type=int, default=3, help="classes listed per image (default: 3)")
+    pred.add_argument("--skip-unreadable", action="store_true",
+                      help="predict the readable images and list the unreadable ones with reasons")
+    _add_settings(pred, "predict")
+    exp_onnx = sub.add_parser("export", help="write a run as ONNX (decision rule inside) with its preprocessing")
+    exp_onnx.add_argument("--run", required=True, help="run id")
+    exp_onnx.add_argument("--out", required=True, help="a new or empty folder")
+    _add_settings(exp_onnx, "export")
     sub.add_parser("list-backbones", help="list registered backbones and whether their weights load offline")
     tok = sub.add_parser("owner-token", help="print the token that unlocks actions on a shared dashboard")
     _add_settings(tok, "owner-token")
@@ -169,6 +183,35 @@ def cmd_report(args, progress) -> None:
     print(write_report(args.results, args.out, fmt=fmt, base_url=args.base_url or DEFAULT_BASE_URL))
 
 
+def cmd_predict(args, progress) -> None:
+    from core.predict import load_predictor, predict_images, write_predictions
+
+    if bool(args.data) == bool(args.files):
+        raise UsageError("give either --data DIR or image files, not both and not neither")
+    if args.top_k < 1:
+        raise UsageError(f"--top-k must be at least 1, got {args.top_k}")
+    check_output_file(args.out, "predictions file (--out)")
+    fmt = args.format or ("json" if args.out.endswith(".json") else "csv")
+    predictor = load_predictor(args.run, args.cache_dir)
+    with _compute_slot(args):
+        predictions = predict_images(predictor, [args.data] if args.data else args.files,
+                                     skip_unreadable=args.skip_unreadable, progress=progress)
+    write_predictions(predictions, args.out, fmt, min(args.top_k, len(predictions.classes)), predictor.run_id)
+    for note in predictions.notes:
+        print(f"note: {note}", file=sys.stderr)
+    for path, reason in predictions.skipped:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    print(f"{len(predictions.paths)} image(s) predicted with run {predictor.run_id}; written to {args.out}",
+          file=sys.stderr)
+
+
+def cmd_export(args, progress) -> None:
+    from core.export import export_run
+    from core.predict import load_predictor
+
+    print(export_run(load_predictor(args.run, args.cache_dir), args.out))
+
+
 def cmd_list_backbones(args, progress) -> None:
     """One line per registered backbone: name, native short side, whether its weights load offline, from where."""
     for name in list_backbones():
@@ -184,7 +227,7 @@ def cmd_owner_token(args, progress) -> None:
 
 
 COMMANDS = {"experiment": cmd_experiment, "extract": cmd_extract, "demo-data": cmd_demo_data,
-            "report": cmd_report, "list-backbones": cmd_list_backbones, "owner-token": cmd_owner_token}
+            "report": cmd_report, "predict": cmd_predict, "export": cmd_export, "list-backbones": cmd_list_backbones, "owner-token": cmd_owner_token}
 
 
 def main(argv=None) -> int:

@@ -1,8 +1,9 @@
 """Run store: one folder per run under ``cache/runs/<run_id>/``, written whole or not at all.
 
-A run folder holds ``record.json`` (config, timings, metrics), and optionally ``model.joblib``,
-``predictions.csv`` (test images) and ``validation.csv`` (out-of-fold scores of the training images). Runs move between copies of TransferScope as zip bundles of records and predictions
-only: a model is a pickle (loading one runs code), so it never leaves the machine that trained it.
+A run folder holds ``record.json`` (config, timings, metrics), and optionally ``model.safetensors`` (the
+model as arrays and JSON, see core.model_io), ``predictions.csv`` (test images) and ``validation.csv``
+(out-of-fold scores of the training images). Runs move between copies of TransferScope as zip bundles of
+these files; no file is ever a pickle (loading one runs code), and an imported model is validated first.
 Writers (save, delete, import) hold a file lock on the store, so several processes may write at once;
 readers never see a half-written run, and a crash leaves only hidden ``.tmp-*`` folders, removed by
 the next writer.
@@ -32,20 +33,21 @@ from filelock import FileLock
 
 from core.csvcells import frame_csv, read_csv
 from core.errors import RunStoreError, StorageError
+from core.model_io import MAX_MODEL_BYTES, MODEL_FILE, model_bytes, model_state, read_model
 
 if TYPE_CHECKING:
     import pandas as pd
 
 SCHEMA_VERSION = 1
 RECORD_FILE = "record.json"
-MODEL_FILE = "model.joblib"
+LEGACY_MODEL_FILE = "model.joblib"  # a pickle, written by earlier versions: never read from a bundle
 PREDICTIONS_FILE = "predictions.csv"
 VALIDATION_FILE = "validation.csv"
-BUNDLE_FILES = (RECORD_FILE, PREDICTIONS_FILE, VALIDATION_FILE)  # never MODEL_FILE: a pickle runs the sender's code when loaded
+BUNDLE_FILES = (RECORD_FILE, PREDICTIONS_FILE, VALIDATION_FILE, MODEL_FILE)
 MANIFEST_FILE = "manifest.json"
 MAX_BUNDLE_BYTES = 2 * 1024**3
 MAX_MEMBER_BYTES = {MANIFEST_FILE: 1024**2, RECORD_FILE: 5 * 1024**2, PREDICTIONS_FILE: 512 * 1024**2,
-                    VALIDATION_FILE: 512 * 1024**2}
+                    VALIDATION_FILE: 512 * 1024**2, MODEL_FILE: MAX_MODEL_BYTES}
 MAX_COMPRESSION_RATIO = 100  # checked on members over RATIO_CHECK_BYTES; real records and CSVs stay far below
 RATIO_CHECK_BYTES = 1024**2
 _RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,200}")
@@ -363,9 +365,7 @@ class RunStore:
             with self._locked(), self._staging_dir(run_id) as tmp:
                 (tmp / RECORD_FILE).write_text(_to_json(record), encoding="utf-8")
                 if model is not None:
-                    import joblib  # on use: the atomic writers above start fast
-
-                    joblib.dump(model, tmp / MODEL_FILE)
+                    (tmp / MODEL_FILE).write_bytes(model_bytes(model_state(model)))
                 if predictions is not None:
                     (tmp / PREDICTIONS_FILE).write_text(frame_csv(predictions), encoding="utf-8")
                 if validation is not None:
@@ -408,10 +408,14 @@ class RunStore:
         return read_csv(path) if path.is_file() else None
 
     def load_model(self, run_id: str):
-        """Return the model of run `run_id` (unpickles it; models are only ever written by this machine's runs)."""
-        import joblib
-
-        return joblib.load(self._artifact(run_id, MODEL_FILE))
+        """The stored model of run `run_id` (a validated `core.model_io.StoredModel`); a clear error without one."""
+        path = self._existing_run_dir(run_id) / MODEL_FILE
+        if not path.is_file():
+            old = "a pickled model of an earlier version, which is never loaded" if (
+                path.parent / LEGACY_MODEL_FILE).is_file() else "no model"
+            raise RunStoreError(f"run {run_id!r} has {old}: it was trained by, or imported from, an earlier "
+                                "version of TransferScope; train it again (or import a bundle exported by this version)")
+        return read_model(path, f"the model of run {run_id!r}")
 
     def delete(self, run_id: str) -> None:
         """Remove run `run_id`; it disappears from list_runs at once, even if removal is interrupted."""
@@ -423,7 +427,7 @@ class RunStore:
             shutil.rmtree(trash, ignore_errors=True)
 
     def export_bundle(self, run_ids, out_path, rewrite=None) -> Path:
-        """Write the given runs (records and predictions, never models) and a ``manifest.json`` into a zip.
+        """Write the given runs (records, predictions, validation scores, models as arrays) and a manifest into a zip.
 
         `rewrite(record, predictions) -> (record, predictions)` changes each run on its way out (e.g.
         `core.sharing.PathNames.bundle_run`, which renames paths for viewers); None copies the files.
@@ -563,7 +567,7 @@ def _bundle_member(info: zipfile.ZipInfo) -> tuple[str, str]:
         raise RunStoreError(f"bundle member {name!r} is encrypted; export the bundle again without a password")
     run_id, _, file_name = name.partition("/")
     check_run_id(run_id)
-    if file_name == MODEL_FILE:
+    if file_name == LEGACY_MODEL_FILE:
         raise RunStoreError(f"bundle member {name!r} is a pickled model, and loading one runs the sender's code; "
                             "bundles carry only records and predictions, so ask for a bundle exported by this version")
     if file_name not in BUNDLE_FILES:
@@ -630,6 +634,8 @@ def _check_bundle(zf: zipfile.ZipFile) -> dict[str, dict[str, zipfile.ZipInfo]]:
         if RECORD_FILE not in files:
             raise RunStoreError(f"bundle lists run {run_id!r} but has no {run_id}/{RECORD_FILE}")
         record = _check_imported_record(_parse_record(zf.read(files[RECORD_FILE]), run_id))
+        if MODEL_FILE in files:
+            _check_imported_model(zf.read(files[MODEL_FILE]), record)
         if PREDICTIONS_FILE in files:
             _check_prediction_paths(zf, files[PREDICTIONS_FILE], record)
     return members
@@ -655,6 +661,14 @@ def _check_imported_record(record: dict) -> dict:
         raise RunStoreError(f"{where} was created {record['created']!r:.40}, in the future; check the clock of the "
                             "machine that exported it and export it again")
     return record
+
+
+def _check_imported_model(data: bytes, record: dict) -> None:
+    """An imported model must be a valid stored model for the run's classes (checked before anything is written)."""
+    stored = read_model(data, f"bundle run {record['run_id']!r} model")
+    if stored.n_classes != len(record["dataset"]["classes"]):
+        raise RunStoreError(f"bundle run {record['run_id']!r} has a model for {stored.n_classes} classes but "
+                            f"{len(record['dataset']['classes'])} classes in its record; export the bundle again")
 
 
 def _check_prediction_paths(zf: zipfile.ZipFile, info: zipfile.ZipInfo, record: dict) -> None:

@@ -121,7 +121,7 @@ SETTINGS: tuple[Setting, ...] = (
     S("runtime", str, "auto", "frozen-backbone inference: auto = OpenVINO on CPU when installed, torch on CUDA",
       "Runtime", choices=RUNTIMES),
     S("cache_dir", str, DEFAULT_CACHE_DIR, "folder of the feature cache and the run store", env=CACHE_DIR_ENV,
-      commands=("experiment", "extract", "owner-token"), on_page=False),
+      commands=("experiment", "extract", "owner-token", "predict", "export"), on_page=False),
     S("test_size", float, 0.2, "test fraction when DIR has no train/test split", "Test size", 0.05, 0.9),
     S("image_size", int, None, "short side in pixels (default: the backbone's own: 224, Lite1 240, Lite2 260)", "Image size (short side, px)",
       16, 2048, optional=True),

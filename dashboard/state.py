@@ -14,7 +14,7 @@ from pathlib import Path
 import streamlit as st
 
 from core.findings import Comparisons, Finding, family_pairs, findings
-from core import analysis, diagnostics, duplicates, explain, featuremap, sharing, stats, whatif
+from core import analysis, diagnostics, duplicates, explain, featuremap, predict, sharing, stats, whatif
 from core import label_issues as label_issues_module
 from core.config import run_split
 from core.data import Dataset, build_demo_dataset, load_dataset
@@ -540,3 +540,27 @@ def _ordinal(root: str, run_id: str) -> dict:
 def ordinal(record: dict) -> dict:
     """Quadratic weighted kappa, off-by-one accuracy and mean absolute grade error with intervals (classes in order)."""
     return _ordinal(str(run_store().root), record["run_id"])
+UPLOADS_FOLDER = "uploads"  # inside the cache folder: uploaded images, named by content
+
+
+@st.cache_resource(max_entries=4)
+def _predictor(cache: str, run_id: str) -> predict.Predictor:
+    return predict.load_predictor(run_id, cache)
+
+
+@st.cache_data(max_entries=16, show_spinner="Predicting (features of new images are cached)…")
+def _predictions(cache: str, run_id: str, paths: tuple[str, ...], stamps: tuple) -> predict.Predictions:
+    return predict.predict_images(_predictor(cache, run_id), list(paths), skip_unreadable=True)
+
+
+def predict_images(run_id: str, paths: list[str]) -> predict.Predictions:
+    """The run's predictions for image files or folders on this machine (owner only; cached by file stamps)."""
+    access.require_owner("predict on new images")
+    stamps = tuple(Path(p).stat().st_mtime_ns if Path(p).exists() else None for p in paths)
+    return _predictions(str(cache_dir()), run_id, tuple(paths), stamps)
+
+
+def save_uploads(files) -> list[str]:
+    """Store uploaded images in the cache by content (owner only: a viewer's upload is refused here)."""
+    access.require_owner("upload images")
+    return predict.save_uploads([(file.name, file.getvalue()) for file in files], cache_dir() / UPLOADS_FOLDER)

@@ -116,16 +116,18 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
 
 
-def pick_run(runs: list[dict], label: str, key: str) -> dict:
-    """Run selectbox, newest first, in sync with the `?run=<id>` deep link; the chosen record."""
+def pick_run(runs: list[dict], label: str, key: str, default: str | None = None) -> dict:
+    """Run selectbox, newest first, in sync with the `?run=<id>` deep link; the chosen record.
+
+    Without a link it starts on run `default` when given (e.g. the best by validation), else the newest."""
     labels = run_labels(runs)
     ids = list(labels)
     wanted = st.query_params.get("run")
     if wanted and wanted not in labels:
         st.warning("The run in the link does not exist here (deleted, or not a run this page shows); "
-                   "showing the newest run instead.")
-    run_id = st.selectbox(label, ids, index=ids.index(wanted) if wanted in labels else 0, format_func=labels.get,
-                          key=key)
+                   f"showing the {'default' if default in labels else 'newest'} run instead.")
+    start = wanted if wanted in labels else default if default in labels else ids[0]
+    run_id = st.selectbox(label, ids, index=ids.index(start), format_func=labels.get, key=key)
     st.query_params["run"] = run_id
     return next(run for run in runs if run["run_id"] == run_id)
 

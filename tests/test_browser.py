@@ -34,7 +34,7 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
 MENU = {"dataset": "Dataset", "train": "Train", "results": "Results", "compare": "Compare",  # url path -> title
-        "whatif": "What-if", "featuremap": "Feature map", "share": "Share"}
+        "whatif": "What-if", "featuremap": "Feature map", "predict": "Predict", "share": "Share"}
 DEFAULT_PAGE = next(iter(MENU))  # it lives at "/": Streamlit answers "/<its url_path>" with "Page not found"
 FAST = {"image_size": 48, "epochs": 3}  # small enough for a job of a few seconds on 2 CPU cores
 SERVER_START_S = 60
@@ -269,7 +269,7 @@ def test_page_renders(page, server, name):
         assert main.locator('[data-testid="stMetric"]').count() == 4
     elif name == "train":
         assert page.locator(".st-key-launch button").is_enabled()
-    elif name in ("results", "compare") and not server.runs():
+    elif name in ("results", "compare", "predict") and not server.runs():
         assert main.get_by_text("No runs yet").is_visible(), f"{name}: no friendly empty state without runs"
     screenshot(page, name)
 
@@ -520,3 +520,22 @@ def test_feature_map_box_selection_shows_images(page, server, trained):
     assert len(captions) == min(n_selected, 24) and all(".png: " in caption for caption in captions), captions
     assert_healthy(page, server, "Feature map")
     screenshot(page, "feature-map-selection")
+
+
+@pytest.mark.timeout(240)
+def test_predict_page_uploads_an_image_and_shows_its_class(page, server, trained):
+    image = sorted((server.data / "test" / DEMO_CLASSES[0]).iterdir())[0]
+    open_page(page, server, "predict")
+    assert_healthy(page, server, "Predict")
+    page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(image))
+    decided = page.locator('[data-testid="stMain"] [data-testid="stMarkdownContainer"] strong').filter(
+        has_text=re.compile("^(" + "|".join(map(re.escape, DEMO_CLASSES)) + ")$"))
+    decided.first.wait_for(state="visible", timeout=JOB_TIMEOUT_MS)
+    settle(page, server)
+    assert_healthy(page, server, "Predict")
+    assert decided.count() == 1, "one uploaded image, one decided class"
+    assert page.locator('[data-testid="stMain"] [data-testid="stImage"]').count() >= 1
+    assert list((server.cache / "uploads").iterdir()), "the upload is stored in the cache by content"
+    caption = page.locator('[data-testid="stMain"] [data-testid="stImage"]').first.inner_text()
+    assert image.name in caption, f"captioned {caption!r}, not with the name it was uploaded as"
+    screenshot(page, "predict-upload")

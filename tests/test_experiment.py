@@ -3,10 +3,12 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from core.config import run_split
 from core.data import load_dataset
 from core.errors import BackboneError, ClassWeightError, ConfigError, DataError
+from core.model_graph import score_module
 from core.experiment import ExperimentConfig, resolve_class_weight, run_experiment
 from core.runs import RunStore
 from core.weights import class_weights
@@ -96,8 +98,8 @@ def test_stored_runs_round_trip(demo_experiment, demo_features, demo_dataset):
         assert len(predictions) == len(demo_dataset.test)
         assert predictions["true"].tolist() == [s.label for s in demo_dataset.test]
         assert (predictions["true"] == predictions["pred"]).mean() == pytest.approx(run["accuracy"])
-        model = store.load_model(run["run_id"])
-        assert model.predict(demo_features.X_test).tolist() == predictions["pred"].tolist()
+        model = score_module(store.load_model(run["run_id"]))  # the arrays stored, as predict runs them
+        assert model(torch.from_numpy(demo_features.X_test)).argmax(1).tolist() == predictions["pred"].tolist()
 
 
 def test_custom_weights_are_recorded(demo_dir, demo_features, feature_cache, image_size, tmp_path):

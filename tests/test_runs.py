@@ -51,6 +51,19 @@ def make_predictions(paths=("data/a.png", "data/b.png", "data/c.png")):
     return pd.DataFrame({"path": list(paths), "y_true": [0, 1, 1], "y_pred": [0, 1, 0]})
 
 
+def tiny_model():
+    """A fitted two-class logistic probe (the records have two classes): what the store keeps as arrays."""
+    from core.classifiers import LogisticProbe
+
+    X = np.array([[0.0, 1.0], [1.0, 0.0], [0.2, 0.9], [0.9, 0.1]], dtype=np.float32)
+    return LogisticProbe().fit(X, np.array([0, 1, 0, 1]))
+
+
+def same_arrays(a, b) -> bool:
+    return a.kind == b.kind and a.arrays.keys() == b.arrays.keys() and all(
+        np.array_equal(a.arrays[k], b.arrays[k]) for k in a.arrays)
+
+
 def entries(root):
     return sorted(p.name for p in root.iterdir()) if root.exists() else []
 
@@ -123,14 +136,16 @@ def test_a_full_disk_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkey
 
 
 def test_save_list_load_roundtrip(store):
-    record, predictions, model = make_record(), make_predictions(), {"weights": [1.5, -2.0]}
+    record, predictions, model = make_record(), make_predictions(), tiny_model()
     run_id = store.save(record, model=model, predictions=predictions)
     loaded = store.load(run_id)
     assert loaded == {**record, "schema_version": SCHEMA_VERSION, "created": loaded["created"]}
     assert loaded["created"].endswith("+00:00")
     assert store.list_runs() == [loaded]
     pd.testing.assert_frame_equal(store.load_predictions(run_id), predictions)
-    assert store.load_model(run_id) == model
+    from core.model_io import model_state
+
+    assert same_arrays(store.load_model(run_id), model_state(model))
     assert entries(store.root) == [run_id]
 
 
@@ -157,13 +172,15 @@ def test_save_refuses_existing_or_missing_run_id(store):
 
 
 def test_failed_save_leaves_no_run_and_no_temp_dir(store, monkeypatch):
-    def broken_dump(model, path):
-        open(path, "wb").write(b"half a model")
+    write_bytes = Path.write_bytes
+
+    def broken_write(path, data):
+        write_bytes(path, data[: len(data) // 2])
         raise OSError("disk full")
 
-    monkeypatch.setattr("joblib.dump", broken_dump)
+    monkeypatch.setattr(Path, "write_bytes", broken_write)
     with pytest.raises(RunStoreError, match="disk full"):
-        store.save(make_record(), model={"w": 1}, predictions=make_predictions())
+        store.save(make_record(), model=tiny_model(), predictions=make_predictions())
     assert entries(store.root) == []
     assert store.list_runs() == []
 
@@ -221,7 +238,7 @@ def test_delete_removes_run(store):
 
 
 def test_export_import_roundtrip(store, tmp_path):
-    first = store.save(make_record("svm"), model={"w": 1}, predictions=make_predictions())
+    first = store.save(make_record("svm"), model=tiny_model(), predictions=make_predictions())
     second = store.save(make_record("head"))
     bundle = store.export_bundle([first, second], tmp_path / "out" / "bundle.zip")
     with zipfile.ZipFile(bundle) as zf:
@@ -232,9 +249,10 @@ def test_export_import_roundtrip(store, tmp_path):
     pd.testing.assert_frame_equal(other.load_predictions(first), make_predictions())
     with zipfile.ZipFile(bundle) as zf:
         assert not [name for name in zf.namelist() if name.endswith("model.joblib")], "a pickle left the machine"
-    with pytest.raises(RunStoreError, match="no model.joblib"):
-        other.load_model(first)
-    assert store.load_model(first) == {"w": 1}
+        assert f"{first}/model.safetensors" in zf.namelist(), "the model travels as arrays"
+    assert same_arrays(other.load_model(first), store.load_model(first))
+    with pytest.raises(RunStoreError, match="has no model.*earlier version"):
+        other.load_model(second)
     assert other.import_bundle(bundle) == []
     assert entries(tmp_path / "out") == ["bundle.zip"]
 
@@ -437,6 +455,19 @@ def test_import_refuses_a_pickled_model(store, tmp_path):
     with pytest.raises(RunStoreError, match="pickled model.*runs the sender's code"):
         store.import_bundle(bundle)
     assert entries(store.root) == []
+
+
+def test_import_checks_a_model_before_writing_anything(store, tmp_path):
+    from core.model_io import model_bytes, model_state
+
+    good = model_bytes(model_state(tiny_model()))
+    for data, message in ((b"\x00" * 64, "not a TransferScope model file"),
+                          (good.replace(b'\\"n_classes\\": 2', b'\\"n_classes\\": 3'), "3 classes")):
+        bundle = write_zip(tmp_path / "bundle.zip", {f"{GOOD}/record.json": record_bytes(GOOD),
+                                                      f"{GOOD}/model.safetensors": data}, [GOOD])
+        with pytest.raises(RunStoreError, match=message):
+            store.import_bundle(bundle)
+        assert entries(store.root) == []
 
 
 def test_import_refuses_an_oversized_record(store, tmp_path):
