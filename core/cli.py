@@ -41,11 +41,13 @@ class TqdmProgress:
     def __init__(self):
         self.bars: dict[str, tqdm] = {}
 
-    def __call__(self, stage: str, done: int, total: int) -> None:
+    def __call__(self, stage: str, done: int, total: int, note: str = "") -> None:
         bar = self.bars.get(stage)
         if bar is None:
             bar = self.bars[stage] = tqdm(total=total, desc=stage, file=sys.stderr, leave=True, dynamic_ncols=True)
         bar.total = total
+        if note:
+            bar.set_postfix_str(note, refresh=False)
         bar.update(done - bar.n)
         if done >= total:
             self.bars.pop(stage).close()
