@@ -148,6 +148,70 @@ def finetune(dataset: Dataset, config: FinetuneConfig, class_weight=None, la_tau
                           inputs.cached, history, fit_s, cache_s, predict_s, curve_s)
 
 
+def estimate_seconds(dataset: Dataset, config: FinetuneConfig) -> dict:
+    """How long `finetune(dataset, config)` will take on this machine, from a short measured probe: decoding,
+    the frozen part and a training step of the trainable part on one batch of training images at their size.
+
+    Returns `seconds` (the whole run), `cache_seconds`, `epoch_seconds`, `test_seconds`, `probe_seconds` and
+    `activation_cache`.
+    """
+    started = time.perf_counter()
+    device = resolve_device(config.device)
+    dtype = autocast_dtype(device, config.precision)
+    backbone = create_backbone(config.backbone, pool=config.pool)
+    n_trainable = trainable_stages(config.unfreeze, backbone)
+    prefix, suffix = backbone.split(n_trainable)
+    backbone.features.requires_grad_(False).eval()
+    model = nn.Sequential(suffix.requires_grad_(True), seeded_linear(backbone.feature_dim, len(dataset.classes), 0))
+    model = model.to(device, memory_format=torch.channels_last)
+    preprocess = Preprocess.for_backbone(backbone.entry, config.image_size)
+    inputs = _Inputs(backbone, prefix, n_trainable, preprocess, config, device, dtype)
+    fit_rows, val_rows = validation_split([s.label for s in dataset.train], VAL_FRACTION, config.seed)
+    n_fit, n_val, n_test = len(fit_rows), len(val_rows), len(dataset.test)
+    cached = n_trainable < len(backbone.stages) and inputs._fits(dataset.train, n_fit * (1 + config.hflip) + n_val)
+    images_set = ImageDataset(dataset.train, preprocess)
+    rows = max(size_grouped_batches(dataset.train, preprocess, config.batch_size), key=len)
+    n_batches = len(size_grouped_batches([dataset.train[i] for i in fit_rows], preprocess, config.batch_size))
+    decode_s = _timed(lambda: [images_set[i] for i in rows]) / len(rows)
+    images = torch.stack([images_set[i][0] for i in rows])
+    forward = inputs.forward() if cached else inputs._through_prefix
+    prefix_s = _timed(lambda: forward(images)) / len(rows)
+    activations = inputs._through_prefix(images)
+    labels = torch.tensor([dataset.train[i].label for i in rows], device=device)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+
+    def step():
+        model.train()
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss = weighted_cross_entropy(model(activations).float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def score():
+        model.eval()
+        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            model(activations)
+    step_s, eval_s = _timed(step), _timed(score) / len(rows)  # a training step per batch; scoring per image
+    per_image = 0.0 if cached else decode_s + prefix_s  # without a cache, images go through the frozen part each time
+    cache_s = (decode_s + prefix_s) * (n_fit * (1 + config.hflip) + n_val) if cached else 0.0
+    epoch_s = n_batches * step_s + n_fit * per_image + n_val * (eval_s + per_image)
+    test_s = n_test * (decode_s + prefix_s + eval_s) * (1 + config.epochs * config.test_curve)
+    return {"seconds": cache_s + config.epochs * epoch_s + test_s, "cache_seconds": cache_s, "epoch_seconds": epoch_s,
+            "test_seconds": test_s, "activation_cache": cached, "probe_seconds": time.perf_counter() - started}
+
+
+def _timed(call, repeats: int = 3) -> float:
+    """Seconds a call of `call` takes: the fastest of `repeats` after a first, warm-up call (one-off set-up)."""
+    call()
+    seconds = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        seconds.append(time.perf_counter() - started)
+    return min(seconds)
+
+
 def trainable_stages(unfreeze: str, backbone: Backbone) -> int:
     """How many of the backbone's last stages train: none 0, last 1, N, all every one."""
     n_stages = len(backbone.stages)
