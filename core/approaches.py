@@ -206,10 +206,9 @@ def fit_logreg(request: FitRequest) -> Fitted:
 def fit_finetune(request: FitRequest) -> Fitted:
     """The fine-tune; its validation scores are those of a held-out part of the training images, scored with the
     kept (best-validation) weights, so tau and offsets are chosen on them."""
-    from core.finetune import FINETUNE_SETTINGS, FinetuneConfig, finetune
+    from core.finetune import finetune, finetune_config
 
-    config = request.config
-    ft_config = FinetuneConfig(**{name: getattr(config, name) for name in FINETUNE_SETTINGS})
+    ft_config = finetune_config(request.config)
     result = finetune(request.dataset, ft_config, class_weight=request.weights, la_tau=request.la_tau,
                       resample=request.remedy.has("resample"), progress=request.progress)
     has_validation = result.val_scores is not None

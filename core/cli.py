@@ -122,6 +122,10 @@ def cmd_experiment(args, progress) -> None:
     check_output_file(args.out, "results file (--out)")
     config = _config(args).validate()  # a bad setting fails at once, without queueing for the compute slot
     with _compute_slot(args):
+        if "finetune" in config.approaches and rank_world()[0] == 0:
+            from core.finetune import estimate_experiment
+
+            print(estimate_experiment(config)["text"], file=sys.stderr)
         results = run_experiment(config, progress=progress)
     if rank_world()[0] != 0:
         return
