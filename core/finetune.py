@@ -58,8 +58,9 @@ CHECKPOINT_FORMAT = 1
 @dataclass
 class FinetuneResult:
     """A finished fine-tune. `checkpoint` (see `make_checkpoint`) holds the kept weights; scores are logits of
-    those weights: `test_scores` `(n_test, n_classes)`, `val_scores` `(len(val_rows), n_classes)` of the
-    held-out training rows `val_rows` (positions in `dataset.train`)."""
+    those weights: `test_scores` `(n_test, n_classes)`; `val_scores` `(len(val_rows), n_classes)` of the
+    held-out training rows `val_rows` (positions in `dataset.train`) are cross-fitted (`crossfit_epochs`), so
+    the validation figure is not scored on the images that chose the epoch."""
 
     checkpoint: dict
     test_scores: np.ndarray
@@ -113,7 +114,7 @@ def finetune(dataset: Dataset, config: FinetuneConfig, class_weight=None, la_tau
     started = time.perf_counter()
     inputs.cache_train(dataset.train, fit_rows, val_rows, config.hflip, tick)
     cache_s = time.perf_counter() - started
-    best, history, curve_s = None, [], 0.0
+    best, history, curve_s, epoch_val_scores = None, [], 0.0, []
     for epoch, plan in enumerate(plans, start=1):
         started = time.perf_counter()
         train_loss, train_acc = train_one_epoch(trainer, inputs.train_batches(dataset.train, _rank_batches(
@@ -124,6 +125,7 @@ def finetune(dataset: Dataset, config: FinetuneConfig, class_weight=None, la_tau
             val_scores, val_loss = evaluate(model, inputs.eval_batches(dataset.train, val_rows), len(val_rows),
                                             loss_fn, device, dtype, tick)
             row.update(_scored("val", val_scores, labels[val_rows], val_loss, len(dataset.classes)))
+            epoch_val_scores.append(val_scores)
         row["seconds"] = time.perf_counter() - started
         if config.test_curve:  # a held-out check drawn beside the curve, never used to choose
             started = time.perf_counter()
@@ -134,10 +136,12 @@ def finetune(dataset: Dataset, config: FinetuneConfig, class_weight=None, la_tau
             curve_s += time.perf_counter() - started
         history.append(row)
         if best is None or val_scores is None or row["val_macro_f1"] > best[1]["val_macro_f1"]:  # no validation: last
-            best = (epoch, row, copy.deepcopy(model.state_dict()), val_scores)
+            best = (epoch, row, copy.deepcopy(model.state_dict()))
         tick.epoch_done(epoch, row, best[0])
     fit_s = cache_s + sum(row["seconds"] for row in history)  # the activation cache is this run's own cost
-    chosen_epoch, _, state, val_scores = best
+    chosen_epoch, _, state = best
+    val_scores = crossfit_epochs(epoch_val_scores, labels[val_rows], len(dataset.classes), config.seed) \
+        if epoch_val_scores else None
     model.load_state_dict(state)
     started = time.perf_counter()
     test_scores, _ = evaluate(model, inputs.eval_batches(dataset.test), len(dataset.test), loss_fn, device, dtype,
@@ -239,6 +243,31 @@ def _timed(call, repeats: int = 3) -> float:
         call()
         seconds.append(time.perf_counter() - started)
     return min(seconds)
+
+
+def crossfit_epochs(scores_by_epoch: list[np.ndarray], y, n_classes: int, seed: int) -> np.ndarray:
+    """Validation scores whose epoch was chosen on other images: each half of a seeded stratified split of the
+    validation images gets the scores of the epoch with the best macro-F1 on the other half.
+
+    The kept weights are those of the best epoch on all validation images; scoring that choice on the images
+    that made it would be optimistic, this is not (the figure describes choosing an epoch, as the run did).
+    """
+    import warnings
+
+    from sklearn.model_selection import StratifiedKFold
+
+    def best_on(rows) -> np.ndarray:  # ties: the earliest epoch, as the kept weights
+        return max(scores_by_epoch, key=lambda s: point_scores(y[rows], s[rows].argmax(1), n_classes)["macro_f1"])
+
+    y, crossfit = np.asarray(y), scores_by_epoch[0].copy()
+    if len(scores_by_epoch) == 1 or np.bincount(y).max() < 2:  # nothing to choose, or too few images to halve
+        return best_on(np.arange(len(y)))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The least populated class")
+        halves = list(StratifiedKFold(2, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
+    for choose, score in halves:
+        crossfit[score] = best_on(choose)[score]
+    return crossfit
 
 
 def trainable_stages(unfreeze: str, backbone: Backbone) -> int:

@@ -4,6 +4,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+from sklearn.model_selection import StratifiedKFold
 
 import core.finetune as finetune_module
 from core.backbones import create_backbone
@@ -45,6 +46,20 @@ def test_validation_split_is_stratified_seeded_and_keeps_rare_classes_in_trainin
     assert set(np.flatnonzero(y == 2)) <= set(fit)  # 2 images: too few to hold one out
     assert np.array_equal(validation_split(y, 0.2, seed=3)[1], val)
     assert len(validation_split(np.array([0, 0, 1]), 0.2, seed=0)[1]) == 0  # too few: no validation
+
+
+def test_validation_scores_take_their_epoch_from_the_other_half():
+    """Epoch 1 is right on the first half only, epoch 2 on the second: each half gets the other's choice, so the
+    cross-fitted figure is honest about choosing (here every image is wrong), where the best epoch on all
+    images would claim half right."""
+    y = np.array([0, 1] * 4)
+    right, wrong = np.eye(2)[y], np.eye(2)[1 - y]
+    halves = list(StratifiedKFold(2, shuffle=True, random_state=0).split(np.zeros(8), y))
+    epoch_1 = np.where(np.isin(np.arange(8), halves[0][1])[:, None], right, wrong)  # right on half 0 only
+    epoch_2 = np.where(np.isin(np.arange(8), halves[1][1])[:, None], right, wrong)
+    crossfit = finetune_module.crossfit_epochs([epoch_1, epoch_2], y, 2, seed=0)
+    assert (crossfit.argmax(1) != y).all()
+    assert np.array_equal(finetune_module.crossfit_epochs([epoch_1], y, 2, seed=0), epoch_1)
 
 
 def test_unfreeze_names_a_number_of_stages_and_a_bad_one_says_the_range():
