@@ -1,4 +1,5 @@
-"""`python -m bench`: backbone throughput per runtime, extraction and cache-hit wall time, fit time per approach,
+"""`python -m bench`: backbone throughput per runtime, extraction and cache-hit wall time, fine-tune training img/s
+per `--unfreeze` mode beside a plain torch loop (bench.finetune), fit time per approach,
 what-if refit time per class-weight change and the feature map's compute time.
 
 Run on a quiet machine: every figure is wall-clock time on this machine's cores.
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from bench.finetune import bench_finetune
 from bench.wide_photos import SIZE, build_wide_photos
 from core.backbones import get_entry
 from core.data import load_dataset
@@ -246,6 +248,7 @@ def main() -> None:
         bench_forward(args.backbone, args.height, args.width, args.batch_size, args.repeats, tmp)
         photos = build_wide_photos(Path(args.cache_dir) / f"wide-{args.photos}", args.photos)
         bench_backbones(args.backbones.split(","), photos, args.batch_size, args.repeats, tmp)
+    bench_finetune(args.backbone, args.image_size, args.image_size, 16, 4)
     bench_approaches(args.data, args.image_size, args.epochs)
 
 

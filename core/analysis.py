@@ -310,7 +310,9 @@ def run_settings(record: dict) -> pd.DataFrame:
         rows.update({"epochs": config.get("epochs"), "learning rate": config.get("lr"),
                      "epochs run": len(record.get("history", [])), "logit adjustment tau": record.get("tau")})
     if record["approach"] == "finetune":
-        rows.update({"batch size": config.get("batch_size"), "unfreeze last block": config.get("unfreeze_last")})
+        unfreeze = config.get("unfreeze") or ("last" if config.get("unfreeze_last") else "none")  # runs before 26
+        rows.update({"batch size": config.get("batch_size"), "unfreeze": unfreeze,
+                     "chosen epoch (validation)": record.get("chosen_epoch")})
     return pd.DataFrame({"setting": list(rows), "value": [str(v) for v in rows.values()]})
 
 

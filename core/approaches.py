@@ -65,6 +65,7 @@ class Fitted:
     selection_seconds: float = 0.0
     oof_scores: np.ndarray | None = None
     oof_candidates: np.ndarray | None = None
+    oof_rows: np.ndarray | None = None  # the training rows oof_scores score (None: all; fine-tune: its held-out part)
     history: list = field(default_factory=list)
     tuned: dict = field(default_factory=dict)
     learning_curve_seconds: float = 0.0
@@ -240,18 +241,22 @@ def fit_logreg(request: FitRequest) -> Fitted:
                   tuned=tuned)
 
 
-@register("finetune", "Fine-tune", "the classic loop: augmented images through the frozen backbone every epoch "
-          "(--unfreeze-last also trains its last block)", on_features=False, logits=True, parts=("la-loss",))
+@register("finetune", "Fine-tune", "augmented images through the backbone, its last blocks trained as --unfreeze "
+          "says (cached activations of the frozen part); the epoch chosen on held-out training images",
+          on_features=False, logits=True, parts=("resample", "la-loss", "tau", "offsets"))
 def fit_finetune(request: FitRequest) -> Fitted:
-    """The classic fine-tune; no out-of-fold scores (a fine-tune per fold would cost folds x the fit)."""
-    from core.finetune import FINETUNE_SETTINGS, FinetuneConfig, finetune
+    """The fine-tune; its validation scores are those of a held-out part of the training images, scored with the
+    kept (best-validation) weights, so tau and offsets are chosen on them."""
+    from core.finetune import finetune, finetune_config
 
-    config = request.config
-    ft_config = FinetuneConfig(**{name: getattr(config, name) for name in FINETUNE_SETTINGS})
+    ft_config = finetune_config(request.config)
     result = finetune(request.dataset, ft_config, class_weight=request.weights, la_tau=request.la_tau,
-                      progress=request.progress)
-    tuned = {"note": "no validation folds for fine-tuning (one fine-tune per fold); tau and offsets are not "
-                     "chosen"} if config.tune else {}
+                      resample=request.remedy.has("resample"), progress=request.progress)
+    has_validation = result.val_scores is not None
     return Fitted(result.checkpoint, result.test_scores, result.fit_seconds, result.predict_seconds,
-                  refit_seconds=result.fit_seconds + result.predict_seconds, history=result.history, tuned=tuned,
-                  learning_curve_seconds=sum(row["test_seconds"] for row in result.history[:-1]))
+                  refit_seconds=result.fit_seconds + result.predict_seconds,
+                  oof_scores=result.val_scores, oof_rows=result.val_rows if has_validation else None,
+                  history=result.history, learning_curve_seconds=result.learning_curve_seconds,
+                  extras={"chosen_epoch": result.chosen_epoch, "unfreeze": ft_config.unfreeze,
+                          "trainable_blocks": result.trainable_stages, "activation_cache": result.activation_cache,
+                          "activation_cache_seconds": result.cache_seconds})

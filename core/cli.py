@@ -43,11 +43,13 @@ class TqdmProgress:
     def __init__(self):
         self.bars: dict[str, tqdm] = {}
 
-    def __call__(self, stage: str, done: int, total: int) -> None:
+    def __call__(self, stage: str, done: int, total: int, note: str = "") -> None:
         bar = self.bars.get(stage)
         if bar is None:
             bar = self.bars[stage] = tqdm(total=total, desc=stage, file=sys.stderr, leave=True, dynamic_ncols=True)
         bar.total = total
+        if note:
+            bar.set_postfix_str(note, refresh=False)
         bar.update(done - bar.n)
         if done >= total:
             self.bars.pop(stage).close()
@@ -141,6 +143,10 @@ def cmd_experiment(args, progress) -> None:
         for warning in remedy_warnings(remedy):
             print(f"warning: {warning}", file=sys.stderr)
     with _compute_slot(args):
+        if "finetune" in config.approaches and rank_world()[0] == 0:
+            from core.finetune import estimate_experiment
+
+            print(estimate_experiment(config)["text"], file=sys.stderr)
         results = run_experiment(config, progress=progress)
     if rank_world()[0] != 0:
         return

@@ -129,13 +129,13 @@ def fit_run(config: ExperimentConfig, dataset: Dataset, features: FeatureSet | N
     `validation_cross_fitted` (see `cross_fitted_validation`), and `decision_seconds` (choosing tau and
     offsets) and `cross_fit_seconds`."""
     approach, remedy = get_approach(approach), remedy if isinstance(remedy, Remedy) else parse_remedy(remedy)
-    if config.tune and approach.logits and approach.on_features:
+    if config.tune and approach.logits:
         remedy = remedy.with_parts("tau")  # --tune picks tau by cross-validation, as the tau remedy does
     if weights is None:
         weights = resolve_class_weight(remedy.weights, dataset, config.beta)[1]
     fitted = approach.fit(FitRequest(config, dataset, features, np.asarray(weights, dtype=float), remedy, progress,
                                      head_epochs))
-    y_train = np.array([s.label for s in dataset.train])
+    y_train = np.array([s.label for s in dataset.train])[_validated_rows(fitted)]
     given, started = decision, time.perf_counter()
     decision = decision or choose_decision(approach, remedy, fitted.oof_scores, y_train, dataset.train_counts,
                                            config.tau)
@@ -209,19 +209,19 @@ def _train_and_record(config: ExperimentConfig, dataset: Dataset, features: Feat
               "history": fitted.history, "dataset": dataset.summary(),
               "backbone": features.backbone if features else {"name": config.backbone, "pool": config.pool},
               "feature_key": features.key if features else None, "config": config.to_dict(), **(extra or {})}
-    _add_svm_fields(record, fitted)
+    _add_extras(record, fitted)
     predictions = _predictions(dataset, y_pred, fitted.scores)
-    validation = None if fitted.oof_scores is None else _validation_table(dataset, fitted.oof_scores)
+    validation = None if fitted.oof_scores is None else _validation_table(dataset, fitted)
     record.update(diagnostics(record, predictions, validation))
     if rank_world()[0] == 0:  # under torchrun, one rank records the run
         store.save(record, model=fitted.model, predictions=predictions, validation=validation)
     return record, y_pred
 
 
-def _add_svm_fields(record: dict, fitted: Fitted) -> None:
-    """The SVM model fitted, and per-class support-vector and at-bound counts into the per-class rows (kernel SVMs)."""
-    if "svm_model" in fitted.extras:
-        record["svm_model"] = fitted.extras["svm_model"]
+def _add_extras(record: dict, fitted: Fitted) -> None:
+    """The approach's own fields (the SVM's model, a fine-tune's chosen epoch), and per-class support-vector and
+    at-bound counts into the per-class rows (kernel SVMs)."""
+    record.update({name: value for name, value in fitted.extras.items() if name != "support"})
     support = fitted.extras.get("support")
     for i, row in enumerate(record["per_class"] if support else ()):
         row["support_vectors"], row["at_bound"] = support["support_vectors"][i], support["at_bound"][i]
@@ -243,9 +243,15 @@ def _score_columns(scores: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame(scores, columns=[f"score_{i}" for i in range(scores.shape[1])])
 
 
-def _validation_table(dataset: Dataset, oof_scores: np.ndarray) -> pd.DataFrame:
-    """Per training image: its label (`true`) and its out-of-fold raw scores."""
-    return pd.concat([pd.DataFrame({"true": [s.label for s in dataset.train]}), _score_columns(oof_scores)], axis=1)
+def _validated_rows(fitted: Fitted):
+    """The training rows that have validation scores: all (out-of-fold), or a fine-tune's held-out part."""
+    return slice(None) if fitted.oof_rows is None else fitted.oof_rows
+
+
+def _validation_table(dataset: Dataset, fitted: Fitted) -> pd.DataFrame:
+    """Per training image with validation scores: its label (`true`) and its raw out-of-fold (or held-out) scores."""
+    labels = np.array([s.label for s in dataset.train])[_validated_rows(fitted)]
+    return pd.concat([pd.DataFrame({"true": labels}), _score_columns(fitted.oof_scores)], axis=1)
 
 
 def _predictions(dataset: Dataset, y_pred: np.ndarray, scores: np.ndarray) -> pd.DataFrame:

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 
 from core.errors import ConfigError
+from core.model_graph import score_module
+from core.model_io import StoredModel, finetune_modules, model_state
 
 EXACT, GRADIENT = "exact CAM", "Grad-CAM"
 
@@ -62,85 +64,37 @@ def contrast(maps: np.ndarray, predicted: int, true: int) -> np.ndarray:
     return maps[predicted] - maps[true]
 
 
+def _stored(model) -> StoredModel:
+    """A run's model as stored (`core.model_io`): as given, or from a fitted estimator / fine-tune checkpoint."""
+    return model if isinstance(model, StoredModel) else model_state(model)
+
+
 def linear_weights(model) -> tuple[np.ndarray, np.ndarray] | None:
     """`(W, b)` with scores = W @ pooled + b for a model linear in the pooled features; None if it is not.
 
-    Standardisation is folded in: W = W' / std, b = b' - W @ mean.
+    Standardisation is folded in: W = W' / scale, b = b' - W @ mean; classes absent from training get bias -inf.
     """
-    if isinstance(model, dict) and "head" in model:  # a fine-tune checkpoint: a Linear on the pooled features
-        return model["head"]["weight"].double().numpy(), model["head"]["bias"].double().numpy()
-    layer = getattr(model, "layer_", None)
-    if isinstance(layer, torch.nn.Linear):  # LinearHead, LogisticProbe: standardised inputs
-        weight = layer.weight.detach().double().numpy() / model.std_[None, :]
-        return weight, layer.bias.detach().double().numpy() - weight @ model.mean_
-    svc = _svm_parts(model)
-    if svc is not None and svc["linear"] is not None:
-        weight = svc["linear"].coef_ / svc["scaler"].scale_[None, :]
-        weight, bias = _svm_columns(model, weight, svc["linear"].intercept_ - weight @ svc["scaler"].mean_)
-        return weight, bias
-    return None
-
-
-def _svm_parts(model) -> dict | None:
-    """The parts of a core.classifiers.SvmClassifier: its scaler and either its LinearSVC or its kernel SVC."""
-    from sklearn.svm import SVC, LinearSVC
-
-    inner = getattr(model, "model_", None)
-    if inner is None:
+    stored = _stored(model)
+    a = stored.arrays
+    if stored.kind == "finetune":  # a Linear on the pooled features
+        return a["head.weight"].astype(np.float64), a["head.bias"].astype(np.float64)
+    if stored.kind != "linear":
         return None
-    if isinstance(inner, SVC):  # fit on a precomputed kernel
-        return {"scaler": model.scaler_, "svc": inner, "support": model.support_X_, "gamma": model.gamma_,
-                "linear": None}
-    scaler, last = inner[0], inner[-1]
-    if isinstance(last, LinearSVC):
-        return {"scaler": scaler, "svc": None, "support": None, "gamma": None, "linear": last}
-    if last.kernel != "rbf":
-        raise ConfigError(f"heat maps of a {last.kernel}-kernel SVM are not supported; train an rbf or linear one")
-    return {"scaler": scaler, "svc": last, "support": last.support_vectors_, "gamma": last._gamma, "linear": None}
-
-
-def _svm_columns(model, weight: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """LinearSVC rows (one per class seen in training; one row for two classes) as one row per class."""
-    seen = model.model_[-1].classes_
-    if len(seen) == 2 and weight.shape[0] == 1:
-        weight, bias = np.concatenate([-weight, weight]), np.concatenate([-bias, bias])
-    full_w, full_b = np.zeros((model.n_classes_, weight.shape[1])), np.full(model.n_classes_, -np.inf)
-    full_w[seen], full_b[seen] = weight, bias
+    weight = a["weight"] / a["scale"][None, :]
+    classes = a["classes"].astype(np.int64)
+    full_w, full_b = np.zeros((stored.n_classes, weight.shape[1])), np.full(stored.n_classes, -np.inf)
+    full_w[classes], full_b[classes] = weight, a["bias"] - weight @ a["mean"]
     return full_w, full_b
 
 
 def svm_scores_torch(model, pooled: torch.Tensor) -> torch.Tensor:
-    """The RBF SVM's one-vs-rest scores `(n_classes,)` of one pooled vector, differentiable in torch.
-
-    The kernel expansion of each one-vs-one decision (libsvm's layout of `dual_coef_`), then scikit-learn's
-    one-vs-rest transform: votes plus sum of confidences / (3 (|sum| + 1)). Tests check it against
-    `SvmClassifier.decision_function`.
-    """
-    parts = _svm_parts(model)
-    svc, scaler = parts["svc"], parts["scaler"]
-    z = (pooled.double() - torch.from_numpy(scaler.mean_)) / torch.from_numpy(scaler.scale_)
-    support = torch.from_numpy(np.asarray(parts["support"], dtype=np.float64))
-    kernel = torch.exp(-parts["gamma"] * ((support - z) ** 2).sum(dim=1))
-    starts = np.concatenate([[0], np.cumsum(svc.n_support_)])
-    dual, n_seen = torch.from_numpy(svc.dual_coef_), len(svc.classes_)
-    if n_seen == 2:  # scikit-learn flips a binary SVC's signs: positive is the second class
-        decision = dual[0] @ kernel + svc.intercept_[0]
-        seen_scores = torch.stack([-decision, decision])
-    else:
-        votes, sums = torch.zeros(n_seen, dtype=torch.float64), [[] for _ in range(n_seen)]
-        pair = 0
-        for i in range(n_seen):
-            for j in range(i + 1, n_seen):
-                rows_i, rows_j = slice(starts[i], starts[i + 1]), slice(starts[j], starts[j + 1])
-                decision = dual[j - 1, rows_i] @ kernel[rows_i] + dual[i, rows_j] @ kernel[rows_j] + svc.intercept_[pair]
-                votes[i if decision >= 0 else j] += 1
-                sums[i].append(decision)
-                sums[j].append(-decision)
-                pair += 1
-        confidence = torch.stack([torch.stack(s).sum() for s in sums])
-        seen_scores = votes + confidence / (3 * (confidence.abs() + 1))
-    scores = torch.full((model.n_classes_,), -torch.inf, dtype=torch.float64)
-    return scores.index_put((torch.as_tensor(svc.classes_),), seen_scores)
+    """The SVM's one-vs-rest scores `(n_classes,)` of one pooled vector, differentiable in torch (the same graph
+    `predict` and `export` use: `core.model_graph.SvmScores`)."""
+    stored = _stored(model)
+    if stored.meta.get("kernel") != "rbf":
+        raise ConfigError(f"heat maps of a {stored.meta.get('kernel')}-kernel SVM are not supported; train an rbf "
+                          "or linear one")
+    return score_module(stored)(pooled.double()[None, :])[0]
 
 
 def gradient_weights(model, pooled: np.ndarray, classes) -> np.ndarray:
@@ -165,14 +119,16 @@ def check_explainable(record: dict) -> None:
 
 
 def load_backbone(record: dict, model=None):
-    """The run's backbone in torch fp32 (a fine-tune's trained last block loaded), and its preprocessing."""
+    """The run's backbone in torch fp32 (a fine-tune's trained blocks loaded), and its preprocessing."""
     from core.backbones import create_backbone
     from core.features import Preprocess
 
     check_explainable(record)
     backbone = create_backbone(record["backbone"]["name"], pool="avg")
-    if isinstance(model, dict) and model.get("last_block") is not None:
-        backbone.last_block.load_state_dict(model["last_block"])
+    if model is not None and _stored(model).kind == "finetune":
+        trained, _ = finetune_modules(_stored(model))
+        if trained is not None:
+            backbone.features.load_state_dict(trained.state_dict())
     image_size = record["backbone"].get("image_size") or (record.get("config") or {}).get("image_size")
     return backbone, Preprocess.for_backbone(backbone.entry, image_size)
 

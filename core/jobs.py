@@ -21,7 +21,7 @@ from filelock import FileLock, Timeout
 
 from core.errors import Cancelled, TransferScopeError
 
-Report = Callable[[str, int, int], None]
+Report = Callable[..., None]  # (stage, done, total, note="")
 ACTIVE_STATUSES = ("queued", "running")
 COMPUTE_LOCK = "compute.lock"
 WAITING_FOR_SLOT = "waiting for another TransferScope process to finish computing"
@@ -71,6 +71,7 @@ class Job:
     status: str = "queued"  # "queued" | "running" | "done" | "failed" | "cancelled"
     progress: dict[str, tuple[int, int]] = field(default_factory=dict)  # stage -> (done, total)
     message: str = ""
+    note: str = ""  # the latest stage's detail, e.g. a fine-tune's epoch, validation score and time left
     error: str | None = None
     traceback: str | None = None
     result: Any = None
@@ -221,10 +222,10 @@ class JobManager:
             self._finish(job, "done", result=result)
 
     def _reporter(self, job: Job) -> Report:
-        def report(stage: str, done: int, total: int) -> None:
+        def report(stage: str, done: int, total: int, note: str = "") -> None:
             with self._lock:
                 job.progress = {**job.progress, stage: (int(done), int(total))}
-                job.message = stage
+                job.message, job.note = stage, note
             if job.cancel_event.is_set():
                 raise Cancelled(f"job {job.name!r} was cancelled during {stage!r}")
 

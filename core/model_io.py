@@ -6,7 +6,7 @@ only as numbers. Three kinds cover every approach:
 - `linear` (head, logreg, LinearSVC): standardise with `mean`/`scale`, then `weight @ x + bias`;
 - `svm` (SVC, any kernel): standardise, kernel against `support_vectors` (sklearn's `dual_coef`,
   `intercept`, `n_support`), one-vs-one decisions turned into sklearn's one-vs-rest scores;
-- `finetune`: the fine-tune checkpoint's tensors (`head.*`, `last_block.*`) and its config.
+- `finetune`: the fine-tune checkpoint's tensors (`head.*`, the trained blocks' `body.*`) and its plain values.
 
 `classes` maps the model's output columns to class indices (classes absent from training score -inf).
 `read_model` checks the kind, the format version, every array's name and shape before anything uses them.
@@ -85,13 +85,13 @@ def _svm_state(svm) -> StoredModel:
 
 
 def finetune_state(checkpoint: dict) -> StoredModel:
-    """A fine-tune checkpoint (`{"head": state_dict, "last_block": state_dict | None, "config": dict}`) as
-    arrays `head.<name>` and `last_block.<name>` and its config. The one place that reads the checkpoint's shape."""
-    arrays = {f"head.{k}": v.detach().cpu().numpy() for k, v in checkpoint["head"].items()}
-    arrays.update({f"last_block.{k}": v.detach().cpu().numpy() for k, v in (checkpoint.get("last_block") or {}).items()})
+    """A fine-tune checkpoint (`core.finetune.make_checkpoint`: `head` and the trained blocks' `body` state, plus
+    plain values) as arrays `head.<name>` and `body.<name>` and its plain values. With `finetune_modules`, the one
+    place that reads the checkpoint's shape."""
+    arrays = {f"{part}.{k}": v.detach().cpu().numpy() for part in ("head", "body") for k, v in checkpoint[part].items()}
     config = {k: v for k, v in checkpoint["config"].items() if isinstance(v, (str, int, float, bool, type(None)))}
-    n_classes = int(arrays["head.weight"].shape[0])
-    return StoredModel("finetune", arrays, {"n_classes": n_classes, "config": config})
+    plain = {k: checkpoint[k] for k in ("format", "backbone", "pool", "trainable_stages", "n_classes", "epoch")}
+    return StoredModel("finetune", arrays, {**plain, "config": config})
 
 
 def model_bytes(stored: StoredModel) -> bytes:
@@ -194,24 +194,18 @@ def _shape_problem(stored: StoredModel) -> str | None:
 
 
 def finetune_modules(stored: StoredModel):
-    """(the backbone's features with the run's trained block, or None where the backbone stayed frozen; the head)
-    of a stored fine-tune: with `finetune_state`, the one place that knows the checkpoint's shape."""
+    """(the backbone's features with the run's trained blocks, or None where the backbone stayed frozen; the head)
+    of a stored fine-tune, rebuilt by `core.finetune.load_finetuned`."""
     import torch
-    from torch import nn
 
-    from core.backbones import create_backbone
+    from core.finetune import load_finetuned
 
-    weight = torch.from_numpy(stored.arrays["head.weight"])
-    head = nn.Linear(weight.shape[1], weight.shape[0])
-    block = {k.removeprefix("last_block."): torch.from_numpy(v) for k, v in stored.arrays.items()
-             if k.startswith("last_block.")}
+    parts = {part: {k.removeprefix(f"{part}."): torch.from_numpy(v) for k, v in stored.arrays.items()
+                    if k.startswith(f"{part}.")} for part in ("head", "body")}
+    checkpoint = {**{k: v for k, v in stored.meta.items() if k != "config"}, **parts, "config": stored.meta["config"]}
     try:
-        head.load_state_dict({"weight": weight, "bias": torch.from_numpy(stored.arrays["head.bias"])})
-        if not block:
-            return None, head
-        backbone = create_backbone(stored.meta["config"]["backbone"], pool=stored.meta["config"].get("pool", "avg"))
-        backbone.last_block.load_state_dict(block)
-    except RuntimeError as err:
+        features, head = load_finetuned(checkpoint)  # a Sequential of the two
+    except (RuntimeError, KeyError) as err:
         raise RunStoreError(f"the fine-tune weights do not fit the backbone's layers ({str(err)[:200]}); "
                             "retrain the run") from None
-    return backbone.features, head
+    return (features if parts["body"] else None), head

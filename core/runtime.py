@@ -59,14 +59,16 @@ def resolve_runtime(runtime: str, device: torch.device) -> str:
 
 
 def frozen_forward(entry: BackboneEntry, pool: str, *, runtime: str, device: torch.device, dtype,
-                   cache_dir=DEFAULT_CACHE_DIR) -> Forward:
+                   cache_dir=DEFAULT_CACHE_DIR, trainable_stages: int = 0) -> Forward:
     """The frozen backbone's forward pass through `runtime` ("torch" or "openvino", already resolved).
 
-    `dtype` is the reduced precision to run in (torch.float16/bfloat16) or None for fp32.
+    `dtype` is the reduced precision to run in (torch.float16/bfloat16) or None for fp32. With
+    `trainable_stages` > 0 it stops before the backbone's last stages (`Backbone.split`) and returns their
+    input activations `(N, C, h, w)`, for a fine-tune that trains those stages on them.
     """
     if runtime == "openvino":
-        return _openvino_forward(entry, pool, dtype, Path(cache_dir))
-    return _TorchForward(create_backbone(entry.name, pool=pool).features, device, dtype)
+        return _openvino_forward(entry, pool, dtype, Path(cache_dir), trainable_stages)
+    return _TorchForward(create_backbone(entry.name, pool=pool).split(trainable_stages)[0], device, dtype)
 
 
 class Forward:
@@ -161,9 +163,9 @@ def _result(request) -> np.ndarray:
     return request.get_output_tensor(0).data.copy()
 
 
-def _openvino_forward(entry: BackboneEntry, pool: str, dtype, cache_dir: Path) -> Forward:
+def _openvino_forward(entry: BackboneEntry, pool: str, dtype, cache_dir: Path, trainable_stages: int = 0) -> Forward:
     precision = "bf16" if dtype == torch.bfloat16 else "f32"  # CPU autocast only ever picks bf16
-    return _OpenVinoForward(_compiled_model(openvino_model_path(entry, pool, cache_dir), precision,
+    return _OpenVinoForward(_compiled_model(openvino_model_path(entry, pool, cache_dir, trainable_stages), precision,
                                             torch.get_num_threads()))
 
 
@@ -186,16 +188,17 @@ def _compiled_model(path: Path, precision: str, threads: int) -> Future:
         return future
 
 
-def openvino_model_path(entry: BackboneEntry, pool: str, cache_dir: Path) -> Path:
-    """The converted model's `model.xml`, converting and saving it (atomically) on first use."""
+def openvino_model_path(entry: BackboneEntry, pool: str, cache_dir: Path, trainable_stages: int = 0) -> Path:
+    """The converted model's `model.xml` (the backbone without its last `trainable_stages` stages), converting
+    and saving it (atomically) on first use."""
     import openvino as ov
 
     fields = {"format": OPENVINO_FORMAT, "backbone": entry.name, "weights": entry.weights_id, "pool": pool,
-              "openvino": ov.__version__}
+              "openvino": ov.__version__, **({"trainable_stages": trainable_stages} if trainable_stages else {})}
     key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
     folder = cache_dir / "openvino" / f"{entry.name}-{pool}-{key}"
     if not (folder / "model.xml").exists():
-        module = create_backbone(entry.name, pool=pool).features
+        module = create_backbone(entry.name, pool=pool).split(trainable_stages)[0]
         with warnings.catch_warnings():  # torch.jit.trace's deprecation notes mean nothing to users
             warnings.simplefilter("ignore", FutureWarning)
             model = ov.convert_model(module, example_input=torch.zeros(1, 3, 64, 64, dtype=torch.uint8),

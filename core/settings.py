@@ -25,6 +25,14 @@ PRECISIONS = ("auto", "fp32")
 REQUIRED = dataclasses.MISSING
 OFFLINE_LITE = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 FUSED_CHOICES = tuple(FUSION_SEPARATOR.join(pair) for pair in itertools.combinations(OFFLINE_LITE, 2))
+UNFREEZE_CHOICES = ("none", "last", "2", "3", "all")  # offered on the Train page; any N >= 1 is accepted
+
+
+def check_unfreeze(value) -> None:
+    """`none`, `last`, `all` or a whole number of blocks N >= 1 (the backbone's block count is checked later)."""
+    if value in ("none", "last", "all") or (str(value).isdigit() and int(value) >= 1):
+        return
+    raise ConfigError(f"unknown unfreeze {value!r}; choose none, last, all or a number of last blocks, e.g. 2")
 
 
 @dataclass(frozen=True)
@@ -125,7 +133,11 @@ SETTINGS: tuple[Setting, ...] = (
     S("test_size", float, 0.2, "test fraction when DIR has no train/test split", "Test size", 0.05, 0.9),
     S("image_size", int, None, "short side in pixels (default: the backbone's own: 224, Lite1 240, Lite2 260)", "Image size (short side, px)",
       16, 2048, optional=True),
-    S("unfreeze_last", bool, False, "fine-tune also trains the backbone's last block (at lr / 10)", "Unfreeze last",
+    S("unfreeze", str, "none", "how much of the backbone fine-tune trains (at lr / 10): none = a new head on the "
+      "frozen body, last = the last block too, N = the last N blocks, all = the whole network", "Unfreeze",
+      choices=UNFREEZE_CHOICES, check_item=check_unfreeze, commands=("experiment",)),
+    S("test_curve", bool, False, "fine-tune also scores the test set every epoch: a held-out check drawn beside "
+      "the validation curve, never used to choose (costs a test pass per epoch)", "Test curve (held-out check)",
       commands=("experiment",)),
     S("hflip", bool, True, "fine-tune augments with horizontal flips", "Flip augmentation", commands=("experiment",)),
     S("tau", float, 0.0, "post-hoc logit adjustment of head and fine-tune logits (0 = off)", "Logit adjustment tau",

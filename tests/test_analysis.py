@@ -169,8 +169,12 @@ def test_run_settings_show_what_matters_for_each_approach():
     assert svm["precision"] == "fp32"
     assert "epochs" not in svm.index
     ft = run_settings({**make_record("finetune"), **base, "dataset": {"root": "/d"}}).set_index("setting")["value"]
-    assert ft["epochs run"] == "7" and ft["unfreeze last block"] == "True" and ft["image size (short side, px)"] == "64"
+    assert ft["epochs run"] == "7" and ft["unfreeze"] == "last" and ft["image size (short side, px)"] == "64"
     assert "SVM C" not in ft.index
+    new = {**make_record("finetune"), **base, "config": {**config, "unfreeze": "2"}, "chosen_epoch": 5,
+           "dataset": {"root": "/d"}}
+    ft = run_settings(new).set_index("setting")["value"]
+    assert ft["unfreeze"] == "2" and ft["chosen epoch (validation)"] == "5"
 
 
 def test_class_report_adds_the_trained_weights():

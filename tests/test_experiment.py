@@ -9,7 +9,7 @@ from core.config import run_split
 from core.data import load_dataset
 from core.errors import BackboneError, ClassWeightError, ConfigError, DataError
 from core.model_graph import score_module
-from core.experiment import ExperimentConfig, resolve_class_weight, run_experiment
+from core.experiment import ExperimentConfig, best_by_validation, resolve_class_weight, run_experiment
 from core.runs import RunStore
 from core.weights import class_weights
 
@@ -186,13 +186,21 @@ def test_logit_adjustment_is_applied_and_recorded(demo_dir, demo_features, featu
 @pytest.mark.slow
 def test_finetune_approach_end_to_end(tiny_dir, tmp_path, check_results_schema):
     cache = tmp_path / "cache"
-    config = ExperimentConfig(data=str(tiny_dir), approaches=("finetune",), remedies=("balanced",), epochs=1,
-                              image_size=32, batch_size=16, device="cpu", cache_dir=str(cache), workers=0)
+    config = ExperimentConfig(data=str(tiny_dir), approaches=("finetune",), remedies=("balanced+offsets",),
+                              epochs=2, image_size=32, batch_size=16, device="cpu", cache_dir=str(cache), workers=0)
     results = run_experiment(config)
     check_results_schema(results, n_runs=1)
     run = results["runs"][0]
     assert run["approach"] == "finetune" and run["class_weight"] == "balanced"
-    assert len(run["history"]) == 1 and "test_acc" in run["history"][0]
+    assert len(run["history"]) == 2 and "val_macro_f1" in run["history"][0] and "test_acc" not in run["history"][0]
+    chosen = max(run["history"], key=lambda row: row["val_macro_f1"])["epoch"]  # ties: the first
+    assert run["chosen_epoch"] == chosen and run["unfreeze"] == "none" and run["activation_cache"] is True
+    assert run["validation"] is not None and len(run["offsets"]) == 3  # offsets chosen on the held-out scores
+    validation = RunStore(cache / "runs").load_validation(run["run_id"])
+    assert 0 < len(validation) < sum(results["dataset"]["train_counts"])  # the held-out part only
+    # best_by_validation can pick a fine-tune run, against probes scored worse on validation
+    probe = {"run_id": "head-run", "validation": {"macro_f1": run["validation"]["macro_f1"] - 0.1}}
+    assert results["best_by_validation"] == run["run_id"] == best_by_validation([probe, run])
     assert results["cache_hit"] is False and results["feature_key"] is None
     assert not (cache / "features").exists()  # fine-tuning needs no cached features
     assert [r["run_id"] for r in RunStore(cache / "runs").list_runs()] == [run["run_id"]]

@@ -303,6 +303,37 @@ def test_job_panel_shows_queue_position_and_cancels(empty_cache):
     release.set()
 
 
+def test_train_page_estimates_the_finetune_from_the_chosen_settings(features_only, monkeypatch):
+    asked = []
+
+    def estimate(config):
+        asked.append(config)
+        return {"text": "fine-tune estimate: about 42 s per run"}
+
+    monkeypatch.setattr("core.finetune.estimate_experiment", estimate)
+    at = configure_training(page("train"), ["finetune"], ["balanced"])
+    at.selectbox(key="train_unfreeze").set_value("last").run()
+    at.button(key="estimate_finetune").click().run()
+    assert not at.exception and "about 42 s per run" in texts(at.info)
+    assert [(c.approaches, c.unfreeze, c.remedies) for c in asked] == [(("finetune",), "last", ("balanced",))]
+
+
+def test_job_panel_shows_the_finetune_note(empty_cache):
+    release = threading.Event()
+
+    def work(report):
+        report("fine-tune (images)", 10, 40, note="epoch 1/4 · validation macro-F1 0.512 (best: epoch 1) · about 9 s left")
+        release.wait(10)
+
+    state.job_manager().submit("tuning", work, kind=state.TRAINING_JOB)
+    deadline = time.time() + 5
+    while not state.job_manager().jobs()[0].note and time.time() < deadline:
+        time.sleep(0.05)
+    at = page("train").run()
+    release.set()
+    assert not at.exception and "validation macro-F1 0.512" in texts(at.caption) and "9 s left" in texts(at.caption)
+
+
 def test_failed_job_shows_its_error(empty_cache):
     def fail(report):
         report("extract features", 1, 4)

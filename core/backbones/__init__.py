@@ -28,7 +28,8 @@ class BackboneEntry:
     """How to build one registered backbone.
 
     `build(pretrained)` returns the full ImageNet classifier; `strip(model, pool)` turns it into a
-    feature extractor and returns `(features, feature_dim, last_block)`. `availability()` says whether
+    feature extractor and returns `(features, feature_dim, stages)`: `stages` are its parts from input to
+    output (the pooling inside the last), sharing its parameters, whose composition is `features`. `availability()` says whether
     the pretrained weights load without a network, and from where: `(offline, note)`.
     """
 
@@ -62,14 +63,28 @@ class InputNormalization(nn.Module):
 
 @dataclass
 class Backbone:
-    """A feature extractor: uint8 images `(N, 3, H, W)` of any size -> features `(N, feature_dim)`."""
+    """A feature extractor: uint8 images `(N, 3, H, W)` of any size -> features `(N, feature_dim)`.
+
+    `features` is the input normalization followed by `stages` (the units fine-tuning unfreezes, last first).
+    """
 
     name: str
     features: nn.Module
     feature_dim: int
-    last_block: nn.Module
+    stages: tuple[nn.Module, ...]
     pool: str
     entry: BackboneEntry
+
+    @property
+    def last_block(self) -> nn.Module:
+        return self.stages[-1]
+
+    def split(self, n_trainable: int) -> tuple[nn.Module, nn.Module]:
+        """(frozen prefix, trainable suffix): the input normalization and all but the last `n_trainable` stages,
+        then those stages; `suffix(prefix(images)) == features(images)`. The modules share this backbone's
+        parameters."""
+        cut = len(self.stages) - n_trainable
+        return nn.Sequential(self.features[0], *self.stages[:cut]), nn.Sequential(*self.stages[cut:])
 
     def describe(self) -> dict:
         """JSON-ready identity of the backbone (part of every cache key and results file)."""
@@ -144,9 +159,9 @@ def create_backbone(name: str = "efficientnet_lite0", *, pretrained: bool = True
     if pool not in POOLS:
         raise BackboneError(f"unknown pooling {pool!r}; choose one of: {', '.join(POOLS)}")
     entry = get_entry(name)
-    features, dim, last_block = entry.strip(entry.build(pretrained), pool)
+    features, dim, stages = entry.strip(entry.build(pretrained), pool)
     features = nn.Sequential(InputNormalization(entry.mean, entry.std), features)
-    return Backbone(name, features.eval(), dim, last_block, pool, entry)
+    return Backbone(name, features.eval(), dim, tuple(stages), pool, entry)
 
 
 from core.backbones import efficientnet, resnet  # noqa: E402,F401  (register the families)

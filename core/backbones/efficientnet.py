@@ -88,8 +88,10 @@ def _map_onto(model: nn.Module, checkpoint: dict, name: str) -> dict:
 
 
 def _strip(model: nn.Module, pool: str):
-    model.reset_classifier(0, global_pool=pool)
-    return model, model.num_features, nn.ModuleList([model.blocks[-1], model.conv_head, model.bn2])
+    model.reset_classifier(0, global_pool=pool)  # lite models have no dropout before the classifier
+    stages = [nn.Sequential(model.conv_stem, model.bn1), *model.blocks[:-1],
+              nn.Sequential(model.blocks[-1], model.conv_head, model.bn2, model.global_pool)]
+    return model, model.num_features, stages
 
 
 for _variant in VARIANTS:

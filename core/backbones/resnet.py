@@ -34,7 +34,9 @@ def _strip(model: nn.Module, pool: str):
     dim = model.fc.in_features
     model.fc = nn.Identity()
     model.avgpool = nn.AdaptiveAvgPool2d(1) if pool == "avg" else nn.AdaptiveMaxPool2d(1)
-    return model, dim, model.layer4
+    stages = [nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool), model.layer1, model.layer2,
+              model.layer3, nn.Sequential(model.layer4, model.avgpool, nn.Flatten(1))]
+    return model, dim, stages
 
 
 # torchvision's DEFAULT weights per model (a test checks they still are), named without importing torchvision

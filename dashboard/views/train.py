@@ -4,6 +4,7 @@ import streamlit as st
 from core.analysis import weight_table, weights_from_table
 from core.errors import ClassWeightError
 from core.experiment import ExperimentConfig
+from core.finetune import estimate_experiment
 from core.paths import cache_dir
 from core.report import escape_markdown
 from core.settings import BY_NAME, SETTINGS
@@ -56,6 +57,8 @@ def render_job(job) -> bool:
     if job.status != "done":
         for stage, (done, total) in job.progress.items():
             st.progress(min(done / total, 1.0) if total else 1.0, text=f"{stage}: {done}/{total}")
+        if job.note:
+            st.caption(job.note)  # e.g. a fine-tune's epoch, validation score so far and time left
     if state.is_active(job):
         st.button("Cancel", key="cancel_job", on_click=state.cancel_job, args=(job.id,), disabled=not access.can_act())
     elif job.status == "failed":
@@ -111,10 +114,18 @@ with settings_col, errors.guard():
     if incomplete:
         st.caption("Pick at least one approach and one remedy to launch.")
     allowed = access.read_only_note("launch or cancel training jobs")
-    if st.button("Launch training", key="launch", type="primary", disabled=incomplete or None in weights or not allowed,
-                 icon=":material/play_arrow:"):
-        state.launch(ExperimentConfig(data=data.root, remedies=tuple(weights), cache_dir=str(cache_dir()),
-                                      **state.data_options(), **settings))
+    ready = not incomplete and None not in weights and allowed
+
+    def config() -> ExperimentConfig:
+        return ExperimentConfig(data=data.root, remedies=tuple(weights), cache_dir=str(cache_dir()),
+                                **state.data_options(), **settings)
+    if "finetune" in settings["approaches"] and st.button(
+            "Estimate fine-tune time", key="estimate_finetune", disabled=not ready, icon=":material/timer:",
+            help="a short measured probe of this machine at this image size (about half a minute)"):
+        with st.spinner("Measuring a fine-tune step on this machine…"):
+            st.info(estimate_experiment(config().validate())["text"], icon=":material/timer:")
+    if st.button("Launch training", key="launch", type="primary", disabled=not ready, icon=":material/play_arrow:"):
+        state.launch(config())
 with job_col:
     st.subheader("Job")
     widgets.live(lambda: render_job(state.current_job()), every_s=1, poll=state.is_active(state.current_job()))
