@@ -22,7 +22,7 @@ from core.report import per_class_table
 from core.approaches import APPROACHES, names as approach_names
 from core.settings import BY_NAME
 from core.remedies import decide
-from core.stats import FEW_TEST_IMAGES, few_test_classes, paired_comparison, point_scores
+from core.stats import FEW_TEST_IMAGES, few_test_classes, point_scores
 from core.weights import class_weights, custom_weights
 
 LOGIT_APPROACHES = approach_names(logits=True)  # their scores are logits: tau applies

@@ -14,7 +14,6 @@ import tempfile
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from core.errors import StorageError

@@ -174,7 +174,8 @@ def _by_id(records: list[dict]) -> dict[str, dict]:
 
 
 def _validation(record: dict) -> float | None:
-    return (record.get("validation") or {}).get("macro_f1")
+    """Validation macro-F1 on the basis `best_by_validation` compares: cross-fitted where the run chose on it."""
+    return (record.get("validation_cross_fitted") or record.get("validation") or {}).get("macro_f1")
 
 
 def _best_by_validation(records: list[dict]) -> dict | None:
@@ -265,14 +266,14 @@ def _best_finding(ctx: _Context, best_id: str | None) -> Finding | None:
         return None
     top = max(ctx.records, key=lambda r: r["macro_f1"])
     validation, high = _validation(chosen), chosen.get("macro_f1_high", chosen["macro_f1"])
-    text = (f"{ctx.name(chosen)} is the run chosen by validation (out-of-fold macro-F1 {validation:.3f} on the "
+    text = (f"{ctx.name(chosen)} is the run chosen by validation (validation macro-F1 {validation:.3f} on the "
             f"training images); on the test set it scores {_score(chosen)}")
-    text += "." if validation <= high else f", below its validation score: validation was optimistic."
+    text += "." if validation <= high else ", below its validation score: validation was optimistic."
     pairs: tuple = ()
     if top is chosen:
         text += " No other run scores higher on the test set: the test confirms the choice."
         evidence = "test macro-F1 with its 95% bootstrap interval"
-    elif (test := ctx.comparisons.get(chosen["run_id"], top["run_id"])) is None:
+    elif ctx.comparisons.get(chosen["run_id"], top["run_id"]) is None:
         inside = top["macro_f1"] <= high
         text += (f" The test's best, {ctx.name(top)} ({top['macro_f1']:.3f}), lies "
                  + ("inside its interval: the test confirms the choice within noise." if inside else
