@@ -93,9 +93,14 @@ def rbf_kernels(X_train) -> RbfKernels:
     X_train, _ = check_features(X_train)
     scaler = StandardScaler().fit(X_train)
     train = scaler.transform(X_train).astype(np.float64)  # what the Pipeline hands SVC, which works in float64
-    variance = train.var()
-    gamma = 1.0 / (train.shape[1] * variance) if variance != 0 else 1.0
+    gamma = scale_gamma(train)
     return RbfKernels(scaler, gamma, rbf_kernel(train, gamma=gamma), time.perf_counter() - started)
+
+
+def scale_gamma(X_scaled) -> float:
+    """The kernel width `SVC(gamma='scale')` derives from the (standardised) training features."""
+    variance = float(np.asarray(X_scaled, dtype=np.float64).var())
+    return 1.0 / (X_scaled.shape[1] * variance) if variance != 0 else 1.0
 
 
 class KernelCache:
@@ -192,8 +197,11 @@ class SvmClassifier(ClassifierMixin, BaseEstimator):
             self.scaler_, self.gamma_, self.n_train_ = kernels.scaler, kernels.gamma, len(X)
             self.support_X_ = kernels.scaler.transform(X[self.model_.support_]).astype(np.float64)
         else:
-            svm = SVC(kernel=self.kernel, C=self.C, class_weight=weights, decision_function_shape="ovr")
-            self.model_ = make_pipeline(StandardScaler(), svm).fit(X, y)
+            scaler = StandardScaler().fit(X)
+            self.gamma_ = scale_gamma(scaler.transform(X))  # gamma='scale', kept public for stored models
+            svm = SVC(kernel=self.kernel, C=self.C, gamma=self.gamma_, class_weight=weights,
+                      decision_function_shape="ovr")
+            self.model_ = make_pipeline(scaler, svm).fit(X, y)
         return self
 
     def decision_function(self, X) -> np.ndarray:

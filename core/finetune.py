@@ -172,15 +172,15 @@ def estimate_seconds(dataset: Dataset, config: FinetuneConfig) -> dict:
     inputs = _Inputs(backbone, prefix, n_trainable, preprocess, config, device, dtype)
     fit_rows, val_rows = validation_split([s.label for s in dataset.train], VAL_FRACTION, config.seed)
     n_fit, n_val, n_test = len(fit_rows), len(val_rows), len(dataset.test)
-    cached = n_trainable < len(backbone.stages) and inputs._fits(dataset.train, n_fit * (1 + config.hflip) + n_val)
+    cached = n_trainable < len(backbone.stages) and inputs.fits(dataset.train, n_fit * (1 + config.hflip) + n_val)
     images_set = ImageDataset(dataset.train, preprocess)
     rows = max(size_grouped_batches(dataset.train, preprocess, config.batch_size), key=len)
     n_batches = len(size_grouped_batches([dataset.train[i] for i in fit_rows], preprocess, config.batch_size))
     decode_s = _timed(lambda: [images_set[i] for i in rows]) / len(rows)
     images = torch.stack([images_set[i][0] for i in rows])
-    forward = inputs.forward() if cached else inputs._through_prefix
+    forward = inputs.forward() if cached else inputs.through_prefix
     prefix_s = _timed(lambda: forward(images)) / len(rows)
-    activations = inputs._through_prefix(images)
+    activations = inputs.through_prefix(images)
     labels = torch.tensor([dataset.train[i].label for i in rows], device=device)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
 
@@ -357,7 +357,7 @@ class _Inputs:
     def cache_train(self, samples, fit_rows, val_rows, hflip: bool, tick) -> None:
         """Compute the frozen part's output once for the fit rows (both orientations under `hflip`) and the
         validation rows, when the body is not wholly trained and the activations fit in memory."""
-        if self.n_trainable == len(self.backbone.stages) or not self._fits(samples, len(fit_rows) * (1 + hflip)
+        if self.n_trainable == len(self.backbone.stages) or not self.fits(samples, len(fit_rows) * (1 + hflip)
                                                                           + len(val_rows)):
             return
         forward = self.forward()
@@ -374,7 +374,7 @@ class _Inputs:
         return frozen_forward(entry, self.backbone.pool, runtime=runtime, device=self.device, dtype=self.dtype,
                               cache_dir=self.config.cache_dir, trainable_stages=self.n_trainable)
 
-    def _fits(self, samples, n_images: int) -> bool:
+    def fits(self, samples, n_images: int) -> bool:
         """Whether `n_images` activations (sized by the largest image shape) fit the cache budget."""
         largest = max(samples, key=lambda s: math.prod(self.preprocess.output_size(s.size)))
         height, width = self.preprocess.output_size(largest.size)
@@ -405,7 +405,7 @@ class _Inputs:
         for batch, (images, labels, _) in zip(plan, prefetch(loader)):
             flips = torch.tensor([flipped for _, flipped in batch])
             images = torch.where(flips.view(-1, 1, 1, 1), images.flip(-1), images)
-            yield self._through_prefix(images), labels
+            yield self.through_prefix(images), labels
 
     def eval_batches(self, samples, rows=None):
         """(inputs, labels, positions) per size-grouped batch of `rows` (all samples by default), unflipped.
@@ -429,13 +429,13 @@ class _Inputs:
                        torch.tensor([samples[rows[j]].label for j in batch]), batch)
             return
         for batch, (images, labels, _) in zip(batches, prefetch(loader)):
-            yield self._through_prefix(images), labels, batch
+            yield self.through_prefix(images), labels, batch
 
     def _to_device(self, inputs: torch.Tensor) -> torch.Tensor:
         memory = torch.channels_last if inputs.dim() == 4 else torch.contiguous_format
         return inputs.to(self.device, non_blocking=True, memory_format=memory)
 
-    def _through_prefix(self, images: torch.Tensor) -> torch.Tensor:
+    def through_prefix(self, images: torch.Tensor) -> torch.Tensor:
         """The frozen part in torch, without gradients (nothing before the first trained block needs them)."""
         images = images.to(self.device, non_blocking=True, memory_format=torch.channels_last)
         with torch.no_grad(), torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):

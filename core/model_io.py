@@ -75,7 +75,7 @@ def _svm_state(svm) -> StoredModel:
             if len(svc.classes_) == 2:  # sklearn returns one column for two classes; SvmClassifier stacks [-d, d]
                 weight, bias = np.concatenate([-weight, weight]), np.concatenate([-bias, bias])
             return _linear(scaler.mean_, scaler.scale_, weight, bias, svc.classes_, svm.n_classes_)
-        vectors, gamma, kernel = svc.support_vectors_, svc._gamma, svc.kernel
+        vectors, gamma, kernel = svc.support_vectors_, svm.gamma_, svc.kernel
     arrays = {"mean": scaler.mean_, "scale": scaler.scale_, "support_vectors": vectors,
               "dual_coef": svc.dual_coef_, "intercept": svc.intercept_, "n_support": svc.n_support_,
               "classes": svc.classes_}

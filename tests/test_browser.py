@@ -410,7 +410,7 @@ def test_share_page_with_runs(page, server, trained):
     with page.expect_download(timeout=PAGE_TIMEOUT_MS) as download:  # built on the server only now
         page.locator(".st-key-download_md button").click()
     report = Path(download.value.path()).read_text()
-    assert report.startswith("# TransferScope report") and all(run["run_id"] in report for run in trained)
+    assert report.startswith("# Lab report") and all(run["run_id"] in report for run in trained)
 
 
 # The frontend sends BackMsg{clear_cache: true} on its websocket ("Clear caches" in the developer menu);

@@ -597,5 +597,5 @@ def test_the_summary_names_each_runs_remedy_and_a_double_correction_is_refused_o
                                 tmp_path / "b.json", *common])
     assert code == 0, stderr
     assert "warning: balanced+tau: tau adjusts the decision for the imbalance on top of balanced" in stderr
-    rows = [line.split() for line in stderr.splitlines() if line.startswith("head ")]
-    assert [row[1] for row in rows] == ["none", "tau", "offsets", "balanced+tau"]
+    rows = [line.split() for line in stderr.splitlines() if line.startswith("head · ")]
+    assert [row[2] for row in rows] == ["none", "tau", "offsets", "balanced+tau"]  # the run's name: head · remedy

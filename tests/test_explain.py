@@ -30,13 +30,13 @@ def test_linear_cam_refuses_mismatched_shapes():
         linear_cam(np.zeros((3, 2, 2)), np.zeros((2, 4)))
 
 
-@pytest.mark.parametrize("make", [lambda: LogisticProbe(C=0.1), lambda: LinearHead(epochs=3)])
+@pytest.mark.parametrize("make", [lambda **kw: LogisticProbe(C=0.1, **kw), lambda **kw: LinearHead(epochs=3, **kw)])
 def test_exact_cam_mean_is_the_class_score_minus_the_bias(make, demo_dataset, image_size):
     """On the real backbone: the pooled vector is the map's mean, and each map's mean is score - bias."""
     rng = np.random.default_rng(0)
     n_classes = len(demo_dataset.classes)
     X, y = rng.normal(1.0, 0.5, size=(80, 1280)).astype(np.float32), np.arange(80) % n_classes
-    model = make().fit(X, y, n_classes=n_classes)
+    model = make(n_classes=n_classes).fit(X, y)
     record = _record(n_classes, image_size)
     paths = [s.path for s in demo_dataset.test[:3]]
     explanations, _ = explain_images(record, model, paths, [s.label for s in demo_dataset.test[:3]])
@@ -58,7 +58,7 @@ def test_exact_cam_mean_is_the_class_score_minus_the_bias(make, demo_dataset, im
 def test_prior_adjustment_is_reported_as_a_number(demo_dataset, image_size):
     n_classes = len(demo_dataset.classes)
     rng = np.random.default_rng(1)
-    model = LogisticProbe().fit(rng.normal(size=(50, 1280)), np.arange(50) % n_classes, n_classes=n_classes)
+    model = LogisticProbe(n_classes=n_classes).fit(rng.normal(size=(50, 1280)), np.arange(50) % n_classes)
     offsets = [0.0] * n_classes
     offsets[3] = 2.5
     record = _record(n_classes, image_size, tau=1.0, offsets=offsets)
@@ -76,7 +76,7 @@ def test_svm_torch_scores_match_scikit_learn(n_classes, precomputed):
     rng = np.random.default_rng(n_classes)
     X, y = rng.normal(size=(60, 6)).astype(np.float32), np.arange(60) % n_classes
     X[:, 0] += y
-    svm = SvmClassifier().fit(X, y, n_classes=n_classes + 1, kernels=rbf_kernels(X) if precomputed else None)
+    svm = SvmClassifier(n_classes=n_classes + 1).fit(X, y, kernels=rbf_kernels(X) if precomputed else None)
     expected = svm.decision_function(X[:6])
     got = np.stack([svm_scores_torch(svm, torch.from_numpy(x.astype(np.float64))).detach().numpy() for x in X[:6]])
     seen = np.isfinite(expected)
@@ -87,7 +87,7 @@ def test_svm_torch_scores_match_scikit_learn(n_classes, precomputed):
 def test_linear_svm_is_explained_exactly():
     rng = np.random.default_rng(3)
     X, y = rng.normal(size=(60, 6)).astype(np.float32), np.arange(60) % 3
-    svm = SvmClassifier(kernel="linear").fit(X, y, n_classes=3)
+    svm = SvmClassifier(kernel="linear", n_classes=3).fit(X, y)
     weight, bias = linear_weights(svm)
     np.testing.assert_allclose(X @ weight.T + bias, svm.decision_function(X), atol=1e-5)
 
@@ -96,7 +96,7 @@ def test_rbf_svm_gets_grad_cam(demo_dataset, image_size):
     rng = np.random.default_rng(2)
     n_classes = len(demo_dataset.classes)
     X, y = rng.normal(1.0, 0.5, size=(60, 1280)).astype(np.float32), np.arange(60) % n_classes
-    svm = SvmClassifier().fit(X, y, n_classes=n_classes)
+    svm = SvmClassifier(n_classes=n_classes).fit(X, y)
     (ex,), _ = explain_images(_record(n_classes, image_size), svm, [demo_dataset.test[0].path], [1])
     assert ex.method == GRADIENT and np.isfinite(ex.predicted_map).all()
     assert ex.predicted == int(np.argmax(ex.scores))

@@ -92,7 +92,7 @@ def test_what_a_remedy_did_not_do_says_why_for_the_svm(built):
 
 def test_the_choice_by_validation_is_checked_on_the_test_set(built):
     best = topic(built[2], "best")[0]
-    assert best.text.startswith("svm · balanced is the run chosen by validation (out-of-fold macro-F1 0.800")
+    assert best.text.startswith("svm · balanced is the run chosen by validation (validation macro-F1 0.800")
     assert "the test confirms the choice" in best.text
 
 

@@ -536,16 +536,18 @@ def test_next_writer_removes_what_a_crashed_one_left(store):
 
 
 CRASH_IN_SAVE = """
-import sys, time
-import pandas as pd
+import pathlib, sys, time
 sys.path.insert(0, {tests!r})
 from test_runs import make_record, make_predictions
 from core.runs import RunStore
-def hang(self, path, **kwargs):
-    open(path, "w").write("path,y_true\\nhalf")
+write_text = pathlib.Path.write_text
+def hang(self, text, **kwargs):
+    if self.name != "predictions.csv":
+        return write_text(self, text, **kwargs)
+    write_text(self, "path,y_true\\nhalf")
     open({marker!r}, "w").close()
     time.sleep(60)
-pd.DataFrame.to_csv = hang
+pathlib.Path.write_text = hang
 RunStore({root!r}).save(make_record(), predictions=make_predictions())
 """
 

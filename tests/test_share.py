@@ -349,7 +349,7 @@ def test_downloads_are_built_only_when_clicked(cache, monkeypatch, downloads, cl
     builds = []
     for module, name in ((core.report, "render_runs_report"), (state, "render_runs_report")):
         real = getattr(module, name)
-        monkeypatch.setattr(module, name, lambda records, fmt, real=real: builds.append(fmt) or real(records, fmt))
+        monkeypatch.setattr(module, name, lambda records, fmt, real=real, **kwargs: builds.append(fmt) or real(records, fmt, **kwargs))
     real_bundle = RunStore.export_bundle_bytes
     monkeypatch.setattr(RunStore, "export_bundle_bytes",
                         lambda self, *args: builds.append("zip") or real_bundle(self, *args))
@@ -505,6 +505,7 @@ def test_incomplete_run_is_reported_and_can_still_be_deleted(cache):
         assert "1 run folder(s) cannot be read" in texts(at.warning) and "lacks 'approach'" in texts(at.warning)
     at.multiselect(key="delete_select").set_value([broken]).run()
     at.button(key="delete_runs").click().run()
-    assert not at.exception and not at.warning
+    # what remains is the page's own note on classes with few test images (issue 25), not the broken run
+    assert not at.exception and "cannot be read" not in texts(at.warning), texts(at.warning)
     assert not (cache / "runs" / broken).exists()
     assert [run["run_id"] for run in RunStore(cache / "runs").list_runs()] == [run["run_id"] for run in good[1:]]
