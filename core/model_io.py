@@ -202,9 +202,8 @@ def finetune_modules(stored: StoredModel):
 
     parts = {part: {k.removeprefix(f"{part}."): torch.from_numpy(v) for k, v in stored.arrays.items()
                     if k.startswith(f"{part}.")} for part in ("head", "body")}
-    checkpoint = {**{k: v for k, v in stored.meta.items() if k != "config"}, **parts, "config": stored.meta["config"]}
     try:
-        features, head = load_finetuned(checkpoint)  # a Sequential of the two
+        features, head = load_finetuned({**stored.meta, **parts})  # a Sequential of the two
     except (RuntimeError, KeyError) as err:
         raise RunStoreError(f"the fine-tune weights do not fit the backbone's layers ({str(err)[:200]}); "
                             "retrain the run") from None
