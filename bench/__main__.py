@@ -109,6 +109,7 @@ def bench_backbones(names: list[str], data: Path, batch_size: int, repeats: int,
 
 def bench_approaches(data: str, image_size: int, epochs: int) -> None:
     from core.experiment import ExperimentConfig, run_experiment
+    from core.report import run_records
 
     with tempfile.TemporaryDirectory() as cache:
         config = ExperimentConfig(data=data, approaches=("svm", "head", "finetune"), remedies=("balanced",),
@@ -117,9 +118,10 @@ def bench_approaches(data: str, image_size: int, epochs: int) -> None:
     print(f"\n# approaches on {data} (short side {image_size}px, {epochs} epochs); "
           f"feature extraction {results['extract_seconds']:.1f} s")
     print(f"{'approach':<10} {'fit s':>8} {'acc':>6} {'macroF1':>8}")
-    for r in results["runs"]:
-        print(f"{r['approach']:<10} {r['fit_seconds']:>8.2f} {r['accuracy']:>6.3f} {r['macro_f1']:>8.3f}")
-    fit = {r["approach"]: r["fit_seconds"] for r in results["runs"]}
+    runs = run_records(results)
+    for r in runs:
+        print(f"{r.approach:<10} {r.fit_seconds:>8.2f} {r.accuracy:>6.3f} {r.macro_f1:>8.3f}")
+    fit = {r.approach: r.fit_seconds for r in runs}
     print(f"SVM fit is {fit['finetune'] / fit['svm']:.0f}x faster than fine-tuning; "
           f"SVM + extraction is {fit['finetune'] / (fit['svm'] + results['extract_seconds']):.1f}x faster")
 

@@ -21,7 +21,8 @@ from core.data import build_demo_dataset, load_dataset
 from core.diagnostics import label_issue_table
 from core.experiment import ExperimentConfig, run_experiment
 from core.explain import explain_images, load_backbone
-from core.runs import RunStore
+from core.records import RunRecord
+from core.store import RunStore
 
 APPROACHES = ("svm", "head", "logreg")
 GALLERY = 24
@@ -41,10 +42,10 @@ def flip_labels(root: Path, fraction: float, seed: int) -> set[str]:
     return moved
 
 
-def reported(store: RunStore, run: dict) -> list[str]:
+def reported(store: RunStore, run: RunRecord) -> list[str]:
     """The training image paths a run's label-issue table reports."""
-    dataset = load_dataset(run["dataset"]["root"], cache_dir=str(store.root.parent))
-    issues = label_issue_table(run, store.load_validation(run["run_id"]), run["calibration"]["temperature"])
+    dataset = load_dataset(run.dataset.root, cache_dir=str(store.root.parent))
+    issues = label_issue_table(run, store.load_validation(run.run_id), run.calibration.temperature)
     return [dataset.train[i].path for i in issues["index"]]
 
 
@@ -58,26 +59,27 @@ def bench_label_issues(tmp: Path, fraction: float, seed: int) -> None:
         results = run_experiment(ExperimentConfig(data=str(root), approaches=APPROACHES, remedies=("none",),
                                                   cache_dir=str(cache)))
         store = RunStore(cache / "runs")
-        for run in results["runs"]:
+        runs = [store.load(run["run_id"]) for run in results["runs"]]
+        for run in runs:
             found = set(reported(store, run))
             hits = len(found & moved)
             precision = f"{hits / len(found):.2f}" if found and moved else "-"
             recall = f"{hits / len(moved):.2f}" if moved else "-"
-            print(f"{name:<8} {run['approach']:<8} {len(moved):>8} {len(found):>9} {precision:>10} {recall:>7}")
+            print(f"{name:<8} {run.approach:<8} {len(moved):>8} {len(found):>9} {precision:>10} {recall:>7}")
         if flip:
-            bench_heat_maps(store, results["runs"])
+            bench_heat_maps(store, runs)
 
 
-def bench_heat_maps(store: RunStore, runs: list[dict]) -> None:
+def bench_heat_maps(store: RunStore, runs: list[RunRecord]) -> None:
     print(f"\n# heat maps of {GALLERY} demo test images (efficientnet_lite0, torch fp32 on the CPU)")
     for run in runs:
-        model = store.load_model(run["run_id"])
-        table = store.load_predictions(run["run_id"]).head(GALLERY)
+        model = store.load_model(run.run_id)
+        table = store.load_predictions(run.run_id).head(GALLERY)
         started = time.perf_counter()
         backbone = load_backbone(run, model)
         load_s = time.perf_counter() - started
         explanations, seconds = explain_images(run, model, table["path"].tolist(), table["true"].tolist(), backbone)
-        print(f"{run['approach']:<8} {explanations[0].method:<10} backbone load {load_s:.2f} s, "
+        print(f"{run.approach:<8} {explanations[0].method:<10} backbone load {load_s:.2f} s, "
               f"{GALLERY} images {seconds:.2f} s ({seconds / GALLERY * 1000:.0f} ms an image)")
 
 

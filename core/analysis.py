@@ -1,7 +1,7 @@
 """Pure helpers behind the dashboard pages: tables, labels, re-scoring and diffs of stored runs.
 
-Everything here takes plain records (dicts from `RunStore`), datasets or data frames and
-returns data; nothing draws or imports Streamlit.
+Everything here takes run records (`core.records.RunRecord`, from `RunStore`), datasets or data frames
+and returns data; nothing draws or imports Streamlit.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from core.errors import ClassWeightError, ConfigError
 from core.metrics import FREQUENCY_GROUPS, check_confusion, evaluate, group_scores, minority_mask
 from core.findings import paired_diff  # noqa: F401 (pages and tests read it here)
 from core.naming import run_names
+from core.records import RunRecord
 from core.report import per_class_table
 from core.approaches import APPROACHES, names as approach_names
 from core.settings import BY_NAME
@@ -93,73 +94,75 @@ def weights_from_table(table: pd.DataFrame, classes: list[str]) -> dict[str, flo
     return table_dict
 
 
-def run_table(records: list[dict]) -> pd.DataFrame:
+def run_table(records: list[RunRecord]) -> pd.DataFrame:
     """The runs table of the Compare page, one row per record, in the records' order."""
     names = run_names(records)
     return pd.DataFrame({
-        "run": [names[r["run_id"]] for r in records],
-        "approach": [r["approach"] for r in records],
-        "remedy": [r.get("remedy", r["class_weight"]) for r in records],  # runs before remedies: their weights
-        "accuracy": [r["accuracy"] for r in records],
-        "balanced accuracy": [r["balanced_accuracy"] for r in records],
-        "macro-F1": [r["macro_f1"] for r in records],
-        "validation macro-F1": [(r.get("validation") or {}).get("macro_f1") for r in records],
-        "cross-fitted validation macro-F1": [(r.get("validation_cross_fitted") or {}).get("macro_f1")
-                                             for r in records],
+        "run": [names[r.run_id] for r in records],
+        "approach": [r.approach for r in records],
+        "remedy": [r.remedy_label for r in records],
+        "accuracy": [r.accuracy for r in records],
+        "balanced accuracy": [r.balanced_accuracy for r in records],
+        "macro-F1": [r.macro_f1 for r in records],
+        "validation macro-F1": [r.validation.macro_f1 if r.validation else None for r in records],
+        "cross-fitted validation macro-F1": [r.validation_cross_fitted.macro_f1 if r.validation_cross_fitted
+                                             else None for r in records],
         **{f"{group} F1": [_group_f1(r, group) for r in records] for group in FREQUENCY_GROUPS},
-        "fit s": [r["fit_seconds"] for r in records],
-        "predict s": [r["predict_seconds"] for r in records],
-        "run id": [r["run_id"] for r in records],
+        "fit s": [r.fit_seconds for r in records],
+        "predict s": [r.predict_seconds for r in records],
+        "run id": [r.run_id for r in records],
     })
 
 
-def fit_time_note(record: dict) -> str:
+def fit_time_note(record: RunRecord) -> str:
     """What the fit time counts and the stages recorded apart from it, in words (seconds to 2 decimals)."""
-    stages = [("choosing C, epochs, tau or offsets on the training folds", record.get("selection_seconds")),
-              ("validation folds only", record.get("validation_seconds")),
-              ("predicting the test set", record["predict_seconds"])]
+    stages = [("choosing C, epochs, tau or offsets on the training folds", record.selection_seconds),
+              ("validation folds only", record.validation_seconds),
+              ("predicting the test set", record.predict_seconds)]
     shown = "; ".join(f"{name}: {seconds:.2f} s" for name, seconds in stages if seconds)
     return f"the final fit alone (the SVM's kernel included); apart from it: {shown}" if shown else \
         "the final fit alone (the SVM's kernel included)"
-def _group_f1(record: dict, group: str) -> float | None:
-    return next(row["f1"] for row in group_scores(record["per_class"]) if row["group"] == group)
 
 
-def group_table(record: dict) -> pd.DataFrame:
+def _group_f1(record: RunRecord, group: str) -> float | None:
+    return next(row["f1"] for row in group_scores(record.per_class) if row["group"] == group)
+
+
+def group_table(record: RunRecord) -> pd.DataFrame:
     """Recall and F1 averaged over the run's head, middle and tail classes (thirds by training count), with
     macro-F1 and balanced accuracy beside them."""
     rows = [{"classes": f"{row['group']} ({len(row['classes'])}: {row['train_min']}-{row['train_max']} training "
                         "images each)", "recall": row["recall"], "F1": row["f1"]}
-            for row in group_scores(record["per_class"])]
-    rows.append({"classes": "all (balanced accuracy, macro-F1)", "recall": record["balanced_accuracy"],
-                 "F1": record["macro_f1"]})
+            for row in group_scores(record.per_class)]
+    rows.append({"classes": "all (balanced accuracy, macro-F1)", "recall": record.balanced_accuracy,
+                 "F1": record.macro_f1})
     return pd.DataFrame(rows)
 
 
-def _timing_seconds(record: dict, stage: str, with_extraction: bool) -> float:
+def _timing_seconds(record: RunRecord, stage: str, with_extraction: bool) -> float:
     """Fit or predict seconds of a run; svm/head optionally with the extraction of the images it needs.
 
     Fit counts the whole one-off extraction; predict counts the test images' share, since fine-tuning's
     predict time includes decoding the test images and running the CNN on them.
     """
     if stage == "predict":
-        return record["predict_seconds"] + (record.get("test_extract_seconds", 0.0) if with_extraction else 0.0)
-    return record["fit_seconds"] + (record.get("extract_seconds", 0.0) if with_extraction else 0.0)
+        return record.predict_seconds + ((record.test_extract_seconds or 0.0) if with_extraction else 0.0)
+    return record.fit_seconds + ((record.extract_seconds or 0.0) if with_extraction else 0.0)
 
 
-def speedups(records: list[dict], with_extraction: bool = False, stage: str = "fit") -> list[dict]:
+def speedups(records: list[RunRecord], with_extraction: bool = False, stage: str = "fit") -> list[dict]:
     """How many times faster the fastest approach is than each other one (median time per approach).
 
     Pass runs of one like-for-like group (`comparable_groups`). `stage` is "fit" or "predict";
     `with_extraction` adds the feature extraction that svm and head runs rely on.
 
-    >>> speedups([{"approach": "svm", "fit_seconds": 0.5}, {"approach": "finetune", "fit_seconds": 50.0}])
+    >>> speedups([svm_run, finetune_run])  # fit in 0.5 s and 50 s  # doctest: +SKIP
     [{'fast': 'svm', 'slow': 'finetune', 'factor': 100.0}]
     """
     by_approach: dict[str, list[float]] = {}
     for record in records:
         seconds = _timing_seconds(record, stage, with_extraction)
-        by_approach.setdefault(record["approach"], []).append(max(seconds, MIN_FIT_S))
+        by_approach.setdefault(record.approach, []).append(max(seconds, MIN_FIT_S))
     medians = sorted((float(np.median(times)), approach) for approach, times in by_approach.items())
     if len(medians) < 2:
         return []
@@ -173,59 +176,58 @@ GROUP_IGNORED = (*REPEAT_IGNORED, "approaches", "remedies", "class_weights", "ta
 LABELLED = ("backbone", "pool", "image_size")  # always in a group's label; other settings when not at their default
 
 
-def run_precision(record: dict) -> str | None:
+def run_precision(record: RunRecord) -> str | None:
     """The feature/autocast precision a run used: 'bf16', 'fp16' or 'fp32' (old records: from their features'
     dtype; None when unknown)."""
-    dtype = record.get("backbone", {}).get("dtype")
-    return record.get("precision") or {"torch.bfloat16": "bf16", "torch.float16": "fp16", "None": "fp32"}.get(dtype)
+    dtype = (record.backbone or {}).get("dtype")
+    return record.precision or {"torch.bfloat16": "bf16", "torch.float16": "fp16", "None": "fp32"}.get(dtype)
 
 
-def group_key(record: dict) -> tuple:
+def group_key(record: RunRecord) -> tuple:
     """What makes runs comparable: the dataset's files, the device and precision used, and every setting that
     changes the features or the fit's cost (backbone, pooling, image size, runtime, --tune, epochs, ...)."""
-    dataset, config = record["dataset"], record.get("config", {})
-    backbone = record.get("backbone", {}).get("name") or config.get("backbone", "?")
-    files = dataset.get("content_fingerprint") or dataset.get("fingerprint") or dataset.get("root", "?")
+    dataset, config = record.dataset, record.config or {}
+    files = dataset.content_fingerprint or dataset.fingerprint or dataset.root
     settings = sorted((k, repr(v)) for k, v in config.items() if k not in GROUP_IGNORED)
-    return files, backbone, record.get("device") or config.get("device", "?"), run_precision(record), tuple(settings)
+    return (files, record.backbone_name, record.device or config.get("device", "?"), run_precision(record),
+            tuple(settings))
 
 
-def _group_label(runs: list[dict]) -> str:
+def _group_label(runs: list[RunRecord]) -> str:
     """'digits-demo · efficientnet_lite0 · avg · 224 px · bf16 · cpu · tune True (4 runs)'."""
     _, backbone, device, precision, _ = group_key(runs[0])
-    config = runs[0].get("config", {})
-    size = config.get("image_size") or next((r["backbone"]["image_size"] for r in runs
-                                             if r.get("backbone", {}).get("image_size")), None)
+    config = runs[0].config or {}
+    size = config.get("image_size") or next((r.backbone["image_size"] for r in runs
+                                             if (r.backbone or {}).get("image_size")), None)
     changed = [f"{name} {value}" for name, value in config.items() if name in BY_NAME and name not in GROUP_IGNORED
                and name not in LABELLED and value != BY_NAME[name].default]
-    parts = [Path(runs[0]["dataset"].get("root", "?")).name, backbone, config.get("pool"),
+    parts = [Path(runs[0].dataset.root).name, backbone, config.get("pool"),
              f"{size} px" if size else None, precision, device, *changed]
     return f"{' · '.join(str(p) for p in parts if p)} ({len(runs)} run{'s' * (len(runs) != 1)})"
 
 
-def comparable_groups(records: list[dict]) -> list[dict]:
+def comparable_groups(records: list[RunRecord]) -> list[dict]:
     """Runs grouped like for like (`group_key`), largest group first: `{"label": ..., "runs": [...]}`."""
-    groups: dict[tuple, list[dict]] = {}
+    groups: dict[tuple, list[RunRecord]] = {}
     for record in records:
         groups.setdefault(group_key(record), []).append(record)
     return [{"label": _group_label(runs), "runs": runs} for runs in sorted(groups.values(), key=len, reverse=True)]
 
 
-def seed_summary(records: list[dict]) -> pd.DataFrame:
+def seed_summary(records: list[RunRecord]) -> pd.DataFrame:
     """Mean ± standard deviation over seeds of each configuration (approach, weights and the other settings)."""
-    configurations: dict[str, list[dict]] = {}
+    configurations: dict[str, list[RunRecord]] = {}
     for record in records:
-        settings = {k: v for k, v in record.get("config", {}).items() if k not in REPEAT_IGNORED}
+        settings = {k: v for k, v in (record.config or {}).items() if k not in REPEAT_IGNORED}
         # the config holds a fixed tau; a tau the remedy chose on folds may differ from seed to seed
-        key = repr((record["approach"], record.get("remedy", record["class_weight"]), sorted(settings.items())))
+        key = repr((record.approach, record.remedy_label, sorted(settings.items())))
         configurations.setdefault(key, []).append(record)
     rows = []
     for runs in configurations.values():
-        row = {"approach": runs[0]["approach"], "remedy": runs[0].get("remedy", runs[0]["class_weight"]),
-               "seeds": len(runs)}
+        row = {"approach": runs[0].approach, "remedy": runs[0].remedy_label, "seeds": len(runs)}
         for key, label in (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"),
                            ("macro_f1", "macro-F1"), ("fit_seconds", "fit s")):
-            values = np.array([run[key] for run in runs])
+            values = np.array([getattr(run, key) for run in runs])
             row[label] = f"{values.mean():.3f} ± {values.std(ddof=1) if len(values) > 1 else 0:.3f}"
         rows.append(row)
     return pd.DataFrame(rows)
@@ -240,39 +242,38 @@ def score_matrix(predictions: pd.DataFrame, n_classes: int) -> np.ndarray:
     return predictions[columns].to_numpy(dtype=float)
 
 
-def _rescored(record: dict, table: pd.DataFrame, tau: float) -> np.ndarray:
+def _rescored(record: RunRecord, table: pd.DataFrame, tau: float) -> np.ndarray:
     """Predictions from a stored score table after logit adjustment `tau` and the run's own offsets."""
-    if record["approach"] not in LOGIT_APPROACHES:
-        raise ConfigError(f"logit adjustment needs logits; {record['approach']!r} runs store SVM decision "
+    if record.approach not in LOGIT_APPROACHES:
+        raise ConfigError(f"logit adjustment needs logits; {record.approach!r} runs store SVM decision "
                           f"values, so adjust a {' or '.join(LOGIT_APPROACHES)} run instead")
-    scores = score_matrix(table, len(record["dataset"]["classes"]))
-    decision = {"tau": tau, "offsets": record.get("offsets")}
-    return decide(scores, record["dataset"]["train_counts"], decision).argmax(axis=1)
+    scores = score_matrix(table, len(record.classes))
+    decision = {"tau": tau, "offsets": record.offsets}
+    return decide(scores, record.dataset.train_counts, decision).argmax(axis=1)
 
 
-def rescore(record: dict, predictions: pd.DataFrame, tau: float) -> dict:
+def rescore(record: RunRecord, predictions: pd.DataFrame, tau: float) -> dict:
     """Test metrics of a logit run after post-hoc logit adjustment with `tau` (and its offsets); no retraining.
 
     The adjustment subtracts `tau * log(prior)` (train class frequencies) from the stored logits.
     """
     y_pred = _rescored(record, predictions, tau)
-    classes = record["dataset"]["classes"]
-    return evaluate(predictions["true"].to_numpy(dtype=int), y_pred, classes, record["dataset"]["train_counts"])
+    return evaluate(predictions["true"].to_numpy(dtype=int), y_pred, record.classes, record.dataset.train_counts)
 
 
-def rescore_validation(record: dict, validation: pd.DataFrame | None, tau: float) -> dict | None:
+def rescore_validation(record: RunRecord, validation: pd.DataFrame | None, tau: float) -> dict | None:
     """Out-of-fold validation scores (accuracy, macro-F1, balanced accuracy) of the same rescoring; None
     for runs stored without validation scores."""
     if validation is None:
         return None
     y_pred = _rescored(record, validation, tau)
-    return point_scores(validation["true"].to_numpy(dtype=int), y_pred, len(record["dataset"]["classes"]))
+    return point_scores(validation["true"].to_numpy(dtype=int), y_pred, len(record.classes))
 
 
-def metric_deltas(before: dict, after: dict) -> list[dict]:
-    """Headline metrics of two score dicts side by side: metric label, before, after, after − before."""
-    return [{"metric": label, "before": before[key], "after": after[key], "delta": after[key] - before[key]}
-            for key, label in HEADLINE_METRICS.items()]
+def metric_deltas(before: RunRecord, after: dict) -> list[dict]:
+    """Headline metrics of a run and of new scores (`evaluate`'s) side by side: label, before, after, change."""
+    return [{"metric": label, "before": before.score(key), "after": after[key],
+             "delta": after[key] - before.score(key)} for key, label in HEADLINE_METRICS.items()]
 
 
 def error_cells(confusion) -> list[dict]:
@@ -294,34 +295,34 @@ def misclassified_paths(predictions: pd.DataFrame, true: int, pred: int) -> tupl
     return existing, len(chosen) - len(existing)
 
 
-def run_settings(record: dict) -> pd.DataFrame:
+def run_settings(record: RunRecord) -> pd.DataFrame:
     """What produced a run: approach, weights, backbone and the settings that matter for its approach."""
-    config, backbone = record.get("config", {}), record.get("backbone", {})
-    rows = {"run id": record["run_id"], "created": record.get("created", ""), "approach": record["approach"],
-            "class weights": record["class_weight"], "backbone": backbone.get("name", config.get("backbone")),
+    config, backbone = record.config or {}, record.backbone or {}
+    rows = {"run id": record.run_id, "created": record.created, "approach": record.approach,
+            "class weights": record.class_weight, "backbone": backbone.get("name", config.get("backbone")),
             "pooling": config.get("pool"), "image size (short side, px)": config.get("image_size")
-            or backbone.get("image_size"), "precision": run_precision(record), "dataset": record["dataset"]["root"],
+            or backbone.get("image_size"), "precision": run_precision(record), "dataset": record.dataset.root,
             "seed": config.get("seed")}
-    if record["approach"] == "svm":
-        fitted = record.get("svm_model") or svm_model_name(config.get("svm_kernel", "rbf"),  # records before 13
-                                                            sum(record["dataset"].get("train_counts", [])))
+    if record.approach == "svm":
+        fitted = record.svm_model or svm_model_name(config.get("svm_kernel", "rbf"),  # records before 13
+                                                    sum(record.dataset.train_counts))
         rows.update({"SVM model": fitted, "SVM C": config.get("svm_c")})
     else:
         rows.update({"epochs": config.get("epochs"), "learning rate": config.get("lr"),
-                     "epochs run": len(record.get("history", [])), "logit adjustment tau": record.get("tau")})
-    if record["approach"] == "finetune":
-        unfreeze = config.get("unfreeze") or ("last" if config.get("unfreeze_last") else "none")  # runs before 26
+                     "epochs run": len(record.history), "logit adjustment tau": record.tau})
+    if record.approach == "finetune":
+        unfreeze = record.setting("unfreeze") or ("last" if record.setting("unfreeze_last") else "none")  # runs before 26
         rows.update({"batch size": config.get("batch_size"), "unfreeze": unfreeze,
-                     "chosen epoch (validation)": record.get("chosen_epoch")})
+                     "chosen epoch (validation)": record.chosen_epoch})
     return pd.DataFrame({"setting": list(rows), "value": [str(v) for v in rows.values()]})
 
 
-def class_report(record: dict) -> pd.DataFrame:
+def class_report(record: RunRecord) -> pd.DataFrame:
     """Per-class precision, recall, F1, counts, minority flag, the class weight the run trained with, and
     `unreliable`: scored on at most FEW_TEST_IMAGES test images (`few_test_note`)."""
     few = set(few_test_names(record))
-    return per_class_table(record).assign(weight=np.round(record["class_weights"], 4),
-                                          unreliable=[row["class"] in few for row in record["per_class"]])
+    return per_class_table(record).assign(weight=np.round(record.class_weights, 4),
+                                          unreliable=[row.name in few for row in record.per_class])
 
 
 def paired_table(paired: dict) -> pd.DataFrame:
@@ -349,12 +350,12 @@ def noise_note(paired: dict) -> str:
             "(B may be no better or worse than A on new images).")
 
 
-def interval_caption(record: dict) -> str | None:
+def interval_caption(record: RunRecord) -> str | None:
     """'95% bootstrap intervals …: Accuracy 0.810–0.870 · …'; None for runs recorded before intervals.
 
     When classes have at most FEW_TEST_IMAGES test images it says the intervals understate (see `few_test_note`)."""
-    parts = [f"{label} {record[f'{key}_low']:.3f}–{record[f'{key}_high']:.3f}"
-             for key, label in HEADLINE_METRICS.items() if f"{key}_low" in record]
+    parts = [f"{label} {interval[0]:.3f}–{interval[1]:.3f}" for key, label in HEADLINE_METRICS.items()
+             if (interval := record.interval(key))]
     if not parts:
         return None
     few = " (too narrow for the macro figures: they rest on classes with very few test images, see below)" \
@@ -362,20 +363,20 @@ def interval_caption(record: dict) -> str | None:
     return f"95% bootstrap intervals over test images (resampled within each class){few}: {' · '.join(parts)}"
 
 
-def few_test_names(record: dict) -> list[str]:
+def few_test_names(record: RunRecord) -> list[str]:
     """The classes of a run with 1 to FEW_TEST_IMAGES test images (`core.stats.few_test_classes`)."""
-    rows = record["per_class"]
-    return [rows[i]["class"] for i in few_test_classes([row["support"] for row in rows])]
+    rows = record.per_class
+    return [rows[i].name for i in few_test_classes([row.support for row in rows])]
 
 
-def few_test_note(records: list[dict]) -> str | None:
+def few_test_note(records: list[RunRecord]) -> str | None:
     """A warning when the runs' macro figures rest on classes with very few test images, naming them; else None.
 
     The runs are tested on one test set (a Results run, a Compare group): the first one's counts are read."""
     names = few_test_names(records[0]) if records else []
     if not names:
         return None
-    counts = {row["class"]: row["support"] for row in records[0]["per_class"]}
+    counts = {row.name: row.support for row in records[0].per_class}
     listed = ", ".join(f"{name} ({counts[name]})" for name in names)
     return (f"Macro-F1 and balanced accuracy rest on classes with at most {FEW_TEST_IMAGES} test images: {listed}. "
             "Each weighs as much as any class, yet one image more or less right moves its F1 by a third or more; "
@@ -383,17 +384,17 @@ def few_test_note(records: list[dict]) -> str | None:
             "per-class scores are unreliable: add test images of these classes to measure them.")
 
 
-def check_comparable(record_a: dict, record_b: dict) -> None:
+def check_comparable(record_a: RunRecord, record_b: RunRecord) -> None:
     """Raise ConfigError unless two runs were evaluated on the same classes."""
-    classes_a, classes_b = record_a["dataset"]["classes"], record_b["dataset"]["classes"]
+    classes_a, classes_b = record_a.classes, record_b.classes
     if classes_a != classes_b:
-        raise ConfigError(f"runs {record_a['run_id']} and {record_b['run_id']} have different classes "
+        raise ConfigError(f"runs {record_a.run_id} and {record_b.run_id} have different classes "
                           f"({len(classes_a)} vs {len(classes_b)}); compare runs trained on the same dataset")
 
 
-def metrics_diff(record_a: dict, record_b: dict) -> pd.DataFrame:
+def metrics_diff(record_a: RunRecord, record_b: RunRecord) -> pd.DataFrame:
     """Headline metrics and timings of run A and run B with the change B − A."""
     keys = {**HEADLINE_METRICS, "fit_seconds": "Fit s", "predict_seconds": "Predict s"}
-    return pd.DataFrame([{"metric": label, "A": record_a[key], "B": record_b[key],
-                          "B − A": round(record_b[key] - record_a[key], 3) + 0.0}  # shown to 3 decimals; + 0.0 drops -0.0
+    return pd.DataFrame([{"metric": label, "A": getattr(record_a, key), "B": getattr(record_b, key),
+                          "B − A": round(getattr(record_b, key) - getattr(record_a, key), 3) + 0.0}  # shown to 3 decimals; + 0.0 drops -0.0
                          for key, label in keys.items()])

@@ -15,6 +15,7 @@ from typing import Callable
 
 import numpy as np
 
+from core.approach_names import APPROACH_NAMES
 from core.errors import ConfigError
 from core.remedies import Remedy
 
@@ -95,6 +96,9 @@ APPROACHES: dict[str, Approach] = {}
 
 def register(name: str, label: str, help: str, *, on_features: bool, logits: bool, parts: tuple[str, ...]):
     """Decorator: file a fit function under `name` in APPROACHES (order of registration = order shown)."""
+    if name not in APPROACH_NAMES:
+        raise ConfigError(f"approach {name!r} is not declared; add it to core.approach_names.APPROACH_NAMES")
+
     def wrap(fit: Callable[[FitRequest], Fitted]) -> Callable[[FitRequest], Fitted]:
         APPROACHES[name] = Approach(name, label, help, on_features, logits, frozenset(parts), fit)
         return fit

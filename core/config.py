@@ -12,8 +12,9 @@ from core.data import Dataset, check_data_dir, check_separate_test, load_dataset
 from core.errors import ClassWeightError, ConfigError
 from core.features import FeatureSet
 from core.fusion import extract_any
+from core.records import RunRecord
 from core.remedies import check_remedies
-from core.runs import check_output_dir
+from core.storage import check_output_dir
 from core.settings import check_settings, config_fields
 from core.weights import SCHEMES, check_weight, read_custom_weights
 
@@ -81,15 +82,14 @@ def load_data(config: ExperimentConfig) -> Dataset:
                         test_size=config.test_size, seed=config.seed, cache_dir=config.cache_dir)
 
 
-def run_split(record: dict | None = None) -> dict:
+def run_split(record: RunRecord | None = None) -> dict:
     """`{"test_size", "seed"}` of the split a stored run was tested on: its config's, else the defaults.
 
-    >>> run_split({"config": {"seed": 3}})
-    {'seed': 3, 'test_size': 0.2}
+    >>> run_split()
+    {'seed': 0, 'test_size': 0.2}
     """
-    config = (record or {}).get("config", {})
-    return {f.name: config.get(f.name, f.default) for f in dataclasses.fields(ExperimentConfig)
-            if f.name in SPLIT_SETTINGS}
+    return {f.name: record.setting(f.name, f.default) if record else f.default
+            for f in dataclasses.fields(ExperimentConfig) if f.name in SPLIT_SETTINGS}
 
 
 def load_features(config: ExperimentConfig, dataset: Dataset, progress=None) -> FeatureSet:

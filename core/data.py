@@ -17,7 +17,7 @@ from PIL import Image, ImageOps
 from core.errors import DataError
 from core.labels import nfc, read_labels
 from core.csvcells import csv_text
-from core.runs import atomic_write_bytes, atomic_write_json
+from core.storage import atomic_write_bytes, atomic_write_json
 from core.scan import FileIndex, Sample, check_class_count, few, is_utf8, printable
 
 DEMO_CLASSES = ("0-zero", "1-one", "2-two", "3-three", "4-four", "5-five", "6-six", "7-seven", "8-eight", "9-nine")
@@ -333,7 +333,7 @@ def build_demo_dataset(out_dir, *, test_fraction: float = 0.25, seed: int = 0) -
         _check_demo_target(out_dir)  # nothing of the user's appeared there meanwhile
         _swap_in(tmp_dir, out_dir)
     except OSError as err:
-        from core.runs import storage_error
+        from core.storage import storage_error
 
         raise storage_error(err, out_dir, "the demo dataset") from err
     finally:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import ConfigError
-from core.runs import atomic_write_npz
+from core.storage import atomic_write_npz
 
 MATCHES_VERSION = 1  # bump when the similarity changes, so stored matches are recomputed
 DUPLICATE_SIMILARITY = 0.97  # centred cosine from which a train/test pair is listed as a possible leak

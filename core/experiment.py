@@ -23,7 +23,8 @@ from core.config import ExperimentConfig, check_class_weight_spec, load_data, lo
 from core.features import FeatureSet, autocast_dtype, rank_world, resolve_device
 from core.metrics import evaluate
 from core.remedies import Remedy, check_remedies, choose_offsets, decide, parse_remedy
-from core.runs import RunStore, new_run_id
+from core.records import RunRecord
+from core.store import RunStore, new_run_id
 from core.stats import paired_comparison, point_scores, run_intervals
 from core.tuning import best_candidate, cross_fit, tune_tau
 from core.weights import SCHEMES, adjust_logits, class_weights, read_custom_weights
@@ -46,6 +47,8 @@ def resolve_class_weight(spec, dataset: Dataset, beta: float = 0.999) -> tuple[s
 def run_experiment(config: ExperimentConfig, progress=None, store: RunStore | None = None) -> dict:
     """Load data, extract (cached) features once, train every approach x remedy x seed; results dict.
 
+    The results dict is what the CLI writes to results.json: its runs are the records' JSON.
+
     >>> results = run_experiment(ExperimentConfig(data="cache/datasets/digits-demo"))  # doctest: +SKIP
     >>> [(r["approach"], r["remedy"], round(r["macro_f1"], 2)) for r in results["runs"]]  # doctest: +SKIP
     """
@@ -53,8 +56,29 @@ def run_experiment(config: ExperimentConfig, progress=None, store: RunStore | No
     store = store or RunStore(Path(config.cache_dir) / "runs")
     parts = [_run_seed(dataclasses.replace(config, seed=seed), progress, store) for seed in config.seed_list()]
     runs = [run for part in parts for run in part["runs"]]
-    return {**parts[0], "config": config.to_dict(), "runs": runs, "best_by_validation": best_by_validation(runs),
+    return {**parts[0], "config": config.to_dict(), "runs": [run.to_json() for run in runs],
+            "best_by_validation": best_by_validation(runs),
             "comparisons": [pair for part in parts for pair in part["comparisons"]]}
+
+
+def estimate_experiment(config) -> dict:
+    """The fine-tune runs an ExperimentConfig asks for, estimated (`estimate_seconds` of one, times the runs):
+    `runs`, `seconds` (all of them), `per_run` (the estimate's dict) and `text`, one line for people."""
+    from core.finetune import estimate_seconds, finetune_config  # on use: the estimate probes torch
+
+    runs = len(plan_runs(("finetune",), check_remedies(config.remedies))[0]) * len(config.seed_list())
+    per_run = estimate_seconds(load_data(config), finetune_config(config))
+    device = resolve_device(config.device).type
+    text = (f"fine-tune estimate: about {_duration(per_run['seconds'])} per run, {_duration(runs * per_run['seconds'])} "
+            f"for {runs} run(s) on this machine's {device.upper()} (from a {per_run['probe_seconds']:.0f} s probe; "
+            f"frozen part {'cached once' if per_run['activation_cache'] else 'recomputed every epoch'})")
+    if device == "cpu" and config.unfreeze not in ("none", "last"):
+        text += "; training several blocks is where a CUDA GPU (--device cuda) helps most"
+    return {"runs": runs, "seconds": runs * per_run["seconds"], "per_run": per_run, "text": text}
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
 def plan_runs(approaches, remedies: tuple[Remedy, ...]) -> tuple[list[tuple[Approach, Remedy]], list[str]]:
@@ -89,45 +113,60 @@ def _run_seed(config: ExperimentConfig, progress, store: RunStore) -> dict:
             "runs": runs, "comparisons": compare_runs(trained, dataset)}
 
 
-def best_by_validation(runs: list[dict], metric: str = "macro_f1") -> str | None:
+def best_by_validation(runs: list[RunRecord], metric: str = "macro_f1") -> str | None:
     """The run id with the best cross-fitted validation `metric` (ties: the first); None if no run has one.
 
     Cross-fitted, so that runs that chose a decision rule, C or epochs on their out-of-fold scores are
     not favoured by that choice's optimism (like with like)."""
-    scored = [run for run in runs if run.get("validation_cross_fitted")]
-    return max(scored, key=lambda run: run["validation_cross_fitted"][metric])["run_id"] if scored else None
+    scored = [run for run in runs if run.validation_cross_fitted]
+    return max(scored, key=lambda run: getattr(run.validation_cross_fitted, metric)).run_id if scored else None
 
 
-def compare_runs(trained: list[tuple[dict, np.ndarray]], dataset: Dataset) -> list[dict]:
+def compare_runs(trained: list[tuple[RunRecord, np.ndarray]], dataset: Dataset) -> list[dict]:
     """Paired comparisons (B minus A) of runs on one test set that differ in approach or in remedy only."""
     y_test = np.array([s.label for s in dataset.test])
-    return [{"run_a": a["run_id"], "run_b": b["run_id"],
-             **paired_comparison(y_test, pred_a, pred_b, len(dataset.classes), seed=a["seed"])}
+    return [{"run_a": a.run_id, "run_b": b.run_id,
+             **paired_comparison(y_test, pred_a, pred_b, len(dataset.classes), seed=a.seed)}
             for (a, pred_a), (b, pred_b) in itertools.combinations(trained, 2)
-            if a["approach"] == b["approach"] or a["remedy"] == b["remedy"]]
+            if a.approach == b.approach or a.remedy == b.remedy]
 
 
 def train_and_record(config: ExperimentConfig, dataset: Dataset, features: FeatureSet | None, approach: str,
                      remedy, store: RunStore, progress=None, head_epochs: int | None = None,
                      weights: np.ndarray | None = None, decision: dict | None = None, extra: dict | None = None
-                     ) -> dict:
+                     ) -> RunRecord:
     """Fit one approach with one remedy, score the test set once, save the run; its record.
 
     `remedy` is a spec or a `Remedy`; `weights` overrides its class weights, `decision` (`{"tau", "offsets"}`)
     its chosen decision rule, and `head_epochs` fixes the head's epoch count (What-if refits); `extra`
-    fields are added to the record.
+    holds more RunRecord fields.
     """
     return _train_and_record(config, dataset, features, approach, remedy, store, progress, head_epochs, weights,
                              decision, extra)[0]
 
 
+@dataclasses.dataclass(frozen=True)
+class RunFit:
+    """A fit and its decision rule, not yet scored or saved: `decision` holds tau, offsets and what was
+    tuned; `validation` the out-of-fold metrics of the training images (None without folds) and
+    `validation_cross_fitted` those with every choice cross-fitted (see `cross_fitted_validation`);
+    `decision_seconds` choosing tau and offsets, `cross_fit_seconds` the cross-fitting."""
+
+    fitted: Fitted
+    weights: np.ndarray
+    decision: dict
+    y_pred: np.ndarray
+    validation: dict | None
+    validation_cross_fitted: dict | None
+    remedy: Remedy
+    decision_seconds: float
+    cross_fit_seconds: float
+
+
 def fit_run(config: ExperimentConfig, dataset: Dataset, features: FeatureSet | None, approach: str, remedy,
             weights: np.ndarray | None = None, progress=None, head_epochs: int | None = None,
-            decision: dict | None = None) -> dict:
-    """Fit and decide, without scoring or saving: `fitted`, `weights`, `decision` (tau, offsets, tuned),
-    `y_pred` (test), `validation` (out-of-fold metrics of the training images, None without folds),
-    `validation_cross_fitted` (see `cross_fitted_validation`), and `decision_seconds` (choosing tau and
-    offsets) and `cross_fit_seconds`."""
+            decision: dict | None = None) -> RunFit:
+    """Fit and decide, without scoring or saving (see RunFit)."""
     approach, remedy = get_approach(approach), remedy if isinstance(remedy, Remedy) else parse_remedy(remedy)
     if config.tune and approach.logits:
         remedy = remedy.with_parts("tau")  # --tune picks tau by cross-validation, as the tau remedy does
@@ -146,9 +185,8 @@ def fit_run(config: ExperimentConfig, dataset: Dataset, features: FeatureSet | N
         validation = point_scores(y_train, decide(fitted.oof_scores, dataset.train_counts, decision).argmax(1),
                                   len(dataset.classes))
         cross_fitted = cross_fitted_validation(approach, remedy, fitted, y_train, dataset.train_counts, config, given)
-    return {"fitted": fitted, "weights": weights, "decision": decision, "y_pred": y_pred, "validation": validation,
-            "validation_cross_fitted": cross_fitted, "remedy": remedy, "decision_seconds": decision_s,
-            "cross_fit_seconds": time.perf_counter() - started - decision_s}
+    return RunFit(fitted, weights, decision, y_pred, validation, cross_fitted, remedy, decision_s,
+                  time.perf_counter() - started - decision_s)
 
 
 def cross_fitted_validation(approach: Approach, remedy: Remedy, fitted: Fitted, y_train, train_counts,
@@ -185,46 +223,47 @@ def choose_decision(approach: Approach, remedy: Remedy, oof_scores, y_train, tra
 def _train_and_record(config: ExperimentConfig, dataset: Dataset, features: FeatureSet | None, approach: str,
                       remedy, store: RunStore, progress=None, head_epochs: int | None = None,
                       weights: np.ndarray | None = None, decision: dict | None = None, extra: dict | None = None
-                      ) -> tuple[dict, np.ndarray]:
+                      ) -> tuple[RunRecord, np.ndarray]:
     """`train_and_record`, also returning the test predictions (for paired comparisons)."""
     run = fit_run(config, dataset, features, approach, remedy, weights, progress, head_epochs, decision)
-    fitted, remedy, y_pred = run["fitted"], run["remedy"], run["y_pred"]
+    fitted, remedy, y_pred = run.fitted, run.remedy, run.y_pred
     y_test = np.array([s.label for s in dataset.test])
     on_features = features is not None and get_approach(approach).on_features
-    record = {"run_id": new_run_id(approach, remedy.label), "approach": approach, "remedy": remedy.label,
-              "class_weight": remedy.weight_label, "class_weights": [float(w) for w in run["weights"]],
-              "tau": run["decision"]["tau"], "offsets": run["decision"]["offsets"], "seed": config.seed,
-              "tuned": {**fitted.tuned, **run["decision"]["tuned"]}, "validation": run["validation"],
-              "validation_cross_fitted": run["validation_cross_fitted"],
-              **evaluate(y_test, y_pred, dataset.classes, dataset.train_counts),
-              **run_intervals(y_test, y_pred, len(dataset.classes), seed=config.seed),
-              "fit_seconds": fitted.fit_seconds, "predict_seconds": fitted.predict_seconds,
-              "refit_seconds": fitted.refit_seconds,
-              "selection_seconds": fitted.selection_seconds + run["decision_seconds"],
-              "validation_seconds": fitted.validation_seconds + run["cross_fit_seconds"],
-              "learning_curve_seconds": fitted.learning_curve_seconds,
-              "extract_seconds": features.extract_seconds if on_features else 0.0,
-              "test_extract_seconds": _test_share(features, dataset) if on_features else 0.0,
-              "device": resolve_device(config.device).type, "precision": used_precision(config),
-              "history": fitted.history, "dataset": dataset.summary(),
-              "backbone": features.backbone if features else {"name": config.backbone, "pool": config.pool},
-              "feature_key": features.key if features else None, "config": config.to_dict(), **(extra or {})}
-    _add_extras(record, fitted)
+    scores = evaluate(y_test, y_pred, dataset.classes, dataset.train_counts)
+    record = RunRecord.build({
+        "run_id": new_run_id(approach, remedy.label), "approach": approach, "remedy": remedy.label,
+        "class_weight": remedy.weight_label, "class_weights": [float(w) for w in run.weights],
+        "tau": run.decision["tau"], "offsets": run.decision["offsets"], "seed": config.seed,
+        "tuned": {**fitted.tuned, **run.decision["tuned"]}, "validation": run.validation,
+        "validation_cross_fitted": run.validation_cross_fitted,
+        **scores, "per_class": _with_svm_counts(scores["per_class"], fitted),
+        **run_intervals(y_test, y_pred, len(dataset.classes), seed=config.seed),
+        "fit_seconds": fitted.fit_seconds, "predict_seconds": fitted.predict_seconds,
+        "refit_seconds": fitted.refit_seconds, "selection_seconds": fitted.selection_seconds + run.decision_seconds,
+        "validation_seconds": fitted.validation_seconds + run.cross_fit_seconds,
+        "learning_curve_seconds": fitted.learning_curve_seconds,
+        "extract_seconds": features.extract_seconds if on_features else 0.0,
+        "test_extract_seconds": _test_share(features, dataset) if on_features else 0.0,
+        "device": resolve_device(config.device).type, "precision": used_precision(config),
+        "history": fitted.history, "dataset": dataset.summary(),
+        "backbone": features.backbone if features else {"name": config.backbone, "pool": config.pool},
+        "feature_key": features.key if features else None, "config": config.to_dict(), **(extra or {}),
+        **{name: value for name, value in fitted.extras.items() if name != "support"}})
     predictions = _predictions(dataset, y_pred, fitted.scores)
     validation = None if fitted.oof_scores is None else _validation_table(dataset, fitted)
-    record.update(diagnostics(record, predictions, validation))
+    record = dataclasses.replace(record, **diagnostics(record, predictions, validation))
     if rank_world()[0] == 0:  # under torchrun, one rank records the run
         store.save(record, model=fitted.model, predictions=predictions, validation=validation)
     return record, y_pred
 
 
-def _add_extras(record: dict, fitted: Fitted) -> None:
-    """The approach's own fields (the SVM's model, a fine-tune's chosen epoch), and per-class support-vector and
-    at-bound counts into the per-class rows (kernel SVMs)."""
-    record.update({name: value for name, value in fitted.extras.items() if name != "support"})
+def _with_svm_counts(per_class: list[dict], fitted: Fitted) -> list[dict]:
+    """The per-class rows with each class's support-vector and at-bound counts (kernel SVMs)."""
     support = fitted.extras.get("support")
-    for i, row in enumerate(record["per_class"] if support else ()):
-        row["support_vectors"], row["at_bound"] = support["support_vectors"][i], support["at_bound"][i]
+    if not support:
+        return per_class
+    return [{**row, "support_vectors": support["support_vectors"][i], "at_bound": support["at_bound"][i]}
+            for i, row in enumerate(per_class)]
 
 
 def used_precision(config: ExperimentConfig) -> str:

@@ -22,6 +22,7 @@ import torch
 from core.errors import ConfigError
 from core.model_graph import score_module
 from core.model_io import StoredModel, finetune_modules, model_state
+from core.records import RunRecord
 
 EXACT, GRADIENT = "exact CAM", "Grad-CAM"
 
@@ -107,9 +108,9 @@ def gradient_weights(model, pooled: np.ndarray, classes) -> np.ndarray:
     return np.stack(rows)
 
 
-def check_explainable(record: dict) -> None:
+def check_explainable(record: RunRecord) -> None:
     """Raise ConfigError (what to do) unless heat maps can be drawn for this run."""
-    backbone = record.get("backbone") or {}
+    backbone = record.backbone or {}
     if backbone.get("parts") or "+" in str(backbone.get("name", "")):
         raise ConfigError("heat maps follow one backbone's feature map; this run fuses several backbones, so "
                           "train a run on one backbone to see them")
@@ -118,18 +119,18 @@ def check_explainable(record: dict) -> None:
                           f"used {backbone.get('pool')!r} pooling, so train one with --pool avg")
 
 
-def load_backbone(record: dict, model=None):
+def load_backbone(record: RunRecord, model=None):
     """The run's backbone in torch fp32 (a fine-tune's trained blocks loaded), and its preprocessing."""
     from core.backbones import create_backbone
     from core.features import Preprocess
 
     check_explainable(record)
-    backbone = create_backbone(record["backbone"]["name"], pool="avg")
+    backbone = create_backbone(record.backbone_name, pool="avg")
     if model is not None and _stored(model).kind == "finetune":
         trained, _ = finetune_modules(_stored(model))
         if trained is not None:
             backbone.features.load_state_dict(trained.state_dict())
-    image_size = record["backbone"].get("image_size") or (record.get("config") or {}).get("image_size")
+    image_size = (record.backbone or {}).get("image_size") or record.setting("image_size")
     return backbone, Preprocess.for_backbone(backbone.entry, image_size)
 
 
@@ -145,7 +146,7 @@ def feature_map(backbone, image: torch.Tensor) -> torch.Tensor:
         return x[0].float()
 
 
-def explain_image(record: dict, model, backbone, preprocess, path: str, true: int | None = None) -> Explanation:
+def explain_image(record: RunRecord, model, backbone, preprocess, path: str, true: int | None = None) -> Explanation:
     """The heat maps of one image file under a stored run's model (see the module docstring)."""
     from core.data import decode_rgb
     from core.remedies import decide
@@ -159,8 +160,7 @@ def explain_image(record: dict, model, backbone, preprocess, path: str, true: in
         scores = linear[0] @ pooled + linear[1]
     else:
         scores = svm_scores_torch(model, torch.from_numpy(pooled)).numpy()
-    decision = {"tau": record.get("tau") or 0.0, "offsets": record.get("offsets")}
-    shift = decide(np.zeros((1, len(scores))), record["dataset"]["train_counts"], decision)[0]
+    shift = decide(np.zeros((1, len(scores))), record.dataset.train_counts, record.decision)[0]
     predicted = int(np.argmax(scores + shift))
     wanted = [predicted] if true is None or true == predicted else [predicted, true]
     weight = linear[0][wanted] if linear is not None else gradient_weights(model, pooled, wanted)
@@ -174,7 +174,7 @@ def explain_image(record: dict, model, backbone, preprocess, path: str, true: in
         prior_margin=float(shift[predicted] - shift[true]) if has_true else None)
 
 
-def explain_images(record: dict, model, paths, true_labels=None, backbone=None) -> tuple[list[Explanation], float]:
+def explain_images(record: RunRecord, model, paths, true_labels=None, backbone=None) -> tuple[list[Explanation], float]:
     """Heat maps of several images under one run, and the seconds they took (the backbone load included).
 
     >>> explanations, seconds = explain_images(record, store.load_model(run_id), paths)  # doctest: +SKIP

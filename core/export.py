@@ -18,7 +18,7 @@ import torch
 
 from core.errors import StorageError
 from core.predict import Predictor
-from core.runs import check_output_dir, storage_error
+from core.storage import check_output_dir, storage_error
 
 ONNX_FILE = "model.onnx"
 PREPROCESSING_FILE = "preprocessing.json"
@@ -48,8 +48,8 @@ def preprocessing(predictor: Predictor) -> dict:
     entry = get_entry(predictor.setting("backbone"))
     rule = Preprocess.for_backbone(entry, predictor.setting("image_size"))
     return {
-        "format": EXPORT_FORMAT, "run_id": predictor.run_id, "approach": predictor.record["approach"],
-        "remedy": predictor.record.get("remedy"), "classes": predictor.classes,
+        "format": EXPORT_FORMAT, "run_id": predictor.run_id, "approach": predictor.record.approach,
+        "remedy": predictor.record.remedy, "classes": predictor.classes,
         "input": {"name": "image", "dtype": "uint8", "layout": "NCHW", "channels": "RGB",
                   "normalisation": "inside the graph: (x / 255 - mean) / std", "mean": list(rule.mean),
                   "std": list(rule.std)},
@@ -64,7 +64,7 @@ def preprocessing(predictor: Predictor) -> dict:
         "decision_rule": {"tau": predictor.decision["tau"], "offsets": predictor.decision["offsets"],
                           "train_counts": predictor.train_counts,
                           "decision_shift": predictor.decision_shift().tolist()},
-        "precision": {"run": predictor.record.get("precision"), "graph": "fp32 backbone, float64 classifier"},
+        "precision": {"run": predictor.record.precision, "graph": "fp32 backbone, float64 classifier"},
     }
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import ConfigError
-from core.runs import atomic_write_bytes, check_feature_key
+from core.storage import atomic_write_bytes
+from core.store import check_feature_key
 
 MAP_VERSION = 1  # bump when the method or its settings change, so old maps are recomputed
 PCA_DIMS = 50

@@ -23,7 +23,7 @@ from core.backbones import BackboneEntry, describe_backbone, get_entry
 from core.data import Dataset, Sample, decode_rgb
 from core.errors import ConfigError, DataError
 from core.paths import DEFAULT_CACHE_DIR
-from core.runs import atomic_write_json, atomic_write_npz
+from core.storage import atomic_write_json, atomic_write_npz
 from core.runtime import Forward, frozen_forward, resolve_runtime
 from core.torch_threads import one_torch_thread
 

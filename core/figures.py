@@ -31,7 +31,6 @@ MIN_FIT_S = 1e-3  # a log axis cannot show 0 s, so faster fits are drawn here
 METRIC_SYMBOLS = {"accuracy": ("Accuracy", "circle"), "macro_f1": ("Macro-F1", "diamond")}
 UNRELIABLE_MAX_TEST = 3  # per-class changes from this few test images are mostly noise
 UNRELIABLE_HATCH = "x"
-RUN_KEYS = ("run_id", "approach", "class_weight", "accuracy", "macro_f1", "fit_seconds")
 
 
 def _text(value) -> str:
@@ -172,23 +171,23 @@ def confusion_matrix_figure(cm, classes, normalize=False, *, minority=None):
 
 def _interval_bars(rows, metric):
     """Bar values and Wilson error-bar lengths for ``metric``; a missing interval draws no bar."""
-    values = [row[metric] for row in rows]
-    above = [0 if row[f"{metric}_high"] is None else row[f"{metric}_high"] - row[metric] for row in rows]
-    below = [0 if row[f"{metric}_low"] is None else row[metric] - row[f"{metric}_low"] for row in rows]
+    values = [getattr(row, metric) for row in rows]
+    intervals = [(getattr(row, f"{metric}_low"), getattr(row, f"{metric}_high")) for row in rows]
+    above = [0 if high is None else high - value for value, (_, high) in zip(values, intervals)]
+    below = [0 if low is None else value - low for value, (low, _) in zip(values, intervals)]
     return values, dict(type="data", array=above, arrayminus=below, visible=True)
 
 
 def per_class_figure(per_class):
-    """Grouped bars of precision (solid) and recall (hatched) per class with Wilson 95% error bars.
+    """Grouped bars of precision (solid) and recall (hatched) per class (`ClassRow`s) with Wilson 95% error bars.
 
     Example:
-        >>> from core.metrics import evaluate
-        >>> fig = per_class_figure(evaluate([0, 1, 1], [0, 1, 0], ["cat", "owl"])["per_class"])
+        >>> fig = per_class_figure(record.per_class)  # doctest: +SKIP
         >>> [trace.name for trace in fig.data]
         ['Precision', 'Recall']
     """
-    names = _texts(row["class"] for row in per_class)
-    flags = [row["minority"] for row in per_class]
+    names = _texts(row.name for row in per_class)
+    flags = [row.minority for row in per_class]
     colors = _class_colors(flags)
     fig = go.Figure()
     for metric, pattern in (("precision", ""), ("recall", HATCH)):
@@ -199,7 +198,7 @@ def per_class_figure(per_class):
             hovertemplate=f"%{{y}}<br>{metric} %{{x:.2f}}<extra></extra>",
         ))
     fig.update_xaxes(range=[0, 1.05])
-    suffixes = [f" (n={row['support']})" for row in per_class]
+    suffixes = [f" (n={row.support})" for row in per_class]
     return _style_class_bars(fig, names, flags, "Precision and recall per class (Wilson 95% intervals)",
                              "Score", suffixes)
 
@@ -250,20 +249,11 @@ def pareto_front(times, scores):
     return [int(i) for i in front[np.lexsort((-scores[front], times[front]))]]
 
 
-def _check_runs(runs):
-    """Raise ConfigError naming the first run that lacks a key tradeoff_figure needs."""
-    for run in runs:
-        missing = [key for key in RUN_KEYS if key not in run]
-        if missing:
-            raise ConfigError(
-                f"run {run.get('run_id', '?')} lacks {missing}; each run needs {list(RUN_KEYS)}"
-            )
-
-
 def _run_error_bars(runs, metric):
     """Bootstrap 95% error bars of ``metric``; runs recorded before intervals existed get none."""
-    above = [run.get(f"{metric}_high", run[metric]) - run[metric] for run in runs]
-    below = [run[metric] - run.get(f"{metric}_low", run[metric]) for run in runs]
+    intervals = [run.interval(metric) or (run.score(metric),) * 2 for run in runs]
+    above = [high - run.score(metric) for run, (_, high) in zip(runs, intervals)]
+    below = [run.score(metric) - low for run, (low, _) in zip(runs, intervals)]
     return dict(type="data", array=above, arrayminus=below, visible=True, thickness=1)
 
 
@@ -273,30 +263,28 @@ def tradeoff_figure(runs):
     Error bars are each run's bootstrap 95% interval over test images (when recorded).
 
     Example:
-        >>> fig = tradeoff_figure([{"run_id": "r1", "approach": "svm", "class_weight": "balanced",
-        ...                         "accuracy": 0.9, "macro_f1": 0.8, "fit_seconds": 2.0}])
-        >>> [trace.name for trace in fig.data]
+        >>> fig = tradeoff_figure([svm_record])  # doctest: +SKIP
+        >>> [trace.name for trace in fig.data]  # doctest: +SKIP
         ['svm · Accuracy', 'svm · Macro-F1', 'Pareto front (accuracy)']
     """
-    _check_runs(runs)
-    fit_s = [max(run["fit_seconds"], MIN_FIT_S) for run in runs]
+    fit_s = [max(run.fit_seconds, MIN_FIT_S) for run in runs]
     fig = go.Figure()
-    approaches = list(dict.fromkeys(run["approach"] for run in runs))
+    approaches = list(dict.fromkeys(run.approach for run in runs))
     for approach, color in zip(approaches, itertools.cycle(qualitative.Plotly)):
-        members = [i for i, run in enumerate(runs) if run["approach"] == approach]
-        hover_data = [_texts((runs[i]["approach"], runs[i]["class_weight"], runs[i]["run_id"])) for i in members]
+        members = [i for i, run in enumerate(runs) if run.approach == approach]
+        hover_data = [_texts((runs[i].approach, runs[i].class_weight, runs[i].run_id)) for i in members]
         for metric, (label, symbol) in METRIC_SYMBOLS.items():
             fig.add_trace(go.Scatter(
-                x=[fit_s[i] for i in members], y=[runs[i][metric] for i in members], mode="markers",
+                x=[fit_s[i] for i in members], y=[runs[i].score(metric) for i in members], mode="markers",
                 error_y=_run_error_bars([runs[i] for i in members], metric),
                 name=f"{_text(approach)} · {label}", legendgroup=_text(approach), customdata=hover_data,
                 marker=dict(color=color, symbol=symbol, size=11, line=dict(width=1, color="white")),
                 hovertemplate=f"{label} %{{y:.3f}}<br>fit %{{x:.2f}} s<br>approach %{{customdata[0]}}"
                               "<br>class weight %{customdata[1]}<br>run %{customdata[2]}<extra></extra>",
             ))
-    front = pareto_front(fit_s, [run["accuracy"] for run in runs])
+    front = pareto_front(fit_s, [run.accuracy for run in runs])
     fig.add_trace(go.Scatter(
-        x=[fit_s[i] for i in front], y=[runs[i]["accuracy"] for i in front], mode="lines",
+        x=[fit_s[i] for i in front], y=[runs[i].accuracy for i in front], mode="lines",
         line=dict(shape="hv", dash="dash", color=NEUTRAL_COLOR), name="Pareto front (accuracy)", hoverinfo="skip",
     ))
     ticks = _log_ticks(fit_s)
@@ -329,10 +317,10 @@ def confusion_diff_figure(cm_a, cm_b, classes, label_a, label_b, *, minority=Non
 
 def _shared_classes(per_class_a, per_class_b):
     """The class names of two per-class tables, which must be the same."""
-    names = [row["class"] for row in per_class_a]
-    if [row["class"] for row in per_class_b] != names:
+    names = [row.name for row in per_class_a]
+    if [row.name for row in per_class_b] != names:
         raise ConfigError(
-            f"the two runs have different classes: {names} vs {[row['class'] for row in per_class_b]}; "
+            f"the two runs have different classes: {names} vs {[row.name for row in per_class_b]}; "
             "compare runs on the same dataset"
         )
     return _texts(names)
@@ -342,23 +330,22 @@ def f1_delta_figure(per_class_a, per_class_b, label_a, label_b):
     """Bar per class of F1(B) − F1(A): green where B is better, red where it is worse.
 
     Example:
-        >>> from core.metrics import evaluate
-        >>> a = evaluate([0, 1], [0, 0], ["cat", "owl"])["per_class"]
-        >>> b = evaluate([0, 1], [0, 1], ["cat", "owl"])["per_class"]
+        >>> a = class_rows(evaluate([0, 1], [0, 0], ["cat", "owl"]))
+        >>> b = class_rows(evaluate([0, 1], [0, 1], ["cat", "owl"]))
         >>> [round(x, 2) for x in f1_delta_figure(a, b, "A", "B").data[0].x]
         [0.33, 1.0]
     """
     names, (label_a, label_b) = _shared_classes(per_class_a, per_class_b), _texts((label_a, label_b))
-    deltas = [b["f1"] - a["f1"] for a, b in zip(per_class_a, per_class_b)]
-    support = [row["support"] for row in per_class_a]
+    deltas = [b.f1 - a.f1 for a, b in zip(per_class_a, per_class_b)]
+    support = [row.support for row in per_class_a]
     shaky = [0 < n <= UNRELIABLE_MAX_TEST for n in support]
     colors = [POSITIVE_COLOR if d > 0 else NEGATIVE_COLOR if d < 0 else NEUTRAL_COLOR for d in deltas]
-    flags = [row["minority"] for row in per_class_a]
+    flags = [row.minority for row in per_class_a]
     fig = go.Figure(go.Bar(
         y=names, x=deltas, orientation="h", name=f"F1 {label_b} − {label_a}",
         marker=dict(color=colors, opacity=[0.35 if s else 1.0 for s in shaky],
                     pattern_shape=[UNRELIABLE_HATCH if s else "" for s in shaky]),
-        customdata=[[a["f1"], b["f1"], n] for a, b, n in zip(per_class_a, per_class_b, support)],
+        customdata=[[a.f1, b.f1, n] for a, b, n in zip(per_class_a, per_class_b, support)],
         hovertemplate=f"%{{y}}<br>F1 {label_a} %{{customdata[0]:.2f}} → {label_b} %{{customdata[1]:.2f}}"
                       "<br>change %{x:+.2f}<br>%{customdata[2]} test images<extra></extra>",
     ))
@@ -384,9 +371,8 @@ def per_class_delta_figure(per_class_a, per_class_b, label_a, label_b):
     """Grouped bars per class of the change in precision, recall (hatched) and F1 from run A to run B.
 
     Example:
-        >>> from core.metrics import evaluate
-        >>> a = evaluate([0, 1], [0, 0], ["cat", "owl"])["per_class"]
-        >>> b = evaluate([0, 1], [0, 1], ["cat", "owl"])["per_class"]
+        >>> a = class_rows(evaluate([0, 1], [0, 0], ["cat", "owl"]))
+        >>> b = class_rows(evaluate([0, 1], [0, 1], ["cat", "owl"]))
         >>> [round(x, 2) for x in per_class_delta_figure(a, b, "A", "B").data[1].x]
         [0.0, 1.0]
     """
@@ -394,14 +380,15 @@ def per_class_delta_figure(per_class_a, per_class_b, label_a, label_b):
     fig = go.Figure()
     for metric, (color, pattern) in DELTA_METRICS.items():
         fig.add_trace(go.Bar(
-            name=f"Δ {metric}", y=names, x=[b[metric] - a[metric] for a, b in zip(per_class_a, per_class_b)],
+            name=f"Δ {metric}", y=names, x=[getattr(b, metric) - getattr(a, metric)
+                                            for a, b in zip(per_class_a, per_class_b)],
             orientation="h", marker=dict(color=color, pattern_shape=pattern, opacity=0.55 if metric == "f1" else 1),
-            customdata=[[a[metric], b[metric]] for a, b in zip(per_class_a, per_class_b)],
+            customdata=[[getattr(a, metric), getattr(b, metric)] for a, b in zip(per_class_a, per_class_b)],
             hovertemplate=f"%{{y}}<br>{metric} {label_a} %{{customdata[0]:.2f}} → {label_b} %{{customdata[1]:.2f}}"
                           "<br>change %{x:+.2f}<extra></extra>",
         ))
     fig.add_vline(x=0, line=dict(color=NEUTRAL_COLOR, width=1))
-    return _style_class_bars(fig, names, [row["minority"] for row in per_class_a],
+    return _style_class_bars(fig, names, [row.minority for row in per_class_a],
                              f"Per-class change: {label_b} minus {label_a}", f"{label_b} − {label_a}")
 
 

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import functools
 import itertools
+import operator
 from dataclasses import dataclass
 from typing import Callable
 
 from core.errors import RunStoreError
-from core.naming import dataset_key, remedy_label, run_names
+from core.naming import dataset_key, run_names
+from core.records import ClassRow, RunRecord
 from core.stats import holm, paired_comparison
 
 ALPHA = 0.05
@@ -87,15 +89,15 @@ class Comparisons:
         return p < ALPHA if p is not None else "macro_f1_p" not in test
 
 
-def paired_diff(record_a: dict, predictions_a, record_b: dict, predictions_b) -> dict | None:
+def paired_diff(record_a: RunRecord, predictions_a, record_b: RunRecord, predictions_b) -> dict | None:
     """McNemar's test and paired bootstrap intervals of B minus A from their stored predictions tables; None
     when they saw different test images."""
-    same_images = (record_a["dataset"].get("fingerprint") == record_b["dataset"].get("fingerprint")
+    same_images = (record_a.dataset.fingerprint == record_b.dataset.fingerprint
                    and predictions_a["path"].tolist() == predictions_b["path"].tolist())
     if not same_images:
         return None
     return paired_comparison(predictions_a["true"].to_numpy(dtype=int), predictions_a["pred"].to_numpy(dtype=int),
-                             predictions_b["pred"].to_numpy(dtype=int), len(record_a["dataset"]["classes"]))
+                             predictions_b["pred"].to_numpy(dtype=int), len(record_a.classes))
 
 
 def store_comparer(store) -> Callable[[str, str], dict | None]:
@@ -150,48 +152,49 @@ def _flipped(test: dict | None) -> dict | None:
     return flipped
 
 
-def experiment_pairs(records: list[dict]) -> list[tuple[str, str]]:
+def experiment_pairs(records: list[RunRecord]) -> list[tuple[str, str]]:
     """The pairs an experiment compares: same dataset and seed, and the same approach or the same remedy."""
-    return [(a["run_id"], b["run_id"]) for a, b in itertools.combinations(records, 2)
-            if dataset_key(a) == dataset_key(b) and a.get("seed", 0) == b.get("seed", 0)
-            and (a["approach"] == b["approach"] or remedy_label(a) == remedy_label(b))]
+    return [(a.run_id, b.run_id) for a, b in itertools.combinations(records, 2)
+            if dataset_key(a) == dataset_key(b) and (a.seed or 0) == (b.seed or 0)
+            and (a.approach == b.approach or a.remedy_label == b.remedy_label)]
 
 
-def family_pairs(records: list[dict], best_id: str | None = None) -> list[tuple[str, str]]:
+def family_pairs(records: list[RunRecord], best_id: str | None = None) -> list[tuple[str, str]]:
     """Every pair shown together: the experiment's pairs plus the chosen run against the test's best and the
     best run of each approach against the reference approach's best."""
     extra = []
     chosen = _by_id(records).get(best_id) or _best_by_validation(records)
     if chosen:
-        extra.append((chosen["run_id"], max(records, key=lambda r: r["macro_f1"])["run_id"]))
+        extra.append((chosen.run_id, max(records, key=lambda r: r.macro_f1).run_id))
     reference, others = _approach_bests(records)
-    extra += [(reference["run_id"], other["run_id"]) for other in others]
+    extra += [(reference.run_id, other.run_id) for other in others]
     return [pair for pair in dict.fromkeys(experiment_pairs(records) + extra) if pair[0] != pair[1]]
 
 
-def _by_id(records: list[dict]) -> dict[str, dict]:
-    return {r["run_id"]: r for r in records}
+def _by_id(records: list[RunRecord]) -> dict[str, RunRecord]:
+    return {r.run_id: r for r in records}
 
 
-def _validation(record: dict) -> float | None:
+def _validation(record: RunRecord) -> float | None:
     """Validation macro-F1 on the basis `best_by_validation` compares: cross-fitted where the run chose on it."""
-    return (record.get("validation_cross_fitted") or record.get("validation") or {}).get("macro_f1")
+    scores = record.validation_cross_fitted or record.validation
+    return scores.macro_f1 if scores else None
 
 
-def _best_by_validation(records: list[dict]) -> dict | None:
+def _best_by_validation(records: list[RunRecord]) -> RunRecord | None:
     scored = [r for r in records if _validation(r) is not None]
     return max(scored, key=_validation) if scored else None
 
 
-def _approach_bests(records: list[dict]) -> tuple[dict | None, list[dict]]:
+def _approach_bests(records: list[RunRecord]) -> tuple[RunRecord | None, list[RunRecord]]:
     """The best run of each approach (by validation, else test macro-F1): the reference (fine-tuning when it ran,
     else the overall choice) and the others."""
-    bests: dict[str, dict] = {}
+    bests: dict[str, RunRecord] = {}
     for record in records:
-        key = (_validation(record) or 0.0, record["macro_f1"])
-        if record["approach"] not in bests or key > (_validation(bests[record["approach"]]) or 0.0,
-                                                      bests[record["approach"]]["macro_f1"]):
-            bests[record["approach"]] = record
+        key = (_validation(record) or 0.0, record.macro_f1)
+        if record.approach not in bests or key > (_validation(bests[record.approach]) or 0.0,
+                                                      bests[record.approach].macro_f1):
+            bests[record.approach] = record
     if len(bests) < 2:
         return None, []
     reference = bests.get(FINETUNE) or _best_by_validation(list(bests.values())) or next(iter(bests.values()))
@@ -218,10 +221,10 @@ def fmt_p(p: float | None) -> str:
     return "p not testable" if p is None else f"p = {p:.2g}" if p >= 0.001 else "p < 0.001"
 
 
-def findings(records: list[dict], comparisons: Comparisons, best_id: str | None = None) -> list[Finding]:
+def findings(records: list[RunRecord], comparisons: Comparisons, best_id: str | None = None) -> list[Finding]:
     """The findings of `records` (runs on one dataset), in reading order; see the module docstring.
 
-    >>> runs = results["runs"]  # doctest: +SKIP
+    >>> runs = [RunRecord.from_json(run) for run in results["runs"]]  # doctest: +SKIP
     >>> found = findings(runs, Comparisons(family_pairs(runs), results["comparisons"]))  # doctest: +SKIP
     >>> found[0].text  # doctest: +SKIP
     'logreg · offsets is the run chosen by validation ...'
@@ -237,35 +240,35 @@ def findings(records: list[dict], comparisons: Comparisons, best_id: str | None 
 
 @dataclass(frozen=True)
 class _Context:
-    records: list[dict]
+    records: list[RunRecord]
     comparisons: Comparisons
     names: dict[str, str]
 
-    def name(self, record: dict) -> str:
-        return self.names[record["run_id"]]
+    def name(self, record: RunRecord) -> str:
+        return self.names[record.run_id]
 
     def family(self) -> str:
         return f"Holm over {len(self.comparisons)} paired comparisons"
 
-    def change(self, a: dict, b: dict, metric: str = "macro_f1", named: bool = True) -> str:
+    def change(self, a: RunRecord, b: RunRecord, metric: str = "macro_f1", named: bool = True) -> str:
         """'macro-F1 +0.034 [−0.012, +0.081], p = 0.4' of B minus A (the adjusted p, for macro-F1)."""
-        test = self.comparisons.get(a["run_id"], b["run_id"])
+        test = self.comparisons.get(a.run_id, b.run_id)
         text = f"{METRIC_LABELS[metric]} " * named + fmt_delta(test, metric)
-        return text + (f", {fmt_p(self.comparisons.adjusted_p(a['run_id'], b['run_id']))}" if metric == "macro_f1"
+        return text + (f", {fmt_p(self.comparisons.adjusted_p(a.run_id, b.run_id))}" if metric == "macro_f1"
                        else "")
 
 
-def _score(record: dict) -> str:
-    low, high = record.get("macro_f1_low"), record.get("macro_f1_high")
-    return f"{record['macro_f1']:.3f}" + (f" [{low:.3f}, {high:.3f}]" if low is not None else "")
+def _score(record: RunRecord) -> str:
+    interval = record.interval("macro_f1")
+    return f"{record.macro_f1:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
 
 
 def _best_finding(ctx: _Context, best_id: str | None) -> Finding | None:
     chosen = _by_id(ctx.records).get(best_id) or _best_by_validation(ctx.records)
     if chosen is None:
         return None
-    top = max(ctx.records, key=lambda r: r["macro_f1"])
-    validation, high = _validation(chosen), chosen.get("macro_f1_high", chosen["macro_f1"])
+    top = max(ctx.records, key=lambda r: r.macro_f1)
+    validation, high = _validation(chosen), (chosen.interval("macro_f1") or (0, chosen.macro_f1))[1]
     text = (f"{ctx.name(chosen)} is the run chosen by validation (validation macro-F1 {validation:.3f} on the "
             f"training images); on the test set it scores {_score(chosen)}")
     text += "." if validation <= high else ", below its validation score: validation was optimistic."
@@ -273,30 +276,30 @@ def _best_finding(ctx: _Context, best_id: str | None) -> Finding | None:
     if top is chosen:
         text += " No other run scores higher on the test set: the test confirms the choice."
         evidence = "test macro-F1 with its 95% bootstrap interval"
-    elif ctx.comparisons.get(chosen["run_id"], top["run_id"]) is None:
-        inside = top["macro_f1"] <= high
-        text += (f" The test's best, {ctx.name(top)} ({top['macro_f1']:.3f}), lies "
+    elif ctx.comparisons.get(chosen.run_id, top.run_id) is None:
+        inside = top.macro_f1 <= high
+        text += (f" The test's best, {ctx.name(top)} ({top.macro_f1:.3f}), lies "
                  + ("inside its interval: the test confirms the choice within noise." if inside else
                     "above its interval: the test does not confirm the choice."))
         evidence = "unpaired: the two runs saw different test images"
     else:
-        pairs = ((chosen["run_id"], top["run_id"]),)
+        pairs = ((chosen.run_id, top.run_id),)
         verdict = ("the test does not confirm the choice" if ctx.comparisons.differs(*pairs[0])
                    else "indistinguishable, so the test confirms the choice within noise")
         text += f" The test's best, {ctx.name(top)}, differs by {ctx.change(chosen, top)}: {verdict}."
         evidence = f"paired bootstrap 95% interval; {ctx.family()}"
-    return Finding("best", text, evidence, tuple(dict.fromkeys((chosen["run_id"], top["run_id"]))), pairs)
+    return Finding("best", text, evidence, tuple(dict.fromkeys((chosen.run_id, top.run_id))), pairs)
 
 
-def _speed(reference: dict, other: dict) -> str:
+def _speed(reference: RunRecord, other: RunRecord) -> str:
     """'svm fits 41x faster than head (3.2x counting the one-off feature extraction)'."""
     def seconds(record, with_extraction):
-        return max(record["fit_seconds"] + (record.get("extract_seconds", 0.0) if with_extraction else 0.0), 1e-3)
+        return max(record.fit_seconds + ((record.extract_seconds or 0.0) if with_extraction else 0.0), 1e-3)
 
     ratios = [seconds(other, w) / seconds(reference, w) for w in (False, True)]
     fast, slow = (reference, other) if ratios[0] >= 1 else (other, reference)
     shown = [r if r >= 1 else 1 / r for r in ratios]
-    return (f"{fast['approach']} fits {shown[0]:.{0 if shown[0] >= 10 else 1}f}x faster than {slow['approach']} "
+    return (f"{fast.approach} fits {shown[0]:.{0 if shown[0] >= 10 else 1}f}x faster than {slow.approach} "
             f"({shown[1]:.1f}x counting the one-off feature extraction)")
 
 
@@ -304,9 +307,9 @@ def _approach_findings(ctx: _Context) -> list[Finding]:
     reference, others = _approach_bests(ctx.records)
     found = []
     for other in others:
-        pair = (reference["run_id"], other["run_id"])
+        pair = (reference.run_id, other.run_id)
         test = ctx.comparisons.get(*pair)
-        lead = "Fine-tuning against frozen features" if FINETUNE in (reference["approach"], other["approach"]) \
+        lead = "Fine-tuning against frozen features" if FINETUNE in (reference.approach, other.approach) \
             else "Approaches"
         if test is None:
             text = (f"{lead}: {ctx.name(other)} scores macro-F1 {_score(other)}, {ctx.name(reference)} "
@@ -321,15 +324,15 @@ def _approach_findings(ctx: _Context) -> list[Finding]:
     return found
 
 
-def _class_row(record: dict, k: int) -> dict:
-    return record["per_class"][k]
+def _class_row(record: RunRecord, k: int) -> ClassRow:
+    return record.per_class[k]
 
 
 def _rare_findings(ctx: _Context) -> list[Finding]:
     """Classes at F1 ≤ NEAR_ZERO_F1 under some run, and per approach the remedy that lifts them most."""
-    classes = ctx.records[0]["dataset"]["classes"]
+    classes = ctx.records[0].classes
     lifts = []  # (class k, approach baseline, remedy run, per-class test): every remedy tried, for Holm
-    lost = {k: [r for r in ctx.records if _class_row(r, k)["support"] and _class_row(r, k)["f1"] <= NEAR_ZERO_F1]
+    lost = {k: [r for r in ctx.records if _class_row(r, k).support and _class_row(r, k).f1 <= NEAR_ZERO_F1]
             for k in range(len(classes))}
     for k, runs in lost.items():
         for base in _baselines(runs):
@@ -346,42 +349,43 @@ def _rare_findings(ctx: _Context) -> list[Finding]:
     return found
 
 
-def _baselines(runs: list[dict]) -> list[dict]:
+def _baselines(runs: list[RunRecord]) -> list[RunRecord]:
     """Per approach, the run to lift from: its no-remedy run if that one lost the class, else the first that did."""
-    chosen: dict[str, dict] = {}
+    chosen: dict[str, RunRecord] = {}
     for run in runs:
-        if run["approach"] not in chosen or remedy_label(run) == BASELINE_REMEDY:
-            chosen[run["approach"]] = run
+        if run.approach not in chosen or run.remedy_label == BASELINE_REMEDY:
+            chosen[run.approach] = run
     return list(chosen.values())
 
 
-def _same_approach_test(ctx: _Context, base: dict, other: dict) -> dict | None:
-    if other is base or other["approach"] != base["approach"]:
+def _same_approach_test(ctx: _Context, base: RunRecord, other: RunRecord) -> dict | None:
+    if other is base or other.approach != base.approach:
         return None
-    return ctx.comparisons.get(base["run_id"], other["run_id"])
+    return ctx.comparisons.get(base.run_id, other.run_id)
 
 
-def _rare_finding(ctx: _Context, k: int, runs: list[dict], lifts: list, n_tests: int) -> Finding:
+def _rare_finding(ctx: _Context, k: int, runs: list[RunRecord], lifts: list, n_tests: int) -> Finding:
     row = _class_row(runs[0], k)
-    kind = "minority class" if row.get("minority") else "class"
-    text = (f"The {kind} {row['class']} ({row.get('train_count', '?')} training, {row['support']} test images) "
+    kind = "minority class" if row.minority else "class"
+    text = (f"The {kind} {row.name} ({row.train_count if row.train_count is not None else '?'} training, "
+            f"{row.support} test images) "
             f"has F1 ≤ {NEAR_ZERO_F1:g} under {', '.join(ctx.name(r) for r in runs)}.")
-    run_ids, pairs = [r["run_id"] for r in runs], []
-    for approach in dict.fromkeys(base["approach"] for (_, base, _, _), _ in lifts):
-        tried = [(lift, p) for lift, p in lifts if lift[1]["approach"] == approach]
+    run_ids, pairs = [r.run_id for r in runs], []
+    for approach in dict.fromkeys(base.approach for (_, base, _, _), _ in lifts):
+        tried = [(lift, p) for lift, p in lifts if lift[1].approach == approach]
         (_, base, best, change), p = max(tried, key=lambda item: item[0][3]["delta"])
         if change["delta"] <= 0:
             text += f" No remedy tried raises it under {approach}."
             continue
         real = p is not None and p < ALPHA and change["low"] > 0
-        before, after = _class_row(base, k)["f1"], _class_row(best, k)["f1"]
-        text += (f" Under {approach}, {remedy_label(best)} lifts it most from {ctx.name(base)}: F1 {before:.2f} → "
+        before, after = _class_row(base, k).f1, _class_row(best, k).f1
+        text += (f" Under {approach}, {best.remedy_label} lifts it most from {ctx.name(base)}: F1 {before:.2f} → "
                  f"{after:.2f}, {fmt_change(change['delta'], change['low'], change['high'], 2)}, {fmt_p(p)}: "
                  + ("more than noise." if real else "it could be noise."))
-        run_ids.append(best["run_id"])
-        pairs.append((base["run_id"], best["run_id"]))
-    if row["support"] <= FEW_TEST_IMAGES:
-        text += (f" With {row['support']} test image{'s' * (row['support'] != 1)}, this class's F1 turns on one "
+        run_ids.append(best.run_id)
+        pairs.append((base.run_id, best.run_id))
+    if row.support <= FEW_TEST_IMAGES:
+        text += (f" With {row.support} test image{'s' * (row.support != 1)}, this class's F1 turns on one "
                  "image: read it as a hint, not a measurement.")
     evidence = f"per-class paired bootstrap; Holm over the {n_tests} remedy-vs-baseline tests of lost classes"
     return Finding("rare", text, evidence, tuple(dict.fromkeys(run_ids)), tuple(pairs))
@@ -391,16 +395,16 @@ def _remedy_findings(ctx: _Context) -> list[Finding]:
     """Per approach: which remedies changed macro-F1 beyond noise against its no-remedy run, which did not, and
     for the SVM why a class weight could not move it."""
     found = []
-    for approach in dict.fromkeys(r["approach"] for r in ctx.records):
-        runs = [r for r in ctx.records if r["approach"] == approach]
-        base = next((r for r in runs if remedy_label(r) == BASELINE_REMEDY), None)
-        tested = [(r, ctx.comparisons.get(base["run_id"], r["run_id"])) for r in runs if base and r is not base]
+    for approach in dict.fromkeys(r.approach for r in ctx.records):
+        runs = [r for r in ctx.records if r.approach == approach]
+        base = next((r for r in runs if r.remedy_label == BASELINE_REMEDY), None)
+        tested = [(r, ctx.comparisons.get(base.run_id, r.run_id)) for r in runs if base and r is not base]
         tested = [(r, t) for r, t in tested if t is not None]
         if not tested:
             continue
-        real = [r for r, _ in tested if ctx.comparisons.differs(base["run_id"], r["run_id"])]
-        remedies = [remedy_label(r) for r, _ in tested]
-        label = remedy_label if len(set(remedies)) == len(remedies) else ctx.name  # repeats: their full names
+        real = [r for r, _ in tested if ctx.comparisons.differs(base.run_id, r.run_id)]
+        remedies = [r.remedy_label for r, _ in tested]
+        label = operator.attrgetter("remedy_label") if len(set(remedies)) == len(remedies) else ctx.name  # repeats: their full names
         same = [r for r, t in tested if t["n_a_only"] == t["n_b_only"] == 0 and r not in real]
         noise = [r for r, _ in tested if r not in real and r not in same]
         parts = [f"{label(r)} changes macro-F1 by {ctx.change(base, r, named=False)}" for r in real]
@@ -413,23 +417,23 @@ def _remedy_findings(ctx: _Context) -> list[Finding]:
         text = f"Remedies under {approach}, against {ctx.name(base)}: " + "; ".join(parts) + "."
         text += "".join(f" {note}" for note in _svm_reasons(ctx, [r for r, _ in tested]))
         found.append(Finding("remedies", text, f"paired bootstrap 95% intervals; {ctx.family()}",
-                             (base["run_id"], *(r["run_id"] for r, _ in tested)),
-                             tuple((base["run_id"], r["run_id"]) for r, _ in tested)))
+                             (base.run_id, *(r.run_id for r, _ in tested)),
+                             tuple((base.run_id, r.run_id) for r, _ in tested)))
     return found
 
 
-def _svm_reasons(ctx: _Context, runs: list[dict]) -> list[str]:
+def _svm_reasons(ctx: _Context, runs: list[RunRecord]) -> list[str]:
     """Why class weights left a class lost under an SVM: its support vectors sit inside their bound C x weight."""
     notes = []
     for run in runs:
-        if run["approach"] != "svm" or run.get("class_weight", "none") == "none":
+        if run.approach != "svm" or run.class_weight == "none":
             continue
-        free = [row for row in run["per_class"] if row["support"] and row["f1"] <= NEAR_ZERO_F1
-                and row.get("support_vectors") and row.get("at_bound") == 0]
+        free = [row for row in run.per_class if row.support and row.f1 <= NEAR_ZERO_F1
+                and row.support_vectors and row.at_bound == 0]
         if not free:
             continue
-        listed = ", ".join(f"{row['class']} ({row['support_vectors']} support vectors)" for row in free)
-        notes.append(f"Why {remedy_label(run)} leaves {', '.join(row['class'] for row in free)} at F1 ≤ "
+        listed = ", ".join(f"{row.name} ({row.support_vectors} support vectors)" for row in free)
+        notes.append(f"Why {run.remedy_label} leaves {', '.join(row.name for row in free)} at F1 ≤ "
                      f"{NEAR_ZERO_F1:g} in {ctx.name(run)}: no support vector of {listed} sits at its bound "
                      "C x weight, so the fit already satisfies them with slack to spare and a larger weight for "
                      "them alone leaves the boundary where it is; a decision offset (remedy offsets) or a lower C "

@@ -205,33 +205,9 @@ def estimate_seconds(dataset: Dataset, config: FinetuneConfig) -> dict:
             "test_seconds": test_s, "activation_cache": cached, "probe_seconds": time.perf_counter() - started}
 
 
-def estimate_experiment(config) -> dict:
-    """The fine-tune runs an ExperimentConfig asks for, estimated (`estimate_seconds` of one, times the runs):
-    `runs`, `seconds` (all of them), `per_run` (the estimate's dict) and `text`, one line for people."""
-    from core.approaches import get_approach
-    from core.config import load_data
-    from core.remedies import check_remedies
-
-    finetune_approach = get_approach("finetune")
-    per_seed = sum(not finetune_approach.unsupported(remedy) for remedy in check_remedies(config.remedies))
-    runs = per_seed * len(config.seed_list())
-    per_run = estimate_seconds(load_data(config), finetune_config(config))
-    device = resolve_device(config.device).type
-    text = (f"fine-tune estimate: about {_duration(per_run['seconds'])} per run, {_duration(runs * per_run['seconds'])} "
-            f"for {runs} run(s) on this machine's {device.upper()} (from a {per_run['probe_seconds']:.0f} s probe; "
-            f"frozen part {'cached once' if per_run['activation_cache'] else 'recomputed every epoch'})")
-    if device == "cpu" and config.unfreeze not in ("none", "last"):
-        text += "; training several blocks is where a CUDA GPU (--device cuda) helps most"
-    return {"runs": runs, "seconds": runs * per_run["seconds"], "per_run": per_run, "text": text}
-
-
 def finetune_config(config) -> FinetuneConfig:
     """The fine-tune's settings of an ExperimentConfig."""
     return FinetuneConfig(**{name: getattr(config, name) for name in FINETUNE_SETTINGS})
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
 def _timed(call, repeats: int = 3) -> float:

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from core.errors import ConfigError
+from core.records import RunRecord
 
 
 def find_label_issues(y, probs) -> pd.DataFrame:
@@ -36,8 +37,8 @@ def summarize(issues: pd.DataFrame, n_classes: int) -> dict:
     return {"count": len(issues), "per_class": np.bincount(issues["given"], minlength=n_classes).tolist()}
 
 
-def issue_source(records: list[dict], fingerprint: str) -> dict | None:
+def issue_source(records: list[RunRecord], fingerprint: str) -> RunRecord | None:
     """The run whose out-of-fold scores judge a dataset's labels: the best validation macro-F1 among the runs
     on it that have validation scores (the most accurate model makes the fewest false alarms); None if none."""
-    scored = [r for r in records if r["dataset"].get("fingerprint") == fingerprint and r.get("validation")]
-    return max(scored, key=lambda r: r["validation"]["macro_f1"]) if scored else None
+    scored = [r for r in records if r.dataset.fingerprint == fingerprint and r.validation]
+    return max(scored, key=lambda r: r.validation.macro_f1) if scored else None

@@ -202,24 +202,25 @@ def frequency_groups(train_counts):
 
 
 def group_scores(per_class):
-    """Recall and F1 averaged over the head, middle and tail classes of a run's per-class rows (classes with
-    test images only): `[{"group", "classes", "train_min", "train_max", "recall", "f1"}]`, None where a group
-    has no scored class.
+    """Recall and F1 averaged over the head, middle and tail classes of a run's per-class rows
+    (`core.records.ClassRow`s; classes with test images only): `[{"group", "classes", "train_min",
+    "train_max", "recall", "f1"}]`, None where a group has no scored class.
 
     Example:
-        >>> rows = [{"class": c, "train_count": n, "support": 2, "recall": r, "f1": r}
+        >>> from core.records import ClassRow
+        >>> rows = [ClassRow(name=c, train_count=n, support=2, precision=r, recall=r, f1=r, minority=n < 50)
         ...         for c, n, r in (("a", 90, 1.0), ("b", 40, 0.5), ("c", 5, 0.0))]
         >>> [(g["group"], g["recall"]) for g in group_scores(rows)]
         [('head', 1.0), ('middle', 0.5), ('tail', 0.0)]
     """
-    groups = frequency_groups([row["train_count"] for row in per_class])
+    groups = frequency_groups([row.train_count for row in per_class])
     out = []
     for group, name in enumerate(FREQUENCY_GROUPS):
         rows = [row for row, g in zip(per_class, groups) if g == group]
-        scored = [row for row in rows if row["support"] > 0]
-        counts = [row["train_count"] for row in rows]
-        out.append({"group": name, "classes": [row["class"] for row in rows],
+        scored = [row for row in rows if row.support > 0]
+        counts = [row.train_count for row in rows]
+        out.append({"group": name, "classes": [row.name for row in rows],
                     "train_min": min(counts, default=None), "train_max": max(counts, default=None),
-                    "recall": float(np.mean([r["recall"] for r in scored])) if scored else None,
-                    "f1": float(np.mean([r["f1"] for r in scored])) if scored else None})
+                    "recall": float(np.mean([r.recall for r in scored])) if scored else None,
+                    "f1": float(np.mean([r.f1 for r in scored])) if scored else None})
     return out

@@ -8,55 +8,50 @@ all of these (a What-if run saved twice, the same grid run again) end in their r
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from core.records import RunRecord
 
 LABEL_METRIC = ("macro_f1", "macro-F1")  # what pickers show and runs are chosen by; accuracy flatters the big classes
 
 
-def dataset_key(record: dict) -> str:
+def dataset_key(record: RunRecord) -> str:
     """What identifies a run's dataset: its content fingerprint (or, for old runs, its folder)."""
-    dataset = record["dataset"]
-    return dataset.get("content_fingerprint") or dataset.get("fingerprint") or dataset.get("root", "?")
+    dataset = record.dataset
+    return dataset.content_fingerprint or dataset.fingerprint or dataset.root
 
 
-def dataset_name(record: dict) -> str:
+def dataset_name(record: RunRecord) -> str:
     """The dataset's short name: its folder's name."""
-    return Path(record["dataset"].get("root", "?")).name or "?"
+    return Path(record.dataset.root).name or "?"
 
 
-def backbone_name(record: dict) -> str:
-    return record.get("backbone", {}).get("name") or record.get("config", {}).get("backbone", "?")
-
-
-def remedy_label(record: dict) -> str:
-    """The run's remedy as trained (runs stored before remedies existed: their class-weight scheme)."""
-    return record.get("remedy") or record["class_weight"]
-
-
-def _parts(record: dict, varies: dict[str, bool]) -> list[str]:
+def _parts(record: RunRecord, varies: dict[str, bool]) -> list[str]:
     parts = [dataset_name(record)] if varies["dataset"] else []
-    parts += [record["approach"], remedy_label(record)]
+    parts += [record.approach, record.remedy_label]
     if varies["backbone"]:
-        parts.append(backbone_name(record))
+        parts.append(record.backbone_name)
     if varies["seed"]:
-        parts.append(f"seed {record.get('seed', 0)}")
+        parts.append(f"seed {record.seed or 0}")
     return parts
 
 
-def run_names(records: list[dict], show_dataset: bool | None = None) -> dict[str, str]:
+def run_names(records: list[RunRecord], show_dataset: bool | None = None) -> dict[str, str]:
     """`{run_id: name}` in the records' order, every name different, e.g. 'svm · balanced · seed 1'.
 
     `show_dataset`: name the dataset in front (None: only when the records span several datasets;
     pass True where the store holds several, even if these records come from one).
 
-    >>> records = [{"run_id": f"r-{i}", "approach": "svm", "remedy": r, "seed": s, "dataset": {"root": "/d/x"}}
-    ...            for i, (r, s) in enumerate([("none", 0), ("balanced", 0), ("none", 1)])]
-    >>> list(run_names(records).values())
+    >>> [run.approach, run.remedy, run.seed for run in records]  # doctest: +SKIP
+    [('svm', 'none', 0), ('svm', 'balanced', 0), ('svm', 'none', 1)]
+    >>> list(run_names(records).values())  # doctest: +SKIP
     ['svm · none · seed 0', 'svm · balanced · seed 0', 'svm · none · seed 1']
     """
     varies = {"dataset": len({dataset_key(r) for r in records}) > 1 if show_dataset is None else show_dataset,
-              "backbone": len({backbone_name(r) for r in records}) > 1,
-              "seed": len({r.get("seed", 0) for r in records}) > 1}
-    names = {r["run_id"]: " · ".join(map(str, _parts(r, varies))) for r in records}
+              "backbone": len({r.backbone_name for r in records}) > 1,
+              "seed": len({r.seed or 0 for r in records}) > 1}
+    names = {r.run_id: " · ".join(map(str, _parts(r, varies))) for r in records}
     alike: dict[str, list[str]] = {}
     for run_id, name in names.items():
         alike.setdefault(name, []).append(run_id)
@@ -68,8 +63,8 @@ def run_names(records: list[dict], show_dataset: bool | None = None) -> dict[str
     return names
 
 
-def run_labels(records: list[dict], show_dataset: bool | None = None) -> dict[str, str]:
+def run_labels(records: list[RunRecord], show_dataset: bool | None = None) -> dict[str, str]:
     """`{run_id: label}` for run pickers: the run's name and its test macro-F1 ('svm · balanced · macro-F1 0.664')."""
     key, label = LABEL_METRIC
-    return {run_id: f"{name} · {label} {record[key]:.3f}"
+    return {run_id: f"{name} · {label} {record.score(key):.3f}"
             for (run_id, name), record in zip(run_names(records, show_dataset).items(), records)}

@@ -21,8 +21,10 @@ from core.backbones import get_entry, is_fused
 from core.data import Dataset
 from core.errors import BackboneError, DataError, RunStoreError
 from core.model_io import StoredModel
+from core.records import RunRecord
 from core.remedies import decide
-from core.runs import RunStore, atomic_write_bytes, atomic_write_json
+from core.storage import atomic_write_bytes, atomic_write_json
+from core.store import RunStore
 from core.scan import IMAGE_EXTENSIONS, FileIndex, printable
 
 FORMATS = ("csv", "json")
@@ -32,37 +34,37 @@ FORMATS = ("csv", "json")
 class Predictor:
     """A stored run ready to score images: its record and its model."""
 
-    record: dict
+    record: RunRecord
     model: StoredModel
     cache_dir: Path
 
     @property
     def run_id(self) -> str:
-        return self.record["run_id"]
+        return self.record.run_id
 
     @property
     def classes(self) -> list[str]:
-        return self.record["dataset"]["classes"]
+        return self.record.classes
 
     @property
     def decision(self) -> dict:
-        return {"tau": float(self.record.get("tau") or 0.0), "offsets": self.record.get("offsets")}
+        return self.record.decision
 
     @property
     def train_counts(self) -> list[int]:
-        return self.record["dataset"]["train_counts"]
+        return self.record.dataset.train_counts
 
     @property
     def logits(self) -> bool:
         """Whether its scores are logits (softmax of them is a probability); the SVM's are not."""
-        return get_approach(self.record["approach"]).logits
+        return get_approach(self.record.approach).logits
 
     def setting(self, name: str):
         """A setting of the experiment the run came from (its config), else the backbone record's."""
-        config = self.record.get("config") or {}
+        backbone = self.record.backbone or {}
         defaults = {"pool": "avg", "image_size": None, "precision": "auto", "runtime": "auto", "device": "auto",
-                    "batch_size": 32, "backbone": self.record.get("backbone", {}).get("name")}
-        return config.get(name, self.record.get("backbone", {}).get(name, defaults.get(name)))
+                    "batch_size": 32, "backbone": backbone.get("name")}
+        return self.record.setting(name, backbone.get(name, defaults.get(name)))
 
     def decision_shift(self) -> np.ndarray:
         """What the decision rule adds to raw scores: -tau log prior + offsets (the rule `decide` applies)."""
@@ -78,8 +80,8 @@ def load_predictor(run_id: str, cache_dir) -> Predictor:
     store = RunStore(Path(cache_dir) / "runs")
     record = store.load(run_id)
     model = store.load_model(run_id)
-    if model.n_classes != len(record["dataset"]["classes"]):
-        raise RunStoreError(f"run {run_id!r} has a model for {model.n_classes} classes but {len(record['dataset']['classes'])} "
+    if model.n_classes != len(record.classes):
+        raise RunStoreError(f"run {run_id!r} has a model for {model.n_classes} classes but {len(record.classes)} "
                             "in its record; it is damaged, train it again")
     predictor = Predictor(record, model, Path(cache_dir))
     check_backbone(predictor)
@@ -207,8 +209,8 @@ def _scores(predictor: Predictor, dataset: Dataset, progress) -> tuple[np.ndarra
                             else settings["device"])
     notes = []
     precision = used_precision(SimpleNamespace(precision=settings["precision"], device=device.type))
-    if predictor.record.get("precision") not in (None, precision):
-        notes.append(f"run {predictor.run_id!r} was scored with {predictor.record['precision']} features, this "
+    if predictor.record.precision not in (None, precision):
+        notes.append(f"run {predictor.run_id!r} was scored with {predictor.record.precision} features, this "
                      f"machine computes {precision}: scores differ slightly and near-ties may flip")
     if predictor.model.kind == "finetune":
         from core.model_io import finetune_modules

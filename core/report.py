@@ -16,13 +16,15 @@ from pathlib import Path
 import pandas as pd
 
 from core import figures
-from core.errors import ConfigError
+from core.errors import ConfigError, TransferScopeError
 from core.findings import (FEW_TEST_IMAGES, Comparisons, family_pairs, findings, fmt_delta, fmt_p,
                            store_comparer)
 from core.metrics import minority_mask
-from core.naming import backbone_name, remedy_label, run_names
-from core.runs import RunStore, atomic_write_bytes, read_json_object
+from core.naming import run_names
+from core.records import RunRecord
 from core.sharing import run_link
+from core.storage import atomic_write_bytes, read_json_object
+from core.store import RunStore
 
 REQUIRED = ("dataset", "runs")
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>|~&$@])|(?<=www)(\.)|(:)(?=//)", re.IGNORECASE)  # @, www., ://: autolinks
@@ -52,28 +54,39 @@ def read_results(path) -> dict:
     missing = [k for k in REQUIRED if k not in results]
     if missing:
         raise ConfigError(f"results file {str(path)!r} lacks {missing}; is it a TransferScope results.json?")
+    try:
+        run_records(results)
+    except TransferScopeError as err:
+        raise ConfigError(f"results file {str(path)!r}: {err}") from None
     return results
 
 
-def results_from_runs(records: list[dict]) -> dict:
+def run_records(results: dict) -> list[RunRecord]:
+    """The runs of a results dict (their JSON, as results.json holds them) as records."""
+    return [run if isinstance(run, RunRecord) else RunRecord.from_json(run, f"results run {i + 1}")
+            for i, run in enumerate(results["runs"])]
+
+
+def results_from_runs(records: list[RunRecord]) -> dict:
     """A results dict (the CLI's schema) from saved run records of one dataset, for reports and exports."""
     if not records:
         raise ConfigError("select at least one run to export")
-    datasets = {tuple(r["dataset"]["classes"]) for r in records}
+    datasets = {tuple(r.classes) for r in records}
     if len(datasets) > 1:
         raise ConfigError("the selected runs come from datasets with different classes; export them separately")
     first = records[0]
-    return {"dataset": first["dataset"], "backbone": first.get("backbone", {}),
-            "extract_seconds": first.get("extract_seconds", 0.0), "cache_hit": True, "runs": records}
+    return {"dataset": first.dataset.to_json(), "backbone": first.backbone or {},
+            "extract_seconds": first.extract_seconds or 0.0, "cache_hit": True,
+            "runs": [record.to_json() for record in records]}
 
 
 def report_comparisons(results: dict, compute=None) -> Comparisons:
     """The family of paired tests a report shows: the results' own comparisons, the rest computed by `compute`."""
-    pairs = family_pairs(results["runs"], results.get("best_by_validation"))
+    pairs = family_pairs(run_records(results), results.get("best_by_validation"))
     return Comparisons(pairs, results.get("comparisons", ()), compute)
 
 
-def render_runs_report(records: list[dict], fmt: str = "html", compute=None, base_url: str = DEFAULT_BASE_URL) -> str:
+def render_runs_report(records: list[RunRecord], fmt: str = "html", compute=None, base_url: str = DEFAULT_BASE_URL) -> str:
     """A report of saved run records (one dataset) as `fmt`: 'html' (self-contained) or 'md'.
 
     `compute(run_a, run_b)` gives the paired tests (e.g. `core.findings.store_comparer(store)`).
@@ -85,27 +98,27 @@ def render_runs_report(records: list[dict], fmt: str = "html", compute=None, bas
     return _renderer(fmt)(results, report_comparisons(results, compute), base_url)
 
 
-def runs_table(runs: list[dict]) -> pd.DataFrame:
+def runs_table(runs: list[RunRecord]) -> pd.DataFrame:
     """The headline table: one row per run, validation and test scores with 95% intervals, timings."""
     names = run_names(runs)
     rows = []
     for r in runs:
-        validation = (r.get("validation") or {}).get("macro_f1")
-        rows.append({"run": names[r["run_id"]],
+        validation = r.validation.macro_f1 if r.validation else None
+        rows.append({"run": names[r.run_id],
                      "validation macro-F1": "–" if validation is None else f"{validation:.3f}",
                      **{label: _with_interval(r, key) for key, label in
                         (("macro_f1", "macro-F1 [95%]"), ("balanced_accuracy", "balanced acc. [95%]"),
                          ("accuracy", "accuracy [95%]"))},
-                     "fit s": round(r["fit_seconds"], 3), "predict s": round(r["predict_seconds"], 3)})
+                     "fit s": round(r.fit_seconds, 3), "predict s": round(r.predict_seconds, 3)})
     return pd.DataFrame(rows)
 
 
-def _with_interval(record: dict, key: str) -> str:
-    low, high = record.get(f"{key}_low"), record.get(f"{key}_high")
-    return f"{record[key]:.3f}" + (f" [{low:.3f}, {high:.3f}]" if low is not None else "")
+def _with_interval(record: RunRecord, key: str) -> str:
+    interval = record.interval(key)
+    return f"{record.score(key):.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
 
 
-def comparisons_table(runs: list[dict], comparisons: Comparisons, pairs=None) -> pd.DataFrame:
+def comparisons_table(runs: list[RunRecord], comparisons: Comparisons, pairs=None) -> pd.DataFrame:
     """Paired comparisons, B minus A: each metric's change [95% interval], Holm-adjusted macro-F1 and McNemar p.
 
     `pairs`: the pairs to list, in order (default: the whole family); a pair given both ways is listed once.
@@ -131,34 +144,32 @@ def _p_cell(p: float | None) -> str:
     return fmt_p(p).removeprefix("p = ").removeprefix("p ")
 
 
-def per_class_table(run: dict) -> pd.DataFrame:
-    rows = [{"class": c["class"], "train n": c.get("train_count"), "test n": c["support"],
-             "precision": c["precision"], "recall": c["recall"], "F1": c["f1"],
-             "minority": "yes" if c.get("minority") else ""} for c in run["per_class"]]
+def per_class_table(run: RunRecord) -> pd.DataFrame:
+    rows = [{"class": c.name, "train n": c.train_count, "test n": c.support, "precision": c.precision,
+             "recall": c.recall, "F1": c.f1, "minority": "yes" if c.minority else ""} for c in run.per_class]
     return pd.DataFrame(rows).round(3)
 
 
-def best_runs(results: dict) -> list[dict]:
+def best_runs(results: dict) -> list[RunRecord]:
     """The run chosen by validation, then the best of each other approach (by validation, else test macro-F1)."""
-    runs = results["runs"]
-    chosen = next((r for r in runs if r["run_id"] == results.get("best_by_validation")), None)
-    bests: dict[str, dict] = {}
-    for run in sorted(runs, key=lambda r: ((r.get("validation") or {}).get("macro_f1", -1), r["macro_f1"]),
-                      reverse=True):
-        bests.setdefault(run["approach"], run)
+    runs = run_records(results)
+    chosen = next((r for r in runs if r.run_id == results.get("best_by_validation")), None)
+    bests: dict[str, RunRecord] = {}
+    for run in sorted(runs, key=lambda r: (r.validation.macro_f1 if r.validation else -1, r.macro_f1), reverse=True):
+        bests.setdefault(run.approach, run)
     if chosen:
-        bests[chosen["approach"]] = chosen
+        bests[chosen.approach] = chosen
     return sorted(bests.values(), key=lambda r: r is not chosen)
 
 
 def best_runs_class_table(results: dict) -> pd.DataFrame:
     """Per class: train and test counts, minority mark (★), and the F1 of each of the best runs."""
-    runs, names = best_runs(results), run_names(results["runs"])
-    first = runs[0]["per_class"]
-    table = pd.DataFrame({"class": [c["class"] + (" ★" if c.get("minority") else "") for c in first],
-                          "train n": [c.get("train_count") for c in first], "test n": [c["support"] for c in first]})
+    runs, names = best_runs(results), run_names(run_records(results))
+    first = runs[0].per_class
+    table = pd.DataFrame({"class": [c.name + (" ★" if c.minority else "") for c in first],
+                          "train n": [c.train_count for c in first], "test n": [c.support for c in first]})
     for run in runs:
-        table[f"F1 {names[run['run_id']]}"] = [round(c["f1"], 3) for c in run["per_class"]]
+        table[f"F1 {names[run.run_id]}"] = [round(c.f1, 3) for c in run.per_class]
     return table
 
 
@@ -186,16 +197,15 @@ def data_facts(results: dict) -> list[str]:
 def method_facts(results: dict) -> list[str]:
     from core.remedies import describe  # on use: numpy only, kept out of report imports
 
-    runs = results["runs"]
-    backbones = sorted({backbone_name(r) for r in runs})
-    first = runs[0] if runs else {}
-    bb = first.get("backbone", results.get("backbone", {}))
-    remedies = list(dict.fromkeys(remedy_label(r) for r in runs))
+    runs = run_records(results)
+    backbones = sorted({r.backbone_name for r in runs})
+    bb = (runs[0].backbone if runs else None) or results.get("backbone", {})
+    remedies = list(dict.fromkeys(r.remedy_label for r in runs))
     return [f"Features: {', '.join(backbones)} (ImageNet weights {bb.get('weights', '?')}), {bb.get('pool', '?')} "
             f"pooling, short side {bb.get('image_size', '?')} px, precision "
-            f"{', '.join(sorted({r.get('precision', '?') for r in runs}))}, on "
-            f"{', '.join(sorted({r.get('device', '?') for r in runs}))}.",
-            f"Approaches: {', '.join(dict.fromkeys(r['approach'] for r in runs))}.",
+            f"{', '.join(sorted({r.precision or '?' for r in runs}))}, on "
+            f"{', '.join(sorted({r.device or '?' for r in runs}))}.",
+            f"Approaches: {', '.join(dict.fromkeys(r.approach for r in runs))}.",
             "Remedies: " + "; ".join(f"{label} ({describe(label)})" for label in remedies) + ".",
             "Choices made on validation, never on the test set: C, epochs, tau and offsets are chosen on "
             "out-of-fold scores of the training images (3 folds); the run to believe is the one with the best "
@@ -206,8 +216,8 @@ def method_facts(results: dict) -> list[str]:
 
 
 def limitations(results: dict) -> list[str]:
-    runs, ds = results["runs"], results["dataset"]
-    seeds = sorted({r.get("seed", 0) for r in runs})
+    runs, ds = run_records(results), results["dataset"]
+    seeds = sorted({r.seed or 0 for r in runs})
     notes = [f"{'One seed' if len(seeds) == 1 else f'{len(seeds)} seeds'} ({', '.join(map(str, seeds))}): "
              + ("differences between runs include the luck of one training run and one split; repeat with "
                 "--seeds 0,1,2 to see it." if len(seeds) == 1 else "see the mean ± std over seeds on Compare."),
@@ -218,7 +228,7 @@ def limitations(results: dict) -> list[str]:
     if few:
         notes.append(f"{', '.join(few)}: {FEW_TEST_IMAGES} or fewer test images each, so their F1 (and the "
                      "macro averages that count them as one class in K) rest on single images.")
-    tuned_on_test = [r for r in runs if r.get("chosen_with_test_visible")]
+    tuned_on_test = [r for r in runs if r.chosen_with_test_visible]
     if tuned_on_test:
         notes.append(f"{len(tuned_on_test)} run(s) were tuned on What-if with the test scores on screen: their test "
                      "scores are not held-out estimates.")
@@ -227,29 +237,29 @@ def limitations(results: dict) -> list[str]:
 
 def reproducibility(results: dict) -> list[tuple[str, str]]:
     """What it takes to rerun this: versions, machine, precision, seeds, fingerprints, weights, the command."""
-    runs, ds = results["runs"], results["dataset"]
-    bb = runs[0].get("backbone", {}) if runs else results.get("backbone", {})
+    runs, ds = run_records(results), results["dataset"]
+    bb = (runs[0].backbone or {}) if runs else results.get("backbone", {})
     weights = bb.get("weights", "?")
     return [("TransferScope", _project_version()),
             ("packages (rendering machine)", ", ".join(f"{p} {_version(p)}" for p in KEY_PACKAGES)),
             ("machine (rendering)", f"{platform.platform()}; CPU {_cpu_model()}"),
             ("device, precision, runtime (runs)", "; ".join(sorted(
-                {f"{r.get('device', '?')}, {r.get('precision', '?')}, {r.get('backbone', {}).get('runtime', '?')}"
+                {f"{r.device or '?'}, {r.precision or '?'}, {(r.backbone or {}).get('runtime', '?')}"
                  for r in runs}))),
-            ("seeds", ", ".join(map(str, sorted({r.get("seed", 0) for r in runs})))),
+            ("seeds", ", ".join(map(str, sorted({r.seed or 0 for r in runs})))),
             ("dataset fingerprint (content)", str(ds.get("content_fingerprint") or ds.get("fingerprint", "?"))),
             ("backbone weights", f"{weights} (checkpoint file hash {weights.rsplit('-', 1)[-1]})"),
-            ("command", experiment_command(results.get("config") or (runs[0].get("config") if runs else None) or {},
+            ("command", experiment_command(results.get("config") or (runs[0].config if runs else None) or {},
                                            runs))]
 
 
-def experiment_command(config: dict, runs: list[dict]) -> str:
+def experiment_command(config: dict, runs: list[RunRecord]) -> str:
     """The `python -m core experiment ...` line that reruns this grid (settings that differ from the defaults)."""
     from core.settings import SETTINGS  # on use: it loads the approach registry
 
-    values = {"approaches": list(dict.fromkeys(r["approach"] for r in runs)),
-              "remedies": list(dict.fromkeys(remedy_label(r) for r in runs)), **config}
-    seeds = sorted({r.get("seed", 0) for r in runs})
+    values = {"approaches": list(dict.fromkeys(r.approach for r in runs)),
+              "remedies": list(dict.fromkeys(r.remedy_label for r in runs)), **config}
+    seeds = sorted({r.seed or 0 for r in runs})
     if len(seeds) > 1:
         values.update(seeds=seeds, seed=seeds[0])
     parts = ["python -m core experiment"]
@@ -301,7 +311,7 @@ def _title(results: dict) -> str:
 
 
 def _findings(results: dict, comparisons: Comparisons):
-    return findings(results["runs"], comparisons, results.get("best_by_validation"))
+    return findings(run_records(results), comparisons, results.get("best_by_validation"))
 
 
 def _finding_links(finding, names: dict, base_url: str, markdown: bool) -> str:
@@ -321,12 +331,13 @@ def _markdown_table(table: pd.DataFrame) -> str:
 def render_markdown(results: dict, comparisons: Comparisons | None = None, base_url: str = DEFAULT_BASE_URL) -> str:
     """The lab report as Markdown (names shown literally)."""
     comparisons = comparisons or report_comparisons(results)
-    names, found = run_names(results["runs"]), _findings(results, comparisons)
+    runs = run_records(results)
+    names, found = run_names(runs), _findings(results, comparisons)
     bullets = lambda items: [f"- {escape_markdown(item)}" for item in items]  # noqa: E731
     lines = [f"# {escape_markdown(_title(results))}", "", "## Data", "", *bullets(data_facts(results)), "",
              "## Method", "", *bullets(method_facts(results)), "", "## Results", "",
-             "### Runs", "", _markdown_table(runs_table(results["runs"])), ""]
-    if results["runs"]:
+             "### Runs", "", _markdown_table(runs_table(runs)), ""]
+    if runs:
         lines += ["### F1 per class of the best runs (★ minority)", "",
                   _markdown_table(best_runs_class_table(results)), ""]
     lines += ["## Findings", ""]
@@ -336,18 +347,18 @@ def render_markdown(results: dict, comparisons: Comparisons | None = None, base_
     if len(comparisons):
         used = [pair for f in found for pair in f.pairs]
         lines += ["## Paired comparisons (B minus A)", "", PAIRED_NOTE, "",
-                  _markdown_table(comparisons_table(results["runs"], comparisons, used + comparisons.pairs)), ""]
+                  _markdown_table(comparisons_table(runs, comparisons, used + comparisons.pairs)), ""]
     lines += ["## Limitations", "", *bullets(limitations(results)), "", "## Reproducibility", ""]
     lines += [f"- {escape_markdown(key)}: `{value}`" if key == "command" else f"- {escape_markdown(key)}: "
               f"{escape_markdown(value)}" for key, value in reproducibility(results)]
     lines += ["", "## Appendix: every run", ""]
-    for run in results["runs"]:
-        lines += [f"### {escape_markdown(names[run['run_id']])} ({escape_markdown(run.get('run_id', ''))})", "",
+    for run in runs:
+        lines += [f"### {escape_markdown(names[run.run_id])} ({escape_markdown(run.run_id)})", "",
                   _markdown_table(per_class_table(run)), ""]
-        if run.get("never_predicted"):
-            lines += [f"Never predicted: {', '.join(map(escape_markdown, run['never_predicted']))}", ""]
-        if run.get("no_test_support"):
-            unscored = ", ".join(map(escape_markdown, run["no_test_support"]))
+        if run.never_predicted:
+            lines += [f"Never predicted: {', '.join(map(escape_markdown, run.never_predicted))}", ""]
+        if run.no_test_support:
+            unscored = ", ".join(map(escape_markdown, run.no_test_support))
             lines += [f"No test images (left out of the averages): {unscored}", ""]
     return "\n".join(lines)
 
@@ -355,7 +366,7 @@ def render_markdown(results: dict, comparisons: Comparisons | None = None, base_
 def render_html(results: dict, comparisons: Comparisons | None = None, base_url: str = DEFAULT_BASE_URL) -> str:
     """The lab report as one self-contained HTML page (plotly.js inlined once) with tables and charts."""
     comparisons = comparisons or report_comparisons(results)
-    ds, runs = results["dataset"], results["runs"]
+    ds, runs = results["dataset"], run_records(results)
     names, found = run_names(runs), _findings(results, comparisons)
     items = lambda texts: "<ul>" + "".join(f"<li>{html.escape(t)}</li>" for t in texts) + "</ul>"  # noqa: E731
     parts = ["<h2>Data</h2>", items(data_facts(results)),
@@ -368,9 +379,9 @@ def render_html(results: dict, comparisons: Comparisons | None = None, base_url:
         parts += [_figure_html(figures.tradeoff_figure(runs), False),
                   "<h3>F1 per class of the best runs (★ minority)</h3>",
                   best_runs_class_table(results).to_html(index=False),
-                  f"<h3>The chosen run: {html.escape(names[chosen['run_id']])}</h3>",
-                  _figure_html(figures.per_class_figure(chosen["per_class"]), False),
-                  _figure_html(figures.confusion_matrix_figure(chosen["confusion_matrix"], ds["classes"],
+                  f"<h3>The chosen run: {html.escape(names[chosen.run_id])}</h3>",
+                  _figure_html(figures.per_class_figure(chosen.per_class), False),
+                  _figure_html(figures.confusion_matrix_figure(chosen.confusion_matrix, ds["classes"],
                                                                minority=minority_mask(ds["train_counts"])), False)]
         # the chosen run's head/middle/tail and calibration figures belong here once core.figures draws them
     parts.append("<h2>Findings</h2><ol class='findings'>" + "".join(
@@ -386,7 +397,7 @@ def render_html(results: dict, comparisons: Comparisons | None = None, base_url:
                         f"{'</code>' * (k == 'command')}</dd>" for k, v in reproducibility(results)) + "</dl>",
               "<h2>Appendix: every run</h2>"]
     for run in runs:
-        parts += [f"<h3>{html.escape(names[run['run_id']])} <small>({html.escape(run.get('run_id', ''))})</small></h3>",
+        parts += [f"<h3>{html.escape(names[run.run_id])} <small>({html.escape(run.run_id)})</small></h3>",
                   per_class_table(run).to_html(index=False)]
     title = html.escape(_title(results))
     style = ("body{font-family:sans-serif;margin:2em auto;max-width:1100px;line-height:1.45}table{border-collapse:"

@@ -106,7 +106,7 @@ class FileIndex:
     def save(self) -> None:
         """Write the index of the files seen in this scan (atomically); a no-op without a cache folder."""
         if self.path is not None and self.seen != self.known:
-            from core.runs import atomic_write_json
+            from core.storage import atomic_write_json
 
             atomic_write_json(self.path, {"version": self.VERSION, "files": self.seen}, "file index")
 

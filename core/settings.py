@@ -12,14 +12,14 @@ import os
 from dataclasses import dataclass
 from typing import Callable
 
-from core import approaches
+from core.approach_names import APPROACH_NAMES
 from core.backbones import FUSION_SEPARATOR, POOLS, backbone_parts, list_backbones
 from core.errors import ConfigError
 from core.paths import CACHE_DIR_ENV, DEFAULT_CACHE_DIR
 from core.remedies import check_remedies
 from core.runtime import RUNTIMES
 
-APPROACHES = tuple(approaches.APPROACHES)
+APPROACHES = APPROACH_NAMES
 SVM_KERNELS = ("rbf", "linear", "poly", "sigmoid")
 PRECISIONS = ("auto", "fp32")
 REQUIRED = dataclasses.MISSING

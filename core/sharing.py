@@ -18,6 +18,7 @@ from pathlib import Path, PurePath, PurePosixPath
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from core.errors import ConfigError
+from core.records import RunRecord
 
 TOKEN_FILE = "owner_token"
 HOSTS_ENV = "TRANSFERSCOPE_HOSTS"  # extra names a shared dashboard answers to, comma-separated (a DNS alias)
@@ -278,13 +279,13 @@ class PathNames:
         """`text` (a message) with every absolute path in it named as `name` does."""
         return _ABSOLUTE_PATH.sub(lambda match: self.name(match.group()), str(text))
 
-    def record(self, record: dict) -> dict:
+    def record(self, record: RunRecord) -> RunRecord:
         """A copy of a run record for viewers: its dataset folder named, every path in its texts renamed."""
-        shown = _map_strings(record, self.text)
-        shown["dataset"]["root"] = self.name(record["dataset"]["root"], OTHER_FOLDER)
-        return shown
+        shown = _map_strings(record.to_json(), self.text)
+        shown["dataset"]["root"] = self.name(record.dataset.root, OTHER_FOLDER)
+        return RunRecord.from_json(shown)
 
-    def bundle_run(self, record: dict, predictions):
+    def bundle_run(self, record: RunRecord, predictions):
         """A run as a viewer's bundle holds it: `record` and its predictions table with image paths renamed.
 
         Paths become `<dataset name>/<path inside the dataset>`, so the bundle still imports elsewhere.
@@ -292,7 +293,7 @@ class PathNames:
         shown = self.record(record)
         if predictions is None:
             return shown, None
-        root, shown_root = PurePath(record["dataset"]["root"]), PurePosixPath(shown["dataset"]["root"])
+        root, shown_root = PurePath(record.dataset.root), PurePosixPath(shown.dataset.root)
         inside = [PurePath(path) for path in predictions["path"]]
         paths = [shown_root / (path.relative_to(root) if path.is_relative_to(root) else path.name) for path in inside]
         return shown, predictions.assign(path=[str(path) for path in paths])

@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import math
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from core.errors import ClassWeightError
-from core.runs import read_json_object
 from core.scan import few
+from core.storage import read_json_object
+
+if TYPE_CHECKING:
+    import torch
 
 SCHEMES = ("none", "balanced", "sqrt", "effective", "custom")
 SCALE_NOTE = ("Weights are rescaled to an average of 1 per training image, as the built-in schemes are: only their "
@@ -112,4 +116,6 @@ def weighted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weight: t
     torch's weighted mean divides by the summed weights instead, which cancels the weight whenever a
     batch holds a single class (fine-tuning batches group images by size, so that happens).
     """
+    import torch  # on use: the registry of approaches and remedies imports this module without torch
+
     return torch.nn.functional.cross_entropy(logits, labels, weight=weight, reduction="sum") / len(labels)

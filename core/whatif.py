@@ -29,7 +29,8 @@ from core import approaches
 from core.experiment import ExperimentConfig, fit_run, load_features, train_and_record
 from core.features import FeatureSet
 from core.metrics import evaluate
-from core.runs import RunStore
+from core.records import RunRecord, class_rows
+from core.store import RunStore
 from core.remedies import Remedy, decide, parse_remedy
 from core.sharing import PrioritySlot
 from core.stats import METRICS, paired_comparison, point_scores
@@ -83,7 +84,7 @@ class Start:
     (refits never cross-validate again); `start_pred` (None when unknown) feeds the paired test.
     """
 
-    record: dict
+    record: RunRecord
     config: ExperimentConfig
     dataset: Dataset
     features: FeatureSet
@@ -97,21 +98,21 @@ class Start:
     def training_remedy(self) -> Remedy:
         """The start run's training-side remedy parts (resample, la-loss) under the what-if label; the weights,
         tau and offsets are the user's."""
-        parts = parse_remedy(self.record.get("remedy", "none")).parts & TRAINING_PARTS
+        parts = parse_remedy(self.record.remedy or "none").parts & TRAINING_PARTS
         return Remedy("+".join([SAVED_LABEL, *sorted(parts)]), SAVED_LABEL, parts)
 
     @property
     def head_epochs(self) -> int | None:
         """The epoch count the start head trained for (refits, their folds included, train that many: nothing is
         chosen again); None for other approaches."""
-        if self.record["approach"] != "head":
+        if self.record.approach != "head":
             return None
-        return self.record.get("tuned", {}).get("epochs") or _early_stopped_epochs(self.record.get("history", []))
+        return (self.record.tuned or {}).get("epochs") or _early_stopped_epochs(self.record.history)
 
     def notes(self) -> list[str]:
         """What refits reuse from the start run instead of choosing again, in plain words."""
-        notes, tuned = [], self.record.get("tuned", {})
-        if self.record.get("config", {}).get("tune") and tuned:
+        notes, tuned = [], self.record.tuned or {}
+        if self.record.setting("tune") and tuned:
             chosen = ", ".join(f"{'C' if name == 'svm_c' else name} = {tuned[name]:g}"
                                for name in ("svm_c", "tau") if name in tuned)
             notes.append(f"This run chose {chosen} by cross-validation on its training set; refits reuse "
@@ -129,22 +130,22 @@ def _early_stopped_epochs(history: list[dict]) -> int | None:
     return min(history, key=lambda row: row.get("val_loss", row["train_loss"]))["epoch"] if history else None
 
 
-def run_config(record: dict, cache_dir) -> ExperimentConfig:
+def run_config(record: RunRecord, cache_dir) -> ExperimentConfig:
     """The ExperimentConfig a run was made with (settings unknown to this version are ignored)."""
     names = {field.name for field in dataclasses.fields(ExperimentConfig)}
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in record.get("config", {}).items() if k in names}
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in (record.config or {}).items() if k in names}
     return ExperimentConfig(**{**values, "cache_dir": str(cache_dir)})
 
 
-def _refit_config(record: dict, cache_dir) -> ExperimentConfig:
+def _refit_config(record: RunRecord, cache_dir) -> ExperimentConfig:
     """The run's config with what cross-validation chose (the SVM's C under `--tune`, logistic regression's C)
     fixed and tuning off; tau comes from the record."""
-    config, tuned = run_config(record, cache_dir), record.get("tuned", {})
+    config, tuned = run_config(record, cache_dir), record.tuned or {}
     return dataclasses.replace(config, tune=False, svm_c=tuned.get("svm_c", config.svm_c),
                                logreg_c=tuned.get("C", config.logreg_c))
 
 
-def start_from(record: dict, dataset: Dataset, cache_dir, predictions: pd.DataFrame | None = None) -> Start:
+def start_from(record: RunRecord, dataset: Dataset, cache_dir, predictions: pd.DataFrame | None = None) -> Start:
     """Load the cached features of a feature-based run; never extracts (raises when they are gone).
 
     `predictions` is the run's stored table (`RunStore.load_predictions`), for the paired test of each refit.
@@ -152,40 +153,40 @@ def start_from(record: dict, dataset: Dataset, cache_dir, predictions: pd.DataFr
     >>> start = start_from(store.load(run_id), load_dataset(root), "cache", store.load_predictions(run_id))  # doctest: +SKIP
     """
     on_features = approaches.names(on_features=True)
-    if record["approach"] not in on_features:
+    if record.approach not in on_features:
         raise ConfigError(f"what-if refits need a run on cached features ({', '.join(on_features)}); "
-                          f"run {record['run_id']} is a {record['approach']} run")
-    if dataset.fingerprint != record["dataset"].get("fingerprint"):
-        raise ConfigError(f"the images in {record['dataset']['root']!r} changed since run {record['run_id']}; "
+                          f"run {record.run_id} is a {record.approach} run")
+    if dataset.fingerprint != record.dataset.fingerprint:
+        raise ConfigError(f"the images in {record.dataset.root!r} changed since run {record.run_id}; "
                           "train a new run on the current dataset first")
 
     def refuse_extraction(stage: str, done: int, total: int) -> None:
         if done < total:
-            raise ConfigError(f"the features of run {record['run_id']} are no longer cached under {cache_dir}; "
+            raise ConfigError(f"the features of run {record.run_id} are no longer cached under {cache_dir}; "
                               "train a new run (it extracts them again)")
 
     config = _refit_config(record, cache_dir)
     features = load_features(config, dataset, progress=refuse_extraction)
-    if features.key != record["feature_key"]:
-        raise ConfigError(f"the cached features ({features.key}) are not those of run {record['run_id']} "
-                          f"({record['feature_key']}); train a new run")
+    if features.key != record.feature_key:
+        raise ConfigError(f"the cached features ({features.key}) are not those of run {record.run_id} "
+                          f"({record.feature_key}); train a new run")
     same_images = predictions is not None and predictions["path"].tolist() == [s.path for s in dataset.test]
     return Start(record, config, dataset, features, predictions["pred"].to_numpy(dtype=int) if same_images else None)
 
 
-def newest_feature_run(records: list[dict], fingerprint: str) -> dict | None:
+def newest_feature_run(records: list[RunRecord], fingerprint: str) -> RunRecord | None:
     """The newest svm or head run (of `records`, newest first) on the dataset with `fingerprint`, or None.
 
     Its cached features are the dataset's features for the near-duplicate check.
     """
-    return next((record for record in records if record["approach"] in approaches.names(on_features=True)
-                 and record["dataset"].get("fingerprint") == fingerprint), None)
+    return next((record for record in records if record.approach in approaches.names(on_features=True)
+                 and record.dataset.fingerprint == fingerprint), None)
 
 
 def seed_weights(start: Start, scheme: str) -> np.ndarray:
     """Per-class weights to start tuning from: a built-in scheme, or 'run' for the run's own weights."""
     if scheme == "run":
-        return np.asarray(start.record["class_weights"], dtype=float)
+        return np.asarray(start.record.class_weights, dtype=float)
     if scheme not in SEED_SCHEMES:
         raise ClassWeightError(f"unknown seed scheme {scheme!r}; choose run or one of: {', '.join(SEED_SCHEMES)}")
     return class_weights(scheme, start.dataset.train_counts, start.classes, beta=start.config.beta)
@@ -235,10 +236,10 @@ def refit(start: Start, weights, tau: float = 0.0, offsets=None, *, owner: bool 
     is needed, may refuse it by raising (a viewer's rate limit).
     """
     weights = check_weights(weights, start.dataset.train_counts)
-    _check_tau(tau, start.record["approach"])  # bad values are refused before any fit
+    _check_tau(tau, start.record.approach)  # bad values are refused before any fit
     if offsets is not None:
         check_offsets(offsets, len(start.classes))
-    key = (start.record["run_id"], start.features.key, weights.tobytes())
+    key = (start.record.run_id, start.features.key, weights.tobytes())
     cached = REFITS.get(key)
     if cached is None and admit is not None:
         admit()
@@ -252,10 +253,10 @@ def _fit_raw(start: Start, weights: np.ndarray, key: tuple, owner: bool) -> dict
         if (done := REFITS.get(key)) is not None:
             return done
         started = time.perf_counter()
-        run = fit_run(start.config, start.dataset, start.features, start.record["approach"], start.training_remedy,
+        run = fit_run(start.config, start.dataset, start.features, start.record.approach, start.training_remedy,
                       weights, head_epochs=start.head_epochs, decision={"tau": 0.0, "offsets": None, "tuned": {}})
         refit_s = time.perf_counter() - started
-    fitted = run["fitted"]
+    fitted = run.fitted
     raw = {"weights": weights, "scores": fitted.scores, "oof_scores": fitted.oof_scores,
            "support": fitted.extras.get("support"), "refit_seconds": refit_s}
     REFITS.put(key, raw)
@@ -268,15 +269,16 @@ def rescore(start: Start, outcome: dict, tau: float = 0.0, offsets=None) -> dict
     Returns `evaluate()`'s dict plus `y_pred`, `tau` (as applied: 0 for the SVM), `offsets` and `validation`
     (out-of-fold metrics of the training images; None without folds).
     """
-    tau = _check_tau(tau, start.record["approach"])
+    tau = _check_tau(tau, start.record.approach)
     offsets = None if offsets is None else check_offsets(offsets, len(start.classes))
     decision, counts = {"tau": tau, "offsets": offsets}, start.dataset.train_counts
     y_pred = decide(outcome["scores"], counts, decision).argmax(axis=1)
     oof = outcome["oof_scores"]
     validation = None if oof is None else point_scores(
         start.features.y_train, decide(oof, counts, decision).argmax(axis=1), len(start.classes))
-    return {**evaluate(start.features.y_test, y_pred, start.classes, counts), "y_pred": y_pred, "tau": tau,
-            "offsets": offsets, "validation": validation}
+    scores = evaluate(start.features.y_test, y_pred, start.classes, counts)
+    return {**scores, "per_class": class_rows(scores), "y_pred": y_pred, "tau": tau, "offsets": offsets,
+            "validation": validation}
 
 
 def check_offsets(offsets, n_classes: int) -> list[float]:
@@ -313,32 +315,32 @@ def weight_explanations(start: Start, outcome: dict) -> list[str]:
 def validation_change(start: Start, outcome: dict) -> list[dict] | None:
     """Out-of-fold validation metrics before (the start run's) and after, with their change; None if either
     lacks them (e.g. a run stored before validation was recorded)."""
-    before, after = start.record.get("validation"), outcome.get("validation")
+    before, after = start.record.validation, outcome.get("validation")
     if not before or not after:
         return None
-    return [{"metric": HEADLINE_METRICS[key], "before": before[key], "after": after[key],
-             "delta": after[key] - before[key]} for key in METRICS]
+    return [{"metric": HEADLINE_METRICS[key], "before": getattr(before, key), "after": after[key],
+             "delta": after[key] - getattr(before, key)} for key in METRICS]
 
 
 def live_refit_note(start: Start) -> str | None:
     """A note when one refit of this run is too slow to follow a slider (large RBF SVMs), else None."""
     n_train = len(start.features.y_train)
-    if start.record["approach"] == "svm" and start.config.svm_kernel == "rbf" and n_train > LIVE_SVM_MAX_TRAIN:
+    if start.record.approach == "svm" and start.config.svm_kernel == "rbf" and n_train > LIVE_SVM_MAX_TRAIN:
         return (f"An RBF SVM on {n_train:,} training images refits in several seconds (it grows with the square "
                 f"of the images: about 1 s at 4k, 3 s at 8k, 12 s at 16k), so moves are not live here; the "
                 "linear approaches (head, logreg) refit in about a second at any size.")
     return None
 
 
-def per_class_deltas(record: dict, outcome: dict) -> pd.DataFrame:
+def per_class_deltas(record: RunRecord, outcome: dict) -> pd.DataFrame:
     """One row per class: minority flag, start and new weight, new P/R/F1 and their change from the start."""
     rows = []
-    for before, after, old_w, new_w in zip(record["per_class"], outcome["per_class"], record["class_weights"],
+    for before, after, old_w, new_w in zip(record.per_class, outcome["per_class"], record.class_weights,
                                            outcome["weights"]):
-        row = {"class": before["class"], "minority": before["minority"], "start weight": old_w, "weight": new_w}
+        row = {"class": before.name, "minority": before.minority, "start weight": old_w, "weight": new_w}
         for metric in ("precision", "recall", "f1"):
-            row[metric] = after[metric]
-            row[f"Δ {metric}"] = after[metric] - before[metric]
+            row[metric] = getattr(after, metric)
+            row[f"Δ {metric}"] = getattr(after, metric) - getattr(before, metric)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -350,7 +352,7 @@ def compare_with_start(start: Start, outcome: dict) -> dict:
     record = start.record
     return {"headline": metric_deltas(record, outcome), "per_class": per_class_deltas(record, outcome),
             "confusion_change": (np.asarray(outcome["confusion_matrix"])
-                                 - np.asarray(record["confusion_matrix"])).tolist(), "paired": _paired(start, outcome)}
+                                 - np.asarray(record.confusion_matrix)).tolist(), "paired": _paired(start, outcome)}
 
 
 def _paired(start: Start, outcome: dict) -> dict | None:
@@ -358,24 +360,24 @@ def _paired(start: Start, outcome: dict) -> dict | None:
     if start.start_pred is None:
         return None
     y_pred = np.asarray(outcome["y_pred"])
-    key = (start.record["run_id"], hashlib.sha256(y_pred.tobytes()).hexdigest())
+    key = (start.record.run_id, hashlib.sha256(y_pred.tobytes()).hexdigest())
     paired = PAIRED.get(key)
     if paired is None:
         paired = paired_comparison(start.features.y_test, start.start_pred, y_pred, len(start.classes),
-                                   seed=start.record.get("seed", 0))
+                                   seed=start.record.seed or 0)
         PAIRED.put(key, paired)
     return paired
 
 
 def save_as_run(start: Start, weights, tau: float, store: RunStore, offsets=None,
-                test_visible: bool = True) -> dict:
+                test_visible: bool = True) -> RunRecord:
     """Store the tuned model as a normal run (custom weights, tau and offsets recorded per class); its record.
 
     It is the model `refit` showed: a head trains for the start's chosen epochs (recorded as `epochs`).
     `test_visible` is recorded as `chosen_with_test_visible`: the weights were chosen while the test
     scores were on screen, so this run's test scores are not a held-out estimate.
     """
-    weights, tau = check_weights(weights, start.dataset.train_counts), _check_tau(tau, start.record["approach"])
+    weights, tau = check_weights(weights, start.dataset.train_counts), _check_tau(tau, start.record.approach)
     offsets = None if offsets is None else check_offsets(offsets, len(start.classes))
     table = {name: float(w) for name, w in zip(start.classes, weights)}
     config = dataclasses.replace(start.config, remedies=(table,), tau=tau, tune=False,
@@ -384,6 +386,6 @@ def save_as_run(start: Start, weights, tau: float, store: RunStore, offsets=None
     if offsets is not None:
         remedy = Remedy(f"{remedy.label}+offsets", remedy.weights, remedy.parts | {"offsets"})
     with _refit_slot(owner=True):
-        return train_and_record(config, start.dataset, start.features, start.record["approach"], remedy, store, head_epochs=start.head_epochs, weights=weights,
+        return train_and_record(config, start.dataset, start.features, start.record.approach, remedy, store, head_epochs=start.head_epochs, weights=weights,
                                 decision={"tau": tau, "offsets": offsets, "tuned": {}},
                                 extra={"chosen_with_test_visible": test_visible})

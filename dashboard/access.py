@@ -12,6 +12,7 @@ import streamlit as st
 
 from core import sharing
 from core.errors import ReadOnlyError
+from core.records import RunRecord
 from core.paths import cache_dir, demo_dir
 
 OWNER_KEY = "owner_unlocked"  # session flag: the owner typed the token in this browser session
@@ -93,7 +94,7 @@ def shown_text(text: str) -> str:
     return str(text) if can_act() else path_names().text(text)
 
 
-def shown_record(record: dict) -> dict:
+def shown_record(record: RunRecord) -> RunRecord:
     """A run record as this session may see it (for viewers a copy: dataset folder and paths renamed)."""
     return record if can_act() else path_names().record(record)
 

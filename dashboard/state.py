@@ -14,7 +14,7 @@ from pathlib import Path
 import streamlit as st
 
 from core.findings import Comparisons, Finding, family_pairs, findings
-from core import analysis, diagnostics, duplicates, explain, featuremap, predict, sharing, stats, whatif
+from core import analysis, bundles, diagnostics, duplicates, explain, featuremap, predict, sharing, stats, whatif
 from core import label_issues as label_issues_module
 from core.config import run_split
 from core.data import Dataset, build_demo_dataset, load_dataset
@@ -24,7 +24,9 @@ from core.features import split_key
 from core.jobs import ACTIVE_STATUSES, Job, JobManager, compute_slot_path
 from core.paths import cache_dir, demo_dir
 from core.report import escape_markdown, render_runs_report
-from core.runs import MODEL_FILE, RunStore
+from core.model_io import MODEL_FILE
+from core.records import RunRecord
+from core.store import RunStore
 from core.settings import DATASET_SETTINGS
 from dashboard import access, errors
 
@@ -144,11 +146,11 @@ def thumbnails(paths: list[str]) -> list[bytes]:
 
 
 @st.cache_data(max_entries=4, show_spinner=False)
-def _scan_runs(root: str, stamp: int | None) -> tuple[list[dict], dict[str, str]]:
+def _scan_runs(root: str, stamp: int | None) -> tuple[list[RunRecord], dict[str, str]]:
     return _run_store(root).scan()
 
 
-def scan_runs() -> tuple[list[dict], dict[str, str]]:
+def scan_runs() -> tuple[list[RunRecord], dict[str, str]]:
     """(valid records newest first, {broken run folder: why}), read again only when the runs folder changed.
 
     A run is published, imported or deleted by renaming its folder in or out, which changes the folder's
@@ -162,7 +164,7 @@ def scan_runs() -> tuple[list[dict], dict[str, str]]:
     return _scan_runs(str(root), stamp)
 
 
-def list_runs() -> list[dict]:
+def list_runs() -> list[RunRecord]:
     """All valid run records, newest first (read again whenever a run was added or removed, see scan_runs).
 
     Warns about run folders that cannot be read; they stay listed for deletion on the Compare page.
@@ -181,7 +183,7 @@ def broken_runs() -> dict[str, str]:
 
 
 @st.cache_data(max_entries=256)
-def _load_run(root: str, run_id: str) -> dict:
+def _load_run(root: str, run_id: str) -> RunRecord:
     return _run_store(root).load(run_id)
 
 
@@ -200,7 +202,7 @@ def load_validation(run_id: str):
     return _load_validation(str(run_store().root), run_id)
 
 
-def load_run(run_id: str) -> dict:
+def load_run(run_id: str) -> RunRecord:
     return _load_run(str(run_store().root), run_id)
 
 
@@ -228,7 +230,7 @@ def _report(root: str, run_ids: tuple[str, ...], fmt: str, for_viewer: bool, bas
 @st.cache_data(max_entries=2, show_spinner=False)
 def _bundle(root: str, run_ids: tuple[str, ...], for_viewer: bool, _names: sharing.PathNames) -> bytes:
     _check_viewer_build(for_viewer)
-    return _run_store(root).export_bundle_bytes(run_ids, _names.bundle_run if for_viewer else None)
+    return bundles.export_bundle_bytes(_run_store(root), run_ids, _names.bundle_run if for_viewer else None)
 
 
 def deferred_report(run_ids: list[str], fmt: str, base_url: str = ""):
@@ -282,10 +284,10 @@ def _findings(root: str, run_ids: tuple[str, ...]) -> tuple[list[Finding], Compa
     return findings(records, comparisons), comparisons
 
 
-def group_findings(records: list[dict]) -> tuple[list[Finding], Comparisons]:
+def group_findings(records: list[RunRecord]) -> tuple[list[Finding], Comparisons]:
     """The findings of these runs (core.findings) and the Holm-adjusted family of paired tests behind them,
     computed once per set of runs (the paired tests come from `paired_diff`'s cache)."""
-    return _findings(str(run_store().root), tuple(r["run_id"] for r in records))
+    return _findings(str(run_store().root), tuple(r.run_id for r in records))
 
 
 def clear_run_caches() -> None:
@@ -301,7 +303,7 @@ def import_bundle(file) -> list[str]:
     """Import the runs of an uploaded bundle (owner only); return the ids newly imported."""
     access.require_owner("import runs")
     try:
-        return run_store().import_bundle(file)
+        return bundles.import_bundle(run_store(), file)
     finally:
         clear_run_caches()
 
@@ -355,21 +357,21 @@ def is_active(job: Job | None) -> bool:
 def _whatif_start(root: str, run_id: str, cache: str) -> whatif.Start:
     store = _run_store(root)
     record = store.load(run_id)
-    options = {name: record.get("config", {}).get(name) for name in DATASET_SETTINGS}
-    data = dataset(record["dataset"]["root"], **run_split(record), options=options)
+    options = {name: record.setting(name) for name in DATASET_SETTINGS}
+    data = dataset(record.dataset.root, **run_split(record), options=options)
     return whatif.start_from(record, data, cache, store.load_predictions(run_id))
 
 
-def whatif_start(record: dict) -> whatif.Start:
+def whatif_start(record: RunRecord) -> whatif.Start:
     """A svm or head run with its cached features, shared by every session (read-only, never mutated).
 
     Viewers may tune only runs on the server's dataset folder.
     """
-    if not access.can_act() and not sharing.is_within(record["dataset"]["root"], default_data_dir()):
+    if not access.can_act() and not sharing.is_within(record.dataset.root, default_data_dir()):
         raise ReadOnlyError("this run was trained on a folder outside the shared dataset; viewers may tune only "
                             "runs on the server's dataset")
     with st.spinner("Loading the run's cached features…"):
-        return _whatif_start(str(run_store().root), record["run_id"], str(cache_dir()))
+        return _whatif_start(str(run_store().root), record.run_id, str(cache_dir()))
 
 
 def whatif_refit(start: whatif.Start, weights, tau: float) -> dict:
@@ -389,7 +391,7 @@ def _admit_viewer_refit() -> None:
                             "(weights tried before show at once)")
 
 
-def save_whatif(start: whatif.Start, weights, tau: float, offsets=None, test_visible: bool = True) -> dict:
+def save_whatif(start: whatif.Start, weights, tau: float, offsets=None, test_visible: bool = True) -> RunRecord:
     """Store tuned weights (and tau, offsets) as a normal run (owner only); its record."""
     access.require_owner("save runs")
     return whatif.save_as_run(start, weights, tau, run_store(), offsets=offsets, test_visible=test_visible)
@@ -405,7 +407,7 @@ def feature_map_job(key: str) -> Job | None:
     return next((job for job in job_manager().jobs() if job.kind == MAP_JOB and job.name == key), None)
 
 
-def launch_feature_map(record: dict) -> None:
+def launch_feature_map(record: RunRecord) -> None:
     """Queue the map of a run's features on the shared JobManager (owner only)."""
     access.require_owner("compute the feature map")
     features, folder = whatif_start(record).features, cache_dir()
@@ -458,7 +460,7 @@ def _explanations(root: str, run_id: str, paths: tuple[str, ...], trues: tuple[i
     return explain.explain_images(record, _run_model(root, run_id), list(paths), list(trues))
 
 
-def explanations(record: dict, paths: list[str], trues: list[int]):
+def explanations(record: RunRecord, paths: list[str], trues: list[int]):
     """Heat maps of test images under a run (`core.explain`) and the seconds they took; computed once per images.
 
     Raises ConfigError (a reason to show) for runs whose model is not on this machine (imported bundles carry
@@ -467,13 +469,13 @@ def explanations(record: dict, paths: list[str], trues: list[int]):
     shown, hidden = access.viewable_paths(paths)
     if hidden:
         raise ReadOnlyError(f"{hidden} image(s) lie outside the shared dataset folder; viewers see only its images")
-    if not (run_store().root / record["run_id"] / MODEL_FILE).is_file():
+    if not (run_store().root / record.run_id / MODEL_FILE).is_file():
         raise ConfigError("this run's model is not on this machine (runs imported from a bundle carry none), and "
                           "heat maps need it; train the run here to see them")
-    return _explanations(str(run_store().root), record["run_id"], tuple(paths), tuple(trues))
+    return _explanations(str(run_store().root), record.run_id, tuple(paths), tuple(trues))
 
 
-def nearest_training(record: dict, test_rows: list[int], wanted: list[list[int]]) -> list[list[dict]]:
+def nearest_training(record: RunRecord, test_rows: list[int], wanted: list[list[int]]) -> list[list[dict]]:
     """For each test row: the closest training image of each class asked (`path`, `label`, `similarity`), by the
     run's cached features (`core.duplicates.nearest_of_classes`). Raises ConfigError for runs without them."""
     start = whatif_start(record)
@@ -491,17 +493,17 @@ def _reliability(root: str, run_id: str):
     return diagnostics.reliability_curves(record, _load_predictions(root, run_id), _load_validation(root, run_id))
 
 
-def reliability(record: dict):
+def reliability(record: RunRecord):
     """The run's calibration and reliability curves (`core.diagnostics.reliability_curves`)."""
-    return _reliability(str(run_store().root), record["run_id"])
+    return _reliability(str(run_store().root), record.run_id)
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def _label_issues(root: str, run_id: str):
     record = _load_run(root, run_id)
     validation = _load_validation(root, run_id)
-    temperature = (record.get("calibration") or diagnostics.calibration(
-        record, _load_predictions(root, run_id), validation))["temperature"]
+    temperature = record.calibration.temperature if record.calibration else diagnostics.calibration(
+        record, _load_predictions(root, run_id), validation)["temperature"]
     return diagnostics.label_issue_table(record, validation, temperature)
 
 
@@ -512,7 +514,7 @@ def label_issues(data: Dataset):
     if record is None:
         raise ConfigError("train a svm, head or logreg run on this dataset first: its out-of-fold scores judge "
                           "the labels")
-    return record, _label_issues(str(run_store().root), record["run_id"])
+    return record, _label_issues(str(run_store().root), record.run_id)
 
 
 def conflicting_labels(data: Dataset, threshold: float) -> list[dict]:
@@ -534,12 +536,12 @@ def _conflicts(key: str, split: str, threshold: float, _X_train, _y_train) -> li
 def _ordinal(root: str, run_id: str) -> dict:
     predictions, record = _load_predictions(root, run_id), _load_run(root, run_id)
     return stats.ordinal_scores(predictions["true"].to_numpy(dtype=int), predictions["pred"].to_numpy(dtype=int),
-                                len(record["dataset"]["classes"]), seed=record.get("seed") or 0)
+                                len(record.classes), seed=record.seed or 0)
 
 
-def ordinal(record: dict) -> dict:
+def ordinal(record: RunRecord) -> dict:
     """Quadratic weighted kappa, off-by-one accuracy and mean absolute grade error with intervals (classes in order)."""
-    return _ordinal(str(run_store().root), record["run_id"])
+    return _ordinal(str(run_store().root), record.run_id)
 UPLOADS_FOLDER = "uploads"  # inside the cache folder: uploaded images, named by content
 
 

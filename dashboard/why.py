@@ -13,6 +13,7 @@ from core.analysis import group_table
 from core.errors import ConfigError
 from core.explain import GRADIENT, caption, overlay
 from core.figures import reliability_figure
+from core.records import RunRecord
 from core.report import escape_markdown
 from core.stats import ORDINAL_METRICS
 from dashboard import access, state, widgets
@@ -28,9 +29,9 @@ def _reason(error: ConfigError) -> None:
     st.caption(f"Not available: {escape_markdown(access.shown_text(str(error)))}.")
 
 
-def why_panel(record: dict, predictions, true: int, pred: int) -> None:
+def why_panel(record: RunRecord, predictions, true: int, pred: int) -> None:
     """Heat maps and the nearest training images (true and predicted class) of a cell's test images."""
-    classes = record["dataset"]["classes"]
+    classes = record.classes
     rows = predictions.index[(predictions["true"] == true) & (predictions["pred"] == pred)].tolist()
     if not st.toggle("Why? Heat maps and nearest training images", key="why_show",
                      help="computed on demand: about a second an image on 2 CPU cores, then kept"):
@@ -69,7 +70,7 @@ def why_panel(record: dict, predictions, true: int, pred: int) -> None:
                           caption=f"nearest {classes[match['label']]} ({role}), cosine {match['similarity']:.2f}")
 
 
-def calibration_panel(record: dict) -> None:
+def calibration_panel(record: RunRecord) -> None:
     st.subheader("How sure: calibration")
     calibrated, curves = state.reliability(record)
     if not curves:
@@ -89,13 +90,13 @@ def calibration_panel(record: dict) -> None:
                "rule (tau, offsets).")
 
 
-def groups_panel(record: dict) -> None:
+def groups_panel(record: RunRecord) -> None:
     st.markdown("**Head, middle and tail classes** (thirds of the classes by training count)")
     st.dataframe(group_table(record), hide_index=True, key="group_table", column_config={
         name: st.column_config.NumberColumn(format="%.3f") for name in ("recall", "F1")})
 
 
-def ordinal_panel(record: dict) -> None:
+def ordinal_panel(record: RunRecord) -> None:
     if not st.toggle("Classes are ordered grades (in the order listed)", key="ordered_classes",
                      help="for graded labels (severity 0-4, ratings): most errors are then neighbouring grades"):
         return
@@ -114,7 +115,7 @@ def label_issues_panel(data) -> None:
         _reason(error)
         return
     st.caption(f"Confident learning (cleanlab) on the out-of-fold probabilities of run "
-               f"{escape_markdown(record['run_id'])} (the best validation macro-F1 on this dataset): images whose "
+               f"{escape_markdown(record.run_id)} (the best validation macro-F1 on this dataset): images whose "
                "label the model, never trained on them, finds unlikely. On the clean demo set a run reports 17-85 "
                "such images by chance: treat them as images to look at, not as errors.")
     classes = data.classes

@@ -9,6 +9,7 @@ import streamlit as st
 from core.analysis import noise_note, paired_table, paired_verdict, run_table
 from core.naming import run_labels
 from core.jobs import Job
+from core.records import RunRecord
 from core.report import escape_markdown
 from core.sharing import run_link
 from core.settings import BY_NAME, DATASET_SETTINGS, Setting, parse_list
@@ -95,10 +96,10 @@ def no_runs_hint() -> None:
     page_link("train", label="Go to Train", icon=":material/model_training:")
 
 
-def runs_dataframe(records: list[dict], key: str, columns: tuple[str, ...] | None = None) -> None:
+def runs_dataframe(records: list[RunRecord], key: str, columns: tuple[str, ...] | None = None) -> None:
     """The runs table (optionally only `columns`) with a link that opens each run on the Results page."""
     table = run_table(records)
-    table.insert(0, "open", [f"results?run={record['run_id']}" for record in records])
+    table.insert(0, "open", [f"results?run={record.run_id}" for record in records])
     scores = {name: st.column_config.NumberColumn(format="%.3f")
               for name in ("accuracy", "balanced accuracy", "macro-F1", "validation macro-F1",
                            "cross-fitted validation macro-F1", "head F1", "middle F1", "tail F1", "fit s", "predict s")}
@@ -116,7 +117,7 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
 
 
-def pick_run(runs: list[dict], label: str, key: str, default: str | None = None) -> dict:
+def pick_run(runs: list[RunRecord], label: str, key: str, default: str | None = None) -> RunRecord:
     """Run selectbox, newest first, in sync with the `?run=<id>` deep link; the chosen record.
 
     Without a link it starts on run `default` when given (e.g. the best by validation), else the newest."""
@@ -129,7 +130,7 @@ def pick_run(runs: list[dict], label: str, key: str, default: str | None = None)
     start = wanted if wanted in labels else default if default in labels else ids[0]
     run_id = st.selectbox(label, ids, index=ids.index(start), format_func=labels.get, key=key)
     st.query_params["run"] = run_id
-    return next(run for run in runs if run["run_id"] == run_id)
+    return next(run for run in runs if run.run_id == run_id)
 
 
 def gallery(paths: list[str], captions: list[str] | None = None, max_images: int = GALLERY_MAX,

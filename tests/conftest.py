@@ -57,7 +57,7 @@ def demo_features(demo_dataset, feature_cache):
 def on_demo_features(demo_dir, demo_features, feature_cache, image_size, tmp_path):
     """`run(**overrides)`: run_experiment on the cached demo features into a private store; the results."""
     from core.experiment import ExperimentConfig, run_experiment
-    from core.runs import RunStore
+    from core.store import RunStore
 
     base = dict(data=str(demo_dir), approaches=("svm",), remedies=("none",), epochs=5, image_size=image_size,
                 device="cpu", cache_dir=str(feature_cache), workers=0)
@@ -80,7 +80,7 @@ def demo_experiment(demo_dir, demo_features, feature_cache, tmp_path_factory):
     Returns `(results, store)`; the runs are stored in a private RunStore.
     """
     from core.experiment import ExperimentConfig, run_experiment
-    from core.runs import RunStore
+    from core.store import RunStore
 
     store = RunStore(tmp_path_factory.mktemp("runs") / "runs")
     config = ExperimentConfig(data=str(demo_dir), approaches=("svm", "head"), remedies=("none", "balanced"),
@@ -96,7 +96,7 @@ def demo_grid(demo_dir, demo_features, feature_cache, tmp_path_factory):
     Returns `(results, store)`, the runs in a private RunStore.
     """
     from core.experiment import ExperimentConfig, run_experiment
-    from core.runs import RunStore
+    from core.store import RunStore
 
     store = RunStore(tmp_path_factory.mktemp("grid") / "runs")
     config = ExperimentConfig(data=str(demo_dir), approaches=("svm", "logreg", "head"),

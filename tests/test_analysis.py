@@ -15,6 +15,7 @@ from core.analysis import (check_comparable, class_report, class_table, comparab
 from core.data import Dataset, Sample
 from core.errors import ClassWeightError, ConfigError
 from core.metrics import evaluate
+from core.records import RunRecord
 
 CLASSES = ["common", "usual", "rare"]
 
@@ -26,13 +27,16 @@ def make_dataset() -> Dataset:
     return Dataset("root", CLASSES, train, test)
 
 
-def make_record(approach="head", class_weight="none", run_id="r1", created="2026-11-26T16:30:12+00:00", **metrics):
+def make_record(approach="head", class_weight="none", run_id="r1", created="2026-11-26T16:30:12+00:00",
+                dataset=None, **fields) -> RunRecord:
+    """A run on CLASSES (one rare test image misclassified); `dataset` entries and `fields` override."""
     y_true, y_pred = [0, 0, 1, 2], [0, 0, 1, 0]
+    summary = {"root": "root", "classes": CLASSES, "train_counts": [80, 15, 5], "test_counts": [2, 1, 1],
+               **(dataset or {})}
     record = {"run_id": run_id, "approach": approach, "class_weight": class_weight, "created": created, "tau": 0.0,
-              "fit_seconds": 1.0, "predict_seconds": 0.1,
-              "dataset": {"classes": CLASSES, "train_counts": [80, 15, 5]},
-              **evaluate(y_true, y_pred, CLASSES, [80, 15, 5])}
-    return {**record, **metrics}
+              "class_weights": [1.0] * 3, "fit_seconds": 1.0, "predict_seconds": 0.1, "history": [],
+              "dataset": summary, **evaluate(y_true, y_pred, CLASSES, [80, 15, 5])}
+    return RunRecord.build({**record, **fields})
 
 
 def make_predictions(paths=("a.png", "b.png", "c.png", "d.png")) -> pd.DataFrame:
@@ -101,8 +105,8 @@ def test_run_table():
 
 
 def test_speedups_compare_median_fit_times_to_the_fastest_approach():
-    records = [{"approach": "svm", "fit_seconds": s} for s in (0.2, 0.4, 10.0)] + \
-              [{"approach": "finetune", "fit_seconds": 40.0}, {"approach": "head", "fit_seconds": 0.0}]
+    records = [make_record("svm", fit_seconds=s) for s in (0.2, 0.4, 10.0)] + \
+              [make_record("finetune", fit_seconds=40.0), make_record("head", fit_seconds=0.0)]
     rows = speedups(records)
     assert [(row["fast"], row["slow"]) for row in rows] == [("head", "svm"), ("head", "finetune")]
     assert rows[0]["factor"] == pytest.approx(400.0) and rows[1]["factor"] == pytest.approx(40000.0)
@@ -112,7 +116,7 @@ def test_speedups_compare_median_fit_times_to_the_fastest_approach():
 def test_rescore_at_zero_tau_reproduces_stored_metrics_and_tau_helps_the_rare_class():
     record, predictions = make_record(), make_predictions()
     same = rescore(record, predictions, 0.0)
-    assert same["accuracy"] == record["accuracy"] and same["confusion_matrix"] == record["confusion_matrix"]
+    assert same["accuracy"] == record.accuracy and same["confusion_matrix"] == record.confusion_matrix
     adjusted = rescore(record, predictions, 1.0)
     assert adjusted["accuracy"] == 1.0 and adjusted["never_predicted"] == []
     deltas = {row["metric"]: row["delta"] for row in metric_deltas(record, adjusted)}
@@ -148,15 +152,14 @@ def test_metrics_diff_and_comparability():
     assert diff.loc["Accuracy", "B − A"] == pytest.approx(0.25)
     assert diff.loc["Fit s", "B − A"] == pytest.approx(2.0)
     check_comparable(a, b)
-    other = {**b, "dataset": {**b["dataset"], "classes": ["x", "y", "z"]}}
+    other = make_record(run_id="r3", dataset={"classes": ["x", "y", "z"]})
     with pytest.raises(ConfigError, match="different classes"):
         check_comparable(a, other)
 
 
 def test_metrics_diff_never_shows_negative_zero():
-    a = {"accuracy": 0.5, "balanced_accuracy": 0.5, "macro_f1": 0.5, "weighted_f1": 0.5,
-         "fit_seconds": 1.0, "predict_seconds": 0.00004}
-    diff = metrics_diff(a, {**a, "predict_seconds": 0.00001}).set_index("metric")
+    diff = metrics_diff(make_record(predict_seconds=0.00004), make_record(predict_seconds=0.00001))
+    diff = diff.set_index("metric")
     assert f"{diff.loc['Predict s', 'B − A']:+.3f}" == "+0.000"
 
 
@@ -164,53 +167,53 @@ def test_run_settings_show_what_matters_for_each_approach():
     config = {"backbone": "efficientnet_lite0", "pool": "max", "image_size": 64, "seed": 3, "epochs": 20,
               "lr": 0.003, "batch_size": 16, "unfreeze_last": True, "svm_kernel": "linear", "svm_c": 2.0}
     base = {"config": config, "backbone": {"name": "efficientnet_lite0"}, "history": [{}] * 7, "precision": "fp32"}
-    svm = run_settings({**make_record("svm"), **base, "dataset": {"root": "/data"}}).set_index("setting")["value"]
+    svm = run_settings(make_record("svm", **base, dataset={"root": "/data"})).set_index("setting")["value"]
     assert svm["SVM model"] == "LinearSVC" and svm["pooling"] == "max" and svm["dataset"] == "/data"
     assert svm["precision"] == "fp32"
     assert "epochs" not in svm.index
-    ft = run_settings({**make_record("finetune"), **base, "dataset": {"root": "/d"}}).set_index("setting")["value"]
+    ft = run_settings(make_record("finetune", **base, dataset={"root": "/d"})).set_index("setting")["value"]
     assert ft["epochs run"] == "7" and ft["unfreeze"] == "last" and ft["image size (short side, px)"] == "64"
     assert "SVM C" not in ft.index
-    new = {**make_record("finetune"), **base, "config": {**config, "unfreeze": "2"}, "chosen_epoch": 5,
-           "dataset": {"root": "/d"}}
+    new = make_record("finetune", **{**base, "config": {**config, "unfreeze": "2"}}, chosen_epoch=5,
+                      dataset={"root": "/d"})
     ft = run_settings(new).set_index("setting")["value"]
     assert ft["unfreeze"] == "2" and ft["chosen epoch (validation)"] == "5"
 
 
 def test_class_report_adds_the_trained_weights():
-    table = class_report({**make_record(), "class_weights": [0.5, 1.0, 8.0]})
+    table = class_report(make_record(class_weights=[0.5, 1.0, 8.0]))
     assert table["class"].tolist() == CLASSES
     assert table["weight"].tolist() == [0.5, 1.0, 8.0]
     assert table["minority"].tolist()[-1] == "yes"
 
 
 def test_speedups_can_count_the_one_off_extraction():
-    records = [{"approach": "svm", "fit_seconds": 0.1, "extract_seconds": 9.9},
-               {"approach": "finetune", "fit_seconds": 300.0, "extract_seconds": 0.0}]
+    records = [make_record("svm", fit_seconds=0.1, extract_seconds=9.9),
+               make_record("finetune", fit_seconds=300.0, extract_seconds=0.0)]
     assert speedups(records)[0]["factor"] == pytest.approx(3000.0)
     assert speedups(records, with_extraction=True)[0]["factor"] == pytest.approx(30.0)
 
 
 def test_predict_speedup_counts_extracting_the_test_images_for_feature_approaches():
-    records = [{"approach": "svm", "fit_seconds": 0.1, "predict_seconds": 0.01, "test_extract_seconds": 2.0},
-               {"approach": "finetune", "fit_seconds": 300.0, "predict_seconds": 4.0}]
+    records = [make_record("svm", fit_seconds=0.1, predict_seconds=0.01, test_extract_seconds=2.0),
+               make_record("finetune", fit_seconds=300.0, predict_seconds=4.0)]
     assert speedups(records, stage="predict")[0] == {"fast": "svm", "slow": "finetune", "factor": pytest.approx(400)}
     assert speedups(records, True, "predict")[0]["factor"] == pytest.approx(4.0 / 2.01)
 
 
 def grouped_record(run_id, files="f1", backbone="efficientnet_lite0", device="cpu", **extra):
-    return {**make_record(run_id=run_id, **extra), "device": device, "backbone": {"name": backbone},
-            "dataset": {"root": "/data/boats", "classes": CLASSES, "train_counts": [80, 15, 5],
-                        "fingerprint": files + "-split", "content_fingerprint": files}}
+    return make_record(run_id=run_id, device=device, backbone={"name": backbone},
+                       dataset={"root": "/data/boats", "fingerprint": files + "-split", "content_fingerprint": files},
+                       **extra)
 
 
 def test_comparable_groups_keep_dataset_backbone_and_device_apart():
     records = [grouped_record("a"), grouped_record("b"), grouped_record("c", device="cuda"),
                grouped_record("d", backbone="resnet18"), grouped_record("e", files="f2")]
     groups = comparable_groups(records)
-    assert [[r["run_id"] for r in g["runs"]] for g in groups] == [["a", "b"], ["c"], ["d"], ["e"]]
+    assert [[r.run_id for r in g["runs"]] for g in groups] == [["a", "b"], ["c"], ["d"], ["e"]]
     assert groups[0]["label"] == "boats · efficientnet_lite0 · cpu (2 runs)"
-    old = {k: v for k, v in make_record(run_id="old").items()}  # recorded before devices and fingerprints
+    old = make_record(run_id="old")  # recorded before devices and fingerprints
     assert comparable_groups([old])[0]["runs"] == [old]
 
 
@@ -225,8 +228,7 @@ def test_seed_summary_gives_mean_and_std_per_configuration():
 
 
 def test_paired_diff_needs_the_same_test_images():
-    a, b = make_record(run_id="a"), make_record(run_id="b")
-    a["dataset"]["fingerprint"] = b["dataset"]["fingerprint"] = "same"
+    a, b = (make_record(run_id=run_id, dataset={"fingerprint": "same"}) for run_id in ("a", "b"))
     preds_a = make_predictions()
     preds_b = preds_a.assign(pred=[0, 0, 1, 2])  # B gets the rare image right
     paired = paired_diff(a, preds_a, b, preds_b)
@@ -252,14 +254,15 @@ def test_comparable_groups_keep_apart_whatever_changes_the_features_or_the_fit_c
     base = {"backbone": {"name": "efficientnet_lite0", "image_size": 224}, "precision": "bf16"}
 
     def run(run_id, backbone=None, config_changes=None, **changes):
-        return {**grouped_record(run_id), **base, "backbone": {**base["backbone"], **(backbone or {})}, **changes,
-                "config": {**config, **(config_changes or {})}}
+        fields = {**base, "backbone": {**base["backbone"], **(backbone or {})}, **changes,
+                  "config": {**config, **(config_changes or {})}}
+        return make_record(run_id=run_id, dataset=grouped_record(run_id).dataset.to_json(), **{"device": "cpu", **fields})
     records = [run("a"), run("b", config_changes={"seed": 1, "class_weights": ["balanced"]}),  # a repeat, a remedy
                run("tuned", config_changes={"tune": True}), run("small", backbone={"image_size": 64}, config_changes={"image_size": 64}),
                run("max", config_changes={"pool": "max"}), run("fp32", precision="fp32"),
                run("short", config_changes={"epochs": 5})]
     groups = comparable_groups(records)
-    assert [[r["run_id"] for r in g["runs"]] for g in groups] == [["a", "b"], ["tuned"], ["small"], ["max"],
+    assert [[r.run_id for r in g["runs"]] for g in groups] == [["a", "b"], ["tuned"], ["small"], ["max"],
                                                                    ["fp32"], ["short"]]
     labels = [g["label"] for g in groups]
     assert labels[0] == "boats · efficientnet_lite0 · avg · 224 px · bf16 · cpu (2 runs)"
@@ -275,10 +278,11 @@ def test_classes_with_few_test_images_are_named_and_their_rows_marked_unreliable
     y_true = np.array([0] * 30 + [1] * 30 + [2])  # 'rare': one test image, right every time
     intervals = run_intervals(y_true, y_true, 3)
     assert intervals["macro_f1_low"] == intervals["macro_f1_high"] == 1.0  # what the bootstrap claims
-    record = {**make_record(), **evaluate(y_true, y_true, CLASSES), **intervals}
+    record = make_record(**evaluate(y_true, y_true, CLASSES), **intervals,
+                         dataset={"train_counts": [80, 15, 5], "test_counts": [30, 30, 1]})
     assert "too narrow for the macro figures" in interval_caption(record)
     note = few_test_note([record])
     assert "rare (1)" in note and "common" not in note and "unreliable" in note
-    assert class_report({**record, "class_weights": [1.0] * 3})["unreliable"].tolist() == [False, False, True]
-    plenty = {**record, **evaluate(np.repeat([0, 1, 2], 4), np.repeat([0, 1, 2], 4), CLASSES)}
+    assert class_report(record)["unreliable"].tolist() == [False, False, True]
+    plenty = make_record(**evaluate(np.repeat([0, 1, 2], 4), np.repeat([0, 1, 2], 4), CLASSES), **intervals)
     assert few_test_note([plenty]) is None and "too narrow" not in interval_caption(plenty)

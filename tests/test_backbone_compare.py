@@ -6,17 +6,20 @@ import pytest
 from core.backbone_compare import backbone_comparison
 from core.errors import ConfigError
 from core.experiment import ExperimentConfig, run_experiment
-from core.runs import RunStore
+from core.store import RunStore
+
+from builders import make_record
 
 
 def record(run_id, backbone, *, macro_f1=0.8, extract_s=6.0, dim=1280, approach="head", weights="none", seed=0,
            device="cpu", files="abc", **config):
-    return {"run_id": run_id, "approach": approach, "class_weight": weights, "class_weights": [1.0, 1.0],
-            "tau": 0.0, "seed": seed, "device": device, "macro_f1": macro_f1, "macro_f1_low": macro_f1 - 0.1,
-            "macro_f1_high": macro_f1 + 0.05, "accuracy": 0.9, "extract_seconds": extract_s,
-            "dataset": {"content_fingerprint": files, "train_counts": [40, 20], "test_counts": [10, 5]},
-            "backbone": {"name": backbone, "feature_dim": dim},
-            "config": {"backbone": backbone, "epochs": 20, "approaches": [approach], "cache_dir": "x", **config}}
+    return make_record(run_id=run_id, approach=approach, class_weight=weights, tau=0.0, seed=seed, device=device,
+                       y_true=[0] * 10 + [1] * 5, y_pred=[0] * 10 + [1] * 5, train_counts=[40, 20],
+                       macro_f1=macro_f1, macro_f1_low=macro_f1 - 0.1, macro_f1_high=macro_f1 + 0.05,
+                       accuracy=0.9, extract_seconds=extract_s, dataset={"content_fingerprint": files},
+                       backbone={"name": backbone, "feature_dim": dim},
+                       config={"backbone": backbone, "epochs": 20, "approaches": [approach], "cache_dir": "x",
+                               **config})
 
 
 def test_runs_differing_only_in_backbone_form_one_table_best_first():

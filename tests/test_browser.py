@@ -22,7 +22,7 @@ import pytest
 
 from core.naming import run_labels
 from core.data import DEMO_CLASSES, build_demo_dataset
-from core.runs import RunStore
+from core.store import RunStore
 from dashboard import errors
 from live import free_port, healthy, stop
 
@@ -297,7 +297,7 @@ def launch_from_train_page(tab, server: Server, epochs: int, image_size: int):
 def wait_for_outcome(tab, server: Server, finished, runs_before: list[dict], also=None) -> None:
     """Wait until the launched job ended: its outcome links to a run stored after `runs_before` (the previous
     job's outcome links to an older one), or it failed, or was cancelled, or `also` shows."""
-    old_ids = {record["run_id"] for record in runs_before}
+    old_ids = {record.run_id for record in runs_before}
     best_link = tab.locator('[data-testid="stMain"] a[href*="run="]').filter(has_text="highest test macro-F1")
     deadline = time.monotonic() + JOB_TIMEOUT_MS / 1000
     while time.monotonic() < deadline:
@@ -356,7 +356,7 @@ def test_train_from_browser_then_results(page, server):
         assert label in labels, f"headline metric {label!r} missing from {labels!r}"
     values = page.locator('[data-testid="stMain"] [data-testid="stMetricValue"]').all_inner_texts()
     assert any(re.fullmatch(r"[01]\.\d{3}", value.strip()) for value in values), values
-    best = max(server.runs()[:4], key=lambda record: record["macro_f1"])
+    best = max(server.runs()[:4], key=lambda record: record.macro_f1)
     assert f"run={best['run_id']}" in page.url, "the link should open the best run of the job"
     screenshot(page, "results-run")
 
@@ -375,18 +375,18 @@ def trained(server) -> list[dict]:
 @pytest.mark.timeout(180)
 def test_deep_link_opens_that_run(page, server, trained):
     oldest = trained[-1]  # not the default (newest) run, so the link is what selects it
-    open_page(page, server, f"results?run={oldest['run_id']}")
+    open_page(page, server, f"results?run={oldest.run_id}")
     assert_healthy(page, server, "Results")
     picked = page.locator(".st-key-results_run input").input_value()
-    assert picked == run_labels(trained)[oldest["run_id"]], f"deep link opened {picked!r}, not {oldest['run_id']}"
-    assert f"run={oldest['run_id']}" in page.url
+    assert picked == run_labels([oldest])[oldest.run_id], f"deep link opened {picked!r}, not {oldest.run_id}"
+    assert f"run={oldest.run_id}" in page.url
     plotly_chart(page, "confusion_matrix")
     screenshot(page, "results-deeplink")
 
     open_page(page, server, "results?run=no-such-run")
     assert_healthy(page, server, "Results")
     assert page.get_by_text("does not exist").is_visible(), "a stale deep link should say the run is gone"
-    assert f"run={trained[0]['run_id']}" in page.url, "a stale deep link should fall back to the newest run"
+    assert f"run={trained[0].run_id}" in page.url, "a stale deep link should fall back to the newest run"
 
 
 @pytest.mark.timeout(180)
@@ -410,7 +410,7 @@ def test_share_page_with_runs(page, server, trained):
     with page.expect_download(timeout=PAGE_TIMEOUT_MS) as download:  # built on the server only now
         page.locator(".st-key-download_md button").click()
     report = Path(download.value.path()).read_text()
-    assert report.startswith("# Lab report") and all(run["run_id"] in report for run in trained)
+    assert report.startswith("# Lab report") and all(run.run_id in report for run in trained)
 
 
 # The frontend sends BackMsg{clear_cache: true} on its websocket ("Clear caches" in the developer menu);
@@ -470,10 +470,10 @@ def plot_area(chart):
 def test_confusion_cell_click_shows_that_cells_images(page, server, trained):
     from core.analysis import error_cells
 
-    record = next(r for r in trained if len(error_cells(r["confusion_matrix"])) > 1)
-    cells, classes = error_cells(record["confusion_matrix"]), record["dataset"]["classes"]
+    record = next(r for r in trained if len(error_cells(r.confusion_matrix)) > 1)
+    cells, classes = error_cells(record.confusion_matrix), record.classes
     target = cells[-1]  # not the default (first) cell, so the click is what selects it
-    open_page(page, server, f"results?run={record['run_id']}")
+    open_page(page, server, f"results?run={record.run_id}")
     assert_healthy(page, server, "Results")
     box, k = plot_area(plotly_chart(page, "confusion_matrix")), len(classes)
     page.mouse.click(box["x"] + (target["pred"] + 0.5) * box["width"] / k,
@@ -485,7 +485,7 @@ def test_confusion_cell_click_shows_that_cells_images(page, server, trained):
         page.wait_for_timeout(200)
     assert choice.input_value() == picked, "a click on the cell should pick it in the misclassified panel"
     settle(page, server)
-    predictions = RunStore(server.cache / "runs").load_predictions(record["run_id"])
+    predictions = RunStore(server.cache / "runs").load_predictions(record.run_id)
     chosen = predictions[(predictions["true"] == target["true"]) & (predictions["pred"] == target["pred"])]
     expected = {Path(path).name for path in chosen["path"]}
     shown = page.locator('[data-testid="stMain"] [data-testid="stImageCaption"]').all_inner_texts()
@@ -500,9 +500,9 @@ def test_feature_map_box_selection_shows_images(page, server, trained):
     from core.featuremap import map_feature_set
     from core.whatif import start_from
 
-    record = next(r for r in trained if r["approach"] in ("svm", "head"))
+    record = next(r for r in trained if r.approach in ("svm", "head"))
     map_feature_set(start_from(record, load_dataset(server.data), server.cache).features, server.cache)
-    open_page(page, server, f"featuremap?run={record['run_id']}")
+    open_page(page, server, f"featuremap?run={record.run_id}")
     assert_healthy(page, server, "Feature map")
     chart = page.locator('.st-key-feature_map [data-testid="stPlotlyChart"]').first
     box = plot_area(chart)

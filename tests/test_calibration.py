@@ -2,6 +2,8 @@
 import numpy as np
 import pytest
 
+from builders import make_record
+
 from core.calibration import (calibrate, expected_calibration_error, fit_temperature, probabilities,
                               reliability)
 from core.errors import ConfigError
@@ -78,11 +80,12 @@ def test_label_issues_refuse_labels_outside_the_classes():
 
 
 def test_the_issue_source_is_the_best_validated_run_on_the_dataset():
-    runs = [{"run_id": "a", "dataset": {"fingerprint": "f"}, "validation": {"macro_f1": 0.7}},
-            {"run_id": "b", "dataset": {"fingerprint": "f"}, "validation": {"macro_f1": 0.8}},
-            {"run_id": "c", "dataset": {"fingerprint": "g"}, "validation": {"macro_f1": 0.9}},
-            {"run_id": "d", "dataset": {"fingerprint": "f"}, "validation": None}]
-    assert issue_source(runs, "f")["run_id"] == "b" and issue_source(runs, "h") is None
+    def run(run_id, fingerprint, score):
+        validation = None if score is None else dict.fromkeys(("accuracy", "macro_f1", "balanced_accuracy"), score)
+        return make_record(run_id=run_id, dataset={"fingerprint": fingerprint}, validation=validation)
+
+    runs = [run("a", "f", 0.7), run("b", "f", 0.8), run("c", "g", 0.9), run("d", "f", None)]
+    assert issue_source(runs, "f").run_id == "b" and issue_source(runs, "h") is None
 
 
 def test_runs_record_calibration_and_label_issues(on_demo_features):

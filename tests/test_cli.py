@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 import torch.hub
 
+from core.report import run_records
 from core.cli import main
 from core.data import load_dataset
 from core.errors import Cancelled
-from core.runs import RunStore
+from core.store import RunStore
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--image-size", "32", "--device", "cpu", "--workers", "0"]
@@ -94,13 +95,13 @@ def test_experiment_writes_results(first_run, tiny_dir, check_results_schema):
     assert results["cache_hit"] is False and results["extract_seconds"] > 0
     assert results["dataset"]["root"] == str(tiny_dir)
     assert results["dataset"]["train_counts"] == [12, 8, 6] and results["dataset"]["test_counts"] == [3, 3, 3]
-    assert [(r["approach"], r["class_weight"]) for r in results["runs"]] == [
+    assert [(r.approach, r.class_weight) for r in run_records(results)] == [
         ("svm", "none"), ("svm", "balanced"), ("head", "none"), ("head", "balanced")]
     assert results["backbone"]["name"] == "efficientnet_lite0" and results["backbone"]["image_size"] == 32  # as used
     assert results["config"]["image_size"] == 32 and results["config"]["epochs"] == 5
     assert stdout == ""  # results go to the file; progress and the summary to stderr
     assert "results written to" in stderr and "extracted" in stderr
-    assert stored == sorted(r["run_id"] for r in results["runs"])
+    assert stored == sorted(r.run_id for r in run_records(results))
 
 
 def test_extract_prints_key_n_and_seconds(first_run, tiny_dir):
@@ -145,7 +146,7 @@ def test_second_run_in_a_real_process_is_a_cache_hit(first_run, tiny_dir, tmp_pa
     assert proc.stdout == ""
     results = json.loads(out.read_text())
     assert results["cache_hit"] is True
-    assert [(r["approach"], r["class_weight"]) for r in results["runs"]] == [("svm", "balanced")]
+    assert [(r.approach, r.class_weight) for r in run_records(results)] == [("svm", "balanced")]
     assert "cache hit" in proc.stderr
 
 
@@ -207,10 +208,10 @@ def test_custom_weight_file_is_used(first_run, tiny_dir, tmp_path):
     assert code == 0, stderr
     results = json.loads(out.read_text())
     assert results["cache_hit"] is True
-    runs = results["runs"]
-    assert [r["class_weight"] for r in runs] == ["balanced", "custom:rare"]
+    runs = run_records(results)
+    assert [r.class_weight for r in runs] == ["balanced", "custom:rare"]
     raw, counts = np.array([0.5, 1.0, 5.0]), np.array(results["dataset"]["train_counts"])
-    assert runs[1]["class_weights"] == pytest.approx((raw * counts.sum() / (raw * counts).sum()).tolist())
+    assert runs[1].class_weights == pytest.approx((raw * counts.sum() / (raw * counts).sum()).tolist())
 
 
 def test_a_file_name_that_is_not_utf8_is_listed_as_skipped(tiny_dir, tmp_path):
@@ -522,9 +523,9 @@ def test_seeds_and_tune_end_to_end(first_run, tiny_dir, tmp_path):
                                 "0,1", "--tune", "--out", out, *FAST])
     assert code == 0, stderr
     runs = json.loads(out.read_text())["runs"]
-    assert sorted((r["seed"], r["approach"], r["class_weight"]) for r in runs) == sorted(
+    assert sorted((r["seed"], r.approach, r.class_weight) for r in runs) == sorted(
         (seed, a, w) for seed in (0, 1) for a in ("svm", "head") for w in ("none", "balanced"))
-    assert all(("svm_c" if r["approach"] == "svm" else "tau") in r["tuned"] for r in runs)
+    assert all(("svm_c" if r.approach == "svm" else "tau") in r["tuned"] for r in runs)
     assert "macroF1 [95% interval]" in stderr
 
 
@@ -558,7 +559,7 @@ def test_seed_repeats_score_each_seed_like_that_seed_alone(single_folder, tmp_pa
 
     def predictions(results_file, seed):
         runs = json.loads((tmp_path / results_file).read_text())["runs"]
-        return {r["approach"]: store.load_predictions(r["run_id"]) for r in runs if r["seed"] == seed}
+        return {r.approach: store.load_predictions(r.run_id) for r in runs if r["seed"] == seed}
     repeated, reference = predictions("seeds.json", 1), predictions("alone.json", 1)
     assert sorted(repeated) == sorted(reference) == ["head", "svm"]
     for approach, table in reference.items():

@@ -6,9 +6,10 @@ import zipfile
 import pandas as pd
 
 from core.csvcells import csv_text, frame_csv, read_csv
-from core.runs import RunStore
+from core.bundles import export_bundle_bytes
+from core.store import RunStore
 from core.sharing import PathNames
-from test_runs import make_record
+from test_store import make_record
 
 FORMULA = '=HYPERLINK("http://evil.example","click")'
 
@@ -35,7 +36,7 @@ def test_a_viewers_bundle_and_the_stored_run_escape_formula_paths(tmp_path):
     store = RunStore(tmp_path / "runs")
     run_id = store.save(record, predictions=predictions)
     assert store.load_predictions(run_id).equals(predictions)
-    bundle = store.export_bundle_bytes([run_id], PathNames(data, tmp_path / "cache").bundle_run)
+    bundle = export_bundle_bytes(store, [run_id], PathNames(data, tmp_path / "cache").bundle_run)
     with zipfile.ZipFile(io.BytesIO(bundle)) as zf:
         shown = cells(zf.read(f"{run_id}/predictions.csv").decode())
     assert shown[1][0].startswith("'=HYPERLINK")

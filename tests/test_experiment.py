@@ -7,10 +7,12 @@ import torch
 
 from core.config import run_split
 from core.data import load_dataset
+from builders import make_record
 from core.errors import BackboneError, ClassWeightError, ConfigError, DataError
 from core.model_graph import score_module
 from core.experiment import ExperimentConfig, best_by_validation, resolve_class_weight, run_experiment
-from core.runs import RunStore
+from core.records import RunRecord
+from core.store import RunStore
 from core.weights import class_weights
 
 
@@ -19,7 +21,7 @@ def test_demo_experiment_records_every_combination(demo_experiment, check_result
     check_results_schema(results, n_runs=4)
     combos = [(r["approach"], r["class_weight"]) for r in results["runs"]]
     assert combos == [("svm", "none"), ("svm", "balanced"), ("head", "none"), ("head", "balanced")]
-    assert sorted(r["run_id"] for r in store.list_runs()) == sorted(r["run_id"] for r in results["runs"])
+    assert sorted(r.run_id for r in store.list_runs()) == sorted(r["run_id"] for r in results["runs"])
     assert len({r["run_id"] for r in results["runs"]}) == 4
 
 
@@ -92,8 +94,9 @@ def test_stored_runs_round_trip(demo_experiment, demo_features, demo_dataset):
     results, store = demo_experiment
     for run in results["runs"]:
         record = store.load(run["run_id"])
-        assert record["accuracy"] == run["accuracy"] and record["confusion_matrix"] == run["confusion_matrix"]
-        assert record["config"]["approaches"] == ["svm", "head"]
+        assert record.to_json() == run  # results.json holds the stored records
+        assert record.accuracy == run["accuracy"] and record.confusion_matrix == run["confusion_matrix"]
+        assert record.config["approaches"] == ["svm", "head"]
         predictions = store.load_predictions(run["run_id"])
         assert len(predictions) == len(demo_dataset.test)
         assert predictions["true"].tolist() == [s.label for s in demo_dataset.test]
@@ -199,11 +202,12 @@ def test_finetune_approach_end_to_end(tiny_dir, tmp_path, check_results_schema):
     validation = RunStore(cache / "runs").load_validation(run["run_id"])
     assert 0 < len(validation) < sum(results["dataset"]["train_counts"])  # the held-out part only
     # best_by_validation can pick a fine-tune run, against probes scored worse on validation
-    probe = {"run_id": "head-run", "validation": {"macro_f1": run["validation"]["macro_f1"] - 0.1}}
-    assert results["best_by_validation"] == run["run_id"] == best_by_validation([probe, run])
+    scores = {**run["validation_cross_fitted"], "macro_f1": run["validation_cross_fitted"]["macro_f1"] - 0.1}
+    probe = make_record(run_id="head-run", approach="head", validation=scores, validation_cross_fitted=scores)
+    assert results["best_by_validation"] == run["run_id"] == best_by_validation([probe, RunRecord.from_json(run)])
     assert results["cache_hit"] is False and results["feature_key"] is None
     assert not (cache / "features").exists()  # fine-tuning needs no cached features
-    assert [r["run_id"] for r in RunStore(cache / "runs").list_runs()] == [run["run_id"]]
+    assert [r.run_id for r in RunStore(cache / "runs").list_runs()] == [run["run_id"]]
 
 
 # ---------------------------------------------------------------- issue 8: trustworthy numbers
@@ -241,8 +245,8 @@ def test_seeds_give_single_folder_datasets_their_own_split(make_class_tree, tmp_
     assert fingerprints[0] != fingerprints[1]
     assert runs[0]["dataset"]["content_fingerprint"] == runs[1]["dataset"]["content_fingerprint"]
     for run in runs:  # what a page that reopens a run rebuilds: the very split it was tested on
-        assert load_dataset(root, **run_split(run)).fingerprint == run["dataset"]["fingerprint"]
-    assert run_split({}) == {"seed": 0, "test_size": 0.2}  # a record without config: the declared defaults
+        assert load_dataset(root, **run_split(RunRecord.from_json(run))).fingerprint == run["dataset"]["fingerprint"]
+    assert run_split() == {"seed": 0, "test_size": 0.2}  # a record without config: the declared defaults
 
 
 def test_head_gets_the_batch_size_and_its_fit_time_excludes_test_scoring(on_demo_features, monkeypatch):
@@ -335,5 +339,5 @@ def test_runs_record_and_show_the_svm_model_actually_fitted(on_demo_features, mo
     monkeypatch.setitem(SvmClassifier.__init__.__kwdefaults__, "linear_above", 100)
     switched = on_demo_features()["runs"][0]  # 453 training images > 100: the LinearSVC switch
     assert kernel_svm["svm_model"] == "SVC (rbf kernel)" and switched["svm_model"] == "LinearSVC"
-    shown = run_settings(switched).set_index("setting")["value"]
+    shown = run_settings(RunRecord.from_json(switched)).set_index("setting")["value"]
     assert shown["SVM model"] == "LinearSVC" and "SVM kernel" not in shown.index

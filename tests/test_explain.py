@@ -1,18 +1,23 @@
 """Heat maps: the exact CAM of linear models, the contrast map, the SVM's differentiable scores."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
+from builders import make_record
 from core.classifiers import LinearHead, LogisticProbe, SvmClassifier, rbf_kernels
 from core.errors import ConfigError
 from core.explain import (EXACT, GRADIENT, contrast, explain_images, feature_map, linear_cam, linear_weights,
                           load_backbone, overlay, svm_scores_torch)
+from core.records import RunRecord
 
 
-def _record(n_classes: int, image_size: int, tau: float = 0.0, offsets=None, pool: str = "avg") -> dict:
+def _record(n_classes: int, image_size: int, tau: float = 0.0, offsets=None, pool: str = "avg") -> RunRecord:
     counts = [40 - 3 * i for i in range(n_classes)]
-    return {"backbone": {"name": "efficientnet_lite0", "pool": pool, "image_size": image_size},
-            "dataset": {"train_counts": counts}, "tau": tau, "offsets": offsets}
+    return make_record(classes=[f"c{i}" for i in range(n_classes)], train_counts=counts, y_true=range(n_classes),
+                       y_pred=range(n_classes), tau=tau, offsets=offsets,
+                       backbone={"name": "efficientnet_lite0", "pool": pool, "image_size": image_size})
 
 
 def test_contrast_changes_sign_where_the_classes_differ():
@@ -64,7 +69,7 @@ def test_prior_adjustment_is_reported_as_a_number(demo_dataset, image_size):
     record = _record(n_classes, image_size, tau=1.0, offsets=offsets)
     sample = demo_dataset.test[0]
     (ex,), _ = explain_images(record, model, [sample.path], [3])
-    counts = np.array(record["dataset"]["train_counts"], dtype=float)
+    counts = np.array(record.dataset.train_counts, dtype=float)
     shift = -np.log(counts / counts.sum()) + np.array(offsets)
     assert ex.prior_margin == pytest.approx(shift[ex.predicted] - shift[3])
     assert ex.predicted == int(np.argmax(ex.scores + shift))
@@ -105,8 +110,7 @@ def test_rbf_svm_gets_grad_cam(demo_dataset, image_size):
 def test_max_pooled_and_fused_runs_are_refused_with_a_reason():
     with pytest.raises(ConfigError, match="average pooling"):
         load_backbone(_record(3, 32, pool="max"))
-    fused = _record(3, 32)
-    fused["backbone"]["name"] = "efficientnet_lite0+efficientnet_lite2"
+    fused = dataclasses.replace(_record(3, 32), backbone={"name": "efficientnet_lite0+efficientnet_lite2", "pool": "avg"})
     with pytest.raises(ConfigError, match="fuses"):
         load_backbone(fused)
 

@@ -1,5 +1,5 @@
 """Tests for core.figures on tiny synthetic inputs."""
-
+import dataclasses
 import json
 
 import numpy as np
@@ -26,6 +26,8 @@ from core.figures import (
     tradeoff_figure,
 )
 from core.metrics import evaluate
+from core.records import class_rows
+from builders import make_record
 
 CLASSES = ["cat", "dog", "owl"]
 LONG_CLASSES = [f"Motopontonerettangolare{i:02d}" for i in range(16)]
@@ -33,7 +35,7 @@ LONG_CLASSES = [f"Motopontonerettangolare{i:02d}" for i in range(16)]
 
 @pytest.fixture
 def per_class():
-    return evaluate([0, 0, 0, 1, 1, 2], [0, 0, 1, 1, 0, 1], CLASSES, train_counts=[100, 90, 10])["per_class"]
+    return class_rows(evaluate([0, 0, 0, 1, 1, 2], [0, 0, 1, 1, 0, 1], CLASSES, train_counts=[100, 90, 10]))
 
 
 def _minority_notes(fig):
@@ -87,8 +89,8 @@ def test_per_class_figure_error_bars_and_labels(per_class):
     assert [trace.name for trace in fig.data] == ["Precision", "Recall"]
     recall = fig.data[1]
     cat = per_class[0]
-    assert recall.error_x.array[0] == pytest.approx(cat["recall_high"] - cat["recall"])
-    assert recall.error_x.arrayminus[0] == pytest.approx(cat["recall"] - cat["recall_low"])
+    assert recall.error_x.array[0] == pytest.approx(cat.recall_high - cat.recall)
+    assert recall.error_x.arrayminus[0] == pytest.approx(cat.recall - cat.recall_low)
     assert fig.data[0].error_x.array[2] == 0  # owl is never predicted: no precision interval
     assert fig.layout.yaxis.ticktext[0] == "cat (n=3)"
     assert "owl (n=1)" in fig.layout.yaxis.ticktext[2] and MINORITY_COLOR in fig.layout.yaxis.ticktext[2]
@@ -122,13 +124,13 @@ def test_pareto_front_rejects_mismatched_or_nan_input():
         pareto_front([1.0, float("nan")], [0.5, 0.6])
 
 
-def _run(run_id, approach, accuracy, macro_f1, fit_seconds, class_weight="balanced"):
-    return {"run_id": run_id, "approach": approach, "class_weight": class_weight, "accuracy": accuracy,
-            "macro_f1": macro_f1, "fit_seconds": fit_seconds}
+def _run(run_id, approach, accuracy, macro_f1, fit_seconds, class_weight="balanced", **fields):
+    return make_record(run_id=run_id, approach=approach, class_weight=class_weight, accuracy=accuracy,
+                       macro_f1=macro_f1, fit_seconds=fit_seconds, **fields)
 
 
 def test_tradeoff_figure_traces_axes_and_front():
-    runs = [_run("r1", "svm", 0.80, 0.70, 1.0), _run("r2", "svm", 0.75, 0.72, 5.0, class_weight=None),
+    runs = [_run("r1", "svm", 0.80, 0.70, 1.0), _run("r2", "svm", 0.75, 0.72, 5.0, class_weight="custom:<i>x</i>"),
             _run("r3", "finetune", 0.90, 0.85, 100.0)]
     fig = tradeoff_figure(runs)
     assert len(fig.data) == 5  # 2 approaches x 2 metrics + Pareto front
@@ -136,18 +138,11 @@ def test_tradeoff_figure_traces_axes_and_front():
     symbols = {trace.name: trace.marker.symbol for trace in fig.data[:4]}
     assert symbols["svm · Accuracy"] == "circle" and symbols["svm · Macro-F1"] == "diamond"
     assert fig.data[0].marker.color == fig.data[1].marker.color != fig.data[2].marker.color
-    assert list(fig.data[0].customdata[1]) == ["svm", "None", "r2"]
+    assert list(fig.data[0].customdata[1]) == ["svm", "custom:&lt;i&gt;x&lt;/i&gt;", "r2"]
     assert "class weight" in fig.data[0].hovertemplate
     front = fig.data[-1]
     assert list(front.x) == [1.0, 100.0] and list(front.y) == [0.80, 0.90]
     assert front.line.shape == "hv"
-
-
-def test_tradeoff_figure_names_missing_keys():
-    run = _run("r1", "svm", 0.8, 0.7, 1.0)
-    del run["fit_seconds"]
-    with pytest.raises(ConfigError, match=r"run r1 lacks \['fit_seconds'\]"):
-        tradeoff_figure([run])
 
 
 def test_confusion_diff_is_b_minus_a_centred_on_zero():
@@ -163,10 +158,10 @@ def test_confusion_diff_is_b_minus_a_centred_on_zero():
 
 
 def test_f1_delta_colours_sign_and_highlights_minority(per_class):
-    better = evaluate([0, 0, 0, 1, 1, 2], [0, 0, 0, 0, 1, 2], CLASSES, train_counts=[100, 90, 10])["per_class"]
-    worse_dog = [dict(row, f1=row["f1"] - 0.1 * (row["class"] == "dog")) for row in per_class]
+    better = class_rows(evaluate([0, 0, 0, 1, 1, 2], [0, 0, 0, 0, 1, 2], CLASSES, train_counts=[100, 90, 10]))
+    worse_dog = [dataclasses.replace(row, f1=row.f1 - 0.1 * (row.name == "dog")) for row in per_class]
     fig = f1_delta_figure(per_class, better, "A", "B")
-    deltas = [b["f1"] - a["f1"] for a, b in zip(per_class, better)]
+    deltas = [b.f1 - a.f1 for a, b in zip(per_class, better)]
     np.testing.assert_allclose(fig.data[0].x, deltas)
     assert list(fig.data[0].marker.color) == [POSITIVE_COLOR] * 3
     assert MINORITY_COLOR in fig.layout.yaxis.ticktext[2]
@@ -179,8 +174,7 @@ def test_f1_delta_rejects_different_class_lists(per_class):
 
 
 def test_tradeoff_axis_is_labelled_within_one_decade():
-    runs = [{"run_id": f"r{i}", "approach": "svm", "class_weight": "none", "accuracy": 0.8, "macro_f1": 0.7,
-             "fit_seconds": s} for i, s in enumerate((0.021, 0.057))]
+    runs = [_run(f"r{i}", "svm", 0.8, 0.7, s) for i, s in enumerate((0.021, 0.057))]
     axis = figures.tradeoff_figure(runs).layout.xaxis
     assert len(axis.tickvals) >= 2
     assert min(axis.tickvals) <= 0.021 * 1.5 and max(axis.tickvals) >= 0.057 / 1.5
@@ -195,7 +189,7 @@ def test_confusion_cells_with_zero_are_blank():
 
 
 def test_tradeoff_error_bars_are_the_recorded_intervals():
-    with_intervals = dict(_run("r1", "svm", 0.80, 0.70, 1.0), accuracy_low=0.75, accuracy_high=0.86,
+    with_intervals = _run("r1", "svm", 0.80, 0.70, 1.0, accuracy_low=0.75, accuracy_high=0.86,
                           macro_f1_low=0.6, macro_f1_high=0.71)
     old = _run("r2", "svm", 0.70, 0.60, 2.0)  # recorded before intervals: no bar
     fig = tradeoff_figure([with_intervals, old])
@@ -207,8 +201,8 @@ def test_tradeoff_error_bars_are_the_recorded_intervals():
 
 def test_f1_delta_marks_classes_with_few_test_images_unreliable():
     y_true = [0] * 10 + [1] * 2 + [2] * 5
-    a = evaluate(y_true, [0] * 17, CLASSES)["per_class"]
-    b = evaluate(y_true, y_true, CLASSES)["per_class"]
+    a = class_rows(evaluate(y_true, [0] * 17, CLASSES))
+    b = class_rows(evaluate(y_true, y_true, CLASSES))
     fig = f1_delta_figure(a, b, "A", "B")
     ticks = fig.layout.yaxis.ticktext
     assert "unreliable" in ticks[1] and "n=2" in ticks[1]
@@ -238,8 +232,8 @@ def test_feature_map_marks_train_correct_and_misclassified():
 
 
 def test_per_class_delta_figure_shows_three_metrics():
-    a = evaluate([0, 0, 1, 1], [0, 0, 0, 0], ["cat", "owl"])["per_class"]
-    b = evaluate([0, 0, 1, 1], [0, 0, 1, 0], ["cat", "owl"])["per_class"]
+    a = class_rows(evaluate([0, 0, 1, 1], [0, 0, 0, 0], ["cat", "owl"]))
+    b = class_rows(evaluate([0, 0, 1, 1], [0, 0, 1, 0], ["cat", "owl"]))
     fig = per_class_delta_figure(a, b, "start", "tuned")
     assert [trace.name for trace in fig.data] == ["Δ precision", "Δ recall", "Δ f1"]
     assert fig.data[1].x[1] == pytest.approx(0.5)
@@ -271,11 +265,10 @@ def figure_strings(fig) -> list[str]:
 
 
 def markup_figures():
-    per_class = evaluate([0, 0, 0, 1, 1, 2], [0, 0, 1, 1, 0, 1], MARKUP_CLASSES,
-                         train_counts=[100, 90, 10])["per_class"]
+    per_class = class_rows(evaluate([0, 0, 0, 1, 1, 2], [0, 0, 1, 1, 0, 1], MARKUP_CLASSES,
+                         train_counts=[100, 90, 10]))
     cm = [[2, 1, 0], [1, 1, 0], [0, 1, 0]]
-    run = {"run_id": "r1", "approach": LINK, "class_weight": STYLED, "accuracy": 0.5, "macro_f1": 0.4,
-           "fit_seconds": 1.0}
+    run = _run("r1", LINK, 0.5, 0.4, 1.0, class_weight=STYLED)
     return {
         "distribution": class_distribution_figure(MARKUP_CLASSES, [100, 90, 10], [3, 2, 1], [False, False, True]),
         "confusion": confusion_matrix_figure(cm, MARKUP_CLASSES, minority=[False, False, True]),

@@ -1,9 +1,12 @@
 """Findings (core.findings) from built results whose truth is known: what is noise, what is lost, what lifts it."""
+import dataclasses
+
 import numpy as np
 import pytest
 
 from core.findings import Comparisons, family_pairs, findings
-from core.metrics import evaluate
+from builders import record_json
+from core.records import RunRecord
 from core.stats import paired_comparison, run_intervals
 
 CLASSES = ["common", "usual", "rare"]
@@ -26,15 +29,15 @@ def predictions(seed: int, error: float = 0.2, rare_right: int = 0, noise_from=N
 
 
 def record(run_id, approach, remedy, pred, validation, at_bound=None):
-    rec = {"run_id": run_id, "approach": approach, "remedy": remedy, "class_weight": remedy, "seed": 0,
-           "fit_seconds": {"svm": 0.5, "head": 5.0}[approach], "predict_seconds": 0.1, "extract_seconds": 20.0,
-           "validation": {"macro_f1": validation},
-           "dataset": {"root": "/data/boats", "classes": CLASSES, "train_counts": TRAIN,
-                       "test_counts": [200, 100, 12], "fingerprint": "f", "content_fingerprint": "f"},
-           **evaluate(Y_TEST, pred, CLASSES, TRAIN), **run_intervals(Y_TEST, pred, 3, n_boot=300)}
+    rec = record_json(run_id=run_id, approach=approach, class_weight=remedy, y_true=Y_TEST, y_pred=pred,
+                      classes=CLASSES, train_counts=TRAIN, remedy=remedy, seed=0,
+                      fit_seconds={"svm": 0.5, "head": 5.0}[approach], predict_seconds=0.1, extract_seconds=20.0,
+                      validation=dict.fromkeys(("accuracy", "macro_f1", "balanced_accuracy"), validation),
+                      dataset={"root": "/data/boats", "fingerprint": "f", "content_fingerprint": "f"},
+                      **run_intervals(Y_TEST, pred, 3, n_boot=300))
     for row, bound in zip(rec["per_class"], at_bound or ()):
         row["support_vectors"], row["at_bound"] = 6, bound
-    return rec
+    return RunRecord.build(rec)
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +123,7 @@ def test_fine_tuning_is_compared_with_frozen_features_with_and_without_extractio
     base = predictions(0)
     better = np.where(np.random.default_rng(5).random(len(Y_TEST)) < 0.6, Y_TEST, base)
     records = [record("svm-none", "svm", "none", base, 0.6), record("ft-none", "head", "none", better, 0.9)]
-    records[1].update(approach="finetune", fit_seconds=600.0, extract_seconds=0.0)
+    records[1] = dataclasses.replace(records[1], approach="finetune", fit_seconds=600.0, extract_seconds=0.0)
     preds = {"svm-none": base, "ft-none": better}
     comparisons = Comparisons(family_pairs(records),
                               compute=lambda a, b: paired_comparison(Y_TEST, preds[a], preds[b], 3, n_boot=500))

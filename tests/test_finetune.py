@@ -203,7 +203,7 @@ def test_checkpoint_is_plain_tensors_loadable_with_weights_only(small_demo, tmp_
 
 def test_a_cancelled_finetune_leaves_no_partial_run(small_demo, tmp_path, monkeypatch):
     from core.experiment import ExperimentConfig, run_experiment
-    from core.runs import RunStore
+    from core.store import RunStore
 
     monkeypatch.setattr("core.experiment.load_data", lambda config: small_demo)
 

@@ -12,7 +12,7 @@ from core.experiment import ExperimentConfig, run_experiment
 from core.duplicates import best_matches, near_duplicates
 from core.featuremap import build_map, load_map
 from core.fusion import extract_any, standardise
-from core.runs import RunStore
+from core.store import RunStore
 from core.settings import BY_NAME
 from core.whatif import refit, start_from
 
@@ -79,7 +79,7 @@ def test_experiment_what_if_and_feature_map_run_on_a_fused_backbone(fused, demo_
     assert results["backbone"]["feature_dim"] == 2560
     svm, head = results["runs"]
     assert head["backbone"]["name"] == FUSED and head["accuracy"] > 0.5
-    assert store.load(head["run_id"])["feature_key"] == fused.key
+    assert store.load(head["run_id"]).feature_key == fused.key
     dataset = load_dataset(demo_dir)
     start = start_from(store.load(svm["run_id"]), dataset, config.cache_dir, store.load_predictions(svm["run_id"]))
     assert start.features.X_train.shape[1] == 2560

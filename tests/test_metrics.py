@@ -163,10 +163,11 @@ def test_frequency_groups_are_thirds_by_training_count():
 
 def test_group_scores_average_recall_and_f1_over_scored_classes_only():
     from core.metrics import group_scores
+    from core.records import class_rows
 
     report = evaluate([0, 0, 1, 1, 2, 3, 3], [0, 0, 1, 0, 2, 1, 3], ["a", "b", "c", "d", "e", "f"],
                       train_counts=[100, 80, 60, 40, 10, 5])
-    rows = {row["group"]: row for row in group_scores(report["per_class"])}
+    rows = {row["group"]: row for row in group_scores(class_rows(report))}
     assert rows["head"]["classes"] == ["a", "b"] and rows["head"]["recall"] == pytest.approx((1.0 + 0.5) / 2)
     assert rows["middle"]["recall"] == pytest.approx((1.0 + 0.5) / 2)
     assert rows["tail"]["recall"] is None and rows["tail"]["train_min"] == 5  # e, f have no test images

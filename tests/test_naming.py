@@ -1,14 +1,16 @@
 """Run names (core.naming): what tells runs apart, never two alike, in every report of the demo grid."""
 import pytest
 
+from builders import make_record
 from core.naming import run_labels, run_names
+from core.records import RunRecord
 
 
 def record(run_id, approach="svm", remedy="none", seed=0, backbone="efficientnet_lite0", root="/data/boats",
            fingerprint="f1", macro_f1=0.5):
-    return {"run_id": run_id, "approach": approach, "remedy": remedy, "class_weight": remedy.split("+")[0],
-            "seed": seed, "macro_f1": macro_f1, "accuracy": 0.9, "backbone": {"name": backbone},
-            "dataset": {"root": root, "content_fingerprint": fingerprint}}
+    return make_record(run_id=run_id, approach=approach, remedy=remedy, class_weight=remedy.split("+")[0], seed=seed,
+                       macro_f1=macro_f1, backbone={"name": backbone},
+                       dataset={"root": root, "content_fingerprint": fingerprint})
 
 
 def test_names_say_remedy_not_class_weight():
@@ -43,7 +45,7 @@ def test_no_two_labels_alike_in_any_report_of_the_demo_grid(demo_grid):
     from core.report import render_markdown
 
     results = demo_grid[0]
-    names = run_names(results["runs"])
+    names = run_names([RunRecord.from_json(run) for run in results["runs"]])
     assert len(set(names.values())) == len(results["runs"]) == 11
     text = render_markdown(results)
     for run in results["runs"]:

@@ -11,6 +11,7 @@ from streamlit.testing.v1 import AppTest
 from core.errors import DataError, RunStoreError
 from core.experiment import ExperimentConfig, run_experiment
 from core.jobs import ACTIVE_STATUSES
+from core.records import RunRecord
 from core.weights import class_weights
 from dashboard import state
 
@@ -193,11 +194,11 @@ def test_train_launches_job_that_finishes_and_runs_appear(features_only):
     at.run()
     assert "Features loaded from cache" in texts(at.success)
     runs = state.list_runs()
-    assert sorted(run["approach"] for run in runs) == ["head", "svm"]
+    assert sorted(run.approach for run in runs) == ["head", "svm"]
     reloaded = page("train").run()  # a new session falls back to the server's latest job
     assert "Features loaded from cache" in texts(reloaded.success)
     results = page("results").run()
-    assert {results.selectbox(key="results_run").value} <= {run["run_id"] for run in runs}
+    assert {results.selectbox(key="results_run").value} <= {run.run_id for run in runs}
 
 
 def test_train_page_settings_reach_the_launched_config(features_only, monkeypatch):
@@ -273,9 +274,9 @@ def test_edited_class_weight_trains_a_custom_run(features_only):
     at.button(key="launch").click().run()
     assert wait_for_job(at).status == "done"
     (run,) = state.list_runs()
-    assert run["class_weight"] == "custom"
-    balanced_0 = class_weights("balanced", run["dataset"]["train_counts"])[0].round(4)  # the editor's row 0
-    assert run["class_weights"][2] / run["class_weights"][0] == pytest.approx(7.5 / balanced_0)  # rescaled
+    assert run.class_weight == "custom"
+    balanced_0 = class_weights("balanced", run.dataset.train_counts)[0].round(4)  # the editor's row 0
+    assert run.class_weights[2] / run.class_weights[0] == pytest.approx(7.5 / balanced_0)  # rescaled
 
 
 @pytest.mark.parametrize("value, message", [(-1.0, "must be a finite number >= 0"), (None, "has no weight")])
@@ -310,7 +311,7 @@ def test_train_page_estimates_the_finetune_from_the_chosen_settings(features_onl
         asked.append(config)
         return {"text": "fine-tune estimate: about 42 s per run"}
 
-    monkeypatch.setattr("core.finetune.estimate_experiment", estimate)
+    monkeypatch.setattr("core.experiment.estimate_experiment", estimate)
     at = configure_training(page("train"), ["finetune"], ["balanced"])
     at.selectbox(key="train_unfreeze").set_value("last").run()
     at.button(key="estimate_finetune").click().run()
@@ -347,17 +348,17 @@ def test_failed_job_shows_its_error(empty_cache):
 
 # ---- Results ---------------------------------------------------------------------------------------
 
-def head_run(kind: str = "none") -> dict:
-    return next(r for r in state.list_runs() if r["approach"] == "head" and r["class_weight"] == kind)
+def head_run(kind: str = "none") -> RunRecord:
+    return next(r for r in state.list_runs() if r.approach == "head" and r.class_weight == kind)
 
 
 def test_results_deep_link_metrics_and_confusion_toggle(trained):
     run = head_run()
     at = page("results")
-    at.query_params["run"] = run["run_id"]
+    at.query_params["run"] = run.run_id
     at.run()
     assert not at.exception
-    assert at.selectbox(key="results_run").value == run["run_id"]
+    assert at.selectbox(key="results_run").value == run.run_id
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Accuracy"] == f"{run['accuracy']:.3f}"
     assert metrics["Macro-F1"] == f"{run['macro_f1']:.3f}"
@@ -369,13 +370,13 @@ def test_results_deep_link_metrics_and_confusion_toggle(trained):
 def test_results_charts_show_markup_class_names_as_text(trained_copy):
     """Plotly renders <a href> found in axis labels and hovers: a class named so was a live link on the page."""
     run = head_run()
-    path = trained_copy / "runs" / run["run_id"] / "record.json"
+    path = trained_copy / "runs" / run.run_id / "record.json"
     record = json.loads(path.read_text())
     link = '<a href="http://evil.example">zero</a>'
     record["dataset"]["classes"][0] = record["per_class"][0]["class"] = link
     path.write_text(json.dumps(record))
     at = page("results")
-    at.query_params["run"] = run["run_id"]
+    at.query_params["run"] = run.run_id
     at.run()
     assert not at.exception and charts(at) == 4
     specs = [json.dumps(json.loads(chart.proto.spec), ensure_ascii=False) for chart in at.get("plotly_chart")]
@@ -386,7 +387,7 @@ def test_results_charts_show_markup_class_names_as_text(trained_copy):
 def test_results_show_bootstrap_intervals(trained):
     run = head_run()
     at = page("results")
-    at.query_params["run"] = run["run_id"]
+    at.query_params["run"] = run.run_id
     at.run()
     assert f"Macro-F1 {run['macro_f1_low']:.3f}–{run['macro_f1_high']:.3f}" in texts(at.caption)
 
@@ -394,10 +395,10 @@ def test_results_show_bootstrap_intervals(trained):
 def test_results_and_compare_say_when_macro_figures_rest_on_a_handful_of_test_images(trained):
     """Issue 25: the demo's rarest class has 2 test images; nothing said the intervals could not show that."""
     run = head_run()
-    few = [row["class"] for row in run["per_class"] if 0 < row["support"] <= 3]
+    few = [row.name for row in run.per_class if 0 < row.support <= 3]
     assert few, "the demo split should leave a class with at most 3 test images"
     at = page("results")
-    at.query_params["run"] = run["run_id"]
+    at.query_params["run"] = run.run_id
     at.run()
     assert not at.exception
     warning = texts(at.warning)
@@ -413,32 +414,33 @@ OLD_KEYS = ("seed", "device", "tuned", "no_test_support", "learning_curve_second
             *(f"{m}_{end}" for m in ("accuracy", "macro_f1", "balanced_accuracy") for end in ("low", "high")))
 
 
-def add_old_style_run(cache: Path) -> dict:
+def add_old_style_run(cache: Path):
     """A copy of a stored run as recorded before issue 8 (no intervals, seed or device) and on a GPU."""
-    from core.runs import RunStore, new_run_id
+    from core.store import RunStore, new_run_id
 
     store = RunStore(cache / "runs")
     source = head_run()
-    old = {k: v for k, v in source.items() if k not in OLD_KEYS and k not in ("created", "schema_version")}
-    old.update(run_id=new_run_id("head", "old"), config={**source["config"], "device": "cuda"},
-               dataset={k: v for k, v in source["dataset"].items() if k != "content_fingerprint"})
-    store.save(old, predictions=store.load_predictions(source["run_id"]))
+    old = {k: v for k, v in source.to_json().items() if k not in OLD_KEYS and k not in ("created", "schema_version")}
+    old.update(run_id=new_run_id("head", "old"), config={**source.config, "device": "cuda"},
+               dataset={k: v for k, v in source.dataset.to_json().items() if k != "content_fingerprint"})
+    old = RunRecord.from_json(old)
+    store.save(old, predictions=store.load_predictions(source.run_id))
     state.clear_run_caches()
     return old
 
 
 def test_deleting_a_run_forgets_its_cached_validation_scores(trained_copy):
-    run = next(r for r in state.list_runs() if r.get("validation"))
-    assert state.load_validation(run["run_id"]) is not None  # read once: now cached
-    state.delete_runs([run["run_id"]])
+    run = next(r for r in state.list_runs() if r.validation)
+    assert state.load_validation(run.run_id) is not None  # read once: now cached
+    state.delete_runs([run.run_id])
     with pytest.raises(RunStoreError):
-        state.load_validation(run["run_id"])
+        state.load_validation(run.run_id)
 
 
 def test_old_run_records_still_render(trained_copy):
     old = add_old_style_run(trained_copy)
     at = page("results")
-    at.query_params["run"] = old["run_id"]
+    at.query_params["run"] = old.run_id
     at.run()
     assert not at.exception
     assert not any("bootstrap" in caption for caption in texts(at.caption).splitlines())
@@ -448,14 +450,14 @@ def test_old_run_records_still_render(trained_copy):
 
 def test_results_selection_updates_query_param(trained):
     at = page("results").run()
-    other = state.list_runs()[-1]["run_id"]
+    other = state.list_runs()[-1].run_id
     at.selectbox(key="results_run").set_value(other).run()
     assert at.query_params["run"] == other
 
 
 def test_results_logit_slider_rescores_without_retraining(trained):
     at = page("results")
-    at.query_params["run"] = head_run()["run_id"]
+    at.query_params["run"] = head_run().run_id
     at.run()
     before = {m.label: m.value for m in at.metric}
     at.slider(key="logit_tau").set_value(2.0).run()
@@ -471,7 +473,7 @@ def test_results_logit_slider_rescores_without_retraining(trained):
 
 def test_results_misclassified_gallery_shows_images(trained):
     at = page("results")
-    at.query_params["run"] = head_run()["run_id"]
+    at.query_params["run"] = head_run().run_id
     at.run()
     assert at.selectbox(key="error_cell").options
     assert at.image and all(caption.endswith(".png") for caption in at.image[0].captions)
@@ -481,7 +483,7 @@ def test_results_explain_a_cell_with_heat_maps_and_nearest_training_images(train
     """The toggle under the misclassified gallery draws, per image, its two heat maps and two neighbours."""
     run = head_run()
     at = page("results")
-    at.query_params["run"] = run["run_id"]
+    at.query_params["run"] = run.run_id
     at.run()
     at.toggle(key="why_show").set_value(True).run()
     assert not at.exception
@@ -494,10 +496,10 @@ def test_results_explain_a_cell_with_heat_maps_and_nearest_training_images(train
 def test_results_show_calibration_groups_and_ordinal_scores(trained):
     run = head_run()
     at = page("results")
-    at.query_params["run"] = run["run_id"]
+    at.query_params["run"] = run.run_id
     at.run()
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["ECE after temperature"] == f"{run['calibration']['ece']:.3f}"
+    assert metrics["ECE after temperature"] == f"{run.calibration.ece:.3f}"
     groups = next(df.value for df in at.dataframe if "F1" in df.value.columns)
     assert groups["classes"].str.startswith(("head", "middle", "tail", "all")).all() and len(groups) == 4
     at.toggle(key="ordered_classes").set_value(True).run()
@@ -505,9 +507,9 @@ def test_results_show_calibration_groups_and_ordinal_scores(trained):
 
 
 def test_svm_results_say_its_scores_are_not_probabilities(trained):
-    svm = next(r for r in state.run_store().list_runs() if r["approach"] == "svm")
+    svm = next(r for r in state.run_store().list_runs() if r.approach == "svm")
     at = page("results")
-    at.query_params["run"] = svm["run_id"]
+    at.query_params["run"] = svm.run_id
     at.run()
     assert not at.exception and {m.label: m.value for m in at.metric}["ECE as trained"] == "n/a"
 
@@ -527,7 +529,7 @@ def test_results_unknown_run_link_warns_and_shows_newest(trained):
     at.run()
     assert not at.exception
     assert "does not exist" in texts(at.warning)
-    assert at.selectbox(key="results_run").value == state.list_runs()[0]["run_id"]
+    assert at.selectbox(key="results_run").value == state.list_runs()[0].run_id
 
 
 # ---- Compare ---------------------------------------------------------------------------------------
@@ -541,8 +543,8 @@ def test_compare_shows_tradeoff_speedup_and_diff(trained):
     (paired,) = [df.value for df in at.dataframe if "95% low" in df.value.columns]
     assert paired["metric"].tolist() == ["Accuracy", "Balanced accuracy", "Macro-F1"]
     runs = state.list_runs()
-    at.selectbox(key="compare_a").set_value(runs[0]["run_id"])
-    at.selectbox(key="compare_b").set_value(runs[0]["run_id"]).run()
+    at.selectbox(key="compare_a").set_value(runs[0].run_id)
+    at.selectbox(key="compare_b").set_value(runs[0].run_id).run()
     assert "Pick two different runs" in texts(at.info)
     assert charts(at) == 1
 
@@ -572,9 +574,9 @@ def test_paired_tests_are_computed_once_per_pair_of_runs(trained, monkeypatch):
     first = len(computed)  # the group's family of comparisons (findings), the two-run diff among them
     assert 4 <= first <= 6  # 4 runs: 4 same-approach or same-remedy pairs, and the pairs the findings add
     at.run()
-    page("compare").run()  # another session, the same runs
-    assert not at.exception and len(computed) == first
-    run = next(r for r in state.list_runs() if r["approach"] == "svm" and r["class_weight"] == "none")
+    page("compare").run()  # another session, the same two runs
+    assert not at.exception and len(computed) == 1
+    run = next(r for r in state.list_runs() if r.approach == "svm" and r.class_weight == "none")
     core.whatif.PAIRED.clear()
     at = whatif_page(run)
     at.run()
@@ -607,11 +609,11 @@ def test_compare_tables_backbones_of_runs_that_differ_only_in_backbone(trained_c
 
 def test_compare_deletes_selected_runs(trained_copy):
     at = page("compare").run()
-    doomed = state.list_runs()[0]["run_id"]
+    doomed = state.list_runs()[0].run_id
     at.multiselect(key="delete_select").set_value([doomed]).run()
     at.button(key="delete_runs").click().run()
     assert not at.exception
-    assert doomed not in {run["run_id"] for run in state.list_runs()}
+    assert doomed not in {run.run_id for run in state.list_runs()}
     assert len(state.list_runs()) == 3
 
 
@@ -635,18 +637,18 @@ def test_train_page_without_jobs(empty_cache):
 
 def whatif_page(run: dict) -> AppTest:
     at = page("whatif")
-    at.query_params["run"] = run["run_id"]
+    at.query_params["run"] = run.run_id
     return at.run()
 
 
-def rarest_slider(at: AppTest, run: dict):
-    rare = min(range(len(run["per_class"])), key=lambda i: run["per_class"][i]["train_count"])
-    return at.select_slider(key=f"whatif_{run['run_id']}_run_{rare}")
+def rarest_slider(at: AppTest, run: RunRecord):
+    rare = min(range(len(run.per_class)), key=lambda i: run.per_class[i].train_count)
+    return at.select_slider(key=f"whatif_{run.run_id}_run_{rare}")
 
 
 @pytest.mark.parametrize("approach", ["svm", "head"])
 def test_whatif_refits_on_a_weight_change_and_shows_deltas(trained, approach):
-    run = next(r for r in state.list_runs() if r["approach"] == approach and r["class_weight"] == "none")
+    run = next(r for r in state.list_runs() if r.approach == approach and r.class_weight == "none")
     at = whatif_page(run)
     assert not at.exception and not at.error
     metrics = {m.label: m for m in at.metric}
@@ -662,7 +664,7 @@ def test_whatif_refits_on_a_weight_change_and_shows_deltas(trained, approach):
     assert at.session_state["whatif_last"][0][1].count(100.0) == 1  # the refit ran with the new weight
     paired = next(frame.value for frame in at.dataframe if "95% low" in frame.value.columns)
     macro = paired.set_index("metric").loc["Macro-F1"]
-    assert macro["B − A"] == pytest.approx(float(metrics["Macro-F1"].value) - run["macro_f1"], abs=1e-3)
+    assert macro["B − A"] == pytest.approx(float(metrics["Macro-F1"].value) - run.macro_f1, abs=1e-3)
     assert macro["95% low"] <= macro["B − A"] <= macro["95% high"]
     caption = next(str(c.value) for c in at.caption if "McNemar's exact test p =" in str(c.value))
     assert caption.startswith("A is the starting run, B the tuned model.")
@@ -683,38 +685,38 @@ def test_whatif_unchanged_weights_show_no_validation_change(trained):
 
 def test_whatif_svm_note_says_what_rescaled_weights_do(trained):
     """Issue 25: the note said a larger weight could not change the boundary, yet the weights are rescaled."""
-    run = next(r for r in state.list_runs() if r["approach"] == "svm" and r["class_weight"] == "none")
+    run = next(r for r in state.list_runs() if r.approach == "svm" and r.class_weight == "none")
     at = whatif_page(run)
     rarest_slider(at, run).set_value(100.0).run()  # a bound far above what its support vectors need
     notes = texts(at.info)
-    rare = min(run["per_class"], key=lambda row: row["train_count"])["class"]
+    rare = min(run.per_class, key=lambda row: row.train_count).name
     assert not at.exception and f"{rare}: none of its" in notes and "sits at its bound" in notes
     assert "lowers every other class's bound" in notes and "cannot change the boundary" not in notes
 
 
 def test_whatif_seed_scheme_reseeds_the_sliders(trained):
-    run = next(r for r in state.list_runs() if r["approach"] == "svm" and r["class_weight"] == "none")
+    run = next(r for r in state.list_runs() if r.approach == "svm" and r.class_weight == "none")
     at = whatif_page(run)
     at.segmented_control(key="whatif_seed").set_value("balanced").run()
     assert not at.exception
-    rare = min(range(len(run["per_class"])), key=lambda i: run["per_class"][i]["train_count"])
-    assert at.select_slider(key=f"whatif_{run['run_id']}_balanced_{rare}").value > 1.0
+    rare = min(range(len(run.per_class)), key=lambda i: run.per_class[i].train_count)
+    assert at.select_slider(key=f"whatif_{run.run_id}_balanced_{rare}").value > 1.0
 
 
 def test_whatif_save_stores_a_custom_run(trained_copy):
-    run = next(r for r in state.list_runs() if r["approach"] == "head" and r["class_weight"] == "none")
+    run = next(r for r in state.list_runs() if r.approach == "head" and r.class_weight == "none")
     at = whatif_page(run)
     rarest_slider(at, run).set_value(100.0).run()
     at.button(key="whatif_save").click().run()
     assert not at.exception and "Saved run" in texts(at.success)
-    saved = next(r for r in state.list_runs() if r["class_weight"] == "custom:what-if")
-    assert max(saved["class_weights"]) / min(saved["class_weights"]) == pytest.approx(100.0)
-    assert saved["approach"] == "head" and saved["chosen_with_test_visible"] is True
+    saved = next(r for r in state.list_runs() if r.class_weight == "custom:what-if")
+    assert max(saved.class_weights) / min(saved.class_weights) == pytest.approx(100.0)
+    assert saved.approach == "head" and saved.chosen_with_test_visible is True
 
 
 def test_whatif_viewers_play_but_cannot_save(trained, monkeypatch):
     monkeypatch.setenv("TRANSFERSCOPE_VIEWER", "1")
-    run = next(r for r in state.list_runs() if r["approach"] == "svm" and r["class_weight"] == "none")
+    run = next(r for r in state.list_runs() if r.approach == "svm" and r.class_weight == "none")
     at = whatif_page(run)
     rarest_slider(at, run).set_value(100.0).run()
     assert not at.exception and not at.error
@@ -796,7 +798,7 @@ def count_fits(monkeypatch) -> list:
 
 def test_whatif_refits_only_for_weights_not_tried_and_rescores_tau(trained, monkeypatch):
     fits = count_fits(monkeypatch)
-    run = next(r for r in state.list_runs() if r["approach"] == "head" and r["class_weight"] == "none")
+    run = next(r for r in state.list_runs() if r.approach == "head" and r.class_weight == "none")
     at = whatif_page(run)
     at.run()  # a rerun with the same inputs (e.g. another widget) reuses the last refit
     assert len(fits) == 1
@@ -817,7 +819,7 @@ def test_whatif_viewers_are_rate_limited_and_wait_for_the_owners_jobs(trained, m
     monkeypatch.setattr(state, "SESSION_REFITS", {"max_events": 2, "per_s": 600})
     monkeypatch.setattr(state, "VIEWER_REFITS", state.sharing.Throttle(max_events=20, per_s=600))
     fits = count_fits(monkeypatch)
-    run = next(r for r in state.list_runs() if r["approach"] == "svm" and r["class_weight"] == "none")
+    run = next(r for r in state.list_runs() if r.approach == "svm" and r.class_weight == "none")
     at = whatif_page(run)
     rarest_slider(at, run).set_value(100.0).run()
     assert len(fits) == 2 and not at.error
@@ -839,16 +841,16 @@ def test_whatif_viewers_are_rate_limited_and_wait_for_the_owners_jobs(trained, m
 
 def test_whatif_shows_validation_first_offsets_rescore_and_the_svm_explains(trained, monkeypatch):
     calls = count_fits(monkeypatch)
-    run = next(r for r in state.list_runs() if r["approach"] == "svm" and r["class_weight"] == "none")
+    run = next(r for r in state.list_runs() if r.approach == "svm" and r.class_weight == "none")
     at = whatif_page(run)
     assert not at.exception and not at.error
     assert texts(at.markdown).index("**Validation**") < texts(at.markdown).index("**Test**")
     validation = [m for m in at.metric if m.label == "Macro-F1"][0]
-    assert validation.value == f"{run['validation']['macro_f1']:.3f}"  # the start's own weights: no change
-    support = {row["class"]: (row["support_vectors"], row["at_bound"]) for row in run["per_class"]}
+    assert validation.value == f"{run.validation.macro_f1:.3f}"  # the start's own weights: no change
+    support = {row.name: (row.support_vectors, row.at_bound) for row in run.per_class}
     free = [name for name, (n_sv, n_bound) in support.items() if n_sv and not n_bound]
     assert len([i for i in at.info if "cannot change the boundary" in str(i.value)]) == len(free)
-    rare = min(range(len(run["per_class"])), key=lambda i: run["per_class"][i]["train_count"])
+    rare = min(range(len(run.per_class)), key=lambda i: run.per_class[i].train_count)
     slider = at.slider(key=f"whatif_offset_{run['run_id']}_{rare}")
     slider.set_value(slider.max).run()
     assert not at.exception and len(calls) == 1  # offsets rescore, no refit
@@ -873,7 +875,7 @@ def test_class_names_never_render_as_links_or_headings(empty_cache, demo_data, t
 
 def test_page_runs_read_the_run_list_again_only_when_runs_change(trained_copy, monkeypatch):
     """Every page run re-read every record: viewers' reruns cost the owner's server a file read per run."""
-    from core.runs import RunStore
+    from core.store import RunStore
 
     scans, original = [], RunStore.scan
     monkeypatch.setattr(RunStore, "scan", lambda self: scans.append(len(original(self)[0])) or original(self))

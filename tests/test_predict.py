@@ -12,7 +12,8 @@ from core.classifiers import LinearHead, LogisticProbe, SvmClassifier, rbf_kerne
 from core.errors import RunStoreError
 from core.model_graph import score_module
 from core.model_io import model_bytes, model_state, read_model
-from core.runs import RunStore
+from core.bundles import import_bundle
+from core.store import RunStore
 from test_cli import assert_usage_error, run_main
 
 FIXTURE_BUNDLE = Path(__file__).parent / "fixtures" / "main-7b63ebb" / "bundle.zip"
@@ -157,7 +158,7 @@ def test_an_imported_bundle_carries_what_predicting_needs(demo_runs, demo_dir, t
     cache, run_ids = demo_runs
     bundle = RunStore(cache / "runs").export_bundle([run_ids["svm"]], tmp_path / "b.zip")
     other = tmp_path / "other"
-    assert RunStore(other / "runs").import_bundle(bundle) == [run_ids["svm"]]
+    assert import_bundle(RunStore(other / "runs"), bundle) == [run_ids["svm"]]
     out = tmp_path / "p.csv"
     code, _, stderr = run_main(["predict", "--run", run_ids["svm"], "--data", demo_dir / "test", "--out", out,
                                 "--cache-dir", other])
@@ -183,7 +184,7 @@ def test_unknown_run_id(tmp_path, demo_dir):
 def test_a_run_from_an_earlier_versions_bundle_has_no_model(tmp_path, demo_dir):
     """The fixture bundle was exported by main at 7b63ebb, which carried no models: one clear line."""
     store = RunStore(tmp_path / "cache" / "runs")
-    run_id = store.import_bundle(FIXTURE_BUNDLE)[0]
+    run_id = import_bundle(store, FIXTURE_BUNDLE)[0]
     for argv in (["predict", "--run", run_id, "--data", demo_dir / "test", "--out", tmp_path / "p.csv"],
                  ["export", "--run", run_id, "--out", tmp_path / "x"]):
         code, stdout, stderr = run_main([*argv, "--cache-dir", tmp_path / "cache"])

@@ -14,7 +14,8 @@ from core.classifiers import LinearHead, LogisticProbe, SvmClassifier
 from core.errors import ClassWeightError
 from core.experiment import choose_decision, decide, plan_runs
 from core.remedies import balanced_batches, check_remedies, choose_offsets, parse_remedy
-from core.runs import RunStore
+from core.report import run_records
+from core.store import RunStore
 
 
 def imbalanced_blobs(n_major=120, n_minor=12, seed=0, spread=1.6):
@@ -175,9 +176,9 @@ def test_stored_validation_scores_reproduce_the_validation_metrics(on_demo_featu
     from core.analysis import rescore_validation
 
     results = on_demo_features(approaches=("logreg",), remedies=("tau+offsets",))
-    (run,) = results["runs"]
+    (run,) = run_records(results)
     store = RunStore(tmp_path / "runs")
-    table = store.load_validation(run["run_id"])
+    table = store.load_validation(run.run_id)
     assert table["true"].tolist() == demo_features.y_train.tolist()
     assert rescore_validation(run, table, run["tau"]) == pytest.approx(run["validation"])
     shifted = rescore_validation(run, table, run["tau"] + 2.0)

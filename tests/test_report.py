@@ -6,12 +6,12 @@ import pytest
 
 from core.errors import ConfigError
 from core.report import (comparisons_table, report_comparisons, per_class_table, read_results, render_html, render_markdown, render_runs_report,
-                         results_from_runs, runs_table, write_report)
+                         results_from_runs, run_records, runs_table, write_report)
 
 
 @pytest.fixture(scope="module")
 def results_file(demo_experiment, tmp_path_factory):
-    from core.runs import atomic_write_json
+    from core.storage import atomic_write_json
 
     path = tmp_path_factory.mktemp("report") / "results.json"
     atomic_write_json(path, demo_experiment[0])
@@ -19,20 +19,20 @@ def results_file(demo_experiment, tmp_path_factory):
 
 
 def test_runs_table_has_one_row_per_run(demo_experiment):
-    runs = demo_experiment[0]["runs"]
+    runs = run_records(demo_experiment[0])
     table = runs_table(runs)
     assert list(table.columns) == ["run", "validation macro-F1", "macro-F1 [95%]", "balanced acc. [95%]",
                                    "accuracy [95%]", "fit s", "predict s"]
     assert table["run"].tolist() == ["svm · none", "svm · balanced", "head · none", "head · balanced"]
-    assert table["accuracy [95%]"].tolist() == [f"{r['accuracy']:.3f} [{r['accuracy_low']:.3f}, "
-                                                f"{r['accuracy_high']:.3f}]" for r in runs]
+    assert table["accuracy [95%]"].tolist() == [f"{r.accuracy:.3f} [{r.accuracy_low:.3f}, "
+                                                f"{r.accuracy_high:.3f}]" for r in runs]
 
 
 def test_per_class_table(demo_experiment):
-    run = demo_experiment[0]["runs"][1]
+    run = run_records(demo_experiment[0])[1]
     table = per_class_table(run)
-    assert table["class"].tolist() == [row["class"] for row in run["per_class"]]
-    assert table["test n"].tolist() == [row["support"] for row in run["per_class"]]
+    assert table["class"].tolist() == [row.name for row in run.per_class]
+    assert table["test n"].tolist() == [row.support for row in run.per_class]
     assert table["train n"].tolist() == demo_experiment[0]["dataset"]["train_counts"]
     assert "yes" in table["minority"].tolist()  # the demo's rare classes are flagged
 
@@ -167,9 +167,9 @@ def test_report_of_saved_runs(demo_experiment):
     records = store.list_runs()
     markdown = render_runs_report(records, "md")
     assert markdown == render_markdown(results_from_runs(records))
-    assert all(record["run_id"] in markdown for record in records)
+    assert all(record.run_id in markdown for record in records)
     page = render_runs_report(records[:1], "html")
-    assert page.startswith("<!doctype html>") and records[0]["approach"] in page
+    assert page.startswith("<!doctype html>") and records[0].approach in page
     assert page.count("<table") == 3  # the runs table, the best runs' per-class F1, the one run's per-class table
     with pytest.raises(ConfigError, match="pdf"):
         render_runs_report(records, "pdf")
@@ -181,7 +181,7 @@ def test_reports_show_paired_comparisons(demo_experiment):
     results = demo_experiment[0]
     assert results["comparisons"], "the demo experiment compares its runs"
     comparisons = report_comparisons(results)
-    table = comparisons_table(results["runs"], comparisons)
+    table = comparisons_table(run_records(results), comparisons)
     assert len(table) == len(results["comparisons"])  # no predictions at hand: the results' own comparisons
     first = results["comparisons"][0]
     assert table["Δ accuracy [95%]"][0].startswith(f"{first['accuracy_delta']:+.3f} [")

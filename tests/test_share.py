@@ -16,8 +16,10 @@ from streamlit.runtime.media_file_manager import MediaFileManager
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 
+import core.bundles
 import core.report
-from core.runs import RunStore
+from core.bundles import export_bundle_bytes, import_bundle
+from core.store import RunStore
 from core.errors import DataError
 from core.settings import APPROACHES
 from core.sharing import OTHER_FOLDER, Throttle, owner_token
@@ -139,7 +141,7 @@ def test_viewer_cannot_delete_runs(viewer):
 def test_ui_actions_refuse_viewers_whatever_the_widgets_say(viewer, action, refusal):
     """Streamlit already drops clicks on disabled widgets; the actions in dashboard.state check again."""
     before = entries(viewer)
-    run_id = RunStore(viewer / "runs").list_runs()[0]["run_id"]
+    run_id = RunStore(viewer / "runs").list_runs()[0].run_id
     script = (f"import io\nfrom core.experiment import ExperimentConfig\nfrom dashboard import errors, state\n"
               f"RUN = {run_id!r}\nwith errors.guard():\n    {action}\n")
     at = AppTest.from_string(script, default_timeout=PAGE_TIMEOUT_S).run()
@@ -218,7 +220,7 @@ def test_share_page_offers_self_contained_html_report(viewer, downloads, click):
     at = page("share").run()
     assert not at.exception
     runs = RunStore(viewer / "runs").list_runs()
-    assert at.multiselect(key="share_runs").value == [run["run_id"] for run in runs]
+    assert at.multiselect(key="share_runs").value == [run.run_id for run in runs]
     assert {b.label for b in at.get("download_button")} == {"HTML report", "Markdown report", "Run bundle (zip)"}
     click_downloads(at, click)
     page_html = downloads["transferscope-report.html"].decode()
@@ -226,15 +228,15 @@ def test_share_page_offers_self_contained_html_report(viewer, downloads, click):
     assert "svm" in page_html and "head" in page_html
     assert not re.search(r"<script[^>]*\bsrc\s*=", page_html), "the report must not load external scripts"
     markdown = downloads["transferscope-report.md"].decode()
-    assert all(run["run_id"] in markdown for run in runs)
+    assert all(run.run_id in markdown for run in runs)
     with zipfile.ZipFile(io.BytesIO(downloads["transferscope-runs.zip"])) as zf:
-        assert json.loads(zf.read("manifest.json"))["runs"] == [run["run_id"] for run in runs]
+        assert json.loads(zf.read("manifest.json"))["runs"] == [run.run_id for run in runs]
 
 
 def test_share_page_exports_only_the_picked_runs_and_links_them(viewer, downloads, click):
     at = page("share").run()
     run = RunStore(viewer / "runs").list_runs()[-1]
-    at.multiselect(key="share_runs").set_value([run["run_id"]]).run()
+    at.multiselect(key="share_runs").set_value([run.run_id]).run()
     assert not at.exception
     click_downloads(at, click)
     markdown = downloads["transferscope-report.md"].decode()
@@ -256,20 +258,20 @@ def upload_and_import(at: AppTest, name: str, data: bytes) -> AppTest:
 
 
 def test_bundle_exported_here_imports_into_a_fresh_cache(cache, monkeypatch, tmp_path):
-    run_ids = [run["run_id"] for run in RunStore(cache / "runs").list_runs()]
-    data = RunStore(cache / "runs").export_bundle_bytes(run_ids[:2])
+    run_ids = [run.run_id for run in RunStore(cache / "runs").list_runs()]
+    data = export_bundle_bytes(RunStore(cache / "runs"), run_ids[:2])
     monkeypatch.setenv("TRANSFERSCOPE_CACHE_DIR", str(tmp_path / "fresh"))
     at = upload_and_import(page("share").run(), "runs.zip", data)
     assert not at.exception and not at.error
     assert f"Imported 2 run(s): {', '.join(run_ids[:2])}" in texts(at.success)
-    assert [run["run_id"] for run in state.list_runs()] == run_ids[:2]
+    assert [run.run_id for run in state.list_runs()] == run_ids[:2]
     assert RunStore(tmp_path / "fresh" / "runs").load(run_ids[0]) == RunStore(cache / "runs").load(run_ids[0])
     at.button(key="import_bundle").click().run()
     assert "Nothing new" in texts(at.info)
 
 
 def test_malicious_bundle_is_refused_and_writes_nothing(cache):
-    run_id = RunStore(cache / "runs").list_runs()[0]["run_id"]
+    run_id = RunStore(cache / "runs").list_runs()[0].run_id
     fresh = RunStore(cache / "fresh-runs")
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as zf:
@@ -291,7 +293,7 @@ def test_malicious_bundle_is_refused_and_writes_nothing(cache):
     ({"approach": "[svm](http://evil.example)"}, f"TransferScope knows {', '.join(APPROACHES)}"),  # a link on Compare
 ])
 def test_bundle_that_would_take_over_the_pages_is_refused(cache, monkeypatch, tmp_path, change, refusal):
-    run_id = RunStore(cache / "runs").list_runs()[-1]["run_id"]
+    run_id = RunStore(cache / "runs").list_runs()[-1].run_id
     record = {**json.loads((cache / "runs" / run_id / "record.json").read_text()), **change}
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as zf:
@@ -350,9 +352,9 @@ def test_downloads_are_built_only_when_clicked(cache, monkeypatch, downloads, cl
     for module, name in ((core.report, "render_runs_report"), (state, "render_runs_report")):
         real = getattr(module, name)
         monkeypatch.setattr(module, name, lambda records, fmt, real=real, **kwargs: builds.append(fmt) or real(records, fmt, **kwargs))
-    real_bundle = RunStore.export_bundle_bytes
-    monkeypatch.setattr(RunStore, "export_bundle_bytes",
-                        lambda self, *args: builds.append("zip") or real_bundle(self, *args))
+    real_bundle = core.bundles.export_bundle_bytes
+    monkeypatch.setattr(core.bundles, "export_bundle_bytes",
+                        lambda store, *args: builds.append("zip") or real_bundle(store, *args))
     at = page("share").run()
     at.multiselect(key="share_runs").set_value(at.multiselect(key="share_runs").value[:1]).run()
     assert not at.exception and len(at.get("download_button")) == 3
@@ -417,24 +419,24 @@ def move_run_elsewhere(cache: Path, run_id: str, elsewhere: str) -> None:
 
 def test_viewers_see_dataset_folders_by_name_and_other_folders_not_at_all(viewer, demo_dir):
     runs = RunStore(viewer / "runs").list_runs()
-    move_run_elsewhere(viewer, runs[1]["run_id"], "/home/owner/secret-project")
+    move_run_elsewhere(viewer, runs[1].run_id, "/home/owner/secret-project")
     settings = {}
     for run in runs[:2]:
         at = page("results")
-        at.query_params["run"] = run["run_id"]
+        at.query_params["run"] = run.run_id
         at.run()
         assert not at.exception
         table = next(frame.value for frame in at.dataframe if "setting" in frame.value.columns)
-        settings[run["run_id"]] = table.set_index("setting")["value"]
-    assert settings[runs[0]["run_id"]]["dataset"] == demo_dir.name
-    assert settings[runs[1]["run_id"]]["dataset"] == OTHER_FOLDER
+        settings[run.run_id] = table.set_index("setting")["value"]
+    assert settings[runs[0].run_id]["dataset"] == demo_dir.name
+    assert settings[runs[1].run_id]["dataset"] == OTHER_FOLDER
     at = page("compare").run()
     assert not at.exception and "secret-project" not in "".join(map(str, at.selectbox(key="compare_group").options))
 
 
 def test_viewer_bundles_and_reports_name_paths_inside_the_dataset_only(viewer, demo_dir, downloads, click):
     runs = RunStore(viewer / "runs").list_runs()
-    move_run_elsewhere(viewer, runs[1]["run_id"], "/home/owner/secret-project")
+    move_run_elsewhere(viewer, runs[1].run_id, "/home/owner/secret-project")
     click_downloads(page("share").run(), click)
     for name, data in downloads.items():
         if name.endswith(".zip"):
@@ -447,7 +449,7 @@ def test_viewer_bundles_and_reports_name_paths_inside_the_dataset_only(viewer, d
         elsewhere = json.loads(zf.read(f"{runs[1]['run_id']}/record.json"))["dataset"]["root"]
     assert served.startswith(f"{demo_dir.name}/test/") and elsewhere == OTHER_FOLDER
     fresh = RunStore(viewer.parent / "fresh")  # still a bundle another TransferScope imports
-    assert fresh.import_bundle(io.BytesIO(downloads["transferscope-runs.zip"])) == [run["run_id"] for run in runs]
+    assert import_bundle(fresh, io.BytesIO(downloads["transferscope-runs.zip"])) == [run.run_id for run in runs]
 
 
 def test_viewers_see_no_path_in_failed_jobs_or_whatif_errors(viewer, tmp_path):
@@ -462,9 +464,9 @@ def test_viewers_see_no_path_in_failed_jobs_or_whatif_errors(viewer, tmp_path):
     at = page("train").run()
     assert "The job failed: image" in texts(at.error) and "/home/owner" not in texts(at.error)
     # this cache holds the runs but not their features: what-if cannot refit and says where it looked
-    run = next(run for run in RunStore(viewer / "runs").list_runs() if run["approach"] == "svm")
+    run = next(run for run in RunStore(viewer / "runs").list_runs() if run.approach == "svm")
     at = page("whatif")
-    at.query_params["run"] = run["run_id"]
+    at.query_params["run"] = run.run_id
     at.run()
     assert not at.exception and "no longer cached under cache" in texts(at.error)
     assert str(viewer) not in texts(at.error)
@@ -494,7 +496,7 @@ def test_token_is_refused_from_another_machine(viewer, monkeypatch):
 
 def test_incomplete_run_is_reported_and_can_still_be_deleted(cache):
     good = RunStore(cache / "runs").list_runs()
-    broken = good[0]["run_id"]
+    broken = good[0].run_id
     record_path = cache / "runs" / broken / "record.json"
     record = json.loads(record_path.read_text())
     del record["approach"]
@@ -508,4 +510,4 @@ def test_incomplete_run_is_reported_and_can_still_be_deleted(cache):
     # what remains is the page's own note on classes with few test images (issue 25), not the broken run
     assert not at.exception and "cannot be read" not in texts(at.warning), texts(at.warning)
     assert not (cache / "runs" / broken).exists()
-    assert [run["run_id"] for run in RunStore(cache / "runs").list_runs()] == [run["run_id"] for run in good[1:]]
+    assert [run.run_id for run in RunStore(cache / "runs").list_runs()] == [run.run_id for run in good[1:]]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from builders import make_record
 from core.errors import ConfigError
 from core.sharing import (HIDDEN_PATH, HOSTS_ENV, LOOPBACK_HOSTS, OTHER_FOLDER, PathNames, PrioritySlot, Throttle,
                           admit, allowed_hosts, app_base_url, is_loopback, is_owner, is_within, owner_token, run_link,
@@ -165,16 +166,17 @@ def test_path_names_rename_a_record_and_its_predictions_for_a_bundle(tmp_path):
     import pandas as pd
 
     data = tmp_path / "birds"
-    record = {"dataset": {"root": str(data), "skipped": [{"path": f"{data}/bad.png", "reason": "empty"}]},
-              "config": {"data": str(data), "cache_dir": str(tmp_path / "cache"), "epochs": 3}, "class_weight": "none"}
+    record = make_record(dataset={"root": str(data), "skipped": [{"path": f"{data}/bad.png", "reason": "empty"}]},
+                         config={"data": str(data), "cache_dir": str(tmp_path / "cache"), "epochs": 3},
+                         class_weight="none")
     predictions = pd.DataFrame({"path": [f"{data}/test/a.png", f"{data}/test/b.png"], "true": [0, 1]})
     shown, table = PathNames(data, tmp_path / "cache").bundle_run(record, predictions)
-    assert shown == {"dataset": {"root": "birds", "skipped": [{"path": "birds/bad.png", "reason": "empty"}]},
-                     "config": {"data": "birds", "cache_dir": "cache", "epochs": 3}, "class_weight": "none"}
+    assert shown.dataset.root == "birds" and shown.dataset.skipped == [{"path": "birds/bad.png", "reason": "empty"}]
+    assert shown.config == {"data": "birds", "cache_dir": "cache", "epochs": 3} and shown.class_weight == "none"
     assert table["path"].tolist() == ["birds/test/a.png", "birds/test/b.png"] and table["true"].tolist() == [0, 1]
-    assert record["dataset"]["root"] == str(data)  # the stored record is untouched
+    assert record.dataset.root == str(data)  # the stored record is untouched
     elsewhere, _ = PathNames(tmp_path / "other", tmp_path / "cache").bundle_run(record, None)
-    assert elsewhere["dataset"]["root"] == OTHER_FOLDER and elsewhere["config"]["data"] == HIDDEN_PATH
+    assert elsewhere.dataset.root == OTHER_FOLDER and elsewhere.config["data"] == HIDDEN_PATH
 
 
 def test_admit_counts_only_when_every_throttle_allows():

@@ -1,6 +1,7 @@
 """Class-weight what-if refits on the demo run's cached features (core.whatif)."""
 import threading
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,8 +11,11 @@ import core.experiment as experiment
 import core.whatif as whatif
 from core.classifiers import LinearHead, SvmClassifier
 from core.errors import ClassWeightError, ConfigError, TransferScopeError
-from core.runs import RunStore
+from core.report import run_records
+from core.store import RunStore
 from core.torch_threads import torch_mkl
+
+from builders import make_record
 
 
 @pytest.fixture(autouse=True)
@@ -25,16 +29,16 @@ def no_kept_refits():
 def starts(demo_experiment, demo_dataset, feature_cache):
     """A Start per approach, from the demo experiment's unweighted runs."""
     results, store = demo_experiment
-    records = {r["approach"]: r for r in results["runs"] if r["class_weight"] == "none"}
-    return {approach: whatif.start_from(record, demo_dataset, feature_cache, store.load_predictions(record["run_id"]))
+    records = {r.approach: r for r in run_records(results) if r.class_weight == "none"}
+    return {approach: whatif.start_from(record, demo_dataset, feature_cache, store.load_predictions(record.run_id))
             for approach, record in records.items()}
 
 
 @pytest.mark.parametrize("approach", ["svm", "head"])
 def test_refit_with_the_runs_own_weights_reproduces_it(starts, approach):
     start = starts[approach]
-    outcome = whatif.refit(start, whatif.seed_weights(start, "run"), tau=start.record["tau"])
-    assert outcome["confusion_matrix"] == start.record["confusion_matrix"]
+    outcome = whatif.refit(start, whatif.seed_weights(start, "run"), tau=start.record.tau)
+    assert outcome["confusion_matrix"] == start.record.confusion_matrix
     change = whatif.compare_with_start(start, outcome)
     assert all(row["delta"] == 0 for row in change["headline"])
     assert not np.asarray(change["confusion_change"]).any()
@@ -48,13 +52,13 @@ def test_a_heavier_class_weight_changes_the_fit(starts, approach):
     weights = np.ones(len(start.classes))
     weights[rare] = 50.0
     outcome = whatif.refit(start, weights)
-    before = start.record["per_class"][rare]["predicted"]
-    assert outcome["per_class"][rare]["predicted"] > before
+    before = start.record.per_class[rare].predicted
+    assert outcome["per_class"][rare].predicted > before
     deltas = whatif.compare_with_start(start, outcome)
     row = deltas["per_class"].iloc[rare]
     assert row["weight"] == pytest.approx(50 * deltas["per_class"]["weight"].min())  # rescaled, ratios kept
     assert row["start weight"] == 1.0 and bool(row["minority"])
-    recall_change = outcome["per_class"][rare]["recall"] - start.record["per_class"][rare]["recall"]
+    recall_change = outcome["per_class"][rare].recall - start.record.per_class[rare].recall
     assert row["Δ recall"] == pytest.approx(recall_change)
     assert np.asarray(deltas["confusion_change"]).sum(axis=1).tolist() == [0] * len(start.classes)
 
@@ -169,29 +173,29 @@ def test_save_as_run_stores_a_normal_custom_run(starts, tmp_path):
     weights = whatif.seed_weights(start, "balanced")
     store = RunStore(tmp_path / "runs")
     record = whatif.save_as_run(start, weights, 0.5, store)
-    stored = store.load(record["run_id"])
-    assert stored["class_weight"] == "custom:what-if" and stored["approach"] == "head"
-    assert stored["class_weights"] == pytest.approx(weights.tolist())
-    assert stored["config"]["remedies"] == [dict(zip(start.classes, weights.tolist()))]
-    assert stored["tau"] == 0.5
-    assert stored["confusion_matrix"] == whatif.refit(start, weights, tau=0.5)["confusion_matrix"]
+    stored = store.load(record.run_id)
+    assert stored.class_weight == "custom:what-if" and stored.approach == "head"
+    assert stored.class_weights == pytest.approx(weights.tolist())
+    assert stored.config["remedies"] == [dict(zip(start.classes, weights.tolist()))]
+    assert stored.tau == 0.5
+    assert stored.confusion_matrix == whatif.refit(start, weights, tau=0.5)["confusion_matrix"]
 
 
 def test_start_needs_the_runs_features(demo_experiment, demo_dataset, tmp_path):
     results, _ = demo_experiment
-    record = results["runs"][0]
+    record = run_records(results)[0]
     with pytest.raises(ConfigError, match="no longer cached"):
         whatif.start_from(record, demo_dataset, tmp_path / "empty-cache")
     assert not list((tmp_path / "empty-cache").rglob("*.npz")), "nothing may be extracted"
     with pytest.raises(ConfigError, match="changed since run"):
-        whatif.start_from({**record, "dataset": {**record["dataset"], "fingerprint": "other"}}, demo_dataset, tmp_path)
+        whatif.start_from(replace(record, dataset=replace(record.dataset, fingerprint="other")), demo_dataset, tmp_path)
     with pytest.raises(ConfigError, match="is a finetune run"):
-        whatif.start_from({**record, "approach": "finetune"}, demo_dataset, tmp_path)
+        whatif.start_from(replace(record, approach="finetune"), demo_dataset, tmp_path)
 
 
 def test_the_change_comes_with_a_paired_test_against_the_start(starts):
     start = starts["head"]
-    same = whatif.compare_with_start(start, whatif.refit(start, whatif.seed_weights(start, "run"), start.record["tau"]))
+    same = whatif.compare_with_start(start, whatif.refit(start, whatif.seed_weights(start, "run"), start.record.tau))
     assert same["paired"]["mcnemar_p"] == 1.0 and same["paired"]["macro_f1_low"] == same["paired"]["macro_f1_high"] == 0
     weights = np.ones(len(start.classes))
     weights[int(np.argmin(start.dataset.train_counts))] = 100.0
@@ -200,7 +204,7 @@ def test_the_change_comes_with_a_paired_test_against_the_start(starts):
     right_before, right_after = start.start_pred == start.features.y_test, outcome["y_pred"] == start.features.y_test
     assert (paired["n_a_only"], paired["n_b_only"]) == ((right_before & ~right_after).sum(),
                                                         (~right_before & right_after).sum())
-    assert paired["macro_f1_delta"] == pytest.approx(outcome["macro_f1"] - start.record["macro_f1"])
+    assert paired["macro_f1_delta"] == pytest.approx(outcome["macro_f1"] - start.record.macro_f1)
     assert paired["macro_f1_low"] <= paired["macro_f1_delta"] <= paired["macro_f1_high"]
 
 
@@ -213,7 +217,8 @@ def test_tau_is_not_applied_to_svm_scores(starts):
 
 def tuned_start(start, tuned: dict):
     """`start` as if its run had been trained with --tune and had chosen `tuned`."""
-    record = {**start.record, "config": {**start.record["config"], "tune": True}, "tuned": tuned, **tuned}
+    record = replace(start.record, config={**start.record.config, "tune": True}, tuned=tuned,
+                     **{k: v for k, v in tuned.items() if k == "tau"})
     return whatif.start_from(record, start.dataset, start.config.cache_dir)
 
 
@@ -233,7 +238,7 @@ def test_refits_of_a_tuned_run_reuse_its_choice_and_never_tune_again(starts, mon
     assert 0 < outcome["validation"]["macro_f1"] <= 1
     assert "C = 10 by cross-validation" in svm.notes()[0] and "do not cross-validate again" in svm.notes()[0]
     head = tuned_start(starts["head"], {"tau": 1.5})
-    assert whatif.refit(head, whatif.seed_weights(head, "run"), head.record["tau"])["tau"] == 1.5
+    assert whatif.refit(head, whatif.seed_weights(head, "run"), head.record.tau)["tau"] == 1.5
     assert "tau = 1.5" in head.notes()[0]
 
 
@@ -294,7 +299,7 @@ def test_offsets_and_tau_rescore_a_refit_without_refitting(starts, monkeypatch):
     offsets = np.zeros(len(start.classes))
     offsets[rare] = 100.0  # far above every score gap (SVM scores are votes, up to n_classes)
     shifted = whatif.rescore(start, outcome, offsets=offsets)
-    assert shifted["per_class"][rare]["predicted"] == len(start.features.y_test)
+    assert shifted["per_class"][rare].predicted == len(start.features.y_test)
     assert shifted["validation"]["accuracy"] < outcome["validation"]["accuracy"]  # validation sees it first
     assert whatif.rescore(start, outcome)["confusion_matrix"] == outcome["confusion_matrix"]
 
@@ -326,8 +331,8 @@ def test_a_saved_run_records_that_test_scores_were_on_screen(starts, tmp_path):
     offsets = [0.0] * len(start.classes)
     record = whatif.save_as_run(start, whatif.seed_weights(start, "run"), 0.0, RunStore(tmp_path / "runs"),
                                 offsets=offsets, test_visible=True)
-    assert record["chosen_with_test_visible"] is True and record["offsets"] == offsets
-    assert record["remedy"].endswith("+offsets")
+    assert record.chosen_with_test_visible is True and record.offsets == offsets
+    assert record.remedy.endswith("+offsets")
 
 
 # ---------------------------------------------------------------- issue 13: weight scale, the model fitted
@@ -347,10 +352,10 @@ def test_scaling_every_weight_changes_nothing(starts, approach):
 
 def test_the_newest_feature_run_on_the_dataset_is_picked():
     def run(run_id, approach, fingerprint):
-        return {"run_id": run_id, "approach": approach, "dataset": {"fingerprint": fingerprint}}
+        return make_record(run_id=run_id, approach=approach, dataset={"fingerprint": fingerprint})
 
     records = [run("f", "finetune", "ours"), run("o", "svm", "other"), run("h", "head", "ours"), run("s", "svm", "ours")]
-    assert whatif.newest_feature_run(records, "ours")["run_id"] == "h"  # records come newest first
+    assert whatif.newest_feature_run(records, "ours").run_id == "h"  # records come newest first
     assert whatif.newest_feature_run(records[:2], "ours") is None  # a fine-tune run caches no features
 
 
@@ -359,11 +364,11 @@ def test_the_svm_note_says_what_a_larger_weight_really_does(demo_experiment, dem
     larger weight. True of its raw weight alone; but What-if rescales weights to an average of 1 per image, so
     raising it lowers every other class's bound. Both halves of the sentence are checked against refits."""
     results, store = demo_experiment
-    record = next(r for r in results["runs"] if r["approach"] == "svm" and r["class_weight"] == "balanced")
-    start = whatif.start_from(record, demo_dataset, feature_cache, store.load_predictions(record["run_id"]))
-    weights = np.asarray(record["class_weights"])
+    record = next(r for r in store.list_runs() if r.approach == "svm" and r.class_weight == "balanced")
+    start = whatif.start_from(record, demo_dataset, feature_cache, store.load_predictions(record.run_id))
+    weights = np.asarray(record.class_weights)
     outcome = whatif.refit(start, weights)
-    slack = [i for i, row in enumerate(record["per_class"]) if row["support_vectors"] and not row["at_bound"]]
+    slack = [i for i, row in enumerate(record.per_class) if row.support_vectors and not row.at_bound]
     assert slack, "the demo's balanced SVM should have a class with no support vector at its bound"
     k = slack[0]
     (note,) = [n for n in whatif.weight_explanations(start, outcome) if n.startswith(f"{start.classes[k]}:")]

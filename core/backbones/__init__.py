@@ -10,38 +10,15 @@ from __future__ import annotations
 import difflib
 import fnmatch
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
 
+from core.backbones.registry import ENTRIES, IMAGENET_MEAN, IMAGENET_STD, BackboneEntry  # noqa: F401  (re-exported)
 from core.errors import BackboneError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 POOLS = ("avg", "max")
 FUSION_SEPARATOR = "+"
-
-
-@dataclass(frozen=True)
-class BackboneEntry:
-    """How to build one registered backbone.
-
-    `build(pretrained)` returns the full ImageNet classifier; `strip(model, pool)` turns it into a
-    feature extractor and returns `(features, feature_dim, stages)`: `stages` are its parts from input to
-    output (the pooling inside the last), sharing its parameters, whose composition is `features`. `availability()` says whether
-    the pretrained weights load without a network, and from where: `(offline, note)`.
-    """
-
-    name: str
-    build: Callable[[bool], nn.Module]
-    strip: Callable[[nn.Module, str], tuple[nn.Module, int, nn.Module]]
-    weights_id: str
-    availability: Callable[[], tuple[bool, str]]
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    image_size: int = 224
-    interpolation: str = "bilinear"
 
 
 class InputNormalization(nn.Module):
@@ -97,30 +74,21 @@ def describe_backbone(entry: BackboneEntry, pool: str) -> dict:
             "mean": list(entry.mean), "std": list(entry.std), "interpolation": entry.interpolation}
 
 
-_REGISTRY: dict[str, BackboneEntry] = {}
-
-
-def register_backbone(entry: BackboneEntry) -> BackboneEntry:
-    """File a backbone entry under its name."""
-    _REGISTRY[entry.name] = entry
-    return entry
-
-
 def list_backbones(pattern: str = "*") -> list[str]:
     """Registered backbone names matching a shell-style pattern, e.g. `resnet*`."""
-    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+    return sorted(n for n in ENTRIES if fnmatch.fnmatch(n, pattern))
 
 
 def get_entry(name: str) -> BackboneEntry:
     """The registry entry for `name`; unknown names raise with close matches."""
-    if is_fused(name) and name not in _REGISTRY:
+    if is_fused(name) and name not in ENTRIES:
         raise BackboneError(f"{name!r} fuses several backbones, which only the approaches on cached features "
                             "(svm, head) and the what-if and feature-map views take; pick one backbone here")
-    if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, _REGISTRY, n=3)
+    if name not in ENTRIES:
+        close = difflib.get_close_matches(name, ENTRIES, n=3)
         hint = f"did you mean {', '.join(close)}? " if close else ""
         raise BackboneError(f"unknown backbone {name!r}; {hint}choose one of: {', '.join(list_backbones())}")
-    return _REGISTRY[name]
+    return ENTRIES[name]
 
 
 def backbone_parts(name: str) -> list[str]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from core.backbones import BackboneEntry, register_backbone
+from core.backbones.registry import BackboneEntry, register_backbone
 from core.errors import BackboneError
 
 TF_MEAN = TF_STD = (0.5, 0.5, 0.5)  # (x - 0.5) / 0.5 maps [0, 1] to [-1, 1]

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from core.backbones import BackboneEntry, register_backbone
+from core.backbones.registry import BackboneEntry, register_backbone
 from core.errors import BackboneError
 
 

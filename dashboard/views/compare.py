@@ -8,6 +8,7 @@ from core.backbone_compare import backbone_comparison
 from core.findings import family_note
 from core.naming import run_labels, run_names
 from core.figures import confusion_diff_figure, f1_delta_figure, tradeoff_figure
+from core.records import RunRecord
 from core.report import PAIRED_NOTE, comparisons_table, escape_markdown
 from dashboard import access, errors, state, widgets
 
@@ -17,7 +18,7 @@ SPEEDUP_VIEWS = (("fit", False, "Fit time; the shared feature extraction is not 
                                    "fine-tuning runs the CNN on every test image."))
 
 
-def show_speedups(runs: list[dict]) -> None:
+def show_speedups(runs: list[RunRecord]) -> None:
     if not speedups(runs):
         st.caption("Train more than one approach in this group to compare their times.")
         return
@@ -46,12 +47,12 @@ def delete_runs(labels: dict[str, str]) -> None:
                   icon=":material/delete:", on_click=delete_selected)
 
 
-def show_paired(record_a: dict, record_b: dict, comparisons) -> None:
-    paired = state.paired_diff(record_a["run_id"], record_b["run_id"])
+def show_paired(record_a: RunRecord, record_b: RunRecord, comparisons) -> None:
+    paired = state.paired_diff(record_a.run_id, record_b.run_id)
     if paired is None:
         st.info("These runs were tested on different images (another split seed), so no paired test.")
         return
-    widgets.paired_test(paired, "paired_table", family=family_note(comparisons, record_a["run_id"], record_b["run_id"]))
+    widgets.paired_test(paired, "paired_table", family=family_note(comparisons, record_a.run_id, record_b.run_id))
 
 
 def show_diff(labels: dict[str, str], comparisons) -> None:
@@ -69,14 +70,12 @@ def show_diff(labels: dict[str, str], comparisons) -> None:
                  column_config={name: st.column_config.NumberColumn(format="%+.3f" if name == "B − A" else "%.3f")
                                 for name in ("A", "B", "B − A")})
     show_paired(record_a, record_b, comparisons)
-    minority = [row["minority"] for row in record_a["per_class"]]
-    widgets.chart(confusion_diff_figure(record_a["confusion_matrix"], record_b["confusion_matrix"],
-                                        record_a["dataset"]["classes"], "A", "B", minority=minority),
-                  key="confusion_diff")
-    widgets.chart(f1_delta_figure(record_a["per_class"], record_b["per_class"], "A", "B"), key="f1_delta")
+    widgets.chart(confusion_diff_figure(record_a.confusion_matrix, record_b.confusion_matrix, record_a.classes,
+                                        "A", "B", minority=record_a.minority), key="confusion_diff")
+    widgets.chart(f1_delta_figure(record_a.per_class, record_b.per_class, "A", "B"), key="f1_delta")
 
 
-def show_comparisons(runs: list[dict]) -> None:
+def show_comparisons(runs: list[RunRecord]) -> None:
     """The paired tests the findings use; the rest of the group's family behind an expander."""
     found, comparisons = state.group_findings(runs)
     if not len(comparisons):
@@ -92,7 +91,7 @@ def show_comparisons(runs: list[dict]) -> None:
             st.dataframe(comparisons_table(runs, comparisons, rest), hide_index=True, key="findings_rest")
 
 
-def show_backbones(records: list[dict]) -> None:
+def show_backbones(records: list[RunRecord]) -> None:
     """Per backbone, for runs that differ only in backbone: macro-F1 with its interval, extraction cost, size."""
     groups = backbone_comparison(records)
     if not groups:

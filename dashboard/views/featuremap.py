@@ -4,16 +4,17 @@ import streamlit as st
 from core.experiment import FEATURE_APPROACHES
 from core.featuremap import map_points, misclassified_first
 from core.figures import feature_map_figure
+from core.records import RunRecord
 from dashboard import access, errors, state, widgets
 
 
-def show_map(record: dict, coords) -> None:
+def show_map(record: RunRecord, coords) -> None:
     start = state.whatif_start(record)
     classes = start.classes
-    points = map_points(start.dataset, state.load_predictions(record["run_id"])["pred"].to_numpy())
+    points = map_points(start.dataset, state.load_predictions(record.run_id)["pred"].to_numpy())
     fig = feature_map_figure(coords, points["labels"], classes, is_test=points["is_test"],
                              predicted=points["predicted"], names=points["names"],
-                             minority=[row["minority"] for row in record["per_class"]])
+                             minority=record.minority)
     st.caption("Colour = true class; ● train, ◆ test classified correctly, ✕ test misclassified by this run. "
                "Hover for file and classes; drag a box or lasso around points to see their images.")
     chosen = misclassified_first(points, [data[0] for data in widgets.selected_points(fig, key="feature_map")])
@@ -27,12 +28,12 @@ def show_map(record: dict, coords) -> None:
     widgets.gallery([points["paths"][i] for i in chosen], captions)
 
 
-def feature_map_job_panel(record: dict) -> None:
+def feature_map_job_panel(record: RunRecord) -> None:
     """Progress of the map job of this run's features, or the button that starts it (owner only)."""
-    job = state.feature_map_job(record["feature_key"])
+    job = state.feature_map_job(record.feature_key)
 
     def render() -> bool:
-        current = state.feature_map_job(record["feature_key"])
+        current = state.feature_map_job(record.feature_key)
         if state.is_active(current):
             st.progress(_share_done(current), text=f"Computing the feature map: {widgets.job_brief(current)}")
         elif current is not None and current.status == "failed":
@@ -55,12 +56,12 @@ def _share_done(job) -> float:
 
 st.title("Feature map")
 with errors.guard():
-    runs = [run for run in state.list_runs() if run["approach"] in FEATURE_APPROACHES]
+    runs = [run for run in state.list_runs() if run.approach in FEATURE_APPROACHES]
     if not runs:
         widgets.no_runs_hint()
     else:
         record = widgets.pick_run(runs, "Features and test predictions of run (svm or head)", "map_run")
-        coords = state.feature_map(record["feature_key"])
+        coords = state.feature_map(record.feature_key)
         if coords is None:
             feature_map_job_panel(record)
         else:

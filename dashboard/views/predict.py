@@ -44,7 +44,7 @@ with errors.guard():
             folder = st.text_input("Folder of images (searched recursively)", key="predict_folder").strip()
             paths, names = ([folder] if folder else []), {}
         if paths:
-            predictions = state.predict_images(record["run_id"], paths)
+            predictions = state.predict_images(record.run_id, paths)
             for path, reason in predictions.skipped:
                 st.warning(f"Skipped {access.shown_path(path)}: {reason}", icon=":material/warning:")
             for note in predictions.notes:
@@ -55,4 +55,4 @@ with errors.guard():
             for start in range(0, shown, COLUMNS):
                 for i, column in zip(range(start, min(start + COLUMNS, shown)), st.columns(COLUMNS)):
                     with column:
-                        show_prediction(predictions, i, record["run_id"], names)
+                        show_prediction(predictions, i, record.run_id, names)

@@ -5,38 +5,38 @@ from core.analysis import (HEADLINE_METRICS, LOGIT_APPROACHES, class_report, err
                            fit_time_note, interval_caption, metric_deltas, misclassified_paths, rescore, rescore_validation,
                            run_settings)
 from core.figures import clickable_confusion_figure, learning_curve_figure, per_class_figure
+from core.records import RunRecord
 from core.report import escape_markdown
 from dashboard import access, errors, state, why, widgets
 
 
-def show_metrics(record: dict) -> None:
+def show_metrics(record: RunRecord) -> None:
     cols = st.columns(len(HEADLINE_METRICS) + 1)
     for col, (key, label) in zip(cols, HEADLINE_METRICS.items()):
-        col.metric(label, f"{record[key]:.3f}")
-    cols[-1].metric("Fit time", widgets.format_seconds(record["fit_seconds"]), help=fit_time_note(record))
+        col.metric(label, f"{record.score(key):.3f}")
+    cols[-1].metric("Fit time", widgets.format_seconds(record.fit_seconds), help=fit_time_note(record))
     if interval_caption(record):
         st.caption(interval_caption(record) + " (how much the score could move with another sample of test images)")
     if note := few_test_note([record]):
         st.warning(escape_markdown(note), icon=":material/warning:")
-    if record.get("no_test_support"):
-        unscored = ", ".join(map(escape_markdown, record["no_test_support"]))
+    if record.no_test_support:
+        unscored = ", ".join(map(escape_markdown, record.no_test_support))
         st.warning(f"No test images, so not scored (left out of the averages): {unscored}", icon=":material/warning:")
-    if record["never_predicted"]:
-        weights = "balanced class weights" if record["class_weight"] == "none" else "larger custom weights for them"
-        remedy = " or the logit adjustment below" if record["approach"] in LOGIT_APPROACHES else ""
-        st.warning(f"Never predicted (recall 0): {', '.join(map(escape_markdown, record['never_predicted']))}. "
+    if record.never_predicted:
+        weights = "balanced class weights" if record.class_weight == "none" else "larger custom weights for them"
+        remedy = " or the logit adjustment below" if record.approach in LOGIT_APPROACHES else ""
+        st.warning(f"Never predicted (recall 0): {', '.join(map(escape_markdown, record.never_predicted))}. "
                    f"Try {weights}{remedy}.", icon=":material/warning:")
 
 
 @st.fragment
-def confusion_panel(record: dict) -> None:
+def confusion_panel(record: RunRecord) -> None:
     normalize = st.toggle("Row-normalize (share of each true class)", key="cm_normalize")
-    minority = [row["minority"] for row in record["per_class"]]
     with st.container(key="confusion_matrix"):
-        figure = clickable_confusion_figure(record["confusion_matrix"], record["dataset"]["classes"], normalize,
-                                            minority=minority)
+        figure = clickable_confusion_figure(record.confusion_matrix, record.classes, normalize,
+                                            minority=record.minority)
         widgets.selected_points(figure, key="cm_click", modes="points", on_select=show_clicked_cell,
-                                args=(error_cells(record["confusion_matrix"]),))
+                                args=(error_cells(record.confusion_matrix),))
     if st.session_state.pop("cm_clicked", False):
         st.rerun()  # the whole page, so the misclassified panel below shows the clicked cell
 
@@ -56,24 +56,25 @@ def show_clicked_cell(cells: list[dict]) -> None:
 
 
 @st.fragment
-def logit_panel(record: dict) -> None:
+def logit_panel(record: RunRecord) -> None:
     st.subheader("Logit adjustment")
-    if record["approach"] not in LOGIT_APPROACHES:
+    if record.approach not in LOGIT_APPROACHES:
         st.caption("Post-hoc logit adjustment applies to head and fine-tune runs, whose scores are logits.")
         return
     st.caption("Subtract tau × log(class prior) from the stored logits: favours rare classes, no retraining.")
-    stored_tau = float(record.get("tau", 0.0))
+    stored_tau = float(record.tau or 0.0)
     tau = st.slider("tau", 0.0, max(2.0, stored_tau), stored_tau, 0.05, key="logit_tau")
     with errors.guard():
-        before = record.get("validation")
-        after = rescore_validation(record, state.load_validation(record["run_id"]), tau)
+        before = record.validation
+        after = rescore_validation(record, state.load_validation(record.run_id), tau)
         if before and after:
             st.markdown("**Validation** (out-of-fold, on the training images): what to choose tau by")
             for col, key in zip(st.columns(len(after)), after):
+                change = after[key] - getattr(before, key)
                 col.metric(f"validation {HEADLINE_METRICS[key]} at tau {tau:g}", f"{after[key]:.3f}",
-                           delta=f"{after[key] - before[key]:+.3f}" if round(after[key] - before[key], 3) else None)
+                           delta=f"{change:+.3f}" if round(change, 3) else None)
         st.markdown("**Test** (held-out check): choosing tau by these numbers tunes on the test set")
-        adjusted = rescore(record, state.load_predictions(record["run_id"]), tau)
+        adjusted = rescore(record, state.load_predictions(record.run_id), tau)
         for col, row in zip(st.columns(len(HEADLINE_METRICS)), metric_deltas(record, adjusted)):
             col.metric(f"{row['metric']} at tau {tau:g}", f"{row['after']:.3f}",
                        delta=f"{row['delta']:+.3f}" if round(row["delta"], 3) else None)
@@ -83,18 +84,18 @@ def logit_panel(record: dict) -> None:
 
 
 @st.fragment
-def misclassified_panel(record: dict) -> None:
+def misclassified_panel(record: RunRecord) -> None:
     st.subheader("Misclassified test images")
-    cells = error_cells(record["confusion_matrix"])
+    cells = error_cells(record.confusion_matrix)
     if not cells:
         st.success("Every test image was classified correctly.")
         return
-    classes = record["dataset"]["classes"]
+    classes = record.classes
     st.caption("Click a cell of the confusion matrix above, or pick one here.")
     choice = st.selectbox("True class → predicted class", range(len(cells)), key="error_cell", format_func=lambda i:
                           f"{classes[cells[i]['true']]} → {classes[cells[i]['pred']]} ({cells[i]['count']} images)")
     with errors.guard():
-        predictions = state.load_predictions(record["run_id"])
+        predictions = state.load_predictions(record.run_id)
         paths, missing = misclassified_paths(predictions, cells[choice]["true"], cells[choice]["pred"])
         if missing:
             st.warning(f"{missing} image(s) are no longer at their recorded path (dataset moved?).")
@@ -108,10 +109,10 @@ with errors.guard():
     if not runs:
         widgets.no_runs_hint()
     else:
-        record = state.load_run(widgets.pick_run(runs, "Run", "results_run")["run_id"])
+        record = state.load_run(widgets.pick_run(runs, "Run", "results_run").run_id)
         show_metrics(record)
         confusion_panel(record)
-        widgets.chart(per_class_figure(record["per_class"]), key="per_class")
+        widgets.chart(per_class_figure(record.per_class), key="per_class")
         why.groups_panel(record)
         why.ordinal_panel(record)
         with st.expander("Per-class table and run settings"):
@@ -119,8 +120,8 @@ with errors.guard():
             left.dataframe(class_report(record), hide_index=True, key="class_report")
             right.dataframe(run_settings(access.shown_record(record)), hide_index=True, key="run_settings")
         logit_panel(record)
-        if record["history"]:
-            widgets.chart(learning_curve_figure(record["history"]), key="learning_curve")
+        if record.history:
+            widgets.chart(learning_curve_figure(record.history), key="learning_curve")
         misclassified_panel(record)
         with errors.guard():
             why.calibration_panel(record)

@@ -3,6 +3,7 @@ import streamlit as st
 
 from core import sharing
 from core.naming import run_labels
+from core.records import RunRecord
 from core.report import escape_markdown
 from core.sharing import run_link
 from dashboard import access, errors, state, views, widgets
@@ -63,7 +64,7 @@ def download(column, label: str, make_data, file_name: str, mime: str, key: str,
                            on_click="ignore", width="stretch")
 
 
-def export_runs(runs: list[dict]) -> None:
+def export_runs(runs: list[RunRecord]) -> None:
     st.subheader("Export runs")
     labels = run_labels(runs)
     chosen = st.multiselect("Runs to export", list(labels), default=list(labels), format_func=labels.get,

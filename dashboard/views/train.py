@@ -4,9 +4,9 @@ import streamlit as st
 from core.analysis import weight_table, weights_from_table
 from core.errors import ClassWeightError
 from core.experiment import ExperimentConfig
-from core.finetune import estimate_experiment
+from core.experiment import estimate_experiment
 from core.paths import cache_dir
-from core.report import escape_markdown
+from core.report import escape_markdown, run_records
 from core.settings import BY_NAME, SETTINGS
 from core.remedies import PAGE_CHOICES, describe, parse_remedy, remedy_warnings
 from core.weights import SCALE_NOTE, SCHEMES
@@ -77,20 +77,21 @@ def show_outcome(results: dict) -> None:
                    f"(the first extraction took {extract}).")
     elif results["feature_key"]:
         st.success(f"Features extracted in {extract} and cached for the next runs.")
-    widgets.runs_dataframe(results["runs"], key="job_runs", columns=(
+    runs = run_records(results)
+    widgets.runs_dataframe(runs, key="job_runs", columns=(
         "approach", "remedy", "macro-F1", "validation macro-F1", "cross-fitted validation macro-F1"))
     for note in results.get("skipped_runs", []):
         st.caption(note)
-    chosen = next((run for run in results["runs"] if run["run_id"] == results.get("best_by_validation")), None)
+    chosen = next((run for run in runs if run.run_id == results.get("best_by_validation")), None)
     if chosen:
-        widgets.page_link("results", label=f"Open the run validation picks ({chosen['approach']} · {chosen['remedy']}:"
+        widgets.page_link("results", label=f"Open the run validation picks ({chosen.approach} · {chosen.remedy_label}:"
                           f" best cross-fitted validation macro-F1 on the training images)", icon=":material/verified:",
-                          query_params={"run": chosen["run_id"]})
-    best = max(results["runs"], key=lambda run: run["macro_f1"])
-    name = escape_markdown(f"{best['approach']} · {best['remedy']}")
+                          query_params={"run": chosen.run_id})
+    best = max(runs, key=lambda run: run.macro_f1)
+    name = escape_markdown(f"{best.approach} · {best.remedy_label}")
     widgets.page_link("results", label=f"Open the run with the highest test macro-F1 ({name}); picked on the "
                       "test set, so not a validated choice",
-                      icon=":material/insights:", query_params={"run": best["run_id"]})
+                      icon=":material/insights:", query_params={"run": best.run_id})
     widgets.page_link("compare", label="Compare all runs", icon=":material/compare_arrows:")
 
 

@@ -9,6 +9,7 @@ from core.analysis import LOGIT_APPROACHES
 from core.experiment import FEATURE_APPROACHES
 from core.figures import confusion_diff_figure, per_class_delta_figure
 from core.findings import tries_note
+from core.records import RunRecord
 from core.report import escape_markdown
 from core.weights import SCALE_NOTE
 from core.whatif import (SEED_SCHEMES, WEIGHT_RANGE, compare_with_start, live_refit_note, rescore, seed_weights,
@@ -24,13 +25,13 @@ SEEDS = {"run": "this run's weights", **{scheme: scheme for scheme in SEED_SCHEM
 def weight_sliders(start, scheme: str) -> np.ndarray:
     """One log-scale slider per class, seeded from `scheme`; minority classes are marked."""
     weights, columns = [], st.columns(SLIDER_COLUMNS)
-    rows = start.record["per_class"]
+    rows = start.record.per_class
     for i, (row, seed) in enumerate(zip(rows, seed_weights(start, scheme))):
         options = sorted({*WEIGHT_GRID, float(seed)})
-        label = f"{escape_markdown(row['class'])} · {row['train_count']} train" + (" · minority" * row["minority"])
+        label = f"{escape_markdown(row.name)} · {row.train_count} train" + (" · minority" * row.minority)
         weights.append(columns[i % SLIDER_COLUMNS].select_slider(
             label, options, value=float(seed), format_func=lambda w: f"{w:.3g}",
-            key=f"whatif_{start.record['run_id']}_{scheme}_{i}"))
+            key=f"whatif_{start.record.run_id}_{scheme}_{i}"))
     return np.array(weights)
 
 
@@ -39,12 +40,12 @@ def offset_sliders(start, outcome: dict) -> np.ndarray:
     finite = outcome["scores"][np.isfinite(outcome["scores"])]
     scale = float(finite.std()) or 1.0
     offsets, columns = [], st.columns(SLIDER_COLUMNS)
-    chosen = start.record.get("offsets") or [0.0] * len(start.classes)  # the run's own offsets, if it chose any
+    chosen = start.record.offsets or [0.0] * len(start.classes)  # the run's own offsets, if it chose any
     for i, name in enumerate(start.classes):
         low, high = -3 * scale, 3 * scale
         offsets.append(columns[i % SLIDER_COLUMNS].slider(
             escape_markdown(name), low, high, min(max(float(chosen[i]), low), high), scale / 20, format="%.2f",
-            key=f"whatif_offset_{start.record['run_id']}_{i}"))
+            key=f"whatif_offset_{start.record.run_id}_{i}"))
     return np.array(offsets)
 
 
@@ -58,9 +59,9 @@ def metric_row(rows: list[dict], extra=None) -> None:
         cols[-1].metric(label, value, help=note)
 
 
-def family_note(record: dict, setting, paired: dict) -> str:
+def family_note(record: RunRecord, setting, paired: dict) -> str:
     """Holm over the settings this session tested against the run (each is one more paired test)."""
-    tried = st.session_state.setdefault("whatif_tries", {}).setdefault(record["run_id"], {})
+    tried = st.session_state.setdefault("whatif_tries", {}).setdefault(record.run_id, {})
     tried[setting] = paired.get("macro_f1_p")
     return tries_note(tried, setting)
 
@@ -89,11 +90,10 @@ def show_changes(start, outcome: dict, show_test: bool, setting=None) -> None:
                                 family_note(record, setting, change["paired"]))
     if outcome["never_predicted"]:
         st.warning(f"Never predicted with these weights: {', '.join(map(escape_markdown, outcome['never_predicted']))}")
-    classes, minority = record["dataset"]["classes"], [row["minority"] for row in record["per_class"]]
-    widgets.chart(per_class_delta_figure(record["per_class"], outcome["per_class"], "start", "tuned"),
+    widgets.chart(per_class_delta_figure(record.per_class, outcome["per_class"], "start", "tuned"),
                   key="whatif_deltas")
-    widgets.chart(confusion_diff_figure(record["confusion_matrix"], outcome["confusion_matrix"], classes, "start",
-                                        "tuned", minority=minority), key="whatif_confusion")
+    widgets.chart(confusion_diff_figure(record.confusion_matrix, outcome["confusion_matrix"], record.classes,
+                                        "start", "tuned", minority=record.minority), key="whatif_confusion")
     with st.expander("Per-class table"):
         st.dataframe(change["per_class"], hide_index=True, key="whatif_table", column_config={
             name: st.column_config.NumberColumn(format="%+.3f" if name.startswith("Δ") else "%.3f")
@@ -101,7 +101,7 @@ def show_changes(start, outcome: dict, show_test: bool, setting=None) -> None:
 
 
 @st.fragment
-def tuner(record: dict) -> None:
+def tuner(record: RunRecord) -> None:
     with errors.guard():  # inside: a fragment rerun runs only this body
         start = state.whatif_start(record)
         scheme = st.segmented_control("Seed the weights from", list(SEEDS), format_func=SEEDS.get, default="run",
@@ -112,11 +112,11 @@ def tuner(record: dict) -> None:
             st.warning(note, icon=":material/speed:")
         weights = weight_sliders(start, scheme)
         st.caption(SCALE_NOTE)
-        tau = record.get("tau", 0.0)
-        if record["approach"] in LOGIT_APPROACHES:
+        tau = record.tau or 0.0
+        if record.approach in LOGIT_APPROACHES:
             tau = st.slider("Logit adjustment tau (no refit)", 0.0, 3.0, float(tau), 0.05,
-                            key=f"whatif_tau_{record['run_id']}")
-        inputs = (record["run_id"], tuple(weights))
+                            key=f"whatif_tau_{record.run_id}")
+        inputs = (record.run_id, tuple(weights))
         last = st.session_state.get("whatif_last")
         if last is None or last[0] != inputs:
             time.sleep(DEBOUNCE_S)
@@ -129,14 +129,14 @@ def tuner(record: dict) -> None:
         show_test = st.toggle("Show the test scores (held-out check)", value=True, key="whatif_show_test")
         seen = st.session_state.setdefault("whatif_test_seen", set())
         if show_test:
-            seen.add(record["run_id"])
+            seen.add(record.run_id)
         show_changes(start, outcome, show_test, (inputs[1], float(tau), tuple(np.round(offsets, 6))))
         if access.read_only_note("save tuned weights as a run") and st.button("Save as run", key="whatif_save",
                                                                               icon=":material/save:"):
-            saved = state.save_whatif(start, weights, tau, outcome["offsets"], record["run_id"] in seen)
-            st.success(f"Saved run `{saved['run_id']}`.")
+            saved = state.save_whatif(start, weights, tau, outcome["offsets"], record.run_id in seen)
+            st.success(f"Saved run `{saved.run_id}`.")
             widgets.page_link("results", label="Open it on Results", icon=":material/insights:",
-                              query_params={"run": saved["run_id"]})
+                              query_params={"run": saved.run_id})
 
 
 st.title("What-if")
@@ -144,7 +144,7 @@ st.caption("Tune a run's class weights: move a class's weight and the model refi
            "(the SVM reuses its kernel, the linear models retrain in about a second), with 3-fold validation "
            "on the training images; tau and per-class offsets only rescore. Nothing is stored until you save.")
 with errors.guard():
-    runs = [run for run in state.list_runs() if run["approach"] in FEATURE_APPROACHES]
+    runs = [run for run in state.list_runs() if run.approach in FEATURE_APPROACHES]
     if not runs:
         widgets.no_runs_hint()
     else:

@@ -1,4 +1,5 @@
-"""Run store: atomic saves, listing, loading, deleting, and safe bundle export/import."""
+"""Run store (core.store): atomic saves, listing, loading, deleting; safe bundle export/import (core.bundles);
+the atomic writers under them (core.storage)."""
 
 import errno
 import io
@@ -18,9 +19,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import core.runs as runs
+import core.bundles as bundles
+from core.bundles import export_bundle, export_bundle_bytes, import_bundle
 from core.errors import RunStoreError, StorageError
-from core.runs import SCHEMA_VERSION, RunStore, atomic_file, atomic_write_json, new_run_id
+from core.records import SCHEMA_VERSION, RunRecord
+from core.storage import atomic_file, atomic_write_json
+from core.store import RunStore, check_feature_key, check_run_id, new_run_id
 
 ROOT = Path(__file__).resolve().parents[1]
 UNSAFE_IDS = ["../evil", "..", "a/b", "/etc", "", ".tmp-x", "a\\b", "run id", None]
@@ -42,8 +46,8 @@ def complete_record(run_id, approach="svm", **extra):
             **extra}
 
 
-def make_record(approach="svm", **extra):
-    return complete_record(new_run_id(approach, "balanced"), approach, **extra)
+def make_record(approach="svm", **extra) -> RunRecord:
+    return RunRecord.build(complete_record(new_run_id(approach, "balanced"), approach, **extra))
 
 
 def make_predictions(paths=("data/a.png", "data/b.png", "data/c.png")):
@@ -87,7 +91,7 @@ def record_bytes(run_id, schema_version=SCHEMA_VERSION, **changes):
 def test_new_run_id_is_readable_and_safe():
     run_id = new_run_id("Linear Head", "custom.json")
     assert re.fullmatch(r"\d{8}-\d{6}-linear-head-custom-json-[0-9a-f]{8}", run_id)
-    assert runs.check_run_id(run_id) == run_id
+    assert check_run_id(run_id) == run_id
     assert len({new_run_id("svm", "none") for _ in range(8)}) > 1
 
 
@@ -139,8 +143,8 @@ def test_save_list_load_roundtrip(store):
     record, predictions, model = make_record(), make_predictions(), tiny_model()
     run_id = store.save(record, model=model, predictions=predictions)
     loaded = store.load(run_id)
-    assert loaded == {**record, "schema_version": SCHEMA_VERSION, "created": loaded["created"]}
-    assert loaded["created"].endswith("+00:00")
+    assert loaded == record and loaded.schema_version == SCHEMA_VERSION
+    assert loaded.created.endswith("+00:00")
     assert store.list_runs() == [loaded]
     pd.testing.assert_frame_equal(store.load_predictions(run_id), predictions)
     from core.model_io import model_state
@@ -152,14 +156,14 @@ def test_save_list_load_roundtrip(store):
 def test_numpy_values_are_stored_as_plain_json(store):
     run_id = store.save(make_record(accuracy=np.float64(0.5), confusion_matrix=np.array([[1, 0], [2, 3]])))
     loaded = store.load(run_id)
-    assert loaded["accuracy"] == 0.5 and type(loaded["accuracy"]) is float
-    assert loaded["confusion_matrix"] == [[1, 0], [2, 3]]
+    assert loaded.accuracy == 0.5 and type(loaded.accuracy) is float
+    assert loaded.confusion_matrix == [[1, 0], [2, 3]]
 
 
 def test_list_runs_newest_first(store):
     old = store.save(make_record(created="2026-01-01T00:00:00+00:00"))
     new = store.save(make_record(created="2026-06-01T00:00:00+00:00"))
-    assert [r["run_id"] for r in store.list_runs()] == [new, old]
+    assert [r.run_id for r in store.list_runs()] == [new, old]
 
 
 def test_save_refuses_existing_or_missing_run_id(store):
@@ -167,7 +171,7 @@ def test_save_refuses_existing_or_missing_run_id(store):
     store.save(record)
     with pytest.raises(RunStoreError, match="already exists"):
         store.save(record)
-    with pytest.raises(RunStoreError, match="new_run_id"):
+    with pytest.raises(RunStoreError, match="must be a RunRecord, got dict"):
         store.save({"approach": "svm"})
 
 
@@ -196,7 +200,7 @@ def test_list_runs_skips_corrupt_and_partial_dirs(store):
     staging.mkdir()
     (staging / "record.json").write_bytes(record_bytes(staging.name))
     (store.root / "stray.txt").write_text("not a run")
-    assert [r["run_id"] for r in store.list_runs()] == [good]
+    assert [r.run_id for r in store.list_runs()] == [good]
     with pytest.raises(RunStoreError, match="not valid JSON"):
         store.load("20260101-000000-bad-json")
 
@@ -218,7 +222,7 @@ def test_unsafe_run_ids_are_rejected(store, tmp_path, run_id, method):
 
 def test_save_rejects_unsafe_run_id(store, tmp_path):
     with pytest.raises(RunStoreError, match="not valid"):
-        store.save({"run_id": "../evil"})
+        store.save(RunRecord.build(complete_record("../evil")))
     assert entries(tmp_path) == []
 
 
@@ -240,11 +244,11 @@ def test_delete_removes_run(store):
 def test_export_import_roundtrip(store, tmp_path):
     first = store.save(make_record("svm"), model=tiny_model(), predictions=make_predictions())
     second = store.save(make_record("head"))
-    bundle = store.export_bundle([first, second], tmp_path / "out" / "bundle.zip")
+    bundle = export_bundle(store, [first, second], tmp_path / "out" / "bundle.zip")
     with zipfile.ZipFile(bundle) as zf:
         assert json.loads(zf.read("manifest.json")) == {"schema_version": SCHEMA_VERSION, "runs": [first, second]}
     other = RunStore(tmp_path / "other")
-    assert other.import_bundle(bundle) == [first, second]
+    assert import_bundle(other, bundle) == [first, second]
     assert other.list_runs() == store.list_runs()
     pd.testing.assert_frame_equal(other.load_predictions(first), make_predictions())
     with zipfile.ZipFile(bundle) as zf:
@@ -253,36 +257,36 @@ def test_export_import_roundtrip(store, tmp_path):
     assert same_arrays(other.load_model(first), store.load_model(first))
     with pytest.raises(RunStoreError, match="has no model.*earlier version"):
         other.load_model(second)
-    assert other.import_bundle(bundle) == []
+    assert import_bundle(other, bundle) == []
     assert entries(tmp_path / "out") == ["bundle.zip"]
 
 
 def test_import_accepts_file_object(store, tmp_path):
     run_id = store.save(make_record())
-    bundle = store.export_bundle([run_id], tmp_path / "bundle.zip")
+    bundle = export_bundle(store, [run_id], tmp_path / "bundle.zip")
     other = RunStore(tmp_path / "other")
     with open(bundle, "rb") as f:
-        assert other.import_bundle(f) == [run_id]
+        assert import_bundle(other, f) == [run_id]
 
 
 def test_export_bundle_bytes_roundtrip_leaves_no_temp_file(store, tmp_path, monkeypatch):
-    monkeypatch.setattr(runs.tempfile, "tempdir", str(tmp_path / "tmp"))
+    monkeypatch.setattr(bundles.tempfile, "tempdir", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
     run_id = store.save(make_record(), predictions=make_predictions())
-    data = store.export_bundle_bytes([run_id])
+    data = export_bundle_bytes(store, [run_id])
     assert entries(tmp_path / "tmp") == []
     other = RunStore(tmp_path / "other")
-    assert other.import_bundle(io.BytesIO(data)) == [run_id]
+    assert import_bundle(other, io.BytesIO(data)) == [run_id]
     assert other.load(run_id) == store.load(run_id)
     pd.testing.assert_frame_equal(other.load_predictions(run_id), store.load_predictions(run_id))
     with pytest.raises(RunStoreError, match="no run 'missing-run'"):
-        store.export_bundle_bytes(["missing-run"])
+        export_bundle_bytes(store, ["missing-run"])
     assert entries(tmp_path / "tmp") == []
 
 
 def test_export_unknown_run_fails_without_output(store, tmp_path):
     with pytest.raises(RunStoreError, match="list_runs"):
-        store.export_bundle(["missing-run"], tmp_path / "bundle.zip")
+        export_bundle(store, ["missing-run"], tmp_path / "bundle.zip")
     assert not (tmp_path / "bundle.zip").exists()
 
 
@@ -305,7 +309,7 @@ def test_import_rejects_bad_bundle_and_writes_nothing(store, tmp_path, case):
     members, manifest_runs, message = BAD_BUNDLES[case]
     bundle = write_zip(tmp_path / "bundle.zip", members, manifest_runs)
     with pytest.raises(RunStoreError, match=message):
-        store.import_bundle(bundle)
+        import_bundle(store, bundle)
     assert entries(store.root) == []
     assert entries(tmp_path) == ["bundle.zip"]
 
@@ -319,15 +323,15 @@ def test_import_rejects_symlink_member(store, tmp_path):
         zf.writestr(f"{GOOD}/record.json", record_bytes(GOOD))
         zf.writestr(link, "/etc/passwd")
     with pytest.raises(RunStoreError, match="symlink"):
-        store.import_bundle(bundle)
+        import_bundle(store, bundle)
     assert entries(store.root) == []
 
 
 def test_import_rejects_oversized_bundle(store, tmp_path, monkeypatch):
     bundle = write_zip(tmp_path / "bundle.zip", {f"{GOOD}/record.json": record_bytes(GOOD)}, [GOOD])
-    monkeypatch.setattr(runs, "MAX_BUNDLE_BYTES", 10)
+    monkeypatch.setattr(bundles, "MAX_BUNDLE_BYTES", 10)
     with pytest.raises(RunStoreError, match="limit"):
-        store.import_bundle(bundle)
+        import_bundle(store, bundle)
     assert entries(store.root) == []
 
 
@@ -335,7 +339,7 @@ def test_import_rejects_non_zip(store, tmp_path):
     bundle = tmp_path / "bundle.zip"
     bundle.write_bytes(b"this is not a zip")
     with pytest.raises(RunStoreError, match="not a readable zip"):
-        store.import_bundle(bundle)
+        import_bundle(store, bundle)
     assert entries(store.root) == []
 
 
@@ -360,16 +364,16 @@ def test_import_refuses_an_incomplete_record_and_writes_nothing(store, tmp_path,
     bundle = write_zip(tmp_path / "bundle.zip", {f"{GOOD}/record.json": record_bytes(GOOD, **changes),
                                                   f"{good}/record.json": record_bytes(good)}, [good, GOOD])
     with pytest.raises(RunStoreError, match=re.escape(message)):
-        store.import_bundle(bundle)
+        import_bundle(store, bundle)
     assert entries(store.root) == []
 
 
 @pytest.mark.parametrize("case", BROKEN_RECORDS, ids=list(BROKEN_RECORDS))
 def test_save_refuses_an_incomplete_record(store, case):
     changes, message = BROKEN_RECORDS[case]
-    record = {k: v for k, v in {**make_record(), **changes}.items() if v is not None}
+    record = {k: v for k, v in {**make_record().to_json(), **changes}.items() if v is not None}
     with pytest.raises(RunStoreError, match=re.escape(message)):
-        store.save(record)
+        store.save(RunRecord.from_json(record))
     assert entries(store.root) == []
 
 
@@ -381,7 +385,7 @@ def test_scan_reports_broken_runs_which_stay_deletable(store):
     (store.root / broken / "record.json").write_text(json.dumps(record))
     (store.root / "20260101-000000-no-record").mkdir()
     records, problems = store.scan()
-    assert [r["run_id"] for r in records] == [good] == [r["run_id"] for r in store.list_runs()]
+    assert [r.run_id for r in records] == [good] == [r.run_id for r in store.list_runs()]
     assert set(problems) == {broken, "20260101-000000-no-record"}
     assert "lacks 'approach'" in problems[broken] and "no readable record.json" in problems["20260101-000000-no-record"]
     with pytest.raises(RunStoreError, match="lacks 'approach'"):
@@ -419,7 +423,7 @@ def test_import_refuses_what_no_transferscope_exports_and_writes_nothing(store, 
     if predictions is not None:
         members[f"{GOOD}/predictions.csv"] = predictions
     with pytest.raises(RunStoreError, match=re.escape(message)):
-        store.import_bundle(write_zip(tmp_path / "bundle.zip", members, [GOOD]))
+        import_bundle(store, write_zip(tmp_path / "bundle.zip", members, [GOOD]))
     assert entries(store.root) == []
 
 
@@ -427,18 +431,18 @@ def test_import_takes_a_recent_run_with_a_hex_key_and_paths_in_its_dataset(store
     created = (datetime.now(timezone.utc) + timedelta(minutes=2)).isoformat()  # a clock a little ahead is fine
     members = {f"{GOOD}/record.json": record_bytes(GOOD, created=created, feature_key="0123456789abcdef0123"),
                f"{GOOD}/predictions.csv": predictions_csv("data/a.png", "data/test/b.png", "data/c.png")}
-    assert store.import_bundle(write_zip(tmp_path / "bundle.zip", members, [GOOD])) == [GOOD]
+    assert import_bundle(store, write_zip(tmp_path / "bundle.zip", members, [GOOD])) == [GOOD]
 
 
 @pytest.mark.parametrize("key", ["0123456789abcdef", "f" * 64])
 def test_check_feature_key_takes_hex_keys(key):
-    assert runs.check_feature_key(key) == key
+    assert check_feature_key(key) == key
 
 
 @pytest.mark.parametrize("key", ["../maps/x", "ABCDEF0123456789", "0123", "", None, 12])
 def test_check_feature_key_refuses_anything_else(key):
     with pytest.raises(RunStoreError, match="16-64 lowercase hex digits"):
-        runs.check_feature_key(key)
+        check_feature_key(key)
 
 
 # ---- bundles never carry pickles; zip bombs ----------------------------------------------------------
@@ -453,7 +457,7 @@ def test_import_refuses_a_pickled_model(store, tmp_path):
     bundle = write_zip(tmp_path / "bundle.zip", {f"{GOOD}/record.json": record_bytes(GOOD),
                                                   f"{GOOD}/model.joblib": pickle.dumps(Boom())}, [GOOD])
     with pytest.raises(RunStoreError, match="pickled model.*runs the sender's code"):
-        store.import_bundle(bundle)
+        import_bundle(store, bundle)
     assert entries(store.root) == []
 
 
@@ -466,7 +470,7 @@ def test_import_checks_a_model_before_writing_anything(store, tmp_path):
         bundle = write_zip(tmp_path / "bundle.zip", {f"{GOOD}/record.json": record_bytes(GOOD),
                                                       f"{GOOD}/model.safetensors": data}, [GOOD])
         with pytest.raises(RunStoreError, match=message):
-            store.import_bundle(bundle)
+            import_bundle(store, bundle)
         assert entries(store.root) == []
 
 
@@ -474,7 +478,7 @@ def test_import_refuses_an_oversized_record(store, tmp_path):
     padding = np.random.default_rng(0).bytes(3 * 1024**2).hex()  # 6 MB that does not compress
     bundle = write_zip(tmp_path / "bundle.zip", {f"{GOOD}/record.json": record_bytes(GOOD, notes=padding)}, [GOOD])
     with pytest.raises(RunStoreError, match=r"record.json' unpacks to \d+ bytes, over the 5242880-byte limit"):
-        store.import_bundle(bundle)
+        import_bundle(store, bundle)
     assert entries(store.root) == []
 
 
@@ -486,7 +490,7 @@ def test_import_refuses_a_member_that_inflates_like_a_zip_bomb(store, tmp_path):
         zf.writestr(f"{GOOD}/predictions.csv", b"path,true,pred\n" + b"0" * 50 * 1024**2)
     assert bundle.stat().st_size < 1024**2
     with pytest.raises(RunStoreError, match="inflates .*-fold, over the 100-fold limit"):
-        store.import_bundle(bundle)
+        import_bundle(store, bundle)
     assert entries(store.root) == []
 
 
@@ -494,7 +498,7 @@ def test_import_refuses_a_member_that_inflates_like_a_zip_bomb(store, tmp_path):
 
 def test_importing_the_store_leaves_the_umask_alone():
     probe = ("import os\ncalls = []\nreal = os.umask\nos.umask = lambda mask: calls.append(mask) or real(mask)\n"
-             "import core.runs\nprint(calls)")
+             "import core.store, core.bundles\nprint(calls)")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
 
@@ -516,7 +520,7 @@ def test_publishing_flushes_the_store_folder(store, monkeypatch):
         flushed.append(os.readlink(f"/proc/self/fd/{fd}"))
         real_fsync(fd)
 
-    monkeypatch.setattr(runs.os, "fsync", spy)
+    monkeypatch.setattr(os, "fsync", spy)
     run_id = store.save(make_record(), predictions=make_predictions())
     assert str(store.root / run_id / "predictions.csv") not in flushed  # flushed before the rename, as staging
     assert flushed[-1] == str(store.root), "the rename into the store must be flushed last"
@@ -538,8 +542,8 @@ def test_next_writer_removes_what_a_crashed_one_left(store):
 CRASH_IN_SAVE = """
 import pathlib, sys, time
 sys.path.insert(0, {tests!r})
-from test_runs import make_record, make_predictions
-from core.runs import RunStore
+from test_store import make_record, make_predictions
+from core.store import RunStore
 write_text = pathlib.Path.write_text
 def hang(self, text, **kwargs):
     if self.name != "predictions.csv":
@@ -565,7 +569,7 @@ def test_kill_during_save_leaves_a_loadable_store(store, tmp_path):
         child.wait()
     assert [name for name in entries(store.root) if name.startswith(".tmp-")], "the crash should leave staging"
     records, broken = store.scan()
-    assert [r["run_id"] for r in records] == [kept] and broken == {}
+    assert [r.run_id for r in records] == [kept] and broken == {}
     pd.testing.assert_frame_equal(store.load_predictions(kept), make_predictions())
     other = RunStore(store.root).save(make_record())  # the next writer, e.g. another process, cleans up
     assert entries(store.root) == sorted([kept, other])
@@ -574,12 +578,13 @@ def test_kill_during_save_leaves_a_loadable_store(store, tmp_path):
 CONCURRENT_WRITER = """
 import sys, time
 sys.path.insert(0, {tests!r})
-from test_runs import make_record, make_predictions
-from core.runs import RunStore
+from test_store import make_record, make_predictions
+from core.store import RunStore
+from core.bundles import import_bundle
 store = RunStore({root!r})
 while not __import__("os").path.exists({go!r}):
     time.sleep(0.01)
-imported = store.import_bundle({bundle!r})  # both processes import the same runs at once
+imported = import_bundle(store, {bundle!r})  # both processes import the same runs at once
 saved = [store.save(make_record(), predictions=make_predictions()) for _ in range(20)]
 print(" ".join(saved))
 """
@@ -589,7 +594,7 @@ print(" ".join(saved))
 def test_two_processes_saving_and_importing_at_once_lose_nothing(tmp_path):
     source = RunStore(tmp_path / "source")
     shared = [source.save(make_record(), predictions=make_predictions()) for _ in range(60)]
-    bundle = source.export_bundle(shared, tmp_path / "bundle.zip")
+    bundle = export_bundle(source, shared, tmp_path / "bundle.zip")
     target, go = tmp_path / "target", tmp_path / "go"
     script = CONCURRENT_WRITER.format(tests=str(ROOT / "tests"), root=str(target), go=str(go), bundle=str(bundle))
     children = [subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True)
@@ -600,7 +605,7 @@ def test_two_processes_saving_and_importing_at_once_lose_nothing(tmp_path):
     saved = [run_id for out, _ in outputs for run_id in out.split()]
     assert len(saved) == 40
     records, broken = RunStore(target).scan()
-    assert broken == {} and sorted(r["run_id"] for r in records) == sorted(saved + shared)
+    assert broken == {} and sorted(r.run_id for r in records) == sorted(saved + shared)
     for run_id in shared:
         pd.testing.assert_frame_equal(RunStore(target).load_predictions(run_id), make_predictions())
     assert not [name for name in entries(target) if name.startswith(".")]
