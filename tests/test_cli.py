@@ -522,10 +522,10 @@ def test_seeds_and_tune_end_to_end(first_run, tiny_dir, tmp_path):
     code, _, stderr = run_main(["experiment", "--data", tiny_dir, "--cache-dir", cache, "--epochs", "3", "--seeds",
                                 "0,1", "--tune", "--out", out, *FAST])
     assert code == 0, stderr
-    runs = json.loads(out.read_text())["runs"]
-    assert sorted((r["seed"], r.approach, r.class_weight) for r in runs) == sorted(
+    runs = run_records(json.loads(out.read_text()))
+    assert sorted((r.seed, r.approach, r.class_weight) for r in runs) == sorted(
         (seed, a, w) for seed in (0, 1) for a in ("svm", "head") for w in ("none", "balanced"))
-    assert all(("svm_c" if r.approach == "svm" else "tau") in r["tuned"] for r in runs)
+    assert all(("svm_c" if r.approach == "svm" else "tau") in r.tuned for r in runs)
     assert "macroF1 [95% interval]" in stderr
 
 

@@ -180,9 +180,9 @@ def test_stored_validation_scores_reproduce_the_validation_metrics(on_demo_featu
     store = RunStore(tmp_path / "runs")
     table = store.load_validation(run.run_id)
     assert table["true"].tolist() == demo_features.y_train.tolist()
-    assert rescore_validation(run, table, run["tau"]) == pytest.approx(run["validation"])
-    shifted = rescore_validation(run, table, run["tau"] + 2.0)
-    assert shifted != pytest.approx(run["validation"])  # the slider's tau reaches the validation scores
+    assert rescore_validation(run, table, run.tau) == pytest.approx(run.validation.to_json())
+    shifted = rescore_validation(run, table, run.tau + 2.0)
+    assert shifted != pytest.approx(run.validation.to_json())  # the slider's tau reaches the validation scores
 
 
 def test_best_by_validation_compares_cross_fitted_figures(demo_dir, demo_features, feature_cache, image_size,

@@ -249,7 +249,7 @@ def test_head_refits_reuse_the_chosen_epoch_count(starts, monkeypatch):
         trained.append(self.epochs), _fit(self, *a, **k))[1])
     whatif.refit(start, whatif.seed_weights(start, "balanced"))
     # three validation folds and the refit, each trained for the epoch count the run chose on its folds
-    assert trained == [start.record["tuned"]["epochs"]] * 4 and start.head_epochs == start.record["tuned"]["epochs"]
+    assert trained == [start.record.tuned["epochs"]] * 4 and start.head_epochs == start.record.tuned["epochs"]
     assert f"{start.head_epochs} epochs" in start.notes()[-1]
 
 
@@ -258,8 +258,8 @@ def test_unchanged_weights_give_the_runs_own_validation(starts, approach):
     """Issue 25: a head's folds chose their own epochs and the refit's folds reused the final head's, so
     unchanged weights showed a validation change; the folds now train the epochs chosen on them."""
     start = starts[approach]
-    outcome = whatif.refit(start, whatif.seed_weights(start, "run"), tau=start.record["tau"],
-                           offsets=start.record["offsets"])
+    outcome = whatif.refit(start, whatif.seed_weights(start, "run"), tau=start.record.tau,
+                           offsets=start.record.offsets)
     assert [row["delta"] for row in whatif.validation_change(start, outcome)] == [0.0] * 3
 
 
