@@ -248,7 +248,7 @@ def main() -> None:
         bench_forward(args.backbone, args.height, args.width, args.batch_size, args.repeats, tmp)
         photos = build_wide_photos(Path(args.cache_dir) / f"wide-{args.photos}", args.photos)
         bench_backbones(args.backbones.split(","), photos, args.batch_size, args.repeats, tmp)
-    bench_finetune(args.backbone, args.image_size, args.image_size, 16, 4)
+    bench_finetune(args.backbone)  # small images, a few interleaved steps per mode: bounded on a loaded machine
     bench_approaches(args.data, args.image_size, args.epochs)
 
 
