@@ -11,7 +11,8 @@ from core.backbones import create_backbone
 from core.data import Dataset
 from core.errors import Cancelled, ConfigError
 from core.features import ImageDataset, Preprocess
-from core.finetune import FinetuneConfig, finetune, load_finetuned, trainable_stages, validation_split
+from core.finetune import (FinetuneConfig, compose_estimate, estimate_seconds, finetune, load_finetuned,
+                           trainable_stages, validation_split)
 
 
 @pytest.fixture(scope="module")
@@ -217,6 +218,38 @@ def test_a_cancelled_finetune_leaves_no_partial_run(small_demo, tmp_path, monkey
         run_experiment(cfg, progress=cancel_in_epoch_2)
     runs = tmp_path / "c" / "runs"
     assert RunStore(runs).list_runs() == [] and not any(runs.rglob("*.pt")) and not any(runs.rglob("*.joblib"))
+
+
+MEASURED = {"setup": 5.0, "shape_setup": 2.0, "cache_image": 0.1, "train_image": 1.0, "val_image": 0.5,
+            "test_image": 0.25}
+COUNTS = {"fit": 100, "val": 20, "test": 40, "cached": True, "new_shapes": 1}
+
+
+def test_estimate_counts_set_up_cache_pass_training_and_validation_every_epoch_and_the_test_pass():
+    parts = compose_estimate(MEASURED, COUNTS, config(epochs=3, hflip=True))
+    assert parts["setup_seconds"] == 5.0 + 2.0  # once, plus the first step at the batch shape the probe did not run
+    assert parts["cache_seconds"] == pytest.approx(0.1 * (2 * 100 + 20))  # fit images both ways, validation once
+    assert parts["train_seconds"] == 3 * 100 * 1.0 and parts["validation_seconds"] == 3 * 20 * 0.5
+    assert parts["test_seconds"] == 40 * 0.25  # once, with the kept weights
+    assert parts["seconds"] == pytest.approx(sum(v for k, v in parts.items() if k not in ("seconds", "epoch_seconds")))
+    assert parts["epoch_seconds"] == 100 + 10
+    assert compose_estimate(MEASURED, COUNTS, config(epochs=3, hflip=False))["cache_seconds"] == pytest.approx(12.0)
+    assert compose_estimate(MEASURED, {**COUNTS, "cached": False}, config(epochs=3))["cache_seconds"] == 0
+    assert compose_estimate(MEASURED, COUNTS, config(epochs=3, test_curve=True))["test_seconds"] == 4 * 40 * 0.25
+
+
+@pytest.mark.parametrize("mode, cached", [("last", True), ("all", False)])
+def test_estimate_probes_every_part_through_the_fine_tunes_own_code(small_demo, monkeypatch, mode, cached):
+    seen = {}
+    monkeypatch.setattr(finetune_module, "compose_estimate",
+                        lambda measured, counts, cfg: seen.update(measured=measured, counts=counts) or {})
+    out = estimate_seconds(small_demo, config(unfreeze=mode, batch_size=20))
+    counts, measured = seen["counts"], seen["measured"]
+    assert (counts["fit"], counts["val"], counts["test"]) == (48, 12, 20) and counts["cached"] is cached
+    assert out["activation_cache"] is cached and out["probe_seconds"] > 0
+    positive = {"setup", "train_image", "val_image", "test_image"} | ({"cache_image"} if cached else set())
+    assert all(measured[name] > 0 for name in positive), measured
+    assert counts["new_shapes"] == 1  # 48 fit images in batches of 20: the probe ran 20, the run also has 8
 
 
 def test_zero_epochs_is_a_config_error(small_demo):
