@@ -70,6 +70,7 @@ class Fitted:
     tuned: dict = field(default_factory=dict)
     learning_curve_seconds: float = 0.0
     extras: dict = field(default_factory=dict)
+    stopped_by: BaseException | None = None  # the user's cancel or Ctrl-C that ended a fine-tune early
 
 
 @dataclass(frozen=True)
@@ -257,6 +258,8 @@ def fit_finetune(request: FitRequest) -> Fitted:
                   refit_seconds=result.fit_seconds + result.predict_seconds,
                   oof_scores=result.val_scores, oof_rows=result.val_rows if has_validation else None,
                   history=result.history, learning_curve_seconds=result.learning_curve_seconds,
-                  extras={"chosen_epoch": result.chosen_epoch, "unfreeze": ft_config.unfreeze,
+                  stopped_by=result.stopped_by,
+                  extras={"chosen_epoch": result.chosen_epoch, "stopped_early": result.stopped_by is not None,
+                          "unfreeze": ft_config.unfreeze,
                           "trainable_blocks": result.trainable_stages, "activation_cache": result.activation_cache,
                           "activation_cache_seconds": result.cache_seconds})

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from core.backbones import get_entry, list_backbones
 from core.data import build_demo_dataset
-from core.errors import Cancelled, TransferScopeError
+from core.errors import Cancelled, StoppedEarly, TransferScopeError
 from core.features import init_distributed, rank_world
 from core.naming import run_names
 from core.jobs import WAITING_FOR_SLOT, compute_slot, compute_slot_path
@@ -245,6 +245,9 @@ def main(argv=None) -> int:
     except TransferScopeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except StoppedEarly as stopped:
+        print(f"interrupted: {stopped}", file=sys.stderr)
+        return 130
     except (Cancelled, KeyboardInterrupt):
         print("error: interrupted; cached feature shards are kept and the next run resumes", file=sys.stderr)
         return 130

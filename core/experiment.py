@@ -19,6 +19,7 @@ import torch
 from core.approaches import Approach, Fitted, FitRequest, get_approach, names
 from core.data import Dataset
 from core.diagnostics import diagnostics
+from core.errors import StoppedEarly
 from core.config import ExperimentConfig, check_class_weight_spec, load_data, load_features
 from core.features import FeatureSet, autocast_dtype, rank_world, resolve_device
 from core.metrics import evaluate
@@ -215,6 +216,9 @@ def _train_and_record(config: ExperimentConfig, dataset: Dataset, features: Feat
     record.update(diagnostics(record, predictions, validation))
     if rank_world()[0] == 0:  # under torchrun, one rank records the run
         store.save(record, model=fitted.model, predictions=predictions, validation=validation)
+    if fitted.stopped_by is not None:  # the user stopped a fine-tune: its best epoch is this run, the rest stops
+        raise StoppedEarly(f"{approach} stopped early after {len(fitted.history)} epoch(s); its best validation epoch "
+                           f"({record['chosen_epoch']}) is kept as run {record['run_id']}") from fitted.stopped_by
     return record, y_pred
 
 

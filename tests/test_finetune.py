@@ -1,5 +1,6 @@
 """Fine-tuning through the real backbone, on a small slice of the demo data (core.finetune)."""
 import copy
+import time
 
 import numpy as np
 import pytest
@@ -202,22 +203,63 @@ def test_checkpoint_is_plain_tensors_loadable_with_weights_only(small_demo, tmp_
     assert net(torch.zeros(1, 3, 32, 96, dtype=torch.uint8)).shape == (1, 10)
 
 
-def test_a_cancelled_finetune_leaves_no_partial_run(small_demo, tmp_path, monkeypatch):
-    from core.experiment import ExperimentConfig, run_experiment
+def _experiment_config(small_demo, tmp_path, epochs=3):
+    from core.experiment import ExperimentConfig
+
+    return ExperimentConfig(data=small_demo.root, approaches=("finetune",), remedies=("none",), epochs=epochs,
+                            image_size=32, batch_size=16, device="cpu", workers=0, cache_dir=str(tmp_path / "c"))
+
+
+def test_a_finetune_cancelled_before_its_first_validated_epoch_leaves_no_partial_run(small_demo, tmp_path,
+                                                                                      monkeypatch):
+    from core.experiment import run_experiment
     from core.runs import RunStore
 
     monkeypatch.setattr("core.experiment.load_data", lambda config: small_demo)
 
-    def cancel_in_epoch_2(stage, done, total, note=""):
-        if note.startswith("epoch 1/"):
+    def cancel_in_epoch_1(stage, done, total, note=""):
+        if stage == finetune_module._Ticker.STAGE and done > 0 and not note:  # caching or training epoch 1
             raise Cancelled("cancelled by the test")
 
-    cfg = ExperimentConfig(data=small_demo.root, approaches=("finetune",), remedies=("none",), epochs=3,
-                           image_size=32, batch_size=16, device="cpu", workers=0, cache_dir=str(tmp_path / "c"))
     with pytest.raises(Cancelled):
-        run_experiment(cfg, progress=cancel_in_epoch_2)
+        run_experiment(_experiment_config(small_demo, tmp_path), progress=cancel_in_epoch_1)
     runs = tmp_path / "c" / "runs"
     assert RunStore(runs).list_runs() == [] and not any(runs.rglob("*.pt")) and not any(runs.rglob("*.joblib"))
+
+
+def test_cancelling_a_finetune_job_after_a_validated_epoch_keeps_its_best_epoch_as_a_run(small_demo, tmp_path,
+                                                                                          monkeypatch):
+    """As on the Train page: the job is cancelled while epoch 2 of 5 would start; epoch 1's weights are saved as a
+    complete run marked stopped early, and the job ends cancelled (nothing after it runs)."""
+    from core.experiment import run_experiment
+    from core.jobs import JobManager
+    from core.runs import RunStore
+
+    monkeypatch.setattr("core.experiment.load_data", lambda config: small_demo)
+    manager, notes = JobManager(), []
+
+    def train(report):
+        def progress(stage, done, total, note=""):
+            notes.append(note)
+            if note.startswith("epoch 1/"):
+                manager.cancel(job.id)  # the user's click
+            report(stage, done, total, note)
+        return run_experiment(_experiment_config(small_demo, tmp_path, epochs=5), progress=progress)
+
+    try:
+        job = manager.submit("train", train)
+        deadline = time.monotonic() + 300
+        while job.status in ("queued", "running") and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        manager.shutdown()
+    assert job.status == "cancelled"
+    assert not any(note.startswith("epoch 2/") for note in notes)
+    store = RunStore(tmp_path / "c" / "runs")
+    (record,) = store.list_runs()
+    assert record["stopped_early"] is True and record["chosen_epoch"] == 1 and len(record["history"]) == 1
+    assert record["validation"] is not None and 0 <= record["macro_f1"] <= 1
+    assert store.load_model(record["run_id"]).kind == "finetune"
 
 
 MEASURED = {"setup": 5.0, "shape_setup": 2.0, "cache_image": 0.1, "train_image": 1.0, "val_image": 0.5,
