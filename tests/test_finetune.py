@@ -262,6 +262,33 @@ def test_cancelling_a_finetune_job_after_a_validated_epoch_keeps_its_best_epoch_
     assert store.load_model(record["run_id"]).kind == "finetune"
 
 
+def test_ctrl_c_during_a_cli_finetune_keeps_the_best_epoch_so_far_as_a_run(small_demo, tmp_path, monkeypatch,
+                                                                           capsys):
+    """`python -m core experiment --approaches finetune`, Ctrl-C once epoch 1 is validated: exit 130, one stderr line
+    naming the kept run, and that run in the store (stopped early, epoch 1)."""
+    from core.cli import TqdmProgress, main
+    from core.runs import RunStore
+
+    for where in ("core.experiment.load_data", "core.config.load_data"):
+        monkeypatch.setattr(where, lambda config: small_demo)
+    draw = TqdmProgress.__call__
+
+    def ctrl_c_after_epoch_1(self, stage, done, total, note=""):
+        draw(self, stage, done, total, note)
+        if note.startswith("epoch 1/"):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(TqdmProgress, "__call__", ctrl_c_after_epoch_1)
+    cache = tmp_path / "c"
+    code = main(["experiment", "--data", small_demo.root, "--approaches", "finetune", "--remedy", "none",
+                 "--epochs", "4", "--image-size", "32", "--batch-size", "16", "--workers", "0", "--device", "cpu",
+                 "--cache-dir", str(cache), "--out", str(tmp_path / "r.json")])
+    (record,) = RunStore(cache / "runs").list_runs()
+    assert code == 130 and not (tmp_path / "r.json").exists()
+    assert f"best validation epoch (1) is kept as run {record['run_id']}" in capsys.readouterr().err
+    assert record["stopped_early"] is True and record["chosen_epoch"] == 1
+
+
 MEASURED = {"setup": 5.0, "shape_setup": 2.0, "cache_image": 0.1, "train_image": 1.0, "val_image": 0.5,
             "test_image": 0.25}
 COUNTS = {"fit": 100, "val": 20, "test": 40, "cached": True, "new_shapes": 1}
