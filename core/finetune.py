@@ -264,9 +264,13 @@ def estimate_experiment(config) -> dict:
     runs = per_seed * len(config.seed_list())
     per_run = estimate_seconds(load_data(config), finetune_config(config))
     device = resolve_device(config.device).type
-    text = (f"fine-tune estimate: about {_duration(per_run['seconds'])} per run, {_duration(runs * per_run['seconds'])} "
-            f"for {runs} run(s) on this machine's {device.upper()} (from a {per_run['probe_seconds']:.0f} s probe; "
-            f"frozen part {'cached once' if per_run['activation_cache'] else 'recomputed every epoch'})")
+    cache = f"cache pass {_duration(per_run['cache_seconds'])}, " if per_run["activation_cache"] else ""
+    text = (f"fine-tune estimate: about {_duration(per_run['seconds'])} per run, "
+            f"{_duration(runs * per_run['seconds'])} for {runs} run(s) on this machine's {device.upper()} (set-up "
+            f"{_duration(per_run['setup_seconds'])}, {cache}{_duration(per_run['epoch_seconds'])} per epoch with "
+            f"validation, test {_duration(per_run['test_seconds'])}; from a {per_run['probe_seconds']:.0f} s probe; "
+            f"frozen part {'cached once' if per_run['activation_cache'] else 'recomputed every epoch'}; a busy "
+            "machine can make it slower)")
     if device == "cpu" and config.unfreeze not in ("none", "last"):
         text += "; training several blocks is where a CUDA GPU (--device cuda) helps most"
     return {"runs": runs, "seconds": runs * per_run["seconds"], "per_run": per_run, "text": text}
@@ -278,7 +282,8 @@ def finetune_config(config) -> FinetuneConfig:
 
 
 def _duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 \
+        else f"{seconds / 3600:.1f} h"
 
 
 def _batch_shapes(samples, plan, preprocess: Preprocess) -> set[tuple]:

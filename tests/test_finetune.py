@@ -1,5 +1,6 @@
 """Fine-tuning through the real backbone, on a small slice of the demo data (core.finetune)."""
 import copy
+import re
 import time
 
 import numpy as np
@@ -305,6 +306,16 @@ def test_estimate_counts_set_up_cache_pass_training_and_validation_every_epoch_a
     assert compose_estimate(MEASURED, COUNTS, config(epochs=3, hflip=False))["cache_seconds"] == pytest.approx(12.0)
     assert compose_estimate(MEASURED, {**COUNTS, "cached": False}, config(epochs=3))["cache_seconds"] == 0
     assert compose_estimate(MEASURED, COUNTS, config(epochs=3, test_curve=True))["test_seconds"] == 4 * 40 * 0.25
+
+
+def test_the_estimate_line_says_what_it_is_made_of(small_demo, tmp_path, monkeypatch):
+    from core.finetune import estimate_experiment
+
+    monkeypatch.setattr("core.config.load_data", lambda config: small_demo)
+    text = estimate_experiment(_experiment_config(small_demo, tmp_path))["text"]
+    assert re.search(r"about \d+ s per run, \d+ s for 1 run\(s\) on this machine's CPU \(set-up \d+ s, cache pass "
+                     r"\d+ s, \d+ s per epoch with validation, test \d+ s; from a \d+ s probe; frozen part cached once",
+                     text), text
 
 
 @pytest.mark.parametrize("mode, cached", [("last", True), ("all", False)])
