@@ -188,14 +188,18 @@ def _prepare(dataset: Dataset, config: FinetuneConfig, device: torch.device) -> 
 
 def estimate_seconds(dataset: Dataset, config: FinetuneConfig) -> dict:
     """How long `finetune(dataset, config)` will take on this machine, from a short probe that runs the fine-tune's
-    own code on a few of its images: the set-up, the activation cache pass, training steps, validation and
-    test scoring, each timed after a first warm-up call (whose extra time is counted once, as set-up).
+    own code on one batch of its images: the set-up, the activation cache pass, training steps, validation and
+    test scoring, each timed after a first warm-up call. The run comes after the probe in the same process (the CLI,
+    the Train page's job), so what a first call pays once per process (loading the weights, compiling the
+    runtime's model, kernels for the probed shapes) is the probe's; the first training step at each batch shape
+    the probe did not run is counted as set-up.
 
     Returns `compose_estimate`'s parts, `activation_cache` and `probe_seconds`.
     """
     started = time.perf_counter()
-    run = _prepare(dataset, config, resolve_device(config.device))
-    setup_s = time.perf_counter() - started
+    device = resolve_device(config.device)
+    run = _prepare(dataset, config, device)  # the first in the process: weights loaded cold
+    measured = {"setup": _first_call(lambda: _prepare(dataset, config, device)), "cache_image": 0.0, "val_image": 0.0}
     inputs, model, train = run.inputs, run.model, dataset.train
     n_fit, n_val = len(run.fit_rows), len(run.val_rows)
     cached = inputs.will_cache(train, n_fit * (1 + config.hflip) + n_val)
@@ -203,11 +207,8 @@ def estimate_seconds(dataset: Dataset, config: FinetuneConfig) -> dict:
     fit_probe, val_probe = run.fit_rows[:probe_n], run.val_rows[:probe_n]
     test_probe = dataset.test[:probe_n]
     tick, loss_fn = _Ticker(None, 1, 1, 0), _adjusted_loss(None, torch.zeros(len(dataset.classes)))
-    measured = {"setup": setup_s, "cache_image": 0.0, "val_image": 0.0}
-    if cached:  # the runtime compiles its model once per process: here, not again in the run (not counted)
-        list(inputs._map(inputs.forward(), train, fit_probe[:1], False))
-        first_s, pass_s = _warm_and_timed(lambda: inputs.cache_train(train, fit_probe, val_probe, config.hflip, tick))
-        setup_s += first_s
+    if cached:
+        pass_s = _warm_and_timed(lambda: inputs.cache_train(train, fit_probe, val_probe, config.hflip, tick))[1]
         measured["cache_image"] = pass_s / (len(fit_probe) * (1 + config.hflip) + len(val_probe))
     plan = _plan_epoch(train, fit_probe, run.labels, run.preprocess, config, 1, False)
     optimizer, schedule = _optimizer(run.suffix, run.head, config, 2 * len(plan))
@@ -224,10 +225,8 @@ def estimate_seconds(dataset: Dataset, config: FinetuneConfig) -> dict:
     measured.update(train_image=train_s / len(fit_probe), shape_setup=warmup_s)
     probed_shapes = _batch_shapes(train, plan, run.preprocess)
     if len(val_probe):
-        first_s, val_s = _warm_and_timed(scoring(train, val_probe))
-        setup_s, measured["val_image"] = setup_s + first_s, val_s / len(val_probe)
-    first_s, test_s = _warm_and_timed(scoring(test_probe))
-    measured.update(setup=setup_s + first_s, test_image=test_s / len(test_probe))
+        measured["val_image"] = _warm_and_timed(scoring(train, val_probe))[1] / len(val_probe)
+    measured["test_image"] = _warm_and_timed(scoring(test_probe))[1] / len(test_probe)
     run_plan = _plan_epoch(train, run.fit_rows, run.labels, run.preprocess, config, 1, False)
     counts = {"fit": n_fit, "val": n_val, "test": len(dataset.test), "cached": cached,
               "new_shapes": len(_batch_shapes(train, run_plan, run.preprocess) - probed_shapes)}
