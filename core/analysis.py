@@ -312,7 +312,8 @@ def run_settings(record: dict) -> pd.DataFrame:
     if record["approach"] == "finetune":
         unfreeze = config.get("unfreeze") or ("last" if config.get("unfreeze_last") else "none")  # runs before 26
         rows.update({"batch size": config.get("batch_size"), "unfreeze": unfreeze,
-                     "chosen epoch (validation)": record.get("chosen_epoch")})
+                     "chosen epoch (validation)": record.get("chosen_epoch"),
+                     "stopped early by the user": "yes" if record.get("stopped_early") else "no"})
     return pd.DataFrame({"setting": list(rows), "value": [str(v) for v in rows.values()]})
 
 

@@ -175,6 +175,9 @@ def test_run_settings_show_what_matters_for_each_approach():
            "dataset": {"root": "/d"}}
     ft = run_settings(new).set_index("setting")["value"]
     assert ft["unfreeze"] == "2" and ft["chosen epoch (validation)"] == "5"
+    assert ft["stopped early by the user"] == "no"
+    stopped = run_settings({**new, "stopped_early": True}).set_index("setting")["value"]
+    assert stopped["stopped early by the user"] == "yes"
 
 
 def test_class_report_adds_the_trained_weights():
