@@ -119,49 +119,64 @@ def _timed(function, *args, **kwargs):
     return function(*args, **kwargs), time.perf_counter() - started
 
 
-@register("svm", "SVM", "scikit-learn SVC (rbf) on standardised cached features; LinearSVC above 20k images",
+@register("svm", "SVM", "scikit-learn SVC (rbf) on standardised cached features; past 15k training images (or the "
+          "memory available) its Nystroem approximation with a ridge classifier, named so in the run",
           on_features=True, logits=False, parts=("offsets",))
 def fit_svm(request: FitRequest) -> Fitted:
     """The SVM with its C (by CV under --tune), out-of-fold scores on kernel folds, support counts per class.
 
-    Its rbf kernel is computed once per set of training rows (`split_key`) and cached; every fit still
-    counts its computation in `fit_seconds`, so timings never depend on what ran before. Under --tune the
-    chosen C's folds are the validation; otherwise validation folds reuse slices of that kernel.
+    `core.classifiers.choose_svm` picks the exact SVM or its approximation once for the run (folds and --tune's
+    clones fit the same kind); the run records which and why. The rbf kernel (or its Nystroem map) is computed
+    once per set of training rows (`split_key`) and cached; every fit still counts its computation in
+    `fit_seconds`, so timings never depend on what ran before. Under --tune the chosen C's folds are the
+    validation; otherwise validation folds reuse slices of that kernel. Progress: an estimate before the first
+    step (`core.estimates`), then the time left after each.
     """
-    from core.classifiers import KERNEL_CACHE, SvmClassifier
+    from core.classifiers import KERNEL_CACHE, SvmClassifier, choose_svm
+    from core.estimates import PROBE_SECONDS_THEN, StepProgress, probe_seconds, svm_steps
     from core.features import split_key
-    from core.tuning import out_of_fold, tune_svm_c
+    from core.tuning import SVM_C_GRID, cv_splits, out_of_fold, tune_svm_c
 
     config, features, weights, n_classes = request.config, request.features, request.weights, request.n_classes
     X, y = features.X_train, features.y_train
-    if request.progress:
-        request.progress("fit SVM", 0, 1)
+    choice = choose_svm(config.svm_kernel, len(X))
+    steps = svm_steps(choice.exact, *X.shape, len(cv_splits(y, config.seed)))
+    if config.tune:  # every C's folds instead of the validation folds, each fold computing its own kernel
+        steps = [("choose C", len(SVM_C_GRID) * sum(seconds for _, seconds in steps[:1] + steps[2:]))] + steps[:2]
+    progress = StepProgress(request.progress, "fit SVM", steps, probe_seconds() / PROBE_SECONDS_THEN)
+    progress.start(f"{choice.model} on {len(X):,} images")
 
     def make_svm(C):
         return SvmClassifier(kernel=config.svm_kernel, C=C, class_weight=weights, n_classes=n_classes,
-                             seed=config.seed)
+                             solver="exact" if choice.exact else "nystroem", seed=config.seed)
     tuned, candidates, select_s = {}, None, 0.0
     if config.tune:
         (tuned, candidates), select_s = _timed(tune_svm_c, make_svm, X, y, n_classes, config.seed)
+        progress.advance()
     C = tuned.get("svm_c", config.svm_c)
-    kernels = KERNEL_CACHE.get(split_key(features, request.dataset), X) if config.svm_kernel == "rbf" else None
+    kernels = None
+    if config.svm_kernel == "rbf":
+        kernels = KERNEL_CACHE.get(split_key(features, request.dataset), X, exact=choice.exact)
+    progress.advance()
     svm, svm_s = _timed(make_svm(C).fit, X, y, kernels=kernels)
     scores, predict_s = _timed(svm.decision_function, features.X_test)
+    progress.advance()
 
     def fold_scores(fit_index, val_index):
-        fold = None if svm.support_X_ is None else kernels.fold(fit_index)
-        return make_svm(C).fit(X[fit_index], y[fit_index], kernels=fold).decision_function(X[val_index])
+        fold = None if kernels is None else kernels.fold(fit_index)
+        fold_scores = make_svm(C).fit(X[fit_index], y[fit_index], kernels=fold).decision_function(X[val_index])
+        progress.advance()
+        return fold_scores
     if candidates is None:
         oof, validation_s = _timed(out_of_fold, fold_scores, y, n_classes, config.seed)
     else:
         oof, validation_s = candidates[:, tuned["grid"].index(C)], 0.0
-    if request.progress:
-        request.progress("fit SVM", 1, 1)
-    kernel_s = kernels.seconds if svm.support_X_ is not None else 0.0  # LinearSVC leaves the kernel unused
+    kernel_s = kernels.seconds if kernels is not None else 0.0
     return Fitted(svm, scores, kernel_s + svm_s, predict_s, refit_seconds=svm_s + predict_s,
                   validation_seconds=validation_s, selection_seconds=select_s, oof_scores=oof,
                   oof_candidates=candidates, tuned=tuned,
-                  extras={"svm_model": svm.model_name_, "support": svm.support_counts(y)})
+                  extras={"svm_model": choice.model, "svm_model_reason": choice.reason,
+                          "support": svm.support_counts(y)})
 
 
 @register("head", "Linear head", "a new linear layer on cached features (Adam; the epoch count chosen on the "

@@ -1,0 +1,92 @@
+"""Time estimates of the SVM's steps before they start, and progress that says the time left while they run.
+
+The estimate is the cost curve bench/scale.py measured (seconds per step against training images, on a loaded
+2-core machine), scaled by a speed probe of this machine as it is now (one fixed matrix product, ~0.1 s).
+While the steps run, the time left is the estimate of the steps left, scaled by how long the steps done took
+against their estimate.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+# Seconds on the measuring machine, per unit (bench/scale.py measured them): the exact kernel per n^2 * d, the
+# exact fit (with its test scores) per n^EXACT_FIT_POWER, a fold's slice of the kernel per n_fold^2, the Nystroem
+# map's fixed part (its components) and per n * d, the ridge fit (with its test scores) per n
+COST = {"kernel": 5.5e-11, "exact_fit": 2.0e-7, "slice": 5.0e-8, "nystroem_fixed": 3.0, "nystroem_map": 1.0e-6,
+        "ridge": 6.0e-5}
+EXACT_FIT_POWER = 1.8
+PROBE_SECONDS_THEN = 0.030  # the speed probe's time on the measuring machine when COST was measured
+PROBE_SHAPE = (512, 1280, 1024)
+
+
+def probe_seconds() -> float:
+    """The fastest of 3 runs of one float64 matrix product of PROBE_SHAPE: this machine's speed as it is now."""
+    rng = np.random.default_rng(0)
+    m, k, n = PROBE_SHAPE
+    a, b = rng.normal(size=(m, k)), rng.normal(size=(k, n))
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def svm_steps(exact: bool, n_train: int, n_features: int, n_folds: int) -> list[tuple[str, float]]:
+    """The SVM's steps (label, seconds on the measuring machine): the kernel (or its Nystroem map), the final fit
+    and one fit per validation fold (of (n_folds - 1) / n_folds of the images)."""
+    n_fold = n_train * (n_folds - 1) / n_folds
+    if exact:
+        prepare = ("kernel", COST["kernel"] * n_train ** 2 * n_features)
+        fit, fold = COST["exact_fit"] * n_train ** EXACT_FIT_POWER, (COST["exact_fit"] * n_fold ** EXACT_FIT_POWER
+                                                                     + COST["slice"] * n_fold ** 2)
+    else:
+        prepare = ("Nystroem map", COST["nystroem_fixed"] + COST["nystroem_map"] * n_train * n_features)
+        fit, fold = COST["ridge"] * n_train, COST["ridge"] * n_fold
+    return [prepare, ("fit", fit)] + [(f"fold {i + 1}/{n_folds}", fold) for i in range(n_folds)]
+
+
+def duration(seconds: float) -> str:
+    """'40 s', '3 min' or '1.5 h'."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+@dataclass
+class StepProgress:
+    """`progress(stage, done, total, note)` over steps with estimated seconds: `start()` reports the estimate before
+    the first step, `advance()` after each step, with the time left (estimate of the steps left, times how long the
+    steps done took against theirs)."""
+
+    progress: Callable | None
+    stage: str
+    steps: list[tuple[str, float]]
+    speed: float = 1.0  # probe_seconds() now / PROBE_SECONDS_THEN
+    done: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def estimate_seconds(self) -> float:
+        return self.speed * sum(seconds for _, seconds in self.steps)
+
+    def start(self, what: str) -> None:
+        self.started = time.perf_counter()
+        self._report(f"{what}; estimate about {duration(self.estimate_seconds)}")
+
+    def advance(self) -> None:
+        self.done += 1
+        elapsed = time.perf_counter() - self.started
+        expected_so_far = self.speed * sum(seconds for _, seconds in self.steps[:self.done])
+        left = self.speed * sum(seconds for _, seconds in self.steps[self.done:])
+        left *= elapsed / expected_so_far if expected_so_far > 0 else 1.0
+        following = f"{self.steps[self.done][0]} next, " if self.done < len(self.steps) else ""
+        self._report(f"{following}about {duration(left)} left" if left > 0 else "done")
+
+    def _report(self, note: str) -> None:
+        if self.progress:
+            self.progress(self.stage, self.done, len(self.steps), note)
