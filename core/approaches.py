@@ -139,8 +139,9 @@ def fit_svm(request: FitRequest) -> Fitted:
 
     config, features, weights, n_classes = request.config, request.features, request.weights, request.n_classes
     X, y = features.X_train, features.y_train
-    choice = choose_svm(config.svm_kernel, len(X))
-    steps = svm_steps(choice.exact, *X.shape, len(cv_splits(y, config.seed)))
+    choice, key = choose_svm(config.svm_kernel, len(X)), split_key(features, request.dataset)
+    cached = config.svm_kernel == "rbf" and KERNEL_CACHE.holds(key, choice.exact)
+    steps = svm_steps(choice.exact, *X.shape, len(cv_splits(y, config.seed)), cached)
     if config.tune:  # every C's folds instead of the validation folds, each fold computing its own kernel
         steps = [("choose C", len(SVM_C_GRID) * sum(seconds for _, seconds in steps[:1] + steps[2:]))] + steps[:2]
     progress = StepProgress(request.progress, "fit SVM", steps, probe_seconds() / PROBE_SECONDS_THEN)
@@ -156,7 +157,7 @@ def fit_svm(request: FitRequest) -> Fitted:
     C = tuned.get("svm_c", config.svm_c)
     kernels = None
     if config.svm_kernel == "rbf":
-        kernels = KERNEL_CACHE.get(split_key(features, request.dataset), X, exact=choice.exact)
+        kernels = KERNEL_CACHE.get(key, X, exact=choice.exact)
     progress.advance()
     svm, svm_s = _timed(make_svm(C).fit, X, y, kernels=kernels)
     scores, predict_s = _timed(svm.decision_function, features.X_test)
@@ -237,7 +238,8 @@ def fit_logreg(request: FitRequest) -> Fitted:
     """Logistic regression; C by stratified CV on the training images (the chosen C's folds give the
     out-of-fold scores), then one fit on all of them."""
     from core.classifiers import LogisticProbe
-    from core.tuning import choose_by_cv
+    from core.estimates import PROBE_SECONDS_THEN, StepProgress, logreg_steps, probe_seconds
+    from core.tuning import choose_by_cv, cv_splits
 
     config, features = request.config, request.features
     X, y = features.X_train, features.y_train
@@ -246,8 +248,13 @@ def fit_logreg(request: FitRequest) -> Fitted:
         return LogisticProbe(C=C, class_weight=request.weights, n_classes=request.n_classes, la_tau=request.la_tau,
                              seed=config.seed)
     grid = LOGREG_C_GRID if config.logreg_c is None else (config.logreg_c,)  # a set C (What-if refits) is kept
-    (tuned, candidates), cv_s = _timed(choose_by_cv, "C", grid, make, X, y, request.n_classes, config.seed)
+    steps = logreg_steps(grid, *X.shape, request.n_classes, len(cv_splits(y, config.seed)))
+    progress = StepProgress(request.progress, "fit logistic regression", steps, probe_seconds() / PROBE_SECONDS_THEN)
+    progress.start(f"{len(grid)} C value(s) x folds, then the fit on {len(X):,} images")
+    (tuned, candidates), cv_s = _timed(choose_by_cv, "C", grid, make, X, y, request.n_classes, config.seed,
+                                       progress.advance)
     model, fit_s = _timed(make(tuned["C"]).fit, X, y)
+    progress.advance()
     scores, predict_s = _timed(model.decision_function, features.X_test)
     chose = len(grid) > 1  # one C given: its folds only validate
     return Fitted(model, scores, fit_s, predict_s, refit_seconds=fit_s + predict_s,

@@ -250,9 +250,17 @@ class KernelCache:
             return self.budget_bytes
         return int(SVM_MEMORY_SHARE * (available_memory_bytes() + sum(e.nbytes for e in self._entries.values())))
 
+    @staticmethod
+    def _key(key: str, exact: bool) -> str:
+        return f"{key}:{'rbf' if exact else 'nystroem-rbf'}"
+
+    def holds(self, key: str, exact: bool = True) -> bool:
+        """Whether `get(key, ..., exact)` would return what is kept, without computing."""
+        return self._key(key, exact) in self._entries
+
     def get(self, key: str, X_train, exact: bool = True) -> RbfKernels | NystroemFeatures | None:
         n_bytes = kernel_bytes(len(X_train)) if exact else 8 * len(X_train) * NYSTROEM_COMPONENTS
-        key = f"{key}:{'rbf' if exact else 'nystroem-rbf'}"
+        key = self._key(key, exact)
         with self._lock:  # held while computing, so concurrent callers compute a set once
             budget = self._budget()
             if n_bytes > budget:

@@ -1,4 +1,4 @@
-"""Time estimates of the SVM's steps before they start, and progress that says the time left while they run.
+"""Time estimates of the SVM's and logistic regression's steps before they start, and progress that says the time left while they run.
 
 The estimate is the cost curve bench/scale.py measured (seconds per step against training images, on a loaded
 2-core machine), scaled by a speed probe of this machine as it is now (one fixed matrix product, ~0.1 s).
@@ -17,7 +17,7 @@ import numpy as np
 # exact fit (with its test scores) per n^EXACT_FIT_POWER, a fold's slice of the kernel per n_fold^2, the Nystroem
 # map's fixed part (its components) and per n * d, the ridge fit (with its test scores) per n
 COST = {"kernel": 5.5e-11, "exact_fit": 2.0e-7, "slice": 5.0e-8, "nystroem_fixed": 3.0, "nystroem_map": 1.0e-6,
-        "ridge": 6.0e-5}
+        "ridge": 6.0e-5, "logreg": 1.0e-8}
 EXACT_FIT_POWER = 1.8
 PROBE_SECONDS_THEN = 0.030  # the speed probe's time on the measuring machine when COST was measured
 PROBE_SHAPE = (512, 1280, 1024)
@@ -36,9 +36,10 @@ def probe_seconds() -> float:
     return min(times)
 
 
-def svm_steps(exact: bool, n_train: int, n_features: int, n_folds: int) -> list[tuple[str, float]]:
-    """The SVM's steps (label, seconds on the measuring machine): the kernel (or its Nystroem map), the final fit
-    and one fit per validation fold (of (n_folds - 1) / n_folds of the images)."""
+def svm_steps(exact: bool, n_train: int, n_features: int, n_folds: int, cached: bool = False
+              ) -> list[tuple[str, float]]:
+    """The SVM's steps (label, seconds on the measuring machine): the kernel (or its Nystroem map; nothing when
+    `cached`), the final fit and one fit per validation fold (of (n_folds - 1) / n_folds of the images)."""
     n_fold = n_train * (n_folds - 1) / n_folds
     if exact:
         prepare = ("kernel", COST["kernel"] * n_train ** 2 * n_features)
@@ -47,7 +48,15 @@ def svm_steps(exact: bool, n_train: int, n_features: int, n_folds: int) -> list[
     else:
         prepare = ("Nystroem map", COST["nystroem_fixed"] + COST["nystroem_map"] * n_train * n_features)
         fit, fold = COST["ridge"] * n_train, COST["ridge"] * n_fold
+    prepare = (prepare[0], 0.0 if cached else prepare[1])
     return [prepare, ("fit", fit)] + [(f"fold {i + 1}/{n_folds}", fold) for i in range(n_folds)]
+
+
+def logreg_steps(grid, n_train: int, n_features: int, n_classes: int, n_folds: int) -> list[tuple[str, float]]:
+    """Logistic regression's steps: each C's validation folds, then the final fit (L-BFGS, ~n * d * k per fit)."""
+    fit = COST["logreg"] * n_features * n_classes
+    folds = n_folds * fit * n_train * (n_folds - 1) / n_folds
+    return [(f"C = {C:g} folds", folds) for C in grid] + [("fit", fit * n_train)]
 
 
 def duration(seconds: float) -> str:
