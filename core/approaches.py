@@ -164,10 +164,13 @@ def fit_svm(request: FitRequest) -> Fitted:
     progress.advance()
 
     def fold_scores(fit_index, val_index):
-        fold = None if kernels is None else kernels.fold(fit_index)
-        fold_scores = make_svm(C).fit(X[fit_index], y[fit_index], kernels=fold).decision_function(X[val_index])
+        if kernels is None:
+            scores = make_svm(C).fit(X[fit_index], y[fit_index]).decision_function(X[val_index])
+        else:  # the held-out rows' kernel (or Nystroem rows) was computed with all training rows
+            fold = make_svm(C).fit(X[fit_index], y[fit_index], kernels=kernels.fold(fit_index))
+            scores = fold.held_out_scores(kernels, fit_index, val_index)
         progress.advance()
-        return fold_scores
+        return scores
     if candidates is None:
         oof, validation_s = _timed(out_of_fold, fold_scores, y, n_classes, config.seed)
     else:

@@ -366,6 +366,18 @@ class SvmClassifier(ClassifierMixin, BaseEstimator):
         block = max(1, KERNEL_BLOCK_BYTES // (8 * self.n_train_))  # test rows at a time: a bounded kernel block
         return np.vstack([self._scores(self._precomputed_scores(X[rows])) for rows in gen_batches(len(X), block)])
 
+    def held_out_scores(self, kernels: RbfKernels | NystroemFeatures, fit_index, val_index) -> np.ndarray:
+        """Scores of training rows `val_index` of a fold fitted on `kernels.fold(fit_index)`, read from what was
+        computed over all training rows (kernel columns, or Nystroem rows): nothing is recomputed.
+
+        Equal to `decision_function(X[val_index])` up to rounding.
+        """
+        check_is_fitted(self, "model_")
+        if isinstance(kernels, NystroemFeatures):
+            return self._scores(self.model_.decision_function(kernels.train[val_index]))
+        columns = np.asarray(fit_index) if self.kept_ is None else np.asarray(fit_index)[self.kept_]
+        return self._scores(self.model_.decision_function(kernels.train[np.ix_(val_index, columns)]))
+
     def _precomputed_scores(self, X) -> np.ndarray:
         kernel = np.zeros((len(X), self.n_train_))  # libsvm reads only the support vectors' columns
         kernel[:, self.model_.support_] = chunked_rbf_kernel(self.scaler_.transform(X).astype(np.float64),

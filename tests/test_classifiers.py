@@ -109,6 +109,20 @@ def test_nystroem_features_reused_fit_like_a_fresh_approximation(four_imbalanced
     assert isinstance(cache.get("a", X), core.classifiers.RbfKernels)  # the exact kernel, kept apart
 
 
+@pytest.mark.parametrize("solver", ["exact", "nystroem"])
+@pytest.mark.parametrize("weights", [None, [1.0, 0.0, 5.0, 9.0]], ids=["unweighted", "a class at weight 0"])
+def test_held_out_scores_read_the_kernel_computed_once(four_imbalanced_classes, solver, weights):
+    X, y, _ = four_imbalanced_classes
+    kernels = rbf_kernels(X) if solver == "exact" else nystroem_features(X)
+    fit_index, val_index = np.arange(0, 500, 3), np.setdiff1d(np.arange(500), np.arange(0, 500, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a class at weight 0 is left out, with a warning
+        fold = SvmClassifier(solver=solver, class_weight=weights).fit(X[fit_index], y[fit_index],
+                                                                      kernels=kernels.fold(fit_index))
+    np.testing.assert_allclose(fold.held_out_scores(kernels, fit_index, val_index),
+                               fold.decision_function(X[val_index]), atol=1e-8)
+
+
 def test_a_large_kernel_is_computed_in_blocks(four_imbalanced_classes, monkeypatch):
     X, y, X_test = four_imbalanced_classes
     whole = rbf_kernels(X)

@@ -353,14 +353,15 @@ def test_runs_record_and_show_the_svm_model_actually_fitted(on_demo_features, de
 def test_the_svm_estimates_its_time_before_it_starts_and_counts_down(demo_dir, feature_cache, image_size, tmp_path,
                                                                      monkeypatch):
     """The SVM's progress: the model and an estimate at 0 of its steps, before the kernel is computed; then one
-    step after the kernel, the final fit and each validation fold, each with the time left."""
+    step after the kernel, the final fit and each validation fold, each with the time left. Logistic regression:
+    an estimate, then one step per C value's folds and the final fit."""
     import core.classifiers
 
     events = []
     real = core.classifiers.rbf_kernels
     monkeypatch.setattr(core.classifiers, "KERNEL_CACHE", core.classifiers.KernelCache())
     monkeypatch.setattr(core.classifiers, "rbf_kernels", lambda *a: events.append(("kernel",)) or real(*a))
-    config = ExperimentConfig(data=str(demo_dir), approaches=("svm",), remedies=("none",), image_size=image_size,
+    config = ExperimentConfig(data=str(demo_dir), approaches=("svm", "logreg"), remedies=("none",), image_size=image_size,
                               device="cpu", cache_dir=str(feature_cache), workers=0)
     run_experiment(config, progress=lambda stage, done, total, note="": events.append((stage, done, total, note)),
                    store=RunStore(tmp_path / "runs"))
@@ -370,5 +371,8 @@ def test_the_svm_estimates_its_time_before_it_starts_and_counts_down(demo_dir, f
     steps = svm[2:]
     assert [e[1] for e in steps] == [1, 2, 3, 4, 5] and all(e[2] == 5 for e in steps)
     assert all(e[3].endswith("left") for e in steps[:-1]) and steps[0][3].startswith("fit next")
+    logreg = [e for e in events if e[0] == "fit logistic regression"]
+    assert logreg[0][:3] == ("fit logistic regression", 0, 4) and "estimate about" in logreg[0][3]
+    assert [e[1] for e in logreg] == [0, 1, 2, 3, 4]
 
 
