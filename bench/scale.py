@@ -131,7 +131,7 @@ def bench_exact_vs_approximate(sizes, dim: int, n_classes: int, imbalance: float
     from core.stats import point_scores
     from core.weights import class_weights
 
-    print(f"\n# exact RBF SVM vs its Nystroem approximation (balanced weights, C = 1), same features")
+    print("\n# exact RBF SVM vs its Nystroem approximation (balanced weights, C = 1), same features")
     print(f"{'train n':>8} {'model':<10} {'prepare s':>10} {'fit+test s':>11} {'peak GB':>8} {'acc':>6} {'macroF1':>8} "
           f"{'agree':>6}")
     for n in sizes:

@@ -9,6 +9,7 @@ Light at import (no scikit-learn or trainers): the CLI lists the names; fits imp
 """
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -114,6 +115,19 @@ def names(*, on_features: bool | None = None, logits: bool | None = None) -> tup
                  if (on_features is None or a.on_features == on_features) and (logits is None or a.logits == logits))
 
 
+def _one_torch_thread(fit: Callable[[FitRequest], Fitted]) -> Callable[[FitRequest], Fitted]:
+    """Run a torch fit of small matrices with this thread's torch on one thread (`core.torch_threads`): on a busy
+    2-core box two threads contend (10k x 1280 features, 24 classes: the head's 5 epochs 0.9-1.8 s on one thread
+    against 7.3-9.5 s on two; bench/scale.py)."""
+    @functools.wraps(fit)
+    def on_one_thread(request: FitRequest) -> Fitted:
+        from core.torch_threads import one_torch_thread
+
+        with one_torch_thread():
+            return fit(request)
+    return on_one_thread
+
+
 def _timed(function, *args, **kwargs):
     started = time.perf_counter()
     return function(*args, **kwargs), time.perf_counter() - started
@@ -185,6 +199,7 @@ def fit_svm(request: FitRequest) -> Fitted:
 
 @register("head", "Linear head", "a new linear layer on cached features (Adam; the epoch count chosen on the "
           "training folds)", on_features=True, logits=True, parts=("resample", "la-loss", "tau", "offsets"))
+@_one_torch_thread
 def fit_head(request: FitRequest) -> Fitted:
     """The linear head. Its epoch count is chosen once on the folds (fold heads train to `--epochs`, the best
     out-of-fold macro-F1 wins) and the final head trains for exactly that many epochs, so the validation
@@ -237,6 +252,7 @@ LOGREG_C_GRID = (0.01, 0.1, 1.0)
 @register("logreg", "Logistic regression", "multinomial logistic regression on standardised cached features, "
           "L2 strength C chosen by cross-validation", on_features=True, logits=True,
           parts=("la-loss", "tau", "offsets"))
+@_one_torch_thread
 def fit_logreg(request: FitRequest) -> Fitted:
     """Logistic regression; C by stratified CV on the training images (the chosen C's folds give the
     out-of-fold scores), then one fit on all of them."""

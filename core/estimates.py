@@ -20,16 +20,18 @@ COST = {"kernel": 5.5e-11, "exact_fit": 2.0e-7, "slice": 5.0e-8, "nystroem_fixed
         "ridge": 6.0e-5, "logreg": 1.0e-8}
 EXACT_FIT_POWER = 1.8
 PROBE_SECONDS_THEN = 0.030  # the speed probe's time on the measuring machine when COST was measured
-PROBE_SHAPE = (512, 1280, 1024)
+PROBE_SHAPE = (256, 1280, 1024)
 
 
 def probe_seconds() -> float:
-    """The fastest of 3 runs of one float64 matrix product of PROBE_SHAPE: this machine's speed as it is now."""
+    """The fastest of 10 runs of one float64 matrix product of PROBE_SHAPE, after a warm-up: this machine's
+    speed (its cores; the fastest run is the least disturbed by other processes)."""
     rng = np.random.default_rng(0)
     m, k, n = PROBE_SHAPE
     a, b = rng.normal(size=(m, k)), rng.normal(size=(k, n))
+    a @ b  # wakes the BLAS threads
     times = []
-    for _ in range(3):
+    for _ in range(10):
         started = time.perf_counter()
         a @ b
         times.append(time.perf_counter() - started)
