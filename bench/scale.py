@@ -80,7 +80,7 @@ def bench_runs(sizes, dim: int, n_classes: int, imbalance: float, remedies, appr
     """Every approach x remedy at every size, as `fit_run` runs it; one row each, printed as it finishes."""
     import core.classifiers
     from core.approaches import LOGREG_C_GRID
-    from core.estimates import PROBE_SECONDS_THEN, logreg_steps, probe_seconds, svm_steps
+    from core.estimates import logreg_steps, svm_steps
     from core.experiment import fit_run
     from core.stats import point_scores
     from core.tuning import cv_splits
@@ -96,7 +96,6 @@ def bench_runs(sizes, dim: int, n_classes: int, imbalance: float, remedies, appr
         for approach in approaches:
             for remedy in remedies:
                 clock = StepClock()
-                speed = probe_seconds() / PROBE_SECONDS_THEN
                 reset_peak_memory()
                 started = time.perf_counter()
                 run = fit_run(config, dataset, features, approach, remedy, progress=clock)
@@ -113,7 +112,7 @@ def bench_runs(sizes, dim: int, n_classes: int, imbalance: float, remedies, appr
                     steps = (svm_steps(exact, n, dim, folds, cached=remedy != remedies[0]) if approach == "svm"
                              else logreg_steps(LOGREG_C_GRID, n, dim, n_classes, folds))
                     row.update(model=fitted.extras.get("svm_model", "LogisticProbe"), step_s=clock.step_seconds(),
-                               estimate_s=speed * sum(s for _, s in steps), measured_s=clock.times[-1] - clock.times[0])
+                               estimate_s=sum(s for _, s in steps), measured_s=clock.times[-1] - clock.times[0])
                     note = (f"{'exact; ' if exact else 'Nystroem; ' if approach == 'svm' else ''}estimate "
                             f"{row['estimate_s']:.0f} s, measured {row['measured_s']:.0f} s "
                             f"({row['measured_s'] / row['estimate_s']:.2f}x); steps "

@@ -147,7 +147,7 @@ def fit_svm(request: FitRequest) -> Fitted:
     step (`core.estimates`), then the time left after each.
     """
     from core.classifiers import KERNEL_CACHE, SvmClassifier, choose_svm
-    from core.estimates import PROBE_SECONDS_THEN, StepProgress, probe_seconds, svm_steps
+    from core.estimates import StepProgress, svm_steps
     from core.features import split_key
     from core.tuning import SVM_C_GRID, cv_splits, out_of_fold, tune_svm_c
 
@@ -158,7 +158,7 @@ def fit_svm(request: FitRequest) -> Fitted:
     steps = svm_steps(choice.exact, *X.shape, len(cv_splits(y, config.seed)), cached)
     if config.tune:  # every C's folds instead of the validation folds, each fold computing its own kernel
         steps = [("choose C", len(SVM_C_GRID) * sum(seconds for _, seconds in steps[:1] + steps[2:]))] + steps[:2]
-    progress = StepProgress(request.progress, "fit SVM", steps, probe_seconds() / PROBE_SECONDS_THEN)
+    progress = StepProgress(request.progress, "fit SVM", steps)
     progress.start(f"{choice.model} on {len(X):,} images")
 
     def make_svm(C):
@@ -257,7 +257,7 @@ def fit_logreg(request: FitRequest) -> Fitted:
     """Logistic regression; C by stratified CV on the training images (the chosen C's folds give the
     out-of-fold scores), then one fit on all of them."""
     from core.classifiers import LogisticProbe
-    from core.estimates import PROBE_SECONDS_THEN, StepProgress, logreg_steps, probe_seconds
+    from core.estimates import StepProgress, logreg_steps
     from core.tuning import choose_by_cv, cv_splits
 
     config, features = request.config, request.features
@@ -268,7 +268,7 @@ def fit_logreg(request: FitRequest) -> Fitted:
                              seed=config.seed)
     grid = LOGREG_C_GRID if config.logreg_c is None else (config.logreg_c,)  # a set C (What-if refits) is kept
     steps = logreg_steps(grid, *X.shape, request.n_classes, len(cv_splits(y, config.seed)))
-    progress = StepProgress(request.progress, "fit logistic regression", steps, probe_seconds() / PROBE_SECONDS_THEN)
+    progress = StepProgress(request.progress, "fit logistic regression", steps)
     progress.start(f"{len(grid)} C value(s) x folds, then the fit on {len(X):,} images")
     (tuned, candidates), cv_s = _timed(choose_by_cv, "C", grid, make, X, y, request.n_classes, config.seed,
                                        progress.advance)

@@ -1,9 +1,11 @@
-"""Time estimates of the SVM's and logistic regression's steps before they start, and progress that says the time left while they run.
+"""Time estimates of the SVM's and logistic regression's steps before they start, and progress that says the
+time left while they run.
 
 The estimate is the cost curve bench/scale.py measured (seconds per step against training images, on a loaded
-2-core machine), scaled by a speed probe of this machine as it is now (one fixed matrix product, ~0.1 s).
-While the steps run, the time left is the estimate of the steps left, scaled by how long the steps done took
-against their estimate.
+2-core machine). A speed probe (the fastest of 10 small matrix products) was tried to carry it to other
+machines and dropped: under that load it varied 2-4x from one call to the next. So before the first step the
+estimate holds for a machine like the one measured; while the steps run, the time left is the estimate of the
+steps left scaled by how long the steps done took against theirs, which carries it to this machine and load.
 """
 from __future__ import annotations
 
@@ -11,31 +13,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-import numpy as np
-
 # Seconds on the measuring machine, per unit (bench/scale.py measured them): the exact kernel per n^2 * d, the
-# exact fit (with its test scores) per n^EXACT_FIT_POWER, a fold's slice of the kernel per n_fold^2, the Nystroem
-# map's fixed part (its components) and per n * d, the ridge fit (with its test scores) per n
-COST = {"kernel": 5.5e-11, "exact_fit": 2.0e-7, "slice": 5.0e-8, "nystroem_fixed": 3.0, "nystroem_map": 1.0e-6,
-        "ridge": 6.0e-5, "logreg": 1.0e-8}
+# exact fit (with its test scores) per n^EXACT_FIT_POWER, a fold's kernel slices per n_fold * n, the Nystroem
+# map's fixed part (its components) and per n * d, the ridge fit per n, a logistic regression fit per n * d * k
+COST = {"kernel": 8e-11, "exact_fit": 5e-7, "slice": 5e-8, "nystroem_fixed": 3.0, "nystroem_map": 4e-7,
+        "ridge": 1e-4, "logreg": 6.5e-9}
 EXACT_FIT_POWER = 1.8
-PROBE_SECONDS_THEN = 0.030  # the speed probe's time on the measuring machine when COST was measured
-PROBE_SHAPE = (256, 1280, 1024)
-
-
-def probe_seconds() -> float:
-    """The fastest of 10 runs of one float64 matrix product of PROBE_SHAPE, after a warm-up: this machine's
-    speed (its cores; the fastest run is the least disturbed by other processes)."""
-    rng = np.random.default_rng(0)
-    m, k, n = PROBE_SHAPE
-    a, b = rng.normal(size=(m, k)), rng.normal(size=(k, n))
-    a @ b  # wakes the BLAS threads
-    times = []
-    for _ in range(10):
-        started = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - started)
-    return min(times)
 
 
 def svm_steps(exact: bool, n_train: int, n_features: int, n_folds: int, cached: bool = False
@@ -45,8 +28,8 @@ def svm_steps(exact: bool, n_train: int, n_features: int, n_folds: int, cached: 
     n_fold = n_train * (n_folds - 1) / n_folds
     if exact:
         prepare = ("kernel", COST["kernel"] * n_train ** 2 * n_features)
-        fit, fold = COST["exact_fit"] * n_train ** EXACT_FIT_POWER, (COST["exact_fit"] * n_fold ** EXACT_FIT_POWER
-                                                                     + COST["slice"] * n_fold ** 2)
+        fit = COST["exact_fit"] * n_train ** EXACT_FIT_POWER
+        fold = COST["exact_fit"] * n_fold ** EXACT_FIT_POWER + COST["slice"] * n_fold * n_train
     else:
         prepare = ("Nystroem map", COST["nystroem_fixed"] + COST["nystroem_map"] * n_train * n_features)
         fit, fold = COST["ridge"] * n_train, COST["ridge"] * n_fold
@@ -77,13 +60,12 @@ class StepProgress:
     progress: Callable | None
     stage: str
     steps: list[tuple[str, float]]
-    speed: float = 1.0  # probe_seconds() now / PROBE_SECONDS_THEN
     done: int = 0
     started: float = field(default_factory=time.perf_counter)
 
     @property
     def estimate_seconds(self) -> float:
-        return self.speed * sum(seconds for _, seconds in self.steps)
+        return sum(seconds for _, seconds in self.steps)
 
     def start(self, what: str) -> None:
         self.started = time.perf_counter()
@@ -92,8 +74,8 @@ class StepProgress:
     def advance(self) -> None:
         self.done += 1
         elapsed = time.perf_counter() - self.started
-        expected_so_far = self.speed * sum(seconds for _, seconds in self.steps[:self.done])
-        left = self.speed * sum(seconds for _, seconds in self.steps[self.done:])
+        expected_so_far = sum(seconds for _, seconds in self.steps[:self.done])
+        left = sum(seconds for _, seconds in self.steps[self.done:])
         left *= elapsed / expected_so_far if expected_so_far > 0 else 1.0
         following = f"{self.steps[self.done][0]} next, " if self.done < len(self.steps) else ""
         self._report(f"{following}about {duration(left)} left" if left > 0 else "done")
