@@ -16,8 +16,8 @@ from typing import Callable
 # Seconds on the measuring machine, per unit (bench/scale.py measured them): the exact kernel per n^2 * d, the
 # exact fit (with its test scores) per n^EXACT_FIT_POWER, a fold's kernel slices per n_fold * n, the Nystroem
 # map's fixed part (its components) and per n * d, the ridge fit per n, a logistic regression fit per n * d * k
-COST = {"kernel": 8e-11, "exact_fit": 5e-7, "slice": 5e-8, "nystroem_fixed": 3.0, "nystroem_map": 4e-7,
-        "ridge": 1e-4, "logreg": 6.5e-9}
+COST = {"kernel": 8e-11, "exact_fit": 4e-7, "slice": 1e-8, "nystroem_fixed": 3.0, "nystroem_map": 5e-8,
+        "ridge": 5e-5, "logreg": 4e-9}
 EXACT_FIT_POWER = 1.8
 
 
