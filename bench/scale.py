@@ -20,6 +20,7 @@ import numpy as np
 from core.approaches import names
 
 APPROACHES = ("svm", "logreg", "head")
+DIM, CLASSES, IMBALANCE, REMEDIES = 1280, 24, 700.0, ("none", "balanced")  # a photo set's features, as issue 32's
 
 
 def synthetic_problem(n_train: int, n_test: int, dim: int, n_classes: int, imbalance: float, seed: int = 0):
@@ -76,7 +77,8 @@ class StepClock:
         return np.diff(self.times).tolist()
 
 
-def bench_runs(sizes, dim: int, n_classes: int, imbalance: float, remedies, approaches) -> list[dict]:
+def bench_runs(sizes, dim: int = DIM, n_classes: int = CLASSES, imbalance: float = IMBALANCE, remedies=REMEDIES,
+               approaches=APPROACHES) -> list[dict]:
     """Every approach x remedy at every size, as `fit_run` runs it; one row each, printed as it finishes."""
     import core.classifiers
     from core.approaches import LOGREG_C_GRID
@@ -176,10 +178,10 @@ def old_linear_svc(n: int, dim: int, n_classes: int, imbalance: float, limit_s: 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default="4000,10000,20000,30000", help="training images per step of the curve")
-    parser.add_argument("--dim", type=int, default=1280)
-    parser.add_argument("--classes", type=int, default=24)
-    parser.add_argument("--imbalance", type=float, default=700.0)
-    parser.add_argument("--remedies", default="none,balanced")
+    parser.add_argument("--dim", type=int, default=DIM)
+    parser.add_argument("--classes", type=int, default=CLASSES)
+    parser.add_argument("--imbalance", type=float, default=IMBALANCE)
+    parser.add_argument("--remedies", default=",".join(REMEDIES))
     parser.add_argument("--approaches", default=",".join(APPROACHES), help=f"of {', '.join(names(on_features=True))}")
     parser.add_argument("--compare-sizes", default="4000,10000,15000",
                         help="sizes at which the exact SVM and its approximation both run ('' for none)")
