@@ -19,6 +19,7 @@ from typing import Callable
 COST = {"kernel": 8e-11, "exact_fit": 4e-7, "slice": 1e-8, "nystroem_fixed": 3.0, "nystroem_map": 5e-8,
         "ridge": 5e-5, "logreg": 4e-9}
 EXACT_FIT_POWER = 1.8
+STEP_OVERHEAD_S = 0.5  # each step's fixed cost on a busy machine (a 20k Nystroem fold of 0.8 s once took 4.9 s)
 
 
 def svm_steps(exact: bool, n_train: int, n_features: int, n_folds: int, cached: bool = False
@@ -34,14 +35,18 @@ def svm_steps(exact: bool, n_train: int, n_features: int, n_folds: int, cached: 
         prepare = ("Nystroem map", COST["nystroem_fixed"] + COST["nystroem_map"] * n_train * n_features)
         fit, fold = COST["ridge"] * n_train, COST["ridge"] * n_fold
     prepare = (prepare[0], 0.0 if cached else prepare[1])
-    return [prepare, ("fit", fit)] + [(f"fold {i + 1}/{n_folds}", fold) for i in range(n_folds)]
+    return _with_overhead([prepare, ("fit", fit)] + [(f"fold {i + 1}/{n_folds}", fold) for i in range(n_folds)])
 
 
 def logreg_steps(grid, n_train: int, n_features: int, n_classes: int, n_folds: int) -> list[tuple[str, float]]:
     """Logistic regression's steps: each C's validation folds, then the final fit (L-BFGS, ~n * d * k per fit)."""
     fit = COST["logreg"] * n_features * n_classes
     folds = n_folds * fit * n_train * (n_folds - 1) / n_folds
-    return [(f"C = {C:g} folds", folds) for C in grid] + [("fit", fit * n_train)]
+    return _with_overhead([(f"C = {C:g} folds", folds) for C in grid] + [("fit", fit * n_train)])
+
+
+def _with_overhead(steps: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    return [(label, seconds + STEP_OVERHEAD_S) for label, seconds in steps]
 
 
 def duration(seconds: float) -> str:
