@@ -48,8 +48,8 @@ class TqdmProgress:
         if bar is None:
             bar = self.bars[stage] = tqdm(total=total, desc=stage, file=sys.stderr, leave=True, dynamic_ncols=True)
         bar.total = total
-        if note:
-            bar.set_postfix_str(note, refresh=False)
+        if note:  # shown now when nothing else moves the bar (a step's estimate before it starts)
+            bar.set_postfix_str(note, refresh=done == bar.n)
         bar.update(done - bar.n)
         if done >= total:
             self.bars.pop(stage).close()
