@@ -17,8 +17,6 @@ import time
 
 import numpy as np
 
-from core.approaches import names
-
 APPROACHES = ("svm", "logreg", "head")
 DIM, CLASSES, IMBALANCE, REMEDIES = 1280, 24, 700.0, ("none", "balanced")  # a photo set's features, as issue 32's
 
@@ -69,7 +67,7 @@ class StepClock:
         self.times, self.first_note = [], ""
 
     def __call__(self, stage: str, done: int, total: int, note: str = "") -> None:
-        if stage in ("fit SVM", "fit logistic regression"):
+        if stage in ("fit SVM", "fit logistic regression", "fit head"):
             self.first_note = self.first_note or note
             self.times.append(time.perf_counter())
 
@@ -82,7 +80,7 @@ def bench_runs(sizes, dim: int = DIM, n_classes: int = CLASSES, imbalance: float
     """Every approach x remedy at every size, as `fit_run` runs it; one row each, printed as it finishes."""
     import core.classifiers
     from core.approaches import LOGREG_C_GRID
-    from core.estimates import logreg_steps, svm_steps
+    from core.estimates import head_steps, logreg_steps, svm_steps
     from core.experiment import fit_run
     from core.stats import point_scores
     from core.tuning import cv_splits
@@ -107,18 +105,18 @@ def bench_runs(sizes, dim: int = DIM, n_classes: int = CLASSES, imbalance: float
                        "fit_s": fitted.fit_seconds, "validation_s": fitted.validation_seconds,
                        "selection_s": fitted.selection_seconds,
                        "macro_f1": point_scores(features.y_test, run["y_pred"], n_classes)["macro_f1"]}
-                note = ""
                 folds = len(cv_splits(features.y_train, config.seed))
-                if approach in ("svm", "logreg"):
-                    exact = approach == "svm" and "Nystroem" not in fitted.extras["svm_model"]
-                    steps = (svm_steps(exact, n, dim, folds, cached=remedy != remedies[0]) if approach == "svm"
-                             else logreg_steps(LOGREG_C_GRID, n, dim, n_classes, folds))
-                    row.update(model=fitted.extras.get("svm_model", "LogisticProbe"), step_s=clock.step_seconds(),
-                               estimate_s=sum(s for _, s in steps), measured_s=clock.times[-1] - clock.times[0])
-                    note = (f"{'exact; ' if exact else 'Nystroem; ' if approach == 'svm' else ''}estimate "
-                            f"{row['estimate_s']:.0f} s, measured {row['measured_s']:.0f} s "
-                            f"({row['measured_s'] / row['estimate_s']:.2f}x); steps "
-                            + ", ".join(f"{s:.1f}" for s in row["step_s"]))
+                exact = approach == "svm" and "Nystroem" not in fitted.extras["svm_model"]
+                steps = {"svm": lambda: svm_steps(exact, n, dim, folds, cached=remedy != remedies[0]),
+                         "logreg": lambda: logreg_steps(LOGREG_C_GRID, n, dim, n_classes, folds),
+                         "head": lambda: head_steps(n, folds, config.epochs, config.epochs)}[approach]()
+                row.update(model=fitted.extras.get("svm_model", approach), step_s=clock.step_seconds(),
+                           estimate_s=sum(s for _, s in steps), measured_s=clock.times[-1] - clock.times[0])
+                note = (f"{'exact; ' if exact else 'Nystroem; ' if approach == 'svm' else ''}estimate "
+                        f"{row['estimate_s']:.0f} s, measured {row['measured_s']:.0f} s "
+                        f"({row['measured_s'] / row['estimate_s']:.2f}x)")
+                if approach != "head":  # its steps are epochs
+                    note += "; steps " + ", ".join(f"{s:.1f}" for s in row["step_s"])
                 print(f"{n:>8} {approach:<8} {remedy:<9} {wall:>7.1f} {row['fit_s']:>7.1f} {row['validation_s']:>8.1f} "
                       f"{row['selection_s']:>9.1f} {row['peak_gb']:>8.2f} {row['macro_f1']:>8.3f}  {note}", flush=True)
                 rows.append(row)
@@ -182,7 +180,7 @@ def main(argv=None) -> None:
     parser.add_argument("--classes", type=int, default=CLASSES)
     parser.add_argument("--imbalance", type=float, default=IMBALANCE)
     parser.add_argument("--remedies", default=",".join(REMEDIES))
-    parser.add_argument("--approaches", default=",".join(APPROACHES), help=f"of {', '.join(names(on_features=True))}")
+    parser.add_argument("--approaches", default=",".join(APPROACHES), help=f"of {', '.join(APPROACHES)}")
     parser.add_argument("--compare-sizes", default="4000,10000,15000",
                         help="sizes at which the exact SVM and its approximation both run ('' for none)")
     parser.add_argument("--old-svm-size", type=int, default=22000, help="0 to skip the LinearSVC this replaces")

@@ -205,25 +205,34 @@ def fit_head(request: FitRequest) -> Fitted:
     out-of-fold macro-F1 wins) and the final head trains for exactly that many epochs, so the validation
     (the fold heads at that epoch) describes the model tested. With `head_epochs` nothing is chosen."""
     from core.classifiers import LinearHead
-    from core.tuning import choose_epochs, cross_val_scores
+    from core.estimates import StepProgress, head_steps
+    from core.tuning import choose_epochs, cross_val_scores, cv_splits
 
     config, features, n_classes = request.config, request.features, request.n_classes
     X, y = features.X_train, features.y_train
+    chooses = request.head_epochs is None  # fold heads train to --epochs (they report), then the final head
+    progress = StepProgress(request.progress, "fit head", head_steps(
+        len(X), len(cv_splits(y, config.seed)), config.epochs if chooses else 0, request.head_epochs or config.epochs))
+    progress.start(f"{'fold heads, then ' if chooses else ''}the head on {len(X):,} images")
+
+    def epoch_done(stage, done, total, note=""):
+        progress.advance()
 
     def make_head(epochs):
         return LinearHead(epochs=epochs, lr=config.lr, batch_size=config.batch_size, class_weight=request.weights,
                           n_classes=n_classes, seed=config.seed, resample=request.remedy.has("resample"),
                           la_tau=request.la_tau)
     tuned, candidates, select_s, validation_s = {}, None, 0.0, 0.0
-    if request.head_epochs is None:
+    if chooses:
         (tuned, candidates), select_s = _timed(choose_epochs, make_head(config.epochs), X, y, n_classes, config.seed,
-                                               request.progress)
+                                               epoch_done)
         epochs, oof = tuned["epochs"], candidates[:, tuned["epochs"] - 1]
     else:
         epochs = request.head_epochs
         oof, validation_s = _timed(cross_val_scores, make_head(epochs), X, y, config.seed)
     head, fit_s = _timed(make_head(epochs).fit, X, y, eval_set=(features.X_test, features.y_test),
-                         progress=request.progress)
+                         progress=epoch_done)
+    progress.finish()  # the final head may train fewer epochs than estimated
     fit_s -= head.eval_seconds_  # scoring the test set per epoch is not fitting
     scores, predict_s = _timed(head.decision_function, features.X_test)
     return Fitted(head, scores, fit_s, predict_s, refit_seconds=fit_s + predict_s, validation_seconds=validation_s,

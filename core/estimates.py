@@ -1,4 +1,4 @@
-"""Time estimates of the SVM's and logistic regression's steps before they start, and progress that says the
+"""Time estimates of the SVM's, logistic regression's and the head's steps before they start, and progress that says the
 time left while they run.
 
 The estimate is the cost curve bench/scale.py measured (seconds per step against training images, on a loaded
@@ -15,9 +15,10 @@ from typing import Callable
 
 # Seconds on the measuring machine, per unit (bench/scale.py measured them): the exact kernel per n^2 * d, the
 # exact fit (with its test scores) per n^EXACT_FIT_POWER, a fold's kernel slices per n_fold * n, the Nystroem
-# map's fixed part (its components) and per n * d, the ridge fit per n, a logistic regression fit per n * d * k
+# map's fixed part (its components) and per n * d, the ridge fit per n, a logistic regression fit per n * d * k,
+# a head's epoch per n (batches of 64 rows of 1,280 features, 24 classes: the per-batch cost dominates)
 COST = {"kernel": 8e-11, "exact_fit": 4e-7, "slice": 1e-8, "nystroem_fixed": 3.0, "nystroem_map": 5e-8,
-        "ridge": 5e-5, "logreg": 4e-9}
+        "ridge": 5e-5, "logreg": 4e-9, "head_epoch": 2.2e-5}
 EXACT_FIT_POWER = 1.8
 STEP_OVERHEAD_S = 0.5  # each step's fixed cost on a busy machine (a 20k Nystroem fold of 0.8 s once took 4.9 s)
 
@@ -43,6 +44,15 @@ def logreg_steps(grid, n_train: int, n_features: int, n_classes: int, n_folds: i
     fit = COST["logreg"] * n_features * n_classes
     folds = n_folds * fit * n_train * (n_folds - 1) / n_folds
     return _with_overhead([(f"C = {C:g} folds", folds) for C in grid] + [("fit", fit * n_train)])
+
+
+def head_steps(n_train: int, n_folds: int, fold_epochs: int, final_epochs: int) -> list[tuple[str, float]]:
+    """The head's epochs: each fold head's `fold_epochs` (on (n_folds - 1) / n_folds of the images), then the
+    final head's (at most `final_epochs`: the count chosen on the folds)."""
+    n_fold = n_train * (n_folds - 1) / n_folds
+    return ([(f"fold {fold + 1}/{n_folds} epoch {epoch + 1}", COST["head_epoch"] * n_fold)
+             for fold in range(n_folds) for epoch in range(fold_epochs)]
+            + [(f"epoch {epoch + 1}", COST["head_epoch"] * n_train) for epoch in range(final_epochs)])
 
 
 def _with_overhead(steps: list[tuple[str, float]]) -> list[tuple[str, float]]:
@@ -84,6 +94,12 @@ class StepProgress:
         left *= elapsed / expected_so_far if expected_so_far > 0 else 1.0
         following = f"{self.steps[self.done][0]} next, " if self.done < len(self.steps) else ""
         self._report(f"{following}about {duration(left)} left" if left > 0 else "done")
+
+    def finish(self) -> None:
+        """Report the last step done (when the steps left were not needed)."""
+        if self.done < len(self.steps):
+            self.done = len(self.steps) - 1
+            self.advance()
 
     def _report(self, note: str) -> None:
         if self.progress:

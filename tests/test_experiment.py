@@ -354,15 +354,16 @@ def test_the_svm_estimates_its_time_before_it_starts_and_counts_down(demo_dir, f
                                                                      monkeypatch):
     """The SVM's progress: the model and an estimate at 0 of its steps, before the kernel is computed; then one
     step after the kernel, the final fit and each validation fold, each with the time left. Logistic regression:
-    an estimate, then one step per C value's folds and the final fit."""
+    an estimate, then one step per C value's folds and the final fit. The head: an estimate, then every epoch of the
+    fold heads and the final head."""
     import core.classifiers
 
     events = []
     real = core.classifiers.rbf_kernels
     monkeypatch.setattr(core.classifiers, "KERNEL_CACHE", core.classifiers.KernelCache())
     monkeypatch.setattr(core.classifiers, "rbf_kernels", lambda *a: events.append(("kernel",)) or real(*a))
-    config = ExperimentConfig(data=str(demo_dir), approaches=("svm", "logreg"), remedies=("none",), image_size=image_size,
-                              device="cpu", cache_dir=str(feature_cache), workers=0)
+    config = ExperimentConfig(data=str(demo_dir), approaches=("svm", "logreg", "head"), remedies=("none",),
+                              epochs=4, image_size=image_size, device="cpu", cache_dir=str(feature_cache), workers=0)
     run_experiment(config, progress=lambda stage, done, total, note="": events.append((stage, done, total, note)),
                    store=RunStore(tmp_path / "runs"))
     svm = [e for e in events if e[0] in ("fit SVM", "kernel")]
@@ -374,5 +375,8 @@ def test_the_svm_estimates_its_time_before_it_starts_and_counts_down(demo_dir, f
     logreg = [e for e in events if e[0] == "fit logistic regression"]
     assert logreg[0][:3] == ("fit logistic regression", 0, 4) and "estimate about" in logreg[0][3]
     assert [e[1] for e in logreg] == [0, 1, 2, 3, 4]
+    head = [e for e in events if e[0] == "fit head"]  # 3 fold heads x 4 epochs, then the final head's (at most 4)
+    assert head[0][:3] == ("fit head", 0, 16) and "estimate about" in head[0][3]
+    assert [e[1] for e in head[:13]] == list(range(13)) and head[-1][1:] == (16, 16, "done")
 
 
