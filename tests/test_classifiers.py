@@ -7,7 +7,7 @@ import torch
 from sklearn.datasets import make_blobs, make_classification
 from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import RidgeClassifier
-from sklearn.svm import SVC, LinearSVC
+from sklearn.svm import SVC
 
 import core.classifiers
 from core.classifiers import (EXACT_SVM_MAX_TRAIN, SVM_MEMORY_SHARE, KernelCache, LinearHead, SvmClassifier,
