@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.classifiers import svm_model_name
 from core.data import Dataset, Sample, open_rgb
 from core.errors import ClassWeightError, ConfigError
 from core.metrics import FREQUENCY_GROUPS, check_confusion, evaluate, group_scores, minority_mask
@@ -294,6 +293,11 @@ def misclassified_paths(predictions: pd.DataFrame, true: int, pred: int) -> tupl
     return existing, len(chosen) - len(existing)
 
 
+def _svm_model_before_13(kernel: str, n_train: int) -> str:
+    """The SVM a run recorded before issue 13 fitted (not recorded then): LinearSVC above 20,000 training images."""
+    return "LinearSVC" if n_train > 20_000 or kernel == "linear" else f"SVC ({kernel} kernel)"
+
+
 def run_settings(record: dict) -> pd.DataFrame:
     """What produced a run: approach, weights, backbone and the settings that matter for its approach."""
     config, backbone = record.get("config", {}), record.get("backbone", {})
@@ -303,9 +307,10 @@ def run_settings(record: dict) -> pd.DataFrame:
             or backbone.get("image_size"), "precision": run_precision(record), "dataset": record["dataset"]["root"],
             "seed": config.get("seed")}
     if record["approach"] == "svm":
-        fitted = record.get("svm_model") or svm_model_name(config.get("svm_kernel", "rbf"),  # records before 13
-                                                            sum(record["dataset"].get("train_counts", [])))
-        rows.update({"SVM model": fitted, "SVM C": config.get("svm_c")})
+        fitted = record.get("svm_model") or _svm_model_before_13(config.get("svm_kernel", "rbf"),
+                                                                  sum(record["dataset"].get("train_counts", [])))
+        reason = {"SVM model chosen": record["svm_model_reason"]} if record.get("svm_model_reason") else {}
+        rows.update({"SVM model": fitted, **reason, "SVM C": config.get("svm_c")})
     else:
         rows.update({"epochs": config.get("epochs"), "learning rate": config.get("lr"),
                      "epochs run": len(record.get("history", [])), "logit adjustment tau": record.get("tau")})

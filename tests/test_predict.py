@@ -21,7 +21,8 @@ FIXTURE_BUNDLE = Path(__file__).parent / "fixtures" / "main-7b63ebb" / "bundle.z
 def _estimators(X, y, k):
     return [SvmClassifier(n_classes=k + 1).fit(X, y), SvmClassifier().fit(X, y, kernels=rbf_kernels(X)),
             SvmClassifier(kernel="poly").fit(X, y), SvmClassifier(kernel="sigmoid").fit(X, y),
-            SvmClassifier(kernel="linear").fit(X, y), LinearHead(epochs=3).fit(X, y), LogisticProbe().fit(X, y)]
+            SvmClassifier(kernel="linear").fit(X, y), SvmClassifier(solver="nystroem", n_classes=k + 1).fit(X, y),
+            SvmClassifier(solver="nystroem", kernel="poly").fit(X, y), LinearHead(epochs=3).fit(X, y), LogisticProbe().fit(X, y)]
 
 
 @pytest.mark.parametrize("n_classes", [2, 4])
