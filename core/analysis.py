@@ -17,7 +17,7 @@ from core.data import Dataset, Sample, open_rgb
 from core.errors import ClassWeightError, ConfigError
 from core.metrics import FREQUENCY_GROUPS, check_confusion, evaluate, group_scores, minority_mask
 from core.findings import paired_diff  # noqa: F401 (pages and tests read it here)
-from core.naming import run_names
+from core.naming import dataset_key, run_names
 from core.report import per_class_table
 from core.approaches import APPROACHES, names as approach_names
 from core.settings import BY_NAME
@@ -91,6 +91,15 @@ def weights_from_table(table: pd.DataFrame, classes: list[str]) -> dict[str, flo
         table_dict[str(name)] = float(value)
     custom_weights(table_dict, classes)
     return table_dict
+
+
+def on_dataset(records: list[dict], dataset: Dataset) -> list[dict]:
+    """The records trained on `dataset`'s files (any split seed), in their order.
+
+    A record matches by its files' fingerprint (`content_fingerprint`; older records: the split's fingerprint).
+    """
+    wanted = {dataset.content_fingerprint, dataset.fingerprint}
+    return [record for record in records if dataset_key(record) in wanted]
 
 
 def run_table(records: list[dict]) -> pd.DataFrame:

@@ -55,13 +55,23 @@ def read_results(path) -> dict:
     return results
 
 
-def results_from_runs(records: list[dict]) -> dict:
-    """A results dict (the CLI's schema) from saved run records of one dataset, for reports and exports."""
+def check_one_dataset(records: list[dict]) -> None:
+    """Raise ConfigError, naming the datasets and what to do, unless `records` are 1+ runs of one set of classes."""
     if not records:
         raise ConfigError("select at least one run to export")
-    datasets = {tuple(r["dataset"]["classes"]) for r in records}
-    if len(datasets) > 1:
-        raise ConfigError("the selected runs come from datasets with different classes; export them separately")
+    by_classes: dict[tuple, set] = {}
+    for record in records:
+        by_classes.setdefault(tuple(record["dataset"]["classes"]), set()).add(Path(record["dataset"]["root"]).name)
+    if len(by_classes) > 1:
+        names = "; ".join(", ".join(sorted(folders)) for folders in by_classes.values())
+        raise ConfigError(f"the selected runs come from {len(by_classes)} datasets with different classes "
+                          f"({names}); a report covers one dataset: select the runs of one, or export each "
+                          "dataset's runs separately (a run bundle may mix them)")
+
+
+def results_from_runs(records: list[dict]) -> dict:
+    """A results dict (the CLI's schema) from saved run records of one dataset, for reports and exports."""
+    check_one_dataset(records)
     first = records[0]
     return {"dataset": first["dataset"], "backbone": first.get("backbone", {}),
             "extract_seconds": first.get("extract_seconds", 0.0), "cache_hit": True, "runs": records}

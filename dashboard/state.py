@@ -18,7 +18,7 @@ from core import analysis, diagnostics, duplicates, explain, featuremap, predict
 from core import label_issues as label_issues_module
 from core.config import run_split
 from core.data import Dataset, build_demo_dataset, load_dataset
-from core.errors import ConfigError, ReadOnlyError
+from core.errors import ConfigError, DataError, ReadOnlyError
 from core.experiment import ExperimentConfig, run_experiment
 from core.features import split_key
 from core.jobs import ACTIVE_STATUSES, Job, JobManager, compute_slot_path
@@ -122,6 +122,15 @@ def dataset(path: str, test_size: float = SPLIT_DEFAULTS["test_size"], seed: int
         return _scan(path, float(test_size), int(seed), str(cache_dir()), tuple(sorted(options.items())))
 
 
+def current_dataset() -> Dataset | None:
+    """The sidebar's dataset with the default split, or None when its folder cannot be used (the Dataset page
+    says why)."""
+    try:
+        return dataset(data_dir())
+    except DataError:
+        return None
+
+
 def rescan_dataset(path: str) -> None:
     """Read every file under `path` again (refreshing its file index), then forget the scans (owner only)."""
     access.require_owner("rescan the dataset")
@@ -208,9 +217,14 @@ def load_predictions(run_id: str):
     return _load_predictions(str(run_store().root), run_id)
 
 
-def _check_viewer_build(for_viewer: bool) -> None:
-    """Refuse a viewer's build when viewers together asked for too many lately (builds cost CPU)."""
-    wait_s = VIEWER_BUILDS.wait_s() if for_viewer else 0.0
+def check_downloads(count: bool = False) -> None:
+    """Refuse a viewer's report or bundle build when viewers together asked for too many lately (builds cost
+    CPU); the page checks first (`count=False`), where the reason shows, the build itself counts."""
+    _check_viewer_build(not access.can_act(), count)
+
+
+def _check_viewer_build(for_viewer: bool, count: bool = True) -> None:
+    wait_s = VIEWER_BUILDS.wait_s(count=count) if for_viewer else 0.0
     if wait_s:
         raise ReadOnlyError(f"viewers of this shared dashboard asked for many downloads just now; "
                             f"try again in {wait_s:.0f} s")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from core.analysis import noise_note, paired_table, paired_verdict, run_table
+from core.analysis import noise_note, on_dataset, paired_table, paired_verdict, run_table
 from core.naming import run_labels
 from core.jobs import Job
 from core.report import escape_markdown
@@ -90,7 +90,7 @@ def _jobs_ahead(job: Job) -> str:
 
 def no_runs_hint() -> None:
     """Friendly empty state pointing to the Train page."""
-    st.info("No runs yet. Train a model first: pick approaches and class weights, then launch.",
+    st.info("No runs yet on this dataset. Train a model first: pick approaches and remedies, then launch.",
             icon=":material/info:")
     page_link("train", label="Go to Train", icon=":material/model_training:")
 
@@ -114,6 +114,23 @@ def chart(fig, key: str | None = None) -> None:
 
 def format_seconds(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
+
+
+def dataset_runs(runs: list[dict], key: str) -> list[dict]:
+    """The runs on the sidebar's dataset; every run behind a switch (on by itself for a deep link to another
+    dataset's run). All runs when the dataset folder cannot be read."""
+    current = state.current_dataset()
+    here = runs if current is None else on_dataset(runs, current)
+    others = len(runs) - len(here)
+    if not others:
+        return runs
+    wanted = st.query_params.get("run")
+    if wanted and wanted not in {run["run_id"] for run in here} and wanted in {run["run_id"] for run in runs}:
+        st.session_state[key] = True
+    if st.toggle(f"Show runs of other datasets too ({others})", key=key,
+                 help="by default this page lists only the runs trained on the dataset folder in the sidebar"):
+        return runs
+    return here
 
 
 def pick_run(runs: list[dict], label: str, key: str, default: str | None = None) -> dict:

@@ -112,10 +112,11 @@ def show_backbones(records: list[dict]) -> None:
 st.title("Compare")
 with errors.guard():
     all_runs = state.list_runs()
-    if not all_runs:
+    listed = widgets.dataset_runs(all_runs, "compare_all_data")
+    if not listed:
         widgets.no_runs_hint()
     else:
-        groups = comparable_groups([access.shown_record(run) for run in all_runs])
+        groups = comparable_groups([access.shown_record(run) for run in listed])
         chosen = st.selectbox("Runs compared like for like (same files, backbone, pooling, image size, precision, "
                               "device and settings)", range(len(groups)),
                               format_func=lambda i: groups[i]["label"], key="compare_group")
@@ -144,6 +145,6 @@ with errors.guard():
                     "two-run diff.", icon=":material/info:")
         else:
             show_diff(labels, state.group_findings(runs)[1])
-        show_backbones(all_runs)
+        show_backbones(listed)
     if deletable := {**run_labels(all_runs), **state.broken_runs()}:
         delete_runs(deletable)

@@ -104,7 +104,7 @@ def misclassified_panel(record: dict) -> None:
 
 st.title("Results")
 with errors.guard():
-    runs = state.list_runs()
+    runs = widgets.dataset_runs(state.list_runs(), "results_all_data")
     if not runs:
         widgets.no_runs_hint()
     else:

@@ -144,7 +144,8 @@ st.caption("Tune a run's class weights: move a class's weight and the model refi
            "(the SVM reuses its kernel, the linear models retrain in about a second), with 3-fold validation "
            "on the training images; tau and per-class offsets only rescore. Nothing is stored until you save.")
 with errors.guard():
-    runs = [run for run in state.list_runs() if run["approach"] in FEATURE_APPROACHES]
+    runs = widgets.dataset_runs([run for run in state.list_runs() if run["approach"] in FEATURE_APPROACHES],
+                                "whatif_all_data")
     if not runs:
         widgets.no_runs_hint()
     else:
