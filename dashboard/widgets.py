@@ -7,7 +7,7 @@ from pathlib import Path
 import streamlit as st
 
 from core.analysis import noise_note, on_dataset, paired_table, paired_verdict, run_table
-from core.naming import run_labels
+from core.naming import dataset_key, run_labels
 from core.jobs import Job
 from core.report import escape_markdown
 from core.sharing import run_link
@@ -25,16 +25,36 @@ def page_link(name: str, label: str, icon: str, **kwargs) -> None:
 
 
 def dataset_folder_input() -> None:
-    """The sidebar's dataset folder: editable, or read-only showing the server's dataset for viewers."""
+    """The sidebar's dataset folder and label-file options, kept in the URL (`?data=`, `?labels=`, ...) so a
+    reload, the back button or a link keep them; read-only, the server's dataset, for viewers (the URL's ignored)."""
     if access.can_act():
-        st.text_input("Dataset folder", value=state.default_data_dir(), key="data_dir", help=DATA_DIR_HELP)
-        with st.expander("Label files, separate test folder"):
+        fields = url_fields()
+        for key, param in fields.items():  # a new session (reload, link) starts from the URL
+            if key not in st.session_state:
+                st.session_state[key] = st.query_params.get(param, state.default_data_dir() if key == "data_dir"
+                                                            else "")
+        st.text_input("Dataset folder", key="data_dir", help=DATA_DIR_HELP)
+        with st.expander("Label files, separate test folder", expanded=any(st.session_state[f"data_{name}"]
+                                                                           for name in DATASET_SETTINGS)):
             for name in DATASET_SETTINGS:
                 st.text_input(BY_NAME[name].label, key=f"data_{name}", help=BY_NAME[name].help)
+        for key, param in fields.items():
+            value = st.session_state[key].strip()
+            if value and value != (state.default_data_dir() if key == "data_dir" else ""):
+                st.query_params[param] = value
+            else:
+                st.query_params.pop(param, None)
     else:
+        if any(param in st.query_params for param in url_fields().values()):
+            st.caption("The link's dataset folder is ignored: viewers see the server's dataset only.")
         st.text_input("Dataset folder", value=access.shown_path(state.default_data_dir()), key="data_dir_shared",
                       disabled=True,
                       help="The server's dataset; viewers of a shared dashboard cannot change it")
+
+
+def url_fields() -> dict[str, str]:
+    """{session-state key: URL query parameter} of the sidebar's dataset fields."""
+    return {"data_dir": "data", **{f"data_{name}": name for name in DATASET_SETTINGS}}
 
 
 def sharing_badge() -> None:
@@ -133,11 +153,16 @@ def dataset_runs(runs: list[dict], key: str) -> list[dict]:
     return here
 
 
+def picker_labels(runs: list[dict]) -> dict[str, str]:
+    """`run_labels(runs)`, naming each run's dataset whenever the store holds runs of several datasets."""
+    return run_labels(runs, show_dataset=len({dataset_key(run) for run in state.list_runs()}) > 1)
+
+
 def pick_run(runs: list[dict], label: str, key: str, default: str | None = None) -> dict:
     """Run selectbox, newest first, in sync with the `?run=<id>` deep link; the chosen record.
 
     Without a link it starts on run `default` when given (e.g. the best by validation), else the newest."""
-    labels = run_labels(runs)
+    labels = picker_labels(runs)
     ids = list(labels)
     wanted = st.query_params.get("run")
     if wanted and wanted not in labels:

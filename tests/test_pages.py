@@ -136,7 +136,7 @@ def test_dataset_page_lists_skipped_files(empty_cache, demo_data, tmp_path):
     at.session_state["data_dir"] = str(folder)
     at.run()
     assert not at.exception
-    assert "1 file(s) were skipped" in texts(at.warning)
+    assert "1 file(s) or folder(s) were skipped" in texts(at.warning)
 
 
 def test_dataset_page_lists_skipped_test_labels_of_a_flat_test_folder(empty_cache, demo_data, tmp_path):
@@ -158,7 +158,7 @@ def test_dataset_page_lists_skipped_test_labels_of_a_flat_test_folder(empty_cach
     at.run()
     assert not at.exception
     assert {m.label: m.value for m in at.metric}["Test images"] == "10"
-    assert "2 file(s) were skipped" in texts(at.warning)
+    assert "2 file(s) or folder(s) were skipped" in texts(at.warning)
     tables = [frame.value.to_dict("records") for frame in at.dataframe]
     assert [{"reason": "label 'owl' is not a training class", "count": 2}] in tables
 

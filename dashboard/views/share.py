@@ -2,7 +2,6 @@
 import streamlit as st
 
 from core import sharing
-from core.naming import run_labels
 from core.errors import TransferScopeError
 from core.report import check_one_dataset, escape_markdown
 from core.sharing import run_link
@@ -68,7 +67,7 @@ def download(column, label: str, make_data, file_name: str, mime: str, key: str,
 def export_runs(runs: list[dict]) -> None:
     st.subheader("Export runs")
     listed = widgets.dataset_runs(runs, "share_all_data")
-    labels = run_labels(listed)
+    labels = widgets.picker_labels(listed)
     chosen = st.multiselect("Runs to export", list(labels), default=list(labels), format_func=labels.get,
                             key="share_runs" if len(listed) == len(runs) else "share_runs_this_dataset")  # the switch: a fresh default
     if not chosen:
