@@ -130,7 +130,7 @@ def fit_svm(request: FitRequest) -> Fitted:
     """
     from core.classifiers import KERNEL_CACHE, SvmClassifier
     from core.features import split_key
-    from core.tuning import out_of_fold, tune_svm_c
+    from core.tuning import out_of_fold, stage_reporter, tune_svm_c
 
     config, features, weights, n_classes = request.config, request.features, request.weights, request.n_classes
     X, y = features.X_train, features.y_train
@@ -142,7 +142,8 @@ def fit_svm(request: FitRequest) -> Fitted:
                              seed=config.seed)
     tuned, candidates, select_s = {}, None, 0.0
     if config.tune:
-        (tuned, candidates), select_s = _timed(tune_svm_c, make_svm, X, y, n_classes, config.seed)
+        (tuned, candidates), select_s = _timed(tune_svm_c, make_svm, X, y, n_classes, config.seed,
+                                               stage_reporter(request.progress, "SVM: choose C (values tried)"))
     C = tuned.get("svm_c", config.svm_c)
     kernels = KERNEL_CACHE.get(split_key(features, request.dataset), X) if config.svm_kernel == "rbf" else None
     svm, svm_s = _timed(make_svm(C).fit, X, y, kernels=kernels)
@@ -152,7 +153,8 @@ def fit_svm(request: FitRequest) -> Fitted:
         fold = None if svm.support_X_ is None else kernels.fold(fit_index)
         return make_svm(C).fit(X[fit_index], y[fit_index], kernels=fold).decision_function(X[val_index])
     if candidates is None:
-        oof, validation_s = _timed(out_of_fold, fold_scores, y, n_classes, config.seed)
+        oof, validation_s = _timed(out_of_fold, fold_scores, y, n_classes, config.seed,
+                                   stage_reporter(request.progress, "SVM: validation folds"))
     else:
         oof, validation_s = candidates[:, tuned["grid"].index(C)], 0.0
     if request.progress:
@@ -171,7 +173,7 @@ def fit_head(request: FitRequest) -> Fitted:
     out-of-fold macro-F1 wins) and the final head trains for exactly that many epochs, so the validation
     (the fold heads at that epoch) describes the model tested. With `head_epochs` nothing is chosen."""
     from core.classifiers import LinearHead
-    from core.tuning import choose_epochs, cross_val_scores
+    from core.tuning import choose_epochs, cross_val_scores, stage_reporter
 
     config, features, n_classes = request.config, request.features, request.n_classes
     X, y = features.X_train, features.y_train
@@ -183,7 +185,7 @@ def fit_head(request: FitRequest) -> Fitted:
     tuned, candidates, select_s, validation_s = {}, None, 0.0, 0.0
     if request.head_epochs is None:
         (tuned, candidates), select_s = _timed(choose_epochs, make_head(config.epochs), X, y, n_classes, config.seed,
-                                               request.progress)
+                                               stage_reporter(request.progress, "head: choose epochs (fold epochs)"))
         epochs, oof = tuned["epochs"], candidates[:, tuned["epochs"] - 1]
     else:
         epochs = request.head_epochs
@@ -222,7 +224,7 @@ def fit_logreg(request: FitRequest) -> Fitted:
     """Logistic regression; C by stratified CV on the training images (the chosen C's folds give the
     out-of-fold scores), then one fit on all of them."""
     from core.classifiers import LogisticProbe
-    from core.tuning import choose_by_cv
+    from core.tuning import choose_by_cv, stage_reporter
 
     config, features = request.config, request.features
     X, y = features.X_train, features.y_train
@@ -231,8 +233,12 @@ def fit_logreg(request: FitRequest) -> Fitted:
         return LogisticProbe(C=C, class_weight=request.weights, n_classes=request.n_classes, la_tau=request.la_tau,
                              seed=config.seed)
     grid = LOGREG_C_GRID if config.logreg_c is None else (config.logreg_c,)  # a set C (What-if refits) is kept
-    (tuned, candidates), cv_s = _timed(choose_by_cv, "C", grid, make, X, y, request.n_classes, config.seed)
+    (tuned, candidates), cv_s = _timed(choose_by_cv, "C", grid, make, X, y, request.n_classes, config.seed,
+                                       stage_reporter(request.progress, "logreg: choose C (values tried)"))
+    report = stage_reporter(request.progress, "fit logreg on all training images")
+    report(0, 1)
     model, fit_s = _timed(make(tuned["C"]).fit, X, y)
+    report(1, 1)
     scores, predict_s = _timed(model.decision_function, features.X_test)
     chose = len(grid) > 1  # one C given: its folds only validate
     return Fitted(model, scores, fit_s, predict_s, refit_seconds=fit_s + predict_s,

@@ -41,14 +41,23 @@ def cv_splits(y, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     return _splits(StratifiedKFold(n_splits=_n_splits(y), shuffle=True, random_state=seed), y)
 
 
-def out_of_fold(fold_scores, y, n_classes: int, seed: int) -> np.ndarray:
+def stage_reporter(progress, stage: str):
+    """`report(done, total)` that reports `stage` to a job's `progress(stage, done, total)`; a no-op without one."""
+    return (lambda done, total: None) if progress is None else (lambda done, total: progress(stage, done, total))
+
+
+def out_of_fold(fold_scores, y, n_classes: int, seed: int, report=None) -> np.ndarray:
     """Scores `(n_samples, n_classes)`: `fold_scores(fit_index, val_index)` for each fold of `cv_splits`.
 
     For fits that share work across folds (the SVM's kernel); the others go through `cross_val_scores`.
+    `report(done, total)`, when given, is called before the first fold and after each.
     """
-    scores = np.zeros((len(y), n_classes))
-    for fit_index, val_index in cv_splits(y, seed):
+    scores, splits = np.zeros((len(y), n_classes)), cv_splits(y, seed)
+    report = report or stage_reporter(None, "")
+    report(0, len(splits))
+    for done, (fit_index, val_index) in enumerate(splits, 1):
         scores[val_index] = fold_scores(fit_index, val_index)
+        report(done, len(splits))
     return scores
 
 
@@ -68,22 +77,38 @@ def best_candidate(candidates: np.ndarray, y, n_classes: int) -> tuple[int, floa
     return best, cv[best]
 
 
-def choose_by_cv(name: str, grid, make_model, X, y, n_classes: int, seed: int) -> tuple[dict, np.ndarray]:
+def choose_by_cv(name: str, grid, make_model, X, y, n_classes: int, seed: int, report=None
+                 ) -> tuple[dict, np.ndarray]:
     """The value of `grid` whose `make_model(value)` scores the best out-of-fold macro-F1; (tuned, candidates):
     every value's out-of-fold scores, `(n_samples, len(grid), n_classes)`, in `grid` order.
 
-    Ties go to the first value in `grid` (order it from the strongest regularisation).
+    Ties go to the first value in `grid` (order it from the strongest regularisation). `report(done, total)`,
+    when given, counts the values cross-validated (before the first and after each).
     """
-    candidates = np.stack([cross_val_scores(make_model(value), X, y, seed) for value in grid], axis=1)
+    report = report or stage_reporter(None, "")
+    report(0, len(grid))
+    scored = []
+    for value in grid:
+        scored.append(cross_val_scores(make_model(value), X, y, seed))
+        report(len(scored), len(grid))
+    candidates = np.stack(scored, axis=1)
     best, cv = best_candidate(candidates, y, n_classes)
     return {name: grid[best], f"cv_{TUNE_METRIC}": cv, "grid": list(grid), "folds": CV_FOLDS}, candidates
 
 
-def choose_epochs(head, X, y, n_classes: int, seed: int, progress=None) -> tuple[dict, np.ndarray]:
+def choose_epochs(head, X, y, n_classes: int, seed: int, report=None) -> tuple[dict, np.ndarray]:
     """The head's epoch count: fold clones of `head` train for its `epochs` (the most allowed), each epoch's
     weights score the held-out fold, and the epoch count with the best out-of-fold macro-F1 wins (ties:
-    fewer epochs). Returns (tuned, candidates): out-of-fold logits `(n_samples, epochs, n_classes)`."""
-    folds = cross_validate(head, X, y, cv=cv_splits(y, seed), params={"progress": progress}, return_estimator=True,
+    fewer epochs). Returns (tuned, candidates): out-of-fold logits `(n_samples, epochs, n_classes)`.
+    `report(done, total)`, when given, counts the epochs of all fold heads together."""
+    splits, trained = cv_splits(y, seed), [0]
+    report = report or stage_reporter(None, "")
+    report(0, len(splits) * head.epochs)
+
+    def epoch_done(_stage, _epoch, epochs):  # the fold heads train one after the other (cross_validate's n_jobs=None)
+        trained[0] += 1
+        report(trained[0], len(splits) * epochs)
+    folds = cross_validate(head, X, y, cv=splits, params={"progress": epoch_done}, return_estimator=True,
                            return_indices=True, error_score="raise")
     candidates = np.empty((len(y), head.epochs, n_classes))
     for fold_head, held in zip(folds["estimator"], folds["indices"]["test"]):
@@ -100,9 +125,9 @@ def tune_tau(oof_scores: np.ndarray, y, class_prior, n_classes: int) -> dict:
     return {"tau": best, f"cv_{TUNE_METRIC}": cv[best], "grid": list(TAU_GRID), "folds": CV_FOLDS}
 
 
-def tune_svm_c(make_svm, X, y, n_classes: int, seed: int) -> tuple[dict, np.ndarray]:
+def tune_svm_c(make_svm, X, y, n_classes: int, seed: int, report=None) -> tuple[dict, np.ndarray]:
     """The C of SVM_C_GRID with the best cross-validated macro-F1; `make_svm(C)` builds an unfitted SVM."""
-    return choose_by_cv("svm_c", SVM_C_GRID, make_svm, X, y, n_classes, seed)
+    return choose_by_cv("svm_c", SVM_C_GRID, make_svm, X, y, n_classes, seed, report)
 
 
 def cross_fit(choose_and_predict, y, n_classes: int, seed: int, repeats: int = CROSS_FIT_REPEATS) -> dict:

@@ -37,6 +37,9 @@ MAP_JOB = "feature map"  # its name is the key of the feature set it maps
 DUPLICATES_JOB = "near-duplicates"  # its name is the split key of the feature set it compares
 _JOB_MANAGERS: dict[str, JobManager] = {}  # compute-slot path -> manager; no Streamlit message reaches it
 _JOB_MANAGERS_LOCK = threading.Lock()
+DEMO_JOB = "demo comparison: svm + logreg + head, none and balanced"
+DEMO_COMPARISON = {"approaches": ("svm", "logreg", "head"), "remedies": ("none", "balanced")}  # else the defaults
+_DEMO_LOCK = threading.Lock()
 
 
 def default_data_dir() -> str:
@@ -328,6 +331,23 @@ def delete_runs(run_ids: list[str]) -> None:
             run_store().delete(run_id)
     finally:
         clear_run_caches()
+
+
+def start_demo_comparison() -> None:
+    """On the demo's first start (the server shows the demo, no run stored, none building), queue a small
+    comparison of it as a background job, so every page has runs to show within a minute or two."""
+    folder = access.server_data_dir()
+    if Path(folder).resolve() != demo_dir().resolve() or demo_comparison_job() is not None or run_store().list_runs():
+        return
+    config = ExperimentConfig(data=default_data_dir(), cache_dir=str(cache_dir()), **DEMO_COMPARISON)
+    with _DEMO_LOCK:
+        if demo_comparison_job() is None:
+            job_manager().submit(DEMO_JOB, lambda report: run_experiment(config, progress=report), kind=TRAINING_JOB)
+
+
+def demo_comparison_job() -> Job | None:
+    """The job building the demo's first comparison, if this server started one."""
+    return next((job for job in job_manager().jobs() if job.kind == TRAINING_JOB and job.name == DEMO_JOB), None)
 
 
 def launch(config: ExperimentConfig) -> None:

@@ -99,8 +99,17 @@ def job_brief(job: Job) -> str:
         return f"queued: {job.message or _jobs_ahead(job)}"
     if job.status == "running" and job.message:
         done, total = job.progress[job.message]
-        return f"running · {job.message} {done}/{total} · {time.time() - job.started:.0f} s"
+        left = job.time_left_s()
+        estimate = "" if left is None else f" · about {format_duration(left)} left"
+        return f"running · {job.message} {done}/{total} · {format_duration(time.time() - job.started)}{estimate}"
     return job.status
+
+
+def _job_progress(job: Job) -> bool:
+    """A progress bar of `job`'s latest stage; whether it is still active."""
+    done, total = job.progress.get(job.message, (0, 1)) if job.message else (0, 1)
+    st.progress(min(done / max(total, 1), 1.0), text=escape_markdown(job_brief(job)))
+    return state.is_active(job)
 
 
 def _jobs_ahead(job: Job) -> str:
@@ -109,7 +118,14 @@ def _jobs_ahead(job: Job) -> str:
 
 
 def no_runs_hint() -> None:
-    """Friendly empty state pointing to the Train page."""
+    """Friendly empty state pointing to the Train page, or the progress of the demo's first comparison."""
+    job = state.demo_comparison_job()
+    if state.is_active(job):
+        st.info("The demo's first comparison is being trained in the background; its runs appear here as they "
+                "finish (the page refreshes).", icon=":material/hourglass_top:")
+        live(lambda: _job_progress(state.demo_comparison_job()) and not state.run_store().list_runs(), every_s=2,
+             poll=True)  # the whole page again once the first run is stored
+        return
     st.info("No runs yet on this dataset. Train a model first: pick approaches and remedies, then launch.",
             icon=":material/info:")
     page_link("train", label="Go to Train", icon=":material/model_training:")
@@ -130,6 +146,14 @@ def runs_dataframe(records: list[dict], key: str, columns: tuple[str, ...] | Non
 def chart(fig, key: str | None = None) -> None:
     """A plotly figure at full container width."""
     st.plotly_chart(fig, width="stretch", key=key, config={"displaylogo": False})
+
+
+def format_duration(seconds: float) -> str:
+    """A wait as people say it: '40 s', '3 min', '1 h 05 min'."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
 
 
 def format_seconds(seconds: float) -> str:

@@ -337,3 +337,24 @@ def test_runs_record_and_show_the_svm_model_actually_fitted(on_demo_features, mo
     assert kernel_svm["svm_model"] == "SVC (rbf kernel)" and switched["svm_model"] == "LinearSVC"
     shown = run_settings(switched).set_index("setting")["value"]
     assert shown["SVM model"] == "LinearSVC" and "SVM kernel" not in shown.index
+
+
+def test_every_stage_of_every_feature_approach_reports_progress_and_the_runs_count(demo_dir, demo_features,
+                                                                                    feature_cache, image_size,
+                                                                                    tmp_path):
+    """Issue 30: logreg's stages were never reported, so a job showed the head's last stage for minutes."""
+    from core.jobs import OVERALL_STAGE
+
+    reports = []
+    config = ExperimentConfig(data=str(demo_dir), approaches=("svm", "logreg", "head"), remedies=("none",),
+                              epochs=3, image_size=image_size, device="cpu", cache_dir=str(feature_cache), workers=0)
+    run_experiment(config, progress=lambda stage, done, total, note="": reports.append((stage, done, total)),
+                   store=RunStore(tmp_path / "runs"))
+    assert [(done, total) for stage, done, total in reports if stage == OVERALL_STAGE] == [(0, 3), (1, 3), (2, 3),
+                                                                                           (3, 3)]
+    last = {stage: (done, total) for stage, done, total in reports}
+    for stage, steps in (("SVM: validation folds", 3), ("head: choose epochs (fold epochs)", 9),
+                         ("logreg: choose C (values tried)", 3), ("fit logreg on all training images", 1)):
+        assert last[stage] == (steps, steps), (stage, last)
+    head = [done for stage, done, _ in reports if stage == "head: choose epochs (fold epochs)"]
+    assert head == list(range(10)), "every epoch of every fold head is counted once, in order"
