@@ -1,0 +1,38 @@
+"""How results look, declared once for the pages, the reports and the CLI: one colour per approach, colours
+for classes on maps, and one number format for scores.
+
+>>> score(0.5731), score_change(-0.0004), APPROACH_COLORS["svm"] == approach_color("svm")
+('0.573', '-0.000', True)
+"""
+from __future__ import annotations
+
+from plotly.colors import qualitative
+
+from core.approaches import APPROACHES
+
+SCORE_DECIMALS = 3  # accuracy, macro-F1, recall, F1, ECE...: fractions in [0, 1] shown to 3 decimals everywhere
+SCORE_FORMAT = f"%.{SCORE_DECIMALS}f"  # Streamlit number columns (printf style)
+SCORE_CHANGE_FORMAT = f"%+.{SCORE_DECIMALS}f"
+SCORE_HOVER = f".{SCORE_DECIMALS}f"  # Plotly hover templates (d3 style): %{y:.3f}
+
+APPROACH_PALETTE = ("#3969AC", "#E68310", "#11A579", "#7F3C8D", "#F2B701", "#008695", "#CF1C90")  # Plotly's Bold
+APPROACH_COLORS = dict(zip(APPROACHES, APPROACH_PALETTE))  # in registry order: the same colour on every page
+OTHER_APPROACH_COLOR = "#7F7F7F"  # an approach a newer copy registered (an imported run)
+
+# classes on the feature map: Plotly's D3 first (ten colours far apart), then Alphabet; Dark24 began with a pink
+# and a magenta that looked alike
+CLASS_COLORS = tuple(qualitative.D3) + tuple(qualitative.Alphabet)
+
+
+def approach_color(name: str) -> str:
+    return APPROACH_COLORS.get(name, OTHER_APPROACH_COLOR)
+
+
+def score(value: float) -> str:
+    """A score as every page and report shows it: '0.573'."""
+    return f"{value:.{SCORE_DECIMALS}f}"
+
+
+def score_change(value: float) -> str:
+    """A change of a score, signed: '+0.012'."""
+    return f"{value:+.{SCORE_DECIMALS}f}"
