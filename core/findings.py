@@ -23,6 +23,7 @@ from typing import Callable
 from core.errors import RunStoreError
 from core.naming import dataset_key, remedy_label, run_names
 from core.stats import holm, paired_comparison
+from core.style import faster, times
 
 ALPHA = 0.05
 NEAR_ZERO_F1 = 0.1  # a class this poorly recognised counts as lost
@@ -289,15 +290,15 @@ def _best_finding(ctx: _Context, best_id: str | None) -> Finding | None:
 
 
 def _speed(reference: dict, other: dict) -> str:
-    """'svm fits 41x faster than head (3.2x counting the one-off feature extraction)'."""
+    """'svm fits 41× faster than head (3.2× counting the one-off feature extraction)'."""
     def seconds(record, with_extraction):
         return max(record["fit_seconds"] + (record.get("extract_seconds", 0.0) if with_extraction else 0.0), 1e-3)
 
     ratios = [seconds(other, w) / seconds(reference, w) for w in (False, True)]
     fast, slow = (reference, other) if ratios[0] >= 1 else (other, reference)
     shown = [r if r >= 1 else 1 / r for r in ratios]
-    return (f"{fast['approach']} fits {shown[0]:.{0 if shown[0] >= 10 else 1}f}x faster than {slow['approach']} "
-            f"({shown[1]:.1f}x counting the one-off feature extraction)")
+    return (f"{faster(fast['approach'], slow['approach'], shown[0], 'fits')} "
+            f"({times(shown[1])} counting the one-off feature extraction)")
 
 
 def _approach_findings(ctx: _Context) -> list[Finding]:

@@ -24,6 +24,9 @@ OTHER_APPROACH_COLOR = "#7F7F7F"  # an approach a newer copy registered (an impo
 CLASS_COLORS = tuple(qualitative.D3) + tuple(qualitative.Alphabet)
 
 
+SAME_SPEED = 1.1  # within 10%: "about as fast", never "1.0× faster"
+
+
 def approach_color(name: str) -> str:
     return APPROACH_COLORS.get(name, OTHER_APPROACH_COLOR)
 
@@ -36,3 +39,22 @@ def score(value: float) -> str:
 def score_change(value: float) -> str:
     """A change of a score, signed: '+0.012'."""
     return f"{value:+.{SCORE_DECIMALS}f}"
+
+
+def times(factor: float) -> str:
+    """A speed-up factor: '41×', '3.2×'.
+
+    >>> times(41.3), times(3.24)
+    ('41×', '3.2×')
+    """
+    return f"{factor:.{0 if factor >= 10 else 1}f}×"
+
+
+def faster(fast: str, slow: str, factor: float, verb: str = "is") -> str:
+    """'svm is 41× faster than head', or 'svm is about as fast as head' under `SAME_SPEED`.
+
+    >>> faster("Linear head", "SVM", 1.04)
+    'Linear head is about as fast as SVM'
+    """
+    return f"{fast} {verb} about as fast as {slow}" if factor < SAME_SPEED else \
+        f"{fast} {verb} {times(factor)} faster than {slow}"

@@ -102,7 +102,7 @@ def job_brief(job: Job) -> str:
         left = job.time_left_s()
         estimate = "" if left is None else f" · about {format_duration(left)} left"
         return f"running · {job.message} {done}/{total} · {format_duration(time.time() - job.started)}{estimate}"
-    return job.status
+    return "running · starting (no stage reported yet)" if job.status == "running" else job.status
 
 
 def _job_progress(job: Job) -> bool:

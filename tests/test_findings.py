@@ -128,4 +128,4 @@ def test_fine_tuning_is_compared_with_frozen_features_with_and_without_extractio
     assert finding.text.startswith("Fine-tuning against frozen features (each approach's best run by validation): "
                                    "svm · none minus finetune · none: accuracy -")
     assert "a difference beyond noise" in finding.text
-    assert "svm fits 1200x faster than finetune (29.3x counting the one-off feature extraction)" in finding.text
+    assert "svm fits 1200× faster than finetune (29× counting the one-off feature extraction)" in finding.text

@@ -535,7 +535,7 @@ def test_results_unknown_run_link_warns_and_shows_newest(trained):
 def test_compare_shows_tradeoff_speedup_and_diff(trained):
     at = page("compare").run()
     assert not at.exception
-    assert "× faster** than" in texts(at.markdown)
+    assert "× faster than" in texts(at.markdown)
     assert charts(at) == 3  # trade-off scatter, confusion diff, F1 delta
     assert "McNemar's exact test p =" in texts(at.caption)
     (paired,) = [df.value for df in at.dataframe if "95% low" in df.value.columns]

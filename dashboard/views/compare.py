@@ -9,6 +9,7 @@ from core.findings import family_note
 from core.naming import run_labels, run_names
 from core.figures import confusion_diff_figure, f1_delta_figure, tradeoff_figure
 from core.report import PAIRED_NOTE, comparisons_table, escape_markdown
+from core.style import faster
 from dashboard import access, errors, state, widgets
 
 SPEEDUP_VIEWS = (("fit", False, "Fit time; the shared feature extraction is not counted."),
@@ -24,8 +25,7 @@ def show_speedups(runs: list[dict]) -> None:
     for stage, with_extraction, caption in SPEEDUP_VIEWS:
         for row in speedups(runs, with_extraction, stage):
             fast, slow = (escape_markdown(APPROACH_NAMES.get(row[k], row[k])) for k in ("fast", "slow"))
-            factor = row["factor"]
-            st.markdown(f"- **{fast}** is **{factor:.{0 if factor >= 10 else 1}f}× faster** than {slow}")
+            st.markdown(f"- {faster(f'**{fast}**', slow, row['factor'])}")
         st.caption(f"{caption} Medians per approach.")
 
 
