@@ -77,8 +77,8 @@ def show_outcome(results: dict) -> None:
                    f"(the first extraction took {extract}).")
     elif results["feature_key"]:
         st.success(f"Features extracted in {extract} and cached for the next runs.")
-    widgets.runs_dataframe(results["runs"], key="job_runs", columns=(
-        "approach", "remedy", "macro-F1", "validation macro-F1", "cross-fitted validation macro-F1"))
+    widgets.runs_dataframe(results["runs"], key="job_runs",  # few columns: this panel is narrow
+                           columns=("run", "macro-F1", "cross-fitted validation macro-F1"))
     for note in results.get("skipped_runs", []):
         st.caption(note)
     chosen = next((run for run in results["runs"] if run["run_id"] == results.get("best_by_validation")), None)
