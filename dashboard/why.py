@@ -91,8 +91,8 @@ def calibration_panel(record: dict) -> None:
 
 def groups_panel(record: dict) -> None:
     st.markdown("**Head, middle and tail classes** (thirds of the classes by training count)")
-    st.dataframe(group_table(record), hide_index=True, key="group_table", column_config={
-        name: st.column_config.NumberColumn(format="%.3f") for name in ("recall", "F1")})
+    st.dataframe(group_table(record), hide_index=True, key="group_table",
+                 column_config=widgets.score_columns("recall", "F1"))
 
 
 def ordinal_panel(record: dict) -> None:

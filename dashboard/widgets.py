@@ -12,6 +12,7 @@ from core.jobs import Job
 from core.report import escape_markdown
 from core.sharing import run_link
 from core.settings import BY_NAME, DATASET_SETTINGS, Setting, parse_list
+from core.style import SCORE_CHANGE_FORMAT, SCORE_FORMAT
 from dashboard import access, state, views
 
 DATA_DIR_HELP = "An image folder: DIR/<class>/* (split for you) or DIR/train/<class>/* + DIR/test/<class>/*"
@@ -131,13 +132,18 @@ def no_runs_hint() -> None:
     page_link("train", label="Go to Train", icon=":material/model_training:")
 
 
+def score_columns(*names: str, changes: tuple[str, ...] = ()) -> dict:
+    """Column configs showing scores (`names`) and signed changes of scores (`changes`) in the one declared format."""
+    return {**{name: st.column_config.NumberColumn(format=SCORE_FORMAT) for name in names},
+            **{name: st.column_config.NumberColumn(format=SCORE_CHANGE_FORMAT) for name in changes}}
+
+
 def runs_dataframe(records: list[dict], key: str, columns: tuple[str, ...] | None = None) -> None:
     """The runs table (optionally only `columns`) with a link that opens each run on the Results page."""
     table = run_table(records)
     table.insert(0, "open", [f"results?run={record['run_id']}" for record in records])
-    scores = {name: st.column_config.NumberColumn(format="%.3f")
-              for name in ("accuracy", "balanced accuracy", "macro-F1", "validation macro-F1",
-                           "cross-fitted validation macro-F1", "head F1", "middle F1", "tail F1", "fit s", "predict s")}
+    scores = score_columns("accuracy", "balanced accuracy", "macro-F1", "validation macro-F1",
+                           "cross-fitted validation macro-F1", "head F1", "middle F1", "tail F1", "fit s", "predict s")
     st.dataframe(table, hide_index=True, key=key, column_order=("open", *columns) if columns else None,
                  column_config={"open": st.column_config.LinkColumn("open", display_text="Results", width="small"),
                                 **scores})
@@ -231,8 +237,7 @@ def paired_test(paired: dict, key: str, names: str = "", family: str = "") -> No
     """The paired comparison of B with A: each metric's change with its 95% interval, and what is noise
     (`family`: what adjusting for the other comparisons shown with it says)."""
     st.dataframe(paired_table(paired), hide_index=True, key=key,
-                 column_config={c: st.column_config.NumberColumn(format="%+.3f")
-                                for c in ("B − A", "95% low", "95% high")})
+                 column_config=score_columns(changes=("B − A", "95% low", "95% high")))
     st.caption(" ".join(filter(None, (names, paired_verdict(paired), noise_note(paired), family))))
 
 

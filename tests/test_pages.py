@@ -621,7 +621,7 @@ def test_compare_deletes_selected_runs(trained_copy):
 def test_pages_without_runs_point_to_train(empty_cache, name):
     at = page(name).run()
     assert not at.exception
-    assert "No runs yet." in texts(at.info)
+    assert "No runs yet on this dataset." in texts(at.info)
     assert at.get("page_link")
 
 

@@ -9,7 +9,7 @@ from core.findings import family_note
 from core.naming import run_labels, run_names
 from core.figures import confusion_diff_figure, f1_delta_figure, tradeoff_figure
 from core.report import PAIRED_NOTE, comparisons_table, escape_markdown
-from core.style import faster
+from core.style import SCORE_FORMAT, faster
 from dashboard import access, errors, state, widgets
 
 SPEEDUP_VIEWS = (("fit", False, "Fit time; the shared feature extraction is not counted."),
@@ -66,8 +66,7 @@ def show_diff(labels: dict[str, str], comparisons) -> None:
     record_a, record_b = state.load_run(run_a), state.load_run(run_b)
     check_comparable(record_a, record_b)
     st.dataframe(metrics_diff(record_a, record_b), hide_index=True, key="metrics_diff",
-                 column_config={name: st.column_config.NumberColumn(format="%+.3f" if name == "B − A" else "%.3f")
-                                for name in ("A", "B", "B − A")})
+                 column_config=widgets.score_columns("A", "B", changes=("B − A",)))
     show_paired(record_a, record_b, comparisons)
     minority = [row["minority"] for row in record_a["per_class"]]
     widgets.chart(confusion_diff_figure(record_a["confusion_matrix"], record_b["confusion_matrix"],
@@ -101,9 +100,9 @@ def show_backbones(records: list[dict]) -> None:
     chosen = st.selectbox("Runs that differ only in backbone", range(len(groups)),
                           format_func=lambda i: groups[i]["label"], key="backbone_group")
     st.dataframe(groups[chosen]["table"], hide_index=True, key="backbone_table", column_config={
-        "score": st.column_config.NumberColumn("macro-F1", format="%.3f"),
-        "low": st.column_config.NumberColumn("95% low", format="%.3f"),
-        "high": st.column_config.NumberColumn("95% high", format="%.3f"),
+        "score": st.column_config.NumberColumn("macro-F1", format=SCORE_FORMAT),
+        "low": st.column_config.NumberColumn("95% low", format=SCORE_FORMAT),
+        "high": st.column_config.NumberColumn("95% high", format=SCORE_FORMAT),
         "extract s/image": st.column_config.NumberColumn(format="%.4f")})
     st.caption("Extraction: the one-off wall time of each backbone's features per image, as measured when "
                "they were extracted (on whatever else the machine was doing then).")

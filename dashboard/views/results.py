@@ -116,7 +116,8 @@ with errors.guard():
         why.ordinal_panel(record)
         with st.expander("Per-class table and run settings"):
             left, right = st.columns([3, 2])
-            left.dataframe(class_report(record), hide_index=True, key="class_report")
+            left.dataframe(class_report(record), hide_index=True, key="class_report",
+                           column_config=widgets.score_columns("precision", "recall", "F1"))
             right.dataframe(run_settings(access.shown_record(record)), hide_index=True, key="run_settings")
         logit_panel(record)
         if record["history"]:

@@ -95,9 +95,10 @@ def show_changes(start, outcome: dict, show_test: bool, setting=None) -> None:
     widgets.chart(confusion_diff_figure(record["confusion_matrix"], outcome["confusion_matrix"], classes, "start",
                                         "tuned", minority=minority), key="whatif_confusion")
     with st.expander("Per-class table"):
-        st.dataframe(change["per_class"], hide_index=True, key="whatif_table", column_config={
-            name: st.column_config.NumberColumn(format="%+.3f" if name.startswith("Δ") else "%.3f")
-            for name in change["per_class"].columns if name not in ("class", "minority")})
+        columns = [name for name in change["per_class"].columns if name not in ("class", "minority")]
+        changes = tuple(name for name in columns if name.startswith("Δ"))
+        st.dataframe(change["per_class"], hide_index=True, key="whatif_table", column_config=widgets.score_columns(
+            *[name for name in columns if name not in changes], changes=changes))
 
 
 @st.fragment
