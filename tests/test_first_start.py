@@ -1,6 +1,7 @@
 """A fresh `make run` (issue 30): the server on the demo with an empty cache queues a small comparison by itself,
 and the empty pages show its progress instead of "No runs yet". The comparison itself is replaced by a job
-that waits, so the test checks what was queued without training (the browser test trains it for real)."""
+that waits, so the test checks what was queued without training (the browser test trains it for real). Also the
+Train page's one seed field."""
 import shutil
 import threading
 
@@ -8,7 +9,8 @@ import pytest
 
 from core.paths import demo_dir
 from dashboard import state
-from test_pages import demo_data, page, texts, trained_cache, trained_copy, use_cache  # noqa: F401 (fixtures)
+from test_pages import (demo_data, features_only, page, texts, trained_cache, trained_copy,  # noqa: F401 (fixtures)
+                        use_cache)
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fresh_streamlit_caches")]
 
@@ -59,3 +61,17 @@ def test_no_comparison_is_queued_for_another_dataset_or_a_cache_with_runs(monkey
     shutil.copytree(demo_data, demo_dir())  # the demo, but runs are stored already
     page("app").run()
     assert state.demo_comparison_job() is None and not queued
+
+
+@pytest.mark.parametrize("typed, seed, seeds", [("", 0, ()), ("3", 3, ()), ("4,5", 4, (4, 5))])
+def test_the_train_pages_one_seed_field_sets_the_seed_or_repeats(features_only, monkeypatch, typed, seed, seeds):
+    """Advanced had "Seed" and "Seeds"; now one field: one seed is the run's seed, several repeat each run."""
+    launched = []
+    monkeypatch.setattr(state, "launch", launched.append)
+    at = page("train").run()
+    at.multiselect(key="train_schemes").set_value(["none"])
+    at.text_input(key="train_seeds").set_value(typed)
+    at.run().button(key="launch").click().run()
+    assert not at.exception
+    (config,) = launched
+    assert (config.seed, config.seeds, config.seed_list()) == (seed, seeds, seeds or (seed,))

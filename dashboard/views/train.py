@@ -24,7 +24,8 @@ def read_settings() -> dict:
         columns = st.columns(3)
         advanced = [s for s in SETTINGS if s.on_page and s.name not in MAIN_SETTINGS]
         settings.update({s.name: widgets.setting_widget(columns[i % 3], s) for i, s in enumerate(advanced)})
-    return settings
+    seeds = settings["seeds"]  # the page's one seed field: one seed, or several that repeat each run
+    return {**settings, "seed": seeds[0] if seeds else BY_NAME["seed"].default, "seeds": seeds if len(seeds) > 1 else ()}
 
 
 def reset_weight_editor() -> None:
