@@ -138,15 +138,18 @@ def score_columns(*names: str, changes: tuple[str, ...] = ()) -> dict:
             **{name: st.column_config.NumberColumn(format=SCORE_CHANGE_FORMAT) for name in changes}}
 
 
-def runs_dataframe(records: list[dict], key: str, columns: tuple[str, ...] | None = None) -> None:
-    """The runs table (optionally only `columns`) with a link that opens each run on the Results page."""
+def runs_dataframe(records: list[dict], key: str, columns: tuple[str, ...] | None = None,
+                   short: dict[str, str] | None = None) -> None:
+    """The runs table (optionally only `columns`, some headed by `short` names, the full one in their help) with
+    a link that opens each run on the Results page."""
     table = run_table(records)
     table.insert(0, "open", [f"results?run={record['run_id']}" for record in records])
     scores = score_columns("accuracy", "balanced accuracy", "macro-F1", "validation macro-F1",
                            "cross-fitted validation macro-F1", "head F1", "middle F1", "tail F1", "fit s", "predict s")
     st.dataframe(table, hide_index=True, key=key, column_order=("open", *columns) if columns else None,
                  column_config={"open": st.column_config.LinkColumn("open", display_text="Results", width="small"),
-                                **scores})
+                                **scores, **{name: st.column_config.NumberColumn(label, help=name, format=SCORE_FORMAT)
+                                             for name, label in (short or {}).items()}})
 
 
 def chart(fig, key: str | None = None) -> None:
