@@ -83,9 +83,9 @@ class Job:
     cancel_event: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
 
     def time_left_s(self, now: float | None = None) -> float | None:
-        """Seconds left at the rate measured so far: of the job-wide stage (`OVERALL_STAGE`) when the job reports
-        one, else of its current stage; None until a step of it is done, or once it is complete."""
-        stage = OVERALL_STAGE if OVERALL_STAGE in self.progress else self.message
+        """Seconds left at the rate measured so far: of the job-wide stage (`OVERALL_STAGE`) once a step of it is
+        done, else of the current stage; None until a step of that is done, or once it is complete."""
+        stage = OVERALL_STAGE if self.progress.get(OVERALL_STAGE, (0, 0))[0] else self.message
         done, total = self.progress.get(stage, (0, 0))
         if stage not in self.stage_started or not 0 < done < total:
             return None

@@ -73,6 +73,9 @@ def test_time_left_follows_the_measured_rate_of_the_job_wide_stage():
     job.progress = {**job.progress, "extract": (30, 40)}
     job.stage_started, job.message = {**job.stage_started, "extract": 100.0}, "extract"
     assert job.time_left_s(now=130) == pytest.approx(10), "30 images in 30 s: 10 left, about 10 s"
+    job.progress = {**job.progress, OVERALL_STAGE: (0, 6)}
+    job.stage_started = {**job.stage_started, OVERALL_STAGE: 150.0}
+    assert job.time_left_s(now=130) == pytest.approx(10), "no run done yet: the current stage's rate"
     job.progress = {**job.progress, OVERALL_STAGE: (2, 6)}
     job.stage_started = {**job.stage_started, OVERALL_STAGE: 150.0}
     assert job.time_left_s(now=170) == pytest.approx(40), "two runs in 20 s: four more, about 40 s"
