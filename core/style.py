@@ -1,8 +1,8 @@
 """How results look, declared once for the pages, the reports and the CLI: one colour per approach, colours
 for classes on maps, and one number format for scores.
 
->>> score(0.5731), score_change(-0.0004), APPROACH_COLORS["svm"] == approach_color("svm")
-('0.573', '-0.000', True)
+>>> score(0.5731), score_change(-0.0004), score_interval(0.5731, 0.51, 0.6349), approach_color("svm")
+('0.573', '+0.000', '0.573 [0.510, 0.635]', '#3969AC')
 """
 from __future__ import annotations
 
@@ -37,8 +37,18 @@ def score(value: float) -> str:
 
 
 def score_change(value: float) -> str:
-    """A change of a score, signed: '+0.012'."""
-    return f"{value:+.{SCORE_DECIMALS}f}"
+    """A change of a score, signed: '+0.012'; one that rounds to 0 reads '+0.000', never '-0.000'."""
+    return f"{round(value, SCORE_DECIMALS) + 0.0:+.{SCORE_DECIMALS}f}"
+
+
+def score_interval(value: float, low: float | None, high: float | None) -> str:
+    """'0.847 [0.729, 0.927]': a score with its 95% interval, when recorded."""
+    return score(value) + (f" [{score(low)}, {score(high)}]" if low is not None and high is not None else "")
+
+
+def change_interval(delta: float, low: float, high: float) -> str:
+    """'+0.034 [-0.012, +0.081]': a change of a score with its 95% interval."""
+    return f"{score_change(delta)} [{score_change(low)}, {score_change(high)}]"
 
 
 def times(factor: float) -> str:

@@ -11,6 +11,7 @@ from core.figures import confusion_diff_figure, per_class_delta_figure
 from core.findings import tries_note
 from core.report import escape_markdown
 from core.weights import SCALE_NOTE
+from core.style import score, score_change
 from core.whatif import (SEED_SCHEMES, WEIGHT_RANGE, compare_with_start, live_refit_note, rescore, seed_weights,
                          validation_change, weight_explanations)
 from dashboard import access, errors, state, widgets
@@ -51,8 +52,8 @@ def offset_sliders(start, outcome: dict) -> np.ndarray:
 def metric_row(rows: list[dict], extra=None) -> None:
     cols = st.columns(len(rows) + (extra is not None))
     for col, row in zip(cols, rows):
-        delta = f"{row['delta']:+.3f}" if round(row["delta"], 3) else None
-        col.metric(row["metric"], f"{row['after']:.3f}", delta=delta)
+        delta = score_change(row['delta']) if round(row["delta"], 3) else None
+        col.metric(row["metric"], score(row['after']), delta=delta)
     if extra is not None:
         label, value, note = extra
         cols[-1].metric(label, value, help=note)
