@@ -87,7 +87,10 @@ def _run_counter(progress, total: int):
 
 def _run_seed(config: ExperimentConfig, progress, store: RunStore, count_run=lambda finished=True: None) -> dict:
     """Every approach x remedy with one seed (its own split for single-folder datasets)."""
+    report = progress or (lambda *_: None)
+    report("read the dataset", 0, 1)
     dataset = load_data(config)
+    report("read the dataset", 1, 1)
     planned, skipped = plan_runs(config.approaches, check_remedies(config.remedies))
     weights = {remedy.label: resolve_class_weight(remedy.weights, dataset, config.beta)[1] for _, remedy in planned}
     features = None  # weights are checked above, before any extraction
