@@ -16,12 +16,13 @@ from core.data import Dataset, Sample, open_rgb
 from core.errors import ClassWeightError, ConfigError
 from core.metrics import FREQUENCY_GROUPS, check_confusion, evaluate, group_scores, minority_mask
 from core.findings import paired_diff  # noqa: F401 (pages and tests read it here)
-from core.naming import run_names
+from core.naming import dataset_key, run_names
 from core.report import per_class_table
 from core.approaches import APPROACHES, names as approach_names
 from core.settings import BY_NAME
 from core.remedies import decide
 from core.stats import FEW_TEST_IMAGES, few_test_classes, point_scores
+from core.style import SCORE_DECIMALS, score
 from core.weights import class_weights, custom_weights
 
 LOGIT_APPROACHES = approach_names(logits=True)  # their scores are logits: tau applies
@@ -90,6 +91,15 @@ def weights_from_table(table: pd.DataFrame, classes: list[str]) -> dict[str, flo
         table_dict[str(name)] = float(value)
     custom_weights(table_dict, classes)
     return table_dict
+
+
+def on_dataset(records: list[dict], dataset: Dataset) -> list[dict]:
+    """The records trained on `dataset`'s files (any split seed), in their order.
+
+    A record matches by its files' fingerprint (`content_fingerprint`; older records: the split's fingerprint).
+    """
+    wanted = {dataset.content_fingerprint, dataset.fingerprint}
+    return [record for record in records if dataset_key(record) in wanted]
 
 
 def run_table(records: list[dict]) -> pd.DataFrame:
@@ -225,7 +235,8 @@ def seed_summary(records: list[dict]) -> pd.DataFrame:
         for key, label in (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"),
                            ("macro_f1", "macro-F1"), ("fit_seconds", "fit s")):
             values = np.array([run[key] for run in runs])
-            row[label] = f"{values.mean():.3f} ± {values.std(ddof=1) if len(values) > 1 else 0:.3f}"
+            shown = score if key != "fit_seconds" else "{:.3f}".format
+            row[label] = f"{shown(values.mean())} ± {shown(values.std(ddof=1) if len(values) > 1 else 0.0)}"
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -359,7 +370,7 @@ def interval_caption(record: dict) -> str | None:
     """'95% bootstrap intervals …: Accuracy 0.810–0.870 · …'; None for runs recorded before intervals.
 
     When classes have at most FEW_TEST_IMAGES test images it says the intervals understate (see `few_test_note`)."""
-    parts = [f"{label} {record[f'{key}_low']:.3f}–{record[f'{key}_high']:.3f}"
+    parts = [f"{label} {score(record[f'{key}_low'])}–{score(record[f'{key}_high'])}"
              for key, label in HEADLINE_METRICS.items() if f"{key}_low" in record]
     if not parts:
         return None
@@ -401,5 +412,5 @@ def metrics_diff(record_a: dict, record_b: dict) -> pd.DataFrame:
     """Headline metrics and timings of run A and run B with the change B − A."""
     keys = {**HEADLINE_METRICS, "fit_seconds": "Fit s", "predict_seconds": "Predict s"}
     return pd.DataFrame([{"metric": label, "A": record_a[key], "B": record_b[key],
-                          "B − A": round(record_b[key] - record_a[key], 3) + 0.0}  # shown to 3 decimals; + 0.0 drops -0.0
+                          "B − A": round(record_b[key] - record_a[key], SCORE_DECIMALS) + 0.0}  # + 0.0 drops -0.0
                          for key, label in keys.items()])

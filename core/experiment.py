@@ -21,6 +21,7 @@ from core.data import Dataset
 from core.diagnostics import diagnostics
 from core.errors import StoppedEarly
 from core.config import ExperimentConfig, check_class_weight_spec, load_data, load_features
+from core.jobs import OVERALL_STAGE
 from core.features import FeatureSet, autocast_dtype, rank_world, resolve_device
 from core.metrics import evaluate
 from core.remedies import Remedy, check_remedies, choose_offsets, decide, parse_remedy
@@ -52,7 +53,9 @@ def run_experiment(config: ExperimentConfig, progress=None, store: RunStore | No
     """
     config.validate()
     store = store or RunStore(Path(config.cache_dir) / "runs")
-    parts = [_run_seed(dataclasses.replace(config, seed=seed), progress, store) for seed in config.seed_list()]
+    seeds, planned = config.seed_list(), plan_runs(config.approaches, check_remedies(config.remedies))[0]
+    count_run = _run_counter(progress, len(seeds) * len(planned))
+    parts = [_run_seed(dataclasses.replace(config, seed=seed), progress, store, count_run) for seed in seeds]
     runs = [run for part in parts for run in part["runs"]]
     return {**parts[0], "config": config.to_dict(), "runs": runs, "best_by_validation": best_by_validation(runs),
             "comparisons": [pair for part in parts for pair in part["comparisons"]]}
@@ -71,16 +74,35 @@ def plan_runs(approaches, remedies: tuple[Remedy, ...]) -> tuple[list[tuple[Appr
     return planned, skipped
 
 
-def _run_seed(config: ExperimentConfig, progress, store: RunStore) -> dict:
+def _run_counter(progress, total: int):
+    """`count_run()`, called when training starts (after the first extraction: the job's time left is measured
+    from then) and after each run, reports the job-wide `OVERALL_STAGE`; later starts count nothing."""
+    done, count = [0], lambda n: progress(OVERALL_STAGE, n, total) if progress else None
+
+    def count_run(finished: bool = True) -> None:
+        if finished or not done[0]:
+            done[0] += finished
+            count(done[0])
+    return count_run
+
+
+def _run_seed(config: ExperimentConfig, progress, store: RunStore, count_run=lambda finished=True: None) -> dict:
     """Every approach x remedy with one seed (its own split for single-folder datasets)."""
+    report = progress or (lambda *_: None)
+    report("read the dataset", 0, 1)
     dataset = load_data(config)
+    report("read the dataset", 1, 1)
     planned, skipped = plan_runs(config.approaches, check_remedies(config.remedies))
     weights = {remedy.label: resolve_class_weight(remedy.weights, dataset, config.beta)[1] for _, remedy in planned}
     features = None  # weights are checked above, before any extraction
     if any(approach.on_features for approach, _ in planned):
         features = load_features(config, dataset, progress)
-    trained = [_train_and_record(config, dataset, features, approach.name, remedy, store, progress,
-                                 weights=weights[remedy.label]) for approach, remedy in planned]
+    count_run(finished=False)
+    trained = []
+    for approach, remedy in planned:
+        trained.append(_train_and_record(config, dataset, features, approach.name, remedy, store, progress,
+                                         weights=weights[remedy.label]))
+        count_run()
     runs = [record for record, _ in trained]
     return {"dataset": dataset.summary(), "backbone": features.backbone if features else {"name": config.backbone},
             "extract_seconds": features.extract_seconds if features else 0.0,

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from core.style import score
+
 LABEL_METRIC = ("macro_f1", "macro-F1")  # what pickers show and runs are chosen by; accuracy flatters the big classes
 
 
@@ -71,5 +73,5 @@ def run_names(records: list[dict], show_dataset: bool | None = None) -> dict[str
 def run_labels(records: list[dict], show_dataset: bool | None = None) -> dict[str, str]:
     """`{run_id: label}` for run pickers: the run's name and its test macro-F1 ('svm · balanced · macro-F1 0.664')."""
     key, label = LABEL_METRIC
-    return {run_id: f"{name} · {label} {record[key]:.3f}"
+    return {run_id: f"{name} · {label} {score(record[key])}"
             for (run_id, name), record in zip(run_names(records, show_dataset).items(), records)}

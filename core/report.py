@@ -23,6 +23,7 @@ from core.metrics import minority_mask
 from core.naming import backbone_name, remedy_label, run_names
 from core.runs import RunStore, atomic_write_bytes, read_json_object
 from core.sharing import run_link
+from core.style import SCORE_DECIMALS, score, score_interval
 
 REQUIRED = ("dataset", "runs")
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>|~&$@])|(?<=www)(\.)|(:)(?=//)", re.IGNORECASE)  # @, www., ://: autolinks
@@ -55,13 +56,23 @@ def read_results(path) -> dict:
     return results
 
 
-def results_from_runs(records: list[dict]) -> dict:
-    """A results dict (the CLI's schema) from saved run records of one dataset, for reports and exports."""
+def check_one_dataset(records: list[dict]) -> None:
+    """Raise ConfigError, naming the datasets and what to do, unless `records` are 1+ runs of one set of classes."""
     if not records:
         raise ConfigError("select at least one run to export")
-    datasets = {tuple(r["dataset"]["classes"]) for r in records}
-    if len(datasets) > 1:
-        raise ConfigError("the selected runs come from datasets with different classes; export them separately")
+    by_classes: dict[tuple, set] = {}
+    for record in records:
+        by_classes.setdefault(tuple(record["dataset"]["classes"]), set()).add(Path(record["dataset"]["root"]).name)
+    if len(by_classes) > 1:
+        names = "; ".join(", ".join(sorted(folders)) for folders in by_classes.values())
+        raise ConfigError(f"the selected runs come from {len(by_classes)} datasets with different classes "
+                          f"({names}); a report covers one dataset: select the runs of one, or export each "
+                          "dataset's runs separately (a run bundle may mix them)")
+
+
+def results_from_runs(records: list[dict]) -> dict:
+    """A results dict (the CLI's schema) from saved run records of one dataset, for reports and exports."""
+    check_one_dataset(records)
     first = records[0]
     return {"dataset": first["dataset"], "backbone": first.get("backbone", {}),
             "extract_seconds": first.get("extract_seconds", 0.0), "cache_hit": True, "runs": records}
@@ -92,7 +103,7 @@ def runs_table(runs: list[dict]) -> pd.DataFrame:
     for r in runs:
         validation = (r.get("validation") or {}).get("macro_f1")
         rows.append({"run": names[r["run_id"]],
-                     "validation macro-F1": "–" if validation is None else f"{validation:.3f}",
+                     "validation macro-F1": "–" if validation is None else score(validation),
                      **{label: _with_interval(r, key) for key, label in
                         (("macro_f1", "macro-F1 [95%]"), ("balanced_accuracy", "balanced acc. [95%]"),
                          ("accuracy", "accuracy [95%]"))},
@@ -101,8 +112,7 @@ def runs_table(runs: list[dict]) -> pd.DataFrame:
 
 
 def _with_interval(record: dict, key: str) -> str:
-    low, high = record.get(f"{key}_low"), record.get(f"{key}_high")
-    return f"{record[key]:.3f}" + (f" [{low:.3f}, {high:.3f}]" if low is not None else "")
+    return score_interval(record[key], record.get(f"{key}_low"), record.get(f"{key}_high"))
 
 
 def comparisons_table(runs: list[dict], comparisons: Comparisons, pairs=None) -> pd.DataFrame:
@@ -135,7 +145,7 @@ def per_class_table(run: dict) -> pd.DataFrame:
     rows = [{"class": c["class"], "train n": c.get("train_count"), "test n": c["support"],
              "precision": c["precision"], "recall": c["recall"], "F1": c["f1"],
              "minority": "yes" if c.get("minority") else ""} for c in run["per_class"]]
-    return pd.DataFrame(rows).round(3)
+    return pd.DataFrame(rows).round(SCORE_DECIMALS)
 
 
 def best_runs(results: dict) -> list[dict]:
@@ -158,7 +168,7 @@ def best_runs_class_table(results: dict) -> pd.DataFrame:
     table = pd.DataFrame({"class": [c["class"] + (" ★" if c.get("minority") else "") for c in first],
                           "train n": [c.get("train_count") for c in first], "test n": [c["support"] for c in first]})
     for run in runs:
-        table[f"F1 {names[run['run_id']]}"] = [round(c["f1"], 3) for c in run["per_class"]]
+        table[f"F1 {names[run['run_id']]}"] = [round(c["f1"], SCORE_DECIMALS) for c in run["per_class"]]
     return table
 
 

@@ -380,3 +380,18 @@ def test_the_svm_estimates_its_time_before_it_starts_and_counts_down(demo_dir, f
     assert [e[1] for e in head[:13]] == list(range(13)) and head[-1][1:] == (16, 16, "done")
 
 
+def test_every_stage_of_every_feature_approach_reports_progress_and_the_runs_count(demo_dir, demo_features,
+                                                                                    feature_cache, image_size,
+                                                                                    tmp_path):
+    """Issue 30: logreg's stages were never reported, so a job showed the head's last stage for minutes."""
+    from core.jobs import OVERALL_STAGE
+
+    reports = []
+    config = ExperimentConfig(data=str(demo_dir), approaches=("svm", "logreg", "head"), remedies=("none",),
+                              epochs=3, image_size=image_size, device="cpu", cache_dir=str(feature_cache), workers=0)
+    run_experiment(config, progress=lambda stage, done, total, note="": reports.append((stage, done, total)),
+                   store=RunStore(tmp_path / "runs"))
+    assert [(done, total) for stage, done, total in reports if stage == OVERALL_STAGE] == [(0, 3), (1, 3), (2, 3),
+                                                                                           (3, 3)]
+    stages = {stage for stage, _, _ in reports}
+    assert {"fit SVM", "fit logistic regression", "fit head"} <= stages, stages  # each approach's own steps

@@ -136,7 +136,7 @@ def test_dataset_page_lists_skipped_files(empty_cache, demo_data, tmp_path):
     at.session_state["data_dir"] = str(folder)
     at.run()
     assert not at.exception
-    assert "1 file(s) were skipped" in texts(at.warning)
+    assert "1 file(s) or folder(s) were skipped" in texts(at.warning)
 
 
 def test_dataset_page_lists_skipped_test_labels_of_a_flat_test_folder(empty_cache, demo_data, tmp_path):
@@ -158,7 +158,7 @@ def test_dataset_page_lists_skipped_test_labels_of_a_flat_test_folder(empty_cach
     at.run()
     assert not at.exception
     assert {m.label: m.value for m in at.metric}["Test images"] == "10"
-    assert "2 file(s) were skipped" in texts(at.warning)
+    assert "2 file(s) or folder(s) were skipped" in texts(at.warning)
     tables = [frame.value.to_dict("records") for frame in at.dataframe]
     assert [{"reason": "label 'owl' is not a training class", "count": 2}] in tables
 
@@ -535,7 +535,7 @@ def test_results_unknown_run_link_warns_and_shows_newest(trained):
 def test_compare_shows_tradeoff_speedup_and_diff(trained):
     at = page("compare").run()
     assert not at.exception
-    assert "× faster** than" in texts(at.markdown)
+    assert "× faster than" in texts(at.markdown)
     assert charts(at) == 3  # trade-off scatter, confusion diff, F1 delta
     assert "McNemar's exact test p =" in texts(at.caption)
     (paired,) = [df.value for df in at.dataframe if "95% low" in df.value.columns]
@@ -621,7 +621,7 @@ def test_compare_deletes_selected_runs(trained_copy):
 def test_pages_without_runs_point_to_train(empty_cache, name):
     at = page(name).run()
     assert not at.exception
-    assert "No runs yet." in texts(at.info)
+    assert "No runs yet on this dataset." in texts(at.info)
     assert at.get("page_link")
 
 

@@ -368,13 +368,16 @@ def test_viewer_downloads_are_rate_limited_across_sessions(viewer, monkeypatch, 
     html, md, _ = page("share").run().get("download_button")
     click(html)
     click(html)  # cached: costs nothing, counts nothing
+    drawn_before = page("share").run()  # before the limit was reached
     click(md)
-    other_viewer = page("share").run()
-    click(other_viewer.get("download_button")[2])
-    with zipfile.ZipFile(io.BytesIO(downloads["transferscope-runs.zip"])) as refused:
+    click(drawn_before.get("download_button")[2])  # a page drawn before the limit: the file says why
+    with zipfile.ZipFile(io.BytesIO(downloads.pop("transferscope-runs.zip"))) as refused:
         assert refused.namelist() == ["NOT-BUILT.txt"]
         assert "try again in" in refused.read("NOT-BUILT.txt").decode()
     assert "Traceback" not in caplog.text
+    other_viewer = page("share").run()  # drawn now: the page says why and offers no download
+    assert "try again in" in texts(other_viewer.error)
+    assert all(button.proto.disabled for button in other_viewer.get("download_button"))
 
 
 # ---- what viewers can read -------------------------------------------------------------------------
