@@ -38,13 +38,15 @@ class _Parser(argparse.ArgumentParser):
 
 
 class TqdmProgress:
-    """`progress(stage, done, total)` callback drawing one tqdm bar per stage on stderr."""
+    """`progress(stage, done, total)` callback drawing one tqdm bar per stage of several steps on stderr."""
 
     def __init__(self):
         self.bars: dict[str, tqdm] = {}
 
     def __call__(self, stage: str, done: int, total: int, note: str = "") -> None:
         bar = self.bars.get(stage)
+        if bar is None and total <= 1 and not note:
+            return  # a one-step stage (read the dataset, load the backbone) has nothing to count: no bar
         if bar is None:
             bar = self.bars[stage] = tqdm(total=total, desc=stage, file=sys.stderr, leave=True, dynamic_ncols=True)
         bar.total = total
