@@ -338,7 +338,7 @@ def test_viewer_cannot_rescan_and_split_inputs_do_not_rescan(viewer, monkeypatch
     assert not at.exception and at.button(key="rescan").disabled
     at = page("train").run()
     at.number_input(key="train_test_size").set_value(0.5).run()
-    at.number_input(key="train_seed").set_value(7).run()
+    at.text_input(key="train_seeds").set_value("7").run()
     st.cache_data.clear()  # a viewer's ClearCache message must not force a rescan either
     page("dataset").run()
     assert not at.exception
