@@ -1,5 +1,6 @@
 """Dashboard pages under AppTest: the real efficientnet_lite0 on the demo data at a small image size."""
 import json
+import re
 import shutil
 import threading
 import time
@@ -535,7 +536,8 @@ def test_results_unknown_run_link_warns_and_shows_newest(trained):
 def test_compare_shows_tradeoff_speedup_and_diff(trained):
     at = page("compare").run()
     assert not at.exception
-    assert "× faster than" in texts(at.markdown)
+    # The fixture's fits take fractions of a second, so the factor is timing noise: either sentence is right
+    assert re.search(r"\*\*[^*]+\*\* is (\d[\d.]*× faster than|about as fast as) ", texts(at.markdown))
     assert charts(at) == 3  # trade-off scatter, confusion diff, F1 delta
     assert "McNemar's exact test p =" in texts(at.caption)
     (paired,) = [df.value for df in at.dataframe if "95% low" in df.value.columns]
