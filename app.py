@@ -16,10 +16,11 @@ PAGES = [  # menu order; the first is the home page "/", the others live at "/<f
 ]
 current = st.navigation(PAGES)  # before the imports below, so the menu shows while they load on a fresh server
 
-from dashboard import errors, widgets  # noqa: E402 - loads torch and scikit-learn: seconds on a fresh server
+from dashboard import errors, state, widgets  # noqa: E402 - loads torch and scikit-learn: seconds on a fresh server
 
 with st.sidebar:
     with errors.guard():
+        state.start_demo_comparison()
         widgets.sharing_badge()
         widgets.dataset_folder_input()
         widgets.sidebar_job_status()

@@ -1,6 +1,7 @@
 """`python -m bench`: backbone throughput per runtime, extraction and cache-hit wall time, fine-tune training img/s
 per `--unfreeze` mode beside a plain torch loop (bench.finetune), fit time per approach,
-what-if refit time per class-weight change and the feature map's compute time.
+what-if refit time per class-weight change, the feature map's compute time, and how the classifiers on features
+scale with the training images (bench.scale; its full curve with `python -m bench.scale`).
 
 Run on a quiet machine: every figure is wall-clock time on this machine's cores.
 """
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 
 from bench.finetune import bench_finetune
+from bench.scale import bench_runs
 from bench.wide_photos import SIZE, build_wide_photos
 from core.backbones import get_entry
 from core.data import load_dataset
@@ -240,17 +242,22 @@ def main() -> None:
     parser.add_argument("--whatif-size", default="4000,1000,1280,16",
                         help="train images, test images, feature dim, classes of the synthetic what-if/map features")
     parser.add_argument("--weight-changes", type=int, default=6)
+    parser.add_argument("--scale-sizes", default="4000,20000",
+                        help="training images of the scale curve (bench.scale; '' to skip)")
     args = parser.parse_args()
     bench_statistics()
     n_train, n_test, dim, n_classes = (int(v) for v in args.whatif_size.split(","))
     bench_whatif(n_train, n_test, dim, n_classes, args.weight_changes)
     bench_map(n_train, n_test, dim, n_classes)
+    if args.scale_sizes:
+        print()
+        bench_runs([int(n) for n in args.scale_sizes.split(",")])
     Path(args.cache_dir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.cache_dir) as tmp:
         bench_forward(args.backbone, args.height, args.width, args.batch_size, args.repeats, tmp)
         photos = build_wide_photos(Path(args.cache_dir) / f"wide-{args.photos}", args.photos)
         bench_backbones(args.backbones.split(","), photos, args.batch_size, args.repeats, tmp)
-    bench_finetune(args.backbone, args.image_size, args.image_size, 16, 4)
+    bench_finetune(args.backbone)  # small images, a few interleaved steps per mode: bounded on a loaded machine
     bench_approaches(args.data, args.image_size, args.epochs)
 
 

@@ -12,18 +12,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.classifiers import svm_model_name
 from core.data import Dataset, Sample, open_rgb
 from core.errors import ClassWeightError, ConfigError
 from core.metrics import FREQUENCY_GROUPS, check_confusion, evaluate, group_scores, minority_mask
 from core.findings import paired_diff  # noqa: F401 (pages and tests read it here)
-from core.naming import run_names
+from core.naming import dataset_key, run_names
 from core.records import RunRecord
 from core.report import per_class_table
 from core.approaches import APPROACHES, names as approach_names
 from core.settings import BY_NAME
 from core.remedies import decide
 from core.stats import FEW_TEST_IMAGES, few_test_classes, point_scores
+from core.style import SCORE_DECIMALS, score
 from core.weights import class_weights, custom_weights
 
 LOGIT_APPROACHES = approach_names(logits=True)  # their scores are logits: tau applies
@@ -92,6 +92,15 @@ def weights_from_table(table: pd.DataFrame, classes: list[str]) -> dict[str, flo
         table_dict[str(name)] = float(value)
     custom_weights(table_dict, classes)
     return table_dict
+
+
+def on_dataset(records: list[RunRecord], dataset: Dataset) -> list[RunRecord]:
+    """The records trained on `dataset`'s files (any split seed), in their order.
+
+    A record matches by its files' fingerprint (`content_fingerprint`; older records: the split's fingerprint).
+    """
+    wanted = {dataset.content_fingerprint, dataset.fingerprint}
+    return [record for record in records if dataset_key(record) in wanted]
 
 
 def run_table(records: list[RunRecord]) -> pd.DataFrame:
@@ -228,7 +237,8 @@ def seed_summary(records: list[RunRecord]) -> pd.DataFrame:
         for key, label in (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"),
                            ("macro_f1", "macro-F1"), ("fit_seconds", "fit s")):
             values = np.array([getattr(run, key) for run in runs])
-            row[label] = f"{values.mean():.3f} ± {values.std(ddof=1) if len(values) > 1 else 0:.3f}"
+            shown = score if key != "fit_seconds" else "{:.3f}".format
+            row[label] = f"{shown(values.mean())} ± {shown(values.std(ddof=1) if len(values) > 1 else 0.0)}"
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -295,6 +305,11 @@ def misclassified_paths(predictions: pd.DataFrame, true: int, pred: int) -> tupl
     return existing, len(chosen) - len(existing)
 
 
+def _svm_model_before_13(kernel: str, n_train: int) -> str:
+    """The SVM a run recorded before issue 13 fitted (not recorded then): LinearSVC above 20,000 training images."""
+    return "LinearSVC" if n_train > 20_000 or kernel == "linear" else f"SVC ({kernel} kernel)"
+
+
 def run_settings(record: RunRecord) -> pd.DataFrame:
     """What produced a run: approach, weights, backbone and the settings that matter for its approach."""
     config, backbone = record.config or {}, record.backbone or {}
@@ -304,16 +319,18 @@ def run_settings(record: RunRecord) -> pd.DataFrame:
             or backbone.get("image_size"), "precision": run_precision(record), "dataset": record.dataset.root,
             "seed": config.get("seed")}
     if record.approach == "svm":
-        fitted = record.svm_model or svm_model_name(config.get("svm_kernel", "rbf"),  # records before 13
-                                                    sum(record.dataset.train_counts))
-        rows.update({"SVM model": fitted, "SVM C": config.get("svm_c")})
+        fitted = record.svm_model or _svm_model_before_13(config.get("svm_kernel", "rbf"),
+                                                          sum(record.dataset.train_counts))
+        reason = {"SVM model chosen": record.svm_model_reason} if record.svm_model_reason else {}
+        rows.update({"SVM model": fitted, **reason, "SVM C": config.get("svm_c")})
     else:
         rows.update({"epochs": config.get("epochs"), "learning rate": config.get("lr"),
                      "epochs run": len(record.history), "logit adjustment tau": record.tau})
     if record.approach == "finetune":
         unfreeze = record.setting("unfreeze") or ("last" if record.setting("unfreeze_last") else "none")  # runs before 26
         rows.update({"batch size": config.get("batch_size"), "unfreeze": unfreeze,
-                     "chosen epoch (validation)": record.chosen_epoch})
+                     "chosen epoch (validation)": record.chosen_epoch,
+                     "stopped early by the user": "yes" if record.stopped_early else "no"})
     return pd.DataFrame({"setting": list(rows), "value": [str(v) for v in rows.values()]})
 
 
@@ -354,7 +371,7 @@ def interval_caption(record: RunRecord) -> str | None:
     """'95% bootstrap intervals …: Accuracy 0.810–0.870 · …'; None for runs recorded before intervals.
 
     When classes have at most FEW_TEST_IMAGES test images it says the intervals understate (see `few_test_note`)."""
-    parts = [f"{label} {interval[0]:.3f}–{interval[1]:.3f}" for key, label in HEADLINE_METRICS.items()
+    parts = [f"{label} {score(interval[0])}–{score(interval[1])}" for key, label in HEADLINE_METRICS.items()
              if (interval := record.interval(key))]
     if not parts:
         return None
@@ -396,5 +413,5 @@ def metrics_diff(record_a: RunRecord, record_b: RunRecord) -> pd.DataFrame:
     """Headline metrics and timings of run A and run B with the change B − A."""
     keys = {**HEADLINE_METRICS, "fit_seconds": "Fit s", "predict_seconds": "Predict s"}
     return pd.DataFrame([{"metric": label, "A": getattr(record_a, key), "B": getattr(record_b, key),
-                          "B − A": round(getattr(record_b, key) - getattr(record_a, key), 3) + 0.0}  # shown to 3 decimals; + 0.0 drops -0.0
+                          "B − A": round(getattr(record_b, key) - getattr(record_a, key), SCORE_DECIMALS) + 0.0}  # + 0.0 drops -0.0
                          for key, label in keys.items()])

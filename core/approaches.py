@@ -9,6 +9,7 @@ Light at import (no scikit-learn or trainers): the CLI lists the names; fits imp
 """
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -71,6 +72,7 @@ class Fitted:
     tuned: dict = field(default_factory=dict)
     learning_curve_seconds: float = 0.0
     extras: dict = field(default_factory=dict)
+    stopped_by: BaseException | None = None  # the user's cancel or Ctrl-C that ended a fine-tune early
 
 
 @dataclass(frozen=True)
@@ -118,82 +120,124 @@ def names(*, on_features: bool | None = None, logits: bool | None = None) -> tup
                  if (on_features is None or a.on_features == on_features) and (logits is None or a.logits == logits))
 
 
+def _one_torch_thread(fit: Callable[[FitRequest], Fitted]) -> Callable[[FitRequest], Fitted]:
+    """Run a torch fit of small matrices with this thread's torch on one thread (`core.torch_threads`): on a busy
+    2-core box two threads contend (10k x 1280 features, 24 classes: the head's 5 epochs 0.9-1.8 s on one thread
+    against 7.3-9.5 s on two; bench/scale.py)."""
+    @functools.wraps(fit)
+    def on_one_thread(request: FitRequest) -> Fitted:
+        from core.torch_threads import one_torch_thread
+
+        with one_torch_thread():
+            return fit(request)
+    return on_one_thread
+
+
 def _timed(function, *args, **kwargs):
     started = time.perf_counter()
     return function(*args, **kwargs), time.perf_counter() - started
 
 
-@register("svm", "SVM", "scikit-learn SVC (rbf) on standardised cached features; LinearSVC above 20k images",
+@register("svm", "SVM", "scikit-learn SVC (rbf) on standardised cached features; past 15k training images (or the "
+          "memory available) its Nystroem approximation with a ridge classifier, named so in the run",
           on_features=True, logits=False, parts=("offsets",))
 def fit_svm(request: FitRequest) -> Fitted:
     """The SVM with its C (by CV under --tune), out-of-fold scores on kernel folds, support counts per class.
 
-    Its rbf kernel is computed once per set of training rows (`split_key`) and cached; every fit still
-    counts its computation in `fit_seconds`, so timings never depend on what ran before. Under --tune the
-    chosen C's folds are the validation; otherwise validation folds reuse slices of that kernel.
+    `core.classifiers.choose_svm` picks the exact SVM or its approximation once for the run (folds and --tune's
+    clones fit the same kind); the run records which and why. The rbf kernel (or its Nystroem map) is computed
+    once per set of training rows (`split_key`) and cached; every fit still counts its computation in
+    `fit_seconds`, so timings never depend on what ran before. Under --tune the chosen C's folds are the
+    validation; otherwise validation folds reuse slices of that kernel. Progress: an estimate before the first
+    step (`core.estimates`), then the time left after each.
     """
-    from core.classifiers import KERNEL_CACHE, SvmClassifier
+    from core.classifiers import KERNEL_CACHE, SvmClassifier, choose_svm
+    from core.estimates import StepProgress, svm_steps
     from core.features import split_key
-    from core.tuning import out_of_fold, tune_svm_c
+    from core.tuning import SVM_C_GRID, cv_splits, out_of_fold, tune_svm_c
 
     config, features, weights, n_classes = request.config, request.features, request.weights, request.n_classes
     X, y = features.X_train, features.y_train
-    if request.progress:
-        request.progress("fit SVM", 0, 1)
+    choice, key = choose_svm(config.svm_kernel, len(X)), split_key(features, request.dataset)
+    cached = config.svm_kernel == "rbf" and KERNEL_CACHE.holds(key, choice.exact)
+    steps = svm_steps(choice.exact, *X.shape, len(cv_splits(y, config.seed)), cached)
+    if config.tune:  # every C's folds instead of the validation folds, each fold computing its own kernel
+        steps = [("choose C", len(SVM_C_GRID) * sum(seconds for _, seconds in steps[:1] + steps[2:]))] + steps[:2]
+    progress = StepProgress(request.progress, "fit SVM", steps)
+    progress.start(f"{choice.model} on {len(X):,} images")
 
     def make_svm(C):
         return SvmClassifier(kernel=config.svm_kernel, C=C, class_weight=weights, n_classes=n_classes,
-                             seed=config.seed)
+                             solver="exact" if choice.exact else "nystroem", seed=config.seed)
     tuned, candidates, select_s = {}, None, 0.0
     if config.tune:
         (tuned, candidates), select_s = _timed(tune_svm_c, make_svm, X, y, n_classes, config.seed)
+        progress.advance()
     C = tuned.get("svm_c", config.svm_c)
-    kernels = KERNEL_CACHE.get(split_key(features, request.dataset), X) if config.svm_kernel == "rbf" else None
+    kernels = None
+    if config.svm_kernel == "rbf":
+        kernels = KERNEL_CACHE.get(key, X, exact=choice.exact)
+    progress.advance()
     svm, svm_s = _timed(make_svm(C).fit, X, y, kernels=kernels)
     scores, predict_s = _timed(svm.decision_function, features.X_test)
+    progress.advance()
 
     def fold_scores(fit_index, val_index):
-        fold = None if svm.support_X_ is None else kernels.fold(fit_index)
-        return make_svm(C).fit(X[fit_index], y[fit_index], kernels=fold).decision_function(X[val_index])
+        if kernels is None:
+            scores = make_svm(C).fit(X[fit_index], y[fit_index]).decision_function(X[val_index])
+        else:  # the held-out rows' kernel (or Nystroem rows) was computed with all training rows
+            fold = make_svm(C).fit(X[fit_index], y[fit_index], kernels=kernels.fold(fit_index))
+            scores = fold.held_out_scores(kernels, fit_index, val_index)
+        progress.advance()
+        return scores
     if candidates is None:
         oof, validation_s = _timed(out_of_fold, fold_scores, y, n_classes, config.seed)
     else:
         oof, validation_s = candidates[:, tuned["grid"].index(C)], 0.0
-    if request.progress:
-        request.progress("fit SVM", 1, 1)
-    kernel_s = kernels.seconds if svm.support_X_ is not None else 0.0  # LinearSVC leaves the kernel unused
+    kernel_s = kernels.seconds if kernels is not None else 0.0
     return Fitted(svm, scores, kernel_s + svm_s, predict_s, refit_seconds=svm_s + predict_s,
                   validation_seconds=validation_s, selection_seconds=select_s, oof_scores=oof,
                   oof_candidates=candidates, tuned=tuned,
-                  extras={"svm_model": svm.model_name_, "support": svm.support_counts(y)})
+                  extras={"svm_model": choice.model, "svm_model_reason": choice.reason,
+                          "support": svm.support_counts(y)})
 
 
 @register("head", "Linear head", "a new linear layer on cached features (Adam; the epoch count chosen on the "
           "training folds)", on_features=True, logits=True, parts=("resample", "la-loss", "tau", "offsets"))
+@_one_torch_thread
 def fit_head(request: FitRequest) -> Fitted:
     """The linear head. Its epoch count is chosen once on the folds (fold heads train to `--epochs`, the best
     out-of-fold macro-F1 wins) and the final head trains for exactly that many epochs, so the validation
     (the fold heads at that epoch) describes the model tested. With `head_epochs` nothing is chosen."""
     from core.classifiers import LinearHead
-    from core.tuning import choose_epochs, cross_val_scores
+    from core.estimates import StepProgress, head_steps
+    from core.tuning import choose_epochs, cross_val_scores, cv_splits
 
     config, features, n_classes = request.config, request.features, request.n_classes
     X, y = features.X_train, features.y_train
+    chooses = request.head_epochs is None  # fold heads train to --epochs (they report), then the final head
+    progress = StepProgress(request.progress, "fit head", head_steps(
+        len(X), len(cv_splits(y, config.seed)), config.epochs if chooses else 0, request.head_epochs or config.epochs))
+    progress.start(f"{'fold heads, then ' if chooses else ''}the head on {len(X):,} images")
+
+    def epoch_done(stage, done, total, note=""):
+        progress.advance()
 
     def make_head(epochs):
         return LinearHead(epochs=epochs, lr=config.lr, batch_size=config.batch_size, class_weight=request.weights,
                           n_classes=n_classes, seed=config.seed, resample=request.remedy.has("resample"),
                           la_tau=request.la_tau)
     tuned, candidates, select_s, validation_s = {}, None, 0.0, 0.0
-    if request.head_epochs is None:
+    if chooses:
         (tuned, candidates), select_s = _timed(choose_epochs, make_head(config.epochs), X, y, n_classes, config.seed,
-                                               request.progress)
+                                               epoch_done)
         epochs, oof = tuned["epochs"], candidates[:, tuned["epochs"] - 1]
     else:
         epochs = request.head_epochs
         oof, validation_s = _timed(cross_val_scores, make_head(epochs), X, y, config.seed)
     head, fit_s = _timed(make_head(epochs).fit, X, y, eval_set=(features.X_test, features.y_test),
-                         progress=request.progress)
+                         progress=epoch_done)
+    progress.finish()  # the final head may train fewer epochs than estimated
     fit_s -= head.eval_seconds_  # scoring the test set per epoch is not fitting
     scores, predict_s = _timed(head.decision_function, features.X_test)
     return Fitted(head, scores, fit_s, predict_s, refit_seconds=fit_s + predict_s, validation_seconds=validation_s,
@@ -222,11 +266,13 @@ LOGREG_C_GRID = (0.01, 0.1, 1.0)
 @register("logreg", "Logistic regression", "multinomial logistic regression on standardised cached features, "
           "L2 strength C chosen by cross-validation", on_features=True, logits=True,
           parts=("la-loss", "tau", "offsets"))
+@_one_torch_thread
 def fit_logreg(request: FitRequest) -> Fitted:
     """Logistic regression; C by stratified CV on the training images (the chosen C's folds give the
     out-of-fold scores), then one fit on all of them."""
     from core.classifiers import LogisticProbe
-    from core.tuning import choose_by_cv
+    from core.estimates import StepProgress, logreg_steps
+    from core.tuning import choose_by_cv, cv_splits
 
     config, features = request.config, request.features
     X, y = features.X_train, features.y_train
@@ -235,8 +281,13 @@ def fit_logreg(request: FitRequest) -> Fitted:
         return LogisticProbe(C=C, class_weight=request.weights, n_classes=request.n_classes, la_tau=request.la_tau,
                              seed=config.seed)
     grid = LOGREG_C_GRID if config.logreg_c is None else (config.logreg_c,)  # a set C (What-if refits) is kept
-    (tuned, candidates), cv_s = _timed(choose_by_cv, "C", grid, make, X, y, request.n_classes, config.seed)
+    steps = logreg_steps(grid, *X.shape, request.n_classes, len(cv_splits(y, config.seed)))
+    progress = StepProgress(request.progress, "fit logistic regression", steps)
+    progress.start(f"{len(grid)} C value(s) x folds, then the fit on {len(X):,} images")
+    (tuned, candidates), cv_s = _timed(choose_by_cv, "C", grid, make, X, y, request.n_classes, config.seed,
+                                       progress.advance)
     model, fit_s = _timed(make(tuned["C"]).fit, X, y)
+    progress.advance()
     scores, predict_s = _timed(model.decision_function, features.X_test)
     chose = len(grid) > 1  # one C given: its folds only validate
     return Fitted(model, scores, fit_s, predict_s, refit_seconds=fit_s + predict_s,
@@ -261,6 +312,8 @@ def fit_finetune(request: FitRequest) -> Fitted:
                   refit_seconds=result.fit_seconds + result.predict_seconds,
                   oof_scores=result.val_scores, oof_rows=result.val_rows if has_validation else None,
                   history=result.history, learning_curve_seconds=result.learning_curve_seconds,
-                  extras={"chosen_epoch": result.chosen_epoch, "unfreeze": ft_config.unfreeze,
+                  stopped_by=result.stopped_by,
+                  extras={"chosen_epoch": result.chosen_epoch, "stopped_early": result.stopped_by is not None,
+                          "unfreeze": ft_config.unfreeze,
                           "trainable_blocks": result.trainable_stages, "activation_cache": result.activation_cache,
                           "activation_cache_seconds": result.cache_seconds})

@@ -1,7 +1,10 @@
-"""Classifiers on cached features: an SVM (scikit-learn) and a new linear head (torch)."""
+"""Classifiers on cached features: an SVM (scikit-learn; exact, or its Nystroem approximation past
+EXACT_SVM_MAX_TRAIN images), logistic regression and a new linear head (torch)."""
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 import threading
 import time
 import warnings
@@ -11,18 +14,24 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.kernel_approximation import Nystroem
+from sklearn.linear_model import RidgeClassifier
 from sklearn.metrics.pairwise import rbf_kernel
-from sklearn.pipeline import make_pipeline
+from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, LinearSVC
+from sklearn.utils import gen_batches
 from sklearn.utils.validation import check_is_fitted
 
 from core.errors import ClassWeightError, ConfigError
 from core.remedies import balanced_batches, log_prior
 from core.weights import adjust_logits, weighted_cross_entropy
 
-LINEAR_SVM_ABOVE = 20_000  # samples; kernel SVC scales ~n^2, LinearSVC stays fast
-KERNEL_BUDGET_BYTES = 1 << 30  # RBF kernel matrices kept in memory per process, all feature sets together
+# The SVM's rule (`choose_svm`): the exact kernel SVM up to EXACT_SVM_MAX_TRAIN training images while its kernel
+# fits SVM_MEMORY_SHARE of the memory available, else the Nystroem approximation (bench/scale.py measured both)
+EXACT_SVM_MAX_TRAIN = 15_000
+SVM_MEMORY_SHARE = 0.5  # of the memory available when the fit starts; also the kernel cache's budget
+NYSTROEM_COMPONENTS = 1000
 
 
 def check_features(X, y=None, n_features: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -83,6 +92,21 @@ def kernel_bytes(n_train: int) -> int:
     return 8 * n_train * n_train
 
 
+KERNEL_BLOCK_BYTES = 256 * 1024**2  # one block of kernel rows: OpenBLAS 0.3.31 crashed on a 20k x 20k product
+
+
+def chunked_rbf_kernel(X, Y, gamma: float) -> np.ndarray:
+    """`rbf_kernel(X, Y, gamma)` `(len(X), len(Y))` computed a block of rows at a time (sklearn's `gen_batches`).
+
+    One matrix product of 20,000 x 1,280 by its transpose (3.2 GB out) segfaulted in OpenBLAS (numpy 2.4.6);
+    blocks of at most KERNEL_BLOCK_BYTES do not, and need no temporary the size of the whole kernel.
+    """
+    kernel = np.empty((len(X), len(Y)))
+    for rows in gen_batches(len(X), max(1, KERNEL_BLOCK_BYTES // (8 * len(Y)))):
+        kernel[rows] = rbf_kernel(X[rows], Y, gamma=gamma)
+    return kernel
+
+
 def rbf_kernels(X_train) -> RbfKernels:
     """Fit the scaler on train, derive gamma as `SVC(gamma='scale')` does, compute the train kernel once.
 
@@ -94,7 +118,9 @@ def rbf_kernels(X_train) -> RbfKernels:
     scaler = StandardScaler().fit(X_train)
     train = scaler.transform(X_train).astype(np.float64)  # what the Pipeline hands SVC, which works in float64
     gamma = scale_gamma(train)
-    return RbfKernels(scaler, gamma, rbf_kernel(train, gamma=gamma), time.perf_counter() - started)
+    kernel = chunked_rbf_kernel(train, train, gamma)
+    np.fill_diagonal(kernel, 1.0)  # exp(-gamma * 0), as rbf_kernel(X) gives; blocks leave rounding noise there
+    return RbfKernels(scaler, gamma, kernel, time.perf_counter() - started)
 
 
 def scale_gamma(X_scaled) -> float:
@@ -103,37 +129,151 @@ def scale_gamma(X_scaled) -> float:
     return 1.0 / (X_scaled.shape[1] * variance) if variance != 0 else 1.0
 
 
-class KernelCache:
-    """RBF train kernels per set of training rows (keyed by the caller, e.g. `core.features.split_key`),
-    computed once, kept up to `budget_bytes`.
+def available_memory_bytes() -> int:
+    """Memory the system can give without swapping (`MemAvailable` in /proc/meminfo), else its free pages."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
+
+def exact_svm_bytes(n_train: int) -> int:
+    """Memory the exact RBF SVM's fits hold at once: the train kernel and one validation fold's slice of it (2/3)."""
+    return kernel_bytes(n_train) + kernel_bytes(-(-2 * n_train // 3))
+
+
+@dataclass(frozen=True)
+class SvmChoice:
+    """Which SVM a fit uses: `model` (as the run records it), `exact` (False: a kernel approximation), `reason`."""
+
+    model: str
+    exact: bool
+    reason: str
+
+
+SOLVERS = ("auto", "exact", "nystroem")
+
+
+def choose_svm(kernel: str, n_train: int, solver: str = "auto", memory_bytes: int | None = None) -> SvmChoice:
+    """The SVM for `n_train` training images: the rule of EXACT_SVM_MAX_TRAIN and SVM_MEMORY_SHARE under 'auto'.
+
+    The exact SVC up to EXACT_SVM_MAX_TRAIN images, while its kernel and a fold's slice (`exact_svm_bytes`, rbf)
+    fit SVM_MEMORY_SHARE of `memory_bytes` (default: the memory available now); else the Nystroem approximation
+    of the kernel (NYSTROEM_COMPONENTS rows) with a RidgeClassifier on it, a least-squares SVM. A linear kernel is
+    always LinearSVC (exact at any size).
+
+    >>> choose_svm("rbf", 30_000).model  # doctest: +SKIP
+    'Nystroem approximation of the rbf kernel (1000 components) + RidgeClassifier'
+    """
+    if kernel == "linear":
+        return SvmChoice("LinearSVC", True, "a linear kernel: LinearSVC fits it exactly at any size")
+    exact = SvmChoice(f"SVC ({kernel} kernel)", True, "")
+    approximate = SvmChoice(f"Nystroem approximation of the {kernel} kernel "
+                            f"({min(NYSTROEM_COMPONENTS, n_train)} components) + RidgeClassifier", False, "")
+    if solver != "auto":
+        return dataclasses.replace(exact if solver == "exact" else approximate, reason=f"{solver}, as asked")
+    budget = SVM_MEMORY_SHARE * (available_memory_bytes() if memory_bytes is None else memory_bytes)
+    need = exact_svm_bytes(n_train) if kernel == "rbf" else 0  # other kernels fit directly (libsvm's own cache)
+    if n_train > EXACT_SVM_MAX_TRAIN:
+        why = (f"{n_train:,} training images > {EXACT_SVM_MAX_TRAIN:,}: the exact fit and its validation folds "
+               "grow with the square of the images (bench/scale.py)")
+    elif need > budget:
+        why = (f"the exact kernel would hold {need / 1e9:.1f} GB, over {SVM_MEMORY_SHARE:.0%} of the memory "
+               f"available ({budget / 1e9:.1f} GB)")
+    else:
+        return dataclasses.replace(exact, reason=(
+            f"exact: {n_train:,} training images <= {EXACT_SVM_MAX_TRAIN:,} and its kernel ({need / 1e9:.1f} GB) "
+            f"within {SVM_MEMORY_SHARE:.0%} of the memory available ({budget / 1e9:.1f} GB)"))
+    return dataclasses.replace(approximate, reason=f"approximate: {why}")
+
+
+@dataclass(frozen=True)
+class NystroemFeatures:
+    """The Nystroem approximation of a kernel on standardised training features (scikit-learn's `Nystroem`, its
+    components drawn from the training rows), reusable across class weights like `RbfKernels`.
+
+    `train` `(n_train, n_components)`: the training rows mapped; `seconds`: the time to fit and map them.
+    """
+
+    scaler: StandardScaler
+    gamma: float
+    nystroem: Nystroem
+    train: np.ndarray
+    seconds: float
+
+    @property
+    def nbytes(self) -> int:
+        return self.train.nbytes
+
+    def fold(self, fit_index) -> NystroemFeatures:
+        """A cross-validation fold's rows (scaler, gamma and components stay those of all training rows)."""
+        return NystroemFeatures(self.scaler, self.gamma, self.nystroem, self.train[fit_index], 0.0)
+
+    def transform(self, X) -> np.ndarray:
+        """`(n_samples, n_components)` in float64, as the stored model computes them."""
+        return self.nystroem.transform(self.scaler.transform(X).astype(np.float64))
+
+
+def nystroem_features(X_train, kernel: str = "rbf", seed: int = 0) -> NystroemFeatures:
+    """Fit the scaler, gamma='scale' and a Nystroem map of `kernel` (SVC's degree and coef0) on the training rows."""
+    started = time.perf_counter()
+    X_train, _ = check_features(X_train)
+    scaler = StandardScaler().fit(X_train)
+    scaled = scaler.transform(X_train).astype(np.float64)
+    gamma = scale_gamma(scaled)
+    nystroem = Nystroem(kernel=kernel, gamma=gamma, degree=3, coef0=0.0, random_state=seed,
+                        n_components=min(NYSTROEM_COMPONENTS, len(X_train))).fit(scaled)
+    return NystroemFeatures(scaler, gamma, nystroem, nystroem.transform(scaled), time.perf_counter() - started)
+
+
+class KernelCache:
+    """What SVM fits reuse across class weights, per set of training rows (keyed by the caller, e.g.
+    `core.features.split_key`): the exact RBF train kernel (`rbf_kernels`) or its Nystroem features
+    (`nystroem_features`), computed once, kept up to `budget_bytes`.
+
+    The default budget is SVM_MEMORY_SHARE of the memory available (what the cache holds counted as available).
     Thread-safe; the least recently used sets are dropped first. `get` returns None when one set alone
     would exceed the budget: fit the SVM directly then.
     """
 
-    def __init__(self, budget_bytes: int = KERNEL_BUDGET_BYTES):
+    def __init__(self, budget_bytes: int | None = None):
         self.budget_bytes = budget_bytes
         self._lock = threading.Lock()
-        self._entries: OrderedDict[str, RbfKernels] = OrderedDict()
+        self._entries: OrderedDict[str, RbfKernels | NystroemFeatures] = OrderedDict()
 
-    def get(self, key: str, X_train) -> RbfKernels | None:
-        if kernel_bytes(len(X_train)) > self.budget_bytes:
-            return None
+    def _budget(self) -> int:
+        if self.budget_bytes is not None:
+            return self.budget_bytes
+        return int(SVM_MEMORY_SHARE * (available_memory_bytes() + sum(e.nbytes for e in self._entries.values())))
+
+    @staticmethod
+    def _key(key: str, exact: bool) -> str:
+        return f"{key}:{'rbf' if exact else 'nystroem-rbf'}"
+
+    def holds(self, key: str, exact: bool = True) -> bool:
+        """Whether `get(key, ..., exact)` would return what is kept, without computing."""
+        return self._key(key, exact) in self._entries
+
+    def get(self, key: str, X_train, exact: bool = True) -> RbfKernels | NystroemFeatures | None:
+        n_bytes = kernel_bytes(len(X_train)) if exact else 8 * len(X_train) * NYSTROEM_COMPONENTS
+        key = self._key(key, exact)
         with self._lock:  # held while computing, so concurrent callers compute a set once
+            budget = self._budget()
+            if n_bytes > budget:
+                return None
             if key not in self._entries:
-                self._entries[key] = rbf_kernels(X_train)
+                self._entries[key] = rbf_kernels(X_train) if exact else nystroem_features(X_train)
             self._entries.move_to_end(key)
-            while sum(k.nbytes for k in self._entries.values()) > self.budget_bytes:
+            while sum(k.nbytes for k in self._entries.values()) > budget:
                 self._entries.popitem(last=False)
             return self._entries[key]
 
 
 KERNEL_CACHE = KernelCache()  # one per process: experiments and what-if refits share it
-
-
-def svm_model_name(kernel: str, n_train: int, linear_above: int = LINEAR_SVM_ABOVE) -> str:
-    """The model `SvmClassifier` fits for `n_train` samples: 'LinearSVC' or e.g. 'SVC (rbf kernel)'."""
-    return "LinearSVC" if n_train > linear_above or kernel == "linear" else f"SVC ({kernel} kernel)"
 
 
 def _kept(y: np.ndarray, weights: dict | None) -> np.ndarray | None:
@@ -154,11 +294,14 @@ def _kept(y: np.ndarray, weights: dict | None) -> np.ndarray | None:
 
 
 class SvmClassifier(ClassifierMixin, BaseEstimator):
-    """StandardScaler + SVC (rbf by default); LinearSVC above `linear_above` samples (`model_name_` says which).
+    """StandardScaler + SVC (rbf by default), or its Nystroem approximation: `choose_svm` picks by the training
+    images and the memory available under `solver='auto'` (`model_name_`, `exact_` and `reason_` say which).
 
-    Given a precomputed train kernel (see `rbf_kernels`), an rbf fit reuses it: `SVC(kernel='precomputed')`
+    Given a precomputed train kernel (see `rbf_kernels`), an exact rbf fit reuses it: `SVC(kernel='precomputed')`
     gives the same model as the direct fit without recomputing the kernel for every class-weight vector;
-    predictions compute the kernel of the new images against the support vectors only.
+    predictions compute the kernel of the new images against the support vectors only. The approximation maps
+    the rows with `nystroem_features` (or reuses given ones) and fits a `RidgeClassifier` with alpha = 1 / C:
+    the least-squares SVM's objective, ||w||^2 / 2 + C / 2 * sum of squared errors, on the approximate kernel.
 
     `class_weight` (one weight per class, e.g. `core.weights.class_weights`) multiplies C per class:
     class c's support vectors are bounded by C x class_weight[c]. `n_classes` fixes the score columns
@@ -169,12 +312,14 @@ class SvmClassifier(ClassifierMixin, BaseEstimator):
     """
 
     def __init__(self, *, kernel: str = "rbf", C: float = 1.0, class_weight=None, n_classes: int | None = None,
-                 linear_above: int = LINEAR_SVM_ABOVE, seed: int = 0):
+                 solver: str = "auto", seed: int = 0):
         self.kernel, self.C, self.class_weight, self.n_classes = kernel, C, class_weight, n_classes
-        self.linear_above, self.seed = linear_above, seed
+        self.solver, self.seed = solver, seed
 
-    def fit(self, X, y, kernels: RbfKernels | None = None) -> SvmClassifier:
+    def fit(self, X, y, kernels: RbfKernels | NystroemFeatures | None = None) -> SvmClassifier:
         X, y = check_features(X, y)
+        if self.solver not in SOLVERS:
+            raise ConfigError(f"SVM solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
         _set_classes(self, y)
         self.n_features_ = X.shape[1]
         weights = _weight_dict(self.class_weight, self.n_classes_)
@@ -184,15 +329,21 @@ class SvmClassifier(ClassifierMixin, BaseEstimator):
             weights = {c: w for c, w in weights.items() if w > 0}
             if kernels is not None:
                 kernels = kernels.fold(np.flatnonzero(self.kept_))
-        self.support_X_ = None  # set by a fit on precomputed kernels
-        self.model_name_ = svm_model_name(self.kernel, len(X), self.linear_above)
-        if self.model_name_ == "LinearSVC":
+        choice = choose_svm(self.kernel, len(X), self.solver)
+        self.model_name_, self.exact_, self.reason_ = choice.model, choice.exact, choice.reason
+        self.support_X_ = self.nystroem_ = None  # set by a fit on precomputed kernels, by an approximate fit
+        if kernels is not None and kernels.train.shape[0] != len(X):
+            raise ConfigError(f"kernels were computed for {kernels.train.shape[0]} training samples but "
+                              f"{len(X)} were given; compute them with rbf_kernels on these features")
+        if self.kernel == "linear":
             self.model_ = make_pipeline(StandardScaler(), LinearSVC(C=self.C, class_weight=weights,
                                                                     random_state=self.seed)).fit(X, y)
-        elif kernels is not None and self.kernel == "rbf":
-            if kernels.train.shape[0] != len(X):
-                raise ConfigError(f"kernels were computed for {kernels.train.shape[0]} training samples but "
-                                  f"{len(X)} were given; compute them with rbf_kernels on these features")
+        elif not choice.exact:
+            mapped = kernels if isinstance(kernels, NystroemFeatures) else nystroem_features(X, self.kernel, self.seed)
+            self.model_ = RidgeClassifier(alpha=1.0 / self.C, class_weight=weights).fit(mapped.train, y)
+            self.nystroem_ = dataclasses.replace(mapped, train=mapped.train[:0], seconds=0.0)  # the map, not its rows
+            self.gamma_ = mapped.gamma
+        elif isinstance(kernels, RbfKernels) and self.kernel == "rbf":
             self.model_ = SVC(kernel="precomputed", C=self.C, class_weight=weights).fit(kernels.train, y)
             self.scaler_, self.gamma_, self.n_train_ = kernels.scaler, kernels.gamma, len(X)
             self.support_X_ = kernels.scaler.transform(X[self.model_.support_]).astype(np.float64)
@@ -208,12 +359,30 @@ class SvmClassifier(ClassifierMixin, BaseEstimator):
         """Scores `(n_samples, n_classes)`; classes absent from training get -inf."""
         check_is_fitted(self, "model_")
         X, _ = check_features(X, n_features=self.n_features_)
+        if self.nystroem_ is not None:
+            return self._scores(self.model_.decision_function(self.nystroem_.transform(X)))
         if self.support_X_ is None:
             return self._scores(self.model_.decision_function(X))
+        block = max(1, KERNEL_BLOCK_BYTES // (8 * self.n_train_))  # test rows at a time: a bounded kernel block
+        return np.vstack([self._scores(self._precomputed_scores(X[rows])) for rows in gen_batches(len(X), block)])
+
+    def held_out_scores(self, kernels: RbfKernels | NystroemFeatures, fit_index, val_index) -> np.ndarray:
+        """Scores of training rows `val_index` of a fold fitted on `kernels.fold(fit_index)`, read from what was
+        computed over all training rows (kernel columns, or Nystroem rows): nothing is recomputed.
+
+        Equal to `decision_function(X[val_index])` up to rounding.
+        """
+        check_is_fitted(self, "model_")
+        if isinstance(kernels, NystroemFeatures):
+            return self._scores(self.model_.decision_function(kernels.train[val_index]))
+        columns = np.asarray(fit_index) if self.kept_ is None else np.asarray(fit_index)[self.kept_]
+        return self._scores(self.model_.decision_function(kernels.train[np.ix_(val_index, columns)]))
+
+    def _precomputed_scores(self, X) -> np.ndarray:
         kernel = np.zeros((len(X), self.n_train_))  # libsvm reads only the support vectors' columns
-        kernel[:, self.model_.support_] = rbf_kernel(self.scaler_.transform(X).astype(np.float64), self.support_X_,
-                                                     gamma=self.gamma_)
-        return self._scores(self.model_.decision_function(kernel))
+        kernel[:, self.model_.support_] = chunked_rbf_kernel(self.scaler_.transform(X).astype(np.float64),
+                                                             self.support_X_, self.gamma_)
+        return self.model_.decision_function(kernel)
 
     def _scores(self, raw: np.ndarray) -> np.ndarray:
         seen = self.model_.classes_
@@ -228,7 +397,8 @@ class SvmClassifier(ClassifierMixin, BaseEstimator):
 
     def support_counts(self, y) -> dict[str, list[int]] | None:
         """Per class: `support_vectors` and `at_bound`, the support vectors whose dual coefficient is at its
-        bound C * weight (in any of the one-vs-one problems they take part in); None for LinearSVC.
+        bound C * weight (in any of the one-vs-one problems they take part in); None for LinearSVC and the
+        Nystroem approximation.
 
         A class with no support vector at the bound has slack to spare: raising its weight *alone* (the
         other classes' C x weight unchanged) leaves the fit as it is. Weights rescaled to an average of 1
@@ -237,7 +407,7 @@ class SvmClassifier(ClassifierMixin, BaseEstimator):
         class without touching the others: a decision offset for it, or a lower C for all.
         """
         check_is_fitted(self, "model_")
-        svc = self.model_ if isinstance(self.model_, SVC) else self.model_[-1]
+        svc = self.model_[-1] if isinstance(self.model_, Pipeline) else self.model_
         if not isinstance(svc, SVC):
             return None
         weights = np.ones(self.n_classes_) if self.class_weight is None else np.asarray(self.class_weight, float)

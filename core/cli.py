@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from core.backbones import get_entry, list_backbones
 from core.data import build_demo_dataset
-from core.errors import Cancelled, TransferScopeError
+from core.errors import Cancelled, StoppedEarly, TransferScopeError
 from core.features import init_distributed, rank_world
 from core.naming import run_names
 from core.jobs import WAITING_FOR_SLOT, compute_slot, compute_slot_path
@@ -25,7 +25,7 @@ from core.paths import demo_dir
 from core.remedies import check_remedies, remedy_warnings
 from core.records import RunRecord
 from core.config import ExperimentConfig, load_data, load_features
-from core.storage import atomic_write_json, check_output_file
+from core.storage import atomic_write_json, check_output_dir, check_output_file
 from core.settings import REQUIRED, SETTINGS, parse_list
 from core.sharing import owner_token
 
@@ -39,18 +39,20 @@ class _Parser(argparse.ArgumentParser):
 
 
 class TqdmProgress:
-    """`progress(stage, done, total)` callback drawing one tqdm bar per stage on stderr."""
+    """`progress(stage, done, total)` callback drawing one tqdm bar per stage of several steps on stderr."""
 
     def __init__(self):
         self.bars: dict[str, tqdm] = {}
 
     def __call__(self, stage: str, done: int, total: int, note: str = "") -> None:
         bar = self.bars.get(stage)
+        if bar is None and total <= 1 and not note:
+            return  # a one-step stage (read the dataset, load the backbone) has nothing to count: no bar
         if bar is None:
             bar = self.bars[stage] = tqdm(total=total, desc=stage, file=sys.stderr, leave=True, dynamic_ncols=True)
         bar.total = total
-        if note:
-            bar.set_postfix_str(note, refresh=False)
+        if note:  # shown now when nothing else moves the bar (a step's estimate before it starts)
+            bar.set_postfix_str(note, refresh=done == bar.n)
         bar.update(done - bar.n)
         if done >= total:
             self.bars.pop(stage).close()
@@ -92,6 +94,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     exp.add_argument("--out", required=True, help="results JSON file")
     ext = sub.add_parser("extract", help="extract and cache features; prints key, n and seconds")
     _add_settings(ext, "extract")
+    ext.add_argument("--parquet", default=None, metavar="DIR",
+                     help="also write the features as Parquet files in DIR (one row per image) for Spark MLlib, "
+                          "Dask-ML or cuML past one machine")
     demo = sub.add_parser("demo-data", help="write the embedded imbalanced digits demo dataset")
     demo.add_argument("--out", default=str(demo_dir()))
     rep = sub.add_parser("report", help="turn a results JSON into a Markdown or self-contained HTML report")
@@ -167,17 +172,24 @@ def cmd_experiment(args, progress) -> None:
 def cmd_extract(args, progress) -> None:
     init_distributed()  # `torchrun --nproc-per-node N -m core extract ...` splits the shards across ranks
     config = _config(args).validate()
+    if args.parquet is not None:
+        check_output_dir(args.parquet, "Parquet folder (--parquet)")  # before any extraction
     dataset = load_data(config)
     with _compute_slot(args):
         features = load_features(config, dataset, progress)
     rank, world = rank_world()
     if rank != 0:  # one line for the whole torchrun job: ranks printing at once can interleave
         return
+    parquet = {}
+    if args.parquet is not None:
+        from core.parquet_export import write_parquet
+
+        parquet = {"parquet_parts": len(write_parquet(features, dataset, args.parquet))}
     n = len(features.X_train) + len(features.X_test)
     print(json.dumps({"key": features.key, "n": n, "feature_dim": features.X_train.shape[1],
                       "seconds": round(features.seconds, 3), "extract_seconds": round(features.extract_seconds, 3),
                       "cache_hit": features.cache_hit, "runtime": features.runtime, "ranks": world,
-                      "skipped": len(dataset.skipped)}))
+                      "skipped": len(dataset.skipped), **parquet}))
 
 
 def cmd_demo_data(args, progress) -> None:
@@ -248,6 +260,9 @@ def main(argv=None) -> int:
     except TransferScopeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except StoppedEarly as stopped:
+        print(f"interrupted: {stopped}", file=sys.stderr)
+        return 130
     except (Cancelled, KeyboardInterrupt):
         print("error: interrupted; cached feature shards are kept and the next run resumes", file=sys.stderr)
         return 130

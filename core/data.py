@@ -18,10 +18,11 @@ from core.errors import DataError
 from core.labels import nfc, read_labels
 from core.csvcells import csv_text
 from core.storage import atomic_write_bytes, atomic_write_json
-from core.scan import FileIndex, Sample, check_class_count, few, is_utf8, printable
+from core.scan import FileIndex, Sample, check_class_count, few, folder_skip_reason, is_utf8, printable
 
 DEMO_CLASSES = ("0-zero", "1-one", "2-two", "3-three", "4-four", "5-five", "6-six", "7-seven", "8-eight", "9-nine")
 DEMO_MARKER = ".transferscope-demo.json"  # lists the files the demo wrote: only those are replaced
+VALIDATION_FOLDERS = ("val", "valid", "validation")  # a split's validation folder, beside train/ and test/
 DEMO_SIZE = (96, 32)  # width x height: about 3:1, like the reference 800x240 boat photos
 OVERLAP_SAMPLE = 20  # train/test pairs of one file kept in results and records (all are counted)
 SKIPPED_SAMPLE = 50  # skipped files kept in results and records (all are counted; all listed in a side file)
@@ -108,6 +109,7 @@ def load_dataset(root, *, labels=None, test_data=None, test_labels=None, test_si
     train_folder, test_folder = _layout(root, labels, test_data, test_labels)
     if test_folder is not None and _inside(test_folder, train_folder):
         scanner.exclude(test_folder)
+    _skip_folders_beside(scanner, root, train_folder, test_folder)
     classes, train = _training_images(scanner, train_folder, labels)
     if test_folder is None:
         content = scanner.hasher.hexdigest()[:16]
@@ -154,6 +156,19 @@ def _layout(root: Path, labels, test_data, test_labels) -> tuple[Path, Path | No
     if labels is None and (root / "train").is_dir() and (root / "test").is_dir():
         return root / "train", root / "test"
     return root, None
+
+
+def _skip_folders_beside(scanner: FileIndex, root: Path, train_folder: Path, test_folder: Path | None) -> None:
+    """List the folders beside `root/train` that are not read, with why (a `val/` split among them)."""
+    if train_folder != root / "train":
+        return
+    for folder in sorted(d for d in root.iterdir() if d.is_dir() and d not in (train_folder, test_folder)):
+        if folder.name.lower() in VALIDATION_FOLDERS:
+            reason = (f"validation split ({folder.name}/), not read: choices (C, tau, offsets, epochs) are made on "
+                      "out-of-fold scores of train/; move its images into train/ to train on them")
+        else:
+            reason = folder_skip_reason(folder) or f"folder beside train/ and test/ ({folder.name}/), not read"
+        scanner.skip_folder(folder, reason)
 
 
 def _training_images(scanner: FileIndex, folder: Path, labels) -> tuple[list[str], list[Sample]]:

@@ -35,3 +35,8 @@ class ReadOnlyError(TransferScopeError):
 
 class Cancelled(Exception):
     """Raised inside a job when the user asked to cancel it."""
+
+
+class StoppedEarly(Cancelled):
+    """A fine-tune the user stopped after a validated epoch: its best epoch so far was saved as a run (the message
+    says which); the rest of the job is cancelled."""

@@ -19,7 +19,10 @@ import torch
 from core.approaches import Approach, Fitted, FitRequest, get_approach, names
 from core.data import Dataset
 from core.diagnostics import diagnostics
+from core.errors import StoppedEarly
+from core.estimates import duration
 from core.config import ExperimentConfig, check_class_weight_spec, load_data, load_features
+from core.jobs import OVERALL_STAGE
 from core.features import FeatureSet, autocast_dtype, rank_world, resolve_device
 from core.metrics import evaluate
 from core.remedies import Remedy, check_remedies, choose_offsets, decide, parse_remedy
@@ -54,7 +57,9 @@ def run_experiment(config: ExperimentConfig, progress=None, store: RunStore | No
     """
     config.validate()
     store = store or RunStore(Path(config.cache_dir) / "runs")
-    parts = [_run_seed(dataclasses.replace(config, seed=seed), progress, store) for seed in config.seed_list()]
+    seeds, planned = config.seed_list(), plan_runs(config.approaches, check_remedies(config.remedies))[0]
+    count_run = _run_counter(progress, len(seeds) * len(planned))
+    parts = [_run_seed(dataclasses.replace(config, seed=seed), progress, store, count_run) for seed in seeds]
     runs = [run for part in parts for run in part["runs"]]
     return {**parts[0], "config": config.to_dict(), "runs": [run.to_json() for run in runs],
             "best_by_validation": best_by_validation(runs),
@@ -69,16 +74,16 @@ def estimate_experiment(config) -> dict:
     runs = len(plan_runs(("finetune",), check_remedies(config.remedies))[0]) * len(config.seed_list())
     per_run = estimate_seconds(load_data(config), finetune_config(config))
     device = resolve_device(config.device).type
-    text = (f"fine-tune estimate: about {_duration(per_run['seconds'])} per run, {_duration(runs * per_run['seconds'])} "
-            f"for {runs} run(s) on this machine's {device.upper()} (from a {per_run['probe_seconds']:.0f} s probe; "
-            f"frozen part {'cached once' if per_run['activation_cache'] else 'recomputed every epoch'})")
+    cache = f"cache pass {duration(per_run['cache_seconds'])}, " if per_run["activation_cache"] else ""
+    text = (f"fine-tune estimate: about {duration(per_run['seconds'])} per run, "
+            f"{duration(runs * per_run['seconds'])} for {runs} run(s) on this machine's {device.upper()} (set-up "
+            f"{duration(per_run['setup_seconds'])}, {cache}{duration(per_run['epoch_seconds'])} per epoch with "
+            f"validation, test {duration(per_run['test_seconds'])}; from a {per_run['probe_seconds']:.0f} s probe; "
+            f"frozen part {'cached once' if per_run['activation_cache'] else 'recomputed every epoch'}; a busy "
+            "machine can make it slower)")
     if device == "cpu" and config.unfreeze not in ("none", "last"):
         text += "; training several blocks is where a CUDA GPU (--device cuda) helps most"
     return {"runs": runs, "seconds": runs * per_run["seconds"], "per_run": per_run, "text": text}
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
 def plan_runs(approaches, remedies: tuple[Remedy, ...]) -> tuple[list[tuple[Approach, Remedy]], list[str]]:
@@ -94,16 +99,35 @@ def plan_runs(approaches, remedies: tuple[Remedy, ...]) -> tuple[list[tuple[Appr
     return planned, skipped
 
 
-def _run_seed(config: ExperimentConfig, progress, store: RunStore) -> dict:
+def _run_counter(progress, total: int):
+    """`count_run()`, called when training starts (after the first extraction: the job's time left is measured
+    from then) and after each run, reports the job-wide `OVERALL_STAGE`; later starts count nothing."""
+    done, count = [0], lambda n: progress(OVERALL_STAGE, n, total) if progress else None
+
+    def count_run(finished: bool = True) -> None:
+        if finished or not done[0]:
+            done[0] += finished
+            count(done[0])
+    return count_run
+
+
+def _run_seed(config: ExperimentConfig, progress, store: RunStore, count_run=lambda finished=True: None) -> dict:
     """Every approach x remedy with one seed (its own split for single-folder datasets)."""
+    report = progress or (lambda *_: None)
+    report("read the dataset", 0, 1)
     dataset = load_data(config)
+    report("read the dataset", 1, 1)
     planned, skipped = plan_runs(config.approaches, check_remedies(config.remedies))
     weights = {remedy.label: resolve_class_weight(remedy.weights, dataset, config.beta)[1] for _, remedy in planned}
     features = None  # weights are checked above, before any extraction
     if any(approach.on_features for approach, _ in planned):
         features = load_features(config, dataset, progress)
-    trained = [_train_and_record(config, dataset, features, approach.name, remedy, store, progress,
-                                 weights=weights[remedy.label]) for approach, remedy in planned]
+    count_run(finished=False)
+    trained = []
+    for approach, remedy in planned:
+        trained.append(_train_and_record(config, dataset, features, approach.name, remedy, store, progress,
+                                         weights=weights[remedy.label]))
+        count_run()
     runs = [record for record, _ in trained]
     return {"dataset": dataset.summary(), "backbone": features.backbone if features else {"name": config.backbone},
             "extract_seconds": features.extract_seconds if features else 0.0,
@@ -254,6 +278,9 @@ def _train_and_record(config: ExperimentConfig, dataset: Dataset, features: Feat
     record = dataclasses.replace(record, **diagnostics(record, predictions, validation))
     if rank_world()[0] == 0:  # under torchrun, one rank records the run
         store.save(record, model=fitted.model, predictions=predictions, validation=validation)
+    if fitted.stopped_by is not None:  # the user stopped a fine-tune: its best epoch is this run, the rest stops
+        raise StoppedEarly(f"{approach} stopped early after {len(fitted.history)} epoch(s); its best validation epoch "
+                           f"({record.chosen_epoch}) is kept as run {record.run_id}") from fitted.stopped_by
     return record, y_pred
 
 

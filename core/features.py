@@ -285,7 +285,10 @@ def extract_features(dataset: Dataset, backbone: str = "efficientnet_lite0", *, 
     samples = dataset.samples
     canonical = sorted(range(len(samples)), key=lambda i: (samples[i].label, samples[i].path))  # split-free order
     if not cache_hit:
+        report = progress or (lambda *_: None)
+        report("load the backbone", 0, 1)  # weights, and a compiled runtime's first build: seconds on a fresh cache
         forward = frozen_forward(entry, pool, runtime=runtime, device=torch_device, dtype=dtype, cache_dir=cache_dir)
+        report("load the backbone", 1, 1)
         _extract_shards([samples[i] for i in canonical], forward, preprocess, folder, torch_device, batch_size,
                         workers, progress, start)
         _barrier()  # under torchrun every rank has written its shards before rank 0 seals the cache entry

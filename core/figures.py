@@ -12,11 +12,11 @@ import itertools
 
 import numpy as np
 import plotly.graph_objects as go
-from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from core.errors import ConfigError
 from core.metrics import MINORITY_FRACTION, check_confusion, normalize_confusion
+from core.style import CLASS_COLORS, SCORE_HOVER, approach_color
 
 MAJORITY_COLOR = "#1f77b4"  # blue
 MINORITY_COLOR = "#ff7f0e"  # orange
@@ -195,7 +195,7 @@ def per_class_figure(per_class):
         fig.add_trace(go.Bar(
             name=metric.capitalize(), y=names, x=values, orientation="h", error_x=error,
             marker=dict(color=colors, pattern_shape=pattern),
-            hovertemplate=f"%{{y}}<br>{metric} %{{x:.2f}}<extra></extra>",
+            hovertemplate=f"%{{y}}<br>{metric} %{{x:{SCORE_HOVER}}}<extra></extra>",
         ))
     fig.update_xaxes(range=[0, 1.05])
     suffixes = [f" (n={row.support})" for row in per_class]
@@ -270,7 +270,7 @@ def tradeoff_figure(runs):
     fit_s = [max(run.fit_seconds, MIN_FIT_S) for run in runs]
     fig = go.Figure()
     approaches = list(dict.fromkeys(run.approach for run in runs))
-    for approach, color in zip(approaches, itertools.cycle(qualitative.Plotly)):
+    for approach in approaches:
         members = [i for i, run in enumerate(runs) if run.approach == approach]
         hover_data = [_texts((runs[i].approach, runs[i].class_weight, runs[i].run_id)) for i in members]
         for metric, (label, symbol) in METRIC_SYMBOLS.items():
@@ -278,8 +278,9 @@ def tradeoff_figure(runs):
                 x=[fit_s[i] for i in members], y=[runs[i].score(metric) for i in members], mode="markers",
                 error_y=_run_error_bars([runs[i] for i in members], metric),
                 name=f"{_text(approach)} · {label}", legendgroup=_text(approach), customdata=hover_data,
-                marker=dict(color=color, symbol=symbol, size=11, line=dict(width=1, color="white")),
-                hovertemplate=f"{label} %{{y:.3f}}<br>fit %{{x:.2f}} s<br>approach %{{customdata[0]}}"
+                marker=dict(color=approach_color(approach), symbol=symbol, size=11,
+                            line=dict(width=1, color="white")),
+                hovertemplate=f"{label} %{{y:{SCORE_HOVER}}}<br>fit %{{x:.2f}} s<br>approach %{{customdata[0]}}"
                               "<br>class weight %{customdata[1]}<br>run %{customdata[2]}<extra></extra>",
             ))
     front = pareto_front(fit_s, [run.accuracy for run in runs])
@@ -346,8 +347,9 @@ def f1_delta_figure(per_class_a, per_class_b, label_a, label_b):
         marker=dict(color=colors, opacity=[0.35 if s else 1.0 for s in shaky],
                     pattern_shape=[UNRELIABLE_HATCH if s else "" for s in shaky]),
         customdata=[[a.f1, b.f1, n] for a, b, n in zip(per_class_a, per_class_b, support)],
-        hovertemplate=f"%{{y}}<br>F1 {label_a} %{{customdata[0]:.2f}} → {label_b} %{{customdata[1]:.2f}}"
-                      "<br>change %{x:+.2f}<br>%{customdata[2]} test images<extra></extra>",
+        hovertemplate=f"%{{y}}<br>F1 {label_a} %{{customdata[0]:{SCORE_HOVER}}} → "
+                      f"{label_b} %{{customdata[1]:{SCORE_HOVER}}}"
+                      f"<br>change %{{x:+{SCORE_HOVER}}}<br>%{{customdata[2]}} test images<extra></extra>",
     ))
     fig.add_vline(x=0, line=dict(color=NEUTRAL_COLOR, width=1))
     suffixes = [f" (n={n}, unreliable)" if s else " (no test images)" if n == 0 else ""
@@ -362,7 +364,6 @@ def f1_delta_figure(per_class_a, per_class_b, label_a, label_b):
 
 
 DELTA_METRICS = {"precision": ("#1f77b4", ""), "recall": ("#1f77b4", HATCH), "f1": ("#2a3f5f", "")}
-MAP_COLORS = qualitative.Dark24 + qualitative.Light24
 MAP_SYMBOLS = {"train": "circle", "test · correct": "diamond", "test · misclassified": "x"}
 MAP_HEIGHT_PX = 760  # plot area; the class legend goes below it
 
@@ -384,8 +385,9 @@ def per_class_delta_figure(per_class_a, per_class_b, label_a, label_b):
                                             for a, b in zip(per_class_a, per_class_b)],
             orientation="h", marker=dict(color=color, pattern_shape=pattern, opacity=0.55 if metric == "f1" else 1),
             customdata=[[getattr(a, metric), getattr(b, metric)] for a, b in zip(per_class_a, per_class_b)],
-            hovertemplate=f"%{{y}}<br>{metric} {label_a} %{{customdata[0]:.2f}} → {label_b} %{{customdata[1]:.2f}}"
-                          "<br>change %{x:+.2f}<extra></extra>",
+            hovertemplate=f"%{{y}}<br>{metric} {label_a} %{{customdata[0]:{SCORE_HOVER}}} → "
+                          f"{label_b} %{{customdata[1]:{SCORE_HOVER}}}"
+                          f"<br>change %{{x:+{SCORE_HOVER}}}<extra></extra>",
         ))
     fig.add_vline(x=0, line=dict(color=NEUTRAL_COLOR, width=1))
     return _style_class_bars(fig, names, [row.minority for row in per_class_a],
@@ -439,7 +441,7 @@ def feature_map_figure(coords, labels, classes, *, is_test, predicted, names, mi
     kind = np.where(~is_test, "train", np.where(predicted == labels, "test · correct", "test · misclassified"))
     kind = np.where(is_test & (predicted < 0), "test", kind)
     fig, classes, names = go.Figure(), _texts(classes), _texts(names)
-    for c, (name, color) in enumerate(zip(classes, itertools.cycle(MAP_COLORS))):
+    for c, (name, color) in enumerate(zip(classes, itertools.cycle(CLASS_COLORS))):
         members = np.flatnonzero(labels == c)
         shown = f"<b>{name}</b> (minority)" if flags[c] else name
         fig.add_trace(go.Scattergl(
@@ -482,7 +484,8 @@ def reliability_figure(curves):
         fig.add_trace(go.Scatter(x=[row["confidence"] for row in rows], y=[row["accuracy"] for row in rows],
                                  mode="lines+markers", name=_text(name), line=dict(color=color),
                                  marker=dict(size=sizes), customdata=counts,
-                                 hovertemplate="confidence %{x:.2f}<br>accuracy %{y:.2f}<br>%{customdata} images"))
+                                 hovertemplate=f"confidence %{{x:{SCORE_HOVER}}}<br>accuracy %{{y:{SCORE_HOVER}}}"
+                                               "<br>%{customdata} images"))
     fig.update_xaxes(title_text="Confidence of the predicted class (bin mean)", range=[0, 1.02])
     fig.update_yaxes(title_text="Share of those predictions that are right", range=[0, 1.02])
     fig.update_layout(title="Reliability on the test images", height=MIN_HEIGHT_PX)

@@ -25,6 +25,7 @@ from core.errors import RunStoreError
 from core.naming import dataset_key, run_names
 from core.records import ClassRow, RunRecord
 from core.stats import holm, paired_comparison
+from core.style import change_interval, faster, score, score_interval, times
 
 ALPHA = 0.05
 NEAR_ZERO_F1 = 0.1  # a class this poorly recognised counts as lost
@@ -201,19 +202,9 @@ def _approach_bests(records: list[RunRecord]) -> tuple[RunRecord | None, list[Ru
     return reference, [r for r in bests.values() if r is not reference]
 
 
-def signed(value: float, digits: int = 3) -> str:
-    """'+0.034'; a value that rounds to 0 reads '+0.000', never '-0.000'."""
-    return f"{round(value, digits) + 0.0:+.{digits}f}"
-
-
-def fmt_change(delta: float, low: float, high: float, digits: int = 3) -> str:
-    """'+0.034 [-0.012, +0.081]': a change with its 95% interval."""
-    return f"{signed(delta, digits)} [{signed(low, digits)}, {signed(high, digits)}]"
-
-
 def fmt_delta(test: dict, metric: str = "macro_f1") -> str:
-    """A paired test's change of `metric` with its 95% interval (`fmt_change`)."""
-    return fmt_change(test[f"{metric}_delta"], test[f"{metric}_low"], test[f"{metric}_high"])
+    """A paired test's change of `metric` with its 95% interval (`core.style.change_interval`)."""
+    return change_interval(test[f"{metric}_delta"], test[f"{metric}_low"], test[f"{metric}_high"])
 
 
 def fmt_p(p: float | None) -> str:
@@ -259,8 +250,8 @@ class _Context:
 
 
 def _score(record: RunRecord) -> str:
-    interval = record.interval("macro_f1")
-    return f"{record.macro_f1:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
+    interval = record.interval("macro_f1") or (None, None)
+    return score_interval(record.macro_f1, *interval)
 
 
 def _best_finding(ctx: _Context, best_id: str | None) -> Finding | None:
@@ -269,7 +260,7 @@ def _best_finding(ctx: _Context, best_id: str | None) -> Finding | None:
         return None
     top = max(ctx.records, key=lambda r: r.macro_f1)
     validation, high = _validation(chosen), (chosen.interval("macro_f1") or (0, chosen.macro_f1))[1]
-    text = (f"{ctx.name(chosen)} is the run chosen by validation (validation macro-F1 {validation:.3f} on the "
+    text = (f"{ctx.name(chosen)} is the run chosen by validation (validation macro-F1 {score(validation)} on the "
             f"training images); on the test set it scores {_score(chosen)}")
     text += "." if validation <= high else ", below its validation score: validation was optimistic."
     pairs: tuple = ()
@@ -278,7 +269,7 @@ def _best_finding(ctx: _Context, best_id: str | None) -> Finding | None:
         evidence = "test macro-F1 with its 95% bootstrap interval"
     elif ctx.comparisons.get(chosen.run_id, top.run_id) is None:
         inside = top.macro_f1 <= high
-        text += (f" The test's best, {ctx.name(top)} ({top.macro_f1:.3f}), lies "
+        text += (f" The test's best, {ctx.name(top)} ({score(top.macro_f1)}), lies "
                  + ("inside its interval: the test confirms the choice within noise." if inside else
                     "above its interval: the test does not confirm the choice."))
         evidence = "unpaired: the two runs saw different test images"
@@ -292,15 +283,15 @@ def _best_finding(ctx: _Context, best_id: str | None) -> Finding | None:
 
 
 def _speed(reference: RunRecord, other: RunRecord) -> str:
-    """'svm fits 41x faster than head (3.2x counting the one-off feature extraction)'."""
+    """'svm fits 41× faster than head (3.2× counting the one-off feature extraction)'."""
     def seconds(record, with_extraction):
         return max(record.fit_seconds + ((record.extract_seconds or 0.0) if with_extraction else 0.0), 1e-3)
 
     ratios = [seconds(other, w) / seconds(reference, w) for w in (False, True)]
     fast, slow = (reference, other) if ratios[0] >= 1 else (other, reference)
     shown = [r if r >= 1 else 1 / r for r in ratios]
-    return (f"{fast.approach} fits {shown[0]:.{0 if shown[0] >= 10 else 1}f}x faster than {slow.approach} "
-            f"({shown[1]:.1f}x counting the one-off feature extraction)")
+    return (f"{faster(fast.approach, slow.approach, shown[0], 'fits')} "
+            f"({times(shown[1])} counting the one-off feature extraction)")
 
 
 def _approach_findings(ctx: _Context) -> list[Finding]:
@@ -379,8 +370,8 @@ def _rare_finding(ctx: _Context, k: int, runs: list[RunRecord], lifts: list, n_t
             continue
         real = p is not None and p < ALPHA and change["low"] > 0
         before, after = _class_row(base, k).f1, _class_row(best, k).f1
-        text += (f" Under {approach}, {best.remedy_label} lifts it most from {ctx.name(base)}: F1 {before:.2f} → "
-                 f"{after:.2f}, {fmt_change(change['delta'], change['low'], change['high'], 2)}, {fmt_p(p)}: "
+        text += (f" Under {approach}, {best.remedy_label} lifts it most from {ctx.name(base)}: F1 {score(before)} → "
+                 f"{score(after)}, {change_interval(change['delta'], change['low'], change['high'])}, {fmt_p(p)}: "
                  + ("more than noise." if real else "it could be noise."))
         run_ids.append(best.run_id)
         pairs.append((base.run_id, best.run_id))

@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from core.backbones import Backbone, create_backbone
 from core.classifiers import seeded_linear
 from core.data import Dataset
-from core.errors import ConfigError
+from core.errors import Cancelled, ConfigError
 from core.features import (ImageDataset, Preprocess, autocast_dtype, make_loader, prefetch, rank_world,
                            resolve_device, size_grouped_batches)
 from core.remedies import balanced_batches, log_prior
@@ -60,7 +60,8 @@ class FinetuneResult:
     """A finished fine-tune. `checkpoint` (see `make_checkpoint`) holds the kept weights; scores are logits of
     those weights: `test_scores` `(n_test, n_classes)`; `val_scores` `(len(val_rows), n_classes)` of the
     held-out training rows `val_rows` (positions in `dataset.train`) are cross-fitted (`crossfit_epochs`), so
-    the validation figure is not scored on the images that chose the epoch."""
+    the validation figure is not scored on the images that chose the epoch. A run the user stopped (cancel, Ctrl-C)
+    after a validated epoch keeps its best epoch so far and says what stopped it in `stopped_by`."""
 
     checkpoint: dict
     test_scores: np.ndarray
@@ -74,6 +75,7 @@ class FinetuneResult:
     cache_seconds: float = 0.0
     predict_seconds: float = 0.0
     learning_curve_seconds: float = 0.0
+    stopped_by: BaseException | None = None  # the user's cancel or Ctrl-C that ended training early
 
 
 def finetune(dataset: Dataset, config: FinetuneConfig, class_weight=None, la_tau: float = 0.0,
@@ -89,7 +91,86 @@ def finetune(dataset: Dataset, config: FinetuneConfig, class_weight=None, la_tau
     """
     if config.epochs < 1:
         raise ConfigError(f"epochs must be at least 1, got {config.epochs}")
-    device = _rank_device(resolve_device(config.device))
+    run = _prepare(dataset, config, _rank_device(resolve_device(config.device)))
+    device, dtype, inputs, model, labels, fit_rows, val_rows = (run.device, run.dtype, run.inputs, run.model,
+                                                                 run.labels, run.fit_rows, run.val_rows)
+    plans = [_plan_epoch(dataset.train, fit_rows, labels, run.preprocess, config, epoch, resample)
+             for epoch in range(1, config.epochs + 1)]
+    optimizer, schedule = _optimizer(run.suffix, run.head, config, sum(len(plan) for plan in plans))
+    trainer, (rank, world) = _distributed(model, device), rank_world()
+    weight = None if class_weight is None else torch.tensor(np.asarray(class_weight), dtype=torch.float32).to(device)
+    shift = torch.tensor(la_tau * log_prior(dataset.train_counts), dtype=torch.float32).to(device)
+    loss_fn = _adjusted_loss(weight, shift)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    n_per_epoch = sum(len(b) for b in _rank_batches(plans[0], rank, world)) + len(val_rows)
+    tick = _Ticker(progress, config.epochs, n_per_epoch, len(dataset.test))
+    started = time.perf_counter()
+    inputs.cache_train(dataset.train, fit_rows, val_rows, config.hflip, tick)
+    cache_s = time.perf_counter() - started
+    best, history, curve_s, epoch_val_scores, stopped_by = None, [], 0.0, [], None
+    try:
+        for epoch, plan in enumerate(plans, start=1):
+            started = time.perf_counter()
+            train_loss, train_acc = train_one_epoch(trainer, inputs.train_batches(dataset.train, _rank_batches(
+                plan, rank, world)), loss_fn, optimizer, schedule, scaler, device, dtype, tick)
+            row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc}
+            val_scores = None
+            if len(val_rows):
+                val_scores, val_loss = evaluate(model, inputs.eval_batches(dataset.train, val_rows), len(val_rows),
+                                                loss_fn, device, dtype, tick)
+                row.update(_scored("val", val_scores, labels[val_rows], val_loss, len(dataset.classes)))
+                epoch_val_scores.append(val_scores)
+            row["seconds"] = time.perf_counter() - started
+            if config.test_curve:  # a held-out check drawn beside the curve, never used to choose
+                started = time.perf_counter()
+                test_scores, test_loss = evaluate(model, inputs.eval_batches(dataset.test), len(dataset.test), loss_fn,
+                                                  device, dtype, lambda n: None)
+                row.update(_scored("test", test_scores, [s.label for s in dataset.test], test_loss,
+                                   len(dataset.classes)))
+                curve_s += time.perf_counter() - started
+            history.append(row)
+            # without validation images, the last epoch is kept
+            if best is None or val_scores is None or row["val_macro_f1"] > best[1]["val_macro_f1"]:
+                best = (epoch, row, copy.deepcopy(model.state_dict()))
+            tick.epoch_done(epoch, row, best[0])
+    except (Cancelled, KeyboardInterrupt) as interruption:  # the user stopped it: keep the best epoch so far
+        if best is None or not len(val_rows):  # no validated epoch yet: nothing to keep
+            raise
+        stopped_by, tick.progress, epoch_val_scores = interruption, None, epoch_val_scores[:len(history)]
+    fit_s = cache_s + sum(row["seconds"] for row in history)  # the activation cache is this run's own cost
+    chosen_epoch, _, state = best
+    val_scores = crossfit_epochs(epoch_val_scores, labels[val_rows], len(dataset.classes), config.seed) \
+        if epoch_val_scores else None
+    model.load_state_dict(state)
+    started = time.perf_counter()
+    test_scores, _ = evaluate(model, inputs.eval_batches(dataset.test), len(dataset.test), loss_fn, device, dtype,
+                              tick)
+    predict_s = time.perf_counter() - started
+    checkpoint = make_checkpoint(run.backbone, run.head, run.n_trainable, config, len(dataset.classes), chosen_epoch)
+    return FinetuneResult(checkpoint, test_scores, val_scores, val_rows, chosen_epoch, run.n_trainable,
+                          inputs.cached, history, fit_s, cache_s, predict_s, curve_s, stopped_by)
+
+
+@dataclass
+class _Prepared:
+    """What a fine-tune (or its estimate) builds before training: the network split at `n_trainable` stages, the
+    trainable `model` (suffix, then head) on `device`, its inputs, and the fit/validation rows of the training set."""
+
+    backbone: Backbone
+    n_trainable: int
+    suffix: nn.Module
+    head: nn.Module
+    model: nn.Module
+    preprocess: Preprocess
+    inputs: "_Inputs"
+    labels: np.ndarray
+    fit_rows: np.ndarray
+    val_rows: np.ndarray
+    device: torch.device
+    dtype: torch.dtype | None
+
+
+def _prepare(dataset: Dataset, config: FinetuneConfig, device: torch.device) -> _Prepared:
     dtype = autocast_dtype(device, config.precision)
     backbone = create_backbone(config.backbone, pool=config.pool)
     n_trainable = trainable_stages(config.unfreeze, backbone)
@@ -100,109 +181,74 @@ def finetune(dataset: Dataset, config: FinetuneConfig, class_weight=None, la_tau
     labels = np.array([s.label for s in dataset.train])
     fit_rows, val_rows = validation_split(labels, VAL_FRACTION, config.seed)
     preprocess = Preprocess.for_backbone(backbone.entry, config.image_size)
-    plans = [_plan_epoch(dataset.train, fit_rows, labels, preprocess, config, epoch, resample)
-             for epoch in range(1, config.epochs + 1)]
-    optimizer, schedule = _optimizer(suffix, head, config, sum(len(plan) for plan in plans))
-    trainer, (rank, world) = _distributed(model, device), rank_world()
-    weight = None if class_weight is None else torch.tensor(np.asarray(class_weight), dtype=torch.float32).to(device)
-    shift = torch.tensor(la_tau * log_prior(dataset.train_counts), dtype=torch.float32).to(device)
-    loss_fn = _adjusted_loss(weight, shift)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     inputs = _Inputs(backbone, prefix, n_trainable, preprocess, config, device, dtype)
-    n_per_epoch = sum(len(b) for b in _rank_batches(plans[0], rank, world)) + len(val_rows)
-    tick = _Ticker(progress, config.epochs, n_per_epoch, len(dataset.test))
-    started = time.perf_counter()
-    inputs.cache_train(dataset.train, fit_rows, val_rows, config.hflip, tick)
-    cache_s = time.perf_counter() - started
-    best, history, curve_s, epoch_val_scores = None, [], 0.0, []
-    for epoch, plan in enumerate(plans, start=1):
-        started = time.perf_counter()
-        train_loss, train_acc = train_one_epoch(trainer, inputs.train_batches(dataset.train, _rank_batches(
-            plan, rank, world)), loss_fn, optimizer, schedule, scaler, device, dtype, tick)
-        row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc}
-        val_scores = None
-        if len(val_rows):
-            val_scores, val_loss = evaluate(model, inputs.eval_batches(dataset.train, val_rows), len(val_rows),
-                                            loss_fn, device, dtype, tick)
-            row.update(_scored("val", val_scores, labels[val_rows], val_loss, len(dataset.classes)))
-            epoch_val_scores.append(val_scores)
-        row["seconds"] = time.perf_counter() - started
-        if config.test_curve:  # a held-out check drawn beside the curve, never used to choose
-            started = time.perf_counter()
-            test_scores, test_loss = evaluate(model, inputs.eval_batches(dataset.test), len(dataset.test), loss_fn,
-                                              device, dtype, lambda n: None)
-            row.update(_scored("test", test_scores, [s.label for s in dataset.test], test_loss,
-                               len(dataset.classes)))
-            curve_s += time.perf_counter() - started
-        history.append(row)
-        if best is None or val_scores is None or row["val_macro_f1"] > best[1]["val_macro_f1"]:  # no validation: last
-            best = (epoch, row, copy.deepcopy(model.state_dict()))
-        tick.epoch_done(epoch, row, best[0])
-    fit_s = cache_s + sum(row["seconds"] for row in history)  # the activation cache is this run's own cost
-    chosen_epoch, _, state = best
-    val_scores = crossfit_epochs(epoch_val_scores, labels[val_rows], len(dataset.classes), config.seed) \
-        if epoch_val_scores else None
-    model.load_state_dict(state)
-    started = time.perf_counter()
-    test_scores, _ = evaluate(model, inputs.eval_batches(dataset.test), len(dataset.test), loss_fn, device, dtype,
-                              tick)
-    predict_s = time.perf_counter() - started
-    checkpoint = make_checkpoint(backbone, head, n_trainable, config, len(dataset.classes), chosen_epoch)
-    return FinetuneResult(checkpoint, test_scores, val_scores, val_rows, chosen_epoch, n_trainable,
-                          inputs.cached, history, fit_s, cache_s, predict_s, curve_s)
+    return _Prepared(backbone, n_trainable, suffix, head, model, preprocess, inputs, labels, fit_rows, val_rows,
+                     device, dtype)
 
 
 def estimate_seconds(dataset: Dataset, config: FinetuneConfig) -> dict:
-    """How long `finetune(dataset, config)` will take on this machine, from a short measured probe: decoding,
-    the frozen part and a training step of the trainable part on one batch of training images at their size.
+    """How long `finetune(dataset, config)` will take on this machine, from a short probe that runs the fine-tune's
+    own code on one batch of its images: the set-up, the activation cache pass, training steps, validation and
+    test scoring, each timed after a first warm-up call. The run comes after the probe in the same process (the CLI,
+    the Train page's job), so what a first call pays once per process (loading the weights, compiling the
+    runtime's model, kernels for the probed shapes) is the probe's; the first training step at each batch shape
+    the probe did not run is counted as set-up.
 
-    Returns `seconds` (the whole run), `cache_seconds`, `epoch_seconds`, `test_seconds`, `probe_seconds` and
-    `activation_cache`.
+    Returns `compose_estimate`'s parts, `activation_cache` and `probe_seconds`.
     """
     started = time.perf_counter()
     device = resolve_device(config.device)
-    dtype = autocast_dtype(device, config.precision)
-    backbone = create_backbone(config.backbone, pool=config.pool)
-    n_trainable = trainable_stages(config.unfreeze, backbone)
-    prefix, suffix = backbone.split(n_trainable)
-    backbone.features.requires_grad_(False).eval()
-    model = nn.Sequential(suffix.requires_grad_(True), seeded_linear(backbone.feature_dim, len(dataset.classes), 0))
-    model = model.to(device, memory_format=torch.channels_last)
-    preprocess = Preprocess.for_backbone(backbone.entry, config.image_size)
-    inputs = _Inputs(backbone, prefix, n_trainable, preprocess, config, device, dtype)
-    fit_rows, val_rows = validation_split([s.label for s in dataset.train], VAL_FRACTION, config.seed)
-    n_fit, n_val, n_test = len(fit_rows), len(val_rows), len(dataset.test)
-    cached = n_trainable < len(backbone.stages) and inputs.fits(dataset.train, n_fit * (1 + config.hflip) + n_val)
-    images_set = ImageDataset(dataset.train, preprocess)
-    rows = max(size_grouped_batches(dataset.train, preprocess, config.batch_size), key=len)
-    n_batches = len(size_grouped_batches([dataset.train[i] for i in fit_rows], preprocess, config.batch_size))
-    decode_s = _timed(lambda: [images_set[i] for i in rows]) / len(rows)
-    images = torch.stack([images_set[i][0] for i in rows])
-    forward = inputs.forward() if cached else inputs.through_prefix
-    prefix_s = _timed(lambda: forward(images)) / len(rows)
-    activations = inputs.through_prefix(images)
-    labels = torch.tensor([dataset.train[i].label for i in rows], device=device)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+    run = _prepare(dataset, config, device)  # the first in the process: weights loaded cold
+    measured = {"setup": _first_call(lambda: _prepare(dataset, config, device)), "cache_image": 0.0, "val_image": 0.0}
+    inputs, model, train = run.inputs, run.model, dataset.train
+    n_fit, n_val = len(run.fit_rows), len(run.val_rows)
+    cached = inputs.will_cache(train, n_fit * (1 + config.hflip) + n_val)
+    probe_n = config.batch_size  # a full batch: the first step at each batch shape sets up its kernels
+    fit_probe, val_probe = run.fit_rows[:probe_n], run.val_rows[:probe_n]
+    test_probe = dataset.test[:probe_n]
+    tick, loss_fn = _Ticker(None, 1, 1, 0), _adjusted_loss(None, torch.zeros(len(dataset.classes)))
+    if cached:
+        pass_s = _warm_and_timed(lambda: inputs.cache_train(train, fit_probe, val_probe, config.hflip, tick))[1]
+        measured["cache_image"] = pass_s / (len(fit_probe) * (1 + config.hflip) + len(val_probe))
+    plan = _plan_epoch(train, fit_probe, run.labels, run.preprocess, config, 1, False)
+    optimizer, schedule = _optimizer(run.suffix, run.head, config, 2 * len(plan))
+    scaler = torch.amp.GradScaler(run.device.type, enabled=run.dtype == torch.float16)
 
-    def step():
-        model.train()
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            loss = weighted_cross_entropy(model(activations).float(), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    def steps():
+        train_one_epoch(model, inputs.train_batches(train, plan), loss_fn, optimizer, schedule, scaler, run.device,
+                        run.dtype, tick)
 
-    def score():
-        model.eval()
-        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            model(activations)
-    step_s, eval_s = _timed(step), _timed(score) / len(rows)  # a training step per batch; scoring per image
-    per_image = 0.0 if cached else decode_s + prefix_s  # without a cache, images go through the frozen part each time
-    cache_s = (decode_s + prefix_s) * (n_fit * (1 + config.hflip) + n_val) if cached else 0.0
-    epoch_s = n_batches * step_s + n_fit * per_image + n_val * (eval_s + per_image)
-    test_s = n_test * (decode_s + prefix_s + eval_s) * (1 + config.epochs * config.test_curve)
-    return {"seconds": cache_s + config.epochs * epoch_s + test_s, "cache_seconds": cache_s, "epoch_seconds": epoch_s,
-            "test_seconds": test_s, "activation_cache": cached, "probe_seconds": time.perf_counter() - started}
+    def scoring(samples, rows=None):
+        n = len(samples) if rows is None else len(rows)
+        return lambda: evaluate(model, inputs.eval_batches(samples, rows), n, loss_fn, run.device, run.dtype, tick)
+    warmup_s, train_s = _warm_and_timed(steps)
+    measured.update(train_image=train_s / len(fit_probe), shape_setup=warmup_s)
+    probed_shapes = _batch_shapes(train, plan, run.preprocess)
+    if len(val_probe):
+        measured["val_image"] = _warm_and_timed(scoring(train, val_probe))[1] / len(val_probe)
+    measured["test_image"] = _warm_and_timed(scoring(test_probe))[1] / len(test_probe)
+    run_plan = _plan_epoch(train, run.fit_rows, run.labels, run.preprocess, config, 1, False)
+    counts = {"fit": n_fit, "val": n_val, "test": len(dataset.test), "cached": cached,
+              "new_shapes": len(_batch_shapes(train, run_plan, run.preprocess) - probed_shapes)}
+    return {**compose_estimate(measured, counts, config), "activation_cache": cached,
+            "probe_seconds": time.perf_counter() - started}
+
+
+def compose_estimate(measured: dict, counts: dict, config) -> dict:
+    """A fine-tune's seconds from the probe's `measured` costs (`setup`, one-off; `shape_setup`, the first training
+    step's extra time at a new batch shape; seconds per image of the `cache_image` pass, of training `train_image`,
+    of scoring `val_image` and `test_image`) and the run's `counts` (images: `fit`, `val`, `test`; `cached`;
+    `new_shapes`, training batch shapes the probe did not run): the set-up once, each new shape's set-up once,
+    the cache pass over the fit images (both orientations under hflip) and the validation images, every epoch's
+    training and validation scoring, the test scoring once (and every epoch under `test_curve`). Returns each part and their sum, `seconds`."""
+    cache_images = counts["fit"] * (1 + config.hflip) + counts["val"] if counts["cached"] else 0
+    parts = {"setup_seconds": measured["setup"] + measured["shape_setup"] * counts["new_shapes"],
+             "cache_seconds": measured["cache_image"] * cache_images,
+             "train_seconds": config.epochs * measured["train_image"] * counts["fit"],
+             "validation_seconds": config.epochs * measured["val_image"] * counts["val"],
+             "test_seconds": measured["test_image"] * counts["test"] * (1 + config.epochs * config.test_curve)}
+    epoch_s = (parts["train_seconds"] + parts["validation_seconds"]) / config.epochs
+    return {**parts, "epoch_seconds": epoch_s, "seconds": sum(parts.values())}
 
 
 def finetune_config(config) -> FinetuneConfig:
@@ -210,15 +256,27 @@ def finetune_config(config) -> FinetuneConfig:
     return FinetuneConfig(**{name: getattr(config, name) for name in FINETUNE_SETTINGS})
 
 
-def _timed(call, repeats: int = 3) -> float:
-    """Seconds a call of `call` takes: the fastest of `repeats` after a first, warm-up call (one-off set-up)."""
+def _batch_shapes(samples, plan, preprocess: Preprocess) -> set[tuple]:
+    """The distinct (batch size, image height, width) of a plan's batches of (row, flipped)."""
+    return {(len(batch), *preprocess.output_size(samples[batch[0][0]].size)) for batch in plan}
+
+
+def _first_call(call) -> float:
+    """Seconds `call()` takes."""
+    started = time.perf_counter()
     call()
-    seconds = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        call()
-        seconds.append(time.perf_counter() - started)
-    return min(seconds)
+    return time.perf_counter() - started
+
+
+def _warm_and_timed(call, quick_s: float = 1.0) -> tuple[float, float]:
+    """(the first call's extra seconds over a steady call, a steady call's seconds): one-off set-up, steady cost.
+    Steady is the quickest of three calls when a call is quicker than `quick_s` (a shared machine only ever adds
+    time, and short calls are the noisiest), else the second call alone."""
+    first, seconds = _first_call(call), [_first_call(call)]
+    if seconds[0] < quick_s:
+        seconds += [_first_call(call), _first_call(call)]
+    steady = min(seconds)
+    return max(first - steady, 0.0), steady
 
 
 def crossfit_epochs(scores_by_epoch: list[np.ndarray], y, n_classes: int, seed: int) -> np.ndarray:
@@ -333,8 +391,7 @@ class _Inputs:
     def cache_train(self, samples, fit_rows, val_rows, hflip: bool, tick) -> None:
         """Compute the frozen part's output once for the fit rows (both orientations under `hflip`) and the
         validation rows, when the body is not wholly trained and the activations fit in memory."""
-        if self.n_trainable == len(self.backbone.stages) or not self.fits(samples, len(fit_rows) * (1 + hflip)
-                                                                          + len(val_rows)):
+        if not self.will_cache(samples, len(fit_rows) * (1 + hflip) + len(val_rows)):
             return
         forward = self.forward()
         for flipped in (False, True) if hflip else (False,):
@@ -343,6 +400,10 @@ class _Inputs:
                 self.cache.update({(row, flipped): a for row, a in zip(batch, activations)})
                 tick.add(len(batch), caching=True)
         self.cached = True
+
+    def will_cache(self, samples, n_images: int) -> bool:
+        """Whether the frozen part's output of `n_images` is cached: some of the body is frozen, and it fits."""
+        return self.n_trainable < len(self.backbone.stages) and self.fits(samples, n_images)
 
     def forward(self):
         """The frozen part through the inference runtime (OpenVINO on the CPU, else torch)."""

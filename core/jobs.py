@@ -25,6 +25,7 @@ Report = Callable[..., None]  # (stage, done, total, note="")
 ACTIVE_STATUSES = ("queued", "running")
 COMPUTE_LOCK = "compute.lock"
 WAITING_FOR_SLOT = "waiting for another TransferScope process to finish computing"
+OVERALL_STAGE = "runs trained"  # a job-wide stage: when a job reports it, its time left is estimated from it
 
 
 def compute_slot_path(cache_dir) -> Path:
@@ -78,7 +79,17 @@ class Job:
     submitted: float = field(default_factory=time.time)
     started: float | None = None
     finished: float | None = None
+    stage_started: dict[str, float] = field(default_factory=dict)  # stage -> time of its first report
     cancel_event: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
+
+    def time_left_s(self, now: float | None = None) -> float | None:
+        """Seconds left at the rate measured so far: of the job-wide stage (`OVERALL_STAGE`) once a step of it is
+        done, else of the current stage; None until a step of that is done, or once it is complete."""
+        stage = OVERALL_STAGE if self.progress.get(OVERALL_STAGE, (0, 0))[0] else self.message
+        done, total = self.progress.get(stage, (0, 0))
+        if stage not in self.stage_started or not 0 < done < total:
+            return None
+        return ((time.time() if now is None else now) - self.stage_started[stage]) / done * (total - done)
 
 
 def _describe(err: Exception) -> str:
@@ -224,6 +235,8 @@ class JobManager:
     def _reporter(self, job: Job) -> Report:
         def report(stage: str, done: int, total: int, note: str = "") -> None:
             with self._lock:
+                if stage not in job.stage_started:
+                    job.stage_started = {**job.stage_started, stage: time.time()}
                 job.progress = {**job.progress, stage: (int(done), int(total))}
                 job.message, job.note = stage, note
             if job.cancel_event.is_set():

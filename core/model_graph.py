@@ -38,6 +38,19 @@ class LinearScores(nn.Module):
         return (x @ self.weight.T + self.bias) @ self.place + self.mask
 
 
+def kernel_of(x: torch.Tensor, vectors: torch.Tensor, norms: torch.Tensor, meta: dict) -> torch.Tensor:
+    """sklearn's kernel `(n, n_vectors)` of standardised rows `x` against `vectors` (squared `norms` given)."""
+    dot = x @ vectors.T
+    if meta["kernel"] == "rbf":
+        distances = ((x * x).sum(dim=1, keepdim=True) - 2 * dot + norms).clamp_min(0.0)
+        return torch.exp(-meta["gamma"] * distances)
+    if meta["kernel"] == "poly":
+        return (meta["gamma"] * dot + meta["coef0"]) ** meta["degree"]
+    if meta["kernel"] == "sigmoid":
+        return torch.tanh(meta["gamma"] * dot + meta["coef0"])
+    return dot
+
+
 class SvmScores(nn.Module):
     """sklearn's `SVC.decision_function` (ovr shape) from its support vectors, in one graph.
 
@@ -48,8 +61,7 @@ class SvmScores(nn.Module):
 
     def __init__(self, stored: StoredModel):
         super().__init__()
-        a, meta = stored.arrays, stored.meta
-        self.kernel, self.gamma, self.coef0, self.degree = meta["kernel"], meta["gamma"], meta["coef0"], meta["degree"]
+        a, self.meta = stored.arrays, stored.meta
         m = len(a["classes"])
         starts = np.concatenate([[0], np.cumsum(a["n_support"].astype(np.int64))])
         pairs = [(i, j) for i in range(m) for j in range(i + 1, m)]
@@ -69,20 +81,9 @@ class SvmScores(nn.Module):
         self.register_buffer("mask", mask)
         self.binary = m == 2
 
-    def _kernel(self, x: torch.Tensor) -> torch.Tensor:
-        dot = x @ self.vectors.T
-        if self.kernel == "rbf":
-            distances = ((x * x).sum(dim=1, keepdim=True) - 2 * dot + self.vector_norms).clamp_min(0.0)
-            return torch.exp(-self.gamma * distances)
-        if self.kernel == "poly":
-            return (self.gamma * dot + self.coef0) ** self.degree
-        if self.kernel == "sigmoid":
-            return torch.tanh(self.gamma * dot + self.coef0)
-        return dot
-
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         x = (features.double() - self.mean) / self.scale
-        decisions = self._kernel(x) @ self.coef + self.intercept
+        decisions = kernel_of(x, self.vectors, self.vector_norms, self.meta) @ self.coef + self.intercept
         if self.binary:  # sklearn's public coefficients give the class-1 decision for two classes
             scores = torch.cat([-decisions, decisions], dim=1)
         else:
@@ -90,6 +91,26 @@ class SvmScores(nn.Module):
             confidence = decisions @ (self.vote_i - self.vote_j)
             scores = votes + confidence / (3 * (confidence.abs() + 1))
         return scores @ self.place + self.mask
+
+
+class KernelScores(nn.Module):
+    """The SVM's Nystroem approximation: `kernel(x, components) @ weight.T + bias`, placed into the run's classes."""
+
+    def __init__(self, stored: StoredModel):
+        super().__init__()
+        a, self.meta = stored.arrays, stored.meta
+        arrays = {"mean": a["mean"], "scale": a["scale"], "vectors": a["support_vectors"], "weight": a["weight"],
+                  "bias": a["bias"], "vector_norms": (a["support_vectors"] ** 2).sum(axis=1)}
+        for name, value in arrays.items():
+            self.register_buffer(name, torch.from_numpy(np.asarray(value, dtype=np.float64)))
+        place, mask = _placement(a["classes"], stored.n_classes)
+        self.register_buffer("place", place)
+        self.register_buffer("mask", mask)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        x = (features.double() - self.mean) / self.scale
+        return (kernel_of(x, self.vectors, self.vector_norms, self.meta) @ self.weight.T + self.bias) @ self.place \
+            + self.mask
 
 
 class HeadScores(nn.Module):
@@ -106,7 +127,8 @@ class HeadScores(nn.Module):
 
 def score_module(stored: StoredModel) -> nn.Module:
     """The module mapping features `(n, d)` to raw class scores `(n, n_classes)` for a stored model."""
-    return {"linear": LinearScores, "svm": SvmScores, "finetune": HeadScores}[stored.kind](stored).eval()
+    return {"linear": LinearScores, "svm": SvmScores, "kernel": KernelScores,
+            "finetune": HeadScores}[stored.kind](stored).eval()
 
 
 class ImageClassifier(nn.Module):

@@ -6,6 +6,8 @@ only as numbers. Three kinds cover every approach:
 - `linear` (head, logreg, LinearSVC): standardise with `mean`/`scale`, then `weight @ x + bias`;
 - `svm` (SVC, any kernel): standardise, kernel against `support_vectors` (sklearn's `dual_coef`,
   `intercept`, `n_support`), one-vs-one decisions turned into sklearn's one-vs-rest scores;
+- `kernel` (the SVM's Nystroem approximation): standardise, kernel against the Nystroem components
+  (`support_vectors`), then `weight @ k + bias` (the ridge's weights with the Nystroem normalisation folded in);
 - `finetune`: the fine-tune checkpoint's tensors (`head.*`, the trained blocks' `body.*`) and its plain values.
 
 `classes` maps the model's output columns to class indices (classes absent from training score -inf).
@@ -25,7 +27,7 @@ MODEL_FILE = "model.safetensors"
 FORMAT_VERSION = 1
 MAX_MODEL_BYTES = 512 * 1024**2
 _META_KEY = "transferscope"
-KINDS = ("linear", "svm", "finetune")
+KINDS = ("linear", "svm", "kernel", "finetune")
 SVM_KERNELS = ("rbf", "linear", "poly", "sigmoid")
 
 
@@ -65,7 +67,10 @@ def _linear(mean, scale, weight, bias, classes, n_classes) -> StoredModel:
 
 
 def _svm_state(svm) -> StoredModel:
-    """LinearSVC as a linear model; SVC (direct pipeline or fit on a precomputed kernel) as support vectors."""
+    """LinearSVC as a linear model; SVC (direct pipeline or fit on a precomputed kernel) as support vectors; the
+    Nystroem approximation as a kernel expansion over its components."""
+    if svm.nystroem_ is not None:
+        return _kernel_expansion(svm)
     if svm.support_X_ is not None:  # fit on the precomputed rbf kernel: support rows kept already scaled
         svc, scaler, vectors, gamma, kernel = svm.model_, svm.scaler_, svm.support_X_, svm.gamma_, "rbf"
     else:
@@ -82,6 +87,20 @@ def _svm_state(svm) -> StoredModel:
     meta = {"n_classes": int(svm.n_classes_), "kernel": kernel, "gamma": float(gamma), "coef0": float(svc.coef0),
             "degree": int(svc.degree)}
     return StoredModel("svm", {k: np.asarray(v, dtype=np.float64) for k, v in arrays.items()}, meta)
+
+
+def _kernel_expansion(svm) -> StoredModel:
+    """Ridge scores on Nystroem features, K(x, components) @ normalization.T @ coef.T + intercept, as one kernel
+    expansion: weight = coef @ normalization."""
+    ridge, scaler, nystroem = svm.model_, svm.nystroem_.scaler, svm.nystroem_.nystroem
+    weight, bias = np.atleast_2d(ridge.coef_) @ nystroem.normalization_, np.atleast_1d(ridge.intercept_)
+    if len(ridge.classes_) == 2:  # one column for two classes; SvmClassifier stacks [-d, d]
+        weight, bias = np.concatenate([-weight, weight]), np.concatenate([-bias, bias])
+    arrays = {"mean": scaler.mean_, "scale": scaler.scale_, "support_vectors": nystroem.components_,
+              "weight": weight, "bias": bias, "classes": ridge.classes_}
+    meta = {"n_classes": int(svm.n_classes_), "kernel": nystroem.kernel, "gamma": float(svm.gamma_), "coef0": 0.0,
+            "degree": 3}
+    return StoredModel("kernel", {k: np.asarray(v, dtype=np.float64) for k, v in arrays.items()}, meta)
 
 
 def finetune_state(checkpoint: dict) -> StoredModel:
@@ -163,8 +182,9 @@ def _check_arrays(stored: StoredModel, where: str) -> None:
         elif not isinstance(stored.meta.get("config"), dict) or "backbone" not in stored.meta["config"]:
             problem = "its fine-tune config (backbone, pool, precision) is missing"
     else:
-        needed = ("mean", "scale", "classes") + (("weight", "bias") if stored.kind == "linear" else
-                                                 ("support_vectors", "dual_coef", "intercept", "n_support"))
+        needed = ("mean", "scale", "classes") + {
+            "linear": ("weight", "bias"), "kernel": ("support_vectors", "weight", "bias"),
+            "svm": ("support_vectors", "dual_coef", "intercept", "n_support")}[stored.kind]
         missing = [name for name in needed if name not in a]
         problem = f"it lacks {', '.join(missing)}" if missing else _shape_problem(stored)
     if problem is None and not all(np.isfinite(v).all() for v in a.values() if v.dtype.kind == "f"):
@@ -185,7 +205,10 @@ def _shape_problem(stored: StoredModel) -> str | None:
     if stored.kind == "linear":
         return None if a["weight"].shape == (m, d) and a["bias"].shape == (m,) else "its weights have wrong shapes"
     n_sv, n_pairs = a["support_vectors"].shape[0], m * (m - 1) // 2
-    if (a["support_vectors"].shape != (n_sv, d) or a["dual_coef"].shape != (m - 1, n_sv)
+    if stored.kind == "kernel":
+        if a["support_vectors"].shape != (n_sv, d) or a["weight"].shape != (m, n_sv) or a["bias"].shape != (m,):
+            return "its kernel components and weights have inconsistent shapes"
+    elif (a["support_vectors"].shape != (n_sv, d) or a["dual_coef"].shape != (m - 1, n_sv)
             or a["intercept"].shape != (n_pairs,) or a["n_support"].shape != (m,) or a["n_support"].sum() != n_sv):
         return "its support vectors and coefficients have inconsistent shapes"
     if stored.meta.get("kernel") not in SVM_KERNELS or not isinstance(stored.meta.get("gamma"), float):

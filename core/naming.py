@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from core.records import RunRecord
 
+from core.style import score
+
 LABEL_METRIC = ("macro_f1", "macro-F1")  # what pickers show and runs are chosen by; accuracy flatters the big classes
 
 
@@ -66,5 +68,5 @@ def run_names(records: list[RunRecord], show_dataset: bool | None = None) -> dic
 def run_labels(records: list[RunRecord], show_dataset: bool | None = None) -> dict[str, str]:
     """`{run_id: label}` for run pickers: the run's name and its test macro-F1 ('svm · balanced · macro-F1 0.664')."""
     key, label = LABEL_METRIC
-    return {run_id: f"{name} · {label} {record.score(key):.3f}"
+    return {run_id: f"{name} · {label} {score(record.score(key))}"
             for (run_id, name), record in zip(run_names(records, show_dataset).items(), records)}

@@ -195,8 +195,10 @@ class RunRecord(_Part):
     feature_key: str | None = None
     config: dict | None = optional()  # core.config.ExperimentConfig.to_dict()
     chosen_with_test_visible: bool | None = optional()  # What-if saves: tuned while test scores were shown
-    svm_model: str | None = optional()  # kernel SVMs: the model fitted ("SVC (rbf kernel)")
+    svm_model: str | None = optional()  # SVMs: the model fitted ("SVC (rbf kernel)", or its Nystroem approximation)
+    svm_model_reason: str | None = optional()  # SVMs: why that model ("exact: ...", "approximate: ...")
     chosen_epoch: int | None = optional()  # fine-tunes: the epoch kept, best on the validation images
+    stopped_early: bool | None = optional()  # fine-tunes: the user stopped it; its best epoch so far is the run
     unfreeze: str | None = optional()  # fine-tunes: how much of the backbone trained (none, last, N, all)
     trainable_blocks: int | None = optional()
     activation_cache: bool | None = optional()  # fine-tunes: trained on cached activations of the frozen part

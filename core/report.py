@@ -25,6 +25,7 @@ from core.records import RunRecord
 from core.sharing import run_link
 from core.storage import atomic_write_bytes, read_json_object
 from core.store import RunStore
+from core.style import SCORE_DECIMALS, score, score_interval
 
 REQUIRED = ("dataset", "runs")
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>|~&$@])|(?<=www)(\.)|(:)(?=//)", re.IGNORECASE)  # @, www., ://: autolinks
@@ -67,13 +68,23 @@ def run_records(results: dict) -> list[RunRecord]:
             for i, run in enumerate(results["runs"])]
 
 
-def results_from_runs(records: list[RunRecord]) -> dict:
-    """A results dict (the CLI's schema) from saved run records of one dataset, for reports and exports."""
+def check_one_dataset(records: list[RunRecord]) -> None:
+    """Raise ConfigError, naming the datasets and what to do, unless `records` are 1+ runs of one set of classes."""
     if not records:
         raise ConfigError("select at least one run to export")
-    datasets = {tuple(r.classes) for r in records}
-    if len(datasets) > 1:
-        raise ConfigError("the selected runs come from datasets with different classes; export them separately")
+    by_classes: dict[tuple, set] = {}
+    for record in records:
+        by_classes.setdefault(tuple(record.classes), set()).add(Path(record.dataset.root).name)
+    if len(by_classes) > 1:
+        names = "; ".join(", ".join(sorted(folders)) for folders in by_classes.values())
+        raise ConfigError(f"the selected runs come from {len(by_classes)} datasets with different classes "
+                          f"({names}); a report covers one dataset: select the runs of one, or export each "
+                          "dataset's runs separately (a run bundle may mix them)")
+
+
+def results_from_runs(records: list[RunRecord]) -> dict:
+    """A results dict (the CLI's schema) from saved run records of one dataset, for reports and exports."""
+    check_one_dataset(records)
     first = records[0]
     return {"dataset": first.dataset.to_json(), "backbone": first.backbone or {},
             "extract_seconds": first.extract_seconds or 0.0, "cache_hit": True,
@@ -105,7 +116,7 @@ def runs_table(runs: list[RunRecord]) -> pd.DataFrame:
     for r in runs:
         validation = r.validation.macro_f1 if r.validation else None
         rows.append({"run": names[r.run_id],
-                     "validation macro-F1": "–" if validation is None else f"{validation:.3f}",
+                     "validation macro-F1": "–" if validation is None else score(validation),
                      **{label: _with_interval(r, key) for key, label in
                         (("macro_f1", "macro-F1 [95%]"), ("balanced_accuracy", "balanced acc. [95%]"),
                          ("accuracy", "accuracy [95%]"))},
@@ -114,8 +125,8 @@ def runs_table(runs: list[RunRecord]) -> pd.DataFrame:
 
 
 def _with_interval(record: RunRecord, key: str) -> str:
-    interval = record.interval(key)
-    return f"{record.score(key):.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
+    interval = record.interval(key) or (None, None)
+    return score_interval(record.score(key), *interval)
 
 
 def comparisons_table(runs: list[RunRecord], comparisons: Comparisons, pairs=None) -> pd.DataFrame:
@@ -147,7 +158,7 @@ def _p_cell(p: float | None) -> str:
 def per_class_table(run: RunRecord) -> pd.DataFrame:
     rows = [{"class": c.name, "train n": c.train_count, "test n": c.support, "precision": c.precision,
              "recall": c.recall, "F1": c.f1, "minority": "yes" if c.minority else ""} for c in run.per_class]
-    return pd.DataFrame(rows).round(3)
+    return pd.DataFrame(rows).round(SCORE_DECIMALS)
 
 
 def best_runs(results: dict) -> list[RunRecord]:
@@ -169,7 +180,7 @@ def best_runs_class_table(results: dict) -> pd.DataFrame:
     table = pd.DataFrame({"class": [c.name + (" ★" if c.minority else "") for c in first],
                           "train n": [c.train_count for c in first], "test n": [c.support for c in first]})
     for run in runs:
-        table[f"F1 {names[run.run_id]}"] = [round(c.f1, 3) for c in run.per_class]
+        table[f"F1 {names[run.run_id]}"] = [round(c.f1, SCORE_DECIMALS) for c in run.per_class]
     return table
 
 

@@ -146,7 +146,7 @@ class FileIndex:
             if reason is None:
                 classes.append(sub.name)
             else:
-                self._skip_folder(sub, reason)
+                self.skip_folder(sub, reason)
         return classes
 
     def files(self, folder: Path) -> list[Path]:
@@ -160,7 +160,7 @@ class FileIndex:
                     folders.remove(name)
                 elif reason is not None:
                     folders.remove(name)
-                    self._skip_folder(parent / name, reason)
+                    self.skip_folder(parent / name, reason)
             for name in names:
                 if not is_utf8(name):
                     self.skip(parent / name, f"file {NOT_UTF8}")
@@ -168,7 +168,7 @@ class FileIndex:
                     found.append(parent / name)
         return sorted(found)
 
-    def _skip_folder(self, folder: Path, reason: str) -> None:
+    def skip_folder(self, folder: Path, reason: str) -> None:
         """List a skipped folder once, with how many files it holds (an empty one is not worth a line)."""
         n = sum(len(names) for _, _, names in os.walk(folder))
         if n:

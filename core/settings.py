@@ -119,9 +119,11 @@ SETTINGS: tuple[Setting, ...] = (
     S("lr", float, 3e-3, "learning rate of the head (a fine-tuned last block learns at lr / 10)", "Learning rate",
       1e-6, 1.0, commands=("experiment",)),
     S("batch_size", int, 32, "images per batch (extraction, head and fine-tune)", "Batch size", 1, 4096),
-    S("seed", int, 0, "seed of the split (single-folder datasets), initialisation and shuffling", "Seed", 0, 2**31 - 1),
-    S("seeds", int, (), "repeat every run once per seed, e.g. 0,1,2 (overrides --seed)", "Seeds (comma list)",
-      0, 2**31 - 1, many=True, commands=("experiment",)),
+    S("seed", int, 0, "seed of the split (single-folder datasets), initialisation and shuffling", "Seed", 0, 2**31 - 1,
+      on_page=False),  # the page's one seed field is `seeds`
+    S("seeds", int, (), "seed of the split (single-folder datasets), initialisation and shuffling; several, e.g. "
+      "0,1,2, repeat every run once per seed (overrides --seed; empty: --seed, 0)", "Seeds (empty = 0; 0,1,2 "
+      "repeats each run)", 0, 2**31 - 1, many=True, commands=("experiment",)),
     S("device", str, "auto", "where to run the CNN", "Device", choices=("auto", "cpu", "cuda")),
     S("precision", str, "auto", "precision of the backbone's features and of fine-tune autocast: auto = bf16 on CPUs "
       "with native bf16, fp16 on CUDA, else fp32; fp32 gives the same numbers on every machine", "Feature precision",
@@ -140,10 +142,11 @@ SETTINGS: tuple[Setting, ...] = (
       "the validation curve, never used to choose (costs a test pass per epoch)", "Test curve (held-out check)",
       commands=("experiment",)),
     S("hflip", bool, True, "fine-tune augments with horizontal flips", "Flip augmentation", commands=("experiment",)),
-    S("tau", float, 0.0, "post-hoc logit adjustment of head and fine-tune logits (0 = off)", "Logit adjustment tau",
-      0.0, 5.0, commands=("experiment",)),
-    S("la_tau", float, 1.0, "tau of the logit-adjusted loss (remedy la-loss; 0 = plain cross-entropy)",
-      "Logit-adjusted loss tau", 0.0, 5.0, commands=("experiment",)),
+    S("tau", float, 0.0, "a fixed post-hoc logit adjustment of head, logreg and fine-tune scores at prediction, "
+      "nothing retrained (0 = off; the remedy tau, or --tune, chooses it on training folds instead)",
+      "Prediction-time tau (fixed)", 0.0, 5.0, commands=("experiment",)),
+    S("la_tau", float, 1.0, "strength of the logit-adjusted training loss, used only by the remedy la-loss (0 = plain "
+      "cross-entropy)", "Training-loss tau (remedy la-loss)", 0.0, 5.0, commands=("experiment",)),
     S("beta", float, 0.999, "beta of the effective-number class weights", "Effective-number beta", 0.5, 0.99999,
       commands=("experiment",)),
     S("svm_kernel", str, "rbf", "kernel of the SVM", "SVM kernel", choices=SVM_KERNELS, commands=("experiment",)),

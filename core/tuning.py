@@ -68,13 +68,20 @@ def best_candidate(candidates: np.ndarray, y, n_classes: int) -> tuple[int, floa
     return best, cv[best]
 
 
-def choose_by_cv(name: str, grid, make_model, X, y, n_classes: int, seed: int) -> tuple[dict, np.ndarray]:
+def choose_by_cv(name: str, grid, make_model, X, y, n_classes: int, seed: int, after_each=None
+                 ) -> tuple[dict, np.ndarray]:
     """The value of `grid` whose `make_model(value)` scores the best out-of-fold macro-F1; (tuned, candidates):
     every value's out-of-fold scores, `(n_samples, len(grid), n_classes)`, in `grid` order.
 
-    Ties go to the first value in `grid` (order it from the strongest regularisation).
+    Ties go to the first value in `grid` (order it from the strongest regularisation). `after_each()` is called
+    after each value's folds (progress).
     """
-    candidates = np.stack([cross_val_scores(make_model(value), X, y, seed) for value in grid], axis=1)
+    def scores(value):
+        oof = cross_val_scores(make_model(value), X, y, seed)
+        if after_each:
+            after_each()
+        return oof
+    candidates = np.stack([scores(value) for value in grid], axis=1)
     best, cv = best_candidate(candidates, y, n_classes)
     return {name: grid[best], f"cv_{TUNE_METRIC}": cv, "grid": list(grid), "folds": CV_FOLDS}, candidates
 

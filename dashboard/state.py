@@ -18,7 +18,7 @@ from core import analysis, bundles, diagnostics, duplicates, explain, featuremap
 from core import label_issues as label_issues_module
 from core.config import run_split
 from core.data import Dataset, build_demo_dataset, load_dataset
-from core.errors import ConfigError, ReadOnlyError
+from core.errors import ConfigError, DataError, ReadOnlyError
 from core.experiment import ExperimentConfig, run_experiment
 from core.features import split_key
 from core.jobs import ACTIVE_STATUSES, Job, JobManager, compute_slot_path
@@ -39,6 +39,9 @@ MAP_JOB = "feature map"  # its name is the key of the feature set it maps
 DUPLICATES_JOB = "near-duplicates"  # its name is the split key of the feature set it compares
 _JOB_MANAGERS: dict[str, JobManager] = {}  # compute-slot path -> manager; no Streamlit message reaches it
 _JOB_MANAGERS_LOCK = threading.Lock()
+DEMO_JOB = "demo comparison: svm + logreg + head, none and balanced"
+DEMO_COMPARISON = {"approaches": ("svm", "logreg", "head"), "remedies": ("none", "balanced")}  # else the defaults
+_DEMO_LOCK = threading.Lock()
 
 
 def default_data_dir() -> str:
@@ -122,6 +125,15 @@ def dataset(path: str, test_size: float = SPLIT_DEFAULTS["test_size"], seed: int
         test_size, seed = SPLIT_DEFAULTS["test_size"], SPLIT_DEFAULTS["seed"]
     with st.spinner("Scanning images…"):
         return _scan(path, float(test_size), int(seed), str(cache_dir()), tuple(sorted(options.items())))
+
+
+def current_dataset() -> Dataset | None:
+    """The sidebar's dataset with the default split, or None when its folder cannot be used (the Dataset page
+    says why)."""
+    try:
+        return dataset(data_dir())
+    except DataError:
+        return None
 
 
 def rescan_dataset(path: str) -> None:
@@ -210,9 +222,14 @@ def load_predictions(run_id: str):
     return _load_predictions(str(run_store().root), run_id)
 
 
-def _check_viewer_build(for_viewer: bool) -> None:
-    """Refuse a viewer's build when viewers together asked for too many lately (builds cost CPU)."""
-    wait_s = VIEWER_BUILDS.wait_s() if for_viewer else 0.0
+def check_downloads(count: bool = False) -> None:
+    """Refuse a viewer's report or bundle build when viewers together asked for too many lately (builds cost
+    CPU); the page checks first (`count=False`), where the reason shows, the build itself counts."""
+    _check_viewer_build(not access.can_act(), count)
+
+
+def _check_viewer_build(for_viewer: bool, count: bool = True) -> None:
+    wait_s = VIEWER_BUILDS.wait_s(count=count) if for_viewer else 0.0
     if wait_s:
         raise ReadOnlyError(f"viewers of this shared dashboard asked for many downloads just now; "
                             f"try again in {wait_s:.0f} s")
@@ -316,6 +333,23 @@ def delete_runs(run_ids: list[str]) -> None:
             run_store().delete(run_id)
     finally:
         clear_run_caches()
+
+
+def start_demo_comparison() -> None:
+    """On the demo's first start (the server shows the demo, no run stored, none building), queue a small
+    comparison of it as a background job, so every page has runs to show within a minute or two."""
+    folder = access.server_data_dir()
+    if Path(folder).resolve() != demo_dir().resolve() or demo_comparison_job() is not None or run_store().list_runs():
+        return
+    config = ExperimentConfig(data=default_data_dir(), cache_dir=str(cache_dir()), **DEMO_COMPARISON)
+    with _DEMO_LOCK:
+        if demo_comparison_job() is None:
+            job_manager().submit(DEMO_JOB, lambda report: run_experiment(config, progress=report), kind=TRAINING_JOB)
+
+
+def demo_comparison_job() -> Job | None:
+    """The job building the demo's first comparison, if this server started one."""
+    return next((job for job in job_manager().jobs() if job.kind == TRAINING_JOB and job.name == DEMO_JOB), None)
 
 
 def launch(config: ExperimentConfig) -> None:

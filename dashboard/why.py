@@ -16,6 +16,7 @@ from core.figures import reliability_figure
 from core.records import RunRecord
 from core.report import escape_markdown
 from core.stats import ORDINAL_METRICS
+from core.style import score
 from dashboard import access, state, widgets
 
 WHY_MAX = 24  # heat maps shown for one confusion-matrix cell at most (about a second each on 2 CPU cores)
@@ -79,9 +80,9 @@ def calibration_panel(record: RunRecord) -> None:
         return
     cols = st.columns(3)
     ece_raw, ece, temperature = calibrated["ece_raw"], calibrated["ece"], calibrated["temperature"]
-    cols[0].metric("ECE as trained", "n/a" if ece_raw is None else f"{ece_raw:.3f}",
+    cols[0].metric("ECE as trained", "n/a" if ece_raw is None else score(ece_raw),
                    help="SVM scores are not probabilities" if ece_raw is None else None)
-    cols[1].metric("ECE after temperature", "n/a" if ece is None else f"{ece:.3f}")
+    cols[1].metric("ECE after temperature", "n/a" if ece is None else score(ece))
     cols[2].metric("Temperature", "n/a" if temperature is None else f"{temperature:.2f}",
                    help="chosen on the out-of-fold scores of the training images, never on the test images")
     widgets.chart(reliability_figure(curves), key="reliability")
@@ -92,8 +93,8 @@ def calibration_panel(record: RunRecord) -> None:
 
 def groups_panel(record: RunRecord) -> None:
     st.markdown("**Head, middle and tail classes** (thirds of the classes by training count)")
-    st.dataframe(group_table(record), hide_index=True, key="group_table", column_config={
-        name: st.column_config.NumberColumn(format="%.3f") for name in ("recall", "F1")})
+    st.dataframe(group_table(record), hide_index=True, key="group_table",
+                 column_config=widgets.score_columns("recall", "F1"))
 
 
 def ordinal_panel(record: RunRecord) -> None:
@@ -102,7 +103,7 @@ def ordinal_panel(record: RunRecord) -> None:
         return
     scores = state.ordinal(record)
     for col, (key, label) in zip(st.columns(len(ORDINAL_METRICS)), ORDINAL_METRICS.items()):
-        col.metric(label, f"{scores[key]:.3f}")
+        col.metric(label, score(scores[key]))
         col.caption(f"95% interval {scores[f'{key}_low']:.3f}–{scores[f'{key}_high']:.3f}")
 
 

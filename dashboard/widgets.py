@@ -6,13 +6,14 @@ from pathlib import Path
 
 import streamlit as st
 
-from core.analysis import noise_note, paired_table, paired_verdict, run_table
-from core.naming import run_labels
+from core.analysis import noise_note, on_dataset, paired_table, paired_verdict, run_table
+from core.naming import dataset_key, run_labels
 from core.jobs import Job
 from core.records import RunRecord
 from core.report import escape_markdown
 from core.sharing import run_link
 from core.settings import BY_NAME, DATASET_SETTINGS, Setting, parse_list
+from core.style import SCORE_CHANGE_FORMAT, SCORE_FORMAT
 from dashboard import access, state, views
 
 DATA_DIR_HELP = "An image folder: DIR/<class>/* (split for you) or DIR/train/<class>/* + DIR/test/<class>/*"
@@ -26,16 +27,36 @@ def page_link(name: str, label: str, icon: str, **kwargs) -> None:
 
 
 def dataset_folder_input() -> None:
-    """The sidebar's dataset folder: editable, or read-only showing the server's dataset for viewers."""
+    """The sidebar's dataset folder and label-file options, kept in the URL (`?data=`, `?labels=`, ...) so a
+    reload, the back button or a link keep them; read-only, the server's dataset, for viewers (the URL's ignored)."""
     if access.can_act():
-        st.text_input("Dataset folder", value=state.default_data_dir(), key="data_dir", help=DATA_DIR_HELP)
-        with st.expander("Label files, separate test folder"):
+        fields = url_fields()
+        for key, param in fields.items():  # a new session (reload, link) starts from the URL
+            if key not in st.session_state:
+                st.session_state[key] = st.query_params.get(param, state.default_data_dir() if key == "data_dir"
+                                                            else "")
+        st.text_input("Dataset folder", key="data_dir", help=DATA_DIR_HELP)
+        with st.expander("Label files, separate test folder", expanded=any(st.session_state[f"data_{name}"]
+                                                                           for name in DATASET_SETTINGS)):
             for name in DATASET_SETTINGS:
                 st.text_input(BY_NAME[name].label, key=f"data_{name}", help=BY_NAME[name].help)
+        for key, param in fields.items():
+            value = st.session_state[key].strip()
+            if value and value != (state.default_data_dir() if key == "data_dir" else ""):
+                st.query_params[param] = value
+            else:
+                st.query_params.pop(param, None)
     else:
+        if any(param in st.query_params for param in url_fields().values()):
+            st.caption("The link's dataset folder is ignored: viewers see the server's dataset only.")
         st.text_input("Dataset folder", value=access.shown_path(state.default_data_dir()), key="data_dir_shared",
                       disabled=True,
                       help="The server's dataset; viewers of a shared dashboard cannot change it")
+
+
+def url_fields() -> dict[str, str]:
+    """{session-state key: URL query parameter} of the sidebar's dataset fields."""
+    return {"data_dir": "data", **{f"data_{name}": name for name in DATASET_SETTINGS}}
 
 
 def sharing_badge() -> None:
@@ -80,8 +101,17 @@ def job_brief(job: Job) -> str:
         return f"queued: {job.message or _jobs_ahead(job)}"
     if job.status == "running" and job.message:
         done, total = job.progress[job.message]
-        return f"running · {job.message} {done}/{total} · {time.time() - job.started:.0f} s"
-    return job.status
+        left = job.time_left_s()
+        estimate = "" if left is None else f" · about {format_duration(left)} left"
+        return f"running · {job.message} {done}/{total} · {format_duration(time.time() - job.started)}{estimate}"
+    return "running · starting (no stage reported yet)" if job.status == "running" else job.status
+
+
+def _job_progress(job: Job) -> bool:
+    """A progress bar of `job`'s latest stage; whether it is still active."""
+    done, total = job.progress.get(job.message, (0, 1)) if job.message else (0, 1)
+    st.progress(min(done / max(total, 1), 1.0), text=escape_markdown(job_brief(job)))
+    return state.is_active(job)
 
 
 def _jobs_ahead(job: Job) -> str:
@@ -90,22 +120,37 @@ def _jobs_ahead(job: Job) -> str:
 
 
 def no_runs_hint() -> None:
-    """Friendly empty state pointing to the Train page."""
-    st.info("No runs yet. Train a model first: pick approaches and class weights, then launch.",
+    """Friendly empty state pointing to the Train page, or the progress of the demo's first comparison."""
+    job = state.demo_comparison_job()
+    if state.is_active(job):
+        st.info("The demo's first comparison is being trained in the background; its runs appear here as they "
+                "finish (the page refreshes).", icon=":material/hourglass_top:")
+        live(lambda: _job_progress(state.demo_comparison_job()) and not state.run_store().list_runs(), every_s=2,
+             poll=True)  # the whole page again once the first run is stored
+        return
+    st.info("No runs yet on this dataset. Train a model first: pick approaches and remedies, then launch.",
             icon=":material/info:")
     page_link("train", label="Go to Train", icon=":material/model_training:")
 
 
-def runs_dataframe(records: list[RunRecord], key: str, columns: tuple[str, ...] | None = None) -> None:
-    """The runs table (optionally only `columns`) with a link that opens each run on the Results page."""
+def score_columns(*names: str, changes: tuple[str, ...] = ()) -> dict:
+    """Column configs showing scores (`names`) and signed changes of scores (`changes`) in the one declared format."""
+    return {**{name: st.column_config.NumberColumn(format=SCORE_FORMAT) for name in names},
+            **{name: st.column_config.NumberColumn(format=SCORE_CHANGE_FORMAT) for name in changes}}
+
+
+def runs_dataframe(records: list[RunRecord], key: str, columns: tuple[str, ...] | None = None,
+                   short: dict[str, str] | None = None) -> None:
+    """The runs table (optionally only `columns`, some headed by `short` names, the full one in their help) with
+    a link that opens each run on the Results page."""
     table = run_table(records)
     table.insert(0, "open", [f"results?run={record.run_id}" for record in records])
-    scores = {name: st.column_config.NumberColumn(format="%.3f")
-              for name in ("accuracy", "balanced accuracy", "macro-F1", "validation macro-F1",
-                           "cross-fitted validation macro-F1", "head F1", "middle F1", "tail F1", "fit s", "predict s")}
+    scores = score_columns("accuracy", "balanced accuracy", "macro-F1", "validation macro-F1",
+                           "cross-fitted validation macro-F1", "head F1", "middle F1", "tail F1", "fit s", "predict s")
     st.dataframe(table, hide_index=True, key=key, column_order=("open", *columns) if columns else None,
                  column_config={"open": st.column_config.LinkColumn("open", display_text="Results", width="small"),
-                                **scores})
+                                **scores, **{name: st.column_config.NumberColumn(label, help=name, format=SCORE_FORMAT)
+                                             for name, label in (short or {}).items()}})
 
 
 def chart(fig, key: str | None = None) -> None:
@@ -113,15 +158,45 @@ def chart(fig, key: str | None = None) -> None:
     st.plotly_chart(fig, width="stretch", key=key, config={"displaylogo": False})
 
 
+def format_duration(seconds: float) -> str:
+    """A wait as people say it: '40 s', '3 min', '1 h 05 min'."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
 def format_seconds(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
+
+
+def dataset_runs(runs: list[RunRecord], key: str) -> list[RunRecord]:
+    """The runs on the sidebar's dataset; every run behind a switch (on by itself for a deep link to another
+    dataset's run). All runs when the dataset folder cannot be read."""
+    current = state.current_dataset()
+    here = runs if current is None else on_dataset(runs, current)
+    others = len(runs) - len(here)
+    if not others:
+        return runs
+    wanted = st.query_params.get("run")
+    if wanted and wanted not in {run.run_id for run in here} and wanted in {run.run_id for run in runs}:
+        st.session_state[key] = True
+    if st.toggle(f"Show runs of other datasets too ({others})", key=key,
+                 help="by default this page lists only the runs trained on the dataset folder in the sidebar"):
+        return runs
+    return here
+
+
+def picker_labels(runs: list[RunRecord]) -> dict[str, str]:
+    """`run_labels(runs)`, naming each run's dataset whenever the store holds runs of several datasets."""
+    return run_labels(runs, show_dataset=len({dataset_key(run) for run in state.list_runs()}) > 1)
 
 
 def pick_run(runs: list[RunRecord], label: str, key: str, default: str | None = None) -> RunRecord:
     """Run selectbox, newest first, in sync with the `?run=<id>` deep link; the chosen record.
 
     Without a link it starts on run `default` when given (e.g. the best by validation), else the newest."""
-    labels = run_labels(runs)
+    labels = picker_labels(runs)
     ids = list(labels)
     wanted = st.query_params.get("run")
     if wanted and wanted not in labels:
@@ -166,8 +241,7 @@ def paired_test(paired: dict, key: str, names: str = "", family: str = "") -> No
     """The paired comparison of B with A: each metric's change with its 95% interval, and what is noise
     (`family`: what adjusting for the other comparisons shown with it says)."""
     st.dataframe(paired_table(paired), hide_index=True, key=key,
-                 column_config={c: st.column_config.NumberColumn(format="%+.3f")
-                                for c in ("B − A", "95% low", "95% high")})
+                 column_config=score_columns(changes=("B − A", "95% low", "95% high")))
     st.caption(" ".join(filter(None, (names, paired_verdict(paired), noise_note(paired), family))))
 
 

@@ -1,4 +1,5 @@
 """Pure helpers behind the pages, on tiny synthetic datasets, records and predictions."""
+import dataclasses
 import io
 import math
 
@@ -178,6 +179,9 @@ def test_run_settings_show_what_matters_for_each_approach():
                       dataset={"root": "/d"})
     ft = run_settings(new).set_index("setting")["value"]
     assert ft["unfreeze"] == "2" and ft["chosen epoch (validation)"] == "5"
+    assert ft["stopped early by the user"] == "no"
+    stopped = run_settings(dataclasses.replace(new, stopped_early=True)).set_index("setting")["value"]
+    assert stopped["stopped early by the user"] == "yes"
 
 
 def test_class_report_adds_the_trained_weights():

@@ -357,7 +357,7 @@ def test_train_from_browser_then_results(page, server):
     values = page.locator('[data-testid="stMain"] [data-testid="stMetricValue"]').all_inner_texts()
     assert any(re.fullmatch(r"[01]\.\d{3}", value.strip()) for value in values), values
     best = max(server.runs()[:4], key=lambda record: record.macro_f1)
-    assert f"run={best['run_id']}" in page.url, "the link should open the best run of the job"
+    assert f"run={best.run_id}" in page.url, "the link should open the best run of the job"
     screenshot(page, "results-run")
 
 

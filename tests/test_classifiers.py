@@ -6,10 +6,13 @@ import pytest
 import torch
 from sklearn.datasets import make_blobs, make_classification
 from sklearn.exceptions import NotFittedError
-from sklearn.svm import SVC, LinearSVC
+from sklearn.linear_model import RidgeClassifier
+from sklearn.svm import SVC
 
 import core.classifiers
-from core.classifiers import KernelCache, LinearHead, SvmClassifier, check_features, kernel_bytes, rbf_kernels
+from core.classifiers import (EXACT_SVM_MAX_TRAIN, SVM_MEMORY_SHARE, KernelCache, LinearHead, SvmClassifier,
+                              check_features, choose_svm, exact_svm_bytes, kernel_bytes, nystroem_features,
+                              rbf_kernels)
 from core.errors import ConfigError
 from core.weights import class_weights
 
@@ -66,14 +69,69 @@ def test_svm_class_absent_from_training_is_never_predicted():
     assert set(svm.predict(X)) <= {0, 2}
 
 
-def test_linear_svc_above_threshold(blobs):
+def test_svm_follows_its_rule_at_the_thresholds():
+    """Exact up to EXACT_SVM_MAX_TRAIN images while its kernel fits SVM_MEMORY_SHARE of the memory, else the
+    Nystroem approximation, named as one and saying why; a linear kernel is LinearSVC at any size."""
+    n, plenty = EXACT_SVM_MAX_TRAIN, 10**15
+    at, past = choose_svm("rbf", n, memory_bytes=plenty), choose_svm("rbf", n + 1, memory_bytes=plenty)
+    assert at.exact and at.model == "SVC (rbf kernel)" and at.reason.startswith("exact:")
+    assert not past.exact and past.model.startswith("Nystroem approximation of the rbf kernel")
+    assert past.reason.startswith("approximate:") and f"{n + 1:,} training images > {n:,}" in past.reason
+    fits = int(exact_svm_bytes(4000) / SVM_MEMORY_SHARE) + 1
+    assert choose_svm("rbf", 4000, memory_bytes=fits).exact
+    short = choose_svm("rbf", 4000, memory_bytes=fits - 2)
+    assert not short.exact and "over 50% of the memory available" in short.reason
+    assert choose_svm("linear", 10 * n, memory_bytes=1).model == "LinearSVC"
+    assert choose_svm("rbf", 10, solver="nystroem").reason == "nystroem, as asked"
+
+
+def test_past_the_threshold_the_svm_fits_its_nystroem_approximation(blobs, monkeypatch):
     X, y, X_test, y_test = blobs
-    big = SvmClassifier(linear_above=100).fit(X, y)
-    assert isinstance(big.model_[-1], LinearSVC)
+    monkeypatch.setattr(core.classifiers, "EXACT_SVM_MAX_TRAIN", 100)
+    big = SvmClassifier().fit(X, y)  # 300 training images > 100
+    assert isinstance(big.model_, RidgeClassifier) and not big.exact_
+    assert big.model_name_ == "Nystroem approximation of the rbf kernel (300 components) + RidgeClassifier"
     assert (big.predict(X_test) == y_test).mean() >= 0.95
-    assert big.decision_function(X_test).shape == (len(X_test), 4)
-    small = SvmClassifier(linear_above=1000).fit(X, y)
-    assert isinstance(small.model_[-1], SVC) and small.model_[-1].kernel == "rbf"
+    assert big.decision_function(X_test).shape == (len(X_test), 4) and big.support_counts(y) is None
+    exact = SvmClassifier(solver="exact").fit(X, y)
+    assert isinstance(exact.model_[-1], SVC) and exact.exact_
+    assert (big.predict(X_test) == exact.predict(X_test)).mean() >= 0.95
+
+
+def test_nystroem_features_reused_fit_like_a_fresh_approximation(four_imbalanced_classes):
+    X, y, X_test = four_imbalanced_classes
+    weights = [1.0, 2.0, 5.0, 9.0]
+    fresh = SvmClassifier(solver="nystroem", class_weight=weights).fit(X, y)
+    reused = SvmClassifier(solver="nystroem", class_weight=weights).fit(X, y, kernels=nystroem_features(X))
+    np.testing.assert_allclose(reused.decision_function(X_test), fresh.decision_function(X_test), atol=1e-8)
+    cache = KernelCache()
+    assert cache.get("a", X, exact=False) is cache.get("a", X, exact=False)
+    assert isinstance(cache.get("a", X), core.classifiers.RbfKernels)  # the exact kernel, kept apart
+
+
+@pytest.mark.parametrize("solver", ["exact", "nystroem"])
+@pytest.mark.parametrize("weights", [None, [1.0, 0.0, 5.0, 9.0]], ids=["unweighted", "a class at weight 0"])
+def test_held_out_scores_read_the_kernel_computed_once(four_imbalanced_classes, solver, weights):
+    X, y, _ = four_imbalanced_classes
+    kernels = rbf_kernels(X) if solver == "exact" else nystroem_features(X)
+    fit_index, val_index = np.arange(0, 500, 3), np.setdiff1d(np.arange(500), np.arange(0, 500, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a class at weight 0 is left out, with a warning
+        fold = SvmClassifier(solver=solver, class_weight=weights).fit(X[fit_index], y[fit_index],
+                                                                      kernels=kernels.fold(fit_index))
+    np.testing.assert_allclose(fold.held_out_scores(kernels, fit_index, val_index),
+                               fold.decision_function(X[val_index]), atol=1e-8)
+
+
+def test_a_large_kernel_is_computed_in_blocks(four_imbalanced_classes, monkeypatch):
+    X, y, X_test = four_imbalanced_classes
+    whole = rbf_kernels(X)
+    monkeypatch.setattr(core.classifiers, "KERNEL_BLOCK_BYTES", 8 * len(X) * 7)  # 7 rows a block
+    blocks = rbf_kernels(X)
+    np.testing.assert_allclose(blocks.train, whole.train, atol=1e-12)
+    svm = SvmClassifier().fit(X, y, kernels=whole)
+    np.testing.assert_allclose(svm.decision_function(X_test), SvmClassifier().fit(X, y).decision_function(X_test),
+                               atol=1e-8)
 
 
 # ---------------------------------------------------------------- precomputed RBF kernels

@@ -104,6 +104,12 @@ def test_experiment_writes_results(first_run, tiny_dir, check_results_schema):
     assert stored == sorted(r.run_id for r in run_records(results))
 
 
+def test_experiment_shows_the_svm_estimate_before_its_first_step(first_run):
+    stderr = first_run[4]
+    shown = [line for line in stderr.replace("\r", "\n").splitlines() if line.startswith("fit SVM:")]
+    assert " 0/5 " in shown[1] and "SVC (rbf kernel) on 26 images; estimate about" in shown[1]
+
+
 def test_extract_prints_key_n_and_seconds(first_run, tiny_dir):
     cache, out, *_ = first_run
     code, stdout, _ = run_main(["extract", "--data", tiny_dir, "--cache-dir", cache, *FAST])
@@ -559,7 +565,7 @@ def test_seed_repeats_score_each_seed_like_that_seed_alone(single_folder, tmp_pa
 
     def predictions(results_file, seed):
         runs = json.loads((tmp_path / results_file).read_text())["runs"]
-        return {r.approach: store.load_predictions(r.run_id) for r in runs if r["seed"] == seed}
+        return {r["approach"]: store.load_predictions(r["run_id"]) for r in runs if r["seed"] == seed}
     repeated, reference = predictions("seeds.json", 1), predictions("alone.json", 1)
     assert sorted(repeated) == sorted(reference) == ["head", "svm"]
     for approach, table in reference.items():

@@ -168,6 +168,22 @@ def test_hidden_folders_inside_a_class_are_skipped_and_listed(make_class_tree, m
     assert all("hidden folder" in reason and "1 file" in reason for reason in listed.values())
 
 
+@pytest.mark.parametrize("name", ["val", "valid", "Validation"])
+def test_a_validation_folder_and_other_folders_beside_train_and_test_are_listed_with_why(make_class_tree, tmp_path,
+                                                                                        name):
+    root = tmp_path / "split"
+    for split, n in (("train", 6), ("test", 3), (name, 4), ("extra", 2)):
+        make_class_tree(root / split, {"a": n, "b": n})
+    (root / "empty").mkdir()
+    ds = load_dataset(root)
+    assert (len(ds.train), len(ds.test)) == (12, 6), "only train/ and test/ are read"
+    listed = dict(ds.skipped)
+    assert set(listed) == {str(root / "extra"), str(root / name)}
+    assert listed[str(root / name)].startswith(f"validation split ({name}/), not read") and "8 file(s)" in listed[
+        str(root / name)]
+    assert "beside train/ and test/" in listed[str(root / "extra")]
+
+
 def test_macosx_zip_metadata_is_not_a_class(make_class_tree, tmp_path):
     root = make_class_tree(tmp_path / "unzipped", {"cats": 5, "dogs": 5})
     for name in ("cats", "dogs"):  # what every zip made on macOS holds beside the folders

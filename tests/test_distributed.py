@@ -47,7 +47,7 @@ def test_torchrun_two_ranks_share_one_cache(tmp_path):
     np.testing.assert_allclose(shared.X_train, alone.X_train, rtol=0.05, atol=0.05)
 
 
-def _finetune_rank(rank: int, data: str, out: str) -> None:
+def _finetune_rank(rank: int, data: str, out: str, unfreeze: str) -> None:
     import torch
     import torch.distributed as dist
 
@@ -57,20 +57,28 @@ def _finetune_rank(rank: int, data: str, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{out}/pg", rank=rank, world_size=2)
     try:
         result = finetune(load_dataset(data), FinetuneConfig(image_size=32, epochs=1, batch_size=16, workers=0,
-                                                          cache_dir=out))
-        torch.save(result.checkpoint["head"], f"{out}/head-{rank}.pt")
+                                                          cache_dir=out, unfreeze=unfreeze))
+        assert result.activation_cache  # each rank trains on its own cached activations of the frozen part
+        torch.save({**result.checkpoint["head"], **{f"body.{k}": v for k, v in result.checkpoint["body"].items()}},
+                   f"{out}/head-{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
-def test_finetune_under_two_gloo_ranks_keeps_heads_in_sync(tmp_path):
+@pytest.mark.parametrize("unfreeze", ["none", "last"])
+def test_finetune_under_two_gloo_ranks_keeps_heads_in_sync(tmp_path, unfreeze):
+    """The cached-activation path under DistributedDataParallel: the head, and with `last` the trained block too,
+    stay identical on both ranks."""
     import torch
     import torch.multiprocessing as mp
 
     data = build_demo_dataset(tmp_path / "demo")
-    mp.spawn(_finetune_rank, args=(str(data), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_finetune_rank, args=(str(data), str(tmp_path), unfreeze), nprocs=2, join=True)
     heads = [torch.load(tmp_path / f"head-{rank}.pt") for rank in (0, 1)]
-    # each rank saw different batches; all-reduced gradients keep the replicas identical
-    for name in heads[0]:
+    # each rank saw different batches; all-reduced gradients keep the replicas' weights identical (BatchNorm's
+    # running statistics are each rank's own after its last batch: DDP broadcasts rank 0's before each forward)
+    weights = [name for name in heads[0] if "running_" not in name and "num_batches" not in name]
+    assert len(weights) > 2 if unfreeze == "last" else weights == ["weight", "bias"]
+    for name in weights:
         torch.testing.assert_close(heads[0][name], heads[1][name])
     assert heads[0]["weight"].abs().sum() > 0

@@ -331,13 +331,71 @@ def test_every_svm_fit_and_predict_pays_for_its_own_kernels(on_demo_features, mo
         assert run["refit_seconds"] < run["fit_seconds"] + run["predict_seconds"] - 999  # the train kernel is reused
 
 
-def test_runs_record_and_show_the_svm_model_actually_fitted(on_demo_features, monkeypatch):
+def test_runs_record_and_show_the_svm_model_actually_fitted(on_demo_features, demo_features, tmp_path, monkeypatch):
+    """Past the rule's threshold the run records the Nystroem approximation, says why, and stores it so that
+    predicting from the stored arrays gives the run's test predictions."""
+    import core.classifiers
     from core.analysis import run_settings
-    from core.classifiers import SvmClassifier
 
+    monkeypatch.setattr(core.classifiers, "KERNEL_CACHE", core.classifiers.KernelCache())
     kernel_svm = on_demo_features()["runs"][0]
-    monkeypatch.setitem(SvmClassifier.__init__.__kwdefaults__, "linear_above", 100)
-    switched = on_demo_features()["runs"][0]  # 453 training images > 100: the LinearSVC switch
-    assert kernel_svm["svm_model"] == "SVC (rbf kernel)" and switched["svm_model"] == "LinearSVC"
+    monkeypatch.setattr(core.classifiers, "EXACT_SVM_MAX_TRAIN", 100)
+    switched = on_demo_features()["runs"][0]  # 453 training images > 100: the approximation
+    assert kernel_svm["svm_model"] == "SVC (rbf kernel)" and kernel_svm["svm_model_reason"].startswith("exact:")
+    assert switched["svm_model"] == "Nystroem approximation of the rbf kernel (453 components) + RidgeClassifier"
+    assert switched["svm_model_reason"].startswith("approximate: 453 training images > 100")
     shown = run_settings(RunRecord.from_json(switched)).set_index("setting")["value"]
-    assert shown["SVM model"] == "LinearSVC" and "SVM kernel" not in shown.index
+    assert shown["SVM model"] == switched["svm_model"] and "SVM kernel" not in shown.index
+    assert shown["SVM model chosen"] == switched["svm_model_reason"]
+    assert switched["validation"] is not None and switched["macro_f1"] > 0.3
+    store = RunStore(tmp_path / "runs")  # on_demo_features' store
+    with torch.inference_mode():
+        stored = score_module(store.load_model(switched["run_id"]))(torch.from_numpy(demo_features.X_test)).numpy()
+    assert np.array_equal(stored.argmax(1), store.load_predictions(switched["run_id"])["pred"].to_numpy())
+
+
+def test_the_svm_estimates_its_time_before_it_starts_and_counts_down(demo_dir, feature_cache, image_size, tmp_path,
+                                                                     monkeypatch):
+    """The SVM's progress: the model and an estimate at 0 of its steps, before the kernel is computed; then one
+    step after the kernel, the final fit and each validation fold, each with the time left. Logistic regression:
+    an estimate, then one step per C value's folds and the final fit. The head: an estimate, then every epoch of the
+    fold heads and the final head."""
+    import core.classifiers
+
+    events = []
+    real = core.classifiers.rbf_kernels
+    monkeypatch.setattr(core.classifiers, "KERNEL_CACHE", core.classifiers.KernelCache())
+    monkeypatch.setattr(core.classifiers, "rbf_kernels", lambda *a: events.append(("kernel",)) or real(*a))
+    config = ExperimentConfig(data=str(demo_dir), approaches=("svm", "logreg", "head"), remedies=("none",),
+                              epochs=4, image_size=image_size, device="cpu", cache_dir=str(feature_cache), workers=0)
+    run_experiment(config, progress=lambda stage, done, total, note="": events.append((stage, done, total, note)),
+                   store=RunStore(tmp_path / "runs"))
+    svm = [e for e in events if e[0] in ("fit SVM", "kernel")]
+    assert svm[0][:3] == ("fit SVM", 0, 5) and "SVC (rbf kernel) on 453 images; estimate about" in svm[0][3]
+    assert svm[1] == ("kernel",)  # computed after the estimate was shown
+    steps = svm[2:]
+    assert [e[1] for e in steps] == [1, 2, 3, 4, 5] and all(e[2] == 5 for e in steps)
+    assert all(e[3].endswith("left") for e in steps[:-1]) and steps[0][3].startswith("fit next")
+    logreg = [e for e in events if e[0] == "fit logistic regression"]
+    assert logreg[0][:3] == ("fit logistic regression", 0, 4) and "estimate about" in logreg[0][3]
+    assert [e[1] for e in logreg] == [0, 1, 2, 3, 4]
+    head = [e for e in events if e[0] == "fit head"]  # 3 fold heads x 4 epochs, then the final head's (at most 4)
+    assert head[0][:3] == ("fit head", 0, 16) and "estimate about" in head[0][3]
+    assert [e[1] for e in head[:13]] == list(range(13)) and head[-1][1:] == (16, 16, "done")
+
+
+def test_every_stage_of_every_feature_approach_reports_progress_and_the_runs_count(demo_dir, demo_features,
+                                                                                    feature_cache, image_size,
+                                                                                    tmp_path):
+    """Issue 30: logreg's stages were never reported, so a job showed the head's last stage for minutes."""
+    from core.jobs import OVERALL_STAGE
+
+    reports = []
+    config = ExperimentConfig(data=str(demo_dir), approaches=("svm", "logreg", "head"), remedies=("none",),
+                              epochs=3, image_size=image_size, device="cpu", cache_dir=str(feature_cache), workers=0)
+    run_experiment(config, progress=lambda stage, done, total, note="": reports.append((stage, done, total)),
+                   store=RunStore(tmp_path / "runs"))
+    assert [(done, total) for stage, done, total in reports if stage == OVERALL_STAGE] == [(0, 3), (1, 3), (2, 3),
+                                                                                           (3, 3)]
+    stages = {stage for stage, _, _ in reports}
+    assert {"fit SVM", "fit logistic regression", "fit head"} <= stages, stages  # each approach's own steps

@@ -249,6 +249,8 @@ class Recorder:
         self.calls, self.cancel_after = [], cancel_after
 
     def __call__(self, stage, done, total):
+        if stage != "extract features":  # e.g. "load the backbone" before the first image
+            return
         self.calls.append((done, total))
         if self.cancel_after is not None and done > self.cancel_after:
             raise Cancelled("user cancelled")

@@ -80,8 +80,8 @@ def test_a_remedy_that_lifts_it_is_named_with_its_interval(built):
     (rare,) = topic(found, "rare")
     change = comparisons.get("svm-none", "svm-balanced")["class_f1"][2]
     assert change["low"] > 0.5
-    assert (f"Under svm, balanced lifts it most from svm · none: F1 0.00 → 0.96, {change['delta']:+.2f} "
-            f"[{change['low']:+.2f}, {change['high']:+.2f}]") in rare.text
+    assert (f"Under svm, balanced lifts it most from svm · none: F1 0.000 → 0.957, {change['delta']:+.3f} "
+            f"[{change['low']:+.3f}, {change['high']:+.3f}]") in rare.text  # scores to 3 decimals, as everywhere
     assert "more than noise" in rare.text and "No remedy tried raises it under head" in rare.text
     assert ("svm-none", "svm-balanced") in rare.pairs and "svm-balanced" in rare.run_ids
 
@@ -131,4 +131,4 @@ def test_fine_tuning_is_compared_with_frozen_features_with_and_without_extractio
     assert finding.text.startswith("Fine-tuning against frozen features (each approach's best run by validation): "
                                    "svm · none minus finetune · none: accuracy -")
     assert "a difference beyond noise" in finding.text
-    assert "svm fits 1200x faster than finetune (29.3x counting the one-off feature extraction)" in finding.text
+    assert "svm fits 1200× faster than finetune (29× counting the one-off feature extraction)" in finding.text

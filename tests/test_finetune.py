@@ -1,5 +1,7 @@
 """Fine-tuning through the real backbone, on a small slice of the demo data (core.finetune)."""
 import copy
+import re
+import time
 
 import numpy as np
 import pytest
@@ -11,7 +13,8 @@ from core.backbones import create_backbone
 from core.data import Dataset
 from core.errors import Cancelled, ConfigError
 from core.features import ImageDataset, Preprocess
-from core.finetune import FinetuneConfig, finetune, load_finetuned, trainable_stages, validation_split
+from core.finetune import (FinetuneConfig, compose_estimate, estimate_seconds, finetune, load_finetuned,
+                           trainable_stages, validation_split)
 
 
 @pytest.fixture(scope="module")
@@ -201,22 +204,132 @@ def test_checkpoint_is_plain_tensors_loadable_with_weights_only(small_demo, tmp_
     assert net(torch.zeros(1, 3, 32, 96, dtype=torch.uint8)).shape == (1, 10)
 
 
-def test_a_cancelled_finetune_leaves_no_partial_run(small_demo, tmp_path, monkeypatch):
-    from core.experiment import ExperimentConfig, run_experiment
+def _experiment_config(small_demo, tmp_path, epochs=3):
+    from core.experiment import ExperimentConfig
+
+    return ExperimentConfig(data=small_demo.root, approaches=("finetune",), remedies=("none",), epochs=epochs,
+                            image_size=32, batch_size=16, device="cpu", workers=0, cache_dir=str(tmp_path / "c"))
+
+
+def test_a_finetune_cancelled_before_its_first_validated_epoch_leaves_no_partial_run(small_demo, tmp_path,
+                                                                                      monkeypatch):
+    from core.experiment import run_experiment
     from core.store import RunStore
 
     monkeypatch.setattr("core.experiment.load_data", lambda config: small_demo)
 
-    def cancel_in_epoch_2(stage, done, total, note=""):
-        if note.startswith("epoch 1/"):
+    def cancel_in_epoch_1(stage, done, total, note=""):
+        if stage == finetune_module._Ticker.STAGE and done > 0 and not note:  # caching or training epoch 1
             raise Cancelled("cancelled by the test")
 
-    cfg = ExperimentConfig(data=small_demo.root, approaches=("finetune",), remedies=("none",), epochs=3,
-                           image_size=32, batch_size=16, device="cpu", workers=0, cache_dir=str(tmp_path / "c"))
     with pytest.raises(Cancelled):
-        run_experiment(cfg, progress=cancel_in_epoch_2)
+        run_experiment(_experiment_config(small_demo, tmp_path), progress=cancel_in_epoch_1)
     runs = tmp_path / "c" / "runs"
     assert RunStore(runs).list_runs() == [] and not any(runs.rglob("*.pt")) and not any(runs.rglob("*.joblib"))
+
+
+def test_cancelling_a_finetune_job_after_a_validated_epoch_keeps_its_best_epoch_as_a_run(small_demo, tmp_path,
+                                                                                          monkeypatch):
+    """As on the Train page: the job is cancelled while epoch 2 of 5 would start; epoch 1's weights are saved as a
+    complete run marked stopped early, and the job ends cancelled (nothing after it runs)."""
+    from core.experiment import run_experiment
+    from core.jobs import JobManager
+    from core.store import RunStore
+
+    monkeypatch.setattr("core.experiment.load_data", lambda config: small_demo)
+    manager, notes = JobManager(), []
+
+    def train(report):
+        def progress(stage, done, total, note=""):
+            notes.append(note)
+            if note.startswith("epoch 1/"):
+                manager.cancel(job.id)  # the user's click
+            report(stage, done, total, note)
+        return run_experiment(_experiment_config(small_demo, tmp_path, epochs=5), progress=progress)
+
+    try:
+        job = manager.submit("train", train)
+        deadline = time.monotonic() + 300
+        while job.status in ("queued", "running") and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        manager.shutdown()
+    assert job.status == "cancelled"
+    assert not any(note.startswith("epoch 2/") for note in notes)
+    store = RunStore(tmp_path / "c" / "runs")
+    (record,) = store.list_runs()
+    assert record.stopped_early is True and record.chosen_epoch == 1 and len(record.history) == 1
+    assert record.validation is not None and 0 <= record.macro_f1 <= 1
+    assert store.load_model(record.run_id).kind == "finetune"
+
+
+def test_ctrl_c_during_a_cli_finetune_keeps_the_best_epoch_so_far_as_a_run(small_demo, tmp_path, monkeypatch,
+                                                                           capsys):
+    """`python -m core experiment --approaches finetune`, Ctrl-C once epoch 1 is validated: exit 130, one stderr line
+    naming the kept run, and that run in the store (stopped early, epoch 1)."""
+    from core.cli import TqdmProgress, main
+    from core.store import RunStore
+
+    for where in ("core.experiment.load_data", "core.config.load_data"):
+        monkeypatch.setattr(where, lambda config: small_demo)
+    draw = TqdmProgress.__call__
+
+    def ctrl_c_after_epoch_1(self, stage, done, total, note=""):
+        draw(self, stage, done, total, note)
+        if note.startswith("epoch 1/"):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(TqdmProgress, "__call__", ctrl_c_after_epoch_1)
+    cache = tmp_path / "c"
+    code = main(["experiment", "--data", small_demo.root, "--approaches", "finetune", "--remedy", "none",
+                 "--epochs", "4", "--image-size", "32", "--batch-size", "16", "--workers", "0", "--device", "cpu",
+                 "--cache-dir", str(cache), "--out", str(tmp_path / "r.json")])
+    (record,) = RunStore(cache / "runs").list_runs()
+    assert code == 130 and not (tmp_path / "r.json").exists()
+    assert f"best validation epoch (1) is kept as run {record.run_id}" in capsys.readouterr().err
+    assert record.stopped_early is True and record.chosen_epoch == 1
+
+
+MEASURED = {"setup": 5.0, "shape_setup": 2.0, "cache_image": 0.1, "train_image": 1.0, "val_image": 0.5,
+            "test_image": 0.25}
+COUNTS = {"fit": 100, "val": 20, "test": 40, "cached": True, "new_shapes": 1}
+
+
+def test_estimate_counts_set_up_cache_pass_training_and_validation_every_epoch_and_the_test_pass():
+    parts = compose_estimate(MEASURED, COUNTS, config(epochs=3, hflip=True))
+    assert parts["setup_seconds"] == 5.0 + 2.0  # once, plus the first step at the batch shape the probe did not run
+    assert parts["cache_seconds"] == pytest.approx(0.1 * (2 * 100 + 20))  # fit images both ways, validation once
+    assert parts["train_seconds"] == 3 * 100 * 1.0 and parts["validation_seconds"] == 3 * 20 * 0.5
+    assert parts["test_seconds"] == 40 * 0.25  # once, with the kept weights
+    assert parts["seconds"] == pytest.approx(sum(v for k, v in parts.items() if k not in ("seconds", "epoch_seconds")))
+    assert parts["epoch_seconds"] == 100 + 10
+    assert compose_estimate(MEASURED, COUNTS, config(epochs=3, hflip=False))["cache_seconds"] == pytest.approx(12.0)
+    assert compose_estimate(MEASURED, {**COUNTS, "cached": False}, config(epochs=3))["cache_seconds"] == 0
+    assert compose_estimate(MEASURED, COUNTS, config(epochs=3, test_curve=True))["test_seconds"] == 4 * 40 * 0.25
+
+
+def test_the_estimate_line_says_what_it_is_made_of(small_demo, tmp_path, monkeypatch):
+    from core.experiment import estimate_experiment
+
+    monkeypatch.setattr("core.experiment.load_data", lambda config: small_demo)
+    text = estimate_experiment(_experiment_config(small_demo, tmp_path))["text"]
+    assert re.search(r"about \d+ s per run, \d+ s for 1 run\(s\) on this machine's CPU \(set-up \d+ s, cache pass "
+                     r"\d+ s, \d+ s per epoch with validation, test \d+ s; from a \d+ s probe; frozen part cached once",
+                     text), text
+
+
+@pytest.mark.parametrize("mode, cached", [("last", True), ("all", False)])
+def test_estimate_probes_every_part_through_the_fine_tunes_own_code(small_demo, monkeypatch, mode, cached):
+    seen = {}
+    monkeypatch.setattr(finetune_module, "compose_estimate",
+                        lambda measured, counts, cfg: seen.update(measured=measured, counts=counts) or {})
+    out = estimate_seconds(small_demo, config(unfreeze=mode, batch_size=20))
+    counts, measured = seen["counts"], seen["measured"]
+    assert (counts["fit"], counts["val"], counts["test"]) == (48, 12, 20) and counts["cached"] is cached
+    assert out["activation_cache"] is cached and out["probe_seconds"] > 0
+    positive = {"setup", "train_image", "val_image", "test_image"} | ({"cache_image"} if cached else set())
+    assert all(measured[name] > 0 for name in positive), measured
+    assert counts["new_shapes"] == 1  # 48 fit images in batches of 20: the probe ran 20, the run also has 8
 
 
 def test_zero_epochs_is_a_config_error(small_demo):

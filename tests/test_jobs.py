@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from core.errors import DataError
-from core.jobs import WAITING_FOR_SLOT, JobManager, compute_slot_path
+from core.jobs import OVERALL_STAGE, WAITING_FOR_SLOT, Job, JobManager, compute_slot_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,6 +65,34 @@ def test_jobs_run_one_at_a_time_in_submission_order(manager):
     assert first.finished <= second.started
     assert manager.active() == [] and manager.queue_position(first.id) is None
     assert [job.id for job in manager.jobs()] == [second.id, first.id]
+
+
+def test_time_left_follows_the_measured_rate_of_the_job_wide_stage():
+    job = Job("id", "train", message="fit SVM", progress={"fit SVM": (0, 1)}, stage_started={"fit SVM": 100.0})
+    assert job.time_left_s(now=110) is None, "no step done yet: no estimate"
+    job.progress = {**job.progress, "extract": (30, 40)}
+    job.stage_started, job.message = {**job.stage_started, "extract": 100.0}, "extract"
+    assert job.time_left_s(now=130) == pytest.approx(10), "30 images in 30 s: 10 left, about 10 s"
+    job.progress = {**job.progress, OVERALL_STAGE: (0, 6)}
+    job.stage_started = {**job.stage_started, OVERALL_STAGE: 150.0}
+    assert job.time_left_s(now=130) == pytest.approx(10), "no run done yet: the current stage's rate"
+    job.progress = {**job.progress, OVERALL_STAGE: (2, 6)}
+    job.stage_started = {**job.stage_started, OVERALL_STAGE: 150.0}
+    assert job.time_left_s(now=170) == pytest.approx(40), "two runs in 20 s: four more, about 40 s"
+    job.progress = {**job.progress, OVERALL_STAGE: (6, 6)}
+    assert job.time_left_s(now=200) is None
+
+
+def test_a_job_records_when_each_stage_started(manager):
+    def fn(report):
+        report("extract", 0, 2)
+        time.sleep(0.05)
+        report("extract", 2, 2)
+        report("fit", 0, 1)
+
+    job = wait_status(manager.submit("train", fn), "done")
+    assert list(job.stage_started) == ["extract", "fit"] and job.stage_started["fit"] >= job.stage_started[
+        "extract"] + 0.04
 
 
 def test_progress_is_visible_while_running(manager):

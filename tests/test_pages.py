@@ -1,5 +1,6 @@
 """Dashboard pages under AppTest: the real efficientnet_lite0 on the demo data at a small image size."""
 import json
+import re
 import shutil
 import threading
 import time
@@ -137,7 +138,7 @@ def test_dataset_page_lists_skipped_files(empty_cache, demo_data, tmp_path):
     at.session_state["data_dir"] = str(folder)
     at.run()
     assert not at.exception
-    assert "1 file(s) were skipped" in texts(at.warning)
+    assert "1 file(s) or folder(s) were skipped" in texts(at.warning)
 
 
 def test_dataset_page_lists_skipped_test_labels_of_a_flat_test_folder(empty_cache, demo_data, tmp_path):
@@ -159,7 +160,7 @@ def test_dataset_page_lists_skipped_test_labels_of_a_flat_test_folder(empty_cach
     at.run()
     assert not at.exception
     assert {m.label: m.value for m in at.metric}["Test images"] == "10"
-    assert "2 file(s) were skipped" in texts(at.warning)
+    assert "2 file(s) or folder(s) were skipped" in texts(at.warning)
     tables = [frame.value.to_dict("records") for frame in at.dataframe]
     assert [{"reason": "label 'owl' is not a training class", "count": 2}] in tables
 
@@ -360,8 +361,8 @@ def test_results_deep_link_metrics_and_confusion_toggle(trained):
     assert not at.exception
     assert at.selectbox(key="results_run").value == run.run_id
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Accuracy"] == f"{run['accuracy']:.3f}"
-    assert metrics["Macro-F1"] == f"{run['macro_f1']:.3f}"
+    assert metrics["Accuracy"] == f"{run.accuracy:.3f}"
+    assert metrics["Macro-F1"] == f"{run.macro_f1:.3f}"
     assert charts(at) == 4  # confusion matrix, per-class bars, learning curve, reliability diagram
     at.toggle(key="cm_normalize").set_value(True).run()
     assert not at.exception and at.toggle(key="cm_normalize").value
@@ -389,7 +390,7 @@ def test_results_show_bootstrap_intervals(trained):
     at = page("results")
     at.query_params["run"] = run.run_id
     at.run()
-    assert f"Macro-F1 {run['macro_f1_low']:.3f}–{run['macro_f1_high']:.3f}" in texts(at.caption)
+    assert f"Macro-F1 {run.macro_f1_low:.3f}–{run.macro_f1_high:.3f}" in texts(at.caption)
 
 
 def test_results_and_compare_say_when_macro_figures_rest_on_a_handful_of_test_images(trained):
@@ -466,7 +467,7 @@ def test_results_logit_slider_rescores_without_retraining(trained):
     assert after["Balanced accuracy at tau 2"][0] != before["Balanced accuracy at tau 0"]
     assert after["Balanced accuracy at tau 2"][1] != "+0.000"
     validation = after["validation Balanced accuracy at tau 2"]  # shown first: what to choose tau by
-    assert validation[0] != f"{head_run()['validation']['balanced_accuracy']:.3f}" and validation[1]
+    assert validation[0] != f"{head_run().validation.balanced_accuracy:.3f}" and validation[1]
     labels = [m.label for m in at.metric if "at tau 2" in m.label]
     assert labels.index("validation Macro-F1 at tau 2") < labels.index("Macro-F1 at tau 2")
 
@@ -537,7 +538,8 @@ def test_results_unknown_run_link_warns_and_shows_newest(trained):
 def test_compare_shows_tradeoff_speedup_and_diff(trained):
     at = page("compare").run()
     assert not at.exception
-    assert "× faster** than" in texts(at.markdown)
+    # The fixture's fits take fractions of a second, so the factor is timing noise: either sentence is right
+    assert re.search(r"\*\*[^*]+\*\* is (\d[\d.]*× faster than|about as fast as) ", texts(at.markdown))
     assert charts(at) == 3  # trade-off scatter, confusion diff, F1 delta
     assert "McNemar's exact test p =" in texts(at.caption)
     (paired,) = [df.value for df in at.dataframe if "95% low" in df.value.columns]
@@ -574,8 +576,8 @@ def test_paired_tests_are_computed_once_per_pair_of_runs(trained, monkeypatch):
     first = len(computed)  # the group's family of comparisons (findings), the two-run diff among them
     assert 4 <= first <= 6  # 4 runs: 4 same-approach or same-remedy pairs, and the pairs the findings add
     at.run()
-    page("compare").run()  # another session, the same two runs
-    assert not at.exception and len(computed) == 1
+    page("compare").run()  # another session, the same runs
+    assert not at.exception and len(computed) == first
     run = next(r for r in state.list_runs() if r.approach == "svm" and r.class_weight == "none")
     core.whatif.PAIRED.clear()
     at = whatif_page(run)
@@ -623,7 +625,7 @@ def test_compare_deletes_selected_runs(trained_copy):
 def test_pages_without_runs_point_to_train(empty_cache, name):
     at = page(name).run()
     assert not at.exception
-    assert "No runs yet." in texts(at.info)
+    assert "No runs yet on this dataset." in texts(at.info)
     assert at.get("page_link")
 
 
@@ -652,7 +654,7 @@ def test_whatif_refits_on_a_weight_change_and_shows_deltas(trained, approach):
     at = whatif_page(run)
     assert not at.exception and not at.error
     metrics = {m.label: m for m in at.metric}
-    assert metrics["Macro-F1"].value == f"{run['macro_f1']:.3f}" and not metrics["Macro-F1"].delta
+    assert metrics["Macro-F1"].value == f"{run.macro_f1:.3f}" and not metrics["Macro-F1"].delta
     assert "Refit time" in metrics and charts(at) == 2
     rarest_slider(at, run).set_value(100.0).run()
     assert not at.exception and not at.error
@@ -680,7 +682,7 @@ def test_whatif_unchanged_weights_show_no_validation_change(trained):
     validation = at.metric[:3]  # the validation row comes first
     assert {m.label for m in validation} == {"Accuracy", "Balanced accuracy", "Macro-F1"}
     assert not any(m.delta for m in validation), [(m.label, m.value, m.delta) for m in validation]
-    assert f"{run['tuned']['epochs']} epochs chosen on this run's training folds" in texts(at.caption)
+    assert f"{run.tuned['epochs']} epochs chosen on this run's training folds" in texts(at.caption)
 
 
 def test_whatif_svm_note_says_what_rescaled_weights_do(trained):
@@ -805,7 +807,7 @@ def test_whatif_refits_only_for_weights_not_tried_and_rescores_tau(trained, monk
     start_weight = rarest_slider(at, run).value
     rarest_slider(at, run).set_value(100.0).run()
     assert len(fits) == 2 and fits[1].max() / fits[1].min() == pytest.approx(100.0)  # fits see rescaled weights
-    at.slider(key=f"whatif_tau_{run['run_id']}").set_value(1.0).run()
+    at.slider(key=f"whatif_tau_{run.run_id}").set_value(1.0).run()
     assert not at.exception and not at.error and len(fits) == 2  # tau rescales the kept scores: no refit
     tuned = {m.label: m.value for m in at.metric}
     rarest_slider(at, run).set_value(start_weight).run()
@@ -851,7 +853,7 @@ def test_whatif_shows_validation_first_offsets_rescore_and_the_svm_explains(trai
     free = [name for name, (n_sv, n_bound) in support.items() if n_sv and not n_bound]
     assert len([i for i in at.info if "cannot change the boundary" in str(i.value)]) == len(free)
     rare = min(range(len(run.per_class)), key=lambda i: run.per_class[i].train_count)
-    slider = at.slider(key=f"whatif_offset_{run['run_id']}_{rare}")
+    slider = at.slider(key=f"whatif_offset_{run.run_id}_{rare}")
     slider.set_value(slider.max).run()
     assert not at.exception and len(calls) == 1  # offsets rescore, no refit
     test_macro = [m for m in at.metric if m.label == "Macro-F1"]

@@ -12,7 +12,7 @@ from core.classifiers import LinearHead, LogisticProbe, SvmClassifier, rbf_kerne
 from core.errors import RunStoreError
 from core.model_graph import score_module
 from core.model_io import model_bytes, model_state, read_model
-from core.bundles import import_bundle
+from core.bundles import export_bundle, import_bundle
 from core.store import RunStore
 from test_cli import assert_usage_error, run_main
 
@@ -22,7 +22,8 @@ FIXTURE_BUNDLE = Path(__file__).parent / "fixtures" / "main-7b63ebb" / "bundle.z
 def _estimators(X, y, k):
     return [SvmClassifier(n_classes=k + 1).fit(X, y), SvmClassifier().fit(X, y, kernels=rbf_kernels(X)),
             SvmClassifier(kernel="poly").fit(X, y), SvmClassifier(kernel="sigmoid").fit(X, y),
-            SvmClassifier(kernel="linear").fit(X, y), LinearHead(epochs=3).fit(X, y), LogisticProbe().fit(X, y)]
+            SvmClassifier(kernel="linear").fit(X, y), SvmClassifier(solver="nystroem", n_classes=k + 1).fit(X, y),
+            SvmClassifier(solver="nystroem", kernel="poly").fit(X, y), LinearHead(epochs=3).fit(X, y), LogisticProbe().fit(X, y)]
 
 
 @pytest.mark.parametrize("n_classes", [2, 4])
@@ -156,7 +157,7 @@ def test_exported_onnx_reproduces_the_stored_test_predictions(demo_runs, demo_da
 @pytest.mark.slow
 def test_an_imported_bundle_carries_what_predicting_needs(demo_runs, demo_dir, tmp_path):
     cache, run_ids = demo_runs
-    bundle = RunStore(cache / "runs").export_bundle([run_ids["svm"]], tmp_path / "b.zip")
+    bundle = export_bundle(RunStore(cache / "runs"), [run_ids["svm"]], tmp_path / "b.zip")
     other = tmp_path / "other"
     assert import_bundle(RunStore(other / "runs"), bundle) == [run_ids["svm"]]
     out = tmp_path / "p.csv"

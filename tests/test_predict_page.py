@@ -29,7 +29,7 @@ def test_predict_page_preselects_the_best_run_and_predicts_a_folder(trained, dem
 
 
 def test_predict_page_deep_link_picks_that_run(trained):
-    run_id = state.run_store().list_runs()[-1]["run_id"]
+    run_id = state.run_store().list_runs()[-1].run_id
     at = page("predict")
     at.query_params["run"] = run_id
     at.run()
@@ -48,4 +48,4 @@ def test_viewers_see_no_uploader_and_the_server_refuses_their_upload(trained, mo
     with pytest.raises(ReadOnlyError, match="cannot upload images"):
         state.save_uploads([Upload()])
     with pytest.raises(ReadOnlyError, match="cannot predict"):
-        state.predict_images(state.run_store().list_runs()[0]["run_id"], ["/etc"])
+        state.predict_images(state.run_store().list_runs()[0].run_id, ["/etc"])

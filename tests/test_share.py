@@ -241,8 +241,8 @@ def test_share_page_exports_only_the_picked_runs_and_links_them(viewer, download
     click_downloads(at, click)
     markdown = downloads["transferscope-report.md"].decode()
     assert markdown.count("\n### ") == 3  # the runs table, the best runs' F1 per class, the one run
-    assert "## Findings" in markdown and f"results?run={run['run_id']})" in markdown  # findings link their run
-    assert f"results?run={run['run_id']}" in at.dataframe[0].value.to_string()
+    assert "## Findings" in markdown and f"results?run={run.run_id})" in markdown  # findings link their run
+    assert f"results?run={run.run_id}" in at.dataframe[0].value.to_string()
     at.multiselect(key="share_runs").set_value([]).run()
     assert "Pick at least one run" in texts(at.caption)
     assert not at.get("download_button")
@@ -340,7 +340,7 @@ def test_viewer_cannot_rescan_and_split_inputs_do_not_rescan(viewer, monkeypatch
     assert not at.exception and at.button(key="rescan").disabled
     at = page("train").run()
     at.number_input(key="train_test_size").set_value(0.5).run()
-    at.number_input(key="train_seed").set_value(7).run()
+    at.text_input(key="train_seeds").set_value("7").run()
     st.cache_data.clear()  # a viewer's ClearCache message must not force a rescan either
     page("dataset").run()
     assert not at.exception
@@ -370,13 +370,16 @@ def test_viewer_downloads_are_rate_limited_across_sessions(viewer, monkeypatch, 
     html, md, _ = page("share").run().get("download_button")
     click(html)
     click(html)  # cached: costs nothing, counts nothing
+    drawn_before = page("share").run()  # before the limit was reached
     click(md)
-    other_viewer = page("share").run()
-    click(other_viewer.get("download_button")[2])
-    with zipfile.ZipFile(io.BytesIO(downloads["transferscope-runs.zip"])) as refused:
+    click(drawn_before.get("download_button")[2])  # a page drawn before the limit: the file says why
+    with zipfile.ZipFile(io.BytesIO(downloads.pop("transferscope-runs.zip"))) as refused:
         assert refused.namelist() == ["NOT-BUILT.txt"]
         assert "try again in" in refused.read("NOT-BUILT.txt").decode()
     assert "Traceback" not in caplog.text
+    other_viewer = page("share").run()  # drawn now: the page says why and offers no download
+    assert "try again in" in texts(other_viewer.error)
+    assert all(button.proto.disabled for button in other_viewer.get("download_button"))
 
 
 # ---- what viewers can read -------------------------------------------------------------------------
@@ -445,8 +448,8 @@ def test_viewer_bundles_and_reports_name_paths_inside_the_dataset_only(viewer, d
         text = data.decode()
         assert str(demo_dir.parent) not in text and "/home/owner" not in text and str(viewer) not in text, name
     with zipfile.ZipFile(io.BytesIO(downloads["transferscope-runs.zip"])) as zf:
-        served = zf.read(f"{runs[0]['run_id']}/predictions.csv").decode().splitlines()[1]
-        elsewhere = json.loads(zf.read(f"{runs[1]['run_id']}/record.json"))["dataset"]["root"]
+        served = zf.read(f"{runs[0].run_id}/predictions.csv").decode().splitlines()[1]
+        elsewhere = json.loads(zf.read(f"{runs[1].run_id}/record.json"))["dataset"]["root"]
     assert served.startswith(f"{demo_dir.name}/test/") and elsewhere == OTHER_FOLDER
     fresh = RunStore(viewer.parent / "fresh")  # still a bundle another TransferScope imports
     assert import_bundle(fresh, io.BytesIO(downloads["transferscope-runs.zip"])) == [run.run_id for run in runs]

@@ -10,6 +10,7 @@ from core.naming import run_labels, run_names
 from core.figures import confusion_diff_figure, f1_delta_figure, tradeoff_figure
 from core.records import RunRecord
 from core.report import PAIRED_NOTE, comparisons_table, escape_markdown
+from core.style import SCORE_FORMAT, faster
 from dashboard import access, errors, state, widgets
 
 SPEEDUP_VIEWS = (("fit", False, "Fit time; the shared feature extraction is not counted."),
@@ -25,8 +26,7 @@ def show_speedups(runs: list[RunRecord]) -> None:
     for stage, with_extraction, caption in SPEEDUP_VIEWS:
         for row in speedups(runs, with_extraction, stage):
             fast, slow = (escape_markdown(APPROACH_NAMES.get(row[k], row[k])) for k in ("fast", "slow"))
-            factor = row["factor"]
-            st.markdown(f"- **{fast}** is **{factor:.{0 if factor >= 10 else 1}f}× faster** than {slow}")
+            st.markdown(f"- {faster(f'**{fast}**', slow, row['factor'])}")
         st.caption(f"{caption} Medians per approach.")
 
 
@@ -67,8 +67,7 @@ def show_diff(labels: dict[str, str], comparisons) -> None:
     record_a, record_b = state.load_run(run_a), state.load_run(run_b)
     check_comparable(record_a, record_b)
     st.dataframe(metrics_diff(record_a, record_b), hide_index=True, key="metrics_diff",
-                 column_config={name: st.column_config.NumberColumn(format="%+.3f" if name == "B − A" else "%.3f")
-                                for name in ("A", "B", "B − A")})
+                 column_config=widgets.score_columns("A", "B", changes=("B − A",)))
     show_paired(record_a, record_b, comparisons)
     widgets.chart(confusion_diff_figure(record_a.confusion_matrix, record_b.confusion_matrix, record_a.classes,
                                         "A", "B", minority=record_a.minority), key="confusion_diff")
@@ -100,9 +99,9 @@ def show_backbones(records: list[RunRecord]) -> None:
     chosen = st.selectbox("Runs that differ only in backbone", range(len(groups)),
                           format_func=lambda i: groups[i]["label"], key="backbone_group")
     st.dataframe(groups[chosen]["table"], hide_index=True, key="backbone_table", column_config={
-        "score": st.column_config.NumberColumn("macro-F1", format="%.3f"),
-        "low": st.column_config.NumberColumn("95% low", format="%.3f"),
-        "high": st.column_config.NumberColumn("95% high", format="%.3f"),
+        "score": st.column_config.NumberColumn("macro-F1", format=SCORE_FORMAT),
+        "low": st.column_config.NumberColumn("95% low", format=SCORE_FORMAT),
+        "high": st.column_config.NumberColumn("95% high", format=SCORE_FORMAT),
         "extract s/image": st.column_config.NumberColumn(format="%.4f")})
     st.caption("Extraction: the one-off wall time of each backbone's features per image, as measured when "
                "they were extracted (on whatever else the machine was doing then).")
@@ -111,10 +110,11 @@ def show_backbones(records: list[RunRecord]) -> None:
 st.title("Compare")
 with errors.guard():
     all_runs = state.list_runs()
-    if not all_runs:
+    listed = widgets.dataset_runs(all_runs, "compare_all_data")
+    if not listed:
         widgets.no_runs_hint()
     else:
-        groups = comparable_groups([access.shown_record(run) for run in all_runs])
+        groups = comparable_groups([access.shown_record(run) for run in listed])
         chosen = st.selectbox("Runs compared like for like (same files, backbone, pooling, image size, precision, "
                               "device and settings)", range(len(groups)),
                               format_func=lambda i: groups[i]["label"], key="compare_group")
@@ -143,6 +143,6 @@ with errors.guard():
                     "two-run diff.", icon=":material/info:")
         else:
             show_diff(labels, state.group_findings(runs)[1])
-        show_backbones(all_runs)
+        show_backbones(listed)
     if deletable := {**run_labels(all_runs), **state.broken_runs()}:
         delete_runs(deletable)

@@ -17,6 +17,7 @@ DUPLICATES_SHOWN = 12
 DUPLICATE_COLUMNS = 3
 PAIR_PX = 112  # two side by side fit a third of the page at 1280 px
 SKIPPED_ROWS = 1000  # skipped files and train/test file pairs listed (all are counted)
+SKIP_REASONS_SHOWN = 3  # in the warning; the table below lists them all
 
 
 def show_overview(data, table) -> None:
@@ -56,8 +57,10 @@ def show_samples(data) -> None:
 
 def show_skipped(data) -> None:
     if data.skipped:
-        st.warning(f"{len(data.skipped)} file(s) were skipped and are used neither for training nor for testing "
-                   "(test images whose label is not a training class among them).", icon=":material/warning:")
+        reasons = "".join(f"\n- {row['count']} × {escape_markdown(access.shown_text(row['reason']))}"
+                          for row in data.skipped_counts[:SKIP_REASONS_SHOWN])
+        st.warning(f"{len(data.skipped)} file(s) or folder(s) were skipped and are used neither for training nor "
+                   f"for testing; the most frequent reasons:{reasons}", icon=":material/warning:")
         st.dataframe(data.skipped_counts, hide_index=True, key="skipped_reasons")
         with st.expander("Skipped files"):
             rows = [{"file": access.shown_path(path), "reason": access.shown_text(reason)}

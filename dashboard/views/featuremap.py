@@ -56,11 +56,12 @@ def _share_done(job) -> float:
 
 st.title("Feature map")
 with errors.guard():
-    runs = [run for run in state.list_runs() if run.approach in FEATURE_APPROACHES]
+    runs = widgets.dataset_runs([run for run in state.list_runs() if run.approach in FEATURE_APPROACHES],
+                                "map_all_data")
     if not runs:
         widgets.no_runs_hint()
     else:
-        record = widgets.pick_run(runs, "Features and test predictions of run (svm or head)", "map_run")
+        record = widgets.pick_run(runs, f"Run on cached features ({' / '.join(FEATURE_APPROACHES)})", "map_run")
         coords = state.feature_map(record.feature_key)
         if coords is None:
             feature_map_job_panel(record)

@@ -3,6 +3,7 @@ import streamlit as st
 
 from core.experiment import best_by_validation
 from core.scan import IMAGE_EXTENSIONS
+from core.style import SCORE_FORMAT
 from dashboard import access, errors, state, widgets
 
 TOP_K = 3
@@ -21,7 +22,7 @@ def show_prediction(predictions, i: int, run_id: str, names: dict) -> None:
     value = "probability" if predictions.logits else "score"
     st.dataframe({"class": [b["class"] for b in best], value: [b[value] for b in best]}, hide_index=True,
                  key=f"top_k_{i}", column_config={"probability": st.column_config.ProgressColumn(
-                     "probability", min_value=0.0, max_value=1.0, format="%.3f")})
+                     "probability", min_value=0.0, max_value=1.0, format=SCORE_FORMAT)})
     show_explanation(run_id, path)
 
 

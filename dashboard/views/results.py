@@ -7,13 +7,14 @@ from core.analysis import (HEADLINE_METRICS, LOGIT_APPROACHES, class_report, err
 from core.figures import clickable_confusion_figure, learning_curve_figure, per_class_figure
 from core.records import RunRecord
 from core.report import escape_markdown
+from core.style import score, score_change
 from dashboard import access, errors, state, why, widgets
 
 
 def show_metrics(record: RunRecord) -> None:
     cols = st.columns(len(HEADLINE_METRICS) + 1)
     for col, (key, label) in zip(cols, HEADLINE_METRICS.items()):
-        col.metric(label, f"{record.score(key):.3f}")
+        col.metric(label, score(record.score(key)))
     cols[-1].metric("Fit time", widgets.format_seconds(record.fit_seconds), help=fit_time_note(record))
     if interval_caption(record):
         st.caption(interval_caption(record) + " (how much the score could move with another sample of test images)")
@@ -71,13 +72,13 @@ def logit_panel(record: RunRecord) -> None:
             st.markdown("**Validation** (out-of-fold, on the training images): what to choose tau by")
             for col, key in zip(st.columns(len(after)), after):
                 change = after[key] - getattr(before, key)
-                col.metric(f"validation {HEADLINE_METRICS[key]} at tau {tau:g}", f"{after[key]:.3f}",
-                           delta=f"{change:+.3f}" if round(change, 3) else None)
+                col.metric(f"validation {HEADLINE_METRICS[key]} at tau {tau:g}", score(after[key]),
+                           delta=score_change(change) if round(change, 3) else None)
         st.markdown("**Test** (held-out check): choosing tau by these numbers tunes on the test set")
         adjusted = rescore(record, state.load_predictions(record.run_id), tau)
         for col, row in zip(st.columns(len(HEADLINE_METRICS)), metric_deltas(record, adjusted)):
-            col.metric(f"{row['metric']} at tau {tau:g}", f"{row['after']:.3f}",
-                       delta=f"{row['delta']:+.3f}" if round(row["delta"], 3) else None)
+            col.metric(f"{row['metric']} at tau {tau:g}", score(row['after']),
+                       delta=score_change(row['delta']) if round(row["delta"], 3) else None)
         if adjusted["never_predicted"]:
             names = ", ".join(map(escape_markdown, adjusted["never_predicted"]))
             st.warning(f"Never predicted at tau {tau:g}: {names}")
@@ -105,7 +106,7 @@ def misclassified_panel(record: RunRecord) -> None:
 
 st.title("Results")
 with errors.guard():
-    runs = state.list_runs()
+    runs = widgets.dataset_runs(state.list_runs(), "results_all_data")
     if not runs:
         widgets.no_runs_hint()
     else:
@@ -117,7 +118,8 @@ with errors.guard():
         why.ordinal_panel(record)
         with st.expander("Per-class table and run settings"):
             left, right = st.columns([3, 2])
-            left.dataframe(class_report(record), hide_index=True, key="class_report")
+            left.dataframe(class_report(record), hide_index=True, key="class_report",
+                           column_config=widgets.score_columns("precision", "recall", "F1"))
             right.dataframe(run_settings(access.shown_record(record)), hide_index=True, key="run_settings")
         logit_panel(record)
         if record.history:

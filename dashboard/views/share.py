@@ -2,9 +2,9 @@
 import streamlit as st
 
 from core import sharing
-from core.naming import run_labels
+from core.errors import TransferScopeError
 from core.records import RunRecord
-from core.report import escape_markdown
+from core.report import check_one_dataset, escape_markdown
 from core.sharing import run_link
 from dashboard import access, errors, state, views, widgets
 
@@ -58,28 +58,38 @@ def show_links(run_ids: list[str], labels: dict[str, str]) -> None:
                  hide_index=True, key="share_links", column_config={"link": st.column_config.LinkColumn("link")})
 
 
-def download(column, label: str, make_data, file_name: str, mime: str, key: str, icon: str) -> None:
+def download(column, label: str, make_data, file_name: str, mime: str, key: str, icon: str,
+             disabled: bool = False) -> None:
     """A download button whose file is built only when clicked."""
     column.download_button(label, make_data, file_name=file_name, mime=mime, key=key, icon=icon,
-                           on_click="ignore", width="stretch")
+                           on_click="ignore", width="stretch", disabled=disabled)
 
 
 def export_runs(runs: list[RunRecord]) -> None:
     st.subheader("Export runs")
-    labels = run_labels(runs)
+    listed = widgets.dataset_runs(runs, "share_all_data")
+    labels = widgets.picker_labels(listed)
     chosen = st.multiselect("Runs to export", list(labels), default=list(labels), format_func=labels.get,
-                            key="share_runs")
+                            key="share_runs" if len(listed) == len(runs) else "share_runs_this_dataset")  # the switch: a fresh default
     if not chosen:
         st.caption("Pick at least one run to export.")
         return
     show_links(chosen, labels)
+    reportable = downloadable = False
+    try:  # checked here, where the reason shows: a failed download would say it only in the server's log
+        state.check_downloads()
+        downloadable = True
+        check_one_dataset([run for run in listed if run.run_id in chosen])
+        reportable = True
+    except TransferScopeError as reason:
+        errors.show_failure(f"No {'report' if downloadable else 'download'} now: {reason}.")
     html_col, md_col, zip_col = st.columns(3)
     download(html_col, "HTML report", state.deferred_report(chosen, "html", app_url()), "transferscope-report.html",
-             "text/html", "download_html", ":material/html:")
+             "text/html", "download_html", ":material/html:", disabled=not reportable)
     download(md_col, "Markdown report", state.deferred_report(chosen, "md", app_url()), "transferscope-report.md",
-             "text/markdown", "download_md", ":material/description:")
+             "text/markdown", "download_md", ":material/description:", disabled=not reportable)
     download(zip_col, "Run bundle (zip)", state.deferred_bundle(chosen), "transferscope-runs.zip",
-             "application/zip", "download_bundle", ":material/folder_zip:")
+             "application/zip", "download_bundle", ":material/folder_zip:", disabled=not downloadable)
     st.caption("The HTML report is one self-contained file (charts included); the bundle holds the runs "
                "for another copy of TransferScope to import below.")
 

@@ -24,7 +24,8 @@ def read_settings() -> dict:
         columns = st.columns(3)
         advanced = [s for s in SETTINGS if s.on_page and s.name not in MAIN_SETTINGS]
         settings.update({s.name: widgets.setting_widget(columns[i % 3], s) for i, s in enumerate(advanced)})
-    return settings
+    seeds = settings["seeds"]  # the page's one seed field: one seed, or several that repeat each run
+    return {**settings, "seed": seeds[0] if seeds else BY_NAME["seed"].default, "seeds": seeds if len(seeds) > 1 else ()}
 
 
 def reset_weight_editor() -> None:
@@ -78,8 +79,9 @@ def show_outcome(results: dict) -> None:
     elif results["feature_key"]:
         st.success(f"Features extracted in {extract} and cached for the next runs.")
     runs = run_records(results)
-    widgets.runs_dataframe(runs, key="job_runs", columns=(
-        "approach", "remedy", "macro-F1", "validation macro-F1", "cross-fitted validation macro-F1"))
+    widgets.runs_dataframe(runs, key="job_runs",  # few, short columns: this panel is narrow
+                           columns=("run", "macro-F1", "cross-fitted validation macro-F1"),
+                           short={"cross-fitted validation macro-F1": "validation"})
     for note in results.get("skipped_runs", []):
         st.caption(note)
     chosen = next((run for run in runs if run.run_id == results.get("best_by_validation")), None)
@@ -96,7 +98,7 @@ def show_outcome(results: dict) -> None:
 
 
 st.title("Train")
-settings_col, job_col = st.columns([3, 2], gap="large")
+settings_col, job_col = st.columns([5, 4], gap="large")
 with settings_col, errors.guard():
     settings = read_settings()
     remedies = st.multiselect("Imbalance remedies", PAGE_CHOICES, default=["none", "balanced"], key="train_schemes",

@@ -12,6 +12,7 @@ from core.findings import tries_note
 from core.records import RunRecord
 from core.report import escape_markdown
 from core.weights import SCALE_NOTE
+from core.style import score, score_change
 from core.whatif import (SEED_SCHEMES, WEIGHT_RANGE, compare_with_start, live_refit_note, rescore, seed_weights,
                          validation_change, weight_explanations)
 from dashboard import access, errors, state, widgets
@@ -52,8 +53,8 @@ def offset_sliders(start, outcome: dict) -> np.ndarray:
 def metric_row(rows: list[dict], extra=None) -> None:
     cols = st.columns(len(rows) + (extra is not None))
     for col, row in zip(cols, rows):
-        delta = f"{row['delta']:+.3f}" if round(row["delta"], 3) else None
-        col.metric(row["metric"], f"{row['after']:.3f}", delta=delta)
+        delta = score_change(row['delta']) if round(row["delta"], 3) else None
+        col.metric(row["metric"], score(row['after']), delta=delta)
     if extra is not None:
         label, value, note = extra
         cols[-1].metric(label, value, help=note)
@@ -95,9 +96,10 @@ def show_changes(start, outcome: dict, show_test: bool, setting=None) -> None:
     widgets.chart(confusion_diff_figure(record.confusion_matrix, outcome["confusion_matrix"], record.classes,
                                         "start", "tuned", minority=record.minority), key="whatif_confusion")
     with st.expander("Per-class table"):
-        st.dataframe(change["per_class"], hide_index=True, key="whatif_table", column_config={
-            name: st.column_config.NumberColumn(format="%+.3f" if name.startswith("Δ") else "%.3f")
-            for name in change["per_class"].columns if name not in ("class", "minority")})
+        columns = [name for name in change["per_class"].columns if name not in ("class", "minority")]
+        changes = tuple(name for name in columns if name.startswith("Δ"))
+        st.dataframe(change["per_class"], hide_index=True, key="whatif_table", column_config=widgets.score_columns(
+            *[name for name in columns if name not in changes], changes=changes))
 
 
 @st.fragment
@@ -144,7 +146,8 @@ st.caption("Tune a run's class weights: move a class's weight and the model refi
            "(the SVM reuses its kernel, the linear models retrain in about a second), with 3-fold validation "
            "on the training images; tau and per-class offsets only rescore. Nothing is stored until you save.")
 with errors.guard():
-    runs = [run for run in state.list_runs() if run.approach in FEATURE_APPROACHES]
+    runs = widgets.dataset_runs([run for run in state.list_runs() if run.approach in FEATURE_APPROACHES],
+                                "whatif_all_data")
     if not runs:
         widgets.no_runs_hint()
     else:
