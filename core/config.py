@@ -56,8 +56,8 @@ def check_class_weight_spec(spec) -> None:
         table = spec if isinstance(spec, dict) else read_custom_weights(spec)
         for name, value in table.items():  # class names are checked against the dataset once it is scanned
             check_weight(name, value)
-    elif spec not in SCHEMES or spec == "custom":
-        raise ClassWeightError(f"unknown class-weight scheme {spec!r}; choose none, balanced, sqrt, effective "
+    elif spec not in SCHEMES:
+        raise ClassWeightError(f"unknown class-weight scheme {spec!r}; choose {', '.join(SCHEMES)} "
                                "or a path to a JSON file {class: weight}")
 
 

@@ -40,7 +40,7 @@ def resolve_class_weight(spec, dataset: Dataset, beta: float = 0.999) -> tuple[s
     counts = dataset.train_counts
     if isinstance(spec, dict):
         return "custom", class_weights("custom", counts, dataset.classes, custom=spec)
-    if spec in SCHEMES and spec != "custom":
+    if spec in SCHEMES:
         return spec, class_weights(spec, counts, dataset.classes, beta=beta)
     check_class_weight_spec(spec)  # raises for an unknown scheme
     table = read_custom_weights(spec)

@@ -22,29 +22,33 @@ import numpy as np
 
 from core.errors import ClassWeightError
 from core.stats import point_scores
-from core.weights import adjust_logits
+from core.weights import CUSTOM, CUSTOM_HELP, SCHEMES, adjust_logits
 
-WEIGHT_SCHEMES = ("none", "balanced", "sqrt", "effective")  # plus a custom JSON file / table
-PARTS = ("resample", "la-loss", "tau", "offsets")
-TRAINING_CORRECTIONS = ("resample", "la-loss")  # like a weight scheme, each shifts training towards rare classes
-HELP = {
-    "none": "no remedy: plain training, argmax decision",
-    "balanced": "class weights inversely proportional to training frequency",
-    "sqrt": "class weights proportional to 1 / sqrt(training frequency), a milder balance",
-    "effective": "class weights from the effective number of samples (Cui et al. 2019, beta)",
-    "custom": "your per-class weights (a JSON file {class: weight}, or the Train page's editor)",
+# The remedy parts beside a weight scheme (`core.weights.SCHEMES`), with what each does
+PARTS = {
     "resample": "class-balanced batches: every class drawn equally often (head and fine-tune)",
     "la-loss": "logit-adjusted loss: train on CE(z + tau log prior) (head, logreg, fine-tune)",
     "tau": "post-hoc logit adjustment, tau chosen on training folds (logit approaches)",
     "offsets": "per-class offsets added to the decision scores, chosen on training folds (every approach)",
 }
-PAGE_CHOICES = ("none", "balanced", "sqrt", "effective", "custom", "resample", "la-loss", "tau", "offsets",
-                "balanced+offsets", "balanced+tau", "la-loss+offsets")  # the Train page's menu; "custom": its table
+TRAINING_CORRECTIONS = ("resample", "la-loss")  # like a weight scheme, each shifts training towards rare classes
+COMBINATIONS = ("balanced+offsets", "balanced+tau", "la-loss+offsets")  # offered ready-made on the Train page
+
+
+def remedy_help() -> dict[str, str]:
+    """What every weight scheme and remedy part does, in words: `{name: help}`."""
+    return {**{name: scheme.help for name, scheme in SCHEMES.items()}, CUSTOM: CUSTOM_HELP, **PARTS}
+
+
+def page_choices() -> tuple[str, ...]:
+    """The Train page's remedy menu: every scheme, `custom` (its table), every part and the combinations."""
+    return (*SCHEMES, CUSTOM, *PARTS, *COMBINATIONS)
 
 
 def describe(label: str) -> str:
     """One line per part of a remedy label, e.g. 'balanced+offsets' -> 'balanced: ...; offsets: ...'."""
-    return "; ".join(f"{part}: {HELP.get(part, 'a custom weight file')}" for part in label.split("+"))
+    known = remedy_help()
+    return "; ".join(f"{part}: {known.get(part, 'a custom weight file')}" for part in label.split("+"))
 
 
 OFFSET_STEPS = np.linspace(-2.0, 2.0, 17)  # candidate offsets, in units of the scores' standard deviation
@@ -86,14 +90,14 @@ def parse_remedy(spec) -> Remedy:
     if isinstance(spec, dict):
         return Remedy("custom", spec)
     items = [item.strip() for item in str(spec).split("+")]
-    weights = [item for item in items if item in WEIGHT_SCHEMES or item.endswith(".json") or item.startswith("custom")]
+    weights = [item for item in items if item in SCHEMES or item.endswith(".json") or item.startswith(CUSTOM)]
     parts = [item for item in items if item in PARTS]
     unknown = [item for item in items if item not in weights and item not in parts]
     if unknown or len(weights) > 1 or len(set(parts)) != len(parts):
         problem = (f"unknown class-weight scheme or remedy part {unknown[0]!r}" if unknown
                    else "at most one weight scheme and each part once")
         raise ClassWeightError(f"remedy {spec!r}: {problem}; write parts joined by '+', e.g. balanced+offsets, "
-                               f"from: {', '.join(WEIGHT_SCHEMES)}, a custom .json file, {', '.join(PARTS)}")
+                               f"from: {', '.join(SCHEMES)}, a custom .json file, {', '.join(PARTS)}")
     label = "+".join(items)
     return Remedy(label, weights[0] if weights else "none", frozenset(parts))
 

@@ -16,8 +16,9 @@ from core.approach_names import APPROACH_NAMES
 from core.backbones import FUSION_SEPARATOR, POOLS, backbone_parts, list_backbones
 from core.errors import ConfigError
 from core.paths import CACHE_DIR_ENV, DEFAULT_CACHE_DIR
-from core.remedies import check_remedies
+from core.remedies import PARTS, check_remedies
 from core.runtime import RUNTIMES
+from core.weights import SCHEMES
 
 APPROACHES = APPROACH_NAMES
 SVM_KERNELS = ("rbf", "linear", "poly", "sigmoid")
@@ -110,9 +111,9 @@ SETTINGS: tuple[Setting, ...] = (
     S("pool", str, "avg", "adaptive global pooling of the last feature map", "Pooling", choices=POOLS),
     S("approaches", str, ("svm", "head"), "svm, head and logreg reuse cached features; finetune trains through "
       "the backbone", "Approaches", choices=APPROACHES, many=True, commands=("experiment",)),
-    S("remedies", str, ("none", "balanced"), "comma list of imbalance remedies, each a weight scheme (none, "
-      "balanced, sqrt, effective or a custom JSON file {class: weight}) and/or resample, la-loss, tau, offsets "
-      "joined by '+', e.g. balanced+offsets", many=True, flag="--remedy", aliases=("--class-weight",),
+    S("remedies", str, ("none", "balanced"), "comma list of imbalance remedies, each a weight scheme "
+      f"({', '.join(SCHEMES)} or a custom JSON file {{class: weight}}) and/or {', '.join(PARTS)} joined by '+', "
+      "e.g. balanced+offsets", many=True, flag="--remedy", aliases=("--class-weight",),
       commands=("experiment",), on_page=False),
     S("epochs", int, 20, "passes over the training set (head and finetune)", "Epochs", 1, 1000,
       commands=("experiment",)),

@@ -1,9 +1,9 @@
-"""Class-weight schemes for imbalanced data, and post-hoc logit adjustment."""
+"""Class-weight schemes for imbalanced data (declared once, in `SCHEMES`), and post-hoc logit adjustment."""
 from __future__ import annotations
 
 import math
-
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -14,7 +14,34 @@ from core.storage import read_json_object
 if TYPE_CHECKING:
     import torch
 
-SCHEMES = ("none", "balanced", "sqrt", "effective", "custom")
+
+
+def _effective(counts: np.ndarray, beta: float) -> np.ndarray:
+    if not 0 < beta < 1:
+        raise ClassWeightError(f"effective-number beta must be in (0, 1), got {beta}; try 0.999")
+    return (1.0 - beta) / (1.0 - beta**counts)
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """A built-in class-weight scheme: what it does, in words, and its raw weights `raw(counts, beta)`."""
+
+    help: str
+    raw: Callable[[np.ndarray, float], np.ndarray]
+
+
+# The one declaration of the built-in weight schemes: the CLI's --remedy, the Train page's menus, What-if's seeds
+# and every error message read it. A new scheme is one entry here.
+SCHEMES: dict[str, Scheme] = {
+    "none": Scheme("no remedy: plain training, argmax decision", lambda counts, beta: np.ones_like(counts)),
+    "balanced": Scheme("class weights inversely proportional to training frequency",
+                       lambda counts, beta: 1.0 / counts),
+    "sqrt": Scheme("class weights proportional to 1 / sqrt(training frequency), a milder balance",
+                   lambda counts, beta: 1.0 / np.sqrt(counts)),
+    "effective": Scheme("class weights from the effective number of samples (Cui et al. 2019, beta)", _effective),
+}
+CUSTOM = "custom"  # a {class: weight} table: a JSON file, or the Train page's editor
+CUSTOM_HELP = "your per-class weights (a JSON file {class: weight}, or the Train page's editor)"
 SCALE_NOTE = ("Weights are rescaled to an average of 1 per training image, as the built-in schemes are: only their "
               "ratios matter (for the SVM a weight multiplies C, so a common factor would change C).")
 MAX_WEIGHT = 1e6  # 1e308 is finite in float64 but inf in float32, and the head's loss turns NaN
@@ -33,21 +60,11 @@ def class_weights(scheme: str, counts, classes=None, *, beta: float = 0.999, cus
     counts = np.asarray(counts, dtype=float)
     if counts.ndim != 1 or counts.size < 2 or (counts <= 0).any():
         raise ClassWeightError(f"class counts must be positive, one per class; got {counts.tolist()}")
-    if scheme == "custom":
+    if scheme == CUSTOM:
         return normalise_weights(custom_weights(custom or {}, classes), counts)
-    if scheme == "none":
-        raw = np.ones_like(counts)
-    elif scheme == "balanced":
-        raw = 1.0 / counts
-    elif scheme == "sqrt":
-        raw = 1.0 / np.sqrt(counts)
-    elif scheme == "effective":
-        if not 0 < beta < 1:
-            raise ClassWeightError(f"effective-number beta must be in (0, 1), got {beta}; try 0.999")
-        raw = (1.0 - beta) / (1.0 - beta**counts)
-    else:
-        raise ClassWeightError(f"unknown class-weight scheme {scheme!r}; choose one of: {', '.join(SCHEMES)}")
-    return normalise_weights(raw, counts)
+    if scheme not in SCHEMES:
+        raise ClassWeightError(f"unknown class-weight scheme {scheme!r}; choose one of: {', '.join([*SCHEMES, CUSTOM])}")
+    return normalise_weights(SCHEMES[scheme].raw(counts, beta), counts)
 
 
 def normalise_weights(weights, counts) -> np.ndarray:

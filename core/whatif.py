@@ -31,18 +31,16 @@ from core.features import FeatureSet
 from core.metrics import evaluate
 from core.records import RunRecord, class_rows
 from core.store import RunStore
-from core.remedies import Remedy, decide, parse_remedy
+from core.remedies import TRAINING_CORRECTIONS, Remedy, decide, parse_remedy
 from core.sharing import PrioritySlot
 from core.stats import METRICS, paired_comparison, point_scores
 from core.torch_threads import one_torch_thread
-from core.weights import class_weights, normalise_weights
+from core.weights import SCHEMES, class_weights, normalise_weights
 
-SEED_SCHEMES = ("none", "balanced", "sqrt", "effective")
 WEIGHT_RANGE = (0.01, 100.0)  # what the sliders offer, on a log scale
 REFIT_WAIT_S = 30.0
 SAVED_LABEL = "custom:what-if"
 LIVE_SVM_MAX_TRAIN = 6000  # an RBF SVM refit (with validation folds) takes over ~2 s beyond this
-TRAINING_PARTS = frozenset({"resample", "la-loss"})  # remedy parts a refit keeps from its start run
 REFIT_SLOT = PrioritySlot()  # one refit at a time per server process; the owner goes first
 
 
@@ -98,7 +96,7 @@ class Start:
     def training_remedy(self) -> Remedy:
         """The start run's training-side remedy parts (resample, la-loss) under the what-if label; the weights,
         tau and offsets are the user's."""
-        parts = parse_remedy(self.record.remedy or "none").parts & TRAINING_PARTS
+        parts = parse_remedy(self.record.remedy or "none").parts & set(TRAINING_CORRECTIONS)  # a refit keeps its start run's training parts
         return Remedy("+".join([SAVED_LABEL, *sorted(parts)]), SAVED_LABEL, parts)
 
     @property
@@ -187,8 +185,8 @@ def seed_weights(start: Start, scheme: str) -> np.ndarray:
     """Per-class weights to start tuning from: a built-in scheme, or 'run' for the run's own weights."""
     if scheme == "run":
         return np.asarray(start.record.class_weights, dtype=float)
-    if scheme not in SEED_SCHEMES:
-        raise ClassWeightError(f"unknown seed scheme {scheme!r}; choose run or one of: {', '.join(SEED_SCHEMES)}")
+    if scheme not in SCHEMES:
+        raise ClassWeightError(f"unknown seed scheme {scheme!r}; choose run or one of: {', '.join(SCHEMES)}")
     return class_weights(scheme, start.dataset.train_counts, start.classes, beta=start.config.beta)
 
 

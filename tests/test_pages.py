@@ -6,6 +6,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -694,6 +695,22 @@ def test_whatif_svm_note_says_what_rescaled_weights_do(trained):
     rare = min(run.per_class, key=lambda row: row.train_count).name
     assert not at.exception and f"{rare}: none of its" in notes and "sits at its bound" in notes
     assert "lowers every other class's bound" in notes and "cannot change the boundary" not in notes
+
+
+def test_a_weight_scheme_declared_once_appears_on_the_train_page_and_seeds_what_if(trained, monkeypatch):
+    """Issue 24: adding a scheme to `core.weights.SCHEMES` alone offers it on the Train page and in What-if."""
+    import core.weights
+
+    monkeypatch.setitem(core.weights.SCHEMES, "log", core.weights.Scheme(
+        "class weights proportional to 1 / log(1 + training frequency)", lambda counts, beta: 1 / np.log1p(counts)))
+    train = page("train").run()
+    assert "log" in train.multiselect(key="train_schemes").options and not train.exception
+    run = next(r for r in state.list_runs() if r.approach == "svm" and r.class_weight == "none")
+    at = whatif_page(run)
+    at.segmented_control(key="whatif_seed").set_value("log").run()
+    assert not at.exception
+    rare = min(range(len(run.per_class)), key=lambda i: run.per_class[i].train_count)
+    assert at.select_slider(key=f"whatif_{run.run_id}_log_{rare}").value > 1.0
 
 
 def test_whatif_seed_scheme_reseeds_the_sliders(trained):

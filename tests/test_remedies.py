@@ -25,6 +25,28 @@ def imbalanced_blobs(n_major=120, n_minor=12, seed=0, spread=1.6):
     return X, np.array([0] * n_major + [1] * n_minor)
 
 
+def test_a_weight_scheme_declared_once_works_in_the_engine_the_cli_settings_and_messages(monkeypatch):
+    """Issue 24: a scheme added to `core.weights.SCHEMES` alone is parsed, computed, described and offered; the
+    README's recipe said to add it there, and `parse_remedy` refused it."""
+    import core.weights
+    from core.config import check_class_weight_spec
+    from core.remedies import describe, page_choices
+
+    monkeypatch.setitem(core.weights.SCHEMES, "log", core.weights.Scheme(
+        "class weights proportional to 1 / log(1 + training frequency)", lambda counts, beta: 1 / np.log1p(counts)))
+    remedy = parse_remedy("log+offsets")
+    assert remedy.weight_label == "log" and remedy.parts == {"offsets"}
+    counts = np.array([90.0, 10.0])
+    weights = core.weights.class_weights("log", counts)
+    np.testing.assert_allclose(weights, core.weights.normalise_weights(1 / np.log1p(counts), counts))
+    assert [r.label for r in check_remedies(("log", "log+offsets"))] == ["log", "log+offsets"]  # the CLI's check
+    check_class_weight_spec("log")
+    assert describe("log").startswith("log: class weights proportional to 1 / log")
+    assert "log" in page_choices()
+    with pytest.raises(ClassWeightError, match="none, balanced, sqrt, effective, log"):
+        parse_remedy("cube")
+
+
 def test_parse_remedy_reads_weights_and_parts():
     remedy = parse_remedy("balanced+offsets")
     assert (remedy.weights, remedy.parts, remedy.label, remedy.weight_label) == (

@@ -8,11 +8,10 @@ from core.experiment import estimate_experiment
 from core.paths import cache_dir
 from core.report import escape_markdown, run_records
 from core.settings import BY_NAME, SETTINGS
-from core.remedies import PAGE_CHOICES, describe, parse_remedy, remedy_warnings
+from core.remedies import describe, page_choices, parse_remedy, remedy_warnings
 from core.weights import SCALE_NOTE, SCHEMES
 from dashboard import access, errors, state, widgets
 
-BUILTIN_SCHEMES = [s for s in SCHEMES if s != "custom"]
 MAIN_SETTINGS = ("backbone", "pool", "approaches", "epochs")
 
 
@@ -36,7 +35,7 @@ def edit_custom_weights(data, beta: float) -> dict | None:
     """The per-class weight editor; returns the edited `{class: weight}` or None (error shown) when invalid."""
     st.subheader("Custom class weights")
     base_col, reset_col = st.columns([3, 1], vertical_alignment="bottom")
-    base = base_col.selectbox("Start from", BUILTIN_SCHEMES, index=1, key="custom_base", on_change=reset_weight_editor)
+    base = base_col.selectbox("Start from", list(SCHEMES), index=1, key="custom_base", on_change=reset_weight_editor)
     reset_col.button("Reset", key="reset_weights", on_click=reset_weight_editor, width="stretch")
     edited = st.data_editor(weight_table(data, base, beta), key="weight_editor", hide_index=True, height="content",
                             disabled=["class", "train", "minority"], column_config={
@@ -101,7 +100,7 @@ st.title("Train")
 settings_col, job_col = st.columns([5, 4], gap="large")
 with settings_col, errors.guard():
     settings = read_settings()
-    remedies = st.multiselect("Imbalance remedies", PAGE_CHOICES, default=["none", "balanced"], key="train_schemes",
+    remedies = st.multiselect("Imbalance remedies", page_choices(), default=["none", "balanced"], key="train_schemes",
                               help="every approach is trained once per remedy it supports (the others are skipped "
                               "with a note); tau and offsets are chosen on training folds, never on the test set; "
                               "custom uses the table below")

@@ -11,16 +11,15 @@ from core.figures import confusion_diff_figure, per_class_delta_figure
 from core.findings import tries_note
 from core.records import RunRecord
 from core.report import escape_markdown
-from core.weights import SCALE_NOTE
+from core.weights import SCALE_NOTE, SCHEMES
 from core.style import score, score_change
-from core.whatif import (SEED_SCHEMES, WEIGHT_RANGE, compare_with_start, live_refit_note, rescore, seed_weights,
+from core.whatif import (WEIGHT_RANGE, compare_with_start, live_refit_note, rescore, seed_weights,
                          validation_change, weight_explanations)
 from dashboard import access, errors, state, widgets
 
 DEBOUNCE_S = 0.3  # a newer slider change within this time restarts the page before the refit starts
 WEIGHT_GRID = np.geomspace(*WEIGHT_RANGE, 49).round(3).tolist()  # 12 steps per decade, log scale
 SLIDER_COLUMNS = 3
-SEEDS = {"run": "this run's weights", **{scheme: scheme for scheme in SEED_SCHEMES}}
 
 
 def weight_sliders(start, scheme: str) -> np.ndarray:
@@ -106,7 +105,8 @@ def show_changes(start, outcome: dict, show_test: bool, setting=None) -> None:
 def tuner(record: RunRecord) -> None:
     with errors.guard():  # inside: a fragment rerun runs only this body
         start = state.whatif_start(record)
-        scheme = st.segmented_control("Seed the weights from", list(SEEDS), format_func=SEEDS.get, default="run",
+        seeds = {"run": "this run's weights", **{scheme: scheme for scheme in SCHEMES}}
+        scheme = st.segmented_control("Seed the weights from", list(seeds), format_func=seeds.get, default="run",
                                       required=True, key="whatif_seed")
         for note in start.notes():
             st.caption(note)
