@@ -644,9 +644,18 @@ def whatif_page(run: dict) -> AppTest:
     return at.run()
 
 
-def rarest_slider(at: AppTest, run: RunRecord):
+def rarest_slider(at: AppTest, run: RunRecord, seed: str = "run"):
     rare = min(range(len(run.per_class)), key=lambda i: run.per_class[i].train_count)
-    return at.select_slider(key=f"whatif_{run.run_id}_run_{rare}")
+    return at.select_slider(key=f"whatif_{run.run_id}_{seed}_{rare}")
+
+
+def rarest_weight_seeded_from(scheme: str) -> float:
+    """The rarest class's What-if slider on the unweighted SVM run, once the weights are seeded from `scheme`."""
+    run = next(r for r in state.list_runs() if r.approach == "svm" and r.class_weight == "none")
+    at = whatif_page(run)
+    at.segmented_control(key="whatif_seed").set_value(scheme).run()
+    assert not at.exception
+    return rarest_slider(at, run, scheme).value
 
 
 @pytest.mark.parametrize("approach", ["svm", "head"])
@@ -705,21 +714,11 @@ def test_a_weight_scheme_declared_once_appears_on_the_train_page_and_seeds_what_
         "class weights proportional to 1 / log(1 + training frequency)", lambda counts, beta: 1 / np.log1p(counts)))
     train = page("train").run()
     assert "log" in train.multiselect(key="train_schemes").options and not train.exception
-    run = next(r for r in state.list_runs() if r.approach == "svm" and r.class_weight == "none")
-    at = whatif_page(run)
-    at.segmented_control(key="whatif_seed").set_value("log").run()
-    assert not at.exception
-    rare = min(range(len(run.per_class)), key=lambda i: run.per_class[i].train_count)
-    assert at.select_slider(key=f"whatif_{run.run_id}_log_{rare}").value > 1.0
+    assert rarest_weight_seeded_from("log") > 1.0
 
 
 def test_whatif_seed_scheme_reseeds_the_sliders(trained):
-    run = next(r for r in state.list_runs() if r.approach == "svm" and r.class_weight == "none")
-    at = whatif_page(run)
-    at.segmented_control(key="whatif_seed").set_value("balanced").run()
-    assert not at.exception
-    rare = min(range(len(run.per_class)), key=lambda i: run.per_class[i].train_count)
-    assert at.select_slider(key=f"whatif_{run.run_id}_balanced_{rare}").value > 1.0
+    assert rarest_weight_seeded_from("balanced") > 1.0
 
 
 def test_whatif_save_stores_a_custom_run(trained_copy):
