@@ -249,9 +249,10 @@ class _Context:
                        else "")
 
 
-def _score(record: RunRecord) -> str:
-    interval = record.interval("macro_f1") or (None, None)
-    return score_interval(record.macro_f1, *interval)
+def with_interval(record: RunRecord, key: str = "macro_f1") -> str:
+    """A run's test score with its bootstrap interval, where recorded: '0.664 [0.601, 0.720]'."""
+    interval = record.interval(key) or (None, None)
+    return score_interval(record.score(key), *interval)
 
 
 def _best_finding(ctx: _Context, best_id: str | None) -> Finding | None:
@@ -261,7 +262,7 @@ def _best_finding(ctx: _Context, best_id: str | None) -> Finding | None:
     top = max(ctx.records, key=lambda r: r.macro_f1)
     validation, high = _validation(chosen), (chosen.interval("macro_f1") or (0, chosen.macro_f1))[1]
     text = (f"{ctx.name(chosen)} is the run chosen by validation (validation macro-F1 {score(validation)} on the "
-            f"training images); on the test set it scores {_score(chosen)}")
+            f"training images); on the test set it scores {with_interval(chosen)}")
     text += "." if validation <= high else ", below its validation score: validation was optimistic."
     pairs: tuple = ()
     if top is chosen:
@@ -303,8 +304,8 @@ def _approach_findings(ctx: _Context) -> list[Finding]:
         lead = "Fine-tuning against frozen features" if FINETUNE in (reference.approach, other.approach) \
             else "Approaches"
         if test is None:
-            text = (f"{lead}: {ctx.name(other)} scores macro-F1 {_score(other)}, {ctx.name(reference)} "
-                    f"{_score(reference)} (different test images: no paired test). {_speed(reference, other)}.")
+            text = (f"{lead}: {ctx.name(other)} scores macro-F1 {with_interval(other)}, {ctx.name(reference)} "
+                    f"{with_interval(reference)} (different test images: no paired test). {_speed(reference, other)}.")
             found.append(Finding("approaches", text, "unpaired intervals", pair))
             continue
         verdict = "a difference beyond noise" if ctx.comparisons.differs(*pair) else "indistinguishable"

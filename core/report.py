@@ -18,14 +18,14 @@ import pandas as pd
 from core import figures
 from core.errors import ConfigError, TransferScopeError
 from core.findings import (FEW_TEST_IMAGES, Comparisons, family_pairs, findings, fmt_delta, fmt_p,
-                           store_comparer)
+                           store_comparer, with_interval)
 from core.metrics import minority_mask
 from core.naming import run_names
 from core.records import RunRecord
 from core.sharing import run_link
 from core.storage import atomic_write_bytes, read_json_object
 from core.store import RunStore
-from core.style import SCORE_DECIMALS, score, score_interval
+from core.style import SCORE_DECIMALS, score
 
 REQUIRED = ("dataset", "runs")
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>|~&$@])|(?<=www)(\.)|(:)(?=//)", re.IGNORECASE)  # @, www., ://: autolinks
@@ -117,16 +117,11 @@ def runs_table(runs: list[RunRecord]) -> pd.DataFrame:
         validation = r.validation.macro_f1 if r.validation else None
         rows.append({"run": names[r.run_id],
                      "validation macro-F1": "–" if validation is None else score(validation),
-                     **{label: _with_interval(r, key) for key, label in
+                     **{label: with_interval(r, key) for key, label in
                         (("macro_f1", "macro-F1 [95%]"), ("balanced_accuracy", "balanced acc. [95%]"),
                          ("accuracy", "accuracy [95%]"))},
                      "fit s": round(r.fit_seconds, 3), "predict s": round(r.predict_seconds, 3)})
     return pd.DataFrame(rows)
-
-
-def _with_interval(record: RunRecord, key: str) -> str:
-    interval = record.interval(key) or (None, None)
-    return score_interval(record.score(key), *interval)
 
 
 def comparisons_table(runs: list[RunRecord], comparisons: Comparisons, pairs=None) -> pd.DataFrame:
