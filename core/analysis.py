@@ -327,7 +327,8 @@ def run_settings(record: RunRecord) -> pd.DataFrame:
         rows.update({"epochs": config.get("epochs"), "learning rate": config.get("lr"),
                      "epochs run": len(record.history), "logit adjustment tau": record.tau})
     if record.approach == "finetune":
-        unfreeze = record.setting("unfreeze") or ("last" if record.setting("unfreeze_last") else "none")  # runs before 26
+        # runs before issue 26 recorded unfreeze_last
+        unfreeze = record.setting("unfreeze") or ("last" if record.setting("unfreeze_last") else "none")
         rows.update({"batch size": config.get("batch_size"), "unfreeze": unfreeze,
                      "chosen epoch (validation)": record.chosen_epoch,
                      "stopped early by the user": "yes" if record.stopped_early else "no"})
@@ -413,5 +414,6 @@ def metrics_diff(record_a: RunRecord, record_b: RunRecord) -> pd.DataFrame:
     """Headline metrics and timings of run A and run B with the change B − A."""
     keys = {**HEADLINE_METRICS, "fit_seconds": "Fit s", "predict_seconds": "Predict s"}
     return pd.DataFrame([{"metric": label, "A": getattr(record_a, key), "B": getattr(record_b, key),
-                          "B − A": round(getattr(record_b, key) - getattr(record_a, key), SCORE_DECIMALS) + 0.0}  # + 0.0 drops -0.0
+                          # + 0.0 drops -0.0
+                          "B − A": round(getattr(record_b, key) - getattr(record_a, key), SCORE_DECIMALS) + 0.0}
                          for key, label in keys.items()])

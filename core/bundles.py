@@ -23,8 +23,8 @@ from core.errors import RunStoreError
 from core.model_io import MAX_MODEL_BYTES, read_model
 from core.records import SCHEMA_VERSION, RunRecord
 from core.storage import atomic_file, to_json_text
-from core.store import (LEGACY_MODEL_FILE, MODEL_FILE, PREDICTIONS_FILE, RECORD_FILE, VALIDATION_FILE, RunStore, check_feature_key,
-                        check_run_id, parse_record)
+from core.store import (LEGACY_MODEL_FILE, MODEL_FILE, PREDICTIONS_FILE, RECORD_FILE, VALIDATION_FILE, RunStore,
+                        check_feature_key, check_run_id, parse_record)
 
 BUNDLE_FILES = (RECORD_FILE, PREDICTIONS_FILE, VALIDATION_FILE, MODEL_FILE)
 MANIFEST_FILE = "manifest.json"

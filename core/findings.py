@@ -396,7 +396,8 @@ def _remedy_findings(ctx: _Context) -> list[Finding]:
             continue
         real = [r for r, _ in tested if ctx.comparisons.differs(base.run_id, r.run_id)]
         remedies = [r.remedy_label for r, _ in tested]
-        label = operator.attrgetter("remedy_label") if len(set(remedies)) == len(remedies) else ctx.name  # repeats: their full names
+        # remedies tried more than once (seeds): the runs' full names
+        label = operator.attrgetter("remedy_label") if len(set(remedies)) == len(remedies) else ctx.name
         same = [r for r, t in tested if t["n_a_only"] == t["n_b_only"] == 0 and r not in real]
         noise = [r for r, _ in tested if r not in real and r not in same]
         parts = [f"{label(r)} changes macro-F1 by {ctx.change(base, r, named=False)}" for r in real]

@@ -97,7 +97,8 @@ def report_comparisons(results: dict, compute=None) -> Comparisons:
     return Comparisons(pairs, results.get("comparisons", ()), compute)
 
 
-def render_runs_report(records: list[RunRecord], fmt: str = "html", compute=None, base_url: str = DEFAULT_BASE_URL) -> str:
+def render_runs_report(records: list[RunRecord], fmt: str = "html", compute=None,
+                       base_url: str = DEFAULT_BASE_URL) -> str:
     """A report of saved run records (one dataset) as `fmt`: 'html' (self-contained) or 'md'.
 
     `compute(run_a, run_b)` gives the paired tests (e.g. `core.findings.store_comparer(store)`).

@@ -15,7 +15,6 @@ if TYPE_CHECKING:
     import torch
 
 
-
 def _effective(counts: np.ndarray, beta: float) -> np.ndarray:
     if not 0 < beta < 1:
         raise ClassWeightError(f"effective-number beta must be in (0, 1), got {beta}; try 0.999")
@@ -63,7 +62,8 @@ def class_weights(scheme: str, counts, classes=None, *, beta: float = 0.999, cus
     if scheme == CUSTOM:
         return normalise_weights(custom_weights(custom or {}, classes), counts)
     if scheme not in SCHEMES:
-        raise ClassWeightError(f"unknown class-weight scheme {scheme!r}; choose one of: {', '.join([*SCHEMES, CUSTOM])}")
+        raise ClassWeightError(f"unknown class-weight scheme {scheme!r}; "
+                               f"choose one of: {', '.join([*SCHEMES, CUSTOM])}")
     return normalise_weights(SCHEMES[scheme].raw(counts, beta), counts)
 
 

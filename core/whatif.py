@@ -96,7 +96,8 @@ class Start:
     def training_remedy(self) -> Remedy:
         """The start run's training-side remedy parts (resample, la-loss) under the what-if label; the weights,
         tau and offsets are the user's."""
-        parts = parse_remedy(self.record.remedy or "none").parts & set(TRAINING_CORRECTIONS)  # a refit keeps its start run's training parts
+        # a refit keeps its start run's training parts
+        parts = parse_remedy(self.record.remedy or "none").parts & set(TRAINING_CORRECTIONS)
         return Remedy("+".join([SAVED_LABEL, *sorted(parts)]), SAVED_LABEL, parts)
 
     @property
@@ -384,6 +385,7 @@ def save_as_run(start: Start, weights, tau: float, store: RunStore, offsets=None
     if offsets is not None:
         remedy = Remedy(f"{remedy.label}+offsets", remedy.weights, remedy.parts | {"offsets"})
     with _refit_slot(owner=True):
-        return train_and_record(config, start.dataset, start.features, start.record.approach, remedy, store, head_epochs=start.head_epochs, weights=weights,
+        return train_and_record(config, start.dataset, start.features, start.record.approach, remedy, store,
+                                head_epochs=start.head_epochs, weights=weights,
                                 decision={"tau": tau, "offsets": offsets, "tuned": {}},
                                 extra={"chosen_with_test_visible": test_visible})

@@ -20,8 +20,8 @@ class BackboneEntry:
 
     `build(pretrained)` returns the full ImageNet classifier; `strip(model, pool)` turns it into a
     feature extractor and returns `(features, feature_dim, stages)`: `stages` are its parts from input to
-    output (the pooling inside the last), sharing its parameters, whose composition is `features`. `availability()` says whether
-    the pretrained weights load without a network, and from where: `(offline, note)`.
+    output (the pooling inside the last), sharing its parameters, whose composition is `features`.
+    `availability()` says whether the pretrained weights load without a network, and from where: `(offline, note)`.
     """
 
     name: str
