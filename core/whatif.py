@@ -23,7 +23,9 @@ import numpy as np
 import pandas as pd
 
 from core.analysis import HEADLINE_METRICS, metric_deltas
+from core.classifiers import choose_svm
 from core.data import Dataset
+from core.estimates import duration, svm_steps
 from core.errors import ClassWeightError, ConfigError, TransferScopeError
 from core import approaches
 from core.experiment import ExperimentConfig, fit_run, load_features, train_and_record
@@ -35,12 +37,13 @@ from core.remedies import TRAINING_CORRECTIONS, Remedy, decide, parse_remedy
 from core.sharing import PrioritySlot
 from core.stats import METRICS, paired_comparison, point_scores
 from core.torch_threads import one_torch_thread
+from core.tuning import cv_splits
 from core.weights import SCHEMES, class_weights, normalise_weights
 
 WEIGHT_RANGE = (0.01, 100.0)  # what the sliders offer, on a log scale
 REFIT_WAIT_S = 30.0
 SAVED_LABEL = "custom:what-if"
-LIVE_SVM_MAX_TRAIN = 6000  # an RBF SVM refit (with validation folds) takes over ~2 s beyond this
+LIVE_SVM_MAX_TRAIN = 6000  # an exact RBF SVM refit (with validation folds) takes over ~2 s beyond this
 REFIT_SLOT = PrioritySlot()  # one refit at a time per server process; the owner goes first
 
 
@@ -322,13 +325,20 @@ def validation_change(start: Start, outcome: dict) -> list[dict] | None:
 
 
 def live_refit_note(start: Start) -> str | None:
-    """A note when one refit of this run is too slow to follow a slider (large RBF SVMs), else None."""
-    n_train = len(start.features.y_train)
-    if start.record.approach == "svm" and start.config.svm_kernel == "rbf" and n_train > LIVE_SVM_MAX_TRAIN:
-        return (f"An RBF SVM on {n_train:,} training images refits in several seconds (it grows with the square "
-                f"of the images: about 1 s at 4k, 3 s at 8k, 12 s at 16k), so moves are not live here; the "
-                "linear approaches (head, logreg) refit in about a second at any size.")
-    return None
+    """A note when one refit of this run (with its validation folds) is too slow to follow a slider: RBF SVMs
+    past LIVE_SVM_MAX_TRAIN, exact or approximate (as the run recorded), with the measured curve's estimate."""
+    n_train, n_features = start.features.X_train.shape
+    if start.record.approach != "svm" or start.config.svm_kernel != "rbf" or n_train <= LIVE_SVM_MAX_TRAIN:
+        return None
+    choice = choose_svm("rbf", n_train)
+    model = start.record.svm_model or choice.model
+    exact = not model.startswith("Nystroem")
+    seconds = sum(s for _, s in svm_steps(exact, n_train, n_features, len(cv_splits(start.features.y_train,
+                                                                                    start.config.seed)), cached=True))
+    growth = "the square of the images" if exact else "the images (linearly)"
+    return (f"A refit of this run's SVM ({model}) on {n_train:,} training images, with its validation folds, takes "
+            f"about {duration(seconds)} on the measuring machine (it grows with {growth}), so moves are not live "
+            "here; the linear approaches (head, logreg) refit in about a second at any size.")
 
 
 def per_class_deltas(record: RunRecord, outcome: dict) -> pd.DataFrame:

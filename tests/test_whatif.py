@@ -385,3 +385,28 @@ def test_the_svm_note_says_what_a_larger_weight_really_does(demo_experiment, dem
     refit = whatif.refit(start, raised)
     shrink = np.delete(refit["weights"] / weights, k)
     assert np.allclose(shrink, shrink[0]) and shrink[0] < 1
+
+
+def live_note_for(n_train: int, svm_model: str | None) -> str | None:
+    """What-if's live-refit note for an RBF SVM run of `n_train` 1,280-d training images (only shapes are read)."""
+    from types import SimpleNamespace
+
+    start = SimpleNamespace(record=make_record(approach="svm", svm_model=svm_model),
+                            config=experiment.ExperimentConfig(data="x"),
+                            features=SimpleNamespace(X_train=np.empty((n_train, 1280), np.float32),
+                                                     y_train=np.zeros(n_train, int)))
+    return whatif.live_refit_note(start)
+
+
+def test_live_refit_note_follows_the_svm_the_run_fitted():
+    """Past EXACT_SVM_MAX_TRAIN the run's SVM is the Nystroem approximation, whose refit grows linearly: the note
+    names that model and an estimate from the measured curve, not the exact kernel's square growth."""
+    from core.classifiers import EXACT_SVM_MAX_TRAIN, choose_svm
+
+    assert live_note_for(whatif.LIVE_SVM_MAX_TRAIN, "SVC (rbf kernel)") is None
+    exact = live_note_for(10_000, "SVC (rbf kernel)")
+    assert "SVC (rbf kernel)" in exact and "square" in exact
+    n = 2 * EXACT_SVM_MAX_TRAIN
+    approximate = live_note_for(n, choose_svm("rbf", n).model)
+    assert "Nystroem approximation" in approximate and "square" not in approximate
+    assert f"{n:,}" in approximate and "about" in approximate
