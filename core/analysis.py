@@ -14,19 +14,15 @@ import pandas as pd
 
 from core.data import Dataset, Sample, open_rgb
 from core.errors import ClassWeightError, ConfigError
-from core.metrics import FREQUENCY_GROUPS, check_confusion, evaluate, group_scores, minority_mask
-from core.findings import paired_diff  # noqa: F401 (pages and tests read it here)
+from core.metrics import FREQUENCY_GROUPS, group_scores, minority_mask
 from core.naming import dataset_key, run_names
 from core.records import RunRecord
 from core.report import per_class_table
-from core.approaches import APPROACHES, names as approach_names
+from core.approaches import APPROACHES
 from core.settings import BY_NAME
-from core.remedies import decide
-from core.stats import FEW_TEST_IMAGES, few_test_classes, point_scores
+from core.stats import FEW_TEST_IMAGES, few_test_classes
 from core.style import SCORE_DECIMALS, score
 from core.weights import class_weights, custom_weights
-
-LOGIT_APPROACHES = approach_names(logits=True)  # their scores are logits: tau applies
 
 HEADLINE_METRICS = {"accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy",
                     "macro_f1": "Macro-F1", "weighted_f1": "Weighted F1"}
@@ -243,66 +239,10 @@ def seed_summary(records: list[RunRecord]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def score_matrix(predictions: pd.DataFrame, n_classes: int) -> np.ndarray:
-    """The raw scores `(n_samples, n_classes)` stored as `score_<i>` columns of a predictions table."""
-    columns = [f"score_{i}" for i in range(n_classes)]
-    missing = [c for c in columns if c not in predictions.columns]
-    if missing:
-        raise ConfigError(f"predictions lack score columns {missing[:3]}; retrain the run to store its scores")
-    return predictions[columns].to_numpy(dtype=float)
-
-
-def _rescored(record: RunRecord, table: pd.DataFrame, tau: float) -> np.ndarray:
-    """Predictions from a stored score table after logit adjustment `tau` and the run's own offsets."""
-    if record.approach not in LOGIT_APPROACHES:
-        raise ConfigError(f"logit adjustment needs logits; {record.approach!r} runs store SVM decision "
-                          f"values, so adjust a {' or '.join(LOGIT_APPROACHES)} run instead")
-    scores = score_matrix(table, len(record.classes))
-    decision = {"tau": tau, "offsets": record.offsets}
-    return decide(scores, record.dataset.train_counts, decision).argmax(axis=1)
-
-
-def rescore(record: RunRecord, predictions: pd.DataFrame, tau: float) -> dict:
-    """Test metrics of a logit run after post-hoc logit adjustment with `tau` (and its offsets); no retraining.
-
-    The adjustment subtracts `tau * log(prior)` (train class frequencies) from the stored logits.
-    """
-    y_pred = _rescored(record, predictions, tau)
-    return evaluate(predictions["true"].to_numpy(dtype=int), y_pred, record.classes, record.dataset.train_counts)
-
-
-def rescore_validation(record: RunRecord, validation: pd.DataFrame | None, tau: float) -> dict | None:
-    """Out-of-fold validation scores (accuracy, macro-F1, balanced accuracy) of the same rescoring; None
-    for runs stored without validation scores."""
-    if validation is None:
-        return None
-    y_pred = _rescored(record, validation, tau)
-    return point_scores(validation["true"].to_numpy(dtype=int), y_pred, len(record.classes))
-
-
 def metric_deltas(before: RunRecord, after: dict) -> list[dict]:
     """Headline metrics of a run and of new scores (`evaluate`'s) side by side: label, before, after, change."""
     return [{"metric": label, "before": before.score(key), "after": after[key],
              "delta": after[key] - before.score(key)} for key, label in HEADLINE_METRICS.items()]
-
-
-def error_cells(confusion) -> list[dict]:
-    """Nonzero off-diagonal cells of a confusion matrix, most frequent first: true, pred, count.
-
-    >>> error_cells([[5, 2], [1, 3]])
-    [{'true': 0, 'pred': 1, 'count': 2}, {'true': 1, 'pred': 0, 'count': 1}]
-    """
-    cm = check_confusion(confusion)
-    cells = [{"true": int(i), "pred": int(j), "count": int(cm[i, j])}
-             for i, j in zip(*np.nonzero(cm)) if i != j]
-    return sorted(cells, key=lambda cell: (-cell["count"], cell["true"], cell["pred"]))
-
-
-def misclassified_paths(predictions: pd.DataFrame, true: int, pred: int) -> tuple[list[str], int]:
-    """Paths of test images of class `true` predicted as `pred` that still exist, and how many are missing."""
-    chosen = predictions.loc[(predictions["true"] == true) & (predictions["pred"] == pred), "path"]
-    existing = [str(path) for path in chosen if Path(path).is_file()]
-    return existing, len(chosen) - len(existing)
 
 
 def _svm_model_before_13(kernel: str, n_train: int) -> str:

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from core.calibration import calibrate, probabilities
+from core.errors import ConfigError
 from core.label_issues import find_label_issues, summarize
 from core.remedies import decide
 
@@ -16,11 +17,18 @@ if TYPE_CHECKING:
     from core.records import RunRecord
 
 
+def score_matrix(predictions: pd.DataFrame, n_classes: int) -> np.ndarray:
+    """The raw scores `(n_samples, n_classes)` stored as `score_<i>` columns of a predictions table."""
+    columns = [f"score_{i}" for i in range(n_classes)]
+    missing = [c for c in columns if c not in predictions.columns]
+    if missing:
+        raise ConfigError(f"predictions lack score columns {missing[:3]}; retrain the run to store its scores")
+    return predictions[columns].to_numpy(dtype=float)
+
+
 def decided_scores(record: RunRecord, table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """The true labels and scores `(n, n_classes)` after the run's decision rule (tau, offsets) of a stored
     predictions or validation table."""
-    from core.analysis import score_matrix  # on use: core.analysis imports the approach registry
-
     scores = score_matrix(table, len(record.classes))
     return table["true"].to_numpy(dtype=np.int64), decide(scores, record.dataset.train_counts, record.decision)
 

@@ -24,7 +24,8 @@ from typing import Callable
 from core.errors import RunStoreError
 from core.naming import dataset_key, run_names
 from core.records import ClassRow, RunRecord
-from core.stats import holm, paired_comparison
+from core.run_view import RunView
+from core.stats import holm
 from core.style import change_interval, faster, score, score_interval, times
 
 ALPHA = 0.05
@@ -90,29 +91,20 @@ class Comparisons:
         return p < ALPHA if p is not None else "macro_f1_p" not in test
 
 
-def paired_diff(record_a: RunRecord, predictions_a, record_b: RunRecord, predictions_b) -> dict | None:
-    """McNemar's test and paired bootstrap intervals of B minus A from their stored predictions tables; None
-    when they saw different test images."""
-    same_images = (record_a.dataset.fingerprint == record_b.dataset.fingerprint
-                   and predictions_a["path"].tolist() == predictions_b["path"].tolist())
-    if not same_images:
-        return None
-    return paired_comparison(predictions_a["true"].to_numpy(dtype=int), predictions_a["pred"].to_numpy(dtype=int),
-                             predictions_b["pred"].to_numpy(dtype=int), len(record_a.classes))
-
-
 def store_comparer(store) -> Callable[[str, str], dict | None]:
     """`compute(run_a, run_b)` for `Comparisons` from a RunStore's predictions (None for runs it lacks)."""
     @functools.lru_cache(maxsize=None)
-    def stored(run_id: str):
+    def stored(run_id: str) -> RunView | None:
         try:
-            return store.load(run_id), store.load_predictions(run_id)
+            view = RunView.from_store(store, run_id)
+            view.predictions  # read now: a run saved without predictions is left out here
+            return view
         except RunStoreError:  # not in this store, or saved without predictions
             return None
 
     def compute(run_a: str, run_b: str) -> dict | None:
         a, b = stored(run_a), stored(run_b)
-        return paired_diff(*a, *b) if a and b else None
+        return a.paired_with(b) if a and b else None
     return compute
 
 

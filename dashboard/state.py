@@ -14,7 +14,7 @@ from pathlib import Path
 import streamlit as st
 
 from core.findings import Comparisons, Finding, family_pairs, findings
-from core import analysis, bundles, diagnostics, duplicates, explain, featuremap, predict, sharing, stats, whatif
+from core import analysis, bundles, duplicates, explain, featuremap, predict, sharing, whatif
 from core import label_issues as label_issues_module
 from core.config import run_split
 from core.data import Dataset, build_demo_dataset, load_dataset
@@ -26,6 +26,7 @@ from core.paths import cache_dir, demo_dir
 from core.report import escape_markdown, render_runs_report
 from core.model_io import MODEL_FILE
 from core.records import RunRecord
+from core.run_view import RunView
 from core.store import RunStore
 from core.settings import DATASET_SETTINGS
 from dashboard import access, errors
@@ -209,17 +210,18 @@ def _load_validation(root: str, run_id: str):
     return _run_store(root).load_validation(run_id)
 
 
-def load_validation(run_id: str):
-    """The run's out-of-fold scores of its training images, or None (runs stored before they were recorded)."""
-    return _load_validation(str(run_store().root), run_id)
+def _view(root: str, run_id: str) -> RunView:
+    return RunView(_load_run(root, run_id), lambda: _load_predictions(root, run_id),
+                   lambda: _load_validation(root, run_id))
+
+
+def run_view(run_id: str) -> RunView:
+    """The run as pages read it (`core.run_view.RunView`): its tables come from these caches on first use."""
+    return _view(str(run_store().root), run_id)
 
 
 def load_run(run_id: str) -> RunRecord:
     return _load_run(str(run_store().root), run_id)
-
-
-def load_predictions(run_id: str):
-    return _load_predictions(str(run_store().root), run_id)
 
 
 def check_downloads(count: bool = False) -> None:
@@ -281,8 +283,7 @@ def _or_refusal(build, fmt: str):
 @functools.lru_cache(maxsize=16)  # a module global, like the scans: no browser message clears it
 def _paired(root: str, run_a: str, run_b: str) -> dict | None:
     store = _run_store(root)
-    return analysis.paired_diff(store.load(run_a), store.load_predictions(run_a), store.load(run_b),
-                                store.load_predictions(run_b))
+    return RunView.from_store(store, run_a).paired_with(RunView.from_store(store, run_b))
 
 
 def paired_diff(run_a: str, run_b: str) -> dict | None:
@@ -389,11 +390,11 @@ def is_active(job: Job | None) -> bool:
 
 @functools.lru_cache(maxsize=2)  # a module global, like the scans: no browser message clears it
 def _whatif_start(root: str, run_id: str, cache: str) -> whatif.Start:
-    store = _run_store(root)
-    record = store.load(run_id)
+    view = RunView.from_store(_run_store(root), run_id)
+    record = view.record
     options = {name: record.setting(name) for name in DATASET_SETTINGS}
     data = dataset(record.dataset.root, **run_split(record), options=options)
-    return whatif.start_from(record, data, cache, store.load_predictions(run_id))
+    return whatif.start_from(record, data, cache, view.predictions)
 
 
 def whatif_start(record: RunRecord) -> whatif.Start:
@@ -523,8 +524,7 @@ def nearest_training(record: RunRecord, test_rows: list[int], wanted: list[list[
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def _reliability(root: str, run_id: str):
-    record = _load_run(root, run_id)
-    return diagnostics.reliability_curves(record, _load_predictions(root, run_id), _load_validation(root, run_id))
+    return _view(root, run_id).reliability()
 
 
 def reliability(record: RunRecord):
@@ -534,11 +534,7 @@ def reliability(record: RunRecord):
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def _label_issues(root: str, run_id: str):
-    record = _load_run(root, run_id)
-    validation = _load_validation(root, run_id)
-    temperature = record.calibration.temperature if record.calibration else diagnostics.calibration(
-        record, _load_predictions(root, run_id), validation)["temperature"]
-    return diagnostics.label_issue_table(record, validation, temperature)
+    return _view(root, run_id).label_issues()
 
 
 def label_issues(data: Dataset):
@@ -568,9 +564,7 @@ def _conflicts(key: str, split: str, threshold: float, _X_train, _y_train) -> li
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def _ordinal(root: str, run_id: str) -> dict:
-    predictions, record = _load_predictions(root, run_id), _load_run(root, run_id)
-    return stats.ordinal_scores(predictions["true"].to_numpy(dtype=int), predictions["pred"].to_numpy(dtype=int),
-                                len(record.classes), seed=record.seed or 0)
+    return _view(root, run_id).ordinal()
 
 
 def ordinal(record: RunRecord) -> dict:

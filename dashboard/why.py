@@ -14,6 +14,7 @@ from core.errors import ConfigError
 from core.explain import GRADIENT, caption, overlay
 from core.figures import reliability_figure
 from core.records import RunRecord
+from core.run_view import RunView
 from core.report import escape_markdown
 from core.stats import ORDINAL_METRICS
 from core.style import score
@@ -30,8 +31,9 @@ def _reason(error: ConfigError) -> None:
     st.caption(f"Not available: {escape_markdown(access.shown_text(str(error)))}.")
 
 
-def why_panel(record: RunRecord, predictions, true: int, pred: int) -> None:
+def why_panel(view: RunView, true: int, pred: int) -> None:
     """Heat maps and the nearest training images (true and predicted class) of a cell's test images."""
+    record, predictions = view.record, view.predictions
     classes = record.classes
     rows = predictions.index[(predictions["true"] == true) & (predictions["pred"] == pred)].tolist()
     if not st.toggle("Why? Heat maps and nearest training images", key="why_show",

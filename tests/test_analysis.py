@@ -8,15 +8,16 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from core.analysis import (check_comparable, class_report, class_table, comparable_groups, error_cells,
-                           few_test_note, image_size_summary, interval_caption, metric_deltas, metrics_diff,
-                           misclassified_paths, paired_diff, paired_table, paired_verdict, rescore, run_table,
-                           sample_paths, run_settings, score_matrix, seed_summary, speedups, thumbnail, weight_table,
-                           weights_from_table)
+from core.analysis import (check_comparable, class_report, class_table, comparable_groups, few_test_note,
+                           image_size_summary, interval_caption, metric_deltas, metrics_diff, paired_table,
+                           paired_verdict, run_table, sample_paths, run_settings, seed_summary, speedups, thumbnail,
+                           weight_table, weights_from_table)
 from core.data import Dataset, Sample
 from core.errors import ClassWeightError, ConfigError
 from core.metrics import evaluate
 from core.records import RunRecord
+from core.run_view import RunView
+from core.diagnostics import score_matrix
 
 CLASSES = ["common", "usual", "rare"]
 
@@ -116,9 +117,10 @@ def test_speedups_compare_median_fit_times_to_the_fastest_approach():
 
 def test_rescore_at_zero_tau_reproduces_stored_metrics_and_tau_helps_the_rare_class():
     record, predictions = make_record(), make_predictions()
-    same = rescore(record, predictions, 0.0)
+    view = RunView(record, lambda: predictions)
+    same = view.rescore(0.0)
     assert same["accuracy"] == record.accuracy and same["confusion_matrix"] == record.confusion_matrix
-    adjusted = rescore(record, predictions, 1.0)
+    adjusted = view.rescore(1.0)
     assert adjusted["accuracy"] == 1.0 and adjusted["never_predicted"] == []
     deltas = {row["metric"]: row["delta"] for row in metric_deltas(record, adjusted)}
     assert deltas["Accuracy"] == pytest.approx(0.25) and deltas["Balanced accuracy"] > 0
@@ -126,25 +128,29 @@ def test_rescore_at_zero_tau_reproduces_stored_metrics_and_tau_helps_the_rare_cl
 
 def test_rescore_refuses_svm_runs_and_missing_scores():
     with pytest.raises(ConfigError, match="logits"):
-        rescore(make_record(approach="svm"), make_predictions(), 1.0)
+        RunView(make_record(approach="svm"), make_predictions).rescore(1.0)
     with pytest.raises(ConfigError, match="score columns"):
         score_matrix(make_predictions().drop(columns="score_2"), 3)
 
 
 def test_error_cells_lists_off_diagonal_cells_most_frequent_first():
+    def error_cells(confusion):
+        return RunView(make_record(confusion_matrix=confusion), make_predictions).error_cells()
+
     assert error_cells([[5, 1, 0], [3, 2, 0], [1, 0, 0]]) == [
         {"true": 1, "pred": 0, "count": 3}, {"true": 0, "pred": 1, "count": 1}, {"true": 2, "pred": 0, "count": 1}]
-    assert error_cells([[2, 0], [0, 2]]) == []
+    assert error_cells([[2, 0, 0], [0, 2, 0], [0, 0, 1]]) == []
 
 
 def test_misclassified_paths_keeps_existing_files_and_counts_missing(tmp_path):
     present = tmp_path / "d.png"
     present.write_bytes(b"png")
     predictions = make_predictions(paths=("a.png", "b.png", "c.png", str(present)))
-    assert misclassified_paths(predictions, 2, 0) == ([str(present)], 0)
+    assert RunView(make_record(), lambda: predictions).misclassified(2, 0) == ([str(present)], 0)
     predictions.loc[3, "path"] = str(tmp_path / "gone.png")
-    assert misclassified_paths(predictions, 2, 0) == ([], 1)
-    assert misclassified_paths(predictions, 1, 2) == ([], 0)
+    view = RunView(make_record(), lambda: predictions)
+    assert view.misclassified(2, 0) == ([], 1)
+    assert view.misclassified(1, 2) == ([], 0)
 
 
 def test_metrics_diff_and_comparability():
@@ -235,13 +241,13 @@ def test_paired_diff_needs_the_same_test_images():
     a, b = (make_record(run_id=run_id, dataset={"fingerprint": "same"}) for run_id in ("a", "b"))
     preds_a = make_predictions()
     preds_b = preds_a.assign(pred=[0, 0, 1, 2])  # B gets the rare image right
-    paired = paired_diff(a, preds_a, b, preds_b)
+    paired = RunView(a, lambda: preds_a).paired_with(RunView(b, lambda: preds_b))
     assert (paired["n_a_only"], paired["n_b_only"]) == (0, 1)
     assert paired_table(paired)["B − A"].tolist()[0] == pytest.approx(0.25)
     verdict = paired_verdict(paired)
     assert "on 1 test images, the reverse on 0" in verdict and "could well be noise" in verdict
     other = make_predictions(paths=("e.png", "b.png", "c.png", "d.png"))
-    assert paired_diff(a, preds_a, b, other) is None
+    assert RunView(a, lambda: preds_a).paired_with(RunView(b, lambda: other)) is None
 
 
 def test_interval_caption_and_old_records():

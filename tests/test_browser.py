@@ -468,10 +468,10 @@ def plot_area(chart):
 
 @pytest.mark.timeout(240)
 def test_confusion_cell_click_shows_that_cells_images(page, server, trained):
-    from core.analysis import error_cells
+    from core.run_view import RunView
 
-    record = next(r for r in trained if len(error_cells(r.confusion_matrix)) > 1)
-    cells, classes = error_cells(record.confusion_matrix), record.classes
+    record = next(r for r in trained if len(RunView(r, lambda: None).error_cells()) > 1)
+    cells, classes = RunView(record, lambda: None).error_cells(), record.classes
     target = cells[-1]  # not the default (first) cell, so the click is what selects it
     open_page(page, server, f"results?run={record.run_id}")
     assert_healthy(page, server, "Results")

@@ -195,15 +195,15 @@ def test_cli_remedy_and_the_class_weight_alias_reach_the_config(tmp_path):
 
 
 def test_stored_validation_scores_reproduce_the_validation_metrics(on_demo_features, demo_features, tmp_path):
-    from core.analysis import rescore_validation
+    from core.run_view import RunView
 
     results = on_demo_features(approaches=("logreg",), remedies=("tau+offsets",))
     (run,) = run_records(results)
     store = RunStore(tmp_path / "runs")
-    table = store.load_validation(run.run_id)
-    assert table["true"].tolist() == demo_features.y_train.tolist()
-    assert rescore_validation(run, table, run.tau) == pytest.approx(run.validation.to_json())
-    shifted = rescore_validation(run, table, run.tau + 2.0)
+    view = RunView.from_store(store, run.run_id)
+    assert view.validation["true"].tolist() == demo_features.y_train.tolist()
+    assert view.rescore_validation(run.tau) == pytest.approx(run.validation.to_json())
+    shifted = view.rescore_validation(run.tau + 2.0)
     assert shifted != pytest.approx(run.validation.to_json())  # the slider's tau reaches the validation scores
 
 

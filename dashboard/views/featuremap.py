@@ -11,7 +11,7 @@ from dashboard import access, errors, state, widgets
 def show_map(record: RunRecord, coords) -> None:
     start = state.whatif_start(record)
     classes = start.classes
-    points = map_points(start.dataset, state.load_predictions(record.run_id)["pred"].to_numpy())
+    points = map_points(start.dataset, state.run_view(record.run_id).labels()[1])
     fig = feature_map_figure(coords, points["labels"], classes, is_test=points["is_test"],
                              predicted=points["predicted"], names=points["names"],
                              minority=record.minority)

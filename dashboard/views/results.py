@@ -1,12 +1,12 @@
 """Results page: one run's metrics, confusion matrix, per-class scores, learning curve, errors, logit adjustment."""
 import streamlit as st
 
-from core.analysis import (HEADLINE_METRICS, LOGIT_APPROACHES, class_report, error_cells, few_test_note,
-                           fit_time_note, interval_caption, metric_deltas, misclassified_paths, rescore, rescore_validation,
-                           run_settings)
+from core.analysis import (HEADLINE_METRICS, class_report, few_test_note, fit_time_note, interval_caption,
+                           metric_deltas, run_settings)
 from core.figures import clickable_confusion_figure, learning_curve_figure, per_class_figure
 from core.records import RunRecord
 from core.report import escape_markdown
+from core.run_view import LOGIT_APPROACHES, RunView
 from core.style import score, score_change
 from dashboard import access, errors, state, why, widgets
 
@@ -31,13 +31,14 @@ def show_metrics(record: RunRecord) -> None:
 
 
 @st.fragment
-def confusion_panel(record: RunRecord) -> None:
+def confusion_panel(view: RunView) -> None:
+    record = view.record
     normalize = st.toggle("Row-normalize (share of each true class)", key="cm_normalize")
     with st.container(key="confusion_matrix"):
         figure = clickable_confusion_figure(record.confusion_matrix, record.classes, normalize,
                                             minority=record.minority)
         widgets.selected_points(figure, key="cm_click", modes="points", on_select=show_clicked_cell,
-                                args=(error_cells(record.confusion_matrix),))
+                                args=(view.error_cells(),))
     if st.session_state.pop("cm_clicked", False):
         st.rerun()  # the whole page, so the misclassified panel below shows the clicked cell
 
@@ -57,7 +58,8 @@ def show_clicked_cell(cells: list[dict]) -> None:
 
 
 @st.fragment
-def logit_panel(record: RunRecord) -> None:
+def logit_panel(view: RunView) -> None:
+    record = view.record
     st.subheader("Logit adjustment")
     if record.approach not in LOGIT_APPROACHES:
         st.caption("Post-hoc logit adjustment applies to head and fine-tune runs, whose scores are logits.")
@@ -67,7 +69,7 @@ def logit_panel(record: RunRecord) -> None:
     tau = st.slider("tau", 0.0, max(2.0, stored_tau), stored_tau, 0.05, key="logit_tau")
     with errors.guard():
         before = record.validation
-        after = rescore_validation(record, state.load_validation(record.run_id), tau)
+        after = view.rescore_validation(tau)
         if before and after:
             st.markdown("**Validation** (out-of-fold, on the training images): what to choose tau by")
             for col, key in zip(st.columns(len(after)), after):
@@ -75,7 +77,7 @@ def logit_panel(record: RunRecord) -> None:
                 col.metric(f"validation {HEADLINE_METRICS[key]} at tau {tau:g}", score(after[key]),
                            delta=score_change(change) if round(change, 3) else None)
         st.markdown("**Test** (held-out check): choosing tau by these numbers tunes on the test set")
-        adjusted = rescore(record, state.load_predictions(record.run_id), tau)
+        adjusted = view.rescore(tau)
         for col, row in zip(st.columns(len(HEADLINE_METRICS)), metric_deltas(record, adjusted)):
             col.metric(f"{row['metric']} at tau {tau:g}", score(row['after']),
                        delta=score_change(row['delta']) if round(row["delta"], 3) else None)
@@ -85,23 +87,22 @@ def logit_panel(record: RunRecord) -> None:
 
 
 @st.fragment
-def misclassified_panel(record: RunRecord) -> None:
+def misclassified_panel(view: RunView) -> None:
     st.subheader("Misclassified test images")
-    cells = error_cells(record.confusion_matrix)
+    cells = view.error_cells()
     if not cells:
         st.success("Every test image was classified correctly.")
         return
-    classes = record.classes
+    classes = view.record.classes
     st.caption("Click a cell of the confusion matrix above, or pick one here.")
     choice = st.selectbox("True class → predicted class", range(len(cells)), key="error_cell", format_func=lambda i:
                           f"{classes[cells[i]['true']]} → {classes[cells[i]['pred']]} ({cells[i]['count']} images)")
     with errors.guard():
-        predictions = state.load_predictions(record.run_id)
-        paths, missing = misclassified_paths(predictions, cells[choice]["true"], cells[choice]["pred"])
+        paths, missing = view.misclassified(cells[choice]["true"], cells[choice]["pred"])
         if missing:
             st.warning(f"{missing} image(s) are no longer at their recorded path (dataset moved?).")
         widgets.gallery(paths)
-        why.why_panel(record, predictions, cells[choice]["true"], cells[choice]["pred"])
+        why.why_panel(view, cells[choice]["true"], cells[choice]["pred"])
 
 
 st.title("Results")
@@ -110,9 +111,10 @@ with errors.guard():
     if not runs:
         widgets.no_runs_hint()
     else:
-        record = state.load_run(widgets.pick_run(runs, "Run", "results_run").run_id)
+        view = state.run_view(widgets.pick_run(runs, "Run", "results_run").run_id)
+        record = view.record
         show_metrics(record)
-        confusion_panel(record)
+        confusion_panel(view)
         widgets.chart(per_class_figure(record.per_class), key="per_class")
         why.groups_panel(record)
         why.ordinal_panel(record)
@@ -121,9 +123,9 @@ with errors.guard():
             left.dataframe(class_report(record), hide_index=True, key="class_report",
                            column_config=widgets.score_columns("precision", "recall", "F1"))
             right.dataframe(run_settings(access.shown_record(record)), hide_index=True, key="run_settings")
-        logit_panel(record)
+        logit_panel(view)
         if record.history:
             widgets.chart(learning_curve_figure(record.history), key="learning_curve")
-        misclassified_panel(record)
+        misclassified_panel(view)
         with errors.guard():
             why.calibration_panel(record)

@@ -5,7 +5,7 @@ import time
 import numpy as np
 import streamlit as st
 
-from core.analysis import LOGIT_APPROACHES
+from core.run_view import LOGIT_APPROACHES
 from core.experiment import FEATURE_APPROACHES
 from core.figures import confusion_diff_figure, per_class_delta_figure
 from core.findings import tries_note
