@@ -15,6 +15,7 @@ import pandas as pd
 from core.data import Dataset, Sample, open_rgb
 from core.errors import ClassWeightError, ConfigError
 from core.metrics import FREQUENCY_GROUPS, group_scores, minority_mask
+from core.metric_labels import HEADLINE_METRICS, LABELS
 from core.naming import dataset_key, run_names
 from core.records import RunRecord
 from core.report import per_class_table
@@ -24,8 +25,6 @@ from core.stats import FEW_TEST_IMAGES, few_test_classes
 from core.style import SCORE_DECIMALS, score
 from core.weights import class_weights, custom_weights
 
-HEADLINE_METRICS = {"accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy",
-                    "macro_f1": "Macro-F1", "weighted_f1": "Weighted F1"}
 APPROACH_NAMES = {a.name: a.label for a in APPROACHES.values()}  # display names, from the registry
 MIN_FIT_S = 1e-3  # fit times are floored here so a speed-up factor never divides by 0
 
@@ -106,12 +105,10 @@ def run_table(records: list[RunRecord]) -> pd.DataFrame:
         "run": [names[r.run_id] for r in records],
         "approach": [r.approach for r in records],
         "remedy": [r.remedy_label for r in records],
-        "accuracy": [r.accuracy for r in records],
-        "balanced accuracy": [r.balanced_accuracy for r in records],
-        "macro-F1": [r.macro_f1 for r in records],
-        "validation macro-F1": [r.validation.macro_f1 if r.validation else None for r in records],
-        "cross-fitted validation macro-F1": [r.validation_cross_fitted.macro_f1 if r.validation_cross_fitted
-                                             else None for r in records],
+        **{LABELS[key]: [r.score(key) for r in records] for key in ("accuracy", "balanced_accuracy", "macro_f1")},
+        f"validation {LABELS['macro_f1']}": [r.validation.macro_f1 if r.validation else None for r in records],
+        f"cross-fitted validation {LABELS['macro_f1']}": [
+            r.validation_cross_fitted.macro_f1 if r.validation_cross_fitted else None for r in records],
         **{f"{group} F1": [_group_f1(r, group) for r in records] for group in FREQUENCY_GROUPS},
         "fit s": [r.fit_seconds for r in records],
         "predict s": [r.predict_seconds for r in records],
@@ -230,8 +227,8 @@ def seed_summary(records: list[RunRecord]) -> pd.DataFrame:
     rows = []
     for runs in configurations.values():
         row = {"approach": runs[0].approach, "remedy": runs[0].remedy_label, "seeds": len(runs)}
-        for key, label in (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"),
-                           ("macro_f1", "macro-F1"), ("fit_seconds", "fit s")):
+        for key, label in [(key, LABELS[key]) for key in ("accuracy", "balanced_accuracy", "macro_f1")] + [
+                ("fit_seconds", "fit s")]:
             values = np.array([getattr(run, key) for run in runs])
             shown = score if key != "fit_seconds" else "{:.3f}".format
             row[label] = f"{shown(values.mean())} ± {shown(values.std(ddof=1) if len(values) > 1 else 0.0)}"

@@ -15,6 +15,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from core.errors import ConfigError
+from core.metric_labels import title
 from core.metrics import MINORITY_FRACTION, check_confusion, normalize_confusion
 from core.style import CLASS_COLORS, SCORE_HOVER, approach_color
 
@@ -28,7 +29,7 @@ HATCH = "/"  # bar pattern for the second series (test counts, recall)
 PX_PER_CLASS = 34
 MIN_HEIGHT_PX = 380
 MIN_FIT_S = 1e-3  # a log axis cannot show 0 s, so faster fits are drawn here
-METRIC_SYMBOLS = {"accuracy": ("Accuracy", "circle"), "macro_f1": ("Macro-F1", "diamond")}
+METRIC_SYMBOLS = {"accuracy": "circle", "macro_f1": "diamond"}  # accuracy-versus-time markers
 UNRELIABLE_MAX_TEST = 3  # per-class changes from this few test images are mostly noise
 UNRELIABLE_HATCH = "x"
 
@@ -273,7 +274,8 @@ def tradeoff_figure(runs):
     for approach in approaches:
         members = [i for i, run in enumerate(runs) if run.approach == approach]
         hover_data = [_texts((runs[i].approach, runs[i].class_weight, runs[i].run_id)) for i in members]
-        for metric, (label, symbol) in METRIC_SYMBOLS.items():
+        for metric, symbol in METRIC_SYMBOLS.items():
+            label = title(metric)
             fig.add_trace(go.Scatter(
                 x=[fit_s[i] for i in members], y=[runs[i].score(metric) for i in members], mode="markers",
                 error_y=_run_error_bars([runs[i] for i in members], metric),

@@ -25,13 +25,13 @@ from core.errors import RunStoreError
 from core.naming import dataset_key, run_names
 from core.records import ClassRow, RunRecord
 from core.run_view import RunView
-from core.stats import holm
+from core.metric_labels import LABELS
+from core.stats import METRICS, holm
 from core.style import change_interval, faster, score, score_interval, times
 
 ALPHA = 0.05
 NEAR_ZERO_F1 = 0.1  # a class this poorly recognised counts as lost
 FEW_TEST_IMAGES = 3  # a class with this few test images decides its F1 by one or two images
-METRIC_LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "balanced_accuracy": "balanced accuracy"}
 BASELINE_REMEDY = "none"
 FINETUNE = "finetune"
 
@@ -136,7 +136,7 @@ def _flipped(test: dict | None) -> dict | None:
         return None
     flipped = {**test, "run_a": test.get("run_b"), "run_b": test.get("run_a"),
                "n_a_only": test.get("n_b_only"), "n_b_only": test.get("n_a_only")}
-    for metric in METRIC_LABELS:
+    for metric in METRICS:
         flipped.update({f"{metric}_delta": -test[f"{metric}_delta"], f"{metric}_low": -test[f"{metric}_high"],
                         f"{metric}_high": -test[f"{metric}_low"]})
     if "class_f1" in test:
@@ -236,7 +236,7 @@ class _Context:
     def change(self, a: RunRecord, b: RunRecord, metric: str = "macro_f1", named: bool = True) -> str:
         """'macro-F1 +0.034 [−0.012, +0.081], p = 0.4' of B minus A (the adjusted p, for macro-F1)."""
         test = self.comparisons.get(a.run_id, b.run_id)
-        text = f"{METRIC_LABELS[metric]} " * named + fmt_delta(test, metric)
+        text = f"{LABELS[metric]} " * named + fmt_delta(test, metric)
         return text + (f", {fmt_p(self.comparisons.adjusted_p(a.run_id, b.run_id))}" if metric == "macro_f1"
                        else "")
 

@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from core.records import RunRecord
 
+from core.metric_labels import LABELS, RANKING
 from core.style import score
 
-LABEL_METRIC = ("macro_f1", "macro-F1")  # what pickers show and runs are chosen by; accuracy flatters the big classes
+LABEL_METRIC = (RANKING, LABELS[RANKING])  # what pickers show and runs are chosen by
 
 
 def dataset_key(record: RunRecord) -> str:

@@ -19,6 +19,7 @@ from core import figures
 from core.errors import ConfigError, TransferScopeError
 from core.findings import (FEW_TEST_IMAGES, Comparisons, family_pairs, findings, fmt_delta, fmt_p,
                            store_comparer, with_interval)
+from core.metric_labels import LABELS, short
 from core.metrics import minority_mask
 from core.naming import run_names
 from core.records import RunRecord
@@ -28,6 +29,7 @@ from core.store import RunStore
 from core.style import SCORE_DECIMALS, score
 
 REQUIRED = ("dataset", "runs")
+TABLE_METRICS = ("macro_f1", "balanced_accuracy", "accuracy")  # the report tables' scores, most telling first
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>|~&$@])|(?<=www)(\.)|(:)(?=//)", re.IGNORECASE)  # @, www., ://: autolinks
 CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")  # a newline would start a line (`# heading`)
 DEFAULT_BASE_URL = "http://localhost:8501"  # where `make run` serves the dashboard the links open
@@ -117,10 +119,8 @@ def runs_table(runs: list[RunRecord]) -> pd.DataFrame:
     for r in runs:
         validation = r.validation.macro_f1 if r.validation else None
         rows.append({"run": names[r.run_id],
-                     "validation macro-F1": "–" if validation is None else score(validation),
-                     **{label: with_interval(r, key) for key, label in
-                        (("macro_f1", "macro-F1 [95%]"), ("balanced_accuracy", "balanced acc. [95%]"),
-                         ("accuracy", "accuracy [95%]"))},
+                     f"validation {LABELS['macro_f1']}": "–" if validation is None else score(validation),
+                     **{f"{short(key)} [95%]": with_interval(r, key) for key in TABLE_METRICS},
                      "fit s": round(r.fit_seconds, 3), "predict s": round(r.predict_seconds, 3)})
     return pd.DataFrame(rows)
 
@@ -138,8 +138,8 @@ def comparisons_table(runs: list[RunRecord], comparisons: Comparisons, pairs=Non
     for a, b in ordered.values():
         test = comparisons.get(a, b)
         row = {"A": names.get(a, a), "B": names.get(b, b)}
-        for key, label in (("macro_f1", "macro-F1"), ("balanced_accuracy", "balanced acc."), ("accuracy", "accuracy")):
-            row[f"Δ {label} [95%]"] = fmt_delta(test, key)
+        for key in TABLE_METRICS:
+            row[f"Δ {short(key)} [95%]"] = fmt_delta(test, key)
         row["macro-F1 p (Holm)"] = _p_cell(comparisons.adjusted_p(a, b)) if "macro_f1_p" in test else "–"
         row["McNemar p (Holm)"] = _p_cell(comparisons.adjusted_p(a, b, "mcnemar"))
         row["verdict"] = "differs" if comparisons.differs(a, b) else "indistinguishable"

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from core.analysis import HEADLINE_METRICS, metric_deltas
+from core.analysis import metric_deltas
+from core.metric_labels import HEADLINE_METRICS
 from core.classifiers import choose_svm
 from core.data import Dataset
 from core.estimates import duration, svm_steps

@@ -145,8 +145,7 @@ def runs_dataframe(records: list[RunRecord], key: str, columns: tuple[str, ...] 
     a link that opens each run on the Results page."""
     table = run_table(records)
     table.insert(0, "open", [f"results?run={record.run_id}" for record in records])
-    scores = score_columns("accuracy", "balanced accuracy", "macro-F1", "validation macro-F1",
-                           "cross-fitted validation macro-F1", "head F1", "middle F1", "tail F1", "fit s", "predict s")
+    scores = score_columns(*table.select_dtypes("number").columns)
     st.dataframe(table, hide_index=True, key=key, column_order=("open", *columns) if columns else None,
                  column_config={"open": st.column_config.LinkColumn("open", display_text="Results", width="small"),
                                 **scores, **{name: st.column_config.NumberColumn(label, help=name, format=SCORE_FORMAT)

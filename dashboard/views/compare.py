@@ -9,6 +9,7 @@ from core.findings import family_note
 from core.naming import run_labels, run_names
 from core.figures import confusion_diff_figure, f1_delta_figure, tradeoff_figure
 from core.records import RunRecord
+from core.metric_labels import LABELS, RANKING
 from core.report import PAIRED_NOTE, comparisons_table, escape_markdown
 from core.style import SCORE_FORMAT, faster
 from dashboard import access, errors, state, widgets
@@ -99,7 +100,7 @@ def show_backbones(records: list[RunRecord]) -> None:
     chosen = st.selectbox("Runs that differ only in backbone", range(len(groups)),
                           format_func=lambda i: groups[i]["label"], key="backbone_group")
     st.dataframe(groups[chosen]["table"], hide_index=True, key="backbone_table", column_config={
-        "score": st.column_config.NumberColumn("macro-F1", format=SCORE_FORMAT),
+        "score": st.column_config.NumberColumn(LABELS[RANKING], format=SCORE_FORMAT),
         "low": st.column_config.NumberColumn("95% low", format=SCORE_FORMAT),
         "high": st.column_config.NumberColumn("95% high", format=SCORE_FORMAT),
         "extract s/image": st.column_config.NumberColumn(format="%.4f")})

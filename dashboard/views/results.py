@@ -1,9 +1,10 @@
 """Results page: one run's metrics, confusion matrix, per-class scores, learning curve, errors, logit adjustment."""
 import streamlit as st
 
-from core.analysis import (HEADLINE_METRICS, class_report, few_test_note, fit_time_note, interval_caption,
-                           metric_deltas, run_settings)
+from core.analysis import (class_report, few_test_note, fit_time_note, interval_caption, metric_deltas,
+                           run_settings)
 from core.figures import clickable_confusion_figure, learning_curve_figure, per_class_figure
+from core.metric_labels import HEADLINE_METRICS
 from core.records import RunRecord
 from core.report import escape_markdown
 from core.run_view import LOGIT_APPROACHES, RunView

@@ -3,6 +3,7 @@ import streamlit as st
 
 from core.analysis import weight_table, weights_from_table
 from core.errors import ClassWeightError
+from core.metric_labels import LABELS, RANKING
 from core.experiment import ExperimentConfig
 from core.experiment import estimate_experiment
 from core.paths import cache_dir
@@ -79,8 +80,8 @@ def show_outcome(results: dict) -> None:
         st.success(f"Features extracted in {extract} and cached for the next runs.")
     runs = run_records(results)
     widgets.runs_dataframe(runs, key="job_runs",  # few, short columns: this panel is narrow
-                           columns=("run", "macro-F1", "cross-fitted validation macro-F1"),
-                           short={"cross-fitted validation macro-F1": "validation"})
+                           columns=("run", LABELS[RANKING], f"cross-fitted validation {LABELS[RANKING]}"),
+                           short={f"cross-fitted validation {LABELS[RANKING]}": "validation"})
     for note in results.get("skipped_runs", []):
         st.caption(note)
     chosen = next((run for run in runs if run.run_id == results.get("best_by_validation")), None)
