@@ -433,10 +433,10 @@ def add_old_style_run(cache: Path):
 
 def test_deleting_a_run_forgets_its_cached_validation_scores(trained_copy):
     run = next(r for r in state.list_runs() if r.validation)
-    assert state.load_validation(run.run_id) is not None  # read once: now cached
+    assert state.run_view(run.run_id).validation is not None  # read once: now cached
     state.delete_runs([run.run_id])
     with pytest.raises(RunStoreError):
-        state.load_validation(run.run_id)
+        state.run_view(run.run_id).validation
 
 
 def test_old_run_records_still_render(trained_copy):
@@ -566,12 +566,12 @@ def test_compare_leads_with_findings_and_the_comparisons_they_use(trained):
 
 def test_paired_tests_are_computed_once_per_pair_of_runs(trained, monkeypatch):
     """The paired bootstrap ran at every page run (2.4 s and +362 MB at 20k test images)."""
-    import core.findings
+    import core.run_view
     import core.whatif
 
-    computed, real = [], core.findings.paired_comparison
+    computed, real = [], core.run_view.paired_comparison
     counting = lambda *args, **kwargs: computed.append(len(args[0])) or real(*args, **kwargs)  # noqa: E731
-    monkeypatch.setattr(core.findings, "paired_comparison", counting)
+    monkeypatch.setattr(core.run_view, "paired_comparison", counting)
     monkeypatch.setattr(core.whatif, "paired_comparison", counting)
     at = page("compare").run()
     first = len(computed)  # the group's family of comparisons (findings), the two-run diff among them
