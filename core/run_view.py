@@ -76,8 +76,8 @@ class RunView:
         The adjustment subtracts `tau * log(prior)` (train class frequencies) from the stored logits.
         """
         record = self.record
-        y_true = self.predictions["true"].to_numpy(dtype=int)
-        return evaluate(y_true, self._rescored(self.predictions, tau), record.classes, record.dataset.train_counts)
+        y_pred = self._rescored(self.predictions, tau)
+        return evaluate(self.labels()[0], y_pred, record.classes, record.dataset.train_counts)
 
     def rescore_validation(self, tau: float) -> dict | None:
         """Out-of-fold validation scores (accuracy, macro-F1, balanced accuracy) of the same rescoring; None

@@ -331,8 +331,7 @@ def live_refit_note(start: Start) -> str | None:
     n_train, n_features = start.features.X_train.shape
     if start.record.approach != "svm" or start.config.svm_kernel != "rbf" or n_train <= LIVE_SVM_MAX_TRAIN:
         return None
-    choice = choose_svm("rbf", n_train)
-    model = start.record.svm_model or choice.model
+    model = start.record.svm_model or choose_svm("rbf", n_train).model  # runs stored before it was recorded
     exact = not model.startswith("Nystroem")
     seconds = sum(s for _, s in svm_steps(exact, n_train, n_features, len(cv_splits(start.features.y_train,
                                                                                     start.config.seed)), cached=True))
