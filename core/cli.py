@@ -1,4 +1,5 @@
-"""Command-line interface: `python -m core experiment|extract|demo-data|report|list-backbones`.
+"""Command-line interface: `python -m core experiment|extract|demo-data|report|predict|export|list-backbones|
+owner-token`.
 
 Exit codes: 0 ok; 2 bad input or usage (one `error: ...` line on stderr); 1 unexpected failure.
 Progress goes to stderr, results to files.

@@ -60,10 +60,11 @@ def _with_overhead(steps: list[tuple[str, float]]) -> list[tuple[str, float]]:
 
 
 def duration(seconds: float) -> str:
-    """'40 s', '3 min' or '1.5 h'."""
+    """A wait as people say it: '40 s', '3 min', '1 h 05 min' (the CLI's notes and the pages' job panels)."""
     if seconds < 120:
         return f"{seconds:.0f} s"
-    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
 
 
 @dataclass

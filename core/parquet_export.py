@@ -1,5 +1,5 @@
 """Cached features as Parquet files that distributed engines read directly: past one machine, the classifiers
-on features run in Spark MLlib, Dask-ML or cuML on these (see the README's "Past one machine").
+on features run in Spark MLlib, Dask-ML or cuML on these (docs/performance.md, "Past one machine").
 
 One row per image: `path`, `split` ("train"/"test"), `label` (class index), `class`, then one float32 column
 per feature (`f0000`, ...): Spark's `VectorAssembler`, Dask's `to_dask_array` and cuDF take columns as they are.

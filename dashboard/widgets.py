@@ -9,6 +9,7 @@ import streamlit as st
 from core.analysis import noise_note, on_dataset, paired_table, paired_verdict, run_table
 from core.naming import dataset_key, run_labels
 from core.jobs import Job
+from core.estimates import duration
 from core.records import RunRecord
 from core.report import escape_markdown
 from core.sharing import run_link
@@ -102,8 +103,8 @@ def job_brief(job: Job) -> str:
     if job.status == "running" and job.message:
         done, total = job.progress[job.message]
         left = job.time_left_s()
-        estimate = "" if left is None else f" · about {format_duration(left)} left"
-        return f"running · {job.message} {done}/{total} · {format_duration(time.time() - job.started)}{estimate}"
+        estimate = "" if left is None else f" · about {duration(left)} left"
+        return f"running · {job.message} {done}/{total} · {duration(time.time() - job.started)}{estimate}"
     return "running · starting (no stage reported yet)" if job.status == "running" else job.status
 
 
@@ -155,14 +156,6 @@ def runs_dataframe(records: list[RunRecord], key: str, columns: tuple[str, ...] 
 def chart(fig, key: str | None = None) -> None:
     """A plotly figure at full container width."""
     st.plotly_chart(fig, width="stretch", key=key, config={"displaylogo": False})
-
-
-def format_duration(seconds: float) -> str:
-    """A wait as people say it: '40 s', '3 min', '1 h 05 min'."""
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    minutes = round(seconds / 60)
-    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
 
 
 def format_seconds(seconds: float) -> str:

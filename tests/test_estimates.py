@@ -36,6 +36,7 @@ def test_time_left_scales_the_estimate_by_how_the_steps_done_went(monkeypatch):
     assert notes[-1][:2] == (3, 3) and notes[-1][2] == "done"
 
 
-@pytest.mark.parametrize("seconds,text", [(40, "40 s"), (119, "119 s"), (600, "10 min"), (7200, "2.0 h")])
+@pytest.mark.parametrize("seconds,text", [(40, "40 s"), (119, "119 s"), (600, "10 min"), (3599, "1 h 00 min"),
+                                          (7500, "2 h 05 min")])
 def test_durations_read_as_people_say_them(seconds, text):
     assert duration(seconds) == text
