@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+import builders
 from core.analysis import (check_comparable, class_report, class_table, comparable_groups, few_test_note,
                            image_size_summary, interval_caption, metric_deltas, metrics_diff, paired_table,
                            paired_verdict, run_table, sample_paths, run_settings, seed_summary, speedups, thumbnail,
@@ -29,16 +30,11 @@ def make_dataset() -> Dataset:
     return Dataset("root", CLASSES, train, test)
 
 
-def make_record(approach="head", class_weight="none", run_id="r1", created="2026-11-26T16:30:12+00:00",
-                dataset=None, **fields) -> RunRecord:
+def make_record(approach="head", class_weight="none", dataset=None, **fields) -> RunRecord:
     """A run on CLASSES (one rare test image misclassified); `dataset` entries and `fields` override."""
-    y_true, y_pred = [0, 0, 1, 2], [0, 0, 1, 0]
-    summary = {"root": "root", "classes": CLASSES, "train_counts": [80, 15, 5], "test_counts": [2, 1, 1],
-               **(dataset or {})}
-    record = {"run_id": run_id, "approach": approach, "class_weight": class_weight, "created": created, "tau": 0.0,
-              "class_weights": [1.0] * 3, "fit_seconds": 1.0, "predict_seconds": 0.1, "history": [],
-              "dataset": summary, **evaluate(y_true, y_pred, CLASSES, [80, 15, 5])}
-    return RunRecord.build({**record, **fields})
+    return builders.make_record(approach=approach, class_weight=class_weight, y_true=(0, 0, 1, 2), y_pred=(0, 0, 1, 0),
+                                classes=CLASSES, train_counts=(80, 15, 5), dataset={"root": "root", **(dataset or {})},
+                                **{"tau": 0.0, "fit_seconds": 1.0, "predict_seconds": 0.1, **fields})
 
 
 def make_predictions(paths=("a.png", "b.png", "c.png", "d.png")) -> pd.DataFrame:

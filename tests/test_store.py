@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import builders
 import core.bundles as bundles
 from core.bundles import export_bundle, export_bundle_bytes, import_bundle
 from core.errors import RunStoreError, StorageError
@@ -35,19 +36,9 @@ def store(tmp_path):
     return RunStore(tmp_path / "runs")
 
 
-def complete_record(run_id, approach="svm", **extra):
-    """A record with every field the pages read (two classes, one test image each)."""
-    row = {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 1, "minority": False}
-    return {"run_id": run_id, "approach": approach, "class_weight": "balanced", "accuracy": 0.75,
-            "balanced_accuracy": 0.7, "macro_f1": 0.7, "weighted_f1": 0.72, "fit_seconds": 0.5,
-            "predict_seconds": 0.01, "per_class": [{"class": "cat", **row}, {"class": "dog", **row}],
-            "confusion_matrix": [[1, 0], [0, 1]], "never_predicted": [], "history": [], "class_weights": [1.0, 1.0],
-            "dataset": {"root": "data", "classes": ["cat", "dog"], "train_counts": [4, 2], "test_counts": [1, 1]},
-            **extra}
-
-
 def make_record(approach="svm", **extra) -> RunRecord:
-    return RunRecord.build(complete_record(new_run_id(approach, "balanced"), approach, **extra))
+    """A complete two-class run (builders.record_json) with a fresh run id."""
+    return builders.make_record(run_id=new_run_id(approach, "balanced"), approach=approach, **extra)
 
 
 def make_predictions(paths=("data/a.png", "data/b.png", "data/c.png")):
@@ -83,7 +74,7 @@ def write_zip(path, members: dict[str, bytes], manifest_runs=None):
 
 
 def record_bytes(run_id, schema_version=SCHEMA_VERSION, **changes):
-    record = {**complete_record(run_id), "schema_version": schema_version, "created": "2026-01-01T00:00:00+00:00",
+    record = {**builders.record_json(run_id), "schema_version": schema_version, "created": "2026-01-01T00:00:00+00:00",
               **changes}
     return json.dumps({k: v for k, v in record.items() if v is not None}).encode()
 
@@ -222,7 +213,7 @@ def test_unsafe_run_ids_are_rejected(store, tmp_path, run_id, method):
 
 def test_save_rejects_unsafe_run_id(store, tmp_path):
     with pytest.raises(RunStoreError, match="not valid"):
-        store.save(RunRecord.build(complete_record("../evil")))
+        store.save(builders.make_record(run_id="../evil"))
     assert entries(tmp_path) == []
 
 
