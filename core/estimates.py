@@ -9,6 +9,7 @@ steps left scaled by how long the steps done took against theirs, which carries 
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -16,9 +17,13 @@ from typing import Callable
 # Seconds on the measuring machine, per unit (bench/scale.py measured them): the exact kernel per n^2 * d, the
 # exact fit (with its test scores) per n^EXACT_FIT_POWER, a fold's kernel slices per n_fold * n, the Nystroem
 # map's fixed part (its components) and per n * d, the ridge fit per n, a logistic regression fit per n * d * k,
-# a head's epoch per n (batches of 64 rows of 1,280 features, 24 classes: the per-batch cost dominates)
+# a head's epoch per n (batches of 64 rows of 1,280 features, 24 classes: the per-batch cost dominates).
+# The logistic fit is priced at L-BFGS's cap (100 iterations, about 110 evaluations of 1.2e-10 s per n * d * k):
+# real photo features reach it (bench/photo_scale.py's 30k photos: 107-114 evaluations at every C), synthetic
+# blobs stop sooner (25-58), so there the estimate is high by up to 4x.
 COST = {"kernel": 8e-11, "exact_fit": 4e-7, "slice": 1e-8, "nystroem_fixed": 3.0, "nystroem_map": 5e-8,
-        "ridge": 5e-5, "logreg": 4e-9, "head_epoch": 2.2e-5}
+        "ridge": 5e-5, "logreg": 1.3e-8, "head_epoch": 2.2e-5,
+        "map_pca": 6e-8, "tsne_fixed": 3.0, "tsne": 3.3e-4}  # the feature map: PCA per n * d, t-SNE per n log2 n
 EXACT_FIT_POWER = 1.8
 STEP_OVERHEAD_S = 0.5  # each step's fixed cost on a busy machine (a 20k Nystroem fold of 0.8 s once took 4.9 s)
 
@@ -53,6 +58,13 @@ def head_steps(n_train: int, n_folds: int, fold_epochs: int, final_epochs: int) 
     return ([(f"fold {fold + 1}/{n_folds} epoch {epoch + 1}", COST["head_epoch"] * n_fold)
              for fold in range(n_folds) for epoch in range(fold_epochs)]
             + [(f"epoch {epoch + 1}", COST["head_epoch"] * n_train) for epoch in range(final_epochs)])
+
+
+def map_steps(n_images: int, n_features: int) -> list[tuple[str, float]]:
+    """The feature map's steps: PCA to 50 dims, then Barnes-Hut t-SNE (measured on bench/photo_scale.py's photo
+    features: 1k, 3k, 10k, 30k images in 4.9, 9.4, 42 and 150 s)."""
+    return [("PCA", COST["map_pca"] * n_images * n_features),
+            ("t-SNE", COST["tsne_fixed"] + COST["tsne"] * n_images * math.log2(max(n_images, 2)))]
 
 
 def _with_overhead(steps: list[tuple[str, float]]) -> list[tuple[str, float]]:

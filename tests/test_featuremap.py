@@ -7,7 +7,7 @@ from sklearn.datasets import make_blobs
 from sklearn.neighbors import KNeighborsClassifier
 
 from core.errors import ConfigError, RunStoreError
-from core.featuremap import (build_map, compute_map, load_map, map_feature_set, map_path, map_points,
+from core.featuremap import (UNITS, build_map, compute_map, load_map, map_feature_set, map_path, map_points,
                              misclassified_first)
 
 
@@ -27,10 +27,25 @@ def test_map_is_stored_per_feature_key(tmp_path):
     X = np.random.default_rng(0).normal(size=(30, 12))
     assert load_map(tmp_path, KEY) is None
     stages = []
-    coords = build_map(X, tmp_path, KEY, progress=lambda *a: stages.append(a[1:]))
-    assert stages[0] == (0, 3) and stages[-1] == (3, 3)
+    coords = build_map(X, tmp_path, KEY, progress=lambda *a: stages.append(a[1:3]))
+    assert stages[0] == (0, UNITS) and stages[-1] == (UNITS, UNITS)
     np.testing.assert_array_equal(load_map(tmp_path, KEY), coords)
     assert map_path(tmp_path, KEY).parent == tmp_path / "maps" and load_map(tmp_path, OTHER_KEY) is None
+
+
+def test_the_estimate_is_reported_before_the_pca_and_the_tsne_gets_its_share(monkeypatch):
+    """The t-SNE is one opaque step: the progress after PCA counts the PCA's share of the estimate, so the job's
+    time left (its rate so far) covers the t-SNE instead of reading 1 of 3 steps done."""
+    import sklearn.decomposition
+
+    events, fit_transform = [], sklearn.decomposition.PCA.fit_transform
+    monkeypatch.setattr(sklearn.decomposition.PCA, "fit_transform",
+                        lambda self, X: events.append("PCA") or fit_transform(self, X))
+    compute_map(np.random.default_rng(0).normal(size=(3000, 64)),
+                progress=lambda stage, done, total, note="": events.append((done, total, note)))
+    (done, total, note), pca, (after_pca, _, _) = events[:3]  # (t-SNE's init="pca" runs a PCA of its own)
+    assert (done, total, pca) == (0, UNITS, "PCA") and "estimate about" in note and "3,000 images" in note
+    assert 1 <= after_pca <= UNITS // 10  # the PCA is a small share of the estimated time
 
 
 def test_a_key_that_is_a_path_reads_no_file_outside_the_cache(tmp_path):

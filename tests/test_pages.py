@@ -747,7 +747,7 @@ def test_whatif_viewers_play_but_cannot_save(trained, monkeypatch):
 
 def test_feature_map_is_computed_once_as_a_job_then_drawn(trained_copy):
     at = page("featuremap").run()
-    assert not at.exception and charts(at) == 0
+    assert not at.exception and charts(at) == 0 and "takes about" in texts(at.info)
     at.button(key="compute_map").click().run()
     job = wait_until_ended(next(job for job in state.job_manager().jobs() if job.kind == state.MAP_JOB))
     assert job.status == "done", job.error

@@ -1,6 +1,7 @@
 """Feature map page: train and test images placed by their cached features; select points to see the images."""
 import streamlit as st
 
+from core.estimates import duration, map_steps
 from core.experiment import FEATURE_APPROACHES
 from core.featuremap import map_points, misclassified_first
 from core.figures import feature_map_figure
@@ -36,6 +37,7 @@ def feature_map_job_panel(record: RunRecord) -> None:
         current = state.feature_map_job(record.feature_key)
         if state.is_active(current):
             st.progress(_share_done(current), text=f"Computing the feature map: {widgets.job_brief(current)}")
+            st.caption(current.note)
         elif current is not None and current.status == "failed":
             errors.show_failure(f"The feature map failed: {current.error}", current.traceback)
         return state.is_active(current)
@@ -43,7 +45,10 @@ def feature_map_job_panel(record: RunRecord) -> None:
     widgets.live(render, every_s=1, poll=state.is_active(job))
     if state.is_active(job) or not access.read_only_note("compute the feature map"):
         return
-    st.info("No map of these features yet: computing it takes a minute for a few thousand images, once.")
+    n_images = sum(record.dataset.train_counts) + sum(record.dataset.test_counts)
+    seconds = sum(s for _, s in map_steps(n_images, (record.backbone or {}).get("feature_dim", 1280)))
+    st.info(f"No map of these features yet: computing it for these {n_images:,} images takes about "
+            f"{duration(seconds)} on a 2-core machine (it grows a little faster than the images), once.")
     if st.button("Compute the feature map", key="compute_map", icon=":material/scatter_plot:"):
         state.launch_feature_map(record)
         st.rerun()
