@@ -47,12 +47,15 @@ class Timeline:
             reset_peak_memory()
 
 
-def timed(name: str, function, *args, **kwargs):
-    """Run one step outside the experiment; print its wall time and peak memory; return its result."""
+def timed(name: str, function, *args):
+    """Run one step outside the experiment (`function(*args, progress=...)`); print its wall time, peak memory and
+    the first note it reported (an estimate, where it gives one); return its result."""
+    notes = []
     reset_peak_memory()
     started = time.perf_counter()
-    result = function(*args, **kwargs)
-    print(f"{name:<58} {time.perf_counter() - started:>8.1f} {peak_memory_gb():>8.2f}", flush=True)
+    result = function(*args, progress=lambda stage, done, total, note="": notes.append(note))
+    print(f"{name:<58} {time.perf_counter() - started:>8.1f} {peak_memory_gb():>8.2f}  {(notes or [''])[0]}",
+          flush=True)
     return result
 
 
@@ -66,8 +69,9 @@ def run(out: Path, n_images: int, feature_map: bool) -> None:
     from core.store import RunStore
 
     print(f"{'step':<58} {'wall s':>8} {'peak GB':>8}  estimate shown before it")
-    data = timed(f"build {n_images:,} small photos (not part of the tool)", build_small_photos,
-                 out / f"small-photos-{n_images}", n_images)
+    started = time.perf_counter()
+    data = build_small_photos(out / f"small-photos-{n_images}", n_images)
+    print(f"{f'build {n_images:,} small photos (not part of the tool)':<58} {time.perf_counter() - started:>8.1f}")
     config = ExperimentConfig(data=str(data), approaches=("svm", "logreg", "head"), remedies=("none", "balanced"),
                               cache_dir=str(out / "cache"))
     timeline, started = Timeline(), time.perf_counter()
@@ -92,7 +96,8 @@ def run(out: Path, n_images: int, feature_map: bool) -> None:
     if feature_map:
         timed("feature map (PCA + t-SNE of every image)", map_feature_set, features, config.cache_dir)
     store = RunStore(Path(config.cache_dir) / "runs")
-    timed("lab report (HTML, paired tests)", render_runs_report, run_records(results), "html", store_comparer(store))
+    timed("lab report (HTML, paired tests)",
+          lambda progress: render_runs_report(run_records(results), "html", store_comparer(store)))
 
 
 def main(argv=None) -> None:
