@@ -1,4 +1,5 @@
-"""Class-weight what-if: refit a feature-based run with new per-class weights (and tau) in about a second.
+"""Class-weight what-if: refit a feature-based run with new per-class weights (and tau), in about a second on a
+few thousand images.
 
 Start from a stored svm or head run, refit on its cached features (the SVM reuses the RBF train kernel of
 the run's training rows, see `core.classifiers.KERNEL_CACHE`), and compare with the starting run. Nothing is
@@ -26,7 +27,7 @@ from core.analysis import metric_deltas
 from core.metric_labels import HEADLINE_METRICS
 from core.classifiers import choose_svm
 from core.data import Dataset
-from core.estimates import duration, svm_steps
+from core.estimates import duration, head_steps, logreg_steps, svm_steps
 from core.errors import ClassWeightError, ConfigError, TransferScopeError
 from core import approaches
 from core.experiment import ExperimentConfig, fit_run, load_features, train_and_record
@@ -44,7 +45,7 @@ from core.weights import SCHEMES, class_weights, normalise_weights
 WEIGHT_RANGE = (0.01, 100.0)  # what the sliders offer, on a log scale
 REFIT_WAIT_S = 30.0
 SAVED_LABEL = "custom:what-if"
-LIVE_SVM_MAX_TRAIN = 6000  # an exact RBF SVM refit (with validation folds) takes over ~2 s beyond this
+LIVE_REFIT_S = 10.0  # a refit estimated longer (on the loaded measuring machine) waits for a button, not a slider
 REFIT_SLOT = PrioritySlot()  # one refit at a time per server process; the owner goes first
 
 
@@ -325,20 +326,43 @@ def validation_change(start: Start, outcome: dict) -> list[dict] | None:
              "delta": after[key] - getattr(before, key)} for key in METRICS]
 
 
-def live_refit_note(start: Start) -> str | None:
-    """A note when one refit of this run (with its validation folds) is too slow to follow a slider: RBF SVMs
-    past LIVE_SVM_MAX_TRAIN, exact or approximate (as the run recorded), with the measured curve's estimate."""
-    n_train, n_features = start.features.X_train.shape
-    if start.record.approach != "svm" or start.config.svm_kernel != "rbf" or n_train <= LIVE_SVM_MAX_TRAIN:
+def refit_estimate(start: Start) -> float | None:
+    """Seconds one refit of this run with its validation folds takes on the measuring machine (core.estimates'
+    curves: the SVM model the run recorded, logistic regression at its chosen C, the head at its chosen epochs);
+    None for a model without a curve (a linear-kernel SVM)."""
+    (n_train, n_features), record = start.features.X_train.shape, start.record
+    folds = len(cv_splits(start.features.y_train, start.config.seed))
+    if record.approach == "svm" and start.config.svm_kernel == "rbf":
+        exact = not refit_svm_model(start).startswith("Nystroem")
+        steps = svm_steps(exact, n_train, n_features, folds, cached=True)
+    elif record.approach == "logreg":
+        steps = logreg_steps((start.config.logreg_c or 1.0,), n_train, n_features, len(start.classes), folds)
+    elif record.approach == "head":
+        epochs = start.head_epochs or start.config.epochs
+        steps = head_steps(n_train, folds, epochs, epochs)
+    else:
         return None
-    model = start.record.svm_model or choose_svm("rbf", n_train).model  # runs stored before it was recorded
-    exact = not model.startswith("Nystroem")
-    seconds = sum(s for _, s in svm_steps(exact, n_train, n_features, len(cv_splits(start.features.y_train,
-                                                                                    start.config.seed)), cached=True))
-    growth = "the square of the images" if exact else "the images (linearly)"
-    return (f"A refit of this run's SVM ({model}) on {n_train:,} training images, with its validation folds, takes "
-            f"about {duration(seconds)} on the measuring machine (it grows with {growth}), so moves are not live "
-            "here; the linear approaches (head, logreg) refit in about a second at any size.")
+    return sum(seconds for _, seconds in steps)
+
+
+def refit_svm_model(start: Start) -> str:
+    """The SVM model a refit fits: the one the run recorded (a memory read only for runs stored without it)."""
+    return start.record.svm_model or choose_svm("rbf", len(start.features.y_train)).model
+
+
+def live_refit_note(start: Start) -> str | None:
+    """A note when one refit of this run (with its validation folds) is estimated past LIVE_REFIT_S: too slow to
+    follow a slider, so the page refits on a button instead."""
+    seconds = refit_estimate(start)
+    if seconds is None or seconds <= LIVE_REFIT_S:
+        return None
+    n_train = len(start.features.y_train)
+    svm = start.record.approach == "svm"
+    model = refit_svm_model(start) if svm else approaches.get_approach(start.record.approach).label.lower()
+    growth = "the square of the images" if svm and not model.startswith("Nystroem") else "the images"
+    return (f"A refit of this run's {model} on {n_train:,} training images, with its validation folds, takes about "
+            f"{duration(seconds)} on the measuring machine (it grows with {growth}), so moves are not live here: "
+            "set the weights, then press Refit.")
 
 
 def per_class_deltas(record: RunRecord, outcome: dict) -> pd.DataFrame:

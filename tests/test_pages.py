@@ -831,6 +831,24 @@ def test_whatif_refits_only_for_weights_not_tried_and_rescores_tau(trained, monk
     assert len(fits) == 2 and {m.label: m.value for m in at.metric} == tuned  # weights tried before: kept
 
 
+def test_whatif_refits_on_a_button_when_a_refit_is_estimated_slow(trained, monkeypatch):
+    """Found on 30k photos: a head refit on 24k images took 30 s, and every slider move started one, while the
+    page said the linear models refit in about a second at any size."""
+    import core.whatif
+
+    monkeypatch.setattr(core.whatif, "LIVE_REFIT_S", 0.0)  # the demo's refits as if they were long
+    fits = count_fits(monkeypatch)
+    run = next(r for r in state.list_runs() if r.approach == "head" and r.class_weight == "none")
+    at = whatif_page(run)
+    assert not at.exception and len(fits) == 1  # the start's own weights
+    assert "so moves are not live here" in texts(at.warning)
+    rarest_slider(at, run).set_value(100.0).run()
+    assert not at.exception and len(fits) == 1  # a move alone refits nothing
+    rarest_slider(at, run).set_value(100.0)  # a form sends its values with the press (AppTest: in the same run)
+    next(button for button in at.button if button.label == "Refit").click().run()
+    assert not at.exception and len(fits) == 2 and fits[1].max() / fits[1].min() == pytest.approx(100.0)
+
+
 def test_whatif_viewers_are_rate_limited_and_wait_for_the_owners_jobs(trained, monkeypatch):
     """Viewers moving sliders refit without limit and starved the owner's refits and training."""
     monkeypatch.setenv("TRANSFERSCOPE_VIEWER", "1")

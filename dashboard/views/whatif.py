@@ -1,5 +1,6 @@
-"""What-if page: tune a feature run's per-class weights (a refit in about a second), tau and offsets (no refit);
-the validation change comes first, the test change is a held-out check."""
+"""What-if page: tune a feature run's per-class weights (a refit: live while it is estimated short, else on a
+button), tau and offsets (no refit); the validation change comes first, the test change is a held-out check."""
+import contextlib
 import time
 
 import numpy as np
@@ -7,13 +8,14 @@ import streamlit as st
 
 from core.run_view import LOGIT_APPROACHES
 from core.experiment import FEATURE_APPROACHES
+from core.estimates import duration
 from core.figures import confusion_diff_figure, per_class_delta_figure
 from core.findings import tries_note
 from core.records import RunRecord
 from core.report import escape_markdown
 from core.weights import SCALE_NOTE, SCHEMES
 from core.style import score, score_change
-from core.whatif import (WEIGHT_RANGE, compare_with_start, live_refit_note, rescore, seed_weights,
+from core.whatif import (WEIGHT_RANGE, compare_with_start, live_refit_note, refit_estimate, rescore, seed_weights,
                          validation_change, weight_explanations)
 from dashboard import access, errors, state, widgets
 
@@ -110,10 +112,14 @@ def tuner(record: RunRecord) -> None:
                                       required=True, key="whatif_seed")
         for note in start.notes():
             st.caption(note)
-        if note := live_refit_note(start):
-            st.warning(note, icon=":material/speed:")
-        weights = weight_sliders(start, scheme)
-        st.caption(SCALE_NOTE)
+        slow = live_refit_note(start)
+        if slow:
+            st.warning(slow, icon=":material/speed:")
+        with st.form("whatif_weights", border=False) if slow else contextlib.nullcontext():
+            weights = weight_sliders(start, scheme)  # in a form, the values it had at the last Refit press
+            st.caption(SCALE_NOTE)
+            if slow:
+                st.form_submit_button("Refit", icon=":material/refresh:")
         tau = record.tau or 0.0
         if record.approach in LOGIT_APPROACHES:
             tau = st.slider("Logit adjustment tau (no refit)", 0.0, 3.0, float(tau), 0.05,
@@ -122,7 +128,9 @@ def tuner(record: RunRecord) -> None:
         last = st.session_state.get("whatif_last")
         if last is None or last[0] != inputs:
             time.sleep(DEBOUNCE_S)
-            with st.spinner("Refitting…"):  # a newer change arriving meanwhile restarts the page here
+            estimate = refit_estimate(start)
+            # a newer change arriving meanwhile restarts the page here
+            with st.spinner("Refitting…" + (f" (about {duration(estimate)})" if estimate else "")):
                 last = (inputs, state.whatif_refit(start, weights, 0.0))  # tau and offsets rescore below
             st.session_state["whatif_last"] = last
         with st.expander("Decision offsets per class (no refit)"):
@@ -143,8 +151,9 @@ def tuner(record: RunRecord) -> None:
 
 st.title("What-if")
 st.caption("Tune a run's class weights: move a class's weight and the model refits on the cached features "
-           "(the SVM reuses its kernel, the linear models retrain in about a second), with 3-fold validation "
-           "on the training images; tau and per-class offsets only rescore. Nothing is stored until you save.")
+           "(the SVM reuses its kernel; on a few thousand images the linear models retrain in about a second), "
+           "with 3-fold validation on the training images; tau and per-class offsets only rescore. Nothing is "
+           "stored until you save.")
 with errors.guard():
     runs = widgets.dataset_runs([run for run in state.list_runs() if run.approach in FEATURE_APPROACHES],
                                 "whatif_all_data")
