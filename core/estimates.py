@@ -80,11 +80,16 @@ def duration(seconds: float) -> str:
     return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
 
 
+UNITS = 100  # progress counts hundredths of a stage's estimated time: a time left from the rate so far agrees
+
+
 @dataclass
 class StepProgress:
     """`progress(stage, done, total, note)` over steps with estimated seconds: `start()` reports the estimate before
     the first step, `advance()` after each step, with the time left (estimate of the steps left, times how long the
-    steps done took against theirs)."""
+    steps done took against theirs). `done` of `total` = UNITS is the estimated share of the steps done: with
+    steps of unequal cost (a kernel, then quick folds) a count of steps would make a job's rate-based time left
+    (core.jobs) and the CLI's bar contradict this note."""
 
     progress: Callable | None
     stage: str
@@ -117,4 +122,6 @@ class StepProgress:
 
     def _report(self, note: str) -> None:
         if self.progress:
-            self.progress(self.stage, self.done, len(self.steps), note)
+            expected_so_far = sum(seconds for _, seconds in self.steps[:self.done])
+            share = expected_so_far / self.estimate_seconds if self.estimate_seconds > 0 else self.done / len(self.steps)
+            self.progress(self.stage, round(UNITS * share), UNITS, note)

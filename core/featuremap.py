@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import ConfigError
-from core.estimates import duration, map_steps
+from core.estimates import StepProgress, map_steps
 from core.storage import atomic_write_bytes
 from core.store import check_feature_key
 
@@ -19,7 +19,6 @@ MAP_VERSION = 1  # bump when the method or its settings change, so old maps are 
 PCA_DIMS = 50
 PERPLEXITY = 30.0
 STAGE = "feature map (PCA, t-SNE, save)"
-UNITS = 100  # the map reports its progress in hundredths of its estimated time: t-SNE is nearly all of it
 
 
 def map_path(cache_dir, key: str) -> Path:
@@ -45,13 +44,14 @@ def compute_map(X, *, seed: int = 0, progress=None) -> np.ndarray:
     X = np.asarray(X, dtype=np.float32)
     if X.ndim != 2 or len(X) < 4:
         raise ConfigError(f"a feature map needs at least 4 images of 2-D features, got shape {X.shape}")
-    report = progress or (lambda *_: None)
-    (_, pca_s), (_, tsne_s) = map_steps(*X.shape)
-    report(STAGE, 0, UNITS, f"PCA, then t-SNE of {len(X):,} images; estimate about {duration(pca_s + tsne_s)}")
+    steps = StepProgress(progress, STAGE, map_steps(*X.shape))
+    steps.start(f"PCA, then t-SNE of {len(X):,} images")
     reduced = PCA(n_components=min(PCA_DIMS, *X.shape), random_state=seed).fit_transform(X)
-    report(STAGE, max(1, round(UNITS * pca_s / (pca_s + tsne_s))), UNITS, "t-SNE (one step: no progress inside it)")
+    steps.advance()  # the t-SNE is one step: no progress inside it
     perplexity = min(PERPLEXITY, (len(X) - 1) / 3)
-    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(reduced)
+    coords = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(reduced)
+    steps.advance()
+    return coords
 
 
 def build_map(X, cache_dir, key: str, progress=None) -> np.ndarray:
@@ -60,8 +60,6 @@ def build_map(X, cache_dir, key: str, progress=None) -> np.ndarray:
     buffer = io.BytesIO()
     np.save(buffer, coords)
     atomic_write_bytes(map_path(cache_dir, key), buffer.getvalue())
-    if progress:
-        progress(STAGE, UNITS, UNITS, "saved")
     return coords
 
 

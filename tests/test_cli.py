@@ -107,7 +107,7 @@ def test_experiment_writes_results(first_run, tiny_dir, check_results_schema):
 def test_experiment_shows_the_svm_estimate_before_its_first_step(first_run):
     stderr = first_run[4]
     shown = [line for line in stderr.replace("\r", "\n").splitlines() if line.startswith("fit SVM:")]
-    assert " 0/5 " in shown[1] and "SVC (rbf kernel) on 26 images; estimate about" in shown[1]
+    assert " 0/100 " in shown[1] and "SVC (rbf kernel) on 26 images; estimate about" in shown[1]
 
 
 def test_extract_prints_key_n_and_seconds(first_run, tiny_dir):

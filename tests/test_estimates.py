@@ -3,7 +3,7 @@ import time
 
 import pytest
 
-from core.estimates import STEP_OVERHEAD_S, StepProgress, duration, logreg_steps, svm_steps
+from core.estimates import STEP_OVERHEAD_S, UNITS, StepProgress, duration, logreg_steps, svm_steps
 
 
 def test_the_exact_svm_grows_faster_than_its_approximation_and_a_cached_kernel_costs_nothing():
@@ -25,15 +25,15 @@ def test_time_left_scales_the_estimate_by_how_the_steps_done_went(monkeypatch):
     progress = StepProgress(lambda stage, done, total, note: notes.append((done, total, note)), "fit SVM",
                             [("kernel", 10.0), ("fit", 20.0), ("fold 1/1", 30.0)])
     progress.start("SVC on 9 images")
-    assert notes[-1] == (0, 3, "SVC on 9 images; estimate about 60 s")
+    assert notes[-1] == (0, UNITS, "SVC on 9 images; estimate about 60 s")
     now[0] += 20.0  # the kernel took twice its estimate: the rest is expected to as well
     progress.advance()
-    assert notes[-1] == (1, 3, "fit next, about 100 s left")
+    assert notes[-1] == (17, UNITS, "fit next, about 100 s left")  # done: 10 of 60 estimated seconds
     now[0] += 10.0
     progress.advance()
-    assert notes[-1] == (2, 3, "fold 1/1 next, about 30 s left")
+    assert notes[-1] == (50, UNITS, "fold 1/1 next, about 30 s left")
     progress.advance()
-    assert notes[-1][:2] == (3, 3) and notes[-1][2] == "done"
+    assert notes[-1] == (UNITS, UNITS, "done")
 
 
 @pytest.mark.parametrize("seconds,text", [(40, "40 s"), (119, "119 s"), (600, "10 min"), (3599, "1 h 00 min"),

@@ -9,6 +9,7 @@ from core.config import run_split
 from core.data import load_dataset
 from builders import make_record
 from core.errors import BackboneError, ClassWeightError, ConfigError, DataError
+from core.estimates import UNITS
 from core.model_graph import score_module
 from core.experiment import ExperimentConfig, best_by_validation, resolve_class_weight, run_experiment
 from core.records import RunRecord
@@ -370,18 +371,23 @@ def test_the_svm_estimates_its_time_before_it_starts_and_counts_down(demo_dir, f
                               epochs=4, image_size=image_size, device="cpu", cache_dir=str(feature_cache), workers=0)
     run_experiment(config, progress=lambda stage, done, total, note="": events.append((stage, done, total, note)),
                    store=RunStore(tmp_path / "runs"))
-    svm = [e for e in events if e[0] in ("fit SVM", "kernel")]
-    assert svm[0][:3] == ("fit SVM", 0, 5) and "SVC (rbf kernel) on 453 images; estimate about" in svm[0][3]
+    svm = [e for e in events if e[0] in ("fit SVM", "kernel")]  # done of UNITS: the estimated share of the steps
+    assert svm[0][:3] == ("fit SVM", 0, UNITS) and "SVC (rbf kernel) on 453 images; estimate about" in svm[0][3]
     assert svm[1] == ("kernel",)  # computed after the estimate was shown
     steps = svm[2:]
-    assert [e[1] for e in steps] == [1, 2, 3, 4, 5] and all(e[2] == 5 for e in steps)
+    assert len(steps) == 5 and all(e[2] == UNITS for e in steps) and rising([0] + [e[1] for e in steps], ends=UNITS)
     assert all(e[3].endswith("left") for e in steps[:-1]) and steps[0][3].startswith("fit next")
     logreg = [e for e in events if e[0] == "fit logistic regression"]
-    assert logreg[0][:3] == ("fit logistic regression", 0, 4) and "estimate about" in logreg[0][3]
-    assert [e[1] for e in logreg] == [0, 1, 2, 3, 4]
+    assert logreg[0][:3] == ("fit logistic regression", 0, UNITS) and "estimate about" in logreg[0][3]
+    assert len(logreg) == 5 and rising([e[1] for e in logreg], ends=UNITS)
     head = [e for e in events if e[0] == "fit head"]  # 3 fold heads x 4 epochs, then the final head's (at most 4)
-    assert head[0][:3] == ("fit head", 0, 16) and "estimate about" in head[0][3]
-    assert [e[1] for e in head[:13]] == list(range(13)) and head[-1][1:] == (16, 16, "done")
+    assert head[0][:3] == ("fit head", 0, UNITS) and "estimate about" in head[0][3]
+    assert rising([e[1] for e in head[:13]]) and head[-1][1:] == (UNITS, UNITS, "done")
+
+
+def rising(counts: list[int], ends: int | None = None) -> bool:
+    """Whether progress counts start at 0 and rise at every step (to `ends` when given)."""
+    return counts[0] == 0 and all(b > a for a, b in zip(counts, counts[1:])) and ends in (None, counts[-1])
 
 
 def test_every_stage_of_every_feature_approach_reports_progress_and_the_runs_count(demo_dir, demo_features,
