@@ -1,9 +1,9 @@
 """The approach registry: one entry per way of training a classifier, with the remedies it supports.
 
 A new approach is its name in core.approach_names and one `@register(...)` fit function here (and its
-estimator in core.classifiers or its trainer module). Every fit gets a `FitRequest` and returns a `Fitted`: raw test scores, raw
-out-of-fold scores of the training images when it can afford them (they give the run's validation
-metrics and choose tau and offsets, see core.experiment), timings and what it chose.
+estimator in core.classifiers or its trainer module). Every fit gets a `FitRequest` and returns a `Fitted`:
+raw test scores, raw out-of-fold scores of the training images when it can afford them (they give the run's
+validation metrics and choose tau and offsets, see core.experiment), timings and what it chose.
 
 Light at import (no scikit-learn or trainers): the CLI lists the names; fits import what they use.
 """

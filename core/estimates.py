@@ -122,6 +122,6 @@ class StepProgress:
 
     def _report(self, note: str) -> None:
         if self.progress:
-            expected_so_far = sum(seconds for _, seconds in self.steps[:self.done])
-            share = expected_so_far / self.estimate_seconds if self.estimate_seconds > 0 else self.done / len(self.steps)
+            total = self.estimate_seconds
+            share = sum(s for _, s in self.steps[:self.done]) / total if total > 0 else self.done / len(self.steps)
             self.progress(self.stage, round(UNITS * share), UNITS, note)
