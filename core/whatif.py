@@ -350,10 +350,9 @@ def refit_svm_model(start: Start) -> str:
     return start.record.svm_model or choose_svm("rbf", len(start.features.y_train)).model
 
 
-def live_refit_note(start: Start) -> str | None:
-    """A note when one refit of this run (with its validation folds) is estimated past LIVE_REFIT_S: too slow to
-    follow a slider, so the page refits on a button instead."""
-    seconds = refit_estimate(start)
+def live_refit_note(start: Start, seconds: float | None) -> str | None:
+    """A note when one refit of this run (with its validation folds), estimated at `seconds` (`refit_estimate`),
+    takes past LIVE_REFIT_S: too slow to follow a slider, so the page refits on a button instead."""
     if seconds is None or seconds <= LIVE_REFIT_S:
         return None
     n_train = len(start.features.y_train)

@@ -396,7 +396,7 @@ def live_note_for(n_train: int, svm_model: str | None = None, approach: str = "s
                             config=experiment.ExperimentConfig(data="x", logreg_c=0.1), classes=[""] * 24,
                             head_epochs=8, features=SimpleNamespace(X_train=np.empty((n_train, 1280), np.float32),
                                                                     y_train=np.arange(n_train) % 24))
-    return whatif.live_refit_note(start)
+    return whatif.live_refit_note(start, whatif.refit_estimate(start))
 
 
 def test_live_refit_note_follows_the_svm_the_run_fitted():

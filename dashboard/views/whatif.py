@@ -112,7 +112,8 @@ def tuner(record: RunRecord) -> None:
                                       required=True, key="whatif_seed")
         for note in start.notes():
             st.caption(note)
-        slow = live_refit_note(start)
+        estimate = refit_estimate(start)
+        slow = live_refit_note(start, estimate)
         if slow:
             st.warning(slow, icon=":material/speed:")
         with st.form("whatif_weights", border=False) if slow else contextlib.nullcontext():
@@ -128,7 +129,6 @@ def tuner(record: RunRecord) -> None:
         last = st.session_state.get("whatif_last")
         if last is None or last[0] != inputs:
             time.sleep(DEBOUNCE_S)
-            estimate = refit_estimate(start)
             # a newer change arriving meanwhile restarts the page here
             with st.spinner("Refitting…" + (f" (about {duration(estimate)})" if estimate else "")):
                 last = (inputs, state.whatif_refit(start, weights, 0.0))  # tau and offsets rescore below
